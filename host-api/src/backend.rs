@@ -1,0 +1,328 @@
+//! Model backends: one per model family (SD 1.x, SD 2.x, SDXL, ...). A backend reads a
+//! checkpoint, encodes prompts, predicts the denoised latent at a sigma, and runs the VAE.
+//! CFG, sampling and upscaling stay with the host.
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+
+use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
+use abi_stable::StableAbi;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{from_ffi, guard, Error, Result};
+use crate::tensor::{TensorBox, TensorRef};
+
+/// What the host needs to know about a loaded model.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct ModelInfo {
+    /// Family id, e.g. `sd1`.
+    pub family: RString,
+    /// `eps` or `v`.
+    pub prediction: RString,
+    pub latent_channels: u32,
+    /// Pixels per latent cell along each side (2^(VAE levels - 1)).
+    pub vae_scale_factor: u32,
+    /// The family's comfortable image side in pixels (512 for SD 1.x).
+    pub default_size: u32,
+    /// Human-readable text encoder description, e.g. `CLIP-L (12 layers, 768)`.
+    pub text_encoders: RString,
+    pub dtype: RString,
+    pub device: RString,
+    /// The model's discrete sigma table, ascending.
+    pub sigmas: RVec<f64>,
+}
+
+/// What to load; paths are as the user wrote them (resolved by the host).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct LoadRequest {
+    pub checkpoint: RString,
+    pub vae: ROption<RString>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: RString,
+    /// `fp32`, `fp16` or `bf16`.
+    pub dtype: RString,
+}
+
+impl LoadRequest {
+    pub fn checkpoint_path(&self) -> PathBuf {
+        PathBuf::from(self.checkpoint.as_str())
+    }
+
+    pub fn vae_path(&self) -> Option<PathBuf> {
+        self.vae
+            .as_ref()
+            .map(|v| PathBuf::from(v.as_str()))
+            .into_option()
+    }
+
+    pub fn tch_device(&self) -> Result<Device> {
+        parse_device(self.device.as_str())
+    }
+
+    pub fn tch_kind(&self) -> Result<Kind> {
+        parse_dtype(self.dtype.as_str())
+    }
+}
+
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| {
+                Error(format!(
+                    "unknown device `{other}` (use cpu, cuda or cuda:N)"
+                ))
+            }),
+    }
+}
+
+pub fn parse_dtype(name: &str) -> Result<Kind> {
+    match name {
+        "fp32" => Ok(Kind::Float),
+        "fp16" => Ok(Kind::Half),
+        "bf16" => Ok(Kind::BFloat16),
+        other => Err(Error(format!(
+            "unknown dtype `{other}` (use fp32, fp16 or bf16)"
+        ))),
+    }
+}
+
+/// What a backend plugin implements, once per family.
+pub trait Backend: Sized + 'static {
+    /// Family id, e.g. `sd1`.
+    const FAMILY: &'static str;
+
+    /// `Ok(Some(description))` when this family reads `checkpoint`, `Ok(None)` when it is some
+    /// other family's, `Err` when the file is unreadable (the message names it and the fix).
+    fn detect(checkpoint: &Path) -> Result<Option<String>>;
+
+    fn load(request: &LoadRequest) -> Result<Self>;
+
+    fn info(&self) -> ModelInfo;
+
+    /// One conditioning (a bundle of tensors only this backend interprets) per prompt, padded
+    /// so that all can be batched together.
+    fn encode_prompts(&self, prompts: &[&str], clip_skip: usize) -> Result<Vec<Vec<Tensor>>>;
+
+    /// The denoised latent at `sigma` for each conditioning (no CFG: the host combines them).
+    fn denoise(&self, x: &Tensor, sigma: f64, conds: &[&[Tensor]]) -> Result<Vec<Tensor>>;
+
+    /// Scaled latent → pixels in [-1, 1].
+    fn decode(&self, latent: &Tensor) -> Result<Tensor>;
+
+    /// Pixels in [-1, 1] → scaled latent.
+    fn encode(&self, image: &Tensor) -> Result<Tensor>;
+
+    /// Writes a tiny random checkpoint of this family with the real save code (`hiresfix demo`).
+    fn write_demo_checkpoint(_path: &Path) -> Result<()> {
+        Err(Error(format!("family {} has no demo model", Self::FAMILY)))
+    }
+}
+
+type Out<T> = RResult<T, RString>;
+
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct ModelVtable {
+    pub drop: extern "C" fn(*mut c_void),
+    pub info: extern "C" fn(*const c_void) -> Out<ModelInfo>,
+    pub encode_prompts:
+        extern "C" fn(*const c_void, RSlice<'_, RString>, u32) -> Out<RVec<RVec<TensorBox>>>,
+    pub denoise: extern "C" fn(
+        *const c_void,
+        TensorRef<'_>,
+        f64,
+        RSlice<'_, RVec<TensorRef<'_>>>,
+    ) -> Out<RVec<TensorBox>>,
+    pub decode: extern "C" fn(*const c_void, TensorRef<'_>) -> Out<TensorBox>,
+    pub encode: extern "C" fn(*const c_void, TensorRef<'_>) -> Out<TensorBox>,
+}
+
+/// A loaded model, owned by the host; dropping it frees it inside its plugin.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct ModelBox {
+    obj: *mut c_void,
+    vtable: &'static ModelVtable,
+}
+
+impl Drop for ModelBox {
+    fn drop(&mut self) {
+        (self.vtable.drop)(self.obj)
+    }
+}
+
+fn obj<'a, B>(p: *const c_void) -> &'a B {
+    // SAFETY: p is the Box<B> made in `ModelBox::new`, alive until `drop`.
+    unsafe { &*(p as *const B) }
+}
+
+extern "C" fn drop_model<B: Backend>(p: *mut c_void) {
+    // SAFETY: p came from Box::into_raw in ModelBox::new and is dropped once.
+    let _ = guard(|| {
+        drop(unsafe { Box::from_raw(p as *mut B) });
+        Ok(())
+    });
+}
+
+extern "C" fn info_model<B: Backend>(p: *const c_void) -> Out<ModelInfo> {
+    guard(|| Ok(obj::<B>(p).info()))
+}
+
+extern "C" fn encode_prompts_model<B: Backend>(
+    p: *const c_void,
+    prompts: RSlice<'_, RString>,
+    clip_skip: u32,
+) -> Out<RVec<RVec<TensorBox>>> {
+    guard(|| {
+        let prompts: Vec<&str> = prompts.iter().map(|p| p.as_str()).collect();
+        let conds = obj::<B>(p).encode_prompts(&prompts, clip_skip as usize)?;
+        Ok(conds
+            .into_iter()
+            .map(|c| c.into_iter().map(TensorBox::new).collect())
+            .collect())
+    })
+}
+
+extern "C" fn denoise_model<B: Backend>(
+    p: *const c_void,
+    x: TensorRef<'_>,
+    sigma: f64,
+    conds: RSlice<'_, RVec<TensorRef<'_>>>,
+) -> Out<RVec<TensorBox>> {
+    guard(|| {
+        let conds: Vec<Vec<Tensor>> = conds
+            .iter()
+            .map(|c| c.iter().map(|t| t.to_tensor()).collect())
+            .collect();
+        let refs: Vec<&[Tensor]> = conds.iter().map(|c| c.as_slice()).collect();
+        let out = obj::<B>(p).denoise(&x.to_tensor(), sigma, &refs)?;
+        Ok(out.into_iter().map(TensorBox::new).collect())
+    })
+}
+
+extern "C" fn decode_model<B: Backend>(p: *const c_void, latent: TensorRef<'_>) -> Out<TensorBox> {
+    guard(|| obj::<B>(p).decode(&latent.to_tensor()).map(TensorBox::new))
+}
+
+extern "C" fn encode_model<B: Backend>(p: *const c_void, image: TensorRef<'_>) -> Out<TensorBox> {
+    guard(|| obj::<B>(p).encode(&image.to_tensor()).map(TensorBox::new))
+}
+
+struct VtableOf<B>(std::marker::PhantomData<B>);
+
+impl<B: Backend> VtableOf<B> {
+    const VTABLE: ModelVtable = ModelVtable {
+        drop: drop_model::<B>,
+        info: info_model::<B>,
+        encode_prompts: encode_prompts_model::<B>,
+        denoise: denoise_model::<B>,
+        decode: decode_model::<B>,
+        encode: encode_model::<B>,
+    };
+}
+
+impl ModelBox {
+    pub fn new<B: Backend>(model: B) -> Self {
+        Self {
+            obj: Box::into_raw(Box::new(model)) as *mut c_void,
+            vtable: &VtableOf::<B>::VTABLE,
+        }
+    }
+
+    pub fn info(&self) -> Result<ModelInfo> {
+        from_ffi((self.vtable.info)(self.obj))
+    }
+
+    pub fn encode_prompts(&self, prompts: &[String], clip_skip: usize) -> Result<Vec<Vec<Tensor>>> {
+        let prompts: Vec<RString> = prompts.iter().map(|p| RString::from(p.as_str())).collect();
+        let out = from_ffi((self.vtable.encode_prompts)(
+            self.obj,
+            RSlice::from_slice(&prompts),
+            clip_skip as u32,
+        ))?;
+        Ok(out
+            .into_iter()
+            .map(|c| c.into_iter().map(TensorBox::into_tensor).collect())
+            .collect())
+    }
+
+    pub fn denoise(&self, x: &Tensor, sigma: f64, conds: &[&[Tensor]]) -> Result<Vec<Tensor>> {
+        let refs: Vec<RVec<TensorRef<'_>>> = conds
+            .iter()
+            .map(|c| c.iter().map(TensorRef::new).collect())
+            .collect();
+        let out = from_ffi((self.vtable.denoise)(
+            self.obj,
+            TensorRef::new(x),
+            sigma,
+            RSlice::from_slice(&refs),
+        ))?;
+        Ok(out.into_iter().map(TensorBox::into_tensor).collect())
+    }
+
+    pub fn decode(&self, latent: &Tensor) -> Result<Tensor> {
+        from_ffi((self.vtable.decode)(self.obj, TensorRef::new(latent))).map(TensorBox::into_tensor)
+    }
+
+    pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
+        from_ffi((self.vtable.encode)(self.obj, TensorRef::new(image))).map(TensorBox::into_tensor)
+    }
+}
+
+/// A registered family, as listed in a plugin's root module.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct BackendDecl {
+    pub family: RString,
+    pub detect: extern "C" fn(RStr<'_>) -> Out<ROption<RString>>,
+    pub load: extern "C" fn(&LoadRequest) -> Out<ModelBox>,
+    pub write_demo_checkpoint: extern "C" fn(RStr<'_>) -> Out<()>,
+}
+
+extern "C" fn detect_trampoline<B: Backend>(path: RStr<'_>) -> Out<ROption<RString>> {
+    guard(|| {
+        Ok(B::detect(Path::new(path.as_str()))?
+            .map(RString::from)
+            .into())
+    })
+}
+
+extern "C" fn demo_trampoline<B: Backend>(path: RStr<'_>) -> Out<()> {
+    guard(|| B::write_demo_checkpoint(Path::new(path.as_str())))
+}
+
+extern "C" fn load_trampoline<B: Backend>(request: &LoadRequest) -> Out<ModelBox> {
+    guard(|| B::load(request).map(ModelBox::new))
+}
+
+impl BackendDecl {
+    pub fn of<B: Backend>() -> Self {
+        Self {
+            family: B::FAMILY.into(),
+            detect: detect_trampoline::<B>,
+            load: load_trampoline::<B>,
+            write_demo_checkpoint: demo_trampoline::<B>,
+        }
+    }
+
+    /// Host side: see [`Backend::detect`].
+    pub fn run_detect(&self, checkpoint: &Path) -> Result<Option<String>> {
+        let path = checkpoint.to_string_lossy();
+        from_ffi((self.detect)(RStr::from_str(&path))).map(|o| o.into_option().map(String::from))
+    }
+
+    pub fn run_load(&self, request: &LoadRequest) -> Result<ModelBox> {
+        from_ffi((self.load)(request))
+    }
+
+    pub fn run_write_demo_checkpoint(&self, path: &Path) -> Result<()> {
+        let path = path.to_string_lossy();
+        from_ffi((self.write_demo_checkpoint)(RStr::from_str(&path)))
+    }
+}

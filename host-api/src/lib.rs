@@ -1,0 +1,39 @@
+//! `host-api`: the stable interface between the hiresfix host and its plugins.
+//!
+//! A plugin dylib depends on this crate alone, implements [`Sampler`], [`Schedule`],
+//! [`Upscaler`] or [`Backend`] with ordinary tch code (the re-exported [`tch`], so it cannot pick
+//! a mismatched one), and exports them with [`export_plugin!`]. Everything that crosses the
+//! boundary is `abi_stable`-checked; errors come back as values and panics are caught.
+pub mod backend;
+pub mod error;
+pub mod options;
+pub mod plugin;
+pub mod sampler;
+pub mod schedule;
+pub mod sigmas;
+pub mod tensor;
+pub mod upscaler;
+
+pub use abi_stable;
+pub use tch;
+
+pub use backend::{Backend, BackendDecl, LoadRequest, ModelBox, ModelInfo};
+pub use error::{Error, Result};
+pub use options::{OptionEntry, OptionValue, Options};
+pub use plugin::{Handshake, PluginModule, PluginRef};
+pub use sampler::{SampleCtx, Sampler, SamplerCallbacks, SamplerDecl};
+pub use schedule::{Schedule, ScheduleDecl};
+pub use sigmas::ModelSigmas;
+pub use tensor::{TensorBox, TensorRef};
+pub use upscaler::{UpscaleCtx, Upscaler, UpscalerDecl, VaeCallbacks};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn export_plugin_names_the_symbol_abi_stable_looks_up() {
+        assert_eq!(
+            crate::__root_symbol!(),
+            abi_stable::library::ROOT_MODULE_LOADER_NAME
+        );
+    }
+}

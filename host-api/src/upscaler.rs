@@ -1,0 +1,129 @@
+//! Latent upscalers: resize a latent to the next pass's size. Pixel-space upscalers reach the
+//! pass's VAE through [`UpscaleCtx`].
+use std::ffi::c_void;
+use std::marker::PhantomData;
+
+use abi_stable::std_types::{RResult, RString, RVec};
+use abi_stable::StableAbi;
+use tch::Tensor;
+
+use crate::error::{from_ffi, guard, Result};
+use crate::sampler::strings;
+use crate::tensor::{TensorBox, TensorRef};
+
+pub trait Upscaler: 'static {
+    const NAME: &'static str;
+    /// Other accepted names; A1111's display name first (e.g. "Latent (bicubic antialiased)").
+    const ALIASES: &'static [&'static str] = &[];
+    /// Returns `latent` resized to `height` × `width` latent cells.
+    fn upscale(ctx: &mut UpscaleCtx<'_>, latent: Tensor, height: i64, width: i64)
+        -> Result<Tensor>;
+}
+
+/// The host's VAE for the pass, as seen through the boundary.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct UpscaleHost<'a> {
+    ctx: *mut c_void,
+    decode: extern "C" fn(*mut c_void, TensorRef<'_>) -> RResult<TensorBox, RString>,
+    encode: extern "C" fn(*mut c_void, TensorRef<'_>) -> RResult<TensorBox, RString>,
+    _borrow: PhantomData<&'a mut ()>,
+}
+
+/// Implemented by the host: the pass's VAE.
+pub trait VaeCallbacks {
+    /// Scaled latent → pixels in [-1, 1], `[B, 3, H, W]`.
+    fn decode(&mut self, latent: &Tensor) -> Result<Tensor>;
+    /// Pixels in [-1, 1] → scaled latent.
+    fn encode(&mut self, image: &Tensor) -> Result<Tensor>;
+}
+
+extern "C" fn decode_trampoline<C: VaeCallbacks>(
+    ctx: *mut c_void,
+    x: TensorRef<'_>,
+) -> RResult<TensorBox, RString> {
+    // SAFETY: ctx is the `&mut C` given to `UpscaleHost::new`, alive for the call.
+    let vae = unsafe { &mut *(ctx as *mut C) };
+    guard(|| vae.decode(&x.to_tensor()).map(TensorBox::new))
+}
+
+extern "C" fn encode_trampoline<C: VaeCallbacks>(
+    ctx: *mut c_void,
+    x: TensorRef<'_>,
+) -> RResult<TensorBox, RString> {
+    // SAFETY: as in decode_trampoline.
+    let vae = unsafe { &mut *(ctx as *mut C) };
+    guard(|| vae.encode(&x.to_tensor()).map(TensorBox::new))
+}
+
+impl<'a> UpscaleHost<'a> {
+    pub fn new<C: VaeCallbacks>(vae: &'a mut C) -> Self {
+        Self {
+            ctx: vae as *mut C as *mut c_void,
+            decode: decode_trampoline::<C>,
+            encode: encode_trampoline::<C>,
+            _borrow: PhantomData,
+        }
+    }
+}
+
+/// An upscaler's view of the pass.
+pub struct UpscaleCtx<'a> {
+    host: &'a UpscaleHost<'a>,
+}
+
+impl UpscaleCtx<'_> {
+    pub fn vae_decode(&mut self, latent: &Tensor) -> Result<Tensor> {
+        from_ffi((self.host.decode)(self.host.ctx, TensorRef::new(latent)))
+            .map(TensorBox::into_tensor)
+    }
+
+    pub fn vae_encode(&mut self, image: &Tensor) -> Result<Tensor> {
+        from_ffi((self.host.encode)(self.host.ctx, TensorRef::new(image)))
+            .map(TensorBox::into_tensor)
+    }
+}
+
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct UpscalerDecl {
+    pub name: RString,
+    pub aliases: RVec<RString>,
+    pub upscale:
+        extern "C" fn(&UpscaleHost<'_>, TensorRef<'_>, i64, i64) -> RResult<TensorBox, RString>,
+}
+
+extern "C" fn upscale_trampoline<U: Upscaler>(
+    host: &UpscaleHost<'_>,
+    latent: TensorRef<'_>,
+    height: i64,
+    width: i64,
+) -> RResult<TensorBox, RString> {
+    guard(|| {
+        let mut ctx = UpscaleCtx { host };
+        U::upscale(&mut ctx, latent.to_tensor(), height, width).map(TensorBox::new)
+    })
+}
+
+impl UpscalerDecl {
+    pub fn of<U: Upscaler>() -> Self {
+        Self {
+            name: U::NAME.into(),
+            aliases: strings(U::ALIASES),
+            upscale: upscale_trampoline::<U>,
+        }
+    }
+
+    /// Host side: resize `latent` to `height` × `width` latent cells.
+    pub fn run<C: VaeCallbacks>(
+        &self,
+        vae: &mut C,
+        latent: &Tensor,
+        height: i64,
+        width: i64,
+    ) -> Result<Tensor> {
+        let host = UpscaleHost::new(vae);
+        from_ffi((self.upscale)(&host, TensorRef::new(latent), height, width))
+            .map(TensorBox::into_tensor)
+    }
+}

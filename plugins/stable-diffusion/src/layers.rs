@@ -1,0 +1,113 @@
+//! Small building blocks shared by the CLIP, UNet and VAE code. Every constructor names its
+//! parameters `weight` / `bias` under the given path, as PyTorch does.
+//!
+//! Parameters start at zero: they are always overwritten, by a checkpoint or by the seeded
+//! init of `tiny::write_random_checkpoint`, and zeros cost no random draws at load time.
+use tch::nn::{self, Init, Module};
+use tch::Tensor;
+
+const ZERO: Init = Init::Const(0.0);
+
+/// Group count of every GroupNorm in SD (LDM `Normalize`, diffusers `norm_num_groups`).
+pub const NORM_GROUPS: i64 = 32;
+
+pub fn conv2d(
+    p: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    kernel: i64,
+    stride: i64,
+    padding: i64,
+) -> nn::Conv2D {
+    nn::conv2d(
+        p,
+        c_in,
+        c_out,
+        kernel,
+        nn::ConvConfig {
+            stride,
+            padding,
+            ws_init: ZERO,
+            bs_init: ZERO,
+            ..Default::default()
+        },
+    )
+}
+
+pub fn linear(p: nn::Path, d_in: i64, d_out: i64, bias: bool) -> nn::Linear {
+    nn::linear(
+        p,
+        d_in,
+        d_out,
+        nn::LinearConfig {
+            bias,
+            ws_init: ZERO,
+            bs_init: Some(ZERO),
+        },
+    )
+}
+
+pub fn group_norm(p: nn::Path, channels: i64, eps: f64) -> nn::GroupNorm {
+    nn::group_norm(
+        p,
+        NORM_GROUPS,
+        channels,
+        nn::GroupNormConfig {
+            eps,
+            ws_init: ZERO,
+            bs_init: ZERO,
+            ..Default::default()
+        },
+    )
+}
+
+pub fn layer_norm(p: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
+    nn::layer_norm(
+        p,
+        vec![dim],
+        nn::LayerNormConfig {
+            eps,
+            ws_init: ZERO,
+            bs_init: ZERO,
+            ..Default::default()
+        },
+    )
+}
+
+/// `[B, L, heads*d]` queries/keys/values → attention output `[B, L, heads*d]`, through
+/// `scaled_dot_product_attention` (default scale 1/sqrt(d)).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, causal: bool) -> Tensor {
+    let split = |x: &Tensor| {
+        let s = x.size();
+        x.reshape([s[0], s[1], heads, s[2] / heads]).transpose(1, 2)
+    };
+    let out = Tensor::scaled_dot_product_attention(
+        &split(q),
+        &split(k),
+        &split(v),
+        None::<Tensor>,
+        0.0,
+        causal,
+        None,
+        false,
+    );
+    let s = q.size();
+    out.transpose(1, 2).reshape([s[0], s[1], s[2]])
+}
+
+/// GroupNorm → SiLU, the pre-activation used before most convs in SD.
+pub fn norm_silu(norm: &nn::GroupNorm, x: &Tensor) -> Tensor {
+    norm.forward(x).silu()
+}
+
+pub fn embedding(p: nn::Path, count: i64, dim: i64) -> nn::Embedding {
+    nn::embedding(
+        p,
+        count,
+        dim,
+        nn::EmbeddingConfig {
+            ws_init: ZERO,
+            ..Default::default()
+        },
+    )
+}

@@ -1,0 +1,189 @@
+//! The model's discrete noise schedule and the sigma ↔ timestep maps of k-diffusion's
+//! `DiscreteSchedule` (k_diffusion/external.py), without quantising. Computed in f64.
+use anyhow::{anyhow, bail, Result};
+use tch::Kind;
+
+use crate::checkpoint::Checkpoint;
+
+/// How betas grow over the training timesteps (diffusers `beta_schedule`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BetaSchedule {
+    /// Linear in sqrt(beta): SD's `scaled_linear`.
+    ScaledLinear,
+    Linear,
+}
+
+/// Training noise schedule parameters (diffusers `scheduler_config.json`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BetaConfig {
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub schedule: BetaSchedule,
+    pub num_train_timesteps: usize,
+}
+
+impl Default for BetaConfig {
+    /// SD 1.x (`linear_start 0.00085, linear_end 0.012`, 1000 steps, scaled_linear).
+    fn default() -> Self {
+        Self {
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            schedule: BetaSchedule::ScaledLinear,
+            num_train_timesteps: 1000,
+        }
+    }
+}
+
+impl BetaConfig {
+    fn from_json(json: &serde_json::Value) -> Result<Self> {
+        let d = Self::default();
+        let schedule = match json.get("beta_schedule").and_then(|v| v.as_str()).unwrap_or("scaled_linear") {
+            "scaled_linear" => BetaSchedule::ScaledLinear,
+            "linear" => BetaSchedule::Linear,
+            other => bail!("scheduler/scheduler_config.json: beta_schedule `{other}` is not supported (use scaled_linear or linear)"),
+        };
+        let num = |k: &str, default: f64| json.get(k).and_then(|v| v.as_f64()).unwrap_or(default);
+        Ok(Self {
+            beta_start: num("beta_start", d.beta_start),
+            beta_end: num("beta_end", d.beta_end),
+            schedule,
+            num_train_timesteps: num("num_train_timesteps", d.num_train_timesteps as f64) as usize,
+        })
+    }
+
+    /// ᾱ_t computed in f64 and rounded to f32, as LDM stores its `alphas_cumprod` buffer, so a
+    /// diffusers folder and its single-file twin get the same sigma table.
+    pub fn alphas_cumprod(&self) -> Vec<f64> {
+        let n = self.num_train_timesteps;
+        let lerp = |a: f64, b: f64, i: usize| {
+            if n > 1 {
+                a + (b - a) * i as f64 / (n - 1) as f64
+            } else {
+                a
+            }
+        };
+        let betas = (0..n).map(|i| match self.schedule {
+            BetaSchedule::ScaledLinear => {
+                lerp(self.beta_start.sqrt(), self.beta_end.sqrt(), i).powi(2)
+            }
+            BetaSchedule::Linear => lerp(self.beta_start, self.beta_end, i),
+        });
+        betas
+            .scan(1.0, |acc, beta| {
+                *acc *= 1.0 - beta;
+                Some(f64::from(*acc as f32))
+            })
+            .collect()
+    }
+}
+
+/// sigma_t = sqrt((1 - ᾱ_t) / ᾱ_t) for each training timestep, ascending.
+#[derive(Debug, Clone)]
+pub struct DiscreteSchedule {
+    sigmas: Vec<f64>,
+    log_sigmas: Vec<f64>,
+}
+
+impl DiscreteSchedule {
+    pub fn from_alphas_cumprod(alphas_cumprod: &[f64]) -> Result<Self> {
+        if alphas_cumprod.len() < 2 || alphas_cumprod.iter().any(|a| !(*a > 0.0 && *a <= 1.0)) {
+            bail!("alphas_cumprod must hold at least 2 values in (0, 1]");
+        }
+        let sigmas: Vec<f64> = alphas_cumprod
+            .iter()
+            .map(|a| ((1.0 - a) / a).sqrt())
+            .collect();
+        let log_sigmas = sigmas.iter().map(|s| s.ln()).collect();
+        Ok(Self { sigmas, log_sigmas })
+    }
+
+    /// The checkpoint's `alphas_cumprod` (single files), else the diffusers scheduler's
+    /// betas, else the SD 1.x defaults.
+    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
+        let shown = ckpt.path().display();
+        if ckpt.contains("alphas_cumprod") {
+            let t = ckpt
+                .read("alphas_cumprod")?
+                .to_kind(Kind::Double)
+                .flatten(0, -1);
+            let values = Vec::<f64>::try_from(&t)
+                .map_err(|e| anyhow!("{shown}: cannot read alphas_cumprod ({e})"))?;
+            return Self::from_alphas_cumprod(&values)
+                .map_err(|e| anyhow!("{shown}: {e} — the file is damaged"));
+        }
+        let betas = match &ckpt.configs().scheduler {
+            Some(json) => BetaConfig::from_json(json)?,
+            None => BetaConfig::default(),
+        };
+        Self::from_alphas_cumprod(&betas.alphas_cumprod())
+    }
+
+    /// Ascending model sigmas, one per training timestep.
+    pub fn sigmas(&self) -> &[f64] {
+        &self.sigmas
+    }
+
+    /// Fractional timestep of `sigma`: linear interpolation in log-sigma between the two
+    /// neighbouring table entries, clamped to the table (k-diffusion, `quantize=False`).
+    pub fn sigma_to_t(&self, sigma: f64) -> f64 {
+        let log_sigma = sigma.ln();
+        let last = self.log_sigmas.len() - 2;
+        let low = self
+            .log_sigmas
+            .iter()
+            .rposition(|&l| log_sigma >= l)
+            .unwrap_or(0)
+            .min(last);
+        let (lo, hi) = (self.log_sigmas[low], self.log_sigmas[low + 1]);
+        let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0);
+        (1.0 - w) * low as f64 + w * (low + 1) as f64
+    }
+
+    /// Sigma at a (fractional) timestep, interpolated in log-sigma.
+    pub fn t_to_sigma(&self, t: f64) -> f64 {
+        let t = t.clamp(0.0, (self.log_sigmas.len() - 1) as f64);
+        let (low, high) = (t.floor() as usize, t.ceil() as usize);
+        let w = t - t.floor();
+        ((1.0 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sd1() -> DiscreteSchedule {
+        DiscreteSchedule::from_alphas_cumprod(&BetaConfig::default().alphas_cumprod()).unwrap()
+    }
+
+    #[test]
+    fn sd1_sigma_range_matches_k_diffusion() {
+        let s = sd1();
+        assert!(
+            (s.sigmas()[0] - 0.029167532920837402).abs() < 1e-6,
+            "{}",
+            s.sigmas()[0]
+        );
+        assert!(
+            (s.sigmas()[999] - 14.614642143249512).abs() < 1e-5,
+            "{}",
+            s.sigmas()[999]
+        );
+    }
+
+    #[test]
+    fn sigma_to_t_inverts_t_to_sigma_at_fractional_timesteps() {
+        let s = sd1();
+        for t in [0.0, 0.25, 17.5, 500.123, 998.9, 999.0] {
+            let back = s.sigma_to_t(s.t_to_sigma(t));
+            assert!((back - t).abs() < 1e-9, "{t} -> {back}");
+        }
+    }
+
+    #[test]
+    fn sigma_to_t_clamps_outside_the_table() {
+        let s = sd1();
+        assert_eq!(s.sigma_to_t(1e-4), 0.0);
+        assert_eq!(s.sigma_to_t(100.0), 999.0);
+    }
+}

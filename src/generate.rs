@@ -1,0 +1,599 @@
+//! The hires-fix run: pass 1 txt2img, then upscale + partial re-denoise per later pass.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use host_api::tch::{self, Device, Kind, Tensor};
+use host_api::{LoadRequest, ModelBox, ModelInfo, ModelSigmas, SamplerCallbacks, VaeCallbacks};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::infotext;
+use crate::noise::{initial_noise, StepNoise};
+use crate::output;
+use crate::plan::{pass_sigmas, pass_sizes, plan_passes, PassPlan, PassSize};
+use crate::profile::{DeviceChoice, DtypeChoice, Profile};
+use crate::registry::{display_name, Registry};
+
+pub struct RunOptions {
+    pub quiet: bool,
+    /// `-o PATH`: replaces the profile's output template.
+    pub output: Option<String>,
+    /// Folder relative model paths are looked up in (the profile's).
+    pub base_dir: PathBuf,
+}
+
+pub fn device_of(choice: &DeviceChoice) -> Device {
+    match choice {
+        DeviceChoice::Auto => Device::cuda_if_available(),
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Cuda(n) => Device::Cuda(*n),
+    }
+}
+
+fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(n) => format!("cuda:{n}"),
+        _ => "cpu".into(),
+    }
+}
+
+fn dtype_name(choice: DtypeChoice, device: Device) -> &'static str {
+    match (choice, device) {
+        (DtypeChoice::Fp32, _) | (DtypeChoice::Auto, Device::Cpu) => "fp32",
+        (DtypeChoice::Fp16, _) | (DtypeChoice::Auto, _) => "fp16",
+        (DtypeChoice::Bf16, _) => "bf16",
+    }
+}
+
+/// Loaded models by checkpoint (and VAE), shared between passes.
+pub struct Models<'r> {
+    registry: &'r Registry,
+    device: String,
+    dtype: String,
+    loaded: HashMap<(PathBuf, Option<PathBuf>), (Rc<ModelBox>, ModelInfo)>,
+}
+
+impl<'r> Models<'r> {
+    pub fn new(registry: &'r Registry, device: Device, dtype: &str) -> Self {
+        Self {
+            registry,
+            device: device_name(device),
+            dtype: dtype.into(),
+            loaded: HashMap::new(),
+        }
+    }
+
+    pub fn get(
+        &mut self,
+        checkpoint: &Path,
+        vae: Option<&Path>,
+    ) -> Result<(Rc<ModelBox>, ModelInfo)> {
+        let key = (checkpoint.to_path_buf(), vae.map(Path::to_path_buf));
+        if let Some(found) = self.loaded.get(&key) {
+            return Ok(found.clone());
+        }
+        let backend = detect_backend(self.registry, checkpoint)?;
+        let request = LoadRequest {
+            checkpoint: checkpoint.to_string_lossy().as_ref().into(),
+            vae: vae.map(|v| v.to_string_lossy().as_ref().into()).into(),
+            device: self.device.as_str().into(),
+            dtype: self.dtype.as_str().into(),
+        };
+        let plugin = |e: host_api::Error| {
+            anyhow!(
+                "{e} (backend `{}`, plugin {})",
+                backend.decl.family,
+                backend.file.display()
+            )
+        };
+        let model = backend.decl.run_load(&request).map_err(plugin)?;
+        let info = model.info().map_err(plugin)?;
+        let entry = (Rc::new(model), info);
+        self.loaded.insert(key, entry.clone());
+        Ok(entry)
+    }
+}
+
+/// The backend whose family reads `checkpoint`.
+pub fn detect_backend<'r>(
+    registry: &'r Registry,
+    checkpoint: &Path,
+) -> Result<&'r crate::registry::Entry<host_api::BackendDecl>> {
+    if !checkpoint.exists() {
+        bail!(
+            "checkpoint {} not found; check [model] checkpoint in the profile",
+            checkpoint.display()
+        );
+    }
+    if registry.backends.is_empty() {
+        bail!("no model backend plugin was found; see `hiresfix plugins`");
+    }
+    for entry in &registry.backends {
+        match entry.decl.run_detect(checkpoint) {
+            Ok(Some(_)) => return Ok(entry),
+            Ok(None) => continue,
+            Err(e) => bail!("{e}"),
+        }
+    }
+    let families: Vec<&str> = registry
+        .backends
+        .iter()
+        .map(|b| b.decl.family.as_str())
+        .collect();
+    bail!(
+        "no backend reads {} (families available: {})",
+        checkpoint.display(),
+        families.join(", ")
+    )
+}
+
+/// CFG over the backend's predictions, the image's step noise, and the progress bar.
+struct Guidance<'a> {
+    model: &'a ModelBox,
+    uncond: &'a [Tensor],
+    cond: &'a [Tensor],
+    cfg: f64,
+    noise: StepNoise,
+    bar: &'a ProgressBar,
+}
+
+impl SamplerCallbacks for Guidance<'_> {
+    fn denoise(&mut self, x: &Tensor, sigma: f64) -> host_api::Result<Tensor> {
+        if self.cfg == 1.0 {
+            let mut out = self.model.denoise(x, sigma, &[self.cond])?;
+            return Ok(out.remove(0));
+        }
+        let out = self.model.denoise(x, sigma, &[self.uncond, self.cond])?;
+        Ok(&out[0] + (&out[1] - &out[0]) * self.cfg)
+    }
+
+    fn noise_like(&mut self, x: &Tensor) -> host_api::Result<Tensor> {
+        Ok(self.noise.next_like(x))
+    }
+
+    fn step(&mut self, i: usize, _total: usize) -> bool {
+        self.bar.set_position(i as u64 + 1);
+        true
+    }
+}
+
+struct Vae<'a>(&'a ModelBox);
+
+impl VaeCallbacks for Vae<'_> {
+    fn decode(&mut self, latent: &Tensor) -> host_api::Result<Tensor> {
+        self.0.decode(latent)
+    }
+    fn encode(&mut self, image: &Tensor) -> host_api::Result<Tensor> {
+        self.0.encode(image)
+    }
+}
+
+fn progress_bar(quiet: bool, steps: usize, label: String) -> ProgressBar {
+    let target = if quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = ProgressBar::with_draw_target(Some(steps as u64), target);
+    let style =
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(label);
+    bar
+}
+
+/// Decoded image as RGB8, A1111's `clamp((x + 1) / 2, 0, 1) * 255` truncated to u8.
+pub fn to_rgb8(pixels: &Tensor) -> Result<(u32, u32, Vec<u8>)> {
+    let image =
+        ((pixels.to_device(Device::Cpu).to_kind(Kind::Float) + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0;
+    let image = image
+        .to_kind(Kind::Uint8)
+        .squeeze_dim(0)
+        .permute([1, 2, 0])
+        .contiguous();
+    let size = image.size();
+    let (h, w) = (size[0] as u32, size[1] as u32);
+    let bytes = Vec::<u8>::try_from(image.flatten(0, -1)).context("cannot read decoded pixels")?;
+    Ok((w, h, bytes))
+}
+
+/// Per-image outputs: the final latent and, with `save_passes`, every earlier pass's latent.
+pub struct ImageResult {
+    pub latents: Vec<Tensor>,
+}
+
+/// Runs every pass for one image.
+pub fn run_image(
+    plans: &[PassPlan<'_>],
+    sizes: &[PassSize],
+    models: &mut Models<'_>,
+    seed: i64,
+    noise_seed_delta: i64,
+    quiet: bool,
+) -> Result<ImageResult> {
+    let mut latents: Vec<Tensor> = Vec::new();
+    let mut family: Option<String> = None;
+    for (plan, size) in plans.iter().zip(sizes) {
+        let (model, info) = models.get(&plan.checkpoint, plan.vae.as_deref())?;
+        if let Some(f) = &family {
+            if *f != info.family.as_str() {
+                bail!("pass {}: checkpoint {} is {} but earlier passes are {f}; a pass may only switch to a checkpoint of the same family", plan.number, plan.checkpoint.display(), info.family);
+            }
+        }
+        family = Some(info.family.to_string());
+        let device = latent_device(&info);
+        let table = ModelSigmas::new(info.sigmas.to_vec())
+            .map_err(|e| anyhow!("model sigma table: {e}"))?;
+        let sigmas = pass_sigmas(plan, &table)?;
+        let shape = [info.latent_channels as i64, size.latent_h, size.latent_w];
+        let noise = initial_noise(seed, &shape).unsqueeze(0).to_device(device);
+        let x = match latents.last() {
+            None => noise * sigmas[0],
+            Some(prev) => {
+                let upscaler = plan
+                    .upscaler
+                    .ok_or_else(|| anyhow!("pass {} has no upscaler", plan.number))?;
+                let mut vae = Vae(&model);
+                let up = upscaler
+                    .decl
+                    .run(&mut vae, prev, size.cover_h, size.cover_w)
+                    .map_err(|e| {
+                        plugin_error(
+                            plan.number,
+                            "upscaler",
+                            &upscaler.decl.name,
+                            &upscaler.file,
+                            e,
+                        )
+                    })?;
+                let up = centre_crop(&up, size.latent_h, size.latent_w);
+                up + noise * sigmas[0]
+            }
+        };
+        let conds = model
+            .encode_prompts(
+                &[plan.negative.clone(), plan.prompt.clone()],
+                plan.clip_skip,
+            )
+            .map_err(|e| anyhow!("pass {}: encoding the prompt: {e}", plan.number))?;
+        let bar = progress_bar(quiet, plan.steps, format!("pass {}", plan.number));
+        let mut guidance = Guidance {
+            model: &model,
+            uncond: &conds[0],
+            cond: &conds[1],
+            cfg: plan.cfg,
+            noise: StepNoise::start(seed + noise_seed_delta),
+            bar: &bar,
+        };
+        let out = plan
+            .sampler
+            .decl
+            .run(&mut guidance, &plan.options, x, &sigmas)
+            .map_err(|e| {
+                plugin_error(
+                    plan.number,
+                    "sampler",
+                    &plan.sampler.decl.name,
+                    &plan.sampler.file,
+                    e,
+                )
+            })?;
+        bar.finish();
+        latents.push(out);
+    }
+    Ok(ImageResult { latents })
+}
+
+fn plugin_error(
+    pass: usize,
+    kind: &str,
+    name: &str,
+    file: &Path,
+    e: host_api::Error,
+) -> anyhow::Error {
+    anyhow!(
+        "pass {pass}: {kind} `{name}` (plugin {}): {e}",
+        file.display()
+    )
+}
+
+fn latent_device(info: &ModelInfo) -> Device {
+    host_api::backend::parse_device(info.device.as_str()).unwrap_or(Device::Cpu)
+}
+
+/// Centre crop of a `[B, C, H, W]` latent to `h × w` (no-op when it already fits).
+fn centre_crop(x: &Tensor, h: i64, w: i64) -> Tensor {
+    let size = x.size();
+    let (ch, cw) = (size[2], size[3]);
+    if ch == h && cw == w {
+        return x.shallow_clone();
+    }
+    x.narrow(2, (ch - h) / 2, h).narrow(3, (cw - w) / 2, w)
+}
+
+/// A number as A1111 prints it: `7`, `7.5`, `0.35`.
+pub fn num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// The A1111 `parameters` pairs for one image.
+pub fn infotext_pairs(
+    profile: &Profile,
+    plans: &[PassPlan<'_>],
+    sizes: &[PassSize],
+    seed: i64,
+    model_hash: Option<&str>,
+) -> Vec<(String, String)> {
+    let first = &plans[0];
+    let mut pairs: Vec<(String, String)> = vec![
+        ("Steps".into(), first.steps.to_string()),
+        ("Sampler".into(), display_name(&first.sampler.decl)),
+        ("Schedule type".into(), display_name(&first.schedule.decl)),
+        ("CFG scale".into(), num(first.cfg)),
+        ("Seed".into(), seed.to_string()),
+        (
+            "Size".into(),
+            format!("{}x{}", sizes[0].width, sizes[0].height),
+        ),
+    ];
+    if let Some(hash) = model_hash {
+        pairs.push(("Model hash".into(), hash.to_owned()));
+    }
+    pairs.push(("Model".into(), model_name(&first.checkpoint)));
+    if first.clip_skip > 1 {
+        pairs.push(("Clip skip".into(), first.clip_skip.to_string()));
+    }
+    for (i, (plan, size)) in plans.iter().zip(sizes).enumerate().skip(1) {
+        let p = if i == 1 {
+            "Hires".to_owned()
+        } else {
+            format!("Hires {i}")
+        };
+        let pass = &profile.passes[i];
+        if i == 1 {
+            pairs.push(("Denoising strength".into(), num(plan.denoise)));
+        } else {
+            pairs.push((format!("{p} denoising strength"), num(plan.denoise)));
+        }
+        match pass.scale {
+            Some(s) if pass.width.is_none() && pass.height.is_none() => {
+                pairs.push((format!("{p} upscale"), num(s)))
+            }
+            _ => pairs.push((
+                format!("{p} resize"),
+                format!("{}x{}", size.width, size.height),
+            )),
+        }
+        pairs.push((format!("{p} steps"), plan.steps.to_string()));
+        if let Some(up) = plan.upscaler {
+            pairs.push((format!("{p} upscaler"), display_name(&up.decl)));
+        }
+        if plan.checkpoint != first.checkpoint {
+            pairs.push((format!("{p} checkpoint"), model_name(&plan.checkpoint)));
+        }
+        if plan.sampler.decl.name != first.sampler.decl.name {
+            pairs.push((format!("{p} sampler"), display_name(&plan.sampler.decl)));
+        }
+        if plan.schedule.decl.name != first.schedule.decl.name {
+            pairs.push((
+                format!("{p} schedule type"),
+                display_name(&plan.schedule.decl),
+            ));
+        }
+        if plan.prompt != first.prompt {
+            pairs.push((format!("{p} prompt"), plan.prompt.clone()));
+        }
+        if plan.negative != first.negative {
+            pairs.push((format!("{p} negative prompt"), plan.negative.clone()));
+        }
+        if plan.cfg != first.cfg {
+            pairs.push((format!("{p} CFG Scale"), num(plan.cfg)));
+        }
+    }
+    if profile.eta_noise_seed_delta != 0 {
+        pairs.push(("ENSD".into(), profile.eta_noise_seed_delta.to_string()));
+    }
+    pairs.push((
+        "Version".into(),
+        format!("hiresfix {}", env!("CARGO_PKG_VERSION")),
+    ));
+    pairs
+}
+
+fn model_name(checkpoint: &Path) -> String {
+    checkpoint
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A1111's "Model hash": the first 10 hex digits of the file's sha256 (none for a folder).
+pub fn model_hash(checkpoint: &Path) -> Option<String> {
+    use sha2::Digest;
+    if !checkpoint.is_file() {
+        return None;
+    }
+    let mut hasher = sha2::Sha256::new();
+    let mut file = std::fs::File::open(checkpoint).ok()?;
+    std::io::copy(&mut file, &mut hasher).ok()?;
+    Some(
+        hasher
+            .finalize()
+            .iter()
+            .take(5)
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
+/// A profile made ready to run: models loaded, names resolved, sizes known.
+pub struct Job<'r> {
+    pub profile: Profile,
+    pub plans: Vec<PassPlan<'r>>,
+    pub sizes: Vec<PassSize>,
+    pub models: Models<'r>,
+    /// Size roundings and other things the user should know.
+    pub notes: Vec<String>,
+}
+
+/// Resolves names (before any model load, so a typo fails fast), loads the first pass's model,
+/// fills defaults from it and computes every pass's size.
+pub fn prepare<'r>(
+    mut profile: Profile,
+    registry: &'r Registry,
+    base_dir: &Path,
+) -> Result<Job<'r>> {
+    let device = device_of(&profile.device);
+    if matches!(device, Device::Cuda(_)) && !tch::Cuda::is_available() {
+        bail!(
+            "device {} requested but CUDA is not available here; set device = \"cpu\" or \"auto\"",
+            device_name(device)
+        );
+    }
+    let mut probe = profile.clone();
+    probe.resolve_defaults(512)?;
+    plan_passes(&probe, registry, base_dir)?;
+    let mut models = Models::new(registry, device, dtype_name(profile.dtype, device));
+    let first = &probe.passes[0];
+    let checkpoint = crate::plan::resolve_path(
+        base_dir,
+        first
+            .checkpoint
+            .as_deref()
+            .or(profile.model.checkpoint.as_deref())
+            .unwrap_or_default(),
+    );
+    let vae = profile
+        .model
+        .vae
+        .as_deref()
+        .map(|v| crate::plan::resolve_path(base_dir, v));
+    let (_, info) = models.get(&checkpoint, vae.as_deref())?;
+    profile.resolve_defaults(info.default_size)?;
+    if profile.seed == -1 {
+        profile.seed = random_seed();
+    }
+    let plans = plan_passes(&profile, registry, base_dir)?;
+    let (sizes, notes) = pass_sizes(&profile.passes, info.vae_scale_factor);
+    Ok(Job {
+        profile,
+        plans,
+        sizes,
+        models,
+        notes,
+    })
+}
+
+impl Job<'_> {
+    pub fn run_image(&mut self, seed: i64, quiet: bool) -> Result<ImageResult> {
+        run_image(
+            &self.plans,
+            &self.sizes,
+            &mut self.models,
+            seed,
+            self.profile.eta_noise_seed_delta,
+            quiet,
+        )
+    }
+
+    /// The profile that reproduces image `n` alone (seed + n, batch 1, sizes and paths
+    /// spelled out), for the PNG's second chunk and `replay`.
+    pub fn image_profile(&self, n: usize) -> Profile {
+        let mut p = self.profile.clone();
+        p.seed = self.profile.seed + n as i64;
+        p.batch = 1;
+        for (i, pass) in p.passes.iter_mut().enumerate() {
+            if i == 0 {
+                pass.width = Some(self.sizes[0].width);
+                pass.height = Some(self.sizes[0].height);
+            }
+            pass.checkpoint = pass
+                .checkpoint
+                .as_ref()
+                .map(|_| absolute(&self.plans[i].checkpoint));
+        }
+        p.model.checkpoint = Some(absolute(&self.plans[0].checkpoint));
+        p.model.vae = self.plans[0].vae.as_ref().map(|v| absolute(v));
+        p
+    }
+}
+
+fn absolute(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `generate`: every image of the batch, written as PNG. Returns the written paths.
+pub fn generate(
+    profile: Profile,
+    registry: &Registry,
+    options: &RunOptions,
+) -> Result<Vec<PathBuf>> {
+    let mut job = prepare(profile, registry, &options.base_dir)?;
+    if !options.quiet {
+        for note in &job.notes {
+            eprintln!("note: {note}");
+        }
+    }
+    let hash = model_hash(&job.plans[0].checkpoint);
+    let template = options
+        .output
+        .clone()
+        .unwrap_or_else(|| job.profile.output.clone());
+    let mut written = Vec::new();
+    for n in 0..job.profile.batch as usize {
+        let seed = job.profile.seed + n as i64;
+        let result = job.run_image(seed, options.quiet)?;
+        let resolved =
+            toml::to_string(&job.image_profile(n)).context("cannot encode the resolved profile")?;
+        let pairs = infotext_pairs(&job.profile, &job.plans, &job.sizes, seed, hash.as_deref());
+        let parameters = infotext::format(&job.plans[0].prompt, &job.plans[0].negative, &pairs);
+        let last = job.plans.len() - 1;
+        let wanted = output::expand(&template, seed, n);
+        for (i, latent) in result.latents.iter().enumerate() {
+            if i != last && !job.profile.save_passes {
+                continue;
+            }
+            let (model, _) = job
+                .models
+                .get(&job.plans[i].checkpoint, job.plans[i].vae.as_deref())?;
+            let pixels = model
+                .decode(latent)
+                .map_err(|e| anyhow!("pass {}: VAE decode: {e}", i + 1))?;
+            let (w, h, rgb) = to_rgb8(&pixels)?;
+            let png = output::encode_png(w, h, &rgb, &parameters, &resolved)?;
+            let path = if i == last {
+                wanted.clone()
+            } else {
+                pass_path(&wanted, i + 1)
+            };
+            written.push(output::write_new_file(&path, &png)?);
+        }
+    }
+    Ok(written)
+}
+
+fn pass_path(final_path: &Path, pass: usize) -> PathBuf {
+    let stem = final_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    final_path.with_file_name(format!("{stem}-pass{pass}.png"))
+}
+
+fn random_seed() -> i64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    (nanos % 4_294_967_295) as i64
+}

@@ -1,0 +1,9 @@
+//! The hiresfix host as a library: profile, plugin registry, planning and the multi-pass run.
+//! `main.rs` is the command line over it.
+pub mod generate;
+pub mod infotext;
+pub mod noise;
+pub mod output;
+pub mod plan;
+pub mod profile;
+pub mod registry;

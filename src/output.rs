@@ -1,0 +1,147 @@
+//! PNG output: A1111 `parameters` chunk plus the resolved profile, written to a temporary name
+//! and linked into place so a taken name is never overwritten and no partial file is left.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+pub const PROFILE_CHUNK: &str = "hiresfix-profile";
+
+/// Expands `{seed}` and `{n}` in the output template.
+pub fn expand(template: &str, seed: i64, n: usize) -> PathBuf {
+    PathBuf::from(
+        template
+            .replace("{seed}", &seed.to_string())
+            .replace("{n}", &n.to_string()),
+    )
+}
+
+fn is_latin1(text: &str) -> bool {
+    text.chars().all(|c| (c as u32) < 256 && c != '\0')
+}
+
+/// Encodes an RGB8 image with the two text chunks.
+pub fn encode_png(
+    width: u32,
+    height: u32,
+    rgb: &[u8],
+    parameters: &str,
+    profile: &str,
+) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut bytes, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        for (key, text) in [("parameters", parameters), (PROFILE_CHUNK, profile)] {
+            if is_latin1(text) {
+                encoder.add_text_chunk(key.to_owned(), text.to_owned())?;
+            } else {
+                encoder.add_itxt_chunk(key.to_owned(), text.to_owned())?;
+            }
+        }
+        let mut writer = encoder.write_header()?;
+        writer.write_image_data(rgb)?;
+        writer.finish()?;
+    }
+    Ok(bytes)
+}
+
+/// Reads the text chunks of a PNG (tEXt, zTXt and iTXt).
+pub fn read_text_chunks(path: &Path) -> Result<Vec<(String, String)>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let decoder = png::Decoder::new(std::io::BufReader::new(file));
+    let reader = decoder
+        .read_info()
+        .with_context(|| format!("{} is not a readable PNG", path.display()))?;
+    let info = reader.info();
+    let mut out: Vec<(String, String)> = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|t| (t.keyword.clone(), t.text.clone()))
+        .collect();
+    for t in &info.compressed_latin1_text {
+        out.push((t.keyword.clone(), t.get_text().unwrap_or_default()));
+    }
+    for t in &info.utf8_text {
+        out.push((t.keyword.clone(), t.get_text().unwrap_or_default()));
+    }
+    Ok(out)
+}
+
+/// Writes `bytes` at `wanted`, or at `stem-1.ext`, `stem-2.ext`, ... if taken. Returns the path.
+pub fn write_new_file(wanted: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    let dir = wanted
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    let stem = wanted
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    let ext = wanted
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
+    let tmp = dir.join(format!(".{stem}.{}.tmp", std::process::id()));
+    {
+        let mut file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write in {}", dir.display()))?;
+        file.write_all(bytes)
+            .and_then(|_| file.sync_all())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+    }
+    let result = (0..10_000)
+        .map(|i| {
+            if i == 0 {
+                wanted.with_file_name(format!("{stem}.{ext}"))
+            } else {
+                wanted.with_file_name(format!("{stem}-{i}.{ext}"))
+            }
+        })
+        .find_map(|candidate| match std::fs::hard_link(&tmp, &candidate) {
+            Ok(()) => Some(Ok(candidate)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+            Err(e) => Some(Err(e)),
+        });
+    let _ = std::fs::remove_file(&tmp);
+    match result {
+        Some(Ok(path)) => Ok(path),
+        Some(Err(e)) => {
+            Err(e).with_context(|| format!("cannot place the image in {}", dir.display()))
+        }
+        None => anyhow::bail!("no free file name for {} (10000 taken)", wanted.display()),
+    }
+}
+
+/// Decodes an RGB8 PNG: `(width, height, pixels)`.
+pub fn read_rgb8(path: &Path) -> Result<(u32, u32, Vec<u8>)> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info()?;
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut buf)?;
+    buf.truncate(frame.buffer_size());
+    Ok((frame.width, frame.height, buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_name_gets_a_suffix() {
+        let dir = std::env::temp_dir().join(format!("hiresfix-out-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = write_new_file(&dir.join("x.png"), b"one").unwrap();
+        let b = write_new_file(&dir.join("x.png"), b"two").unwrap();
+        assert_eq!(a, dir.join("x.png"));
+        assert_eq!(b, dir.join("x-1.png"));
+        assert_eq!(std::fs::read(&a).unwrap(), b"one");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,242 @@
+//! From a profile to an executable plan: names resolved to plugin entries, sizes in latent
+//! cells, and each pass's sigma schedule (SPEC §4 denoise slicing).
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use host_api::{ModelSigmas, OptionEntry, OptionValue, SamplerDecl, ScheduleDecl, UpscalerDecl};
+
+use crate::profile::{Pass, Profile};
+use crate::registry::{find, Entry, Registry};
+
+pub struct PassPlan<'r> {
+    /// 1-based, as users count passes.
+    pub number: usize,
+    pub steps: usize,
+    pub denoise: f64,
+    pub sampler: &'r Entry<SamplerDecl>,
+    pub schedule: &'r Entry<ScheduleDecl>,
+    pub upscaler: Option<&'r Entry<UpscalerDecl>>,
+    pub options: Vec<OptionEntry>,
+    pub prompt: String,
+    pub negative: String,
+    pub cfg: f64,
+    pub checkpoint: PathBuf,
+    pub vae: Option<PathBuf>,
+    pub clip_skip: usize,
+}
+
+/// A pass's image size: pixels, latent cells, and the size to upscale to before a centre crop.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PassSize {
+    pub width: u32,
+    pub height: u32,
+    pub latent_w: i64,
+    pub latent_h: i64,
+    /// Latent size to resize to before cropping to `latent_h × latent_w` (cover, A1111 rule).
+    pub cover_h: i64,
+    pub cover_w: i64,
+}
+
+/// A path from a profile: relative ones are looked up beside the profile first, then in the
+/// current folder.
+pub fn resolve_path(base_dir: &Path, p: &str) -> PathBuf {
+    let path = PathBuf::from(p);
+    if path.is_absolute() {
+        return path;
+    }
+    let beside = base_dir.join(&path);
+    if beside.exists() {
+        beside
+    } else {
+        path
+    }
+}
+
+fn option_value(key: &str, value: &toml::Value) -> Result<OptionValue> {
+    Ok(match value {
+        toml::Value::Float(f) => OptionValue::Number(*f),
+        toml::Value::Integer(i) => OptionValue::Number(*i as f64),
+        toml::Value::Boolean(b) => OptionValue::Flag(*b),
+        toml::Value::String(s) => OptionValue::Text(s.as_str().into()),
+        other => bail!("sampler_options.{key}: {other} is not a number, string or boolean"),
+    })
+}
+
+/// Resolves every pass's names against the registry; `profile` must have defaults filled.
+pub fn plan_passes<'r>(
+    profile: &Profile,
+    registry: &'r Registry,
+    base_dir: &Path,
+) -> Result<Vec<PassPlan<'r>>> {
+    let base_checkpoint = profile.model.checkpoint.as_deref().ok_or_else(|| {
+        anyhow!("no checkpoint: set [model] checkpoint = \"path\" (a Civitai .safetensors file or a diffusers folder), or run `hiresfix demo`")
+    })?;
+    if profile.model.merge.is_some() {
+        bail!("[model] merge is not supported by this version yet; merge once with `hiresfix merge` and point `checkpoint` at the result");
+    }
+    let mut plans = Vec::new();
+    for (i, pass) in profile.passes.iter().enumerate() {
+        let number = i + 1;
+        let at = |e: anyhow::Error| e.context(format!("pass {number}"));
+        let sampler_name = pass.sampler.as_deref().unwrap_or("euler");
+        let sampler = find(&registry.samplers, sampler_name, "sampler").map_err(at)?;
+        let schedule_name = match (&pass.schedule, sampler.decl.default_schedule.as_str()) {
+            (Some(s), _) => s.clone(),
+            (None, "") => "normal".to_owned(),
+            (None, default) => default.to_owned(),
+        };
+        let schedule = find(&registry.schedules, &schedule_name, "schedule").map_err(at)?;
+        let upscaler = match (number, &pass.upscaler) {
+            (1, _) => None,
+            (_, Some(name)) => Some(find(&registry.upscalers, name, "upscaler").map_err(at)?),
+            (_, None) => Some(find(&registry.upscalers, "latent", "upscaler").map_err(at)?),
+        };
+        let mut options = Vec::new();
+        for (key, value) in &pass.sampler_options {
+            if !sampler.decl.options.iter().any(|o| o.as_str() == key) {
+                let known: Vec<&str> = sampler.decl.options.iter().map(|o| o.as_str()).collect();
+                bail!(
+                    "pass {number}: sampler `{}` has no option `{key}` (it reads: {})",
+                    sampler.decl.name,
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            }
+            options.push(OptionEntry {
+                key: key.as_str().into(),
+                value: option_value(key, value).map_err(at)?,
+            });
+        }
+        let checkpoint = resolve_path(
+            base_dir,
+            pass.checkpoint.as_deref().unwrap_or(base_checkpoint),
+        );
+        let vae = pass
+            .vae
+            .as_deref()
+            .or(profile.model.vae.as_deref())
+            .map(|v| resolve_path(base_dir, v));
+        if pass.loras.as_ref().is_some_and(|l| !l.is_empty()) || !profile.model.loras.is_empty() {
+            bail!("LoRA is not supported by this version yet; remove `loras` from the profile");
+        }
+        plans.push(PassPlan {
+            number,
+            steps: pass.steps.unwrap_or(20) as usize,
+            denoise: if number == 1 {
+                1.0
+            } else {
+                pass.denoise.unwrap_or(0.7)
+            },
+            sampler,
+            schedule,
+            upscaler,
+            options,
+            prompt: pass
+                .prompt
+                .clone()
+                .unwrap_or_else(|| profile.prompt.clone()),
+            negative: pass
+                .negative
+                .clone()
+                .unwrap_or_else(|| profile.negative.clone()),
+            cfg: pass.cfg.unwrap_or(profile.cfg),
+            checkpoint,
+            vae,
+            clip_skip: pass.clip_skip.unwrap_or(profile.model.clip_skip) as usize,
+        });
+    }
+    Ok(plans)
+}
+
+fn round_to(value: f64, factor: u32) -> u32 {
+    ((value as u32) / factor).max(1) * factor
+}
+
+/// Pixel and latent sizes of every pass. Sizes are rounded down to multiples of the VAE factor;
+/// each rounding is returned as a note for the user.
+pub fn pass_sizes(passes: &[Pass], factor: u32) -> (Vec<PassSize>, Vec<String>) {
+    let mut sizes: Vec<PassSize> = Vec::new();
+    let mut notes = Vec::new();
+    for (i, pass) in passes.iter().enumerate() {
+        let (w, h, cover) = match sizes.last() {
+            None => (
+                pass.width.unwrap_or(512) as f64,
+                pass.height.unwrap_or(512) as f64,
+                None,
+            ),
+            Some(prev) => {
+                let (pw, ph) = (prev.width as f64, prev.height as f64);
+                match (pass.width, pass.height, pass.scale) {
+                    (Some(w), Some(h), _) => {
+                        let s = (w as f64 / pw).max(h as f64 / ph);
+                        (w as f64, h as f64, Some((pw * s, ph * s)))
+                    }
+                    (Some(w), None, _) => (w as f64, ph * w as f64 / pw, None),
+                    (None, Some(h), _) => (pw * h as f64 / ph, h as f64, None),
+                    (None, None, s) => (pw * s.unwrap_or(2.0), ph * s.unwrap_or(2.0), None),
+                }
+            }
+        };
+        let (rw, rh) = (round_to(w, factor), round_to(h, factor));
+        if (rw as f64 - w).abs() >= 1.0 || (rh as f64 - h).abs() >= 1.0 {
+            notes.push(format!(
+                "pass {}: {}x{} rounded to {rw}x{rh} (multiples of {factor})",
+                i + 1,
+                w as u32,
+                h as u32
+            ));
+        }
+        let (cw, ch) = cover.map_or((rw, rh), |(cw, ch)| {
+            (round_to(cw, factor).max(rw), round_to(ch, factor).max(rh))
+        });
+        let f = factor as i64;
+        sizes.push(PassSize {
+            width: rw,
+            height: rh,
+            latent_w: rw as i64 / f,
+            latent_h: rh as i64 / f,
+            cover_w: cw as i64 / f,
+            cover_h: ch as i64 / f,
+        });
+    }
+    (sizes, notes)
+}
+
+/// The sigmas a pass runs: `steps + 1` of them. A pass with `denoise < 1` builds the schedule
+/// for `int(steps / denoise)` steps and keeps the tail (A1111 / ComfyUI). Samplers that drop the
+/// penultimate sigma get one extra step first, as A1111 does.
+pub fn pass_sigmas(plan: &PassPlan<'_>, model: &ModelSigmas) -> Result<Vec<f64>> {
+    let total = if plan.denoise < 1.0 {
+        (plan.steps as f64 / plan.denoise) as usize
+    } else {
+        plan.steps
+    };
+    let discard = plan.sampler.decl.discard_penultimate_sigma;
+    let mut sigmas = plan
+        .schedule
+        .decl
+        .run(model, total + usize::from(discard))
+        .map_err(|e| {
+            anyhow!(
+                "schedule `{}` ({}): {e}",
+                plan.schedule.decl.name,
+                plan.schedule.file.display()
+            )
+        })?;
+    if discard {
+        let last = sigmas.len() - 1;
+        sigmas.remove(last - 1);
+    }
+    let keep = plan.steps + 1;
+    sigmas.drain(..sigmas.len() - keep);
+    if sigmas.iter().any(|s| !s.is_finite() || *s < 0.0) {
+        bail!(
+            "schedule `{}` returned a negative or non-finite sigma",
+            plan.schedule.decl.name
+        );
+    }
+    Ok(sigmas)
+}

@@ -1,0 +1,148 @@
+//! Shared helpers for the host's integration tests.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn tiny_ldm() -> PathBuf {
+    repo().join("tests/data/sd1-tiny/sd1-tiny.safetensors")
+}
+
+pub fn tiny_diffusers() -> PathBuf {
+    repo().join("tests/data/sd1-tiny/diffusers")
+}
+
+/// A fresh folder for one test, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Every file below the folder whose name ends in `.png`.
+    pub fn pngs(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![self.0.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|e| e == "png") {
+                    found.push(p);
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the hiresfix binary in `cwd`.
+pub fn hiresfix(cwd: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hiresfix"));
+    cmd.current_dir(cwd)
+        .args(args)
+        .env_remove("HIRESFIX_PLUGIN_PATH")
+        .env("RUST_LOG", "warn");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("hiresfix runs")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A small 2-pass profile on the tiny SD1 test model; pass 1 uses euler unless `pass1` names
+/// a sampler.
+pub fn tiny_profile(checkpoint: &Path, extra_top: &str, pass1: &str, pass2: &str) -> String {
+    let pass1 = if pass1.contains("sampler") {
+        pass1.to_owned()
+    } else {
+        format!("sampler = \"euler\"\n{pass1}")
+    };
+    format!(
+        r#"seed = 7
+prompt = "a photo of a cat"
+negative = "blurry"
+cfg = 5.0
+device = "cpu"
+output = "out/img-{{seed}}-{{n}}.png"
+{extra_top}
+
+[model]
+checkpoint = "{}"
+
+[[pass]]
+width = 32
+height = 32
+steps = 3
+{pass1}
+
+[[pass]]
+scale = 2.0
+steps = 2
+denoise = 0.5
+{pass2}
+"#,
+        checkpoint.display()
+    )
+}
+
+/// Builds a plugin crate that lives outside the workspace, sharing the workspace's target
+/// folder (so libtorch's bindings are not rebuilt), and returns the built dylib.
+pub fn build_outside_plugin(manifest_dir: &str, lib_name: &str) -> PathBuf {
+    let dir = repo().join(manifest_dir);
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    // The workspace's lock file pins the same dependency versions, so artifacts are reused.
+    std::fs::copy(repo().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&dir)
+        .args(["build", "--quiet", "--target-dir"])
+        .arg(&target)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building {manifest_dir} failed");
+    let file = target.join("debug").join(format!("lib{lib_name}.so"));
+    assert!(file.is_file(), "{} missing", file.display());
+    file
+}
+
+/// Copies `dylibs` into a fresh plugin folder inside `scratch`.
+pub fn plugin_dir(scratch: &Scratch, name: &str, dylibs: &[&Path]) -> PathBuf {
+    let dir = scratch.path(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for lib in dylibs {
+        std::fs::copy(lib, dir.join(lib.file_name().unwrap())).unwrap();
+    }
+    dir
+}
