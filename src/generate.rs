@@ -12,7 +12,7 @@ use crate::infotext;
 use crate::noise::{initial_noise, StepNoise};
 use crate::output;
 use crate::plan::{pass_sigmas, pass_sizes, plan_passes, PassPlan, PassSize};
-use crate::profile::{DeviceChoice, DtypeChoice, Profile};
+use crate::profile::{DeviceChoice, DtypeChoice, Profile, VaeTiling};
 use crate::registry::{display_name, Registry};
 
 pub struct RunOptions {
@@ -51,15 +51,22 @@ pub struct Models<'r> {
     registry: &'r Registry,
     device: String,
     dtype: String,
+    vae_tiling: (String, u32, u32),
     loaded: HashMap<(PathBuf, Option<PathBuf>), (Rc<ModelBox>, ModelInfo)>,
 }
 
 impl<'r> Models<'r> {
-    pub fn new(registry: &'r Registry, device: Device, dtype: &str) -> Self {
+    pub fn new(registry: &'r Registry, device: Device, dtype: &str, profile: &Profile) -> Self {
+        let tiling = match profile.vae_tiling {
+            VaeTiling::Auto => "auto",
+            VaeTiling::On => "on",
+            VaeTiling::Off => "off",
+        };
         Self {
             registry,
             device: device_name(device),
             dtype: dtype.into(),
+            vae_tiling: (tiling.into(), profile.vae_tile_size, profile.vae_tile_overlap),
             loaded: HashMap::new(),
         }
     }
@@ -79,6 +86,9 @@ impl<'r> Models<'r> {
             vae: vae.map(|v| v.to_string_lossy().as_ref().into()).into(),
             device: self.device.as_str().into(),
             dtype: self.dtype.as_str().into(),
+            vae_tiling: self.vae_tiling.0.as_str().into(),
+            vae_tile_size: self.vae_tiling.1,
+            vae_tile_overlap: self.vae_tiling.2,
         };
         let plugin = |e: host_api::Error| {
             anyhow!(
@@ -460,7 +470,7 @@ pub fn prepare<'r>(
     let mut probe = profile.clone();
     probe.resolve_defaults(512)?;
     plan_passes(&probe, registry, base_dir)?;
-    let mut models = Models::new(registry, device, dtype_name(profile.dtype, device));
+    let mut models = Models::new(registry, device, dtype_name(profile.dtype, device), &profile);
     let first = &probe.passes[0];
     let checkpoint = crate::plan::resolve_path(
         base_dir,

@@ -79,13 +79,13 @@ pub fn plan_passes<'r>(
         let number = i + 1;
         let at = |e: anyhow::Error| e.context(format!("pass {number}"));
         let sampler_name = pass.sampler.as_deref().unwrap_or("euler");
-        let sampler = find(&registry.samplers, sampler_name, "sampler").map_err(at)?;
-        let schedule_name = match (&pass.schedule, sampler.decl.default_schedule.as_str()) {
-            (Some(s), _) => s.clone(),
-            (None, "") => "normal".to_owned(),
-            (None, default) => default.to_owned(),
+        let (sampler, named_schedule) = find_sampler(registry, sampler_name).map_err(at)?;
+        let schedule = match (&pass.schedule, named_schedule, sampler.decl.default_schedule.as_str()) {
+            (Some(s), _, _) => find(&registry.schedules, s, "schedule").map_err(at)?,
+            (None, Some(from_name), _) => from_name,
+            (None, None, "") => find(&registry.schedules, "normal", "schedule").map_err(at)?,
+            (None, None, default) => find(&registry.schedules, default, "schedule").map_err(at)?,
         };
-        let schedule = find(&registry.schedules, &schedule_name, "schedule").map_err(at)?;
         let upscaler = match (number, &pass.upscaler) {
             (1, _) => None,
             (_, Some(name)) => Some(find(&registry.upscalers, name, "upscaler").map_err(at)?),
@@ -149,6 +149,28 @@ pub fn plan_passes<'r>(
         });
     }
     Ok(plans)
+}
+
+/// A sampler by id or alias; A1111's combined names ("DPM++ 2M Karras") also name a schedule.
+pub fn find_sampler<'r>(
+    registry: &'r Registry,
+    name: &str,
+) -> Result<(&'r Entry<SamplerDecl>, Option<&'r Entry<ScheduleDecl>>)> {
+    let direct = find(&registry.samplers, name, "sampler");
+    if let Ok(sampler) = direct {
+        return Ok((sampler, None));
+    }
+    let lower = name.trim().to_lowercase();
+    for schedule in &registry.schedules {
+        let names = std::iter::once(schedule.decl.name.as_str()).chain(schedule.decl.aliases.iter().map(|a| a.as_str()));
+        for suffix in names {
+            let Some(prefix) = lower.strip_suffix(&format!(" {}", suffix.to_lowercase())) else { continue };
+            if let Ok(sampler) = find(&registry.samplers, prefix, "sampler") {
+                return Ok((sampler, Some(schedule)));
+            }
+        }
+    }
+    direct.map(|s| (s, None))
 }
 
 fn round_to(value: f64, factor: u32) -> u32 {

@@ -38,6 +38,12 @@ pub struct Profile {
     pub plugin_sha256: BTreeMap<String, String>,
     #[serde(default)]
     pub vae_tiling: VaeTiling,
+    /// Tile side in pixels for tiled VAE decode/encode (0 = the backend's default).
+    #[serde(default)]
+    pub vae_tile_size: u32,
+    /// Overlap between tiles in pixels (0 = the backend's default).
+    #[serde(default)]
+    pub vae_tile_overlap: u32,
     /// A1111's "Eta noise seed delta": seeds the step-noise stream with seed + i + delta.
     #[serde(default)]
     pub eta_noise_seed_delta: i64,
@@ -88,20 +94,15 @@ impl From<DeviceChoice> for String {
 
 impl<'de> Deserialize<'de> for DeviceChoice {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use host_api::tch::Device;
         let s = String::deserialize(d)?;
-        match s.as_str() {
-            "auto" => Ok(Self::Auto),
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda(0)),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Self::Cuda)
-                .ok_or_else(|| {
-                    serde::de::Error::custom(format!(
-                        "device `{other}` is not one of auto, cpu, cuda, cuda:N"
-                    ))
-                }),
+        match (s.as_str(), host_api::backend::parse_device(&s)) {
+            ("auto", _) => Ok(Self::Auto),
+            (_, Ok(Device::Cuda(n))) => Ok(Self::Cuda(n)),
+            (_, Ok(_)) => Ok(Self::Cpu),
+            (_, Err(_)) => Err(serde::de::Error::custom(format!(
+                "device `{s}` is not one of auto, cpu, cuda, cuda:N"
+            ))),
         }
     }
 }

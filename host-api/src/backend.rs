@@ -42,6 +42,12 @@ pub struct LoadRequest {
     pub device: RString,
     /// `fp32`, `fp16` or `bf16`.
     pub dtype: RString,
+    /// VAE tiling: `auto` (tile when a full decode/encode would not fit in free memory), `on`, `off`.
+    pub vae_tiling: RString,
+    /// Tile side in pixels (0 = the backend's default).
+    pub vae_tile_size: u32,
+    /// Overlap between neighbouring tiles in pixels (0 = the backend's default).
+    pub vae_tile_overlap: u32,
 }
 
 impl LoadRequest {

@@ -124,7 +124,10 @@ pub fn build_outside_plugin(manifest_dir: &str, lib_name: &str) -> PathBuf {
         .unwrap()
         .to_path_buf();
     // The workspace's lock file pins the same dependency versions, so artifacts are reused.
-    std::fs::copy(repo().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    // Atomic: tests running in parallel may build the same crate at the same moment.
+    let tmp = dir.join(format!(".Cargo.lock.{}.{:?}", std::process::id(), std::thread::current().id()));
+    std::fs::copy(repo().join("Cargo.lock"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("Cargo.lock")).unwrap();
     let status = Command::new(env!("CARGO"))
         .current_dir(&dir)
         .args(["build", "--quiet", "--target-dir"])

@@ -3,6 +3,8 @@
 use anyhow::{anyhow, bail, Result};
 use tch::Kind;
 
+use host_api::ModelSigmas;
+
 use crate::checkpoint::Checkpoint;
 
 /// How betas grow over the training timesteps (diffusers `beta_schedule`).
@@ -79,22 +81,14 @@ impl BetaConfig {
 
 /// sigma_t = sqrt((1 - ᾱ_t) / ᾱ_t) for each training timestep, ascending.
 #[derive(Debug, Clone)]
-pub struct DiscreteSchedule {
-    sigmas: Vec<f64>,
-    log_sigmas: Vec<f64>,
-}
+pub struct DiscreteSchedule(ModelSigmas);
 
 impl DiscreteSchedule {
     pub fn from_alphas_cumprod(alphas_cumprod: &[f64]) -> Result<Self> {
         if alphas_cumprod.len() < 2 || alphas_cumprod.iter().any(|a| !(*a > 0.0 && *a <= 1.0)) {
             bail!("alphas_cumprod must hold at least 2 values in (0, 1]");
         }
-        let sigmas: Vec<f64> = alphas_cumprod
-            .iter()
-            .map(|a| ((1.0 - a) / a).sqrt())
-            .collect();
-        let log_sigmas = sigmas.iter().map(|s| s.ln()).collect();
-        Ok(Self { sigmas, log_sigmas })
+        Ok(Self(ModelSigmas::from_alphas_cumprod(alphas_cumprod).map_err(|e| anyhow!("{e}"))?))
     }
 
     /// The checkpoint's `alphas_cumprod` (single files), else the diffusers scheduler's
@@ -120,31 +114,17 @@ impl DiscreteSchedule {
 
     /// Ascending model sigmas, one per training timestep.
     pub fn sigmas(&self) -> &[f64] {
-        &self.sigmas
+        self.0.table()
     }
 
-    /// Fractional timestep of `sigma`: linear interpolation in log-sigma between the two
-    /// neighbouring table entries, clamped to the table (k-diffusion, `quantize=False`).
+    /// Fractional timestep of `sigma` (k-diffusion, `quantize=False`); shared with the host.
     pub fn sigma_to_t(&self, sigma: f64) -> f64 {
-        let log_sigma = sigma.ln();
-        let last = self.log_sigmas.len() - 2;
-        let low = self
-            .log_sigmas
-            .iter()
-            .rposition(|&l| log_sigma >= l)
-            .unwrap_or(0)
-            .min(last);
-        let (lo, hi) = (self.log_sigmas[low], self.log_sigmas[low + 1]);
-        let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0);
-        (1.0 - w) * low as f64 + w * (low + 1) as f64
+        self.0.sigma_to_t(sigma)
     }
 
     /// Sigma at a (fractional) timestep, interpolated in log-sigma.
     pub fn t_to_sigma(&self, t: f64) -> f64 {
-        let t = t.clamp(0.0, (self.log_sigmas.len() - 1) as f64);
-        let (low, high) = (t.floor() as usize, t.ceil() as usize);
-        let w = t - t.floor();
-        ((1.0 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
+        self.0.t_to_sigma(t)
     }
 }
 
