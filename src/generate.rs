@@ -66,7 +66,11 @@ impl<'r> Models<'r> {
             registry,
             device: device_name(device),
             dtype: dtype.into(),
-            vae_tiling: (tiling.into(), profile.vae_tile_size, profile.vae_tile_overlap),
+            vae_tiling: (
+                tiling.into(),
+                profile.vae_tile_size,
+                profile.vae_tile_overlap,
+            ),
             loaded: HashMap::new(),
         }
     }
@@ -470,7 +474,12 @@ pub fn prepare<'r>(
     let mut probe = profile.clone();
     probe.resolve_defaults(512)?;
     plan_passes(&probe, registry, base_dir)?;
-    let mut models = Models::new(registry, device, dtype_name(profile.dtype, device), &profile);
+    let mut models = Models::new(
+        registry,
+        device,
+        dtype_name(profile.dtype, device),
+        &profile,
+    );
     let first = &probe.passes[0];
     let checkpoint = crate::plan::resolve_path(
         base_dir,

@@ -80,7 +80,16 @@ pub fn plan_passes<'r>(
         let at = |e: anyhow::Error| e.context(format!("pass {number}"));
         let sampler_name = pass.sampler.as_deref().unwrap_or("euler");
         let (sampler, named_schedule) = find_sampler(registry, sampler_name).map_err(at)?;
-        let schedule = match (&pass.schedule, named_schedule, sampler.decl.default_schedule.as_str()) {
+        // A1111's "Automatic" schedule means the sampler's own default.
+        let explicit = pass
+            .schedule
+            .as_ref()
+            .filter(|s| !s.trim().eq_ignore_ascii_case("automatic"));
+        let schedule = match (
+            explicit,
+            named_schedule,
+            sampler.decl.default_schedule.as_str(),
+        ) {
             (Some(s), _, _) => find(&registry.schedules, s, "schedule").map_err(at)?,
             (None, Some(from_name), _) => from_name,
             (None, None, "") => find(&registry.schedules, "normal", "schedule").map_err(at)?,
@@ -162,9 +171,12 @@ pub fn find_sampler<'r>(
     }
     let lower = name.trim().to_lowercase();
     for schedule in &registry.schedules {
-        let names = std::iter::once(schedule.decl.name.as_str()).chain(schedule.decl.aliases.iter().map(|a| a.as_str()));
+        let names = std::iter::once(schedule.decl.name.as_str())
+            .chain(schedule.decl.aliases.iter().map(|a| a.as_str()));
         for suffix in names {
-            let Some(prefix) = lower.strip_suffix(&format!(" {}", suffix.to_lowercase())) else { continue };
+            let Some(prefix) = lower.strip_suffix(&format!(" {}", suffix.to_lowercase())) else {
+                continue;
+            };
             if let Ok(sampler) = find(&registry.samplers, prefix, "sampler") {
                 return Ok((sampler, Some(schedule)));
             }

@@ -8,7 +8,12 @@ use hiresfix::output::{read_rgb8, read_text_chunks};
 use hiresfix::profile::Profile;
 
 fn chunk(path: &std::path::Path, key: &str) -> String {
-    read_text_chunks(path).unwrap().into_iter().find(|(k, _)| k == key).map(|(_, v)| v).expect(key)
+    read_text_chunks(path)
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .expect(key)
 }
 
 const THREE_PASSES: &str = r#"
@@ -24,18 +29,36 @@ prompt = "a photo of a cat, sharp focus"
 #[test]
 fn three_pass_chain_records_every_pass_and_saves_earlier_ones() {
     let scratch = Scratch::new("chain3");
-    let mut text = tiny_profile(&tiny_ldm(), "save_passes = true", "", "upscaler = \"latent-bicubic\"");
+    let mut text = tiny_profile(
+        &tiny_ldm(),
+        "save_passes = true",
+        "",
+        "upscaler = \"latent-bicubic\"",
+    );
     text = text.replace("scale = 2.0", "scale = 1.5");
     text.push_str(THREE_PASSES);
     let profile = scratch.write("p.toml", &text);
     let out = hiresfix(&scratch.0, &["generate", profile.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let written: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
-    assert_eq!(written, ["out/img-7-0-pass1.png", "out/img-7-0-pass2.png", "out/img-7-0.png"]);
-    let sizes: Vec<(u32, u32)> = written.iter().map(|p| {
-        let (w, h, _) = read_rgb8(&scratch.path(p)).unwrap();
-        (w, h)
-    }).collect();
+    let written: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        written,
+        [
+            "out/img-7-0-pass1.png",
+            "out/img-7-0-pass2.png",
+            "out/img-7-0.png"
+        ]
+    );
+    let sizes: Vec<(u32, u32)> = written
+        .iter()
+        .map(|p| {
+            let (w, h, _) = read_rgb8(&scratch.path(p)).unwrap();
+            (w, h)
+        })
+        .collect();
     assert_eq!(sizes, [(32, 32), (48, 48), (64, 64)]);
 
     let params = infotext::parse(&chunk(&scratch.path("out/img-7-0.png"), "parameters"));
@@ -55,10 +78,17 @@ fn three_pass_chain_records_every_pass_and_saves_earlier_ones() {
     ] {
         assert_eq!(params.get(key), Some(value), "{key}");
     }
-    let resolved = Profile::parse(&chunk(&scratch.path("out/img-7-0.png"), "hiresfix-profile"), "embedded").unwrap();
+    let resolved = Profile::parse(
+        &chunk(&scratch.path("out/img-7-0.png"), "hiresfix-profile"),
+        "embedded",
+    )
+    .unwrap();
     assert_eq!(resolved.passes.len(), 3);
     assert_eq!(resolved.passes[1].scale, Some(1.5));
-    assert_eq!(resolved.passes[1].upscaler.as_deref(), Some("latent-bicubic"));
+    assert_eq!(
+        resolved.passes[1].upscaler.as_deref(),
+        Some("latent-bicubic")
+    );
     assert_eq!(resolved.passes[2].width, Some(64));
     assert_eq!(resolved.passes[2].steps, Some(2));
 }
@@ -66,9 +96,14 @@ fn three_pass_chain_records_every_pass_and_saves_earlier_ones() {
 #[test]
 fn width_and_height_cover_then_centre_crop() {
     let scratch = Scratch::new("cover");
-    let text = tiny_profile(&tiny_ldm(), "", "", "").replace("scale = 2.0", "width = 64\nheight = 40");
+    let text =
+        tiny_profile(&tiny_ldm(), "", "", "").replace("scale = 2.0", "width = 64\nheight = 40");
     let profile = scratch.write("p.toml", &text);
-    let out = hiresfix(&scratch.0, &["generate", profile.to_str().unwrap(), "-o", "c.png"], &[]);
+    let out = hiresfix(
+        &scratch.0,
+        &["generate", profile.to_str().unwrap(), "-o", "c.png"],
+        &[],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let (w, h, _) = read_rgb8(&scratch.path("c.png")).unwrap();
     assert_eq!((w, h), (64, 40));
@@ -79,11 +114,20 @@ fn width_and_height_cover_then_centre_crop() {
 #[test]
 fn sizes_are_rounded_to_the_vae_factor_with_a_note() {
     let scratch = Scratch::new("rounding");
-    let text = tiny_profile(&tiny_ldm(), "", "", "").replace("width = 32\nheight = 32", "width = 33\nheight = 31");
+    let text = tiny_profile(&tiny_ldm(), "", "", "")
+        .replace("width = 32\nheight = 32", "width = 33\nheight = 31");
     let profile = scratch.write("p.toml", &text);
-    let out = hiresfix(&scratch.0, &["generate", profile.to_str().unwrap(), "-o", "r.png"], &[]);
+    let out = hiresfix(
+        &scratch.0,
+        &["generate", profile.to_str().unwrap(), "-o", "r.png"],
+        &[],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("pass 1: 33x31 rounded to 32x30 (multiples of 2)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pass 1: 33x31 rounded to 32x30 (multiples of 2)"),
+        "{}",
+        stderr(&out)
+    );
     let (w, h, _) = read_rgb8(&scratch.path("r.png")).unwrap();
     assert_eq!((w, h), (64, 60));
 }

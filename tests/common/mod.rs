@@ -125,7 +125,11 @@ pub fn build_outside_plugin(manifest_dir: &str, lib_name: &str) -> PathBuf {
         .to_path_buf();
     // The workspace's lock file pins the same dependency versions, so artifacts are reused.
     // Atomic: tests running in parallel may build the same crate at the same moment.
-    let tmp = dir.join(format!(".Cargo.lock.{}.{:?}", std::process::id(), std::thread::current().id()));
+    let tmp = dir.join(format!(
+        ".Cargo.lock.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     std::fs::copy(repo().join("Cargo.lock"), &tmp).unwrap();
     std::fs::rename(&tmp, dir.join("Cargo.lock")).unwrap();
     let status = Command::new(env!("CARGO"))

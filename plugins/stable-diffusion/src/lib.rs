@@ -17,6 +17,9 @@ pub mod tiny;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
+pub mod vae_memory;
+pub mod vae_tiling;
 
 pub use model::{inspect, Inspection, ModelInfo, Sd1Config, Sd1Model};
 pub use tiny::{write_random_checkpoint, TinySd1Config};
+pub use vae_tiling::{VaeTilingMode, VaeTilingOptions};

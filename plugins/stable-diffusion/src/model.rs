@@ -15,7 +15,9 @@ use crate::family::{self, Family, Prediction, SD1};
 use crate::schedule::DiscreteSchedule;
 use crate::tokenizer::{extract_loras, ClipTokenizer, CHUNK_TOKENS};
 use crate::unet::{UNetConfig, UNetModel};
-use crate::vae::{AutoencoderKL, VaeConfig};
+use crate::vae::{AutoencoderKL, VaeConfig, VaePass};
+use crate::vae_memory::{self, AttentionMemory};
+use crate::vae_tiling::{self, VaeTilingMode, VaeTilingOptions};
 
 /// The three component configs of an SD 1.x model.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,17 +154,32 @@ pub struct Sd1Model {
     tokenizer: ClipTokenizer,
     vs: VarStore,
     info: ModelInfo,
+    vae_tiling: VaeTilingOptions,
 }
 
 impl Sd1Model {
     /// `checkpoint`: a single-file LDM `.safetensors` or a diffusers folder (has `model_index.json`);
     /// `vae_override`: a VAE `.safetensors` or diffusers `vae` folder replacing the checkpoint's.
+    /// VAE tiling is `auto` with 512 px tiles; see [`Self::load_with`].
     pub fn load(
         checkpoint: &Path,
         vae_override: Option<&Path>,
         device: Device,
         kind: Kind,
     ) -> Result<Self> {
+        let tiling = VaeTilingOptions::default();
+        Self::load_with(checkpoint, vae_override, device, kind, tiling)
+    }
+
+    /// [`Self::load`] with the given VAE tiling options.
+    pub fn load_with(
+        checkpoint: &Path,
+        vae_override: Option<&Path>,
+        device: Device,
+        kind: Kind,
+        vae_tiling: VaeTilingOptions,
+    ) -> Result<Self> {
+        vae_tiling.validate()?;
         if !matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16) {
             bail!("dtype {kind:?} is not supported — use fp32, fp16 or bf16");
         }
@@ -219,7 +236,18 @@ impl Sd1Model {
             tokenizer: ClipTokenizer::new(),
             vs,
             info,
+            vae_tiling,
         })
+    }
+
+    pub fn vae_tiling(&self) -> &VaeTilingOptions {
+        &self.vae_tiling
+    }
+
+    pub fn set_vae_tiling(&mut self, options: VaeTilingOptions) -> Result<()> {
+        options.validate()?;
+        self.vae_tiling = options;
+        Ok(())
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -327,30 +355,98 @@ impl Sd1Model {
     }
 
     /// Scaled latent → raw pixels, about [-1, 1], unclamped. Half precision that overflows to
-    /// NaN is retried in fp32. Returned in the latent's dtype.
+    /// NaN is retried in fp32. Returned in the latent's dtype. Tiled as [`Self::vae_tiling`]
+    /// says (see [`crate::vae_tiling`]).
     pub fn decode(&self, latent: &Tensor) -> Result<Tensor> {
         self.check_latent(latent, self.info.latent_channels, "latent")?;
-        self.run_vae("decoding", latent, |vae, x| vae.decode(x))
+        self.run_vae_planned(VaePass::Decode, latent)
     }
 
-    /// Pixels `[B, 3, H, W]` in [-1, 1] → scaled latent (posterior mean). Returned in the image's dtype.
+    /// Pixels `[B, 3, H, W]` in [-1, 1] → scaled latent (posterior mean). Returned in the
+    /// image's dtype. Tiled as [`Self::vae_tiling`] says.
     pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
         let channels = self.info.config.vae.in_channels;
         self.check_latent(image, channels, "image")?;
-        self.run_vae("encoding", image, |vae, x| vae.encode(x))
+        self.run_vae_planned(VaePass::Encode, image)
+    }
+
+    /// In one piece or tiled, by the tiling mode and, in `auto`, the full pass's memory
+    /// estimate against the device's free memory; in `auto` a full pass that runs out of
+    /// memory is retried tiled.
+    fn run_vae_planned(&self, pass: VaePass, input: &Tensor) -> Result<Tensor> {
+        let options = self.vae_tiling;
+        let full = |vae: &AutoencoderKL, x: &Tensor| Ok(vae.run(pass, x));
+        let tiled = |vae: &AutoencoderKL, x: &Tensor| vae_tiling::run_tiled(vae, pass, x, &options);
+        let what = pass.verb();
+        match options.mode {
+            VaeTilingMode::Off => return self.run_vae(what, input, full),
+            VaeTilingMode::On => return self.run_vae(what, input, tiled),
+            VaeTilingMode::Auto => {}
+        }
+        let estimate = vae_memory::peak_bytes(
+            &self.info.config.vae,
+            pass,
+            &input.size(),
+            self.element_bytes(),
+            AttentionMemory::on(self.info.device),
+        );
+        let free = vae_memory::free_bytes(self.info.device);
+        let tile = vae_tiling::should_tile(options.mode, estimate, free);
+        log::info!(
+            "VAE {what} {:?}: {}",
+            input.size(),
+            self.describe_plan(estimate, free, tile)
+        );
+        if tile {
+            return self.run_vae(what, input, tiled);
+        }
+        self.run_vae(what, input, full)
+            .or_else(|e| match is_out_of_memory(&e) {
+                true => {
+                    log::warn!("VAE {what} ran out of memory in one piece; retrying tiled");
+                    self.run_vae(what, input, tiled)
+                }
+                false => Err(e),
+            })
+    }
+
+    fn element_bytes(&self) -> u64 {
+        match self.info.kind {
+            Kind::Half | Kind::BFloat16 => 2,
+            _ => 4,
+        }
+    }
+
+    fn describe_plan(&self, estimate: u64, free: Option<u64>, tile: bool) -> String {
+        let gib = |b: u64| b as f64 / f64::from(1 << 30);
+        let free = match free {
+            Some(b) => format!("{:.2} GiB free", gib(b)),
+            None => "free memory unknown".into(),
+        };
+        let o = &self.vae_tiling;
+        let choice = match tile {
+            true => format!(
+                "tiled ({} px tiles, {} px overlap)",
+                o.tile_px, o.overlap_px
+            ),
+            false => "in one piece".into(),
+        };
+        format!(
+            "a full pass needs ~{:.2} GiB, {free} on {:?} → {choice}",
+            gib(estimate),
+            self.info.device
+        )
     }
 
     fn run_vae(
         &self,
         what: &str,
         input: &Tensor,
-        f: impl Fn(&AutoencoderKL, &Tensor) -> Tensor,
+        f: impl Fn(&AutoencoderKL, &Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let device = self.info.device;
         let out = guarded(what, || {
-            Ok(tch::no_grad(|| {
-                f(&self.vae, &input.to_device(device).to_kind(self.info.kind))
-            }))
+            tch::no_grad(|| f(&self.vae, &input.to_device(device).to_kind(self.info.kind)))
         })?;
         let has_nan = || bool::try_from(out.isnan().any()).unwrap_or(true);
         if self.info.kind == Kind::Float || !has_nan() {
@@ -362,10 +458,8 @@ impl Sd1Model {
         );
         guarded(what, || {
             let vae = self.vae_fp32()?;
-            Ok(
-                tch::no_grad(|| f(vae, &input.to_device(device).to_kind(Kind::Float)))
-                    .to_kind(input.kind()),
-            )
+            let out = tch::no_grad(|| f(vae, &input.to_device(device).to_kind(Kind::Float)))?;
+            Ok(out.to_kind(input.kind()))
         })
     }
 
@@ -404,6 +498,12 @@ impl Sd1Model {
             _ => bail!("text conditioning has shape {size:?}; expected [{batch} or 1, tokens, {dim}] — encode it with this model"),
         }
     }
+}
+
+/// Whether `e` is libtorch running out of memory (CUDA or the CPU allocator).
+fn is_out_of_memory(e: &anyhow::Error) -> bool {
+    let message = format!("{e:#}").to_lowercase();
+    message.contains("out of memory") || message.contains("not enough memory")
 }
 
 /// Runs `f`, turning a libtorch failure (which tch raises as a panic; out of memory is

@@ -8,6 +8,7 @@ use crate::checkpoint::Checkpoint;
 use crate::family::{self, SD1};
 use crate::model::Sd1Model;
 use crate::tiny::{write_random_checkpoint, TinySd1Config};
+use crate::vae_tiling::VaeTilingOptions;
 
 fn err(e: anyhow::Error) -> Error {
     Error::new(format!("{e:#}"))
@@ -35,11 +36,18 @@ impl Backend for Sd1Backend {
 
     fn load(request: &LoadRequest) -> Result<Self> {
         let vae = request.vae_path();
-        let model = Sd1Model::load(
+        let tiling = VaeTilingOptions::from_profile(
+            request.vae_tiling.as_str(),
+            request.vae_tile_size,
+            request.vae_tile_overlap,
+        )
+        .map_err(err)?;
+        let model = Sd1Model::load_with(
             &request.checkpoint_path(),
             vae.as_deref(),
             request.tch_device()?,
             request.tch_kind()?,
+            tiling,
         )
         .map_err(err)?;
         Ok(Self(model))

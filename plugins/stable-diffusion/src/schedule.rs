@@ -88,7 +88,9 @@ impl DiscreteSchedule {
         if alphas_cumprod.len() < 2 || alphas_cumprod.iter().any(|a| !(*a > 0.0 && *a <= 1.0)) {
             bail!("alphas_cumprod must hold at least 2 values in (0, 1]");
         }
-        Ok(Self(ModelSigmas::from_alphas_cumprod(alphas_cumprod).map_err(|e| anyhow!("{e}"))?))
+        Ok(Self(
+            ModelSigmas::from_alphas_cumprod(alphas_cumprod).map_err(|e| anyhow!("{e}"))?,
+        ))
     }
 
     /// The checkpoint's `alphas_cumprod` (single files), else the diffusers scheduler's

@@ -147,10 +147,13 @@ impl AttnBlock {
         let s = x.size();
         let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
         let normed = self.norm.forward(x);
+        // Contiguous tokens: on a transposed view libtorch falls back to the math kernel,
+        // which materialises the (h·w)² scores (16 GiB for a 256×256 latent).
         let tokens = |conv: &nn::Conv2D| {
             conv.forward(&normed)
                 .reshape([b, 1, c, h * w])
                 .transpose(2, 3)
+                .contiguous()
         };
         let out = Tensor::scaled_dot_product_attention(
             &tokens(&self.q),
@@ -300,6 +303,36 @@ impl Decoder {
     }
 }
 
+/// Which way a VAE pass maps: decode multiplies the sides by the spatial factor, encode
+/// divides them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VaePass {
+    Decode,
+    Encode,
+}
+
+impl VaePass {
+    /// `decoding` or `encoding`, for messages.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Self::Decode => "decoding",
+            Self::Encode => "encoding",
+        }
+    }
+
+    /// Latent cells `(h, w)` of a `[B, C, H, W]` input to this pass with spatial factor `f`.
+    pub fn latent_size(self, input_size: &[i64], f: i64) -> (i64, i64) {
+        let (h, w) = match input_size {
+            [.., h, w] => (*h, *w),
+            _ => (0, 0),
+        };
+        match self {
+            Self::Decode => (h, w),
+            Self::Encode => (h / f.max(1), w / f.max(1)),
+        }
+    }
+}
+
 pub struct AutoencoderKL {
     encoder: Encoder,
     decoder: Decoder,
@@ -354,5 +387,13 @@ impl AutoencoderKL {
     pub fn encode(&self, image: &Tensor) -> Tensor {
         let moments = self.quant_conv.forward(&self.encoder.forward(image));
         moments.narrow(1, 0, self.config.embed_dim) * self.config.scaling_factor
+    }
+
+    /// [`Self::decode`] or [`Self::encode`].
+    pub fn run(&self, pass: VaePass, input: &Tensor) -> Tensor {
+        match pass {
+            VaePass::Decode => self.decode(input),
+            VaePass::Encode => self.encode(input),
+        }
     }
 }

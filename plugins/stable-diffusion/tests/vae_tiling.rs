@@ -1,0 +1,280 @@
+//! Tiled VAE decode and encode: agreement with a full pass on the tiny model (VAE factor 2,
+//! so a 512 px image is a 256×256 latent), the on/off/auto modes, and the memory estimate
+//! auto mode decides by.
+//!
+//! The inputs are a standard-normal latent and the image it decodes to. Tiling is exact
+//! only where a tile sees what the full pass sees; the VAE's mid-block attention and its
+//! GroupNorms take statistics over the whole image, so on inputs whose statistics vary
+//! across the image the random tiny VAE drifts far more, and overlap does not help. Measured
+//! with these 256 px tiles: a latent of 16×16 noise upsampled bicubically decodes 9.3/255
+//! mean, 116/255 max apart; a colour-gradient image encodes 0.49 latent std apart on average.
+//! Both global operations matter (PyTorch on the diffusers copy, 256 px image, 128 px tiles,
+//! the upsampled-noise latent: 17.9/255 mean as is, 7.8/255 with the full image's GroupNorm
+//! statistics in every tile, 0.19/255 with those and the attention switched off).
+use std::path::PathBuf;
+
+use hiresfix_sd::vae::{VaeConfig, VaePass};
+use hiresfix_sd::vae_memory::{parse_mem_available, peak_bytes, AttentionMemory};
+use hiresfix_sd::vae_tiling::{feather, should_tile, tile_count, tile_starts};
+use hiresfix_sd::{Sd1Model, VaeTilingMode, VaeTilingOptions};
+use tch::{Device, Kind, Tensor};
+
+const GIB: u64 = 1 << 30;
+
+fn tiny_model() -> Sd1Model {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/sd1-tiny/sd1-tiny.safetensors");
+    Sd1Model::load(&path, None, Device::Cpu, Kind::Float).unwrap()
+}
+
+fn set_mode(model: &mut Sd1Model, mode: VaeTilingMode, tile_px: i64, overlap_px: i64) {
+    let options = VaeTilingOptions {
+        mode,
+        tile_px,
+        overlap_px,
+    };
+    model.set_vae_tiling(options).unwrap();
+}
+
+/// Seeded standard-normal latent `[1, 4, side, side]`.
+fn latent(side: i64) -> Tensor {
+    tch::manual_seed(0);
+    Tensor::randn([1, 4, side, side], (Kind::Float, Device::Cpu))
+}
+
+/// Decoded pixels as the PNG sees them: `clamp((x + 1) / 2, 0, 1)`.
+fn pixels(x: &Tensor) -> Tensor {
+    ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+}
+
+/// `(mean, max)` of `|a - b|`.
+fn abs_diff(a: &Tensor, b: &Tensor) -> (f64, f64) {
+    assert_eq!(a.size(), b.size());
+    let d = (a - b).abs();
+    (
+        f64::try_from(d.mean(Kind::Double)).unwrap(),
+        f64::try_from(d.max()).unwrap(),
+    )
+}
+
+/// 256 px tiles (128 latent cells) with 64 px overlap over a 256-cell latent: 3×3 tiles,
+/// spread evenly, so neighbours share 64 cells (128 px).
+const TILE_PX: i64 = 256;
+const OVERLAP_PX: i64 = 64;
+
+#[test]
+fn tiled_decode_of_a_512px_image_is_within_1_mean_and_8_max_of_255_of_a_full_decode() {
+    assert_eq!(tile_count(256, 256, TILE_PX / 2, OVERLAP_PX / 2), 9);
+    let mut model = tiny_model();
+    let z = latent(256);
+    set_mode(&mut model, VaeTilingMode::Off, TILE_PX, OVERLAP_PX);
+    let full = pixels(&model.decode(&z).unwrap());
+    set_mode(&mut model, VaeTilingMode::On, TILE_PX, OVERLAP_PX);
+    let tiled = pixels(&model.decode(&z).unwrap());
+    assert_eq!(tiled.size(), [1, 3, 512, 512]);
+    let (mean, max) = abs_diff(&tiled, &full);
+    let spread = f64::try_from(full.std(true)).unwrap();
+    eprintln!(
+        "decode: mean {:.3}/255, max {:.3}/255 (image std {:.1}/255)",
+        mean * 255.0,
+        max * 255.0,
+        spread * 255.0
+    );
+    assert!(
+        spread > 0.1,
+        "the full decode is nearly flat, the comparison would prove nothing"
+    );
+    assert!(
+        mean < 1.0 / 255.0,
+        "mean |tiled - full| = {:.3}/255",
+        mean * 255.0
+    );
+    assert!(
+        max < 8.0 / 255.0,
+        "max |tiled - full| = {:.3}/255",
+        max * 255.0
+    );
+}
+
+/// Bounds relative to the latent's spread: mean under 2 %, max under 30 % of its std
+/// (measured 1.3 % and 25 %).
+#[test]
+fn tiled_encode_of_a_512px_image_is_within_2_percent_mean_of_a_full_encode() {
+    let mut model = tiny_model();
+    set_mode(&mut model, VaeTilingMode::Off, TILE_PX, OVERLAP_PX);
+    let image = model.decode(&latent(256)).unwrap().clamp(-1.0, 1.0);
+    let full = model.encode(&image).unwrap();
+    set_mode(&mut model, VaeTilingMode::On, TILE_PX, OVERLAP_PX);
+    let tiled = model.encode(&image).unwrap();
+    assert_eq!(tiled.size(), [1, 4, 256, 256]);
+    let (mean, max) = abs_diff(&tiled, &full);
+    let std = f64::try_from(full.std(true)).unwrap();
+    eprintln!(
+        "encode: mean {:.4} ({:.2} % of std {std:.4}), max {:.4} ({:.1} %)",
+        mean,
+        100.0 * mean / std,
+        max,
+        100.0 * max / std
+    );
+    assert!(
+        mean < 0.02 * std,
+        "mean |tiled - full| = {mean} for latent std {std}"
+    );
+    assert!(
+        max < 0.30 * std,
+        "max |tiled - full| = {max} for latent std {std}"
+    );
+}
+
+#[test]
+fn on_tiles_a_small_image_while_off_and_auto_with_room_decode_it_in_one_piece() {
+    let mut model = tiny_model();
+    let z = latent(64);
+    set_mode(&mut model, VaeTilingMode::Off, 64, 16);
+    let off = model.decode(&z).unwrap();
+    set_mode(&mut model, VaeTilingMode::Auto, 64, 16);
+    let auto = model.decode(&z).unwrap();
+    set_mode(&mut model, VaeTilingMode::On, 64, 16);
+    let on = model.decode(&z).unwrap();
+    assert!(off.equal(&auto), "auto tiled a decode that needs a few MiB");
+    assert!(
+        !on.equal(&off),
+        "on did not tile a 128 px image into 64 px tiles"
+    );
+    assert_eq!(on.size(), off.size());
+    // One tile covering the whole latent is a full decode.
+    set_mode(&mut model, VaeTilingMode::On, 128, 16);
+    assert!(model.decode(&z).unwrap().equal(&off));
+}
+
+#[test]
+fn tiled_encode_keeps_the_full_pass_shape_for_sides_off_the_tile_grid() {
+    let mut model = tiny_model();
+    tch::manual_seed(1);
+    let image = Tensor::rand([1, 3, 203, 141], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    set_mode(&mut model, VaeTilingMode::Off, 64, 16);
+    let full = model.encode(&image).unwrap();
+    set_mode(&mut model, VaeTilingMode::On, 64, 16);
+    let tiled = model.encode(&image).unwrap();
+    assert_eq!(full.size(), [1, 4, 101, 70]);
+    assert_eq!(tiled.size(), full.size());
+    assert!(bool::try_from(tiled.isfinite().all()).unwrap());
+}
+
+#[test]
+fn auto_tiles_exactly_when_the_estimate_exceeds_free_memory() {
+    let estimate = 4 * GIB;
+    assert!(should_tile(
+        VaeTilingMode::Auto,
+        estimate,
+        Some(estimate - 1)
+    ));
+    assert!(!should_tile(VaeTilingMode::Auto, estimate, Some(estimate)));
+    assert!(!should_tile(VaeTilingMode::Auto, estimate, None));
+    assert!(should_tile(VaeTilingMode::On, 0, Some(u64::MAX)));
+    assert!(!should_tile(VaeTilingMode::Off, u64::MAX, Some(0)));
+    // A 1024 px SD decode (4 GiB in fp32) on a machine with 3 GiB available tiles.
+    let sd = peak_bytes(
+        &VaeConfig::default(),
+        VaePass::Decode,
+        &[1, 4, 128, 128],
+        4,
+        AttentionMemory::Efficient,
+    );
+    assert!(should_tile(VaeTilingMode::Auto, sd, Some(3 * GIB)));
+    assert!(!should_tile(VaeTilingMode::Auto, sd, Some(24 * GIB)));
+}
+
+/// SD's decoder peaks at full size with 256 channels (the upsampled `up.1` output):
+/// 256 × 1024² × 4 bytes × 4 live buffers = 4 GiB at 1024 px in fp32.
+#[test]
+fn estimate_scales_with_pixels_batch_precision_and_materialised_attention() {
+    let sd = VaeConfig::default();
+    let efficient = AttentionMemory::Efficient;
+    let full = peak_bytes(&sd, VaePass::Decode, &[1, 4, 128, 128], 4, efficient);
+    assert_eq!(full, 4 * GIB);
+    assert_eq!(
+        peak_bytes(&sd, VaePass::Decode, &[1, 4, 64, 64], 4, efficient),
+        GIB
+    );
+    assert_eq!(
+        peak_bytes(&sd, VaePass::Decode, &[2, 4, 128, 128], 2, efficient),
+        4 * GIB
+    );
+    let tokens: u64 = 128 * 128;
+    assert_eq!(
+        peak_bytes(
+            &sd,
+            VaePass::Decode,
+            &[1, 4, 128, 128],
+            4,
+            AttentionMemory::Materialized
+        ),
+        full + 3 * tokens * tokens * 4
+    );
+    // The encoder's widest full-size level is 128 channels: half the decoder's.
+    assert_eq!(
+        peak_bytes(&sd, VaePass::Encode, &[1, 3, 1024, 1024], 4, efficient),
+        2 * GIB
+    );
+    assert_eq!(AttentionMemory::on(Device::Cpu), AttentionMemory::Efficient);
+}
+
+#[test]
+fn tile_starts_cover_the_axis_evenly_with_at_least_the_overlap() {
+    assert_eq!(tile_starts(100, 128, 16), [0]);
+    assert_eq!(tile_starts(128, 64, 8), [0, 32, 64]);
+    assert_eq!(tile_starts(256, 128, 32), [0, 64, 128]);
+    for (len, tile, overlap) in [(101, 32, 8), (257, 64, 16), (1000, 64, 8), (65, 64, 1)] {
+        let starts = tile_starts(len, tile, overlap);
+        assert_eq!(starts.first(), Some(&0));
+        assert_eq!(starts.last(), Some(&(len - tile)), "{len} {tile} {overlap}");
+        for pair in starts.windows(2) {
+            assert!(
+                pair[0] + tile - pair[1] >= overlap,
+                "{starts:?} overlap under {overlap}"
+            );
+            assert!(pair[1] > pair[0], "{starts:?}");
+        }
+    }
+}
+
+#[test]
+fn feather_ramps_linearly_across_shared_cells_and_never_reaches_zero() {
+    assert_eq!(feather(4, 0, 0), [1.0; 4]);
+    assert_eq!(feather(6, 3, 0), [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
+    assert_eq!(feather(6, 0, 1), [1.0, 1.0, 1.0, 1.0, 1.0, 0.5]);
+    // Mirrored ramps of two neighbours add up to 1 across the shared cells.
+    let (a, b) = (feather(8, 0, 4), feather(8, 4, 0));
+    let sums: Vec<f32> = (0..4).map(|i| a[4 + i] + b[i]).collect();
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-6), "{sums:?}");
+}
+
+#[test]
+fn profile_values_default_to_512_and_64_and_bad_ones_are_refused() {
+    let options = VaeTilingOptions::from_profile("auto", 0, 0).unwrap();
+    assert_eq!(options, VaeTilingOptions::default());
+    assert_eq!((options.tile_px, options.overlap_px), (512, 64));
+    let small = VaeTilingOptions::from_profile("on", 128, 0).unwrap();
+    assert_eq!(
+        (small.mode, small.tile_px, small.overlap_px),
+        (VaeTilingMode::On, 128, 32)
+    );
+    assert_eq!(
+        VaeTilingOptions::from_profile("off", 0, 0).unwrap().mode,
+        VaeTilingMode::Off
+    );
+    let error =
+        |m: &str, t, o| format!("{:#}", VaeTilingOptions::from_profile(m, t, o).unwrap_err());
+    assert!(error("sometimes", 0, 0).contains("use auto, on or off"));
+    assert!(error("on", 32, 8).contains("vae_tile_size = 32"));
+    assert!(error("on", 256, 200).contains("vae_tile_overlap = 200"));
+}
+
+#[test]
+fn mem_available_is_read_in_bytes() {
+    let meminfo =
+        "MemTotal:       24684128 kB\nMemFree:        1000 kB\nMemAvailable:   22000000 kB\n";
+    assert_eq!(parse_mem_available(meminfo), Some(22_000_000 * 1024));
+    assert_eq!(parse_mem_available("MemTotal: 5 kB\n"), None);
+}
