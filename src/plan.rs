@@ -71,6 +71,9 @@ pub fn plan_passes<'r>(
     let base_checkpoint = profile.model.checkpoint.as_deref().ok_or_else(|| {
         anyhow!("no checkpoint: set [model] checkpoint = \"path\" (a Civitai .safetensors file or a diffusers folder), or run `hiresfix demo`")
     })?;
+    if profile.tiling {
+        bail!("`tiling = true` (seamless output) is not supported by this version yet; remove it from the profile");
+    }
     if profile.model.merge.is_some() {
         bail!("[model] merge is not supported by this version yet; merge once with `hiresfix merge` and point `checkpoint` at the result");
     }

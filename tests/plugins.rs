@@ -125,3 +125,28 @@ fn group_writable_plugin_is_refused() {
         "{text}"
     );
 }
+
+#[test]
+fn unknown_sampler_lists_built_in_and_plugin_samplers() {
+    let lib = build_outside_plugin("examples/third-party-sampler", "example_sampler");
+    let scratch = Scratch::new("unknown-sampler-list");
+    let dir = plugin_dir(&scratch, "my-plugins", &[&lib]);
+    let top = format!("plugin_dirs = [\"{}\"]", dir.display());
+    let profile = scratch.write(
+        "p.toml",
+        &tiny_profile(&tiny_ldm(), &top, "", "sampler = \"no_such_sampler\""),
+    );
+    let out = hiresfix(&scratch.0, &["generate", profile.to_str().unwrap()], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("unknown sampler `no_such_sampler`"), "{err}");
+    for name in [
+        "example_euler (Example Euler)",
+        "euler (Euler)",
+        "dpmpp_3m_sde (DPM++ 3M SDE)",
+        "lcm (LCM)",
+    ] {
+        assert!(err.contains(name), "{name} missing from: {err}");
+    }
+    assert!(scratch.pngs().is_empty());
+}
