@@ -4,17 +4,8 @@ mod common;
 
 use common::*;
 use hiresfix::infotext;
-use hiresfix::output::{read_rgb8, read_text_chunks};
+use hiresfix::output::read_rgb8;
 use hiresfix::profile::Profile;
-
-fn chunk(path: &std::path::Path, key: &str) -> String {
-    read_text_chunks(path)
-        .unwrap()
-        .into_iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v)
-        .expect(key)
-}
 
 const THREE_PASSES: &str = r#"
 [[pass]]

@@ -3,17 +3,7 @@ mod common;
 
 use common::*;
 use hiresfix::infotext;
-use hiresfix::output::read_text_chunks;
 use hiresfix::profile::Profile;
-
-fn chunk(path: &std::path::Path, key: &str) -> String {
-    read_text_chunks(path)
-        .unwrap()
-        .into_iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v)
-        .expect(key)
-}
 
 #[test]
 fn same_profile_and_seed_give_byte_identical_png() {

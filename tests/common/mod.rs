@@ -62,6 +62,16 @@ impl Drop for Scratch {
     }
 }
 
+/// The text of one PNG chunk (`parameters`, `hiresfix-profile`).
+pub fn chunk(path: &Path, key: &str) -> String {
+    hiresfix::output::read_text_chunks(path)
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .expect(key)
+}
+
 /// Runs the hiresfix binary in `cwd`.
 pub fn hiresfix(cwd: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hiresfix"));
