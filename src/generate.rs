@@ -142,6 +142,9 @@ pub fn detect_backend<'r>(
     )
 }
 
+/// Set by Ctrl-C: the running sampler stops at its next step and nothing is written.
+pub static CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// CFG over the backend's predictions, the image's step noise, and the progress bar.
 struct Guidance<'a> {
     model: &'a ModelBox,
@@ -168,7 +171,7 @@ impl SamplerCallbacks for Guidance<'_> {
 
     fn step(&mut self, i: usize, _total: usize) -> bool {
         self.bar.set_position(i as u64 + 1);
-        true
+        !CANCELLED.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

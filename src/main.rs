@@ -301,6 +301,12 @@ fn one_line(e: &anyhow::Error) -> String {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    // Ctrl-C stops sampling at the next step; a second Ctrl-C exits at once.
+    let _ = ctrlc::set_handler(|| {
+        if generate::CANCELLED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+    });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
