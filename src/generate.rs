@@ -311,6 +311,9 @@ fn plugin_error(
     file: &Path,
     e: host_api::Error,
 ) -> anyhow::Error {
+    if CANCELLED.load(std::sync::atomic::Ordering::Relaxed) {
+        return anyhow!("cancelled (Ctrl-C) during pass {pass}; nothing was written");
+    }
     anyhow!(
         "pass {pass}: {kind} `{name}` (plugin {}): {e}",
         file.display()
