@@ -35,7 +35,7 @@ fn child(mode: &str) -> Result<()> {
     let baseline = proc_status_kib("VmRSS:")?;
     let start = Instant::now();
     let image = tch::no_grad(|| match mode {
-        "full" => Ok(vae.decode(&latent)),
+        "full" => vae.decode(&latent),
         "tiled" => {
             vae_tiling::run_tiled(&vae, VaePass::Decode, &latent, &VaeTilingOptions::default())
         }

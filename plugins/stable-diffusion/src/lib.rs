@@ -18,6 +18,7 @@ pub mod tokenizer;
 pub mod unet;
 pub mod vae;
 pub mod vae_memory;
+pub mod vae_norm;
 pub mod vae_tiling;
 
 pub use model::{inspect, Inspection, ModelInfo, Sd1Config, Sd1Model};

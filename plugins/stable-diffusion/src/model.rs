@@ -375,7 +375,7 @@ impl Sd1Model {
     /// memory is retried tiled.
     fn run_vae_planned(&self, pass: VaePass, input: &Tensor) -> Result<Tensor> {
         let options = self.vae_tiling;
-        let full = |vae: &AutoencoderKL, x: &Tensor| Ok(vae.run(pass, x));
+        let full = |vae: &AutoencoderKL, x: &Tensor| vae.run(pass, x);
         let tiled = |vae: &AutoencoderKL, x: &Tensor| vae_tiling::run_tiled(vae, pass, x, &options);
         let what = pass.verb();
         match options.mode {

@@ -7,9 +7,15 @@ use tch::Tensor;
 
 use crate::checkpoint::Checkpoint;
 use crate::convert::VAE_PREFIX;
-use crate::layers::{conv2d, group_norm, norm_silu};
+use crate::layers::{conv2d, group_norm};
+use crate::vae_norm::{self, GroupNormStats};
 
 const EPS: f64 = 1e-6;
+
+/// GroupNorm (statistics as `stats` says) → SiLU, the pre-activation before most VAE convs.
+fn norm_silu(norm: &nn::GroupNorm, x: &Tensor, stats: &mut GroupNormStats) -> Result<Tensor> {
+    Ok(vae_norm::group_norm(norm, EPS, x, stats)?.silu())
+}
 
 /// VAE hyper-parameters (LDM `ddconfig` plus the latent scaling factor).
 #[derive(Debug, Clone, PartialEq)]
@@ -113,13 +119,13 @@ impl ResnetBlock {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let h = self.conv1.forward(&norm_silu(&self.norm1, x));
-        let h = self.conv2.forward(&norm_silu(&self.norm2, &h));
-        match &self.nin_shortcut {
+    fn forward(&self, x: &Tensor, stats: &mut GroupNormStats) -> Result<Tensor> {
+        let h = self.conv1.forward(&norm_silu(&self.norm1, x, stats)?);
+        let h = self.conv2.forward(&norm_silu(&self.norm2, &h, stats)?);
+        Ok(match &self.nin_shortcut {
             Some(shortcut) => shortcut.forward(x) + h,
             None => x + h,
-        }
+        })
     }
 }
 
@@ -187,9 +193,11 @@ impl Mid {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        self.block_2
-            .forward(&self.attn_1.forward(&self.block_1.forward(x)))
+    /// Always with each layer's own statistics: the mid block runs whole, never tiled.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let own = &mut GroupNormStats::Normal;
+        let h = self.attn_1.forward(&self.block_1.forward(x, own)?);
+        self.block_2.forward(&h, own)
     }
 }
 
@@ -231,19 +239,29 @@ impl Encoder {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    /// conv_in and the down path, image → latent resolution: the part worth tiling.
+    fn forward_down(&self, x: &Tensor, stats: &mut GroupNormStats) -> Result<Tensor> {
         let mut h = self.conv_in.forward(x);
         for (blocks, downsample) in &self.down {
             for block in blocks {
-                h = block.forward(&h);
+                h = block.forward(&h, stats)?;
             }
             if let Some(conv) = downsample {
                 // LDM pads right and bottom only, then convolves without padding.
                 h = conv.forward(&h.constant_pad_nd([0, 1, 0, 1]));
             }
         }
-        self.conv_out
-            .forward(&norm_silu(&self.norm_out, &self.mid.forward(&h)))
+        Ok(h)
+    }
+
+    /// The mid block (global attention), norm_out and conv_out, at latent resolution.
+    fn forward_mid(&self, h: &Tensor) -> Result<Tensor> {
+        let h = norm_silu(
+            &self.norm_out,
+            &self.mid.forward(h)?,
+            &mut GroupNormStats::Normal,
+        )?;
+        Ok(self.conv_out.forward(&h))
     }
 }
 
@@ -288,18 +306,26 @@ impl Decoder {
         }
     }
 
-    fn forward(&self, z: &Tensor) -> Tensor {
-        let mut h = self.mid.forward(&self.conv_in.forward(z));
+    /// conv_in and the mid block (global attention), at latent resolution.
+    fn forward_mid(&self, z: &Tensor) -> Result<Tensor> {
+        self.mid.forward(&self.conv_in.forward(z))
+    }
+
+    /// The up path, norm_out and conv_out, latent → image resolution: the part worth tiling.
+    fn forward_up(&self, h: &Tensor, stats: &mut GroupNormStats) -> Result<Tensor> {
+        let mut h = h.shallow_clone();
         for (blocks, upsample) in self.up.iter().rev() {
             for block in blocks {
-                h = block.forward(&h);
+                h = block.forward(&h, stats)?;
             }
             if let Some(conv) = upsample {
                 let s = h.size();
                 h = conv.forward(&h.upsample_nearest2d([s[2] * 2, s[3] * 2], None, None));
             }
         }
-        self.conv_out.forward(&norm_silu(&self.norm_out, &h))
+        Ok(self
+            .conv_out
+            .forward(&norm_silu(&self.norm_out, &h, stats)?))
     }
 }
 
@@ -375,25 +401,47 @@ impl AutoencoderKL {
     }
 
     /// Scaled latent `[B, embed_dim, h, w]` → raw pixels `[B, 3, h·f, w·f]`, about [-1, 1], unclamped.
-    pub fn decode(&self, latent: &Tensor) -> Tensor {
-        let z = self
-            .post_quant_conv
-            .forward(&(latent * (1.0 / self.config.scaling_factor)));
-        self.decoder.forward(&z)
+    pub fn decode(&self, latent: &Tensor) -> Result<Tensor> {
+        self.decode_up(&self.decode_mid(latent)?, &mut GroupNormStats::Normal)
     }
 
     /// Pixels in [-1, 1] → posterior mean × scaling_factor. Sides not divisible by the
     /// spatial factor are handled as LDM does (the bottom/right remainder is dropped).
-    pub fn encode(&self, image: &Tensor) -> Tensor {
-        let moments = self.quant_conv.forward(&self.encoder.forward(image));
-        moments.narrow(1, 0, self.config.embed_dim) * self.config.scaling_factor
+    pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
+        self.encode_mid(&self.encode_down(image, &mut GroupNormStats::Normal)?)
     }
 
     /// [`Self::decode`] or [`Self::encode`].
-    pub fn run(&self, pass: VaePass, input: &Tensor) -> Tensor {
+    pub fn run(&self, pass: VaePass, input: &Tensor) -> Result<Tensor> {
         match pass {
             VaePass::Decode => self.decode(input),
             VaePass::Encode => self.encode(input),
         }
+    }
+
+    /// Decode up to and through the mid block (global attention), at latent resolution:
+    /// cheap, so tiled decode runs it on the whole latent.
+    pub fn decode_mid(&self, latent: &Tensor) -> Result<Tensor> {
+        let z = self
+            .post_quant_conv
+            .forward(&(latent * (1.0 / self.config.scaling_factor)));
+        self.decoder.forward_mid(&z)
+    }
+
+    /// The rest of decode after [`Self::decode_mid`]: the up path, the part worth tiling.
+    pub fn decode_up(&self, h: &Tensor, stats: &mut GroupNormStats) -> Result<Tensor> {
+        self.decoder.forward_up(h, stats)
+    }
+
+    /// Encode up to the mid block, image → latent resolution: the part worth tiling.
+    pub fn encode_down(&self, image: &Tensor, stats: &mut GroupNormStats) -> Result<Tensor> {
+        self.encoder.forward_down(image, stats)
+    }
+
+    /// The rest of encode after [`Self::encode_down`]: the mid block (global attention) to
+    /// the scaled posterior mean, at latent resolution.
+    pub fn encode_mid(&self, h: &Tensor) -> Result<Tensor> {
+        let moments = self.quant_conv.forward(&self.encoder.forward_mid(h)?);
+        Ok(moments.narrow(1, 0, self.config.embed_dim) * self.config.scaling_factor)
     }
 }
