@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use anyhow::{anyhow, bail, Context, Result};
+use host_api::backend::device_name;
 use host_api::tch::{self, Device, Kind, Tensor};
 use host_api::{LoadRequest, ModelBox, ModelInfo, ModelSigmas, SamplerCallbacks, VaeCallbacks};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -28,13 +29,6 @@ pub fn device_of(choice: &DeviceChoice) -> Device {
         DeviceChoice::Auto => Device::cuda_if_available(),
         DeviceChoice::Cpu => Device::Cpu,
         DeviceChoice::Cuda(n) => Device::Cuda(*n),
-    }
-}
-
-fn device_name(device: Device) -> String {
-    match device {
-        Device::Cuda(n) => format!("cuda:{n}"),
-        _ => "cpu".into(),
     }
 }
 
@@ -436,21 +430,11 @@ fn model_name(checkpoint: &Path) -> String {
 
 /// A1111's "Model hash": the first 10 hex digits of the file's sha256 (none for a folder).
 pub fn model_hash(checkpoint: &Path) -> Option<String> {
-    use sha2::Digest;
     if !checkpoint.is_file() {
         return None;
     }
-    let mut hasher = sha2::Sha256::new();
-    let mut file = std::fs::File::open(checkpoint).ok()?;
-    std::io::copy(&mut file, &mut hasher).ok()?;
-    Some(
-        hasher
-            .finalize()
-            .iter()
-            .take(5)
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    )
+    let hex = crate::registry::sha256_hex(checkpoint).ok()?;
+    Some(hex[..10].to_owned())
 }
 
 /// A profile made ready to run: models loaded, names resolved, sizes known.

@@ -102,7 +102,8 @@ fn is_dylib(path: &Path) -> bool {
     )
 }
 
-fn sha256_hex(path: &Path) -> Result<String> {
+/// Hex sha256 of a file (plugin pins, A1111 model hash).
+pub fn sha256_hex(path: &Path) -> Result<String> {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
     let mut file = std::fs::File::open(path)?;

@@ -87,6 +87,14 @@ pub fn parse_device(name: &str) -> Result<Device> {
     }
 }
 
+/// The inverse of [`parse_device`]: `cpu` or `cuda:N`.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(n) => format!("cuda:{n}"),
+        _ => "cpu".into(),
+    }
+}
+
 pub fn parse_dtype(name: &str) -> Result<Kind> {
     match name {
         "fp32" => Ok(Kind::Float),

@@ -1,7 +1,8 @@
 //! The backend plugin: exposes [`Sd1Model`] to the host through `host-api`.
 use std::path::Path;
 
-use host_api::tch::{Device, Tensor};
+use host_api::backend::device_name;
+use host_api::tch::Tensor;
 use host_api::{Backend, Error, LoadRequest, ModelInfo, Result};
 
 use crate::checkpoint::Checkpoint;
@@ -12,13 +13,6 @@ use crate::vae_tiling::VaeTilingOptions;
 
 fn err(e: anyhow::Error) -> Error {
     Error::new(format!("{e:#}"))
-}
-
-fn device_name(device: Device) -> String {
-    match device {
-        Device::Cuda(n) => format!("cuda:{n}"),
-        _ => "cpu".into(),
-    }
 }
 
 /// SD 1.x: CLIP-L text encoder, eps prediction, 4-channel latent.
