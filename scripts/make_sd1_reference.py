@@ -11,6 +11,10 @@ Writes, under --out:
 
 Everything runs on CPU in float32, offline, and is deterministic (reruns give
 byte-identical files).  Needs torch, diffusers, transformers, k-diffusion, safetensors.
+
+Importing this module (as make_family_reference.py does) also sets up the offline
+environment and quiets diffusers/transformers logging; its helpers marked "shared" serve
+both scripts.
 """
 
 from __future__ import annotations
@@ -85,59 +89,62 @@ SEED_UNET_X, SEED_VAE_LATENT, SEED_VAE_IMAGE = 1, 2, 3
 # ----------------------------------------------------------------------------
 def build_models():
     torch.manual_seed(MODEL_SEED)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=1,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            layer_norm_eps=1e-5,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
+    text_encoder = CLIPTextModel(clip_text_config(32, 64, layers=2, heads=1, act="quick_gelu", pad_id=49407))
+    unet = tiny_unet(
         block_out_channels=(32, 64, 64),
         layers_per_block=2,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=8,
-        norm_num_groups=32,
         use_linear_projection=False,
     )
-    vae = AutoencoderKL(
+    vae = make_vae(SCALING_FACTOR, block_out_channels=(32, 64))
+    for model in (text_encoder, unet, vae):
+        randomize_(model)
+        model.eval()
+    scheduler = PNDMScheduler(**SCHEDULE_KWARGS, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    return text_encoder, unet, vae, scheduler
+
+
+# SD's training noise schedule as diffusers scheduler arguments; shared.
+SCHEDULE_KWARGS = dict(
+    num_train_timesteps=NUM_TRAIN_T,
+    beta_start=BETA_START,
+    beta_end=BETA_END,
+    beta_schedule="scaled_linear",
+)
+
+
+def clip_text_config(hidden: int, inter: int, layers: int, heads: int, act: str, pad_id: int, **extra) -> CLIPTextConfig:
+    """Tiny CLIP text tower on the real 49408-token vocabulary, 77 positions; shared."""
+    return CLIPTextConfig(
+        vocab_size=49408, max_position_embeddings=MAX_LEN, bos_token_id=49406, eos_token_id=49407, pad_token_id=pad_id,
+        hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
+        hidden_act=act, layer_norm_eps=1e-5, **extra,
+    )
+
+
+def tiny_unet(**layout) -> UNet2DConditionModel:
+    """UNet2DConditionModel on 4-channel 16x16 latents, 32 norm groups; layout = blocks,
+    attention and conditioning; shared."""
+    return UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, norm_num_groups=32, **layout)
+
+
+def make_vae(scaling: float, block_out_channels: tuple) -> AutoencoderKL:
+    """Tiny two-level AutoencoderKL (latent factor 2); shared."""
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        block_out_channels=(32, 64),
+        block_out_channels=block_out_channels,
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=32,
         sample_size=32,
-        scaling_factor=SCALING_FACTOR,
+        scaling_factor=scaling,
     )
-    for model in (text_encoder, unet, vae):
-        randomize_(model)
-        model.eval()
-    scheduler = PNDMScheduler(
-        num_train_timesteps=NUM_TRAIN_T,
-        beta_start=BETA_START,
-        beta_end=BETA_END,
-        beta_schedule="scaled_linear",
-        skip_prk_steps=True,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return text_encoder, unet, vae, scheduler
 
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm)
@@ -290,45 +297,71 @@ UNET_P, VAE_P, CLIP_P = "model.diffusion_model.", "first_stage_model.", "cond_st
 def to_ldm(text_encoder, unet, vae) -> dict:
     ckpt = {}
     ckpt.update(apply_module_map(unet.state_dict(), unet_module_map(unet.config), UNET_P))
-    ckpt.update(
-        apply_module_map(
-            vae.state_dict(),
-            vae_module_map(vae.config),
-            VAE_P,
-            conv1x1_for=lambda k: ".mid.attn_1." in k and k.endswith(".weight") and not k.endswith("norm.weight"),
-        )
-    )
-    for k, v in text_encoder_hf_state_dict(text_encoder).items():
-        ckpt[CLIP_P + k] = v
-    # Real SD 1.x checkpoints carry the (int64) CLIP position_ids buffer too.
-    ckpt[CLIP_P + "text_model.embeddings.position_ids"] = torch.arange(MAX_LEN, dtype=torch.int64)[None]
+    ckpt.update(vae_to_ldm(vae.state_dict(), vae.config))
+    ckpt.update(clip_to_ldm(text_encoder, CLIP_P))
     ckpt.update(ldm_schedule_buffers())
     return ckpt
 
 
-def text_encoder_hf_state_dict(text_encoder) -> dict:
-    """CLIPTextModel weights under the classic 'text_model.' names (transformers 5
-    dropped the wrapper module; every released SD checkpoint uses the prefix)."""
+def vae_to_ldm(vae_sd: dict, vae_config) -> dict:
+    """diffusers VAE state dict -> LDM 'first_stage_model.' keys (mid-block attention
+    weights as 1x1 convs); shared."""
+    return apply_module_map(
+        vae_sd,
+        vae_module_map(vae_config),
+        VAE_P,
+        conv1x1_for=lambda k: ".mid.attn_1." in k and k.endswith(".weight") and not k.endswith("norm.weight"),
+    )
+
+
+def clip_to_ldm(text_encoder, prefix: str, dtype=None) -> dict:
+    """A CLIP-L style text encoder as LDM/SGM keys: prefix + classic HF names, plus the
+    (int64) CLIP position_ids buffer that real SD 1.x / SDXL checkpoints carry; shared."""
+    ckpt = {prefix + k: v for k, v in text_encoder_hf_state_dict(text_encoder, dtype).items()}
+    ckpt[prefix + "text_model.embeddings.position_ids"] = torch.arange(MAX_LEN, dtype=torch.int64)[None]
+    return ckpt
+
+
+def text_encoder_hf_state_dict(model: nn.Module, dtype=None) -> dict:
+    """CLIP text weights under the classic 'text_model.' names (transformers 5 dropped the
+    wrapper module of CLIPTextModel; every released SD checkpoint uses the prefix), plus
+    CLIPTextModelWithProjection's text_projection.weight as is; position_ids left out;
+    floating tensors cast to dtype when given.  Shared."""
     out = {}
-    for k, v in text_encoder.state_dict().items():
+    for k, v in model.state_dict().items():
         if k.endswith("position_ids"):
             continue
-        out[k if k.startswith("text_model.") else "text_model." + k] = v.detach().clone().contiguous()
+        if not (k.startswith("text_model.") or k.startswith("text_projection.")):
+            k = "text_model." + k
+        v = v.detach().clone().contiguous()
+        out[k] = v.to(dtype) if (dtype is not None and v.is_floating_point()) else v
     return out
 
 
 # ----------------------------------------------------------------------------
 # Verification of the LDM file with diffusers' own converters
 # ----------------------------------------------------------------------------
-def assert_same(name: str, got: dict, want: dict) -> None:
+def assert_same(name: str, got: dict, want: dict, got_dtype=None, cast: bool = False) -> None:
+    """Same keys, same shapes, same values and dtypes.  cast=True compares got cast to
+    want's dtype (got may be the fp16 twin of an fp32 want); got_dtype, when given, is the
+    dtype every floating tensor of got must have.  Shared."""
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     if missing or extra:
         raise AssertionError(f"{name}: missing {missing[:5]} (+{len(missing)}), extra {extra[:5]} (+{len(extra)})")
     for k in want:
         a, b = got[k], want[k]
+        if got_dtype is not None and a.is_floating_point() and a.dtype != got_dtype:
+            raise AssertionError(f"{name}: {k} has dtype {a.dtype}, expected {got_dtype}")
+        if cast:
+            a = a.to(b.dtype)
         if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a, b):
             raise AssertionError(f"{name}: tensor {k} differs ({tuple(a.shape)} vs {tuple(b.shape)})")
+
+
+def model_sd(model: nn.Module) -> dict:
+    """A model's state dict without the position_ids buffers; shared."""
+    return {k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")}
 
 
 def verify_ldm(path: str, diffusers_dir: str, text_encoder, unet, vae) -> int:
@@ -362,11 +395,7 @@ def verify_ldm(path: str, diffusers_dir: str, text_encoder, unet, vae) -> int:
     )
     assert_same("from_single_file unet", pipe.unet.state_dict(), unet.state_dict())
     assert_same("from_single_file vae", pipe.vae.state_dict(), vae.state_dict())
-    assert_same(
-        "from_single_file text_encoder",
-        {k: v for k, v in pipe.text_encoder.state_dict().items() if not k.endswith("position_ids")},
-        {k: v for k, v in text_encoder.state_dict().items() if not k.endswith("position_ids")},
-    )
+    assert_same("from_single_file text_encoder", model_sd(pipe.text_encoder), model_sd(text_encoder))
     return len(ckpt)
 
 
@@ -398,14 +427,87 @@ def tokenize(tok, text: str) -> torch.Tensor:
     return ids.to(torch.int64)
 
 
-@torch.no_grad()
-def make_references(tok, text_encoder, unet, vae, alphas_cumprod):
-    R: dict[str, torch.Tensor] = {}
-    D: dict[str, str] = {}
+class Recorder:
+    """Reference tensors (detached, contiguous) and their descriptions, in insertion order; shared."""
 
-    def put(name, t, desc):
-        R[name] = t.detach().contiguous()
-        D[name] = desc
+    def __init__(self):
+        self.R: dict[str, torch.Tensor] = {}
+        self.D: dict[str, str] = {}
+
+    def put(self, name: str, t: torch.Tensor, desc: str) -> None:
+        if name in self.R:
+            raise KeyError(name)
+        self.R[name] = t.detach().contiguous()
+        self.D[name] = desc
+
+
+def unet_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """UNet probe inputs (x [2,4,16,16], fractional t); shared."""
+    torch.manual_seed(SEED_UNET_X)
+    x = torch.randn(2, 4, 16, 16)
+    t = torch.tensor(UNET_T, dtype=torch.float32)
+    return x, t
+
+
+@torch.no_grad()
+def put_vae_refs(rec: Recorder, vae, scaling: float) -> None:
+    """vae.latent / vae.decoded / vae.image / vae.encoded_mean; shared."""
+    torch.manual_seed(SEED_VAE_LATENT)
+    lat = torch.randn(1, 4, 16, 16)
+    rec.put("vae.latent", lat, f"randn latent after manual_seed({SEED_VAE_LATENT})")
+    rec.put("vae.decoded", vae.decode(lat / scaling).sample, f"vae.decode(vae.latent / {scaling}).sample, raw (unclamped)")
+    torch.manual_seed(SEED_VAE_IMAGE)
+    img = torch.rand(1, 3, 32, 32) * 2 - 1
+    rec.put("vae.image", img, f"uniform image in [-1,1): rand*2-1 after manual_seed({SEED_VAE_IMAGE})")
+    rec.put("vae.encoded_mean", vae.encode(img).latent_dist.mean * scaling, f"vae.encode(vae.image).latent_dist.mean * {scaling}")
+
+
+@torch.no_grad()
+def hires_run(model_wrap, cfg_model, conds1, conds2, size: dict, scaling: float, vae) -> dict:
+    """A1111 hires fix with k-diffusion: pass 1 txt2img (Euler), latent upscale (bilinear,
+    no antialias), pass 2 img2img over the last STEPS2 + 1 of int(STEPS2 / DENOISE) sigmas,
+    both passes seeded with SEED; conds* = (cond, uncond) given to cfg_model.  Shared."""
+    f = VAE_FACTOR
+    w1, h1, w2, h2 = size["width1"], size["height1"], size["width2"], size["height2"]
+    sig1 = model_wrap.get_sigmas(STEPS1)
+    torch.manual_seed(SEED)
+    noise1 = torch.randn([4, h1 // f, w1 // f]).unsqueeze(0)
+    extra1 = {"cond": conds1[0], "uncond": conds1[1], "cond_scale": CFG}
+    lat1 = k_diffusion.sampling.sample_euler(cfg_model, noise1 * sig1[0], sig1, extra_args=extra1, disable=True)
+    up = F.interpolate(lat1, size=(h2 // f, w2 // f), mode="bilinear", antialias=False)
+    sig2 = model_wrap.get_sigmas(int(STEPS2 / DENOISE))[-(STEPS2 + 1) :]
+    torch.manual_seed(SEED)
+    noise2 = torch.randn([4, h2 // f, w2 // f]).unsqueeze(0)
+    extra2 = {"cond": conds2[0], "uncond": conds2[1], "cond_scale": CFG}
+    lat2 = k_diffusion.sampling.sample_euler(cfg_model, up + noise2 * sig2[0], sig2, extra_args=extra2, disable=True)
+    image = torch.clamp((vae.decode(lat2 / scaling).sample + 1.0) / 2.0, 0.0, 1.0)
+    image_u8 = (image[0].permute(1, 2, 0) * 255.0).to(torch.uint8)  # truncation toward zero, HWC
+    return {
+        "sig1": sig1, "sig2": sig2, "noise1": noise1, "noise2": noise2,
+        "lat1": lat1, "up": up, "lat2": lat2, "image": image, "image_u8": image_u8,
+    }
+
+
+def put_run(rec: Recorder, run: dict, size: dict, scaling: float, sampler: str = "sample_euler(CFG)", u8_note: str = "") -> None:
+    """The run.* tensors of hires_run; sampler and u8_note only word the descriptions
+    (the committed sd1-tiny reference.json says "sample_euler" and notes numpy's astype).  Shared."""
+    f = VAE_FACTOR
+    w1, h1, w2, h2 = size["width1"], size["height1"], size["width2"], size["height2"]
+    rec.put("run.sigmas1", run["sig1"], f"pass-1 sigmas: model_wrap.get_sigmas({STEPS1}) (normal schedule, trailing 0)")
+    rec.put("run.sigmas2", run["sig2"], f"pass-2 sigmas: last {STEPS2 + 1} of get_sigmas(int({STEPS2}/{DENOISE}))")
+    rec.put("run.noise1", run["noise1"], f"manual_seed({SEED}); randn([4,{h1 // f},{w1 // f}]).unsqueeze(0)")
+    rec.put("run.noise2", run["noise2"], f"manual_seed({SEED}); randn([4,{h2 // f},{w2 // f}]).unsqueeze(0)")
+    rec.put("run.latent1", run["lat1"], f"pass-1 result: {sampler} from noise1*sigmas1[0]")
+    rec.put("run.upscaled", run["up"], f"interpolate(run.latent1, ({h2 // f},{w2 // f}), bilinear, align_corners=False, antialias=False)")
+    rec.put("run.latent2", run["lat2"], f"pass-2 result: {sampler} from upscaled + noise2*sigmas2[0]")
+    rec.put("run.image", run["image"], f"clamp((vae.decode(latent2/{scaling}).sample + 1)/2, 0, 1) [1,3,{h2},{w2}]")
+    rec.put("run.image_u8", run["image_u8"], f"uint8 HWC [{h2},{w2},3] = (run.image*255) truncated toward zero{u8_note}")
+
+
+@torch.no_grad()
+def make_references(tok, text_encoder, unet, vae, alphas_cumprod) -> Recorder:
+    rec = Recorder()
+    put = rec.put
 
     ids_p, ids_n = tokenize(tok, PROMPT), tokenize(tok, NEGATIVE)
     if ids_p[0, : len(EXPECTED_PROMPT_IDS)].tolist() != EXPECTED_PROMPT_IDS or ids_p[0, 7:].ne(49407).any():
@@ -421,54 +523,24 @@ def make_references(tok, text_encoder, unet, vae, alphas_cumprod):
     put("text.negative", text_n, "text_encoder(tokens.negative).last_hidden_state (clip_skip=1)")
     put("text.prompt.skip2", skip2, "final_layer_norm(hidden state after the penultimate layer) of tokens.prompt (A1111 clip_skip=2)")
 
-    torch.manual_seed(SEED_UNET_X)
-    x = torch.randn(2, 4, 16, 16)
-    t = torch.tensor(UNET_T, dtype=torch.float32)
+    x, t = unet_inputs()
     ctx = torch.cat([text_n, text_p])
     put("unet.x", x, f"UNet input latents, randn after manual_seed({SEED_UNET_X})")
     put("unet.t", t, "UNet timesteps (fractional, float32)")
     put("unet.context", ctx, "cat(text.negative, text.prompt) along batch")
     put("unet.eps", unet(x, t, encoder_hidden_states=ctx).sample, "unet(unet.x, unet.t, encoder_hidden_states=unet.context).sample")
 
-    torch.manual_seed(SEED_VAE_LATENT)
-    lat = torch.randn(1, 4, 16, 16)
-    put("vae.latent", lat, f"randn latent after manual_seed({SEED_VAE_LATENT})")
-    put("vae.decoded", vae.decode(lat / SCALING_FACTOR).sample, "vae.decode(vae.latent / 0.18215).sample, raw (unclamped)")
-    torch.manual_seed(SEED_VAE_IMAGE)
-    img = torch.rand(1, 3, 32, 32) * 2 - 1
-    put("vae.image", img, f"uniform image in [-1,1): rand*2-1 after manual_seed({SEED_VAE_IMAGE})")
-    put("vae.encoded_mean", vae.encode(img).latent_dist.mean * SCALING_FACTOR, "vae.encode(vae.image).latent_dist.mean * 0.18215")
+    put_vae_refs(rec, vae, SCALING_FACTOR)
 
     model_wrap = UNetEpsDenoiser(unet, alphas_cumprod, quantize=False)
     put("sigmas.model", model_wrap.sigmas, "model sigma table sqrt((1-ac)/ac), ascending, ac = float32 alphas_cumprod buffer")
-    cfg_model = CFGDenoiser(model_wrap)
-    extra = {"uncond": text_n, "cond": text_p, "cond_scale": CFG}
 
-    # pass 1: txt2img
-    sig1 = model_wrap.get_sigmas(STEPS1)
-    torch.manual_seed(SEED)
-    noise1 = torch.randn([4, HEIGHT1 // VAE_FACTOR, WIDTH1 // VAE_FACTOR]).unsqueeze(0)
-    lat1 = k_diffusion.sampling.sample_euler(cfg_model, noise1 * sig1[0], sig1, extra_args=extra, disable=True)
-    # pass 2: latent upscale + img2img
-    up = F.interpolate(lat1, size=(HEIGHT2 // VAE_FACTOR, WIDTH2 // VAE_FACTOR), mode="bilinear", antialias=False)
-    sig_full = model_wrap.get_sigmas(int(STEPS2 / DENOISE))
-    sig2 = sig_full[-(STEPS2 + 1) :]
-    torch.manual_seed(SEED)
-    noise2 = torch.randn([4, HEIGHT2 // VAE_FACTOR, WIDTH2 // VAE_FACTOR]).unsqueeze(0)
-    lat2 = k_diffusion.sampling.sample_euler(cfg_model, up + noise2 * sig2[0], sig2, extra_args=extra, disable=True)
-    image = torch.clamp((vae.decode(lat2 / SCALING_FACTOR).sample + 1.0) / 2.0, 0.0, 1.0)
-    image_u8 = (image[0].permute(1, 2, 0) * 255.0).to(torch.uint8)  # truncation toward zero, HWC
-
-    put("run.sigmas1", sig1, f"pass-1 sigmas: model_wrap.get_sigmas({STEPS1}) (normal schedule, trailing 0)")
-    put("run.sigmas2", sig2, f"pass-2 sigmas: last {STEPS2 + 1} of get_sigmas(int({STEPS2}/{DENOISE}))")
-    put("run.noise1", noise1, f"manual_seed({SEED}); randn([4,16,16]).unsqueeze(0)")
-    put("run.noise2", noise2, f"manual_seed({SEED}); randn([4,32,32]).unsqueeze(0)")
-    put("run.latent1", lat1, "pass-1 result: sample_euler from noise1*sigmas1[0]")
-    put("run.upscaled", up, "interpolate(run.latent1, (32,32), bilinear, align_corners=False, antialias=False)")
-    put("run.latent2", lat2, "pass-2 result: sample_euler from upscaled + noise2*sigmas2[0]")
-    put("run.image", image, "clamp((vae.decode(latent2/0.18215).sample + 1)/2, 0, 1) [1,3,64,64]")
-    put("run.image_u8", image_u8, "uint8 HWC [64,64,3] = (run.image*255) truncated toward zero (numpy astype(uint8))")
-    return R, D
+    # pass 1: txt2img; pass 2: latent upscale + img2img (same prompts in both passes)
+    size = {"width1": WIDTH1, "height1": HEIGHT1, "width2": WIDTH2, "height2": HEIGHT2}
+    conds = (text_p, text_n)  # (cond, uncond)
+    run = hires_run(model_wrap, CFGDenoiser(model_wrap), conds, conds, size, SCALING_FACTOR, vae)
+    put_run(rec, run, size, SCALING_FACTOR, sampler="sample_euler", u8_note=" (numpy astype(uint8))")
+    return rec
 
 
 def tensor_summary(t: torch.Tensor) -> dict:
@@ -476,15 +548,45 @@ def tensor_summary(t: torch.Tensor) -> dict:
     return {"min": f.min().item(), "max": f.max().item(), "mean": f.mean().item(), "std": f.std().item() if t.numel() > 1 else 0.0}
 
 
+def tensors_json(rec: Recorder) -> dict:
+    """reference.json's "tensors": shape, dtype, description and (floating) summary; shared."""
+    return {
+        k: {
+            "shape": list(v.shape),
+            "dtype": str(v.dtype).replace("torch.", ""),
+            "desc": rec.D[k],
+            **(tensor_summary(v) if v.is_floating_point() else {}),
+        }
+        for k, v in rec.R.items()
+    }
+
+
+def check_finite(rec: Recorder) -> None:
+    for k, v in rec.R.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise AssertionError(f"{k} has non-finite values")
+
+
+def write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
 # ----------------------------------------------------------------------------
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="tests/data/sd1-tiny")
+def parse_args_and_setup(doc: str, folder_flag: str, folder_default: str) -> argparse.Namespace:
+    """Command line (folder_flag DIR, --bpe PATH), then single-threaded deterministic torch; shared."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument(folder_flag, default=folder_default)
     ap.add_argument("--bpe", default=None, help="path to OpenAI bpe_simple_vocab_16e6.txt")
     args = ap.parse_args()
-
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
+    return args
+
+
+def main() -> None:
+    args = parse_args_and_setup(__doc__, "--out", "tests/data/sd1-tiny")
     out = args.out
     ddir = os.path.join(out, "diffusers")
     tok_dir = os.path.join(ddir, "tokenizer")
@@ -533,10 +635,9 @@ def main() -> None:
 
     # 4. references
     alphas_cumprod = ckpt["alphas_cumprod"]
-    R, D = make_references(tok, text_encoder, unet, vae, alphas_cumprod)
-    for k, v in R.items():
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise AssertionError(f"{k} has non-finite values")
+    rec = make_references(tok, text_encoder, unet, vae, alphas_cumprod)
+    check_finite(rec)
+    R = rec.R
     ref_path = os.path.join(out, "reference.safetensors")
     save_file(R, ref_path)
     meta = {
@@ -571,15 +672,9 @@ def main() -> None:
             "sigma_min": R["sigmas.model"][0].item(), "sigma_max": R["sigmas.model"][-1].item(),
             "text_hidden": 32, "text_heads": 1, "unet_heads": 8,
         },
-        "tensors": {
-            k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", ""), "desc": D[k],
-                **(tensor_summary(v) if v.is_floating_point() else {})}
-            for k, v in R.items()
-        },
+        "tensors": tensors_json(rec),
     }
-    with open(os.path.join(out, "reference.json"), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
-        f.write("\n")
+    write_json(os.path.join(out, "reference.json"), meta)
 
     # summary
     total = 0

@@ -6,7 +6,9 @@ use std::rc::Rc;
 use anyhow::{anyhow, bail, Context, Result};
 use host_api::backend::device_name;
 use host_api::tch::{self, Device, Kind, Tensor};
-use host_api::{LoadRequest, ModelBox, ModelInfo, ModelSigmas, SamplerCallbacks, VaeCallbacks};
+use host_api::{
+    EncodeRequest, LoadRequest, ModelBox, ModelInfo, ModelSigmas, SamplerCallbacks, VaeCallbacks,
+};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::infotext;
@@ -46,6 +48,8 @@ pub struct Models<'r> {
     device: String,
     dtype: String,
     vae_tiling: (String, u32, u32),
+    /// `[model] prediction`, empty to detect.
+    prediction: String,
     loaded: HashMap<(PathBuf, Option<PathBuf>), (Rc<ModelBox>, ModelInfo)>,
 }
 
@@ -65,6 +69,11 @@ impl<'r> Models<'r> {
                 profile.vae_tile_size,
                 profile.vae_tile_overlap,
             ),
+            prediction: profile
+                .model
+                .prediction
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default(),
             loaded: HashMap::new(),
         }
     }
@@ -87,6 +96,7 @@ impl<'r> Models<'r> {
             vae_tiling: self.vae_tiling.0.as_str().into(),
             vae_tile_size: self.vae_tiling.1,
             vae_tile_overlap: self.vae_tiling.2,
+            prediction: self.prediction.as_str().into(),
         };
         let plugin = |e: host_api::Error| {
             anyhow!(
@@ -117,12 +127,16 @@ pub fn detect_backend<'r>(
     if registry.backends.is_empty() {
         bail!("no model backend plugin was found; see `hiresfix plugins`");
     }
+    let mut refusal = None;
     for entry in &registry.backends {
         match entry.decl.run_detect(checkpoint) {
             Ok(Some(_)) => return Ok(entry),
             Ok(None) => continue,
-            Err(e) => bail!("{e}"),
+            Err(e) => refusal = refusal.or(Some(e)),
         }
+    }
+    if let Some(e) = refusal {
+        bail!("{e}");
     }
     let families: Vec<&str> = registry
         .backends
@@ -196,8 +210,13 @@ fn progress_bar(quiet: bool, steps: usize, label: String) -> ProgressBar {
     bar
 }
 
-/// Decoded image as RGB8, A1111's `clamp((x + 1) / 2, 0, 1) * 255` truncated to u8.
+/// Decoded image as RGB8, A1111's `clamp((x + 1) / 2, 0, 1) * 255` truncated to u8. NaN or
+/// infinite pixels are an error: clamping would turn them into a black image.
 pub fn to_rgb8(pixels: &Tensor) -> Result<(u32, u32, Vec<u8>)> {
+    let finite = bool::try_from(pixels.isfinite().all()).unwrap_or(false);
+    if !finite {
+        bail!("the decoded image has NaN or infinite values (the model, VAE or prompt conditioning overflowed), so it was not written — try dtype = \"fp32\", another VAE, or check the checkpoint");
+    }
     let image =
         ((pixels.to_device(Device::Cpu).to_kind(Kind::Float) + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0;
     let image = image
@@ -264,11 +283,16 @@ pub fn run_image(
                 up + noise * sigmas[0]
             }
         };
+        // Each pass conditions on its own size (SDXL's size ids, as A1111's hires pass).
+        let request = EncodeRequest::pair(
+            &plan.negative,
+            &plan.prompt,
+            plan.clip_skip,
+            size.width,
+            size.height,
+        );
         let conds = model
-            .encode_prompts(
-                &[plan.negative.clone(), plan.prompt.clone()],
-                plan.clip_skip,
-            )
+            .encode_prompts(&request)
             .map_err(|e| anyhow!("pass {}: encoding the prompt: {e}", plan.number))?;
         let bar = progress_bar(quiet, plan.steps, format!("pass {}", plan.number));
         let mut guidance = Guidance {

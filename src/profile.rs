@@ -118,6 +118,9 @@ pub struct ModelSection {
     pub loras: Vec<LoraEntry>,
     #[serde(default = "one", deserialize_with = "at_least_one")]
     pub clip_skip: u32,
+    /// What the UNet predicts, only to override detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<PredictionChoice>,
 }
 
 impl Default for ModelSection {
@@ -128,6 +131,24 @@ impl Default for ModelSection {
             vae: None,
             loras: Vec::new(),
             clip_skip: 1,
+            prediction: None,
+        }
+    }
+}
+
+/// `[model] prediction`: `eps` or `v`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum PredictionChoice {
+    Eps,
+    V,
+}
+
+impl PredictionChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PredictionChoice::Eps => "eps",
+            PredictionChoice::V => "v",
         }
     }
 }
@@ -315,11 +336,20 @@ const TOP_KEYS: &[&str] = &[
     "lora_dirs",
     "plugin_sha256",
     "vae_tiling",
+    "vae_tile_size",
+    "vae_tile_overlap",
     "eta_noise_seed_delta",
     "model",
     "pass",
 ];
-const MODEL_KEYS: &[&str] = &["checkpoint", "merge", "vae", "loras", "clip_skip"];
+const MODEL_KEYS: &[&str] = &[
+    "checkpoint",
+    "merge",
+    "vae",
+    "loras",
+    "clip_skip",
+    "prediction",
+];
 const PASS_KEYS: &[&str] = &[
     "width",
     "height",

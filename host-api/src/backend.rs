@@ -48,6 +48,8 @@ pub struct LoadRequest {
     pub vae_tile_size: u32,
     /// Overlap between neighbouring tiles in pixels (0 = the backend's default).
     pub vae_tile_overlap: u32,
+    /// What the UNet predicts: `eps` or `v` to override detection, empty to detect.
+    pub prediction: RString,
 }
 
 impl LoadRequest {
@@ -69,6 +71,79 @@ impl LoadRequest {
     pub fn tch_kind(&self) -> Result<Kind> {
         parse_dtype(self.dtype.as_str())
     }
+
+    /// The profile's prediction override, `None` to detect.
+    pub fn prediction_override(&self) -> Option<&str> {
+        Some(self.prediction.as_str()).filter(|p| !p.is_empty())
+    }
+}
+
+/// One prompt to encode.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct PromptSpec {
+    pub text: RString,
+    /// A negative prompt (SDXL conditions an empty negative with zeros, as A1111 does).
+    pub negative: bool,
+}
+
+/// The prompts of one pass and what they condition on besides text.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct EncodeRequest {
+    pub prompts: RVec<PromptSpec>,
+    /// 1 = the family's usual text-encoder layer; k = k - 1 layers earlier (A1111 "Clip skip").
+    pub clip_skip: u32,
+    /// The pass's image size in pixels (SDXL's size conditioning).
+    pub width: u32,
+    pub height: u32,
+}
+
+impl EncodeRequest {
+    /// `negative` then `prompt`, the order CFG batches them in.
+    pub fn pair(negative: &str, prompt: &str, clip_skip: usize, width: u32, height: u32) -> Self {
+        let spec = |text: &str, negative| PromptSpec {
+            text: text.into(),
+            negative,
+        };
+        Self {
+            prompts: RVec::from(vec![spec(negative, true), spec(prompt, false)]),
+            clip_skip: clip_skip as u32,
+            width,
+            height,
+        }
+    }
+}
+
+/// What `hiresfix info` prints about a checkpoint, read without running it (an SD 2.x single
+/// file with no prediction marker is the exception: its UNet is probed, as A1111 does).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct CheckpointInfo {
+    /// Family id, e.g. `sdxl`.
+    pub family: RString,
+    /// Family name, e.g. `Stable Diffusion XL`.
+    pub family_name: RString,
+    /// `eps` or `v`.
+    pub prediction: RString,
+    /// Where the prediction type came from (`v_pred key`, `scheduler config`, `UNet probe`, ...).
+    pub prediction_source: RString,
+    /// `single file` or `diffusers folder`.
+    pub format: RString,
+    pub latent_channels: u32,
+    /// Pixels per latent cell along each side.
+    pub vae_scale_factor: u32,
+    /// Latent = VAE posterior × this.
+    pub latent_scaling_factor: f64,
+    /// e.g. `CLIP-L (12 layers, 768) + OpenCLIP ViT-bigG (32 layers, 1280)`.
+    pub text_encoders: RString,
+    pub unet_parameters: u64,
+    /// The dtype most tensors are stored in (`F16`, `F32`, ...).
+    pub stored_dtype: RString,
+    /// Bytes on disk of every weight file read.
+    pub file_bytes: u64,
+    /// The family's comfortable image side in pixels.
+    pub default_size: u32,
 }
 
 pub fn parse_device(name: &str) -> Result<Device> {
@@ -113,15 +188,20 @@ pub trait Backend: Sized + 'static {
 
     /// `Ok(Some(description))` when this family reads `checkpoint`, `Ok(None)` when it is some
     /// other family's, `Err` when the file is unreadable (the message names it and the fix).
+    ///
+    /// An `Err` from one backend does not stop the host asking the others; if none reads the
+    /// file, the host reports the first refusal.
     fn detect(checkpoint: &Path) -> Result<Option<String>>;
+
+    /// What `hiresfix info` prints, for a checkpoint `detect` accepts.
+    fn inspect(checkpoint: &Path) -> Result<CheckpointInfo>;
 
     fn load(request: &LoadRequest) -> Result<Self>;
 
     fn info(&self) -> ModelInfo;
 
-    /// One conditioning (a bundle of tensors only this backend interprets) per prompt, padded
-    /// so that all can be batched together.
-    fn encode_prompts(&self, prompts: &[&str], clip_skip: usize) -> Result<Vec<Vec<Tensor>>>;
+    /// One conditioning (a bundle of tensors only this backend interprets) per prompt.
+    fn encode_prompts(&self, request: &EncodeRequest) -> Result<Vec<Vec<Tensor>>>;
 
     /// The denoised latent at `sigma` for each conditioning (no CFG: the host combines them).
     fn denoise(&self, x: &Tensor, sigma: f64, conds: &[&[Tensor]]) -> Result<Vec<Tensor>>;
@@ -145,8 +225,7 @@ type Out<T> = RResult<T, RString>;
 pub struct ModelVtable {
     pub drop: extern "C" fn(*mut c_void),
     pub info: extern "C" fn(*const c_void) -> Out<ModelInfo>,
-    pub encode_prompts:
-        extern "C" fn(*const c_void, RSlice<'_, RString>, u32) -> Out<RVec<RVec<TensorBox>>>,
+    pub encode_prompts: extern "C" fn(*const c_void, &EncodeRequest) -> Out<RVec<RVec<TensorBox>>>,
     pub denoise: extern "C" fn(
         *const c_void,
         TensorRef<'_>,
@@ -190,12 +269,10 @@ extern "C" fn info_model<B: Backend>(p: *const c_void) -> Out<ModelInfo> {
 
 extern "C" fn encode_prompts_model<B: Backend>(
     p: *const c_void,
-    prompts: RSlice<'_, RString>,
-    clip_skip: u32,
+    request: &EncodeRequest,
 ) -> Out<RVec<RVec<TensorBox>>> {
     guard(|| {
-        let prompts: Vec<&str> = prompts.iter().map(|p| p.as_str()).collect();
-        let conds = obj::<B>(p).encode_prompts(&prompts, clip_skip as usize)?;
+        let conds = obj::<B>(p).encode_prompts(request)?;
         Ok(conds
             .into_iter()
             .map(|c| c.into_iter().map(TensorBox::new).collect())
@@ -253,13 +330,8 @@ impl ModelBox {
         from_ffi((self.vtable.info)(self.obj))
     }
 
-    pub fn encode_prompts(&self, prompts: &[String], clip_skip: usize) -> Result<Vec<Vec<Tensor>>> {
-        let prompts: Vec<RString> = prompts.iter().map(|p| RString::from(p.as_str())).collect();
-        let out = from_ffi((self.vtable.encode_prompts)(
-            self.obj,
-            RSlice::from_slice(&prompts),
-            clip_skip as u32,
-        ))?;
+    pub fn encode_prompts(&self, request: &EncodeRequest) -> Result<Vec<Vec<Tensor>>> {
+        let out = from_ffi((self.vtable.encode_prompts)(self.obj, request))?;
         Ok(out
             .into_iter()
             .map(|c| c.into_iter().map(TensorBox::into_tensor).collect())
@@ -295,6 +367,7 @@ impl ModelBox {
 pub struct BackendDecl {
     pub family: RString,
     pub detect: extern "C" fn(RStr<'_>) -> Out<ROption<RString>>,
+    pub inspect: extern "C" fn(RStr<'_>) -> Out<CheckpointInfo>,
     pub load: extern "C" fn(&LoadRequest) -> Out<ModelBox>,
     pub write_demo_checkpoint: extern "C" fn(RStr<'_>) -> Out<()>,
 }
@@ -305,6 +378,10 @@ extern "C" fn detect_trampoline<B: Backend>(path: RStr<'_>) -> Out<ROption<RStri
             .map(RString::from)
             .into())
     })
+}
+
+extern "C" fn inspect_trampoline<B: Backend>(path: RStr<'_>) -> Out<CheckpointInfo> {
+    guard(|| B::inspect(Path::new(path.as_str())))
 }
 
 extern "C" fn demo_trampoline<B: Backend>(path: RStr<'_>) -> Out<()> {
@@ -320,6 +397,7 @@ impl BackendDecl {
         Self {
             family: B::FAMILY.into(),
             detect: detect_trampoline::<B>,
+            inspect: inspect_trampoline::<B>,
             load: load_trampoline::<B>,
             write_demo_checkpoint: demo_trampoline::<B>,
         }
@@ -329,6 +407,12 @@ impl BackendDecl {
     pub fn run_detect(&self, checkpoint: &Path) -> Result<Option<String>> {
         let path = checkpoint.to_string_lossy();
         from_ffi((self.detect)(RStr::from_str(&path))).map(|o| o.into_option().map(String::from))
+    }
+
+    /// Host side: see [`Backend::inspect`].
+    pub fn run_inspect(&self, checkpoint: &Path) -> Result<CheckpointInfo> {
+        let path = checkpoint.to_string_lossy();
+        from_ffi((self.inspect)(RStr::from_str(&path)))
     }
 
     pub fn run_load(&self, request: &LoadRequest) -> Result<ModelBox> {

@@ -17,7 +17,10 @@ pub mod upscaler;
 pub use abi_stable;
 pub use tch;
 
-pub use backend::{Backend, BackendDecl, LoadRequest, ModelBox, ModelInfo};
+pub use backend::{
+    Backend, BackendDecl, CheckpointInfo, EncodeRequest, LoadRequest, ModelBox, ModelInfo,
+    PromptSpec,
+};
 pub use error::{Error, Result};
 pub use options::{OptionEntry, OptionValue, Options};
 pub use plugin::{Handshake, PluginModule, PluginRef};

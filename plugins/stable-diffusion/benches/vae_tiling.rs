@@ -3,24 +3,24 @@
 //!
 //! `cargo bench -p hiresfix-sd --bench vae_tiling` — the parent re-runs itself with
 //! `--child full|tiled`; each child reports its VmRSS before decoding and its VmHWM after.
-use std::process::Command;
+mod common;
+
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use common::{child_args, proc_status_kib, run_child, MIB};
+use hiresfix_sd::vae::memory::{self as vae_memory, AttentionMemory};
+use hiresfix_sd::vae::tiling::{self as vae_tiling, VaeTilingMode, VaeTilingOptions};
 use hiresfix_sd::vae::{AutoencoderKL, VaeConfig, VaePass};
-use hiresfix_sd::vae_memory::{self, AttentionMemory};
-use hiresfix_sd::vae_tiling::{self, VaeTilingMode, VaeTilingOptions};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 /// Latent side: 128 cells = 1024 px at factor 8.
 const LATENT: i64 = 128;
-const MIB: f64 = (1 << 20) as f64;
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == "--child") {
-        Some(i) => child(args.get(i + 1).map(String::as_str).unwrap_or("")),
+    match child_args() {
+        Some((mode, _)) => child(&mode),
         None => parent(),
     }
 }
@@ -29,7 +29,7 @@ fn main() -> Result<()> {
 fn child(mode: &str) -> Result<()> {
     let vs = VarStore::new(Device::Cpu);
     let vae = AutoencoderKL::new(vs.root() / "first_stage_model", &VaeConfig::default())?;
-    randomize(&vs);
+    hiresfix_sd::random::randomize(&vs, 1234);
     tch::manual_seed(0);
     let latent = Tensor::randn([1, 4, LATENT, LATENT], (Kind::Float, Device::Cpu));
     let baseline = proc_status_kib("VmRSS:")?;
@@ -49,72 +49,20 @@ fn child(mode: &str) -> Result<()> {
     Ok(())
 }
 
-/// PyTorch-like init: uniform ±1/sqrt(fan_in) for weights and biases, norm weights 1.
-fn randomize(vs: &VarStore) {
-    tch::manual_seed(1234);
-    let vars = vs.variables();
-    tch::no_grad(|| {
-        for (key, mut var) in vars.iter().map(|(k, v)| (k.clone(), v.shallow_clone())) {
-            let size = var.size();
-            if key.contains("norm") && key.ends_with(".weight") {
-                let _ = var.fill_(1.0);
-                continue;
-            }
-            let weight = key.replace(".bias", ".weight");
-            let fan_in: i64 = vars
-                .get(&weight)
-                .map(|w| w.size()[1..].iter().product())
-                .unwrap_or_else(|| size[1..].iter().product());
-            let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-            let _ = var.uniform_(-bound, bound);
-        }
-    });
-}
-
-fn proc_status_kib(field: &str) -> Result<u64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .with_context(|| format!("no {field} in /proc/self/status"))
-}
-
 struct Run {
     baseline_kib: u64,
     peak_kib: u64,
     seconds: f64,
 }
 
-fn run_child(mode: &str) -> Result<Run> {
-    let exe = std::env::current_exe().context("locating the benchmark binary")?;
-    let out = Command::new(exe)
-        .args(["--child", mode])
-        .output()
-        .with_context(|| format!("running the {mode} child"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "{mode} child failed: {}{}",
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    match fields.as_slice() {
+fn run(mode: &str) -> Result<Run> {
+    match run_child(mode, &[])?.as_slice() {
         [b, p, s] => Ok(Run {
-            baseline_kib: b.parse()?,
-            peak_kib: p.parse()?,
-            seconds: s.parse()?,
+            baseline_kib: *b as u64,
+            peak_kib: *p as u64,
+            seconds: *s,
         }),
-        _ => bail!("{mode} child printed `{text}`"),
+        other => bail!("{mode} child printed {other:?}"),
     }
 }
 
@@ -139,8 +87,8 @@ fn parent() -> Result<()> {
         estimate as f64 / MIB
     );
     println!("auto estimate, one {}px tile:  {tile_estimate} bytes ({:.0} MiB); {tiles} tiles, {} px overlap", options.tile_px, tile_estimate as f64 / MIB, options.overlap_px);
-    let full = run_child("full")?;
-    let tiled = run_child("tiled")?;
+    let full = run("full")?;
+    let tiled = run("tiled")?;
     for (name, r) in [("full ", &full), ("tiled", &tiled)] {
         println!(
             "{name}: peak RSS {:.0} MiB (before decode {:.0} MiB, decode added {:.0} MiB), wall {:.1} s",

@@ -1,26 +1,29 @@
-//! Stable Diffusion backends: SD 1.x model code over libtorch.
+//! Stable Diffusion model backends over libtorch: SD 1.x, SD 2.x (eps and v) and SDXL base
+//! through one model whose shape comes from the checkpoint.
 //!
+//! Where things are: `families/` (one file per family, and what is refused), `checkpoint/`
+//! (reading files and folders), `convert/` (one key-rename module per foreign layout),
+//! `text/` (prompts, CLIP, the conditioner), `unet/`, `denoiser` (eps / v), `vae/`.
 //! Modules are built under the original LDM (CompVis) weight keys, so a single-file
-//! checkpoint loads by name; other layouts are renamed into that space first (`convert`).
+//! checkpoint loads by name; other layouts are renamed into that space first.
 
 pub mod checkpoint;
-pub mod clip;
-pub mod conditioning;
 pub mod convert;
-pub mod family;
+pub mod denoiser;
+pub mod families;
+mod guard;
+pub mod inspect;
 mod layers;
 pub mod model;
 pub mod plugin;
-pub mod safetensors;
+pub mod random;
 pub mod schedule;
-pub mod tiny;
-pub mod tokenizer;
+pub mod text;
 pub mod unet;
 pub mod vae;
-pub mod vae_memory;
-pub mod vae_norm;
-pub mod vae_tiling;
 
-pub use model::{inspect, Inspection, ModelInfo, Sd1Config, Sd1Model};
-pub use tiny::{write_random_checkpoint, TinySd1Config};
-pub use vae_tiling::{VaeTilingMode, VaeTilingOptions};
+pub use inspect::{inspect, Inspection};
+pub use model::{LoadOptions, ModelConfig, ModelInfo, SdModel};
+pub use random::{write_random_checkpoint, RandomModel};
+pub use text::conditioner::{Conditioning, PromptInput};
+pub use vae::tiling::{VaeTilingMode, VaeTilingOptions};

@@ -1,37 +1,42 @@
-//! The assembled SD 1.x model: text encoder, UNet behind k-diffusion's `CompVisDenoiser`
-//! wrapper, VAE, schedule and tokenizer.
-use std::cell::OnceCell;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
+//! The assembled model of any family: the conditioner (text encoders), the UNet behind the
+//! eps / v denoiser wrapper, the VAE, the noise schedule.
+use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use tch::nn::{self, VarStore};
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::Checkpoint;
-use crate::clip::{ClipConfig, ClipTextTransformer};
-use crate::conditioning::{encode_chunks, pad_chunk_lists};
-use crate::family::{self, Family, Prediction, SD1};
+use crate::checkpoint::{Checkpoint, Format};
+use crate::denoiser::{self, PROBE_LATENT, PROBE_TIMESTEP, PROBE_VALUE};
+use crate::families::{Family, Prediction, PredictionRule};
+use crate::guard::guarded;
 use crate::schedule::DiscreteSchedule;
-use crate::tokenizer::{extract_loras, ClipTokenizer, CHUNK_TOKENS};
+use crate::text::clip::{ClipConfig, ClipTextTransformer};
+use crate::text::conditioner::{Conditioner, Conditioning, PromptInput, TextEncoder};
+use crate::text::tokenizer::CHUNK_TOKENS;
 use crate::unet::{UNetConfig, UNetModel};
+use crate::vae::runner::Vae;
+use crate::vae::tiling::VaeTilingOptions;
 use crate::vae::{AutoencoderKL, VaeConfig, VaePass};
-use crate::vae_memory::{self, AttentionMemory};
-use crate::vae_tiling::{self, VaeTilingMode, VaeTilingOptions};
 
-/// The three component configs of an SD 1.x model.
+/// The component configs of a model, read from its checkpoint.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sd1Config {
-    pub clip: ClipConfig,
+pub struct ModelConfig {
+    /// One per text encoder of the family, in its order.
+    pub encoders: Vec<ClipConfig>,
     pub unet: UNetConfig,
     pub vae: VaeConfig,
 }
 
-impl Sd1Config {
+impl ModelConfig {
     /// Everything read from `ckpt`'s tensor shapes (and diffusers configs), checked for consistency.
     pub fn infer(ckpt: &Checkpoint, family: &Family) -> Result<Self> {
         let cfg = Self {
-            clip: ClipConfig::infer(ckpt)?,
+            encoders: family
+                .encoders
+                .iter()
+                .map(|spec| ClipConfig::infer(ckpt, spec))
+                .collect::<Result<_>>()?,
             unet: UNetConfig::infer(ckpt, family.head_rule)?,
             vae: VaeConfig::infer(ckpt, family.scaling_factor)?,
         };
@@ -42,16 +47,19 @@ impl Sd1Config {
 
     /// The checks that keep shape errors out of the forward passes.
     pub fn validate(&self) -> Result<()> {
-        let (clip, unet, vae) = (&self.clip, &self.unet, &self.vae);
-        if clip.vocab_size < 49408 || clip.max_positions < CHUNK_TOKENS as i64 {
-            bail!(
-                "the text encoder has {} tokens and {} positions; SD 1.x needs 49408 and 77",
-                clip.vocab_size,
-                clip.max_positions
-            );
+        let (unet, vae) = (&self.unet, &self.vae);
+        for clip in &self.encoders {
+            if clip.vocab_size < 49408 || clip.max_positions < CHUNK_TOKENS as i64 {
+                bail!(
+                    "a text encoder has {} tokens and {} positions; CLIP needs 49408 and 77",
+                    clip.vocab_size,
+                    clip.max_positions
+                );
+            }
         }
-        if unet.context_dim != clip.hidden_size {
-            bail!("the UNet expects {}-wide text but the text encoder gives {} — the checkpoint mixes two models", unet.context_dim, clip.hidden_size);
+        let text_width: i64 = self.encoders.iter().map(|c| c.hidden_size).sum();
+        if unet.context_dim != text_width {
+            bail!("the UNet expects {}-wide text but the text encoders give {text_width} — the checkpoint mixes two models", unet.context_dim);
         }
         if unet.out_channels != vae.embed_dim {
             bail!("the UNet works on {} latent channels but the VAE has {} — use a VAE of the same family", unet.out_channels, vae.embed_dim);
@@ -59,18 +67,15 @@ impl Sd1Config {
         if unet.in_channels != vae.embed_dim {
             bail!("the UNet takes {} input channels (an inpainting or instruct model); those are not supported yet", unet.in_channels);
         }
-        let mut widths: Vec<i64> = unet
-            .channel_mult
+        unet.validate()?;
+        if let Some(w) = vae
+            .ch_mult
             .iter()
-            .map(|m| m * unet.model_channels)
-            .collect();
-        widths.extend(vae.ch_mult.iter().map(|m| m * vae.ch));
-        if let Some(w) = widths
-            .iter()
-            .find(|w| **w <= 0 || **w % crate::layers::NORM_GROUPS != 0)
+            .map(|m| m * vae.ch)
+            .find(|w| *w <= 0 || *w % crate::layers::NORM_GROUPS != 0)
         {
             bail!(
-                "a block {w} channels wide does not split into {} GroupNorm groups",
+                "a VAE block {w} channels wide does not split into {} GroupNorm groups",
                 crate::layers::NORM_GROUPS
             );
         }
@@ -78,62 +83,114 @@ impl Sd1Config {
     }
 }
 
-/// A checkpoint read from its headers only (no weights): what `hiresfix info` and family
-/// detection need.
-#[derive(Debug, Clone)]
-pub struct Inspection {
-    /// The registry entry the checkpoint matches, supported or not.
-    pub family: Option<&'static Family>,
-    /// The inferred architecture, for SD 1.x checkpoints.
-    pub config: Option<Sd1Config>,
-    /// The dtype most of its tensors are stored in (`F16`, `F32`, ...).
-    pub stored_dtype: String,
-}
-
-/// Reads `checkpoint`'s headers; errors only when the file or folder itself is unreadable.
-pub fn inspect(checkpoint: &Path) -> Result<Inspection> {
-    let ckpt = Checkpoint::open(checkpoint)?;
-    let family = family::identify(&ckpt);
-    let config = match family {
-        Some(f) if f.id == SD1.id => Some(Sd1Config::infer(&ckpt, f)?),
-        _ => None,
-    };
-    Ok(Inspection {
-        family,
-        config,
-        stored_dtype: ckpt.main_dtype(),
-    })
-}
-
-/// The modules, built under their LDM key paths in one VarStore.
-pub(crate) struct Sd1Modules {
-    pub clip: ClipTextTransformer,
+/// The modules, built under their model key paths in one VarStore.
+pub(crate) struct Modules {
+    pub encoders: Vec<ClipTextTransformer>,
     pub unet: UNetModel,
     pub vae: AutoencoderKL,
 }
 
-impl Sd1Modules {
-    pub fn new(root: nn::Path, cfg: &Sd1Config) -> Result<Self> {
+impl Modules {
+    pub fn new(root: nn::Path, family: &Family, cfg: &ModelConfig) -> Result<Self> {
+        let encoders = family
+            .encoders
+            .iter()
+            .zip(&cfg.encoders)
+            .map(|(spec, clip)| ClipTextTransformer::new(prefix_path(&root, spec.ldm_prefix), clip))
+            .collect::<Result<_>>()?;
         Ok(Self {
-            clip: ClipTextTransformer::new(&root / "cond_stage_model" / "transformer", &cfg.clip)?,
-            unet: UNetModel::new(&root / "model" / "diffusion_model", &cfg.unet)?,
+            encoders,
+            unet: unet_module(&root, &cfg.unet)?,
             vae: AutoencoderKL::new(&root / "first_stage_model", &cfg.vae)?,
         })
     }
 }
 
+/// The UNet alone under `model.diffusion_model`.
+pub(crate) fn unet_module(root: &nn::Path, cfg: &UNetConfig) -> Result<UNetModel> {
+    UNetModel::new(root / "model" / "diffusion_model", cfg)
+}
+
+/// `a.b.c.` → the VarStore path `a / b / c`.
+fn prefix_path<'a>(root: &nn::Path<'a>, prefix: &str) -> nn::Path<'a> {
+    let mut parts = prefix.split('.').filter(|p| !p.is_empty());
+    let first = parts.next().unwrap_or("text_encoder");
+    parts.fold(root.sub(first), |p, part| p.sub(part))
+}
+
+/// Where the prediction type came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PredictionSource {
+    Profile,
+    VPredKey,
+    SchedulerConfig,
+    UNetProbe,
+    FamilyDefault,
+}
+
+impl PredictionSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PredictionSource::Profile => "profile",
+            PredictionSource::VPredKey => "v_pred key",
+            PredictionSource::SchedulerConfig => "scheduler config",
+            PredictionSource::UNetProbe => "UNet probe (A1111)",
+            PredictionSource::FamilyDefault => "family default",
+        }
+    }
+}
+
+/// The prediction type `ckpt`'s files state, or `None` when the UNet must be probed.
+pub fn stated_prediction(
+    ckpt: &Checkpoint,
+    family: &Family,
+    wanted: Option<Prediction>,
+) -> Result<Option<(Prediction, PredictionSource)>> {
+    if let Some(p) = wanted {
+        return Ok(Some((p, PredictionSource::Profile)));
+    }
+    if ckpt.raw_contains("v_pred") {
+        return Ok(Some((Prediction::V, PredictionSource::VPredKey)));
+    }
+    if let Some(p) = ckpt.configs().prediction_type() {
+        let p = Prediction::parse(&p)
+            .map_err(|e| anyhow!("{}: scheduler prediction_type: {e}", ckpt.path().display()))?;
+        return Ok(Some((p, PredictionSource::SchedulerConfig)));
+    }
+    let probe = family.prediction == PredictionRule::ProbeSingleFiles
+        && ckpt.format() == Format::SingleFile;
+    Ok((!probe).then_some((Prediction::Eps, PredictionSource::FamilyDefault)))
+}
+
+/// A1111's probe for SD 2.x single files (`is_using_v_parameterization_for_sd2`): the mean of
+/// `unet(0.5, t = 999, context = 0.5) - 0.5`.
+pub fn probe_mean(unet: &UNetModel, device: Device, kind: Kind) -> Result<f64> {
+    let cfg = unet.config();
+    let opts = (kind, device);
+    let x = Tensor::full(
+        [1, cfg.in_channels, PROBE_LATENT, PROBE_LATENT],
+        PROBE_VALUE,
+        opts,
+    );
+    let t = Tensor::full([1], PROBE_TIMESTEP, (Kind::Float, device));
+    let context = Tensor::full([1, 2, cfg.context_dim], PROBE_VALUE, opts);
+    let y = cfg.adm_in_channels.map(|a| Tensor::zeros([1, a], opts));
+    let out = tch::no_grad(|| unet.forward(&x, &t, &context, y.as_ref()))?;
+    Ok(f64::try_from(
+        (out - x).to_kind(Kind::Double).mean(Kind::Double),
+    )?)
+}
+
 /// What the host needs to know about a loaded model.
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
-    /// Family id, `sd1`.
-    pub family: &'static str,
+    pub family: &'static Family,
     pub prediction: Prediction,
+    pub prediction_source: PredictionSource,
     pub latent_channels: i64,
     /// Pixels per latent cell along each side.
     pub vae_scale_factor: i64,
     pub scaling_factor: f64,
-    /// Width of the text conditioning.
-    pub text_hidden_size: i64,
     /// e.g. `CLIP-L (12 layers, 768)`.
     pub text_encoders: String,
     /// The family's comfortable image side in pixels.
@@ -141,117 +198,151 @@ pub struct ModelInfo {
     pub kind: Kind,
     pub device: Device,
     /// The inferred architecture.
-    pub config: Sd1Config,
+    pub config: ModelConfig,
 }
 
-pub struct Sd1Model {
-    clip: ClipTextTransformer,
+/// `CLIP-L (12 layers, 768) + OpenCLIP ViT-bigG (32 layers, 1280)`.
+pub fn describe_encoders(family: &Family, configs: &[ClipConfig]) -> String {
+    let parts: Vec<String> = family
+        .encoders
+        .iter()
+        .zip(configs)
+        .map(|(spec, c)| format!("{} ({} layers, {})", spec.name, c.num_layers, c.hidden_size))
+        .collect();
+    parts.join(" + ")
+}
+
+/// How to load a model besides the checkpoint path.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// A VAE `.safetensors` or diffusers `vae` folder replacing the checkpoint's.
+    pub vae: Option<PathBuf>,
+    pub device: Device,
+    pub kind: Kind,
+    pub vae_tiling: VaeTilingOptions,
+    /// Overrides the detected prediction type.
+    pub prediction: Option<Prediction>,
+}
+
+impl LoadOptions {
+    pub fn new(device: Device, kind: Kind) -> Self {
+        Self {
+            vae: None,
+            device,
+            kind,
+            vae_tiling: VaeTilingOptions::default(),
+            prediction: None,
+        }
+    }
+}
+
+pub struct SdModel {
+    conditioner: Conditioner,
     unet: UNetModel,
-    vae: AutoencoderKL,
-    /// An fp32 copy of the VAE, made the first time half precision decodes to NaN.
-    vae_fp32: OnceCell<AutoencoderKL>,
+    vae: Vae,
     schedule: DiscreteSchedule,
-    tokenizer: ClipTokenizer,
     vs: VarStore,
     info: ModelInfo,
-    vae_tiling: VaeTilingOptions,
 }
 
-impl Sd1Model {
-    /// `checkpoint`: a single-file LDM `.safetensors` or a diffusers folder (has `model_index.json`);
-    /// `vae_override`: a VAE `.safetensors` or diffusers `vae` folder replacing the checkpoint's.
-    /// VAE tiling is `auto` with 512 px tiles; see [`Self::load_with`].
+impl SdModel {
+    /// `checkpoint`: a single-file LDM `.safetensors` or a diffusers folder;
+    /// `vae_override`: a VAE file or folder replacing the checkpoint's. VAE tiling `auto`.
     pub fn load(
         checkpoint: &Path,
         vae_override: Option<&Path>,
         device: Device,
         kind: Kind,
     ) -> Result<Self> {
-        let tiling = VaeTilingOptions::default();
-        Self::load_with(checkpoint, vae_override, device, kind, tiling)
+        let mut options = LoadOptions::new(device, kind);
+        options.vae = vae_override.map(Path::to_path_buf);
+        Self::load_with(checkpoint, &options)
     }
 
-    /// [`Self::load`] with the given VAE tiling options.
-    pub fn load_with(
-        checkpoint: &Path,
-        vae_override: Option<&Path>,
-        device: Device,
-        kind: Kind,
-        vae_tiling: VaeTilingOptions,
-    ) -> Result<Self> {
-        vae_tiling.validate()?;
+    pub fn load_with(checkpoint: &Path, options: &LoadOptions) -> Result<Self> {
+        options.vae_tiling.validate()?;
+        let (device, kind) = (options.device, options.kind);
         if !matches!(kind, Kind::Float | Kind::Half | Kind::BFloat16) {
             bail!("dtype {kind:?} is not supported — use fp32, fp16 or bf16");
         }
         let mut ckpt = Checkpoint::open(checkpoint)?;
-        let family = family::detect(&ckpt)?;
-        if family.id != SD1.id {
-            bail!(
-                "{}: a {} checkpoint, but this backend loads {} only",
-                checkpoint.display(),
-                family.name,
-                SD1.name
-            );
-        }
-        if let Some(vae) = vae_override {
+        let family = ckpt.family()?;
+        if let Some(vae) = &options.vae {
             ckpt.use_vae(vae)?;
         }
-        if ckpt
-            .configs()
-            .prediction_type()
-            .is_some_and(|p| p != "epsilon")
-        {
-            bail!("{}: scheduler prediction_type is not epsilon; v-prediction SD 1.x models are not supported yet", checkpoint.display());
-        }
-        let config = Sd1Config::infer(&ckpt, family)?;
+        let config = ModelConfig::infer(&ckpt, family)?;
         let schedule = DiscreteSchedule::from_checkpoint(&ckpt)?;
+        let stated = stated_prediction(&ckpt, family, options.prediction)?;
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);
-        let modules = guarded("building the model", || Sd1Modules::new(vs.root(), &config))?;
-        guarded("loading weights", || ckpt.copy_into(&vs))?;
+        let modules = guarded("building the model", || {
+            Modules::new(vs.root(), family, &config)
+        })?;
+        guarded("loading weights", || ckpt.copy_into(&vs, ""))?;
         vs.freeze();
+        let Modules {
+            encoders,
+            unet,
+            vae,
+        } = modules;
+        let (prediction, prediction_source) = match stated {
+            Some(found) => found,
+            None => {
+                let mean = guarded("probing the UNet", || probe_mean(&unet, device, kind))?;
+                let p = match denoiser::probe_says_v(mean) {
+                    true => Prediction::V,
+                    false => Prediction::Eps,
+                };
+                log::info!(
+                    "{}: UNet probe mean {mean:.4} → {}-prediction",
+                    checkpoint.display(),
+                    p.as_str()
+                );
+                (p, PredictionSource::UNetProbe)
+            }
+        };
+        let encoders = family
+            .encoders
+            .iter()
+            .zip(encoders)
+            .map(|(spec, model)| TextEncoder { spec, model })
+            .collect();
+        let conditioner =
+            Conditioner::new(encoders, family, config.unet.adm_in_channels, device, kind)?;
+        let vae = Vae::new(vae, &vs, options.vae_tiling, device, kind)?;
         let info = ModelInfo {
-            family: family.id,
-            prediction: family.prediction,
+            family,
+            prediction,
+            prediction_source,
             latent_channels: config.vae.embed_dim,
             vae_scale_factor: config.vae.spatial_factor(),
             scaling_factor: config.vae.scaling_factor,
-            text_hidden_size: config.clip.hidden_size,
-            text_encoders: format!(
-                "{} ({} layers, {})",
-                family.text_encoder, config.clip.num_layers, config.clip.hidden_size
-            ),
-            default_size: family.default_size,
+            text_encoders: describe_encoders(family, &config.encoders),
+            default_size: family.default_size(prediction),
             kind,
             device,
             config,
         };
-        let Sd1Modules { clip, unet, vae } = modules;
         Ok(Self {
-            clip,
+            conditioner,
             unet,
             vae,
-            vae_fp32: OnceCell::new(),
             schedule,
-            tokenizer: ClipTokenizer::new(),
             vs,
             info,
-            vae_tiling,
         })
-    }
-
-    pub fn vae_tiling(&self) -> &VaeTilingOptions {
-        &self.vae_tiling
-    }
-
-    pub fn set_vae_tiling(&mut self, options: VaeTilingOptions) -> Result<()> {
-        options.validate()?;
-        self.vae_tiling = options;
-        Ok(())
     }
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    pub fn vae_tiling(&self) -> &VaeTilingOptions {
+        self.vae.tiling()
+    }
+
+    pub fn set_vae_tiling(&mut self, options: VaeTilingOptions) -> Result<()> {
+        self.vae.set_tiling(options)
     }
 
     /// Ascending model sigma table, one per training timestep.
@@ -263,230 +354,151 @@ impl Sd1Model {
         &self.schedule
     }
 
-    pub fn tokenizer(&self) -> &ClipTokenizer {
-        &self.tokenizer
+    pub fn conditioner(&self) -> &Conditioner {
+        &self.conditioner
     }
 
-    /// Every parameter by its LDM key (shared with the modules: patching one in place, e.g.
+    /// Every parameter by its model key (shared with the modules: patching one in place, e.g.
     /// for LoRA, changes the model).
     pub fn var_store(&self) -> &VarStore {
         &self.vs
     }
 
-    /// `[1, 77·k, hidden]` conditioning with A1111 emphasis; `<lora:…>` tags are ignored here
-    /// (see [`crate::tokenizer::extract_loras`]).
-    pub fn encode_prompt(&self, prompt: &str, clip_skip: usize) -> Result<Tensor> {
-        let mut all = self.encode_prompts(&[prompt], clip_skip)?;
-        all.pop().ok_or_else(|| anyhow!("no conditioning produced"))
-    }
-
-    /// Conditioning for each prompt, padded with empty-prompt chunks to the same length.
-    pub fn encode_prompts(&self, prompts: &[&str], clip_skip: usize) -> Result<Vec<Tensor>> {
-        let mut lists = prompts
-            .iter()
-            .map(|p| Ok(self.tokenizer.chunks(&extract_loras(p)?.0)))
-            .collect::<Result<Vec<_>>>()?;
-        pad_chunk_lists(&mut lists, &self.tokenizer.empty_chunk());
+    /// The conditioning of one prompt (`<lora:…>` tags are removed, not applied here).
+    pub fn encode(&self, input: &PromptInput<'_>) -> Result<Conditioning> {
         guarded("encoding the prompt", || {
-            tch::no_grad(|| {
-                lists
-                    .iter()
-                    .map(|chunks| {
-                        encode_chunks(
-                            &self.clip,
-                            chunks,
-                            clip_skip,
-                            self.info.device,
-                            self.info.kind,
-                        )
-                    })
-                    .collect()
-            })
+            tch::no_grad(|| self.conditioner.encode(input))
         })
     }
 
-    /// `(cond, uncond)` with the same number of chunks, ready to batch for CFG.
-    pub fn encode_pair(
-        &self,
-        cond: &str,
-        uncond: &str,
-        clip_skip: usize,
-    ) -> Result<(Tensor, Tensor)> {
-        let mut pair = self.encode_prompts(&[cond, uncond], clip_skip)?.into_iter();
-        match (pair.next(), pair.next()) {
-            (Some(c), Some(u)) => Ok((c, u)),
-            _ => bail!("no conditioning produced"),
-        }
+    /// A positive prompt's conditioning at the family's default size; for tests and tools.
+    pub fn encode_prompt(&self, prompt: &str, clip_skip: usize) -> Result<Conditioning> {
+        let size = self.info.default_size;
+        self.encode(&PromptInput {
+            text: prompt,
+            negative: false,
+            clip_skip,
+            width: size,
+            height: size,
+        })
     }
 
-    /// The raw UNet: predicted noise for latent `x` `[B, C, h, w]` at timesteps `t` (`[B]` or
-    /// a scalar, fractional allowed) with `context` `[B or 1, L, D]`. Returned in `x`'s dtype.
-    pub fn eps(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let (b, _) = self.check_latent(x, self.info.config.unet.in_channels, "UNet input")?;
+    /// The raw UNet output (noise or velocity) for latent `x` `[B, C, h, w]` at timesteps
+    /// `t` (`[B]` or a scalar, fractional allowed) with `context` `[B or 1, L, D]` and, for
+    /// SDXL, `vector` `[B or 1, adm]`. Returned in `x`'s dtype.
+    pub fn unet_output(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        vector: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let b = self.check_latent(x, self.info.config.unet.in_channels, "UNet input")?;
         let t = match t.numel() {
             1 => t.reshape([1]).expand([b], false),
             n if n as i64 == b && t.dim() <= 1 => t.reshape([b]),
             n => bail!("{n} timesteps for a batch of {b} — pass one per image or a scalar"),
         };
         let context = self.check_context(context, b)?;
+        let vector = vector.map(|v| self.check_vector(v, b)).transpose()?;
         guarded("running the UNet", || {
             let (device, kind) = (self.info.device, self.info.kind);
-            let eps = tch::no_grad(|| {
+            let on = |t: &Tensor| t.to_device(device).to_kind(kind);
+            let out = tch::no_grad(|| {
                 self.unet.forward(
-                    &x.to_device(device).to_kind(kind),
+                    &on(x),
                     &t.to_device(device),
-                    &context.to_device(device).to_kind(kind),
+                    &on(&context),
+                    vector.as_ref().map(on).as_ref(),
                 )
-            });
-            Ok(eps.to_kind(x.kind()))
+            })?;
+            Ok(out.to_kind(x.kind()))
         })
     }
 
-    /// k-diffusion `CompVisDenoiser`: the denoised latent at `sigma`. `c_in = 1/sqrt(sigma²+1)`,
-    /// `t = sigma_to_t(sigma)` unquantised, `denoised = x - eps·sigma`.
-    pub fn denoise(&self, x: &Tensor, sigma: f64, context: &Tensor) -> Result<Tensor> {
+    /// The denoised latent at `sigma` for each conditioning, in one batched UNet call: k-diffusion
+    /// `CompVisDenoiser` (eps) or `CompVisVDenoiser` (v) with `t = sigma_to_t(sigma)`
+    /// unquantised. Contexts of different lengths (prompts of different chunk counts) are
+    /// repeated to a common length, which leaves cross-attention unchanged (ComfyUI's
+    /// `CONDCrossAttn.concat`); when that would more than quadruple one, they run apart, as
+    /// A1111 does.
+    pub fn denoise(&self, x: &Tensor, sigma: f64, conds: &[&Conditioning]) -> Result<Vec<Tensor>> {
         if !(sigma.is_finite() && sigma >= 0.0) {
             bail!("sigma {sigma} is not a finite non-negative number");
         }
-        let c_in = 1.0 / (sigma * sigma + 1.0).sqrt();
+        if conds.is_empty() {
+            bail!("no conditioning to denoise with");
+        }
+        let lengths: Vec<i64> = conds.iter().map(|c| c.context.size()[1]).collect();
+        let common = lengths.iter().fold(1, |a, b| lcm(a, *b));
+        if lengths.iter().any(|l| common / l > 4) {
+            return conds
+                .iter()
+                .map(|c| Ok(self.denoise(x, sigma, &[c])?.remove(0)))
+                .collect();
+        }
+        let batch = x.size()[0];
+        let n = conds.len() as i64;
+        let per_image = |t: &Tensor| t.repeat_interleave_self_int(batch, 0, None);
+        let context = Tensor::f_cat(
+            &conds
+                .iter()
+                .map(|c| per_image(&c.context.repeat([1, common / c.context.size()[1], 1])))
+                .collect::<Vec<_>>(),
+            0,
+        )?;
+        let vector = match conds
+            .iter()
+            .map(|c| c.vector.as_ref())
+            .collect::<Option<Vec<_>>>()
+        {
+            Some(v) => Some(Tensor::f_cat(
+                &v.iter().map(|t| per_image(t)).collect::<Vec<_>>(),
+                0,
+            )?),
+            None => None,
+        };
+        let xs = x.repeat([n, 1, 1, 1]);
         let t = Tensor::from(self.schedule.sigma_to_t(sigma));
-        let eps = self.eps(&(x * c_in), &t, context)?;
-        Ok(x.to_device(eps.device()) - eps * sigma)
+        let out = self.unet_output(
+            &(&xs * denoiser::input_scale(sigma)),
+            &t,
+            &context,
+            vector.as_ref(),
+        )?;
+        let (c_skip, c_out) = denoiser::output_scales(self.info.prediction, sigma);
+        let denoised = xs.to_device(out.device()) * c_skip + out * c_out;
+        Ok(denoised.chunk(n, 0))
     }
 
-    /// Scaled latent → raw pixels, about [-1, 1], unclamped. Half precision that overflows to
-    /// NaN is retried in fp32. Returned in the latent's dtype. Tiled as [`Self::vae_tiling`]
-    /// says (see [`crate::vae_tiling`]).
+    /// Scaled latent → raw pixels, about [-1, 1], unclamped; in the latent's dtype. Tiled as
+    /// [`Self::vae_tiling`] says; half precision that overflows is retried in fp32.
     pub fn decode(&self, latent: &Tensor) -> Result<Tensor> {
         self.check_latent(latent, self.info.latent_channels, "latent")?;
-        self.run_vae_planned(VaePass::Decode, latent)
+        self.vae.run(VaePass::Decode, latent)
     }
 
-    /// Pixels `[B, 3, H, W]` in [-1, 1] → scaled latent (posterior mean). Returned in the
-    /// image's dtype. Tiled as [`Self::vae_tiling`] says.
-    pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
+    /// Pixels `[B, 3, H, W]` in [-1, 1] → scaled latent (posterior mean), in the image's dtype.
+    pub fn encode_image(&self, image: &Tensor) -> Result<Tensor> {
         let channels = self.info.config.vae.in_channels;
         self.check_latent(image, channels, "image")?;
-        self.run_vae_planned(VaePass::Encode, image)
+        self.vae.run(VaePass::Encode, image)
     }
 
-    /// In one piece or tiled, by the tiling mode and, in `auto`, the full pass's memory
-    /// estimate against the device's free memory; in `auto` a full pass that runs out of
-    /// memory is retried tiled.
-    fn run_vae_planned(&self, pass: VaePass, input: &Tensor) -> Result<Tensor> {
-        let options = self.vae_tiling;
-        let full = |vae: &AutoencoderKL, x: &Tensor| vae.run(pass, x);
-        let tiled = |vae: &AutoencoderKL, x: &Tensor| vae_tiling::run_tiled(vae, pass, x, &options);
-        let what = pass.verb();
-        match options.mode {
-            VaeTilingMode::Off => return self.run_vae(what, input, full),
-            VaeTilingMode::On => return self.run_vae(what, input, tiled),
-            VaeTilingMode::Auto => {}
-        }
-        let estimate = vae_memory::peak_bytes(
-            &self.info.config.vae,
-            pass,
-            &input.size(),
-            self.element_bytes(),
-            AttentionMemory::on(self.info.device),
-        );
-        let free = vae_memory::free_bytes(self.info.device);
-        let tile = vae_tiling::should_tile(options.mode, estimate, free);
-        log::info!(
-            "VAE {what} {:?}: {}",
-            input.size(),
-            self.describe_plan(estimate, free, tile)
-        );
-        if tile {
-            return self.run_vae(what, input, tiled);
-        }
-        self.run_vae(what, input, full)
-            .or_else(|e| match is_out_of_memory(&e) {
-                true => {
-                    log::warn!("VAE {what} ran out of memory in one piece; retrying tiled");
-                    self.run_vae(what, input, tiled)
-                }
-                false => Err(e),
-            })
-    }
-
-    fn element_bytes(&self) -> u64 {
-        match self.info.kind {
-            Kind::Half | Kind::BFloat16 => 2,
-            _ => 4,
-        }
-    }
-
-    fn describe_plan(&self, estimate: u64, free: Option<u64>, tile: bool) -> String {
-        let gib = |b: u64| b as f64 / f64::from(1 << 30);
-        let free = match free {
-            Some(b) => format!("{:.2} GiB free", gib(b)),
-            None => "free memory unknown".into(),
-        };
-        let o = &self.vae_tiling;
-        let choice = match tile {
-            true => format!(
-                "tiled ({} px tiles, {} px overlap)",
-                o.tile_px, o.overlap_px
-            ),
-            false => "in one piece".into(),
-        };
-        format!(
-            "a full pass needs ~{:.2} GiB, {free} on {:?} → {choice}",
-            gib(estimate),
-            self.info.device
-        )
-    }
-
-    fn run_vae(
-        &self,
-        what: &str,
-        input: &Tensor,
-        f: impl Fn(&AutoencoderKL, &Tensor) -> Result<Tensor>,
-    ) -> Result<Tensor> {
-        let device = self.info.device;
-        let out = guarded(what, || {
-            tch::no_grad(|| f(&self.vae, &input.to_device(device).to_kind(self.info.kind)))
-        })?;
-        let has_nan = || bool::try_from(out.isnan().any()).unwrap_or(true);
-        if self.info.kind == Kind::Float || !has_nan() {
-            return Ok(out.to_kind(input.kind()));
-        }
-        log::warn!(
-            "VAE {what} produced NaN in {:?}; retrying in fp32",
-            self.info.kind
-        );
-        guarded(what, || {
-            let vae = self.vae_fp32()?;
-            let out = tch::no_grad(|| f(vae, &input.to_device(device).to_kind(Kind::Float)))?;
-            Ok(out.to_kind(input.kind()))
+    /// A1111's v-prediction probe on this model's UNet (see [`probe_mean`]).
+    pub fn probe_mean(&self) -> Result<f64> {
+        guarded("probing the UNet", || {
+            probe_mean(&self.unet, self.info.device, self.info.kind)
         })
     }
 
-    fn vae_fp32(&self) -> Result<&AutoencoderKL> {
-        if let Some(vae) = self.vae_fp32.get() {
-            return Ok(vae);
-        }
-        let vs = VarStore::new(self.info.device);
-        let vae = AutoencoderKL::new(vs.root() / "first_stage_model", &self.info.config.vae)?;
-        let src = self.vs.variables();
-        for (key, mut var) in vs.variables() {
-            let from = src
-                .get(&key)
-                .ok_or_else(|| anyhow!("VAE parameter `{key}` missing from the model"))?;
-            tch::no_grad(|| var.f_copy_(&from.to_kind(Kind::Float)))
-                .with_context(|| format!("copying `{key}` to fp32"))?;
-        }
-        Ok(self.vae_fp32.get_or_init(|| vae))
-    }
-
-    /// `[B, channels, h, w]` floating point, else a clear error. Returns `(B, h·w)`.
-    fn check_latent(&self, x: &Tensor, channels: i64, what: &str) -> Result<(i64, i64)> {
+    /// `[B, channels, h, w]` floating point, else a clear error. Returns `B`.
+    fn check_latent(&self, x: &Tensor, channels: i64, what: &str) -> Result<i64> {
         let size = x.size();
         if size.len() != 4 || size[1] != channels || !x.is_floating_point() || size.contains(&0) {
             bail!("{what} has shape {size:?} ({:?}); expected a floating-point [batch, {channels}, height, width]", x.kind());
         }
-        Ok((size[0], size[2] * size[3]))
+        Ok(size[0])
     }
 
     /// `[B or 1, L, context_dim]`, broadcast to the batch.
@@ -498,27 +510,26 @@ impl Sd1Model {
             _ => bail!("text conditioning has shape {size:?}; expected [{batch} or 1, tokens, {dim}] — encode it with this model"),
         }
     }
-}
 
-/// Whether `e` is libtorch running out of memory (CUDA or the CPU allocator).
-fn is_out_of_memory(e: &anyhow::Error) -> bool {
-    let message = format!("{e:#}").to_lowercase();
-    message.contains("out of memory") || message.contains("not enough memory")
-}
-
-/// Runs `f`, turning a libtorch failure (which tch raises as a panic; out of memory is
-/// the usual one) into an error.
-pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(result) => result,
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown error");
-            let first_line = message.lines().next().unwrap_or(message);
-            bail!("libtorch failed while {what}: {first_line} — if memory ran out, try a smaller size, fp16 or another device")
+    /// `[B or 1, adm]`, broadcast to the batch.
+    fn check_vector(&self, vector: &Tensor, batch: i64) -> Result<Tensor> {
+        let size = vector.size();
+        let dim = self.info.config.unet.adm_in_channels.unwrap_or(0);
+        match size.as_slice() {
+            [b, d] if *d == dim && (*b == batch || *b == 1) => Ok(vector.expand([batch, dim], false)),
+            _ => bail!("vector conditioning has shape {size:?}; expected [{batch} or 1, {dim}] — encode it with this model"),
         }
     }
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn lcm(a: i64, b: i64) -> i64 {
+    a / gcd(a, b) * b
 }

@@ -1,56 +1,112 @@
-//! The backend plugin: exposes [`Sd1Model`] to the host through `host-api`.
+//! The backend plugin: one registration per supported family (`sd1`, `sd2`, `sdxl`), all
+//! served by [`SdModel`].
+use std::marker::PhantomData;
 use std::path::Path;
 
 use host_api::backend::device_name;
 use host_api::tch::Tensor;
-use host_api::{Backend, Error, LoadRequest, ModelInfo, Result};
+use host_api::{Backend, CheckpointInfo, EncodeRequest, Error, LoadRequest, ModelInfo, Result};
 
 use crate::checkpoint::Checkpoint;
-use crate::family::{self, SD1};
-use crate::model::Sd1Model;
-use crate::tiny::{write_random_checkpoint, TinySd1Config};
-use crate::vae_tiling::VaeTilingOptions;
+use crate::families::{sd1, sd2, sdxl, Family, Prediction};
+use crate::model::{LoadOptions, SdModel};
+use crate::random::{write_random_checkpoint, RandomModel};
+use crate::text::conditioner::{Conditioning, PromptInput};
+use crate::vae::tiling::VaeTilingOptions;
 
 fn err(e: anyhow::Error) -> Error {
     Error::new(format!("{e:#}"))
 }
 
-/// SD 1.x: CLIP-L text encoder, eps prediction, 4-channel latent.
-pub struct Sd1Backend(Sd1Model);
+/// Which registry entry a registration serves.
+pub trait FamilyEntry: 'static {
+    const ENTRY: &'static Family;
+}
 
-impl Backend for Sd1Backend {
-    const FAMILY: &'static str = "sd1";
+pub struct Sd1;
+pub struct Sd2;
+pub struct Sdxl;
+
+impl FamilyEntry for Sd1 {
+    const ENTRY: &'static Family = &sd1::SD1;
+}
+impl FamilyEntry for Sd2 {
+    const ENTRY: &'static Family = &sd2::SD2;
+}
+impl FamilyEntry for Sdxl {
+    const ENTRY: &'static Family = &sdxl::SDXL;
+}
+
+/// A loaded model of family `F`.
+pub struct SdBackend<F: FamilyEntry>(SdModel, PhantomData<F>);
+
+impl<F: FamilyEntry> Backend for SdBackend<F> {
+    const FAMILY: &'static str = F::ENTRY.id;
 
     fn detect(checkpoint: &Path) -> Result<Option<String>> {
         let ckpt = Checkpoint::open(checkpoint).map_err(err)?;
-        Ok(family::identify(&ckpt)
-            .filter(|f| f.id == SD1.id)
-            .map(|f| f.name.to_owned()))
+        let family = ckpt.family().map_err(err)?;
+        Ok((family.id == F::ENTRY.id).then(|| family.name.to_owned()))
+    }
+
+    fn inspect(checkpoint: &Path) -> Result<CheckpointInfo> {
+        let found = crate::inspect(checkpoint).map_err(err)?;
+        let cfg = &found.config;
+        Ok(CheckpointInfo {
+            family: found.family.id.into(),
+            family_name: found.family.name.into(),
+            prediction: found.prediction.as_str().into(),
+            prediction_source: found.prediction_source.as_str().into(),
+            format: found.format.as_str().into(),
+            latent_channels: cfg.vae.embed_dim as u32,
+            vae_scale_factor: cfg.vae.spatial_factor() as u32,
+            latent_scaling_factor: cfg.vae.scaling_factor,
+            text_encoders: crate::model::describe_encoders(found.family, &cfg.encoders)
+                .as_str()
+                .into(),
+            unet_parameters: found.unet_parameters,
+            stored_dtype: found.stored_dtype.as_str().into(),
+            file_bytes: found.file_bytes,
+            default_size: found.family.default_size(found.prediction) as u32,
+        })
     }
 
     fn load(request: &LoadRequest) -> Result<Self> {
-        let vae = request.vae_path();
-        let tiling = VaeTilingOptions::from_profile(
+        let vae_tiling = VaeTilingOptions::from_profile(
             request.vae_tiling.as_str(),
             request.vae_tile_size,
             request.vae_tile_overlap,
         )
         .map_err(err)?;
-        let model = Sd1Model::load_with(
-            &request.checkpoint_path(),
-            vae.as_deref(),
-            request.tch_device()?,
-            request.tch_kind()?,
-            tiling,
-        )
-        .map_err(err)?;
-        Ok(Self(model))
+        let prediction = request
+            .prediction_override()
+            .map(Prediction::parse)
+            .transpose()
+            .map_err(err)?;
+        let options = LoadOptions {
+            vae: request.vae_path(),
+            device: request.tch_device()?,
+            kind: request.tch_kind()?,
+            vae_tiling,
+            prediction,
+        };
+        let model = SdModel::load_with(&request.checkpoint_path(), &options).map_err(err)?;
+        let family = model.info().family;
+        if family.id != F::ENTRY.id {
+            return Err(Error::new(format!(
+                "{}: a {} checkpoint, not {}",
+                request.checkpoint,
+                family.name,
+                F::ENTRY.name
+            )));
+        }
+        Ok(Self(model, PhantomData))
     }
 
     fn info(&self) -> ModelInfo {
         let info = self.0.info();
         ModelInfo {
-            family: info.family.into(),
+            family: info.family.id.into(),
             prediction: info.prediction.as_str().into(),
             latent_channels: info.latent_channels as u32,
             vae_scale_factor: info.vae_scale_factor as u32,
@@ -62,29 +118,32 @@ impl Backend for Sd1Backend {
         }
     }
 
-    fn encode_prompts(&self, prompts: &[&str], clip_skip: usize) -> Result<Vec<Vec<Tensor>>> {
-        let conds = self.0.encode_prompts(prompts, clip_skip).map_err(err)?;
-        Ok(conds.into_iter().map(|c| vec![c]).collect())
+    fn encode_prompts(&self, request: &EncodeRequest) -> Result<Vec<Vec<Tensor>>> {
+        request
+            .prompts
+            .iter()
+            .map(|prompt| {
+                let input = PromptInput {
+                    text: prompt.text.as_str(),
+                    negative: prompt.negative,
+                    clip_skip: request.clip_skip as usize,
+                    width: i64::from(request.width),
+                    height: i64::from(request.height),
+                };
+                Ok(self.0.encode(&input).map_err(err)?.into_tensors())
+            })
+            .collect()
     }
 
     /// One batched UNet call for all conditionings (CFG's uncond and cond together).
     fn denoise(&self, x: &Tensor, sigma: f64, conds: &[&[Tensor]]) -> Result<Vec<Tensor>> {
-        let contexts: Vec<&Tensor> = conds
+        let conds = conds
             .iter()
-            .map(|c| c.first().ok_or_else(|| Error::new("empty conditioning")))
-            .collect::<Result<_>>()?;
-        let n = contexts.len() as i64;
-        let batch = x.size()[0];
-        let context = Tensor::f_cat(
-            &contexts
-                .iter()
-                .map(|c| c.repeat_interleave_self_int(batch, 0, None))
-                .collect::<Vec<_>>(),
-            0,
-        )?;
-        let xs = x.repeat([n, 1, 1, 1]);
-        let out = self.0.denoise(&xs, sigma, &context).map_err(err)?;
-        Ok(out.chunk(n, 0))
+            .map(|c| Conditioning::from_tensors(c))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(err)?;
+        let refs: Vec<&Conditioning> = conds.iter().collect();
+        self.0.denoise(x, sigma, &refs).map_err(err)
     }
 
     fn decode(&self, latent: &Tensor) -> Result<Tensor> {
@@ -92,14 +151,20 @@ impl Backend for Sd1Backend {
     }
 
     fn encode(&self, image: &Tensor) -> Result<Tensor> {
-        self.0.encode(image).map_err(err)
+        self.0.encode_image(image).map_err(err)
     }
 
     fn write_demo_checkpoint(path: &Path) -> Result<()> {
-        write_random_checkpoint(path, &TinySd1Config::default(), 0).map_err(err)
+        if F::ENTRY.id != sd1::SD1.id {
+            return Err(Error::new(format!(
+                "family {} has no demo model",
+                F::ENTRY.id
+            )));
+        }
+        write_random_checkpoint(path, &RandomModel::tiny_sd1(), 0).map_err(err)
     }
 }
 
 host_api::export_plugin! {
-    backends: [Sd1Backend],
+    backends: [SdBackend<Sd1>, SdBackend<Sd2>, SdBackend<Sdxl>],
 }

@@ -79,6 +79,22 @@ impl BetaConfig {
     }
 }
 
+/// Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed" (2023), Alg. 1:
+/// shift and scale sqrt(ᾱ) so the last timestep has zero SNR; its ᾱ is then set to the tiny
+/// value A1111 (`rescale_zero_terminal_snr_abar`) and ComfyUI use, keeping sigma finite.
+pub fn rescale_zero_terminal_snr(alphas_cumprod: &[f64]) -> Vec<f64> {
+    let roots: Vec<f64> = alphas_cumprod.iter().map(|a| a.sqrt()).collect();
+    let (first, last) = (roots[0], roots[roots.len() - 1]);
+    let mut out: Vec<f64> = roots
+        .iter()
+        .map(|r| ((r - last) * first / (first - last)).powi(2))
+        .collect();
+    if let Some(end) = out.last_mut() {
+        *end = 4.8973451890853435e-08;
+    }
+    out
+}
+
 /// sigma_t = sqrt((1 - ᾱ_t) / ᾱ_t) for each training timestep, ascending.
 #[derive(Debug, Clone)]
 pub struct DiscreteSchedule(ModelSigmas);
@@ -94,24 +110,37 @@ impl DiscreteSchedule {
     }
 
     /// The checkpoint's `alphas_cumprod` (single files), else the diffusers scheduler's
-    /// betas, else the SD 1.x defaults.
+    /// betas, else SD's defaults (SDXL files carry none: sgm computes the same schedule);
+    /// rescaled to zero terminal SNR when a single file has a `ztsnr` key (v-pred SDXL
+    /// finetunes; A1111 and ComfyUI do the same).
     pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
         let shown = ckpt.path().display();
-        if ckpt.contains("alphas_cumprod") {
+        let mut alphas = if ckpt.contains("alphas_cumprod") {
             let t = ckpt
                 .read("alphas_cumprod")?
                 .to_kind(Kind::Double)
                 .flatten(0, -1);
-            let values = Vec::<f64>::try_from(&t)
-                .map_err(|e| anyhow!("{shown}: cannot read alphas_cumprod ({e})"))?;
-            return Self::from_alphas_cumprod(&values)
-                .map_err(|e| anyhow!("{shown}: {e} — the file is damaged"));
-        }
-        let betas = match &ckpt.configs().scheduler {
-            Some(json) => BetaConfig::from_json(json)?,
-            None => BetaConfig::default(),
+            Vec::<f64>::try_from(&t)
+                .map_err(|e| anyhow!("{shown}: cannot read alphas_cumprod ({e})"))?
+        } else {
+            let betas = match &ckpt.configs().scheduler {
+                Some(json) => BetaConfig::from_json(json)?,
+                None => BetaConfig::default(),
+            };
+            betas.alphas_cumprod()
         };
-        Self::from_alphas_cumprod(&betas.alphas_cumprod())
+        let zero_terminal = ckpt.raw_contains("ztsnr")
+            || ckpt
+                .configs()
+                .scheduler
+                .as_ref()
+                .and_then(|j| j.get("rescale_betas_zero_snr")?.as_bool())
+                .unwrap_or(false);
+        if zero_terminal {
+            alphas = rescale_zero_terminal_snr(&alphas);
+        }
+        Self::from_alphas_cumprod(&alphas)
+            .map_err(|e| anyhow!("{shown}: {e} — the file is damaged"))
     }
 
     /// Ascending model sigmas, one per training timestep.
@@ -160,6 +189,19 @@ mod tests {
             let back = s.sigma_to_t(s.t_to_sigma(t));
             assert!((back - t).abs() < 1e-9, "{t} -> {back}");
         }
+    }
+
+    #[test]
+    fn zero_terminal_snr_rescale_ends_at_a1111s_sigma_max() {
+        let rescaled = rescale_zero_terminal_snr(&BetaConfig::default().alphas_cumprod());
+        let s = DiscreteSchedule::from_alphas_cumprod(&rescaled).unwrap();
+        // ComfyUI / A1111: sigma_max ≈ 4518.76 once the last ᾱ is 4.897e-8.
+        assert!(
+            (s.sigmas()[999] - 4518.76).abs() < 0.01,
+            "{}",
+            s.sigmas()[999]
+        );
+        assert!((s.sigmas()[0] - 0.029167532920837402).abs() < 1e-6);
     }
 
     #[test]

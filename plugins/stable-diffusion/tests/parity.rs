@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use hiresfix_sd::Sd1Model;
-use tch::{Device, Kind, Tensor};
+mod common;
 
-const TOLERANCE: f64 = 1e-4;
+use common::{assert_close, euler, TOLERANCE};
+use hiresfix_sd::{PromptInput, SdModel};
+use tch::{Device, Kind, Tensor};
 
 fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/sd1-tiny")
@@ -20,7 +21,7 @@ fn reference() -> HashMap<String, Tensor> {
 }
 
 /// The model loaded from each format, named.
-fn both_formats() -> Vec<(&'static str, Sd1Model)> {
+fn both_formats() -> Vec<(&'static str, SdModel)> {
     let dir = data_dir();
     [
         ("single file", dir.join("sd1-tiny.safetensors")),
@@ -30,33 +31,16 @@ fn both_formats() -> Vec<(&'static str, Sd1Model)> {
     .map(|(name, path)| {
         (
             name,
-            Sd1Model::load(&path, None, Device::Cpu, Kind::Float).unwrap(),
+            SdModel::load(&path, None, Device::Cpu, Kind::Float).unwrap(),
         )
     })
     .collect()
 }
 
-/// max |a - b| / max |b|
-fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size(), "shapes differ");
-    let a = a.to_kind(Kind::Double);
-    let b = b.to_kind(Kind::Double);
-    f64::try_from((&a - &b).abs().max()).unwrap() / f64::try_from(b.abs().max()).unwrap()
-}
-
-fn assert_close(what: &str, format: &str, a: &Tensor, b: &Tensor, tolerance: f64) {
-    let err = relative_error(a, b);
-    eprintln!("{what:<22} {format:<12} relative error {err:.3e}");
-    assert!(
-        err <= tolerance,
-        "{what} ({format}): relative error {err:e} > {tolerance:e}"
-    );
-}
-
 #[test]
 fn prompt_tokens_match_the_reference_exactly() {
     let r = reference();
-    let tokenizer = hiresfix_sd::tokenizer::ClipTokenizer::new();
+    let tokenizer = hiresfix_sd::text::tokenizer::ClipTokenizer::new();
     for (prompt, key) in [
         ("a photo of a cat", "tokens.prompt"),
         ("", "tokens.negative"),
@@ -76,21 +60,21 @@ fn text_embeddings_match_the_reference_in_both_formats() {
         assert_close(
             "text.prompt",
             format,
-            &model.encode_prompt("a photo of a cat", 1).unwrap(),
+            &model.encode_prompt("a photo of a cat", 1).unwrap().context,
             &r["text.prompt"],
             TOLERANCE,
         );
         assert_close(
             "text.negative",
             format,
-            &model.encode_prompt("", 1).unwrap(),
+            &model.encode_prompt("", 1).unwrap().context,
             &r["text.negative"],
             TOLERANCE,
         );
         assert_close(
             "text.prompt.skip2",
             format,
-            &model.encode_prompt("a photo of a cat", 2).unwrap(),
+            &model.encode_prompt("a photo of a cat", 2).unwrap().context,
             &r["text.prompt.skip2"],
             TOLERANCE,
         );
@@ -102,7 +86,7 @@ fn unet_eps_at_fractional_timesteps_matches_the_reference_in_both_formats() {
     let r = reference();
     for (format, model) in both_formats() {
         let eps = model
-            .eps(&r["unet.x"], &r["unet.t"], &r["unet.context"])
+            .unet_output(&r["unet.x"], &r["unet.t"], &r["unet.context"], None)
             .unwrap();
         assert_close("unet.eps", format, &eps, &r["unet.eps"], TOLERANCE);
     }
@@ -122,7 +106,7 @@ fn vae_decode_and_encode_match_the_reference_in_both_formats() {
         assert_close(
             "vae.encoded_mean",
             format,
-            &model.encode(&r["vae.image"]).unwrap(),
+            &model.encode_image(&r["vae.image"]).unwrap(),
             &r["vae.encoded_mean"],
             TOLERANCE,
         );
@@ -151,7 +135,7 @@ fn vae_override_in_every_layout_decodes_like_the_checkpoint_vae() {
         ("LDM file", ldm_file),
     ];
     for (layout, vae) in overrides {
-        let model = Sd1Model::load(
+        let model = SdModel::load(
             &dir.join("sd1-tiny.safetensors"),
             Some(&vae),
             Device::Cpu,
@@ -177,33 +161,21 @@ fn model_sigma_table_matches_the_reference_in_both_formats() {
     }
 }
 
-/// k-diffusion `sample_euler` with CFG, the reference's sampler, driving `Sd1Model::denoise`.
-fn euler(
-    model: &Sd1Model,
-    mut x: Tensor,
-    sigmas: &[f64],
-    cond: &Tensor,
-    uncond: &Tensor,
-    cfg: f64,
-) -> Tensor {
-    for pair in sigmas.windows(2) {
-        let (sigma, next) = (pair[0], pair[1]);
-        let c = model.denoise(&x, sigma, cond).unwrap();
-        let u = model.denoise(&x, sigma, uncond).unwrap();
-        let denoised = &u + (c - &u) * cfg;
-        let d = (&x - denoised) / sigma;
-        x = &x + d * (next - sigma);
-    }
-    x
-}
-
 #[test]
 fn two_pass_euler_run_through_denoise_matches_the_reference() {
     let r = reference();
     let sigmas = |k: &str| Vec::<f64>::try_from(r[k].to_kind(Kind::Double)).unwrap();
     let (sigmas1, sigmas2) = (sigmas("run.sigmas1"), sigmas("run.sigmas2"));
     for (format, model) in both_formats() {
-        let (cond, uncond) = model.encode_pair("a photo of a cat", "", 1).unwrap();
+        let input = |text, negative| PromptInput {
+            text,
+            negative,
+            clip_skip: 1,
+            width: 32,
+            height: 32,
+        };
+        let cond = model.encode(&input("a photo of a cat", false)).unwrap();
+        let uncond = model.encode(&input("", true)).unwrap();
         let latent1 = euler(
             &model,
             &r["run.noise1"] * sigmas1[0],
@@ -235,5 +207,103 @@ fn two_pass_euler_run_through_denoise_matches_the_reference() {
             &r["run.latent2"],
             TOLERANCE,
         );
+    }
+}
+
+fn long_prompt_reference() -> (HashMap<String, Tensor>, serde_json::Value) {
+    let tensors = Tensor::read_safetensors(data_dir().join("long_prompt.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let text = std::fs::read_to_string(data_dir().join("long_prompt.json")).unwrap();
+    (tensors, serde_json::from_str(&text).unwrap())
+}
+
+#[test]
+fn long_weighted_prompt_with_break_matches_a1111_in_both_formats() {
+    let (r, json) = long_prompt_reference();
+    let setting = |k: &str| json["settings"][k].as_str().unwrap().to_owned();
+    let (long, negative) = (setting("long_prompt"), setting("negative_prompt"));
+    let tokenizer = hiresfix_sd::text::tokenizer::ClipTokenizer::new();
+    let tokens: Vec<i64> = tokenizer
+        .chunks(&long)
+        .iter()
+        .flat_map(|c| c.tokens.clone())
+        .collect();
+    let expected = Vec::<i64>::try_from(r["tokens.long.clip_l"].flatten(0, -1)).unwrap();
+    assert_eq!(tokens, expected);
+    for (format, model) in both_formats() {
+        let encode = |text: &str, negative, clip_skip| {
+            let input = PromptInput {
+                text,
+                negative,
+                clip_skip,
+                width: 512,
+                height: 512,
+            };
+            model.encode(&input).unwrap().context
+        };
+        assert_close(
+            "text.long",
+            format,
+            &encode(&long, false, 1),
+            &r["text.long"],
+            TOLERANCE,
+        );
+        let skip2 = encode(&long, false, 2);
+        assert_close(
+            "text.long.skip2",
+            format,
+            &skip2,
+            &r["text.long.skip2"],
+            TOLERANCE,
+        );
+        let neg = encode(&negative, true, 1);
+        assert_close(
+            "text.negative",
+            format,
+            &neg,
+            &r["text.negative"],
+            TOLERANCE,
+        );
+    }
+}
+
+#[test]
+fn a_transformers_5_text_encoder_without_the_text_model_level_loads() {
+    // transformers >= 5 saves CLIPTextModel without `text_model.`; such folders once failed
+    // with "missing tensor".
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("diffusers");
+    copy_dir(&data_dir().join("diffusers"), &folder);
+    let file = folder.join("text_encoder/model.safetensors");
+    let flattened: Vec<(String, Tensor)> = Tensor::read_safetensors(&file)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k.strip_prefix("text_model.").unwrap_or(&k).to_string(), t))
+        .collect();
+    assert!(flattened.iter().all(|(k, _)| !k.starts_with("text_model.")));
+    Tensor::write_safetensors(&flattened, &file).unwrap();
+    let model = SdModel::load(&folder, None, Device::Cpu, Kind::Float).unwrap();
+    let r = reference();
+    let cond = model.encode_prompt("a photo of a cat", 1).unwrap();
+    assert_close(
+        "text.prompt",
+        "transformers 5",
+        &cond.context,
+        &r["text.prompt"],
+        TOLERANCE,
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
     }
 }

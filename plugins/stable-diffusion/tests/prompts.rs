@@ -1,6 +1,6 @@
 //! A1111 prompt handling: emphasis, escapes, BREAK and 75-token chunking. Expected ids and
 //! weights come from A1111's `tokenize_line` over transformers' `CLIPTokenizer`.
-use hiresfix_sd::tokenizer::{ClipTokenizer, PromptChunk, CHUNK_TOKENS};
+use hiresfix_sd::text::tokenizer::{ClipTokenizer, PromptChunk, CHUNK_TOKENS};
 
 const BOS: i64 = 49406;
 const EOS: i64 = 49407;

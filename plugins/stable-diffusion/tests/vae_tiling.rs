@@ -10,21 +10,21 @@
 //! 0.79/255 mean, 7.0/255 max and 0.24 % of the latent std on average.
 use std::path::PathBuf;
 
+use hiresfix_sd::vae::memory::{parse_mem_available, peak_bytes, AttentionMemory};
+use hiresfix_sd::vae::tiling::{feather, should_tile, tile_count, tile_starts};
 use hiresfix_sd::vae::{VaeConfig, VaePass};
-use hiresfix_sd::vae_memory::{parse_mem_available, peak_bytes, AttentionMemory};
-use hiresfix_sd::vae_tiling::{feather, should_tile, tile_count, tile_starts};
-use hiresfix_sd::{Sd1Model, VaeTilingMode, VaeTilingOptions};
+use hiresfix_sd::{SdModel, VaeTilingMode, VaeTilingOptions};
 use tch::{Device, Kind, Tensor};
 
 const GIB: u64 = 1 << 30;
 
-fn tiny_model() -> Sd1Model {
+fn tiny_model() -> SdModel {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/data/sd1-tiny/sd1-tiny.safetensors");
-    Sd1Model::load(&path, None, Device::Cpu, Kind::Float).unwrap()
+    SdModel::load(&path, None, Device::Cpu, Kind::Float).unwrap()
 }
 
-fn set_mode(model: &mut Sd1Model, mode: VaeTilingMode, tile_px: i64, overlap_px: i64) {
+fn set_mode(model: &mut SdModel, mode: VaeTilingMode, tile_px: i64, overlap_px: i64) {
     let options = VaeTilingOptions {
         mode,
         tile_px,
@@ -144,9 +144,9 @@ fn tiled_encode_of_a_512px_image_is_within_2_percent_mean_of_a_full_encode() {
     let mut model = tiny_model();
     set_mode(&mut model, VaeTilingMode::Off, TILE_PX, OVERLAP_PX);
     let image = model.decode(&latent(256)).unwrap().clamp(-1.0, 1.0);
-    let full = model.encode(&image).unwrap();
+    let full = model.encode_image(&image).unwrap();
     set_mode(&mut model, VaeTilingMode::On, TILE_PX, OVERLAP_PX);
-    let tiled = model.encode(&image).unwrap();
+    let tiled = model.encode_image(&image).unwrap();
     assert_eq!(tiled.size(), [1, 4, 256, 256]);
     let (mean, max) = abs_diff(&tiled, &full);
     let std = f64::try_from(full.std(true)).unwrap();
@@ -183,9 +183,9 @@ fn tiled_encode_of_a_colour_gradient_is_close_to_a_full_encode() {
     let mut model = tiny_model();
     let image = colour_gradient(512);
     set_mode(&mut model, VaeTilingMode::Off, TILE_PX, OVERLAP_PX);
-    let full = model.encode(&image).unwrap();
+    let full = model.encode_image(&image).unwrap();
     set_mode(&mut model, VaeTilingMode::On, TILE_PX, OVERLAP_PX);
-    let tiled = model.encode(&image).unwrap();
+    let tiled = model.encode_image(&image).unwrap();
     let (mean, max) = abs_diff(&tiled, &full);
     let std = f64::try_from(full.std(true)).unwrap();
     eprintln!(
@@ -230,9 +230,9 @@ fn tiled_encode_keeps_the_full_pass_shape_for_sides_off_the_tile_grid() {
     tch::manual_seed(1);
     let image = Tensor::rand([1, 3, 203, 141], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     set_mode(&mut model, VaeTilingMode::Off, 64, 16);
-    let full = model.encode(&image).unwrap();
+    let full = model.encode_image(&image).unwrap();
     set_mode(&mut model, VaeTilingMode::On, 64, 16);
-    let tiled = model.encode(&image).unwrap();
+    let tiled = model.encode_image(&image).unwrap();
     assert_eq!(full.size(), [1, 4, 101, 70]);
     assert_eq!(tiled.size(), full.size());
     assert!(bool::try_from(tiled.isfinite().all()).unwrap());

@@ -1,0 +1,133 @@
+//! Real-size architectures with random weights (speed and memory do not depend on weight
+//! values), each workload in its own child process reporting VmRSS before and VmHWM after:
+//!
+//! - `sd15-load`: load a real-size SD 1.5 single file (fp32, written once by the real save
+//!   code) onto the CPU in fp32; peak RSS against the file size (target: below 1.3×).
+//! - `sdxl-step`: build the SDXL base UNet, fill it, run one step at a 128×128 latent
+//!   (1024 px) in fp32 on the CPU; time and peak RSS.
+//!
+//! `cargo bench -p hiresfix-sd --bench real_size` (the SD 1.5 file is kept in
+//! `target/bench-data/` and reused).
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use common::{child_args, proc_status_kib, run_child, MIB};
+use hiresfix_sd::families::{sd1, sdxl};
+use hiresfix_sd::random::{randomize, write_random_checkpoint, RandomModel};
+use hiresfix_sd::unet::UNetModel;
+use hiresfix_sd::SdModel;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+fn main() -> Result<()> {
+    match child_args() {
+        Some((name, args)) => match name.as_str() {
+            "sd15-load" => sd15_load(Path::new(args.first().map(String::as_str).unwrap_or(""))),
+            "sdxl-step" => sdxl_step(),
+            other => bail!("unknown child `{other}`"),
+        },
+        None => parent(),
+    }
+}
+
+/// Prints `baseline_kib peak_kib seconds`.
+fn sd15_load(path: &Path) -> Result<()> {
+    let baseline = proc_status_kib("VmRSS:")?;
+    let start = Instant::now();
+    let model = SdModel::load(path, None, Device::Cpu, Kind::Float)?;
+    let seconds = start.elapsed().as_secs_f64();
+    if model.info().family.id != "sd1" {
+        bail!("loaded as {}", model.info().family.id);
+    }
+    println!("{baseline} {} {seconds:.2}", proc_status_kib("VmHWM:")?);
+    Ok(())
+}
+
+/// Prints `baseline_kib peak_kib build_seconds step_seconds`.
+fn sdxl_step() -> Result<()> {
+    let baseline = proc_status_kib("VmRSS:")?;
+    let start = Instant::now();
+    let mut vs = VarStore::new(Device::Cpu);
+    let unet = UNetModel::new(vs.root() / "model" / "diffusion_model", &sdxl::unet())?;
+    vs.freeze();
+    randomize(&vs, 0);
+    let build = start.elapsed().as_secs_f64();
+    tch::manual_seed(0);
+    let opts = (Kind::Float, Device::Cpu);
+    let (x, context, y) = (
+        Tensor::randn([1, 4, 128, 128], opts),
+        Tensor::randn([1, 77, 2048], opts),
+        Tensor::randn([1, 2816], opts),
+    );
+    let t = Tensor::from_slice(&[500.0f32]);
+    let start = Instant::now();
+    let out = tch::no_grad(|| unet.forward(&x, &t, &context, Some(&y)))?;
+    let step = start.elapsed().as_secs_f64();
+    if !bool::try_from(out.isfinite().all())? {
+        bail!("non-finite output");
+    }
+    println!(
+        "{baseline} {} {build:.2} {step:.2}",
+        proc_status_kib("VmHWM:")?
+    );
+    Ok(())
+}
+
+/// The real-size SD 1.5 file, written once.
+fn sd15_file() -> Result<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-data");
+    std::fs::create_dir_all(&dir).context("creating target/bench-data")?;
+    let path = dir.join("sd15-random-fp32.safetensors");
+    if !path.is_file() {
+        eprintln!("writing {} (about 4.3 GB, once)...", path.display());
+        write_random_checkpoint(&path, &RandomModel::real_size(&sd1::SD1), 0)?;
+    }
+    Ok(path)
+}
+
+fn parent() -> Result<()> {
+    println!(
+        "CPU, {} threads, fp32, random weights",
+        tch::get_num_threads()
+    );
+    let file = sd15_file()?;
+    let size = std::fs::metadata(&file)?.len() as f64;
+    // A cold page cache when allowed (root), as after a download or a reboot.
+    let cold = std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok();
+    println!(
+        "sd15-load: page cache {}",
+        if cold {
+            "dropped (cold read)"
+        } else {
+            "kept (warm read: not allowed to drop it)"
+        }
+    );
+    let load = run_child("sd15-load", &[file.to_str().unwrap_or_default()])?;
+    let [baseline, peak, seconds] = load[..] else {
+        bail!("sd15-load printed {load:?}");
+    };
+    let (baseline, peak) = (baseline * 1024.0, peak * 1024.0);
+    println!(
+        "sd15-load: file {:.0} MiB; RSS before {:.0} MiB, peak {:.0} MiB; load {seconds:.1} s",
+        size / MIB,
+        baseline / MIB,
+        peak / MIB
+    );
+    println!(
+        "sd15-load: peak RSS / file size {:.3} (target < 1.3); (peak - before) / file size {:.3}",
+        peak / size,
+        (peak - baseline) / size
+    );
+    let step = run_child("sdxl-step", &[])?;
+    let [baseline, peak, build, seconds] = step[..] else {
+        bail!("sdxl-step printed {step:?}");
+    };
+    let (baseline, peak) = (baseline * 1024.0, peak * 1024.0);
+    let weights = 2_567_463_684.0 * 4.0;
+    println!("sdxl-step: UNet 2,567,463,684 parameters ({:.0} MiB fp32); RSS before {:.0} MiB, peak {:.0} MiB; build+fill {build:.1} s, one step at 128x128 {seconds:.1} s", weights / MIB, baseline / MIB, peak / MIB);
+    println!("sdxl-step: peak RSS / weights {:.3}", peak / weights);
+    Ok(())
+}

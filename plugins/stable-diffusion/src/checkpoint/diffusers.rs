@@ -1,0 +1,149 @@
+//! diffusers pipeline folders: configs, weight files (plain, `.fp16`, sharded), and the UNet and
+//! VAE renamed to LDM keys. Text encoders wait for detection, which tells their LDM prefix.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+use super::safetensors::SafetensorsFile;
+use super::Checkpoint;
+use crate::convert::diffusers_unet::{diffusers_unet_key, UnetLayout};
+use crate::convert::diffusers_vae::diffusers_vae_key;
+use crate::convert::indices_under;
+use crate::text::clip::Activation;
+
+/// Text-encoder sub-folders a pipeline may have.
+const TEXT_FOLDERS: [&str; 2] = ["text_encoder", "text_encoder_2"];
+
+/// The JSON configs of a diffusers folder (all empty for a single file).
+#[derive(Debug, Default)]
+pub struct DiffusersConfigs {
+    pub model_index: Option<Value>,
+    pub unet: Option<Value>,
+    pub vae: Option<Value>,
+    pub scheduler: Option<Value>,
+    /// Text-encoder sub-folder → its `config.json`.
+    pub text_encoders: BTreeMap<String, Value>,
+}
+
+impl DiffusersConfigs {
+    pub fn pipeline_class(&self) -> String {
+        json_str(&self.model_index, "_class_name").unwrap_or_default()
+    }
+
+    /// diffusers scheduler `prediction_type` (`epsilon`, `v_prediction`), when given.
+    pub fn prediction_type(&self) -> Option<String> {
+        json_str(&self.scheduler, "prediction_type")
+    }
+
+    pub fn text_encoder(&self, folder: &str) -> Option<&Value> {
+        self.text_encoders.get(folder)
+    }
+
+    /// The encoder's MLP activation; transformers' `CLIPTextConfig` default is `quick_gelu`.
+    pub fn text_activation(&self, folder: &str) -> Option<Activation> {
+        let config = self.text_encoders.get(folder)?;
+        let act = config.get("hidden_act").and_then(|v| v.as_str());
+        Activation::from_name(act.unwrap_or("quick_gelu")).ok()
+    }
+}
+
+fn json_str(config: &Option<Value>, key: &str) -> Option<String> {
+    config.as_ref()?.get(key)?.as_str().map(str::to_string)
+}
+
+/// Fills `ckpt` from the folder at its path.
+pub(super) fn open(ckpt: &mut Checkpoint) -> Result<()> {
+    let path = ckpt.path.clone();
+    let model_index = read_json(&path.join("model_index.json"))?.ok_or_else(|| {
+        anyhow!("{}: a folder but not a diffusers model (no model_index.json) — point model.checkpoint at a .safetensors file or a diffusers folder", path.display())
+    })?;
+    ckpt.configs.model_index = Some(model_index);
+    ckpt.configs.unet = read_json(&path.join("unet/config.json"))?;
+    ckpt.configs.vae = read_json(&path.join("vae/config.json"))?;
+    ckpt.configs.scheduler = read_json(&path.join("scheduler/scheduler_config.json"))?;
+    for file in weights_files(&path.join("unet"), "diffusion_pytorch_model")? {
+        let unet = SafetensorsFile::open(&file)?;
+        let layout = UnetLayout::from_keys(unet.entries().keys().map(String::as_str));
+        ckpt.add_file(unet, |k| diffusers_unet_key(k, &layout));
+    }
+    for file in weights_files(&path.join("vae"), "diffusion_pytorch_model")? {
+        let vae = SafetensorsFile::open(&file)?;
+        let num_up = indices_under(
+            vae.entries().keys().map(String::as_str),
+            "decoder.up_blocks.",
+        )
+        .len();
+        ckpt.add_file(vae, |k| diffusers_vae_key(k, num_up));
+    }
+    for folder in TEXT_FOLDERS {
+        let dir = path.join(folder);
+        if !dir.is_dir() {
+            continue;
+        }
+        let config = read_json(&dir.join("config.json"))?.unwrap_or(Value::Null);
+        ckpt.configs.text_encoders.insert(folder.into(), config);
+        let files = weights_files(&dir, "model")?;
+        if files.len() != 1 {
+            bail!("{}: sharded text encoders are not supported yet — save it as one model.safetensors", dir.display());
+        }
+        let index = ckpt.add_file(SafetensorsFile::open(&files[0])?, |_| None);
+        ckpt.text_files.insert(folder.into(), index);
+    }
+    Ok(())
+}
+
+/// The weight files of one diffusers component: `{stem}.safetensors`, its `.fp16` variant,
+/// or the shards its `.safetensors.index.json` lists. Pickle-only folders are refused by name.
+pub(crate) fn weights_files(folder: &Path, stem: &str) -> Result<Vec<PathBuf>> {
+    for name in [
+        format!("{stem}.safetensors"),
+        format!("{stem}.fp16.safetensors"),
+    ] {
+        if folder.join(&name).is_file() {
+            return Ok(vec![folder.join(name)]);
+        }
+    }
+    let index = folder.join(format!("{stem}.safetensors.index.json"));
+    if let Some(json) = read_json(&index)? {
+        let shards: BTreeSet<String> = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .map(|m| {
+                m.values()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if shards.is_empty() {
+            bail!(
+                "{}: no weight_map — the diffusers folder is incomplete",
+                index.display()
+            );
+        }
+        return Ok(shards.into_iter().map(|s| folder.join(s)).collect());
+    }
+    let pickle = folder.join(format!("{stem}.bin"));
+    if pickle.is_file() {
+        bail!(
+            "{}: pickle checkpoints are refused; convert to .safetensors",
+            pickle.display()
+        );
+    }
+    bail!(
+        "{}: no {stem}.safetensors — the diffusers folder is incomplete",
+        folder.display()
+    )
+}
+
+pub(crate) fn read_json(path: &Path) -> Result<Option<Value>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let value = serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{}: not valid JSON ({e}) — re-download it", path.display()))?;
+    Ok(Some(value))
+}

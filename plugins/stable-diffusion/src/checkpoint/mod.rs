@@ -1,0 +1,414 @@
+//! A checkpoint seen through the model's own keys, whatever its layout on disk: a single-file
+//! LDM `.safetensors` (Civitai) or a diffusers folder, optionally with its VAE replaced. Opening
+//! one also tells its family ([`crate::families::detect`]); refused files end there.
+mod diffusers;
+pub mod safetensors;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tch::nn::VarStore;
+
+use crate::convert::diffusers_vae::standalone_vae_keys;
+use crate::convert::{hf_clip, indices_under, open_clip, Transform, UNET_PREFIX, VAE_PREFIX};
+use crate::families::{self, EncoderSpec, Family, TextLayout};
+use safetensors::SafetensorsFile;
+
+pub use diffusers::DiffusersConfigs;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    SingleFile,
+    Diffusers,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::SingleFile => "single file",
+            Format::Diffusers => "diffusers folder",
+        }
+    }
+}
+
+/// Where a model tensor comes from: a stored tensor, transformed.
+#[derive(Debug, Clone)]
+pub struct Source {
+    file: usize,
+    name: String,
+    transform: Transform,
+}
+
+pub struct Checkpoint {
+    path: PathBuf,
+    format: Format,
+    files: Vec<SafetensorsFile>,
+    /// Model key → where it is stored.
+    tensors: BTreeMap<String, Source>,
+    /// Single files: every stored key, as stored (what detection looks at).
+    raw: Vec<String>,
+    /// diffusers folders: text-encoder sub-folder → its file, before detection maps it.
+    text_files: BTreeMap<String, usize>,
+    configs: DiffusersConfigs,
+    family: Option<&'static Family>,
+}
+
+impl Checkpoint {
+    /// Opens a single `.safetensors` file or a diffusers folder (one with `model_index.json`)
+    /// and tells its family; an error says why a file is refused.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut ckpt = Self::open_unchecked(path)?;
+        let family = families::detect(&ckpt)?;
+        ckpt.map_text_encoders(family)?;
+        ckpt.family = Some(family);
+        Ok(ckpt)
+    }
+
+    /// Opens without detection: the stored tensors, text encoders not yet mapped.
+    fn open_unchecked(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            bail!(
+                "{}: checkpoint not found — check model.checkpoint in the profile",
+                path.display()
+            );
+        }
+        let mut ckpt = Self {
+            path: path.into(),
+            format: Format::SingleFile,
+            files: Vec::new(),
+            tensors: BTreeMap::new(),
+            raw: Vec::new(),
+            text_files: BTreeMap::new(),
+            configs: Default::default(),
+            family: None,
+        };
+        if path.is_dir() {
+            ckpt.format = Format::Diffusers;
+            diffusers::open(&mut ckpt)?;
+        } else {
+            let file = SafetensorsFile::open(path)?;
+            ckpt.raw = file.entries().keys().cloned().collect();
+            ckpt.add_file(file, |k| Some(k.to_string()));
+        }
+        Ok(ckpt)
+    }
+
+    /// Adds every tensor of `file` that `rename` gives a model key; returns the file's index.
+    fn add_file(
+        &mut self,
+        file: SafetensorsFile,
+        rename: impl Fn(&str) -> Option<String>,
+    ) -> usize {
+        let index = self.files.len();
+        for key in file.entries().keys() {
+            if let Some(model_key) = rename(key) {
+                let source = Source {
+                    file: index,
+                    name: key.clone(),
+                    transform: Transform::AsIs,
+                };
+                self.tensors.insert(model_key, source);
+            }
+        }
+        self.files.push(file);
+        index
+    }
+
+    /// Puts each of `family`'s text encoders under its model keys.
+    fn map_text_encoders(&mut self, family: &Family) -> Result<()> {
+        for spec in family.encoders {
+            match self.format {
+                Format::SingleFile => self.map_single_file_encoder(spec),
+                Format::Diffusers => {
+                    let file = *self.text_files.get(spec.diffusers_folder).ok_or_else(|| {
+                        anyhow!(
+                            "{}: no {} folder",
+                            self.path.display(),
+                            spec.diffusers_folder
+                        )
+                    })?;
+                    let keys: Vec<String> = self.files[file].entries().keys().cloned().collect();
+                    for key in keys {
+                        if let Some(model_key) = hf_clip::text_encoder_key(spec.ldm_prefix, &key) {
+                            let source = Source {
+                                file,
+                                name: key,
+                                transform: Transform::AsIs,
+                            };
+                            self.tensors.insert(model_key, source);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn map_single_file_encoder(&mut self, spec: &EncoderSpec) {
+        let prefix = spec.ldm_prefix;
+        let stored: Vec<(String, Source)> = self
+            .tensors
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        let layers = indices_under(
+            stored.iter().map(|(k, _)| k.as_str()),
+            &format!("{prefix}transformer.resblocks."),
+        )
+        .len();
+        let used = layers.saturating_sub(spec.unused_ldm_layers);
+        for (key, source) in stored {
+            self.tensors.remove(&key);
+            let rest = &key[prefix.len()..];
+            let renamed = match spec.ldm_layout {
+                TextLayout::HfClip => hf_clip::text_encoder_key(prefix, rest)
+                    .map(|k| vec![(k, Transform::AsIs)])
+                    .unwrap_or_default(),
+                TextLayout::OpenClip => open_clip::to_model(prefix, rest, used),
+            };
+            for (model_key, transform) in renamed {
+                let source = Source {
+                    transform,
+                    ..source.clone()
+                };
+                self.tensors.insert(model_key, source);
+            }
+        }
+    }
+
+    /// Replaces every `first_stage_model.*` tensor with those of a standalone VAE: a
+    /// `.safetensors` file (LDM or diffusers keys) or a diffusers `vae` folder.
+    pub fn use_vae(&mut self, path: &Path) -> Result<()> {
+        let shown = path.display();
+        if !path.exists() {
+            bail!("{shown}: VAE not found — check model.vae in the profile");
+        }
+        let (file, config) = if path.is_dir() {
+            (
+                diffusers::weights_files(path, "diffusion_pytorch_model")?,
+                diffusers::read_json(&path.join("config.json"))?,
+            )
+        } else {
+            (vec![path.to_path_buf()], None)
+        };
+        let files = file
+            .iter()
+            .map(|f| SafetensorsFile::open(f))
+            .collect::<Result<Vec<_>>>()?;
+        let keys: Vec<&str> = files
+            .iter()
+            .flat_map(|f| f.entries().keys().map(String::as_str))
+            .collect();
+        // Model key → stored key, turned around to rename stored keys.
+        let renamed: BTreeMap<String, String> = standalone_vae_keys(keys.iter().copied())
+            .into_iter()
+            .map(|(model_key, stored)| (stored, model_key))
+            .collect();
+        if !renamed
+            .values()
+            .any(|k| k.starts_with(&format!("{VAE_PREFIX}decoder.")))
+        {
+            bail!("{shown}: no VAE tensors found (expected encoder.*/decoder.* keys) — model.vae must be a VAE file or folder");
+        }
+        self.tensors.retain(|k, _| !k.starts_with(VAE_PREFIX));
+        for file in files {
+            self.add_file(file, |k| renamed.get(k).cloned());
+        }
+        self.configs.vae = config;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The family detected when opening.
+    pub fn family(&self) -> Result<&'static Family> {
+        self.family
+            .ok_or_else(|| anyhow!("{}: family not detected", self.path.display()))
+    }
+
+    pub fn configs(&self) -> &DiffusersConfigs {
+        &self.configs
+    }
+
+    /// Model keys.
+    pub fn keys(&self) -> impl Iterator<Item = &str> + Clone {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// Single files: the keys as stored (empty for folders).
+    pub fn raw_keys(&self) -> impl Iterator<Item = &str> + Clone {
+        self.raw.iter().map(String::as_str)
+    }
+
+    pub fn raw_has_prefix(&self, prefix: &str) -> bool {
+        self.raw.iter().any(|k| k.starts_with(prefix))
+    }
+
+    pub fn raw_contains(&self, key: &str) -> bool {
+        self.raw.iter().any(|k| k == key)
+    }
+
+    /// Whether the slot of `spec` holds a text encoder of its kind.
+    pub fn has_encoder(&self, spec: &EncoderSpec) -> bool {
+        match self.format {
+            Format::SingleFile => {
+                let p = spec.ldm_prefix;
+                match spec.ldm_layout {
+                    TextLayout::HfClip => {
+                        self.raw_has_prefix(&format!("{p}text_model.embeddings."))
+                            || self.raw_has_prefix(&format!("{p}embeddings."))
+                    }
+                    TextLayout::OpenClip => {
+                        self.raw_has_prefix(&format!("{p}transformer.resblocks."))
+                    }
+                }
+            }
+            Format::Diffusers => {
+                self.text_files.contains_key(spec.diffusers_folder)
+                    && self.configs.text_activation(spec.diffusers_folder) == Some(spec.activation)
+            }
+        }
+    }
+
+    /// Whether a UNet is there (its first conv).
+    pub fn has_unet(&self) -> bool {
+        self.contains(&format!("{UNET_PREFIX}input_blocks.0.0.weight"))
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.tensors.contains_key(key)
+    }
+
+    pub fn has_prefix(&self, prefix: &str) -> bool {
+        self.tensors
+            .range(prefix.to_string()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(prefix))
+    }
+
+    /// The shape of a model tensor (after its transform).
+    pub fn shape(&self, key: &str) -> Option<Vec<i64>> {
+        let source = self.tensors.get(key)?;
+        let stored = &self.files[source.file].entries()[&source.name].shape;
+        Some(source.transform.shape(stored))
+    }
+
+    /// The shape of a tensor the model cannot do without.
+    pub fn require_shape(&self, key: &str) -> Result<Vec<i64>> {
+        self.shape(key).ok_or_else(|| {
+            anyhow!(
+                "{}: missing tensor `{key}` — the checkpoint is incomplete or not of this family",
+                self.path.display()
+            )
+        })
+    }
+
+    /// The distinct `i` of model keys `prefix{i}.…`, counted.
+    pub fn count_indexed(&self, prefix: &str) -> usize {
+        indices_under(self.keys(), prefix).len()
+    }
+
+    /// Parameters under `prefix`, counted from shapes.
+    pub fn parameters_under(&self, prefix: &str) -> u64 {
+        self.tensors
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter_map(|(k, _)| self.shape(k))
+            .map(|s| s.iter().product::<i64>().max(0) as u64)
+            .sum()
+    }
+
+    /// The dtype most model tensors are stored in.
+    pub fn main_dtype(&self) -> String {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for source in self.tensors.values() {
+            let dtype = &self.files[source.file].entries()[&source.name].dtype;
+            *counts.entry(dtype.as_str()).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(d, _)| d.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Bytes on disk of every file read.
+    pub fn file_bytes(&self) -> u64 {
+        self.files.iter().map(SafetensorsFile::len).sum()
+    }
+
+    /// The file holding `key`, and the tensor's own name there when it differs.
+    fn origin(&self, key: &str) -> String {
+        match self.tensors.get(key) {
+            Some(s) if s.name != key => {
+                format!("{} (as `{}`)", self.files[s.file].path().display(), s.name)
+            }
+            Some(s) => self.files[s.file].path().display().to_string(),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    fn source(&self, key: &str) -> Result<&Source> {
+        self.tensors
+            .get(key)
+            .ok_or_else(|| anyhow!("{}: missing tensor `{key}`", self.path.display()))
+    }
+
+    /// Reads one tensor (CPU, stored dtype) by its model key.
+    pub fn read(&self, key: &str) -> Result<tch::Tensor> {
+        let source = self.source(key)?;
+        self.files[source.file].with_view(&source.name, |t| Ok(source.transform.apply(t).copy()))
+    }
+
+    /// Reads a tensor stored under `key` in a single file as is (markers, buffers).
+    pub fn read_raw(&self, key: &str) -> Result<tch::Tensor> {
+        match self.format {
+            Format::SingleFile => self.files[0].read(key),
+            Format::Diffusers => bail!("{}: no tensor `{key}`", self.path.display()),
+        }
+    }
+
+    /// Copies the checkpoint into every variable of `vs` (named by model key) whose name
+    /// starts with `only` (all with ""), converting dtype and device on the way: one copy
+    /// from the file's mapping into the model. Keys the model has no variable for are
+    /// ignored (EMA, `model_ema.*`, ...).
+    pub fn copy_into(&self, vs: &VarStore, only: &str) -> Result<()> {
+        let shown = self.path.display();
+        let mut variables: Vec<(String, tch::Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(only))
+            .collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, mut var) in variables {
+            let wanted = var.size();
+            let stored = self.shape(&key).ok_or_else(|| {
+                anyhow!("{shown}: missing tensor `{key}` (the model expects shape {wanted:?}) — the checkpoint is incomplete or not of this family")
+            })?;
+            // diffusers and some converters store the VAE attention 1x1 convs as Linear weights.
+            let as_conv = stored.len() == 2
+                && wanted.len() == 4
+                && wanted[..2] == stored[..]
+                && wanted[2..] == [1, 1];
+            if stored != wanted && !as_conv {
+                bail!("{}: tensor `{key}` has shape {stored:?} but the model built from this checkpoint's other tensors expects {wanted:?} — the file is damaged or mixes two models", self.origin(&key));
+            }
+            let source = self.source(&key)?;
+            self.files[source.file].with_view(&source.name, |view| {
+                let src = source.transform.apply(view);
+                let src = if as_conv { src.reshape(&wanted) } else { src };
+                tch::no_grad(|| var.f_copy_(&src))
+                    .with_context(|| format!("{shown}: cannot copy tensor `{key}` into the model"))
+            })?;
+        }
+        Ok(())
+    }
+}

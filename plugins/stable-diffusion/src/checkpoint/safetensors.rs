@@ -1,0 +1,259 @@
+//! Reading `.safetensors` files, memory-mapped (`memmap2`) and validated by the `safetensors`
+//! crate before any tensor is touched: a truncated or corrupt download ends in one clear error.
+//! Tensors are viewed in place in the mapping and copied once, into the model; the pages read
+//! are handed back right after, so a checkpoint never sits in memory twice.
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use memmap2::{Mmap, UncheckedAdvice};
+use safetensors::{SafeTensorError, SafeTensors};
+use tch::{Device, Kind, Tensor};
+
+/// Where one tensor lives inside the file.
+#[derive(Debug, Clone)]
+pub struct TensorEntry {
+    /// The stored dtype as safetensors names it (`F16`, `F32`, ...).
+    pub dtype: String,
+    pub shape: Vec<i64>,
+    /// Byte range inside the data section.
+    start: usize,
+    end: usize,
+}
+
+impl TensorEntry {
+    pub fn bytes(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// An opened `.safetensors` file: its validated header over a read-only memory map.
+#[derive(Debug)]
+pub struct SafetensorsFile {
+    path: PathBuf,
+    map: Mmap,
+    data_start: usize,
+    entries: BTreeMap<String, TensorEntry>,
+}
+
+impl SafetensorsFile {
+    /// Maps `path` and validates its header; a file that is not safetensors but a pickle
+    /// (`torch.save`) is refused by name.
+    pub fn open(path: &Path) -> Result<Self> {
+        let shown = path.display();
+        refuse_pickle_extension(path)?;
+        let file = File::open(path).with_context(|| format!("{shown}: cannot open the file"))?;
+        // SAFETY: a read-only private mapping; tensors are copied out before use. A file
+        // rewritten underneath a running process is outside what any loader can defend against.
+        let map = unsafe { Mmap::map(&file) }
+            .with_context(|| format!("{shown}: cannot map the file into memory"))?;
+        let (header_len, metadata) = match SafeTensors::read_metadata(&map[..]) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                if looks_like_pickle(&map[..]) {
+                    bail!("{shown}: this is a pickle (torch.save) file, not safetensors; pickle checkpoints are refused; convert to .safetensors");
+                }
+                bail!(
+                    "{shown}: not a valid safetensors file ({}) — re-download it",
+                    describe(&e, map.len())
+                );
+            }
+        };
+        let entries = metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let entry = TensorEntry {
+                    dtype: format!("{:?}", info.dtype),
+                    shape: info.shape.iter().map(|d| *d as i64).collect(),
+                    start: info.data_offsets.0,
+                    end: info.data_offsets.1,
+                };
+                (name, entry)
+            })
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+            data_start: 8 + header_len,
+            entries,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn entries(&self) -> &BTreeMap<String, TensorEntry> {
+        &self.entries
+    }
+
+    /// Size of the whole file in bytes.
+    pub fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn entry(&self, name: &str) -> Result<(&TensorEntry, Kind)> {
+        let shown = self.path.display();
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| anyhow!("{shown}: no tensor `{name}`"))?;
+        let kind = kind_of(&entry.dtype)
+            .ok_or_else(|| anyhow!("{shown}: tensor `{name}` has dtype {} which is not supported — convert the file to fp16/fp32", entry.dtype))?;
+        Ok((entry, kind))
+    }
+
+    /// Runs `f` on tensor `name` viewed in place (CPU, stored dtype, no copy), then hands its
+    /// pages back to the OS. `f` must copy what it keeps: the view dies with the call.
+    pub fn with_view<R>(&self, name: &str, f: impl FnOnce(&Tensor) -> Result<R>) -> Result<R> {
+        let (entry, kind) = self.entry(name)?;
+        let bytes = &self.map[self.data_start + entry.start..self.data_start + entry.end];
+        let aligned = (bytes.as_ptr() as usize).is_multiple_of(kind.elt_size_in_bytes());
+        let result = if aligned && !bytes.is_empty() {
+            let strides = contiguous_strides(&entry.shape);
+            // SAFETY: `bytes` covers exactly shape × element size (validated by the header
+            // check), is aligned for `kind`, and outlives the view, which `f` cannot keep.
+            let view = unsafe {
+                Tensor::f_from_blob(bytes.as_ptr(), &entry.shape, &strides, kind, Device::Cpu)
+            }
+            .with_context(|| format!("{}: cannot view tensor `{name}`", self.path.display()))?;
+            f(&view)
+        } else {
+            // Misaligned data (legal in the format, rare in practice) goes through one copy.
+            let tensor =
+                Tensor::f_from_data_size(bytes, &entry.shape, kind).with_context(|| {
+                    format!("{}: cannot build tensor `{name}`", self.path.display())
+                })?;
+            f(&tensor)
+        };
+        self.release(self.data_start + entry.start, entry.bytes());
+        result
+    }
+
+    /// Reads one tensor onto the CPU in its stored dtype (an owned copy).
+    pub fn read(&self, name: &str) -> Result<Tensor> {
+        self.with_view(name, |view| Ok(view.copy()))
+    }
+
+    /// Drops the mapped pages of `[offset, offset + len)` from this process's memory; they
+    /// stay in the OS page cache and come back from the file if touched again.
+    fn release(&self, offset: usize, len: usize) {
+        const PAGE: usize = 4096;
+        let start = offset.div_ceil(PAGE) * PAGE;
+        let end = (offset + len) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: a read-only file mapping: DONTNEED only drops our copy of the pages,
+            // which are re-read from the file if accessed again; no view is alive here.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+}
+
+fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
+    let mut strides = vec![1i64; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1].max(1);
+    }
+    strides
+}
+
+/// The one-line reason for a header the `safetensors` crate rejects.
+fn describe(e: &SafeTensorError, file_len: usize) -> String {
+    match e {
+        SafeTensorError::HeaderTooSmall | SafeTensorError::InvalidHeaderLength => {
+            format!("truncated header: the file has {file_len} bytes")
+        }
+        SafeTensorError::HeaderTooLarge => {
+            "its first 8 bytes are not a safetensors header length (over 100 MB)".into()
+        }
+        SafeTensorError::InvalidHeader(_)
+        | SafeTensorError::InvalidHeaderStart
+        | SafeTensorError::InvalidHeaderDeserialization(_)
+        | SafeTensorError::JsonError(_) => {
+            "the header is not JSON describing tensors (dtype, shape, data_offsets)".into()
+        }
+        SafeTensorError::InvalidOffset(name) => format!(
+            "tensor `{name}` has data offsets that overlap another tensor's or leave a hole"
+        ),
+        SafeTensorError::TensorInvalidInfo | SafeTensorError::MisalignedSlice => {
+            "a tensor's byte range does not match its dtype and shape".into()
+        }
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "truncated data: the tensors do not end where the file ends".into()
+        }
+        SafeTensorError::ValidationOverflow => "a tensor shape is too large".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Pickle (`.ckpt`, `.pt`, `.bin`) can run code when read, so it is never opened.
+fn refuse_pickle_extension(path: &Path) -> Result<()> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if matches!(
+        ext.as_str(),
+        "ckpt" | "pt" | "pth" | "bin" | "pkl" | "pickle"
+    ) {
+        bail!(
+            "{}: pickle checkpoints are refused; convert to .safetensors",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// A torch.save zip archive, or a raw pickle stream (PROTO opcode 0x80 then version 2..=5).
+/// Only asked of files that are not valid safetensors: the first 8 bytes of a safetensors file
+/// are its header length, whose low byte may well be 0x80.
+fn looks_like_pickle(bytes: &[u8]) -> bool {
+    let damaged_safetensors = bytes.len() > 8 && bytes[2..8] == [0; 6] && bytes[8] == b'{';
+    bytes.starts_with(b"PK\x03\x04") || (matches!(bytes, [0x80, 2..=5, ..]) && !damaged_safetensors)
+}
+
+pub fn kind_of(dtype: &str) -> Option<Kind> {
+    Some(match dtype {
+        "F64" => Kind::Double,
+        "F32" => Kind::Float,
+        "F16" => Kind::Half,
+        "BF16" => Kind::BFloat16,
+        "I64" => Kind::Int64,
+        "I32" => Kind::Int,
+        "I16" => Kind::Int16,
+        "I8" => Kind::Int8,
+        "U8" => Kind::Uint8,
+        "BOOL" => Kind::Bool,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pickle_magic_is_told_from_a_safetensors_header_length() {
+        assert!(looks_like_pickle(b"\x80\x02}q\x00."));
+        assert!(looks_like_pickle(b"PK\x03\x04rest"));
+        // Header lengths 0x80 and 0x280 followed by the JSON header.
+        assert!(!looks_like_pickle(b"\x80\0\0\0\0\0\0\0{\"a\""));
+        assert!(!looks_like_pickle(b"\x80\x02\0\0\0\0\0\0{\"a\""));
+    }
+
+    #[test]
+    fn strides_are_row_major() {
+        assert_eq!(contiguous_strides(&[2, 3, 4]), vec![12, 4, 1]);
+        assert_eq!(contiguous_strides(&[]), Vec::<i64>::new());
+    }
+}

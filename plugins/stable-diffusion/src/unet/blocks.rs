@@ -1,0 +1,168 @@
+//! The blocks of the LDM `UNetModel` (ldm/modules/diffusionmodules/openaimodel.py) and its
+//! `SpatialTransformer` (ldm/modules/attention.py). Module paths are the LDM keys.
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use super::UNetConfig;
+use crate::layers::{attention, conv2d, group_norm, layer_norm, linear, norm_silu};
+
+/// LDM `ResBlock`: two GroupNorm-SiLU-conv stages with the timestep embedding added between.
+pub struct ResBlock {
+    in_norm: nn::GroupNorm,
+    in_conv: nn::Conv2D,
+    emb_proj: nn::Linear,
+    out_norm: nn::GroupNorm,
+    out_conv: nn::Conv2D,
+    skip: Option<nn::Conv2D>,
+}
+
+impl ResBlock {
+    pub fn new(p: nn::Path, c_in: i64, c_out: i64, emb_dim: i64) -> Self {
+        Self {
+            in_norm: group_norm(&p / "in_layers" / 0, c_in, 1e-5),
+            in_conv: conv2d(&p / "in_layers" / 2, c_in, c_out, 3, 1, 1),
+            emb_proj: linear(&p / "emb_layers" / 1, emb_dim, c_out, true),
+            out_norm: group_norm(&p / "out_layers" / 0, c_out, 1e-5),
+            out_conv: conv2d(&p / "out_layers" / 3, c_out, c_out, 3, 1, 1),
+            skip: (c_in != c_out).then(|| conv2d(&p / "skip_connection", c_in, c_out, 1, 1, 0)),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, emb: &Tensor) -> Tensor {
+        let h = self.in_conv.forward(&norm_silu(&self.in_norm, x));
+        let h = h + self
+            .emb_proj
+            .forward(&emb.silu())
+            .unsqueeze(-1)
+            .unsqueeze(-1);
+        let h = self.out_conv.forward(&norm_silu(&self.out_norm, &h));
+        match &self.skip {
+            Some(skip) => skip.forward(x) + h,
+            None => x + h,
+        }
+    }
+}
+
+/// LDM `CrossAttention`: self-attention when `context` is `None`.
+struct CrossAttention {
+    to_q: nn::Linear,
+    to_k: nn::Linear,
+    to_v: nn::Linear,
+    to_out: nn::Linear,
+    heads: i64,
+}
+
+impl CrossAttention {
+    fn new(p: nn::Path, dim: i64, context_dim: i64, heads: i64) -> Self {
+        Self {
+            to_q: linear(&p / "to_q", dim, dim, false),
+            to_k: linear(&p / "to_k", context_dim, dim, false),
+            to_v: linear(&p / "to_v", context_dim, dim, false),
+            to_out: linear(&p / "to_out" / 0, dim, dim, true),
+            heads,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Tensor {
+        let ctx = context.unwrap_or(x);
+        let h = attention(
+            &self.to_q.forward(x),
+            &self.to_k.forward(ctx),
+            &self.to_v.forward(ctx),
+            self.heads,
+            false,
+        );
+        self.to_out.forward(&h)
+    }
+}
+
+/// LDM `BasicTransformerBlock`: self-attention, cross-attention, GEGLU feed-forward.
+struct TransformerBlock {
+    norm1: nn::LayerNorm,
+    attn1: CrossAttention,
+    norm2: nn::LayerNorm,
+    attn2: CrossAttention,
+    norm3: nn::LayerNorm,
+    ff_proj: nn::Linear,
+    ff_out: nn::Linear,
+}
+
+impl TransformerBlock {
+    fn new(p: nn::Path, dim: i64, context_dim: i64, heads: i64) -> Self {
+        let inner = dim * 4;
+        Self {
+            norm1: layer_norm(&p / "norm1", dim, 1e-5),
+            attn1: CrossAttention::new(&p / "attn1", dim, dim, heads),
+            norm2: layer_norm(&p / "norm2", dim, 1e-5),
+            attn2: CrossAttention::new(&p / "attn2", dim, context_dim, heads),
+            norm3: layer_norm(&p / "norm3", dim, 1e-5),
+            ff_proj: linear(&p / "ff" / "net" / 0 / "proj", dim, inner * 2, true),
+            ff_out: linear(&p / "ff" / "net" / 2, inner, dim, true),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+        let x = x + self.attn1.forward(&self.norm1.forward(x), None);
+        let x = &x + self.attn2.forward(&self.norm2.forward(&x), Some(context));
+        let h = self.ff_proj.forward(&self.norm3.forward(&x)).chunk(2, -1);
+        x + self.ff_out.forward(&(&h[0] * h[1].gelu("none")))
+    }
+}
+
+/// `proj_in` / `proj_out`: a 1x1 conv (SD 1.x) or a Linear over channels (SD 2.x).
+enum Projection {
+    Conv(nn::Conv2D),
+    Linear(nn::Linear),
+}
+
+impl Projection {
+    fn new(p: nn::Path, d_in: i64, d_out: i64, linear_projection: bool) -> Self {
+        if linear_projection {
+            Projection::Linear(linear(p, d_in, d_out, true))
+        } else {
+            Projection::Conv(conv2d(p, d_in, d_out, 1, 1, 0))
+        }
+    }
+}
+
+/// LDM `SpatialTransformer`: GroupNorm, proj_in, transformer blocks over `h*w` tokens, proj_out, residual.
+pub struct SpatialTransformer {
+    norm: nn::GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<TransformerBlock>,
+    proj_out: Projection,
+}
+
+impl SpatialTransformer {
+    pub fn new(p: nn::Path, channels: i64, depth: usize, heads: i64, cfg: &UNetConfig) -> Self {
+        let blocks = &p / "transformer_blocks";
+        Self {
+            norm: group_norm(&p / "norm", channels, 1e-6),
+            proj_in: Projection::new(&p / "proj_in", channels, channels, cfg.linear_projection),
+            blocks: (0..depth)
+                .map(|i| TransformerBlock::new(&blocks / i, channels, cfg.context_dim, heads))
+                .collect(),
+            proj_out: Projection::new(&p / "proj_out", channels, channels, cfg.linear_projection),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+        let s = x.size();
+        let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
+        let to_tokens = |t: &Tensor| t.reshape([b, c, h * w]).transpose(1, 2);
+        let to_image = |t: &Tensor| t.transpose(1, 2).reshape([b, c, h, w]);
+        let normed = self.norm.forward(x);
+        let mut tokens = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)),
+            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)),
+        };
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, context);
+        }
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_image(&tokens)),
+            Projection::Linear(lin) => to_image(&lin.forward(&tokens)),
+        };
+        out + x
+    }
+}

@@ -1,0 +1,219 @@
+//! The LDM `UNetModel` (ldm/modules/diffusionmodules/openaimodel.py), one model for every
+//! family: its shape (levels, depths, heads, projections, `label_emb`) comes from
+//! [`UNetConfig`]. Module paths are the LDM keys under `model.diffusion_model.`.
+mod blocks;
+mod config;
+
+use anyhow::{anyhow, bail, Result};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+pub use config::{HeadRule, UNetConfig};
+
+use crate::layers::{conv2d, group_norm, linear, norm_silu};
+use blocks::{ResBlock, SpatialTransformer};
+
+/// Sinusoidal timestep embedding, `[cos, sin]` order, max period 10000 (LDM
+/// `timestep_embedding`); fractional timesteps welcome. Also SDXL's size-id embedding.
+pub fn timestep_embedding(t: &Tensor, dim: i64) -> Tensor {
+    let half = dim / 2;
+    let freqs =
+        (Tensor::arange(half, (Kind::Float, t.device())) * (-(10000f64.ln()) / half as f64)).exp();
+    let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0);
+    let emb = Tensor::cat(&[args.cos(), args.sin()], -1);
+    if dim % 2 == 1 {
+        Tensor::cat(&[&emb, &emb.zeros_like().narrow(1, 0, 1)], -1)
+    } else {
+        emb
+    }
+}
+
+/// One entry of an LDM `TimestepEmbedSequential`.
+#[allow(clippy::large_enum_variant)] // built once per model; boxing would buy nothing
+enum Layer {
+    Conv(nn::Conv2D),
+    Res(ResBlock),
+    Attention(SpatialTransformer),
+    /// Conv with stride 2, padding 1 (`op`).
+    Downsample(nn::Conv2D),
+    /// Nearest ×2 (or to the skip tensor's size), then conv.
+    Upsample(nn::Conv2D),
+}
+
+/// LDM `TimestepEmbedSequential`: layers fed the timestep embedding and the context.
+struct Block(Vec<Layer>);
+
+impl Block {
+    fn forward(
+        &self,
+        x: &Tensor,
+        emb: &Tensor,
+        context: &Tensor,
+        skip_size: Option<(i64, i64)>,
+    ) -> Tensor {
+        let mut x = x.shallow_clone();
+        for layer in &self.0 {
+            x = match layer {
+                Layer::Conv(conv) | Layer::Downsample(conv) => conv.forward(&x),
+                Layer::Res(res) => res.forward(&x, emb),
+                Layer::Attention(attn) => attn.forward(&x, context),
+                Layer::Upsample(conv) => {
+                    // Like diffusers' `forward_upsample_size`: odd skip sizes need an exact target.
+                    let s = x.size();
+                    let (h, w) = skip_size.unwrap_or((s[2] * 2, s[3] * 2));
+                    conv.forward(&x.upsample_nearest2d([h, w], None, None))
+                }
+            };
+        }
+        x
+    }
+}
+
+/// LDM `label_emb`: Linear → SiLU → Linear from the vector conditioning `y` (SDXL).
+struct LabelEmbedding {
+    first: nn::Linear,
+    second: nn::Linear,
+}
+
+pub struct UNetModel {
+    time_embed_1: nn::Linear,
+    time_embed_2: nn::Linear,
+    label_emb: Option<LabelEmbedding>,
+    input_blocks: Vec<Block>,
+    middle_block: Block,
+    output_blocks: Vec<Block>,
+    out_norm: nn::GroupNorm,
+    out_conv: nn::Conv2D,
+    config: UNetConfig,
+}
+
+impl UNetModel {
+    /// `vs` is the path of `model.diffusion_model`.
+    pub fn new(vs: nn::Path, cfg: &UNetConfig) -> Result<Self> {
+        cfg.validate()?;
+        let levels = cfg.channel_mult.len();
+        let (mc, ted) = (cfg.model_channels, cfg.time_embed_dim);
+        let attention = |p: nn::Path, ch: i64, depth: usize, heads: i64| {
+            (depth > 0).then(|| Layer::Attention(SpatialTransformer::new(p, ch, depth, heads, cfg)))
+        };
+        // A ResBlock to `level`'s width and, where the level has attention, a transformer.
+        let res_attention = |p: nn::Path, c_in: i64, level: usize| {
+            let width = mc * cfg.channel_mult[level];
+            let mut layers = vec![Layer::Res(ResBlock::new(&p / 0, c_in, width, ted))];
+            let depth = cfg.transformer_depth[level];
+            layers.extend(attention(&p / 1, width, depth, cfg.heads[level]));
+            layers
+        };
+        let inputs = &vs / "input_blocks";
+        let mut input_blocks = vec![Block(vec![Layer::Conv(conv2d(
+            &inputs / 0 / 0,
+            cfg.in_channels,
+            mc,
+            3,
+            1,
+            1,
+        ))])];
+        let mut skip_widths = vec![mc];
+        let mut ch = mc;
+        for level in 0..levels {
+            for _ in 0..cfg.num_res_blocks[level] {
+                let layers = res_attention(&inputs / input_blocks.len(), ch, level);
+                ch = mc * cfg.channel_mult[level];
+                input_blocks.push(Block(layers));
+                skip_widths.push(ch);
+            }
+            if level + 1 < levels {
+                let p = &inputs / input_blocks.len() / 0 / "op";
+                input_blocks.push(Block(vec![Layer::Downsample(conv2d(p, ch, ch, 3, 2, 1))]));
+                skip_widths.push(ch);
+            }
+        }
+        let mid = &vs / "middle_block";
+        let mut middle = vec![Layer::Res(ResBlock::new(&mid / 0, ch, ch, ted))];
+        middle.extend(attention(
+            &mid / 1,
+            ch,
+            cfg.mid_transformer_depth,
+            cfg.mid_heads,
+        ));
+        middle.push(Layer::Res(ResBlock::new(&mid / 2, ch, ch, ted)));
+        let outputs = &vs / "output_blocks";
+        let mut output_blocks = Vec::new();
+        for level in (0..levels).rev() {
+            for i in 0..=cfg.num_res_blocks[level] {
+                let p = &outputs / output_blocks.len();
+                let skip = skip_widths
+                    .pop()
+                    .ok_or_else(|| anyhow!("UNet config: more output than input blocks"))?;
+                let mut layers = res_attention(&outputs / output_blocks.len(), ch + skip, level);
+                ch = mc * cfg.channel_mult[level];
+                if level > 0 && i == cfg.num_res_blocks[level] {
+                    let conv = conv2d(&p / layers.len() / "conv", ch, ch, 3, 1, 1);
+                    layers.push(Layer::Upsample(conv));
+                }
+                output_blocks.push(Block(layers));
+            }
+        }
+        let label_emb = cfg.adm_in_channels.map(|adm| {
+            let p = &vs / "label_emb" / 0;
+            LabelEmbedding {
+                first: linear(&p / 0, adm, ted, true),
+                second: linear(&p / 2, ted, ted, true),
+            }
+        });
+        Ok(Self {
+            time_embed_1: linear(&vs / "time_embed" / 0, mc, ted, true),
+            time_embed_2: linear(&vs / "time_embed" / 2, ted, ted, true),
+            label_emb,
+            input_blocks,
+            middle_block: Block(middle),
+            output_blocks,
+            out_norm: group_norm(&vs / "out" / 0, ch, 1e-5),
+            out_conv: conv2d(&vs / "out" / 2, ch, cfg.out_channels, 3, 1, 1),
+            config: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &UNetConfig {
+        &self.config
+    }
+
+    /// The model output (noise or velocity) for latent `x` `[B, C, h, w]` at timesteps `t`
+    /// `[B]` (fractional allowed) with text `context` `[B, L, context_dim]` and, for models
+    /// with `label_emb`, the vector conditioning `y` `[B, adm_in_channels]`. Any `h`, `w` work.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        y: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let t_emb = timestep_embedding(t, self.config.model_channels).to_kind(x.kind());
+        let mut emb = self
+            .time_embed_2
+            .forward(&self.time_embed_1.forward(&t_emb).silu());
+        match (&self.label_emb, y) {
+            (Some(label), Some(y)) => {
+                emb += label.second.forward(&label.first.forward(y).silu());
+            }
+            (None, None) => {}
+            (Some(_), None) => bail!("this UNet needs vector conditioning (pooled text and size ids) — encode the prompt with this model"),
+            (None, Some(_)) => bail!("this UNet takes no vector conditioning"),
+        }
+        let mut skips = Vec::with_capacity(self.input_blocks.len());
+        let mut h = x.shallow_clone();
+        for block in &self.input_blocks {
+            h = block.forward(&h, &emb, context, None);
+            skips.push(h.shallow_clone());
+        }
+        h = self.middle_block.forward(&h, &emb, context, None);
+        for block in &self.output_blocks {
+            if let Some(skip) = skips.pop() {
+                h = Tensor::cat(&[&h, &skip], 1);
+            }
+            let next_size = skips.last().map(|s| (s.size()[2], s.size()[3]));
+            h = block.forward(&h, &emb, context, next_size);
+        }
+        Ok(self.out_conv.forward(&norm_silu(&self.out_norm, &h)))
+    }
+}

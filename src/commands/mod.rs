@@ -1,0 +1,76 @@
+//! One file per command of the command line (`main.rs` parses and dispatches); what several
+//! commands need (reading a profile, finding plugins, running a job) is here.
+pub mod check;
+pub mod demo;
+pub mod info;
+pub mod plugins;
+pub mod replay;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::generate::{generate, RunOptions};
+use crate::profile::Profile;
+use crate::registry::Registry;
+
+pub fn load_profile(path: &Path, sets: &[String]) -> Result<Profile> {
+    Profile::load(path)?.with_overrides(sets)
+}
+
+pub fn base_dir(profile_path: &Path) -> PathBuf {
+    profile_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+pub fn registry_for(profile: &Profile, base: &Path) -> Registry {
+    let dirs: Vec<PathBuf> = profile
+        .plugin_dirs
+        .iter()
+        .map(|d| {
+            if d.is_absolute() {
+                d.clone()
+            } else {
+                base.join(d)
+            }
+        })
+        .collect();
+    let registry = Registry::load(&dirs, &profile.plugin_sha256);
+    for refusal in &registry.refused {
+        log::warn!(
+            "plugin {} refused: {}",
+            refusal.file.display(),
+            refusal.reason
+        );
+    }
+    registry
+}
+
+fn print_written(paths: &[PathBuf]) {
+    for p in paths {
+        println!("{}", p.display());
+    }
+}
+
+/// `generate`: runs `profile` and prints the written paths.
+pub fn run_generate(
+    profile: Profile,
+    base: PathBuf,
+    quiet: bool,
+    output: Option<String>,
+) -> Result<()> {
+    let registry = registry_for(&profile, &base);
+    let written = generate(
+        profile,
+        &registry,
+        &RunOptions {
+            quiet,
+            output,
+            base_dir: base,
+        },
+    )?;
+    print_written(&written);
+    Ok(())
+}

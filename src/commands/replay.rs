@@ -1,0 +1,24 @@
+//! `hiresfix replay IMAGE`: re-runs the profile embedded in a PNG hiresfix wrote.
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Result};
+
+use super::run_generate;
+use crate::output;
+use crate::profile::Profile;
+
+pub fn run(image: &Path, quiet: bool, output: Option<String>) -> Result<()> {
+    let chunks = output::read_text_chunks(image)?;
+    let text = chunks
+        .iter()
+        .find(|(k, _)| k == output::PROFILE_CHUNK)
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| {
+            anyhow!(
+                "{} has no embedded hiresfix profile (was it written by hiresfix?)",
+                image.display()
+            )
+        })?;
+    let profile = Profile::parse(&text, &format!("{} (embedded profile)", image.display()))?;
+    run_generate(profile, PathBuf::new(), quiet, output)
+}
