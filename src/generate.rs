@@ -42,6 +42,9 @@ fn dtype_name(choice: DtypeChoice, device: Device) -> &'static str {
     }
 }
 
+/// What identifies a loaded model: checkpoint, VAE override, merge recipe.
+type ModelKey = (PathBuf, Option<PathBuf>, String);
+
 /// Loaded models by checkpoint (and VAE), shared between passes.
 pub struct Models<'r> {
     registry: &'r Registry,
@@ -50,7 +53,9 @@ pub struct Models<'r> {
     vae_tiling: (String, u32, u32),
     /// `[model] prediction`, empty to detect.
     prediction: String,
-    loaded: HashMap<(PathBuf, Option<PathBuf>), (Rc<ModelBox>, ModelInfo)>,
+    /// Warnings already shown (a LoRA's stray layers), so each shows once per run.
+    warned: std::collections::HashSet<String>,
+    loaded: HashMap<ModelKey, (Rc<ModelBox>, ModelInfo)>,
 }
 
 impl<'r> Models<'r> {
@@ -75,6 +80,16 @@ impl<'r> Models<'r> {
                 .map(|p| p.as_str().to_owned())
                 .unwrap_or_default(),
             loaded: HashMap::new(),
+            warned: Default::default(),
+        }
+    }
+
+    /// Prints each warning the first time it comes up.
+    pub fn warn_once(&mut self, warnings: Vec<String>) {
+        for warning in warnings {
+            if self.warned.insert(warning.clone()) {
+                eprintln!("warning: {warning}");
+            }
         }
     }
 
@@ -82,12 +97,22 @@ impl<'r> Models<'r> {
         &mut self,
         checkpoint: &Path,
         vae: Option<&Path>,
+        merge: &[(PathBuf, f64)],
     ) -> Result<(Rc<ModelBox>, ModelInfo)> {
-        let key = (checkpoint.to_path_buf(), vae.map(Path::to_path_buf));
+        let recipe: Vec<String> = merge
+            .iter()
+            .map(|(p, w)| format!("{}:{w}", p.display()))
+            .collect();
+        let key = (
+            checkpoint.to_path_buf(),
+            vae.map(Path::to_path_buf),
+            recipe.join("+"),
+        );
         if let Some(found) = self.loaded.get(&key) {
             return Ok(found.clone());
         }
         let backend = detect_backend(self.registry, checkpoint)?;
+        log::info!("loading checkpoint {}", checkpoint.display());
         let request = LoadRequest {
             checkpoint: checkpoint.to_string_lossy().as_ref().into(),
             vae: vae.map(|v| v.to_string_lossy().as_ref().into()).into(),
@@ -97,13 +122,22 @@ impl<'r> Models<'r> {
             vae_tile_size: self.vae_tiling.1,
             vae_tile_overlap: self.vae_tiling.2,
             prediction: self.prediction.as_str().into(),
+            merge: merge
+                .iter()
+                .map(|(path, weight)| host_api::MergeInput {
+                    path: path.to_string_lossy().as_ref().into(),
+                    weight: *weight,
+                })
+                .collect(),
         };
-        let plugin = |e: host_api::Error| {
-            anyhow!(
+        // A backend's own errors name the checkpoint; a panic needs the plugin named.
+        let plugin = |e: host_api::Error| match e.0.starts_with("panicked") {
+            true => anyhow!(
                 "{e} (backend `{}`, plugin {})",
                 backend.decl.family,
                 backend.file.display()
-            )
+            ),
+            false => anyhow!("{e}"),
         };
         let model = backend.decl.run_load(&request).map_err(plugin)?;
         let info = model.info().map_err(plugin)?;
@@ -125,7 +159,8 @@ pub fn detect_backend<'r>(
         );
     }
     if registry.backends.is_empty() {
-        bail!("no model backend plugin was found; see `hiresfix plugins`");
+        let e = anyhow!("no model backend plugin was found; see `hiresfix plugins`");
+        return Err(registry.with_refusals(e));
     }
     let mut refusal = None;
     for entry in &registry.backends {
@@ -247,7 +282,7 @@ pub fn run_image(
     let mut latents: Vec<Tensor> = Vec::new();
     let mut family: Option<String> = None;
     for (plan, size) in plans.iter().zip(sizes) {
-        let (model, info) = models.get(&plan.checkpoint, plan.vae.as_deref())?;
+        let (model, info) = models.get(&plan.checkpoint, plan.vae.as_deref(), &plan.merge)?;
         if let Some(f) = &family {
             if *f != info.family.as_str() {
                 bail!("pass {}: checkpoint {} is {} but earlier passes are {f}; a pass may only switch to a checkpoint of the same family", plan.number, plan.checkpoint.display(), info.family);
@@ -271,18 +306,19 @@ pub fn run_image(
                     .decl
                     .run(&mut vae, prev, size.cover_h, size.cover_w)
                     .map_err(|e| {
-                        plugin_error(
-                            plan.number,
-                            "upscaler",
-                            &upscaler.decl.name,
-                            &upscaler.file,
-                            e,
-                        )
+                        let file = &upscaler.file;
+                        plugin_error(plan.number, size, "upscaler", &upscaler.decl.name, file, e)
                     })?;
                 let up = centre_crop(&up, size.latent_h, size.latent_w);
+                check_finite(&up, &model, plan.number, "the upscaled latent")?;
                 up + noise * sigmas[0]
             }
         };
+        let specs: Vec<host_api::LoraSpec> = plan.loras.iter().map(|l| l.spec()).collect();
+        let warnings = model
+            .set_loras(&specs)
+            .map_err(|e| anyhow!("pass {}: {e}", plan.number))?;
+        models.warn_once(warnings);
         // Each pass conditions on its own size (SDXL's size ids, as A1111's hires pass).
         let request = EncodeRequest::pair(
             &plan.negative,
@@ -308,15 +344,11 @@ pub fn run_image(
             .decl
             .run(&mut guidance, &plan.options, x, &sigmas)
             .map_err(|e| {
-                plugin_error(
-                    plan.number,
-                    "sampler",
-                    &plan.sampler.decl.name,
-                    &plan.sampler.file,
-                    e,
-                )
+                let (name, file) = (&plan.sampler.decl.name, &plan.sampler.file);
+                plugin_error(plan.number, size, "sampler", name, file, e)
             })?;
         bar.finish();
+        check_finite(&out, &model, plan.number, "the UNet's result")?;
         latents.push(out);
     }
     Ok(ImageResult { latents })
@@ -324,18 +356,47 @@ pub fn run_image(
 
 fn plugin_error(
     pass: usize,
+    size: &PassSize,
     kind: &str,
     name: &str,
     file: &Path,
     e: host_api::Error,
 ) -> anyhow::Error {
     if CANCELLED.load(std::sync::atomic::Ordering::Relaxed) {
-        return anyhow!("cancelled (Ctrl-C) during pass {pass}; nothing was written");
+        return anyhow!("cancelled (Ctrl-C) during pass {pass}");
     }
-    anyhow!(
-        "pass {pass}: {kind} `{name}` (plugin {}): {e}",
-        file.display()
-    )
+    out_of_memory(pass, size, &e.0).unwrap_or_else(|| {
+        anyhow!(
+            "pass {pass}: {kind} `{name}` (plugin {}): {e}",
+            file.display()
+        )
+    })
+}
+
+/// Running out of memory, anywhere in a pass, as one line with the size and what to change.
+fn out_of_memory(pass: usize, size: &PassSize, message: &str) -> Option<anyhow::Error> {
+    let lower = message.to_lowercase();
+    let oom = lower.contains("out of memory") || lower.contains("not enough memory");
+    oom.then(|| {
+        anyhow!(
+            "out of memory in pass {pass} at {}x{} — lower the size, use dtype = \"fp16\" or \"bf16\", set vae_tiling = \"on\", or use a device with more memory",
+            size.width,
+            size.height
+        )
+    })
+}
+
+/// NaN or inf in a pass's latent is an error that says whether the checkpoint's weights are
+/// the cause; such a latent is never decoded into an image.
+fn check_finite(latent: &Tensor, model: &ModelBox, pass: usize, what: &str) -> Result<()> {
+    let finite = bool::try_from(latent.isfinite().all()).unwrap_or(false);
+    if finite {
+        return Ok(());
+    }
+    let cause = model
+        .nonfinite_cause()
+        .unwrap_or_else(|e| format!("the model could not say why ({e})"));
+    bail!("pass {pass}: {what} holds NaN or inf — {cause}")
 }
 
 fn latent_device(info: &ModelInfo) -> Device {
@@ -384,7 +445,20 @@ pub fn infotext_pairs(
     if let Some(hash) = model_hash {
         pairs.push(("Model hash".into(), hash.to_owned()));
     }
-    pairs.push(("Model".into(), model_name(&first.checkpoint)));
+    let model = match first.merge.is_empty() {
+        true => model_name(&first.checkpoint),
+        // A merge from the profile: its recipe, as a merged file's name would stand for it.
+        false => first
+            .merge
+            .iter()
+            .map(|(path, weight)| format!("{} {}", model_name(path), num(*weight)))
+            .collect::<Vec<_>>()
+            .join(" + "),
+    };
+    pairs.push(("Model".into(), model));
+    if let Some(hashes) = lora_hashes(plans) {
+        pairs.push(("Lora hashes".into(), hashes));
+    }
     if first.clip_skip > 1 {
         pairs.push(("Clip skip".into(), first.clip_skip.to_string()));
     }
@@ -425,8 +499,9 @@ pub fn infotext_pairs(
                 display_name(&plan.schedule.decl),
             ));
         }
-        if plan.prompt != first.prompt {
-            pairs.push((format!("{p} prompt"), plan.prompt.clone()));
+        let prompt = infotext_prompt(plan);
+        if prompt != infotext_prompt(first) {
+            pairs.push((format!("{p} prompt"), prompt));
         }
         if plan.negative != first.negative {
             pairs.push((format!("{p} negative prompt"), plan.negative.clone()));
@@ -443,6 +518,32 @@ pub fn infotext_pairs(
         format!("hiresfix {}", env!("CARGO_PKG_VERSION")),
     ));
     pairs
+}
+
+/// A1111's `Lora hashes`: `name: hash` of every LoRA any pass used, once each.
+fn lora_hashes(plans: &[PassPlan<'_>]) -> Option<String> {
+    let mut seen = Vec::new();
+    let mut parts = Vec::new();
+    for lora in plans.iter().flat_map(|p| &p.loras) {
+        if seen.contains(&&lora.path) {
+            continue;
+        }
+        seen.push(&lora.path);
+        let hash = crate::loras::short_hash(&lora.path).unwrap_or_else(|_| "unknown".into());
+        parts.push(format!("{}: {hash}", lora.name));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// The prompt as the infotext shows it: a LoRA the profile lists (rather than a tag in the
+/// prompt) is written as its A1111 tag, so A1111 and Civitai see it.
+pub fn infotext_prompt(plan: &PassPlan<'_>) -> String {
+    let mut prompt = plan.prompt.clone();
+    for lora in plan.loras.iter().filter(|l| !l.from_tag) {
+        prompt.push(' ');
+        prompt.push_str(&lora.tag());
+    }
+    prompt
 }
 
 fn model_name(checkpoint: &Path) -> String {
@@ -487,34 +588,23 @@ pub fn prepare<'r>(
     }
     let mut probe = profile.clone();
     probe.resolve_defaults(512)?;
-    plan_passes(&probe, registry, base_dir)?;
+    let first = plan_passes(&probe, registry, base_dir)?;
+    // Families must match across passes: refused now, before any model loads or samples.
+    crate::switch::check_families(&first, registry)?;
     let mut models = Models::new(
         registry,
         device,
         dtype_name(profile.dtype, device),
         &profile,
     );
-    let first = &probe.passes[0];
-    let checkpoint = crate::plan::resolve_path(
-        base_dir,
-        first
-            .checkpoint
-            .as_deref()
-            .or(profile.model.checkpoint.as_deref())
-            .unwrap_or_default(),
-    );
-    let vae = profile
-        .model
-        .vae
-        .as_deref()
-        .map(|v| crate::plan::resolve_path(base_dir, v));
-    let (_, info) = models.get(&checkpoint, vae.as_deref())?;
+    let p0 = &first[0];
+    let (_, info) = models.get(&p0.checkpoint, p0.vae.as_deref(), &p0.merge)?;
     profile.resolve_defaults(info.default_size)?;
     if profile.seed == -1 {
         profile.seed = random_seed();
     }
     let plans = plan_passes(&profile, registry, base_dir)?;
-    let (sizes, notes) = pass_sizes(&profile.passes, info.vae_scale_factor);
+    let (sizes, notes) = pass_sizes(&profile.passes, info.vae_scale_factor)?;
     Ok(Job {
         profile,
         plans,
@@ -537,9 +627,10 @@ impl Job<'_> {
     }
 
     /// The profile that reproduces image `n` alone (seed + n, batch 1, sizes and paths
-    /// spelled out), for the PNG's second chunk and `replay`.
+    /// spelled out), for the PNG's second chunk and `replay`: generation settings only, no
+    /// plugin folders, pins or output path (a PNG travels; see [`Profile::untrusted`]).
     pub fn image_profile(&self, n: usize) -> Profile {
-        let mut p = self.profile.clone();
+        let mut p = self.profile.clone().untrusted();
         p.seed = self.profile.seed + n as i64;
         p.batch = 1;
         for (i, pass) in p.passes.iter_mut().enumerate() {
@@ -571,37 +662,68 @@ pub fn generate(
     registry: &Registry,
     options: &RunOptions,
 ) -> Result<Vec<PathBuf>> {
+    let template = output::checked_template(options.output.as_deref().unwrap_or(&profile.output))?;
     let mut job = prepare(profile, registry, &options.base_dir)?;
+    for warning in crate::switch::switch_warnings(&job.plans, registry)? {
+        eprintln!("warning: {warning}");
+    }
     if !options.quiet {
         for note in &job.notes {
             eprintln!("note: {note}");
         }
     }
-    let hash = model_hash(&job.plans[0].checkpoint);
-    let template = options
-        .output
-        .clone()
-        .unwrap_or_else(|| job.profile.output.clone());
+    let hash = match job.plans[0].merge.is_empty() {
+        true => model_hash(&job.plans[0].checkpoint),
+        false => None, // a merge made at load time has no file to hash
+    };
     let mut written = Vec::new();
-    for n in 0..job.profile.batch as usize {
+    let batch = job.profile.batch as usize;
+    for n in 0..batch {
+        write_image(
+            &mut job,
+            n,
+            &template,
+            hash.as_deref(),
+            options.quiet,
+            &mut written,
+        )
+        .map_err(|e| anyhow!("{e}; {}", output::written_so_far(&written, batch)))?;
+    }
+    Ok(written)
+}
+
+/// Runs image `n` of the batch and writes its PNG (and, with `save_passes`, its earlier passes).
+fn write_image(
+    job: &mut Job<'_>,
+    n: usize,
+    template: &str,
+    hash: Option<&str>,
+    quiet: bool,
+    written: &mut Vec<PathBuf>,
+) -> Result<()> {
+    {
         let seed = job.profile.seed + n as i64;
-        let result = job.run_image(seed, options.quiet)?;
+        let result = job.run_image(seed, quiet)?;
         let resolved =
             toml::to_string(&job.image_profile(n)).context("cannot encode the resolved profile")?;
-        let pairs = infotext_pairs(&job.profile, &job.plans, &job.sizes, seed, hash.as_deref());
-        let parameters = infotext::format(&job.plans[0].prompt, &job.plans[0].negative, &pairs);
+        let pairs = infotext_pairs(&job.profile, &job.plans, &job.sizes, seed, hash);
+        let prompt = infotext_prompt(&job.plans[0]);
+        let parameters = infotext::format(&prompt, &job.plans[0].negative, &pairs);
         let last = job.plans.len() - 1;
-        let wanted = output::expand(&template, seed, n);
+        let wanted = output::expand(template, seed, n);
         for (i, latent) in result.latents.iter().enumerate() {
             if i != last && !job.profile.save_passes {
                 continue;
             }
-            let (model, _) = job
-                .models
-                .get(&job.plans[i].checkpoint, job.plans[i].vae.as_deref())?;
-            let pixels = model
-                .decode(latent)
-                .map_err(|e| anyhow!("pass {}: VAE decode: {e}", i + 1))?;
+            let (model, _) = job.models.get(
+                &job.plans[i].checkpoint,
+                job.plans[i].vae.as_deref(),
+                &job.plans[i].merge,
+            )?;
+            let pixels = model.decode(latent).map_err(|e| {
+                let size = &job.sizes[i];
+                out_of_memory(i + 1, size, &e.0).unwrap_or_else(|| anyhow!("pass {}: {e}", i + 1))
+            })?;
             let (w, h, rgb) = to_rgb8(&pixels)?;
             let png = output::encode_png(w, h, &rgb, &parameters, &resolved)?;
             let path = if i == last {
@@ -612,7 +734,7 @@ pub fn generate(
             written.push(output::write_new_file(&path, &png)?);
         }
     }
-    Ok(written)
+    Ok(())
 }
 
 fn pass_path(final_path: &Path, pass: usize) -> PathBuf {

@@ -3,8 +3,11 @@
 pub mod commands;
 pub mod generate;
 pub mod infotext;
+pub mod limits;
+pub mod loras;
 pub mod noise;
 pub mod output;
 pub mod plan;
 pub mod profile;
 pub mod registry;
+pub mod switch;

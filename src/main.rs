@@ -50,6 +50,15 @@ enum Command {
     /// Describe a checkpoint (file or diffusers folder): family, prediction type, latent,
     /// text encoders, UNet size, stored dtype, file size; or why it is refused.
     Info { checkpoint: PathBuf },
+    /// Merge checkpoints of one family: OUT A:0.8 B:0.2 (weighted sum), or
+    /// OUT --add-difference A B C:M (A + (B - C) * M), as A1111's checkpoint merger.
+    Merge {
+        out: PathBuf,
+        #[arg(required = true)]
+        inputs: Vec<String>,
+        #[arg(long)]
+        add_difference: bool,
+    },
     /// Re-run the profile embedded in an image written by hiresfix.
     Replay {
         image: PathBuf,
@@ -89,6 +98,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Check { profile, sets } => commands::check::run(&profile, &sets),
         Command::Plugins => commands::plugins::run(),
         Command::Info { checkpoint } => commands::info::run(&checkpoint),
+        Command::Merge {
+            out,
+            inputs,
+            add_difference,
+        } => commands::merge::run(&out, &inputs, add_difference),
         Command::Replay { image, output } => commands::replay::run(&image, cli.quiet, output),
         Command::Demo { checkpoint, output } => commands::demo::run(checkpoint, cli.quiet, output),
     }
@@ -108,9 +122,41 @@ fn one_line(e: &anyhow::Error) -> String {
         .join(" ")
 }
 
+/// clap's usage errors as one line, exit 2; help and version print as clap prints them.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.to_string();
+    let first = text
+        .lines()
+        .map(|l| l.trim().trim_start_matches("error:").trim())
+        .find(|l| !l.is_empty())
+        .unwrap_or("bad command line");
+    // clap's first line names what is wrong; the argument itself follows on the next one.
+    let detail = text
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"))
+        .map(|l| format!(" {l}"))
+        .unwrap_or_default();
+    eprintln!("error: {first}{detail} — see `hiresfix --help`");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     // Ctrl-C stops sampling at the next step; a second Ctrl-C exits at once.
     let _ = ctrlc::set_handler(|| {
         if generate::CANCELLED.swap(true, std::sync::atomic::Ordering::Relaxed) {

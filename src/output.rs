@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 pub const PROFILE_CHUNK: &str = "hiresfix-profile";
 
@@ -13,6 +13,92 @@ pub fn expand(template: &str, seed: i64, n: usize) -> PathBuf {
         template
             .replace("{seed}", &seed.to_string())
             .replace("{n}", &n.to_string()),
+    )
+}
+
+/// The output template as it will be used, checked before anything runs: not empty, a folder
+/// (an existing one, or a name ending in `/`) means `{seed}-{n}.png` inside it, the name ends in
+/// `.png` (the only format written), and the folder it lands in can be written.
+pub fn checked_template(template: &str) -> Result<String> {
+    let trimmed = template.trim();
+    if trimmed.is_empty() {
+        bail!("output is empty — set it to a file name such as \"out/{{seed}}-{{n}}.png\"");
+    }
+    let is_folder = trimmed.ends_with('/') || Path::new(trimmed).is_dir();
+    let template = match is_folder {
+        true => format!("{}/{{seed}}-{{n}}.png", trimmed.trim_end_matches('/')),
+        false => trimmed.to_owned(),
+    };
+    let png = Path::new(&template)
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !png {
+        bail!("output `{template}`: hiresfix writes PNG files — end the name in .png");
+    }
+    let first = expand(&template, 0, 0);
+    let folder = first
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    check_writable(folder)?;
+    Ok(template)
+}
+
+/// Whether files can be created in `folder`, or in the nearest folder above it that exists
+/// (where the missing ones would be created). Leaves nothing behind.
+fn check_writable(folder: &Path) -> Result<()> {
+    let mut existing = folder;
+    while !existing.exists() {
+        existing = match existing.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => parent,
+            None => Path::new("."),
+        };
+        if existing == Path::new(".") {
+            break;
+        }
+    }
+    if !existing.is_dir() {
+        bail!(
+            "output folder {}: {} is a file, not a folder — choose another output path",
+            folder.display(),
+            existing.display()
+        );
+    }
+    let probe = existing.join(format!(".hiresfix-write-test-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => bail!(
+            "output folder {}: cannot write there ({e}) — choose another output path",
+            existing.display()
+        ),
+    }
+}
+
+/// For an error in the middle of a batch: which files were written before it stopped.
+pub fn written_so_far(written: &[PathBuf], batch: usize) -> String {
+    if written.is_empty() {
+        return "nothing was written".into();
+    }
+    let shown: Vec<String> = written
+        .iter()
+        .take(4)
+        .map(|p| p.display().to_string())
+        .collect();
+    let more = match written.len() {
+        n if n > 4 => format!(" and {} more", n - 4),
+        _ => String::new(),
+    };
+    format!(
+        "{} file(s) of a batch of {batch} were written before it stopped: {}{more}",
+        written.len(),
+        shown.join(", ")
     )
 }
 
@@ -51,10 +137,19 @@ pub fn encode_png(
 pub fn read_text_chunks(path: &Path) -> Result<Vec<(String, String)>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let decoder = png::Decoder::new(std::io::BufReader::new(file));
+    read_text_chunks_from(std::io::BufReader::new(file), &path.display().to_string())
+}
+
+/// Reads the text chunks (tEXt, zTXt and iTXt) of the PNG that `reader` holds; `shown`
+/// names it in errors.
+pub fn read_text_chunks_from<R: std::io::BufRead + std::io::Seek>(
+    reader: R,
+    shown: &str,
+) -> Result<Vec<(String, String)>> {
+    let decoder = png::Decoder::new(reader);
     let reader = decoder
         .read_info()
-        .with_context(|| format!("{} is not a readable PNG", path.display()))?;
+        .with_context(|| format!("{shown} is not a readable PNG"))?;
     let info = reader.info();
     let mut out: Vec<(String, String)> = info
         .uncompressed_latin1_text
@@ -131,6 +226,21 @@ pub fn read_rgb8(path: &Path) -> Result<(u32, u32, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_chunks_are_read_back_from_memory() {
+        let png = encode_png(1, 1, &[0, 0, 0], "a cat\nSteps: 20", "seed = 1 # 猫").unwrap();
+        let chunks = read_text_chunks_from(std::io::Cursor::new(png), "mem.png").unwrap();
+        assert_eq!(
+            chunks,
+            [
+                ("parameters".to_owned(), "a cat\nSteps: 20".to_owned()),
+                (PROFILE_CHUNK.to_owned(), "seed = 1 # 猫".to_owned()),
+            ]
+        );
+        let err = read_text_chunks_from(std::io::Cursor::new(b"GIF89a"), "mem.gif").unwrap_err();
+        assert_eq!(err.to_string(), "mem.gif is not a readable PNG");
+    }
 
     #[test]
     fn a_taken_name_gets_a_suffix() {

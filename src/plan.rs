@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use host_api::{ModelSigmas, OptionEntry, OptionValue, SamplerDecl, ScheduleDecl, UpscalerDecl};
 
+use crate::limits;
+use crate::loras::{pass_loras, ResolvedLora};
 use crate::profile::{Pass, Profile};
 use crate::registry::{find, Entry, Registry};
 
@@ -23,6 +25,11 @@ pub struct PassPlan<'r> {
     pub checkpoint: PathBuf,
     pub vae: Option<PathBuf>,
     pub clip_skip: usize,
+    /// The LoRA set this pass runs with (empty: the checkpoint's own weights).
+    pub loras: Vec<ResolvedLora>,
+    /// `[model] merge`: (checkpoint, weight), the first being `checkpoint`; empty when the pass
+    /// runs one checkpoint.
+    pub merge: Vec<(PathBuf, f64)>,
 }
 
 /// A pass's image size: pixels, latent cells, and the size to upscale to before a centre crop.
@@ -68,19 +75,33 @@ pub fn plan_passes<'r>(
     registry: &'r Registry,
     base_dir: &Path,
 ) -> Result<Vec<PassPlan<'r>>> {
-    let base_checkpoint = profile.model.checkpoint.as_deref().ok_or_else(|| {
-        anyhow!("no checkpoint: set [model] checkpoint = \"path\" (a Civitai .safetensors file or a diffusers folder), or run `hiresfix demo`")
-    })?;
+    let merge: Vec<(PathBuf, f64)> = match &profile.model.merge {
+        Some(_) if profile.model.checkpoint.is_some() => {
+            bail!("[model] has both checkpoint and merge — keep one")
+        }
+        Some(list) if list.len() < 2 => {
+            bail!("[model] merge needs at least two checkpoints, e.g. merge = [{{ checkpoint = \"a.safetensors\", weight = 0.8 }}, {{ checkpoint = \"b.safetensors\", weight = 0.2 }}]")
+        }
+        Some(list) => list
+            .iter()
+            .map(|m| (resolve_path(base_dir, &m.checkpoint), m.weight))
+            .collect(),
+        None => Vec::new(),
+    };
+    let base_checkpoint = match merge.first() {
+        Some((first, _)) => first.to_string_lossy().into_owned(),
+        None => profile.model.checkpoint.clone().ok_or_else(|| {
+            anyhow!("no checkpoint: set [model] checkpoint = \"path\" (a Civitai .safetensors file or a diffusers folder), or run `hiresfix demo`")
+        })?,
+    };
     if profile.tiling {
         bail!("`tiling = true` (seamless output) is not supported by this version yet; remove it from the profile");
     }
-    if profile.model.merge.is_some() {
-        bail!("[model] merge is not supported by this version yet; merge once with `hiresfix merge` and point `checkpoint` at the result");
-    }
+    limits::check_profile(profile)?;
     let mut plans = Vec::new();
     for (i, pass) in profile.passes.iter().enumerate() {
         let number = i + 1;
-        let at = |e: anyhow::Error| e.context(format!("pass {number}"));
+        let at = |e: anyhow::Error| registry.with_refusals(e).context(format!("pass {number}"));
         let sampler_name = pass.sampler.as_deref().unwrap_or("euler");
         let (sampler, named_schedule) = find_sampler(registry, sampler_name).map_err(at)?;
         // A1111's "Automatic" schedule means the sampler's own default.
@@ -124,32 +145,37 @@ pub fn plan_passes<'r>(
         }
         let checkpoint = resolve_path(
             base_dir,
-            pass.checkpoint.as_deref().unwrap_or(base_checkpoint),
+            pass.checkpoint.as_deref().unwrap_or(&base_checkpoint),
         );
+        let pass_merge = match pass.checkpoint {
+            Some(_) => Vec::new(),
+            None => merge.clone(),
+        };
         let vae = pass
             .vae
             .as_deref()
             .or(profile.model.vae.as_deref())
             .map(|v| resolve_path(base_dir, v));
-        if pass.loras.as_ref().is_some_and(|l| !l.is_empty()) || !profile.model.loras.is_empty() {
-            bail!("LoRA is not supported by this version yet; remove `loras` from the profile");
-        }
+        let prompt = pass
+            .prompt
+            .clone()
+            .unwrap_or_else(|| profile.prompt.clone());
+        let loras = pass_loras(profile, pass, number, &prompt, base_dir)?;
+        let steps = pass.steps.unwrap_or(20) as usize;
+        let denoise = match number {
+            1 => 1.0,
+            _ => pass.denoise.unwrap_or(0.7),
+        };
+        limits::schedule_steps(number, steps, denoise)?;
         plans.push(PassPlan {
             number,
-            steps: pass.steps.unwrap_or(20) as usize,
-            denoise: if number == 1 {
-                1.0
-            } else {
-                pass.denoise.unwrap_or(0.7)
-            },
+            steps,
+            denoise,
             sampler,
             schedule,
             upscaler,
             options,
-            prompt: pass
-                .prompt
-                .clone()
-                .unwrap_or_else(|| profile.prompt.clone()),
+            prompt,
             negative: pass
                 .negative
                 .clone()
@@ -158,6 +184,8 @@ pub fn plan_passes<'r>(
             checkpoint,
             vae,
             clip_skip: pass.clip_skip.unwrap_or(profile.model.clip_skip) as usize,
+            loras,
+            merge: pass_merge,
         });
     }
     Ok(plans)
@@ -193,8 +221,8 @@ fn round_to(value: f64, factor: u32) -> u32 {
 }
 
 /// Pixel and latent sizes of every pass. Sizes are rounded down to multiples of the VAE factor;
-/// each rounding is returned as a note for the user.
-pub fn pass_sizes(passes: &[Pass], factor: u32) -> (Vec<PassSize>, Vec<String>) {
+/// each rounding is returned as a note for the user. A pass over the size limit is an error.
+pub fn pass_sizes(passes: &[Pass], factor: u32) -> Result<(Vec<PassSize>, Vec<String>)> {
     let mut sizes: Vec<PassSize> = Vec::new();
     let mut notes = Vec::new();
     for (i, pass) in passes.iter().enumerate() {
@@ -217,6 +245,10 @@ pub fn pass_sizes(passes: &[Pass], factor: u32) -> (Vec<PassSize>, Vec<String>) 
                 }
             }
         };
+        limits::side(i + 1, w, h)?;
+        if let Some((cw, ch)) = cover {
+            limits::side(i + 1, cw, ch)?;
+        }
         let (rw, rh) = (round_to(w, factor), round_to(h, factor));
         if (rw as f64 - w).abs() >= 1.0 || (rh as f64 - h).abs() >= 1.0 {
             notes.push(format!(
@@ -239,18 +271,14 @@ pub fn pass_sizes(passes: &[Pass], factor: u32) -> (Vec<PassSize>, Vec<String>) 
             cover_h: ch as i64 / f,
         });
     }
-    (sizes, notes)
+    Ok((sizes, notes))
 }
 
 /// The sigmas a pass runs: `steps + 1` of them. A pass with `denoise < 1` builds the schedule
 /// for `int(steps / denoise)` steps and keeps the tail (A1111 / ComfyUI). Samplers that drop the
 /// penultimate sigma get one extra step first, as A1111 does.
 pub fn pass_sigmas(plan: &PassPlan<'_>, model: &ModelSigmas) -> Result<Vec<f64>> {
-    let total = if plan.denoise < 1.0 {
-        (plan.steps as f64 / plan.denoise) as usize
-    } else {
-        plan.steps
-    };
+    let total = limits::schedule_steps(plan.number, plan.steps, plan.denoise)?;
     let discard = plan.sampler.decl.discard_penultimate_sigma;
     let mut sigmas = plan
         .schedule

@@ -434,6 +434,17 @@ impl Profile {
         })
     }
 
+    /// The generation settings of a profile someone else wrote (a PNG's embedded profile),
+    /// without what would load code or write files where it says: plugin folders and pins,
+    /// LoRA folders and the output path fall back to this user's defaults.
+    pub fn untrusted(mut self) -> Self {
+        self.plugin_dirs.clear();
+        self.plugin_sha256.clear();
+        self.lora_dirs.clear();
+        self.output = default_output();
+        self
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read profile {}", path.display()))?;

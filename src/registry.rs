@@ -115,17 +115,34 @@ pub fn sha256_hex(path: &Path) -> Result<String> {
         .collect())
 }
 
+/// Why a plugin file may not be trusted: it or its folder can be written by someone other than
+/// its owner, or it belongs to another user (root excepted).
 #[cfg(unix)]
-fn writable_by_others(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o022 != 0)
-        .unwrap_or(false)
+fn untrusted(file: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let writable = |m: &std::fs::Metadata| m.mode() & 0o022 != 0;
+    let meta = std::fs::metadata(file).ok()?;
+    if writable(&meta) {
+        return Some("group- or world-writable; run `chmod go-w` on it".into());
+    }
+    let folder = file.parent().and_then(|d| std::fs::metadata(d).ok());
+    if folder.as_ref().is_some_and(writable) {
+        return Some("its folder is group- or world-writable, so anyone could replace it; run `chmod go-w` on the folder".into());
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let me = unsafe { libc::getuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Some(format!(
+            "owned by another user (uid {}); plugins must belong to you or root",
+            meta.uid()
+        ));
+    }
+    None
 }
 
 #[cfg(not(unix))]
-fn writable_by_others(_: &Path) -> bool {
-    false
+fn untrusted(_: &Path) -> Option<String> {
+    None
 }
 
 /// Whether the file exports a hiresfix/abi_stable root module at all (cheap probe).
@@ -142,6 +159,24 @@ fn has_root_module(path: &Path) -> Result<bool, String> {
 }
 
 impl Registry {
+    /// `e` plus, when plugins were refused, which ones and why (the name the user asked for
+    /// may be in one of them).
+    pub fn with_refusals(&self, e: anyhow::Error) -> anyhow::Error {
+        let Some(first) = self.refused.first() else {
+            return e;
+        };
+        let name = first
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let more = match self.refused.len() {
+            1 => String::new(),
+            n => format!(" and {} more, see `hiresfix plugins`", n - 1),
+        };
+        anyhow!("{e} (refused plugin {name}: {}{more})", first.reason)
+    }
+
     pub fn load(profile_dirs: &[PathBuf], pins: &BTreeMap<String, String>) -> Self {
         let mut registry = Registry::default();
         let mut seen = std::collections::HashSet::new();
@@ -163,16 +198,23 @@ impl Registry {
                 {
                     continue;
                 }
-                if !seen.insert(name.clone()) {
+                if seen.contains(&name) {
                     log::debug!("{} shadowed by an earlier plugin folder", file.display());
                     continue;
                 }
-                if let Err(reason) = registry.load_file(&file, pins.get(&name)) {
-                    if reason.is_empty() {
-                        log::debug!("{} is not a hiresfix plugin", file.display());
-                    } else {
-                        registry.refused.push(Refusal { file, reason });
+                // Named before it is opened: a library that crashes the process while loading
+                // is then the last line of `RUST_LOG=debug`.
+                log::debug!("opening plugin {}", file.display());
+                match registry.load_file(&file, pins.get(&name)) {
+                    // Only a plugin that loaded claims its name: a refused file in an earlier
+                    // folder does not hide a good one of the same name in a later folder.
+                    Ok(()) => {
+                        seen.insert(name);
                     }
+                    Err(reason) if reason.is_empty() => {
+                        log::debug!("{} is not a hiresfix plugin", file.display());
+                    }
+                    Err(reason) => registry.refused.push(Refusal { file, reason }),
                 }
             }
         }
@@ -181,14 +223,15 @@ impl Registry {
 
     /// Loads one dylib; `Err("")` means "not a plugin at all" (skipped quietly).
     fn load_file(&mut self, file: &Path, pin: Option<&String>) -> Result<(), String> {
-        if writable_by_others(file) {
-            return Err("group- or world-writable; run `chmod go-w` on it".into());
+        if let Some(reason) = untrusted(file) {
+            return Err(reason);
         }
         if let Some(expected) = pin {
             let actual = sha256_hex(file).map_err(|e| format!("cannot hash: {e}"))?;
             if !actual.eq_ignore_ascii_case(expected) {
                 return Err(format!(
-                    "sha256 {actual} does not match the profile's pin {expected}"
+                    "sha256 {}… does not match the profile's pin {expected}",
+                    &actual[..12]
                 ));
             }
         }
@@ -281,22 +324,31 @@ pub fn find<'a, D: Named>(
     {
         return Ok(e);
     }
+    let names = entries
+        .iter()
+        .flat_map(|e| std::iter::once(e.decl.name()).chain(e.decl.aliases()));
+    let close = |near: &&str| {
+        let distance = crate::profile::edit_distance(&w, &near.to_lowercase());
+        distance <= (w.chars().count() / 3).max(2)
+    };
+    let hint = match crate::profile::nearest(wanted, names).filter(close) {
+        Some(near) => format!(" — did you mean `{near}`?"),
+        None => ";".to_owned(),
+    };
     Err(anyhow!(
-        "unknown {kind} `{wanted}`; available: {}",
+        "unknown {kind} `{wanted}`{hint} available: {}",
         available(entries)
     ))
 }
 
+/// The ids of `entries` (their A1111 names are accepted too but not listed: one line).
 pub fn available<D: Named>(entries: &[Entry<D>]) -> String {
     if entries.is_empty() {
         return "none (no plugin of this kind was found; see `hiresfix plugins`)".into();
     }
     entries
         .iter()
-        .map(|e| match e.decl.aliases().first() {
-            Some(display) => format!("{} ({display})", e.decl.name()),
-            None => e.decl.name().to_owned(),
-        })
+        .map(|e| e.decl.name())
         .collect::<Vec<_>>()
         .join(", ")
 }

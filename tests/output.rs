@@ -134,3 +134,121 @@ fn replay_reproduces_the_image_from_its_embedded_profile() {
         std::fs::read(scratch.path("again.png")).unwrap()
     );
 }
+
+/// A copy of `png` whose embedded profile has `edit` applied (what someone could send).
+fn with_embedded_profile(
+    png: &std::path::Path,
+    to: &std::path::Path,
+    edit: impl Fn(&mut toml::Table),
+) {
+    let text = chunk(png, hiresfix::output::PROFILE_CHUNK);
+    let mut table: toml::Table = toml::from_str(&text).unwrap();
+    edit(&mut table);
+    let parameters = chunk(png, "parameters");
+    let (w, h, rgb) = hiresfix::output::read_rgb8(png).unwrap();
+    let bytes =
+        hiresfix::output::encode_png(w, h, &rgb, &parameters, &toml::to_string(&table).unwrap())
+            .unwrap();
+    std::fs::write(to, bytes).unwrap();
+}
+
+#[test]
+fn replay_of_a_sent_png_loads_no_plugin_from_its_profile_and_writes_only_where_told() {
+    let scratch = Scratch::new("replay-untrusted");
+    let profile = scratch.write("p.toml", &tiny_profile(&tiny_ldm(), "", "", ""));
+    let out = hiresfix(
+        &scratch.0,
+        &["generate", profile.to_str().unwrap(), "-o", "mine.png"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A folder with a plugin in it, named by the PNG's profile, as are an output path and a pin.
+    let trap = scratch.path("trap");
+    std::fs::create_dir_all(&trap).unwrap();
+    let kdiff = repo().join("target/debug/libhiresfix_samplers_kdiff.so");
+    std::fs::copy(&kdiff, trap.join("libtrap_sampler.so")).unwrap();
+    with_embedded_profile(&scratch.path("mine.png"), &scratch.path("sent.png"), |t| {
+        t.insert(
+            "plugin_dirs".into(),
+            toml::Value::Array(vec![trap.to_string_lossy().as_ref().into()]),
+        );
+        t.insert("output".into(), "evil/{seed}.png".into());
+        t.insert("lora_dirs".into(), toml::Value::Array(vec!["/etc".into()]));
+    });
+    let out = hiresfix(
+        &scratch.0,
+        &["replay", "sent.png", "-o", "told.png"],
+        &[("RUST_LOG", std::path::Path::new("debug"))],
+    );
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("opening plugin"),
+        "the debug log names plugins: {log}"
+    );
+    assert!(
+        !log.contains("trap"),
+        "a plugin from the PNG's folder was opened: {log}"
+    );
+    assert!(scratch.path("told.png").is_file());
+    assert!(!scratch.path("evil").exists(), "wrote where the PNG said");
+    // The same image as the original: only the generation settings were used.
+    let (_, _, a) = hiresfix::output::read_rgb8(&scratch.path("mine.png")).unwrap();
+    let (_, _, b) = hiresfix::output::read_rgb8(&scratch.path("told.png")).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn output_naming_a_folder_writes_inside_it() {
+    let scratch = Scratch::new("output-folder");
+    std::fs::create_dir_all(scratch.path("renders")).unwrap();
+    let profile = scratch.write("p.toml", &tiny_profile(&tiny_ldm(), "", "", ""));
+    let out = hiresfix(
+        &scratch.0,
+        &["generate", profile.to_str().unwrap(), "-o", "renders"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "renders/7-0.png"
+    );
+    assert!(scratch.path("renders/7-0.png").is_file());
+}
+
+#[test]
+fn ctrl_c_in_a_batch_says_which_images_were_written() {
+    let scratch = Scratch::new("ctrl-c");
+    let profile = scratch.write(
+        "p.toml",
+        &tiny_profile(&tiny_ldm(), "batch = 50", "", "").replace("steps = 3", "steps = 30"),
+    );
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hiresfix"))
+        .current_dir(&scratch.0)
+        .args(["-q", "generate", profile.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while scratch.pngs().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!scratch.pngs().is_empty(), "no image was written in time");
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let written = scratch.pngs();
+    assert!(written.len() < 50, "the batch ran to its end");
+    assert!(err.contains("cancelled (Ctrl-C) during pass"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} file(s) of a batch of 50 were written before it stopped",
+            written.len()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("img-7-0.png"), "{err}");
+}

@@ -146,7 +146,7 @@ fn two_pass_runs_through_the_host_match_the_references_from_both_formats() {
         for checkpoint in case.formats() {
             let shown = checkpoint.display();
             let mut job = prepare(case.profile(&checkpoint), &registry, &repo()).unwrap();
-            let (model, info) = job.models.get(&job.plans[0].checkpoint, None).unwrap();
+            let (model, info) = job.models.get(&job.plans[0].checkpoint, None, &[]).unwrap();
             let table = ModelSigmas::new(info.sigmas.to_vec()).unwrap();
             for (i, key) in [(0, "run.sigmas1"), (1, "run.sigmas2")] {
                 let ours = Tensor::from_slice(&pass_sigmas(&job.plans[i], &table).unwrap());

@@ -73,7 +73,9 @@ fn plugin_with_another_libtorch_is_refused_by_file_and_the_rest_still_work() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("libbad_torch_plugin.so refused"),
+        stderr(&out).contains("warning: plugin ")
+            && stderr(&out)
+                .contains("libbad_torch_plugin.so refused: built against libtorch 1.13.1"),
         "{}",
         stderr(&out)
     );
@@ -127,6 +129,45 @@ fn group_writable_plugin_is_refused() {
 }
 
 #[test]
+fn a_refused_plugin_does_not_hide_a_good_one_of_the_same_name() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("shadow");
+    let kdiff = repo().join("target/debug/libhiresfix_samplers_kdiff.so");
+    let dir = plugin_dir(&scratch, "first", &[&kdiff]);
+    let copy = dir.join("libhiresfix_samplers_kdiff.so");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let top = format!("plugin_dirs = [\"{}\"]", dir.display());
+    let profile = scratch.write("p.toml", &tiny_profile(&tiny_ldm(), &top, "", ""));
+    let out = hiresfix(&scratch.0, &["generate", profile.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listing = hiresfix(&scratch.0, &["plugins"], &[("HIRESFIX_PLUGIN_PATH", &dir)]);
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        text.contains("libhiresfix_samplers_kdiff.so  REFUSED: group- or world-writable"),
+        "{text}"
+    );
+    assert!(
+        text.contains("target/debug/libhiresfix_samplers_kdiff.so  (host-api"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_plugin_in_a_world_writable_folder_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let lib = build_outside_plugin("examples/third-party-sampler", "example_sampler");
+    let scratch = Scratch::new("writable-folder");
+    let dir = plugin_dir(&scratch, "plugins", &[&lib]);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let listing = hiresfix(&scratch.0, &["plugins"], &[("HIRESFIX_PLUGIN_PATH", &dir)]);
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        text.contains("REFUSED: its folder is group- or world-writable"),
+        "{text}"
+    );
+}
+
+#[test]
 fn unknown_sampler_lists_built_in_and_plugin_samplers() {
     let lib = build_outside_plugin("examples/third-party-sampler", "example_sampler");
     let scratch = Scratch::new("unknown-sampler-list");
@@ -140,12 +181,7 @@ fn unknown_sampler_lists_built_in_and_plugin_samplers() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("unknown sampler `no_such_sampler`"), "{err}");
-    for name in [
-        "example_euler (Example Euler)",
-        "euler (Euler)",
-        "dpmpp_3m_sde (DPM++ 3M SDE)",
-        "lcm (LCM)",
-    ] {
+    for name in ["example_euler", "euler", "dpmpp_3m_sde", "lcm"] {
         assert!(err.contains(name), "{name} missing from: {err}");
     }
     assert!(scratch.pngs().is_empty());

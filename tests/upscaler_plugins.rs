@@ -44,11 +44,7 @@ fn unknown_upscaler_error_lists_third_party_and_built_in_upscalers() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("unknown upscaler `lanczos9`"), "{err}");
-    for name in [
-        "example_sharp_bicubic (Example Sharp Bicubic)",
-        "latent-bislerp (Latent (bislerp))",
-        "pixel-lanczos (Lanczos)",
-    ] {
+    for name in ["example_sharp_bicubic", "latent-bislerp", "pixel-lanczos"] {
         assert!(err.contains(name), "`{name}` missing from: {err}");
     }
     assert!(scratch.pngs().is_empty());

@@ -50,6 +50,28 @@ pub struct LoadRequest {
     pub vae_tile_overlap: u32,
     /// What the UNet predicts: `eps` or `v` to override detection, empty to detect.
     pub prediction: RString,
+    /// A weighted-sum merge to load instead of `checkpoint` alone (empty: no merge); the
+    /// first entry is `checkpoint`.
+    pub merge: RVec<MergeInput>,
+}
+
+/// One input of a checkpoint merge.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct MergeInput {
+    pub path: RString,
+    pub weight: f64,
+}
+
+/// `hiresfix merge`: a weighted sum of the inputs, or with `add_difference` the inputs
+/// `[A, B, C]` as `A + (B − C)·multiplier` (A1111's checkpoint merger).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct MergeRequest {
+    pub inputs: RVec<MergeInput>,
+    pub add_difference: bool,
+    pub multiplier: f64,
+    pub out: RString,
 }
 
 impl LoadRequest {
@@ -85,6 +107,19 @@ pub struct PromptSpec {
     pub text: RString,
     /// A negative prompt (SDXL conditions an empty negative with zeros, as A1111 does).
     pub negative: bool,
+}
+
+/// One LoRA of the set a pass runs with.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct LoraSpec {
+    pub path: RString,
+    /// For messages: the tag's or the file's name.
+    pub name: RString,
+    /// Multiplier of the text-encoder layers (A1111's first number).
+    pub te: f64,
+    /// Multiplier of the UNet layers.
+    pub unet: f64,
 }
 
 /// The prompts of one pass and what they condition on besides text.
@@ -142,6 +177,9 @@ pub struct CheckpointInfo {
     pub stored_dtype: RString,
     /// Bytes on disk of every weight file read.
     pub file_bytes: u64,
+    /// Tells text encoders apart: equal for the same text-encoder weights (whatever the
+    /// stored precision), different otherwise.
+    pub text_encoder_fingerprint: RString,
     /// The family's comfortable image side in pixels.
     pub default_size: u32,
 }
@@ -193,8 +231,10 @@ pub trait Backend: Sized + 'static {
     /// file, the host reports the first refusal.
     fn detect(checkpoint: &Path) -> Result<Option<String>>;
 
-    /// What `hiresfix info` prints, for a checkpoint `detect` accepts.
-    fn inspect(checkpoint: &Path) -> Result<CheckpointInfo>;
+    /// What `hiresfix info` prints, for a checkpoint `detect` accepts. `probe`: whether facts
+    /// that need the weights (SD 2.x's v-prediction probe) may be worked out; without it
+    /// they are reported as undecided.
+    fn inspect(checkpoint: &Path, probe: bool) -> Result<CheckpointInfo>;
 
     fn load(request: &LoadRequest) -> Result<Self>;
 
@@ -211,6 +251,33 @@ pub trait Backend: Sized + 'static {
 
     /// Pixels in [-1, 1] → scaled latent.
     fn encode(&self, image: &Tensor) -> Result<Tensor>;
+
+    /// Makes `loras` the LoRA set the model runs with (an empty set: the base weights, exactly);
+    /// returns warnings for the user (layers that match nothing).
+    fn set_loras(&self, loras: &[LoraSpec]) -> Result<Vec<String>> {
+        match loras.is_empty() {
+            true => Ok(Vec::new()),
+            false => Err(Error(format!(
+                "family {} does not support LoRA",
+                Self::FAMILY
+            ))),
+        }
+    }
+
+    /// Why a result of this model holds NaN or inf, for the end of an error message: a
+    /// parameter of the checkpoint holding NaN/inf, or finite weights that overflowed.
+    fn nonfinite_cause(&self) -> String {
+        "the model's output overflowed".into()
+    }
+
+    /// Merges checkpoints of this family into one file (`hiresfix merge`); returns notes for
+    /// the user.
+    fn merge(_request: &MergeRequest) -> Result<String> {
+        Err(Error(format!(
+            "family {} cannot merge checkpoints",
+            Self::FAMILY
+        )))
+    }
 
     /// Writes a tiny random checkpoint of this family with the real save code (`hiresfix demo`).
     fn write_demo_checkpoint(_path: &Path) -> Result<()> {
@@ -234,6 +301,8 @@ pub struct ModelVtable {
     ) -> Out<RVec<TensorBox>>,
     pub decode: extern "C" fn(*const c_void, TensorRef<'_>) -> Out<TensorBox>,
     pub encode: extern "C" fn(*const c_void, TensorRef<'_>) -> Out<TensorBox>,
+    pub nonfinite_cause: extern "C" fn(*const c_void) -> Out<RString>,
+    pub set_loras: extern "C" fn(*const c_void, RSlice<'_, LoraSpec>) -> Out<RVec<RString>>,
 }
 
 /// A loaded model, owned by the host; dropping it frees it inside its plugin.
@@ -305,6 +374,20 @@ extern "C" fn encode_model<B: Backend>(p: *const c_void, image: TensorRef<'_>) -
     guard(|| obj::<B>(p).encode(&image.to_tensor()).map(TensorBox::new))
 }
 
+extern "C" fn nonfinite_cause_model<B: Backend>(p: *const c_void) -> Out<RString> {
+    guard(|| Ok(obj::<B>(p).nonfinite_cause().into()))
+}
+
+extern "C" fn set_loras_model<B: Backend>(
+    p: *const c_void,
+    loras: RSlice<'_, LoraSpec>,
+) -> Out<RVec<RString>> {
+    guard(|| {
+        let warnings = obj::<B>(p).set_loras(loras.as_slice())?;
+        Ok(warnings.into_iter().map(RString::from).collect())
+    })
+}
+
 struct VtableOf<B>(std::marker::PhantomData<B>);
 
 impl<B: Backend> VtableOf<B> {
@@ -315,6 +398,8 @@ impl<B: Backend> VtableOf<B> {
         denoise: denoise_model::<B>,
         decode: decode_model::<B>,
         encode: encode_model::<B>,
+        nonfinite_cause: nonfinite_cause_model::<B>,
+        set_loras: set_loras_model::<B>,
     };
 }
 
@@ -359,6 +444,17 @@ impl ModelBox {
     pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
         from_ffi((self.vtable.encode)(self.obj, TensorRef::new(image))).map(TensorBox::into_tensor)
     }
+
+    /// See [`Backend::set_loras`].
+    pub fn set_loras(&self, loras: &[LoraSpec]) -> Result<Vec<String>> {
+        let out = from_ffi((self.vtable.set_loras)(self.obj, RSlice::from_slice(loras)))?;
+        Ok(out.into_iter().map(String::from).collect())
+    }
+
+    /// See [`Backend::nonfinite_cause`].
+    pub fn nonfinite_cause(&self) -> Result<String> {
+        from_ffi((self.vtable.nonfinite_cause)(self.obj)).map(String::from)
+    }
 }
 
 /// A registered family, as listed in a plugin's root module.
@@ -367,7 +463,8 @@ impl ModelBox {
 pub struct BackendDecl {
     pub family: RString,
     pub detect: extern "C" fn(RStr<'_>) -> Out<ROption<RString>>,
-    pub inspect: extern "C" fn(RStr<'_>) -> Out<CheckpointInfo>,
+    pub inspect: extern "C" fn(RStr<'_>, bool) -> Out<CheckpointInfo>,
+    pub merge: extern "C" fn(&MergeRequest) -> Out<RString>,
     pub load: extern "C" fn(&LoadRequest) -> Out<ModelBox>,
     pub write_demo_checkpoint: extern "C" fn(RStr<'_>) -> Out<()>,
 }
@@ -380,8 +477,12 @@ extern "C" fn detect_trampoline<B: Backend>(path: RStr<'_>) -> Out<ROption<RStri
     })
 }
 
-extern "C" fn inspect_trampoline<B: Backend>(path: RStr<'_>) -> Out<CheckpointInfo> {
-    guard(|| B::inspect(Path::new(path.as_str())))
+extern "C" fn inspect_trampoline<B: Backend>(path: RStr<'_>, probe: bool) -> Out<CheckpointInfo> {
+    guard(|| B::inspect(Path::new(path.as_str()), probe))
+}
+
+extern "C" fn merge_trampoline<B: Backend>(request: &MergeRequest) -> Out<RString> {
+    guard(|| B::merge(request).map(RString::from))
 }
 
 extern "C" fn demo_trampoline<B: Backend>(path: RStr<'_>) -> Out<()> {
@@ -398,6 +499,7 @@ impl BackendDecl {
             family: B::FAMILY.into(),
             detect: detect_trampoline::<B>,
             inspect: inspect_trampoline::<B>,
+            merge: merge_trampoline::<B>,
             load: load_trampoline::<B>,
             write_demo_checkpoint: demo_trampoline::<B>,
         }
@@ -410,9 +512,14 @@ impl BackendDecl {
     }
 
     /// Host side: see [`Backend::inspect`].
-    pub fn run_inspect(&self, checkpoint: &Path) -> Result<CheckpointInfo> {
+    pub fn run_inspect(&self, checkpoint: &Path, probe: bool) -> Result<CheckpointInfo> {
         let path = checkpoint.to_string_lossy();
-        from_ffi((self.inspect)(RStr::from_str(&path)))
+        from_ffi((self.inspect)(RStr::from_str(&path), probe))
+    }
+
+    /// Host side: see [`Backend::merge`].
+    pub fn run_merge(&self, request: &MergeRequest) -> Result<String> {
+        from_ffi((self.merge)(request)).map(String::from)
     }
 
     pub fn run_load(&self, request: &LoadRequest) -> Result<ModelBox> {

@@ -28,9 +28,24 @@ impl std::error::Error for Error {}
 
 impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {
-        // libtorch messages carry a C++ backtrace after the first line; keep the first.
-        let text = e.to_string();
-        Self(text.lines().next().unwrap_or("libtorch error").to_owned())
+        Self(first_line(&e.to_string()))
+    }
+}
+
+/// The longest a libtorch message may run in a one-line error.
+const MESSAGE_CHARS: usize = 200;
+
+/// The first meaningful line of a libtorch message (which carries a C++ backtrace after it),
+/// cut to 200 characters: a failed allocation can otherwise print thousands.
+pub fn first_line(text: &str) -> String {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("libtorch error");
+    match line.char_indices().nth(MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_owned(),
     }
 }
 
@@ -59,8 +74,7 @@ fn panic_text(payload: Box<dyn Any + Send>) -> String {
     } else {
         "unknown panic payload".to_owned()
     };
-    let first = text.lines().next().unwrap_or("").trim().to_owned();
-    format!("panicked: {first}")
+    format!("panicked: {}", first_line(&text))
 }
 
 thread_local! {
@@ -93,4 +107,23 @@ pub fn guard<T>(f: impl FnOnce() -> Result<T>) -> RResult<T, RString> {
 /// The inverse of [`guard`], for the side that receives an `RResult`.
 pub fn from_ffi<T>(r: RResult<T, RString>) -> Result<T> {
     r.into_result().map_err(|e| Error(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_line;
+
+    #[test]
+    fn long_libtorch_messages_become_one_short_line() {
+        let long = format!(
+            "\n  CUDA out of memory. {}\nException raised from ...",
+            "x".repeat(8000)
+        );
+        let line = first_line(&long);
+        assert!(
+            line.starts_with("CUDA out of memory.") && line.chars().count() == 201,
+            "{line}"
+        );
+        assert_eq!(first_line("short\nbacktrace"), "short");
+    }
 }

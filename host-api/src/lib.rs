@@ -8,6 +8,7 @@ pub mod backend;
 pub mod error;
 pub mod options;
 pub mod plugin;
+pub mod prompt;
 pub mod sampler;
 pub mod schedule;
 pub mod sigmas;
@@ -18,8 +19,8 @@ pub use abi_stable;
 pub use tch;
 
 pub use backend::{
-    Backend, BackendDecl, CheckpointInfo, EncodeRequest, LoadRequest, ModelBox, ModelInfo,
-    PromptSpec,
+    Backend, BackendDecl, CheckpointInfo, EncodeRequest, LoadRequest, LoraSpec, MergeInput,
+    MergeRequest, ModelBox, ModelInfo, PromptSpec,
 };
 pub use error::{Error, Result};
 pub use options::{OptionEntry, OptionValue, Options};

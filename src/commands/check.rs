@@ -1,8 +1,8 @@
-//! `hiresfix check PROFILE`: validates the profile and resolves every plugin name and
-//! checkpoint without running anything heavy.
+//! `hiresfix check PROFILE`: validates the profile — names, checkpoints (read from their
+//! headers), limits, every pass's size — without running anything heavy.
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 
 use super::{base_dir, load_profile, registry_for};
 use crate::{generate, plan};
@@ -11,9 +11,22 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
     let mut profile = load_profile(profile_path, sets)?;
     let base = base_dir(profile_path);
     let registry = registry_for(&profile, &base);
-    profile.resolve_defaults(512)?;
+    let mut probe = profile.clone();
+    probe.resolve_defaults(512)?;
+    let first = plan::plan_passes(&probe, &registry, &base)?;
+    let checkpoint = &first[0].checkpoint;
+    let backend = generate::detect_backend(&registry, checkpoint)?;
+    let info = backend
+        .decl
+        .run_inspect(checkpoint, false)
+        .map_err(|e| anyhow!("{e}"))?;
+    profile.resolve_defaults(info.default_size)?;
     let plans = plan::plan_passes(&profile, &registry, &base)?;
-    for plan in &plans {
+    let (sizes, notes) = plan::pass_sizes(&profile.passes, info.vae_scale_factor)?;
+    for note in &notes {
+        println!("note: {note}");
+    }
+    for (plan, size) in plans.iter().zip(&sizes) {
         let backend = generate::detect_backend(&registry, &plan.checkpoint)?;
         if let Some(vae) = &plan.vae {
             if !vae.exists() {
@@ -21,8 +34,10 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
             }
         }
         println!(
-            "pass {}: {} steps, denoise {}, sampler {}, schedule {}{}, model {} ({})",
+            "pass {}: {}x{}, {} steps, denoise {}, sampler {}, schedule {}{}, model {} ({})",
             plan.number,
+            size.width,
+            size.height,
             plan.steps,
             generate::num(plan.denoise),
             plan.sampler.decl.name,
@@ -34,6 +49,11 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
             backend.decl.family
         );
     }
+    crate::switch::check_families(&plans, &registry)?;
+    for warning in crate::switch::switch_warnings(&plans, &registry)? {
+        println!("warning: {warning}");
+    }
+    crate::output::checked_template(&profile.output)?;
     println!("ok: {} passes", plans.len());
     Ok(())
 }

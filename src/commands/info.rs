@@ -13,7 +13,7 @@ pub fn run(checkpoint: &Path) -> Result<()> {
     let backend = detect_backend(&registry, checkpoint)?;
     let found = backend
         .decl
-        .run_inspect(checkpoint)
+        .run_inspect(checkpoint, true)
         .map_err(|e| anyhow!("{e}"))?;
     for (key, value) in lines(checkpoint, &found) {
         println!("{:<15}{value}", format!("{key}:"));

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod demo;
 pub mod info;
+pub mod merge;
 pub mod plugins;
 pub mod replay;
 
@@ -37,15 +38,19 @@ pub fn registry_for(profile: &Profile, base: &Path) -> Registry {
             }
         })
         .collect();
-    let registry = Registry::load(&dirs, &profile.plugin_sha256);
+    Registry::load(&dirs, &profile.plugin_sha256)
+}
+
+/// After a command succeeded: the plugins that were refused (a failure names the one it
+/// needed in its own single line instead).
+fn warn_refused(registry: &Registry) {
     for refusal in &registry.refused {
-        log::warn!(
-            "plugin {} refused: {}",
+        eprintln!(
+            "warning: plugin {} refused: {}",
             refusal.file.display(),
             refusal.reason
         );
     }
-    registry
 }
 
 fn print_written(paths: &[PathBuf]) {
@@ -72,5 +77,6 @@ pub fn run_generate(
         },
     )?;
     print_written(&written);
+    warn_refused(&registry);
     Ok(())
 }

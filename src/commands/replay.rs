@@ -1,4 +1,5 @@
-//! `hiresfix replay IMAGE`: re-runs the profile embedded in a PNG hiresfix wrote.
+//! `hiresfix replay IMAGE`: re-runs the profile embedded in a PNG hiresfix wrote — its
+//! generation settings only: plugin folders, pins and the output path come from this user.
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
@@ -20,5 +21,7 @@ pub fn run(image: &Path, quiet: bool, output: Option<String>) -> Result<()> {
             )
         })?;
     let profile = Profile::parse(&text, &format!("{} (embedded profile)", image.display()))?;
+    // The PNG may come from anyone: its plugin folders, pins and output path are not used.
+    let profile = profile.untrusted();
     run_generate(profile, PathBuf::new(), quiet, output)
 }

@@ -3,6 +3,8 @@
 //!
 //! - `sd15-load`: load a real-size SD 1.5 single file (fp32, written once by the real save
 //!   code) onto the CPU in fp32; peak RSS against the file size (target: below 1.3×).
+//! - `sd15-merge`: merge two such files (weighted sum, streamed); peak RSS against one file
+//!   (target: below 1.5×).
 //! - `sdxl-step`: build the SDXL base UNet, fill it, run one step at a 128×128 latent
 //!   (1024 px) in fp32 on the CPU; time and peak RSS.
 //!
@@ -16,6 +18,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use common::{child_args, proc_status_kib, run_child, MIB};
 use hiresfix_sd::families::{sd1, sdxl};
+use hiresfix_sd::merge::{merge, Recipe};
 use hiresfix_sd::random::{randomize, write_random_checkpoint, RandomModel};
 use hiresfix_sd::unet::UNetModel;
 use hiresfix_sd::SdModel;
@@ -27,6 +30,7 @@ fn main() -> Result<()> {
         Some((name, args)) => match name.as_str() {
             "sd15-load" => sd15_load(Path::new(args.first().map(String::as_str).unwrap_or(""))),
             "sdxl-step" => sdxl_step(),
+            "sd15-merge" => sd15_merge(&args),
             other => bail!("unknown child `{other}`"),
         },
         None => parent(),
@@ -42,6 +46,20 @@ fn sd15_load(path: &Path) -> Result<()> {
     if model.info().family.id != "sd1" {
         bail!("loaded as {}", model.info().family.id);
     }
+    println!("{baseline} {} {seconds:.2}", proc_status_kib("VmHWM:")?);
+    Ok(())
+}
+
+/// Prints `baseline_kib peak_kib seconds`.
+fn sd15_merge(args: &[String]) -> Result<()> {
+    let [a, b, out] = args else {
+        bail!("sd15-merge A B OUT");
+    };
+    let baseline = proc_status_kib("VmRSS:")?;
+    let start = Instant::now();
+    let recipe = Recipe::WeightedSum(vec![(a.into(), 0.5), (b.into(), 0.5)]);
+    merge(&recipe, Path::new(out))?;
+    let seconds = start.elapsed().as_secs_f64();
     println!("{baseline} {} {seconds:.2}", proc_status_kib("VmHWM:")?);
     Ok(())
 }
@@ -76,14 +94,18 @@ fn sdxl_step() -> Result<()> {
     Ok(())
 }
 
-/// The real-size SD 1.5 file, written once.
-fn sd15_file() -> Result<PathBuf> {
+fn bench_dir() -> Result<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-data");
     std::fs::create_dir_all(&dir).context("creating target/bench-data")?;
-    let path = dir.join("sd15-random-fp32.safetensors");
+    Ok(dir)
+}
+
+/// A real-size SD 1.5 file with random weights from `seed`, written once.
+fn sd15_file(seed: i64) -> Result<PathBuf> {
+    let path = bench_dir()?.join(format!("sd15-random-fp32-{seed}.safetensors"));
     if !path.is_file() {
         eprintln!("writing {} (about 4.3 GB, once)...", path.display());
-        write_random_checkpoint(&path, &RandomModel::real_size(&sd1::SD1), 0)?;
+        write_random_checkpoint(&path, &RandomModel::real_size(&sd1::SD1), seed)?;
     }
     Ok(path)
 }
@@ -93,7 +115,7 @@ fn parent() -> Result<()> {
         "CPU, {} threads, fp32, random weights",
         tch::get_num_threads()
     );
-    let file = sd15_file()?;
+    let file = sd15_file(0)?;
     let size = std::fs::metadata(&file)?.len() as f64;
     // A cold page cache when allowed (root), as after a download or a reboot.
     let cold = std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok();
@@ -120,6 +142,26 @@ fn parent() -> Result<()> {
         "sd15-load: peak RSS / file size {:.3} (target < 1.3); (peak - before) / file size {:.3}",
         peak / size,
         (peak - baseline) / size
+    );
+    let other = sd15_file(1)?;
+    let merged = bench_dir()?.join("sd15-merged.safetensors");
+    let _ = std::fs::remove_file(&merged);
+    let cold = std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok();
+    let paths = [
+        file.to_str().unwrap_or_default(),
+        other.to_str().unwrap_or_default(),
+        merged.to_str().unwrap_or_default(),
+    ];
+    let result = run_child("sd15-merge", &paths)?;
+    let _ = std::fs::remove_file(&merged);
+    let [baseline, peak, seconds] = result[..] else {
+        bail!("sd15-merge printed {result:?}");
+    };
+    let (baseline, peak) = (baseline * 1024.0, peak * 1024.0);
+    println!("sd15-merge: two {:.0} MiB files ({}); RSS before {:.0} MiB, peak {:.0} MiB; {seconds:.1} s", size / MIB, if cold { "cold" } else { "warm" }, baseline / MIB, peak / MIB);
+    println!(
+        "sd15-merge: peak RSS / one file {:.3} (target < 1.5)",
+        peak / size
     );
     let step = run_child("sdxl-step", &[])?;
     let [baseline, peak, build, seconds] = step[..] else {

@@ -20,8 +20,11 @@ pub fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
                 .map(String::as_str)
                 .or_else(|| payload.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown error");
-            let first_line = message.lines().next().unwrap_or(message);
-            bail!("libtorch failed while {what}: {first_line} — if memory ran out, try a smaller size, fp16 or another device")
+            let line = host_api::error::first_line(message);
+            if is_out_of_memory(&anyhow::anyhow!("{line}")) {
+                bail!("out of memory while {what} ({line})");
+            }
+            bail!("libtorch failed while {what}: {line}")
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The assembled model of any family: the conditioner (text encoders), the UNet behind the
 //! eps / v denoiser wrapper, the VAE, the noise schedule.
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
@@ -10,6 +11,8 @@ use crate::checkpoint::{Checkpoint, Format};
 use crate::denoiser::{self, PROBE_LATENT, PROBE_TIMESTEP, PROBE_VALUE};
 use crate::families::{Family, Prediction, PredictionRule};
 use crate::guard::guarded;
+use crate::health;
+use crate::lora::{LoraSpec, LoraState};
 use crate::schedule::DiscreteSchedule;
 use crate::text::clip::{ClipConfig, ClipTextTransformer};
 use crate::text::conditioner::{Conditioner, Conditioning, PromptInput, TextEncoder};
@@ -162,6 +165,21 @@ pub fn stated_prediction(
     Ok((!probe).then_some((Prediction::Eps, PredictionSource::FamilyDefault)))
 }
 
+/// A checkpoint to merge into a model of `family`.
+fn merge_input(path: &Path, family: &Family) -> Result<Checkpoint> {
+    let ckpt = Checkpoint::open(path)?;
+    let other = ckpt.family()?;
+    if other.id != family.id {
+        bail!(
+            "merge: {} is {} but the first checkpoint is {} — only checkpoints of one family merge",
+            path.display(),
+            other.name,
+            family.name
+        );
+    }
+    Ok(ckpt)
+}
+
 /// A1111's probe for SD 2.x single files (`is_using_v_parameterization_for_sd2`): the mean of
 /// `unet(0.5, t = 999, context = 0.5) - 0.5`.
 pub fn probe_mean(unet: &UNetModel, device: Device, kind: Kind) -> Result<f64> {
@@ -222,6 +240,9 @@ pub struct LoadOptions {
     pub vae_tiling: VaeTilingOptions,
     /// Overrides the detected prediction type.
     pub prediction: Option<Prediction>,
+    /// A weighted-sum merge (checkpoint, weight) loaded instead of the checkpoint alone; its
+    /// first entry is the checkpoint.
+    pub merge: Vec<(PathBuf, f64)>,
 }
 
 impl LoadOptions {
@@ -232,12 +253,14 @@ impl LoadOptions {
             kind,
             vae_tiling: VaeTilingOptions::default(),
             prediction: None,
+            merge: Vec::new(),
         }
     }
 }
 
 pub struct SdModel {
     conditioner: Conditioner,
+    lora: RefCell<LoraState>,
     unet: UNetModel,
     vae: Vae,
     schedule: DiscreteSchedule,
@@ -278,7 +301,20 @@ impl SdModel {
         let modules = guarded("building the model", || {
             Modules::new(vs.root(), family, &config)
         })?;
-        guarded("loading weights", || ckpt.copy_into(&vs, ""))?;
+        let others = options
+            .merge
+            .iter()
+            .skip(1)
+            .map(|(path, weight)| Ok((merge_input(path, family)?, *weight)))
+            .collect::<Result<Vec<_>>>()?;
+        guarded("loading weights", || match options.merge.first() {
+            None => ckpt.copy_into(&vs, ""),
+            Some((_, first)) => {
+                let mut sources = vec![(&ckpt, *first)];
+                sources.extend(others.iter().map(|(c, w)| (c, *w)));
+                Checkpoint::copy_weighted_into(&sources, &vs, "")
+            }
+        })?;
         vs.freeze();
         let Modules {
             encoders,
@@ -323,8 +359,14 @@ impl SdModel {
             device,
             config,
         };
+        let lora = RefCell::new(LoraState::new(
+            family,
+            &info.config.unet,
+            vs.variables().keys().map(String::as_str),
+        ));
         Ok(Self {
             conditioner,
+            lora,
             unet,
             vae,
             schedule,
@@ -366,9 +408,37 @@ impl SdModel {
 
     /// The conditioning of one prompt (`<lora:…>` tags are removed, not applied here).
     pub fn encode(&self, input: &PromptInput<'_>) -> Result<Conditioning> {
-        guarded("encoding the prompt", || {
+        let cond = guarded("encoding the prompt", || {
             tch::no_grad(|| self.conditioner.encode(input))
-        })
+        })?;
+        let finite =
+            health::is_finite(&cond.context) && cond.vector.as_ref().is_none_or(health::is_finite);
+        if !finite {
+            let vars = self.vs.variables();
+            let bad = self
+                .info
+                .family
+                .encoders
+                .iter()
+                .find_map(|e| health::first_nonfinite(&vars, e.ldm_prefix));
+            bail!(
+                "the text encoder produced NaN or inf for the prompt — {}",
+                health::cause(bad, self.info.kind)
+            );
+        }
+        Ok(cond)
+    }
+
+    /// Makes `set` the LoRA set the model runs with (empty: the base weights, bit for bit).
+    /// Returns warnings for the user.
+    pub fn set_loras(&self, set: &[LoraSpec]) -> Result<Vec<String>> {
+        let vars = self.vs.variables();
+        guarded("applying LoRA", || self.lora.borrow_mut().apply(&vars, set))
+    }
+
+    /// The first parameter under `prefix` (all with "") holding NaN or inf.
+    pub fn nonfinite_weight(&self, prefix: &str) -> Option<String> {
+        health::first_nonfinite(&self.vs.variables(), prefix)
     }
 
     /// A positive prompt's conditioning at the family's default size; for tests and tools.

@@ -9,6 +9,8 @@ use host_api::{Backend, CheckpointInfo, EncodeRequest, Error, LoadRequest, Model
 
 use crate::checkpoint::Checkpoint;
 use crate::families::{sd1, sd2, sdxl, Family, Prediction};
+use crate::lora::LoraSpec;
+use crate::merge::{merge, Recipe};
 use crate::model::{LoadOptions, SdModel};
 use crate::random::{write_random_checkpoint, RandomModel};
 use crate::text::conditioner::{Conditioning, PromptInput};
@@ -49,14 +51,18 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
         Ok((family.id == F::ENTRY.id).then(|| family.name.to_owned()))
     }
 
-    fn inspect(checkpoint: &Path) -> Result<CheckpointInfo> {
-        let found = crate::inspect(checkpoint).map_err(err)?;
+    fn inspect(checkpoint: &Path, probe: bool) -> Result<CheckpointInfo> {
+        let found = crate::inspect(checkpoint, probe).map_err(err)?;
         let cfg = &found.config;
+        let (prediction, source) = match found.prediction {
+            Some(p) => (p.as_str(), found.prediction_source.as_str()),
+            None => ("eps or v", "decided by A1111's UNet probe when loaded"),
+        };
         Ok(CheckpointInfo {
             family: found.family.id.into(),
             family_name: found.family.name.into(),
-            prediction: found.prediction.as_str().into(),
-            prediction_source: found.prediction_source.as_str().into(),
+            prediction: prediction.into(),
+            prediction_source: source.into(),
             format: found.format.as_str().into(),
             latent_channels: cfg.vae.embed_dim as u32,
             vae_scale_factor: cfg.vae.spatial_factor() as u32,
@@ -67,7 +73,11 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
             unet_parameters: found.unet_parameters,
             stored_dtype: found.stored_dtype.as_str().into(),
             file_bytes: found.file_bytes,
-            default_size: found.family.default_size(found.prediction) as u32,
+            text_encoder_fingerprint: found.text_fingerprint.as_str().into(),
+            default_size: found
+                .family
+                .default_size(found.prediction.unwrap_or(Prediction::Eps))
+                as u32,
         })
     }
 
@@ -83,7 +93,13 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
             .map(Prediction::parse)
             .transpose()
             .map_err(err)?;
+        let merge = request
+            .merge
+            .iter()
+            .map(|m| (std::path::PathBuf::from(m.path.as_str()), m.weight))
+            .collect();
         let options = LoadOptions {
+            merge,
             vae: request.vae_path(),
             device: request.tch_device()?,
             kind: request.tch_kind()?,
@@ -152,6 +168,52 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
 
     fn encode(&self, image: &Tensor) -> Result<Tensor> {
         self.0.encode_image(image).map_err(err)
+    }
+
+    fn set_loras(&self, loras: &[host_api::LoraSpec]) -> Result<Vec<String>> {
+        let set: Vec<LoraSpec> = loras
+            .iter()
+            .map(|l| LoraSpec {
+                path: l.path.as_str().into(),
+                name: l.name.to_string(),
+                te: l.te,
+                unet: l.unet,
+            })
+            .collect();
+        self.0.set_loras(&set).map_err(err)
+    }
+
+    fn nonfinite_cause(&self) -> String {
+        let kind = self.0.info().kind;
+        crate::health::cause(self.0.nonfinite_weight(""), kind)
+    }
+
+    fn merge(request: &host_api::MergeRequest) -> Result<String> {
+        let inputs: Vec<(std::path::PathBuf, f64)> = request
+            .inputs
+            .iter()
+            .map(|m| (m.path.as_str().into(), m.weight))
+            .collect();
+        let recipe = match (request.add_difference, inputs.as_slice()) {
+            (true, [(a, _), (b, _), (c, _)]) => Recipe::AddDifference {
+                a: a.clone(),
+                b: b.clone(),
+                c: c.clone(),
+                multiplier: request.multiplier,
+            },
+            (true, _) => return Err(Error::new("add-difference takes three checkpoints: A B C")),
+            (false, _) => Recipe::WeightedSum(inputs),
+        };
+        let report = merge(&recipe, Path::new(request.out.as_str())).map_err(err)?;
+        let mut note = format!("{} tensors merged ({})", report.merged, recipe.describe());
+        if !report.copied.is_empty() {
+            note.push_str(&format!(
+                "; {} taken from the first input because another lacks them or has another shape (first: {})",
+                report.copied.len(),
+                report.copied[0]
+            ));
+        }
+        Ok(note)
     }
 
     fn write_demo_checkpoint(path: &Path) -> Result<()> {

@@ -44,12 +44,26 @@ impl BetaConfig {
             "linear" => BetaSchedule::Linear,
             other => bail!("scheduler/scheduler_config.json: beta_schedule `{other}` is not supported (use scaled_linear or linear)"),
         };
-        let num = |k: &str, default: f64| json.get(k).and_then(|v| v.as_f64()).unwrap_or(default);
+        let num = |k: &str, default: f64, ok: &dyn Fn(f64) -> bool, range: &str| -> Result<f64> {
+            match json.get(k) {
+                None => Ok(default),
+                Some(v) => v.as_f64().filter(|x| x.is_finite() && ok(*x)).ok_or_else(|| {
+                    anyhow!("scheduler/scheduler_config.json: {k} {v} must be {range} — fix it or remove the key")
+                }),
+            }
+        };
+        let beta = |x: f64| x > 0.0 && x < 1.0;
+        let steps = |x: f64| x.fract() == 0.0 && (2.0..=100_000.0).contains(&x);
         Ok(Self {
-            beta_start: num("beta_start", d.beta_start),
-            beta_end: num("beta_end", d.beta_end),
+            beta_start: num("beta_start", d.beta_start, &beta, "in (0, 1)")?,
+            beta_end: num("beta_end", d.beta_end, &beta, "in (0, 1)")?,
             schedule,
-            num_train_timesteps: num("num_train_timesteps", d.num_train_timesteps as f64) as usize,
+            num_train_timesteps: num(
+                "num_train_timesteps",
+                d.num_train_timesteps as f64,
+                &steps,
+                "a whole number from 2 to 100000",
+            )? as usize,
         })
     }
 

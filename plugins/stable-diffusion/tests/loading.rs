@@ -435,9 +435,9 @@ fn a_missing_tensor_is_named_and_extra_ema_tensors_are_ignored() {
 
 #[test]
 fn inspect_reads_family_and_architecture_from_headers_only() {
-    let found = hiresfix_sd::inspect(&tiny_single_file()).unwrap();
+    let found = hiresfix_sd::inspect(&tiny_single_file(), true).unwrap();
     assert_eq!(found.family.id, "sd1");
-    assert_eq!(found.prediction.as_str(), "eps");
+    assert_eq!(found.prediction.map(|p| p.as_str()), Some("eps"));
     assert_eq!(found.stored_dtype, "F32");
     assert_eq!(found.config.vae.spatial_factor(), 2);
     assert_eq!(found.config.unet.channel_mult, [1, 2, 2]);

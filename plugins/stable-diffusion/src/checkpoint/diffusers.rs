@@ -83,6 +83,10 @@ pub(super) fn open(ckpt: &mut Checkpoint) -> Result<()> {
             continue;
         }
         let config = read_json(&dir.join("config.json"))?.unwrap_or(Value::Null);
+        if let Some(act) = config.get("hidden_act").and_then(|v| v.as_str()) {
+            Activation::from_name(act)
+                .map_err(|e| anyhow!("{}: {e}", dir.join("config.json").display()))?;
+        }
         ckpt.configs.text_encoders.insert(folder.into(), config);
         let files = weights_files(&dir, "model")?;
         if files.len() != 1 {

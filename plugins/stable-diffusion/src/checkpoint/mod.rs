@@ -381,7 +381,16 @@ impl Checkpoint {
     /// from the file's mapping into the model. Keys the model has no variable for are
     /// ignored (EMA, `model_ema.*`, ...).
     pub fn copy_into(&self, vs: &VarStore, only: &str) -> Result<()> {
-        let shown = self.path.display();
+        Self::copy_weighted_into(&[(self, 1.0)], vs, only)
+    }
+
+    /// [`Self::copy_into`] of the weighted sum `Σ wᵢ·checkpointᵢ` (a merge from the profile,
+    /// A1111's weighted-sum merge), one tensor at a time.
+    pub fn copy_weighted_into(
+        sources: &[(&Checkpoint, f64)],
+        vs: &VarStore,
+        only: &str,
+    ) -> Result<()> {
         let mut variables: Vec<(String, tch::Tensor)> = vs
             .variables()
             .into_iter()
@@ -389,26 +398,67 @@ impl Checkpoint {
             .collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, mut var) in variables {
+            let single = sources.len() == 1 && sources[0].1 == 1.0;
+            let mut sum: Option<tch::Tensor> = None;
             let wanted = var.size();
-            let stored = self.shape(&key).ok_or_else(|| {
-                anyhow!("{shown}: missing tensor `{key}` (the model expects shape {wanted:?}) — the checkpoint is incomplete or not of this family")
-            })?;
-            // diffusers and some converters store the VAE attention 1x1 convs as Linear weights.
-            let as_conv = stored.len() == 2
-                && wanted.len() == 4
-                && wanted[..2] == stored[..]
-                && wanted[2..] == [1, 1];
-            if stored != wanted && !as_conv {
-                bail!("{}: tensor `{key}` has shape {stored:?} but the model built from this checkpoint's other tensors expects {wanted:?} — the file is damaged or mixes two models", self.origin(&key));
+            let float = var.is_floating_point();
+            for (ckpt, weight) in sources {
+                ckpt.with_model_tensor(&key, &wanted, float, |src| {
+                    if single {
+                        return tch::no_grad(|| var.f_copy_(src)).with_context(|| {
+                            format!(
+                                "{}: cannot copy tensor `{key}` into the model",
+                                ckpt.path.display()
+                            )
+                        });
+                    }
+                    let part = src.to_kind(tch::Kind::Float) * *weight;
+                    sum = Some(match sum.take() {
+                        Some(s) => s + part,
+                        None => part,
+                    });
+                    Ok(())
+                })?;
             }
-            let source = self.source(&key)?;
-            self.files[source.file].with_view(&source.name, |view| {
-                let src = source.transform.apply(view);
-                let src = if as_conv { src.reshape(&wanted) } else { src };
-                tch::no_grad(|| var.f_copy_(&src))
-                    .with_context(|| format!("{shown}: cannot copy tensor `{key}` into the model"))
-            })?;
+            if let Some(sum) = sum {
+                tch::no_grad(|| var.f_copy_(&sum)).with_context(|| {
+                    format!("cannot copy the merged tensor `{key}` into the model")
+                })?;
+            }
         }
         Ok(())
+    }
+
+    /// Runs `f` on the stored tensor for model variable `var` (named `key`), shaped as the
+    /// model wants it; a missing, misshaped or non-float tensor is an error naming it.
+    fn with_model_tensor(
+        &self,
+        key: &str,
+        wanted: &[i64],
+        float: bool,
+        f: impl FnOnce(&tch::Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let shown = self.path.display();
+        let stored = self.shape(key).ok_or_else(|| {
+            anyhow!("{shown}: missing tensor `{key}` (the model expects shape {wanted:?}) — the checkpoint is incomplete or not of this family")
+        })?;
+        // diffusers and some converters store the VAE attention 1x1 convs as Linear weights.
+        let as_conv = stored.len() == 2
+            && wanted.len() == 4
+            && wanted[..2] == stored[..]
+            && wanted[2..] == [1, 1];
+        if stored != wanted && !as_conv {
+            bail!("{}: tensor `{key}` has shape {stored:?} where the checkpoint's other tensors imply {wanted:?} — the file is damaged or mixes two models", self.origin(key));
+        }
+        let source = self.source(key)?;
+        let dtype = &self.files[source.file].entries()[&source.name].dtype;
+        if float && !safetensors::is_float(dtype) {
+            bail!("{}: tensor `{key}` is stored as {dtype}, not floating point — the file is quantized or damaged; use an fp16/fp32 checkpoint", self.origin(key));
+        }
+        self.files[source.file].with_view(&source.name, |view| {
+            let src = source.transform.apply(view);
+            let src = if as_conv { src.reshape(wanted) } else { src };
+            f(&src)
+        })
     }
 }

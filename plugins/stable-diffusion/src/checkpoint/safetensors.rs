@@ -35,6 +35,8 @@ pub struct SafetensorsFile {
     map: Mmap,
     data_start: usize,
     entries: BTreeMap<String, TensorEntry>,
+    /// The header's `__metadata__` strings.
+    metadata: BTreeMap<String, String>,
 }
 
 impl SafetensorsFile {
@@ -48,36 +50,18 @@ impl SafetensorsFile {
         // rewritten underneath a running process is outside what any loader can defend against.
         let map = unsafe { Mmap::map(&file) }
             .with_context(|| format!("{shown}: cannot map the file into memory"))?;
-        let (header_len, metadata) = match SafeTensors::read_metadata(&map[..]) {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                if looks_like_pickle(&map[..]) {
-                    bail!("{shown}: this is a pickle (torch.save) file, not safetensors; pickle checkpoints are refused; convert to .safetensors");
-                }
-                bail!(
-                    "{shown}: not a valid safetensors file ({}) — re-download it",
-                    describe(&e, map.len())
-                );
-            }
-        };
-        let entries = metadata
-            .tensors()
-            .into_iter()
-            .map(|(name, info)| {
-                let entry = TensorEntry {
-                    dtype: format!("{:?}", info.dtype),
-                    shape: info.shape.iter().map(|d| *d as i64).collect(),
-                    start: info.data_offsets.0,
-                    end: info.data_offsets.1,
-                };
-                (name, entry)
-            })
-            .collect();
+        let (data_start, entries) = parse_header(&map[..]).map_err(|e| anyhow!("{shown}: {e}"))?;
+        let metadata = SafeTensors::read_metadata(&map[..])
+            .ok()
+            .and_then(|(_, m)| m.metadata().clone())
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default();
         Ok(Self {
             path: path.to_path_buf(),
             map,
-            data_start: 8 + header_len,
+            data_start,
             entries,
+            metadata,
         })
     }
 
@@ -87,6 +71,11 @@ impl SafetensorsFile {
 
     pub fn entries(&self) -> &BTreeMap<String, TensorEntry> {
         &self.entries
+    }
+
+    /// The header's `__metadata__` strings (training notes, merge recipes, peft configs).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
     }
 
     /// Size of the whole file in bytes.
@@ -156,6 +145,77 @@ impl SafetensorsFile {
             };
         }
     }
+}
+
+/// Validates the header of the safetensors file whose bytes are `file` (the `safetensors`
+/// crate's rules: JSON, dtypes, shapes matching byte ranges, ranges in order without overlaps
+/// or holes, ending at the end of the file; and no tensor listed twice, which the crate lets
+/// through) and returns the data section's offset and the tensors. The error is one line
+/// without the file name.
+pub fn parse_header(file: &[u8]) -> Result<(usize, BTreeMap<String, TensorEntry>)> {
+    // Before the crate's validation, which sees a key listed twice only as a hole.
+    let header = file
+        .get(..8)
+        .and_then(|n| usize::try_from(u64::from_le_bytes(n.try_into().ok()?)).ok())
+        .and_then(|n| file.get(8..8usize.checked_add(n)?));
+    if let Some(name) = header.and_then(duplicate_key) {
+        bail!("not a valid safetensors file (tensor `{name}` is listed twice in the header) — re-download it");
+    }
+    let (header_len, metadata) = match SafeTensors::read_metadata(file) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            if looks_like_pickle(file) {
+                bail!("this is a pickle (torch.save) file, not safetensors; pickle checkpoints are refused; convert to .safetensors");
+            }
+            bail!(
+                "not a valid safetensors file ({}) — re-download it",
+                describe(&e, file.len())
+            );
+        }
+    };
+    let entries = metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| {
+            let entry = TensorEntry {
+                dtype: format!("{:?}", info.dtype),
+                shape: info.shape.iter().map(|d| *d as i64).collect(),
+                start: info.data_offsets.0,
+                end: info.data_offsets.1,
+            };
+            (name, entry)
+        })
+        .collect();
+    Ok((8 + header_len, entries))
+}
+
+/// The first top-level key of the JSON object `header` that appears twice.
+fn duplicate_key(header: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct FirstDuplicate;
+    impl<'de> Visitor<'de> for FirstDuplicate {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Ok(Some(key));
+                }
+            }
+            Ok(None)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(header);
+    de.deserialize_map(FirstDuplicate).ok().flatten()
+}
+
+/// Whether `dtype` holds floating-point values, as weights must.
+pub fn is_float(dtype: &str) -> bool {
+    matches!(dtype, "F64" | "F32" | "F16" | "BF16")
 }
 
 fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
@@ -249,6 +309,13 @@ mod tests {
         // Header lengths 0x80 and 0x280 followed by the JSON header.
         assert!(!looks_like_pickle(b"\x80\0\0\0\0\0\0\0{\"a\""));
         assert!(!looks_like_pickle(b"\x80\x02\0\0\0\0\0\0{\"a\""));
+    }
+
+    #[test]
+    fn a_key_listed_twice_is_found() {
+        let header = br#"{"a":{"dtype":"F32"},"__metadata__":{},"b":1,"a":2}"#;
+        assert_eq!(duplicate_key(header).as_deref(), Some("a"));
+        assert_eq!(duplicate_key(br#"{"a":1,"b":{"a":2}}"#), None);
     }
 
     #[test]

@@ -22,19 +22,16 @@ pub fn diffusers_vae_key(key: &str, num_up: usize) -> Option<String> {
             format!("encoder.down.{i}.downsample.conv.{}", rest.join("."))
         }
         ["decoder", "up_blocks", i, "resnets", j, rest @ ..] => {
-            let level = num_up.checked_sub(1 + num(i)?)?;
+            let level = num_up.checked_sub(num(i)?.checked_add(1)?)?;
             format!("decoder.up.{level}.block.{j}.{}", vae_resnet_part(rest)?)
         }
         ["decoder", "up_blocks", i, "upsamplers", "0", "conv", rest @ ..] => {
-            let level = num_up.checked_sub(1 + num(i)?)?;
+            let level = num_up.checked_sub(num(i)?.checked_add(1)?)?;
             format!("decoder.up.{level}.upsample.conv.{}", rest.join("."))
         }
         [coder @ ("encoder" | "decoder"), "mid_block", "resnets", j, rest @ ..] => {
-            format!(
-                "{coder}.mid.block_{}.{}",
-                num(j)? + 1,
-                vae_resnet_part(rest)?
-            )
+            let block = num(j)?.checked_add(1)?;
+            format!("{coder}.mid.block_{block}.{}", vae_resnet_part(rest)?)
         }
         [coder @ ("encoder" | "decoder"), "mid_block", "attentions", "0", rest @ ..] => {
             format!("{coder}.mid.attn_1.{}", vae_attention_part(rest)?)
@@ -112,5 +109,17 @@ mod tests {
             diffusers_vae_key("encoder.mid_block.attentions.0.to_out.0.bias", 2).as_deref(),
             Some("first_stage_model.encoder.mid.attn_1.proj_out.bias")
         );
+    }
+
+    #[test]
+    fn block_numbers_past_usize_are_not_mapped() {
+        let max = usize::MAX;
+        for key in [
+            format!("decoder.up_blocks.{max}.resnets.0.conv1.weight"),
+            format!("decoder.up_blocks.{max}.upsamplers.0.conv.weight"),
+            format!("decoder.mid_block.resnets.{max}.conv1.weight"),
+        ] {
+            assert_eq!(diffusers_vae_key(&key, 4), None, "{key}");
+        }
     }
 }

@@ -26,7 +26,7 @@ impl Activation {
         match name {
             "quick_gelu" => Ok(Activation::QuickGelu),
             "gelu" => Ok(Activation::Gelu),
-            other => bail!("text_encoder/config.json: hidden_act `{other}` is not supported (use quick_gelu or gelu)"),
+            other => bail!("hidden_act `{other}` is not supported (use quick_gelu or gelu)"),
         }
     }
 
@@ -107,7 +107,10 @@ impl ClipConfig {
                 cfg.num_heads = heads;
             }
             let act = json.get("hidden_act").and_then(|v| v.as_str());
-            cfg.activation = Activation::from_name(act.unwrap_or("quick_gelu"))?;
+            cfg.activation = Activation::from_name(act.unwrap_or("quick_gelu")).map_err(|e| {
+                let folder = spec.diffusers_folder;
+                anyhow::anyhow!("{}: {folder}/config.json: {e}", ckpt.path().display())
+            })?;
             if let Some(eps) = json.get("layer_norm_eps").and_then(|v| v.as_f64()) {
                 cfg.layer_norm_eps = eps;
             }

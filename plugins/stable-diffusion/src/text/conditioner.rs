@@ -11,6 +11,9 @@ use super::tokenizer::{extract_loras, ClipTokenizer, PromptChunk, CHUNK_TOKENS};
 use crate::families::{EncoderSpec, Family, Pad, Vector};
 use crate::unet::timestep_embedding;
 
+/// Chunks of 75 tokens in one prompt: far beyond any prompt that still steers the image.
+const MAX_CHUNKS: usize = 64;
+
 /// One text encoder and the family's rules for it.
 pub struct TextEncoder {
     pub spec: &'static EncoderSpec,
@@ -125,8 +128,14 @@ impl Conditioner {
 
     /// The conditioning of one prompt; `<lora:…>` tags are removed (applied elsewhere).
     pub fn encode(&self, input: &PromptInput<'_>) -> Result<Conditioning> {
-        let (text, _) = extract_loras(input.text)?;
+        let (text, _) = extract_loras(input.text).map_err(anyhow::Error::msg)?;
         let chunks = self.tokenizer.chunks(&text);
+        if chunks.len() > MAX_CHUNKS {
+            bail!(
+                "the prompt is {} chunks of 75 tokens (at most {MAX_CHUNKS}) — shorten it",
+                chunks.len()
+            );
+        }
         let clip_skip = match self.family.clip_skip {
             true => input.clip_skip,
             false => 1,

@@ -1,8 +1,9 @@
 //! Prompts as AUTOMATIC1111 reads them: emphasis syntax (modules/prompt_parser.py
 //! `parse_prompt_attention`), 75-token chunks with comma backtracking and `BREAK`
 //! (modules/sd_hijack_clip.py `tokenize_line`), and `<lora:name:w>` tags
-//! (modules/extra_networks.py). BPE is OpenAI CLIP's, via `instant-clip-tokenizer`.
-use anyhow::{bail, Result};
+//! (modules/extra_networks.py, parsed in `host_api::prompt`). BPE is OpenAI CLIP's, via
+//! `instant-clip-tokenizer`.
+pub use host_api::prompt::{extract_loras, LoraTag};
 use instant_clip_tokenizer::{Token, Tokenizer};
 
 /// Tokens per chunk between BOS and EOS.
@@ -35,13 +36,6 @@ impl PromptChunk {
         tokens[end..].iter_mut().for_each(|t| *t = pad);
         tokens
     }
-}
-
-/// A `<lora:name:weight>` tag found in a prompt.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoraTag {
-    pub name: String,
-    pub weight: f64,
 }
 
 /// One piece of parsed prompt text and its emphasis; `("BREAK", -1.0)` marks a forced chunk break.
@@ -185,56 +179,6 @@ fn split_break(text: &str) -> Vec<String> {
     }
     parts.push(text[part_start..].to_string());
     parts
-}
-
-/// Strips every `<type:args>` extra-network tag (A1111 `re_extra_net`) and returns the
-/// `<lora:name[:weight]>` ones; the weight defaults to 1.
-pub fn extract_loras(prompt: &str) -> Result<(String, Vec<LoraTag>)> {
-    let mut cleaned = String::with_capacity(prompt.len());
-    let mut loras = Vec::new();
-    let mut rest = prompt;
-    while let Some(open) = rest.find('<') {
-        cleaned.push_str(&rest[..open]);
-        let tail = &rest[open + 1..];
-        let tag = tail.find('>').and_then(|close| {
-            let (kind, args) = tail[..close].split_once(':')?;
-            let valid = !kind.is_empty()
-                && kind.chars().all(|c| c.is_alphanumeric() || c == '_')
-                && !args.is_empty();
-            valid.then_some((kind, args, close))
-        });
-        match tag {
-            Some((kind, args, close)) => {
-                if kind == "lora" {
-                    loras.push(parse_lora_args(args)?);
-                } else {
-                    log::warn!("prompt tag <{kind}:{args}> is not supported and was removed");
-                }
-                rest = &tail[close + 1..];
-            }
-            None => {
-                cleaned.push('<');
-                rest = tail;
-            }
-        }
-    }
-    cleaned.push_str(rest);
-    Ok((cleaned, loras))
-}
-
-fn parse_lora_args(args: &str) -> Result<LoraTag> {
-    let mut parts = args.split(':');
-    let name = parts.next().unwrap_or_default().to_string();
-    let weight = match parts.next() {
-        Some(w) => match w.trim().parse::<f64>() {
-            Ok(w) => w,
-            Err(_) => {
-                bail!("<lora:{args}>: weight `{w}` is not a number — write <lora:{name}:0.8>")
-            }
-        },
-        None => 1.0,
-    };
-    Ok(LoraTag { name, weight })
 }
 
 /// CLIP BPE tokenizer with A1111 chunking. OpenAI CLIP and OpenCLIP share the vocabulary.
@@ -411,27 +355,5 @@ mod tests {
             &[("a", 1.0), ("BREAK", -1.0), ("b", 1.0)]
         ));
         assert!(close(&parsed("aBREAK b"), &[("aBREAK b", 1.0)]));
-    }
-
-    #[test]
-    fn lora_tags_are_stripped_and_returned() {
-        let (text, loras) =
-            extract_loras("a cat <lora:detail:0.6>, <lora:style> <hypernet:x:1>end").unwrap();
-        assert_eq!(text, "a cat ,  end");
-        assert_eq!(
-            loras,
-            vec![
-                LoraTag {
-                    name: "detail".into(),
-                    weight: 0.6
-                },
-                LoraTag {
-                    name: "style".into(),
-                    weight: 1.0
-                }
-            ]
-        );
-        assert!(extract_loras("<lora:x:abc>").is_err());
-        assert_eq!(extract_loras("a < b > c").unwrap().0, "a < b > c");
     }
 }

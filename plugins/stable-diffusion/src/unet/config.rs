@@ -144,6 +144,9 @@ impl UNetConfig {
                     _ => heads,
                 };
                 cfg.mid_heads = *cfg.heads.last().unwrap_or(&0);
+                let source = "unet/config.json attention_head_dim / num_attention_heads";
+                cfg.validate()
+                    .map_err(|e| anyhow!("{}: {e} ({source})", ckpt.path().display()))?;
             }
             _ => cfg.heads_by_rule(head_rule),
         }

@@ -84,12 +84,13 @@ impl VaeConfig {
                 )
             })
             .collect::<Result<Vec<i64>>>()?;
-        let scaling_factor = ckpt
-            .configs()
-            .vae
-            .as_ref()
-            .and_then(|json| json.get("scaling_factor")?.as_f64())
-            .unwrap_or(default_scaling);
+        let scaling_factor = match ckpt.configs().vae.as_ref().and_then(|j| j.get("scaling_factor")) {
+            None => default_scaling,
+            Some(value) => value
+                .as_f64()
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .ok_or_else(|| anyhow::anyhow!("{shown}: vae/config.json: scaling_factor {value} must be a positive number — fix it or remove the key (the family's default is {default_scaling})"))?,
+        };
         Ok(Self {
             in_channels,
             out_channels: ckpt.require_shape(&key("decoder.conv_out.weight"))?[0],

@@ -4,7 +4,7 @@
 use std::cell::OnceCell;
 use std::collections::HashMap;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -12,6 +12,7 @@ use super::memory::{self, AttentionMemory};
 use super::tiling::{self, VaeTilingMode, VaeTilingOptions};
 use super::{AutoencoderKL, VaePass};
 use crate::guard::{guarded, is_out_of_memory};
+use crate::health;
 
 /// The model's VAE and how to run it.
 pub struct Vae {
@@ -144,22 +145,36 @@ impl Vae {
         f: impl Fn(&AutoencoderKL, &Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let device = self.device;
+        if !health::is_finite(input) {
+            bail!("the VAE's input holds NaN or inf — an earlier stage failed");
+        }
         let out = guarded(what, || {
             tch::no_grad(|| f(&self.model, &input.to_device(device).to_kind(self.kind)))
         })?;
-        let not_finite = || !bool::try_from(out.isfinite().all()).unwrap_or(false);
-        if self.kind == Kind::Float || !not_finite() {
+        if health::is_finite(&out) {
             return Ok(out.to_kind(input.kind()));
         }
-        log::warn!(
-            "VAE {what} produced NaN or inf in {:?}; retrying in fp32",
-            self.kind
-        );
-        guarded(what, || {
-            let vae = self.vae_fp32()?;
-            let out = tch::no_grad(|| f(vae, &input.to_device(device).to_kind(Kind::Float)))?;
-            Ok(out.to_kind(input.kind()))
-        })
+        let out = if self.kind == Kind::Float {
+            out
+        } else {
+            // A1111's NaN check, for any element: half precision overflows in the VAE.
+            log::warn!(
+                "VAE {what} produced NaN or inf in {:?}; retrying in fp32",
+                self.kind
+            );
+            guarded(what, || {
+                let vae = self.vae_fp32()?;
+                tch::no_grad(|| f(vae, &input.to_device(device).to_kind(Kind::Float)))
+            })?
+        };
+        if !health::is_finite(&out) {
+            let bad = health::first_nonfinite(&self.vars, "first_stage_model.");
+            bail!(
+                "VAE {what} produced NaN or inf (in fp32 too) — {}",
+                health::cause(bad, Kind::Float)
+            );
+        }
+        Ok(out.to_kind(input.kind()))
     }
 
     fn vae_fp32(&self) -> Result<&AutoencoderKL> {

@@ -1,0 +1,272 @@
+//! The weight deltas of the LoRA formats people download, each a low-rank (or Kronecker)
+//! description of `ΔW` for one layer: kohya LoRA / LoCon (`lora_down`, `lora_up`, optional
+//! Tucker `lora_mid`), diffusers / peft (`lora_A`, `lora_B`), LyCORIS LoHa (`hada_*`) and LoKr
+//! (`lokr_*`). Formulas and the alpha/rank scale as ComfyUI's `comfy/weight_adapter/` and
+//! LyCORIS compute them.
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use tch::{Kind, Tensor};
+
+/// The suffixes a LoRA file puts after a layer's name, longest first so that one that is a
+/// suffix of another (`.alpha`) is tried last.
+const SUFFIXES: &[&str] = &[
+    ".lora_down.weight",
+    ".lora_up.weight",
+    ".lora_mid.weight",
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".hada_w1_a",
+    ".hada_w1_b",
+    ".hada_w2_a",
+    ".hada_w2_b",
+    ".hada_t1",
+    ".hada_t2",
+    ".lokr_w1_a",
+    ".lokr_w1_b",
+    ".lokr_w2_a",
+    ".lokr_w2_b",
+    ".lokr_w1",
+    ".lokr_w2",
+    ".lokr_t2",
+    ".dora_scale",
+    ".alpha",
+];
+
+/// One layer's tensors, by suffix (without the leading dot).
+#[derive(Default)]
+pub struct LayerParts(BTreeMap<&'static str, Tensor>);
+
+impl LayerParts {
+    fn get(&self, part: &str) -> Option<&Tensor> {
+        self.0.get(part)
+    }
+
+    /// Sets `alpha` where the file stores none (peft files keep it in their metadata).
+    pub fn default_alpha(&mut self, alpha: f64) {
+        self.0.entry("alpha").or_insert_with(|| Tensor::from(alpha));
+    }
+
+    /// Whether this is a diffusers / peft layer (`lora_A` / `lora_B`).
+    pub fn is_peft(&self) -> bool {
+        self.get("lora_A.weight").is_some()
+    }
+
+    /// The scalar `alpha`, if stored.
+    fn alpha(&self) -> Option<f64> {
+        self.get("alpha")
+            .and_then(|a| f64::try_from(a.to_kind(Kind::Double).sum(Kind::Double)).ok())
+    }
+}
+
+/// Splits `key` into (layer name, part) for a known suffix.
+pub fn split_key(key: &str) -> Option<(&str, &'static str)> {
+    SUFFIXES.iter().find_map(|suffix| {
+        let layer = key.strip_suffix(suffix)?;
+        Some((layer, &suffix[1..]))
+    })
+}
+
+/// Groups a file's tensors by layer; keys with no known suffix are returned apart.
+pub fn group(tensors: Vec<(String, Tensor)>) -> (BTreeMap<String, LayerParts>, Vec<String>) {
+    let mut layers: BTreeMap<String, LayerParts> = BTreeMap::new();
+    let mut unknown = Vec::new();
+    for (key, tensor) in tensors {
+        match split_key(&key) {
+            Some((layer, part)) => {
+                layers
+                    .entry(layer.to_owned())
+                    .or_default()
+                    .0
+                    .insert(part, tensor);
+            }
+            None => unknown.push(key),
+        }
+    }
+    (layers, unknown)
+}
+
+/// `ΔW` of one layer for a weight of `shape`, alpha/rank scale included, in fp32.
+pub fn delta(parts: &LayerParts, shape: &[i64]) -> Result<Tensor> {
+    let f = |t: &Tensor| t.to_kind(Kind::Float);
+    let flat = |t: &Tensor| f(t).flatten(1, -1);
+    let (delta, scale) = if let (Some(up), Some(down)) = (
+        parts.get("lora_up.weight").or(parts.get("lora_B.weight")),
+        parts.get("lora_down.weight").or(parts.get("lora_A.weight")),
+    ) {
+        let rank = down.size()[0];
+        // The weight it changes: [out, in, kernel...] (the kernel from `lora_mid` if any).
+        let kernel = parts.get("lora_mid.weight").unwrap_or(down).size();
+        let implied = [&[up.size()[0], down.size()[1]], &kernel[2..]].concat();
+        if implied != shape {
+            bail!("it changes a {implied:?} weight");
+        }
+        let down = match parts.get("lora_mid.weight") {
+            // Tucker (LoCon `lora_mid`): fold the core into `down` as [r, in, kh, kw].
+            Some(mid) => Tensor::einsum(
+                "i j k l, j r -> i r k l",
+                &[f(mid), flat(down)],
+                None::<&[i64]>,
+            ),
+            None => f(down),
+        };
+        (
+            flat(up).matmul(&down.flatten(1, -1)),
+            scale_of(parts.alpha(), rank),
+        )
+    } else if let (Some(w1a), Some(w1b), Some(w2a), Some(w2b)) = (
+        parts.get("hada_w1_a"),
+        parts.get("hada_w1_b"),
+        parts.get("hada_w2_a"),
+        parts.get("hada_w2_b"),
+    ) {
+        let half = |a: &Tensor, b: &Tensor, t: Option<&Tensor>| match t {
+            // CP form: t [r, r, kh, kw] between the factors.
+            Some(t) => Tensor::einsum(
+                "i j k l, j r, i p -> p r k l",
+                &[f(t), f(b), f(a)],
+                None::<&[i64]>,
+            ),
+            None => f(a).matmul(&f(b)),
+        };
+        if w1a.size()[0] != shape[0] {
+            bail!("it changes a weight with {} outputs", w1a.size()[0]);
+        }
+        let product = half(w1a, w1b, parts.get("hada_t1")) * half(w2a, w2b, parts.get("hada_t2"));
+        (product, scale_of(parts.alpha(), w1b.size()[0]))
+    } else if parts.get("lokr_w1").is_some() || parts.get("lokr_w1_a").is_some() {
+        lokr(parts)?
+    } else {
+        bail!("the layer has none of the tensor sets of LoRA, LoHa or LoKr");
+    };
+    if parts.get("dora_scale").is_some() {
+        bail!("DoRA layers (dora_scale) are not supported yet");
+    }
+    let numel: i64 = shape.iter().product();
+    if delta.numel() as i64 != numel {
+        bail!(
+            "its change has {} values but the model's weight {shape:?} has {numel}",
+            delta.numel()
+        );
+    }
+    Ok(delta.reshape(shape) * scale)
+}
+
+/// alpha / rank, or 1 without alpha.
+fn scale_of(alpha: Option<f64>, rank: i64) -> f64 {
+    match alpha {
+        Some(alpha) if rank > 0 => alpha / rank as f64,
+        _ => 1.0,
+    }
+}
+
+/// LoKr: `kron(w1, w2)`, each factor stored whole or as a low-rank product; alpha/rank only
+/// applies when a factor is decomposed (ComfyUI `LoKrAdapter`).
+fn lokr(parts: &LayerParts) -> Result<(Tensor, f64)> {
+    let f = |t: &Tensor| t.to_kind(Kind::Float);
+    let factor = |whole: &str, a: &str, b: &str| -> Result<(Tensor, Option<i64>)> {
+        if let Some(w) = parts.get(whole) {
+            return Ok((f(w), None));
+        }
+        match (parts.get(a), parts.get(b)) {
+            (Some(a_), Some(b_)) => {
+                let rank = b_.size()[0];
+                let w = match (whole, parts.get("lokr_t2")) {
+                    ("lokr_w2", Some(t)) => Tensor::einsum(
+                        "i j k l, i p, j r -> p r k l",
+                        &[f(t), f(a_), f(b_)],
+                        None::<&[i64]>,
+                    ),
+                    _ => f(a_)
+                        .matmul(&f(b_).flatten(1, -1))
+                        .reshape([&[a_.size()[0]], &b_.size()[1..]].concat().as_slice()),
+                };
+                Ok((w, Some(rank)))
+            }
+            _ => bail!("LoKr layer without {whole} or {a}/{b}"),
+        }
+    };
+    let (w1, rank1) = factor("lokr_w1", "lokr_w1_a", "lokr_w1_b")?;
+    let (w2, rank2) = factor("lokr_w2", "lokr_w2_a", "lokr_w2_b")?;
+    let scale = match rank2.or(rank1) {
+        Some(rank) => scale_of(parts.alpha(), rank),
+        None => 1.0,
+    };
+    // A 2-D w1 against a 4-D (conv) w2: kron over the first two dims, w1 broadcast over the kernel.
+    let w1 = match w2.dim() {
+        4 => w1.unsqueeze(-1).unsqueeze(-1),
+        _ => w1,
+    };
+    Ok((w1.kron(&w2), scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn t(values: &[f32], shape: &[i64]) -> Tensor {
+        Tensor::from_slice(values).reshape(shape)
+    }
+
+    fn parts(list: Vec<(&'static str, Tensor)>) -> LayerParts {
+        LayerParts(list.into_iter().collect())
+    }
+
+    #[test]
+    fn lora_delta_is_up_times_down_scaled_by_alpha_over_rank() {
+        let p = parts(vec![
+            ("lora_down.weight", t(&[1.0, 2.0, 3.0, 4.0], &[2, 2])),
+            (
+                "lora_up.weight",
+                t(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2]),
+            ),
+            ("alpha", Tensor::from(1.0f32)),
+        ]);
+        let d = delta(&p, &[3, 2]).unwrap();
+        // up @ down = [[1,2],[3,4],[4,6]], × 1/2.
+        let want = t(&[0.5, 1.0, 1.5, 2.0, 2.0, 3.0], &[3, 2]);
+        assert!(d.allclose(&want, 1e-6, 1e-6, false));
+    }
+
+    #[test]
+    fn lokr_with_whole_factors_is_a_kronecker_product_unscaled() {
+        let p = parts(vec![
+            ("lokr_w1", t(&[1.0, 2.0], &[1, 2])),
+            ("lokr_w2", t(&[1.0, 1.0], &[2, 1])),
+            ("alpha", Tensor::from(8.0f32)),
+        ]);
+        let d = delta(&p, &[2, 2]).unwrap();
+        assert!(d.allclose(&t(&[1.0, 2.0, 1.0, 2.0], &[2, 2]), 1e-6, 1e-6, false));
+    }
+
+    #[test]
+    fn a_delta_of_the_wrong_size_is_an_error() {
+        let p = parts(vec![
+            (
+                "lora_down.weight",
+                Tensor::ones([2, 4], (Kind::Float, Device::Cpu)),
+            ),
+            (
+                "lora_up.weight",
+                Tensor::ones([3, 2], (Kind::Float, Device::Cpu)),
+            ),
+        ]);
+        assert!(delta(&p, &[3, 5]).is_err());
+    }
+
+    #[test]
+    fn keys_split_on_the_longest_suffix() {
+        assert_eq!(
+            split_key("lora_unet_x.lora_down.weight"),
+            Some(("lora_unet_x", "lora_down.weight"))
+        );
+        assert_eq!(split_key("a.b.lokr_w1_a"), Some(("a.b", "lokr_w1_a")));
+        assert_eq!(
+            split_key("unet.a.lora_A.weight"),
+            Some(("unet.a", "lora_A.weight"))
+        );
+        assert_eq!(split_key("x.alpha"), Some(("x", "alpha")));
+        assert_eq!(split_key("x.weight"), None);
+    }
+}

@@ -1,0 +1,200 @@
+//! LoRA sets applied to a loaded model, per pass: each weight a set changes is kept as it was
+//! before the first change and copied back when the set changes, so the base weights return
+//! bit for bit (a copy of the changed weights costs the same memory as a patched copy, and
+//! restoring is one copy, not a subtraction that rounds).
+mod formats;
+mod names;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Result};
+use tch::Tensor;
+
+use crate::checkpoint::safetensors::SafetensorsFile;
+use crate::convert::UNET_PREFIX;
+use crate::families::Family;
+use crate::unet::UNetConfig;
+pub use names::NameTable;
+
+/// One LoRA of a set: the file, its name for messages, and A1111's two multipliers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    pub path: PathBuf,
+    pub name: String,
+    /// Multiplier of the text-encoder layers.
+    pub te: f64,
+    /// Multiplier of the UNet layers.
+    pub unet: f64,
+}
+
+/// The LoRA state of one model.
+pub struct LoraState {
+    names: NameTable,
+    family: &'static Family,
+    /// The weights the current set changed, as they were before, by model key.
+    originals: HashMap<String, Tensor>,
+    current: Vec<LoraSpec>,
+}
+
+impl LoraState {
+    pub fn new<'a>(
+        family: &'static Family,
+        unet: &UNetConfig,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        Self {
+            names: NameTable::new(family, unet, keys),
+            family,
+            originals: HashMap::new(),
+            current: Vec::new(),
+        }
+    }
+
+    /// The set now applied.
+    pub fn current(&self) -> &[LoraSpec] {
+        &self.current
+    }
+
+    /// Makes `set` the applied set: back to the base weights, then each LoRA added. Returns
+    /// warnings (layers that match no weight). On an error the model is left on its base
+    /// weights.
+    pub fn apply(
+        &mut self,
+        vars: &HashMap<String, Tensor>,
+        set: &[LoraSpec],
+    ) -> Result<Vec<String>> {
+        if set == self.current.as_slice() {
+            return Ok(Vec::new());
+        }
+        self.restore(vars);
+        let mut warnings = Vec::new();
+        for spec in set {
+            match self.add(vars, spec) {
+                Ok(Some(warning)) => warnings.push(warning),
+                Ok(None) => {}
+                Err(e) => {
+                    self.restore(vars);
+                    return Err(e);
+                }
+            }
+        }
+        self.current = set.to_vec();
+        Ok(warnings)
+    }
+
+    /// Copies every changed weight back.
+    fn restore(&mut self, vars: &HashMap<String, Tensor>) {
+        tch::no_grad(|| {
+            for (key, original) in self.originals.drain() {
+                if let Some(var) = vars.get(&key) {
+                    let mut var = var.shallow_clone();
+                    var.copy_(&original);
+                }
+            }
+        });
+        self.current.clear();
+    }
+
+    /// Adds one LoRA to the weights; `Ok(Some(warning))` when some of its layers match nothing.
+    fn add(&mut self, vars: &HashMap<String, Tensor>, spec: &LoraSpec) -> Result<Option<String>> {
+        let name = &spec.name;
+        let file = SafetensorsFile::open(&spec.path)?;
+        let tensors = file
+            .entries()
+            .keys()
+            .map(|k| Ok((k.clone(), file.read(k)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let (mut layers, stray) = formats::group(tensors);
+        peft_alphas(&mut layers, file.metadata()).map_err(|e| anyhow!("LoRA {name}: {e}"))?;
+        self.check_family(name, layers.keys().map(String::as_str))?;
+        let mut unmatched: Vec<&str> = stray.iter().map(String::as_str).collect();
+        let mut changes: BTreeMap<&str, Tensor> = BTreeMap::new();
+        for (layer, parts) in &layers {
+            let Some(key) = self.names.weight(layer) else {
+                unmatched.push(layer);
+                continue;
+            };
+            let var = vars
+                .get(key)
+                .ok_or_else(|| anyhow!("LoRA {name}: the model has no weight `{key}`"))?;
+            let delta = formats::delta(parts, &var.size()).map_err(|e| {
+                anyhow!("LoRA {name}: layer `{layer}` does not fit `{key}` {:?}: {e} — a LoRA for another model family", var.size())
+            })?;
+            let multiplier = match key.starts_with(UNET_PREFIX) {
+                true => spec.unet,
+                false => spec.te,
+            };
+            changes.insert(key, delta * multiplier);
+        }
+        if changes.is_empty() {
+            bail!("LoRA {name}: none of its {} layers matches a weight of this {} model — is it for another family?", layers.len(), self.family.name);
+        }
+        tch::no_grad(|| {
+            for (key, delta) in changes {
+                let mut var = vars[key].shallow_clone();
+                self.originals
+                    .entry(key.to_owned())
+                    .or_insert_with(|| var.copy());
+                let _ = var.g_add_(&delta.to_device(var.device()).to_kind(var.kind()));
+            }
+        });
+        Ok(match unmatched.len() {
+            0 => None,
+            n => Some(format!(
+                "LoRA {name}: {n} of its {} layers match no weight of this {} model and were skipped (first: {})",
+                layers.len() + stray.len(),
+                self.family.name,
+                unmatched.iter().take(3).copied().collect::<Vec<_>>().join(", ")
+            )),
+        })
+    }
+
+    /// SDXL LoRAs name two text encoders (`lora_te1_`, `lora_te2_`, `text_encoder_2.`), SD 1.x
+    /// and 2.x LoRAs one (`lora_te_`): a LoRA for the other kind is refused by name.
+    fn check_family<'a>(
+        &self,
+        name: &str,
+        layers: impl Iterator<Item = &'a str> + Clone,
+    ) -> Result<()> {
+        let two = layers.clone().any(|l| {
+            l.starts_with("lora_te1_")
+                || l.starts_with("lora_te2_")
+                || l.starts_with("text_encoder_2.")
+        });
+        let one = layers.clone().any(|l| l.starts_with("lora_te_"));
+        let model_two = self.family.encoders.len() == 2;
+        if two && !model_two {
+            bail!("LoRA {name} is an SDXL LoRA (two text encoders: lora_te1_/lora_te2_) but this checkpoint is {} — use a LoRA made for it", self.family.name);
+        }
+        if one && model_two {
+            bail!("LoRA {name} is an SD 1.x/2.x LoRA (one text encoder: lora_te_) but this checkpoint is {} — use an SDXL LoRA", self.family.name);
+        }
+        Ok(())
+    }
+}
+
+/// diffusers' `save_lora_weights` keeps peft's `lora_alpha` per component (`unet.lora_alpha`,
+/// `text_encoder.lora_alpha`, ...) in the `lora_adapter_metadata` JSON; without it the scale
+/// is 1, as in every tool.
+fn peft_alphas(
+    layers: &mut BTreeMap<String, formats::LayerParts>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let Some(text) = metadata.get("lora_adapter_metadata") else {
+        return Ok(());
+    };
+    let json: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| anyhow!("its lora_adapter_metadata is not JSON ({e})"))?;
+    for (name, parts) in layers.iter_mut().filter(|(_, p)| p.is_peft()) {
+        let component = match name.split_once('.') {
+            Some((first, _)) if first.starts_with("text_encoder") || first == "unet" => first,
+            _ => "unet",
+        };
+        let key = format!("{component}.lora_alpha");
+        if let Some(alpha) = json.get(key.as_str()).and_then(|v| v.as_f64()) {
+            parts.default_alpha(alpha);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! Checkpoint merging with A1111's checkpoint-merger semantics — a weighted sum
+//! `Σ wᵢ·Xᵢ`, or add-difference `A + (B − C)·m` — streamed tensor by tensor from the inputs'
+//! memory maps into the output file, so merging two SDXL files never holds either in memory.
+//! The output keeps the first input's keys, layout and dtypes, carries the recipe in its
+//! safetensors metadata, and loads like any checkpoint.
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tch::{Kind, Tensor};
+
+use crate::checkpoint::safetensors::{is_float, SafetensorsFile, TensorEntry};
+use crate::checkpoint::Checkpoint;
+
+/// How the inputs combine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recipe {
+    /// `Σ weight·X` over (file, weight).
+    WeightedSum(Vec<(PathBuf, f64)>),
+    /// `A + (B − C)·multiplier`.
+    AddDifference {
+        a: PathBuf,
+        b: PathBuf,
+        c: PathBuf,
+        multiplier: f64,
+    },
+}
+
+impl Recipe {
+    fn inputs(&self) -> Vec<&Path> {
+        match self {
+            Recipe::WeightedSum(list) => list.iter().map(|(p, _)| p.as_path()).collect(),
+            Recipe::AddDifference { a, b, c, .. } => vec![a, b, c],
+        }
+    }
+
+    /// Each input's factor: the weights, or (1, m, −m).
+    fn factors(&self) -> Vec<f64> {
+        match self {
+            Recipe::WeightedSum(list) => list.iter().map(|(_, w)| *w).collect(),
+            Recipe::AddDifference { multiplier, .. } => vec![1.0, *multiplier, -multiplier],
+        }
+    }
+
+    /// The recipe as text, for the output's metadata and infotext.
+    pub fn describe(&self) -> String {
+        let name = |p: &Path| {
+            p.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        match self {
+            Recipe::WeightedSum(list) => list
+                .iter()
+                .map(|(p, w)| format!("{}:{w}", name(p)))
+                .collect::<Vec<_>>()
+                .join(" + "),
+            Recipe::AddDifference {
+                a,
+                b,
+                c,
+                multiplier,
+            } => format!("{} + ({} - {}) * {multiplier}", name(a), name(b), name(c)),
+        }
+    }
+}
+
+/// What a merge did, for the user.
+#[derive(Debug, Default)]
+pub struct MergeReport {
+    pub merged: usize,
+    /// Tensors some input lacks (or has in another shape), copied from the first.
+    pub copied: Vec<String>,
+}
+
+/// Merges the inputs of `recipe` into `out` (written to a temporary name, then renamed).
+pub fn merge(recipe: &Recipe, out: &Path) -> Result<MergeReport> {
+    let paths = recipe.inputs();
+    let mut family = None;
+    for path in &paths {
+        if path.is_dir() {
+            bail!(
+                "{}: merging reads single-file checkpoints; this is a diffusers folder",
+                path.display()
+            );
+        }
+        let found = Checkpoint::open(path)?.family()?;
+        match family {
+            None => family = Some(found),
+            Some(first) if first.id != found.id => bail!(
+                "{} is {} but {} is {} — only checkpoints of one family merge",
+                paths[0].display(),
+                first.name,
+                path.display(),
+                found.name
+            ),
+            Some(_) => {}
+        }
+    }
+    let files = paths
+        .iter()
+        .map(|p| SafetensorsFile::open(p))
+        .collect::<Result<Vec<_>>>()?;
+    let factors = recipe.factors();
+    let first = &files[0];
+    let header = header(first.entries(), &recipe.describe())?;
+    let tmp = out.with_file_name(format!(
+        ".{}.tmp",
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let written = write_merged(&tmp, &header, &files, &factors);
+    let report = match written {
+        Ok(report) => report,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot write", out.display()))?;
+    Ok(report)
+}
+
+/// The output header: the first input's tensors at consecutive offsets, the recipe as metadata,
+/// padded with spaces to a multiple of 8 bytes (as the safetensors writer does).
+fn header(entries: &BTreeMap<String, TensorEntry>, recipe: &str) -> Result<Vec<u8>> {
+    let mut json = serde_json::Map::new();
+    json.insert(
+        "__metadata__".into(),
+        serde_json::json!({ "format": "pt", "hiresfix_merge": recipe }),
+    );
+    let mut offset = 0usize;
+    for (name, entry) in entries {
+        let end = offset + entry.bytes();
+        json.insert(
+            name.clone(),
+            serde_json::json!({ "dtype": entry.dtype, "shape": entry.shape, "data_offsets": [offset, end] }),
+        );
+        offset = end;
+    }
+    let mut bytes = serde_json::to_vec(&serde_json::Value::Object(json))?;
+    while bytes.len() % 8 != 0 {
+        bytes.push(b' ');
+    }
+    Ok(bytes)
+}
+
+fn write_merged(
+    tmp: &Path,
+    header: &[u8],
+    files: &[SafetensorsFile],
+    factors: &[f64],
+) -> Result<MergeReport> {
+    let shown = tmp.display();
+    let file = std::fs::File::create(tmp).with_context(|| format!("{shown}: cannot create"))?;
+    let mut out = std::io::BufWriter::new(file);
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(header)?;
+    let mut report = MergeReport::default();
+    let first = &files[0];
+    for (name, entry) in first.entries() {
+        let shapes_agree = files.iter().all(|f| {
+            f.entries()
+                .get(name)
+                .is_some_and(|e| e.shape == entry.shape)
+        });
+        let tensor = if is_float(&entry.dtype) && shapes_agree {
+            report.merged += 1;
+            weighted(files, factors, name)?.to_kind(
+                crate::checkpoint::safetensors::kind_of(&entry.dtype).unwrap_or(Kind::Float),
+            )
+        } else {
+            if is_float(&entry.dtype) {
+                report.copied.push(name.clone());
+            }
+            first.read(name)?
+        };
+        let mut bytes = vec![0u8; entry.bytes()];
+        tensor
+            .contiguous()
+            .f_copy_data_u8(&mut bytes, tensor.numel())
+            .with_context(|| format!("{shown}: tensor `{name}`"))?;
+        out.write_all(&bytes)
+            .with_context(|| format!("{shown}: cannot write (disk full?)"))?;
+    }
+    out.flush()
+        .with_context(|| format!("{shown}: cannot write (disk full?)"))?;
+    Ok(report)
+}
+
+/// `Σ factor·tensor` of `name` over the inputs, in fp32.
+fn weighted(files: &[SafetensorsFile], factors: &[f64], name: &str) -> Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for (file, factor) in files.iter().zip(factors) {
+        let part = file.with_view(name, |t| Ok(t.to_kind(Kind::Float) * *factor))?;
+        acc = Some(match acc {
+            Some(a) => a + part,
+            None => part,
+        });
+    }
+    acc.ok_or_else(|| anyhow!("no inputs to merge"))
+}

@@ -1,0 +1,91 @@
+//! Limits checked before anything heavy, by `check` and `generate` alike: a profile inside every
+//! field's range can still ask for a schedule of millions of steps, an image of 2^32 pixels
+//! or a seed past i64. Each is one line with the limit and the fix.
+use anyhow::{bail, Result};
+
+use crate::profile::Profile;
+
+/// Passes in one job.
+pub const MAX_PASSES: usize = 16;
+/// Steps in a pass's full schedule: `int(steps / denoise)`.
+pub const MAX_SCHEDULE_STEPS: usize = 10_000;
+/// Pixels along either side of any pass.
+pub const MAX_SIDE: f64 = 16_384.0;
+/// Images in one batch.
+pub const MAX_BATCH: u32 = 10_000;
+/// Characters in one prompt (about 60 chunks of 75 tokens).
+pub const MAX_PROMPT_CHARS: usize = 20_000;
+
+/// What can be checked on the profile alone.
+pub fn check_profile(profile: &Profile) -> Result<()> {
+    let passes = profile.passes.len();
+    if passes > MAX_PASSES {
+        bail!(
+            "{passes} passes (at most {MAX_PASSES}) — each pass upscales; use fewer, larger steps"
+        );
+    }
+    if profile.batch > MAX_BATCH {
+        bail!(
+            "batch = {} (at most {MAX_BATCH}) — run several jobs",
+            profile.batch
+        );
+    }
+    if profile
+        .seed
+        .checked_add(i64::from(profile.batch) - 1)
+        .is_none()
+    {
+        bail!(
+            "seed {} + batch {} overflows the seed range — use a smaller seed",
+            profile.seed,
+            profile.batch
+        );
+    }
+    let prompts = [("prompt", &profile.prompt), ("negative", &profile.negative)];
+    let per_pass = profile.passes.iter().enumerate().flat_map(|(i, p)| {
+        [
+            ("prompt", p.prompt.as_ref()),
+            ("negative", p.negative.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(move |(k, v)| Some((i + 1, k, v?)))
+    });
+    for (where_, text) in prompts
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain(per_pass.map(|(n, k, v)| (format!("pass {n} {k}"), v)))
+    {
+        let chars = text.chars().count();
+        if chars > MAX_PROMPT_CHARS {
+            bail!("{where_} is {chars} characters long (at most {MAX_PROMPT_CHARS}) — shorten it");
+        }
+    }
+    Ok(())
+}
+
+/// The length of a pass's full schedule, checked: a tiny `denoise` multiplies it.
+pub fn schedule_steps(pass: usize, steps: usize, denoise: f64) -> Result<usize> {
+    let total = if denoise < 1.0 {
+        steps as f64 / denoise
+    } else {
+        steps as f64
+    };
+    if !total.is_finite() || total > MAX_SCHEDULE_STEPS as f64 {
+        let least = steps as f64 / MAX_SCHEDULE_STEPS as f64;
+        bail!(
+            "pass {pass}: denoise {denoise} with {steps} steps builds a schedule of {total:.0} steps (at most {MAX_SCHEDULE_STEPS}) — raise denoise to at least {least} or lower steps"
+        );
+    }
+    Ok(total as usize)
+}
+
+/// A pass's size in pixels, checked before it is rounded into integers.
+pub fn side(pass: usize, width: f64, height: f64) -> Result<()> {
+    let ok = |v: f64| v.is_finite() && v <= MAX_SIDE;
+    if !ok(width) || !ok(height) {
+        bail!(
+            "pass {pass}: {width:.0}x{height:.0} px is over the {MAX_SIDE} px limit — use fewer or smaller upscale passes"
+        );
+    }
+    Ok(())
+}
