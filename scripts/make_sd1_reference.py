@@ -463,10 +463,16 @@ def put_vae_refs(rec: Recorder, vae, scaling: float) -> None:
 
 
 @torch.no_grad()
-def hires_run(model_wrap, cfg_model, conds1, conds2, size: dict, scaling: float, vae) -> dict:
+def bilinear(lat: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return F.interpolate(lat, size=(h, w), mode="bilinear", antialias=False)
+
+
+@torch.no_grad()
+def hires_run(model_wrap, cfg_model, conds1, conds2, size: dict, scaling: float, vae, upscale=bilinear) -> dict:
     """A1111 hires fix with k-diffusion: pass 1 txt2img (Euler), latent upscale (bilinear,
-    no antialias), pass 2 img2img over the last STEPS2 + 1 of int(STEPS2 / DENOISE) sigmas,
-    both passes seeded with SEED; conds* = (cond, uncond) given to cfg_model.  Shared."""
+    no antialias, unless `upscale(latent, h, w)` says otherwise), pass 2 img2img over the last
+    STEPS2 + 1 of int(STEPS2 / DENOISE) sigmas, both passes seeded with SEED; conds* =
+    (cond, uncond) given to cfg_model.  Shared."""
     f = VAE_FACTOR
     w1, h1, w2, h2 = size["width1"], size["height1"], size["width2"], size["height2"]
     sig1 = model_wrap.get_sigmas(STEPS1)
@@ -474,7 +480,7 @@ def hires_run(model_wrap, cfg_model, conds1, conds2, size: dict, scaling: float,
     noise1 = torch.randn([4, h1 // f, w1 // f]).unsqueeze(0)
     extra1 = {"cond": conds1[0], "uncond": conds1[1], "cond_scale": CFG}
     lat1 = k_diffusion.sampling.sample_euler(cfg_model, noise1 * sig1[0], sig1, extra_args=extra1, disable=True)
-    up = F.interpolate(lat1, size=(h2 // f, w2 // f), mode="bilinear", antialias=False)
+    up = upscale(lat1, h2 // f, w2 // f)
     sig2 = model_wrap.get_sigmas(int(STEPS2 / DENOISE))[-(STEPS2 + 1) :]
     torch.manual_seed(SEED)
     noise2 = torch.randn([4, h2 // f, w2 // f]).unsqueeze(0)

@@ -32,10 +32,44 @@ enum Command {
         seed: Option<i64>,
         #[arg(long)]
         batch: Option<u32>,
+        /// Stop after pass K (a preview): each image keeps its latent for `hiresfix finish`.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        passes: Option<u32>,
         /// Dotted profile key, passes numbered from 1: --set pass.2.denoise=0.35
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
         /// Output path (replaces the profile's `output`; `{seed}` and `{n}` expand).
+        #[arg(short, long)]
+        output: Option<String>,
+    },
+    /// Run the remaining passes of an image: a preview from `generate --passes K` continues
+    /// from its stored latent; any other image is VAE-encoded as pass 1's result.
+    Finish {
+        image: PathBuf,
+        /// The profile to use (default: the one the image carries, else its A1111 parameters).
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Output path (default: IMAGE-finished.png beside the image).
+        #[arg(short, long)]
+        output: Option<String>,
+        /// VAE-encode the pixels instead of continuing from the stored latent.
+        #[arg(long)]
+        ignore_latent: bool,
+    },
+    /// One image per combination of values, same seed: a labelled contact sheet plus each cell.
+    Grid {
+        profile: PathBuf,
+        /// Column axis: a dotted profile key and its values, --x pass.2.denoise=0.3,0.45,0.6
+        #[arg(long, value_name = "KEY=V1,V2,...")]
+        x: String,
+        /// Row axis, as --x.
+        #[arg(long, value_name = "KEY=V1,V2,...")]
+        y: Option<String>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// The sheet's path (default grid.png); cells are written beside it.
         #[arg(short, long)]
         output: Option<String>,
     },
@@ -62,6 +96,9 @@ enum Command {
     /// Re-run the profile embedded in an image written by hiresfix.
     Replay {
         image: PathBuf,
+        /// Import the image's A1111 / Forge parameters into a profile (stdout, or -o FILE).
+        #[arg(long)]
+        to_profile: bool,
         #[arg(short, long)]
         output: Option<String>,
     },
@@ -80,6 +117,7 @@ fn run(cli: Cli) -> Result<()> {
             profile: path,
             seed,
             batch,
+            passes,
             sets,
             output,
         } => {
@@ -93,7 +131,45 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 profile.batch = batch;
             }
-            run_generate(profile, base_dir(&path), cli.quiet, output)
+            let options = generate::RunOptions {
+                quiet: cli.quiet,
+                output,
+                passes: passes.map(|k| k as usize),
+                ..generate::RunOptions::new(base_dir(&path))
+            };
+            run_generate(profile, options)
+        }
+        Command::Finish {
+            image,
+            profile,
+            sets,
+            output,
+            ignore_latent,
+        } => {
+            let args = commands::finish::Args {
+                image,
+                profile,
+                sets,
+                output,
+                ignore_latent,
+            };
+            commands::finish::run(&args, cli.quiet)
+        }
+        Command::Grid {
+            profile,
+            x,
+            y,
+            sets,
+            output,
+        } => {
+            let args = commands::grid::Args {
+                profile,
+                x,
+                y,
+                sets,
+                output,
+            };
+            commands::grid::run(&args, cli.quiet)
         }
         Command::Check { profile, sets } => commands::check::run(&profile, &sets),
         Command::Plugins => commands::plugins::run(),
@@ -103,7 +179,12 @@ fn run(cli: Cli) -> Result<()> {
             inputs,
             add_difference,
         } => commands::merge::run(&out, &inputs, add_difference),
-        Command::Replay { image, output } => commands::replay::run(&image, cli.quiet, output),
+        Command::Replay {
+            image,
+            to_profile: true,
+            output,
+        } => commands::replay::to_profile(&image, output.as_deref().map(std::path::Path::new)),
+        Command::Replay { image, output, .. } => commands::replay::run(&image, cli.quiet, output),
         Command::Demo { checkpoint, output } => commands::demo::run(checkpoint, cli.quiet, output),
     }
 }

@@ -106,13 +106,15 @@ fn is_latin1(text: &str) -> bool {
     text.chars().all(|c| (c as u32) < 256 && c != '\0')
 }
 
-/// Encodes an RGB8 image with the two text chunks.
+/// Encodes an RGB8 image with the two text chunks (an empty one is left out), and the stored latent (a zTXt chunk, see
+/// [`crate::stored_latent`]) when given.
 pub fn encode_png(
     width: u32,
     height: u32,
     rgb: &[u8],
     parameters: &str,
     profile: &str,
+    latent: Option<&str>,
 ) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     {
@@ -120,11 +122,17 @@ pub fn encode_png(
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
         for (key, text) in [("parameters", parameters), (PROFILE_CHUNK, profile)] {
+            if text.is_empty() {
+                continue;
+            }
             if is_latin1(text) {
                 encoder.add_text_chunk(key.to_owned(), text.to_owned())?;
             } else {
                 encoder.add_itxt_chunk(key.to_owned(), text.to_owned())?;
             }
+        }
+        if let Some(latent) = latent {
+            encoder.add_ztxt_chunk(crate::stored_latent::CHUNK.to_owned(), latent.to_owned())?;
         }
         let mut writer = encoder.write_header()?;
         writer.write_image_data(rgb)?;
@@ -229,7 +237,7 @@ mod tests {
 
     #[test]
     fn text_chunks_are_read_back_from_memory() {
-        let png = encode_png(1, 1, &[0, 0, 0], "a cat\nSteps: 20", "seed = 1 # 猫").unwrap();
+        let png = encode_png(1, 1, &[0, 0, 0], "a cat\nSteps: 20", "seed = 1 # 猫", None).unwrap();
         let chunks = read_text_chunks_from(std::io::Cursor::new(png), "mem.png").unwrap();
         assert_eq!(
             chunks,

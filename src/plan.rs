@@ -94,8 +94,8 @@ pub fn plan_passes<'r>(
             anyhow!("no checkpoint: set [model] checkpoint = \"path\" (a Civitai .safetensors file or a diffusers folder), or run `hiresfix demo`")
         })?,
     };
-    if profile.tiling {
-        bail!("`tiling = true` (seamless output) is not supported by this version yet; remove it from the profile");
+    if profile.tiling && matches!(profile.vae_tiling, crate::profile::VaeTiling::On) {
+        bail!("`tiling = true` (seamless output) cannot use vae_tiling = \"on\": decoding in tiles breaks the wrap-around; set vae_tiling = \"auto\" or \"off\"");
     }
     limits::check_profile(profile)?;
     let mut plans = Vec::new();

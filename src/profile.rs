@@ -437,6 +437,11 @@ impl Profile {
     /// The generation settings of a profile someone else wrote (a PNG's embedded profile),
     /// without what would load code or write files where it says: plugin folders and pins,
     /// LoRA folders and the output path fall back to this user's defaults.
+    /// Every key at its default and no pass (for importers to fill).
+    pub fn empty() -> Self {
+        toml::from_str("").expect("every profile key has a default")
+    }
+
     pub fn untrusted(mut self) -> Self {
         self.plugin_dirs.clear();
         self.plugin_sha256.clear();

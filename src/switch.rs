@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 
 use crate::generate::detect_backend;
+use crate::lint::{Finding, Severity};
 use crate::plan::PassPlan;
 use crate::registry::Registry;
 
@@ -37,8 +38,8 @@ pub fn check_families(plans: &[PassPlan<'_>], registry: &Registry) -> Result<()>
     Ok(())
 }
 
-/// The warnings for each switch, naming the pass.
-pub fn switch_warnings(plans: &[PassPlan<'_>], registry: &Registry) -> Result<Vec<String>> {
+/// The findings for each switch (another text encoder, too many steps), naming the pass.
+pub fn switch_findings(plans: &[PassPlan<'_>], registry: &Registry) -> Result<Vec<Finding>> {
     let fingerprint = |path: &PathBuf| -> Result<String> {
         let backend = detect_backend(registry, path)?;
         let info = backend
@@ -54,13 +55,18 @@ pub fn switch_warnings(plans: &[PassPlan<'_>], registry: &Registry) -> Result<Ve
             continue;
         }
         if fingerprint(&plan.checkpoint)? != fingerprint(&previous.checkpoint)? {
-            warnings.push(format!(
-                "pass {}: {} has another text encoder than pass {}'s {} — the prompt is understood differently; use checkpoints that share the text encoder",
-                plan.number,
-                plan.checkpoint.display(),
-                previous.number,
-                previous.checkpoint.display()
-            ));
+            warnings.push(Finding {
+                severity: Severity::Warning,
+                pass: plan.number,
+                key: "checkpoint",
+                message: format!(
+                    "{} has another text encoder than pass {}'s {}: the prompt is understood differently",
+                    plan.checkpoint.display(),
+                    previous.number,
+                    previous.checkpoint.display()
+                ),
+                fix: "switch to a checkpoint that shares the text encoder".into(),
+            });
         }
         let steps: usize = plans[i..]
             .iter()
@@ -68,11 +74,16 @@ pub fn switch_warnings(plans: &[PassPlan<'_>], registry: &Registry) -> Result<Ve
             .map(|p| p.steps)
             .sum();
         if steps > MAX_STEPS_AFTER_SWITCH {
-            warnings.push(format!(
-                "pass {}: {steps} steps after switching to {} (more than {MAX_STEPS_AFTER_SWITCH}) — the second model repaints the composition; use at most {MAX_STEPS_AFTER_SWITCH} steps or switch later",
-                plan.number,
-                plan.checkpoint.display()
-            ));
+            warnings.push(Finding {
+                severity: Severity::Warning,
+                pass: plan.number,
+                key: "steps",
+                message: format!(
+                    "{steps} steps after switching to {} (more than {MAX_STEPS_AFTER_SWITCH}): the second model repaints the composition",
+                    plan.checkpoint.display()
+                ),
+                fix: format!("run at most {MAX_STEPS_AFTER_SWITCH} steps after the switch, or switch in a later pass"),
+            });
         }
     }
     Ok(warnings)

@@ -188,18 +188,18 @@ fn a_pass_switching_checkpoints_loads_each_once_and_check_warns() {
             checkpoint.display()
         );
     }
-    assert!(log.contains("warning: pass 2:"), "{log}");
+    assert!(log.contains("warning: pass 2 `checkpoint`:"), "{log}");
     let check = run(&scratch, &["check", profile.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&check.stdout);
     assert!(
         text.contains(&format!(
-            "warning: pass 2: {} has another text encoder than pass 1's",
+            "warning: pass 2 `checkpoint`: {} has another text encoder than pass 1's",
             other.display()
         )),
         "{text}"
     );
     assert!(
-        text.contains("warning: pass 2: 12 steps after switching to"),
+        text.contains("warning: pass 2 `steps`: 12 steps after switching to"),
         "{text}"
     );
 }

@@ -146,9 +146,15 @@ fn with_embedded_profile(
     edit(&mut table);
     let parameters = chunk(png, "parameters");
     let (w, h, rgb) = hiresfix::output::read_rgb8(png).unwrap();
-    let bytes =
-        hiresfix::output::encode_png(w, h, &rgb, &parameters, &toml::to_string(&table).unwrap())
-            .unwrap();
+    let bytes = hiresfix::output::encode_png(
+        w,
+        h,
+        &rgb,
+        &parameters,
+        &toml::to_string(&table).unwrap(),
+        None,
+    )
+    .unwrap();
     std::fs::write(to, bytes).unwrap();
 }
 

@@ -146,7 +146,10 @@ fn two_pass_runs_through_the_host_match_the_references_from_both_formats() {
         for checkpoint in case.formats() {
             let shown = checkpoint.display();
             let mut job = prepare(case.profile(&checkpoint), &registry, &repo()).unwrap();
-            let (model, info) = job.models.get(&job.plans[0].checkpoint, None, &[]).unwrap();
+            let (model, info) = job
+                .models
+                .get(&job.settings, &job.plans[0].checkpoint, None, &[])
+                .unwrap();
             let table = ModelSigmas::new(info.sigmas.to_vec()).unwrap();
             for (i, key) in [(0, "run.sigmas1"), (1, "run.sigmas2")] {
                 let ours = Tensor::from_slice(&pass_sigmas(&job.plans[i], &table).unwrap());
@@ -166,6 +169,96 @@ fn two_pass_runs_through_the_host_match_the_references_from_both_formats() {
     }
 }
 
+/// `tiling = true`: circular padding in every convolution, as A1111's "Tiling" (reference:
+/// scripts/make_seamless_reference.py), from both formats; the PNG says `Tiling: True`.
+#[test]
+fn seamless_runs_match_the_circular_padding_reference() {
+    let registry = Registry::load(&[], &Default::default());
+    let case = &CASES[0];
+    let plain = case.reference();
+    let r: HashMap<String, Tensor> =
+        Tensor::read_safetensors(case.dir().join("seamless.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    // The reference must differ from the zero-padded run, or this test would prove nothing.
+    assert!(rel_err(&r["run.latent2"], &plain["run.latent2"]) > 1e-2);
+    for checkpoint in case.formats() {
+        let mut profile = case.profile(&checkpoint);
+        profile.tiling = true;
+        let mut job = prepare(profile, &registry, &repo()).unwrap();
+        let result = job.run_image(1234, true).unwrap();
+        let e1 = rel_err(&result.latents[0], &r["run.latent1"]);
+        let e2 = rel_err(&result.latents[1], &r["run.latent2"]);
+        assert!(
+            e1 < 1e-4 && e2 < 1e-4,
+            "{}: {e1} {e2}",
+            checkpoint.display()
+        );
+    }
+    let scratch = Scratch::new("parity-seamless");
+    let png = |tiling: bool| {
+        let mut profile = case.profile(&case.formats()[0]);
+        profile.tiling = tiling;
+        profile.output = scratch
+            .path(&format!("{tiling}.png"))
+            .to_string_lossy()
+            .into_owned();
+        let options = RunOptions {
+            quiet: true,
+            ..RunOptions::new(repo())
+        };
+        generate(profile, &registry, &options).unwrap().remove(0)
+    };
+    let (seamless, plain) = (png(true), png(false));
+    let (w, h, px) = hiresfix::output::read_rgb8(&seamless).unwrap();
+    let expected = Vec::<u8>::try_from(r["run.image_u8"].flatten(0, -1)).unwrap();
+    let worst = px
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (*a as i32 - *b as i32).abs())
+        .max();
+    assert!(worst.unwrap() <= 1, "max pixel difference {worst:?}");
+    // The edges continue each other: the first/last row and column differ about as much as
+    // neighbouring pixels do, unlike a plain run's.
+    let tiled = seam_excess(w, h, &px);
+    let (_, _, plain_px) = hiresfix::output::read_rgb8(&plain).unwrap();
+    let untiled = seam_excess(w, h, &plain_px);
+    eprintln!("seam excess: tiled {tiled:.3}, plain {untiled:.3}");
+    assert!(
+        tiled < 0.2 && tiled < untiled / 4.0,
+        "tiled {tiled}, plain {untiled}"
+    );
+    let chunks = hiresfix::output::read_text_chunks(&seamless).unwrap();
+    let parameters = &chunks.iter().find(|(k, _)| k == "parameters").unwrap().1;
+    assert!(parameters.contains("Tiling: True"), "{parameters}");
+}
+
+/// How much more the wrap-around edges (last column → first, last row → first) differ than
+/// neighbouring pixels do on average: 0 for an image that tiles like its interior.
+fn seam_excess(w: u32, h: u32, rgb: &[u8]) -> f64 {
+    let (w, h) = (w as usize, h as usize);
+    let at = |x: usize, y: usize, c: usize| rgb[(y * w + x) * 3 + c] as f64;
+    let (mut edge, mut edges, mut inner, mut inners) = (0.0, 0.0, 0.0, 0.0);
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                let right = (at(x, y, c) - at((x + 1) % w, y, c)).abs();
+                let down = (at(x, y, c) - at(x, (y + 1) % h, c)).abs();
+                match x + 1 == w {
+                    true => (edge += right, edges += 1.0),
+                    false => (inner += right, inners += 1.0),
+                };
+                match y + 1 == h {
+                    true => (edge += down, edges += 1.0),
+                    false => (inner += down, inners += 1.0),
+                };
+            }
+        }
+    }
+    (edge / edges) / (inner / inners) - 1.0
+}
+
 #[test]
 fn written_pngs_match_the_reference_images_within_one_level() {
     let registry = Registry::load(&[], &Default::default());
@@ -179,8 +272,7 @@ fn written_pngs_match_the_reference_images_within_one_level() {
             .into_owned();
         let options = RunOptions {
             quiet: true,
-            output: None,
-            base_dir: repo(),
+            ..RunOptions::new(repo())
         };
         let written = generate(profile, &registry, &options).unwrap();
         let (w, h, px) = hiresfix::output::read_rgb8(&written[0]).unwrap();

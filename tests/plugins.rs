@@ -100,7 +100,12 @@ fn panicking_sampler_becomes_an_error_naming_the_plugin() {
     let out = hiresfix(&scratch.0, &["generate", profile.to_str().unwrap()], &[]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "not an abort: {err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    // The lint's warning about the tiny model's 32 px pass 1 may come first.
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("warning: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{err}");
     assert!(
         err.contains("sampler `panicky`") && err.contains("libpanicky_plugin.so"),
         "{err}"

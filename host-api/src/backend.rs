@@ -50,6 +50,8 @@ pub struct LoadRequest {
     pub vae_tile_overlap: u32,
     /// What the UNet predicts: `eps` or `v` to override detection, empty to detect.
     pub prediction: RString,
+    /// Seamless (tileable) output: every convolution pads circularly instead of with zeros.
+    pub seamless: bool,
     /// A weighted-sum merge to load instead of `checkpoint` alone (empty: no merge); the
     /// first entry is `checkpoint`.
     pub merge: RVec<MergeInput>,
@@ -184,6 +186,53 @@ pub struct CheckpointInfo {
     pub default_size: u32,
 }
 
+/// What `check` asks a backend: the memory one pass of a given size needs.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct MemoryRequest {
+    pub checkpoint: RString,
+    pub width: u32,
+    pub height: u32,
+    /// Latents per UNet call: 2 with CFG (conditional and unconditional), 1 without.
+    pub unet_batch: u32,
+    /// `fp32`, `fp16` or `bf16`: what the weights and activations run in.
+    pub dtype: RString,
+    /// `cpu`, `cuda`, `cuda:N`: whose free memory to report.
+    pub device: RString,
+    pub vae_tile_size: u32,
+    pub vae_tile_overlap: u32,
+}
+
+/// Bytes one pass needs, by part (see the backend's documentation for its formula).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Default, PartialEq)]
+pub struct MemoryEstimate {
+    /// Every weight the run holds (UNet, text encoders, VAE) in the run's dtype.
+    pub weights: u64,
+    /// What a process holds before any model: the runtime's code and buffers.
+    pub runtime: u64,
+    /// Working memory of one UNet call (activations, skip connections, attention).
+    pub unet: u64,
+    /// Working memory of decoding the pass's latent in one piece.
+    pub decode_full: u64,
+    /// Working memory of decoding it in tiles.
+    pub decode_tiled: u64,
+    /// The device's free memory now; 0 when it cannot be read.
+    pub free: u64,
+}
+
+impl MemoryEstimate {
+    /// The peak of the pass: the weights and runtime, plus the larger of a UNet call and the
+    /// decode (full or tiled).
+    pub fn peak(&self, tiled: bool) -> u64 {
+        let decode = match tiled {
+            true => self.decode_tiled,
+            false => self.decode_full,
+        };
+        self.runtime + self.weights + self.unet.max(decode)
+    }
+}
+
 pub fn parse_device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
@@ -282,6 +331,15 @@ pub trait Backend: Sized + 'static {
     /// Writes a tiny random checkpoint of this family with the real save code (`hiresfix demo`).
     fn write_demo_checkpoint(_path: &Path) -> Result<()> {
         Err(Error(format!("family {} has no demo model", Self::FAMILY)))
+    }
+
+    /// The memory one pass needs (`hiresfix check`'s table), from the checkpoint's headers,
+    /// without loading it.
+    fn estimate_memory(_request: &MemoryRequest) -> Result<MemoryEstimate> {
+        Err(Error(format!(
+            "family {} gives no memory estimate",
+            Self::FAMILY
+        )))
     }
 }
 
@@ -467,6 +525,11 @@ pub struct BackendDecl {
     pub merge: extern "C" fn(&MergeRequest) -> Out<RString>,
     pub load: extern "C" fn(&LoadRequest) -> Out<ModelBox>,
     pub write_demo_checkpoint: extern "C" fn(RStr<'_>) -> Out<()>,
+    pub estimate_memory: extern "C" fn(&MemoryRequest) -> Out<MemoryEstimate>,
+}
+
+extern "C" fn estimate_trampoline<B: Backend>(request: &MemoryRequest) -> Out<MemoryEstimate> {
+    guard(|| B::estimate_memory(request))
 }
 
 extern "C" fn detect_trampoline<B: Backend>(path: RStr<'_>) -> Out<ROption<RString>> {
@@ -502,7 +565,13 @@ impl BackendDecl {
             merge: merge_trampoline::<B>,
             load: load_trampoline::<B>,
             write_demo_checkpoint: demo_trampoline::<B>,
+            estimate_memory: estimate_trampoline::<B>,
         }
+    }
+
+    /// Host side: see [`Backend::estimate_memory`].
+    pub fn run_estimate_memory(&self, request: &MemoryRequest) -> Result<MemoryEstimate> {
+        from_ffi((self.estimate_memory)(request))
     }
 
     /// Host side: see [`Backend::detect`].

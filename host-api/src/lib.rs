@@ -19,8 +19,8 @@ pub use abi_stable;
 pub use tch;
 
 pub use backend::{
-    Backend, BackendDecl, CheckpointInfo, EncodeRequest, LoadRequest, LoraSpec, MergeInput,
-    MergeRequest, ModelBox, ModelInfo, PromptSpec,
+    Backend, BackendDecl, CheckpointInfo, EncodeRequest, LoadRequest, LoraSpec, MemoryEstimate,
+    MemoryRequest, MergeInput, MergeRequest, ModelBox, ModelInfo, PromptSpec,
 };
 pub use error::{Error, Result};
 pub use options::{OptionEntry, OptionValue, Options};

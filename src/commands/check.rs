@@ -50,10 +50,26 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
         );
     }
     crate::switch::check_families(&plans, &registry)?;
-    for warning in crate::switch::switch_warnings(&plans, &registry)? {
-        println!("warning: {warning}");
+    let mut findings = crate::lint::lint(&plans, &sizes, &info);
+    findings.extend(crate::switch::switch_findings(&plans, &registry)?);
+    for finding in &findings {
+        println!("{finding}");
+    }
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == crate::lint::Severity::Error)
+        .count();
+    if errors > 0 {
+        bail!("{errors} error(s) above");
     }
     crate::output::checked_template(&profile.output)?;
+    let settings = crate::models::LoadSettings::from_profile(&profile)?;
+    match crate::memory::table(&plans, &sizes, &registry, &settings) {
+        Ok(rows) => crate::memory::render(&rows, &settings)
+            .iter()
+            .for_each(|line| println!("{line}")),
+        Err(e) => println!("note: no memory estimate: {e}"),
+    }
     println!("ok: {} passes", plans.len());
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 
 use super::{registry_for, run_generate};
+use crate::generate::RunOptions;
 use crate::profile::Profile;
 use crate::registry::Registry;
 
@@ -55,7 +56,12 @@ pub fn run(checkpoint: Option<PathBuf>, quiet: bool, output: Option<String>) -> 
         }
     };
     profile.model.checkpoint = Some(checkpoint.to_string_lossy().into_owned());
-    run_generate(profile, PathBuf::new(), quiet, output)
+    let options = RunOptions {
+        quiet,
+        output,
+        ..RunOptions::new(PathBuf::new())
+    };
+    run_generate(profile, options)
 }
 
 /// The first backend that has a demo model writes it.

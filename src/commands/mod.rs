@@ -2,6 +2,8 @@
 //! commands need (reading a profile, finding plugins, running a job) is here.
 pub mod check;
 pub mod demo;
+pub mod finish;
+pub mod grid;
 pub mod info;
 pub mod merge;
 pub mod plugins;
@@ -43,7 +45,7 @@ pub fn registry_for(profile: &Profile, base: &Path) -> Registry {
 
 /// After a command succeeded: the plugins that were refused (a failure names the one it
 /// needed in its own single line instead).
-fn warn_refused(registry: &Registry) {
+pub(crate) fn warn_refused(registry: &Registry) {
     for refusal in &registry.refused {
         eprintln!(
             "warning: plugin {} refused: {}",
@@ -53,29 +55,16 @@ fn warn_refused(registry: &Registry) {
     }
 }
 
-fn print_written(paths: &[PathBuf]) {
+pub(crate) fn print_written(paths: &[PathBuf]) {
     for p in paths {
         println!("{}", p.display());
     }
 }
 
 /// `generate`: runs `profile` and prints the written paths.
-pub fn run_generate(
-    profile: Profile,
-    base: PathBuf,
-    quiet: bool,
-    output: Option<String>,
-) -> Result<()> {
-    let registry = registry_for(&profile, &base);
-    let written = generate(
-        profile,
-        &registry,
-        &RunOptions {
-            quiet,
-            output,
-            base_dir: base,
-        },
-    )?;
+pub fn run_generate(profile: Profile, options: RunOptions) -> Result<()> {
+    let registry = registry_for(&profile, &options.base_dir);
+    let written = generate(profile, &registry, &options)?;
     print_written(&written);
     warn_refused(&registry);
     Ok(())

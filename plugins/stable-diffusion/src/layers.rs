@@ -3,10 +3,26 @@
 //!
 //! Parameters start at zero: they are always overwritten, by a checkpoint or by the seeded
 //! init of `tiny::write_random_checkpoint`, and zeros cost no random draws at load time.
-use tch::nn::{self, Init, Module};
+use std::cell::Cell;
+
+use tch::nn::{self, Init, Module, PaddingMode};
 use tch::Tensor;
 
 const ZERO: Init = Init::Const(0.0);
+
+thread_local! {
+    /// Set while a seamless model is built: padded convolutions pad circularly.
+    static CIRCULAR: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `build` with every padded [`conv2d`] made circular when `on` (seamless, tileable
+/// output: A1111's "Tiling" sets `padding_mode = "circular"` on every Conv2d of the model).
+pub fn with_circular_padding<T>(on: bool, build: impl FnOnce() -> T) -> T {
+    let before = CIRCULAR.with(|c| c.replace(on));
+    let out = build();
+    CIRCULAR.with(|c| c.set(before));
+    out
+}
 
 /// Group count of every GroupNorm in SD (LDM `Normalize`, diffusers `norm_num_groups`).
 pub const NORM_GROUPS: i64 = 32;
@@ -29,6 +45,10 @@ pub fn conv2d(
             padding,
             ws_init: ZERO,
             bs_init: ZERO,
+            padding_mode: match padding > 0 && CIRCULAR.with(Cell::get) {
+                true => PaddingMode::Circular,
+                false => PaddingMode::Zeros,
+            },
             ..Default::default()
         },
     )

@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod convert;
 pub mod denoiser;
+pub mod estimate;
 pub mod families;
 mod guard;
 pub mod health;

@@ -12,6 +12,7 @@ use crate::denoiser::{self, PROBE_LATENT, PROBE_TIMESTEP, PROBE_VALUE};
 use crate::families::{Family, Prediction, PredictionRule};
 use crate::guard::guarded;
 use crate::health;
+use crate::layers::with_circular_padding;
 use crate::lora::{LoraSpec, LoraState};
 use crate::schedule::DiscreteSchedule;
 use crate::text::clip::{ClipConfig, ClipTextTransformer};
@@ -19,7 +20,7 @@ use crate::text::conditioner::{Conditioner, Conditioning, PromptInput, TextEncod
 use crate::text::tokenizer::CHUNK_TOKENS;
 use crate::unet::{UNetConfig, UNetModel};
 use crate::vae::runner::Vae;
-use crate::vae::tiling::VaeTilingOptions;
+use crate::vae::tiling::{VaeTilingMode, VaeTilingOptions};
 use crate::vae::{AutoencoderKL, VaeConfig, VaePass};
 
 /// The component configs of a model, read from its checkpoint.
@@ -243,6 +244,8 @@ pub struct LoadOptions {
     /// A weighted-sum merge (checkpoint, weight) loaded instead of the checkpoint alone; its
     /// first entry is the checkpoint.
     pub merge: Vec<(PathBuf, f64)>,
+    /// Seamless output: circular padding in every convolution of the UNet and the VAE.
+    pub seamless: bool,
 }
 
 impl LoadOptions {
@@ -254,6 +257,7 @@ impl LoadOptions {
             vae_tiling: VaeTilingOptions::default(),
             prediction: None,
             merge: Vec::new(),
+            seamless: false,
         }
     }
 }
@@ -299,7 +303,9 @@ impl SdModel {
         let mut vs = VarStore::new(device);
         vs.set_kind(kind);
         let modules = guarded("building the model", || {
-            Modules::new(vs.root(), family, &config)
+            with_circular_padding(options.seamless, || {
+                Modules::new(vs.root(), family, &config)
+            })
         })?;
         let others = options
             .merge
@@ -345,7 +351,17 @@ impl SdModel {
             .collect();
         let conditioner =
             Conditioner::new(encoders, family, config.unet.adm_in_channels, device, kind)?;
-        let vae = Vae::new(vae, &vs, options.vae_tiling, device, kind)?;
+        let mut tiling = options.vae_tiling;
+        if options.seamless {
+            // Tiles would decode each part on its own and break the wrap-around.
+            match tiling.mode {
+                VaeTilingMode::On => bail!(
+                    "seamless output cannot use VAE tiling; set vae_tiling = \"auto\" or \"off\""
+                ),
+                _ => tiling.mode = VaeTilingMode::Off,
+            }
+        }
+        let vae = Vae::new(vae, &vs, tiling, device, kind)?;
         let info = ModelInfo {
             family,
             prediction,

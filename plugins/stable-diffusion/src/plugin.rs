@@ -105,6 +105,7 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
             kind: request.tch_kind()?,
             vae_tiling,
             prediction,
+            seamless: request.seamless,
         };
         let model = SdModel::load_with(&request.checkpoint_path(), &options).map_err(err)?;
         let family = model.info().family;
@@ -186,6 +187,10 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
     fn nonfinite_cause(&self) -> String {
         let kind = self.0.info().kind;
         crate::health::cause(self.0.nonfinite_weight(""), kind)
+    }
+
+    fn estimate_memory(request: &host_api::MemoryRequest) -> Result<host_api::MemoryEstimate> {
+        crate::estimate::estimate(request).map_err(err)
     }
 
     fn merge(request: &host_api::MergeRequest) -> Result<String> {

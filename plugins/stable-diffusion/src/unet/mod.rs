@@ -3,6 +3,7 @@
 //! [`UNetConfig`]. Module paths are the LDM keys under `model.diffusion_model.`.
 mod blocks;
 mod config;
+pub mod memory;
 
 use anyhow::{anyhow, bail, Result};
 use tch::nn::{self, Module};

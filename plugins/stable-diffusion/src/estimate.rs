@@ -1,0 +1,108 @@
+//! `hiresfix check`'s memory table: what one pass needs, from the checkpoint's headers alone
+//! (nothing is loaded). The peak of a pass is
+//!
+//! ```text
+//! runtime + weights + max(UNet call, VAE decode)
+//! ```
+//!
+//! - weights: every parameter of the UNet, the text encoders and the VAE, at the run's dtype;
+//! - UNet call: [`crate::unet::memory::working_bytes`] for the CFG batch (skip connections
+//!   and the widest block's working set, traced block by block);
+//! - VAE decode, full: [`crate::vae::memory::peak_bytes`] over the whole latent; tiled: the
+//!   same over one tile, plus the mid block's run over the whole latent and the fp32
+//!   accumulators of the blended image;
+//! - runtime: the process before any model (libtorch's code and thread buffers on the CPU;
+//!   the CUDA context, cuBLAS and cuDNN workspaces on a GPU).
+//!
+//! `cargo bench -p hiresfix-sd --bench memory` measures the peak of real-size models against
+//! this estimate (`BENCHMARKS.md`).
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use host_api::{MemoryEstimate, MemoryRequest};
+use tch::Device;
+
+use crate::checkpoint::Checkpoint;
+use crate::convert::{UNET_PREFIX, VAE_PREFIX};
+use crate::model::ModelConfig;
+use crate::unet::memory::working_bytes;
+use crate::vae::memory::{free_bytes, peak_bytes, AttentionMemory, LIVE_BUFFERS};
+use crate::vae::tiling::VaeTilingOptions;
+use crate::vae::VaePass;
+
+/// Resident memory of a CPU process with libtorch and the plugins loaded, before any model
+/// (a whole `hiresfix generate` on the 17 MB tiny model peaks at 184 MiB).
+pub const CPU_RUNTIME: u64 = 192 << 20;
+/// Full-size live buffers of a tile decoded with pooled GroupNorm statistics, against
+/// [`LIVE_BUFFERS`] for a plain decode: the normalisation with given statistics holds the
+/// input, the centred and the scaled copies beside the conv buffers (measured: 1685 MiB for
+/// 512 px tiles of a 1024 px decode, against about 900 MiB for one plain 512 px decode).
+pub const TILED_LIVE_BUFFERS: u64 = 7;
+/// CUDA context, cuBLAS and cuDNN workspaces (not measured here: no GPU was lent).
+pub const CUDA_RUNTIME: u64 = 768 << 20;
+
+pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
+    let ckpt = Checkpoint::open(Path::new(request.checkpoint.as_str()))?;
+    let family = ckpt.family()?;
+    let config = ModelConfig::infer(&ckpt, family)?;
+    let element: u64 = match request.dtype.as_str() {
+        "fp32" => 4,
+        "fp16" | "bf16" => 2,
+        other => bail!("unknown dtype `{other}` (fp32, fp16 or bf16)"),
+    };
+    let device = host_api::backend::parse_device(request.device.as_str())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let attention = AttentionMemory::on(device);
+    let mut parameters = ckpt.parameters_under(UNET_PREFIX) + ckpt.parameters_under(VAE_PREFIX);
+    for spec in family.encoders {
+        parameters += ckpt.parameters_under(spec.ldm_prefix);
+    }
+    let f = config.vae.spatial_factor();
+    let (h, w) = (i64::from(request.height) / f, i64::from(request.width) / f);
+    let z = config.vae.z_channels;
+    let unet = working_bytes(
+        &config.unet,
+        (h, w),
+        u64::from(request.unet_batch.max(1)),
+        element,
+        attention,
+    );
+    let decode_full = peak_bytes(
+        &config.vae,
+        VaePass::Decode,
+        &[1, z, h, w],
+        element,
+        attention,
+    );
+    let tiling =
+        VaeTilingOptions::from_profile("on", request.vae_tile_size, request.vae_tile_overlap)?;
+    let tile = (tiling.tile_px / f).max(1);
+    let tiles = tile < h || tile < w; // else the tiled decode is a plain one
+    let one_tile = peak_bytes(
+        &config.vae,
+        VaePass::Decode,
+        &[1, z, tile.min(h), tile.min(w)],
+        element,
+        attention,
+    ) / LIVE_BUFFERS
+        * TILED_LIVE_BUFFERS;
+    let widest = config.vae.ch * config.vae.ch_mult.iter().copied().max().unwrap_or(1);
+    let cells = (h * w).max(0) as u64;
+    let mid = widest as u64 * cells * element * LIVE_BUFFERS;
+    let pixels = u64::from(request.width) * u64::from(request.height);
+    let accumulators = (config.vae.out_channels as u64 + 1) * pixels * 4;
+    Ok(MemoryEstimate {
+        weights: parameters * element,
+        runtime: match device {
+            Device::Cpu => CPU_RUNTIME,
+            _ => CUDA_RUNTIME,
+        },
+        unet,
+        decode_full,
+        decode_tiled: match tiles {
+            true => one_tile.max(mid) + accumulators,
+            false => decode_full,
+        },
+        free: free_bytes(device).unwrap_or(0),
+    })
+}

@@ -1,0 +1,210 @@
+//! `replay --to-profile`: an A1111 / Forge `parameters` text (PNG Info) turned into a
+//! profile. Names become this registry's ids (A1111's sampler, schedule and upscaler names
+//! are their aliases); what has no place in a profile is reported, never silently dropped.
+use anyhow::{anyhow, Result};
+use host_api::prompt::extract_loras;
+
+use crate::infotext::{self, Parameters};
+use crate::plan::find_sampler;
+use crate::profile::{Pass, Profile};
+use crate::registry::{find, Named, Registry};
+
+/// An imported profile and the fields it could not map, each with what to do about it.
+pub struct Imported {
+    pub profile: Profile,
+    pub unmapped: Vec<String>,
+}
+
+/// Fields that only describe the run (versions, hashes of files named elsewhere).
+const INFORMATIONAL: &[&str] = &[
+    "Version",
+    "Model hash",
+    "VAE hash",
+    "Lora hashes",
+    "TI hashes",
+    "Batch size",
+    "Batch pos",
+    "Hires Module 1",
+];
+
+/// Imports the A1111 `parameters` text `text`.
+pub fn from_parameters(text: &str, registry: &Registry) -> Result<Imported> {
+    let p = infotext::parse(text);
+    if p.pairs.is_empty() {
+        return Err(anyhow!(
+            "no `Steps: …, Sampler: …` line: this is not A1111 parameters text"
+        ));
+    }
+    let mut out = Importer {
+        p: &p,
+        registry,
+        used: Vec::new(),
+        unmapped: Vec::new(),
+    };
+    let mut profile = Profile::empty();
+    profile.prompt = p.prompt.clone();
+    profile.negative = p.negative.clone();
+    let mut first = Pass::default();
+    if let Some(seed) = out.number::<i64>("Seed") {
+        profile.seed = seed;
+    }
+    first.steps = out.number("Steps");
+    if let Some(cfg) = out.number("CFG scale") {
+        profile.cfg = cfg;
+    }
+    if let Some((w, h)) = out.size("Size") {
+        (first.width, first.height) = (Some(w), Some(h));
+    }
+    out.sampler("Sampler", "Schedule type", &mut first);
+    if let Some(skip) = out.number("Clip skip") {
+        profile.model.clip_skip = skip;
+    }
+    if let Some(delta) = out
+        .number("ENSD")
+        .or_else(|| out.number("Eta noise seed delta"))
+    {
+        profile.eta_noise_seed_delta = delta;
+    }
+    if out
+        .take("Tiling")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        profile.tiling = true;
+    }
+    if let Some(model) = out.take("Model") {
+        out.unmapped.push(format!(
+            "Model: {model} — set [model] checkpoint to its file"
+        ));
+    }
+    if let Some(vae) = out.take("VAE") {
+        out.unmapped
+            .push(format!("VAE: {vae} — set [model] vae to its file"));
+    }
+    profile.passes.push(first);
+    if let Some(hires) = out.hires() {
+        profile.passes.push(hires);
+    }
+    let loras: Vec<String> = match extract_loras(&p.prompt) {
+        Ok((_, tags)) => tags.into_iter().map(|l| l.name).collect(),
+        Err(e) => {
+            out.unmapped.push(format!("prompt: {e}"));
+            Vec::new()
+        }
+    };
+    if !loras.is_empty() {
+        out.unmapped.push(format!(
+            "<lora:> tags ({}) — set lora_dirs to the folder holding them",
+            loras.join(", ")
+        ));
+    }
+    let Importer {
+        used, mut unmapped, ..
+    } = out;
+    for (key, value) in &p.pairs {
+        if !used.contains(&key.as_str()) && !INFORMATIONAL.contains(&key.as_str()) {
+            unmapped.push(format!("{key}: {value} — no profile key does this"));
+        }
+    }
+    Ok(Imported { profile, unmapped })
+}
+
+struct Importer<'a> {
+    p: &'a Parameters,
+    registry: &'a Registry,
+    used: Vec<&'a str>,
+    unmapped: Vec<String>,
+}
+
+impl<'a> Importer<'a> {
+    /// The value of `key`, marked as handled.
+    fn take(&mut self, key: &'a str) -> Option<&'a str> {
+        let value = self.p.get(key)?;
+        self.used.push(key);
+        Some(value)
+    }
+
+    fn number<T: std::str::FromStr>(&mut self, key: &'a str) -> Option<T> {
+        let value = self.take(key)?;
+        let parsed = value.trim().parse().ok();
+        if parsed.is_none() {
+            self.unmapped.push(format!("{key}: {value} — not a number"));
+        }
+        parsed
+    }
+
+    /// `WxH`.
+    fn size(&mut self, key: &'a str) -> Option<(u32, u32)> {
+        let value = self.take(key)?;
+        let parsed = value
+            .split_once('x')
+            .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)));
+        if parsed.is_none() {
+            self.unmapped
+                .push(format!("{key}: {value} — not WIDTHxHEIGHT"));
+        }
+        parsed
+    }
+
+    /// A sampler (A1111's combined "DPM++ 2M Karras" names a schedule too) and a schedule
+    /// type, as this registry's ids.
+    fn sampler(&mut self, sampler_key: &'a str, schedule_key: &'a str, pass: &mut Pass) {
+        if let Some(name) = self.take(sampler_key) {
+            match find_sampler(self.registry, name) {
+                Ok((sampler, schedule)) => {
+                    pass.sampler = Some(sampler.decl.name().to_owned());
+                    pass.schedule = schedule.map(|s| s.decl.name().to_owned());
+                }
+                Err(e) => self.unmapped.push(format!("{sampler_key}: {name} — {e}")),
+            }
+        }
+        if let Some(name) = self.take(schedule_key) {
+            if name.eq_ignore_ascii_case("automatic") {
+                return; // the sampler's own default
+            }
+            match find(&self.registry.schedules, name, "schedule") {
+                Ok(schedule) => pass.schedule = Some(schedule.decl.name().to_owned()),
+                Err(e) => self.unmapped.push(format!("{schedule_key}: {name} — {e}")),
+            }
+        }
+    }
+
+    /// A1111's hires fields as pass 2, if the text has any.
+    fn hires(&mut self) -> Option<Pass> {
+        let keys = [
+            "Hires upscale",
+            "Hires resize",
+            "Hires steps",
+            "Hires upscaler",
+        ];
+        if !keys.iter().any(|k| self.p.get(k).is_some()) {
+            return None;
+        }
+        let mut pass = Pass {
+            scale: self.number("Hires upscale"),
+            denoise: self.number("Denoising strength"),
+            cfg: self.number("Hires CFG Scale"),
+            ..Default::default()
+        };
+        if let Some((w, h)) = self.size("Hires resize") {
+            (pass.width, pass.height) = (Some(w), Some(h));
+            pass.scale = None;
+        }
+        // A1111 writes 0 for "as many as pass 1", which is also the profile's default.
+        pass.steps = self.number("Hires steps").filter(|s| *s > 0);
+        if let Some(name) = self.take("Hires upscaler") {
+            match find(&self.registry.upscalers, name, "upscaler") {
+                Ok(up) => pass.upscaler = Some(up.decl.name().to_owned()),
+                Err(e) => self.unmapped.push(format!("Hires upscaler: {name} — {e}")),
+            }
+        }
+        self.sampler("Hires sampler", "Hires schedule type", &mut pass);
+        pass.prompt = self.take("Hires prompt").map(str::to_owned);
+        pass.negative = self.take("Hires negative prompt").map(str::to_owned);
+        if let Some(model) = self.take("Hires checkpoint") {
+            self.unmapped.push(format!(
+                "Hires checkpoint: {model} — set pass 2 checkpoint to its file"
+            ));
+        }
+        Some(pass)
+    }
+}

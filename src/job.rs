@@ -1,0 +1,131 @@
+//! A profile made ready to run: names resolved, the first pass's model loaded, defaults filled
+//! from it, every pass's size known.
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+
+use crate::models::{detect_backend, LoadSettings, Models};
+use crate::plan::{pass_sizes, plan_passes, PassPlan, PassSize};
+use crate::profile::Profile;
+use crate::registry::Registry;
+use crate::run::{run_image, ImageResult, Resume};
+
+/// A profile made ready to run: models loaded, names resolved, sizes known.
+pub struct Job<'r> {
+    pub profile: Profile,
+    pub plans: Vec<PassPlan<'r>>,
+    pub sizes: Vec<PassSize>,
+    pub models: Models<'r>,
+    pub settings: LoadSettings,
+    /// Size roundings and other things the user should know.
+    pub notes: Vec<String>,
+}
+
+/// Resolves names (before any model load, so a typo fails fast), loads the first pass's model,
+/// fills defaults from it and computes every pass's size.
+pub fn prepare<'r>(profile: Profile, registry: &'r Registry, base_dir: &Path) -> Result<Job<'r>> {
+    prepare_with(profile, registry, base_dir, Models::new(registry))
+}
+
+/// [`prepare`] with models already loaded by earlier jobs (grid cells) to reuse.
+pub fn prepare_with<'r>(
+    mut profile: Profile,
+    registry: &'r Registry,
+    base_dir: &Path,
+    mut models: Models<'r>,
+) -> Result<Job<'r>> {
+    let settings = LoadSettings::from_profile(&profile)?;
+    let mut probe = profile.clone();
+    probe.resolve_defaults(512)?;
+    let first = plan_passes(&probe, registry, base_dir)?;
+    // Families must match across passes: refused now, before any model loads or samples.
+    crate::switch::check_families(&first, registry)?;
+    let p0 = &first[0];
+    let (_, info) = models.for_pass(&settings, p0)?;
+    profile.resolve_defaults(info.default_size)?;
+    if profile.seed == -1 {
+        profile.seed = random_seed();
+    }
+    let plans = plan_passes(&profile, registry, base_dir)?;
+    let (sizes, notes) = pass_sizes(&profile.passes, info.vae_scale_factor)?;
+    Ok(Job {
+        profile,
+        plans,
+        sizes,
+        models,
+        settings,
+        notes,
+    })
+}
+
+impl Job<'_> {
+    /// What pass 1's checkpoint is, read from its headers (for the lint).
+    pub fn first_checkpoint_info(&self, registry: &Registry) -> Result<host_api::CheckpointInfo> {
+        let checkpoint = &self.plans[0].checkpoint;
+        let backend = detect_backend(registry, checkpoint)?;
+        let mut info = backend
+            .decl
+            .run_inspect(checkpoint, false)
+            .map_err(|e| anyhow!("{e}"))?;
+        // The loaded model knows its native size for sure (SD 2.x's probe decides it).
+        if let Some(loaded) = self.models.loaded_info(checkpoint) {
+            info.default_size = loaded.default_size;
+        }
+        Ok(info)
+    }
+
+    pub fn run_image(&mut self, seed: i64, quiet: bool) -> Result<ImageResult> {
+        self.run_passes(seed, quiet, None, self.plans.len())
+    }
+
+    /// Runs image `seed`'s passes up to pass `until`, after `resume`'s pass from its latent
+    /// when given (`hiresfix finish`).
+    pub fn run_passes(
+        &mut self,
+        seed: i64,
+        quiet: bool,
+        resume: Option<&Resume>,
+        until: usize,
+    ) -> Result<ImageResult> {
+        let delta = self.profile.eta_noise_seed_delta;
+        let job = (&self.plans[..until], &self.sizes[..until], &self.settings);
+        run_image(job, &mut self.models, seed, delta, quiet, resume)
+    }
+
+    /// The profile that reproduces image `n` alone (seed + n, batch 1, sizes and paths
+    /// spelled out), for the PNG's second chunk and `replay`: generation settings only, no
+    /// plugin folders, pins or output path (a PNG travels; see [`Profile::untrusted`]).
+    pub fn image_profile(&self, n: usize) -> Profile {
+        let mut p = self.profile.clone().untrusted();
+        p.seed = self.profile.seed + n as i64;
+        p.batch = 1;
+        for (i, pass) in p.passes.iter_mut().enumerate() {
+            if i == 0 {
+                pass.width = Some(self.sizes[0].width);
+                pass.height = Some(self.sizes[0].height);
+            }
+            pass.checkpoint = pass
+                .checkpoint
+                .as_ref()
+                .map(|_| absolute(&self.plans[i].checkpoint));
+        }
+        p.model.checkpoint = Some(absolute(&self.plans[0].checkpoint));
+        p.model.vae = self.plans[0].vae.as_ref().map(|v| absolute(v));
+        p
+    }
+}
+
+fn absolute(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub fn random_seed() -> i64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    (nanos % 4_294_967_295) as i64
+}

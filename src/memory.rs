@@ -1,0 +1,166 @@
+//! `check`'s memory table: what each pass needs (the backend's estimate from the checkpoint's
+//! headers: weights, a UNet call, the decode full and tiled) against the device's free
+//! memory, and the largest size of the pass's aspect that would fit.
+use anyhow::{anyhow, Result};
+use host_api::{MemoryEstimate, MemoryRequest};
+
+use crate::models::{detect_backend, LoadSettings};
+use crate::plan::{PassPlan, PassSize};
+use crate::registry::Registry;
+
+/// One pass's estimate, and the largest sizes (same aspect, multiples of 64 px) that fit.
+pub struct PassMemory {
+    pub pass: usize,
+    pub size: (u32, u32),
+    pub estimate: MemoryEstimate,
+    pub largest_full: Option<(u32, u32)>,
+    pub largest_tiled: Option<(u32, u32)>,
+}
+
+/// Side of a size search: the largest multiple of 64 px tried.
+const MAX_SIDE: u32 = 16384;
+
+pub fn table(
+    plans: &[PassPlan<'_>],
+    sizes: &[PassSize],
+    registry: &Registry,
+    settings: &LoadSettings,
+) -> Result<Vec<PassMemory>> {
+    let mut rows = Vec::new();
+    let mut free = None; // read once, so that every pass is held against the same number
+    for (plan, size) in plans.iter().zip(sizes) {
+        let backend = detect_backend(registry, &plan.checkpoint)?;
+        let ask = |width: u32, height: u32| {
+            let request = MemoryRequest {
+                checkpoint: plan.checkpoint.to_string_lossy().into_owned().into(),
+                width,
+                height,
+                unet_batch: if plan.cfg == 1.0 { 1 } else { 2 },
+                dtype: settings.dtype.as_str().into(),
+                device: settings.device.as_str().into(),
+                vae_tile_size: settings.vae_tile_size,
+                vae_tile_overlap: settings.vae_tile_overlap,
+            };
+            backend
+                .decl
+                .run_estimate_memory(&request)
+                .map_err(|e| anyhow!("pass {}: memory estimate: {e}", plan.number))
+        };
+        let mut estimate = ask(size.width, size.height)?;
+        estimate.free = *free.get_or_insert(estimate.free);
+        let largest = |tiled: bool| -> Result<Option<(u32, u32)>> {
+            if estimate.free == 0 {
+                return Ok(None);
+            }
+            let at = |k: u32| scaled(size, k);
+            // The largest k (64 px steps along the longer side) whose peak fits.
+            let (mut lo, mut hi) = (0u32, MAX_SIDE / 64);
+            while lo < hi {
+                let mid = (lo + hi).div_ceil(2);
+                let (w, h) = at(mid);
+                match ask(w, h)?.peak(tiled) <= estimate.free {
+                    true => lo = mid,
+                    false => hi = mid - 1,
+                }
+            }
+            Ok((lo > 0).then(|| at(lo)))
+        };
+        let largest_full = largest(false)?;
+        let largest_tiled = largest(true)?;
+        rows.push(PassMemory {
+            pass: plan.number,
+            size: (size.width, size.height),
+            estimate,
+            largest_full,
+            largest_tiled,
+        });
+    }
+    Ok(rows)
+}
+
+/// `size`'s aspect with the longer side `64·k` px, both sides multiples of 64.
+fn scaled(size: &PassSize, k: u32) -> (u32, u32) {
+    let (w, h) = (size.width.max(1) as f64, size.height.max(1) as f64);
+    let long = f64::from(64 * k);
+    let side = |s: f64| (((s / w.max(h)) * long / 64.0).round().max(1.0) * 64.0) as u32;
+    (side(w), side(h))
+}
+
+/// GiB with one decimal, or MiB below 1 GiB.
+fn gib(bytes: u64) -> String {
+    match bytes >= 1 << 30 {
+        true => format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64),
+        false => format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64),
+    }
+}
+
+/// The table as text lines (`check` prints them).
+pub fn render(rows: &[PassMemory], settings: &LoadSettings) -> Vec<String> {
+    let free = rows.first().map_or(0, |r| r.estimate.free);
+    let free = match free {
+        0 => "free memory unknown".to_owned(),
+        f => format!("{} free", gib(f)),
+    };
+    let mut lines = vec![
+        format!(
+            "memory ({}, {}, {free}; estimate: runtime + weights + max(UNet call, decode)):",
+            settings.device, settings.dtype
+        ),
+        format!(
+            "{:<5} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+            "pass", "size", "weights", "UNet", "decode", "tiled", "peak", "peak tiled"
+        ),
+    ];
+    for row in rows {
+        let e = &row.estimate;
+        lines.push(format!(
+            "{:<5} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+            row.pass,
+            format!("{}x{}", row.size.0, row.size.1),
+            gib(e.weights),
+            gib(e.unet),
+            gib(e.decode_full),
+            gib(e.decode_tiled),
+            gib(e.peak(false)),
+            gib(e.peak(true)),
+        ));
+    }
+    for row in rows {
+        let show = |s: Option<(u32, u32)>| s.map_or("none".to_owned(), |(w, h)| format!("{w}x{h}"));
+        if row.estimate.free > 0 {
+            let fits = |tiled| match row.estimate.peak(tiled) <= row.estimate.free {
+                true => "fits",
+                false => "does not fit",
+            };
+            lines.push(format!(
+                "pass {}: {} full, {} tiled; largest that fits: {} full, {} tiled",
+                row.pass,
+                fits(false),
+                fits(true),
+                show(row.largest_full),
+                show(row.largest_tiled)
+            ));
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaled_sizes_keep_the_aspect_in_64_px_steps() {
+        let size = PassSize {
+            width: 832,
+            height: 1216,
+            latent_w: 104,
+            latent_h: 152,
+            cover_h: 152,
+            cover_w: 104,
+        };
+        assert_eq!(scaled(&size, 19), (832, 1216));
+        assert_eq!(scaled(&size, 32), (1408, 2048));
+        assert_eq!(scaled(&size, 1), (64, 64));
+    }
+}

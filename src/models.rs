@@ -1,0 +1,215 @@
+//! Loaded models, shared by every pass, image and grid cell of a run: each checkpoint (with
+//! its VAE, merge and load settings) is loaded once, by the backend plugin whose family reads it.
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use anyhow::{anyhow, bail, Result};
+use host_api::backend::device_name;
+use host_api::tch::{self, Device};
+use host_api::{LoadRequest, ModelBox, ModelInfo};
+
+use crate::profile::{DeviceChoice, DtypeChoice, Profile, VaeTiling};
+use crate::registry::Registry;
+
+pub fn device_of(choice: &DeviceChoice) -> Device {
+    match choice {
+        DeviceChoice::Auto => Device::cuda_if_available(),
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Cuda(n) => Device::Cuda(*n),
+    }
+}
+
+fn dtype_name(choice: DtypeChoice, device: Device) -> &'static str {
+    match (choice, device) {
+        (DtypeChoice::Fp32, _) | (DtypeChoice::Auto, Device::Cpu) => "fp32",
+        (DtypeChoice::Fp16, _) | (DtypeChoice::Auto, _) => "fp16",
+        (DtypeChoice::Bf16, _) => "bf16",
+    }
+}
+
+/// How a profile wants its models loaded (part of what identifies a loaded model).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LoadSettings {
+    pub device: String,
+    pub dtype: String,
+    pub vae_tiling: String,
+    pub vae_tile_size: u32,
+    pub vae_tile_overlap: u32,
+    /// `[model] prediction`, empty to detect.
+    pub prediction: String,
+    /// Seamless output: circular padding in every convolution.
+    pub seamless: bool,
+}
+
+impl LoadSettings {
+    pub fn from_profile(profile: &Profile) -> Result<Self> {
+        let device = device_of(&profile.device);
+        if matches!(device, Device::Cuda(_)) && !tch::Cuda::is_available() {
+            bail!(
+                "device {} requested but CUDA is not available here; set device = \"cpu\" or \"auto\"",
+                device_name(device)
+            );
+        }
+        let tiling = match profile.vae_tiling {
+            VaeTiling::Auto => "auto",
+            VaeTiling::On => "on",
+            VaeTiling::Off => "off",
+        };
+        Ok(Self {
+            device: device_name(device),
+            dtype: dtype_name(profile.dtype, device).into(),
+            vae_tiling: tiling.into(),
+            vae_tile_size: profile.vae_tile_size,
+            vae_tile_overlap: profile.vae_tile_overlap,
+            prediction: profile
+                .model
+                .prediction
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default(),
+            seamless: profile.tiling,
+        })
+    }
+}
+
+/// What identifies a loaded model: settings, checkpoint, VAE override, merge recipe.
+type ModelKey = (LoadSettings, PathBuf, Option<PathBuf>, String);
+
+/// Loaded models, shared between passes, images and grid cells.
+pub struct Models<'r> {
+    registry: &'r Registry,
+    /// Warnings already shown (a LoRA's stray layers), so each shows once per run.
+    warned: HashSet<String>,
+    loaded: HashMap<ModelKey, (Rc<ModelBox>, ModelInfo)>,
+}
+
+impl<'r> Models<'r> {
+    pub fn new(registry: &'r Registry) -> Self {
+        Self {
+            registry,
+            warned: HashSet::new(),
+            loaded: HashMap::new(),
+        }
+    }
+
+    /// Prints each warning the first time it comes up.
+    pub fn warn_once(&mut self, warnings: Vec<String>) {
+        for warning in warnings {
+            if self.warned.insert(warning.clone()) {
+                eprintln!("warning: {warning}");
+            }
+        }
+    }
+
+    /// The model a pass runs (its checkpoint, VAE and merge), loaded once.
+    pub fn for_pass(
+        &mut self,
+        settings: &LoadSettings,
+        plan: &crate::plan::PassPlan<'_>,
+    ) -> Result<(Rc<ModelBox>, ModelInfo)> {
+        self.get(settings, &plan.checkpoint, plan.vae.as_deref(), &plan.merge)
+    }
+
+    /// The model of `checkpoint` (or of the merge whose first input it is), loaded once.
+    pub fn get(
+        &mut self,
+        settings: &LoadSettings,
+        checkpoint: &Path,
+        vae: Option<&Path>,
+        merge: &[(PathBuf, f64)],
+    ) -> Result<(Rc<ModelBox>, ModelInfo)> {
+        let recipe: Vec<String> = merge
+            .iter()
+            .map(|(p, w)| format!("{}:{w}", p.display()))
+            .collect();
+        let key = (
+            settings.clone(),
+            checkpoint.to_path_buf(),
+            vae.map(Path::to_path_buf),
+            recipe.join("+"),
+        );
+        if let Some(found) = self.loaded.get(&key) {
+            return Ok(found.clone());
+        }
+        let backend = detect_backend(self.registry, checkpoint)?;
+        log::info!("loading checkpoint {}", checkpoint.display());
+        let request = LoadRequest {
+            checkpoint: checkpoint.to_string_lossy().as_ref().into(),
+            vae: vae.map(|v| v.to_string_lossy().as_ref().into()).into(),
+            device: settings.device.as_str().into(),
+            dtype: settings.dtype.as_str().into(),
+            vae_tiling: settings.vae_tiling.as_str().into(),
+            vae_tile_size: settings.vae_tile_size,
+            vae_tile_overlap: settings.vae_tile_overlap,
+            prediction: settings.prediction.as_str().into(),
+            seamless: settings.seamless,
+            merge: merge
+                .iter()
+                .map(|(path, weight)| host_api::MergeInput {
+                    path: path.to_string_lossy().as_ref().into(),
+                    weight: *weight,
+                })
+                .collect(),
+        };
+        // A backend's own errors name the checkpoint; a panic needs the plugin named.
+        let plugin = |e: host_api::Error| match e.0.starts_with("panicked") {
+            true => anyhow!(
+                "{e} (backend `{}`, plugin {})",
+                backend.decl.family,
+                backend.file.display()
+            ),
+            false => anyhow!("{e}"),
+        };
+        let model = backend.decl.run_load(&request).map_err(plugin)?;
+        let info = model.info().map_err(plugin)?;
+        let entry = (Rc::new(model), info);
+        self.loaded.insert(key, entry.clone());
+        Ok(entry)
+    }
+
+    /// The info of a model already loaded for `checkpoint`, if any.
+    pub fn loaded_info(&self, checkpoint: &Path) -> Option<&ModelInfo> {
+        self.loaded
+            .iter()
+            .find(|(key, _)| key.1 == checkpoint)
+            .map(|(_, (_, info))| info)
+    }
+}
+
+/// The backend whose family reads `checkpoint`.
+pub fn detect_backend<'r>(
+    registry: &'r Registry,
+    checkpoint: &Path,
+) -> Result<&'r crate::registry::Entry<host_api::BackendDecl>> {
+    if !checkpoint.exists() {
+        bail!(
+            "checkpoint {} not found; check [model] checkpoint in the profile",
+            checkpoint.display()
+        );
+    }
+    if registry.backends.is_empty() {
+        let e = anyhow!("no model backend plugin was found; see `hiresfix plugins`");
+        return Err(registry.with_refusals(e));
+    }
+    let mut refusal = None;
+    for entry in &registry.backends {
+        match entry.decl.run_detect(checkpoint) {
+            Ok(Some(_)) => return Ok(entry),
+            Ok(None) => continue,
+            Err(e) => refusal = refusal.or(Some(e)),
+        }
+    }
+    if let Some(e) = refusal {
+        bail!("{e}");
+    }
+    let families: Vec<&str> = registry
+        .backends
+        .iter()
+        .map(|b| b.decl.family.as_str())
+        .collect();
+    bail!(
+        "no backend reads {} (families available: {})",
+        checkpoint.display(),
+        families.join(", ")
+    )
+}
