@@ -1,6 +1,7 @@
 //! `generate` and `finish`: every image of the batch run and written as PNG, with the A1111
 //! parameters and the resolved profile (and, for an image that stops before the last pass,
 //! its latent, so `finish` can continue it).
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -26,6 +27,9 @@ pub struct RunOptions {
     pub base_dir: PathBuf,
     /// `--passes K`: stop after pass K; the images carry their latent for `finish`.
     pub passes: Option<usize>,
+    /// The model's native size when the caller knows better than its family (the demo's
+    /// tiny model composes at 48 px), for the lint.
+    pub native_size: Option<u32>,
 }
 
 impl RunOptions {
@@ -35,6 +39,7 @@ impl RunOptions {
             output: None,
             base_dir,
             passes: None,
+            native_size: None,
         }
     }
 
@@ -57,16 +62,65 @@ pub fn generate(
     let template = output::checked_template(options.output.as_deref().unwrap_or(&profile.output))?;
     let until = options.until(profile.passes.len())?;
     let mut job = prepare(profile, registry, &options.base_dir)?;
-    report_findings(&job, registry, options.quiet)?;
+    report_findings(&job, registry, options)?;
     let mut writer = Writer::new(template, &job);
     let batch = job.profile.batch as usize;
-    for n in 0..batch {
-        let seed = job.profile.seed + n as i64;
-        job.run_passes(seed, options.quiet, None, until)
-            .and_then(|result| writer.write(&mut job, &Image { n, seed, until }, &result))
-            .map_err(|e| anyhow!("{e}; {}", output::written_so_far(&writer.written, batch)))?;
+    let (per_call, warnings) = crate::memory::batch_plan(
+        &job.plans[..until],
+        &job.sizes[..until],
+        registry,
+        &job.settings,
+        batch,
+    );
+    for warning in &warnings {
+        eprintln!("{warning}");
+    }
+    if per_call > 1 && !options.quiet {
+        eprintln!("note: {per_call} images per UNet call (what the free memory allows, at most {})", crate::memory::MAX_IMAGES_PER_CALL);
+    }
+    let seeds: Vec<i64> = (0..batch as i64).map(|n| job.profile.seed + n).collect();
+    for (c, chunk) in seeds.chunks(per_call).enumerate() {
+        let first = c * per_call;
+        run_chunk(&mut job, chunk, options.quiet, until, |job, k, result| {
+            let image = Image {
+                n: first + k,
+                seed: chunk[k],
+                until,
+            };
+            writer.write(job, &image, result).map(drop)
+        })
+        .map_err(|e| anyhow!("{e}; {}", output::written_so_far(&writer.written, batch)))?;
     }
     Ok(writer.written)
+}
+
+/// Runs the images with `seeds` as one UNet batch and hands each result to `write` (its index
+/// in `seeds`); a batch that runs out of memory is run again one image at a time.
+fn run_chunk(
+    job: &mut Job<'_>,
+    seeds: &[i64],
+    quiet: bool,
+    until: usize,
+    mut write: impl FnMut(&mut Job<'_>, usize, &ImageResult) -> Result<()>,
+) -> Result<()> {
+    let results = match job.run_batch(seeds, quiet, until) {
+        Ok(results) => results,
+        Err(e) if seeds.len() > 1 && e.to_string().starts_with("out of memory") => {
+            if !quiet {
+                eprintln!("note: {} images at once ran out of memory; running them one at a time", seeds.len());
+            }
+            for (k, seed) in seeds.iter().enumerate() {
+                let mut one = job.run_batch(&[*seed], quiet, until)?;
+                write(job, k, &one.remove(0))?;
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    for (k, result) in results.iter().enumerate() {
+        write(job, k, result)?;
+    }
+    Ok(())
 }
 
 /// Where `finish` starts from.
@@ -100,7 +154,7 @@ pub fn finish(
         bail!("nothing left to run: the image is pass {done} and the profile stops at pass {until}; add a [[pass]] (or --set pass.{}.scale=2)", done + 1);
     }
     let mut job = prepare(profile, registry, &options.base_dir)?;
-    report_findings(&job, registry, options.quiet)?;
+    report_findings(&job, registry, options)?;
     let latent = match start {
         Start::Latent(stored) => {
             let size = &job.sizes[stored.pass - 1];
@@ -141,16 +195,31 @@ fn encode_image(job: &mut Job<'_>, width: u32, height: u32, rgb: &[u8]) -> Resul
 }
 
 /// Lint findings (warnings go to stderr; errors stop before anything heavy) and notes.
-fn report_findings(job: &Job<'_>, registry: &Registry, quiet: bool) -> Result<()> {
-    let info = job.first_checkpoint_info(registry)?;
+fn report_findings(job: &Job<'_>, registry: &Registry, options: &RunOptions) -> Result<()> {
+    let seen = &mut HashSet::new();
+    report_new_findings(job, registry, (options.quiet, options.native_size), seen)
+}
+
+/// [`report_findings`], printing only lines not in `seen` (a grid's cells share most).
+fn report_new_findings(
+    job: &Job<'_>,
+    registry: &Registry,
+    (quiet, native_size): (bool, Option<u32>),
+    seen: &mut HashSet<String>,
+) -> Result<()> {
+    let mut info = job.first_checkpoint_info(registry)?;
+    if let Some(size) = native_size {
+        info.default_size = size;
+    }
     let mut findings = crate::lint::lint(&job.plans, &job.sizes, &info);
     findings.extend(crate::switch::switch_findings(&job.plans, registry)?);
-    for finding in &findings {
-        eprintln!("{finding}");
-    }
+    let mut lines: Vec<String> = findings.iter().map(ToString::to_string).collect();
     if !quiet {
-        for note in &job.notes {
-            eprintln!("note: {note}");
+        lines.extend(job.notes.iter().map(|note| format!("note: {note}")));
+    }
+    for line in lines {
+        if seen.insert(line.clone()) {
+            eprintln!("{line}");
         }
     }
     Ok(())
@@ -250,18 +319,19 @@ fn write_image(
 }
 
 /// One image of `profile` (its seed, batch 1) written at `path` with `models` reused (grid
-/// cells). Returns the models for the next cell, the written path and the image.
+/// cells; lint lines already in `seen` are not printed again). Returns the models for the
+/// next cell, the written path and the image.
 pub fn render_one<'r>(
     profile: Profile,
     registry: &'r Registry,
     base_dir: &Path,
     models: Models<'r>,
     path: &str,
-    quiet: bool,
+    (quiet, seen): (bool, &mut HashSet<String>),
 ) -> Result<(Models<'r>, PathBuf, Rgb8)> {
     let template = output::checked_template(path)?;
     let mut job = crate::job::prepare_with(profile, registry, base_dir, models)?;
-    report_findings(&job, registry, quiet)?;
+    report_new_findings(&job, registry, (quiet, None), seen)?;
     let mut writer = Writer::new(template, &job);
     let until = job.plans.len();
     let seed = job.profile.seed;

@@ -8,7 +8,7 @@ use crate::models::{detect_backend, LoadSettings, Models};
 use crate::plan::{pass_sizes, plan_passes, PassPlan, PassSize};
 use crate::profile::Profile;
 use crate::registry::Registry;
-use crate::run::{run_image, ImageResult, Resume};
+use crate::run::{run_batch, run_image, ImageResult, Resume};
 
 /// A profile made ready to run: models loaded, names resolved, sizes known.
 pub struct Job<'r> {
@@ -90,6 +90,19 @@ impl Job<'_> {
         let delta = self.profile.eta_noise_seed_delta;
         let job = (&self.plans[..until], &self.sizes[..until], &self.settings);
         run_image(job, &mut self.models, seed, delta, quiet, resume)
+    }
+
+    /// Runs the images with `seeds` as one UNet batch up to pass `until` (each equal to its
+    /// single run).
+    pub fn run_batch(
+        &mut self,
+        seeds: &[i64],
+        quiet: bool,
+        until: usize,
+    ) -> Result<Vec<ImageResult>> {
+        let delta = self.profile.eta_noise_seed_delta;
+        let job = (&self.plans[..until], &self.sizes[..until], &self.settings);
+        run_batch(job, &mut self.models, seeds, delta, quiet, None)
     }
 
     /// The profile that reproduces image `n` alone (seed + n, batch 1, sizes and paths

@@ -2,11 +2,11 @@
 //! headers: weights, a UNet call, the decode full and tiled) against the device's free
 //! memory, and the largest size of the pass's aspect that would fit.
 use anyhow::{anyhow, Result};
-use host_api::{MemoryEstimate, MemoryRequest};
+use host_api::{BackendDecl, MemoryEstimate, MemoryRequest};
 
 use crate::models::{detect_backend, LoadSettings};
 use crate::plan::{PassPlan, PassSize};
-use crate::registry::Registry;
+use crate::registry::{Entry, Registry};
 
 /// One pass's estimate, and the largest sizes (same aspect, multiples of 64 px) that fit.
 pub struct PassMemory {
@@ -20,6 +20,31 @@ pub struct PassMemory {
 /// Side of a size search: the largest multiple of 64 px tried.
 const MAX_SIDE: u32 = 16384;
 
+/// The backend's estimate for `plan` at `width × height` with `images` images per UNet call.
+fn estimate(
+    plan: &PassPlan<'_>,
+    backend: &Entry<BackendDecl>,
+    settings: &LoadSettings,
+    (width, height): (u32, u32),
+    images: u32,
+) -> Result<MemoryEstimate> {
+    let per_image = if plan.cfg == 1.0 { 1 } else { 2 };
+    let request = MemoryRequest {
+        checkpoint: plan.checkpoint.to_string_lossy().into_owned().into(),
+        width,
+        height,
+        unet_batch: per_image * images,
+        dtype: settings.dtype.as_str().into(),
+        device: settings.device.as_str().into(),
+        vae_tile_size: settings.vae_tile_size,
+        vae_tile_overlap: settings.vae_tile_overlap,
+    };
+    backend
+        .decl
+        .run_estimate_memory(&request)
+        .map_err(|e| anyhow!("pass {}: memory estimate: {e}", plan.number))
+}
+
 pub fn table(
     plans: &[PassPlan<'_>],
     sizes: &[PassSize],
@@ -30,22 +55,7 @@ pub fn table(
     let mut free = None; // read once, so that every pass is held against the same number
     for (plan, size) in plans.iter().zip(sizes) {
         let backend = detect_backend(registry, &plan.checkpoint)?;
-        let ask = |width: u32, height: u32| {
-            let request = MemoryRequest {
-                checkpoint: plan.checkpoint.to_string_lossy().into_owned().into(),
-                width,
-                height,
-                unet_batch: if plan.cfg == 1.0 { 1 } else { 2 },
-                dtype: settings.dtype.as_str().into(),
-                device: settings.device.as_str().into(),
-                vae_tile_size: settings.vae_tile_size,
-                vae_tile_overlap: settings.vae_tile_overlap,
-            };
-            backend
-                .decl
-                .run_estimate_memory(&request)
-                .map_err(|e| anyhow!("pass {}: memory estimate: {e}", plan.number))
-        };
+        let ask = |width: u32, height: u32| estimate(plan, backend, settings, (width, height), 1);
         let mut estimate = ask(size.width, size.height)?;
         estimate.free = *free.get_or_insert(estimate.free);
         let largest = |tiled: bool| -> Result<Option<(u32, u32)>> {
@@ -76,6 +86,66 @@ pub fn table(
         });
     }
     Ok(rows)
+}
+
+/// Most images one UNet call takes, whatever the memory: past this a GPU gains nothing.
+pub const MAX_IMAGES_PER_CALL: usize = 8;
+
+/// Share of the free memory a batched run may plan to use (the rest is slack for the
+/// estimate's error and other processes).
+const BATCH_SHARE: f64 = 0.8;
+
+/// How many of `images` images run as one UNet batch: the most (up to
+/// [`MAX_IMAGES_PER_CALL`]) whose estimated peak fits every pass in the device's free memory
+/// (decoding stays one image at a time). 1 when the backend gives no estimate or the free
+/// memory is unknown. Also returns a warning for each pass whose single image does not fit.
+pub fn batch_plan(
+    plans: &[PassPlan<'_>],
+    sizes: &[PassSize],
+    registry: &Registry,
+    settings: &LoadSettings,
+    images: usize,
+) -> (usize, Vec<String>) {
+    let mut most = images.clamp(1, MAX_IMAGES_PER_CALL);
+    let mut warnings = Vec::new();
+    let mut free = None;
+    for (plan, size) in plans.iter().zip(sizes) {
+        let Ok(backend) = detect_backend(registry, &plan.checkpoint) else {
+            return (1, warnings);
+        };
+        let Ok(e) = estimate(plan, backend, settings, (size.width, size.height), 1) else {
+            return (1, warnings);
+        };
+        let free = *free.get_or_insert(e.free);
+        if free == 0 {
+            return (1, warnings);
+        }
+        let decode = match settings.vae_tiling.as_str() {
+            "off" => e.decode_full,
+            _ => e.decode_tiled, // `auto` tiles what does not fit whole
+        };
+        let fixed = e.runtime + e.weights;
+        if fixed + e.unet.max(decode) > free {
+            warnings.push(format!(
+                "warning: pass {}: about {} needed at {}x{} but {} is free on {} — see `hiresfix check` for the largest size that fits",
+                plan.number,
+                gib(fixed + e.unet.max(decode)),
+                size.width,
+                size.height,
+                gib(free),
+                settings.device
+            ));
+            most = 1;
+            continue;
+        }
+        // The UNet's working memory grows with the images it takes at once.
+        let budget = (free as f64 * BATCH_SHARE) as u64;
+        let fits = |n: usize| fixed + (e.unet * n as u64).max(decode) <= budget;
+        while most > 1 && !fits(most) {
+            most -= 1;
+        }
+    }
+    (most, warnings)
 }
 
 /// `size`'s aspect with the longer side `64·k` px, both sides multiples of 64.

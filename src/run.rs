@@ -9,7 +9,7 @@ use host_api::{EncodeRequest, ModelBox, ModelInfo, ModelSigmas, SamplerCallbacks
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::models::{LoadSettings, Models};
-use crate::noise::{initial_noise, StepNoise};
+use crate::noise::{batch_noise, StepNoise};
 use crate::plan::{pass_sigmas, PassPlan, PassSize};
 use crate::seamless::wrapped_upscale;
 
@@ -48,13 +48,29 @@ impl SamplerCallbacks for Guidance<'_> {
 
 struct Vae<'a>(&'a ModelBox);
 
+/// The VAE for pixel upscalers: a batch is decoded and encoded one image at a time, so its
+/// memory stays that of one image (and each image's pixels those of its single run).
 impl VaeCallbacks for Vae<'_> {
     fn decode(&mut self, latent: &Tensor) -> host_api::Result<Tensor> {
-        self.0.decode(latent)
+        each_image(latent, |one| self.0.decode(one))
     }
     fn encode(&mut self, image: &Tensor) -> host_api::Result<Tensor> {
-        self.0.encode(image)
+        each_image(image, |one| self.0.encode(one))
     }
+}
+
+fn each_image(
+    x: &Tensor,
+    mut f: impl FnMut(&Tensor) -> host_api::Result<Tensor>,
+) -> host_api::Result<Tensor> {
+    let n = x.size().first().copied().unwrap_or(1);
+    if n <= 1 {
+        return f(x);
+    }
+    let each = (0..n)
+        .map(|i| f(&x.narrow(0, i, 1)))
+        .collect::<host_api::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&each, 0))
 }
 
 fn progress_bar(quiet: bool, steps: usize, label: String) -> ProgressBar {
@@ -112,13 +128,31 @@ pub type Passes<'a, 'r> = (&'a [PassPlan<'r>], &'a [PassSize], &'a LoadSettings)
 
 /// Runs every pass for one image (after `resume`'s pass when given).
 pub fn run_image(
-    (plans, sizes, settings): Passes<'_, '_>,
+    passes: Passes<'_, '_>,
     models: &mut Models<'_>,
     seed: i64,
     noise_seed_delta: i64,
     quiet: bool,
     resume: Option<&Resume>,
 ) -> Result<ImageResult> {
+    let mut results = run_batch(passes, models, &[seed], noise_seed_delta, quiet, resume)?;
+    Ok(results.remove(0))
+}
+
+/// Runs every pass for the images with `seeds` as one latent batch: one UNet call denoises
+/// all of them, and image i keeps its own initial and step noise (seed `seeds[i]`), so each
+/// equals its single run. `resume` (one image only) starts after its pass.
+pub fn run_batch(
+    (plans, sizes, settings): Passes<'_, '_>,
+    models: &mut Models<'_>,
+    seeds: &[i64],
+    noise_seed_delta: i64,
+    quiet: bool,
+    resume: Option<&Resume>,
+) -> Result<Vec<ImageResult>> {
+    if seeds.is_empty() || (resume.is_some() && seeds.len() != 1) {
+        bail!("a batch needs at least one image and resumes one image at a time");
+    }
     let start = resume.map_or(0, |r| r.after_pass);
     let mut latents: Vec<Tensor> = resume.iter().map(|r| r.latent.shallow_clone()).collect();
     let mut family: Option<String> = None;
@@ -135,7 +169,7 @@ pub fn run_image(
             .map_err(|e| anyhow!("model sigma table: {e}"))?;
         let sigmas = pass_sigmas(plan, &table)?;
         let shape = [info.latent_channels as i64, size.latent_h, size.latent_w];
-        let noise = initial_noise(seed, &shape).unsqueeze(0).to_device(device);
+        let noise = batch_noise(seeds, &shape).to_device(device);
         let x = match latents.last() {
             None => noise * sigmas[0],
             Some(prev) => {
@@ -175,13 +209,18 @@ pub fn run_image(
         let conds = model
             .encode_prompts(&request)
             .map_err(|e| anyhow!("pass {}: encoding the prompt: {e}", plan.number))?;
-        let bar = progress_bar(quiet, plan.steps, format!("pass {}", plan.number));
+        let label = match seeds.len() {
+            1 => format!("pass {}", plan.number),
+            n => format!("pass {} ×{n}", plan.number),
+        };
+        let bar = progress_bar(quiet, plan.steps, label);
+        let step_seeds = seeds.iter().map(|s| s + noise_seed_delta).collect();
         let mut guidance = Guidance {
             model: &model,
             uncond: &conds[0],
             cond: &conds[1],
             cfg: plan.cfg,
-            noise: StepNoise::start(seed + noise_seed_delta),
+            noise: StepNoise::batch(step_seeds, plan.steps + 1),
             bar: &bar,
         };
         let out = plan
@@ -199,10 +238,12 @@ pub fn run_image(
     if resume.is_some() {
         drop(latents.remove(0));
     }
-    Ok(ImageResult {
-        latents,
-        first: start + 1,
-    })
+    Ok((0..seeds.len() as i64)
+        .map(|i| ImageResult {
+            latents: latents.iter().map(|l| l.narrow(0, i, 1)).collect(),
+            first: start + 1,
+        })
+        .collect())
 }
 
 fn plugin_error(

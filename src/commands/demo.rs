@@ -34,6 +34,8 @@ schedule = "karras"
 pub fn run(checkpoint: Option<PathBuf>, quiet: bool, output: Option<String>) -> Result<()> {
     let mut profile = Profile::parse(DEMO_PROFILE, "demo profile")?;
     let registry = registry_for(&profile, Path::new(""));
+    // The built-in tiny model's native size is what it composes at, not its family's.
+    let native_size = checkpoint.is_none().then_some(48);
     let checkpoint = match checkpoint {
         Some(c) => {
             profile.device = Default::default();
@@ -50,8 +52,8 @@ pub fn run(checkpoint: Option<PathBuf>, quiet: bool, output: Option<String>) -> 
                 );
             }
             // The tiny model's VAE factor is 2: 48 px is a 24-cell latent, seconds on a CPU.
-            profile.passes[0].width = Some(48);
-            profile.passes[0].height = Some(48);
+            profile.passes[0].width = native_size;
+            profile.passes[0].height = native_size;
             path
         }
     };
@@ -59,6 +61,7 @@ pub fn run(checkpoint: Option<PathBuf>, quiet: bool, output: Option<String>) -> 
     let options = RunOptions {
         quiet,
         output,
+        native_size,
         ..RunOptions::new(PathBuf::new())
     };
     run_generate(profile, options)

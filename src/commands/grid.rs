@@ -93,6 +93,7 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
     }
     let registry = registry_for(&base, &base_path);
     let mut models = Models::new(&registry);
+    let mut seen = std::collections::HashSet::new(); // lint lines printed once for all cells
     let mut written = Vec::new();
     let mut cells: Vec<Vec<_>> = vec![Vec::new(); rows];
     for (i, profile) in profiles.into_iter().enumerate() {
@@ -106,7 +107,7 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
             );
         }
         let path = cell_path(Path::new(&sheet_path), c, r);
-        let (back, file, rgb) = render_one(profile, &registry, &base_path, models, &path, quiet)
+        let (back, file, rgb) = render_one(profile, &registry, &base_path, models, &path, (quiet, &mut seen))
             .with_context(|| cell_name(&x, y.as_ref(), c, r))?;
         models = back;
         written.push(file);

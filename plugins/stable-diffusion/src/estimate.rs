@@ -16,7 +16,9 @@
 //!
 //! `cargo bench -p hiresfix-sd --bench memory` measures the peak of real-size models against
 //! this estimate (`BENCHMARKS.md`).
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 use anyhow::{bail, Result};
 use host_api::{MemoryEstimate, MemoryRequest};
@@ -41,10 +43,44 @@ pub const TILED_LIVE_BUFFERS: u64 = 7;
 /// CUDA context, cuBLAS and cuDNN workspaces (not measured here: no GPU was lent).
 pub const CUDA_RUNTIME: u64 = 768 << 20;
 
-pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
-    let ckpt = Checkpoint::open(Path::new(request.checkpoint.as_str()))?;
+/// What the estimate reads from a checkpoint's headers.
+#[derive(Clone)]
+struct Headers {
+    config: ModelConfig,
+    /// Parameters of the UNet, the VAE and the text encoders.
+    parameters: u64,
+}
+
+/// The last checkpoint read, by path, length and modification time: `check` asks for many
+/// sizes of the same file while it searches the largest that fits.
+static LAST: Mutex<Option<(PathBuf, u64, Option<SystemTime>, Headers)>> = Mutex::new(None);
+
+fn headers(path: &Path) -> Result<Headers> {
+    let meta = std::fs::metadata(path).ok();
+    let (len, modified) = (
+        meta.as_ref().map_or(0, |m| m.len()),
+        meta.as_ref().and_then(|m| m.modified().ok()),
+    );
+    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((p, l, m, headers)) = last.as_ref() {
+        if p == path && *l == len && *m == modified && meta.as_ref().is_some_and(|m| m.is_file()) {
+            return Ok(headers.clone());
+        }
+    }
+    let ckpt = Checkpoint::open(path)?;
     let family = ckpt.family()?;
     let config = ModelConfig::infer(&ckpt, family)?;
+    let mut parameters = ckpt.parameters_under(UNET_PREFIX) + ckpt.parameters_under(VAE_PREFIX);
+    for spec in family.encoders {
+        parameters += ckpt.parameters_under(spec.ldm_prefix);
+    }
+    let headers = Headers { config, parameters };
+    *last = Some((path.to_path_buf(), len, modified, headers.clone()));
+    Ok(headers)
+}
+
+pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
+    let Headers { config, parameters } = headers(Path::new(request.checkpoint.as_str()))?;
     let element: u64 = match request.dtype.as_str() {
         "fp32" => 4,
         "fp16" | "bf16" => 2,
@@ -53,10 +89,6 @@ pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     let device = host_api::backend::parse_device(request.device.as_str())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let attention = AttentionMemory::on(device);
-    let mut parameters = ckpt.parameters_under(UNET_PREFIX) + ckpt.parameters_under(VAE_PREFIX);
-    for spec in family.encoders {
-        parameters += ckpt.parameters_under(spec.ldm_prefix);
-    }
     let f = config.vae.spatial_factor();
     let (h, w) = (i64::from(request.height) / f, i64::from(request.width) / f);
     let z = config.vae.z_channels;
@@ -100,7 +132,8 @@ pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
         unet,
         decode_full,
         decode_tiled: match tiles {
-            true => one_tile.max(mid) + accumulators,
+            // The whole-latent mid block's output is live beside every tile's buffers.
+            true => one_tile + mid + accumulators,
             false => decode_full,
         },
         free: free_bytes(device).unwrap_or(0),

@@ -24,6 +24,36 @@ pub fn with_circular_padding<T>(on: bool, build: impl FnOnce() -> T) -> T {
     out
 }
 
+thread_local! {
+    /// Images in the UNet call now running (see [`per_image`]).
+    static IMAGES: Cell<i64> = const { Cell::new(1) };
+}
+
+/// Runs `f` (a UNet call over `images` images, image-major: each image's CFG rows together)
+/// with every [`per_image`] linear layer applied one image at a time.
+pub fn with_images<T>(images: i64, f: impl FnOnce() -> T) -> T {
+    let before = IMAGES.with(|c| c.replace(images.max(1)));
+    let out = f();
+    IMAGES.with(|c| c.set(before));
+    out
+}
+
+/// A UNet linear layer whose result for an image does not depend on the other images of the
+/// batch. Matrix products pick their blocking (hence the order of their sums) by the row
+/// count, so one product over several images rounds differently from an image's own run;
+/// convolutions, GroupNorm and attention here are per image already. Applying the layer to
+/// each image's rows (the shapes of its single run) keeps a batched image bit-identical to
+/// that run, for a few more, still large, products.
+pub fn per_image(layer: &nn::Linear, x: &Tensor) -> Tensor {
+    let images = IMAGES.with(Cell::get);
+    let rows = x.size().first().copied().unwrap_or(1);
+    if images <= 1 || rows % images != 0 {
+        return layer.forward(x);
+    }
+    let each: Vec<Tensor> = x.chunk(images, 0).iter().map(|c| layer.forward(c)).collect();
+    Tensor::cat(&each, 0)
+}
+
 /// Group count of every GroupNorm in SD (LDM `Normalize`, diffusers `norm_num_groups`).
 pub const NORM_GROUPS: i64 = 32;
 

@@ -515,6 +515,16 @@ impl SdModel {
         if conds.is_empty() {
             bail!("no conditioning to denoise with");
         }
+        let batch = x.size()[0];
+        if conds.len() == 1 && batch > 1 {
+            // One row per image: a batched call would run the convolutions at another batch
+            // size than the image's single run (batch 1), where the CPU kernels pick another
+            // algorithm and round differently. Image by image keeps each bit-identical.
+            let each = (0..batch)
+                .map(|i| Ok(self.denoise(&x.narrow(0, i, 1), sigma, conds)?.remove(0)))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(vec![Tensor::f_cat(&each, 0)?]);
+        }
         let lengths: Vec<i64> = conds.iter().map(|c| c.context.size()[1]).collect();
         let common = lengths.iter().fold(1, |a, b| lcm(a, *b));
         if lengths.iter().any(|l| common / l > 4) {
@@ -523,38 +533,46 @@ impl SdModel {
                 .map(|c| Ok(self.denoise(x, sigma, &[c])?.remove(0)))
                 .collect();
         }
+        // Image-major rows: image i's rows are its conditionings in order, so each image's
+        // part of the call has the shapes of its single run (see `layers::per_image`).
         let batch = x.size()[0];
         let n = conds.len() as i64;
-        let per_image = |t: &Tensor| t.repeat_interleave_self_int(batch, 0, None);
-        let context = Tensor::f_cat(
-            &conds
+        let all_images = |ts: Vec<Tensor>| -> Result<Tensor> {
+            let one = Tensor::f_cat(&ts, 0)?;
+            let mut shape = vec![batch];
+            shape.extend(std::iter::repeat_n(1, one.dim() - 1));
+            Ok(one.repeat(shape.as_slice()))
+        };
+        let context = all_images(
+            conds
                 .iter()
-                .map(|c| per_image(&c.context.repeat([1, common / c.context.size()[1], 1])))
-                .collect::<Vec<_>>(),
-            0,
+                .map(|c| c.context.repeat([1, common / c.context.size()[1], 1]))
+                .collect(),
         )?;
         let vector = match conds
             .iter()
             .map(|c| c.vector.as_ref())
             .collect::<Option<Vec<_>>>()
         {
-            Some(v) => Some(Tensor::f_cat(
-                &v.iter().map(|t| per_image(t)).collect::<Vec<_>>(),
-                0,
-            )?),
+            Some(v) => Some(all_images(v.iter().map(|t| t.shallow_clone()).collect())?),
             None => None,
         };
-        let xs = x.repeat([n, 1, 1, 1]);
+        let xs = x.repeat_interleave_self_int(n, 0, None);
         let t = Tensor::from(self.schedule.sigma_to_t(sigma));
-        let out = self.unet_output(
-            &(&xs * denoiser::input_scale(sigma)),
-            &t,
-            &context,
-            vector.as_ref(),
-        )?;
+        let out = crate::layers::with_images(batch, || {
+            self.unet_output(
+                &(&xs * denoiser::input_scale(sigma)),
+                &t,
+                &context,
+                vector.as_ref(),
+            )
+        })?;
         let (c_skip, c_out) = denoiser::output_scales(self.info.prediction, sigma);
         let denoised = xs.to_device(out.device()) * c_skip + out * c_out;
-        Ok(denoised.chunk(n, 0))
+        let mut rows = vec![batch, n];
+        rows.extend_from_slice(&denoised.size()[1..]);
+        let denoised = denoised.view(rows.as_slice());
+        Ok((0..n).map(|j| denoised.select(1, j)).collect())
     }
 
     /// Scaled latent → raw pixels, about [-1, 1], unclamped; in the latent's dtype. Tiled as

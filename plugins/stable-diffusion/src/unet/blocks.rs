@@ -4,7 +4,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::UNetConfig;
-use crate::layers::{attention, conv2d, group_norm, layer_norm, linear, norm_silu};
+use crate::layers::{attention, conv2d, group_norm, layer_norm, linear, norm_silu, per_image};
 
 /// LDM `ResBlock`: two GroupNorm-SiLU-conv stages with the timestep embedding added between.
 pub struct ResBlock {
@@ -30,9 +30,7 @@ impl ResBlock {
 
     pub fn forward(&self, x: &Tensor, emb: &Tensor) -> Tensor {
         let h = self.in_conv.forward(&norm_silu(&self.in_norm, x));
-        let h = h + self
-            .emb_proj
-            .forward(&emb.silu())
+        let h = h + per_image(&self.emb_proj, &emb.silu())
             .unsqueeze(-1)
             .unsqueeze(-1);
         let h = self.out_conv.forward(&norm_silu(&self.out_norm, &h));
@@ -66,13 +64,13 @@ impl CrossAttention {
     fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Tensor {
         let ctx = context.unwrap_or(x);
         let h = attention(
-            &self.to_q.forward(x),
-            &self.to_k.forward(ctx),
-            &self.to_v.forward(ctx),
+            &per_image(&self.to_q, x),
+            &per_image(&self.to_k, ctx),
+            &per_image(&self.to_v, ctx),
             self.heads,
             false,
         );
-        self.to_out.forward(&h)
+        per_image(&self.to_out, &h)
     }
 }
 
@@ -104,8 +102,8 @@ impl TransformerBlock {
     fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
         let x = x + self.attn1.forward(&self.norm1.forward(x), None);
         let x = &x + self.attn2.forward(&self.norm2.forward(&x), Some(context));
-        let h = self.ff_proj.forward(&self.norm3.forward(&x)).chunk(2, -1);
-        x + self.ff_out.forward(&(&h[0] * h[1].gelu("none")))
+        let h = per_image(&self.ff_proj, &self.norm3.forward(&x)).chunk(2, -1);
+        x + per_image(&self.ff_out, &(&h[0] * h[1].gelu("none")))
     }
 }
 
@@ -154,14 +152,14 @@ impl SpatialTransformer {
         let normed = self.norm.forward(x);
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(&conv.forward(&normed)),
-            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)),
+            Projection::Linear(lin) => per_image(lin, &to_tokens(&normed)),
         };
         for block in &self.blocks {
             tokens = block.forward(&tokens, context);
         }
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&to_image(&tokens)),
-            Projection::Linear(lin) => to_image(&lin.forward(&tokens)),
+            Projection::Linear(lin) => to_image(&per_image(lin, &tokens)),
         };
         out + x
     }

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 
 pub use config::{HeadRule, UNetConfig};
 
-use crate::layers::{conv2d, group_norm, linear, norm_silu};
+use crate::layers::{conv2d, group_norm, linear, norm_silu, per_image};
 use blocks::{ResBlock, SpatialTransformer};
 
 /// Sinusoidal timestep embedding, `[cos, sin]` order, max period 10000 (LDM
@@ -190,12 +190,13 @@ impl UNetModel {
         y: Option<&Tensor>,
     ) -> Result<Tensor> {
         let t_emb = timestep_embedding(t, self.config.model_channels).to_kind(x.kind());
-        let mut emb = self
-            .time_embed_2
-            .forward(&self.time_embed_1.forward(&t_emb).silu());
+        let mut emb = per_image(
+            &self.time_embed_2,
+            &per_image(&self.time_embed_1, &t_emb).silu(),
+        );
         match (&self.label_emb, y) {
             (Some(label), Some(y)) => {
-                emb += label.second.forward(&label.first.forward(y).silu());
+                emb += per_image(&label.second, &per_image(&label.first, y).silu());
             }
             (None, None) => {}
             (Some(_), None) => bail!("this UNet needs vector conditioning (pooled text and size ids) — encode the prompt with this model"),
