@@ -2,6 +2,7 @@
 //! `main.rs` is the command line over it.
 pub mod commands;
 pub mod generate;
+pub mod hash_cache;
 pub mod import;
 pub mod infotext;
 pub mod job;

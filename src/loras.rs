@@ -166,6 +166,12 @@ fn search(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
 /// A1111's LoRA hash ("addnet" hash of safetensors files): the sha256 of the file after its
 /// header, first 12 hex digits — what `Lora hashes:` in infotext and Civitai carry.
 pub fn short_hash(path: &Path) -> Result<String> {
+    let hex = crate::hash_cache::cached("lora", path, data_sha256)?;
+    Ok(hex.get(..12).unwrap_or(&hex).to_owned())
+}
+
+/// The sha256 of a safetensors file's data (what follows its header).
+fn data_sha256(path: &Path) -> Result<String> {
     use sha2::Digest;
     use std::io::{Read, Seek, SeekFrom};
     let mut file =
@@ -182,5 +188,5 @@ pub fn short_hash(path: &Path) -> Result<String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    Ok(hex[..12].to_owned())
+    Ok(hex)
 }

@@ -6,8 +6,8 @@ use std::rc::Rc;
 
 use anyhow::{anyhow, bail, Result};
 use host_api::backend::device_name;
-use host_api::tch::{self, Device};
-use host_api::{LoadRequest, ModelBox, ModelInfo};
+use host_api::tch::{self, Device, Tensor};
+use host_api::{EncodeRequest, LoadRequest, ModelBox, ModelInfo};
 
 use crate::profile::{DeviceChoice, DtypeChoice, Profile, VaeTiling};
 use crate::registry::Registry;
@@ -81,6 +81,9 @@ pub struct Models<'r> {
     /// Warnings already shown (a LoRA's stray layers), so each shows once per run.
     warned: HashSet<String>,
     loaded: HashMap<ModelKey, (Rc<ModelBox>, ModelInfo)>,
+    /// Conditionings already encoded, by model, LoRA set and request: a prompt is encoded
+    /// once per run, not once per image, pass or grid cell.
+    encoded: HashMap<String, Rc<Vec<Vec<Tensor>>>>,
 }
 
 impl<'r> Models<'r> {
@@ -89,6 +92,7 @@ impl<'r> Models<'r> {
             registry,
             warned: HashSet::new(),
             loaded: HashMap::new(),
+            encoded: HashMap::new(),
         }
     }
 
@@ -99,6 +103,36 @@ impl<'r> Models<'r> {
                 eprintln!("warning: {warning}");
             }
         }
+    }
+
+    /// `request` encoded by `model` with `loras` applied (the LoRAs set on it now), once per
+    /// run: later calls with the same model, LoRA set and request get the same tensors.
+    pub fn encode(
+        &mut self,
+        model: &Rc<ModelBox>,
+        loras: &[host_api::LoraSpec],
+        request: &EncodeRequest,
+    ) -> host_api::Result<Rc<Vec<Vec<Tensor>>>> {
+        let key = format!(
+            "{:p}\u{0}{loras:?}\u{0}{:?}\u{0}{}\u{0}{}x{}",
+            Rc::as_ptr(model),
+            request.prompts,
+            request.clip_skip,
+            request.width,
+            request.height
+        );
+        if let Some(found) = self.encoded.get(&key) {
+            return Ok(found.clone());
+        }
+        log::debug!(
+            "encoding {} prompt(s) at {}x{}",
+            request.prompts.len(),
+            request.width,
+            request.height
+        );
+        let conds = Rc::new(model.encode_prompts(request)?);
+        self.encoded.insert(key, conds.clone());
+        Ok(conds)
     }
 
     /// The model a pass runs (its checkpoint, VAE and merge), loaded once.

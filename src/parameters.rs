@@ -154,6 +154,6 @@ pub fn model_hash(checkpoint: &Path) -> Option<String> {
     if !checkpoint.is_file() {
         return None;
     }
-    let hex = crate::registry::sha256_hex(checkpoint).ok()?;
+    let hex = crate::hash_cache::cached("sha256", checkpoint, crate::registry::sha256_hex).ok()?;
     Some(hex[..10].to_owned())
 }

@@ -206,8 +206,8 @@ pub fn run_batch(
             size.width,
             size.height,
         );
-        let conds = model
-            .encode_prompts(&request)
+        let conds = models
+            .encode(&model, &specs, &request)
             .map_err(|e| anyhow!("pass {}: encoding the prompt: {e}", plan.number))?;
         let label = match seeds.len() {
             1 => format!("pass {}", plan.number),

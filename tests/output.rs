@@ -258,3 +258,45 @@ fn ctrl_c_in_a_batch_says_which_images_were_written() {
     );
     assert!(err.contains("img-7-0.png"), "{err}");
 }
+
+/// The checkpoint's A1111 hash is cached by path, size and modification time (as A1111's
+/// cache.json): a stored hash is used while both hold, and recomputed when the file changes.
+#[test]
+fn the_model_hash_is_cached_until_the_file_changes() {
+    use sha2::Digest;
+    let scratch = Scratch::new("hash-cache");
+    let checkpoint = scratch.path("model.safetensors");
+    std::fs::copy(tiny_ldm(), &checkpoint).unwrap();
+    let profile = scratch.write("p.toml", &tiny_profile(&checkpoint, "", "", ""));
+    let cache = scratch.path("cache");
+    let hash_of = |name: &str| {
+        let out = hiresfix(
+            &scratch.0,
+            &["-q", "generate", profile.to_str().unwrap(), "-o", name],
+            &[("HIRESFIX_CACHE_DIR", &cache)],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let params = infotext::parse(&chunk(&scratch.path(name), "parameters"));
+        params.get("Model hash").unwrap().to_owned()
+    };
+    let real: String = sha2::Sha256::digest(std::fs::read(&checkpoint).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(hash_of("a.png"), real[..10]);
+    let file = cache.join("hashes.json");
+    let stored = std::fs::read_to_string(&file).unwrap();
+    assert!(stored.contains(&real), "{stored}");
+    // A hash planted in the cache is what the next run reports: the file was not read again.
+    std::fs::write(&file, stored.replace(&real, &"ab".repeat(32))).unwrap();
+    assert_eq!(hash_of("b.png"), "ababababab");
+    // A new modification time invalidates it.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&checkpoint)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    assert_eq!(hash_of("c.png"), real[..10]);
+}

@@ -2,6 +2,8 @@
 //! generation, each checked against the plain one-shot run it must equal.
 mod common;
 
+use std::path::Path;
+
 use common::*;
 use hiresfix::infotext;
 use hiresfix::output::{encode_png, read_rgb8};
@@ -287,8 +289,8 @@ fn grid_cells_equal_single_runs_and_the_sheet_is_labelled() {
     let scratch = Scratch::new("grid");
     let p = scratch.write("p.toml", &tiny_profile(&tiny_ldm(), "", "", ""));
     let p = p.to_str().unwrap();
-    let written = run_ok(
-        &scratch,
+    let out = hiresfix(
+        &scratch.0,
         &[
             "grid",
             p,
@@ -299,6 +301,19 @@ fn grid_cells_equal_single_runs_and_the_sheet_is_labelled() {
             "-o",
             "g.png",
         ],
+        &[("RUST_LOG", Path::new("hiresfix::models=debug"))],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    // One prompt pair, two pass sizes: encoded twice for the six cells, not twelve times.
+    assert_eq!(
+        stderr(&out).matches("encoding 2 prompt(s)").count(),
+        2,
+        "{}",
+        stderr(&out)
     );
     assert_eq!(written.len(), 7);
     assert_eq!(written[6], "g.png");

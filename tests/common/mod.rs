@@ -78,6 +78,8 @@ pub fn hiresfix(cwd: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Output {
     cmd.current_dir(cwd)
         .args(args)
         .env_remove("HIRESFIX_PLUGIN_PATH")
+        // Hashes cached for the tests, not in the user's cache folder.
+        .env("HIRESFIX_CACHE_DIR", repo().join("target/test-cache"))
         .env("RUST_LOG", "warn");
     for (k, v) in envs {
         cmd.env(k, v);

@@ -262,9 +262,34 @@ impl LoadOptions {
     }
 }
 
+/// Conditioning rows built for a batch, and the tensors they were built from. Holding those
+/// keeps their storage alive, so no other tensor can have their address while they are here:
+/// the address, shape and type name them.
+struct Prepared {
+    inputs: Vec<Tensor>,
+    batch: i64,
+    context: Tensor,
+    vector: Option<Tensor>,
+}
+
+impl Prepared {
+    fn same_inputs(&self, inputs: &[&Tensor]) -> bool {
+        self.inputs.len() == inputs.len()
+            && self.inputs.iter().zip(inputs).all(|(a, b)| {
+                a.data_ptr() == b.data_ptr()
+                    && a.size() == b.size()
+                    && a.stride() == b.stride()
+                    && a.kind() == b.kind()
+                    && a.device() == b.device()
+            })
+    }
+}
+
 pub struct SdModel {
     conditioner: Conditioner,
     lora: RefCell<LoraState>,
+    /// The last conditioning rows built for the UNet (see `conditioning_rows`).
+    prepared: RefCell<Option<Prepared>>,
     unet: UNetModel,
     vae: Vae,
     schedule: DiscreteSchedule,
@@ -383,6 +408,7 @@ impl SdModel {
         Ok(Self {
             conditioner,
             lora,
+            prepared: RefCell::new(None),
             unet,
             vae,
             schedule,
@@ -533,15 +559,56 @@ impl SdModel {
                 .map(|c| Ok(self.denoise(x, sigma, &[c])?.remove(0)))
                 .collect();
         }
-        // Image-major rows: image i's rows are its conditionings in order, so each image's
-        // part of the call has the shapes of its single run (see `layers::per_image`).
-        let batch = x.size()[0];
         let n = conds.len() as i64;
+        let (context, vector) = self.conditioning_rows(conds, batch, common)?;
+        let xs = x.repeat_interleave_self_int(n, 0, None);
+        // Made on the device: no copy from the host (and no wait for it) per call.
+        let t = Tensor::full(
+            [1],
+            self.schedule.sigma_to_t(sigma),
+            (Kind::Float, self.info.device),
+        );
+        let out = crate::layers::with_images(batch, || {
+            self.unet_output(
+                &(&xs * denoiser::input_scale(sigma)),
+                &t,
+                &context,
+                vector.as_ref(),
+            )
+        })?;
+        let (c_skip, c_out) = denoiser::output_scales(self.info.prediction, sigma);
+        let denoised = xs.to_device(out.device()) * c_skip + out * c_out;
+        let mut rows = vec![batch, n];
+        rows.extend_from_slice(&denoised.size()[1..]);
+        let denoised = denoised.view(rows.as_slice());
+        Ok((0..n).map(|j| denoised.select(1, j)).collect())
+    }
+
+    /// The UNet's text and vector conditioning for `batch` images, image-major (image i's rows
+    /// are its conditionings in order, so each image's part of the call has the shapes of its
+    /// single run: see `layers::per_image`), on the device. A pass passes the same tensors at
+    /// every step, so the rows are built once and reused while the inputs are the same.
+    fn conditioning_rows(
+        &self,
+        conds: &[&Conditioning],
+        batch: i64,
+        common: i64,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let inputs: Vec<&Tensor> = conds
+            .iter()
+            .flat_map(|c| std::iter::once(&c.context).chain(c.vector.as_ref()))
+            .collect();
+        if let Some(p) = self.prepared.borrow().as_ref() {
+            if p.batch == batch && p.same_inputs(&inputs) {
+                return Ok((p.context.shallow_clone(), p.vector.as_ref().map(Tensor::shallow_clone)));
+            }
+        }
+        let (device, kind) = (self.info.device, self.info.kind);
         let all_images = |ts: Vec<Tensor>| -> Result<Tensor> {
             let one = Tensor::f_cat(&ts, 0)?;
             let mut shape = vec![batch];
             shape.extend(std::iter::repeat_n(1, one.dim() - 1));
-            Ok(one.repeat(shape.as_slice()))
+            Ok(one.repeat(shape.as_slice()).to_device(device).to_kind(kind))
         };
         let context = all_images(
             conds
@@ -557,22 +624,13 @@ impl SdModel {
             Some(v) => Some(all_images(v.iter().map(|t| t.shallow_clone()).collect())?),
             None => None,
         };
-        let xs = x.repeat_interleave_self_int(n, 0, None);
-        let t = Tensor::from(self.schedule.sigma_to_t(sigma));
-        let out = crate::layers::with_images(batch, || {
-            self.unet_output(
-                &(&xs * denoiser::input_scale(sigma)),
-                &t,
-                &context,
-                vector.as_ref(),
-            )
-        })?;
-        let (c_skip, c_out) = denoiser::output_scales(self.info.prediction, sigma);
-        let denoised = xs.to_device(out.device()) * c_skip + out * c_out;
-        let mut rows = vec![batch, n];
-        rows.extend_from_slice(&denoised.size()[1..]);
-        let denoised = denoised.view(rows.as_slice());
-        Ok((0..n).map(|j| denoised.select(1, j)).collect())
+        *self.prepared.borrow_mut() = Some(Prepared {
+            inputs: inputs.iter().map(|t| t.shallow_clone()).collect(),
+            batch,
+            context: context.shallow_clone(),
+            vector: vector.as_ref().map(Tensor::shallow_clone),
+        });
+        Ok((context, vector))
     }
 
     /// Scaled latent → raw pixels, about [-1, 1], unclamped; in the latent's dtype. Tiled as
