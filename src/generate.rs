@@ -296,7 +296,7 @@ fn write_image(
             continue;
         }
         let (model, _) = job.models.for_pass(&job.settings, &job.plans[pass - 1])?;
-        let pixels = model.decode(latent).map_err(|e| {
+        let pixels = crate::timings::time("vae decode", || model.decode(latent)).map_err(|e| {
             out_of_memory(pass, &job.sizes[pass - 1], &e.0)
                 .unwrap_or_else(|| anyhow!("pass {pass}: {e}"))
         })?;
@@ -305,12 +305,15 @@ fn write_image(
             true => Some(stored_latent::encode(latent, pass)?),
             false => None,
         };
-        let png = output::encode_png(w, h, &rgb, &parameters, &resolved, stored.as_deref())?;
         let path = match pass == until {
             true => wanted.clone(),
             false => pass_path(&wanted, pass),
         };
-        written.push(output::write_new_file(&path, &png)?);
+        let file = crate::timings::time("png", || {
+            let png = output::encode_png(w, h, &rgb, &parameters, &resolved, stored.as_deref())?;
+            output::write_new_file(&path, &png)
+        })?;
+        written.push(file);
         if pass == until {
             last = Some((w, h, rgb));
         }

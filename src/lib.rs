@@ -22,3 +22,4 @@ pub mod seamless;
 pub mod sheet;
 pub mod stored_latent;
 pub mod switch;
+pub mod timings;

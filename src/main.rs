@@ -244,7 +244,10 @@ fn main() -> ExitCode {
             std::process::exit(130);
         }
     });
-    match run(cli) {
+    let start = std::time::Instant::now();
+    let result = run(cli);
+    hiresfix::timings::write_if_asked(start.elapsed().as_secs_f64());
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));

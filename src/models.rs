@@ -130,7 +130,9 @@ impl<'r> Models<'r> {
             request.width,
             request.height
         );
-        let conds = Rc::new(model.encode_prompts(request)?);
+        let conds = Rc::new(crate::timings::time("text encode", || {
+            model.encode_prompts(request)
+        })?);
         self.encoded.insert(key, conds.clone());
         Ok(conds)
     }
@@ -194,7 +196,7 @@ impl<'r> Models<'r> {
             ),
             false => anyhow!("{e}"),
         };
-        let model = backend.decl.run_load(&request).map_err(plugin)?;
+        let model = crate::timings::time("load", || backend.decl.run_load(&request)).map_err(plugin)?;
         let info = model.info().map_err(plugin)?;
         let entry = (Rc::new(model), info);
         self.loaded.insert(key, entry.clone());

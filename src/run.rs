@@ -179,6 +179,7 @@ pub fn run_batch(
                     .ok_or_else(|| anyhow!("pass {} has no upscaler", plan.number))?;
                 let mut vae = Vae(&model);
                 let mut run = |x: &Tensor, h, w| upscaler.decl.run(&mut vae, x, h, w);
+                let started = std::time::Instant::now();
                 let up = match settings.seamless {
                     // A crop would cut the tile: a pass of another aspect is stretched.
                     true => wrapped_upscale(prev, size.latent_h, size.latent_w, run),
@@ -189,6 +190,7 @@ pub fn run_batch(
                     let (name, file) = (&upscaler.decl.name, &upscaler.file);
                     plugin_error(plan.number, size, "upscaler", name, file, e)
                 })?;
+                crate::timings::add("upscale", started.elapsed().as_secs_f64());
                 check_finite(&up, &model, plan.number, "the upscaled latent")?;
                 up + noise * sigmas[0]
             }
@@ -223,10 +225,12 @@ pub fn run_batch(
             noise: StepNoise::batch(step_seeds, plan.steps + 1),
             bar: &bar,
         };
-        let out = plan
-            .sampler
-            .decl
-            .run(&mut guidance, &plan.options, x, &sigmas)
+        let phase = format!("pass {}", plan.number);
+        let out = crate::timings::time(&phase, || {
+            plan.sampler
+                .decl
+                .run(&mut guidance, &plan.options, x, &sigmas)
+        })
             .map_err(|e| {
                 let (name, file) = (&plan.sampler.decl.name, &plan.sampler.file);
                 plugin_error(plan.number, size, "sampler", name, file, e)

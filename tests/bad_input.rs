@@ -83,17 +83,8 @@ fn filled(tensors: &[(String, Tensor)], key: &str, value: f64) -> Tensor {
 
 /// A file of zero-valued tensors with these keys and shapes (detection reads headers only).
 fn header_only(scratch: &Scratch, keys: &[(&str, &[i64])]) -> PathBuf {
-    let tensors: Vec<(String, Tensor)> = keys
-        .iter()
-        .map(|(k, shape)| {
-            (
-                k.to_string(),
-                Tensor::zeros(*shape, (Kind::Half, Device::Cpu)),
-            )
-        })
-        .collect();
     let path = scratch.path("model.safetensors");
-    Tensor::write_safetensors(&tensors, &path).unwrap();
+    files::zero_safetensors(&path, keys);
     path
 }
 
@@ -119,21 +110,9 @@ fn bytes_file(scratch: &Scratch, name: &str, bytes: &[u8]) -> PathBuf {
 /// A copy of the tiny SD 1.x diffusers folder, with `edit` applied to it.
 fn diffusers_copy(scratch: &Scratch, edit: impl FnOnce(&Path)) -> PathBuf {
     let folder = scratch.path("model");
-    copy_dir(&tiny_diffusers(), &folder);
+    files::copy_dir(&tiny_diffusers(), &folder);
     edit(&folder);
     folder
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// Rewrites one key of a JSON file.

@@ -30,11 +30,7 @@ fn three_pass_chain_records_every_pass_and_saves_earlier_ones() {
     text.push_str(THREE_PASSES);
     let profile = scratch.write("p.toml", &text);
     let out = hiresfix(&scratch.0, &["generate", profile.to_str().unwrap()], &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let written: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
+    let written = stdout_lines(&out);
     assert_eq!(
         written,
         [

@@ -17,12 +17,7 @@ fn three_passes(scratch: &Scratch) -> std::path::PathBuf {
 }
 
 fn run_ok(scratch: &Scratch, args: &[&str]) -> Vec<String> {
-    let out = hiresfix(&scratch.0, args, &[]);
-    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect()
+    stdout_lines(&hiresfix(&scratch.0, args, &[]))
 }
 
 fn pixels(scratch: &Scratch, rel: &str) -> (u32, u32, Vec<u8>) {
@@ -303,11 +298,7 @@ fn grid_cells_equal_single_runs_and_the_sheet_is_labelled() {
         ],
         &[("RUST_LOG", Path::new("hiresfix::models=debug"))],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let written: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
+    let written = stdout_lines(&out);
     // One prompt pair, two pass sizes: encoded twice for the six cells, not twelve times.
     assert_eq!(
         stderr(&out).matches("encoding 2 prompt(s)").count(),

@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod files;
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -85,6 +87,15 @@ pub fn hiresfix(cwd: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("hiresfix runs")
+}
+
+/// The lines a successful run printed on stdout (the paths it wrote).
+pub fn stdout_lines(out: &Output) -> Vec<String> {
+    assert!(out.status.success(), "{}", stderr(out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
 }
 
 pub fn stderr(out: &Output) -> String {

@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 use hiresfix_sd::{write_random_checkpoint, Conditioning, PromptInput, RandomModel, SdModel};
 use tch::{Device, Kind, Tensor};
 
+#[path = "../../../tests/common/files.rs"]
+mod files;
+
 fn tiny_single_file() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/sd1-tiny/sd1-tiny.safetensors")
 }
@@ -278,17 +281,8 @@ fn missing_paths_name_the_path() {
 /// A file of zero tensors with these keys and shapes: enough for detection, which reads
 /// headers only.
 fn header_only(dir: &Path, name: &str, keys: &[(&str, &[i64])]) -> PathBuf {
-    let tensors: Vec<(String, Tensor)> = keys
-        .iter()
-        .map(|(k, shape)| {
-            (
-                k.to_string(),
-                Tensor::zeros(*shape, (Kind::Half, Device::Cpu)),
-            )
-        })
-        .collect();
     let path = dir.join(name);
-    Tensor::write_safetensors(&tensors, &path).unwrap();
+    files::zero_safetensors(&path, keys);
     path
 }
 

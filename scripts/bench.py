@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: the same hires job through hiresfix and through diffusers models
+driven by k-diffusion with A1111's algorithm, each in its own process, on this machine.
+
+    scripts/bench [WORKLOAD ...]        (the wrapper builds hiresfix in release first)
+    python3 scripts/bench.py [WORKLOAD ...] [--data DIR] [--hiresfix PATH]
+
+Workloads: sd15-cpu (256 -> 512 px, 4 + 2 steps, Euler, CFG 7, fp32, CPU) and, on a CUDA
+machine, sd15 (512 -> 1024) and sdxl (1024 -> 2048), 20 + 10 steps, bf16. The first run
+builds the real-size architecture with random weights (speed does not depend on weight
+values) and saves it once as a diffusers folder and as one original-layout .safetensors file
+under --data (default target/bench-data/bench-<family>). hiresfix loads the single file (what
+Civitai users have); the reference loads the diffusers folder; the weights are the same.
+
+Per workload it prints one table: load, text encode, pass 1, upscale, pass 2, VAE decode, PNG,
+total (in process) and process wall time in seconds, peak resident memory (VmHWM), and
+ours / theirs; then each UNet phase's achieved FLOP/s against the device's peak (CPU: a
+4096 x 4096 fp32 matmul timed here; the UNet's FLOPs are counted with torch's
+FlopCounterMode on the reference model), and the largest pixel difference of the two PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+WORKLOADS = {
+    "sd15-cpu": dict(family="sd15", device="cpu", dtype="fp32", width=256, height=256,
+                     scale=2.0, steps1=4, steps2=2, denoise=0.5, cfg=7.0),
+    "sd15": dict(family="sd15", device="cuda", dtype="bf16", width=512, height=512,
+                 scale=2.0, steps1=20, steps2=10, denoise=0.5, cfg=7.0),
+    "sdxl": dict(family="sdxl", device="cuda", dtype="bf16", width=1024, height=1024,
+                 scale=2.0, steps1=20, steps2=10, denoise=0.5, cfg=7.0),
+}
+PROMPT = "a photo of a cat"
+NEGATIVE = "blurry"
+SEED = 1234
+PHASES = ["load", "text encode", "pass 1", "upscale", "pass 2", "vae decode", "png", "total"]
+
+
+# ----------------------------------------------------------------------------
+# Building the real-size models (reference side; imports the parity script's helpers)
+# ----------------------------------------------------------------------------
+def build_sd15(folder: str) -> None:
+    import shutil
+
+    import torch
+    sys.path.insert(0, HERE)
+    import make_sd1_reference as m
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(m.clip_text_config(768, 3072, layers=12, heads=12, act="quick_gelu", pad_id=49407))
+    unet = UNet2DConditionModel()  # the defaults are SD 1.5's UNet
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2, latent_channels=4, sample_size=512, scaling_factor=m.SCALING_FACTOR,
+    )
+    for model in (text_encoder, unet, vae):
+        m.randomize_(model)
+        model.eval()
+    ddir = os.path.join(folder, "diffusers")
+    tok_dir = os.path.join(ddir, "tokenizer")
+    bpe = m.clip_vocab.find_bpe_file(None)
+    m.clip_vocab.write_tokenizer_dir(tok_dir, bpe, m.MAX_LEN)
+    tok = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    scheduler = PNDMScheduler(**m.SCHEDULE_KWARGS, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(ddir, safe_serialization=True)
+    shutil.rmtree(tok_dir)
+    m.clip_vocab.write_tokenizer_dir(tok_dir, bpe, m.MAX_LEN)
+    save_file(m.to_ldm(text_encoder, unet, vae), os.path.join(folder, "model.safetensors"))
+
+
+def ensure_models(family: str, data: str) -> str:
+    folder = os.path.join(data, f"bench-{family}")
+    done = os.path.join(folder, "done")
+    if not os.path.exists(done):
+        if family != "sd15":
+            sys.exit(f"building {family} is not written yet; run sd15-cpu")
+        print(f"building real-size random {family} in {folder} (once) ...", file=sys.stderr)
+        os.makedirs(folder, exist_ok=True)
+        build_sd15(folder)
+        open(done, "w").close()
+    return folder
+
+
+# ----------------------------------------------------------------------------
+# The reference run (its own process): diffusers models + k-diffusion, A1111's algorithm
+# ----------------------------------------------------------------------------
+def reference(workload: str, folder: str, out_png: str, out_json: str) -> None:
+    start = time.perf_counter()
+    import torch
+    import torch.nn.functional as F
+    sys.path.insert(0, HERE)
+    import make_sd1_reference as m
+    import k_diffusion.sampling
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from PIL import Image
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    w = WORKLOADS[workload]
+    device = torch.device(w["device"])
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[w["dtype"]]
+    phases: dict[str, float] = {}
+
+    def timed(name, f):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = f()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
+        return out
+
+    ddir = os.path.join(folder, "diffusers")
+
+    def load():
+        tok = CLIPTokenizer.from_pretrained(os.path.join(ddir, "tokenizer"), local_files_only=True)
+        te = CLIPTextModel.from_pretrained(os.path.join(ddir, "text_encoder"), local_files_only=True, torch_dtype=dtype)
+        unet = UNet2DConditionModel.from_pretrained(os.path.join(ddir, "unet"), local_files_only=True, torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(os.path.join(ddir, "vae"), local_files_only=True, torch_dtype=dtype)
+        return tok, te.to(device).eval(), unet.to(device).eval(), vae.to(device).eval()
+
+    tok, te, unet, vae = timed("load", load)
+    t0 = time.perf_counter()  # in-process total: from the load on, as hiresfix's phases
+    t0 -= phases["load"]
+    with torch.no_grad():
+        def encode():
+            ids = [m.tokenize(tok, p).to(device) for p in (PROMPT, NEGATIVE)]
+            return [te(i).last_hidden_state for i in ids]
+        cond, uncond = timed("text encode", encode)
+        betas = torch.linspace(m.BETA_START**0.5, m.BETA_END**0.5, m.NUM_TRAIN_T, dtype=torch.float64) ** 2
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0).float()
+        model_wrap = m.UNetEpsDenoiser(unet, alphas_cumprod.to(device), quantize=False)
+        cfg_model = m.CFGDenoiser(model_wrap)
+        f = 8
+        h1, w1 = w["height"] // f, w["width"] // f
+        h2, w2 = int(h1 * w["scale"]), int(w1 * w["scale"])
+        extra = {"cond": cond, "uncond": uncond, "cond_scale": w["cfg"]}
+
+        def run_pass(sigmas, x):
+            return k_diffusion.sampling.sample_euler(cfg_model, x, sigmas, extra_args=extra, disable=True)
+
+        sig1 = model_wrap.get_sigmas(w["steps1"]).to(device)
+        torch.manual_seed(SEED)
+        noise1 = torch.randn([4, h1, w1]).unsqueeze(0).to(device, dtype)
+        lat1 = timed("pass 1", lambda: run_pass(sig1, noise1 * sig1[0]))
+        up = timed("upscale", lambda: F.interpolate(lat1, size=(h2, w2), mode="bilinear", antialias=False))
+        sig2 = model_wrap.get_sigmas(int(w["steps2"] / w["denoise"]))[-(w["steps2"] + 1):].to(device)
+        torch.manual_seed(SEED)
+        noise2 = torch.randn([4, h2, w2]).unsqueeze(0).to(device, dtype)
+        lat2 = timed("pass 2", lambda: run_pass(sig2, up + noise2 * sig2[0]))
+        image = timed("vae decode", lambda: vae.decode(lat2 / m.SCALING_FACTOR).sample)
+
+        def png():
+            x = torch.clamp((image.float() + 1.0) / 2.0, 0.0, 1.0)
+            u8 = (x[0].permute(1, 2, 0) * 255.0).to(torch.uint8).cpu().numpy()
+            Image.fromarray(u8).save(out_png)
+        timed("png", png)
+    phases["total"] = time.perf_counter() - t0
+    phases["peak_rss_mib"] = peak_rss_mib()
+    if device.type == "cuda":
+        phases["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    phases["import_and_total"] = time.perf_counter() - start
+    with open(out_json, "w") as fh:
+        json.dump(phases, fh)
+
+
+def peak_rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+# ----------------------------------------------------------------------------
+# Device peak and the UNet's FLOPs
+# ----------------------------------------------------------------------------
+def matmul_peak(device: str) -> float:
+    """FLOP/s of a 4096 x 4096 fp32 matmul (CPU) / bf16 (CUDA), best of a few runs."""
+    import torch
+    n = 4096
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(5 if device == "cpu" else 20):
+        if device != "cpu":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def unet_flops(folder: str, latent_hw: tuple[int, int]) -> float:
+    """FLOPs of one CFG UNet call (batch 2) at this latent size, counted on the meta device."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = UNet2DConditionModel.load_config(os.path.join(folder, "diffusers", "unet"))
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+        x = torch.empty(2, 4, *latent_hw)
+        t = torch.empty(2)
+        ctx = torch.empty(2, 77, config["cross_attention_dim"])
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        unet(x, t, encoder_hidden_states=ctx)
+    return float(counter.get_total_flops())
+
+
+# ----------------------------------------------------------------------------
+# The driver
+# ----------------------------------------------------------------------------
+def profile_text(w: dict, checkpoint: str, out_png: str) -> str:
+    def block(header: str, values: dict) -> str:
+        return header + "\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+    sampling = {"sampler": "euler", "schedule": "normal"}
+    top = {"seed": SEED, "prompt": PROMPT, "negative": NEGATIVE, "cfg": w["cfg"],
+           "device": w["device"], "dtype": w["dtype"], "output": out_png}
+    return "\n".join([
+        block("", top),
+        block("[model]", {"checkpoint": checkpoint}),
+        block("[[pass]]", {"width": w["width"], "height": w["height"], "steps": w["steps1"], **sampling}),
+        block("[[pass]]", {"scale": w["scale"], "steps": w["steps2"], "denoise": w["denoise"],
+                           "upscaler": "latent", **sampling}),
+    ])
+
+
+def run_child(cmd: list[str], env: dict | None = None) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env)
+    return time.perf_counter() - t
+
+
+def pixel_difference(a: str, b: str) -> int:
+    import numpy as np
+    from PIL import Image
+    x = np.asarray(Image.open(a).convert("RGB")).astype(int)
+    y = np.asarray(Image.open(b).convert("RGB")).astype(int)
+    return int(np.abs(x - y).max())
+
+
+def bench(workload: str, data: str, hiresfix: str) -> None:
+    w = WORKLOADS[workload]
+    if w["device"] == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            print(f"{workload}: skipped (no CUDA device here)")
+            return
+    folder = ensure_models(w["family"], data)
+    work = os.path.join(data, f"run-{workload}")
+    os.makedirs(work, exist_ok=True)
+    ours_png, theirs_png = os.path.join(work, "ours.png"), os.path.join(work, "theirs.png")
+    for f in (ours_png, theirs_png):
+        if os.path.exists(f):
+            os.remove(f)
+    profile = os.path.join(work, "profile.toml")
+    with open(profile, "w") as fh:
+        fh.write(profile_text(w, os.path.abspath(os.path.join(folder, "model.safetensors")), os.path.abspath(ours_png)))
+    ours_json, theirs_json = os.path.join(work, "ours.json"), os.path.join(work, "theirs.json")
+    env = dict(os.environ, HIRESFIX_TIMINGS=ours_json)
+    wall_ours = run_child([hiresfix, "-q", "generate", profile], env)
+    wall_theirs = run_child([sys.executable, os.path.abspath(__file__), "--reference", workload,
+                             "--model", folder, "--png", theirs_png, "--json", theirs_json])
+    ours, theirs = json.load(open(ours_json)), json.load(open(theirs_json))
+    peak = matmul_peak(w["device"])
+    f = 8
+    lat1 = (w["height"] // f, w["width"] // f)
+    lat2 = (int(lat1[0] * w["scale"]), int(lat1[1] * w["scale"]))
+    flops = {"pass 1": unet_flops(folder, lat1) * w["steps1"], "pass 2": unet_flops(folder, lat2) * w["steps2"]}
+
+    print(f"\n## {workload}: {w['width']}x{w['height']} -> x{w['scale']}, {w['steps1']} + {w['steps2']} steps, "
+          f"euler, CFG {w['cfg']}, {w['dtype']}, {w['device']}")
+    print("| phase | hiresfix s | reference s | ours / theirs |")
+    print("|---|---|---|---|")
+    for phase in PHASES:
+        a, b = ours.get(phase, 0.0), theirs.get(phase, 0.0)
+        print(f"| {phase} | {a:.2f} | {b:.2f} | {a / b if b else float('nan'):.2f} |")
+    print(f"| process wall | {wall_ours:.2f} | {wall_theirs:.2f} | {wall_ours / wall_theirs:.2f} |")
+    a, b = ours.get("peak_rss_mib", 0.0), theirs.get("peak_rss_mib", 0.0)
+    print(f"| peak RSS MiB | {a:.0f} | {b:.0f} | {a / b:.2f} |")
+    print(f"\ndevice peak (4096² matmul, {'fp32' if w['device'] == 'cpu' else 'bf16'}): {peak / 1e9:.1f} GFLOP/s")
+    for phase, n in flops.items():
+        for who, t in (("hiresfix", ours.get(phase)), ("reference", theirs.get(phase))):
+            if t:
+                print(f"{phase} UNet ({n / 1e12:.2f} TFLOP): {who} {n / t / 1e9:.1f} GFLOP/s = {n / t / peak:.0%} of peak")
+    print(f"largest pixel difference ours vs reference: {pixel_difference(ours_png, theirs_png)} / 255")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("workloads", nargs="*", default=["sd15-cpu"])
+    ap.add_argument("--data", default=os.path.join(ROOT, "target", "bench-data"))
+    ap.add_argument("--hiresfix", default=os.path.join(ROOT, "target", "release", "hiresfix"))
+    ap.add_argument("--reference", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--png", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.reference:
+        reference(args.reference, args.model, args.png, args.json)
+        return
+    for workload in args.workloads:
+        if workload not in WORKLOADS:
+            sys.exit(f"unknown workload {workload}; choose from {', '.join(WORKLOADS)}")
+        bench(workload, args.data, args.hiresfix)
+
+
+if __name__ == "__main__":
+    main()
