@@ -72,15 +72,26 @@ impl LoadSettings {
     }
 }
 
-/// What identifies a loaded model: settings, checkpoint, VAE override, merge recipe.
-type ModelKey = (LoadSettings, PathBuf, Option<PathBuf>, String);
+/// What identifies a loaded model's weights apart from its VAE: settings, checkpoint, merge
+/// recipe.
+type ModelKey = (LoadSettings, PathBuf, String);
+
+/// A loaded model and the VAE it decodes with now.
+struct Loaded {
+    key: ModelKey,
+    model: Rc<ModelBox>,
+    info: ModelInfo,
+    vae: Option<PathBuf>,
+    /// Whether its backend can swap the VAE in place (else another VAE is another load).
+    swaps: bool,
+}
 
 /// Loaded models, shared between passes, images and grid cells.
 pub struct Models<'r> {
     registry: &'r Registry,
     /// Warnings already shown (a LoRA's stray layers), so each shows once per run.
     warned: HashSet<String>,
-    loaded: HashMap<ModelKey, (Rc<ModelBox>, ModelInfo)>,
+    loaded: Vec<Loaded>,
     /// Conditionings already encoded, by model, LoRA set and request: a prompt is encoded
     /// once per run, not once per image, pass or grid cell.
     encoded: HashMap<String, Rc<Vec<Vec<Tensor>>>>,
@@ -91,7 +102,7 @@ impl<'r> Models<'r> {
         Self {
             registry,
             warned: HashSet::new(),
-            loaded: HashMap::new(),
+            loaded: Vec::new(),
             encoded: HashMap::new(),
         }
     }
@@ -158,20 +169,30 @@ impl<'r> Models<'r> {
             .iter()
             .map(|(p, w)| format!("{}:{w}", p.display()))
             .collect();
-        let key = (
-            settings.clone(),
-            checkpoint.to_path_buf(),
-            vae.map(Path::to_path_buf),
-            recipe.join("+"),
-        );
-        if let Some(found) = self.loaded.get(&key) {
-            return Ok(found.clone());
+        let key = (settings.clone(), checkpoint.to_path_buf(), recipe.join("+"));
+        let vae = vae.map(Path::to_path_buf);
+        if let Some(found) = self.loaded.iter().find(|l| l.key == key && l.vae == vae) {
+            return Ok((found.model.clone(), found.info.clone()));
+        }
+        // A per-pass VAE: swapped into the loaded model, not a second load of the checkpoint.
+        if let Some(found) = self.loaded.iter_mut().find(|l| l.key == key && l.swaps) {
+            match found.model.set_vae(vae.as_deref().map(|v| v.to_string_lossy()).as_deref()) {
+                Ok(()) => {
+                    log::debug!("VAE swapped to {vae:?} in the loaded {}", checkpoint.display());
+                    found.vae = vae;
+                    return Ok((found.model.clone(), found.info.clone()));
+                }
+                Err(e) if e.0.contains("cannot change the VAE") || e.0.contains("keeps the VAE") => {
+                    found.swaps = false
+                }
+                Err(e) => bail!("{e}"),
+            }
         }
         let backend = detect_backend(self.registry, checkpoint)?;
-        log::info!("loading checkpoint {}", checkpoint.display());
+        log::info!("loading checkpoint {} (VAE {vae:?})", checkpoint.display());
         let request = LoadRequest {
             checkpoint: checkpoint.to_string_lossy().as_ref().into(),
-            vae: vae.map(|v| v.to_string_lossy().as_ref().into()).into(),
+            vae: vae.as_ref().map(|v| v.to_string_lossy().as_ref().into()).into(),
             device: settings.device.as_str().into(),
             dtype: settings.dtype.as_str().into(),
             vae_tiling: settings.vae_tiling.as_str().into(),
@@ -198,17 +219,23 @@ impl<'r> Models<'r> {
         };
         let model = crate::timings::time("load", || backend.decl.run_load(&request)).map_err(plugin)?;
         let info = model.info().map_err(plugin)?;
-        let entry = (Rc::new(model), info);
-        self.loaded.insert(key, entry.clone());
-        Ok(entry)
+        let model = Rc::new(model);
+        self.loaded.push(Loaded {
+            key,
+            model: model.clone(),
+            info: info.clone(),
+            vae,
+            swaps: true,
+        });
+        Ok((model, info))
     }
 
     /// The info of a model already loaded for `checkpoint`, if any.
     pub fn loaded_info(&self, checkpoint: &Path) -> Option<&ModelInfo> {
         self.loaded
             .iter()
-            .find(|(key, _)| key.1 == checkpoint)
-            .map(|(_, (_, info))| info)
+            .find(|l| l.key.1 == checkpoint)
+            .map(|l| &l.info)
     }
 }
 

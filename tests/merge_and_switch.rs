@@ -203,3 +203,61 @@ fn a_pass_switching_checkpoints_loads_each_once_and_check_warns() {
         "{text}"
     );
 }
+
+/// A standalone VAE file (LDM keys without the checkpoint prefix) whose decoder output layer is
+/// the tiny checkpoint's halved: another VAE of the same architecture.
+fn other_vae(scratch: &Scratch) -> PathBuf {
+    let path = scratch.path("other-vae.safetensors");
+    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(tiny_ldm())
+        .unwrap()
+        .into_iter()
+        .filter_map(|(k, t)| {
+            let k = k.strip_prefix("first_stage_model.")?.to_owned();
+            let t = match k.starts_with("decoder.conv_out.") {
+                true => t * 0.5,
+                false => t,
+            };
+            Some((k, t))
+        })
+        .collect();
+    Tensor::write_safetensors(&tensors, &path).unwrap();
+    path
+}
+
+/// A per-pass VAE is swapped into the loaded model (the checkpoint loads once) and each pass's
+/// image is decoded with its own VAE: pass 1 with the checkpoint's, pass 2 with the override,
+/// exactly as runs using one VAE throughout.
+#[test]
+fn a_per_pass_vae_swaps_in_without_loading_the_checkpoint_again() {
+    let scratch = Scratch::new("vae-swap");
+    let vae = other_vae(&scratch);
+    let pass2 = format!("vae = \"{}\"", vae.display());
+    let swapped = scratch.write(
+        "swapped.toml",
+        &tiny_profile(&tiny_ldm(), "save_passes = true", "", &pass2),
+    );
+    let out = hiresfix(
+        &scratch.0,
+        &["generate", swapped.to_str().unwrap(), "-o", "s.png"],
+        &[("RUST_LOG", Path::new("hiresfix::models=debug"))],
+    );
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(log.matches("loading checkpoint").count(), 1, "{log}");
+    assert!(log.contains("VAE swapped"), "{log}");
+    let whole = scratch.write(
+        "whole.toml",
+        &tiny_profile(&tiny_ldm(), "save_passes = true", "", "")
+            .replace("[model]", &format!("[model]\nvae = \"{}\"", vae.display())),
+    );
+    run(&scratch, &["-q", "generate", whole.to_str().unwrap(), "-o", "w.png"]);
+    let plain = scratch.write(
+        "plain.toml",
+        &tiny_profile(&tiny_ldm(), "save_passes = true", "", ""),
+    );
+    run(&scratch, &["-q", "generate", plain.to_str().unwrap(), "-o", "p.png"]);
+    let pixels = |name: &str| hiresfix::output::read_rgb8(&scratch.path(name)).unwrap();
+    assert!(pixels("w.png") != pixels("p.png"), "the two VAEs decode alike");
+    assert!(pixels("s.png") == pixels("w.png"), "pass 2 not decoded with its VAE");
+    assert!(pixels("s-pass1.png") == pixels("p-pass1.png"), "pass 1 not decoded with the checkpoint's VAE");
+}

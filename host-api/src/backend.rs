@@ -313,6 +313,16 @@ pub trait Backend: Sized + 'static {
         }
     }
 
+    /// Replaces the VAE the model decodes and encodes with: `vae` a VAE file or folder, `None`
+    /// the checkpoint's own. The host uses it for a per-pass VAE instead of loading the whole
+    /// checkpoint again; a backend that cannot says so and the host loads a second model.
+    fn set_vae(&self, _vae: Option<&str>) -> Result<()> {
+        Err(Error(format!(
+            "family {} cannot change the VAE of a loaded model",
+            Self::FAMILY
+        )))
+    }
+
     /// Why a result of this model holds NaN or inf, for the end of an error message: a
     /// parameter of the checkpoint holding NaN/inf, or finite weights that overflowed.
     fn nonfinite_cause(&self) -> String {
@@ -361,6 +371,7 @@ pub struct ModelVtable {
     pub encode: extern "C" fn(*const c_void, TensorRef<'_>) -> Out<TensorBox>,
     pub nonfinite_cause: extern "C" fn(*const c_void) -> Out<RString>,
     pub set_loras: extern "C" fn(*const c_void, RSlice<'_, LoraSpec>) -> Out<RVec<RString>>,
+    pub set_vae: extern "C" fn(*const c_void, ROption<RStr<'_>>) -> Out<()>,
 }
 
 /// A loaded model, owned by the host; dropping it frees it inside its plugin.
@@ -446,6 +457,10 @@ extern "C" fn set_loras_model<B: Backend>(
     })
 }
 
+extern "C" fn set_vae_model<B: Backend>(p: *const c_void, vae: ROption<RStr<'_>>) -> Out<()> {
+    guard(|| obj::<B>(p).set_vae(vae.into_option().map(|v| v.as_str())))
+}
+
 struct VtableOf<B>(std::marker::PhantomData<B>);
 
 impl<B: Backend> VtableOf<B> {
@@ -458,6 +473,7 @@ impl<B: Backend> VtableOf<B> {
         encode: encode_model::<B>,
         nonfinite_cause: nonfinite_cause_model::<B>,
         set_loras: set_loras_model::<B>,
+        set_vae: set_vae_model::<B>,
     };
 }
 
@@ -507,6 +523,11 @@ impl ModelBox {
     pub fn set_loras(&self, loras: &[LoraSpec]) -> Result<Vec<String>> {
         let out = from_ffi((self.vtable.set_loras)(self.obj, RSlice::from_slice(loras)))?;
         Ok(out.into_iter().map(String::from).collect())
+    }
+
+    /// See [`Backend::set_vae`].
+    pub fn set_vae(&self, vae: Option<&str>) -> Result<()> {
+        from_ffi((self.vtable.set_vae)(self.obj, vae.map(RStr::from).into()))
     }
 
     /// See [`Backend::nonfinite_cause`].

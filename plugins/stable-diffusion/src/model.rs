@@ -285,7 +285,16 @@ impl Prepared {
     }
 }
 
+/// Where a loaded model's weights came from (for a VAE swap).
+struct Origin {
+    checkpoint: PathBuf,
+    merged: bool,
+    /// The VAE override now in the model (`None`: the checkpoint's).
+    vae: RefCell<Option<PathBuf>>,
+}
+
 pub struct SdModel {
+    origin: Origin,
     conditioner: Conditioner,
     lora: RefCell<LoraState>,
     /// The last conditioning rows built for the UNet (see `conditioning_rows`).
@@ -406,6 +415,11 @@ impl SdModel {
             vs.variables().keys().map(String::as_str),
         ));
         Ok(Self {
+            origin: Origin {
+                checkpoint: checkpoint.to_path_buf(),
+                merged: !options.merge.is_empty(),
+                vae: RefCell::new(options.vae.clone()),
+            },
             conditioner,
             lora,
             prepared: RefCell::new(None),
@@ -423,6 +437,35 @@ impl SdModel {
 
     pub fn vae_tiling(&self) -> &VaeTilingOptions {
         self.vae.tiling()
+    }
+
+    /// Replaces the VAE's weights in place with those of `vae` (a file or diffusers folder),
+    /// or with the checkpoint's own for `None`: a per-pass VAE without loading the checkpoint
+    /// again. The VAE must have the loaded one's architecture; a merged model keeps its VAE.
+    pub fn set_vae(&self, vae: Option<&Path>) -> Result<()> {
+        if self.origin.vae.borrow().as_deref() == vae {
+            return Ok(());
+        }
+        if self.origin.merged {
+            bail!("a model merged at load time keeps the VAE it was loaded with");
+        }
+        let mut ckpt = Checkpoint::open(&self.origin.checkpoint)?;
+        if let Some(vae) = vae {
+            ckpt.use_vae(vae)?;
+        }
+        let config = VaeConfig::infer(&ckpt, self.info.family.scaling_factor)?;
+        if config != self.info.config.vae {
+            bail!(
+                "{}: this VAE's architecture differs from the loaded model's — use a VAE of the same family",
+                vae.map_or_else(|| self.origin.checkpoint.display().to_string(), |v| v.display().to_string())
+            );
+        }
+        guarded("loading the VAE", || {
+            ckpt.copy_into(&self.vs, crate::convert::VAE_PREFIX)
+        })?;
+        self.vae.parameters_changed()?;
+        *self.origin.vae.borrow_mut() = vae.map(Path::to_path_buf);
+        Ok(())
     }
 
     pub fn set_vae_tiling(&mut self, options: VaeTilingOptions) -> Result<()> {

@@ -171,6 +171,10 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
         self.0.encode_image(image).map_err(err)
     }
 
+    fn set_vae(&self, vae: Option<&str>) -> Result<()> {
+        self.0.set_vae(vae.map(std::path::Path::new)).map_err(err)
+    }
+
     fn set_loras(&self, loras: &[host_api::LoraSpec]) -> Result<Vec<String>> {
         let set: Vec<LoraSpec> = loras
             .iter()

@@ -19,8 +19,9 @@ pub struct Vae {
     model: AutoencoderKL,
     /// The model's VAE parameters by key (shared storage), for the fp32 copy.
     vars: HashMap<String, Tensor>,
-    /// An fp32 copy of the VAE, made the first time half precision decodes to NaN or inf.
-    fp32: OnceCell<AutoencoderKL>,
+    /// An fp32 copy of the VAE (its parameters and the module on them), made the first time
+    /// half precision decodes to NaN or inf.
+    fp32: OnceCell<(VarStore, AutoencoderKL)>,
     tiling: VaeTilingOptions,
     device: Device,
     kind: Kind,
@@ -178,12 +179,25 @@ impl Vae {
     }
 
     fn vae_fp32(&self) -> Result<&AutoencoderKL> {
-        if let Some(vae) = self.fp32.get() {
+        if let Some((_, vae)) = self.fp32.get() {
             return Ok(vae);
         }
         let vs = VarStore::new(self.device);
         let vae = AutoencoderKL::new(vs.root() / "first_stage_model", self.model.config())?;
-        for (key, mut var) in vs.variables() {
+        self.copy_to(&vs)?;
+        Ok(&self.fp32.get_or_init(|| (vs, vae)).1)
+    }
+
+    /// After the model's VAE parameters changed (a VAE swap): the fp32 copy follows them.
+    pub fn parameters_changed(&self) -> Result<()> {
+        match self.fp32.get() {
+            Some((vs, _)) => self.copy_to(vs),
+            None => Ok(()),
+        }
+    }
+
+    fn copy_to(&self, fp32: &VarStore) -> Result<()> {
+        for (key, mut var) in fp32.variables() {
             let from = self
                 .vars
                 .get(&key)
@@ -191,6 +205,6 @@ impl Vae {
             tch::no_grad(|| var.f_copy_(&from.to_kind(Kind::Float)))
                 .with_context(|| format!("copying `{key}` to fp32"))?;
         }
-        Ok(self.fp32.get_or_init(|| vae))
+        Ok(())
     }
 }
