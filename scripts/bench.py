@@ -63,7 +63,8 @@ def build_sd15(folder: str) -> None:
 
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(m.clip_text_config(768, 3072, layers=12, heads=12, act="quick_gelu", pad_id=49407))
-    unet = UNet2DConditionModel()  # the defaults are SD 1.5's UNet
+    # The defaults are SD 1.5's UNet but for its 768-wide text (CLIP-L) and 64-cell sample.
+    unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64)
     vae = AutoencoderKL(
         block_out_channels=(128, 256, 512, 512),
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -265,7 +266,7 @@ def pixel_difference(a: str, b: str) -> int:
     return int(np.abs(x - y).max())
 
 
-def bench(workload: str, data: str, hiresfix: str) -> None:
+def bench(workload: str, data: str, hiresfix: str, repeat: int) -> None:
     w = WORKLOADS[workload]
     if w["device"] == "cuda":
         import torch
@@ -276,18 +277,24 @@ def bench(workload: str, data: str, hiresfix: str) -> None:
     work = os.path.join(data, f"run-{workload}")
     os.makedirs(work, exist_ok=True)
     ours_png, theirs_png = os.path.join(work, "ours.png"), os.path.join(work, "theirs.png")
-    for f in (ours_png, theirs_png):
-        if os.path.exists(f):
-            os.remove(f)
     profile = os.path.join(work, "profile.toml")
     with open(profile, "w") as fh:
         fh.write(profile_text(w, os.path.abspath(os.path.join(folder, "model.safetensors")), os.path.abspath(ours_png)))
     ours_json, theirs_json = os.path.join(work, "ours.json"), os.path.join(work, "theirs.json")
     env = dict(os.environ, HIRESFIX_TIMINGS=ours_json)
-    wall_ours = run_child([hiresfix, "-q", "generate", profile], env)
-    wall_theirs = run_child([sys.executable, os.path.abspath(__file__), "--reference", workload,
-                             "--model", folder, "--png", theirs_png, "--json", theirs_json])
-    ours, theirs = json.load(open(ours_json)), json.load(open(theirs_json))
+    # Alternating runs, the best of each phase: a shared machine's noise only ever slows down.
+    ours, theirs, wall_ours, wall_theirs = {}, {}, float("inf"), float("inf")
+    for _ in range(repeat):
+        for f in (ours_png, theirs_png):
+            if os.path.exists(f):
+                os.remove(f)
+        wall_ours = min(wall_ours, run_child([hiresfix, "-q", "generate", profile], env))
+        wall_theirs = min(wall_theirs, run_child([
+            sys.executable, os.path.abspath(__file__), "--reference", workload,
+            "--model", folder, "--png", theirs_png, "--json", theirs_json]))
+        for best, file in ((ours, ours_json), (theirs, theirs_json)):
+            for phase, value in json.load(open(file)).items():
+                best[phase] = min(best.get(phase, float("inf")), value)
     peak = matmul_peak(w["device"])
     f = 8
     lat1 = (w["height"] // f, w["width"] // f)
@@ -295,7 +302,7 @@ def bench(workload: str, data: str, hiresfix: str) -> None:
     flops = {"pass 1": unet_flops(folder, lat1) * w["steps1"], "pass 2": unet_flops(folder, lat2) * w["steps2"]}
 
     print(f"\n## {workload}: {w['width']}x{w['height']} -> x{w['scale']}, {w['steps1']} + {w['steps2']} steps, "
-          f"euler, CFG {w['cfg']}, {w['dtype']}, {w['device']}")
+          f"euler, CFG {w['cfg']}, {w['dtype']}, {w['device']}; best of {repeat} alternating runs")
     print("| phase | hiresfix s | reference s | ours / theirs |")
     print("|---|---|---|---|")
     for phase in PHASES:
@@ -317,6 +324,7 @@ def main() -> None:
     ap.add_argument("workloads", nargs="*", default=["sd15-cpu"])
     ap.add_argument("--data", default=os.path.join(ROOT, "target", "bench-data"))
     ap.add_argument("--hiresfix", default=os.path.join(ROOT, "target", "release", "hiresfix"))
+    ap.add_argument("--repeat", type=int, default=3, help="alternating runs of each side (best kept)")
     ap.add_argument("--reference", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--png", help=argparse.SUPPRESS)
@@ -328,7 +336,7 @@ def main() -> None:
     for workload in args.workloads:
         if workload not in WORKLOADS:
             sys.exit(f"unknown workload {workload}; choose from {', '.join(WORKLOADS)}")
-        bench(workload, args.data, args.hiresfix)
+        bench(workload, args.data, args.hiresfix, args.repeat)
 
 
 if __name__ == "__main__":
