@@ -34,7 +34,10 @@ impl SamplerCallbacks for Cfg<'_> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let steps: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(200);
     let rounds: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -56,7 +59,8 @@ fn main() {
     let sigmas: Vec<f64> = (0..=steps)
         .map(|i| 14.6 * (1.0 - i as f64 / steps as f64))
         .collect();
-    let start = Tensor::randn([1, 4, 16, 16], (Kind::Float, host_api::tch::Device::Cpu)) * sigmas[0];
+    let start =
+        Tensor::randn([1, 4, 16, 16], (Kind::Float, host_api::tch::Device::Cpu)) * sigmas[0];
     let mut cfg = Cfg {
         model: &model,
         uncond: &conds[0],

@@ -76,7 +76,10 @@ pub fn generate(
         eprintln!("{warning}");
     }
     if per_call > 1 && !options.quiet {
-        eprintln!("note: {per_call} images per UNet call (what the free memory allows, at most {})", crate::memory::MAX_IMAGES_PER_CALL);
+        eprintln!(
+            "note: {per_call} images per UNet call (what the free memory allows, at most {})",
+            crate::memory::MAX_IMAGES_PER_CALL
+        );
     }
     let seeds: Vec<i64> = (0..batch as i64).map(|n| job.profile.seed + n).collect();
     for (c, chunk) in seeds.chunks(per_call).enumerate() {
@@ -107,7 +110,10 @@ fn run_chunk(
         Ok(results) => results,
         Err(e) if seeds.len() > 1 && e.to_string().starts_with("out of memory") => {
             if !quiet {
-                eprintln!("note: {} images at once ran out of memory; running them one at a time", seeds.len());
+                eprintln!(
+                    "note: {} images at once ran out of memory; running them one at a time",
+                    seeds.len()
+                );
             }
             for (k, seed) in seeds.iter().enumerate() {
                 let mut one = job.run_batch(&[*seed], quiet, until)?;

@@ -33,8 +33,13 @@ pub fn cache_file() -> Option<PathBuf> {
 
 /// `compute(path)`'s result for `path`, from the cache when the file's size and modification
 /// time are those stored with it.
-pub fn cached(kind: &str, path: &Path, compute: impl FnOnce(&Path) -> Result<String>) -> Result<String> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+pub fn cached(
+    kind: &str,
+    path: &Path,
+    compute: impl FnOnce(&Path) -> Result<String>,
+) -> Result<String> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mtime_ns = meta
         .modified()
         .ok()

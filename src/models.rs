@@ -176,13 +176,21 @@ impl<'r> Models<'r> {
         }
         // A per-pass VAE: swapped into the loaded model, not a second load of the checkpoint.
         if let Some(found) = self.loaded.iter_mut().find(|l| l.key == key && l.swaps) {
-            match found.model.set_vae(vae.as_deref().map(|v| v.to_string_lossy()).as_deref()) {
+            match found
+                .model
+                .set_vae(vae.as_deref().map(|v| v.to_string_lossy()).as_deref())
+            {
                 Ok(()) => {
-                    log::debug!("VAE swapped to {vae:?} in the loaded {}", checkpoint.display());
+                    log::debug!(
+                        "VAE swapped to {vae:?} in the loaded {}",
+                        checkpoint.display()
+                    );
                     found.vae = vae;
                     return Ok((found.model.clone(), found.info.clone()));
                 }
-                Err(e) if e.0.contains("cannot change the VAE") || e.0.contains("keeps the VAE") => {
+                Err(e)
+                    if e.0.contains("cannot change the VAE") || e.0.contains("keeps the VAE") =>
+                {
                     found.swaps = false
                 }
                 Err(e) => bail!("{e}"),
@@ -192,7 +200,10 @@ impl<'r> Models<'r> {
         log::info!("loading checkpoint {} (VAE {vae:?})", checkpoint.display());
         let request = LoadRequest {
             checkpoint: checkpoint.to_string_lossy().as_ref().into(),
-            vae: vae.as_ref().map(|v| v.to_string_lossy().as_ref().into()).into(),
+            vae: vae
+                .as_ref()
+                .map(|v| v.to_string_lossy().as_ref().into())
+                .into(),
             device: settings.device.as_str().into(),
             dtype: settings.dtype.as_str().into(),
             vae_tiling: settings.vae_tiling.as_str().into(),
@@ -217,7 +228,8 @@ impl<'r> Models<'r> {
             ),
             false => anyhow!("{e}"),
         };
-        let model = crate::timings::time("load", || backend.decl.run_load(&request)).map_err(plugin)?;
+        let model =
+            crate::timings::time("load", || backend.decl.run_load(&request)).map_err(plugin)?;
         let info = model.info().map_err(plugin)?;
         let model = Rc::new(model);
         self.loaded.push(Loaded {

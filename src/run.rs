@@ -179,18 +179,16 @@ pub fn run_batch(
                     .ok_or_else(|| anyhow!("pass {} has no upscaler", plan.number))?;
                 let mut vae = Vae(&model);
                 let mut run = |x: &Tensor, h, w| upscaler.decl.run(&mut vae, x, h, w);
-                let started = std::time::Instant::now();
-                let up = match settings.seamless {
+                let up = crate::timings::time("upscale", || match settings.seamless {
                     // A crop would cut the tile: a pass of another aspect is stretched.
                     true => wrapped_upscale(prev, size.latent_h, size.latent_w, run),
                     false => run(prev, size.cover_h, size.cover_w)
                         .map(|up| centre_crop(&up, size.latent_h, size.latent_w)),
-                }
+                })
                 .map_err(|e| {
                     let (name, file) = (&upscaler.decl.name, &upscaler.file);
                     plugin_error(plan.number, size, "upscaler", name, file, e)
                 })?;
-                crate::timings::add("upscale", started.elapsed().as_secs_f64());
                 check_finite(&up, &model, plan.number, "the upscaled latent")?;
                 up + noise * sigmas[0]
             }
@@ -231,10 +229,10 @@ pub fn run_batch(
                 .decl
                 .run(&mut guidance, &plan.options, x, &sigmas)
         })
-            .map_err(|e| {
-                let (name, file) = (&plan.sampler.decl.name, &plan.sampler.file);
-                plugin_error(plan.number, size, "sampler", name, file, e)
-            })?;
+        .map_err(|e| {
+            let (name, file) = (&plan.sampler.decl.name, &plan.sampler.file);
+            plugin_error(plan.number, size, "sampler", name, file, e)
+        })?;
         bar.finish();
         check_finite(&out, &model, plan.number, "the UNet's result")?;
         latents.push(out);

@@ -15,7 +15,7 @@ pub fn time<T>(name: &str, f: impl FnOnce() -> T) -> T {
     out
 }
 
-pub fn add(name: &str, seconds: f64) {
+fn add(name: &str, seconds: f64) {
     let mut phases = PHASES.lock().unwrap_or_else(|p| p.into_inner());
     match phases.iter_mut().find(|(n, _)| n == name) {
         Some((_, total)) => *total += seconds,
@@ -37,7 +37,10 @@ pub fn write_if_asked(total: f64) {
         map.insert("peak_rss_mib".into(), (kib as f64 / 1024.0).into());
     }
     if let Err(e) = std::fs::write(&file, serde_json::Value::Object(map).to_string()) {
-        eprintln!("warning: timings not written to {}: {e}", file.to_string_lossy());
+        eprintln!(
+            "warning: timings not written to {}: {e}",
+            file.to_string_lossy()
+        );
     }
 }
 

@@ -250,14 +250,29 @@ fn a_per_pass_vae_swaps_in_without_loading_the_checkpoint_again() {
         &tiny_profile(&tiny_ldm(), "save_passes = true", "", "")
             .replace("[model]", &format!("[model]\nvae = \"{}\"", vae.display())),
     );
-    run(&scratch, &["-q", "generate", whole.to_str().unwrap(), "-o", "w.png"]);
+    run(
+        &scratch,
+        &["-q", "generate", whole.to_str().unwrap(), "-o", "w.png"],
+    );
     let plain = scratch.write(
         "plain.toml",
         &tiny_profile(&tiny_ldm(), "save_passes = true", "", ""),
     );
-    run(&scratch, &["-q", "generate", plain.to_str().unwrap(), "-o", "p.png"]);
+    run(
+        &scratch,
+        &["-q", "generate", plain.to_str().unwrap(), "-o", "p.png"],
+    );
     let pixels = |name: &str| hiresfix::output::read_rgb8(&scratch.path(name)).unwrap();
-    assert!(pixels("w.png") != pixels("p.png"), "the two VAEs decode alike");
-    assert!(pixels("s.png") == pixels("w.png"), "pass 2 not decoded with its VAE");
-    assert!(pixels("s-pass1.png") == pixels("p-pass1.png"), "pass 1 not decoded with the checkpoint's VAE");
+    assert!(
+        pixels("w.png") != pixels("p.png"),
+        "the two VAEs decode alike"
+    );
+    assert!(
+        pixels("s.png") == pixels("w.png"),
+        "pass 2 not decoded with its VAE"
+    );
+    assert!(
+        pixels("s-pass1.png") == pixels("p-pass1.png"),
+        "pass 1 not decoded with the checkpoint's VAE"
+    );
 }

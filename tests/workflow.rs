@@ -415,7 +415,11 @@ fn a_batched_unet_call_keeps_every_image_equal_to_its_single_run() {
     );
     let p = scratch.write("p.toml", &profile);
     let p = p.to_str().unwrap();
-    let out = hiresfix(&scratch.0, &["generate", p, "--batch", "3", "-o", "b-{n}.png"], &[]);
+    let out = hiresfix(
+        &scratch.0,
+        &["generate", p, "--batch", "3", "-o", "b-{n}.png"],
+        &[],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("note: 3 images per UNet call"),
@@ -424,7 +428,10 @@ fn a_batched_unet_call_keeps_every_image_equal_to_its_single_run() {
     );
     for i in 0..3 {
         let seed = (7 + i).to_string();
-        run_ok(&scratch, &["-q", "generate", p, "--seed", &seed, "-o", "s.png"]);
+        run_ok(
+            &scratch,
+            &["-q", "generate", p, "--seed", &seed, "-o", "s.png"],
+        );
         assert!(
             pixels(&scratch, &format!("b-{i}.png")) == pixels(&scratch, "s.png"),
             "image {i}"

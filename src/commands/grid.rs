@@ -107,8 +107,15 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
             );
         }
         let path = cell_path(Path::new(&sheet_path), c, r);
-        let (back, file, rgb) = render_one(profile, &registry, &base_path, models, &path, (quiet, &mut seen))
-            .with_context(|| cell_name(&x, y.as_ref(), c, r))?;
+        let (back, file, rgb) = render_one(
+            profile,
+            &registry,
+            &base_path,
+            models,
+            &path,
+            (quiet, &mut seen),
+        )
+        .with_context(|| cell_name(&x, y.as_ref(), c, r))?;
         models = back;
         written.push(file);
         cells[r].push(rgb);

@@ -50,7 +50,11 @@ pub fn per_image(layer: &nn::Linear, x: &Tensor) -> Tensor {
     if images <= 1 || rows % images != 0 {
         return layer.forward(x);
     }
-    let each: Vec<Tensor> = x.chunk(images, 0).iter().map(|c| layer.forward(c)).collect();
+    let each: Vec<Tensor> = x
+        .chunk(images, 0)
+        .iter()
+        .map(|c| layer.forward(c))
+        .collect();
     Tensor::cat(&each, 0)
 }
 

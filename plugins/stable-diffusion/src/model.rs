@@ -643,7 +643,10 @@ impl SdModel {
             .collect();
         if let Some(p) = self.prepared.borrow().as_ref() {
             if p.batch == batch && p.same_inputs(&inputs) {
-                return Ok((p.context.shallow_clone(), p.vector.as_ref().map(Tensor::shallow_clone)));
+                return Ok((
+                    p.context.shallow_clone(),
+                    p.vector.as_ref().map(Tensor::shallow_clone),
+                ));
             }
         }
         let (device, kind) = (self.info.device, self.info.kind);
