@@ -55,6 +55,9 @@ pub fn infotext_pairs(
     if first.clip_skip > 1 {
         pairs.push(("Clip skip".into(), first.clip_skip.to_string()));
     }
+    // Patches as the Forge extensions write them (`kohya_hrfix_enabled: True, ...`); a later
+    // pass with other patches than pass 1 writes its own, prefixed like its other fields.
+    pairs.extend(first.patches.iter().flat_map(|p| p.infotext.clone()));
     for (i, (plan, size)) in plans.iter().zip(sizes).enumerate().skip(1) {
         let p = if i == 1 {
             "Hires".to_owned()
@@ -101,6 +104,18 @@ pub fn infotext_pairs(
         }
         if plan.cfg != first.cfg {
             pairs.push((format!("{p} CFG Scale"), num(plan.cfg)));
+        }
+        let fields = |plan: &PassPlan<'_>| -> Vec<(String, String)> {
+            plan.patches
+                .iter()
+                .flat_map(|p| p.infotext.clone())
+                .collect()
+        };
+        if fields(plan) != fields(first) {
+            match fields(plan) {
+                none if none.is_empty() => pairs.push((format!("{p} patches"), "None".into())),
+                some => pairs.extend(some.into_iter().map(|(k, v)| (format!("{p} {k}"), v))),
+            }
         }
     }
     if profile.tiling {

@@ -3,11 +3,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
-use host_api::{ModelSigmas, OptionEntry, OptionValue, SamplerDecl, ScheduleDecl, UpscalerDecl};
+use host_api::{
+    ModelSigmas, OptionEntry, OptionValue, PatchDecl, PatchModel, SamplerDecl, ScheduleDecl,
+    UpscalerDecl,
+};
 
 use crate::limits;
 use crate::loras::{pass_loras, ResolvedLora};
-use crate::profile::{Pass, Profile};
+use crate::profile::{Pass, PatchEntry, Profile};
 use crate::registry::{find, Entry, Registry};
 
 pub struct PassPlan<'r> {
@@ -30,6 +33,15 @@ pub struct PassPlan<'r> {
     /// `[model] merge`: (checkpoint, weight), the first being `checkpoint`; empty when the pass
     /// runs one checkpoint.
     pub merge: Vec<(PathBuf, f64)>,
+    /// The UNet patches this pass runs with, in order.
+    pub patches: Vec<PatchPlan<'r>>,
+}
+
+/// One UNet patch of a pass: its plugin entry, options, and infotext fields.
+pub struct PatchPlan<'r> {
+    pub entry: &'r Entry<PatchDecl>,
+    pub options: Vec<OptionEntry>,
+    pub infotext: Vec<(String, String)>,
 }
 
 /// A pass's image size: pixels, latent cells, and the size to upscale to before a centre crop.
@@ -59,13 +71,13 @@ pub fn resolve_path(base_dir: &Path, p: &str) -> PathBuf {
     }
 }
 
-fn option_value(key: &str, value: &toml::Value) -> Result<OptionValue> {
+fn option_value(table: &str, key: &str, value: &toml::Value) -> Result<OptionValue> {
     Ok(match value {
         toml::Value::Float(f) => OptionValue::Number(*f),
         toml::Value::Integer(i) => OptionValue::Number(*i as f64),
         toml::Value::Boolean(b) => OptionValue::Flag(*b),
         toml::Value::String(s) => OptionValue::Text(s.as_str().into()),
-        other => bail!("sampler_options.{key}: {other} is not a number, string or boolean"),
+        other => bail!("{table}.{key}: {other} is not a number, string or boolean"),
     })
 }
 
@@ -140,7 +152,7 @@ pub fn plan_passes<'r>(
             }
             options.push(OptionEntry {
                 key: key.as_str().into(),
-                value: option_value(key, value).map_err(at)?,
+                value: option_value("sampler_options", key, value).map_err(at)?,
             });
         }
         let checkpoint = resolve_path(
@@ -167,6 +179,14 @@ pub fn plan_passes<'r>(
             _ => pass.denoise.unwrap_or(0.7),
         };
         limits::schedule_steps(number, steps, denoise)?;
+        let patches = pass
+            .patches
+            .as_ref()
+            .unwrap_or(&profile.patches)
+            .iter()
+            .map(|p| plan_patch(registry, p))
+            .collect::<Result<Vec<_>>>()
+            .map_err(at)?;
         plans.push(PassPlan {
             number,
             steps,
@@ -186,9 +206,48 @@ pub fn plan_passes<'r>(
             clip_skip: pass.clip_skip.unwrap_or(profile.model.clip_skip) as usize,
             loras,
             merge: pass_merge,
+            patches,
         });
     }
     Ok(plans)
+}
+
+/// A patch entry resolved and checked: its name, its option keys, and its options as the
+/// patch itself reads them (made once without a model, so a bad value fails before loading).
+fn plan_patch<'r>(registry: &'r Registry, patch: &PatchEntry) -> Result<PatchPlan<'r>> {
+    let entry = find(&registry.patches, &patch.name, "patch")?;
+    let decl = &entry.decl;
+    let mut options = Vec::new();
+    for (key, value) in &patch.options {
+        if !decl.options.iter().any(|o| o.as_str() == key) {
+            let known: Vec<&str> = decl.options.iter().map(|o| o.as_str()).collect();
+            bail!(
+                "patch `{}` has no option `{key}` (it reads: {})",
+                decl.name,
+                match known.is_empty() {
+                    true => "none".to_owned(),
+                    false => known.join(", "),
+                }
+            );
+        }
+        options.push(OptionEntry {
+            key: key.as_str().into(),
+            value: option_value(&format!("patch {}", decl.name), key, value)?,
+        });
+    }
+    let probe = PatchModel {
+        family: "".into(),
+        sigmas: Default::default(),
+    };
+    let made = decl
+        .create(&options, &probe)
+        .and_then(|p| p.infotext())
+        .map_err(|e| anyhow!("patch `{}` ({}): {e}", decl.name, entry.file.display()))?;
+    Ok(PatchPlan {
+        entry,
+        options,
+        infotext: made,
+    })
 }
 
 /// A sampler by id or alias; A1111's combined names ("DPM++ 2M Karras") also name a schedule.

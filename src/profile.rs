@@ -47,6 +47,9 @@ pub struct Profile {
     /// A1111's "Eta noise seed delta": seeds the step-noise stream with seed + i + delta.
     #[serde(default)]
     pub eta_noise_seed_delta: i64,
+    /// UNet patches of every pass (a pass's own `patches` replaces the list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<PatchEntry>,
     #[serde(default)]
     pub model: ModelSection,
     #[serde(rename = "pass", default)]
@@ -168,6 +171,14 @@ pub struct LoraEntry {
     pub weight: f64,
 }
 
+/// One UNet patch and its options: `{ name = "deep_shrink", end = 0.35 }`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+pub struct PatchEntry {
+    pub name: String,
+    #[serde(flatten)]
+    pub options: BTreeMap<String, toml::Value>,
+}
+
 /// One pass. Pass 1 is txt2img; later passes upscale and re-denoise. Every `None` is filled by
 /// [`Profile::resolve_defaults`].
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
@@ -233,6 +244,9 @@ pub struct Pass {
         skip_serializing_if = "Option::is_none"
     )]
     pub clip_skip: Option<u32>,
+    /// This pass's UNet patches, replacing the top-level list (`[]`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patches: Option<Vec<PatchEntry>>,
 }
 
 fn minus_one() -> i64 {
@@ -339,6 +353,7 @@ const TOP_KEYS: &[&str] = &[
     "vae_tile_size",
     "vae_tile_overlap",
     "eta_noise_seed_delta",
+    "patches",
     "model",
     "pass",
 ];
@@ -367,6 +382,7 @@ const PASS_KEYS: &[&str] = &[
     "loras",
     "vae",
     "clip_skip",
+    "patches",
 ];
 
 /// Levenshtein distance, for suggesting the nearest valid name.

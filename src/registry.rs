@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use abi_stable::library::lib_header_from_path;
 use anyhow::{anyhow, Result};
-use host_api::{BackendDecl, Handshake, PluginRef, SamplerDecl, ScheduleDecl, UpscalerDecl};
+use host_api::{
+    BackendDecl, Handshake, PatchDecl, PluginRef, SamplerDecl, ScheduleDecl, UpscalerDecl,
+};
 
 /// A registered name and the file it came from.
 pub struct Entry<D> {
@@ -33,6 +35,7 @@ pub struct Registry {
     pub schedules: Vec<Entry<ScheduleDecl>>,
     pub upscalers: Vec<Entry<UpscalerDecl>>,
     pub backends: Vec<Entry<BackendDecl>>,
+    pub patches: Vec<Entry<PatchDecl>>,
 }
 
 /// Names and aliases of one kind, for lookup and "available: ..." lists.
@@ -56,6 +59,7 @@ macro_rules! named {
 named!(SamplerDecl);
 named!(ScheduleDecl);
 named!(UpscalerDecl);
+named!(PatchDecl);
 
 impl Named for BackendDecl {
     fn name(&self) -> &str {
@@ -270,6 +274,13 @@ impl Registry {
         for decl in (module.backends())() {
             names.push(("backend".into(), decl.family.to_string()));
             self.backends.push(Entry {
+                decl,
+                file: file.clone(),
+            });
+        }
+        for decl in (module.patches())() {
+            names.push(("patch".into(), decl.name.to_string()));
+            self.patches.push(Entry {
                 decl,
                 file: file.clone(),
             });

@@ -5,7 +5,10 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use host_api::tch::{Device, Kind, Tensor};
-use host_api::{EncodeRequest, ModelBox, ModelInfo, ModelSigmas, SamplerCallbacks, VaeCallbacks};
+use host_api::{
+    EncodeRequest, ModelBox, ModelInfo, ModelSigmas, PassSigmas, PatchModel, SamplerCallbacks,
+    VaeCallbacks,
+};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::models::{LoadSettings, Models};
@@ -198,6 +201,7 @@ pub fn run_batch(
             .set_loras(&specs)
             .map_err(|e| anyhow!("pass {}: {e}", plan.number))?;
         models.warn_once(warnings);
+        set_patches(&model, &info, plan, &sigmas)?;
         // Each pass conditions on its own size (SDXL's size ids, as A1111's hires pass).
         let request = EncodeRequest::pair(
             &plan.negative,
@@ -246,6 +250,36 @@ pub fn run_batch(
             first: start + 1,
         })
         .collect())
+}
+
+/// Makes the pass's UNet patches (none: the plain UNet) the model's, made for this model.
+fn set_patches(
+    model: &ModelBox,
+    info: &ModelInfo,
+    plan: &PassPlan<'_>,
+    sigmas: &[f64],
+) -> Result<()> {
+    let target = PatchModel {
+        family: info.family.clone(),
+        sigmas: info.sigmas.clone(),
+    };
+    let patches = plan
+        .patches
+        .iter()
+        .map(|p| {
+            p.entry.decl.create(&p.options, &target).map_err(|e| {
+                let (name, file) = (&p.entry.decl.name, p.entry.file.display());
+                anyhow!("pass {}: patch `{name}` ({file}): {e}", plan.number)
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let range = PassSigmas {
+        max: sigmas.first().copied().unwrap_or(0.0),
+        min: sigmas.last().copied().unwrap_or(0.0),
+    };
+    model
+        .set_patches(patches, range)
+        .map_err(|e| anyhow!("pass {}: {e}", plan.number))
 }
 
 fn plugin_error(

@@ -9,6 +9,7 @@ use abi_stable::StableAbi;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{from_ffi, guard, Error, Result};
+use crate::patch::{PassSigmas, PatchBox};
 use crate::tensor::{TensorBox, TensorRef};
 
 /// What the host needs to know about a loaded model.
@@ -323,6 +324,18 @@ pub trait Backend: Sized + 'static {
         )))
     }
 
+    /// Makes `patches` the UNet patches every following UNet call runs with, in order (empty:
+    /// none, the plain UNet exactly); `pass` is the sigma range of the pass they run in.
+    fn set_patches(&self, patches: Vec<PatchBox>, _pass: PassSigmas) -> Result<()> {
+        match patches.is_empty() {
+            true => Ok(()),
+            false => Err(Error(format!(
+                "family {} does not support UNet patches",
+                Self::FAMILY
+            ))),
+        }
+    }
+
     /// Why a result of this model holds NaN or inf, for the end of an error message: a
     /// parameter of the checkpoint holding NaN/inf, or finite weights that overflowed.
     fn nonfinite_cause(&self) -> String {
@@ -372,6 +385,7 @@ pub struct ModelVtable {
     pub nonfinite_cause: extern "C" fn(*const c_void) -> Out<RString>,
     pub set_loras: extern "C" fn(*const c_void, RSlice<'_, LoraSpec>) -> Out<RVec<RString>>,
     pub set_vae: extern "C" fn(*const c_void, ROption<RStr<'_>>) -> Out<()>,
+    pub set_patches: extern "C" fn(*const c_void, RVec<PatchBox>, PassSigmas) -> Out<()>,
 }
 
 /// A loaded model, owned by the host; dropping it frees it inside its plugin.
@@ -461,6 +475,14 @@ extern "C" fn set_vae_model<B: Backend>(p: *const c_void, vae: ROption<RStr<'_>>
     guard(|| obj::<B>(p).set_vae(vae.into_option().map(|v| v.as_str())))
 }
 
+extern "C" fn set_patches_model<B: Backend>(
+    p: *const c_void,
+    patches: RVec<PatchBox>,
+    pass: PassSigmas,
+) -> Out<()> {
+    guard(|| obj::<B>(p).set_patches(patches.into_vec(), pass))
+}
+
 struct VtableOf<B>(std::marker::PhantomData<B>);
 
 impl<B: Backend> VtableOf<B> {
@@ -474,6 +496,7 @@ impl<B: Backend> VtableOf<B> {
         nonfinite_cause: nonfinite_cause_model::<B>,
         set_loras: set_loras_model::<B>,
         set_vae: set_vae_model::<B>,
+        set_patches: set_patches_model::<B>,
     };
 }
 
@@ -528,6 +551,15 @@ impl ModelBox {
     /// See [`Backend::set_vae`].
     pub fn set_vae(&self, vae: Option<&str>) -> Result<()> {
         from_ffi((self.vtable.set_vae)(self.obj, vae.map(RStr::from).into()))
+    }
+
+    /// See [`Backend::set_patches`].
+    pub fn set_patches(&self, patches: Vec<PatchBox>, pass: PassSigmas) -> Result<()> {
+        from_ffi((self.vtable.set_patches)(
+            self.obj,
+            RVec::from(patches),
+            pass,
+        ))
     }
 
     /// See [`Backend::nonfinite_cause`].

@@ -1,12 +1,13 @@
 //! `host-api`: the stable interface between the hiresfix host and its plugins.
 //!
 //! A plugin dylib depends on this crate alone, implements [`Sampler`], [`Schedule`],
-//! [`Upscaler`] or [`Backend`] with ordinary tch code (the re-exported [`tch`], so it cannot pick
+//! [`Upscaler`], [`Patch`] or [`Backend`] with ordinary tch code (the re-exported [`tch`], so it cannot pick
 //! a mismatched one), and exports them with [`export_plugin!`]. Everything that crosses the
 //! boundary is `abi_stable`-checked; errors come back as values and panics are caught.
 pub mod backend;
 pub mod error;
 pub mod options;
+pub mod patch;
 pub mod plugin;
 pub mod prompt;
 pub mod sampler;
@@ -24,6 +25,7 @@ pub use backend::{
 };
 pub use error::{Error, Result};
 pub use options::{OptionEntry, OptionValue, Options};
+pub use patch::{HookCtx, PassSigmas, Patch, PatchBox, PatchDecl, PatchModel};
 pub use plugin::{Handshake, PluginModule, PluginRef};
 pub use sampler::{SampleCtx, Sampler, SamplerCallbacks, SamplerDecl};
 pub use schedule::{Schedule, ScheduleDecl};

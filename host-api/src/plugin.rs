@@ -5,6 +5,7 @@ use abi_stable::std_types::{RString, RVec};
 use abi_stable::{declare_root_module_statics, package_version_strings, StableAbi};
 
 use crate::backend::BackendDecl;
+use crate::patch::PatchDecl;
 use crate::sampler::SamplerDecl;
 use crate::schedule::ScheduleDecl;
 use crate::upscaler::UpscalerDecl;
@@ -68,8 +69,9 @@ pub struct PluginModule {
     pub samplers: extern "C" fn() -> RVec<SamplerDecl>,
     pub schedules: extern "C" fn() -> RVec<ScheduleDecl>,
     pub upscalers: extern "C" fn() -> RVec<UpscalerDecl>,
-    #[sabi(last_prefix_field)]
     pub backends: extern "C" fn() -> RVec<BackendDecl>,
+    #[sabi(last_prefix_field)]
+    pub patches: extern "C" fn() -> RVec<PatchDecl>,
 }
 
 impl RootModule for PluginRef {
@@ -94,7 +96,7 @@ macro_rules! __root_symbol {
 /// host_api::export_plugin! { samplers: [Euler, EulerAncestral] }
 /// ```
 /// Optional sections, in this order: `handshake: path_to_fn,` (tests only), `samplers`,
-/// `schedules`, `upscalers`, `backends`.
+/// `schedules`, `upscalers`, `backends`, `patches`.
 #[macro_export]
 macro_rules! export_plugin {
     (
@@ -103,6 +105,7 @@ macro_rules! export_plugin {
         $(schedules: [$($schedule:ty),* $(,)?] $(,)?)?
         $(upscalers: [$($upscaler:ty),* $(,)?] $(,)?)?
         $(backends: [$($backend:ty),* $(,)?] $(,)?)?
+        $(patches: [$($patch:ty),* $(,)?] $(,)?)?
     ) => {
         #[doc(hidden)]
         pub mod __hiresfix_plugin_root {
@@ -125,6 +128,10 @@ macro_rules! export_plugin {
                 RVec::from(vec![$($($crate::BackendDecl::of::<$backend>()),*)?])
             }
 
+            extern "C" fn patches() -> RVec<$crate::PatchDecl> {
+                RVec::from(vec![$($($crate::PatchDecl::of::<$patch>()),*)?])
+            }
+
             pub fn root() -> $crate::PluginRef {
                 $crate::PluginModule {
                     handshake: $crate::export_plugin!(@handshake $($handshake)?),
@@ -132,6 +139,7 @@ macro_rules! export_plugin {
                     schedules,
                     upscalers,
                     backends,
+                    patches,
                 }
                 .leak_into_prefix()
             }

@@ -19,6 +19,7 @@ mod layers;
 pub mod lora;
 pub mod merge;
 pub mod model;
+pub mod patches;
 pub mod plugin;
 pub mod random;
 pub mod schedule;

@@ -14,6 +14,7 @@ use crate::guard::guarded;
 use crate::health;
 use crate::layers::with_circular_padding;
 use crate::lora::{LoraSpec, LoraState};
+use crate::patches::PatchSet;
 use crate::schedule::DiscreteSchedule;
 use crate::text::clip::{ClipConfig, ClipTextTransformer};
 use crate::text::conditioner::{Conditioner, Conditioning, PromptInput, TextEncoder};
@@ -299,6 +300,8 @@ pub struct SdModel {
     lora: RefCell<LoraState>,
     /// The last conditioning rows built for the UNet (see `conditioning_rows`).
     prepared: RefCell<Option<Prepared>>,
+    /// The UNet patches of the current pass.
+    patches: RefCell<PatchSet>,
     unet: UNetModel,
     vae: Vae,
     schedule: DiscreteSchedule,
@@ -423,6 +426,7 @@ impl SdModel {
             conditioner,
             lora,
             prepared: RefCell::new(None),
+            patches: RefCell::new(PatchSet::default()),
             unet,
             vae,
             schedule,
@@ -521,6 +525,12 @@ impl SdModel {
         guarded("applying LoRA", || self.lora.borrow_mut().apply(&vars, set))
     }
 
+    /// Makes `patches` the UNet patches every following UNet call runs with (empty: the plain
+    /// UNet); `pass` is the sigma range of the pass they run in.
+    pub fn set_patches(&self, patches: Vec<host_api::PatchBox>, pass: host_api::PassSigmas) {
+        *self.patches.borrow_mut() = PatchSet::new(patches, pass);
+    }
+
     /// The first parameter under `prefix` (all with "") holding NaN or inf.
     pub fn nonfinite_weight(&self, prefix: &str) -> Option<String> {
         health::first_nonfinite(&self.vs.variables(), prefix)
@@ -548,6 +558,43 @@ impl SdModel {
         context: &Tensor,
         vector: Option<&Tensor>,
     ) -> Result<Tensor> {
+        // Patches see the call's sigma: the timestep's, on the model's schedule.
+        let sigma = match self.patches.borrow().is_empty() {
+            true => 0.0,
+            false => self
+                .schedule
+                .t_to_sigma(f64::try_from(t.flatten(0, -1).get(0))?),
+        };
+        self.unet_call(x, t, sigma, context, vector)
+    }
+
+    /// [`unet_output`](Self::unet_output) at `sigma` (timestep `sigma_to_t(sigma)`), as the
+    /// denoiser calls it.
+    pub fn unet_output_at_sigma(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+        context: &Tensor,
+        vector: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        // Made on the device: no copy from the host (and no wait for it) per call.
+        let t = Tensor::full(
+            [1],
+            self.schedule.sigma_to_t(sigma),
+            (Kind::Float, self.info.device),
+        );
+        self.unet_call(x, &t, sigma, context, vector)
+    }
+
+    /// The UNet call; `sigma` is what the pass's patches see.
+    fn unet_call(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        sigma: f64,
+        context: &Tensor,
+        vector: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let b = self.check_latent(x, self.info.config.unet.in_channels, "UNet input")?;
         let t = match t.numel() {
             1 => t.reshape([1]).expand([b], false),
@@ -556,15 +603,18 @@ impl SdModel {
         };
         let context = self.check_context(context, b)?;
         let vector = vector.map(|v| self.check_vector(v, b)).transpose()?;
+        let patches = self.patches.borrow();
+        let hooks = patches.at(sigma, self.unet.levels());
         guarded("running the UNet", || {
             let (device, kind) = (self.info.device, self.info.kind);
             let on = |t: &Tensor| t.to_device(device).to_kind(kind);
             let out = tch::no_grad(|| {
-                self.unet.forward(
+                self.unet.forward_hooked(
                     &on(x),
                     &t.to_device(device),
                     &on(&context),
                     vector.as_ref().map(on).as_ref(),
+                    hooks.as_ref().map(|h| h as &dyn crate::unet::Hooks),
                 )
             })?;
             Ok(out.to_kind(x.kind()))
@@ -605,16 +655,10 @@ impl SdModel {
         let n = conds.len() as i64;
         let (context, vector) = self.conditioning_rows(conds, batch, common)?;
         let xs = x.repeat_interleave_self_int(n, 0, None);
-        // Made on the device: no copy from the host (and no wait for it) per call.
-        let t = Tensor::full(
-            [1],
-            self.schedule.sigma_to_t(sigma),
-            (Kind::Float, self.info.device),
-        );
         let out = crate::layers::with_images(batch, || {
-            self.unet_output(
+            self.unet_output_at_sigma(
                 &(&xs * denoiser::input_scale(sigma)),
-                &t,
+                sigma,
                 &context,
                 vector.as_ref(),
             )

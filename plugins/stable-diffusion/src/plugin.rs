@@ -188,6 +188,15 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
         self.0.set_loras(&set).map_err(err)
     }
 
+    fn set_patches(
+        &self,
+        patches: Vec<host_api::PatchBox>,
+        pass: host_api::PassSigmas,
+    ) -> Result<()> {
+        self.0.set_patches(patches, pass);
+        Ok(())
+    }
+
     fn nonfinite_cause(&self) -> String {
         let kind = self.0.info().kind;
         crate::health::cause(self.0.nonfinite_weight(""), kind)

@@ -70,6 +70,22 @@ impl Block {
     }
 }
 
+/// What a UNet patch sees: called at the LDM / ComfyUI hook points of the forward pass with
+/// the block's index and the resolution level of the tensor handed over (0 = full size).
+pub trait Hooks {
+    /// After input block `block`: `after_skip` false before its output is stored as a skip
+    /// connection (the skip is what this returns), true after (what the next block sees).
+    fn input(&self, block: usize, level: usize, after_skip: bool, h: Tensor) -> Result<Tensor>;
+    /// Before output block `block` concatenates `h` with `skip`.
+    fn output(
+        &self,
+        block: usize,
+        level: usize,
+        h: Tensor,
+        skip: Tensor,
+    ) -> Result<(Tensor, Tensor)>;
+}
+
 /// LDM `label_emb`: Linear → SiLU → Linear from the vector conditioning `y` (SDXL).
 struct LabelEmbedding {
     first: nn::Linear,
@@ -83,6 +99,9 @@ pub struct UNetModel {
     input_blocks: Vec<Block>,
     middle_block: Block,
     output_blocks: Vec<Block>,
+    /// The resolution level of each input block's output and of each output block's input.
+    input_levels: Vec<usize>,
+    output_levels: Vec<usize>,
     out_norm: nn::GroupNorm,
     out_conv: nn::Conv2D,
     config: UNetConfig,
@@ -115,6 +134,7 @@ impl UNetModel {
             1,
         ))])];
         let mut skip_widths = vec![mc];
+        let mut input_levels = vec![0];
         let mut ch = mc;
         for level in 0..levels {
             for _ in 0..cfg.num_res_blocks[level] {
@@ -122,11 +142,13 @@ impl UNetModel {
                 ch = mc * cfg.channel_mult[level];
                 input_blocks.push(Block(layers));
                 skip_widths.push(ch);
+                input_levels.push(level);
             }
             if level + 1 < levels {
                 let p = &inputs / input_blocks.len() / 0 / "op";
                 input_blocks.push(Block(vec![Layer::Downsample(conv2d(p, ch, ch, 3, 2, 1))]));
                 skip_widths.push(ch);
+                input_levels.push(level + 1);
             }
         }
         let mid = &vs / "middle_block";
@@ -140,6 +162,7 @@ impl UNetModel {
         middle.push(Layer::Res(ResBlock::new(&mid / 2, ch, ch, ted)));
         let outputs = &vs / "output_blocks";
         let mut output_blocks = Vec::new();
+        let mut output_levels = Vec::new();
         for level in (0..levels).rev() {
             for i in 0..=cfg.num_res_blocks[level] {
                 let p = &outputs / output_blocks.len();
@@ -153,6 +176,7 @@ impl UNetModel {
                     layers.push(Layer::Upsample(conv));
                 }
                 output_blocks.push(Block(layers));
+                output_levels.push(level);
             }
         }
         let label_emb = cfg.adm_in_channels.map(|adm| {
@@ -169,10 +193,17 @@ impl UNetModel {
             input_blocks,
             middle_block: Block(middle),
             output_blocks,
+            input_levels,
+            output_levels,
             out_norm: group_norm(&vs / "out" / 0, ch, 1e-5),
             out_conv: conv2d(&vs / "out" / 2, ch, cfg.out_channels, 3, 1, 1),
             config: cfg.clone(),
         })
+    }
+
+    /// How many resolution levels the UNet has.
+    pub fn levels(&self) -> usize {
+        self.config.channel_mult.len()
     }
 
     pub fn config(&self) -> &UNetConfig {
@@ -189,6 +220,18 @@ impl UNetModel {
         context: &Tensor,
         y: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.forward_hooked(x, t, context, y, None)
+    }
+
+    /// [`forward`](Self::forward) with UNet patches' hooks called at their points.
+    pub fn forward_hooked(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        y: Option<&Tensor>,
+        hooks: Option<&dyn Hooks>,
+    ) -> Result<Tensor> {
         let t_emb = timestep_embedding(t, self.config.model_channels).to_kind(x.kind());
         let mut emb = per_image(
             &self.time_embed_2,
@@ -204,13 +247,22 @@ impl UNetModel {
         }
         let mut skips = Vec::with_capacity(self.input_blocks.len());
         let mut h = x.shallow_clone();
-        for block in &self.input_blocks {
+        for (i, block) in self.input_blocks.iter().enumerate() {
             h = block.forward(&h, &emb, context, None);
+            if let Some(hooks) = hooks {
+                h = hooks.input(i, self.input_levels[i], false, h)?;
+            }
             skips.push(h.shallow_clone());
+            if let Some(hooks) = hooks {
+                h = hooks.input(i, self.input_levels[i], true, h)?;
+            }
         }
         h = self.middle_block.forward(&h, &emb, context, None);
-        for block in &self.output_blocks {
-            if let Some(skip) = skips.pop() {
+        for (i, block) in self.output_blocks.iter().enumerate() {
+            if let Some(mut skip) = skips.pop() {
+                if let Some(hooks) = hooks {
+                    (h, skip) = hooks.output(i, self.output_levels[i], h, skip)?;
+                }
                 h = Tensor::cat(&[&h, &skip], 1);
             }
             let next_size = skips.last().map(|s| (s.size()[2], s.size()[3]));
