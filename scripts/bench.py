@@ -12,6 +12,11 @@ values) and saves it once as a diffusers folder and as one original-layout .safe
 under --data (default target/bench-data/bench-<family>). hiresfix loads the single file (what
 Civitai users have); the reference loads the diffusers folder; the weights are the same.
 
+Workload deep-shrink-cpu runs hiresfix alone: one pass of real-size SD 1.5 at 1024 x 1024 (2x
+its native size), 4 steps, Euler, CFG 7, fp32, CPU, with and without the `deep_shrink` patch
+(defaults: block 3, factor 2, the first 35 % of the schedule), and prints the pass's time
+for each, their ratio and the UNet FLOPs of one call at full and shrunk depth.
+
 Per workload it prints one table: load, text encode, pass 1, upscale, pass 2, VAE decode, PNG,
 total (in process) and process wall time in seconds, peak resident memory (VmHWM), and
 ours / theirs; then each UNet phase's achieved FLOP/s against the device's peak (CPU: a
@@ -41,6 +46,8 @@ WORKLOADS = {
                  scale=2.0, steps1=20, steps2=10, denoise=0.5, cfg=7.0),
     "sdxl": dict(family="sdxl", device="cuda", dtype="bf16", width=1024, height=1024,
                  scale=2.0, steps1=20, steps2=10, denoise=0.5, cfg=7.0),
+    "deep-shrink-cpu": dict(family="sd15", device="cpu", dtype="fp32", width=1024, height=1024,
+                            steps1=4, cfg=7.0, patch=True),
 }
 PROMPT = "a photo of a cat"
 NEGATIVE = "blurry"
@@ -243,13 +250,47 @@ def profile_text(w: dict, checkpoint: str, out_png: str) -> str:
     sampling = {"sampler": "euler", "schedule": "normal"}
     top = {"seed": SEED, "prompt": PROMPT, "negative": NEGATIVE, "cfg": w["cfg"],
            "device": w["device"], "dtype": w["dtype"], "output": out_png}
-    return "\n".join([
+    blocks = [
         block("", top),
         block("[model]", {"checkpoint": checkpoint}),
         block("[[pass]]", {"width": w["width"], "height": w["height"], "steps": w["steps1"], **sampling}),
-        block("[[pass]]", {"scale": w["scale"], "steps": w["steps2"], "denoise": w["denoise"],
-                           "upscaler": "latent", **sampling}),
-    ])
+    ]
+    if "steps2" in w:
+        blocks.append(block("[[pass]]", {"scale": w["scale"], "steps": w["steps2"], "denoise": w["denoise"],
+                                         "upscaler": "latent", **sampling}))
+    return "\n".join(blocks)
+
+
+def bench_patch(workload: str, data: str, hiresfix: str, repeat: int) -> None:
+    """One pass at 2x native size with and without deep_shrink: hiresfix against itself."""
+    w = WORKLOADS[workload]
+    folder = ensure_models(w["family"], data)
+    work = os.path.join(data, f"run-{workload}")
+    os.makedirs(work, exist_ok=True)
+    checkpoint = os.path.abspath(os.path.join(folder, "model.safetensors"))
+    times = {}
+    for label, patches in (("plain", ""), ("deep_shrink", 'patches = [{ name = "deep_shrink" }]\n')):
+        png, timings = os.path.join(work, f"{label}.png"), os.path.join(work, f"{label}.json")
+        profile = os.path.join(work, f"{label}.toml")
+        with open(profile, "w") as fh:
+            fh.write(patches + profile_text(w, checkpoint, os.path.abspath(png)))
+        for _ in range(repeat):
+            if os.path.exists(png):
+                os.remove(png)
+            run_child([hiresfix, "-q", "generate", profile], dict(os.environ, HIRESFIX_TIMINGS=timings))
+            t = json.load(open(timings))["pass 1"]
+            times[label] = min(times.get(label, float("inf")), t)
+    f = 8
+    lat = (w["height"] // f, w["width"] // f)
+    full = unet_flops(folder, lat)
+    print(f"\n## {workload}: one pass at {w['width']}x{w['height']}, {w['steps1']} steps, euler, "
+          f"CFG {w['cfg']}, {w['dtype']}, {w['device']}; best of {repeat}")
+    print("| pass 1 | seconds |")
+    print("|---|---|")
+    for label, t in times.items():
+        print(f"| {label} | {t:.2f} |")
+    print(f"| deep_shrink / plain | {times['deep_shrink'] / times['plain']:.2f} |")
+    print(f"UNet call at full depth: {full / 1e12:.2f} TFLOP (CFG batch of 2)")
 
 
 def run_child(cmd: list[str], env: dict | None = None) -> float:
@@ -336,7 +377,10 @@ def main() -> None:
     for workload in args.workloads:
         if workload not in WORKLOADS:
             sys.exit(f"unknown workload {workload}; choose from {', '.join(WORKLOADS)}")
-        bench(workload, args.data, args.hiresfix, args.repeat)
+        if WORKLOADS[workload].get("patch"):
+            bench_patch(workload, args.data, args.hiresfix, args.repeat)
+        else:
+            bench(workload, args.data, args.hiresfix, args.repeat)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 //! `replay --to-profile`: an A1111 / Forge `parameters` text (PNG Info) turned into a
 //! profile. Names become this registry's ids (A1111's sampler, schedule and upscaler names
 //! are their aliases); what has no place in a profile is reported, never silently dropped.
+use std::collections::BTreeMap;
+
 use anyhow::{anyhow, Result};
 use host_api::prompt::extract_loras;
 
 use crate::infotext::{self, Parameters};
 use crate::plan::find_sampler;
-use crate::profile::{Pass, Profile};
+use crate::profile::{Pass, PatchEntry, Profile};
 use crate::registry::{find, Named, Registry};
 
 /// An imported profile and the fields it could not map, each with what to do about it.
@@ -80,6 +82,9 @@ pub fn from_parameters(text: &str, registry: &Registry) -> Result<Imported> {
         out.unmapped
             .push(format!("VAE: {vae} — set [model] vae to its file"));
     }
+    if let Some(patches) = out.patches("") {
+        profile.patches = patches;
+    }
     profile.passes.push(first);
     if let Some(hires) = out.hires() {
         profile.passes.push(hires);
@@ -106,6 +111,21 @@ pub fn from_parameters(text: &str, registry: &Registry) -> Result<Imported> {
         }
     }
     Ok(Imported { profile, unmapped })
+}
+
+/// An infotext value as a profile value: `True`/`False`, a whole number, a number, or text.
+fn infotext_value(value: &str) -> toml::Value {
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false") {
+        return toml::Value::Boolean(v.eq_ignore_ascii_case("true"));
+    }
+    if let Ok(i) = v.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match v.parse::<f64>() {
+        Ok(f) => toml::Value::Float(f),
+        Err(_) => toml::Value::String(v.to_owned()),
+    }
 }
 
 struct Importer<'a> {
@@ -205,6 +225,73 @@ impl<'a> Importer<'a> {
                 "Hires checkpoint: {model} — set pass 2 checkpoint to its file"
             ));
         }
+        pass.patches = self.patches("Hires ");
         Some(pass)
+    }
+
+    /// The Forge extensions' fields (`kohya_hrfix_*` → `deep_shrink`, `freeu_*` → `freeu`),
+    /// behind `prefix` (`"Hires "`: a hires pass's own, as hiresfix writes them), as patches;
+    /// `None` when the text names none (`Hires patches: None`: an empty list).
+    fn patches(&mut self, prefix: &str) -> Option<Vec<PatchEntry>> {
+        let p = self.p;
+        let mut found: Vec<(&str, bool, BTreeMap<String, toml::Value>)> = Vec::new();
+        let mut none = false;
+        for (key, value) in &p.pairs {
+            let Some(rest) = key.strip_prefix(prefix) else {
+                continue;
+            };
+            if rest == "patches" && value == "None" {
+                self.used.push(key);
+                none = true;
+                continue;
+            }
+            let (patch, field) = match (
+                rest.strip_prefix("kohya_hrfix_"),
+                rest.strip_prefix("freeu_"),
+            ) {
+                (Some(field), _) => ("deep_shrink", field),
+                (_, Some(field)) => ("freeu", field),
+                _ => continue,
+            };
+            self.used.push(key);
+            let option = match (patch, field) {
+                (_, "enabled") => None,
+                ("deep_shrink", "block_number") => Some("block"),
+                ("deep_shrink", "downscale_factor") => Some("factor"),
+                ("deep_shrink", "start_percent") => Some("start"),
+                ("deep_shrink", "end_percent") => Some("end"),
+                ("deep_shrink", "downscale_after_skip") => Some("after_skip"),
+                ("deep_shrink", f @ ("downscale_method" | "upscale_method")) => Some(f),
+                ("freeu", f @ ("version" | "b1" | "b2" | "s1" | "s2")) => Some(f),
+                _ => {
+                    self.unmapped
+                        .push(format!("{key}: {value} — no {patch} option does this"));
+                    continue;
+                }
+            };
+            let index = match found.iter().position(|(name, ..)| *name == patch) {
+                Some(i) => i,
+                None => {
+                    found.push((patch, false, BTreeMap::new()));
+                    found.len() - 1
+                }
+            };
+            let entry = &mut found[index];
+            match option {
+                None => entry.1 = value.eq_ignore_ascii_case("true"),
+                Some(option) => {
+                    entry.2.insert(option.to_owned(), infotext_value(value));
+                }
+            }
+        }
+        let patches: Vec<PatchEntry> = found
+            .into_iter()
+            .filter(|(_, enabled, _)| *enabled)
+            .map(|(name, _, options)| PatchEntry {
+                name: name.to_owned(),
+                options,
+            })
+            .collect();
+        (none || !patches.is_empty()).then_some(patches)
     }
 }

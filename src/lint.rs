@@ -62,7 +62,15 @@ fn warning(pass: usize, key: &'static str, message: String, fix: String) -> Find
 /// Every finding for the planned passes. `info` describes pass 1's checkpoint.
 pub fn lint(plans: &[PassPlan<'_>], sizes: &[PassSize], info: &CheckpointInfo) -> Vec<Finding> {
     let mut found = Vec::new();
-    native_size(sizes, info, &mut found);
+    // Deep Shrink exists to compose above the native size: no warning for it.
+    let shrinks = plans.first().is_some_and(|p| {
+        p.patches
+            .iter()
+            .any(|patch| patch.entry.decl.name.as_str() == "deep_shrink")
+    });
+    if !shrinks {
+        native_size(sizes, info, &mut found);
+    }
     for (i, (plan, size)) in plans.iter().zip(sizes).enumerate() {
         if i > 0 {
             upscale(plan, &sizes[i - 1], size, &mut found);

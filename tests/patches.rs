@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use hiresfix::output::read_rgb8;
+use hiresfix::output::{encode_png, read_rgb8};
+use hiresfix::profile::Profile;
 
 const SHRINK_AND_FREEU: &str = r#"patches = [{ name = "deep_shrink", block = 3, factor = 2.0, start = 0.0, end = 1.0 }, { name = "freeu", b1 = 1.3, b2 = 1.4, s1 = 0.9, s2 = 0.2 }]"#;
 
@@ -142,4 +143,63 @@ fn out_of_workspace_patch_is_selected_by_name() {
     );
     let params = hiresfix::infotext::parse(&chunk(&scratch.path("scaled.png"), "parameters"));
     assert_eq!(params.get("Example skip scale"), Some("0.8"));
+}
+
+#[test]
+fn forge_patch_fields_import_as_patches() {
+    let scratch = Scratch::new("patch-import");
+    // As Forge writes its built-in Kohya HRFix and FreeU extensions' fields.
+    let text = "a castle\n\
+Steps: 20, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 1024x1024, Model: base, \
+kohya_hrfix_enabled: True, kohya_hrfix_block_number: 3, kohya_hrfix_downscale_factor: 2.0, \
+kohya_hrfix_start_percent: 0.0, kohya_hrfix_end_percent: 0.35, kohya_hrfix_downscale_after_skip: True, \
+kohya_hrfix_downscale_method: bicubic, kohya_hrfix_upscale_method: bicubic, \
+freeu_enabled: True, freeu_b1: 1.01, freeu_b2: 1.02, freeu_s1: 0.99, freeu_s2: 0.95, \
+Denoising strength: 0.5, Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Hires patches: None";
+    let png = encode_png(8, 8, &[0; 8 * 8 * 3], text, "", None).unwrap();
+    std::fs::write(scratch.path("forge.png"), png).unwrap();
+    let out = hiresfix(&scratch.0, &["replay", "--to-profile", "forge.png"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let imported = Profile::parse(&String::from_utf8_lossy(&out.stdout), "imported").unwrap();
+    let expected = Profile::parse(
+        r#"
+patches = [{ name = "deep_shrink", block = 3, factor = 2.0, start = 0.0, end = 0.35, after_skip = true, downscale_method = "bicubic", upscale_method = "bicubic" },
+           { name = "freeu", b1 = 1.01, b2 = 1.02, s1 = 0.99, s2 = 0.95 }]
+[[pass]]
+patches = []
+"#,
+        "expected",
+    )
+    .unwrap();
+    assert_eq!(imported.patches, expected.patches);
+    assert_eq!(
+        imported.passes[0].patches, None,
+        "pass 1 runs the top-level list"
+    );
+    assert_eq!(imported.passes[1].patches, Some(Vec::new()));
+    let notes = stderr(&out);
+    assert!(
+        !notes.contains("kohya_hrfix") && !notes.contains("freeu"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn deep_shrink_in_pass_1_silences_the_native_size_warning() {
+    // The tiny model's pass 1 (32 px) is far from SD 1.x's 512: `check` warns, unless pass 1
+    // runs deep_shrink, which exists to compose away from the native size.
+    let scratch = Scratch::new("patch-lint");
+    let warns = |name: &str, top: &str| {
+        let path = scratch.write(name, &tiny_profile(&tiny_ldm(), top, "", ""));
+        let out = hiresfix(&scratch.0, &["check", path.to_str().unwrap()], &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        text.contains("far from")
+    };
+    assert!(warns("plain.toml", ""));
+    assert!(!warns(
+        "shrink.toml",
+        r#"patches = [{ name = "deep_shrink" }]"#
+    ));
+    assert!(warns("freeu.toml", r#"patches = [{ name = "freeu" }]"#));
 }
