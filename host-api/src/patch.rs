@@ -68,8 +68,9 @@ pub struct HookCtx {
     pub pass_sigma_min: f64,
 }
 
-/// What a patch plugin implements. Every hook's default leaves its tensors unchanged.
-pub trait Patch: Sized + 'static {
+/// What a patch plugin implements. Every hook's default leaves its tensors unchanged. `Send`:
+/// the model holding the pass's patches may move to another thread.
+pub trait Patch: Sized + Send + 'static {
     /// The id used in profiles, e.g. `deep_shrink`.
     const NAME: &'static str;
     /// Other accepted names.
@@ -137,6 +138,10 @@ pub struct PatchBox {
     vtable: PatchVtableRef,
     name: RString,
 }
+
+// SAFETY: `obj` is a `Box<P>` with `P: Patch: Send` (made only by `PatchDecl::create` through
+// `new_trampoline::<P>`), and the vtable is an immutable `'static` table of functions.
+unsafe impl Send for PatchBox {}
 
 impl Drop for PatchBox {
     fn drop(&mut self) {
