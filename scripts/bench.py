@@ -17,6 +17,12 @@ its native size), 4 steps, Euler, CFG 7, fp32, CPU, with and without the `deep_s
 (defaults: block 3, factor 2, the first 35 % of the schedule), and prints the pass's time
 for each, their ratio and the UNet FLOPs of one call at full and shrunk depth.
 
+Workload esrgan-cpu compares a super-resolution upscaler: a real-size RRDB-23 x4 (64
+features, random weights, saved once as .safetensors) on a 512 x 512 image, tiles of 192 px
+overlapping by 32 (one tile per call), CPU fp32: hiresfix's network (`cargo bench -p
+hiresfix-upscalers-pixel --bench esrgan`) against Spandrel's model driven by the same tiling
+(scripts/make_esrgan_reference.py's transcription), each in its own process: seconds and peak RSS.
+
 Per workload it prints one table: load, text encode, pass 1, upscale, pass 2, VAE decode, PNG,
 total (in process) and process wall time in seconds, peak resident memory (VmHWM), and
 ours / theirs; then each UNet phase's achieved FLOP/s against the device's peak (CPU: a
@@ -46,6 +52,7 @@ WORKLOADS = {
                  scale=2.0, steps1=20, steps2=10, denoise=0.5, cfg=7.0),
     "sdxl": dict(family="sdxl", device="cuda", dtype="bf16", width=1024, height=1024,
                  scale=2.0, steps1=20, steps2=10, denoise=0.5, cfg=7.0),
+    "esrgan-cpu": dict(esrgan=True, side=512, tile=192, overlap=32, blocks=23, nf=64),
     "deep-shrink-cpu": dict(family="sd15", device="cpu", dtype="fp32", width=1024, height=1024,
                             steps1=4, cfg=7.0, patch=True),
 }
@@ -293,6 +300,66 @@ def bench_patch(workload: str, data: str, hiresfix: str, repeat: int) -> None:
     print(f"UNet call at full depth: {full / 1e12:.2f} TFLOP (CFG batch of 2)")
 
 
+def esrgan_model(data: str, w: dict) -> str:
+    """A random RRDB-23 x4 in the original ESRGAN layout (Spandrel's module), saved once."""
+    path = os.path.join(data, f"esrgan-rrdb{w['blocks']}-x4.safetensors")
+    if not os.path.exists(path):
+        import torch
+        from safetensors.torch import save_file
+        from spandrel.architectures.ESRGAN import ESRGAN
+        torch.manual_seed(0)
+        net = ESRGAN(in_nc=3, out_nc=3, num_filters=w["nf"], num_blocks=w["blocks"], scale=4)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(0.1)  # random, but tame: the magnitudes stay finite through 23 blocks
+        os.makedirs(data, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
+    return path
+
+
+def esrgan_reference(model: str, side: int, tile: int, overlap: int, out_json: str) -> None:
+    """Spandrel's model over the same seeded image with the same tiling (in this process)."""
+    import resource
+    import torch
+    sys.path.insert(0, HERE)
+    from make_esrgan_reference import tiled_upscale
+    from spandrel import ModelLoader
+    torch.set_grad_enabled(False)
+    desc = ModelLoader().load_from_file(model).eval()
+    image = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    t = time.perf_counter()
+    out, _ = tiled_upscale(desc, image, tile, overlap, call=desc.model)
+    seconds = time.perf_counter() - t
+    assert out.shape[-1] == side * desc.scale
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    json.dump({"seconds": seconds, "peak_rss_mib": peak}, open(out_json, "w"))
+
+
+def bench_esrgan(workload: str, data: str, repeat: int) -> None:
+    w = WORKLOADS[workload]
+    model = esrgan_model(data, w)
+    work = os.path.join(data, f"run-{workload}")
+    os.makedirs(work, exist_ok=True)
+    args = [str(w["side"]), str(w["tile"]), str(w["overlap"])]
+    ours_json, theirs_json = os.path.join(work, "ours.json"), os.path.join(work, "theirs.json")
+    best = {"ours": {}, "theirs": {}}
+    for _ in range(repeat):
+        run_child(["cargo", "bench", "--quiet", "--manifest-path", os.path.join(ROOT, "Cargo.toml"),
+                   "-p", "hiresfix-upscalers-pixel", "--bench", "esrgan", "--", model, *args, ours_json])
+        run_child([sys.executable, os.path.abspath(__file__), "--reference", workload, "--model", model,
+                   "--json", theirs_json])
+        for who, file in (("ours", ours_json), ("theirs", theirs_json)):
+            for k, v in json.load(open(file)).items():
+                best[who][k] = min(best[who].get(k, float("inf")), v)
+    print(f"\n## {workload}: RRDB-{w['blocks']} x4 ({w['nf']} features), {w['side']}x{w['side']} image, "
+          f"tiles {w['tile']} / overlap {w['overlap']}, fp32, cpu; best of {repeat}")
+    print("| | hiresfix | Spandrel | ours / theirs |")
+    print("|---|---|---|---|")
+    for key, label in (("seconds", "seconds"), ("peak_rss_mib", "peak RSS MiB")):
+        a, b = best["ours"][key], best["theirs"][key]
+        print(f"| {label} | {a:.2f} | {b:.2f} | {a / b:.2f} |")
+
+
 def run_child(cmd: list[str], env: dict | None = None) -> float:
     t = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
@@ -372,12 +439,18 @@ def main() -> None:
     ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.reference:
-        reference(args.reference, args.model, args.png, args.json)
+        w = WORKLOADS[args.reference]
+        if w.get("esrgan"):
+            esrgan_reference(args.model, w["side"], w["tile"], w["overlap"], args.json)
+        else:
+            reference(args.reference, args.model, args.png, args.json)
         return
     for workload in args.workloads:
         if workload not in WORKLOADS:
             sys.exit(f"unknown workload {workload}; choose from {', '.join(WORKLOADS)}")
-        if WORKLOADS[workload].get("patch"):
+        if WORKLOADS[workload].get("esrgan"):
+            bench_esrgan(workload, args.data, args.repeat)
+        elif WORKLOADS[workload].get("patch"):
             bench_patch(workload, args.data, args.hiresfix, args.repeat)
         else:
             bench(workload, args.data, args.hiresfix, args.repeat)

@@ -214,7 +214,13 @@ impl<'a> Importer<'a> {
         if let Some(name) = self.take("Hires upscaler") {
             match find(&self.registry.upscalers, name, "upscaler") {
                 Ok(up) => pass.upscaler = Some(up.decl.name().to_owned()),
-                Err(e) => self.unmapped.push(format!("Hires upscaler: {name} — {e}")),
+                // Not a built-in one: a model upscaler (ESRGAN family) by its name.
+                Err(_) => {
+                    pass.upscaler = Some(name.to_owned());
+                    self.unmapped.push(format!(
+                        "Hires upscaler: {name} — a model upscaler: the profile names it; put {name}.safetensors in upscaler_dirs"
+                    ));
+                }
             }
         }
         self.sampler("Hires sampler", "Hires schedule type", &mut pass);

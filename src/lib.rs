@@ -1,6 +1,7 @@
 //! The hiresfix host as a library: profile, plugin registry, planning and the multi-pass run.
 //! `main.rs` is the command line over it.
 pub mod commands;
+pub mod convert;
 pub mod generate;
 pub mod hash_cache;
 pub mod import;
@@ -23,3 +24,4 @@ pub mod sheet;
 pub mod stored_latent;
 pub mod switch;
 pub mod timings;
+pub mod upscaler_models;

@@ -93,6 +93,14 @@ enum Command {
         #[arg(long)]
         add_difference: bool,
     },
+    /// Convert a PyTorch pickle checkpoint (.pth, as ESRGAN upscalers are published) to
+    /// .safetensors; only tensor state dicts convert, and nothing in the file is executed.
+    Convert {
+        model: PathBuf,
+        /// Output path (default: MODEL.safetensors beside the input); never overwritten.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Re-run the profile embedded in an image written by hiresfix.
     Replay {
         image: PathBuf,
@@ -179,6 +187,9 @@ fn run(cli: Cli) -> Result<()> {
             inputs,
             add_difference,
         } => commands::merge::run(&out, &inputs, add_difference),
+        Command::Convert { model, output } => {
+            commands::convert::run(&model, output.as_deref(), cli.quiet)
+        }
         Command::Replay {
             image,
             to_profile: true,

@@ -81,7 +81,11 @@ pub fn infotext_pairs(
         }
         pairs.push((format!("{p} steps"), plan.steps.to_string()));
         if let Some(up) = plan.upscaler {
-            pairs.push((format!("{p} upscaler"), display_name(&up.decl)));
+            let name = plan
+                .upscaler_model
+                .clone()
+                .unwrap_or_else(|| display_name(&up.decl));
+            pairs.push((format!("{p} upscaler"), name));
         }
         if plan.checkpoint != first.checkpoint {
             pairs.push((format!("{p} checkpoint"), model_name(&plan.checkpoint)));

@@ -21,6 +21,10 @@ pub struct PassPlan<'r> {
     pub sampler: &'r Entry<SamplerDecl>,
     pub schedule: &'r Entry<ScheduleDecl>,
     pub upscaler: Option<&'r Entry<UpscalerDecl>>,
+    /// What the upscaler runs with (a model upscaler's file).
+    pub upscaler_options: Vec<OptionEntry>,
+    /// The upscaler's name for the infotext when it is a model file (its stem).
+    pub upscaler_model: Option<String>,
     pub options: Vec<OptionEntry>,
     pub prompt: String,
     pub negative: String,
@@ -110,6 +114,13 @@ pub fn plan_passes<'r>(
         bail!("`tiling = true` (seamless output) cannot use vae_tiling = \"on\": decoding in tiles breaks the wrap-around; set vae_tiling = \"auto\" or \"off\"");
     }
     limits::check_profile(profile)?;
+    let model_dirs = crate::upscaler_models::dirs(
+        &profile
+            .upscaler_dirs
+            .iter()
+            .map(|d| resolve_path(base_dir, &d.to_string_lossy()))
+            .collect::<Vec<_>>(),
+    );
     let mut plans = Vec::new();
     for (i, pass) in profile.passes.iter().enumerate() {
         let number = i + 1;
@@ -131,10 +142,18 @@ pub fn plan_passes<'r>(
             (None, None, "") => find(&registry.schedules, "normal", "schedule").map_err(at)?,
             (None, None, default) => find(&registry.schedules, default, "schedule").map_err(at)?,
         };
-        let upscaler = match (number, &pass.upscaler) {
-            (1, _) => None,
-            (_, Some(name)) => Some(find(&registry.upscalers, name, "upscaler").map_err(at)?),
-            (_, None) => Some(find(&registry.upscalers, "latent", "upscaler").map_err(at)?),
+        let (upscaler, upscaler_options, upscaler_model) = match (number, &pass.upscaler) {
+            (1, _) => (None, Vec::new(), None),
+            (_, Some(name)) => {
+                let (entry, model) = find_upscaler(registry, &model_dirs, name).map_err(at)?;
+                let options = model.as_ref().map(|m| m.options()).unwrap_or_default();
+                (Some(entry), options, model.map(|m| m.label))
+            }
+            (_, None) => (
+                Some(find(&registry.upscalers, "latent", "upscaler").map_err(at)?),
+                Vec::new(),
+                None,
+            ),
         };
         let mut options = Vec::new();
         for (key, value) in &pass.sampler_options {
@@ -194,6 +213,8 @@ pub fn plan_passes<'r>(
             sampler,
             schedule,
             upscaler,
+            upscaler_options,
+            upscaler_model,
             options,
             prompt,
             negative: pass
@@ -210,6 +231,37 @@ pub fn plan_passes<'r>(
         });
     }
     Ok(plans)
+}
+
+/// An upscaler by id or alias, else a model file in `dirs` by stem, path or A1111 name (run
+/// by the `model` upscaler); the error lists both kinds.
+fn find_upscaler<'r>(
+    registry: &'r Registry,
+    dirs: &[PathBuf],
+    name: &str,
+) -> Result<(
+    &'r Entry<UpscalerDecl>,
+    Option<crate::upscaler_models::ModelFile>,
+)> {
+    let builtin = find(&registry.upscalers, name, "upscaler");
+    if let Ok(entry) = builtin {
+        if entry.decl.name.as_str() != "model" {
+            return Ok((entry, None));
+        }
+    }
+    match crate::upscaler_models::find(dirs, name)? {
+        Some(model) => Ok((find(&registry.upscalers, "model", "upscaler")?, Some(model))),
+        None => Err(match builtin {
+            Err(e) => anyhow!(
+                "{e}; model files: {}",
+                crate::upscaler_models::available(dirs)
+            ),
+            Ok(_) => anyhow!(
+                "upscaler `model` runs a model file: name the file's stem instead (found: {})",
+                crate::upscaler_models::available(dirs)
+            ),
+        }),
+    }
 }
 
 /// A patch entry resolved and checked: its name, its option keys, and its options as the

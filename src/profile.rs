@@ -33,6 +33,9 @@ pub struct Profile {
     pub plugin_dirs: Vec<PathBuf>,
     #[serde(default)]
     pub lora_dirs: Vec<PathBuf>,
+    /// Where model upscalers (ESRGAN family) are looked up by file stem.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upscaler_dirs: Vec<PathBuf>,
     /// Plugin file name → expected sha256 (hex); a mismatch refuses that plugin.
     #[serde(default)]
     pub plugin_sha256: BTreeMap<String, String>,
@@ -348,6 +351,7 @@ const TOP_KEYS: &[&str] = &[
     "save_passes",
     "plugin_dirs",
     "lora_dirs",
+    "upscaler_dirs",
     "plugin_sha256",
     "vae_tiling",
     "vae_tile_size",

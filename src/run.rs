@@ -181,7 +181,8 @@ pub fn run_batch(
                     .upscaler
                     .ok_or_else(|| anyhow!("pass {} has no upscaler", plan.number))?;
                 let mut vae = Vae(&model);
-                let mut run = |x: &Tensor, h, w| upscaler.decl.run(&mut vae, x, h, w);
+                let mut run =
+                    |x: &Tensor, h, w| upscaler.decl.run(&mut vae, &plan.upscaler_options, x, h, w);
                 let up = crate::timings::time("upscale", || match settings.seamless {
                     // A crop would cut the tile: a pass of another aspect is stretched.
                     true => wrapped_upscale(prev, size.latent_h, size.latent_w, run),

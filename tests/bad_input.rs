@@ -107,6 +107,19 @@ fn bytes_file(scratch: &Scratch, name: &str, bytes: &[u8]) -> PathBuf {
     path
 }
 
+/// A copy of a committed test file in the scratch folder, under `name`.
+fn data_copy(scratch: &Scratch, rel: &str, name: &str) -> PathBuf {
+    bytes_file(scratch, name, &std::fs::read(repo().join(rel)).unwrap())
+}
+
+/// `convert` of a copy of a committed test file (its default output lands in the scratch folder).
+fn convert_copy(scratch: &Scratch, rel: &str) -> Vec<String> {
+    s(&[
+        "convert",
+        data_copy(scratch, rel, "model.pth").to_str().unwrap(),
+    ])
+}
+
 /// A copy of the tiny SD 1.x diffusers folder, with `edit` applied to it.
 fn diffusers_copy(scratch: &Scratch, edit: impl FnOnce(&Path)) -> PathBuf {
     let folder = scratch.path("model");
@@ -448,6 +461,31 @@ const CASES: &[Case] = &[
         setup: |_| s(&["info", "no-such.safetensors"]) },
     Case { name: "info on a pickle", code: 1, expect: "pickle checkpoints are refused",
         setup: |sc| s(&["info", bytes_file(sc, "model.pt", b"\x80\x02.").to_str().unwrap()]) },
+    // --- convert (pickle checkpoints) ---
+    Case { name: "convert: a pickle that calls os.system", code: 1, expect: "model.pth: refused: the pickle calls os.system — only tensor state dicts convert; nothing was written",
+        setup: |sc| convert_copy(sc, "tests/data/upscalers/models/evil-os-system.pth") },
+    Case { name: "convert: a pickle that calls builtins.eval", code: 1, expect: "refused: the pickle calls builtins.eval",
+        setup: |sc| convert_copy(sc, "tests/data/upscalers/models/evil-builtins-eval.pth") },
+    Case { name: "convert: a state dict holding a dict", code: 1, expect: "refused: `config` is a dict, not a tensor",
+        setup: |sc| convert_copy(sc, "tests/data/convert/nested.pth") },
+    Case { name: "convert: a truncated checkpoint", code: 1, expect: "the file is truncated or damaged",
+        setup: |sc| {
+            let bytes = std::fs::read(repo().join("tests/data/upscalers/models/compact-x4.pth")).unwrap();
+            s(&["convert", bytes_file(sc, "model.pth", &bytes[..4000]).to_str().unwrap()])
+        } },
+    Case { name: "convert: a file that is not a checkpoint", code: 1, expect: "not a PyTorch checkpoint",
+        setup: |sc| s(&["convert", bytes_file(sc, "model.pth", b"GIF89a").to_str().unwrap()]) },
+    Case { name: "convert: an output that exists", code: 1, expect: "model.safetensors exists — choose another name with -o or remove it",
+        setup: |sc| {
+            bytes_file(sc, "model.safetensors", b"keep");
+            convert_copy(sc, "tests/data/upscalers/models/compact-x4.pth")
+        } },
+    Case { name: "convert: output not .safetensors", code: 1, expect: "end the name in .safetensors",
+        setup: |sc| [convert_copy(sc, "tests/data/upscalers/models/compact-x4.pth"), s(&["-o", "model.bin"])].concat() },
+    Case { name: "convert: a missing model", code: 1, expect: "nope.pth not found",
+        setup: |_| s(&["convert", "nope.pth"]) },
+    Case { name: "convert without a model", code: 2, expect: "the following required arguments were not provided: <MODEL>",
+        setup: |_| s(&["convert"]) },
     // --- plugin folders ---
     Case { name: "the sampler plugin refused by its pin", code: 1, expect: "(refused plugin libhiresfix_samplers_kdiff.so: sha256",
         setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_samplers_kdiff.so\" = \"00\"", "", "") },

@@ -227,7 +227,8 @@ fn ctrl_c_in_a_batch_says_which_images_were_written() {
     let scratch = Scratch::new("ctrl-c");
     let profile = scratch.write(
         "p.toml",
-        &tiny_profile(&tiny_ldm(), "batch = 50", "", "").replace("steps = 3", "steps = 30"),
+        // Images run 8 per UNet call: 12 steps write the first 8 soon and leave 42 to cancel.
+        &tiny_profile(&tiny_ldm(), "batch = 50", "", "").replace("steps = 3", "steps = 12"),
     );
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_hiresfix"))
         .current_dir(&scratch.0)
@@ -236,7 +237,7 @@ fn ctrl_c_in_a_batch_says_which_images_were_written() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
     while scratch.pngs().is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

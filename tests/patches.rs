@@ -9,16 +9,6 @@ use hiresfix::profile::Profile;
 
 const SHRINK_AND_FREEU: &str = r#"patches = [{ name = "deep_shrink", block = 3, factor = 2.0, start = 0.0, end = 1.0 }, { name = "freeu", b1 = 1.3, b2 = 1.4, s1 = 0.9, s2 = 0.2 }]"#;
 
-fn generate(scratch: &Scratch, name: &str, profile: &str) -> std::process::Output {
-    let path = scratch.write(&format!("{name}.toml"), profile);
-    let png = format!("{name}.png");
-    hiresfix(
-        &scratch.0,
-        &["generate", path.to_str().unwrap(), "-o", &png],
-        &[],
-    )
-}
-
 fn pixels(scratch: &Scratch, png: &str) -> Vec<u8> {
     read_rgb8(&scratch.path(png)).unwrap().2
 }
@@ -29,7 +19,7 @@ fn patches_in_pass_2_only_leave_pass_1_bit_identical() {
     let plain = tiny_profile(&tiny_ldm(), "save_passes = true", "", "");
     let pass2 = tiny_profile(&tiny_ldm(), "save_passes = true", "", SHRINK_AND_FREEU);
     for (name, profile) in [("plain", &plain), ("pass2", &pass2)] {
-        let out = generate(&scratch, name, profile);
+        let out = generate_as(&scratch, name, profile);
         assert!(out.status.success(), "{name}: {}", stderr(&out));
     }
     assert_eq!(
@@ -54,9 +44,9 @@ fn top_level_patches_run_every_pass_are_recorded_and_replay_identically() {
     let scratch = Scratch::new("patch-top");
     // Top level for every pass; pass 2 turns them off with `patches = []`.
     let profile = tiny_profile(&tiny_ldm(), SHRINK_AND_FREEU, "", "patches = []");
-    let out = generate(&scratch, "top", &profile);
+    let out = generate_as(&scratch, "top", &profile);
     assert!(out.status.success(), "{}", stderr(&out));
-    let plain = generate(&scratch, "plain", &tiny_profile(&tiny_ldm(), "", "", ""));
+    let plain = generate_as(&scratch, "plain", &tiny_profile(&tiny_ldm(), "", "", ""));
     assert!(plain.status.success(), "{}", stderr(&plain));
     assert_ne!(pixels(&scratch, "top.png"), pixels(&scratch, "plain.png"));
     let text = chunk(&scratch.path("top.png"), "parameters");
@@ -103,7 +93,7 @@ fn unknown_patch_names_and_options_are_errors_before_anything_loads() {
     ];
     for (i, (top, expected)) in cases.iter().enumerate() {
         let name = format!("bad{i}");
-        let out = generate(&scratch, &name, &tiny_profile(&tiny_ldm(), top, "", ""));
+        let out = generate_as(&scratch, &name, &tiny_profile(&tiny_ldm(), top, "", ""));
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{top}: {err}");
         assert!(err.contains(expected), "{top}: {err}");
@@ -129,7 +119,7 @@ fn out_of_workspace_patch_is_selected_by_name() {
         ("scaled", &scaled),
         ("plain", &plain),
     ] {
-        let out = generate(&scratch, name, profile);
+        let out = generate_as(&scratch, name, profile);
         assert!(out.status.success(), "{name}: {}", stderr(&out));
     }
     // Scaling the skips by 1 is the plain UNet; by 0.8 it is not.

@@ -58,8 +58,11 @@ const CHURN: &[(&str, Opt)] = &[
     ("s_noise", Num(1.003)),
 ];
 
+/// `sampler_options` of one case.
+type Options = &'static [(&'static str, Opt)];
+
 /// The reference cases of scripts/make_sampler_reference.py: (case, sampler, options).
-const CASES: &[(&str, &str, &[(&str, Opt)])] = &[
+const CASES: &[(&str, &str, Options)] = &[
     ("euler", "euler", &[]),
     ("euler_churn", "euler", CHURN),
     ("euler_ancestral", "euler_ancestral", &[]),
@@ -428,7 +431,7 @@ fn bad_sampler_options_are_errors_not_panics() {
     let registry = registry();
     let reference = reference();
     let sigmas = floats(tensor(&reference, "dpmpp_2m_sde.4.sigmas"));
-    let cases: [(&str, &[(&str, Opt)], &str); 5] = [
+    let cases: [(&str, Options, &str); 5] = [
         (
             "dpmpp_2m_sde",
             &[("solver_type", Text("euler"))],

@@ -100,11 +100,11 @@ fn worst_error(registry: &Registry, id: &str, cases: &[(&str, i64, i64)], via_pi
         let expected = &r[&format!("{id}/{h}x{w}")];
         let error = if via_pixels {
             let mut vae = FakeVae::default();
-            let out = entry.decl.run(&mut vae, &r[input], h, w).unwrap();
+            let out = entry.decl.run(&mut vae, &[], &r[input], h, w).unwrap();
             assert_eq!(out.size(), [1, 4, h, w], "{id} at {h}x{w}");
             max_abs_diff(vae.encoded.as_ref().expect("VAE encode called"), expected)
         } else {
-            let out = entry.decl.run(&mut NoVae, &r[input], h, w).unwrap();
+            let out = entry.decl.run(&mut NoVae, &[], &r[input], h, w).unwrap();
             max_abs_diff(&out, expected)
         };
         eprintln!("{id} {h}x{w}: max abs error {error:.2e}");
@@ -185,11 +185,14 @@ fn pixel_upscaler_reports_a_vae_with_a_fractional_scale_as_an_error() {
     let registry = Registry::load(&[], &Default::default());
     let latent = &reference()["pixel_latent"];
     let entry = find(&registry.upscalers, "pixel-lanczos", "upscaler").unwrap();
-    let err = entry.decl.run(&mut OddVae, latent, 26, 34).unwrap_err();
+    let err = entry
+        .decl
+        .run(&mut OddVae, &[], latent, 26, 34)
+        .unwrap_err();
     assert!(err.0.contains("not a whole-number scale"), "{err}");
     let err = entry
         .decl
-        .run(&mut FakeVae::default(), latent, 0, 34)
+        .run(&mut FakeVae::default(), &[], latent, 0, 34)
         .unwrap_err();
     assert!(err.0.contains("cannot upscale"), "{err}");
 }

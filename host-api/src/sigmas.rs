@@ -11,7 +11,10 @@ pub struct ModelSigmas {
 impl ModelSigmas {
     /// `table` must be ascending and non-empty.
     pub fn new(table: Vec<f64>) -> crate::Result<Self> {
-        if table.len() < 2 || table.windows(2).any(|w| !(w[0] < w[1])) || table[0] <= 0.0 {
+        // `!(a < b)`, not `a >= b`: a NaN must fail too.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        let unordered = table.windows(2).any(|w| !(w[0] < w[1]));
+        if table.len() < 2 || unordered || table[0] <= 0.0 {
             return Err(crate::Error::new(
                 "model sigma table must be positive and strictly ascending",
             ));

@@ -3,11 +3,12 @@
 use std::ffi::c_void;
 use std::marker::PhantomData;
 
-use abi_stable::std_types::{RResult, RString, RVec};
+use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use abi_stable::StableAbi;
 use tch::Tensor;
 
 use crate::error::{from_ffi, guard, Result};
+use crate::options::{OptionEntry, Options};
 use crate::sampler::strings;
 use crate::tensor::{TensorBox, TensorRef};
 
@@ -18,6 +19,12 @@ pub trait Upscaler: 'static {
     /// Returns `latent` resized to `height` × `width` latent cells.
     fn upscale(ctx: &mut UpscaleCtx<'_>, latent: Tensor, height: i64, width: i64)
         -> Result<Tensor>;
+
+    /// What this upscaler runs with `options` (a model upscaler: the file's architecture and
+    /// scale), for `hiresfix plugins` and `check`; empty when there is nothing to say.
+    fn describe(_options: Options<'_>) -> Result<String> {
+        Ok(String::new())
+    }
 }
 
 /// The host's VAE for the pass, as seen through the boundary.
@@ -27,6 +34,8 @@ pub struct UpscaleHost<'a> {
     ctx: *mut c_void,
     decode: extern "C" fn(*mut c_void, TensorRef<'_>) -> RResult<TensorBox, RString>,
     encode: extern "C" fn(*mut c_void, TensorRef<'_>) -> RResult<TensorBox, RString>,
+    /// What the host tells this upscaler for the pass (a model upscaler's `model` file).
+    options: RSlice<'a, OptionEntry>,
     _borrow: PhantomData<&'a mut ()>,
 }
 
@@ -57,11 +66,12 @@ extern "C" fn encode_trampoline<C: VaeCallbacks>(
 }
 
 impl<'a> UpscaleHost<'a> {
-    pub fn new<C: VaeCallbacks>(vae: &'a mut C) -> Self {
+    pub fn new<C: VaeCallbacks>(vae: &'a mut C, options: &'a [OptionEntry]) -> Self {
         Self {
             ctx: vae as *mut C as *mut c_void,
             decode: decode_trampoline::<C>,
             encode: encode_trampoline::<C>,
+            options: RSlice::from_slice(options),
             _borrow: PhantomData,
         }
     }
@@ -78,6 +88,11 @@ impl UpscaleCtx<'_> {
             .map(TensorBox::into_tensor)
     }
 
+    /// The options the host passed for this pass.
+    pub fn options(&self) -> Options<'_> {
+        Options(self.host.options.as_slice())
+    }
+
     pub fn vae_encode(&mut self, image: &Tensor) -> Result<Tensor> {
         from_ffi((self.host.encode)(self.host.ctx, TensorRef::new(image)))
             .map(TensorBox::into_tensor)
@@ -91,6 +106,13 @@ pub struct UpscalerDecl {
     pub aliases: RVec<RString>,
     pub upscale:
         extern "C" fn(&UpscaleHost<'_>, TensorRef<'_>, i64, i64) -> RResult<TensorBox, RString>,
+    pub describe: extern "C" fn(RSlice<'_, OptionEntry>) -> RResult<RString, RString>,
+}
+
+extern "C" fn describe_trampoline<U: Upscaler>(
+    options: RSlice<'_, OptionEntry>,
+) -> RResult<RString, RString> {
+    guard(|| U::describe(Options(options.as_slice())).map(RString::from))
 }
 
 extern "C" fn upscale_trampoline<U: Upscaler>(
@@ -111,18 +133,25 @@ impl UpscalerDecl {
             name: U::NAME.into(),
             aliases: strings(U::ALIASES),
             upscale: upscale_trampoline::<U>,
+            describe: describe_trampoline::<U>,
         }
+    }
+
+    /// Host side: see [`Upscaler::describe`].
+    pub fn run_describe(&self, options: &[OptionEntry]) -> Result<String> {
+        from_ffi((self.describe)(RSlice::from_slice(options))).map(String::from)
     }
 
     /// Host side: resize `latent` to `height` × `width` latent cells.
     pub fn run<C: VaeCallbacks>(
         &self,
         vae: &mut C,
+        options: &[OptionEntry],
         latent: &Tensor,
         height: i64,
         width: i64,
     ) -> Result<Tensor> {
-        let host = UpscaleHost::new(vae);
+        let host = UpscaleHost::new(vae, options);
         from_ffi((self.upscale)(&host, TensorRef::new(latent), height, width))
             .map(TensorBox::into_tensor)
     }

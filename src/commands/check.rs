@@ -43,7 +43,16 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
             plan.sampler.decl.name,
             plan.schedule.decl.name,
             plan.upscaler
-                .map(|u| format!(", upscaler {}", u.decl.name))
+                .map(|u| match &plan.upscaler_model {
+                    // A model file: its architecture and scale, read by its plugin.
+                    Some(stem) => format!(
+                        ", upscaler {stem} ({})",
+                        u.decl
+                            .run_describe(&plan.upscaler_options)
+                            .unwrap_or_else(|e| e.to_string())
+                    ),
+                    None => format!(", upscaler {}", u.decl.name),
+                })
                 .unwrap_or_default(),
             plan.checkpoint.display(),
             backend.decl.family

@@ -1,6 +1,7 @@
 //! One file per command of the command line (`main.rs` parses and dispatches); what several
 //! commands need (reading a profile, finding plugins, running a job) is here.
 pub mod check;
+pub mod convert;
 pub mod demo;
 pub mod finish;
 pub mod grid;

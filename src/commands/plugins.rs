@@ -16,6 +16,17 @@ pub fn run() -> Result<()> {
             println!("    {kind:<9} {name}");
         }
     }
+    // Model upscalers from $HIRESFIX_UPSCALER_PATH, described by the plugin that runs them.
+    let models = crate::upscaler_models::scan(&crate::upscaler_models::dirs(&[]));
+    if let Ok(runner) = registry::find(&registry.upscalers, "model", "upscaler") {
+        for model in &models {
+            let what = runner
+                .decl
+                .run_describe(&model.options())
+                .unwrap_or_else(|e| e.to_string());
+            println!("{}  upscaler {}: {what}", model.path.display(), model.stem);
+        }
+    }
     for refusal in &registry.refused {
         println!("{}  REFUSED: {}", refusal.file.display(), refusal.reason);
     }

@@ -104,6 +104,18 @@ pub fn stderr(out: &Output) -> String {
 
 /// A small 2-pass profile on the tiny SD1 test model; pass 1 uses euler unless `pass1` names
 /// a sampler.
+/// Writes `profile` as `NAME.toml` in the scratch folder and runs `generate` on it to
+/// `NAME.png`.
+pub fn generate_as(scratch: &Scratch, name: &str, profile: &str) -> Output {
+    let path = scratch.write(&format!("{name}.toml"), profile);
+    let png = format!("{name}.png");
+    hiresfix(
+        &scratch.0,
+        &["generate", path.to_str().unwrap(), "-o", &png],
+        &[],
+    )
+}
+
 pub fn tiny_profile(checkpoint: &Path, extra_top: &str, pass1: &str, pass2: &str) -> String {
     let pass1 = if pass1.contains("sampler") {
         pass1.to_owned()

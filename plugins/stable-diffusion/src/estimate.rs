@@ -53,7 +53,8 @@ struct Headers {
 
 /// The last checkpoint read, by path, length and modification time: `check` asks for many
 /// sizes of the same file while it searches the largest that fits.
-static LAST: Mutex<Option<(PathBuf, u64, Option<SystemTime>, Headers)>> = Mutex::new(None);
+type Cached = (PathBuf, u64, Option<SystemTime>, Headers);
+static LAST: Mutex<Option<Cached>> = Mutex::new(None);
 
 fn headers(path: &Path) -> Result<Headers> {
     let meta = std::fs::metadata(path).ok();

@@ -1,9 +1,14 @@
-//! Pixel-space upscalers, A1111's "Lanczos" and "Nearest": decode the latent with the pass's
-//! VAE, resize the image as PIL would, encode it again (A1111 `processing.py` sample_hr_pass).
-use host_api::tch::{Kind, Tensor};
-use host_api::{Result, UpscaleCtx, Upscaler};
+//! Pixel-space upscalers: decode the latent with the pass's VAE, resize the image, encode it
+//! again (A1111 `processing.py` sample_hr_pass). A1111's "Lanczos" and "Nearest" resize as PIL
+//! would; `model` runs an ESRGAN-family super-resolution model from the profile's
+//! `upscaler_dirs` (A1111's "R-ESRGAN 4x+", "4x-UltraSharp", ...), then Lanczos to the size.
+use std::path::Path;
 
-mod lanczos;
+use host_api::tch::{Device, Kind, Tensor};
+use host_api::{Error, Options, Result, UpscaleCtx, Upscaler};
+
+pub mod lanczos;
+pub mod models;
 mod nearest;
 
 /// One upscaler per PIL resample filter, run through the pass's VAE.
@@ -22,7 +27,7 @@ macro_rules! pixel_mode {
                 height: i64,
                 width: i64,
             ) -> Result<Tensor> {
-                through_pixels(ctx, &latent, height, width, $resize)
+                through_pixels(ctx, &latent, height, width, &|x, h, w, _| $resize(x, h, w))
             }
         }
     };
@@ -37,8 +42,116 @@ pixel_mode!(
     Nearest, "pixel-nearest", "Nearest", nearest::resize
 );
 
-/// Resizes `[B, C, H, W]` pixels to height × width.
-type Resize = fn(&Tensor, i64, i64) -> Result<Tensor>;
+/// Resizes `[B, C, H, W]` float pixels to height × width; the last argument is the dtype the
+/// run decoded in (a model may run in it).
+type Resize<'a> = &'a dyn Fn(&Tensor, i64, i64, Kind) -> Result<Tensor>;
+
+/// A super-resolution model file (option `model`, set by the host from `upscaler_dirs`): run
+/// until the image is at least the target size (at most 3 times, as A1111), then Lanczos to
+/// the exact size.
+pub struct Model;
+
+impl Upscaler for Model {
+    const NAME: &'static str = "model";
+
+    fn upscale(
+        ctx: &mut UpscaleCtx<'_>,
+        latent: Tensor,
+        height: i64,
+        width: i64,
+    ) -> Result<Tensor> {
+        let options = ctx.options();
+        let path = options.text("model", "")?.to_owned();
+        if path.is_empty() {
+            return Err(Error::new(
+                "the `model` upscaler runs a model file: name the file's stem as the upscaler, with its folder in upscaler_dirs",
+            ));
+        }
+        let tile = tile_override(&options)?;
+        let resize = |pixels: &Tensor, ph: i64, pw: i64, kind: Kind| {
+            // On a GPU the model runs in the run's dtype (fp16 / bf16 as A1111 does); on the
+            // CPU in fp32.
+            let kind = match pixels.device() {
+                Device::Cpu => Kind::Float,
+                _ => kind,
+            };
+            super_resolve(Path::new(&path), pixels, ph, pw, tile, kind)
+        };
+        through_pixels(ctx, &latent, height, width, &resize)
+    }
+
+    fn describe(options: Options<'_>) -> Result<String> {
+        let path = options.text("model", "")?;
+        Ok(models::load(Path::new(path))?.describe())
+    }
+}
+
+/// Options `tile` / `overlap` (input pixels) fix the tiling instead of choosing it.
+fn tile_override(options: &Options<'_>) -> Result<Option<(i64, i64)>> {
+    let tile = options.number("tile", 0.0)?;
+    let overlap = options.number("overlap", 32.0)?;
+    Ok((tile > 0.0).then_some((tile as i64, overlap as i64)))
+}
+
+/// Free bytes for choosing tiles: MemAvailable on the CPU; on CUDA 8 GiB is assumed (an
+/// out-of-memory error halves the tile).
+fn free_memory(device: Device) -> u64 {
+    if device != Device::Cpu {
+        return 8 << 30;
+    }
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
+}
+
+/// `pixels` in [-1, 1] through the model at `path` until at least `ph` × `pw`, then Lanczos.
+pub fn super_resolve(
+    path: &Path,
+    pixels: &Tensor,
+    ph: i64,
+    pw: i64,
+    tile: Option<(i64, i64)>,
+    kind: Kind,
+) -> Result<Tensor> {
+    let net = models::cached(path, pixels.device(), kind)?;
+    let mut images = Vec::new();
+    for i in 0..pixels.size()[0] {
+        let mut img = ((pixels.narrow(0, i, 1) + 1.0) / 2.0)
+            .f_clamp(0.0, 1.0)?
+            .f_to_kind(kind)?;
+        for _ in 0..3 {
+            let (_, _, h, w) = img.size4()?;
+            if h >= ph && w >= pw {
+                break;
+            }
+            let tiling = match tile {
+                Some((tile, overlap)) => models::tiles::Tiling {
+                    tile,
+                    overlap,
+                    batch: 4,
+                },
+                None => models::tiles::choose(h, w, net.scale(), free_memory(img.device())),
+            };
+            img = tch_no_grad(|| models::tiles::run_with_retry(&net, &img, tiling))?
+                .f_clamp(0.0, 1.0)?;
+            if net.scale() == 1 {
+                break;
+            }
+        }
+        let img = img.f_to_kind(Kind::Float)?;
+        images.push(lanczos::resize(&(img * 2.0 - 1.0), ph, pw)?);
+    }
+    Ok(Tensor::f_cat(&images, 0)?)
+}
+
+fn tch_no_grad<T>(f: impl FnOnce() -> T) -> T {
+    host_api::tch::no_grad(f)
+}
 
 /// Decode, `resize` to the target latent size times the VAE's scale factor, encode.
 fn through_pixels(
@@ -60,7 +173,7 @@ fn through_pixels(
         (Some(ph), Some(pw)) => (ph, pw),
         _ => return Err(format!("{height}x{width} latent cells is too large").into()),
     };
-    let resized = resize(&pixels, ph, pw)?;
+    let resized = resize(&pixels, ph, pw, image.kind())?;
     let resized = resized.f_clamp(-1.0, 1.0)?.f_to_kind(image.kind())?;
     let upscaled = ctx.vae_encode(&resized)?;
     match upscaled.size().as_slice() {
@@ -85,5 +198,5 @@ fn scale_factor(image: &Tensor, h: i64, w: i64) -> Result<i64> {
 }
 
 host_api::export_plugin! {
-    upscalers: [Lanczos, Nearest],
+    upscalers: [Lanczos, Nearest, Model],
 }
