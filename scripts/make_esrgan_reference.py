@@ -9,6 +9,7 @@ Writes, under --out (see README.md there for the details):
                                esrgan-old-x4      RRDBNet, original ESRGAN keys (model.0, model.1.sub.N.RDBk...)
                                realesrgan-x4      RRDBNet, Real-ESRGAN/BasicSR keys (conv_first, body.N.rdbk...)
                                realesrgan-x2      the same layout, scale 2 (pixel-unshuffle: conv_first takes 12 channels)
+                               realesrgan-x1      the same layout, scale 1 (pixel-unshuffle by 4: 48 channels)
                                compact-x4         SRVGGNetCompact (body.N, PReLU, pixel shuffle)
   realesrgan-x4-params-ema.pth realesrgan-x4 wrapped as {"params_ema": state_dict}, as RealESRGAN_x4plus.pth is
   evil-os-system.pth           torch-zip-shaped files whose data.pkl would run a shell command when
@@ -74,6 +75,7 @@ MODELS = {
     "esrgan-old-x4": dict(kind="rrdb", layout="esrgan-old", scale=4, nf=12, nb=1, seed=SEED + 1, last_gain=0.1, last_bias=0.5),
     "realesrgan-x4": dict(kind="rrdb", layout="basicsr", scale=4, nf=8, nb=2, seed=SEED + 2, last_gain=0.1, last_bias=0.5),
     "realesrgan-x2": dict(kind="rrdb", layout="basicsr", scale=2, nf=8, nb=1, seed=SEED + 3, last_gain=0.3, last_bias=0.5),
+    "realesrgan-x1": dict(kind="rrdb", layout="basicsr", scale=1, nf=8, nb=1, seed=SEED + 5, last_gain=0.3, last_bias=0.5),
     "compact-x4": dict(kind="compact", layout="srvgg-compact", scale=4, nf=16, nc=4, seed=SEED + 4, last_gain=0.15, last_bias=0.0),
 }
 PARAMS_EMA = ("realesrgan-x4", "realesrgan-x4-params-ema.pth")
@@ -414,7 +416,7 @@ def check(desc, spec, label):
     if arch == "ESRGAN":
         assert hp["num_filters"] == spec["nf"] and hp["num_blocks"] == spec["nb"], (label, hp)
         # BasicSR x2 is a x4 net behind a 2x pixel-unshuffle; Spandrel reports scale 2
-        assert hp["shuffle_factor"] == (2 if spec["scale"] == 2 else None), (label, hp)
+        assert hp["shuffle_factor"] == {1: 4, 2: 2}.get(spec["scale"]), (label, hp)
         assert hp["scale"] == 4, (label, hp)
     else:
         assert hp["num_feat"] == spec["nf"] and hp["num_conv"] == spec["nc"], (label, hp)
