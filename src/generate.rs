@@ -63,7 +63,78 @@ pub fn generate(
     let until = options.until(profile.passes.len())?;
     let mut job = prepare(profile, registry, &options.base_dir)?;
     report_findings(&job, registry, options)?;
-    let mut writer = Writer::new(template, &job);
+    let mut writer = Writer::new(Sink::files(template), &job);
+    run_all(&mut job, registry, &mut writer, options.quiet, until)?;
+    Ok(writer.sink.into_paths())
+}
+
+/// An image made in memory (`hiresfix serve`): its seed, PNG file and `parameters` text.
+pub struct Rendered {
+    pub seed: i64,
+    pub png: Vec<u8>,
+    pub parameters: String,
+}
+
+/// Why [`generate_in_memory`] stopped, with the images it finished before.
+pub struct MemoryError {
+    pub error: anyhow::Error,
+    /// The request itself could not run (a name, a file, a value): nothing was sampled.
+    pub before_sampling: bool,
+    pub images: Vec<Rendered>,
+}
+
+/// `generate` without files: every image of the batch as PNG bytes, with the models of
+/// `models` reused and left there for the next call (also when the run fails or is cancelled).
+pub fn generate_in_memory<'r>(
+    profile: Profile,
+    registry: &'r Registry,
+    base_dir: &Path,
+    models: &mut Models<'r>,
+    quiet: bool,
+) -> Result<Vec<Rendered>, MemoryError> {
+    let mut job =
+        crate::job::prepare_reusing(profile, registry, base_dir, models).map_err(|error| {
+            MemoryError {
+                error,
+                before_sampling: true,
+                images: Vec::new(),
+            }
+        })?;
+    let options = RunOptions {
+        quiet,
+        ..RunOptions::new(base_dir.to_path_buf())
+    };
+    if let Err(error) = report_findings(&job, registry, &options) {
+        *models = job.models;
+        return Err(MemoryError {
+            error,
+            before_sampling: true,
+            images: Vec::new(),
+        });
+    }
+    let mut writer = Writer::new(Sink::Memory(Vec::new()), &job);
+    let until = job.plans.len();
+    let result = run_all(&mut job, registry, &mut writer, quiet, until);
+    *models = job.models;
+    let images = writer.sink.into_rendered();
+    match result {
+        Ok(()) => Ok(images),
+        Err(error) => Err(MemoryError {
+            error,
+            before_sampling: false,
+            images,
+        }),
+    }
+}
+
+/// Every image of `job`'s batch, as many per UNet call as memory allows, into `writer`.
+fn run_all(
+    job: &mut Job<'_>,
+    registry: &Registry,
+    writer: &mut Writer,
+    quiet: bool,
+    until: usize,
+) -> Result<()> {
     let batch = job.profile.batch as usize;
     let (per_call, warnings) = crate::memory::batch_plan(
         &job.plans[..until],
@@ -75,16 +146,18 @@ pub fn generate(
     for warning in &warnings {
         eprintln!("{warning}");
     }
-    if per_call > 1 && !options.quiet {
+    if per_call > 1 && !quiet {
         eprintln!(
             "note: {per_call} images per UNet call (what the free memory allows, at most {})",
             crate::memory::MAX_IMAGES_PER_CALL
         );
     }
+    let steps: usize = job.plans[..until].iter().map(|p| p.steps).sum();
+    crate::progress::begin_job(steps * batch.div_ceil(per_call), batch);
     let seeds: Vec<i64> = (0..batch as i64).map(|n| job.profile.seed + n).collect();
     for (c, chunk) in seeds.chunks(per_call).enumerate() {
         let first = c * per_call;
-        run_chunk(&mut job, chunk, options.quiet, until, |job, k, result| {
+        run_chunk(job, chunk, quiet, until, |job, k, result| {
             let image = Image {
                 n: first + k,
                 seed: chunk[k],
@@ -92,9 +165,14 @@ pub fn generate(
             };
             writer.write(job, &image, result).map(drop)
         })
-        .map_err(|e| anyhow!("{e}; {}", output::written_so_far(&writer.written, batch)))?;
+        .map_err(|e| match &writer.sink {
+            Sink::Files { written, .. } => {
+                anyhow!("{e}; {}", output::written_so_far(written, batch))
+            }
+            Sink::Memory(_) => e,
+        })?;
     }
-    Ok(writer.written)
+    Ok(())
 }
 
 /// Runs the images with `seeds` as one UNet batch and hands each result to `write` (its index
@@ -177,11 +255,11 @@ pub fn finish(
         after_pass: done,
         latent,
     };
-    let mut writer = Writer::new(template, &job);
+    let mut writer = Writer::new(Sink::files(template), &job);
     let seed = job.profile.seed;
     let result = job.run_passes(seed, options.quiet, Some(&resume), until)?;
     writer.write(&mut job, &Image { n: 0, seed, until }, &result)?;
-    Ok(writer.written)
+    Ok(writer.sink.into_paths())
 }
 
 /// Pass 1's latent for an image: the pass-1 model's VAE encoding of it.
@@ -248,34 +326,57 @@ struct Image {
 /// An RGB8 image: width, height, pixels.
 pub type Rgb8 = (u32, u32, Vec<u8>);
 
-/// Writes a run's images under one output template, keeping the paths it wrote.
+/// Where a run's images go: files under an output template, or memory.
+enum Sink {
+    Files {
+        template: String,
+        written: Vec<PathBuf>,
+    },
+    Memory(Vec<Rendered>),
+}
+
+impl Sink {
+    fn files(template: String) -> Self {
+        Sink::Files {
+            template,
+            written: Vec::new(),
+        }
+    }
+
+    fn into_paths(self) -> Vec<PathBuf> {
+        match self {
+            Sink::Files { written, .. } => written,
+            Sink::Memory(_) => Vec::new(),
+        }
+    }
+
+    fn into_rendered(self) -> Vec<Rendered> {
+        match self {
+            Sink::Memory(rendered) => rendered,
+            Sink::Files { .. } => Vec::new(),
+        }
+    }
+}
+
+/// Writes a run's images (to files or memory), keeping what it wrote.
 struct Writer {
-    template: String,
+    sink: Sink,
     /// The A1111 model hash of pass 1's checkpoint.
     hash: Option<String>,
-    written: Vec<PathBuf>,
 }
 
 impl Writer {
-    fn new(template: String, job: &Job<'_>) -> Self {
+    fn new(sink: Sink, job: &Job<'_>) -> Self {
         Self {
-            template,
+            sink,
             hash: checkpoint_hash(job),
-            written: Vec::new(),
         }
     }
 
     /// Writes image `n`'s PNG (and, with `save_passes`, its earlier passes); an image of a
     /// pass before the profile's last carries its latent. Returns the image of pass `until`.
     fn write(&mut self, job: &mut Job<'_>, image: &Image, result: &ImageResult) -> Result<Rgb8> {
-        write_image(
-            job,
-            image,
-            result,
-            &self.template,
-            self.hash.as_deref(),
-            &mut self.written,
-        )
+        write_image(job, image, result, self.hash.as_deref(), &mut self.sink)
     }
 }
 
@@ -283,9 +384,8 @@ fn write_image(
     job: &mut Job<'_>,
     image: &Image,
     result: &ImageResult,
-    template: &str,
     hash: Option<&str>,
-    written: &mut Vec<PathBuf>,
+    sink: &mut Sink,
 ) -> Result<Rgb8> {
     let mut last = None;
     let until = image.until;
@@ -295,10 +395,10 @@ fn write_image(
     let pairs = infotext_pairs(&job.profile, plans, sizes, image.seed, hash);
     let prompt = infotext_prompt(&job.plans[0]);
     let parameters = infotext::format(&prompt, &job.plans[0].negative, &pairs);
-    let wanted = output::expand(template, image.seed, image.n);
     for (k, latent) in result.latents.iter().enumerate() {
         let pass = result.first + k;
-        if pass != until && !job.profile.save_passes {
+        let keep = pass == until || (job.profile.save_passes && matches!(sink, Sink::Files { .. }));
+        if !keep {
             continue;
         }
         let (model, _) = job.models.for_pass(&job.settings, &job.plans[pass - 1])?;
@@ -311,15 +411,24 @@ fn write_image(
             true => Some(stored_latent::encode(latent, pass)?),
             false => None,
         };
-        let path = match pass == until {
-            true => wanted.clone(),
-            false => pass_path(&wanted, pass),
-        };
-        let file = crate::timings::time("png", || {
-            let png = output::encode_png(w, h, &rgb, &parameters, &resolved, stored.as_deref())?;
-            output::write_new_file(&path, &png)
+        let png = crate::timings::time("png", || {
+            output::encode_png(w, h, &rgb, &parameters, &resolved, stored.as_deref())
         })?;
-        written.push(file);
+        match sink {
+            Sink::Files { template, written } => {
+                let wanted = output::expand(template, image.seed, image.n);
+                let path = match pass == until {
+                    true => wanted,
+                    false => pass_path(&wanted, pass),
+                };
+                written.push(output::write_new_file(&path, &png)?);
+            }
+            Sink::Memory(rendered) => rendered.push(Rendered {
+                seed: image.seed,
+                png,
+                parameters: parameters.clone(),
+            }),
+        }
         if pass == until {
             last = Some((w, h, rgb));
         }
@@ -341,13 +450,14 @@ pub fn render_one<'r>(
     let template = output::checked_template(path)?;
     let mut job = crate::job::prepare_with(profile, registry, base_dir, models)?;
     report_new_findings(&job, registry, (quiet, None), seen)?;
-    let mut writer = Writer::new(template, &job);
+    let mut writer = Writer::new(Sink::files(template), &job);
     let until = job.plans.len();
     let seed = job.profile.seed;
     let result = job.run_passes(seed, quiet, None, until)?;
     let rgb = writer.write(&mut job, &Image { n: 0, seed, until }, &result)?;
     let path = writer
-        .written
+        .sink
+        .into_paths()
         .pop()
         .ok_or_else(|| anyhow!("nothing was written"))?;
     Ok((job.models, path, rgb))

@@ -31,13 +31,8 @@ pub fn cache_file() -> Option<PathBuf> {
     Some(dir.join("hashes.json"))
 }
 
-/// `compute(path)`'s result for `path`, from the cache when the file's size and modification
-/// time are those stored with it.
-pub fn cached(
-    kind: &str,
-    path: &Path,
-    compute: impl FnOnce(&Path) -> Result<String>,
-) -> Result<String> {
+/// What identifies a file's version: size, modification time (ns) and canonical path.
+fn stamp(path: &Path) -> Result<(u64, u128, String)> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mtime_ns = meta
@@ -49,16 +44,36 @@ pub fn cached(
         .unwrap_or_else(|_| path.to_path_buf())
         .to_string_lossy()
         .into_owned();
+    Ok((meta.len(), mtime_ns, key))
+}
+
+/// The stored hash of `path`'s current version, if one is stored (nothing is computed).
+pub fn peek(kind: &str, path: &Path) -> Option<String> {
+    let (size, mtime_ns, key) = stamp(path).ok()?;
+    let table = read(&cache_file()?)?;
+    let entry = table.get(kind)?.get(&key)?;
+    (entry.size == size && entry.mtime_ns == mtime_ns && mtime_ns != 0)
+        .then(|| entry.sha256.clone())
+}
+
+/// `compute(path)`'s result for `path`, from the cache when the file's size and modification
+/// time are those stored with it.
+pub fn cached(
+    kind: &str,
+    path: &Path,
+    compute: impl FnOnce(&Path) -> Result<String>,
+) -> Result<String> {
+    let (size, mtime_ns, key) = stamp(path)?;
     let file = cache_file();
     let mut table: Table = file.as_deref().and_then(read).unwrap_or_default();
     if let Some(entry) = table.get(kind).and_then(|t| t.get(&key)) {
-        if entry.size == meta.len() && entry.mtime_ns == mtime_ns && mtime_ns != 0 {
+        if entry.size == size && entry.mtime_ns == mtime_ns && mtime_ns != 0 {
             return Ok(entry.sha256.clone());
         }
     }
     let sha256 = compute(path)?;
     let entry = Entry {
-        size: meta.len(),
+        size,
         mtime_ns,
         sha256: sha256.clone(),
     };

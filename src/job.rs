@@ -29,25 +29,59 @@ pub fn prepare<'r>(profile: Profile, registry: &'r Registry, base_dir: &Path) ->
 
 /// [`prepare`] with models already loaded by earlier jobs (grid cells) to reuse.
 pub fn prepare_with<'r>(
+    profile: Profile,
+    registry: &'r Registry,
+    base_dir: &Path,
+    models: Models<'r>,
+) -> Result<Job<'r>> {
+    prepare_inner(profile, registry, base_dir, models).map_err(|failed| failed.0)
+}
+
+/// [`prepare`] with the models of `models` (a server's cache); on failure they are left
+/// there, so a bad request does not unload what earlier ones loaded.
+pub fn prepare_reusing<'r>(
+    profile: Profile,
+    registry: &'r Registry,
+    base_dir: &Path,
+    models: &mut Models<'r>,
+) -> Result<Job<'r>> {
+    let taken = std::mem::replace(models, Models::new(registry));
+    prepare_inner(profile, registry, base_dir, taken).map_err(|failed| {
+        let (e, back) = *failed;
+        *models = back;
+        e
+    })
+}
+
+/// The work of [`prepare_with`]; a failure hands the models back.
+fn prepare_inner<'r>(
     mut profile: Profile,
     registry: &'r Registry,
     base_dir: &Path,
     mut models: Models<'r>,
-) -> Result<Job<'r>> {
-    let settings = LoadSettings::from_profile(&profile)?;
+) -> Result<Job<'r>, Box<(anyhow::Error, Models<'r>)>> {
+    macro_rules! give_back {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => return Err(Box::new((e, models))),
+            }
+        };
+    }
+    let settings = give_back!(LoadSettings::from_profile(&profile));
     let mut probe = profile.clone();
-    probe.resolve_defaults(512)?;
-    let first = plan_passes(&probe, registry, base_dir)?;
+    give_back!(probe.resolve_defaults(512));
+    let first = give_back!(plan_passes(&probe, registry, base_dir));
     // Families must match across passes: refused now, before any model loads or samples.
-    crate::switch::check_families(&first, registry)?;
+    give_back!(crate::switch::check_families(&first, registry));
     let p0 = &first[0];
-    let (_, info) = models.for_pass(&settings, p0)?;
-    profile.resolve_defaults(info.default_size)?;
+    let info = give_back!(models.for_pass(&settings, p0).map(|(_, info)| info));
+    give_back!(profile.resolve_defaults(info.default_size));
     if profile.seed == -1 {
         profile.seed = random_seed();
     }
-    let plans = plan_passes(&profile, registry, base_dir)?;
-    let (sizes, notes) = pass_sizes(&profile.passes, info.vae_scale_factor)?;
+    let plans = give_back!(plan_passes(&profile, registry, base_dir));
+    let (sizes, notes) = give_back!(pass_sizes(&profile.passes, info.vae_scale_factor));
     Ok(Job {
         profile,
         plans,

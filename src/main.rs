@@ -101,6 +101,9 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Serve an AUTOMATIC1111-compatible HTTP API (/sdapi/v1) and hiresfix's own
+    /// (/hiresfix/v1/generate takes a profile and streams progress).
+    Serve(hiresfix::serve::Args),
     /// Re-run the profile embedded in an image written by hiresfix.
     Replay {
         image: PathBuf,
@@ -196,22 +199,9 @@ fn run(cli: Cli) -> Result<()> {
             output,
         } => commands::replay::to_profile(&image, output.as_deref().map(std::path::Path::new)),
         Command::Replay { image, output, .. } => commands::replay::run(&image, cli.quiet, output),
+        Command::Serve(args) => hiresfix::serve::run(&args, cli.quiet),
         Command::Demo { checkpoint, output } => commands::demo::run(checkpoint, cli.quiet, output),
     }
-}
-
-/// The error chain on one line: `outer: inner: cause`.
-fn one_line(e: &anyhow::Error) -> String {
-    let parts: Vec<String> = e
-        .chain()
-        .map(|c| c.to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    parts
-        .join(": ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// clap's usage errors as one line, exit 2; help and version print as clap prints them.
@@ -249,11 +239,15 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    // Ctrl-C stops sampling at the next step; a second Ctrl-C exits at once.
-    let _ = ctrlc::set_handler(|| {
-        if generate::CANCELLED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            std::process::exit(130);
-        }
+    // Ctrl-C stops sampling at the next step; a second Ctrl-C exits at once. The server
+    // handles its own signals (it finishes open requests first).
+    let serving = matches!(cli.command, Command::Serve(_));
+    let _ = (!serving).then(|| {
+        ctrlc::set_handler(|| {
+            if generate::CANCELLED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                std::process::exit(130);
+            }
+        })
     });
     let start = std::time::Instant::now();
     let result = run(cli);
@@ -261,7 +255,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            eprintln!("error: {}", commands::one_line(&e));
             ExitCode::from(1)
         }
     }

@@ -242,6 +242,19 @@ impl<'r> Models<'r> {
         Ok((model, info))
     }
 
+    /// Between a server's requests: encoded prompts are forgotten (each request has its own)
+    /// and only the `keep` most recently loaded checkpoints stay loaded.
+    pub fn trim(&mut self, keep: usize) {
+        self.encoded.clear();
+        let excess = self.loaded.len().saturating_sub(keep);
+        self.loaded.drain(..excess);
+    }
+
+    /// The checkpoints loaded now.
+    pub fn loaded_checkpoints(&self) -> Vec<PathBuf> {
+        self.loaded.iter().map(|l| l.key.1.clone()).collect()
+    }
+
     /// The info of a model already loaded for `checkpoint`, if any.
     pub fn loaded_info(&self, checkpoint: &Path) -> Option<&ModelInfo> {
         self.loaded

@@ -45,6 +45,7 @@ impl SamplerCallbacks for Guidance<'_> {
 
     fn step(&mut self, i: usize, _total: usize) -> bool {
         self.bar.set_position(i as u64 + 1);
+        crate::progress::step(i);
         !CANCELLED.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
@@ -219,6 +220,7 @@ pub fn run_batch(
             n => format!("pass {} ×{n}", plan.number),
         };
         let bar = progress_bar(quiet, plan.steps, label);
+        crate::progress::begin_pass(plan.number, plan.steps);
         let step_seeds = seeds.iter().map(|s| s + noise_seed_delta).collect();
         let mut guidance = Guidance {
             model: &model,

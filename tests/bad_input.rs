@@ -486,6 +486,22 @@ const CASES: &[Case] = &[
         setup: |_| s(&["convert", "nope.pth"]) },
     Case { name: "convert without a model", code: 2, expect: "the following required arguments were not provided: <MODEL>",
         setup: |_| s(&["convert"]) },
+    // --- serve (refused before it listens) ---
+    Case { name: "serve: a non-loopback address without a token", code: 1, expect: "is reachable from other machines: give --token T (or --api-auth user:pass), or listen on 127.0.0.1",
+        setup: |_| s(&["serve", "--listen", "0.0.0.0:0", "--model", tiny_ldm().to_str().unwrap()]) },
+    Case { name: "serve: no model to serve", code: 1, expect: "no checkpoint to serve — give --models DIR",
+        setup: |_| s(&["serve", "--listen", "127.0.0.1:0"]) },
+    Case { name: "serve: --models is not a folder", code: 1, expect: "not a folder — give the folder holding your checkpoints",
+        setup: |_| s(&["serve", "--listen", "127.0.0.1:0", "--models", "nowhere"]) },
+    Case { name: "serve: --model names nothing", code: 1, expect: "--model nope: neither a model in --models",
+        setup: |_| s(&["serve", "--listen", "127.0.0.1:0", "--model", "nope"]) },
+    Case { name: "serve: --listen not an address", code: 1, expect: "--listen localhost: not an address:port (e.g. 127.0.0.1:7860)",
+        setup: |_| s(&["serve", "--listen", "localhost"]) },
+    Case { name: "serve: --defaults naming a checkpoint", code: 1, expect: "the model is chosen by --model / the request; remove [model] checkpoint",
+        setup: |sc| {
+            let defaults = sc.write("d.toml", "[model]\ncheckpoint = \"x.safetensors\"");
+            s(&["serve", "--listen", "127.0.0.1:0", "--model", tiny_ldm().to_str().unwrap(), "--defaults", defaults.to_str().unwrap()])
+        } },
     // --- plugin folders ---
     Case { name: "the sampler plugin refused by its pin", code: 1, expect: "(refused plugin libhiresfix_samplers_kdiff.so: sha256",
         setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_samplers_kdiff.so\" = \"00\"", "", "") },

@@ -70,3 +70,17 @@ pub fn run_generate(profile: Profile, options: RunOptions) -> Result<()> {
     warn_refused(&registry);
     Ok(())
 }
+
+/// The error chain on one line: `outer: inner: cause`.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let parts: Vec<String> = e
+        .chain()
+        .map(|c| c.to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    parts
+        .join(": ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
