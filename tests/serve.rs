@@ -676,3 +676,79 @@ fn sigterm_answers_the_running_request_and_exits() {
     let status = server.child.wait().unwrap();
     assert!(status.success(), "exit {status:?}");
 }
+
+#[test]
+fn loras_do_not_leak_between_requests_and_hires_switches_work() {
+    let loras = repo().join("tests/data/loras");
+    let upscalers = repo().join("tests/data/upscalers/models");
+    let server = Server::start(
+        "serve-loras",
+        &[
+            "--loras",
+            loras.to_str().unwrap(),
+            "--upscalers",
+            upscalers.to_str().unwrap(),
+        ],
+    );
+    // The same model as a diffusers folder, for a hires checkpoint switch.
+    let models = server._scratch.path("models");
+    std::os::unix::fs::symlink(common::tiny_diffusers(), models.join("tiny-diffusers")).unwrap();
+    let (status, _) = post(&server, "/sdapi/v1/refresh-checkpoints", &json!({}));
+    assert_eq!(status, 200);
+    let listed = get(&server, "/sdapi/v1/loras");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["name"] == "sd1-kohya"),
+        "{listed}"
+    );
+
+    let plain = json!({"prompt": "a cat", "seed": 21, "steps": 2});
+    let with_lora = json!({"prompt": "a cat <lora:sd1-kohya:0.8>", "seed": 21, "steps": 2});
+    let (_, before) = post(&server, "/sdapi/v1/txt2img", &plain);
+    let (status, lora) = post(&server, "/sdapi/v1/txt2img", &with_lora);
+    assert_eq!(status, 200, "{lora}");
+    let (_, after) = post(&server, "/sdapi/v1/txt2img", &plain);
+    assert_ne!(images(&before), images(&lora), "the LoRA changed nothing");
+    assert!(decode(&images(&lora)[0])
+        .3
+        .contains("Lora hashes: \"sd1-kohya: "));
+    assert_eq!(
+        images(&before),
+        images(&after),
+        "the LoRA stayed applied after its request"
+    );
+    let (status, missing) = post(
+        &server,
+        "/sdapi/v1/txt2img",
+        &json!({"prompt": "<lora:nope:1>", "steps": 2}),
+    );
+    assert_eq!(status, 422, "{missing}");
+    assert!(
+        missing["detail"].as_str().unwrap().contains("nope"),
+        "{missing}"
+    );
+
+    // hr_checkpoint_name, hr_sampler_name + hr_scheduler, a model upscaler, hr_cfg.
+    let hires = json!({
+        "prompt": "a cat", "seed": 4, "steps": 2, "enable_hr": true, "hr_scale": 1.5,
+        "hr_second_pass_steps": 2, "denoising_strength": 0.6,
+        "hr_checkpoint_name": "tiny-diffusers", "hr_sampler_name": "DPM++ 2M",
+        "hr_scheduler": "Karras", "hr_upscaler": "realesrgan-x4", "hr_cfg": 4.5
+    });
+    let (status, response) = post(&server, "/sdapi/v1/txt2img", &hires);
+    assert_eq!(status, 200, "{response}");
+    let (w, _, _, parameters) = decode(&images(&response)[0]);
+    assert_eq!(w, 96);
+    for field in [
+        "Hires checkpoint: tiny-diffusers",
+        "Hires sampler: DPM++ 2M",
+        "Hires schedule type: Karras",
+        "Hires upscaler: realesrgan-x4",
+        "Hires CFG Scale: 4.5",
+    ] {
+        assert!(parameters.contains(field), "{field} not in {parameters}");
+    }
+}
