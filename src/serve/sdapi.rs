@@ -58,8 +58,8 @@ pub async fn run_job(
         Ok(()) => Ok(outcome),
         Err(Rejected::Full) => Err(ApiError::busy(
             format!(
-                "busy: {} jobs are waiting (the queue holds {}) — try again shortly",
-                state.queue.capacity, state.queue.capacity
+                "busy: {} jobs are already waiting (--queue) — try again in a few seconds",
+                state.queue.capacity
             ),
             5,
         )),
