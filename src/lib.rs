@@ -1,5 +1,6 @@
 //! The hiresfix host as a library: profile, plugin registry, planning and the multi-pass run.
 //! `main.rs` is the command line over it.
+pub mod batch;
 pub mod commands;
 pub mod convert;
 pub mod generate;

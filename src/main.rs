@@ -101,6 +101,9 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Run a job file's jobs (a base profile × tables of overrides), this shard's share:
+    /// --shard I/N, or Slurm's / Kubernetes' index; outputs named by job id, reruns resume.
+    Batch(hiresfix::batch::Args),
     /// Serve an AUTOMATIC1111-compatible HTTP API (/sdapi/v1) and hiresfix's own
     /// (/hiresfix/v1/generate takes a profile and streams progress).
     Serve(hiresfix::serve::Args),
@@ -200,6 +203,7 @@ fn run(cli: Cli) -> Result<()> {
         } => commands::replay::to_profile(&image, output.as_deref().map(std::path::Path::new)),
         Command::Replay { image, output, .. } => commands::replay::run(&image, cli.quiet, output),
         Command::Serve(args) => hiresfix::serve::run(&args, cli.quiet),
+        Command::Batch(args) => hiresfix::batch::run(&args, cli.quiet),
         Command::Demo { checkpoint, output } => commands::demo::run(checkpoint, cli.quiet, output),
     }
 }

@@ -141,6 +141,31 @@ pub fn encode_png(
     Ok(bytes)
 }
 
+/// `png` with one more tEXt chunk (`key`: Latin-1 `text`) right after its header.
+pub fn add_text_chunk(png: &[u8], key: &str, text: &str) -> Result<Vec<u8>> {
+    const SIGNATURE: usize = 8;
+    const IHDR: usize = 8 + 13 + 4; // length + type, 13 data bytes, CRC
+    if png.len() < SIGNATURE + IHDR || &png[12..16] != b"IHDR" || !is_latin1(text) {
+        bail!("cannot add the {key} chunk: not a PNG this writer made, or the text is not Latin-1");
+    }
+    let mut data = Vec::with_capacity(key.len() + 1 + text.len());
+    data.extend_from_slice(key.as_bytes());
+    data.push(0);
+    data.extend_from_slice(text.as_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(b"tEXt");
+    crc.update(&data);
+    let at = SIGNATURE + IHDR;
+    let mut out = Vec::with_capacity(png.len() + data.len() + 12);
+    out.extend_from_slice(&png[..at]);
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(b"tEXt");
+    out.extend_from_slice(&data);
+    out.extend_from_slice(&crc.finalize().to_be_bytes());
+    out.extend_from_slice(&png[at..]);
+    Ok(out)
+}
+
 /// Reads the text chunks of a PNG (tEXt, zTXt and iTXt).
 pub fn read_text_chunks(path: &Path) -> Result<Vec<(String, String)>> {
     let file =

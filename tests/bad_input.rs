@@ -486,6 +486,27 @@ const CASES: &[Case] = &[
         setup: |_| s(&["convert", "nope.pth"]) },
     Case { name: "convert without a model", code: 2, expect: "the following required arguments were not provided: <MODEL>",
         setup: |_| s(&["convert"]) },
+    // --- batch ---
+    Case { name: "batch: --shard past the count", code: 1, expect: "shard 4/4: the index must be below the count (0-based)",
+        setup: |_| s(&["batch", "jobs.toml", "--shard", "4/4"]) },
+    Case { name: "batch: --shards without an index", code: 1, expect: "--shards 4 without a shard index: give --shard I/4",
+        setup: |_| s(&["batch", "jobs.toml", "--shards", "4"]) },
+    Case { name: "batch: a missing job file", code: 1, expect: "cannot read job file nope.toml",
+        setup: |_| s(&["batch", "nope.toml"]) },
+    Case { name: "batch: a job file without jobs", code: 1, expect: "no [[jobs]] table — add one",
+        setup: |sc| {
+            sc.write("base.toml", "seed = 1");
+            let jobs = sc.write("jobs.toml", "profile = \"base.toml\"");
+            s(&["batch", jobs.to_str().unwrap()])
+        } },
+    Case { name: "batch: a table key without values", code: 1, expect: "`seed` has no values",
+        setup: |sc| {
+            sc.write("base.toml", "seed = 1");
+            let jobs = sc.write("jobs.toml", "profile = \"base.toml\"\n[[jobs]]\nseed = []");
+            s(&["batch", jobs.to_str().unwrap()])
+        } },
+    Case { name: "batch --report of a missing folder", code: 1, expect: "cannot read nowhere",
+        setup: |_| s(&["batch", "--report", "nowhere"]) },
     // --- serve (refused before it listens) ---
     Case { name: "serve: a non-loopback address without a token", code: 1, expect: "is reachable from other machines: give --token T (or --api-auth user:pass), or listen on 127.0.0.1",
         setup: |_| s(&["serve", "--listen", "0.0.0.0:0", "--model", tiny_ldm().to_str().unwrap()]) },
