@@ -399,7 +399,10 @@ fn load_test_every_request_gets_its_image_or_503() {
     let idle = get(&server, "/sdapi/v1/progress");
     assert_eq!(idle["state"]["job_count"], 0);
     let after = rss_kib(server.pid());
-    eprintln!("RSS baseline {baseline} KiB, after the load {after} KiB");
+    eprintln!(
+        "{} served, {busy} busy (503); RSS baseline {baseline} KiB, after the load {after} KiB",
+        served.len()
+    );
     assert!(
         after < baseline + baseline / 4 + 64 * 1024,
         "RSS grew from {baseline} to {after} KiB"
