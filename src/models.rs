@@ -171,8 +171,16 @@ impl<'r> Models<'r> {
             .collect();
         let key = (settings.clone(), checkpoint.to_path_buf(), recipe.join("+"));
         let vae = vae.map(Path::to_path_buf);
-        if let Some(found) = self.loaded.iter().find(|l| l.key == key && l.vae == vae) {
-            return Ok((found.model.clone(), found.info.clone()));
+        if let Some(i) = self
+            .loaded
+            .iter()
+            .position(|l| l.key == key && l.vae == vae)
+        {
+            // The most recently used goes last ([`Models::trim`] keeps the last ones).
+            let found = self.loaded.remove(i);
+            let hit = (found.model.clone(), found.info.clone());
+            self.loaded.push(found);
+            return Ok(hit);
         }
         // A per-pass VAE: swapped into the loaded model, not a second load of the checkpoint.
         if let Some(found) = self.loaded.iter_mut().find(|l| l.key == key && l.swaps) {
@@ -243,7 +251,7 @@ impl<'r> Models<'r> {
     }
 
     /// Between a server's requests: encoded prompts are forgotten (each request has its own)
-    /// and only the `keep` most recently loaded checkpoints stay loaded.
+    /// and only the `keep` most recently used checkpoints stay loaded.
     pub fn trim(&mut self, keep: usize) {
         self.encoded.clear();
         let excess = self.loaded.len().saturating_sub(keep);

@@ -145,13 +145,20 @@ pub fn encode_png(
 pub fn add_text_chunk(png: &[u8], key: &str, text: &str) -> Result<Vec<u8>> {
     const SIGNATURE: usize = 8;
     const IHDR: usize = 8 + 13 + 4; // length + type, 13 data bytes, CRC
-    if png.len() < SIGNATURE + IHDR || &png[12..16] != b"IHDR" || !is_latin1(text) {
+    let keyword = (1..=79).contains(&key.len()) && is_latin1(key);
+    if png.len() < SIGNATURE + IHDR
+        || &png[..SIGNATURE] != b"\x89PNG\r\n\x1a\n"
+        || &png[12..16] != b"IHDR"
+        || !is_latin1(text)
+        || !keyword
+    {
         bail!("cannot add the {key} chunk: not a PNG this writer made, or the text is not Latin-1");
     }
     let mut data = Vec::with_capacity(key.len() + 1 + text.len());
-    data.extend_from_slice(key.as_bytes());
+    // tEXt is Latin-1: one byte per character (checked above), not UTF-8.
+    data.extend(key.chars().map(|c| c as u8));
     data.push(0);
-    data.extend_from_slice(text.as_bytes());
+    data.extend(text.chars().map(|c| c as u8));
     let mut crc = crc32fast::Hasher::new();
     crc.update(b"tEXt");
     crc.update(&data);

@@ -293,25 +293,30 @@ fn interrupt_ends_the_run_within_a_step_and_the_server_goes_on() {
     });
     // Wait until it samples, time one step, then interrupt.
     let deadline = Instant::now() + Duration::from_secs(120);
-    let step_seconds = loop {
-        assert!(Instant::now() < deadline, "the job never started sampling");
-        let p = get(&server, "/sdapi/v1/progress");
-        let step = p["state"]["sampling_step"].as_u64().unwrap();
-        if step >= 2 {
-            let t = Instant::now();
-            while get(&server, "/sdapi/v1/progress")["state"]["sampling_step"]
-                .as_u64()
-                .unwrap()
-                == step
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            assert!(p["progress"].as_f64().unwrap() > 0.0);
-            assert_eq!(p["state"]["job_count"], 1);
-            break t.elapsed().as_secs_f64();
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    // Wait until it samples, then time one whole step (from one step change to the next).
+    let step_now = || {
+        get(&server, "/sdapi/v1/progress")["state"]["sampling_step"]
+            .as_u64()
+            .unwrap()
     };
+    let wait_change = |from: u64| loop {
+        let now = step_now();
+        if now != from {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    while step_now() < 2 {
+        assert!(Instant::now() < deadline, "the job never started sampling");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first = wait_change(step_now());
+    let t = Instant::now();
+    wait_change(first);
+    let step_seconds = t.elapsed().as_secs_f64();
+    let p = get(&server, "/sdapi/v1/progress");
+    assert!(p["progress"].as_f64().unwrap() > 0.0);
+    assert_eq!(p["state"]["job_count"], 1);
     let asked = Instant::now();
     let (status, _) = call("POST", &server.url("/sdapi/v1/interrupt"), Some("{}"), &[]);
     assert_eq!(status, 200);
@@ -474,6 +479,41 @@ fn credentials_body_size_and_field_limits() {
         (status, response["field"].as_str()),
         (422, Some("hr_scale"))
     );
+    // Paths where names belong, a body not declared JSON, a foreign Host: refused.
+    let (status, traversal) = post(
+        &server,
+        "/sdapi/v1/txt2img",
+        &json!({"prompt": "<lora:../../etc/x:1>"}),
+    );
+    assert_eq!(
+        (status, traversal["field"].as_str()),
+        (422, Some("prompt")),
+        "{traversal}"
+    );
+    let (status, upscaler) = post(
+        &server,
+        "/sdapi/v1/txt2img",
+        &json!({"enable_hr": true, "hr_upscaler": "/etc/passwd.pth"}),
+    );
+    assert_eq!(
+        (status, upscaler["field"].as_str()),
+        (422, Some("hr_upscaler")),
+        "{upscaler}"
+    );
+    let plain = ureq::post(&server.url("/sdapi/v1/txt2img"))
+        .set("Content-Type", "text/plain")
+        .send_string("{}");
+    assert!(
+        matches!(plain, Err(ureq::Error::Status(415, _))),
+        "text/plain was accepted"
+    );
+    let rebound = call(
+        "GET",
+        &server.url("/sdapi/v1/samplers"),
+        None,
+        &[("Host", "evil.example:7860")],
+    );
+    assert_eq!(rebound.0, 421);
     // A 10 MB body: 413, read on a raw socket (the server may answer before it is all sent).
     let address = server.base.trim_start_matches("http://").to_owned();
     let mut stream = TcpStream::connect(&address).unwrap();

@@ -142,25 +142,21 @@ pub fn shard_of(flag: Option<&str>, shards: Option<u64>) -> Result<(u64, u64)> {
             .ok_or_else(|| anyhow!("--shard {flag}: expected I/N, e.g. --shard 0/4"))?;
         (parse("--shard", i)?, parse("--shard", n)?)
     } else if let Ok(id) = std::env::var("SLURM_ARRAY_TASK_ID") {
-        let min = std::env::var("SLURM_ARRAY_TASK_MIN").unwrap_or_else(|_| "0".into());
-        let count = match std::env::var("SLURM_ARRAY_TASK_COUNT") {
-            Ok(c) => parse("SLURM_ARRAY_TASK_COUNT", &c)?,
-            Err(_) => shards.ok_or_else(|| {
-                anyhow!(
-                    "SLURM_ARRAY_TASK_ID is set without SLURM_ARRAY_TASK_COUNT: give --shards N"
-                )
-            })?,
-        };
-        let (id, min) = (
-            parse("SLURM_ARRAY_TASK_ID", &id)?,
-            parse("SLURM_ARRAY_TASK_MIN", &min)?,
-        );
-        (
-            id.checked_sub(min).ok_or_else(|| {
-                anyhow!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}")
-            })?,
-            count,
-        )
+        let id = parse("SLURM_ARRAY_TASK_ID", &id)?;
+        match shards {
+            // The task id is the shard: a rerun of some shards (`--array=2`) keeps them.
+            Some(n) => (id, n),
+            None => {
+                let count = std::env::var("SLURM_ARRAY_TASK_COUNT")
+                    .map_err(|_| anyhow!("SLURM_ARRAY_TASK_ID is set without SLURM_ARRAY_TASK_COUNT: give --shards N"))?;
+                let min = std::env::var("SLURM_ARRAY_TASK_MIN").unwrap_or_else(|_| "0".into());
+                let min = parse("SLURM_ARRAY_TASK_MIN", &min)?;
+                let index = id.checked_sub(min).ok_or_else(|| {
+                    anyhow!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}")
+                })?;
+                (index, parse("SLURM_ARRAY_TASK_COUNT", &count)?)
+            }
+        }
     } else if let Ok(index) = std::env::var("JOB_COMPLETION_INDEX") {
         let count = shards.ok_or_else(|| {
             anyhow!("JOB_COMPLETION_INDEX is set: give --shards N (the Job's completions)")

@@ -45,11 +45,18 @@ impl Manifest {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create output folder {}", dir.display()))?;
         let path = dir.join(name);
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot write the manifest {}", path.display()))?;
+        // A shard killed mid-line left a partial last line: end it, so the next record is a
+        // line of its own (the partial one is skipped when read).
+        let cut = std::fs::read(&path).is_ok_and(|b| b.last().is_some_and(|c| *c != b'\n'));
+        if cut {
+            file.write_all(b"\n")
+                .with_context(|| format!("cannot write the manifest {}", path.display()))?;
+        }
         Ok(Self { file, path })
     }
 
@@ -81,8 +88,10 @@ pub fn read_all(dir: &Path) -> Result<Vec<Record>> {
     files.sort();
     let mut records = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
+        let bytes =
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        // Lossy: a line cut inside a character must not hide the others.
+        let text = String::from_utf8_lossy(&bytes);
         records.extend(
             text.lines()
                 .filter_map(|l| serde_json::from_str::<Record>(l).ok()),

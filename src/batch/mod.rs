@@ -53,7 +53,7 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
     })?;
     let (shard, shards) = jobs::shard_of(args.shard.as_deref(), args.shards)?;
     if !args.devices.is_empty() && args.worker.is_none() {
-        return run_devices(args, path, (shard, shards));
+        return run_devices(args, path, (shard, shards), quiet);
     }
     let (worker, workers) = match &args.worker {
         Some(w) => parse_worker(w)?,
@@ -262,22 +262,34 @@ fn write_outputs(images: &[Rendered], names: &[String], out: &Path, id: &str) ->
 }
 
 /// `--devices`: one worker process per device over this shard; fails if any worker failed.
-fn run_devices(args: &Args, path: &Path, (shard, shards): (u64, u64)) -> Result<()> {
+fn run_devices(args: &Args, path: &Path, (shard, shards): (u64, u64), quiet: bool) -> Result<()> {
     let exe =
         std::env::current_exe().context("cannot find the hiresfix binary to start workers")?;
     let workers = args.devices.len();
-    let mut children = Vec::new();
+    let mut children: Vec<(String, std::process::Child)> = Vec::new();
     for (k, device) in args.devices.iter().enumerate() {
-        let child = std::process::Command::new(&exe)
+        let mut command = std::process::Command::new(&exe);
+        if quiet {
+            command.arg("-q");
+        }
+        let started = command
             .arg("batch")
             .arg(path)
             .args(["--shard", &format!("{shard}/{shards}")])
             .arg("--out")
             .arg(&args.out)
             .args(["--worker", &format!("{k}/{workers}"), "--device", device])
-            .spawn()
-            .with_context(|| format!("cannot start the worker for {device}"))?;
-        children.push((device.clone(), child));
+            .spawn();
+        match started {
+            Ok(child) => children.push((device.clone(), child)),
+            Err(e) => {
+                for (_, mut child) in children {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                bail!("cannot start the worker for {device}: {e}");
+            }
+        }
     }
     let mut failed = Vec::new();
     for (device, mut child) in children {

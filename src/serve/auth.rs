@@ -59,8 +59,31 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Middleware: 401 without the credentials.
+/// Whether a request to a loopback-only server names a loopback host: a web page that
+/// rebinds its own name to 127.0.0.1 sends its own name, and is refused.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return true; // HTTP/1.0 without Host: not a browser
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Middleware: 401 without the credentials; 421 for a loopback server reached by another name.
 pub async fn require(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    if state.loopback && !loopback_host(request.headers()) {
+        return ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this server listens on loopback only: use http://127.0.0.1 or http://localhost (listen elsewhere with --listen and --token)",
+        )
+        .into_response();
+    }
     if state.auth.allows(request.headers()) {
         return next.run(request).await;
     }

@@ -99,6 +99,35 @@ pub struct ServerState {
     pub auth: auth::Auth,
     /// `--defaults`: what unset request fields take.
     pub defaults: crate::profile::Profile,
+    /// Listening on loopback only: requests must name a loopback host (DNS rebinding).
+    pub loopback: bool,
+}
+
+/// A name a request gives for a server-side file (LoRA tag, upscaler): a name from the
+/// server's lists, never a path.
+pub fn plain_name(field: &str, name: &str) -> ApiResult<()> {
+    let n = name.trim();
+    let lower = n.to_ascii_lowercase();
+    let file = [".safetensors", ".pth", ".pt", ".ckpt"]
+        .iter()
+        .any(|e| lower.ends_with(e));
+    if file || n.contains('/') || n.contains('\\') || n.starts_with('.') || n.contains("..") {
+        return Err(ApiError::field(
+            field,
+            format!("{field}: `{name}` is a path; name a file the server lists (GET /sdapi/v1/loras, /sdapi/v1/upscalers)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Every `<lora:name:w>` tag of `prompt` names a LoRA, not a path.
+pub fn plain_lora_tags(field: &str, prompt: &str) -> ApiResult<()> {
+    if let Ok((_, tags)) = host_api::prompt::extract_loras(prompt) {
+        for tag in tags {
+            plain_name(field, &tag.name)?;
+        }
+    }
+    Ok(())
 }
 
 pub type Shared = Arc<ServerState>;
@@ -349,6 +378,7 @@ fn build_state(
         dtype: parse_choice("dtype", &args.dtype)?,
         auth: auth::Auth::from_args(args.token.as_deref(), args.api_auth.as_deref())?,
         defaults: defaults_profile(args.defaults.as_deref())?,
+        loopback: listen_address(&args.listen).is_ok_and(|a| a.ip().is_loopback()),
     })
 }
 

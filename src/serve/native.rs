@@ -23,12 +23,20 @@ use super::sdapi::{body_bytes, images_of, run_job};
 use super::Shared;
 use crate::profile::{DeviceChoice, DtypeChoice, Profile};
 
-/// The body as a profile: JSON when the content type says so, else TOML.
+/// The body as a profile: JSON or TOML, as its content type says (anything else is 415).
 fn parse_profile(headers: &HeaderMap, bytes: &[u8]) -> ApiResult<Profile> {
-    let json = headers
+    let declared = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.contains("json"));
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let json = declared.contains("json");
+    if !json && !declared.contains("toml") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("send the profile as application/toml or application/json (got `{declared}`)"),
+        ));
+    }
     let text = std::str::from_utf8(bytes)
         .map_err(|_| ApiError::bad_request("the profile is not UTF-8 text"))?;
     let parsed = match json {
@@ -93,8 +101,18 @@ fn adopt(state: &Shared, mut profile: Profile) -> ApiResult<Profile> {
     for entry in &mut profile.model.loras {
         entry.path = lora("model.loras", &entry.path)?;
     }
+    super::plain_lora_tags("prompt", &profile.prompt)?;
+    super::plain_lora_tags("negative", &profile.negative)?;
     for (i, pass) in profile.passes.iter_mut().enumerate() {
         let key = |k: &str| format!("pass.{}.{k}", i + 1);
+        for (k, text) in [("prompt", &pass.prompt), ("negative", &pass.negative)] {
+            if let Some(text) = text {
+                super::plain_lora_tags(&key(k), text)?;
+            }
+        }
+        if let Some(name) = &pass.upscaler {
+            super::plain_name(&key("upscaler"), name)?;
+        }
         if let Some(name) = &pass.checkpoint {
             pass.checkpoint = Some(path(state.checkpoint(&key("checkpoint"), name)?));
         }
@@ -207,8 +225,12 @@ async fn stream_job(
         .await;
     let clock = std::time::Instant::now();
     let result = tokio::select! {
+        biased;
         result = &mut outcome => Some(result),
-        _ = started => None,
+        started = started => match started {
+            Ok(()) => None,
+            Err(_) => Some((&mut outcome).await), // never started: the outcome says why
+        },
     };
     let result = match result {
         Some(result) => result,

@@ -2,7 +2,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -15,11 +15,25 @@ use crate::profile::Profile;
 use crate::registry::display_name;
 use crate::run::CANCELLED;
 
-/// A request body as a JSON object; a body over the limit is a 413 naming the limit.
-pub fn json_object(body: Result<Bytes, BytesRejection>) -> ApiResult<Map<String, Value>> {
+/// A request body as a JSON object; a body over the limit is a 413 naming the limit, one
+/// that is not declared JSON a 415 (a web page can post `text/plain` anywhere without asking).
+pub fn json_object(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Map<String, Value>> {
     let bytes = body_bytes(body)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
+    }
+    let declared = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !declared.to_ascii_lowercase().contains("json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("the body must be sent as application/json (got `{declared}`)"),
+        ));
     }
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
@@ -85,9 +99,10 @@ pub fn images_of(
 
 pub async fn txt2img(
     State(state): State<Shared>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let request = json_object(body)?;
+    let request = json_object(&headers, body)?;
     let profile = txt2img::to_profile(&state, &request)?;
     crate::limits::check_profile(&profile)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
@@ -114,6 +129,11 @@ pub async fn txt2img(
     if interrupted {
         info["interrupted"] = Value::Bool(true);
     }
+    // A1111 reports batch_size as sent (the image count is batch_size × n_iter).
+    info["batch_size"] = txt2img::Fields(&request)
+        .int("batch_size")?
+        .unwrap_or(1)
+        .into();
     Ok(Json(json!({
         "images": encoded,
         "parameters": txt2img::echo(&request),
@@ -270,9 +290,10 @@ pub async fn get_options(State(state): State<Shared>) -> Json<Value> {
 
 pub async fn set_options(
     State(state): State<Shared>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let request = json_object(body)?;
+    let request = json_object(&headers, body)?;
     let mut updates = Map::new();
     for (key, value) in &request {
         let checked = match key.as_str() {
@@ -340,8 +361,11 @@ pub async fn skip() -> Json<Value> {
     Json(json!({}))
 }
 
-pub async fn png_info(body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
-    let request = json_object(body)?;
+pub async fn png_info(
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let request = json_object(&headers, body)?;
     let encoded = request
         .get("image")
         .and_then(Value::as_str)

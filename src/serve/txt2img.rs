@@ -145,6 +145,8 @@ pub fn to_profile(state: &ServerState, body: &Map<String, Value>) -> ApiResult<P
     profile.negative = f
         .text("negative_prompt")?
         .unwrap_or_else(|| base.negative.clone());
+    super::plain_lora_tags("prompt", &profile.prompt)?;
+    super::plain_lora_tags("negative_prompt", &profile.negative)?;
     profile.seed = f.int("seed")?.unwrap_or(base.seed).max(-1); // any negative seed is random
     let images = "send fewer images per request";
     let per_batch = in_range(
@@ -169,7 +171,9 @@ pub fn to_profile(state: &ServerState, body: &Map<String, Value>) -> ApiResult<P
         let message = format!("cfg_scale = {} is outside 0..=100", profile.cfg);
         return Err(ApiError::field("cfg_scale", message));
     }
-    profile.tiling = f.flag("tiling") || base.tiling;
+    if f.get("tiling").is_some() {
+        profile.tiling = f.flag("tiling");
+    }
     let side = i64::from(limits.side);
     let size_fix = format!("this server makes images of at most {side} px a side");
     let size = |key: &str, fallback: Option<u32>| -> ApiResult<u32> {
@@ -259,7 +263,7 @@ fn hires_pass(state: &ServerState, f: &Fields<'_>, profile: &Profile) -> ApiResu
     let (target_w, target_h, key) = match (rx, ry) {
         (0, 0) => {
             let scale = f.float("hr_scale")?.or(base.scale).unwrap_or(2.0);
-            if scale <= 0.0 {
+            if !(scale > 0.0 && scale.is_finite()) {
                 let message = format!("hr_scale = {scale} must be above 0");
                 return Err(ApiError::field("hr_scale", message));
             }
@@ -321,9 +325,11 @@ fn hires_pass(state: &ServerState, f: &Fields<'_>, profile: &Profile) -> ApiResu
         pass.schedule = Some(schedule);
     }
     if let Some(prompt) = f.text("hr_prompt")? {
+        super::plain_lora_tags("hr_prompt", &prompt)?;
         pass.prompt = Some(prompt);
     }
     if let Some(negative) = f.text("hr_negative_prompt")? {
+        super::plain_lora_tags("hr_negative_prompt", &negative)?;
         pass.negative = Some(negative);
     }
     if let Some(name) = f.text("hr_checkpoint_name")? {
@@ -388,6 +394,7 @@ fn upscaler(state: &ServerState, f: &Fields<'_>, fallback: Option<&str>) -> ApiR
             return Ok(entry.decl.name.to_string());
         }
     }
+    super::plain_name("hr_upscaler", &name)?;
     match crate::upscaler_models::find(&state.upscaler_dirs(), &name) {
         Ok(Some(_)) => Ok(name),
         Ok(None) | Err(_) => Err(ApiError::field(

@@ -45,6 +45,9 @@ pub struct Queue {
     pub running: Arc<AtomicBool>,
     pub capacity: usize,
     shutting_down: Arc<AtomicBool>,
+    /// Held while the running job changes, so an interrupt reaches the job that was running
+    /// when it was asked, and a shutdown is never missed by a starting job.
+    switch: Arc<std::sync::Mutex<()>>,
 }
 
 /// Why a job was not queued.
@@ -83,6 +86,7 @@ impl Queue {
 
     /// Stops the running job at its next step (A1111's `/interrupt`); false when none runs.
     pub fn interrupt(&self) -> bool {
+        let _switch = self.switch.lock().unwrap_or_else(|e| e.into_inner());
         let running = self.running.load(Ordering::SeqCst);
         if running {
             CANCELLED.store(true, Ordering::SeqCst);
@@ -93,8 +97,10 @@ impl Queue {
     /// Shutdown: nothing new is queued, the running job is cancelled, waiting ones are
     /// answered `ShuttingDown`; the thread ends when the queue is empty.
     pub fn shut_down(&self) {
+        let switch = self.switch.lock().unwrap_or_else(|e| e.into_inner());
         self.shutting_down.store(true, Ordering::SeqCst);
         CANCELLED.store(true, Ordering::SeqCst);
+        drop(switch);
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
@@ -115,37 +121,66 @@ pub fn start(
         running: Arc::new(AtomicBool::new(false)),
         capacity,
         shutting_down: Arc::new(AtomicBool::new(false)),
+        switch: Arc::new(std::sync::Mutex::new(())),
     };
-    let flags = (
-        queue.waiting.clone(),
-        queue.running.clone(),
-        queue.shutting_down.clone(),
-    );
+    let flags = Flags {
+        waiting: queue.waiting.clone(),
+        running: queue.running.clone(),
+        shutting_down: queue.shutting_down.clone(),
+        switch: queue.switch.clone(),
+    };
     let handle = std::thread::Builder::new()
         .name("hiresfix-generate".into())
         .spawn(move || serve_jobs(registry, base_dir, rx, flags, keep, quiet))?;
     Ok((queue, handle))
 }
 
-type Flags = (Arc<AtomicUsize>, Arc<AtomicBool>, Arc<AtomicBool>);
+struct Flags {
+    waiting: Arc<AtomicUsize>,
+    running: Arc<AtomicBool>,
+    shutting_down: Arc<AtomicBool>,
+    switch: Arc<std::sync::Mutex<()>>,
+}
+
+impl Flags {
+    /// Marks the next job running unless the server is shutting down (then false).
+    fn start_job(&self) -> bool {
+        let _switch = self.switch.lock().unwrap_or_else(|e| e.into_inner());
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return false;
+        }
+        CANCELLED.store(false, Ordering::SeqCst);
+        self.running.store(true, Ordering::SeqCst);
+        true
+    }
+
+    fn end_job(&self) {
+        let _switch = self.switch.lock().unwrap_or_else(|e| e.into_inner());
+        self.running.store(false, Ordering::SeqCst);
+        if !self.shutting_down.load(Ordering::SeqCst) {
+            CANCELLED.store(false, Ordering::SeqCst);
+        }
+    }
+}
 
 fn serve_jobs(
     registry: &'static Registry,
     base_dir: PathBuf,
     rx: Receiver<Work>,
-    (waiting, running, shutting_down): Flags,
+    flags: Flags,
     keep: usize,
     quiet: bool,
 ) {
     let mut models = Models::new(registry);
     for work in rx {
-        waiting.fetch_sub(1, Ordering::SeqCst);
-        if shutting_down.load(Ordering::SeqCst) {
+        flags.waiting.fetch_sub(1, Ordering::SeqCst);
+        if work.reply.is_closed() {
+            continue; // its client gave up waiting: nobody would get the images
+        }
+        if !flags.start_job() {
             let _ = work.reply.send(Outcome::ShuttingDown);
             continue;
         }
-        running.store(true, Ordering::SeqCst);
-        CANCELLED.store(false, Ordering::SeqCst);
         if let Some(started) = work.started {
             let _ = started.send(());
         }
@@ -156,7 +191,9 @@ fn serve_jobs(
         let outcome = match run {
             Ok(Ok(images)) => Outcome::Done(images),
             Ok(Err(e)) if CANCELLED.load(Ordering::SeqCst) => Outcome::Interrupted(e.images),
-            Ok(Err(e)) if e.before_sampling => Outcome::Refused(one_line(&e.error)),
+            Ok(Err(e)) if e.before_sampling && !is_server_side(&e.error) => {
+                Outcome::Refused(one_line(&e.error))
+            }
             Ok(Err(e)) => Outcome::Failed(one_line(&e.error)),
             Err(_) => {
                 // A bug in the host: the cache may be half-updated, so it starts afresh.
@@ -168,8 +205,16 @@ fn serve_jobs(
             }
         };
         models.trim(keep);
-        running.store(false, Ordering::SeqCst);
-        CANCELLED.store(false, Ordering::SeqCst);
+        flags.end_job();
         let _ = work.reply.send(outcome);
     }
+}
+
+/// A failure before sampling that is the server's, not the request's: memory, the device,
+/// a checkpoint that cannot be read any more.
+fn is_server_side(e: &anyhow::Error) -> bool {
+    let text = one_line(e).to_lowercase();
+    ["out of memory", "cuda", "cannot read", "panicked"]
+        .iter()
+        .any(|k| text.contains(k))
 }
