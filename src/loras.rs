@@ -55,9 +55,7 @@ pub fn lora_dirs(profile: &Profile, base_dir: &Path) -> Vec<PathBuf> {
             false => base_dir.join(d),
         })
         .collect();
-    if let Some(paths) = std::env::var_os("HIRESFIX_LORA_PATH") {
-        dirs.extend(std::env::split_paths(&paths).filter(|p| !p.as_os_str().is_empty()));
-    }
+    dirs.extend(crate::registry::env_dirs("HIRESFIX_LORA_PATH"));
     dirs
 }
 

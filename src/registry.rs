@@ -70,17 +70,26 @@ impl Named for BackendDecl {
     }
 }
 
+/// The folders of a `$HIRESFIX_*_PATH` variable (`:`-separated; empty entries skipped).
+pub fn env_dirs(var: &str) -> Vec<PathBuf> {
+    std::env::var_os(var)
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The folders searched, in order: profile `plugin_dirs`, `$HIRESFIX_PLUGIN_PATH`, `plugins/`
 /// beside the binary, and the binary's own folder when it is a cargo target folder.
 pub fn search_dirs(profile_dirs: &[PathBuf]) -> Vec<(PathBuf, bool)> {
     let mut dirs: Vec<(PathBuf, bool)> = profile_dirs.iter().map(|d| (d.clone(), true)).collect();
-    if let Some(paths) = std::env::var_os("HIRESFIX_PLUGIN_PATH") {
-        dirs.extend(
-            std::env::split_paths(&paths)
-                .filter(|p| !p.as_os_str().is_empty())
-                .map(|p| (p, true)),
-        );
-    }
+    dirs.extend(
+        env_dirs("HIRESFIX_PLUGIN_PATH")
+            .into_iter()
+            .map(|p| (p, true)),
+    );
     if let Some(exe_dir) = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))

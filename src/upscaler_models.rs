@@ -44,9 +44,7 @@ impl ModelFile {
 /// The folders searched: the profile's, then `$HIRESFIX_UPSCALER_PATH`.
 pub fn dirs(profile_dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs = profile_dirs.to_vec();
-    if let Some(paths) = std::env::var_os("HIRESFIX_UPSCALER_PATH") {
-        dirs.extend(std::env::split_paths(&paths).filter(|p| !p.as_os_str().is_empty()));
-    }
+    dirs.extend(crate::registry::env_dirs("HIRESFIX_UPSCALER_PATH"));
     dirs
 }
 

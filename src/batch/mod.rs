@@ -159,21 +159,9 @@ fn output_names(id: &str, batch: u32) -> Vec<String> {
 
 /// Whether `path` is a whole PNG of job `id` (decodes, carries the id).
 fn verified(path: &Path, id: &str) -> bool {
-    let Ok(bytes) = std::fs::read(path) else {
-        return false;
-    };
-    let carries = crate::output::read_text_chunks_from(std::io::Cursor::new(&bytes), "image")
-        .map(|chunks| chunks.iter().any(|(k, v)| k == JOB_CHUNK && v == id))
-        .unwrap_or(false);
-    let decodes = || {
-        let decoder = png::Decoder::new(std::io::Cursor::new(&bytes));
-        let Ok(mut reader) = decoder.read_info() else {
-            return false;
-        };
-        let mut buf = vec![0; reader.output_buffer_size()];
-        reader.next_frame(&mut buf).is_ok()
-    };
-    carries && decodes()
+    let carries = crate::output::read_text_chunks(path)
+        .is_ok_and(|chunks| chunks.iter().any(|(k, v)| k == JOB_CHUNK && v == id));
+    carries && crate::output::read_rgb8(path).is_ok()
 }
 
 /// Runs one job (or finds it done) and says how it went.
