@@ -64,7 +64,16 @@ pub fn generate(
     let mut job = prepare(profile, registry, &options.base_dir)?;
     report_findings(&job, registry, options)?;
     let mut writer = Writer::new(Sink::files(template), &job);
-    run_all(&mut job, registry, &mut writer, options.quiet, until)?;
+    // One run, then the process ends: the last images decode with the VAE alone in memory.
+    let last_use = LastUse::ReleaseForDecode;
+    run_all(
+        &mut job,
+        registry,
+        &mut writer,
+        options.quiet,
+        until,
+        last_use,
+    )?;
     Ok(writer.sink.into_paths())
 }
 
@@ -114,7 +123,7 @@ pub fn generate_in_memory<'r>(
     }
     let mut writer = Writer::new(Sink::Memory(Vec::new()), &job);
     let until = job.plans.len();
-    let result = run_all(&mut job, registry, &mut writer, quiet, until);
+    let result = run_all(&mut job, registry, &mut writer, quiet, until, LastUse::Keep);
     *models = job.models;
     let images = writer.sink.into_rendered();
     match result {
@@ -127,6 +136,16 @@ pub fn generate_in_memory<'r>(
     }
 }
 
+/// What happens to the models once the run's last UNet call is done.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LastUse {
+    /// They stay whole for the next request (`serve`).
+    Keep,
+    /// Nothing but decoding follows (`generate`): all but the VAE decoders are freed first,
+    /// so the final decodes do not peak on top of the UNet and text encoders.
+    ReleaseForDecode,
+}
+
 /// Every image of `job`'s batch, as many per UNet call as memory allows, into `writer`.
 fn run_all(
     job: &mut Job<'_>,
@@ -134,6 +153,7 @@ fn run_all(
     writer: &mut Writer,
     quiet: bool,
     until: usize,
+    last_use: LastUse,
 ) -> Result<()> {
     let batch = job.profile.batch as usize;
     let (per_call, warnings) = crate::memory::batch_plan(
@@ -155,9 +175,11 @@ fn run_all(
     let steps: usize = job.plans[..until].iter().map(|p| p.steps).sum();
     crate::progress::begin_job(steps * batch.div_ceil(per_call), batch);
     let seeds: Vec<i64> = (0..batch as i64).map(|n| job.profile.seed + n).collect();
+    let chunks = batch.div_ceil(per_call);
     for (c, chunk) in seeds.chunks(per_call).enumerate() {
         let first = c * per_call;
-        run_chunk(job, chunk, quiet, until, |job, k, result| {
+        let release = last_use == LastUse::ReleaseForDecode && c + 1 == chunks;
+        run_chunk(job, chunk, quiet, until, release, |job, k, result| {
             let image = Image {
                 n: first + k,
                 seed: chunk[k],
@@ -176,16 +198,26 @@ fn run_all(
 }
 
 /// Runs the images with `seeds` as one UNet batch and hands each result to `write` (its index
-/// in `seeds`); a batch that runs out of memory is run again one image at a time.
+/// in `seeds`); a batch that runs out of memory is run again one image at a time. With
+/// `release`, the models keep only their VAE decoders once the batch's sampling is done.
 fn run_chunk(
     job: &mut Job<'_>,
     seeds: &[i64],
     quiet: bool,
     until: usize,
+    release: bool,
     mut write: impl FnMut(&mut Job<'_>, usize, &ImageResult) -> Result<()>,
 ) -> Result<()> {
-    let results = match job.run_batch(seeds, quiet, until) {
-        Ok(results) => results,
+    job.models.final_image = release;
+    let run = job.run_batch(seeds, quiet, until);
+    job.models.final_image = false;
+    let results = match run {
+        Ok(results) => {
+            if release {
+                job.models.release_for_decode();
+            }
+            results
+        }
         Err(e) if seeds.len() > 1 && e.to_string().starts_with("out of memory") => {
             if !quiet {
                 eprintln!(

@@ -215,6 +215,17 @@ pub fn render(rows: &[PassMemory], settings: &LoadSettings) -> Vec<String> {
     lines
 }
 
+/// Hands the allocator's free pages back to the system (glibc's `malloc_trim`): after models
+/// were freed, libtorch's many mid-sized parameter blocks sit free inside the heap, where
+/// the allocator would otherwise keep them resident.
+pub fn return_free_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -95,6 +95,9 @@ pub struct Models<'r> {
     /// Conditionings already encoded, by model, LoRA set and request: a prompt is encoded
     /// once per run, not once per image, pass or grid cell.
     encoded: HashMap<String, Rc<Vec<Vec<Tensor>>>>,
+    /// A one-shot run's final image is being made: its last pass frees its model's text
+    /// encoders once the prompts are encoded (nothing is encoded after that).
+    pub final_image: bool,
 }
 
 impl<'r> Models<'r> {
@@ -104,6 +107,7 @@ impl<'r> Models<'r> {
             warned: HashSet::new(),
             loaded: Vec::new(),
             encoded: HashMap::new(),
+            final_image: false,
         }
     }
 
@@ -248,6 +252,22 @@ impl<'r> Models<'r> {
             swaps: true,
         });
         Ok((model, info))
+    }
+
+    /// Nothing but decoding follows: every loaded model frees what its VAE decoder does not
+    /// need, the encoded prompts go, and the freed pages go back to the system. A backend that
+    /// cannot release keeps its model whole (decoding works either way).
+    pub fn release_for_decode(&mut self) {
+        self.encoded.clear();
+        for loaded in &self.loaded {
+            if let Err(e) = loaded
+                .model
+                .release(host_api::backend::release::ALL_BUT_DECODER)
+            {
+                log::debug!("{}: kept whole: {e}", loaded.key.1.display());
+            }
+        }
+        crate::memory::return_free_pages();
     }
 
     /// Between a server's requests: encoded prompts are forgotten (each request has its own)

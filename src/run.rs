@@ -160,7 +160,7 @@ pub fn run_batch(
     let start = resume.map_or(0, |r| r.after_pass);
     let mut latents: Vec<Tensor> = resume.iter().map(|r| r.latent.shallow_clone()).collect();
     let mut family: Option<String> = None;
-    for (plan, size) in plans.iter().zip(sizes).skip(start) {
+    for (i, (plan, size)) in plans.iter().zip(sizes).enumerate().skip(start) {
         let (model, info) = models.for_pass(settings, plan)?;
         if let Some(f) = &family {
             if *f != info.family.as_str() {
@@ -215,6 +215,13 @@ pub fn run_batch(
         let conds = models
             .encode(&model, &specs, &request)
             .map_err(|e| anyhow!("pass {}: encoding the prompt: {e}", plan.number))?;
+        if models.final_image && seeds.len() == 1 && i + 1 == plans.len() {
+            // Nothing encodes after this (a batch could still fall back to single runs).
+            if let Err(e) = model.release(host_api::backend::release::TEXT_ENCODERS) {
+                log::debug!("text encoders kept: {e}");
+            }
+            crate::memory::return_free_pages();
+        }
         let label = match seeds.len() {
             1 => format!("pass {}", plan.number),
             n => format!("pass {} ×{n}", plan.number),

@@ -336,6 +336,13 @@ pub trait Backend: Sized + 'static {
         }
     }
 
+    /// The host will not use `parts` (a set of [`release`] bits) of this model again (a
+    /// one-shot run's last pass, then its final decodes), so they may be freed; calls that
+    /// need a released part may then fail. The default keeps everything.
+    fn release(&self, _parts: u32) -> Result<()> {
+        Ok(())
+    }
+
     /// Why a result of this model holds NaN or inf, for the end of an error message: a
     /// parameter of the checkpoint holding NaN/inf, or finite weights that overflowed.
     fn nonfinite_cause(&self) -> String {
@@ -366,6 +373,18 @@ pub trait Backend: Sized + 'static {
     }
 }
 
+/// The parts of a loaded model [`Backend::release`] names, as bits.
+pub mod release {
+    /// The text encoders: no prompt is encoded after this.
+    pub const TEXT_ENCODERS: u32 = 1;
+    /// The UNet: no denoising after this.
+    pub const UNET: u32 = 2;
+    /// The VAE's encoder: no image is VAE-encoded after this.
+    pub const VAE_ENCODER: u32 = 4;
+    /// Everything a decode does not need.
+    pub const ALL_BUT_DECODER: u32 = TEXT_ENCODERS | UNET | VAE_ENCODER;
+}
+
 type Out<T> = RResult<T, RString>;
 
 #[repr(C)]
@@ -386,6 +405,7 @@ pub struct ModelVtable {
     pub set_loras: extern "C" fn(*const c_void, RSlice<'_, LoraSpec>) -> Out<RVec<RString>>,
     pub set_vae: extern "C" fn(*const c_void, ROption<RStr<'_>>) -> Out<()>,
     pub set_patches: extern "C" fn(*const c_void, RVec<PatchBox>, PassSigmas) -> Out<()>,
+    pub release: extern "C" fn(*const c_void, u32) -> Out<()>,
 }
 
 /// A loaded model, owned by the host; dropping it frees it inside its plugin.
@@ -483,6 +503,10 @@ extern "C" fn set_patches_model<B: Backend>(
     guard(|| obj::<B>(p).set_patches(patches.into_vec(), pass))
 }
 
+extern "C" fn release_model<B: Backend>(p: *const c_void, parts: u32) -> Out<()> {
+    guard(|| obj::<B>(p).release(parts))
+}
+
 struct VtableOf<B>(std::marker::PhantomData<B>);
 
 impl<B: Backend> VtableOf<B> {
@@ -497,6 +521,7 @@ impl<B: Backend> VtableOf<B> {
         set_loras: set_loras_model::<B>,
         set_vae: set_vae_model::<B>,
         set_patches: set_patches_model::<B>,
+        release: release_model::<B>,
     };
 }
 
@@ -563,6 +588,11 @@ impl ModelBox {
     }
 
     /// See [`Backend::nonfinite_cause`].
+    /// See [`Backend::release`].
+    pub fn release(&self, parts: u32) -> Result<()> {
+        from_ffi((self.vtable.release)(self.obj, parts))
+    }
+
     pub fn nonfinite_cause(&self) -> Result<String> {
         from_ffi((self.vtable.nonfinite_cause)(self.obj)).map(String::from)
     }

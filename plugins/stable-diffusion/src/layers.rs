@@ -6,7 +6,7 @@
 use std::cell::Cell;
 
 use tch::nn::{self, Init, Module, PaddingMode};
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 const ZERO: Init = Init::Const(0.0);
 
@@ -45,21 +45,76 @@ pub fn with_images<T>(images: i64, f: impl FnOnce() -> T) -> T {
 /// each image's rows (the shapes of its single run) keeps a batched image bit-identical to
 /// that run, for a few more, still large, products.
 pub fn per_image(layer: &nn::Linear, x: &Tensor) -> Tensor {
+    each_image(x, |rows| layer.forward(rows))
+}
+
+/// `f` applied to each image's rows of `x` (see [`with_images`]), the results concatenated.
+fn each_image(x: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> Tensor {
     let images = IMAGES.with(Cell::get);
     let rows = x.size().first().copied().unwrap_or(1);
     if images <= 1 || rows % images != 0 {
-        return layer.forward(x);
+        return f(x);
     }
-    let each: Vec<Tensor> = x
-        .chunk(images, 0)
-        .iter()
-        .map(|c| layer.forward(c))
-        .collect();
+    let each: Vec<Tensor> = x.chunk(images, 0).iter().map(f).collect();
     Tensor::cat(&each, 0)
 }
 
 /// Group count of every GroupNorm in SD (LDM `Normalize`, diffusers `norm_num_groups`).
 pub const NORM_GROUPS: i64 = 32;
+
+/// Output cells (h·w) up to which a CPU fp32 convolution runs as im2col + one matrix
+/// product: SD's 8×8 and 4×4 UNet levels (1280 channels), where libtorch's direct kernel
+/// reaches 35–95 GFLOP/s on the benchmark machine and the product 110–230 (BENCHMARKS.md,
+/// "Small feature maps"); from 16×16 on the direct kernel is as fast or faster.
+pub const MATMUL_MAX_CELLS: i64 = 64;
+
+/// A 2-D convolution with PyTorch's parameters (`weight` `[out, in, k, k]`, `bias`), zero or
+/// circular padding. On small CPU fp32 feature maps (see [`MATMUL_MAX_CELLS`]) it runs as a
+/// matrix product of the weight with the unfolded input, one image's rows at a time (as
+/// [`per_image`]); otherwise as libtorch's convolution.
+#[derive(Debug)]
+pub struct Conv2d {
+    conv: nn::Conv2D,
+    kernel: i64,
+    stride: i64,
+    padding: i64,
+    circular: bool,
+}
+
+impl Conv2d {
+    /// Output size along a side of `size` cells.
+    fn out_side(&self, size: i64) -> i64 {
+        (size + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    fn as_matmul(&self, x: &Tensor) -> Tensor {
+        let s = x.size();
+        let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
+        let (ho, wo) = (self.out_side(h), self.out_side(w));
+        let (k, st, p) = (self.kernel, self.stride, self.padding);
+        let cols = match k == 1 && st == 1 && p == 0 {
+            true => x.reshape([n, c, h * w]),
+            false => x.im2col([k, k], [1, 1], [p, p], [st, st]),
+        };
+        let out_channels = self.conv.ws.size()[0];
+        let mut out = self.conv.ws.reshape([out_channels, -1]).matmul(&cols);
+        if let Some(bias) = &self.conv.bs {
+            out += bias.reshape([1, out_channels, 1]);
+        }
+        out.reshape([n, out_channels, ho, wo])
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let s = x.size();
+        let small = s.len() == 4 && self.out_side(s[2]) * self.out_side(s[3]) <= MATMUL_MAX_CELLS;
+        match small && !self.circular && x.device() == Device::Cpu && x.kind() == Kind::Float {
+            true => each_image(x, |rows| self.as_matmul(rows)),
+            false => self.conv.forward(x),
+        }
+    }
+}
 
 pub fn conv2d(
     p: nn::Path,
@@ -68,8 +123,9 @@ pub fn conv2d(
     kernel: i64,
     stride: i64,
     padding: i64,
-) -> nn::Conv2D {
-    nn::conv2d(
+) -> Conv2d {
+    let circular = padding > 0 && CIRCULAR.with(Cell::get);
+    let conv = nn::conv2d(
         p,
         c_in,
         c_out,
@@ -79,13 +135,20 @@ pub fn conv2d(
             padding,
             ws_init: ZERO,
             bs_init: ZERO,
-            padding_mode: match padding > 0 && CIRCULAR.with(Cell::get) {
+            padding_mode: match circular {
                 true => PaddingMode::Circular,
                 false => PaddingMode::Zeros,
             },
             ..Default::default()
         },
-    )
+    );
+    Conv2d {
+        conv,
+        kernel,
+        stride,
+        padding,
+        circular,
+    }
 }
 
 pub fn linear(p: nn::Path, d_in: i64, d_out: i64, bias: bool) -> nn::Linear {
@@ -149,9 +212,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, causal: bool) -
     out.transpose(1, 2).reshape([s[0], s[1], s[2]])
 }
 
-/// GroupNorm → SiLU, the pre-activation used before most convs in SD.
+/// GroupNorm → SiLU, the pre-activation used before most convs in SD. The SiLU runs in
+/// place on the norm's fresh output: one full-size buffer less, no fresh pages to fault in.
 pub fn norm_silu(norm: &nn::GroupNorm, x: &Tensor) -> Tensor {
-    norm.forward(x).silu()
+    let mut h = norm.forward(x);
+    let _ = h.silu_();
+    h
 }
 
 pub fn embedding(p: nn::Path, count: i64, dim: i64) -> nn::Embedding {
@@ -164,4 +230,80 @@ pub fn embedding(p: nn::Path, count: i64, dim: i64) -> nn::Embedding {
             ..Default::default()
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::VarStore;
+
+    /// A conv of random weights: (stride, padding, kernel) as given, circular or not.
+    fn random_conv(vs: &VarStore, c_in: i64, c_out: i64, k: i64, stride: i64, pad: i64) -> Conv2d {
+        let conv = conv2d(
+            vs.root() / format!("c{k}{stride}{pad}"),
+            c_in,
+            c_out,
+            k,
+            stride,
+            pad,
+        );
+        tch::no_grad(|| {
+            let _ = conv.conv.ws.shallow_clone().normal_(0.0, 0.1);
+            let _ = conv
+                .conv
+                .bs
+                .as_ref()
+                .unwrap()
+                .shallow_clone()
+                .normal_(0.0, 0.1);
+        });
+        conv
+    }
+
+    #[test]
+    fn small_maps_convolve_as_a_matrix_product_like_libtorch() {
+        tch::manual_seed(0);
+        let vs = VarStore::new(Device::Cpu);
+        for (k, stride, pad, side) in [
+            (3, 1, 1, 8),
+            (3, 2, 1, 8),
+            (1, 1, 0, 4),
+            (3, 1, 1, 5),
+            (3, 2, 0, 9),
+        ] {
+            let conv = random_conv(&vs, 24, 16, k, stride, pad);
+            let x = Tensor::randn([2, 24, side, side], (Kind::Float, Device::Cpu));
+            let out_side = conv.out_side(side);
+            assert!(out_side * out_side <= MATMUL_MAX_CELLS);
+            let ours = conv.forward(&x);
+            let theirs = conv.conv.forward(&x);
+            assert_eq!(ours.size(), theirs.size());
+            let diff = f64::try_from((&ours - &theirs).abs().max()).unwrap();
+            assert!(
+                diff < 1e-5,
+                "k {k} stride {stride} pad {pad} side {side}: {diff}"
+            );
+            // One image's rows alone give that image's result exactly (batched = single run).
+            let alone = with_images(1, || conv.forward(&x.narrow(0, 1, 1)));
+            let batched = with_images(2, || conv.forward(&x));
+            assert!(
+                batched.narrow(0, 1, 1).equal(&alone),
+                "k {k} stride {stride}"
+            );
+        }
+    }
+
+    #[test]
+    fn large_maps_and_circular_padding_stay_on_libtorch_convolution() {
+        tch::manual_seed(1);
+        let vs = VarStore::new(Device::Cpu);
+        let conv = random_conv(&vs, 8, 8, 3, 1, 1);
+        let x = Tensor::randn([1, 8, 16, 16], (Kind::Float, Device::Cpu));
+        assert!(conv.forward(&x).equal(&conv.conv.forward(&x)));
+        let circular = with_circular_padding(true, || random_conv(&vs, 8, 8, 3, 1, 1));
+        let small = Tensor::randn([1, 8, 4, 4], (Kind::Float, Device::Cpu));
+        assert!(circular
+            .forward(&small)
+            .equal(&circular.conv.forward(&small)));
+    }
 }

@@ -1,6 +1,6 @@
 //! The assembled model of any family: the conditioner (text encoders), the UNet behind the
 //! eps / v denoiser wrapper, the VAE, the noise schedule.
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
@@ -86,6 +86,12 @@ impl ModelConfig {
         }
         Ok(())
     }
+}
+
+/// The parameter prefixes the VAE's decoder reads.
+fn decoder_prefixes() -> [String; 2] {
+    let vae = crate::convert::VAE_PREFIX;
+    [format!("{vae}decoder."), format!("{vae}post_quant_conv.")]
 }
 
 /// The modules, built under their model key paths in one VarStore.
@@ -307,6 +313,8 @@ pub struct SdModel {
     schedule: DiscreteSchedule,
     vs: VarStore,
     info: ModelInfo,
+    /// The parts freed by [`SdModel::release`] (`host_api::backend::release` bits).
+    released: Cell<u32>,
 }
 
 impl SdModel {
@@ -432,7 +440,57 @@ impl SdModel {
             schedule,
             vs,
             info,
+            released: Cell::new(0),
         })
+    }
+
+    /// Frees the parameters of `parts` ([`host_api::backend::release`] bits: text encoders,
+    /// UNet, the VAE's encoder) — the host will not use them again (a one-shot run's last
+    /// pass, then its final decodes, which then peak on the VAE decoder alone). With the UNet
+    /// go the LoRA originals and the cached conditioning rows. A later call that needs a
+    /// released part fails with a message.
+    pub fn release(&self, parts: u32) {
+        use host_api::backend::release::{TEXT_ENCODERS, UNET, VAE_ENCODER};
+        let vae = crate::convert::VAE_PREFIX;
+        let decoder = decoder_prefixes();
+        let text: Vec<&str> = self
+            .info
+            .family
+            .encoders
+            .iter()
+            .map(|e| e.ldm_prefix)
+            .collect();
+        let freed = |name: &str| {
+            let is_text = text.iter().any(|prefix| name.starts_with(prefix));
+            let is_vae = name.starts_with(vae);
+            let is_decoder = decoder
+                .iter()
+                .any(|prefix| name.starts_with(prefix.as_str()));
+            (parts & TEXT_ENCODERS != 0 && is_text)
+                || (parts & VAE_ENCODER != 0 && is_vae && !is_decoder)
+                || (parts & UNET != 0 && !is_text && !is_vae)
+        };
+        tch::no_grad(|| {
+            for (name, mut var) in self.vs.variables() {
+                if freed(&name) {
+                    // Every module holds this same tensor: the storage goes for all of them.
+                    let _ = var.set_();
+                }
+            }
+        });
+        if parts & UNET != 0 {
+            self.lora.borrow_mut().forget();
+            *self.prepared.borrow_mut() = None;
+        }
+        self.released.set(self.released.get() | parts);
+    }
+
+    /// An error when any of `parts` was released.
+    fn check_live(&self, parts: u32, what: &str) -> Result<()> {
+        match self.released.get() & parts {
+            0 => Ok(()),
+            _ => bail!("cannot {what}: that part of this model was freed for the run's last steps"),
+        }
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -464,8 +522,12 @@ impl SdModel {
                 vae.map_or_else(|| self.origin.checkpoint.display().to_string(), |v| v.display().to_string())
             );
         }
-        guarded("loading the VAE", || {
-            ckpt.copy_into(&self.vs, crate::convert::VAE_PREFIX)
+        let encoder_released = self.released.get() & host_api::backend::release::VAE_ENCODER != 0;
+        guarded("loading the VAE", || match encoder_released {
+            false => ckpt.copy_into(&self.vs, crate::convert::VAE_PREFIX),
+            true => decoder_prefixes()
+                .iter()
+                .try_for_each(|prefix| ckpt.copy_into(&self.vs, prefix)),
         })?;
         self.vae.parameters_changed()?;
         *self.origin.vae.borrow_mut() = vae.map(Path::to_path_buf);
@@ -497,6 +559,7 @@ impl SdModel {
 
     /// The conditioning of one prompt (`<lora:…>` tags are removed, not applied here).
     pub fn encode(&self, input: &PromptInput<'_>) -> Result<Conditioning> {
+        self.check_live(host_api::backend::release::TEXT_ENCODERS, "encode a prompt")?;
         let cond = guarded("encoding the prompt", || {
             tch::no_grad(|| self.conditioner.encode(input))
         })?;
@@ -521,6 +584,13 @@ impl SdModel {
     /// Makes `set` the LoRA set the model runs with (empty: the base weights, bit for bit).
     /// Returns warnings for the user.
     pub fn set_loras(&self, set: &[LoraSpec]) -> Result<Vec<String>> {
+        self.check_live(host_api::backend::release::UNET, "apply LoRA")?;
+        if set.iter().any(|l| l.te != 0.0) {
+            self.check_live(
+                host_api::backend::release::TEXT_ENCODERS,
+                "apply LoRA to the text encoder",
+            )?;
+        }
         let vars = self.vs.variables();
         guarded("applying LoRA", || self.lora.borrow_mut().apply(&vars, set))
     }
@@ -558,6 +628,7 @@ impl SdModel {
         context: &Tensor,
         vector: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.check_live(host_api::backend::release::UNET, "run the UNet")?;
         // Patches see the call's sigma: the timestep's, on the model's schedule.
         let sigma = match self.patches.borrow().is_empty() {
             true => 0.0,
@@ -628,6 +699,7 @@ impl SdModel {
     /// `CONDCrossAttn.concat`); when that would more than quadruple one, they run apart, as
     /// A1111 does.
     pub fn denoise(&self, x: &Tensor, sigma: f64, conds: &[&Conditioning]) -> Result<Vec<Tensor>> {
+        self.check_live(host_api::backend::release::UNET, "run the UNet")?;
         if !(sigma.is_finite() && sigma >= 0.0) {
             bail!("sigma {sigma} is not a finite non-negative number");
         }
@@ -732,6 +804,10 @@ impl SdModel {
 
     /// Pixels `[B, 3, H, W]` in [-1, 1] → scaled latent (posterior mean), in the image's dtype.
     pub fn encode_image(&self, image: &Tensor) -> Result<Tensor> {
+        self.check_live(
+            host_api::backend::release::VAE_ENCODER,
+            "VAE-encode an image",
+        )?;
         let channels = self.info.config.vae.in_channels;
         self.check_latent(image, channels, "image")?;
         self.vae.run(VaePass::Encode, image)

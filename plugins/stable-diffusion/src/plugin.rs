@@ -197,6 +197,11 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
         Ok(())
     }
 
+    fn release(&self, parts: u32) -> Result<()> {
+        self.0.release(parts);
+        Ok(())
+    }
+
     fn nonfinite_cause(&self) -> String {
         let kind = self.0.info().kind;
         crate::health::cause(self.0.nonfinite_weight(""), kind)

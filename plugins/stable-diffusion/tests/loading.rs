@@ -447,3 +447,74 @@ fn a_loaded_model_can_move_between_threads() {
     fn assert_send<T: Send>() {}
     assert_send::<SdModel>();
 }
+
+/// Sum of the element counts of the parameters under `prefix`.
+fn held(model: &SdModel, prefix: &str) -> usize {
+    let vars = model.var_store().variables();
+    vars.iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(_, v)| v.numel())
+        .sum()
+}
+
+#[test]
+fn a_model_released_for_decode_frees_all_but_the_decoder_and_decodes_the_same() {
+    let model = load(&tiny_single_file()).unwrap();
+    tch::manual_seed(3);
+    let latent = Tensor::randn([1, 4, 8, 8], (Kind::Float, Device::Cpu));
+    let before = model.decode(&latent).unwrap();
+    let cond = model.encode(&input("a cat", false)).unwrap();
+    let parts = [
+        "model.diffusion_model.",
+        "cond_stage_model.",
+        "first_stage_model.encoder.",
+        "first_stage_model.decoder.",
+        "first_stage_model.post_quant_conv.",
+    ];
+    for part in parts {
+        assert!(held(&model, part) > 0, "{part} empty before the release");
+    }
+    model.release(host_api::backend::release::ALL_BUT_DECODER);
+    for part in &parts[..3] {
+        assert_eq!(held(&model, part), 0, "{part} still held");
+    }
+    for part in &parts[3..] {
+        assert!(held(&model, part) > 0, "{part} released");
+    }
+    assert!(model.decode(&latent).unwrap().equal(&before));
+    let refusals = [
+        model.encode(&input("a cat", false)).err(),
+        model.denoise(&latent, 1.0, &[&cond]).err(),
+        model.encode_image(&before).err(),
+        model.set_loras(&[]).err(),
+    ];
+    for refusal in refusals {
+        let message = format!("{:#}", refusal.expect("refused after the release"));
+        assert!(
+            message.contains("freed for the run's last steps"),
+            "{message}"
+        );
+    }
+    // A per-pass VAE still swaps in: the same weights from the diffusers folder decode alike.
+    let folder = tiny_single_file().with_file_name("diffusers").join("vae");
+    model.set_vae(Some(&folder)).unwrap();
+    let swapped = model.decode(&latent).unwrap();
+    let diff = f64::try_from((&swapped - &before).abs().max()).unwrap();
+    assert!(diff < 1e-5, "{diff}");
+}
+
+#[test]
+fn released_text_encoders_leave_the_unet_running_and_refuse_new_prompts() {
+    let model = load(&tiny_single_file()).unwrap();
+    let cond = model.encode(&input("a cat", false)).unwrap();
+    tch::manual_seed(4);
+    let x = Tensor::randn([1, 4, 8, 8], (Kind::Float, Device::Cpu));
+    let before = model.denoise(&x, 2.0, &[&cond]).unwrap();
+    model.release(host_api::backend::release::TEXT_ENCODERS);
+    assert_eq!(held(&model, "cond_stage_model."), 0);
+    assert!(held(&model, "model.diffusion_model.") > 0);
+    let after = model.denoise(&x, 2.0, &[&cond]).unwrap();
+    assert!(after[0].equal(&before[0]));
+    let message = format!("{:#}", model.encode(&input("a dog", false)).unwrap_err());
+    assert!(message.contains("freed"), "{message}");
+}

@@ -51,6 +51,13 @@ impl LoraState {
         }
     }
 
+    /// Drops the saved base weights: the weights they would restore are gone
+    /// ([`crate::model::SdModel::release_for_decode`]).
+    pub fn forget(&mut self) {
+        self.originals.clear();
+        self.current.clear();
+    }
+
     /// The set now applied.
     pub fn current(&self) -> &[LoraSpec] {
         &self.current

@@ -4,16 +4,18 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::UNetConfig;
-use crate::layers::{attention, conv2d, group_norm, layer_norm, linear, norm_silu, per_image};
+use crate::layers::{
+    attention, conv2d, group_norm, layer_norm, linear, norm_silu, per_image, Conv2d,
+};
 
 /// LDM `ResBlock`: two GroupNorm-SiLU-conv stages with the timestep embedding added between.
 pub struct ResBlock {
     in_norm: nn::GroupNorm,
-    in_conv: nn::Conv2D,
+    in_conv: Conv2d,
     emb_proj: nn::Linear,
     out_norm: nn::GroupNorm,
-    out_conv: nn::Conv2D,
-    skip: Option<nn::Conv2D>,
+    out_conv: Conv2d,
+    skip: Option<Conv2d>,
 }
 
 impl ResBlock {
@@ -29,14 +31,22 @@ impl ResBlock {
     }
 
     pub fn forward(&self, x: &Tensor, emb: &Tensor) -> Tensor {
-        let h = self.in_conv.forward(&norm_silu(&self.in_norm, x));
-        let h = h + per_image(&self.emb_proj, &emb.silu())
+        // Sums land in place in the fresh conv outputs (a + b rounds as b + a).
+        let mut h = self.in_conv.forward(&norm_silu(&self.in_norm, x));
+        h += per_image(&self.emb_proj, &emb.silu())
             .unsqueeze(-1)
             .unsqueeze(-1);
-        let h = self.out_conv.forward(&norm_silu(&self.out_norm, &h));
+        let mut h = self.out_conv.forward(&norm_silu(&self.out_norm, &h));
         match &self.skip {
-            Some(skip) => skip.forward(x) + h,
-            None => x + h,
+            Some(skip) => {
+                let mut s = skip.forward(x);
+                s += h;
+                s
+            }
+            None => {
+                h += x;
+                h
+            }
         }
     }
 }
@@ -100,16 +110,23 @@ impl TransformerBlock {
     }
 
     fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
-        let x = x + self.attn1.forward(&self.norm1.forward(x), None);
-        let x = &x + self.attn2.forward(&self.norm2.forward(&x), Some(context));
-        let h = per_image(&self.ff_proj, &self.norm3.forward(&x)).chunk(2, -1);
-        x + per_image(&self.ff_out, &(&h[0] * h[1].gelu("none")))
+        // Each residual sum lands in place in the fresh output of its branch.
+        let mut a = self.attn1.forward(&self.norm1.forward(x), None);
+        a += x;
+        let mut b = self.attn2.forward(&self.norm2.forward(&a), Some(context));
+        b += &a;
+        let h = per_image(&self.ff_proj, &self.norm3.forward(&b)).chunk(2, -1);
+        let mut gate = h[1].gelu("none");
+        gate *= &h[0];
+        let mut out = per_image(&self.ff_out, &gate);
+        out += &b;
+        out
     }
 }
 
 /// `proj_in` / `proj_out`: a 1x1 conv (SD 1.x) or a Linear over channels (SD 2.x).
 enum Projection {
-    Conv(nn::Conv2D),
+    Conv(Conv2d),
     Linear(nn::Linear),
 }
 
@@ -147,8 +164,9 @@ impl SpatialTransformer {
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
         let s = x.size();
         let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
-        let to_tokens = |t: &Tensor| t.reshape([b, c, h * w]).transpose(1, 2);
-        let to_image = |t: &Tensor| t.transpose(1, 2).reshape([b, c, h, w]);
+        // Contiguous both ways: tokens `[b, h*w, c]` for the blocks, NCHW for what follows.
+        let to_tokens = |t: &Tensor| t.reshape([b, c, h * w]).transpose(1, 2).contiguous();
+        let to_image = |t: &Tensor| t.transpose(1, 2).reshape([b, c, h, w]).contiguous();
         let normed = self.norm.forward(x);
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(&conv.forward(&normed)),
@@ -157,10 +175,11 @@ impl SpatialTransformer {
         for block in &self.blocks {
             tokens = block.forward(&tokens, context);
         }
-        let out = match &self.proj_out {
+        let mut out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&to_image(&tokens)),
             Projection::Linear(lin) => to_image(&per_image(lin, &tokens)),
         };
-        out + x
+        out += x;
+        out
     }
 }

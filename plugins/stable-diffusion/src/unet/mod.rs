@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 
 pub use config::{HeadRule, UNetConfig};
 
-use crate::layers::{conv2d, group_norm, linear, norm_silu, per_image};
+use crate::layers::{conv2d, group_norm, linear, norm_silu, per_image, Conv2d};
 use blocks::{ResBlock, SpatialTransformer};
 
 /// Sinusoidal timestep embedding, `[cos, sin]` order, max period 10000 (LDM
@@ -32,13 +32,13 @@ pub fn timestep_embedding(t: &Tensor, dim: i64) -> Tensor {
 /// One entry of an LDM `TimestepEmbedSequential`.
 #[allow(clippy::large_enum_variant)] // built once per model; boxing would buy nothing
 enum Layer {
-    Conv(nn::Conv2D),
+    Conv(Conv2d),
     Res(ResBlock),
     Attention(SpatialTransformer),
     /// Conv with stride 2, padding 1 (`op`).
-    Downsample(nn::Conv2D),
+    Downsample(Conv2d),
     /// Nearest ×2 (or to the skip tensor's size), then conv.
-    Upsample(nn::Conv2D),
+    Upsample(Conv2d),
 }
 
 /// LDM `TimestepEmbedSequential`: layers fed the timestep embedding and the context.
@@ -103,7 +103,7 @@ pub struct UNetModel {
     input_levels: Vec<usize>,
     output_levels: Vec<usize>,
     out_norm: nn::GroupNorm,
-    out_conv: nn::Conv2D,
+    out_conv: Conv2d,
     config: UNetConfig,
 }
 

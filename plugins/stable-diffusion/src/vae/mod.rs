@@ -12,14 +12,16 @@ use tch::Tensor;
 
 use crate::checkpoint::Checkpoint;
 use crate::convert::VAE_PREFIX;
-use crate::layers::{conv2d, group_norm};
+use crate::layers::{conv2d, group_norm, Conv2d};
 use norm::GroupNormStats;
 
 const EPS: f64 = 1e-6;
 
 /// GroupNorm (statistics as `stats` says) → SiLU, the pre-activation before most VAE convs.
 fn norm_silu(norm: &nn::GroupNorm, x: &Tensor, stats: &mut GroupNormStats) -> Result<Tensor> {
-    Ok(norm::group_norm(norm, EPS, x, stats)?.silu())
+    let mut h = norm::group_norm(norm, EPS, x, stats)?;
+    let _ = h.silu_();
+    Ok(h)
 }
 
 /// VAE hyper-parameters (LDM `ddconfig` plus the latent scaling factor).
@@ -107,10 +109,10 @@ impl VaeConfig {
 /// LDM `ResnetBlock` without timestep embedding.
 struct ResnetBlock {
     norm1: nn::GroupNorm,
-    conv1: nn::Conv2D,
+    conv1: Conv2d,
     norm2: nn::GroupNorm,
-    conv2: nn::Conv2D,
-    nin_shortcut: Option<nn::Conv2D>,
+    conv2: Conv2d,
+    nin_shortcut: Option<Conv2d>,
 }
 
 impl ResnetBlock {
@@ -127,10 +129,18 @@ impl ResnetBlock {
 
     fn forward(&self, x: &Tensor, stats: &mut GroupNormStats) -> Result<Tensor> {
         let h = self.conv1.forward(&norm_silu(&self.norm1, x, stats)?);
-        let h = self.conv2.forward(&norm_silu(&self.norm2, &h, stats)?);
+        let mut h = self.conv2.forward(&norm_silu(&self.norm2, &h, stats)?);
+        // The residual sum lands in place (a + b rounds as b + a): one full-size buffer less.
         Ok(match &self.nin_shortcut {
-            Some(shortcut) => shortcut.forward(x) + h,
-            None => x + h,
+            Some(shortcut) => {
+                let mut s = shortcut.forward(x);
+                s += h;
+                s
+            }
+            None => {
+                h += x;
+                h
+            }
         })
     }
 }
@@ -138,10 +148,10 @@ impl ResnetBlock {
 /// LDM `AttnBlock`: single-head attention over spatial positions, 1x1 conv projections.
 struct AttnBlock {
     norm: nn::GroupNorm,
-    q: nn::Conv2D,
-    k: nn::Conv2D,
-    v: nn::Conv2D,
-    proj_out: nn::Conv2D,
+    q: Conv2d,
+    k: Conv2d,
+    v: Conv2d,
+    proj_out: Conv2d,
 }
 
 impl AttnBlock {
@@ -161,7 +171,7 @@ impl AttnBlock {
         let normed = self.norm.forward(x);
         // Contiguous tokens: on a transposed view libtorch falls back to the math kernel,
         // which materialises the (h·w)² scores (16 GiB for a 256×256 latent).
-        let tokens = |conv: &nn::Conv2D| {
+        let tokens = |conv: &Conv2d| {
             conv.forward(&normed)
                 .reshape([b, 1, c, h * w])
                 .transpose(2, 3)
@@ -177,9 +187,11 @@ impl AttnBlock {
             None,
             false,
         );
-        x + self
+        let mut out = self
             .proj_out
-            .forward(&out.transpose(2, 3).reshape([b, c, h, w]))
+            .forward(&out.transpose(2, 3).reshape([b, c, h, w]));
+        out += x;
+        out
     }
 }
 
@@ -208,12 +220,12 @@ impl Mid {
 }
 
 struct Encoder {
-    conv_in: nn::Conv2D,
+    conv_in: Conv2d,
     /// Per level: its blocks and, except at the bottom, a stride-2 downsample conv.
-    down: Vec<(Vec<ResnetBlock>, Option<nn::Conv2D>)>,
+    down: Vec<(Vec<ResnetBlock>, Option<Conv2d>)>,
     mid: Mid,
     norm_out: nn::GroupNorm,
-    conv_out: nn::Conv2D,
+    conv_out: Conv2d,
 }
 
 impl Encoder {
@@ -272,12 +284,12 @@ impl Encoder {
 }
 
 struct Decoder {
-    conv_in: nn::Conv2D,
+    conv_in: Conv2d,
     mid: Mid,
     /// Per level from the top (LDM `up.i`): its blocks and, except at the top, an upsample conv.
-    up: Vec<(Vec<ResnetBlock>, Option<nn::Conv2D>)>,
+    up: Vec<(Vec<ResnetBlock>, Option<Conv2d>)>,
     norm_out: nn::GroupNorm,
-    conv_out: nn::Conv2D,
+    conv_out: Conv2d,
 }
 
 impl Decoder {
@@ -368,8 +380,8 @@ impl VaePass {
 pub struct AutoencoderKL {
     encoder: Encoder,
     decoder: Decoder,
-    quant_conv: nn::Conv2D,
-    post_quant_conv: nn::Conv2D,
+    quant_conv: Conv2d,
+    post_quant_conv: Conv2d,
     config: VaeConfig,
 }
 

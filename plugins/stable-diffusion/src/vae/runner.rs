@@ -202,6 +202,9 @@ impl Vae {
                 .vars
                 .get(&key)
                 .ok_or_else(|| anyhow!("VAE parameter `{key}` missing from the model"))?;
+            if from.numel() == 0 {
+                continue; // released: the encoder after `SdModel::release_for_decode`
+            }
             tch::no_grad(|| var.f_copy_(&from.to_kind(Kind::Float)))
                 .with_context(|| format!("copying `{key}` to fp32"))?;
         }
