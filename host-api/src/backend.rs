@@ -587,12 +587,12 @@ impl ModelBox {
         ))
     }
 
-    /// See [`Backend::nonfinite_cause`].
     /// See [`Backend::release`].
     pub fn release(&self, parts: u32) -> Result<()> {
         from_ffi((self.vtable.release)(self.obj, parts))
     }
 
+    /// See [`Backend::nonfinite_cause`].
     pub fn nonfinite_cause(&self) -> Result<String> {
         from_ffi((self.vtable.nonfinite_cause)(self.obj)).map(String::from)
     }

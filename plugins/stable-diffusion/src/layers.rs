@@ -108,7 +108,11 @@ impl Conv2d {
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Tensor {
         let s = x.size();
-        let small = s.len() == 4 && self.out_side(s[2]) * self.out_side(s[3]) <= MATMUL_MAX_CELLS;
+        let fits = |side: i64| side + 2 * self.padding >= self.kernel;
+        let small = s.len() == 4
+            && fits(s[2])
+            && fits(s[3])
+            && self.out_side(s[2]) * self.out_side(s[3]) <= MATMUL_MAX_CELLS;
         match small && !self.circular && x.device() == Device::Cpu && x.kind() == Kind::Float {
             true => each_image(x, |rows| self.as_matmul(rows)),
             false => self.conv.forward(x),

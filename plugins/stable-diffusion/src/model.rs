@@ -482,6 +482,9 @@ impl SdModel {
             self.lora.borrow_mut().forget();
             *self.prepared.borrow_mut() = None;
         }
+        if parts & VAE_ENCODER != 0 {
+            self.vae.encoder_released();
+        }
         self.released.set(self.released.get() | parts);
     }
 
@@ -584,12 +587,11 @@ impl SdModel {
     /// Makes `set` the LoRA set the model runs with (empty: the base weights, bit for bit).
     /// Returns warnings for the user.
     pub fn set_loras(&self, set: &[LoraSpec]) -> Result<Vec<String>> {
-        self.check_live(host_api::backend::release::UNET, "apply LoRA")?;
-        if set.iter().any(|l| l.te != 0.0) {
-            self.check_live(
-                host_api::backend::release::TEXT_ENCODERS,
-                "apply LoRA to the text encoder",
-            )?;
+        use host_api::backend::release::{TEXT_ENCODERS, UNET};
+        self.check_live(UNET, "apply LoRA")?;
+        if set != self.lora.borrow().current() {
+            // Restoring or adding touches the text encoders' weights too.
+            self.check_live(TEXT_ENCODERS, "change the LoRA set")?;
         }
         let vars = self.vs.variables();
         guarded("applying LoRA", || self.lora.borrow_mut().apply(&vars, set))

@@ -517,4 +517,14 @@ fn released_text_encoders_leave_the_unet_running_and_refuse_new_prompts() {
     assert!(after[0].equal(&before[0]));
     let message = format!("{:#}", model.encode(&input("a dog", false)).unwrap_err());
     assert!(message.contains("freed"), "{message}");
+    // The set it runs with stays; a new one would restore or add text-encoder weights.
+    assert!(model.set_loras(&[]).unwrap().is_empty());
+    let unet_only = hiresfix_sd::lora::LoraSpec {
+        path: "unused.safetensors".into(),
+        name: "unused".into(),
+        te: 0.0,
+        unet: 1.0,
+    };
+    let message = format!("{:#}", model.set_loras(&[unet_only]).unwrap_err());
+    assert!(message.contains("freed"), "{message}");
 }

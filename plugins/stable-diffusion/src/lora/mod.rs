@@ -52,7 +52,7 @@ impl LoraState {
     }
 
     /// Drops the saved base weights: the weights they would restore are gone
-    /// ([`crate::model::SdModel::release_for_decode`]).
+    /// ([`crate::model::SdModel::release`]).
     pub fn forget(&mut self) {
         self.originals.clear();
         self.current.clear();

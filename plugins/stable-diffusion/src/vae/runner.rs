@@ -188,6 +188,19 @@ impl Vae {
         Ok(&self.fp32.get_or_init(|| (vs, vae)).1)
     }
 
+    /// After the model's VAE encoder was released: the fp32 copy's goes too.
+    pub fn encoder_released(&self) {
+        if let Some((vs, _)) = self.fp32.get() {
+            tch::no_grad(|| {
+                for (key, mut var) in vs.variables() {
+                    if self.vars.get(&key).is_some_and(|v| v.numel() == 0) {
+                        let _ = var.set_();
+                    }
+                }
+            });
+        }
+    }
+
     /// After the model's VAE parameters changed (a VAE swap): the fp32 copy follows them.
     pub fn parameters_changed(&self) -> Result<()> {
         match self.fp32.get() {
@@ -203,7 +216,7 @@ impl Vae {
                 .get(&key)
                 .ok_or_else(|| anyhow!("VAE parameter `{key}` missing from the model"))?;
             if from.numel() == 0 {
-                continue; // released: the encoder after `SdModel::release_for_decode`
+                continue; // released: the encoder after `SdModel::release`
             }
             tch::no_grad(|| var.f_copy_(&from.to_kind(Kind::Float)))
                 .with_context(|| format!("copying `{key}` to fp32"))?;
