@@ -122,15 +122,22 @@ fn out_of_workspace_patch_is_selected_by_name() {
         let out = generate_as(&scratch, name, profile);
         assert!(out.status.success(), "{name}: {}", stderr(&out));
     }
-    // Scaling the skips by 1 is the plain UNet; by 0.8 it is not.
-    assert_eq!(
-        pixels(&scratch, "identity.png"),
-        pixels(&scratch, "plain.png")
+    // Scaling the skips by 1 is the plain UNet; by 0.8 it is not. A patched call runs every
+    // CFG row through the whole UNet, the plain one shares each image's rows up to the first
+    // cross-attention (`UNetModel::forward_cfg`): the same sums in another order, so the
+    // identity may round one level apart.
+    let largest_difference = |a: &str, b: &str| {
+        let (a, b) = (pixels(&scratch, a), pixels(&scratch, b));
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap()
+    };
+    let identity = largest_difference("identity.png", "plain.png");
+    assert!(
+        identity <= 1,
+        "identity patch: {identity} levels from plain"
     );
-    assert_ne!(
-        pixels(&scratch, "scaled.png"),
-        pixels(&scratch, "plain.png")
-    );
+    let scaled = largest_difference("scaled.png", "plain.png");
+    assert!(scaled > 8, "scale 0.8: only {scaled} levels from plain");
     let params = hiresfix::infotext::parse(&chunk(&scratch.path("scaled.png"), "parameters"));
     assert_eq!(params.get("Example skip scale"), Some("0.8"));
 }

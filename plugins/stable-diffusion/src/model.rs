@@ -638,7 +638,7 @@ impl SdModel {
                 .schedule
                 .t_to_sigma(f64::try_from(t.flatten(0, -1).get(0))?),
         };
-        self.unet_call(x, t, sigma, context, vector)
+        self.unet_call(x, t, sigma, context, vector, 1)
     }
 
     /// [`unet_output`](Self::unet_output) at `sigma` (timestep `sigma_to_t(sigma)`), as the
@@ -650,16 +650,30 @@ impl SdModel {
         context: &Tensor,
         vector: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.unet_at_sigma(x, sigma, context, vector, 1)
+    }
+
+    /// [`unet_output_at_sigma`](Self::unet_output_at_sigma) for rows in groups of `shared`
+    /// with the same latent (see `UNetModel::forward_cfg`).
+    fn unet_at_sigma(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+        context: &Tensor,
+        vector: Option<&Tensor>,
+        shared: i64,
+    ) -> Result<Tensor> {
         // Made on the device: no copy from the host (and no wait for it) per call.
         let t = Tensor::full(
             [1],
             self.schedule.sigma_to_t(sigma),
             (Kind::Float, self.info.device),
         );
-        self.unet_call(x, &t, sigma, context, vector)
+        self.unet_call(x, &t, sigma, context, vector, shared)
     }
 
-    /// The UNet call; `sigma` is what the pass's patches see.
+    /// The UNet call; `sigma` is what the pass's patches see; rows come in groups of
+    /// `shared` with the same latent and timestep.
     fn unet_call(
         &self,
         x: &Tensor,
@@ -667,6 +681,7 @@ impl SdModel {
         sigma: f64,
         context: &Tensor,
         vector: Option<&Tensor>,
+        shared: i64,
     ) -> Result<Tensor> {
         let b = self.check_latent(x, self.info.config.unet.in_channels, "UNet input")?;
         let t = match t.numel() {
@@ -682,12 +697,13 @@ impl SdModel {
             let (device, kind) = (self.info.device, self.info.kind);
             let on = |t: &Tensor| t.to_device(device).to_kind(kind);
             let out = tch::no_grad(|| {
-                self.unet.forward_hooked(
+                self.unet.forward_cfg(
                     &on(x),
                     &t.to_device(device),
                     &on(&context),
                     vector.as_ref().map(on).as_ref(),
                     hooks.as_ref().map(|h| h as &dyn crate::unet::Hooks),
+                    shared,
                 )
             })?;
             Ok(out.to_kind(x.kind()))
@@ -730,11 +746,14 @@ impl SdModel {
         let (context, vector) = self.conditioning_rows(conds, batch, common)?;
         let xs = x.repeat_interleave_self_int(n, 0, None);
         let out = crate::layers::with_images(batch, || {
-            self.unet_output_at_sigma(
+            // Each image's n rows share its latent: the UNet runs what comes before the
+            // text context once per image.
+            self.unet_at_sigma(
                 &(&xs * denoiser::input_scale(sigma)),
                 sigma,
                 &context,
                 vector.as_ref(),
+                n,
             )
         })?;
         let (c_skip, c_out) = denoiser::output_scales(self.info.prediction, sigma);

@@ -148,6 +148,31 @@ fn conds_of_different_chunk_counts_batch_like_separate_calls() {
 }
 
 #[test]
+fn cfg_rows_sharing_their_latent_match_each_conditioning_run_alone() {
+    // The CFG call runs conv_in, the first ResBlock and the first self-attention once per
+    // image (`UNetModel::forward_cfg`); each image's rows must still be what its
+    // conditionings give alone, and the images must not mix.
+    let model = load(&tiny_single_file()).unwrap();
+    let cond = model.encode(&input("a red cat", false)).unwrap();
+    let uncond = model.encode(&input("blurry", true)).unwrap();
+    tch::manual_seed(3);
+    let x = Tensor::randn([2, 4, 8, 8], (Kind::Float, Device::Cpu));
+    let together = model.denoise(&x, 2.5, &[&uncond, &cond]).unwrap();
+    for (j, c) in [&uncond, &cond].iter().enumerate() {
+        for i in 0..2 {
+            let alone = model
+                .denoise(&x.narrow(0, i, 1), 2.5, &[*c])
+                .unwrap()
+                .remove(0);
+            let err = relative_error(&together[j].narrow(0, i, 1), &alone);
+            assert!(err < 1e-5, "image {i}, conditioning {j}: {err}");
+        }
+    }
+    let other = relative_error(&together[1].narrow(0, 0, 1), &together[1].narrow(0, 1, 1));
+    assert!(other > 1e-2, "the two images came out alike: {other}");
+}
+
+#[test]
 fn an_emphasised_prompt_on_a_zero_mean_text_encoder_is_finite() {
     // A tiny model whose final LayerNorm has zero bias and unit weight: every token's output
     // has mean exactly 0, the case that made A1111's mean restoration divide 0 by 0.

@@ -2,6 +2,7 @@
 //! LDM `.safetensors` (Civitai) or a diffusers folder, optionally with its VAE replaced. Opening
 //! one also tells its family ([`crate::families::detect`]); refused files end there.
 mod diffusers;
+mod read_ahead;
 pub mod safetensors;
 
 use std::collections::BTreeMap;
@@ -397,6 +398,31 @@ impl Checkpoint {
             .filter(|(k, _)| k.starts_with(only))
             .collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
+        // A whole model from one checkpoint read from disk: a second stream reads ahead
+        // over the span of the tensors copied while they are copied.
+        let ranges: Vec<_> = match (only.is_empty(), sources) {
+            (true, [(ckpt, _)]) => ckpt
+                .files
+                .iter()
+                .enumerate()
+                .filter(|(_, file)| !file.mostly_cached())
+                .filter_map(|(i, file)| {
+                    file.span_of(variables.iter().filter_map(|(key, _)| {
+                        let source = ckpt.tensors.get(key)?;
+                        (source.file == i).then_some(source.name.as_str())
+                    }))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        read_ahead::read_ahead_while(&ranges, || Self::copy_variables(sources, variables))
+    }
+
+    /// The loop of [`Self::copy_weighted_into`] over the model's `variables`.
+    fn copy_variables(
+        sources: &[(&Checkpoint, f64)],
+        variables: Vec<(String, tch::Tensor)>,
+    ) -> Result<()> {
         for (key, mut var) in variables {
             let single = sources.len() == 1 && sources[0].1 == 1.0;
             let mut sum: Option<tch::Tensor> = None;

@@ -130,6 +130,32 @@ impl SafetensorsFile {
         self.with_view(name, |view| Ok(view.copy()))
     }
 
+    /// The path and the byte range `[start, end)` of the file spanning tensors `names` (those
+    /// a load will copy: not an EMA copy stored after them), for
+    /// [`super::read_ahead::read_ahead_while`]; `None` when no name is stored here.
+    pub fn span_of<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Option<(PathBuf, u64, u64)> {
+        let spans = names
+            .into_iter()
+            .filter_map(|name| self.entries.get(name))
+            .map(|e| (e.start, e.end));
+        let (start, end) = spans.fold(None, |acc: Option<(usize, usize)>, (s, e)| match acc {
+            Some((a, b)) => Some((a.min(s), b.max(e))),
+            None => Some((s, e)),
+        })?;
+        let base = self.data_start as u64;
+        Some((self.path.clone(), base + start as u64, base + end as u64))
+    }
+
+    /// Whether most of the tensor data is in the OS page cache already (`mincore`), so
+    /// reading ahead would only copy it once more. (Since Linux 5.2 `mincore` reports a file
+    /// the process could not write as all cached: such files are not read ahead.)
+    pub fn mostly_cached(&self) -> bool {
+        page_cache_fraction(&self.map[self.data_start..]) > 0.9
+    }
+
     /// Drops the mapped pages of `[offset, offset + len)` from this process's memory; they
     /// stay in the OS page cache and come back from the file if touched again.
     fn release(&self, offset: usize, len: usize) {
@@ -145,6 +171,35 @@ impl SafetensorsFile {
             };
         }
     }
+}
+
+/// The fraction of `bytes`' pages (a file mapping) resident in memory; 0 where unknown.
+#[cfg(target_os = "linux")]
+fn page_cache_fraction(bytes: &[u8]) -> f64 {
+    // SAFETY: sysconf reads a constant of the system.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as usize,
+        _ => return 0.0,
+    };
+    let start = bytes.as_ptr() as usize / page * page;
+    let len = bytes.as_ptr() as usize + bytes.len() - start;
+    let pages = len.div_ceil(page);
+    if pages == 0 {
+        return 0.0;
+    }
+    let mut resident = vec![0u8; pages];
+    // SAFETY: `[start, start + len)` lies in one live mapping (page-aligned start) and
+    // `resident` has one byte per page of it, as mincore(2) requires.
+    let status = unsafe { libc::mincore(start as *mut libc::c_void, len, resident.as_mut_ptr()) };
+    match status {
+        0 => resident.iter().filter(|&&r| r & 1 == 1).count() as f64 / pages as f64,
+        _ => 0.0,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn page_cache_fraction(_bytes: &[u8]) -> f64 {
+    0.0
 }
 
 /// Validates the header of the safetensors file whose bytes are `file` (the `safetensors`

@@ -110,11 +110,21 @@ impl TransformerBlock {
     }
 
     fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+        self.after_self_attention(&self.self_attention(x), context)
+    }
+
+    /// The self-attention and its residual: all that comes before the text context.
+    fn self_attention(&self, x: &Tensor) -> Tensor {
         // Each residual sum lands in place in the fresh output of its branch.
         let mut a = self.attn1.forward(&self.norm1.forward(x), None);
         a += x;
-        let mut b = self.attn2.forward(&self.norm2.forward(&a), Some(context));
-        b += &a;
+        a
+    }
+
+    /// Cross-attention to `context` and the feed-forward, after [`Self::self_attention`].
+    fn after_self_attention(&self, a: &Tensor, context: &Tensor) -> Tensor {
+        let mut b = self.attn2.forward(&self.norm2.forward(a), Some(context));
+        b += a;
         let h = per_image(&self.ff_proj, &self.norm3.forward(&b)).chunk(2, -1);
         let mut gate = h[1].gelu("none");
         gate *= &h[0];
@@ -162,24 +172,40 @@ impl SpatialTransformer {
     }
 
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+        self.forward_shared(x, context, 1)
+    }
+
+    /// [`Self::forward`] for `shared` rows of `context` per row of `x` (see
+    /// [`super::UNetModel::forward_cfg`]): everything before the first cross-attention —
+    /// GroupNorm, `proj_in`, the first block's self-attention — runs once per row of `x`,
+    /// then each row is repeated `shared` times. Returns `x.rows × shared` rows.
+    pub fn forward_shared(&self, x: &Tensor, context: &Tensor, shared: i64) -> Tensor {
         let s = x.size();
         let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
+        let repeat = |t: &Tensor| match shared {
+            1 => t.shallow_clone(),
+            n => t.repeat_interleave_self_int(n, 0, None),
+        };
         // Contiguous both ways: tokens `[b, h*w, c]` for the blocks, NCHW for what follows.
         let to_tokens = |t: &Tensor| t.reshape([b, c, h * w]).transpose(1, 2).contiguous();
-        let to_image = |t: &Tensor| t.transpose(1, 2).reshape([b, c, h, w]).contiguous();
+        let to_image = |t: &Tensor| t.transpose(1, 2).reshape([-1, c, h, w]).contiguous();
         let normed = self.norm.forward(x);
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(&conv.forward(&normed)),
             Projection::Linear(lin) => per_image(lin, &to_tokens(&normed)),
         };
-        for block in &self.blocks {
+        let mut blocks = self.blocks.iter();
+        if let Some(first) = blocks.next() {
+            tokens = first.after_self_attention(&repeat(&first.self_attention(&tokens)), context);
+        }
+        for block in blocks {
             tokens = block.forward(&tokens, context);
         }
         let mut out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&to_image(&tokens)),
             Projection::Linear(lin) => to_image(&per_image(lin, &tokens)),
         };
-        out += x;
+        out += repeat(x);
         out
     }
 }

@@ -24,6 +24,25 @@ fn norm_silu(norm: &nn::GroupNorm, x: &Tensor, stats: &mut GroupNormStats) -> Re
     Ok(h)
 }
 
+/// `x` `[B, C, H, W]` laid out channels-last (NHWC strides, same shape) on the CPU; as is
+/// elsewhere. libtorch's convolutions, GroupNorm, SiLU and nearest upsampling keep that
+/// layout, and at the VAE's large maps (64–512 px, 128–512 channels) oneDNN runs it without
+/// reordering every activation to its blocked layout and back: the SD decode at 512 px
+/// measured 12.5–12.9 s against 14.0–15.9 s NCHW (BENCHMARKS.md). The UNet's maps (≤ 64 px)
+/// measured no faster, so it stays NCHW. Values round differently by at most ~1e-4.
+fn channels_last_on_cpu(x: &Tensor) -> Tensor {
+    match x.device() == tch::Device::Cpu && x.dim() == 4 {
+        true => x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]),
+        false => x.shallow_clone(),
+    }
+}
+
+/// Whether `x` `[B, C, H, W]` is laid out channels-last (and is not also NCHW-contiguous).
+fn is_channels_last(x: &Tensor) -> bool {
+    let s = x.size();
+    x.dim() == 4 && s[1] > 1 && x.stride()[1] == 1 && !x.is_contiguous()
+}
+
 /// VAE hyper-parameters (LDM `ddconfig` plus the latent scaling factor).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VaeConfig {
@@ -170,11 +189,13 @@ impl AttnBlock {
         let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
         let normed = self.norm.forward(x);
         // Contiguous tokens: on a transposed view libtorch falls back to the math kernel,
-        // which materialises the (h·w)² scores (16 GiB for a 256×256 latent).
+        // which materialises the (h·w)² scores (16 GiB for a 256×256 latent). Channels-last
+        // maps are those tokens already (a view); NCHW ones are copied (their reshape is a
+        // view with the channels strided, hence the `contiguous`).
         let tokens = |conv: &Conv2d| {
             conv.forward(&normed)
-                .reshape([b, 1, c, h * w])
-                .transpose(2, 3)
+                .permute([0, 2, 3, 1])
+                .reshape([b, 1, h * w, c])
                 .contiguous()
         };
         let out = Tensor::scaled_dot_product_attention(
@@ -187,9 +208,13 @@ impl AttnBlock {
             None,
             false,
         );
-        let mut out = self
-            .proj_out
-            .forward(&out.transpose(2, 3).reshape([b, c, h, w]));
+        // Back to the input's layout: a view for channels-last, a copy for NCHW.
+        let image = out.reshape([b, h, w, c]).permute([0, 3, 1, 2]);
+        let image = match is_channels_last(x) {
+            true => image,
+            false => image.contiguous(),
+        };
+        let mut out = self.proj_out.forward(&image);
         out += x;
         out
     }
@@ -419,14 +444,20 @@ impl AutoencoderKL {
     }
 
     /// Scaled latent `[B, embed_dim, h, w]` → raw pixels `[B, 3, h·f, w·f]`, about [-1, 1], unclamped.
+    /// On the CPU the whole pass runs channels-last (see [`channels_last_on_cpu`]).
     pub fn decode(&self, latent: &Tensor) -> Result<Tensor> {
-        self.decode_up(&self.decode_mid(latent)?, &mut GroupNormStats::Normal)
+        let latent = channels_last_on_cpu(latent);
+        let out = self.decode_up(&self.decode_mid(&latent)?, &mut GroupNormStats::Normal)?;
+        Ok(out.contiguous())
     }
 
     /// Pixels in [-1, 1] → posterior mean × scaling_factor. Sides not divisible by the
     /// spatial factor are handled as LDM does (the bottom/right remainder is dropped).
+    /// On the CPU the whole pass runs channels-last (see [`channels_last_on_cpu`]).
     pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
-        self.encode_mid(&self.encode_down(image, &mut GroupNormStats::Normal)?)
+        let image = channels_last_on_cpu(image);
+        let out = self.encode_mid(&self.encode_down(&image, &mut GroupNormStats::Normal)?)?;
+        Ok(out.contiguous())
     }
 
     /// [`Self::decode`] or [`Self::encode`].
