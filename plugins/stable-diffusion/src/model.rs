@@ -630,7 +630,6 @@ impl SdModel {
         context: &Tensor,
         vector: Option<&Tensor>,
     ) -> Result<Tensor> {
-        self.check_live(host_api::backend::release::UNET, "run the UNet")?;
         // Patches see the call's sigma: the timestep's, on the model's schedule.
         let sigma = match self.patches.borrow().is_empty() {
             true => 0.0,
@@ -683,6 +682,8 @@ impl SdModel {
         vector: Option<&Tensor>,
         shared: i64,
     ) -> Result<Tensor> {
+        // Every UNet path (denoise, unet_output, unet_output_at_sigma) comes through here.
+        self.check_live(host_api::backend::release::UNET, "run the UNet")?;
         let b = self.check_latent(x, self.info.config.unet.in_channels, "UNet input")?;
         let t = match t.numel() {
             1 => t.reshape([1]).expand([b], false),
@@ -717,7 +718,6 @@ impl SdModel {
     /// `CONDCrossAttn.concat`); when that would more than quadruple one, they run apart, as
     /// A1111 does.
     pub fn denoise(&self, x: &Tensor, sigma: f64, conds: &[&Conditioning]) -> Result<Vec<Tensor>> {
-        self.check_live(host_api::backend::release::UNET, "run the UNet")?;
         if !(sigma.is_finite() && sigma >= 0.0) {
             bail!("sigma {sigma} is not a finite non-negative number");
         }
