@@ -38,6 +38,7 @@ fn estimate(
         device: settings.device.as_str().into(),
         vae_tile_size: settings.vae_tile_size,
         vae_tile_overlap: settings.vae_tile_overlap,
+        options: Default::default(),
     };
     backend
         .decl

@@ -230,6 +230,7 @@ impl<'r> Models<'r> {
                     weight: *weight,
                 })
                 .collect(),
+            options: Default::default(),
         };
         // A backend's own errors name the checkpoint; a panic needs the plugin named.
         let plugin = |e: host_api::Error| match e.0.starts_with("panicked") {

@@ -290,6 +290,7 @@ fn plan_patch<'r>(registry: &'r Registry, patch: &PatchEntry) -> Result<PatchPla
     let probe = PatchModel {
         family: "".into(),
         sigmas: Default::default(),
+        extra: Default::default(),
     };
     let made = decl
         .create(&options, &probe)

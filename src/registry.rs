@@ -48,10 +48,10 @@ macro_rules! named {
     ($t:ty) => {
         impl Named for $t {
             fn name(&self) -> &str {
-                self.name.as_str()
+                &self.name
             }
             fn aliases(&self) -> Vec<&str> {
-                self.aliases.iter().map(|a| a.as_str()).collect()
+                self.aliases.iter().map(String::as_str).collect()
             }
         }
     };
@@ -63,7 +63,7 @@ named!(PatchDecl);
 
 impl Named for BackendDecl {
     fn name(&self) -> &str {
-        self.family.as_str()
+        &self.family
     }
     fn aliases(&self) -> Vec<&str> {
         vec![]
@@ -259,35 +259,41 @@ impl Registry {
         handshake.check_against(&Handshake::current())?;
         let mut names = Vec::new();
         let file = file.to_path_buf();
-        for decl in (module.samplers())() {
+        for decl in (module.samplers())().into_iter().map(SamplerDecl::from_ffi) {
             names.push(("sampler".into(), decl.name.to_string()));
             self.samplers.push(Entry {
                 decl,
                 file: file.clone(),
             });
         }
-        for decl in (module.schedules())() {
+        for decl in (module.schedules())()
+            .into_iter()
+            .map(ScheduleDecl::from_ffi)
+        {
             names.push(("schedule".into(), decl.name.to_string()));
             self.schedules.push(Entry {
                 decl,
                 file: file.clone(),
             });
         }
-        for decl in (module.upscalers())() {
+        for decl in (module.upscalers())()
+            .into_iter()
+            .map(UpscalerDecl::from_ffi)
+        {
             names.push(("upscaler".into(), decl.name.to_string()));
             self.upscalers.push(Entry {
                 decl,
                 file: file.clone(),
             });
         }
-        for decl in (module.backends())() {
+        for decl in (module.backends())().into_iter().map(BackendDecl::from_ffi) {
             names.push(("backend".into(), decl.family.to_string()));
             self.backends.push(Entry {
                 decl,
                 file: file.clone(),
             });
         }
-        for decl in (module.patches())() {
+        for decl in (module.patches())().into_iter().map(PatchDecl::from_ffi) {
             names.push(("patch".into(), decl.name.to_string()));
             self.patches.push(Entry {
                 decl,
@@ -319,11 +325,14 @@ fn library_error(e: &abi_stable::library::LibraryError) -> String {
                 verdicts.join("; ")
             )
         }
-        LibraryError::IncompatibleVersionNumber { .. } => {
-            format!(
-                "incompatible host-api version ({text}); rebuild it against this host's host-api"
-            )
-        }
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => format!(
+            "built against host-api {actual_version}, this host speaks host-api {expected_version} (another major version); rebuild the plugin against host-api {}.x",
+            expected_version.major
+        ),
         _ => text,
     }
 }

@@ -272,6 +272,7 @@ fn set_patches(
     let target = PatchModel {
         family: info.family.clone(),
         sigmas: info.sigmas.clone(),
+        extra: Default::default(),
     };
     let patches = plan
         .patches

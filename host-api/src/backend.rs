@@ -1,16 +1,16 @@
 //! Model backends: one per model family (SD 1.x, SD 2.x, SDXL, ...). A backend reads a
 //! checkpoint, encodes prompts, predicts the denoised latent at a sigma, and runs the VAE.
 //! CFG, sampling and upscaling stay with the host.
-use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 
-use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
+use abi_stable::std_types::{ROption, RString, RVec};
 use abi_stable::StableAbi;
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{from_ffi, guard, Error, Result};
+use crate::backend_decl::BackendToolsDecl;
+use crate::error::{Error, Result};
+use crate::options::OptionEntry;
 use crate::patch::{PassSigmas, PatchBox};
-use crate::tensor::{TensorBox, TensorRef};
 
 /// What the host needs to know about a loaded model.
 #[repr(C)]
@@ -31,6 +31,8 @@ pub struct ModelInfo {
     pub device: RString,
     /// The model's discrete sigma table, ascending.
     pub sigmas: RVec<f64>,
+    /// Facts added in host API 1.x, by key (README "What may change in 1.x"); empty in 1.0.
+    pub extra: RVec<OptionEntry>,
 }
 
 /// What to load; paths are as the user wrote them (resolved by the host).
@@ -56,6 +58,8 @@ pub struct LoadRequest {
     /// A weighted-sum merge to load instead of `checkpoint` alone (empty: no merge); the
     /// first entry is `checkpoint`.
     pub merge: RVec<MergeInput>,
+    /// Settings added in host API 1.x, by key; a backend ignores keys it does not know.
+    pub options: RVec<OptionEntry>,
 }
 
 /// One input of a checkpoint merge.
@@ -135,6 +139,8 @@ pub struct EncodeRequest {
     /// The pass's image size in pixels (SDXL's size conditioning).
     pub width: u32,
     pub height: u32,
+    /// Settings added in host API 1.x, by key; a backend ignores keys it does not know.
+    pub options: RVec<OptionEntry>,
 }
 
 impl EncodeRequest {
@@ -149,6 +155,7 @@ impl EncodeRequest {
             clip_skip: clip_skip as u32,
             width,
             height,
+            options: RVec::new(),
         }
     }
 }
@@ -185,6 +192,8 @@ pub struct CheckpointInfo {
     pub text_encoder_fingerprint: RString,
     /// The family's comfortable image side in pixels.
     pub default_size: u32,
+    /// Facts added in host API 1.x, by key; empty in 1.0.
+    pub extra: RVec<OptionEntry>,
 }
 
 /// What `check` asks a backend: the memory one pass of a given size needs.
@@ -202,6 +211,8 @@ pub struct MemoryRequest {
     pub device: RString,
     pub vae_tile_size: u32,
     pub vae_tile_overlap: u32,
+    /// Settings added in host API 1.x, by key; a backend ignores keys it does not know.
+    pub options: RVec<OptionEntry>,
 }
 
 /// Bytes one pass needs, by part (see the backend's documentation for its formula).
@@ -269,7 +280,8 @@ pub fn parse_dtype(name: &str) -> Result<Kind> {
     }
 }
 
-/// What a backend plugin implements, once per family.
+/// What a backend plugin implements, once per family: what generation needs. The command-line
+/// tools (`info`, `merge`, `demo`, `check`'s memory table) are the optional [`BackendTools`].
 pub trait Backend: Sized + 'static {
     /// Family id, e.g. `sd1`.
     const FAMILY: &'static str;
@@ -280,11 +292,6 @@ pub trait Backend: Sized + 'static {
     /// An `Err` from one backend does not stop the host asking the others; if none reads the
     /// file, the host reports the first refusal.
     fn detect(checkpoint: &Path) -> Result<Option<String>>;
-
-    /// What `hiresfix info` prints, for a checkpoint `detect` accepts. `probe`: whether facts
-    /// that need the weights (SD 2.x's v-prediction probe) may be worked out; without it
-    /// they are reported as undecided.
-    fn inspect(checkpoint: &Path, probe: bool) -> Result<CheckpointInfo>;
 
     fn load(request: &LoadRequest) -> Result<Self>;
 
@@ -349,6 +356,21 @@ pub trait Backend: Sized + 'static {
         "the model's output overflowed".into()
     }
 
+    /// The command-line tools of this family, when it has them: return
+    /// `Some(BackendToolsDecl::of::<Self>())` from a type that implements [`BackendTools`].
+    fn tools() -> Option<BackendToolsDecl> {
+        None
+    }
+}
+
+/// The command-line tools of a family (optional: a backend without them generates images;
+/// `hiresfix info`, `merge`, `demo` and `check`'s memory table then say the family lacks them).
+pub trait BackendTools: Backend {
+    /// What `hiresfix info` prints, for a checkpoint `detect` accepts. `probe`: whether facts
+    /// that need the weights (SD 2.x's v-prediction probe) may be worked out; without it
+    /// they are reported as undecided.
+    fn inspect(checkpoint: &Path, probe: bool) -> Result<CheckpointInfo>;
+
     /// Merges checkpoints of this family into one file (`hiresfix merge`); returns notes for
     /// the user.
     fn merge(_request: &MergeRequest) -> Result<String> {
@@ -383,303 +405,4 @@ pub mod release {
     pub const VAE_ENCODER: u32 = 4;
     /// Everything a decode does not need.
     pub const ALL_BUT_DECODER: u32 = TEXT_ENCODERS | UNET | VAE_ENCODER;
-}
-
-type Out<T> = RResult<T, RString>;
-
-#[repr(C)]
-#[derive(StableAbi)]
-pub struct ModelVtable {
-    pub drop: extern "C" fn(*mut c_void),
-    pub info: extern "C" fn(*const c_void) -> Out<ModelInfo>,
-    pub encode_prompts: extern "C" fn(*const c_void, &EncodeRequest) -> Out<RVec<RVec<TensorBox>>>,
-    pub denoise: extern "C" fn(
-        *const c_void,
-        TensorRef<'_>,
-        f64,
-        RSlice<'_, RVec<TensorRef<'_>>>,
-    ) -> Out<RVec<TensorBox>>,
-    pub decode: extern "C" fn(*const c_void, TensorRef<'_>) -> Out<TensorBox>,
-    pub encode: extern "C" fn(*const c_void, TensorRef<'_>) -> Out<TensorBox>,
-    pub nonfinite_cause: extern "C" fn(*const c_void) -> Out<RString>,
-    pub set_loras: extern "C" fn(*const c_void, RSlice<'_, LoraSpec>) -> Out<RVec<RString>>,
-    pub set_vae: extern "C" fn(*const c_void, ROption<RStr<'_>>) -> Out<()>,
-    pub set_patches: extern "C" fn(*const c_void, RVec<PatchBox>, PassSigmas) -> Out<()>,
-    pub release: extern "C" fn(*const c_void, u32) -> Out<()>,
-}
-
-/// A loaded model, owned by the host; dropping it frees it inside its plugin.
-#[repr(C)]
-#[derive(StableAbi)]
-pub struct ModelBox {
-    obj: *mut c_void,
-    vtable: &'static ModelVtable,
-}
-
-impl Drop for ModelBox {
-    fn drop(&mut self) {
-        (self.vtable.drop)(self.obj)
-    }
-}
-
-fn obj<'a, B>(p: *const c_void) -> &'a B {
-    // SAFETY: p is the Box<B> made in `ModelBox::new`, alive until `drop`.
-    unsafe { &*(p as *const B) }
-}
-
-extern "C" fn drop_model<B: Backend>(p: *mut c_void) {
-    // SAFETY: p came from Box::into_raw in ModelBox::new and is dropped once.
-    let _ = guard(|| {
-        drop(unsafe { Box::from_raw(p as *mut B) });
-        Ok(())
-    });
-}
-
-extern "C" fn info_model<B: Backend>(p: *const c_void) -> Out<ModelInfo> {
-    guard(|| Ok(obj::<B>(p).info()))
-}
-
-extern "C" fn encode_prompts_model<B: Backend>(
-    p: *const c_void,
-    request: &EncodeRequest,
-) -> Out<RVec<RVec<TensorBox>>> {
-    guard(|| {
-        let conds = obj::<B>(p).encode_prompts(request)?;
-        Ok(conds
-            .into_iter()
-            .map(|c| c.into_iter().map(TensorBox::new).collect())
-            .collect())
-    })
-}
-
-extern "C" fn denoise_model<B: Backend>(
-    p: *const c_void,
-    x: TensorRef<'_>,
-    sigma: f64,
-    conds: RSlice<'_, RVec<TensorRef<'_>>>,
-) -> Out<RVec<TensorBox>> {
-    guard(|| {
-        let conds: Vec<Vec<Tensor>> = conds
-            .iter()
-            .map(|c| c.iter().map(|t| t.to_tensor()).collect())
-            .collect();
-        let refs: Vec<&[Tensor]> = conds.iter().map(|c| c.as_slice()).collect();
-        let out = obj::<B>(p).denoise(&x.to_tensor(), sigma, &refs)?;
-        Ok(out.into_iter().map(TensorBox::new).collect())
-    })
-}
-
-extern "C" fn decode_model<B: Backend>(p: *const c_void, latent: TensorRef<'_>) -> Out<TensorBox> {
-    guard(|| obj::<B>(p).decode(&latent.to_tensor()).map(TensorBox::new))
-}
-
-extern "C" fn encode_model<B: Backend>(p: *const c_void, image: TensorRef<'_>) -> Out<TensorBox> {
-    guard(|| obj::<B>(p).encode(&image.to_tensor()).map(TensorBox::new))
-}
-
-extern "C" fn nonfinite_cause_model<B: Backend>(p: *const c_void) -> Out<RString> {
-    guard(|| Ok(obj::<B>(p).nonfinite_cause().into()))
-}
-
-extern "C" fn set_loras_model<B: Backend>(
-    p: *const c_void,
-    loras: RSlice<'_, LoraSpec>,
-) -> Out<RVec<RString>> {
-    guard(|| {
-        let warnings = obj::<B>(p).set_loras(loras.as_slice())?;
-        Ok(warnings.into_iter().map(RString::from).collect())
-    })
-}
-
-extern "C" fn set_vae_model<B: Backend>(p: *const c_void, vae: ROption<RStr<'_>>) -> Out<()> {
-    guard(|| obj::<B>(p).set_vae(vae.into_option().map(|v| v.as_str())))
-}
-
-extern "C" fn set_patches_model<B: Backend>(
-    p: *const c_void,
-    patches: RVec<PatchBox>,
-    pass: PassSigmas,
-) -> Out<()> {
-    guard(|| obj::<B>(p).set_patches(patches.into_vec(), pass))
-}
-
-extern "C" fn release_model<B: Backend>(p: *const c_void, parts: u32) -> Out<()> {
-    guard(|| obj::<B>(p).release(parts))
-}
-
-struct VtableOf<B>(std::marker::PhantomData<B>);
-
-impl<B: Backend> VtableOf<B> {
-    const VTABLE: ModelVtable = ModelVtable {
-        drop: drop_model::<B>,
-        info: info_model::<B>,
-        encode_prompts: encode_prompts_model::<B>,
-        denoise: denoise_model::<B>,
-        decode: decode_model::<B>,
-        encode: encode_model::<B>,
-        nonfinite_cause: nonfinite_cause_model::<B>,
-        set_loras: set_loras_model::<B>,
-        set_vae: set_vae_model::<B>,
-        set_patches: set_patches_model::<B>,
-        release: release_model::<B>,
-    };
-}
-
-impl ModelBox {
-    pub fn new<B: Backend>(model: B) -> Self {
-        Self {
-            obj: Box::into_raw(Box::new(model)) as *mut c_void,
-            vtable: &VtableOf::<B>::VTABLE,
-        }
-    }
-
-    pub fn info(&self) -> Result<ModelInfo> {
-        from_ffi((self.vtable.info)(self.obj))
-    }
-
-    pub fn encode_prompts(&self, request: &EncodeRequest) -> Result<Vec<Vec<Tensor>>> {
-        let out = from_ffi((self.vtable.encode_prompts)(self.obj, request))?;
-        Ok(out
-            .into_iter()
-            .map(|c| c.into_iter().map(TensorBox::into_tensor).collect())
-            .collect())
-    }
-
-    pub fn denoise(&self, x: &Tensor, sigma: f64, conds: &[&[Tensor]]) -> Result<Vec<Tensor>> {
-        let refs: Vec<RVec<TensorRef<'_>>> = conds
-            .iter()
-            .map(|c| c.iter().map(TensorRef::new).collect())
-            .collect();
-        let out = from_ffi((self.vtable.denoise)(
-            self.obj,
-            TensorRef::new(x),
-            sigma,
-            RSlice::from_slice(&refs),
-        ))?;
-        Ok(out.into_iter().map(TensorBox::into_tensor).collect())
-    }
-
-    pub fn decode(&self, latent: &Tensor) -> Result<Tensor> {
-        from_ffi((self.vtable.decode)(self.obj, TensorRef::new(latent))).map(TensorBox::into_tensor)
-    }
-
-    pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
-        from_ffi((self.vtable.encode)(self.obj, TensorRef::new(image))).map(TensorBox::into_tensor)
-    }
-
-    /// See [`Backend::set_loras`].
-    pub fn set_loras(&self, loras: &[LoraSpec]) -> Result<Vec<String>> {
-        let out = from_ffi((self.vtable.set_loras)(self.obj, RSlice::from_slice(loras)))?;
-        Ok(out.into_iter().map(String::from).collect())
-    }
-
-    /// See [`Backend::set_vae`].
-    pub fn set_vae(&self, vae: Option<&str>) -> Result<()> {
-        from_ffi((self.vtable.set_vae)(self.obj, vae.map(RStr::from).into()))
-    }
-
-    /// See [`Backend::set_patches`].
-    pub fn set_patches(&self, patches: Vec<PatchBox>, pass: PassSigmas) -> Result<()> {
-        from_ffi((self.vtable.set_patches)(
-            self.obj,
-            RVec::from(patches),
-            pass,
-        ))
-    }
-
-    /// See [`Backend::release`].
-    pub fn release(&self, parts: u32) -> Result<()> {
-        from_ffi((self.vtable.release)(self.obj, parts))
-    }
-
-    /// See [`Backend::nonfinite_cause`].
-    pub fn nonfinite_cause(&self) -> Result<String> {
-        from_ffi((self.vtable.nonfinite_cause)(self.obj)).map(String::from)
-    }
-}
-
-/// A registered family, as listed in a plugin's root module.
-#[repr(C)]
-#[derive(StableAbi)]
-pub struct BackendDecl {
-    pub family: RString,
-    pub detect: extern "C" fn(RStr<'_>) -> Out<ROption<RString>>,
-    pub inspect: extern "C" fn(RStr<'_>, bool) -> Out<CheckpointInfo>,
-    pub merge: extern "C" fn(&MergeRequest) -> Out<RString>,
-    pub load: extern "C" fn(&LoadRequest) -> Out<ModelBox>,
-    pub write_demo_checkpoint: extern "C" fn(RStr<'_>) -> Out<()>,
-    pub estimate_memory: extern "C" fn(&MemoryRequest) -> Out<MemoryEstimate>,
-}
-
-extern "C" fn estimate_trampoline<B: Backend>(request: &MemoryRequest) -> Out<MemoryEstimate> {
-    guard(|| B::estimate_memory(request))
-}
-
-extern "C" fn detect_trampoline<B: Backend>(path: RStr<'_>) -> Out<ROption<RString>> {
-    guard(|| {
-        Ok(B::detect(Path::new(path.as_str()))?
-            .map(RString::from)
-            .into())
-    })
-}
-
-extern "C" fn inspect_trampoline<B: Backend>(path: RStr<'_>, probe: bool) -> Out<CheckpointInfo> {
-    guard(|| B::inspect(Path::new(path.as_str()), probe))
-}
-
-extern "C" fn merge_trampoline<B: Backend>(request: &MergeRequest) -> Out<RString> {
-    guard(|| B::merge(request).map(RString::from))
-}
-
-extern "C" fn demo_trampoline<B: Backend>(path: RStr<'_>) -> Out<()> {
-    guard(|| B::write_demo_checkpoint(Path::new(path.as_str())))
-}
-
-extern "C" fn load_trampoline<B: Backend>(request: &LoadRequest) -> Out<ModelBox> {
-    guard(|| B::load(request).map(ModelBox::new))
-}
-
-impl BackendDecl {
-    pub fn of<B: Backend>() -> Self {
-        Self {
-            family: B::FAMILY.into(),
-            detect: detect_trampoline::<B>,
-            inspect: inspect_trampoline::<B>,
-            merge: merge_trampoline::<B>,
-            load: load_trampoline::<B>,
-            write_demo_checkpoint: demo_trampoline::<B>,
-            estimate_memory: estimate_trampoline::<B>,
-        }
-    }
-
-    /// Host side: see [`Backend::estimate_memory`].
-    pub fn run_estimate_memory(&self, request: &MemoryRequest) -> Result<MemoryEstimate> {
-        from_ffi((self.estimate_memory)(request))
-    }
-
-    /// Host side: see [`Backend::detect`].
-    pub fn run_detect(&self, checkpoint: &Path) -> Result<Option<String>> {
-        let path = checkpoint.to_string_lossy();
-        from_ffi((self.detect)(RStr::from_str(&path))).map(|o| o.into_option().map(String::from))
-    }
-
-    /// Host side: see [`Backend::inspect`].
-    pub fn run_inspect(&self, checkpoint: &Path, probe: bool) -> Result<CheckpointInfo> {
-        let path = checkpoint.to_string_lossy();
-        from_ffi((self.inspect)(RStr::from_str(&path), probe))
-    }
-
-    /// Host side: see [`Backend::merge`].
-    pub fn run_merge(&self, request: &MergeRequest) -> Result<String> {
-        from_ffi((self.merge)(request)).map(String::from)
-    }
-
-    pub fn run_load(&self, request: &LoadRequest) -> Result<ModelBox> {
-        from_ffi((self.load)(request))
-    }
-
-    pub fn run_write_demo_checkpoint(&self, path: &Path) -> Result<()> {
-        let path = path.to_string_lossy();
-        from_ffi((self.write_demo_checkpoint)(RStr::from_str(&path)))
-    }
 }

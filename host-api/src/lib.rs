@@ -5,7 +5,9 @@
 //! a mismatched one), and exports them with [`export_plugin!`]. Everything that crosses the
 //! boundary is `abi_stable`-checked; errors come back as values and panics are caught.
 pub mod backend;
+pub mod backend_decl;
 pub mod error;
+pub mod model_box;
 pub mod options;
 pub mod patch;
 pub mod plugin;
@@ -13,6 +15,7 @@ pub mod prompt;
 pub mod sampler;
 pub mod schedule;
 pub mod sigmas;
+mod strings;
 pub mod tensor;
 pub mod upscaler;
 
@@ -20,10 +23,12 @@ pub use abi_stable;
 pub use tch;
 
 pub use backend::{
-    Backend, BackendDecl, CheckpointInfo, EncodeRequest, LoadRequest, LoraSpec, MemoryEstimate,
-    MemoryRequest, MergeInput, MergeRequest, ModelBox, ModelInfo, PromptSpec,
+    Backend, BackendTools, CheckpointInfo, EncodeRequest, LoadRequest, LoraSpec, MemoryEstimate,
+    MemoryRequest, MergeInput, MergeRequest, ModelInfo, PromptSpec,
 };
+pub use backend_decl::{BackendDecl, BackendToolsDecl};
 pub use error::{Error, Result};
+pub use model_box::ModelBox;
 pub use options::{OptionEntry, OptionValue, Options};
 pub use patch::{HookCtx, PassSigmas, Patch, PatchBox, PatchDecl, PatchModel};
 pub use plugin::{Handshake, PluginModule, PluginRef};

@@ -10,7 +10,7 @@
 //! - [`Patch::output_block`]: before output block `block` concatenates `h` with its skip.
 //!
 //! Extending the hook set without breaking plugins: the hooks travel in [`PatchVtable`], an
-//! abi_stable *prefix type*. A later host-api (same minor version) appends new hooks after
+//! abi_stable *prefix type*. A later host-api 1.x appends new hooks after
 //! `output_block` — e.g. HyperTile's `attention(q, k, v, ctx) -> Option<out>` — and a backend
 //! reads them through the accessor, which returns `None` for a patch built against the older
 //! host-api; the backend then runs its own attention. Old patches keep loading; a newer patch
@@ -18,13 +18,13 @@
 use std::ffi::c_void;
 
 use abi_stable::prefix_type::PrefixTypeTrait;
-use abi_stable::std_types::{RResult, RSlice, RString, RVec, Tuple2};
+use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec, Tuple2};
 use abi_stable::StableAbi;
 use tch::Tensor;
 
 use crate::error::{from_ffi, guard, Result};
 use crate::options::{OptionEntry, Options};
-use crate::sampler::strings;
+use crate::strings::{owned, static_strs};
 use crate::tensor::{TensorBox, TensorRef};
 
 type Out<T> = RResult<T, RString>;
@@ -37,6 +37,8 @@ pub struct PatchModel {
     pub family: RString,
     /// The model's discrete sigma table, ascending (index = training timestep).
     pub sigmas: RVec<f64>,
+    /// Facts added in host API 1.x, by key; empty in 1.0.
+    pub extra: RVec<OptionEntry>,
 }
 
 /// The sigma range of the pass the patches run in (what a patch needs to act on "the first
@@ -222,19 +224,24 @@ extern "C" fn new_trampoline<P: Patch>(
     })
 }
 
-/// A registered patch, as listed in a plugin's root module.
+/// A registered patch as it crosses the boundary. Host API 1.0's fields end at `vtable`;
+/// later ones are appended and read as `Option`s.
 #[repr(C)]
 #[derive(StableAbi)]
-pub struct PatchDecl {
-    pub name: RString,
-    pub aliases: RVec<RString>,
-    pub options: RVec<RString>,
+#[sabi(kind(Prefix(prefix_ref = PatchFfiRef)))]
+#[sabi(missing_field(option))]
+pub struct PatchFfi {
+    pub name: RStr<'static>,
+    pub aliases: RSlice<'static, RStr<'static>>,
+    pub options: RSlice<'static, RStr<'static>>,
     pub new: extern "C" fn(RSlice<'_, OptionEntry>, &PatchModel) -> Out<RawPatch>,
+    #[sabi(last_prefix_field)]
     pub vtable: PatchVtableRef,
 }
 
-impl PatchDecl {
-    pub fn of<P: Patch>() -> Self {
+impl PatchFfi {
+    /// The tables for `P` (made once per plugin load, kept for the process like the plugin).
+    pub fn of<P: Patch>() -> PatchFfiRef {
         let vtable = PatchVtable {
             drop: drop_trampoline::<P>,
             infotext: infotext_trampoline::<P>,
@@ -242,24 +249,46 @@ impl PatchDecl {
             input_block_after_skip: after_skip_trampoline::<P>,
             output_block: output_trampoline::<P>,
         };
-        Self {
-            name: P::NAME.into(),
-            aliases: strings(P::ALIASES),
-            options: strings(P::OPTIONS),
+        PatchFfi {
+            name: RStr::from_str(P::NAME),
+            aliases: static_strs(P::ALIASES),
+            options: static_strs(P::OPTIONS),
             new: new_trampoline::<P>,
-            // One small table per patch type and plugin load, kept for the process (as the
-            // plugin itself: libraries are never unloaded).
             vtable: vtable.leak_into_prefix(),
+        }
+        .leak_into_prefix()
+    }
+}
+
+/// The host's view of a registered patch.
+pub struct PatchDecl {
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub options: Vec<String>,
+    ffi: PatchFfiRef,
+}
+
+impl PatchDecl {
+    pub fn of<P: Patch>() -> Self {
+        Self::from_ffi(PatchFfi::of::<P>())
+    }
+
+    pub fn from_ffi(ffi: PatchFfiRef) -> Self {
+        Self {
+            name: ffi.name().to_string(),
+            aliases: owned(ffi.aliases()),
+            options: owned(ffi.options()),
+            ffi,
         }
     }
 
     /// Host side: the patch for one pass.
     pub fn create(&self, options: &[OptionEntry], model: &PatchModel) -> Result<PatchBox> {
-        let raw = from_ffi((self.new)(RSlice::from_slice(options), model))?;
+        let raw = from_ffi((self.ffi.new())(RSlice::from_slice(options), model))?;
         Ok(PatchBox {
             obj: raw.obj,
-            vtable: self.vtable,
-            name: self.name.clone(),
+            vtable: self.ffi.vtable(),
+            name: self.name.as_str().into(),
         })
     }
 }

@@ -4,11 +4,11 @@ use abi_stable::sabi_types::VersionStrings;
 use abi_stable::std_types::{RString, RVec};
 use abi_stable::{declare_root_module_statics, package_version_strings, StableAbi};
 
-use crate::backend::BackendDecl;
-use crate::patch::PatchDecl;
-use crate::sampler::SamplerDecl;
-use crate::schedule::ScheduleDecl;
-use crate::upscaler::UpscalerDecl;
+use crate::backend_decl::BackendFfiRef;
+use crate::patch::PatchFfiRef;
+use crate::sampler::SamplerFfiRef;
+use crate::schedule::ScheduleFfiRef;
+use crate::upscaler::UpscalerFfiRef;
 
 /// The host-api version plugins are built against.
 pub const HOST_API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -35,13 +35,30 @@ impl Handshake {
         }
     }
 
-    /// `Err(reason)` when a plugin with handshake `self` cannot run in a host with `host`.
+    /// `Err(reason)` when a plugin with handshake `self` cannot run in a host with `host`:
+    /// another major host-api, a newer minor than the host's (it may call methods this host
+    /// lacks), or another libtorch. A plugin of an older or equal 1.x minor loads.
     pub fn check_against(&self, host: &Handshake) -> Result<(), String> {
-        let minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
-        if minor(&self.host_api_version) != minor(&host.host_api_version) {
+        let (plugin_api, host_api) = (
+            self.host_api_version.as_str(),
+            host.host_api_version.as_str(),
+        );
+        let (Some(plugin), Some(ours)) = (major_minor(plugin_api), major_minor(host_api)) else {
             return Err(format!(
-                "built against host-api {}, this host speaks {}; rebuild the plugin against host-api {}",
-                self.host_api_version, host.host_api_version, host.host_api_version
+                "reports host-api `{}`, not a version number; rebuild it against host-api {host_api}",
+                crate::error::first_line(plugin_api)
+            ));
+        };
+        if plugin.0 != ours.0 {
+            return Err(format!(
+                "built against host-api {plugin_api}, this host speaks host-api {host_api} (another major version); rebuild the plugin against host-api {}.x",
+                ours.0
+            ));
+        }
+        if plugin.1 > ours.1 {
+            return Err(format!(
+                "built against host-api {plugin_api}, newer than this host's host-api {host_api}; update hiresfix, or build the plugin against host-api {}.{} or older",
+                ours.0, ours.1
             ));
         }
         if self.torch_version != host.torch_version || self.torch_cxx11_abi != host.torch_cxx11_abi
@@ -55,29 +72,39 @@ impl Handshake {
     }
 }
 
+/// `(major, minor)` of a `major.minor.patch` version.
+fn major_minor(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 pub extern "C" fn current_handshake() -> Handshake {
     Handshake::current()
 }
 
-/// The root module of a plugin dylib: every name of every kind it registers.
+/// The root module of a plugin dylib: every name of every kind it registers. Host API 1.0's
+/// fields end at `patches`; a plugin kind added in 1.x is appended and read as an `Option`.
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginRef)))]
-#[sabi(missing_field(panic))]
+#[sabi(missing_field(option))]
 pub struct PluginModule {
     pub handshake: extern "C" fn() -> Handshake,
-    pub samplers: extern "C" fn() -> RVec<SamplerDecl>,
-    pub schedules: extern "C" fn() -> RVec<ScheduleDecl>,
-    pub upscalers: extern "C" fn() -> RVec<UpscalerDecl>,
-    pub backends: extern "C" fn() -> RVec<BackendDecl>,
+    pub samplers: extern "C" fn() -> RVec<SamplerFfiRef>,
+    pub schedules: extern "C" fn() -> RVec<ScheduleFfiRef>,
+    pub upscalers: extern "C" fn() -> RVec<UpscalerFfiRef>,
+    pub backends: extern "C" fn() -> RVec<BackendFfiRef>,
     #[sabi(last_prefix_field)]
-    pub patches: extern "C" fn() -> RVec<PatchDecl>,
+    pub patches: extern "C" fn() -> RVec<PatchFfiRef>,
 }
 
 impl RootModule for PluginRef {
     declare_root_module_statics! {PluginRef}
     const BASE_NAME: &'static str = "hiresfix_plugin";
     const NAME: &'static str = "hiresfix_plugin";
+    // abi_stable refuses another major itself; the minor rule is the handshake's.
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }
 
@@ -115,21 +142,20 @@ macro_rules! export_plugin {
             use $crate::abi_stable::library::{LibHeader, RootModuleResult, CheckTypeLayout, __call_root_module_loader};
             use $crate::abi_stable::prefix_type::PrefixTypeTrait;
 
-            extern "C" fn samplers() -> RVec<$crate::SamplerDecl> {
-                RVec::from(vec![$($($crate::SamplerDecl::of::<$sampler>()),*)?])
+            extern "C" fn samplers() -> RVec<$crate::sampler::SamplerFfiRef> {
+                RVec::from(vec![$($($crate::sampler::SamplerFfi::of::<$sampler>()),*)?])
             }
-            extern "C" fn schedules() -> RVec<$crate::ScheduleDecl> {
-                RVec::from(vec![$($($crate::ScheduleDecl::of::<$schedule>()),*)?])
+            extern "C" fn schedules() -> RVec<$crate::schedule::ScheduleFfiRef> {
+                RVec::from(vec![$($($crate::schedule::ScheduleFfi::of::<$schedule>()),*)?])
             }
-            extern "C" fn upscalers() -> RVec<$crate::UpscalerDecl> {
-                RVec::from(vec![$($($crate::UpscalerDecl::of::<$upscaler>()),*)?])
+            extern "C" fn upscalers() -> RVec<$crate::upscaler::UpscalerFfiRef> {
+                RVec::from(vec![$($($crate::upscaler::UpscalerFfi::of::<$upscaler>()),*)?])
             }
-            extern "C" fn backends() -> RVec<$crate::BackendDecl> {
-                RVec::from(vec![$($($crate::BackendDecl::of::<$backend>()),*)?])
+            extern "C" fn backends() -> RVec<$crate::backend_decl::BackendFfiRef> {
+                RVec::from(vec![$($($crate::backend_decl::BackendFfi::of::<$backend>()),*)?])
             }
-
-            extern "C" fn patches() -> RVec<$crate::PatchDecl> {
-                RVec::from(vec![$($($crate::PatchDecl::of::<$patch>()),*)?])
+            extern "C" fn patches() -> RVec<$crate::patch::PatchFfiRef> {
+                RVec::from(vec![$($($crate::patch::PatchFfi::of::<$patch>()),*)?])
             }
 
             pub fn root() -> $crate::PluginRef {

@@ -2,16 +2,22 @@
 //!
 //! A sampler is one short function over [`SampleCtx`], in the style of k-diffusion's
 //! `sampling.py`: the context denoises (CFG already applied by the host), draws the image's
-//! step noise (SPEC §4) and reports progress.
+//! step noise (README "Noise") and reports progress.
+//!
+//! Across the boundary a sampler is a [`SamplerFfi`] and the host's side of a run a
+//! [`SamplerHost`] whose functions sit in [`SamplerHostVtable`]; both tables are abi_stable
+//! prefix types, so 1.x grows them by appending optional fields (see the crate README).
 use std::ffi::c_void;
 use std::marker::PhantomData;
 
-use abi_stable::std_types::{RResult, RSlice, RString, RVec};
-use abi_stable::StableAbi;
+use abi_stable::prefix_type::{PrefixTypeTrait, WithMetadata};
+use abi_stable::std_types::{RResult, RSlice, RStr, RString};
+use abi_stable::{staticref, StableAbi};
 use tch::Tensor;
 
 use crate::error::{from_ffi, guard, Error, Result};
 use crate::options::{OptionEntry, Options};
+use crate::strings::{owned, static_strs};
 use crate::tensor::{TensorBox, TensorRef};
 
 /// What a sampler plugin implements.
@@ -36,11 +42,22 @@ pub trait Sampler: 'static {
 #[derive(StableAbi)]
 pub struct SamplerHost<'a> {
     ctx: *mut c_void,
-    denoise: extern "C" fn(*mut c_void, TensorRef<'_>, f64) -> RResult<TensorBox, RString>,
-    noise: extern "C" fn(*mut c_void, TensorRef<'_>) -> RResult<TensorBox, RString>,
-    step: extern "C" fn(*mut c_void, u32, u32) -> bool,
+    vtable: SamplerHostVtableRef,
     options: RSlice<'a, OptionEntry>,
     _borrow: PhantomData<&'a mut ()>,
+}
+
+/// The host's functions for a sampler. Host API 1.0's fields end at `step`; later ones are
+/// appended and read as `Option`s (`None` from an older host).
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = SamplerHostVtableRef)))]
+#[sabi(missing_field(option))]
+pub struct SamplerHostVtable {
+    pub denoise: extern "C" fn(*mut c_void, TensorRef<'_>, f64) -> RResult<TensorBox, RString>,
+    pub noise: extern "C" fn(*mut c_void, TensorRef<'_>) -> RResult<TensorBox, RString>,
+    #[sabi(last_prefix_field)]
+    pub step: extern "C" fn(*mut c_void, u32, u32) -> bool,
 }
 
 /// Implemented by the host (or a test harness) to drive a sampler.
@@ -53,41 +70,54 @@ pub trait SamplerCallbacks {
     fn step(&mut self, i: usize, total: usize) -> bool;
 }
 
-extern "C" fn denoise_trampoline<C: SamplerCallbacks>(
-    ctx: *mut c_void,
-    x: TensorRef<'_>,
-    sigma: f64,
-) -> RResult<TensorBox, RString> {
+fn callbacks<'a, C>(ctx: *mut c_void) -> &'a mut C {
     // SAFETY: ctx is the `&mut C` given to `SamplerHost::new`, alive for the run.
-    let callbacks = unsafe { &mut *(ctx as *mut C) };
-    guard(|| callbacks.denoise(&x.to_tensor(), sigma).map(TensorBox::new))
+    unsafe { &mut *(ctx as *mut C) }
 }
 
-extern "C" fn noise_trampoline<C: SamplerCallbacks>(
-    ctx: *mut c_void,
-    x: TensorRef<'_>,
-) -> RResult<TensorBox, RString> {
-    // SAFETY: as in denoise_trampoline.
-    let callbacks = unsafe { &mut *(ctx as *mut C) };
-    guard(|| callbacks.noise_like(&x.to_tensor()).map(TensorBox::new))
-}
+struct HostVtableOf<C>(PhantomData<C>);
 
-extern "C" fn step_trampoline<C: SamplerCallbacks>(ctx: *mut c_void, i: u32, total: u32) -> bool {
-    // SAFETY: as in denoise_trampoline.
-    let callbacks = unsafe { &mut *(ctx as *mut C) };
-    match guard(|| Ok(callbacks.step(i as usize, total as usize))) {
-        RResult::ROk(go_on) => go_on,
-        RResult::RErr(_) => false,
+impl<C: SamplerCallbacks> HostVtableOf<C> {
+    extern "C" fn denoise(
+        ctx: *mut c_void,
+        x: TensorRef<'_>,
+        sigma: f64,
+    ) -> RResult<TensorBox, RString> {
+        guard(|| {
+            callbacks::<C>(ctx)
+                .denoise(&x.to_tensor(), sigma)
+                .map(TensorBox::new)
+        })
     }
+
+    extern "C" fn noise(ctx: *mut c_void, x: TensorRef<'_>) -> RResult<TensorBox, RString> {
+        guard(|| {
+            callbacks::<C>(ctx)
+                .noise_like(&x.to_tensor())
+                .map(TensorBox::new)
+        })
+    }
+
+    extern "C" fn step(ctx: *mut c_void, i: u32, total: u32) -> bool {
+        let outcome = guard(|| Ok(callbacks::<C>(ctx).step(i as usize, total as usize)));
+        matches!(outcome, RResult::ROk(true))
+    }
+
+    staticref! {
+        const TABLE: WithMetadata<SamplerHostVtable> = WithMetadata::new(SamplerHostVtable {
+            denoise: Self::denoise,
+            noise: Self::noise,
+            step: Self::step,
+        })
+    }
+    const VTABLE: SamplerHostVtableRef = SamplerHostVtableRef(Self::TABLE.as_prefix());
 }
 
 impl<'a> SamplerHost<'a> {
     pub fn new<C: SamplerCallbacks>(callbacks: &'a mut C, options: &'a [OptionEntry]) -> Self {
         Self {
             ctx: callbacks as *mut C as *mut c_void,
-            denoise: denoise_trampoline::<C>,
-            noise: noise_trampoline::<C>,
-            step: step_trampoline::<C>,
+            vtable: HostVtableOf::<C>::VTABLE,
             options: RSlice::from_slice(options),
             _borrow: PhantomData,
         }
@@ -102,18 +132,23 @@ pub struct SampleCtx<'a> {
 impl<'a> SampleCtx<'a> {
     /// `uncond + cfg * (cond - uncond)` of the model's denoised predictions at `sigma`.
     pub fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
-        from_ffi((self.host.denoise)(self.host.ctx, TensorRef::new(x), sigma))
-            .map(TensorBox::into_tensor)
+        from_ffi((self.host.vtable.denoise())(
+            self.host.ctx,
+            TensorRef::new(x),
+            sigma,
+        ))
+        .map(TensorBox::into_tensor)
     }
 
     /// Standard normal noise shaped like `x` from the image's seeded step stream.
     pub fn noise_like(&mut self, x: &Tensor) -> Result<Tensor> {
-        from_ffi((self.host.noise)(self.host.ctx, TensorRef::new(x))).map(TensorBox::into_tensor)
+        from_ffi((self.host.vtable.noise())(self.host.ctx, TensorRef::new(x)))
+            .map(TensorBox::into_tensor)
     }
 
     /// Reports that step `i` (0-based) of `total` is done; an error means the user cancelled.
     pub fn step(&mut self, i: usize, total: usize) -> Result<()> {
-        if (self.host.step)(self.host.ctx, i as u32, total as u32) {
+        if (self.host.vtable.step())(self.host.ctx, i as u32, total as u32) {
             Ok(())
         } else {
             Err(Error::new("cancelled"))
@@ -125,15 +160,19 @@ impl<'a> SampleCtx<'a> {
     }
 }
 
-/// A registered sampler, as listed in a plugin's root module.
+/// A registered sampler as it crosses the boundary (a plugin's root module lists them).
+/// Host API 1.0's fields end at `sample`; later ones are appended and read as `Option`s.
 #[repr(C)]
 #[derive(StableAbi)]
-pub struct SamplerDecl {
-    pub name: RString,
-    pub aliases: RVec<RString>,
-    pub options: RVec<RString>,
+#[sabi(kind(Prefix(prefix_ref = SamplerFfiRef)))]
+#[sabi(missing_field(option))]
+pub struct SamplerFfi {
+    pub name: RStr<'static>,
+    pub aliases: RSlice<'static, RStr<'static>>,
+    pub options: RSlice<'static, RStr<'static>>,
     pub discard_penultimate_sigma: bool,
-    pub default_schedule: RString,
+    pub default_schedule: RStr<'static>,
+    #[sabi(last_prefix_field)]
     pub sample:
         extern "C" fn(&SamplerHost<'_>, TensorBox, RSlice<'_, f64>) -> RResult<TensorBox, RString>,
 }
@@ -149,19 +188,44 @@ extern "C" fn sample_trampoline<S: Sampler>(
     })
 }
 
-pub(crate) fn strings(list: &[&str]) -> RVec<RString> {
-    list.iter().map(|s| RString::from(*s)).collect()
+impl SamplerFfi {
+    /// The table for `S` (made once per plugin load, kept for the process like the plugin).
+    pub fn of<S: Sampler>() -> SamplerFfiRef {
+        SamplerFfi {
+            name: RStr::from_str(S::NAME),
+            aliases: static_strs(S::ALIASES),
+            options: static_strs(S::OPTIONS),
+            discard_penultimate_sigma: S::DISCARD_PENULTIMATE_SIGMA,
+            default_schedule: RStr::from_str(S::DEFAULT_SCHEDULE),
+            sample: sample_trampoline::<S>,
+        }
+        .leak_into_prefix()
+    }
+}
+
+/// The host's view of a registered sampler.
+pub struct SamplerDecl {
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub options: Vec<String>,
+    pub discard_penultimate_sigma: bool,
+    pub default_schedule: String,
+    ffi: SamplerFfiRef,
 }
 
 impl SamplerDecl {
     pub fn of<S: Sampler>() -> Self {
+        Self::from_ffi(SamplerFfi::of::<S>())
+    }
+
+    pub fn from_ffi(ffi: SamplerFfiRef) -> Self {
         Self {
-            name: S::NAME.into(),
-            aliases: strings(S::ALIASES),
-            options: strings(S::OPTIONS),
-            discard_penultimate_sigma: S::DISCARD_PENULTIMATE_SIGMA,
-            default_schedule: S::DEFAULT_SCHEDULE.into(),
-            sample: sample_trampoline::<S>,
+            name: ffi.name().to_string(),
+            aliases: owned(ffi.aliases()),
+            options: owned(ffi.options()),
+            discard_penultimate_sigma: ffi.discard_penultimate_sigma(),
+            default_schedule: ffi.default_schedule().to_string(),
+            ffi,
         }
     }
 
@@ -174,7 +238,7 @@ impl SamplerDecl {
         sigmas: &[f64],
     ) -> Result<Tensor> {
         let host = SamplerHost::new(callbacks, options);
-        from_ffi((self.sample)(
+        from_ffi((self.ffi.sample())(
             &host,
             TensorBox::new(x),
             RSlice::from_slice(sigmas),

@@ -3,13 +3,14 @@
 use std::ffi::c_void;
 use std::marker::PhantomData;
 
-use abi_stable::std_types::{RResult, RSlice, RString, RVec};
-use abi_stable::StableAbi;
+use abi_stable::prefix_type::{PrefixTypeTrait, WithMetadata};
+use abi_stable::std_types::{RResult, RSlice, RStr, RString};
+use abi_stable::{staticref, StableAbi};
 use tch::Tensor;
 
 use crate::error::{from_ffi, guard, Result};
 use crate::options::{OptionEntry, Options};
-use crate::sampler::strings;
+use crate::strings::{owned, static_strs};
 use crate::tensor::{TensorBox, TensorRef};
 
 pub trait Upscaler: 'static {
@@ -32,11 +33,22 @@ pub trait Upscaler: 'static {
 #[derive(StableAbi)]
 pub struct UpscaleHost<'a> {
     ctx: *mut c_void,
-    decode: extern "C" fn(*mut c_void, TensorRef<'_>) -> RResult<TensorBox, RString>,
-    encode: extern "C" fn(*mut c_void, TensorRef<'_>) -> RResult<TensorBox, RString>,
+    vtable: UpscaleHostVtableRef,
     /// What the host tells this upscaler for the pass (a model upscaler's `model` file).
     options: RSlice<'a, OptionEntry>,
     _borrow: PhantomData<&'a mut ()>,
+}
+
+/// The host's functions for an upscaler. Host API 1.0's fields end at `encode`; later ones
+/// are appended and read as `Option`s (`None` from an older host).
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = UpscaleHostVtableRef)))]
+#[sabi(missing_field(option))]
+pub struct UpscaleHostVtable {
+    pub decode: extern "C" fn(*mut c_void, TensorRef<'_>) -> RResult<TensorBox, RString>,
+    #[sabi(last_prefix_field)]
+    pub encode: extern "C" fn(*mut c_void, TensorRef<'_>) -> RResult<TensorBox, RString>,
 }
 
 /// Implemented by the host: the pass's VAE.
@@ -47,30 +59,36 @@ pub trait VaeCallbacks {
     fn encode(&mut self, image: &Tensor) -> Result<Tensor>;
 }
 
-extern "C" fn decode_trampoline<C: VaeCallbacks>(
-    ctx: *mut c_void,
-    x: TensorRef<'_>,
-) -> RResult<TensorBox, RString> {
-    // SAFETY: ctx is the `&mut C` given to `UpscaleHost::new`, alive for the call.
-    let vae = unsafe { &mut *(ctx as *mut C) };
-    guard(|| vae.decode(&x.to_tensor()).map(TensorBox::new))
-}
+struct HostVtableOf<C>(PhantomData<C>);
 
-extern "C" fn encode_trampoline<C: VaeCallbacks>(
-    ctx: *mut c_void,
-    x: TensorRef<'_>,
-) -> RResult<TensorBox, RString> {
-    // SAFETY: as in decode_trampoline.
-    let vae = unsafe { &mut *(ctx as *mut C) };
-    guard(|| vae.encode(&x.to_tensor()).map(TensorBox::new))
+impl<C: VaeCallbacks> HostVtableOf<C> {
+    fn vae<'a>(ctx: *mut c_void) -> &'a mut C {
+        // SAFETY: ctx is the `&mut C` given to `UpscaleHost::new`, alive for the call.
+        unsafe { &mut *(ctx as *mut C) }
+    }
+
+    extern "C" fn decode(ctx: *mut c_void, x: TensorRef<'_>) -> RResult<TensorBox, RString> {
+        guard(|| Self::vae(ctx).decode(&x.to_tensor()).map(TensorBox::new))
+    }
+
+    extern "C" fn encode(ctx: *mut c_void, x: TensorRef<'_>) -> RResult<TensorBox, RString> {
+        guard(|| Self::vae(ctx).encode(&x.to_tensor()).map(TensorBox::new))
+    }
+
+    staticref! {
+        const TABLE: WithMetadata<UpscaleHostVtable> = WithMetadata::new(UpscaleHostVtable {
+            decode: Self::decode,
+            encode: Self::encode,
+        })
+    }
+    const VTABLE: UpscaleHostVtableRef = UpscaleHostVtableRef(Self::TABLE.as_prefix());
 }
 
 impl<'a> UpscaleHost<'a> {
     pub fn new<C: VaeCallbacks>(vae: &'a mut C, options: &'a [OptionEntry]) -> Self {
         Self {
             ctx: vae as *mut C as *mut c_void,
-            decode: decode_trampoline::<C>,
-            encode: encode_trampoline::<C>,
+            vtable: HostVtableOf::<C>::VTABLE,
             options: RSlice::from_slice(options),
             _borrow: PhantomData,
         }
@@ -84,8 +102,11 @@ pub struct UpscaleCtx<'a> {
 
 impl UpscaleCtx<'_> {
     pub fn vae_decode(&mut self, latent: &Tensor) -> Result<Tensor> {
-        from_ffi((self.host.decode)(self.host.ctx, TensorRef::new(latent)))
-            .map(TensorBox::into_tensor)
+        from_ffi((self.host.vtable.decode())(
+            self.host.ctx,
+            TensorRef::new(latent),
+        ))
+        .map(TensorBox::into_tensor)
     }
 
     /// The options the host passed for this pass.
@@ -94,18 +115,26 @@ impl UpscaleCtx<'_> {
     }
 
     pub fn vae_encode(&mut self, image: &Tensor) -> Result<Tensor> {
-        from_ffi((self.host.encode)(self.host.ctx, TensorRef::new(image)))
-            .map(TensorBox::into_tensor)
+        from_ffi((self.host.vtable.encode())(
+            self.host.ctx,
+            TensorRef::new(image),
+        ))
+        .map(TensorBox::into_tensor)
     }
 }
 
+/// A registered upscaler as it crosses the boundary. Host API 1.0's fields end at
+/// `describe`; later ones are appended and read as `Option`s.
 #[repr(C)]
 #[derive(StableAbi)]
-pub struct UpscalerDecl {
-    pub name: RString,
-    pub aliases: RVec<RString>,
+#[sabi(kind(Prefix(prefix_ref = UpscalerFfiRef)))]
+#[sabi(missing_field(option))]
+pub struct UpscalerFfi {
+    pub name: RStr<'static>,
+    pub aliases: RSlice<'static, RStr<'static>>,
     pub upscale:
         extern "C" fn(&UpscaleHost<'_>, TensorRef<'_>, i64, i64) -> RResult<TensorBox, RString>,
+    #[sabi(last_prefix_field)]
     pub describe: extern "C" fn(RSlice<'_, OptionEntry>) -> RResult<RString, RString>,
 }
 
@@ -127,19 +156,41 @@ extern "C" fn upscale_trampoline<U: Upscaler>(
     })
 }
 
-impl UpscalerDecl {
-    pub fn of<U: Upscaler>() -> Self {
-        Self {
-            name: U::NAME.into(),
-            aliases: strings(U::ALIASES),
+impl UpscalerFfi {
+    pub fn of<U: Upscaler>() -> UpscalerFfiRef {
+        UpscalerFfi {
+            name: RStr::from_str(U::NAME),
+            aliases: static_strs(U::ALIASES),
             upscale: upscale_trampoline::<U>,
             describe: describe_trampoline::<U>,
+        }
+        .leak_into_prefix()
+    }
+}
+
+/// The host's view of a registered upscaler.
+pub struct UpscalerDecl {
+    pub name: String,
+    pub aliases: Vec<String>,
+    ffi: UpscalerFfiRef,
+}
+
+impl UpscalerDecl {
+    pub fn of<U: Upscaler>() -> Self {
+        Self::from_ffi(UpscalerFfi::of::<U>())
+    }
+
+    pub fn from_ffi(ffi: UpscalerFfiRef) -> Self {
+        Self {
+            name: ffi.name().to_string(),
+            aliases: owned(ffi.aliases()),
+            ffi,
         }
     }
 
     /// Host side: see [`Upscaler::describe`].
     pub fn run_describe(&self, options: &[OptionEntry]) -> Result<String> {
-        from_ffi((self.describe)(RSlice::from_slice(options))).map(String::from)
+        from_ffi((self.ffi.describe())(RSlice::from_slice(options))).map(String::from)
     }
 
     /// Host side: resize `latent` to `height` × `width` latent cells.
@@ -152,7 +203,12 @@ impl UpscalerDecl {
         width: i64,
     ) -> Result<Tensor> {
         let host = UpscaleHost::new(vae, options);
-        from_ffi((self.upscale)(&host, TensorRef::new(latent), height, width))
-            .map(TensorBox::into_tensor)
+        from_ffi((self.ffi.upscale())(
+            &host,
+            TensorRef::new(latent),
+            height,
+            width,
+        ))
+        .map(TensorBox::into_tensor)
     }
 }

@@ -113,6 +113,7 @@ fn estimate_for(file: &Path, size: u32) -> Result<MemoryEstimate> {
         device: "cpu".into(),
         vae_tile_size: 512,
         vae_tile_overlap: 64,
+        options: Default::default(),
     };
     estimate(&request)
 }

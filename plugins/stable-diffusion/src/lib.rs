@@ -24,6 +24,7 @@ pub mod plugin;
 pub mod random;
 pub mod schedule;
 pub mod text;
+mod tools;
 pub mod unet;
 pub mod vae;
 

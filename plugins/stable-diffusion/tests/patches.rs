@@ -48,6 +48,7 @@ fn patch<P: Patch>(model: &SdModel, options: Vec<OptionEntry>) -> PatchBox {
     let target = PatchModel {
         family: model.info().family.id.into(),
         sigmas: model.sigmas().into(),
+        extra: Default::default(),
     };
     PatchDecl::of::<P>().create(&options, &target).unwrap()
 }
