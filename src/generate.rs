@@ -62,7 +62,7 @@ pub fn generate(
     let template = output::checked_template(options.output.as_deref().unwrap_or(&profile.output))?;
     let until = options.until(profile.passes.len())?;
     let mut job = prepare(profile, registry, &options.base_dir)?;
-    report_findings(&job, registry, options)?;
+    report_findings(&mut job, registry, options)?;
     let mut writer = Writer::new(Sink::files(template), &job);
     // One run, then the process ends: the last images decode with the VAE alone in memory.
     let last_use = LastUse::ReleaseForDecode;
@@ -113,7 +113,7 @@ pub fn generate_in_memory<'r>(
         quiet,
         ..RunOptions::new(base_dir.to_path_buf())
     };
-    if let Err(error) = report_findings(&job, registry, &options) {
+    if let Err(error) = report_findings(&mut job, registry, &options) {
         *models = job.models;
         return Err(MemoryError {
             error,
@@ -270,7 +270,7 @@ pub fn finish(
         bail!("nothing left to run: the image is pass {done} and the profile stops at pass {until}; add a [[pass]] (or --set pass.{}.scale=2)", done + 1);
     }
     let mut job = prepare(profile, registry, &options.base_dir)?;
-    report_findings(&job, registry, options)?;
+    report_findings(&mut job, registry, options)?;
     let latent = match start {
         Start::Latent(stored) => {
             let size = &job.sizes[stored.pass - 1];
@@ -311,14 +311,14 @@ fn encode_image(job: &mut Job<'_>, width: u32, height: u32, rgb: &[u8]) -> Resul
 }
 
 /// Lint findings (warnings go to stderr; errors stop before anything heavy) and notes.
-fn report_findings(job: &Job<'_>, registry: &Registry, options: &RunOptions) -> Result<()> {
+fn report_findings(job: &mut Job<'_>, registry: &Registry, options: &RunOptions) -> Result<()> {
     let seen = &mut HashSet::new();
     report_new_findings(job, registry, (options.quiet, options.native_size), seen)
 }
 
 /// [`report_findings`], printing only lines not in `seen` (a grid's cells share most).
 fn report_new_findings(
-    job: &Job<'_>,
+    job: &mut Job<'_>,
     registry: &Registry,
     (quiet, native_size): (bool, Option<u32>),
     seen: &mut HashSet<String>,
@@ -481,7 +481,7 @@ pub fn render_one<'r>(
 ) -> Result<(Models<'r>, PathBuf, Rgb8)> {
     let template = output::checked_template(path)?;
     let mut job = crate::job::prepare_with(profile, registry, base_dir, models)?;
-    report_new_findings(&job, registry, (quiet, None), seen)?;
+    report_new_findings(&mut job, registry, (quiet, None), seen)?;
     let mut writer = Writer::new(Sink::files(template), &job);
     let until = job.plans.len();
     let seed = job.profile.seed;

@@ -94,9 +94,15 @@ fn prepare_inner<'r>(
 
 impl Job<'_> {
     /// What pass 1's checkpoint is, read from its headers (for the lint).
-    pub fn first_checkpoint_info(&self, registry: &Registry) -> Result<host_api::CheckpointInfo> {
+    pub fn first_checkpoint_info(
+        &mut self,
+        registry: &Registry,
+    ) -> Result<host_api::CheckpointInfo> {
         let checkpoint = &self.plans[0].checkpoint;
         let backend = detect_backend(registry, checkpoint)?;
+        if !backend.decl.has_tools() {
+            return crate::models::checkpoint_info(&mut self.models, &self.settings, checkpoint);
+        }
         let mut info = backend
             .decl
             .run_inspect(checkpoint, false)

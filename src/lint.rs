@@ -86,6 +86,9 @@ pub fn lint(plans: &[PassPlan<'_>], sizes: &[PassSize], info: &CheckpointInfo) -
 /// Pass 1 far from the family's native size composes badly (SD 1.x at 1024 repeats subjects).
 fn native_size(sizes: &[PassSize], info: &CheckpointInfo, found: &mut Vec<Finding>) {
     let Some(first) = sizes.first() else { return };
+    if info.default_size == 0 {
+        return; // a backend without the tools table, not loaded yet: its native size is unknown
+    }
     let native = f64::from(info.default_size);
     let ratio = f64::from(first.width) * f64::from(first.height) / (native * native);
     if ratio < NATIVE_AREA_RANGE.0 || ratio > NATIVE_AREA_RANGE.1 {

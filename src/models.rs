@@ -293,6 +293,34 @@ impl<'r> Models<'r> {
     }
 }
 
+/// What a checkpoint is: read from its headers by the family's tools table, or, for a backend
+/// without one (host API's optional `BackendTools`), what its model says once loaded.
+pub fn checkpoint_info(
+    models: &mut Models<'_>,
+    settings: &LoadSettings,
+    checkpoint: &Path,
+) -> Result<host_api::CheckpointInfo> {
+    let backend = detect_backend(models.registry, checkpoint)?;
+    if backend.decl.has_tools() {
+        return backend
+            .decl
+            .run_inspect(checkpoint, false)
+            .map_err(|e| anyhow!("{e}"));
+    }
+    let (_, info) = models.get(settings, checkpoint, None, &[])?;
+    Ok(host_api::CheckpointInfo {
+        family: info.family.clone(),
+        family_name: info.family.clone(),
+        prediction: info.prediction.clone(),
+        prediction_source: "the loaded model".into(),
+        latent_channels: info.latent_channels,
+        vae_scale_factor: info.vae_scale_factor,
+        text_encoders: info.text_encoders.clone(),
+        default_size: info.default_size,
+        ..Default::default()
+    })
+}
+
 /// The backend whose family reads `checkpoint`.
 pub fn detect_backend<'r>(
     registry: &'r Registry,

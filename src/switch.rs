@@ -40,13 +40,17 @@ pub fn check_families(plans: &[PassPlan<'_>], registry: &Registry) -> Result<()>
 
 /// The findings for each switch (another text encoder, too many steps), naming the pass.
 pub fn switch_findings(plans: &[PassPlan<'_>], registry: &Registry) -> Result<Vec<Finding>> {
-    let fingerprint = |path: &PathBuf| -> Result<String> {
+    // `None` for a backend without the optional tools table: its text encoders are unknown.
+    let fingerprint = |path: &PathBuf| -> Result<Option<String>> {
         let backend = detect_backend(registry, path)?;
+        if !backend.decl.has_tools() {
+            return Ok(None);
+        }
         let info = backend
             .decl
             .run_inspect(path, false)
             .map_err(|e| anyhow!("{e}"))?;
-        Ok(info.text_encoder_fingerprint.to_string())
+        Ok(Some(info.text_encoder_fingerprint.to_string()))
     };
     let mut warnings = Vec::new();
     for (i, plan) in plans.iter().enumerate().skip(1) {
@@ -54,7 +58,11 @@ pub fn switch_findings(plans: &[PassPlan<'_>], registry: &Registry) -> Result<Ve
         if plan.checkpoint == previous.checkpoint {
             continue;
         }
-        if fingerprint(&plan.checkpoint)? != fingerprint(&previous.checkpoint)? {
+        let (ours, theirs) = (
+            fingerprint(&plan.checkpoint)?,
+            fingerprint(&previous.checkpoint)?,
+        );
+        if ours.is_some() && theirs.is_some() && ours != theirs {
             warnings.push(Finding {
                 severity: Severity::Warning,
                 pass: plan.number,

@@ -163,7 +163,7 @@ impl EncodeRequest {
 /// What `hiresfix info` prints about a checkpoint, read without running it (an SD 2.x single
 /// file with no prediction marker is the exception: its UNet is probed, as A1111 does).
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, PartialEq)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Default)]
 pub struct CheckpointInfo {
     /// Family id, e.g. `sdxl`.
     pub family: RString,

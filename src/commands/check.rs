@@ -2,7 +2,7 @@
 //! headers), limits, every pass's size — without running anything heavy.
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 
 use super::{base_dir, load_profile, registry_for};
 use crate::{generate, plan};
@@ -15,11 +15,9 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
     probe.resolve_defaults(512)?;
     let first = plan::plan_passes(&probe, &registry, &base)?;
     let checkpoint = &first[0].checkpoint;
-    let backend = generate::detect_backend(&registry, checkpoint)?;
-    let info = backend
-        .decl
-        .run_inspect(checkpoint, false)
-        .map_err(|e| anyhow!("{e}"))?;
+    let settings = crate::models::LoadSettings::from_profile(&probe)?;
+    let mut models = crate::models::Models::new(&registry);
+    let info = crate::models::checkpoint_info(&mut models, &settings, checkpoint)?;
     profile.resolve_defaults(info.default_size)?;
     let plans = plan::plan_passes(&profile, &registry, &base)?;
     let (sizes, notes) = plan::pass_sizes(&profile.passes, info.vae_scale_factor)?;
