@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the small torch.save files `hiresfix convert` is tested on (tests/convert.rs).
+"""Write the small torch.save files `hiresfix convert` is tested on (tests/integration/convert.rs).
 
     python3 scripts/make_convert_fixtures.py [--out tests/data/convert]
 

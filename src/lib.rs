@@ -1,30 +1,11 @@
-//! The hiresfix host as a library: profile, plugin registry, planning and the multi-pass run.
-//! `main.rs` is the command line over it.
+//! The `hiresfix` command line as a library: one module per command (`commands/`), batches
+//! (`batch/`) and grid sheets (`sheet.rs`), over the engine (`hiresfix-engine`, re-exported
+//! here so `hiresfix::profile`, `hiresfix::generate`, ... name its modules), the server
+//! (`hiresfix-serve`) and the pickle reader (`torch-pickle`). `main.rs` parses and dispatches.
 pub mod batch;
 pub mod commands;
-pub mod convert;
-pub mod generate;
-pub mod hash_cache;
-pub mod import;
-pub mod infotext;
-pub mod job;
-pub mod limits;
-pub mod lint;
-pub mod loras;
-pub mod memory;
-pub mod models;
-pub mod noise;
-pub mod output;
-pub mod parameters;
-pub mod plan;
-pub mod profile;
-pub mod progress;
-pub mod registry;
-pub mod run;
-pub mod seamless;
-pub mod serve;
 pub mod sheet;
-pub mod stored_latent;
-pub mod switch;
-pub mod timings;
-pub mod upscaler_models;
+
+pub use hiresfix_engine::*;
+pub use hiresfix_serve as serve;
+pub use torch_pickle as convert;

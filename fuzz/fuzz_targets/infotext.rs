@@ -1,6 +1,6 @@
 //! A1111 `parameters` text as PNG Info and Civitai write it.
 #![no_main]
-use hiresfix::infotext;
+use hiresfix_engine::infotext;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -16,7 +16,7 @@ fn scratch() -> &'static PathBuf {
 fuzz_target!(|data: &[u8]| {
     let path = scratch();
     if std::fs::write(path, data).is_ok() {
-        let _ = hiresfix::convert::read_state_dict(path);
+        let _ = torch_pickle::read_state_dict(path);
         let _ = std::fs::remove_file(path);
     }
 });

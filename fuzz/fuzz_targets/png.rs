@@ -2,8 +2,8 @@
 #![no_main]
 use std::io::Cursor;
 
-use hiresfix::output::{read_text_chunks_from, PROFILE_CHUNK};
-use hiresfix::{infotext, profile::Profile};
+use hiresfix_engine::output::{read_text_chunks_from, PROFILE_CHUNK};
+use hiresfix_engine::{infotext, profile::Profile};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

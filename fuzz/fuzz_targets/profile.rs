@@ -1,6 +1,6 @@
 //! Profile TOML as a user writes it: parse, apply a `--set` override, resolve defaults.
 #![no_main]
-use hiresfix::profile::Profile;
+use hiresfix_engine::profile::Profile;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -72,31 +72,30 @@ extern "C" fn estimate_trampoline<B: BackendTools>(request: &MemoryRequest) -> O
     guard(|| B::estimate_memory(request))
 }
 
-/// The tools table of a [`BackendTools`] type, for [`Backend::tools`].
-pub struct BackendToolsDecl(BackendToolsFfiRef);
-
-impl BackendToolsDecl {
-    pub fn of<B: BackendTools>() -> Self {
-        Self(
-            BackendToolsFfi {
-                inspect: inspect_trampoline::<B>,
-                merge: merge_trampoline::<B>,
-                write_demo_checkpoint: demo_trampoline::<B>,
-                estimate_memory: estimate_trampoline::<B>,
-            }
-            .leak_into_prefix(),
-        )
-    }
-}
-
 impl BackendFfi {
-    /// The table for `B` (made once per plugin load, kept for the process like the plugin).
+    /// The table for `B`, without the tools (made once per plugin load, kept for the process
+    /// like the plugin).
     pub fn of<B: Backend>() -> BackendFfiRef {
+        Self::table::<B>(None)
+    }
+
+    /// The table for `B` with its [`BackendTools`].
+    pub fn with_tools<B: BackendTools>() -> BackendFfiRef {
+        let tools = BackendToolsFfi {
+            inspect: inspect_trampoline::<B>,
+            merge: merge_trampoline::<B>,
+            write_demo_checkpoint: demo_trampoline::<B>,
+            estimate_memory: estimate_trampoline::<B>,
+        };
+        Self::table::<B>(Some(tools.leak_into_prefix()))
+    }
+
+    fn table<B: Backend>(tools: Option<BackendToolsFfiRef>) -> BackendFfiRef {
         BackendFfi {
             family: RStr::from_str(B::FAMILY),
             detect: detect_trampoline::<B>,
             load: load_trampoline::<B>,
-            tools: B::tools().map(|t| t.0).into(),
+            tools: tools.into(),
         }
         .leak_into_prefix()
     }
@@ -111,6 +110,10 @@ pub struct BackendDecl {
 impl BackendDecl {
     pub fn of<B: Backend>() -> Self {
         Self::from_ffi(BackendFfi::of::<B>())
+    }
+
+    pub fn with_tools<B: BackendTools>() -> Self {
+        Self::from_ffi(BackendFfi::with_tools::<B>())
     }
 
     pub fn from_ffi(ffi: BackendFfiRef) -> Self {

@@ -26,7 +26,7 @@ pub use backend::{
     Backend, BackendTools, CheckpointInfo, EncodeRequest, LoadRequest, LoraSpec, MemoryEstimate,
     MemoryRequest, MergeInput, MergeRequest, ModelInfo, PromptSpec,
 };
-pub use backend_decl::{BackendDecl, BackendToolsDecl};
+pub use backend_decl::BackendDecl;
 pub use error::{Error, Result};
 pub use model_box::ModelBox;
 pub use options::{OptionEntry, OptionValue, Options};

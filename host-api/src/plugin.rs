@@ -123,7 +123,8 @@ macro_rules! __root_symbol {
 /// host_api::export_plugin! { samplers: [Euler, EulerAncestral] }
 /// ```
 /// Optional sections, in this order: `handshake: path_to_fn,` (tests only), `samplers`,
-/// `schedules`, `upscalers`, `backends`, `patches`.
+/// `schedules`, `upscalers`, `backends` (each implementing `Backend`),
+/// `backends_with_tools` (each also implementing `BackendTools`), `patches`.
 #[macro_export]
 macro_rules! export_plugin {
     (
@@ -132,6 +133,7 @@ macro_rules! export_plugin {
         $(schedules: [$($schedule:ty),* $(,)?] $(,)?)?
         $(upscalers: [$($upscaler:ty),* $(,)?] $(,)?)?
         $(backends: [$($backend:ty),* $(,)?] $(,)?)?
+        $(backends_with_tools: [$($tooled:ty),* $(,)?] $(,)?)?
         $(patches: [$($patch:ty),* $(,)?] $(,)?)?
     ) => {
         #[doc(hidden)]
@@ -152,7 +154,11 @@ macro_rules! export_plugin {
                 RVec::from(vec![$($($crate::upscaler::UpscalerFfi::of::<$upscaler>()),*)?])
             }
             extern "C" fn backends() -> RVec<$crate::backend_decl::BackendFfiRef> {
-                RVec::from(vec![$($($crate::backend_decl::BackendFfi::of::<$backend>()),*)?])
+                #[allow(unused_mut)]
+                let mut all: Vec<$crate::backend_decl::BackendFfiRef> = Vec::new();
+                $($(all.push($crate::backend_decl::BackendFfi::of::<$backend>());)*)?
+                $($(all.push($crate::backend_decl::BackendFfi::with_tools::<$tooled>());)*)?
+                RVec::from(all)
             }
             extern "C" fn patches() -> RVec<$crate::patch::PatchFfiRef> {
                 RVec::from(vec![$($($crate::patch::PatchFfi::of::<$patch>()),*)?])
@@ -181,4 +187,49 @@ macro_rules! export_plugin {
     };
     (@handshake) => { $crate::plugin::current_handshake };
     (@handshake $handshake:path) => { $handshake };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Handshake;
+
+    fn speaking(version: &str) -> Handshake {
+        Handshake {
+            host_api_version: version.into(),
+            ..Handshake::current()
+        }
+    }
+
+    #[test]
+    fn an_older_or_equal_minor_of_the_same_major_loads() {
+        for (plugin, host) in [("1.0.0", "1.0.0"), ("1.0.0", "1.3.2"), ("1.2.5", "1.3.0")] {
+            assert_eq!(
+                speaking(plugin).check_against(&speaking(host)),
+                Ok(()),
+                "{plugin} in {host}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_newer_minor_or_another_major_is_refused_naming_both_versions() {
+        let newer = speaking("1.4.0")
+            .check_against(&speaking("1.3.0"))
+            .unwrap_err();
+        assert!(
+            newer.contains("1.4.0") && newer.contains("1.3.0") && newer.contains("newer"),
+            "{newer}"
+        );
+        for (plugin, host) in [("2.0.0", "1.3.0"), ("0.6.0", "1.0.0")] {
+            let e = speaking(plugin).check_against(&speaking(host)).unwrap_err();
+            assert!(
+                e.contains(plugin) && e.contains(host) && e.contains("another major"),
+                "{e}"
+            );
+        }
+        let garbage = speaking("one.two")
+            .check_against(&speaking("1.0.0"))
+            .unwrap_err();
+        assert!(garbage.contains("not a version number"), "{garbage}");
+    }
 }

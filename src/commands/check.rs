@@ -25,7 +25,7 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
         println!("note: {note}");
     }
     for (plan, size) in plans.iter().zip(&sizes) {
-        let backend = generate::detect_backend(&registry, &plan.checkpoint)?;
+        let backend = crate::models::detect_backend(&registry, &plan.checkpoint)?;
         if let Some(vae) = &plan.vae {
             if !vae.exists() {
                 bail!("pass {}: VAE {} not found", plan.number, vae.display());

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use host_api::CheckpointInfo;
 
-use crate::generate::detect_backend;
+use crate::models::detect_backend;
 use crate::registry::Registry;
 
 pub fn run(checkpoint: &Path) -> Result<()> {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use host_api::{MergeInput, MergeRequest};
 
-use crate::generate::detect_backend;
+use crate::models::detect_backend;
 use crate::registry::Registry;
 
 /// `path:weight`, the weight after the last `:` (paths may hold `:`), or `default` without one.

@@ -16,7 +16,6 @@ use anyhow::Result;
 
 use crate::generate::{generate, RunOptions};
 use crate::profile::Profile;
-use crate::registry::Registry;
 
 pub fn load_profile(path: &Path, sets: &[String]) -> Result<Profile> {
     Profile::load(path)?.with_overrides(sets)
@@ -29,32 +28,7 @@ pub fn base_dir(profile_path: &Path) -> PathBuf {
         .unwrap_or_default()
 }
 
-pub fn registry_for(profile: &Profile, base: &Path) -> Registry {
-    let dirs: Vec<PathBuf> = profile
-        .plugin_dirs
-        .iter()
-        .map(|d| {
-            if d.is_absolute() {
-                d.clone()
-            } else {
-                base.join(d)
-            }
-        })
-        .collect();
-    Registry::load(&dirs, &profile.plugin_sha256)
-}
-
-/// After a command succeeded: the plugins that were refused (a failure names the one it
-/// needed in its own single line instead).
-pub(crate) fn warn_refused(registry: &Registry) {
-    for refusal in &registry.refused {
-        eprintln!(
-            "warning: plugin {} refused: {}",
-            refusal.file.display(),
-            refusal.reason
-        );
-    }
-}
+pub use crate::registry::{registry_for, warn_refused};
 
 pub(crate) fn print_written(paths: &[PathBuf]) {
     for p in paths {
@@ -71,16 +45,4 @@ pub fn run_generate(profile: Profile, options: RunOptions) -> Result<()> {
     Ok(())
 }
 
-/// The error chain on one line: `outer: inner: cause`.
-pub fn one_line(e: &anyhow::Error) -> String {
-    let parts: Vec<String> = e
-        .chain()
-        .map(|c| c.to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    parts
-        .join(": ")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+pub use crate::errors::one_line;

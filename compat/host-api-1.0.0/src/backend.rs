@@ -7,7 +7,6 @@ use abi_stable::std_types::{ROption, RString, RVec};
 use abi_stable::StableAbi;
 use tch::{Device, Kind, Tensor};
 
-use crate::backend_decl::BackendToolsDecl;
 use crate::error::{Error, Result};
 use crate::options::OptionEntry;
 use crate::patch::{PassSigmas, PatchBox};
@@ -356,15 +355,11 @@ pub trait Backend: Sized + 'static {
         "the model's output overflowed".into()
     }
 
-    /// The command-line tools of this family, when it has them: return
-    /// `Some(BackendToolsDecl::of::<Self>())` from a type that implements [`BackendTools`].
-    fn tools() -> Option<BackendToolsDecl> {
-        None
-    }
 }
 
 /// The command-line tools of a family (optional: a backend without them generates images;
 /// `hiresfix info`, `merge`, `demo` and `check`'s memory table then say the family lacks them).
+/// A backend that has them is exported under `backends_with_tools:` in [`crate::export_plugin!`].
 pub trait BackendTools: Backend {
     /// What `hiresfix info` prints, for a checkpoint `detect` accepts. `probe`: whether facts
     /// that need the weights (SD 2.x's v-prediction probe) may be worked out; without it

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use host_api::backend::device_name;
 use host_api::tch::Tensor;
-use host_api::{Backend, BackendToolsDecl, EncodeRequest, Error, LoadRequest, ModelInfo, Result};
+use host_api::{Backend, EncodeRequest, Error, LoadRequest, ModelInfo, Result};
 
 use crate::checkpoint::Checkpoint;
 use crate::families::{sd1, sd2, sdxl, Family, Prediction};
@@ -175,12 +175,8 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
         let kind = self.0.info().kind;
         crate::health::cause(self.0.nonfinite_weight(""), kind)
     }
-
-    fn tools() -> Option<BackendToolsDecl> {
-        Some(BackendToolsDecl::of::<Self>())
-    }
 }
 
 host_api::export_plugin! {
-    backends: [SdBackend<Sd1>, SdBackend<Sd2>, SdBackend<Sdxl>],
+    backends_with_tools: [SdBackend<Sd1>, SdBackend<Sd2>, SdBackend<Sdxl>],
 }

@@ -8,7 +8,7 @@
 //! tensor, as in the A1111 "Tiled VAE" extension. GroupNorm takes its statistics over the
 //! whole image, so every tile normalises with statistics pooled over all tiles (see
 //! [`record_group_stats`]) rather than its own. What is left is the overlap blend and the
-//! estimate's error (measurements in `tests/vae_tiling.rs`).
+//! estimate's error (measurements in `tests/integration/vae_tiling.rs`).
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Result};
@@ -258,7 +258,7 @@ fn run_tileable(
 /// Runs of the tiles that estimate the whole image's GroupNorm statistics before the final
 /// one: the first on each tile's own, each later one normalising with the last estimate.
 /// Each run corrects roughly one more stage of GroupNorms; measured on the tiny model's
-/// structured inputs (`tests/vae_tiling.rs`), decode is within 8/255 after 2 runs, while
+/// structured inputs (`tests/integration/vae_tiling.rs`), decode is within 8/255 after 2 runs, while
 /// encode of a colour gradient needs 4 (31 % of the latent std mean error after 2, 12 %
 /// after 3, 0.24 % after 4).
 fn stats_passes(pass: VaePass) -> usize {

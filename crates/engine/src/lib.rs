@@ -1,0 +1,27 @@
+//! The hiresfix engine: the profile and its resolution, the plugin registry, planning, loaded
+//! models, the multi-pass run, A1111 infotext and PNG output. The command line (`hiresfix`)
+//! and the HTTP server (`hiresfix-serve`) are built on it; it imports neither.
+pub mod errors;
+pub mod generate;
+pub mod hash_cache;
+pub mod import;
+pub mod infotext;
+pub mod job;
+pub mod limits;
+pub mod lint;
+pub mod loras;
+pub mod memory;
+pub mod models;
+pub mod noise;
+pub mod output;
+pub mod parameters;
+pub mod plan;
+pub mod profile;
+pub mod progress;
+pub mod registry;
+pub mod run;
+pub mod seamless;
+pub mod stored_latent;
+pub mod switch;
+pub mod timings;
+pub mod upscaler_models;

@@ -1,0 +1,237 @@
+//! `check`'s memory table: what each pass needs (the backend's estimate from the checkpoint's
+//! headers: weights, a UNet call, the decode full and tiled) against the device's free
+//! memory, and the largest size of the pass's aspect that would fit.
+use anyhow::{anyhow, Result};
+use host_api::{BackendDecl, MemoryEstimate, MemoryRequest};
+
+use crate::models::{detect_backend, LoadSettings};
+use crate::plan::{PassPlan, PassSize};
+use crate::registry::{Entry, Registry};
+
+/// One pass's estimate, and the largest sizes (same aspect, multiples of 64 px) that fit.
+pub struct PassMemory {
+    pub pass: usize,
+    pub size: (u32, u32),
+    pub estimate: MemoryEstimate,
+    pub largest_full: Option<(u32, u32)>,
+    pub largest_tiled: Option<(u32, u32)>,
+}
+
+/// Side of a size search: the largest multiple of 64 px tried.
+const MAX_SIDE: u32 = 16384;
+
+/// The backend's estimate for `plan` at `width × height` with `images` images per UNet call.
+fn estimate(
+    plan: &PassPlan<'_>,
+    backend: &Entry<BackendDecl>,
+    settings: &LoadSettings,
+    (width, height): (u32, u32),
+    images: u32,
+) -> Result<MemoryEstimate> {
+    let per_image = if plan.cfg == 1.0 { 1 } else { 2 };
+    let request = MemoryRequest {
+        checkpoint: plan.checkpoint.to_string_lossy().into_owned().into(),
+        width,
+        height,
+        unet_batch: per_image * images,
+        dtype: settings.dtype.as_str().into(),
+        device: settings.device.as_str().into(),
+        vae_tile_size: settings.vae_tile_size,
+        vae_tile_overlap: settings.vae_tile_overlap,
+        options: Default::default(),
+    };
+    backend
+        .decl
+        .run_estimate_memory(&request)
+        .map_err(|e| anyhow!("pass {}: memory estimate: {e}", plan.number))
+}
+
+pub fn table(
+    plans: &[PassPlan<'_>],
+    sizes: &[PassSize],
+    registry: &Registry,
+    settings: &LoadSettings,
+) -> Result<Vec<PassMemory>> {
+    let mut rows = Vec::new();
+    let mut free = None; // read once, so that every pass is held against the same number
+    for (plan, size) in plans.iter().zip(sizes) {
+        let backend = detect_backend(registry, &plan.checkpoint)?;
+        let ask = |width: u32, height: u32| estimate(plan, backend, settings, (width, height), 1);
+        let mut estimate = ask(size.width, size.height)?;
+        estimate.free = *free.get_or_insert(estimate.free);
+        let largest = |tiled: bool| -> Result<Option<(u32, u32)>> {
+            if estimate.free == 0 {
+                return Ok(None);
+            }
+            let at = |k: u32| scaled(size, k);
+            // The largest k (64 px steps along the longer side) whose peak fits.
+            let (mut lo, mut hi) = (0u32, MAX_SIDE / 64);
+            while lo < hi {
+                let mid = (lo + hi).div_ceil(2);
+                let (w, h) = at(mid);
+                match ask(w, h)?.peak(tiled) <= estimate.free {
+                    true => lo = mid,
+                    false => hi = mid - 1,
+                }
+            }
+            Ok((lo > 0).then(|| at(lo)))
+        };
+        let largest_full = largest(false)?;
+        let largest_tiled = largest(true)?;
+        rows.push(PassMemory {
+            pass: plan.number,
+            size: (size.width, size.height),
+            estimate,
+            largest_full,
+            largest_tiled,
+        });
+    }
+    Ok(rows)
+}
+
+/// Most images one UNet call takes, whatever the memory: past this a GPU gains nothing.
+pub const MAX_IMAGES_PER_CALL: usize = 8;
+
+/// Share of the free memory a batched run may plan to use (the rest is slack for the
+/// estimate's error and other processes).
+const BATCH_SHARE: f64 = 0.8;
+
+/// How many of `images` images run as one UNet batch: the most (up to
+/// [`MAX_IMAGES_PER_CALL`]) whose estimated peak fits every pass in the device's free memory
+/// (decoding stays one image at a time). 1 when the backend gives no estimate or the free
+/// memory is unknown. Also returns a warning for each pass whose single image does not fit.
+pub fn batch_plan(
+    plans: &[PassPlan<'_>],
+    sizes: &[PassSize],
+    registry: &Registry,
+    settings: &LoadSettings,
+    images: usize,
+) -> (usize, Vec<String>) {
+    let mut most = images.clamp(1, MAX_IMAGES_PER_CALL);
+    let mut warnings = Vec::new();
+    let mut free = None;
+    for (plan, size) in plans.iter().zip(sizes) {
+        let Ok(backend) = detect_backend(registry, &plan.checkpoint) else {
+            return (1, warnings);
+        };
+        let Ok(e) = estimate(plan, backend, settings, (size.width, size.height), 1) else {
+            return (1, warnings);
+        };
+        let free = *free.get_or_insert(e.free);
+        if free == 0 {
+            return (1, warnings);
+        }
+        let decode = match settings.vae_tiling.as_str() {
+            "off" => e.decode_full,
+            _ => e.decode_tiled, // `auto` tiles what does not fit whole
+        };
+        let fixed = e.runtime + e.weights;
+        if fixed + e.unet.max(decode) > free {
+            warnings.push(format!(
+                "warning: pass {}: about {} needed at {}x{} but {} is free on {} — see `hiresfix check` for the largest size that fits",
+                plan.number,
+                gib(fixed + e.unet.max(decode)),
+                size.width,
+                size.height,
+                gib(free),
+                settings.device
+            ));
+            most = 1;
+            continue;
+        }
+        // The UNet's working memory grows with the images it takes at once.
+        let budget = (free as f64 * BATCH_SHARE) as u64;
+        let fits = |n: usize| fixed + (e.unet * n as u64).max(decode) <= budget;
+        while most > 1 && !fits(most) {
+            most -= 1;
+        }
+    }
+    (most, warnings)
+}
+
+/// `size`'s aspect with the longer side `64·k` px, both sides multiples of 64.
+fn scaled(size: &PassSize, k: u32) -> (u32, u32) {
+    let (w, h) = (size.width.max(1) as f64, size.height.max(1) as f64);
+    let long = f64::from(64 * k);
+    let side = |s: f64| (((s / w.max(h)) * long / 64.0).round().max(1.0) * 64.0) as u32;
+    (side(w), side(h))
+}
+
+/// GiB with one decimal, or MiB below 1 GiB.
+fn gib(bytes: u64) -> String {
+    match bytes >= 1 << 30 {
+        true => format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64),
+        false => format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64),
+    }
+}
+
+/// The table as text lines (`check` prints them).
+pub fn render(rows: &[PassMemory], settings: &LoadSettings) -> Vec<String> {
+    let free = rows.first().map_or(0, |r| r.estimate.free);
+    let free = match free {
+        0 => "free memory unknown".to_owned(),
+        f => format!("{} free", gib(f)),
+    };
+    let mut lines = vec![
+        format!(
+            "memory ({}, {}, {free}; estimate: runtime + weights + max(UNet call, decode)):",
+            settings.device, settings.dtype
+        ),
+        format!(
+            "{:<5} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+            "pass", "size", "weights", "UNet", "decode", "tiled", "peak", "peak tiled"
+        ),
+    ];
+    for row in rows {
+        let e = &row.estimate;
+        lines.push(format!(
+            "{:<5} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+            row.pass,
+            format!("{}x{}", row.size.0, row.size.1),
+            gib(e.weights),
+            gib(e.unet),
+            gib(e.decode_full),
+            gib(e.decode_tiled),
+            gib(e.peak(false)),
+            gib(e.peak(true)),
+        ));
+    }
+    for row in rows {
+        let show = |s: Option<(u32, u32)>| s.map_or("none".to_owned(), |(w, h)| format!("{w}x{h}"));
+        if row.estimate.free > 0 {
+            let fits = |tiled| match row.estimate.peak(tiled) <= row.estimate.free {
+                true => "fits",
+                false => "does not fit",
+            };
+            lines.push(format!(
+                "pass {}: {} full, {} tiled; largest that fits: {} full, {} tiled",
+                row.pass,
+                fits(false),
+                fits(true),
+                show(row.largest_full),
+                show(row.largest_tiled)
+            ));
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaled_sizes_keep_the_aspect_in_64_px_steps() {
+        let size = PassSize {
+            width: 832,
+            height: 1216,
+            latent_w: 104,
+            latent_h: 152,
+            cover_h: 152,
+            cover_w: 104,
+        };
+        assert_eq!(scaled(&size, 19), (832, 1216));
+        assert_eq!(scaled(&size, 32), (1408, 2048));
+        assert_eq!(scaled(&size, 1), (64, 64));
+    }
+}

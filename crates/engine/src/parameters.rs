@@ -1,0 +1,170 @@
+//! The A1111 `parameters` text of an image: the pairs A1111's "PNG Info" and Civitai read
+//! (steps, sampler, seed, size, model and its hash, hires fields, LoRA hashes).
+use std::path::Path;
+
+use crate::infotext::num;
+use crate::plan::{PassPlan, PassSize};
+use crate::profile::Profile;
+use crate::registry::display_name;
+
+/// The A1111 `parameters` pairs for one image.
+pub fn infotext_pairs(
+    profile: &Profile,
+    plans: &[PassPlan<'_>],
+    sizes: &[PassSize],
+    seed: i64,
+    model_hash: Option<&str>,
+) -> Vec<(String, String)> {
+    let first = &plans[0];
+    let mut pairs: Vec<(String, String)> = vec![
+        ("Steps".into(), first.steps.to_string()),
+        ("Sampler".into(), display_name(&first.sampler.decl)),
+        ("Schedule type".into(), display_name(&first.schedule.decl)),
+        ("CFG scale".into(), num(first.cfg)),
+        ("Seed".into(), seed.to_string()),
+        (
+            "Size".into(),
+            format!("{}x{}", sizes[0].width, sizes[0].height),
+        ),
+    ];
+    if let Some(hash) = model_hash {
+        pairs.push(("Model hash".into(), hash.to_owned()));
+    }
+    let model = match first.merge.is_empty() {
+        true => model_name(&first.checkpoint),
+        // A merge from the profile: its recipe, as a merged file's name would stand for it.
+        false => first
+            .merge
+            .iter()
+            .map(|(path, weight)| format!("{} {}", model_name(path), num(*weight)))
+            .collect::<Vec<_>>()
+            .join(" + "),
+    };
+    pairs.push(("Model".into(), model));
+    if let Some(hashes) = lora_hashes(plans) {
+        pairs.push(("Lora hashes".into(), hashes));
+    }
+    if first.clip_skip > 1 {
+        pairs.push(("Clip skip".into(), first.clip_skip.to_string()));
+    }
+    // Patches as the Forge extensions write them (`kohya_hrfix_enabled: True, ...`); a later
+    // pass with other patches than pass 1 writes its own, prefixed like its other fields.
+    pairs.extend(first.patches.iter().flat_map(|p| p.infotext.clone()));
+    for (i, (plan, size)) in plans.iter().zip(sizes).enumerate().skip(1) {
+        let p = if i == 1 {
+            "Hires".to_owned()
+        } else {
+            format!("Hires {i}")
+        };
+        let pass = &profile.passes[i];
+        if i == 1 {
+            pairs.push(("Denoising strength".into(), num(plan.denoise)));
+        } else {
+            pairs.push((format!("{p} denoising strength"), num(plan.denoise)));
+        }
+        match pass.scale {
+            Some(s) if pass.width.is_none() && pass.height.is_none() => {
+                pairs.push((format!("{p} upscale"), num(s)))
+            }
+            _ => pairs.push((
+                format!("{p} resize"),
+                format!("{}x{}", size.width, size.height),
+            )),
+        }
+        pairs.push((format!("{p} steps"), plan.steps.to_string()));
+        if let Some(up) = plan.upscaler {
+            let name = plan
+                .upscaler_model
+                .clone()
+                .unwrap_or_else(|| display_name(&up.decl));
+            pairs.push((format!("{p} upscaler"), name));
+        }
+        if plan.checkpoint != first.checkpoint {
+            pairs.push((format!("{p} checkpoint"), model_name(&plan.checkpoint)));
+        }
+        if plan.sampler.decl.name != first.sampler.decl.name {
+            pairs.push((format!("{p} sampler"), display_name(&plan.sampler.decl)));
+        }
+        if plan.schedule.decl.name != first.schedule.decl.name {
+            pairs.push((
+                format!("{p} schedule type"),
+                display_name(&plan.schedule.decl),
+            ));
+        }
+        let prompt = infotext_prompt(plan);
+        if prompt != infotext_prompt(first) {
+            pairs.push((format!("{p} prompt"), prompt));
+        }
+        if plan.negative != first.negative {
+            pairs.push((format!("{p} negative prompt"), plan.negative.clone()));
+        }
+        if plan.cfg != first.cfg {
+            pairs.push((format!("{p} CFG Scale"), num(plan.cfg)));
+        }
+        let fields = |plan: &PassPlan<'_>| -> Vec<(String, String)> {
+            plan.patches
+                .iter()
+                .flat_map(|p| p.infotext.clone())
+                .collect()
+        };
+        if fields(plan) != fields(first) {
+            match fields(plan) {
+                none if none.is_empty() => pairs.push((format!("{p} patches"), "None".into())),
+                some => pairs.extend(some.into_iter().map(|(k, v)| (format!("{p} {k}"), v))),
+            }
+        }
+    }
+    if profile.tiling {
+        pairs.push(("Tiling".into(), "True".into()));
+    }
+    if profile.eta_noise_seed_delta != 0 {
+        pairs.push(("ENSD".into(), profile.eta_noise_seed_delta.to_string()));
+    }
+    pairs.push((
+        "Version".into(),
+        format!("hiresfix {}", env!("CARGO_PKG_VERSION")),
+    ));
+    pairs
+}
+
+/// A1111's `Lora hashes`: `name: hash` of every LoRA any pass used, once each.
+fn lora_hashes(plans: &[PassPlan<'_>]) -> Option<String> {
+    let mut seen = Vec::new();
+    let mut parts = Vec::new();
+    for lora in plans.iter().flat_map(|p| &p.loras) {
+        if seen.contains(&&lora.path) {
+            continue;
+        }
+        seen.push(&lora.path);
+        let hash = crate::loras::short_hash(&lora.path).unwrap_or_else(|_| "unknown".into());
+        parts.push(format!("{}: {hash}", lora.name));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// The prompt as the infotext shows it: a LoRA the profile lists (rather than a tag in the
+/// prompt) is written as its A1111 tag, so A1111 and Civitai see it.
+pub fn infotext_prompt(plan: &PassPlan<'_>) -> String {
+    let mut prompt = plan.prompt.clone();
+    for lora in plan.loras.iter().filter(|l| !l.from_tag) {
+        prompt.push(' ');
+        prompt.push_str(&lora.tag());
+    }
+    prompt
+}
+
+fn model_name(checkpoint: &Path) -> String {
+    checkpoint
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A1111's "Model hash": the first 10 hex digits of the file's sha256 (none for a folder).
+pub fn model_hash(checkpoint: &Path) -> Option<String> {
+    if !checkpoint.is_file() {
+        return None;
+    }
+    let hex = crate::hash_cache::cached("sha256", checkpoint, crate::registry::sha256_hex).ok()?;
+    Some(hex[..10].to_owned())
+}

@@ -1,0 +1,404 @@
+//! From a profile to an executable plan: names resolved to plugin entries, sizes in latent
+//! cells, and each pass's sigma schedule (SPEC §4 denoise slicing).
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use host_api::{
+    ModelSigmas, OptionEntry, OptionValue, PatchDecl, PatchModel, SamplerDecl, ScheduleDecl,
+    UpscalerDecl,
+};
+
+use crate::limits;
+use crate::loras::{pass_loras, ResolvedLora};
+use crate::profile::{resolve_path, Pass, PatchEntry, Profile};
+use crate::registry::{find, Entry, Registry};
+
+pub struct PassPlan<'r> {
+    /// 1-based, as users count passes.
+    pub number: usize,
+    pub steps: usize,
+    pub denoise: f64,
+    pub sampler: &'r Entry<SamplerDecl>,
+    pub schedule: &'r Entry<ScheduleDecl>,
+    pub upscaler: Option<&'r Entry<UpscalerDecl>>,
+    /// What the upscaler runs with (a model upscaler's file).
+    pub upscaler_options: Vec<OptionEntry>,
+    /// The upscaler's name for the infotext when it is a model file (its stem).
+    pub upscaler_model: Option<String>,
+    pub options: Vec<OptionEntry>,
+    pub prompt: String,
+    pub negative: String,
+    pub cfg: f64,
+    pub checkpoint: PathBuf,
+    pub vae: Option<PathBuf>,
+    pub clip_skip: usize,
+    /// The LoRA set this pass runs with (empty: the checkpoint's own weights).
+    pub loras: Vec<ResolvedLora>,
+    /// `[model] merge`: (checkpoint, weight), the first being `checkpoint`; empty when the pass
+    /// runs one checkpoint.
+    pub merge: Vec<(PathBuf, f64)>,
+    /// The UNet patches this pass runs with, in order.
+    pub patches: Vec<PatchPlan<'r>>,
+}
+
+/// One UNet patch of a pass: its plugin entry, options, and infotext fields.
+pub struct PatchPlan<'r> {
+    pub entry: &'r Entry<PatchDecl>,
+    pub options: Vec<OptionEntry>,
+    pub infotext: Vec<(String, String)>,
+}
+
+/// A pass's image size: pixels, latent cells, and the size to upscale to before a centre crop.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PassSize {
+    pub width: u32,
+    pub height: u32,
+    pub latent_w: i64,
+    pub latent_h: i64,
+    /// Latent size to resize to before cropping to `latent_h × latent_w` (cover, A1111 rule).
+    pub cover_h: i64,
+    pub cover_w: i64,
+}
+
+fn option_value(table: &str, key: &str, value: &toml::Value) -> Result<OptionValue> {
+    Ok(match value {
+        toml::Value::Float(f) => OptionValue::Number(*f),
+        toml::Value::Integer(i) => OptionValue::Number(*i as f64),
+        toml::Value::Boolean(b) => OptionValue::Flag(*b),
+        toml::Value::String(s) => OptionValue::Text(s.as_str().into()),
+        other => bail!("{table}.{key}: {other} is not a number, string or boolean"),
+    })
+}
+
+/// Resolves every pass's names against the registry; `profile` must have defaults filled.
+pub fn plan_passes<'r>(
+    profile: &Profile,
+    registry: &'r Registry,
+    base_dir: &Path,
+) -> Result<Vec<PassPlan<'r>>> {
+    let merge: Vec<(PathBuf, f64)> = match &profile.model.merge {
+        Some(_) if profile.model.checkpoint.is_some() => {
+            bail!("[model] has both checkpoint and merge — keep one")
+        }
+        Some(list) if list.len() < 2 => {
+            bail!("[model] merge needs at least two checkpoints, e.g. merge = [{{ checkpoint = \"a.safetensors\", weight = 0.8 }}, {{ checkpoint = \"b.safetensors\", weight = 0.2 }}]")
+        }
+        Some(list) => list
+            .iter()
+            .map(|m| (resolve_path(base_dir, &m.checkpoint), m.weight))
+            .collect(),
+        None => Vec::new(),
+    };
+    let base_checkpoint = match merge.first() {
+        Some((first, _)) => first.to_string_lossy().into_owned(),
+        None => profile.model.checkpoint.clone().ok_or_else(|| {
+            anyhow!("no checkpoint: set [model] checkpoint = \"path\" (a Civitai .safetensors file or a diffusers folder), or run `hiresfix demo`")
+        })?,
+    };
+    if profile.tiling && matches!(profile.vae_tiling, crate::profile::VaeTiling::On) {
+        bail!("`tiling = true` (seamless output) cannot use vae_tiling = \"on\": decoding in tiles breaks the wrap-around; set vae_tiling = \"auto\" or \"off\"");
+    }
+    limits::check_profile(profile)?;
+    let model_dirs = crate::upscaler_models::dirs(
+        &profile
+            .upscaler_dirs
+            .iter()
+            .map(|d| resolve_path(base_dir, &d.to_string_lossy()))
+            .collect::<Vec<_>>(),
+    );
+    let mut plans = Vec::new();
+    for (i, pass) in profile.passes.iter().enumerate() {
+        let number = i + 1;
+        let at = |e: anyhow::Error| registry.with_refusals(e).context(format!("pass {number}"));
+        let sampler_name = pass.sampler.as_deref().unwrap_or("euler");
+        let (sampler, named_schedule) = find_sampler(registry, sampler_name).map_err(at)?;
+        // A1111's "Automatic" schedule means the sampler's own default.
+        let explicit = pass
+            .schedule
+            .as_ref()
+            .filter(|s| !s.trim().eq_ignore_ascii_case("automatic"));
+        let schedule = match (
+            explicit,
+            named_schedule,
+            sampler.decl.default_schedule.as_str(),
+        ) {
+            (Some(s), _, _) => find(&registry.schedules, s, "schedule").map_err(at)?,
+            (None, Some(from_name), _) => from_name,
+            (None, None, "") => find(&registry.schedules, "normal", "schedule").map_err(at)?,
+            (None, None, default) => find(&registry.schedules, default, "schedule").map_err(at)?,
+        };
+        let (upscaler, upscaler_options, upscaler_model) = match (number, &pass.upscaler) {
+            (1, _) => (None, Vec::new(), None),
+            (_, Some(name)) => {
+                let (entry, model) = find_upscaler(registry, &model_dirs, name).map_err(at)?;
+                let options = model.as_ref().map(|m| m.options()).unwrap_or_default();
+                (Some(entry), options, model.map(|m| m.label))
+            }
+            (_, None) => (
+                Some(find(&registry.upscalers, "latent", "upscaler").map_err(at)?),
+                Vec::new(),
+                None,
+            ),
+        };
+        let mut options = Vec::new();
+        for (key, value) in &pass.sampler_options {
+            if !sampler.decl.options.iter().any(|o| o.as_str() == key) {
+                let known: Vec<&str> = sampler.decl.options.iter().map(|o| o.as_str()).collect();
+                bail!(
+                    "pass {number}: sampler `{}` has no option `{key}` (it reads: {})",
+                    sampler.decl.name,
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            }
+            options.push(OptionEntry {
+                key: key.as_str().into(),
+                value: option_value("sampler_options", key, value).map_err(at)?,
+            });
+        }
+        let checkpoint = resolve_path(
+            base_dir,
+            pass.checkpoint.as_deref().unwrap_or(&base_checkpoint),
+        );
+        let pass_merge = match pass.checkpoint {
+            Some(_) => Vec::new(),
+            None => merge.clone(),
+        };
+        let vae = pass
+            .vae
+            .as_deref()
+            .or(profile.model.vae.as_deref())
+            .map(|v| resolve_path(base_dir, v));
+        let prompt = pass
+            .prompt
+            .clone()
+            .unwrap_or_else(|| profile.prompt.clone());
+        let loras = pass_loras(profile, pass, number, &prompt, base_dir)?;
+        let steps = pass.steps.unwrap_or(20) as usize;
+        let denoise = match number {
+            1 => 1.0,
+            _ => pass.denoise.unwrap_or(0.7),
+        };
+        limits::schedule_steps(number, steps, denoise)?;
+        let patches = pass
+            .patches
+            .as_ref()
+            .unwrap_or(&profile.patches)
+            .iter()
+            .map(|p| plan_patch(registry, p))
+            .collect::<Result<Vec<_>>>()
+            .map_err(at)?;
+        plans.push(PassPlan {
+            number,
+            steps,
+            denoise,
+            sampler,
+            schedule,
+            upscaler,
+            upscaler_options,
+            upscaler_model,
+            options,
+            prompt,
+            negative: pass
+                .negative
+                .clone()
+                .unwrap_or_else(|| profile.negative.clone()),
+            cfg: pass.cfg.unwrap_or(profile.cfg),
+            checkpoint,
+            vae,
+            clip_skip: pass.clip_skip.unwrap_or(profile.model.clip_skip) as usize,
+            loras,
+            merge: pass_merge,
+            patches,
+        });
+    }
+    Ok(plans)
+}
+
+/// An upscaler by id or alias, else a model file in `dirs` by stem, path or A1111 name (run
+/// by the `model` upscaler); the error lists both kinds.
+fn find_upscaler<'r>(
+    registry: &'r Registry,
+    dirs: &[PathBuf],
+    name: &str,
+) -> Result<(
+    &'r Entry<UpscalerDecl>,
+    Option<crate::upscaler_models::ModelFile>,
+)> {
+    let builtin = find(&registry.upscalers, name, "upscaler");
+    if let Ok(entry) = builtin {
+        if entry.decl.name.as_str() != "model" {
+            return Ok((entry, None));
+        }
+    }
+    match crate::upscaler_models::find(dirs, name)? {
+        Some(model) => Ok((find(&registry.upscalers, "model", "upscaler")?, Some(model))),
+        None => Err(match builtin {
+            Err(e) => anyhow!(
+                "{e}; model files: {}",
+                crate::upscaler_models::available(dirs)
+            ),
+            Ok(_) => anyhow!(
+                "upscaler `model` runs a model file: name the file's stem instead (found: {})",
+                crate::upscaler_models::available(dirs)
+            ),
+        }),
+    }
+}
+
+/// A patch entry resolved and checked: its name, its option keys, and its options as the
+/// patch itself reads them (made once without a model, so a bad value fails before loading).
+fn plan_patch<'r>(registry: &'r Registry, patch: &PatchEntry) -> Result<PatchPlan<'r>> {
+    let entry = find(&registry.patches, &patch.name, "patch")?;
+    let decl = &entry.decl;
+    let mut options = Vec::new();
+    for (key, value) in &patch.options {
+        if !decl.options.iter().any(|o| o.as_str() == key) {
+            let known: Vec<&str> = decl.options.iter().map(|o| o.as_str()).collect();
+            bail!(
+                "patch `{}` has no option `{key}` (it reads: {})",
+                decl.name,
+                match known.is_empty() {
+                    true => "none".to_owned(),
+                    false => known.join(", "),
+                }
+            );
+        }
+        options.push(OptionEntry {
+            key: key.as_str().into(),
+            value: option_value(&format!("patch {}", decl.name), key, value)?,
+        });
+    }
+    let probe = PatchModel {
+        family: "".into(),
+        sigmas: Default::default(),
+        extra: Default::default(),
+    };
+    let made = decl
+        .create(&options, &probe)
+        .and_then(|p| p.infotext())
+        .map_err(|e| anyhow!("patch `{}` ({}): {e}", decl.name, entry.file.display()))?;
+    Ok(PatchPlan {
+        entry,
+        options,
+        infotext: made,
+    })
+}
+
+/// A sampler by id or alias; A1111's combined names ("DPM++ 2M Karras") also name a schedule.
+pub fn find_sampler<'r>(
+    registry: &'r Registry,
+    name: &str,
+) -> Result<(&'r Entry<SamplerDecl>, Option<&'r Entry<ScheduleDecl>>)> {
+    let direct = find(&registry.samplers, name, "sampler");
+    if let Ok(sampler) = direct {
+        return Ok((sampler, None));
+    }
+    let lower = name.trim().to_lowercase();
+    for schedule in &registry.schedules {
+        let names = std::iter::once(schedule.decl.name.as_str())
+            .chain(schedule.decl.aliases.iter().map(|a| a.as_str()));
+        for suffix in names {
+            let Some(prefix) = lower.strip_suffix(&format!(" {}", suffix.to_lowercase())) else {
+                continue;
+            };
+            if let Ok(sampler) = find(&registry.samplers, prefix, "sampler") {
+                return Ok((sampler, Some(schedule)));
+            }
+        }
+    }
+    direct.map(|s| (s, None))
+}
+
+fn round_to(value: f64, factor: u32) -> u32 {
+    ((value as u32) / factor).max(1) * factor
+}
+
+/// Pixel and latent sizes of every pass. Sizes are rounded down to multiples of the VAE factor;
+/// each rounding is returned as a note for the user. A pass over the size limit is an error.
+pub fn pass_sizes(passes: &[Pass], factor: u32) -> Result<(Vec<PassSize>, Vec<String>)> {
+    let mut sizes: Vec<PassSize> = Vec::new();
+    let mut notes = Vec::new();
+    for (i, pass) in passes.iter().enumerate() {
+        let (w, h, cover) = match sizes.last() {
+            None => (
+                pass.width.unwrap_or(512) as f64,
+                pass.height.unwrap_or(512) as f64,
+                None,
+            ),
+            Some(prev) => {
+                let (pw, ph) = (prev.width as f64, prev.height as f64);
+                match (pass.width, pass.height, pass.scale) {
+                    (Some(w), Some(h), _) => {
+                        let s = (w as f64 / pw).max(h as f64 / ph);
+                        (w as f64, h as f64, Some((pw * s, ph * s)))
+                    }
+                    (Some(w), None, _) => (w as f64, ph * w as f64 / pw, None),
+                    (None, Some(h), _) => (pw * h as f64 / ph, h as f64, None),
+                    (None, None, s) => (pw * s.unwrap_or(2.0), ph * s.unwrap_or(2.0), None),
+                }
+            }
+        };
+        limits::side(i + 1, w, h)?;
+        if let Some((cw, ch)) = cover {
+            limits::side(i + 1, cw, ch)?;
+        }
+        let (rw, rh) = (round_to(w, factor), round_to(h, factor));
+        if (rw as f64 - w).abs() >= 1.0 || (rh as f64 - h).abs() >= 1.0 {
+            notes.push(format!(
+                "pass {}: {}x{} rounded to {rw}x{rh} (multiples of {factor})",
+                i + 1,
+                w as u32,
+                h as u32
+            ));
+        }
+        let (cw, ch) = cover.map_or((rw, rh), |(cw, ch)| {
+            (round_to(cw, factor).max(rw), round_to(ch, factor).max(rh))
+        });
+        let f = factor as i64;
+        sizes.push(PassSize {
+            width: rw,
+            height: rh,
+            latent_w: rw as i64 / f,
+            latent_h: rh as i64 / f,
+            cover_w: cw as i64 / f,
+            cover_h: ch as i64 / f,
+        });
+    }
+    Ok((sizes, notes))
+}
+
+/// The sigmas a pass runs: `steps + 1` of them. A pass with `denoise < 1` builds the schedule
+/// for `int(steps / denoise)` steps and keeps the tail (A1111 / ComfyUI). Samplers that drop the
+/// penultimate sigma get one extra step first, as A1111 does.
+pub fn pass_sigmas(plan: &PassPlan<'_>, model: &ModelSigmas) -> Result<Vec<f64>> {
+    let total = limits::schedule_steps(plan.number, plan.steps, plan.denoise)?;
+    let discard = plan.sampler.decl.discard_penultimate_sigma;
+    let mut sigmas = plan
+        .schedule
+        .decl
+        .run(model, total + usize::from(discard))
+        .map_err(|e| {
+            anyhow!(
+                "schedule `{}` ({}): {e}",
+                plan.schedule.decl.name,
+                plan.schedule.file.display()
+            )
+        })?;
+    if discard {
+        let last = sigmas.len() - 1;
+        sigmas.remove(last - 1);
+    }
+    let keep = plan.steps + 1;
+    sigmas.drain(..sigmas.len() - keep);
+    if sigmas.iter().any(|s| !s.is_finite() || *s < 0.0) {
+        bail!(
+            "schedule `{}` returned a negative or non-finite sigma",
+            plan.schedule.decl.name
+        );
+    }
+    Ok(sigmas)
+}

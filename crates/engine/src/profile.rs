@@ -1,0 +1,650 @@
+//! The TOML profile (SPEC §3): parsing with line/column errors, `--set` overrides, defaults.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Deserializer, Serialize};
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// -1 picks a random seed; image i of a batch uses seed + i (A1111).
+    #[serde(default = "minus_one")]
+    pub seed: i64,
+    #[serde(default = "one", deserialize_with = "at_least_one")]
+    pub batch: u32,
+    #[serde(default)]
+    pub prompt: String,
+    #[serde(default)]
+    pub negative: String,
+    #[serde(default = "seven", deserialize_with = "cfg_scale")]
+    pub cfg: f64,
+    #[serde(default)]
+    pub device: DeviceChoice,
+    #[serde(default)]
+    pub dtype: DtypeChoice,
+    #[serde(default)]
+    pub tiling: bool,
+    #[serde(default = "default_output")]
+    pub output: String,
+    #[serde(default)]
+    pub save_passes: bool,
+    #[serde(default)]
+    pub plugin_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub lora_dirs: Vec<PathBuf>,
+    /// Where model upscalers (ESRGAN family) are looked up by file stem.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upscaler_dirs: Vec<PathBuf>,
+    /// Plugin file name → expected sha256 (hex); a mismatch refuses that plugin.
+    #[serde(default)]
+    pub plugin_sha256: BTreeMap<String, String>,
+    #[serde(default)]
+    pub vae_tiling: VaeTiling,
+    /// Tile side in pixels for tiled VAE decode/encode (0 = the backend's default).
+    #[serde(default)]
+    pub vae_tile_size: u32,
+    /// Overlap between tiles in pixels (0 = the backend's default).
+    #[serde(default)]
+    pub vae_tile_overlap: u32,
+    /// A1111's "Eta noise seed delta": seeds the step-noise stream with seed + i + delta.
+    #[serde(default)]
+    pub eta_noise_seed_delta: i64,
+    /// UNet patches of every pass (a pass's own `patches` replaces the list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<PatchEntry>,
+    #[serde(default)]
+    pub model: ModelSection,
+    #[serde(rename = "pass", default)]
+    pub passes: Vec<Pass>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum DtypeChoice {
+    #[default]
+    Auto,
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum VaeTiling {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// `auto`, `cpu`, `cuda` or `cuda:N`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(into = "String")]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl From<DeviceChoice> for String {
+    fn from(d: DeviceChoice) -> String {
+        match d {
+            DeviceChoice::Auto => "auto".into(),
+            DeviceChoice::Cpu => "cpu".into(),
+            DeviceChoice::Cuda(n) => format!("cuda:{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceChoice {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use host_api::tch::Device;
+        let s = String::deserialize(d)?;
+        match (s.as_str(), host_api::backend::parse_device(&s)) {
+            ("auto", _) => Ok(Self::Auto),
+            (_, Ok(Device::Cuda(n))) => Ok(Self::Cuda(n)),
+            (_, Ok(_)) => Ok(Self::Cpu),
+            (_, Err(_)) => Err(serde::de::Error::custom(format!(
+                "device `{s}` is not one of auto, cpu, cuda, cuda:N"
+            ))),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Single-file LDM `.safetensors` (Civitai) or a diffusers folder.
+    pub checkpoint: Option<String>,
+    pub merge: Option<Vec<MergeEntry>>,
+    pub vae: Option<String>,
+    #[serde(default)]
+    pub loras: Vec<LoraEntry>,
+    #[serde(default = "one", deserialize_with = "at_least_one")]
+    pub clip_skip: u32,
+    /// What the UNet predicts, only to override detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<PredictionChoice>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            checkpoint: None,
+            merge: None,
+            vae: None,
+            loras: Vec::new(),
+            clip_skip: 1,
+            prediction: None,
+        }
+    }
+}
+
+/// `[model] prediction`: `eps` or `v`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum PredictionChoice {
+    Eps,
+    V,
+}
+
+impl PredictionChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PredictionChoice::Eps => "eps",
+            PredictionChoice::V => "v",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MergeEntry {
+    pub checkpoint: String,
+    pub weight: f64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoraEntry {
+    pub path: String,
+    #[serde(default = "one_f")]
+    pub weight: f64,
+}
+
+/// One UNet patch and its options: `{ name = "deep_shrink", end = 0.35 }`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+pub struct PatchEntry {
+    pub name: String,
+    #[serde(flatten)]
+    pub options: BTreeMap<String, toml::Value>,
+}
+
+/// One pass. Pass 1 is txt2img; later passes upscale and re-denoise. Every `None` is filled by
+/// [`Profile::resolve_defaults`].
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Pass {
+    #[serde(
+        default,
+        deserialize_with = "opt_size",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub width: Option<u32>,
+    #[serde(
+        default,
+        deserialize_with = "opt_size",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub height: Option<u32>,
+    #[serde(
+        default,
+        deserialize_with = "opt_scale",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub scale: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upscaler: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "opt_steps",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub steps: Option<u32>,
+    #[serde(
+        default,
+        deserialize_with = "opt_denoise",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub denoise: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sampler_options: BTreeMap<String, toml::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub negative: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "opt_cfg",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cfg: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loras: Option<Vec<LoraEntry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vae: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "opt_at_least_one",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub clip_skip: Option<u32>,
+    /// This pass's UNet patches, replacing the top-level list (`[]`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patches: Option<Vec<PatchEntry>>,
+}
+
+fn minus_one() -> i64 {
+    -1
+}
+fn one() -> u32 {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn seven() -> f64 {
+    7.0
+}
+fn default_output() -> String {
+    "out/{seed}-{n}.png".into()
+}
+
+fn checked<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+    ok: impl Fn(&T) -> bool,
+    what: &str,
+) -> Result<T, D::Error> {
+    let v = T::deserialize(d)?;
+    if ok(&v) {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(what))
+    }
+}
+
+fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    checked(d, |v: &u32| *v >= 1, "must be at least 1")
+}
+fn cfg_scale<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    checked(
+        d,
+        |v: &f64| (0.0..=100.0).contains(v),
+        "cfg must be between 0 and 100",
+    )
+}
+fn opt<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+    ok: impl Fn(&T) -> bool,
+    what: &str,
+) -> Result<Option<T>, D::Error> {
+    checked(d, ok, what).map(Some)
+}
+fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    opt(
+        d,
+        |v: &u32| (8..=16384).contains(v),
+        "size must be between 8 and 16384 pixels",
+    )
+}
+fn opt_scale<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    opt(
+        d,
+        |v: &f64| *v > 0.0 && *v <= 16.0,
+        "scale must be greater than 0 and at most 16",
+    )
+}
+fn opt_steps<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    opt(
+        d,
+        |v: &u32| (1..=10000).contains(v),
+        "steps must be between 1 and 10000",
+    )
+}
+fn opt_denoise<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    opt(
+        d,
+        |v: &f64| *v > 0.0 && *v <= 1.0,
+        "denoise must be in (0, 1]: greater than 0, at most 1",
+    )
+}
+fn opt_cfg<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    opt(
+        d,
+        |v: &f64| (0.0..=100.0).contains(v),
+        "cfg must be between 0 and 100",
+    )
+}
+fn opt_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    opt(d, |v: &u32| *v >= 1, "must be at least 1")
+}
+
+/// Every key a profile may hold, by table, for "did you mean" hints.
+const TOP_KEYS: &[&str] = &[
+    "seed",
+    "batch",
+    "prompt",
+    "negative",
+    "cfg",
+    "device",
+    "dtype",
+    "tiling",
+    "output",
+    "save_passes",
+    "plugin_dirs",
+    "lora_dirs",
+    "upscaler_dirs",
+    "plugin_sha256",
+    "vae_tiling",
+    "vae_tile_size",
+    "vae_tile_overlap",
+    "eta_noise_seed_delta",
+    "patches",
+    "model",
+    "pass",
+];
+const MODEL_KEYS: &[&str] = &[
+    "checkpoint",
+    "merge",
+    "vae",
+    "loras",
+    "clip_skip",
+    "prediction",
+];
+const PASS_KEYS: &[&str] = &[
+    "width",
+    "height",
+    "scale",
+    "upscaler",
+    "steps",
+    "denoise",
+    "sampler",
+    "schedule",
+    "sampler_options",
+    "prompt",
+    "negative",
+    "cfg",
+    "checkpoint",
+    "loras",
+    "vae",
+    "clip_skip",
+    "patches",
+];
+
+/// Levenshtein distance, for suggesting the nearest valid name.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let word = word.to_lowercase();
+    candidates
+        .into_iter()
+        .min_by_key(|c| edit_distance(&word, &c.to_lowercase()))
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Rewrites serde's "unknown field `x`, expected one of ..." into a hint with the nearest key.
+fn explain(message: &str) -> String {
+    let message = message.trim();
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((field, _)) = rest.split_once('`') {
+            let expected: Vec<&str> = message.split('`').skip(3).step_by(2).collect();
+            let table = if expected.contains(&"denoise") {
+                PASS_KEYS
+            } else if expected.contains(&"clip_skip") && expected.contains(&"merge") {
+                MODEL_KEYS
+            } else if expected.contains(&"seed") {
+                TOP_KEYS
+            } else {
+                &expected[..]
+            };
+            if let Some(best) = nearest(field, table.iter().copied()) {
+                return format!("unknown key `{field}`; did you mean `{best}`?");
+            }
+        }
+    }
+    message.to_owned()
+}
+
+impl Profile {
+    /// Parses profile text; errors carry `file:line:col` and the nearest valid key.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        toml::from_str::<Profile>(text).map_err(|e| {
+            let place = e.span().map(|s| line_col(text, s.start));
+            match place {
+                Some((line, col)) => anyhow!("{origin}:{line}:{col}: {}", explain(e.message())),
+                None => anyhow!("{origin}: {}", explain(e.message())),
+            }
+        })
+    }
+
+    /// The generation settings of a profile someone else wrote (a PNG's embedded profile),
+    /// without what would load code or write files where it says: plugin folders and pins,
+    /// LoRA folders and the output path fall back to this user's defaults.
+    /// Every key at its default and no pass (for importers to fill).
+    pub fn empty() -> Self {
+        toml::from_str("").expect("every profile key has a default")
+    }
+
+    pub fn untrusted(mut self) -> Self {
+        self.plugin_dirs.clear();
+        self.plugin_sha256.clear();
+        self.lora_dirs.clear();
+        self.output = default_output();
+        self
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read profile {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Applies `key=value` overrides (dotted keys, passes numbered from 1) and re-validates.
+    pub fn with_overrides(&self, sets: &[String]) -> Result<Self> {
+        if sets.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut doc = toml::Value::try_from(self).context("profile cannot be re-encoded")?;
+        for set in sets {
+            let (key, raw) = set.split_once('=').ok_or_else(|| {
+                anyhow!("--set {set}: expected key=value, e.g. --set pass.2.denoise=0.35")
+            })?;
+            set_path(&mut doc, key.trim(), parse_value(raw.trim()))
+                .with_context(|| format!("--set {set}"))?;
+        }
+        let text = toml::to_string(&doc).context("profile cannot be re-encoded")?;
+        toml::from_str::<Profile>(&text).map_err(|e| anyhow!("--set: {}", explain(e.message())))
+    }
+
+    /// Fills every unset value: pass 1 at the model's size, later passes inherit the previous
+    /// pass's sampler and schedule, hires steps default to pass 1's (A1111).
+    pub fn resolve_defaults(&mut self, default_size: u32) -> Result<()> {
+        if self.passes.is_empty() {
+            self.passes.push(Pass::default());
+        }
+        let first = &mut self.passes[0];
+        if first.scale.is_some() || first.upscaler.is_some() || first.denoise.is_some() {
+            bail!("pass 1 is txt2img: `scale`, `upscaler` and `denoise` belong to later passes");
+        }
+        let aspect = |w: Option<u32>, h: Option<u32>| match (w, h) {
+            (Some(w), Some(h)) => (w, h),
+            (Some(w), None) => (w, w),
+            (None, Some(h)) => (h, h),
+            (None, None) => (default_size, default_size),
+        };
+        let (w, h) = aspect(first.width, first.height);
+        first.width = Some(w);
+        first.height = Some(h);
+        first.steps.get_or_insert(20);
+        first.sampler.get_or_insert_with(|| "euler".into());
+        let base_steps = first.steps;
+        for i in 1..self.passes.len() {
+            let prev = self.passes[i - 1].clone();
+            let pass = &mut self.passes[i];
+            if pass.scale.is_none() && pass.width.is_none() && pass.height.is_none() {
+                pass.scale = Some(2.0);
+            }
+            pass.upscaler.get_or_insert_with(|| "latent".into());
+            pass.steps = pass.steps.or(base_steps);
+            pass.denoise.get_or_insert(0.7);
+            pass.sampler = pass.sampler.clone().or(prev.sampler.clone());
+            if pass.schedule.is_none() && pass.sampler == prev.sampler {
+                pass.schedule = prev.schedule;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn set_path(doc: &mut toml::Value, key: &str, value: toml::Value) -> Result<()> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut node = doc;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        node = match node {
+            toml::Value::Table(table) => {
+                if last {
+                    table.insert((*part).to_owned(), value);
+                    return Ok(());
+                }
+                let next_is_index = parts[i + 1].parse::<usize>().is_ok();
+                table.entry((*part).to_owned()).or_insert_with(|| {
+                    if next_is_index {
+                        toml::Value::Array(vec![])
+                    } else {
+                        toml::Value::Table(Default::default())
+                    }
+                })
+            }
+            toml::Value::Array(items) => {
+                let n: usize = part
+                    .parse()
+                    .map_err(|_| anyhow!("`{part}` is not a pass number"))?;
+                if n == 0 || n > items.len() + 1 {
+                    bail!(
+                        "pass {n} does not exist (the profile has {} passes; passes count from 1)",
+                        items.len()
+                    );
+                }
+                if n == items.len() + 1 {
+                    items.push(toml::Value::Table(Default::default()));
+                }
+                if last {
+                    items[n - 1] = value;
+                    return Ok(());
+                }
+                &mut items[n - 1]
+            }
+            _ => bail!("`{part}` is inside a value that is not a table"),
+        };
+    }
+    Ok(())
+}
+
+/// A path from a profile: relative ones are looked up beside the profile first, then in the
+/// current folder.
+pub fn resolve_path(base_dir: &Path, p: &str) -> PathBuf {
+    let path = PathBuf::from(p);
+    if path.is_absolute() {
+        return path;
+    }
+    let beside = base_dir.join(&path);
+    if beside.exists() {
+        beside
+    } else {
+        path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_line_column_and_nearest_key() {
+        let err = Profile::parse("seed = 1\n[[pass]]\nstpes = 3\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "p.toml:3:1: unknown key `stpes`; did you mean `steps`?"
+        );
+    }
+
+    #[test]
+    fn denoise_outside_range_is_reported_at_its_value() {
+        let err = Profile::parse("[[pass]]\n[[pass]]\ndenoise = 1.5\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("p.toml:3:11: denoise must be in (0, 1]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn set_addresses_passes_from_one() {
+        let p = Profile::parse("[[pass]]\nsteps = 4\n[[pass]]\ndenoise = 0.5\n", "p").unwrap();
+        let p = p
+            .with_overrides(&["pass.2.denoise=0.35".into(), "prompt=a red fox".into()])
+            .unwrap();
+        assert_eq!(p.passes[1].denoise, Some(0.35));
+        assert_eq!(p.passes[0].steps, Some(4));
+        assert_eq!(p.prompt, "a red fox");
+    }
+
+    #[test]
+    fn later_passes_inherit_sampler_and_pass_one_steps() {
+        let mut p =
+            Profile::parse("[[pass]]\nsteps = 9\nsampler = \"ddim\"\n[[pass]]\n", "p").unwrap();
+        p.resolve_defaults(512).unwrap();
+        assert_eq!(p.passes[0].width, Some(512));
+        assert_eq!(p.passes[1].steps, Some(9));
+        assert_eq!(p.passes[1].sampler.as_deref(), Some("ddim"));
+        assert_eq!(p.passes[1].scale, Some(2.0));
+    }
+}

@@ -1,0 +1,353 @@
+//! Running the passes of one image: pass 1 from seeded noise, every later pass from the
+//! upscaled latent of the one before plus its own noise, each with its LoRA set, conditioning
+//! and sampler; CFG and the progress bar around the backend's denoiser.
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use host_api::tch::{Device, Kind, Tensor};
+use host_api::{
+    EncodeRequest, ModelBox, ModelInfo, ModelSigmas, PassSigmas, PatchModel, SamplerCallbacks,
+    VaeCallbacks,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::models::{LoadSettings, Models};
+use crate::noise::{batch_noise, StepNoise};
+use crate::plan::{pass_sigmas, PassPlan, PassSize};
+use crate::seamless::wrapped_upscale;
+
+/// Set by Ctrl-C: the running sampler stops at its next step and nothing is written.
+pub static CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// CFG over the backend's predictions, the image's step noise, and the progress bar.
+struct Guidance<'a> {
+    model: &'a ModelBox,
+    uncond: &'a [Tensor],
+    cond: &'a [Tensor],
+    cfg: f64,
+    noise: StepNoise,
+    bar: &'a ProgressBar,
+}
+
+impl SamplerCallbacks for Guidance<'_> {
+    fn denoise(&mut self, x: &Tensor, sigma: f64) -> host_api::Result<Tensor> {
+        if self.cfg == 1.0 {
+            let mut out = self.model.denoise(x, sigma, &[self.cond])?;
+            return Ok(out.remove(0));
+        }
+        let out = self.model.denoise(x, sigma, &[self.uncond, self.cond])?;
+        Ok(&out[0] + (&out[1] - &out[0]) * self.cfg)
+    }
+
+    fn noise_like(&mut self, x: &Tensor) -> host_api::Result<Tensor> {
+        Ok(self.noise.next_like(x))
+    }
+
+    fn step(&mut self, i: usize, _total: usize) -> bool {
+        self.bar.set_position(i as u64 + 1);
+        crate::progress::step(i);
+        !CANCELLED.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+struct Vae<'a>(&'a ModelBox);
+
+/// The VAE for pixel upscalers: a batch is decoded and encoded one image at a time, so its
+/// memory stays that of one image (and each image's pixels those of its single run).
+impl VaeCallbacks for Vae<'_> {
+    fn decode(&mut self, latent: &Tensor) -> host_api::Result<Tensor> {
+        each_image(latent, |one| self.0.decode(one))
+    }
+    fn encode(&mut self, image: &Tensor) -> host_api::Result<Tensor> {
+        each_image(image, |one| self.0.encode(one))
+    }
+}
+
+fn each_image(
+    x: &Tensor,
+    mut f: impl FnMut(&Tensor) -> host_api::Result<Tensor>,
+) -> host_api::Result<Tensor> {
+    let n = x.size().first().copied().unwrap_or(1);
+    if n <= 1 {
+        return f(x);
+    }
+    let each = (0..n)
+        .map(|i| f(&x.narrow(0, i, 1)))
+        .collect::<host_api::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&each, 0))
+}
+
+fn progress_bar(quiet: bool, steps: usize, label: String) -> ProgressBar {
+    let target = if quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = ProgressBar::with_draw_target(Some(steps as u64), target);
+    let style =
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(label);
+    bar
+}
+
+/// Decoded image as RGB8, A1111's `clamp((x + 1) / 2, 0, 1) * 255` truncated to u8. NaN or
+/// infinite pixels are an error: clamping would turn them into a black image.
+pub fn to_rgb8(pixels: &Tensor) -> Result<(u32, u32, Vec<u8>)> {
+    let finite = bool::try_from(pixels.isfinite().all()).unwrap_or(false);
+    if !finite {
+        bail!("the decoded image has NaN or infinite values (the model, VAE or prompt conditioning overflowed), so it was not written — try dtype = \"fp32\", another VAE, or check the checkpoint");
+    }
+    let image =
+        ((pixels.to_device(Device::Cpu).to_kind(Kind::Float) + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0;
+    let image = image
+        .to_kind(Kind::Uint8)
+        .squeeze_dim(0)
+        .permute([1, 2, 0])
+        .contiguous();
+    let size = image.size();
+    let (h, w) = (size[0] as u32, size[1] as u32);
+    let bytes = Vec::<u8>::try_from(image.flatten(0, -1)).context("cannot read decoded pixels")?;
+    Ok((w, h, bytes))
+}
+
+/// Per-image outputs: the final latent and, with `save_passes`, every earlier pass's latent.
+pub struct ImageResult {
+    /// Pass `first`'s latent, then each later pass's.
+    pub latents: Vec<Tensor>,
+    /// The (1-based) pass of `latents[0]`.
+    pub first: usize,
+}
+
+/// A run resumed after pass `after_pass` from its latent (`hiresfix finish`).
+pub struct Resume {
+    pub after_pass: usize,
+    pub latent: Tensor,
+}
+
+/// The passes of a job and how its models load.
+pub type Passes<'a, 'r> = (&'a [PassPlan<'r>], &'a [PassSize], &'a LoadSettings);
+
+/// Runs every pass for one image (after `resume`'s pass when given).
+pub fn run_image(
+    passes: Passes<'_, '_>,
+    models: &mut Models<'_>,
+    seed: i64,
+    noise_seed_delta: i64,
+    quiet: bool,
+    resume: Option<&Resume>,
+) -> Result<ImageResult> {
+    let mut results = run_batch(passes, models, &[seed], noise_seed_delta, quiet, resume)?;
+    Ok(results.remove(0))
+}
+
+/// Runs every pass for the images with `seeds` as one latent batch: one UNet call denoises
+/// all of them, and image i keeps its own initial and step noise (seed `seeds[i]`), so each
+/// equals its single run. `resume` (one image only) starts after its pass.
+pub fn run_batch(
+    (plans, sizes, settings): Passes<'_, '_>,
+    models: &mut Models<'_>,
+    seeds: &[i64],
+    noise_seed_delta: i64,
+    quiet: bool,
+    resume: Option<&Resume>,
+) -> Result<Vec<ImageResult>> {
+    if seeds.is_empty() || (resume.is_some() && seeds.len() != 1) {
+        bail!("a batch needs at least one image and resumes one image at a time");
+    }
+    let start = resume.map_or(0, |r| r.after_pass);
+    let mut latents: Vec<Tensor> = resume.iter().map(|r| r.latent.shallow_clone()).collect();
+    let mut family: Option<String> = None;
+    for (i, (plan, size)) in plans.iter().zip(sizes).enumerate().skip(start) {
+        let (model, info) = models.for_pass(settings, plan)?;
+        if let Some(f) = &family {
+            if *f != info.family.as_str() {
+                bail!("pass {}: checkpoint {} is {} but earlier passes are {f}; a pass may only switch to a checkpoint of the same family", plan.number, plan.checkpoint.display(), info.family);
+            }
+        }
+        family = Some(info.family.to_string());
+        let device = latent_device(&info);
+        let table = ModelSigmas::new(info.sigmas.to_vec())
+            .map_err(|e| anyhow!("model sigma table: {e}"))?;
+        let sigmas = pass_sigmas(plan, &table)?;
+        let shape = [info.latent_channels as i64, size.latent_h, size.latent_w];
+        let noise = batch_noise(seeds, &shape).to_device(device);
+        let x = match latents.last() {
+            None => noise * sigmas[0],
+            Some(prev) => {
+                let prev = &prev.to_device(device);
+                let upscaler = plan
+                    .upscaler
+                    .ok_or_else(|| anyhow!("pass {} has no upscaler", plan.number))?;
+                let mut vae = Vae(&model);
+                let mut run =
+                    |x: &Tensor, h, w| upscaler.decl.run(&mut vae, &plan.upscaler_options, x, h, w);
+                let up = crate::timings::time("upscale", || match settings.seamless {
+                    // A crop would cut the tile: a pass of another aspect is stretched.
+                    true => wrapped_upscale(prev, size.latent_h, size.latent_w, run),
+                    false => run(prev, size.cover_h, size.cover_w)
+                        .map(|up| centre_crop(&up, size.latent_h, size.latent_w)),
+                })
+                .map_err(|e| {
+                    let (name, file) = (&upscaler.decl.name, &upscaler.file);
+                    plugin_error(plan.number, size, "upscaler", name, file, e)
+                })?;
+                check_finite(&up, &model, plan.number, "the upscaled latent")?;
+                up + noise * sigmas[0]
+            }
+        };
+        let specs: Vec<host_api::LoraSpec> = plan.loras.iter().map(|l| l.spec()).collect();
+        let warnings = model
+            .set_loras(&specs)
+            .map_err(|e| anyhow!("pass {}: {e}", plan.number))?;
+        models.warn_once(warnings);
+        set_patches(&model, &info, plan, &sigmas)?;
+        // Each pass conditions on its own size (SDXL's size ids, as A1111's hires pass).
+        let request = EncodeRequest::pair(
+            &plan.negative,
+            &plan.prompt,
+            plan.clip_skip,
+            size.width,
+            size.height,
+        );
+        let conds = models
+            .encode(&model, &specs, &request)
+            .map_err(|e| anyhow!("pass {}: encoding the prompt: {e}", plan.number))?;
+        if models.final_image && seeds.len() == 1 && i + 1 == plans.len() {
+            // Nothing encodes after this (a batch could still fall back to single runs).
+            if let Err(e) = model.release(host_api::backend::release::TEXT_ENCODERS) {
+                log::debug!("text encoders kept: {e}");
+            }
+            crate::models::return_free_pages();
+        }
+        let label = match seeds.len() {
+            1 => format!("pass {}", plan.number),
+            n => format!("pass {} ×{n}", plan.number),
+        };
+        let bar = progress_bar(quiet, plan.steps, label);
+        crate::progress::begin_pass(plan.number, plan.steps);
+        let step_seeds = seeds.iter().map(|s| s + noise_seed_delta).collect();
+        let mut guidance = Guidance {
+            model: &model,
+            uncond: &conds[0],
+            cond: &conds[1],
+            cfg: plan.cfg,
+            noise: StepNoise::batch(step_seeds, plan.steps + 1),
+            bar: &bar,
+        };
+        let phase = format!("pass {}", plan.number);
+        let out = crate::timings::time(&phase, || {
+            plan.sampler
+                .decl
+                .run(&mut guidance, &plan.options, x, &sigmas)
+        })
+        .map_err(|e| {
+            let (name, file) = (&plan.sampler.decl.name, &plan.sampler.file);
+            plugin_error(plan.number, size, "sampler", name, file, e)
+        })?;
+        bar.finish();
+        check_finite(&out, &model, plan.number, "the UNet's result")?;
+        latents.push(out);
+    }
+    if resume.is_some() {
+        drop(latents.remove(0));
+    }
+    Ok((0..seeds.len() as i64)
+        .map(|i| ImageResult {
+            latents: latents.iter().map(|l| l.narrow(0, i, 1)).collect(),
+            first: start + 1,
+        })
+        .collect())
+}
+
+/// Makes the pass's UNet patches (none: the plain UNet) the model's, made for this model.
+fn set_patches(
+    model: &ModelBox,
+    info: &ModelInfo,
+    plan: &PassPlan<'_>,
+    sigmas: &[f64],
+) -> Result<()> {
+    let target = PatchModel {
+        family: info.family.clone(),
+        sigmas: info.sigmas.clone(),
+        extra: Default::default(),
+    };
+    let patches = plan
+        .patches
+        .iter()
+        .map(|p| {
+            p.entry.decl.create(&p.options, &target).map_err(|e| {
+                let (name, file) = (&p.entry.decl.name, p.entry.file.display());
+                anyhow!("pass {}: patch `{name}` ({file}): {e}", plan.number)
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let range = PassSigmas {
+        max: sigmas.first().copied().unwrap_or(0.0),
+        min: sigmas.last().copied().unwrap_or(0.0),
+    };
+    model
+        .set_patches(patches, range)
+        .map_err(|e| anyhow!("pass {}: {e}", plan.number))
+}
+
+fn plugin_error(
+    pass: usize,
+    size: &PassSize,
+    kind: &str,
+    name: &str,
+    file: &Path,
+    e: host_api::Error,
+) -> anyhow::Error {
+    if CANCELLED.load(std::sync::atomic::Ordering::Relaxed) {
+        return anyhow!("cancelled (Ctrl-C) during pass {pass}");
+    }
+    out_of_memory(pass, size, &e.0).unwrap_or_else(|| {
+        anyhow!(
+            "pass {pass}: {kind} `{name}` (plugin {}): {e}",
+            file.display()
+        )
+    })
+}
+
+/// Running out of memory, anywhere in a pass, as one line with the size and what to change.
+pub(crate) fn out_of_memory(pass: usize, size: &PassSize, message: &str) -> Option<anyhow::Error> {
+    let lower = message.to_lowercase();
+    let oom = lower.contains("out of memory") || lower.contains("not enough memory");
+    oom.then(|| {
+        anyhow!(
+            "out of memory in pass {pass} at {}x{} — lower the size, use dtype = \"fp16\" or \"bf16\", set vae_tiling = \"on\", or use a device with more memory",
+            size.width,
+            size.height
+        )
+    })
+}
+
+/// NaN or inf in a pass's latent is an error that says whether the checkpoint's weights are
+/// the cause; such a latent is never decoded into an image.
+fn check_finite(latent: &Tensor, model: &ModelBox, pass: usize, what: &str) -> Result<()> {
+    let finite = bool::try_from(latent.isfinite().all()).unwrap_or(false);
+    if finite {
+        return Ok(());
+    }
+    let cause = model
+        .nonfinite_cause()
+        .unwrap_or_else(|e| format!("the model could not say why ({e})"));
+    bail!("pass {pass}: {what} holds NaN or inf — {cause}")
+}
+
+fn latent_device(info: &ModelInfo) -> Device {
+    host_api::backend::parse_device(info.device.as_str()).unwrap_or(Device::Cpu)
+}
+
+/// Centre crop of a `[B, C, H, W]` latent to `h × w` (no-op when it already fits).
+fn centre_crop(x: &Tensor, h: i64, w: i64) -> Tensor {
+    let size = x.size();
+    let (ch, cw) = (size[2], size[3]);
+    if ch == h && cw == w {
+        return x.shallow_clone();
+    }
+    x.narrow(2, (ch - h) / 2, h).narrow(3, (cw - w) / 2, w)
+}

@@ -1,0 +1,98 @@
+//! Per-pass checkpoint switches (a later pass's `checkpoint`): one family throughout (refused
+//! before anything loads), and the seed article's two failure modes as warnings — another text
+//! encoder understands the prompt differently, and more than 10 steps on the second model
+//! repaint the composition.
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+
+use crate::lint::{Finding, Severity};
+use crate::models::detect_backend;
+use crate::plan::PassPlan;
+use crate::registry::Registry;
+
+/// Steps on a switched-to checkpoint beyond which the composition is repainted.
+pub const MAX_STEPS_AFTER_SWITCH: usize = 10;
+
+/// Every pass's checkpoint must be of the first pass's family.
+pub fn check_families(plans: &[PassPlan<'_>], registry: &Registry) -> Result<()> {
+    let family = |path: &Path| -> Result<String> {
+        Ok(detect_backend(registry, path)?.decl.family.to_string())
+    };
+    let first = &plans[0];
+    let base = family(&first.checkpoint)?;
+    for plan in &plans[1..] {
+        if plan.checkpoint == first.checkpoint {
+            continue;
+        }
+        let other = family(&plan.checkpoint)?;
+        if other != base {
+            bail!(
+                "pass {}: checkpoint {} is {other} but pass 1's {} is {base} — a pass may only switch to a checkpoint of the same family",
+                plan.number,
+                plan.checkpoint.display(),
+                first.checkpoint.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The findings for each switch (another text encoder, too many steps), naming the pass.
+pub fn switch_findings(plans: &[PassPlan<'_>], registry: &Registry) -> Result<Vec<Finding>> {
+    // `None` for a backend without the optional tools table: its text encoders are unknown.
+    let fingerprint = |path: &PathBuf| -> Result<Option<String>> {
+        let backend = detect_backend(registry, path)?;
+        if !backend.decl.has_tools() {
+            return Ok(None);
+        }
+        let info = backend
+            .decl
+            .run_inspect(path, false)
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok(Some(info.text_encoder_fingerprint.to_string()))
+    };
+    let mut warnings = Vec::new();
+    for (i, plan) in plans.iter().enumerate().skip(1) {
+        let previous = &plans[i - 1];
+        if plan.checkpoint == previous.checkpoint {
+            continue;
+        }
+        let (ours, theirs) = (
+            fingerprint(&plan.checkpoint)?,
+            fingerprint(&previous.checkpoint)?,
+        );
+        if ours.is_some() && theirs.is_some() && ours != theirs {
+            warnings.push(Finding {
+                severity: Severity::Warning,
+                pass: plan.number,
+                key: "checkpoint",
+                message: format!(
+                    "{} has another text encoder than pass {}'s {}: the prompt is understood differently",
+                    plan.checkpoint.display(),
+                    previous.number,
+                    previous.checkpoint.display()
+                ),
+                fix: "switch to a checkpoint that shares the text encoder".into(),
+            });
+        }
+        let steps: usize = plans[i..]
+            .iter()
+            .take_while(|p| p.checkpoint == plan.checkpoint)
+            .map(|p| p.steps)
+            .sum();
+        if steps > MAX_STEPS_AFTER_SWITCH {
+            warnings.push(Finding {
+                severity: Severity::Warning,
+                pass: plan.number,
+                key: "steps",
+                message: format!(
+                    "{steps} steps after switching to {} (more than {MAX_STEPS_AFTER_SWITCH}): the second model repaints the composition",
+                    plan.checkpoint.display()
+                ),
+                fix: format!("run at most {MAX_STEPS_AFTER_SWITCH} steps after the switch, or switch in a later pass"),
+            });
+        }
+    }
+    Ok(warnings)
+}

@@ -1,0 +1,429 @@
+//! The `/sdapi/v1/*` endpoints, shaped as A1111 1.10 answers them.
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use base64::Engine;
+use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
+
+use super::error::{ApiError, ApiResult};
+use super::worker::{Outcome, Rejected, Work};
+use super::{txt2img, Shared};
+use hiresfix_engine::profile::Profile;
+use hiresfix_engine::registry::display_name;
+use hiresfix_engine::run::CANCELLED;
+
+/// A request body as a JSON object; a body over the limit is a 413 naming the limit, one
+/// that is not declared JSON a 415 (a web page can post `text/plain` anywhere without asking).
+pub fn json_object(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Map<String, Value>> {
+    let bytes = body_bytes(body)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    let declared = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !declared.to_ascii_lowercase().contains("json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("the body must be sent as application/json (got `{declared}`)"),
+        ));
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request("the body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!("the body is not JSON: {e}"))),
+    }
+}
+
+/// The body's bytes; too large is 413.
+pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError {
+            field: Some("body".into()),
+            ..ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is larger than this server accepts (--max-body-mb)",
+            )
+        },
+        status => ApiError::new(status, format!("cannot read the body: {e}")),
+    })
+}
+
+/// Queues `profile` and waits for its outcome (503 when the queue is full).
+pub async fn run_job(
+    state: &Shared,
+    profile: Profile,
+    started: Option<oneshot::Sender<()>>,
+) -> ApiResult<oneshot::Receiver<Outcome>> {
+    let (reply, outcome) = oneshot::channel();
+    let work = Work {
+        profile,
+        started,
+        reply,
+    };
+    match state.queue.submit(work) {
+        Ok(()) => Ok(outcome),
+        Err(Rejected::Full) => Err(ApiError::busy(
+            format!(
+                "busy: {} jobs are already waiting (--queue) — try again in a few seconds",
+                state.queue.capacity
+            ),
+            5,
+        )),
+        Err(Rejected::ShuttingDown) => Err(ApiError::busy("the server is shutting down", 30)),
+    }
+}
+
+/// An outcome as the images made (interrupted: those finished before), or the error.
+pub fn images_of(
+    outcome: Result<Outcome, oneshot::error::RecvError>,
+) -> ApiResult<(Vec<hiresfix_engine::generate::Rendered>, bool)> {
+    match outcome {
+        Ok(Outcome::Done(images)) => Ok((images, false)),
+        Ok(Outcome::Interrupted(images)) => Ok((images, true)),
+        Ok(Outcome::Refused(message)) => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))
+        }
+        Ok(Outcome::Failed(message)) => Err(ApiError::internal(message)),
+        Ok(Outcome::ShuttingDown) => Err(ApiError::busy("the server is shutting down", 30)),
+        Err(_) => Err(ApiError::internal("the generation thread stopped")),
+    }
+}
+
+pub async fn txt2img(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let request = json_object(&headers, body)?;
+    let profile = txt2img::to_profile(&state, &request)?;
+    hiresfix_engine::limits::check_profile(&profile)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let model_path = profile.model.checkpoint.clone().unwrap_or_default();
+    let model = state
+        .checkpoint_list()
+        .into_iter()
+        .find(|c| c.path.to_string_lossy() == model_path)
+        .ok_or_else(|| ApiError::internal("the chosen model vanished"))?;
+    let label = txt2img::sampler_label(&state, &profile);
+    let outcome = run_job(&state, profile.clone(), None).await?.await;
+    let (images, interrupted) = images_of(outcome)?;
+    // Only an explicit false turns the images off (null and "" are unset).
+    let send = !matches!(request.get("send_images"), Some(Value::Bool(false)))
+        && request.get("send_images").and_then(Value::as_str) != Some("false");
+    let encoded: Vec<String> = match send {
+        true => images
+            .iter()
+            .map(|i| base64::engine::general_purpose::STANDARD.encode(&i.png))
+            .collect(),
+        false => Vec::new(),
+    };
+    let mut info = txt2img::info(&profile, &model, &label, &images);
+    if interrupted {
+        info["interrupted"] = Value::Bool(true);
+    }
+    // A1111 reports batch_size as sent (the image count is batch_size × n_iter).
+    info["batch_size"] = txt2img::Fields(&request)
+        .int("batch_size")?
+        .unwrap_or(1)
+        .into();
+    Ok(Json(json!({
+        "images": encoded,
+        "parameters": txt2img::echo(&request),
+        "info": info.to_string(),
+    })))
+}
+
+pub async fn img2img() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "img2img is not offered by hiresfix serve — use /sdapi/v1/txt2img with enable_hr, or `hiresfix finish IMAGE` for an existing image",
+    )
+}
+
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("{} is not an endpoint of this server (A1111's /sdapi/v1/*, or /hiresfix/v1/generate and /hiresfix/v1/plugins)", uri.path()))
+}
+
+pub async fn samplers(State(state): State<Shared>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .registry
+        .samplers
+        .iter()
+        .map(|e| {
+            let name = display_name(&e.decl);
+            let mut aliases: Vec<String> = vec![e.decl.name.to_string()];
+            aliases.extend(
+                e.decl
+                    .aliases
+                    .iter()
+                    .map(|a| a.to_string())
+                    .filter(|a| *a != name),
+            );
+            json!({"name": name, "aliases": aliases, "options": {}})
+        })
+        .collect();
+    Json(Value::Array(list))
+}
+
+pub async fn schedulers(State(state): State<Shared>) -> Json<Value> {
+    let mut list = vec![json!({
+        "name": "automatic", "label": "Automatic", "aliases": null,
+        "default_rho": -1, "need_inner_model": false
+    })];
+    for e in &state.registry.schedules {
+        let label = display_name(&e.decl);
+        let aliases: Vec<String> = e
+            .decl
+            .aliases
+            .iter()
+            .map(|a| a.to_string())
+            .filter(|a| *a != label)
+            .collect();
+        let rho = match e.decl.name.as_str() {
+            "karras" => 7.0,
+            "polyexponential" => 1.0,
+            _ => -1.0,
+        };
+        list.push(json!({
+            "name": e.decl.name.as_str(), "label": label,
+            "aliases": if aliases.is_empty() { Value::Null } else { json!(aliases) },
+            "default_rho": rho, "need_inner_model": false
+        }));
+    }
+    Json(Value::Array(list))
+}
+
+pub async fn upscalers(State(state): State<Shared>) -> Json<Value> {
+    let mut list = vec![
+        json!({"name": "None", "model_name": null, "model_path": null, "model_url": null, "scale": 4}),
+    ];
+    for e in &state.registry.upscalers {
+        if e.decl.name.starts_with("latent") || e.decl.name.as_str() == "model" {
+            continue; // latent modes have their own endpoint; `model` runs the files below
+        }
+        list.push(json!({"name": display_name(&e.decl), "model_name": null, "model_path": null, "model_url": null, "scale": 4}));
+    }
+    for file in hiresfix_engine::upscaler_models::scan(&hiresfix_engine::upscaler_models::dirs(
+        &state.upscaler_dirs(),
+    )) {
+        list.push(json!({
+            "name": file.stem, "model_name": "ESRGAN", "model_path": file.path,
+            "model_url": null, "scale": null
+        }));
+    }
+    Json(Value::Array(list))
+}
+
+pub async fn latent_modes(State(state): State<Shared>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .registry
+        .upscalers
+        .iter()
+        .filter(|e| e.decl.name.starts_with("latent"))
+        .map(|e| json!({"name": display_name(&e.decl)}))
+        .collect();
+    Json(Value::Array(list))
+}
+
+pub async fn sd_models(State(state): State<Shared>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .checkpoint_list()
+        .iter()
+        .map(|c| {
+            let sha = hiresfix_engine::hash_cache::peek("sha256", &c.path);
+            json!({
+                "title": c.title(), "model_name": c.name, "hash": c.short_hash(),
+                "sha256": sha, "filename": c.path, "config": null
+            })
+        })
+        .collect();
+    Json(Value::Array(list))
+}
+
+pub async fn sd_vae(State(state): State<Shared>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .vaes()
+        .into_iter()
+        .map(|(name, path)| json!({"model_name": name, "filename": path}))
+        .collect();
+    Json(Value::Array(list))
+}
+
+pub async fn loras(State(state): State<Shared>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .loras()
+        .into_iter()
+        .map(|l| json!({"name": l.name, "alias": l.name, "path": l.path, "metadata": {}}))
+        .collect();
+    Json(Value::Array(list))
+}
+
+pub async fn refresh_checkpoints(State(state): State<Shared>) -> Json<Value> {
+    for line in state.refresh_checkpoints() {
+        eprintln!("note: not a checkpoint, skipped: {line}");
+    }
+    Json(Value::Null)
+}
+
+pub async fn refresh_loras() -> Json<Value> {
+    Json(Value::Null) // scanned on every request
+}
+
+pub async fn get_options(State(state): State<Shared>) -> Json<Value> {
+    let mut options = state.options_now();
+    if let Ok(model) = state.default_checkpoint() {
+        options.insert("sd_model_checkpoint".into(), Value::String(model.title()));
+        options.insert(
+            "sd_checkpoint_hash".into(),
+            json!(hiresfix_engine::hash_cache::peek("sha256", &model.path)),
+        );
+    }
+    Json(Value::Object(options))
+}
+
+pub async fn set_options(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let request = json_object(&headers, body)?;
+    let mut updates = Map::new();
+    for (key, value) in &request {
+        let checked = match key.as_str() {
+            "sd_model_checkpoint" => {
+                let name = value.as_str().unwrap_or_default();
+                Value::String(state.checkpoint(key, name)?.name)
+            }
+            "sd_vae" => {
+                let name = value.as_str().unwrap_or("Automatic");
+                state.vae(key, name)?;
+                Value::String(name.to_owned())
+            }
+            "CLIP_stop_at_last_layers" => match value.as_u64() {
+                Some(n @ 1..=12) => Value::from(n),
+                _ => {
+                    return Err(ApiError::field(
+                        key,
+                        format!("{key}: {value} is not 1 to 12"),
+                    ))
+                }
+            },
+            _ => value.clone(),
+        };
+        updates.insert(key.clone(), checked);
+    }
+    state.set_options(updates);
+    Ok(Json(Value::Null))
+}
+
+pub async fn progress(State(state): State<Shared>) -> Json<Value> {
+    let jobs = state.queue.jobs();
+    let running = state
+        .queue
+        .running
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let p = hiresfix_engine::progress::snapshot();
+    let active = running && p.active;
+    Json(json!({
+        "progress": if active { p.fraction() } else { 0.0 },
+        "eta_relative": if active { p.eta() } else { 0.0 },
+        "state": {
+            "skipped": false,
+            "interrupted": CANCELLED.load(std::sync::atomic::Ordering::SeqCst),
+            "stopping_generation": false,
+            "job": if running { "txt2img" } else { "" },
+            "job_count": jobs,
+            "job_timestamp": "0",
+            "job_no": 0,
+            "sampling_step": if active { p.pass_step } else { 0 },
+            "sampling_steps": if active { p.pass_steps } else { 0 },
+        },
+        "current_image": null,
+        "textinfo": null,
+    }))
+}
+
+pub async fn interrupt(State(state): State<Shared>) -> Json<Value> {
+    state.queue.interrupt();
+    Json(json!({}))
+}
+
+/// A1111's `/skip` skips the current image of a batch; here a job is one batch, so it is
+/// accepted and does nothing (`/interrupt` stops the job).
+pub async fn skip() -> Json<Value> {
+    Json(json!({}))
+}
+
+pub async fn png_info(
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let request = json_object(&headers, body)?;
+    let encoded = request
+        .get("image")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if encoded.trim().is_empty() {
+        return Ok(Json(json!({"info": "", "items": {}, "parameters": {}})));
+    }
+    // A data URL (`data:image/png;base64,...`) or plain base64.
+    let data = match encoded.split_once("base64,") {
+        Some((_, rest)) => rest,
+        None => encoded,
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| ApiError::field("image", format!("image: not base64 ({e})")))?;
+    let chunks =
+        hiresfix_engine::output::read_text_chunks_from(std::io::Cursor::new(bytes), "image")
+            .map_err(|e| {
+                ApiError::field("image", format!("image: not a PNG hiresfix can read ({e})"))
+            })?;
+    let mut info = String::new();
+    let mut items = Map::new();
+    for (key, text) in chunks {
+        match key.as_str() {
+            "parameters" => info = text,
+            _ => {
+                items.insert(key, Value::String(text));
+            }
+        }
+    }
+    let parsed = hiresfix_engine::infotext::parse(&info);
+    let mut parameters = Map::new();
+    if !info.is_empty() {
+        parameters.insert("Prompt".into(), Value::String(parsed.prompt.clone()));
+        parameters.insert(
+            "Negative prompt".into(),
+            Value::String(parsed.negative.clone()),
+        );
+    }
+    for (key, value) in &parsed.pairs {
+        if key == "Size" || key == "Hires resize" {
+            if let Some((w, h)) = value.split_once('x') {
+                parameters.insert(format!("{key}-1"), Value::String(w.trim().into()));
+                parameters.insert(format!("{key}-2"), Value::String(h.trim().into()));
+            }
+        }
+        parameters.insert(key.clone(), Value::String(value.clone()));
+    }
+    Ok(Json(
+        json!({"info": info, "items": items, "parameters": parameters}),
+    ))
+}
+
+pub async fn scripts() -> Json<Value> {
+    Json(json!({"txt2img": [], "img2img": []}))
+}
+
+pub async fn embeddings() -> Json<Value> {
+    Json(json!({"loaded": {}, "skipped": {}}))
+}

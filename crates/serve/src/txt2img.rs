@@ -1,0 +1,500 @@
+//! `POST /sdapi/v1/txt2img`: A1111 1.10's request fields mapped onto a profile, checked field
+//! by field (a 422 names the field), and the response's `parameters` echo and `info` JSON.
+//! `null`, `""` and the UI's "Use same …" sentinels mean unset; unknown keys are ignored, as
+//! A1111 ignores them.
+use serde_json::{json, Map, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::{catalog, ServerState};
+use hiresfix_engine::generate::Rendered;
+use hiresfix_engine::plan::find_sampler;
+use hiresfix_engine::profile::{Pass, Profile};
+use hiresfix_engine::registry::{display_name, find};
+
+/// A1111's txt2img fields with their API defaults (the `parameters` echo starts from these).
+pub fn defaults() -> Value {
+    serde_json::from_str(DEFAULTS).expect("the defaults are JSON")
+}
+
+const DEFAULTS: &str = r#"{
+        "prompt": "", "negative_prompt": "", "styles": null, "seed": -1, "subseed": -1,
+        "subseed_strength": 0, "seed_resize_from_h": -1, "seed_resize_from_w": -1,
+        "sampler_name": null, "scheduler": null, "batch_size": 1, "n_iter": 1, "steps": 50,
+        "cfg_scale": 7.0, "width": 512, "height": 512, "restore_faces": null, "tiling": null,
+        "do_not_save_samples": false, "do_not_save_grid": false, "eta": null,
+        "denoising_strength": 0.75, "s_min_uncond": null, "s_churn": null, "s_tmax": null,
+        "s_tmin": null, "s_noise": null, "override_settings": null,
+        "override_settings_restore_afterwards": true, "refiner_checkpoint": null,
+        "refiner_switch_at": null, "disable_extra_networks": false, "firstpass_image": null,
+        "comments": null, "enable_hr": false, "firstphase_width": 0, "firstphase_height": 0,
+        "hr_scale": 2.0, "hr_upscaler": null, "hr_second_pass_steps": 0, "hr_resize_x": 0,
+        "hr_resize_y": 0, "hr_checkpoint_name": null, "hr_sampler_name": null,
+        "hr_scheduler": null, "hr_prompt": "", "hr_negative_prompt": "", "force_task_id": null,
+        "sampler_index": "Euler", "script_name": null, "script_args": [], "send_images": true,
+        "save_images": false, "alwayson_scripts": {}, "infotext": null
+    }"#;
+
+/// The `parameters` echo: A1111's fields with defaults, overlaid with the request's values
+/// for those fields (and Forge's `hr_cfg`).
+pub fn echo(request: &Map<String, Value>) -> Value {
+    let mut out = defaults();
+    if let Some(map) = out.as_object_mut() {
+        for (key, value) in request {
+            if map.contains_key(key) || key == "hr_cfg" {
+                map.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Reads request fields: `null`, `""` and "Use same …" are unset; numbers may come as text
+/// (openOutpaint sends `"seed": "1234"`).
+pub struct Fields<'a>(pub &'a Map<String, Value>);
+
+impl Fields<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        match self.0.get(key)? {
+            Value::Null => None,
+            Value::String(s) if s.trim().is_empty() || s.starts_with("Use same") => None,
+            v => Some(v),
+        }
+    }
+
+    pub fn text(&self, key: &str) -> ApiResult<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(ApiError::field(
+                key,
+                format!("{key} must be text, not {other}"),
+            )),
+        }
+    }
+
+    pub fn float(&self, key: &str) -> ApiResult<Option<f64>> {
+        let bad = |v: &Value| ApiError::field(key, format!("{key} must be a number, not {v}"));
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n.as_f64().map(Some).ok_or_else(|| bad(&json!(n))),
+            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad(&json!(s))),
+            Some(v) => Err(bad(v)),
+        }
+    }
+
+    pub fn int(&self, key: &str) -> ApiResult<Option<i64>> {
+        match self.float(key)? {
+            None => Ok(None),
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+            Some(f) => Err(ApiError::field(
+                key,
+                format!("{key} must be a whole number, not {f}"),
+            )),
+        }
+    }
+
+    pub fn flag(&self, key: &str) -> bool {
+        match self.get(key) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+            _ => false,
+        }
+    }
+
+    /// `override_settings`' fields.
+    fn overrides(&self) -> Map<String, Value> {
+        match self.0.get("override_settings") {
+            Some(Value::Object(map)) => map.clone(),
+            _ => Map::new(),
+        }
+    }
+}
+
+/// Limits a server puts on one request (`hiresfix serve --max-*`).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest side of any pass, in pixels.
+    pub side: u32,
+    pub steps: i64,
+    /// Images per request (batch_size × n_iter).
+    pub images: i64,
+}
+
+fn in_range(key: &str, value: i64, low: i64, high: i64, fix: &str) -> ApiResult<i64> {
+    match (low..=high).contains(&value) {
+        true => Ok(value),
+        false => Err(ApiError::field(
+            key,
+            format!("{key} = {value} is outside {low}..={high} — {fix}"),
+        )),
+    }
+}
+
+/// A request as a profile, every field checked (a 422 names the one at fault). Unset fields
+/// take the server's `--defaults` profile's values, else A1111's defaults.
+pub fn to_profile(state: &ServerState, body: &Map<String, Value>) -> ApiResult<Profile> {
+    let f = Fields(body);
+    let limits = &state.limits;
+    let base = &state.defaults;
+    let base_first = base.passes.first().cloned().unwrap_or_default();
+    let mut profile = base.clone();
+    profile.passes.clear();
+    let overrides = Fields(&f.overrides());
+    profile.prompt = f.text("prompt")?.unwrap_or_else(|| base.prompt.clone());
+    profile.negative = f
+        .text("negative_prompt")?
+        .unwrap_or_else(|| base.negative.clone());
+    super::plain_lora_tags("prompt", &profile.prompt)?;
+    super::plain_lora_tags("negative_prompt", &profile.negative)?;
+    profile.seed = f.int("seed")?.unwrap_or(base.seed).max(-1); // any negative seed is random
+    let images = "send fewer images per request";
+    let per_batch = in_range(
+        "batch_size",
+        f.int("batch_size")?.unwrap_or(1),
+        1,
+        limits.images,
+        images,
+    )?;
+    let iterations = in_range(
+        "n_iter",
+        f.int("n_iter")?.unwrap_or(1),
+        1,
+        limits.images,
+        images,
+    )?;
+    let fix = "batch_size × n_iter is the image count; send fewer";
+    in_range("batch_size", per_batch * iterations, 1, limits.images, fix)?;
+    profile.batch = (per_batch * iterations) as u32;
+    profile.cfg = f.float("cfg_scale")?.unwrap_or(base.cfg);
+    if !(0.0..=100.0).contains(&profile.cfg) {
+        let message = format!("cfg_scale = {} is outside 0..=100", profile.cfg);
+        return Err(ApiError::field("cfg_scale", message));
+    }
+    if f.get("tiling").is_some() {
+        profile.tiling = f.flag("tiling");
+    }
+    let side = i64::from(limits.side);
+    let size_fix = format!("this server makes images of at most {side} px a side");
+    let size = |key: &str, fallback: Option<u32>| -> ApiResult<u32> {
+        let value = f.int(key)?.unwrap_or(i64::from(fallback.unwrap_or(512)));
+        Ok(in_range(key, value, 64, side, &size_fix)? as u32)
+    };
+    let steps = f
+        .int("steps")?
+        .unwrap_or(i64::from(base_first.steps.unwrap_or(50)));
+    let mut first = Pass {
+        width: Some(size("width", base_first.width)?),
+        height: Some(size("height", base_first.height)?),
+        steps: Some(in_range("steps", steps, 1, limits.steps, "use fewer steps")? as u32),
+        ..base_first.clone()
+    };
+    let sampler_key = match f.get("sampler_name") {
+        Some(_) => "sampler_name",
+        None => "sampler_index",
+    };
+    if let Some(sampler) = f.text(sampler_key)? {
+        (first.sampler, first.schedule) = sampler_and_schedule(state, sampler_key, &sampler)?;
+    } else if first.sampler.is_none() {
+        (first.sampler, first.schedule) = sampler_and_schedule(state, sampler_key, "Euler")?;
+    }
+    if let Some(schedule) = schedule(state, &f, "scheduler")? {
+        first.schedule = Some(schedule);
+    }
+    // The model: override_settings, else the server's current default.
+    let model = match overrides.text("sd_model_checkpoint")? {
+        Some(name) => state.checkpoint("override_settings.sd_model_checkpoint", &name)?,
+        None => state.default_checkpoint()?,
+    };
+    profile.model.checkpoint = Some(model.path.to_string_lossy().into_owned());
+    profile.model.vae = match overrides.text("sd_vae")? {
+        Some(vae) => state.vae("override_settings.sd_vae", &vae)?,
+        None => state.default_vae(),
+    };
+    let clip_skip = match overrides.int("CLIP_stop_at_last_layers")? {
+        Some(n) => Some(("override_settings.CLIP_stop_at_last_layers", n)),
+        None => f.int("clip_skip")?.map(|n| ("clip_skip", n)),
+    };
+    profile.model.clip_skip = match clip_skip {
+        Some((key, n)) => in_range(key, n, 1, 12, "CLIP skip is 1 (none) to 12")? as u32,
+        None => state.options_clip_skip(),
+    };
+    profile.lora_dirs = state.lora_dirs();
+    profile.upscaler_dirs = state.upscaler_dirs();
+    if profile.device == hiresfix_engine::profile::DeviceChoice::Auto {
+        profile.device = state.device.clone();
+    }
+    if profile.dtype == hiresfix_engine::profile::DtypeChoice::Auto {
+        profile.dtype = state.dtype;
+    }
+    profile.passes.push(first);
+    if f.flag("enable_hr") {
+        let hires = hires_pass(state, &f, &profile)?;
+        profile.passes.push(hires);
+    }
+    Ok(profile)
+}
+
+/// A1111's hires fields as pass 2 (unset ones from `--defaults`' pass 2).
+fn hires_pass(state: &ServerState, f: &Fields<'_>, profile: &Profile) -> ApiResult<Pass> {
+    let base = state.defaults.passes.get(1).cloned().unwrap_or_default();
+    let side = state.limits.side as f64;
+    let (w, h) = (
+        profile.passes[0].width.unwrap_or(512) as f64,
+        profile.passes[0].height.unwrap_or(512) as f64,
+    );
+    let denoise = f
+        .float("denoising_strength")?
+        .or(base.denoise)
+        .unwrap_or(0.75);
+    if !(0.0..=1.0).contains(&denoise) {
+        let message = format!("denoising_strength = {denoise} is outside 0..=1");
+        return Err(ApiError::field("denoising_strength", message));
+    }
+    let mut pass = Pass {
+        denoise: Some(denoise),
+        width: None,
+        height: None,
+        scale: None,
+        ..base.clone()
+    };
+    let rx = f.int("hr_resize_x")?.unwrap_or(0);
+    let ry = f.int("hr_resize_y")?.unwrap_or(0);
+    let (target_w, target_h, key) = match (rx, ry) {
+        (0, 0) => {
+            let scale = f.float("hr_scale")?.or(base.scale).unwrap_or(2.0);
+            if !(scale > 0.0 && scale.is_finite()) {
+                let message = format!("hr_scale = {scale} must be above 0");
+                return Err(ApiError::field("hr_scale", message));
+            }
+            pass.scale = Some(scale);
+            (w * scale, h * scale, "hr_scale")
+        }
+        (x, y) if x < 0 || y < 0 => {
+            let key = if x < 0 { "hr_resize_x" } else { "hr_resize_y" };
+            let message = "hr_resize_x and hr_resize_y are sizes in pixels (0 = from hr_scale)";
+            return Err(ApiError::field(key, message));
+        }
+        // One side given: the other keeps pass 1's aspect; both: cover and crop (A1111).
+        (x, 0) => {
+            pass.width = Some(x as u32);
+            (x as f64, x as f64 * h / w, "hr_resize_x")
+        }
+        (0, y) => {
+            pass.height = Some(y as u32);
+            (y as f64 * w / h, y as f64, "hr_resize_y")
+        }
+        (x, y) => {
+            (pass.width, pass.height) = (Some(x as u32), Some(y as u32));
+            let s = (x as f64 / w).max(y as f64 / h);
+            (w * s, h * s, "hr_resize_x")
+        }
+    };
+    if target_w > side || target_h > side || target_w < 64.0 || target_h < 64.0 {
+        let message = format!(
+            "the hires size {}x{} is outside 64..={side} px a side — this server makes images of at most {side} px a side",
+            target_w as i64, target_h as i64
+        );
+        return Err(ApiError::field(key, message));
+    }
+    let steps = match f.get("hr_second_pass_steps") {
+        Some(_) => f.int("hr_second_pass_steps")?,
+        None => f.int("hr_steps")?,
+    };
+    pass.steps = match steps {
+        None => base.steps,
+        Some(0) => None,
+        Some(n) => {
+            let n = in_range(
+                "hr_second_pass_steps",
+                n,
+                1,
+                state.limits.steps,
+                "use fewer steps",
+            )?;
+            Some(n as u32)
+        }
+    };
+    pass.upscaler = Some(upscaler(state, f, base.upscaler.as_deref())?);
+    if let Some(name) = f.text("hr_sampler_name")? {
+        let (sampler, schedule) = sampler_and_schedule(state, "hr_sampler_name", &name)?;
+        pass.sampler = sampler;
+        pass.schedule = schedule;
+    }
+    if let Some(schedule) = schedule(state, f, "hr_scheduler")? {
+        pass.schedule = Some(schedule);
+    }
+    if let Some(prompt) = f.text("hr_prompt")? {
+        super::plain_lora_tags("hr_prompt", &prompt)?;
+        pass.prompt = Some(prompt);
+    }
+    if let Some(negative) = f.text("hr_negative_prompt")? {
+        super::plain_lora_tags("hr_negative_prompt", &negative)?;
+        pass.negative = Some(negative);
+    }
+    if let Some(name) = f.text("hr_checkpoint_name")? {
+        let model = state.checkpoint("hr_checkpoint_name", &name)?;
+        let path = model.path.to_string_lossy().into_owned();
+        if profile.model.checkpoint.as_deref() != Some(path.as_str()) {
+            pass.checkpoint = Some(path);
+        }
+    }
+    // Forge's hr_cfg; A1111 has none and uses cfg_scale, as does an unset one here.
+    if let Some(cfg) = f.float("hr_cfg")? {
+        if !(0.0..=100.0).contains(&cfg) {
+            return Err(ApiError::field(
+                "hr_cfg",
+                format!("hr_cfg = {cfg} is outside 0..=100"),
+            ));
+        }
+        pass.cfg = (cfg != profile.cfg).then_some(cfg);
+    }
+    Ok(pass)
+}
+
+/// A sampler name (A1111's, combined with a schedule or not) as registry ids.
+fn sampler_and_schedule(
+    state: &ServerState,
+    key: &str,
+    name: &str,
+) -> ApiResult<(Option<String>, Option<String>)> {
+    let (sampler, schedule) = find_sampler(state.registry, name)
+        .map_err(|e| ApiError::field(key, format!("{key}: {e}")))?;
+    Ok((
+        Some(sampler.decl.name.to_string()),
+        schedule.map(|s| s.decl.name.to_string()),
+    ))
+}
+
+/// A schedule field (`scheduler`, `hr_scheduler`): "automatic" is the sampler's own.
+fn schedule(state: &ServerState, f: &Fields<'_>, key: &str) -> ApiResult<Option<String>> {
+    let Some(name) = f.text(key)? else {
+        return Ok(None);
+    };
+    if name.eq_ignore_ascii_case("automatic") {
+        return Ok(None);
+    }
+    let entry = find(&state.registry.schedules, &name, "schedule")
+        .map_err(|e| ApiError::field(key, format!("{key}: {e}")))?;
+    Ok(Some(entry.decl.name.to_string()))
+}
+
+/// `hr_upscaler`: a latent mode, "None" / "Lanczos" / "Nearest", or a model upscaler's name.
+fn upscaler(state: &ServerState, f: &Fields<'_>, fallback: Option<&str>) -> ApiResult<String> {
+    let Some(name) = f.text("hr_upscaler")? else {
+        // The --defaults profile's, else A1111's default latent mode.
+        return Ok(fallback.unwrap_or("latent").to_owned());
+    };
+    if name.eq_ignore_ascii_case("none") {
+        return Ok("pixel-lanczos".into()); // no model; A1111 resizes with Lanczos
+    }
+    // openOutpaint offers "Latent (bicubic, antialiased)"; A1111 spells it without the comma.
+    for candidate in [name.clone(), name.replace(", ", " ")] {
+        if let Ok(entry) = find(&state.registry.upscalers, &candidate, "upscaler") {
+            return Ok(entry.decl.name.to_string());
+        }
+    }
+    super::plain_name("hr_upscaler", &name)?;
+    match hiresfix_engine::upscaler_models::find(&state.upscaler_dirs(), &name) {
+        Ok(Some(_)) => Ok(name),
+        Ok(None) | Err(_) => Err(ApiError::field(
+            "hr_upscaler",
+            format!(
+                "hr_upscaler: unknown upscaler `{name}` — see GET /sdapi/v1/upscalers and /sdapi/v1/latent-upscale-modes"
+            ),
+        )),
+    }
+}
+
+/// The response's `info` JSON (A1111's `Processed.js()` keys) for the images made.
+pub fn info(
+    profile: &Profile,
+    model: &catalog::Checkpoint,
+    sampler_label: &str,
+    rendered: &[Rendered],
+) -> Value {
+    let seeds: Vec<i64> = rendered.iter().map(|r| r.seed).collect();
+    let first_seed = seeds.first().copied().unwrap_or(profile.seed);
+    let infotexts: Vec<&str> = rendered.iter().map(|r| r.parameters.as_str()).collect();
+    let n = rendered.len().max(1);
+    let first = profile.passes.first();
+    let hires = profile.passes.get(1);
+    let mut extra = Map::new();
+    if let Some(text) = infotexts.first() {
+        const BASIC: &[&str] = &[
+            "Steps",
+            "Sampler",
+            "CFG scale",
+            "Seed",
+            "Size",
+            "Model",
+            "Model hash",
+        ];
+        for (key, value) in hiresfix_engine::infotext::parse(text).pairs {
+            if !BASIC.contains(&key.as_str()) {
+                extra.insert(key, Value::String(value));
+            }
+        }
+    }
+    let stamp = job_timestamp();
+    json!({
+        "prompt": profile.prompt,
+        "all_prompts": vec![profile.prompt.clone(); n],
+        "negative_prompt": profile.negative,
+        "all_negative_prompts": vec![profile.negative.clone(); n],
+        "seed": first_seed,
+        "all_seeds": seeds,
+        "subseed": first_seed,
+        "all_subseeds": seeds,
+        "subseed_strength": 0,
+        "width": first.and_then(|p| p.width),
+        "height": first.and_then(|p| p.height),
+        "sampler_name": sampler_label,
+        "cfg_scale": profile.cfg,
+        "steps": first.and_then(|p| p.steps),
+        "batch_size": profile.batch,
+        "restore_faces": false,
+        "face_restoration_model": null,
+        "sd_model_name": model.name,
+        "sd_model_hash": hiresfix_engine::parameters::model_hash(&model.path),
+        "sd_vae_name": profile.model.vae.as_deref().map(|v| std::path::Path::new(v).file_stem().map(|s| s.to_string_lossy().into_owned())),
+        "sd_vae_hash": null,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": hires.and_then(|p| p.denoise),
+        "extra_generation_params": extra,
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": [],
+        "job_timestamp": stamp,
+        "clip_skip": profile.model.clip_skip,
+        "is_using_inpainting_conditioning": false,
+        "version": concat!("hiresfix ", env!("CARGO_PKG_VERSION")),
+    })
+}
+
+/// The display name of the sampler a profile's pass 1 runs (for `info.sampler_name`).
+pub fn sampler_label(state: &ServerState, profile: &Profile) -> String {
+    let id = profile
+        .passes
+        .first()
+        .and_then(|p| p.sampler.clone())
+        .unwrap_or_else(|| "euler".into());
+    find(&state.registry.samplers, &id, "sampler")
+        .map(|e| display_name(&e.decl))
+        .unwrap_or(id)
+}
+
+/// Now as A1111's `job_timestamp` (`YYYYmmddHHMMSS`, UTC).
+fn job_timestamp() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}

@@ -1,0 +1,609 @@
+//! The bad-input corpus (SPEC §7): every user-caused failure ends in one line under 300
+//! characters that names the thing, exit code 1 (2 for command-line usage), no panic, and no
+//! file written. One row per case: damaged and foreign checkpoints, diffusers folders with bad
+//! parts, profiles in range but pathological, prompts, PNGs given to `replay`, plugin folders.
+//! README.md's "Reliability" section lists the same cases.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+use host_api::tch::{Device, Kind, Tensor};
+
+/// What a case runs: its files are made in the scratch folder, which is also the working folder.
+type Setup = fn(&Scratch) -> Vec<String>;
+
+struct Case {
+    name: &'static str,
+    setup: Setup,
+    /// Exit code.
+    code: i32,
+    /// Text the one-line error must contain.
+    expect: &'static str,
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|a| a.to_string()).collect()
+}
+
+/// `generate` on a tiny 2-pass profile over `checkpoint`, with extra top-level keys and pass keys.
+fn generate(
+    scratch: &Scratch,
+    checkpoint: &Path,
+    top: &str,
+    pass1: &str,
+    pass2: &str,
+) -> Vec<String> {
+    let profile = scratch.write("p.toml", &tiny_profile(checkpoint, top, pass1, pass2));
+    s(&["generate", profile.to_str().unwrap()])
+}
+
+/// The tiny 2-pass profile written in the scratch folder; its path.
+fn scratch_profile(scratch: &Scratch) -> String {
+    let path = scratch.write("p.toml", &tiny_profile(&tiny_ldm(), "", "", ""));
+    path.to_str().unwrap().to_owned()
+}
+
+/// `generate` on the tiny SD 1.x model with `edit` applied to the default profile text.
+fn profile_edit(scratch: &Scratch, edit: impl Fn(String) -> String) -> Vec<String> {
+    let profile = scratch.write("p.toml", &edit(tiny_profile(&tiny_ldm(), "", "", "")));
+    s(&["generate", profile.to_str().unwrap()])
+}
+
+/// `check` (lint, nothing heavy) on the same edited profile: it catches the same limits.
+fn check_edit(scratch: &Scratch, edit: impl Fn(String) -> String) -> Vec<String> {
+    let mut args = profile_edit(scratch, edit);
+    args[0] = "check".into();
+    args
+}
+
+fn tiny_tensors() -> Vec<(String, Tensor)> {
+    Tensor::read_safetensors(tiny_ldm()).unwrap()
+}
+
+/// The tiny SD 1.x checkpoint with `edit` applied, written into the scratch folder.
+fn edited(scratch: &Scratch, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> PathBuf {
+    let mut tensors = tiny_tensors();
+    edit(&mut tensors);
+    let path = scratch.path("edited.safetensors");
+    Tensor::write_safetensors(&tensors, &path).unwrap();
+    path
+}
+
+fn set(tensors: &mut [(String, Tensor)], key: &str, value: Tensor) {
+    let entry = tensors.iter_mut().find(|(k, _)| k == key).unwrap();
+    entry.1 = value;
+}
+
+/// A tensor of `key`'s shape filled with `value`.
+fn filled(tensors: &[(String, Tensor)], key: &str, value: f64) -> Tensor {
+    let t = &tensors.iter().find(|(k, _)| k == key).unwrap().1;
+    t.full_like(value)
+}
+
+/// A file of zero-valued tensors with these keys and shapes (detection reads headers only).
+fn header_only(scratch: &Scratch, keys: &[(&str, &[i64])]) -> PathBuf {
+    let path = scratch.path("model.safetensors");
+    files::zero_safetensors(&path, keys);
+    path
+}
+
+/// A safetensors file from a header written by hand and `data` bytes.
+fn raw_safetensors(scratch: &Scratch, header: &str, data: &[u8]) -> PathBuf {
+    let bytes = [
+        &(header.len() as u64).to_le_bytes()[..],
+        header.as_bytes(),
+        data,
+    ]
+    .concat();
+    let path = scratch.path("model.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn bytes_file(scratch: &Scratch, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = scratch.path(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// A copy of a committed test file in the scratch folder, under `name`.
+fn data_copy(scratch: &Scratch, rel: &str, name: &str) -> PathBuf {
+    bytes_file(scratch, name, &std::fs::read(repo().join(rel)).unwrap())
+}
+
+/// `convert` of a copy of a committed test file (its default output lands in the scratch folder).
+fn convert_copy(scratch: &Scratch, rel: &str) -> Vec<String> {
+    s(&[
+        "convert",
+        data_copy(scratch, rel, "model.pth").to_str().unwrap(),
+    ])
+}
+
+/// A copy of the tiny SD 1.x diffusers folder, with `edit` applied to it.
+fn diffusers_copy(scratch: &Scratch, edit: impl FnOnce(&Path)) -> PathBuf {
+    let folder = scratch.path("model");
+    files::copy_dir(&tiny_diffusers(), &folder);
+    edit(&folder);
+    folder
+}
+
+/// Rewrites one key of a JSON file.
+fn edit_json(path: &Path, key: &str, value: serde_json::Value) {
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    json[key] = value;
+    std::fs::write(path, serde_json::to_string(&json).unwrap()).unwrap();
+}
+
+fn on_tiny(scratch: &Scratch, checkpoint: PathBuf) -> Vec<String> {
+    generate(scratch, &checkpoint, "", "", "")
+}
+
+/// A PNG with these text chunks (what `replay` reads).
+fn png_with(scratch: &Scratch, chunks: &[(&str, &str)]) -> PathBuf {
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut bytes, 2, 2);
+        encoder.set_color(png::ColorType::Rgb);
+        for (k, v) in chunks {
+            encoder
+                .add_text_chunk(k.to_string(), v.to_string())
+                .unwrap();
+        }
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(&[0u8; 12]).unwrap();
+    }
+    bytes_file(scratch, "in.png", &bytes)
+}
+
+const CASES: &[Case] = &[
+    // --- checkpoint files ---
+    Case { name: "missing checkpoint", code: 1, expect: "models/nope.safetensors not found",
+        setup: |sc| generate(sc, Path::new("models/nope.safetensors"), "", "", "") },
+    Case { name: "empty file", code: 1, expect: "truncated header",
+        setup: |sc| on_tiny(sc, bytes_file(sc, "empty.safetensors", b"")) },
+    Case { name: "five bytes", code: 1, expect: "truncated header",
+        setup: |sc| on_tiny(sc, bytes_file(sc, "five.safetensors", b"\x10\0\0\0\0")) },
+    Case { name: "truncated header", code: 1, expect: "truncated header",
+        setup: |sc| {
+            let bytes = std::fs::read(tiny_ldm()).unwrap();
+            on_tiny(sc, bytes_file(sc, "cut.safetensors", &bytes[..1000]))
+        } },
+    Case { name: "truncated data", code: 1, expect: "truncated data",
+        setup: |sc| {
+            let bytes = std::fs::read(tiny_ldm()).unwrap();
+            on_tiny(sc, bytes_file(sc, "cut.safetensors", &bytes[..bytes.len() / 3]))
+        } },
+    Case { name: "header not JSON", code: 1, expect: "header is not JSON",
+        setup: |sc| on_tiny(sc, bytes_file(sc, "bad.safetensors", b"\x10\0\0\0\0\0\0\0{not json at all}")) },
+    Case { name: "header length past 100 MB", code: 1, expect: "not a safetensors header length",
+        setup: |sc| on_tiny(sc, bytes_file(sc, "huge.safetensors", &[0xff; 64])) },
+    Case { name: "a tensor listed twice", code: 1, expect: "tensor `a` is listed twice",
+        setup: |sc| on_tiny(sc, raw_safetensors(sc,
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+            &[0; 8])) },
+    Case { name: "overlapping data offsets", code: 1, expect: "overlap another tensor's or leave a hole",
+        setup: |sc| on_tiny(sc, raw_safetensors(sc,
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+            &[0; 12])) },
+    Case { name: "a hole between tensors", code: 1, expect: "overlap another tensor's or leave a hole",
+        setup: |sc| on_tiny(sc, raw_safetensors(sc,
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
+            &[0; 12])) },
+    Case { name: "shape and byte range disagree", code: 1, expect: "does not match its dtype and shape",
+        setup: |sc| on_tiny(sc, raw_safetensors(sc,
+            r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, &[0; 8])) },
+    Case { name: "unknown dtype", code: 1, expect: "header is not JSON describing tensors",
+        setup: |sc| on_tiny(sc, raw_safetensors(sc,
+            r#"{"a":{"dtype":"F7","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4])) },
+    Case { name: "integer weights where floats belong", code: 1, expect: "is stored as I8, not floating point",
+        setup: |sc| on_tiny(sc, edited(sc, |t| {
+            let key = "model.diffusion_model.out.2.weight";
+            let v = filled(t, key, 1.0).to_kind(Kind::Int8);
+            set(t, key, v);
+        })) },
+    Case { name: "NaN in a UNet weight", code: 1, expect: "UNet's result holds NaN or inf — the checkpoint's tensor `model.diffusion_model.",
+        setup: |sc| on_tiny(sc, edited(sc, |t| {
+            let key = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight";
+            let v = filled(t, key, f64::NAN);
+            set(t, key, v);
+        })) },
+    Case { name: "inf in a VAE decoder weight", code: 1, expect: "pass 2: VAE decoding produced NaN or inf (in fp32 too) — the checkpoint's tensor `first_stage_model.decoder",
+        setup: |sc| on_tiny(sc, edited(sc, |t| {
+            let key = "first_stage_model.decoder.conv_out.weight";
+            let v = filled(t, key, f64::INFINITY);
+            set(t, key, v);
+        })) },
+    Case { name: "NaN in a text-encoder weight", code: 1, expect: "text encoder produced NaN or inf for the prompt — the checkpoint's tensor `cond_stage_model.",
+        setup: |sc| on_tiny(sc, edited(sc, |t| {
+            let key = "cond_stage_model.transformer.text_model.final_layer_norm.weight";
+            let v = filled(t, key, f64::NAN);
+            set(t, key, v);
+        })) },
+    Case { name: "pickle .ckpt", code: 1, expect: "pickle checkpoints are refused; convert to .safetensors",
+        setup: |sc| on_tiny(sc, bytes_file(sc, "model.ckpt", b"\x80\x02}q\x00.")) },
+    Case { name: "pickle named .safetensors", code: 1, expect: "this is a pickle (torch.save) file",
+        setup: |sc| on_tiny(sc, bytes_file(sc, "model.safetensors", b"\x80\x02}q\x00(X\x05\x00\x00\x00state.")) },
+    Case { name: "torch zip named .safetensors", code: 1, expect: "pickle",
+        setup: |sc| on_tiny(sc, bytes_file(sc, "model.safetensors", b"PK\x03\x04archive/data.pkl")) },
+    Case { name: "a LoRA given as checkpoint", code: 1, expect: "a LoRA, not a checkpoint",
+        setup: |sc| on_tiny(sc, header_only(sc, &[("lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", &[4, 8])])) },
+    Case { name: "a VAE given as checkpoint", code: 1, expect: "a VAE, not a checkpoint — set it as [model] vae",
+        setup: |sc| on_tiny(sc, header_only(sc, &[("encoder.down.0.block.0.conv1.weight", &[4, 4, 3, 3])])) },
+    Case { name: "SD 3 checkpoint", code: 1, expect: "not supported: a Stable Diffusion 3 / 3.5 (MMDiT) checkpoint",
+        setup: |sc| on_tiny(sc, header_only(sc, &[("model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight", &[6, 2])])) },
+    Case { name: "Flux checkpoint", code: 1, expect: "not supported: a Flux checkpoint",
+        setup: |sc| on_tiny(sc, header_only(sc, &[("double_blocks.0.img_attn.norm.key_norm.scale", &[4])])) },
+    Case { name: "SDXL refiner", code: 1, expect: "not supported yet: the SDXL refiner",
+        setup: |sc| on_tiny(sc, header_only(sc, &[
+            ("model.diffusion_model.input_blocks.0.0.weight", &[384, 4, 3, 3]),
+            ("model.diffusion_model.label_emb.0.0.weight", &[1536, 2560]),
+            ("conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight", &[48, 16]),
+        ])) },
+    Case { name: "inpainting UNet", code: 1, expect: "inpainting checkpoint (9 input channels",
+        setup: |sc| on_tiny(sc, edited(sc, |t| {
+            let key = "model.diffusion_model.input_blocks.0.0.weight";
+            set(t, key, Tensor::zeros([32, 9, 3, 3], (Kind::Float, Device::Cpu)));
+        })) },
+    Case { name: "instruct-pix2pix UNet", code: 1, expect: "instruct-pix2pix checkpoint (8 input channels)",
+        setup: |sc| on_tiny(sc, edited(sc, |t| {
+            let key = "model.diffusion_model.input_blocks.0.0.weight";
+            set(t, key, Tensor::zeros([32, 8, 3, 3], (Kind::Float, Device::Cpu)));
+        })) },
+    Case { name: "a missing tensor", code: 1, expect: "missing tensor `first_stage_model.decoder.up.0.block.1.conv1.bias`",
+        setup: |sc| on_tiny(sc, edited(sc, |t| t.retain(|(k, _)| k != "first_stage_model.decoder.up.0.block.1.conv1.bias"))) },
+    Case { name: "a misshaped tensor", code: 1, expect: "has shape [64, 128, 1, 1] where the checkpoint's other tensors imply [64, 128, 3, 3]",
+        setup: |sc| on_tiny(sc, edited(sc, |t| {
+            let key = "model.diffusion_model.output_blocks.0.0.in_layers.2.weight";
+            set(t, key, Tensor::zeros([64, 128, 1, 1], (Kind::Float, Device::Cpu)));
+        })) },
+    Case { name: "no text encoder", code: 1, expect: "not a recognised Stable Diffusion checkpoint (no text encoder)",
+        setup: |sc| on_tiny(sc, edited(sc, |t| t.retain(|(k, _)| !k.starts_with("cond_stage_model.")))) },
+    Case { name: "no tensors at all", code: 1, expect: "not a recognised Stable Diffusion checkpoint (no text encoder)",
+        setup: |sc| on_tiny(sc, raw_safetensors(sc, r#"{"__metadata__":{"a":"b"}}"#, b"")) },
+    Case { name: "a folder that is not a diffusers model", code: 1, expect: "no model_index.json",
+        setup: |sc| {
+            std::fs::create_dir_all(sc.path("empty-folder")).unwrap();
+            on_tiny(sc, sc.path("empty-folder"))
+        } },
+    // --- diffusers folders ---
+    Case { name: "diffusers folder without unet", code: 1, expect: "no diffusion_pytorch_model.safetensors — the diffusers folder is incomplete",
+        setup: |sc| on_tiny(sc, diffusers_copy(sc, |f| std::fs::remove_dir_all(f.join("unet")).unwrap())) },
+    Case { name: "diffusers UNet only as pickle", code: 1, expect: "pickle checkpoints are refused",
+        setup: |sc| on_tiny(sc, diffusers_copy(sc, |f| {
+            let w = f.join("unet/diffusion_pytorch_model.safetensors");
+            std::fs::rename(&w, w.with_extension("bin")).unwrap();
+        })) },
+    Case { name: "model_index.json not JSON", code: 1, expect: "model_index.json: not valid JSON",
+        setup: |sc| on_tiny(sc, diffusers_copy(sc, |f| std::fs::write(f.join("model_index.json"), "{oops").unwrap())) },
+    Case { name: "VAE scaling_factor 0", code: 1, expect: "vae/config.json: scaling_factor 0",
+        setup: |sc| on_tiny(sc, diffusers_copy(sc, |f| edit_json(&f.join("vae/config.json"), "scaling_factor", 0.into()))) },
+    Case { name: "scheduler beta_end out of range", code: 1, expect: "scheduler_config.json: beta_end 2",
+        setup: |sc| on_tiny(sc, diffusers_copy(sc, |f| edit_json(&f.join("scheduler/scheduler_config.json"), "beta_end", 2.into()))) },
+    Case { name: "text encoder with an unknown activation", code: 1, expect: "config.json: hidden_act `relu6` is not supported",
+        setup: |sc| on_tiny(sc, diffusers_copy(sc, |f| edit_json(&f.join("text_encoder/config.json"), "hidden_act", "relu6".into()))) },
+    Case { name: "diffusers folder without text encoder", code: 1, expect: "(no text encoder)",
+        setup: |sc| on_tiny(sc, diffusers_copy(sc, |f| std::fs::remove_dir_all(f.join("text_encoder")).unwrap())) },
+    Case { name: "UNet heads that do not divide", code: 1, expect: "unet/config.json attention_head_dim",
+        setup: |sc| on_tiny(sc, diffusers_copy(sc, |f| edit_json(&f.join("unet/config.json"), "attention_head_dim", 3.into()))) },
+    // --- profiles ---
+    Case { name: "no profile file", code: 1, expect: "cannot read profile",
+        setup: |_| s(&["generate", "no-such-profile.toml"]) },
+    Case { name: "profile not TOML", code: 1, expect: "p.toml:1:",
+        setup: |sc| s(&["generate", sc.write("p.toml", "\u{1}\u{2} = = =").to_str().unwrap()]) },
+    Case { name: "unknown key", code: 1, expect: "unknown key `stpes`; did you mean `steps`?",
+        setup: |sc| profile_edit(sc, |p| p.replace("steps = 3", "stpes = 3")) },
+    Case { name: "wrong type", code: 1, expect: "p.toml:15:9:",
+        setup: |sc| profile_edit(sc, |p| p.replace("steps = 3", "steps = \"three\"")) },
+    Case { name: "no checkpoint", code: 1, expect: "no checkpoint: set [model] checkpoint",
+        setup: |sc| profile_edit(sc, |p| p.replace("[model]", "").replace(&format!("checkpoint = \"{}\"", tiny_ldm().display()), "")) },
+    Case { name: "zero steps", code: 1, expect: "steps must be between 1 and 10000",
+        setup: |sc| profile_edit(sc, |p| p.replace("steps = 3", "steps = 0")) },
+    Case { name: "denoise 0", code: 1, expect: "denoise must be in (0, 1]",
+        setup: |sc| profile_edit(sc, |p| p.replace("denoise = 0.5", "denoise = 0.0")) },
+    Case { name: "denoise so small the schedule explodes", code: 1, expect: "builds a schedule of 2000000 steps (at most 10000)",
+        setup: |sc| profile_edit(sc, |p| p.replace("denoise = 0.5", "denoise = 0.000001")) },
+    Case { name: "too many passes", code: 1, expect: "20 passes (at most 16)",
+        setup: |sc| profile_edit(sc, |p| p + &"\n[[pass]]\nscale = 1.0\nsteps = 1\ndenoise = 0.5\n".repeat(18)) },
+    Case { name: "upscale chain past the size limit", code: 1, expect: "over the 16384 px limit",
+        setup: |sc| profile_edit(sc, |p| p + &"\n[[pass]]\nscale = 4.0\nsteps = 1\ndenoise = 0.5\n".repeat(5)) },
+    Case { name: "a 16384 px pass upscaled", code: 1, expect: "pass 2: 32768x32768 px is over the 16384 px limit",
+        setup: |sc| profile_edit(sc, |p| p.replace("width = 32\nheight = 32", "width = 16384\nheight = 16384")) },
+    Case { name: "seed + batch overflows", code: 1, expect: "overflows the seed range",
+        setup: |sc| profile_edit(sc, |p| p.replace("seed = 7", "seed = 9223372036854775807\nbatch = 2")) },
+    Case { name: "batch 0", code: 1, expect: "must be at least 1",
+        setup: |sc| profile_edit(sc, |p| p.replace("seed = 7", "seed = 7\nbatch = 0")) },
+    Case { name: "batch too large", code: 1, expect: "batch = 100000 (at most 10000)",
+        setup: |sc| profile_edit(sc, |p| p.replace("seed = 7", "seed = 7\nbatch = 100000")) },
+    Case { name: "cfg out of range", code: 1, expect: "cfg must be between 0 and 100",
+        setup: |sc| profile_edit(sc, |p| p.replace("cfg = 5.0", "cfg = 1000.0")) },
+    Case { name: "clip_skip 0", code: 1, expect: "must be at least 1",
+        setup: |sc| profile_edit(sc, |p| p.replace("[model]", "[model]\nclip_skip = 0")) },
+    Case { name: "unknown device", code: 1, expect: "device `tpu` is not one of auto, cpu, cuda, cuda:N",
+        setup: |sc| profile_edit(sc, |p| p.replace("device = \"cpu\"", "device = \"tpu\"")) },
+    Case { name: "unknown dtype", code: 1, expect: "unknown variant `fp8`",
+        setup: |sc| profile_edit(sc, |p| p.replace("device = \"cpu\"", "device = \"cpu\"\ndtype = \"fp8\"")) },
+    Case { name: "unknown prediction", code: 1, expect: "unknown variant `x0`",
+        setup: |sc| profile_edit(sc, |p| p.replace("[model]", "[model]\nprediction = \"x0\"")) },
+    Case { name: "unknown sampler", code: 1, expect: "unknown sampler `eulr` — did you mean `euler`?",
+        setup: |sc| generate(sc, &tiny_ldm(), "", "", "sampler = \"eulr\"") },
+    Case { name: "unknown schedule", code: 1, expect: "unknown schedule `karas` — did you mean `karras`?",
+        setup: |sc| generate(sc, &tiny_ldm(), "", "", "schedule = \"karas\"") },
+    Case { name: "unknown upscaler", code: 1, expect: "unknown upscaler `lanczos9`",
+        setup: |sc| generate(sc, &tiny_ldm(), "", "", "upscaler = \"lanczos9\"") },
+    Case { name: "unknown sampler option", code: 1, expect: "sampler `euler` has no option `etaa`",
+        setup: |sc| generate(sc, &tiny_ldm(), "", "", "sampler = \"euler\"\nsampler_options = { etaa = 1.0 }") },
+    Case { name: "unknown patch", code: 1, expect: "unknown patch `freu` — did you mean `freeu`? available: deep_shrink, freeu",
+        setup: |sc| generate(sc, &tiny_ldm(), "", "", "patches = [{ name = \"freu\" }]") },
+    Case { name: "unknown patch option", code: 1, expect: "pass 2: patch `deep_shrink` has no option `blocks` (it reads: block, factor,",
+        setup: |sc| generate(sc, &tiny_ldm(), "", "", "patches = [{ name = \"deep_shrink\", blocks = 3 }]") },
+    Case { name: "patch option out of range", code: 1, expect: "option `factor` must be between 0.1 and 9, got 0",
+        setup: |sc| generate(sc, &tiny_ldm(), "", "", "patches = [{ name = \"deep_shrink\", factor = 0 }]") },
+    Case { name: "empty output", code: 1, expect: "output is empty",
+        setup: |sc| profile_edit(sc, |p| p.replace("output = \"out/img-{seed}-{n}.png\"", "output = \"\"")) },
+    Case { name: "output not .png", code: 1, expect: "hiresfix writes PNG files — end the name in .png",
+        setup: |sc| profile_edit(sc, |p| p.replace("img-{seed}-{n}.png", "img-{seed}-{n}.jpg")) },
+    Case { name: "output under a file", code: 1, expect: "is a file, not a folder",
+        setup: |sc| {
+            sc.write("taken", "a file");
+            profile_edit(sc, |p| p.replace("out/img-{seed}-{n}.png", "taken/img.png"))
+        } },
+    Case { name: "VAE override missing", code: 1, expect: "VAE not found",
+        setup: |sc| profile_edit(sc, |p| p.replace("[model]", "[model]\nvae = \"no-such-vae.safetensors\"")) },
+    Case { name: "seamless with vae tiling on", code: 1, expect: "`tiling = true` (seamless output) cannot use vae_tiling = \"on\"",
+        setup: |sc| generate(sc, &tiny_ldm(), "tiling = true\nvae_tiling = \"on\"", "", "") },
+    Case { name: "LoRA file missing", code: 1, expect: "pass 1: LoRA ",
+        setup: |sc| profile_edit(sc, |p| p.replace("[model]", "[model]\nloras = [{ path = \"x.safetensors\" }]")) },
+    Case { name: "LoRA tag naming no file", code: 1, expect: "pass 1: <lora:nope:0.7>: no LoRA file nope.safetensors (searched ",
+        setup: |sc| {
+            std::fs::create_dir_all(sc.path("loras")).unwrap();
+            profile_edit(sc, |p| p.replace("a photo of a cat", "a photo of a cat <lora:nope:0.7>").replace("seed = 7", "seed = 7\nlora_dirs = [\"loras\"]"))
+        } },
+    Case { name: "LoRA tag without lora_dirs", code: 1, expect: "no lora_dirs set — add lora_dirs",
+        setup: |sc| profile_edit(sc, |p| p.replace("a photo of a cat", "a photo of a cat <lora:nope>")) },
+    Case { name: "unsupported prompt tag", code: 1, expect: "prompt tag <hypernet:x:1> is not supported",
+        setup: |sc| profile_edit(sc, |p| p.replace("a photo of a cat", "a photo of a cat <hypernet:x:1>")) },
+    Case { name: "merge and checkpoint together", code: 1, expect: "[model] has both checkpoint and merge",
+        setup: |sc| profile_edit(sc, |p| p.replace("[model]", &format!("[model]\nmerge = [{{ checkpoint = \"{0}\", weight = 0.5 }}, {{ checkpoint = \"{0}\", weight = 0.5 }}]", tiny_ldm().display()))) },
+    Case { name: "a pass switching to another family", code: 1, expect: "pass 2: checkpoint ",
+        setup: |sc| {
+            let sdxl = repo().join("tests/data/sdxl-tiny/sdxl-tiny.safetensors");
+            generate(sc, &tiny_ldm(), "", "", &format!("checkpoint = \"{}\"", sdxl.display()))
+        } },
+    Case { name: "merge of two families", code: 1, expect: "only checkpoints of one family merge",
+        setup: |sc| {
+            let sdxl = repo().join("tests/data/sdxl-tiny/sdxl-tiny.safetensors");
+            let out = sc.path("merged.safetensors");
+            s(&["merge", out.to_str().unwrap(), &format!("{}:0.5", tiny_ldm().display()), &format!("{}:0.5", sdxl.display())])
+        } },
+    Case { name: "merge input without a weight", code: 1, expect: "has no weight — write it as FILE:0.8",
+        setup: |sc| {
+            let out = sc.path("merged.safetensors");
+            s(&["merge", out.to_str().unwrap(), tiny_ldm().to_str().unwrap(), tiny_ldm().to_str().unwrap()])
+        } },
+    Case { name: "--set out of range", code: 1, expect: "denoise must be in (0, 1]",
+        setup: |sc| {
+            let mut args = generate(sc, &tiny_ldm(), "", "", "");
+            args.extend(s(&["--set", "pass.2.denoise=2"]));
+            args
+        } },
+    Case { name: "--set without =", code: 1, expect: "expected key=value",
+        setup: |sc| {
+            let mut args = generate(sc, &tiny_ldm(), "", "", "");
+            args.extend(s(&["--set", "nonsense"]));
+            args
+        } },
+    Case { name: "--seed not a number", code: 2, expect: "invalid value 'abc' for '--seed <SEED>'",
+        setup: |sc| {
+            let mut args = generate(sc, &tiny_ldm(), "", "", "");
+            args.extend(s(&["--seed", "abc"]));
+            args
+        } },
+    Case { name: "unknown command", code: 2, expect: "unrecognized subcommand 'genrate'",
+        setup: |_| s(&["genrate", "p.toml"]) },
+    Case { name: "generate without a profile", code: 2, expect: "the following required arguments were not provided: <PROFILE>",
+        setup: |_| s(&["generate"]) },
+    Case { name: "check: denoise so small the schedule explodes", code: 1, expect: "builds a schedule of 2000000 steps (at most 10000)",
+        setup: |sc| check_edit(sc, |p| p.replace("denoise = 0.5", "denoise = 0.000001")) },
+    Case { name: "check: a 16384 px pass upscaled", code: 1, expect: "pass 2: 32768x32768 px is over the 16384 px limit",
+        setup: |sc| check_edit(sc, |p| p.replace("width = 32\nheight = 32", "width = 16384\nheight = 16384")) },
+    Case { name: "check: seed + batch overflows", code: 1, expect: "overflows the seed range",
+        setup: |sc| check_edit(sc, |p| p.replace("seed = 7", "seed = 9223372036854775807\nbatch = 2")) },
+    Case { name: "check: output not .png", code: 1, expect: "end the name in .png",
+        setup: |sc| check_edit(sc, |p| p.replace("img-{seed}-{n}.png", "img-{seed}-{n}.jpg")) },
+    // --- prompts ---
+    Case { name: "prompt too long", code: 1, expect: "prompt is 30000 characters long (at most 20000)",
+        setup: |sc| profile_edit(sc, |p| p.replace("a photo of a cat", &"x".repeat(30000))) },
+    Case { name: "prompt of too many chunks", code: 1, expect: "the prompt is 69 chunks of 75 tokens (at most 64)",
+        setup: |sc| profile_edit(sc, |p| p.replace("a photo of a cat", &"cat BREAK ".repeat(69))) },
+    Case { name: "LoRA tag with a bad weight", code: 1, expect: "<lora:detail:abc>: weight `abc` is not a number",
+        setup: |sc| profile_edit(sc, |p| p.replace("a photo of a cat", "a photo of a cat <lora:detail:abc>")) },
+    // --- replay ---
+    Case { name: "replay of a file that is not a PNG", code: 1, expect: "is not a readable PNG",
+        setup: |sc| s(&["replay", bytes_file(sc, "in.png", b"GIF89a").to_str().unwrap()]) },
+    Case { name: "replay of a missing PNG", code: 1, expect: "cannot open",
+        setup: |_| s(&["replay", "missing.png"]) },
+    Case { name: "replay of a PNG without a profile", code: 1, expect: "has no embedded hiresfix profile",
+        setup: |sc| s(&["replay", png_with(sc, &[("parameters", "a cat\nSteps: 20")]).to_str().unwrap()]) },
+    Case { name: "replay of a malformed embedded profile", code: 1, expect: "(embedded profile)",
+        setup: |sc| s(&["replay", png_with(sc, &[("hiresfix-profile", "seed = = 3")]).to_str().unwrap()]) },
+    Case { name: "replay of a truncated PNG", code: 1, expect: "is not a readable PNG",
+        setup: |sc| {
+            let good = png_with(sc, &[("hiresfix-profile", "seed = 3")]);
+            let bytes = std::fs::read(&good).unwrap();
+            s(&["replay", bytes_file(sc, "cut.png", &bytes[..20]).to_str().unwrap()])
+        } },
+    // --- finish, grid, previews ---
+    Case { name: "finish of an image whose sides are not multiples of 8", code: 1, expect: "is 2x2: both sides must be multiples of 8",
+        setup: |sc| s(&["finish", png_with(sc, &[("parameters", "a cat\nSteps: 20")]).to_str().unwrap()]) },
+    Case { name: "finish of a PNG with neither profile nor parameters", code: 1, expect: "carries no profile and no A1111 parameters: give one with --profile",
+        setup: |sc| s(&["finish", png_with(sc, &[]).to_str().unwrap()]) },
+    Case { name: "finish of a damaged stored latent", code: 1, expect: "its stored latent is damaged (pass); finish it as a plain image with --ignore-latent",
+        setup: |sc| s(&["finish", png_with(sc, &[("hiresfix-profile", "seed = 3"), ("hiresfix-latent", "hiresfix-latent 1\npass x")]).to_str().unwrap()]) },
+    Case { name: "finish of a latent from a newer hiresfix", code: 1, expect: "its stored latent has an unknown format",
+        setup: |sc| s(&["finish", png_with(sc, &[("hiresfix-profile", "seed = 3"), ("hiresfix-latent", "hiresfix-latent 9")]).to_str().unwrap()]) },
+    Case { name: "--passes beyond the profile", code: 1, expect: "--passes 5: the profile has 2 pass(es); give 1 to 2",
+        setup: |sc| [generate(sc, &tiny_ldm(), "", "", ""), s(&["--passes", "5"])].concat() },
+    Case { name: "--passes 0", code: 2, expect: "invalid value '0' for '--passes <PASSES>'",
+        setup: |sc| [generate(sc, &tiny_ldm(), "", "", ""), s(&["--passes", "0"])].concat() },
+    Case { name: "grid axis without values", code: 1, expect: "--x cfg: expected key=v1,v2,...",
+        setup: |_| s(&["grid", "p.toml", "--x", "cfg"]) },
+    Case { name: "grid value out of range", code: 1, expect: "grid cell cfg=5, pass.2.denoise=7: --set: denoise must be in (0, 1]",
+        setup: |sc| {
+            let profile = scratch_profile(sc);
+            s(&["grid", &profile, "--x", "cfg=5", "--y", "pass.2.denoise=0.5,7"])
+        } },
+    Case { name: "replay --to-profile of a PNG without parameters", code: 1, expect: "has no `parameters` text (A1111 / Forge PNG Info)",
+        setup: |sc| s(&["replay", "--to-profile", png_with(sc, &[("hiresfix-profile", "seed = 3")]).to_str().unwrap()]) },
+    // --- info ---
+    Case { name: "info on a missing path", code: 1, expect: "no-such.safetensors not found",
+        setup: |_| s(&["info", "no-such.safetensors"]) },
+    Case { name: "info on a pickle", code: 1, expect: "pickle checkpoints are refused",
+        setup: |sc| s(&["info", bytes_file(sc, "model.pt", b"\x80\x02.").to_str().unwrap()]) },
+    // --- convert (pickle checkpoints) ---
+    Case { name: "convert: a pickle that calls os.system", code: 1, expect: "model.pth: refused: the pickle calls os.system — only tensor state dicts convert; nothing was written",
+        setup: |sc| convert_copy(sc, "tests/data/upscalers/models/evil-os-system.pth") },
+    Case { name: "convert: a pickle that calls builtins.eval", code: 1, expect: "refused: the pickle calls builtins.eval",
+        setup: |sc| convert_copy(sc, "tests/data/upscalers/models/evil-builtins-eval.pth") },
+    Case { name: "convert: a state dict holding a dict", code: 1, expect: "refused: `config` is a dict, not a tensor",
+        setup: |sc| convert_copy(sc, "tests/data/convert/nested.pth") },
+    Case { name: "convert: a truncated checkpoint", code: 1, expect: "the file is truncated or damaged",
+        setup: |sc| {
+            let bytes = std::fs::read(repo().join("tests/data/upscalers/models/compact-x4.pth")).unwrap();
+            s(&["convert", bytes_file(sc, "model.pth", &bytes[..4000]).to_str().unwrap()])
+        } },
+    Case { name: "convert: a file that is not a checkpoint", code: 1, expect: "not a PyTorch checkpoint",
+        setup: |sc| s(&["convert", bytes_file(sc, "model.pth", b"GIF89a").to_str().unwrap()]) },
+    Case { name: "convert: an output that exists", code: 1, expect: "model.safetensors exists — choose another name with -o or remove it",
+        setup: |sc| {
+            bytes_file(sc, "model.safetensors", b"keep");
+            convert_copy(sc, "tests/data/upscalers/models/compact-x4.pth")
+        } },
+    Case { name: "convert: output not .safetensors", code: 1, expect: "end the name in .safetensors",
+        setup: |sc| [convert_copy(sc, "tests/data/upscalers/models/compact-x4.pth"), s(&["-o", "model.bin"])].concat() },
+    Case { name: "convert: a missing model", code: 1, expect: "nope.pth not found",
+        setup: |_| s(&["convert", "nope.pth"]) },
+    Case { name: "convert without a model", code: 2, expect: "the following required arguments were not provided: <MODEL>",
+        setup: |_| s(&["convert"]) },
+    // --- batch ---
+    Case { name: "batch: --shard past the count", code: 1, expect: "shard 4/4: the index must be below the count (0-based)",
+        setup: |_| s(&["batch", "jobs.toml", "--shard", "4/4"]) },
+    Case { name: "batch: --shards without an index", code: 1, expect: "--shards 4 without a shard index: give --shard I/4",
+        setup: |_| s(&["batch", "jobs.toml", "--shards", "4"]) },
+    Case { name: "batch: a missing job file", code: 1, expect: "cannot read job file nope.toml",
+        setup: |_| s(&["batch", "nope.toml"]) },
+    Case { name: "batch: a job file without jobs", code: 1, expect: "no [[jobs]] table — add one",
+        setup: |sc| {
+            sc.write("base.toml", "seed = 1");
+            let jobs = sc.write("jobs.toml", "profile = \"base.toml\"");
+            s(&["batch", jobs.to_str().unwrap()])
+        } },
+    Case { name: "batch: a table key without values", code: 1, expect: "`seed` has no values",
+        setup: |sc| {
+            sc.write("base.toml", "seed = 1");
+            let jobs = sc.write("jobs.toml", "profile = \"base.toml\"\n[[jobs]]\nseed = []");
+            s(&["batch", jobs.to_str().unwrap()])
+        } },
+    Case { name: "batch --report of a missing folder", code: 1, expect: "cannot read nowhere",
+        setup: |_| s(&["batch", "--report", "nowhere"]) },
+    // --- serve (refused before it listens) ---
+    Case { name: "serve: a non-loopback address without a token", code: 1, expect: "is reachable from other machines: give --token T (or --api-auth user:pass), or listen on 127.0.0.1",
+        setup: |_| s(&["serve", "--listen", "0.0.0.0:0", "--model", tiny_ldm().to_str().unwrap()]) },
+    Case { name: "serve: no model to serve", code: 1, expect: "no checkpoint to serve — give --models DIR",
+        setup: |_| s(&["serve", "--listen", "127.0.0.1:0"]) },
+    Case { name: "serve: --models is not a folder", code: 1, expect: "not a folder — give the folder holding your checkpoints",
+        setup: |_| s(&["serve", "--listen", "127.0.0.1:0", "--models", "nowhere"]) },
+    Case { name: "serve: --model names nothing", code: 1, expect: "--model nope: neither a model in --models",
+        setup: |_| s(&["serve", "--listen", "127.0.0.1:0", "--model", "nope"]) },
+    Case { name: "serve: --listen not an address", code: 1, expect: "--listen localhost: not an address:port (e.g. 127.0.0.1:7860)",
+        setup: |_| s(&["serve", "--listen", "localhost"]) },
+    Case { name: "serve: --defaults naming a checkpoint", code: 1, expect: "the model is chosen by --model / the request; remove [model] checkpoint",
+        setup: |sc| {
+            let defaults = sc.write("d.toml", "[model]\ncheckpoint = \"x.safetensors\"");
+            s(&["serve", "--listen", "127.0.0.1:0", "--model", tiny_ldm().to_str().unwrap(), "--defaults", defaults.to_str().unwrap()])
+        } },
+    // --- plugin folders ---
+    Case { name: "the sampler plugin refused by its pin", code: 1, expect: "(refused plugin libhiresfix_samplers_kdiff.so: sha256",
+        setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_samplers_kdiff.so\" = \"00\"", "", "") },
+    Case { name: "the model backend refused by its pin", code: 1, expect: "no model backend plugin was found; see `hiresfix plugins` (refused plugin libhiresfix_sd.so",
+        setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_sd.so\" = \"00\"", "", "") },
+];
+
+fn run_case(case: &Case) -> Result<(), String> {
+    let scratch = Scratch::new(&format!("corpus-{}", case.name.replace(' ', "-")));
+    let args = (case.setup)(&scratch);
+    let before = files_under(&scratch.0);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = hiresfix(&scratch.0, &refs, &[]);
+    let err = stderr(&out);
+    // Lint warnings about the profile (the tiny model composes far below its native size)
+    // may come first; the failure itself is one line.
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("warning: "))
+        .collect();
+    let line = lines.first().copied().unwrap_or("");
+    let problems = [
+        (out.status.code() != Some(case.code))
+            .then(|| format!("exit {:?}, expected {}", out.status.code(), case.code)),
+        (lines.len() != 1).then(|| format!("{} lines on stderr", lines.len())),
+        (!line.starts_with("error: ")).then(|| "does not start with `error: `".to_string()),
+        (line.chars().count() >= 300).then(|| format!("{} characters", line.chars().count())),
+        (!line.contains(case.expect)).then(|| format!("does not contain `{}`", case.expect)),
+        (err.contains("panicked") || err.contains("RUST_BACKTRACE"))
+            .then(|| "panicked".to_string()),
+        (files_under(&scratch.0) != before).then(|| "wrote files".to_string()),
+    ];
+    let problems: Vec<String> = problems.into_iter().flatten().collect();
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(format!(
+            "{}: {}\n    stderr: {err}",
+            case.name,
+            problems.join("; ")
+        )),
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            found.push(p);
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn every_bad_input_in_the_corpus_fails_in_one_clear_line_writing_nothing() {
+    assert!(CASES.len() >= 60, "the corpus has {} cases", CASES.len());
+    let failures: Vec<String> = CASES.iter().filter_map(|c| run_case(c).err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn the_readme_lists_every_case_of_the_corpus() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let missing: Vec<&str> = CASES
+        .iter()
+        .map(|c| c.name)
+        .filter(|name| !readme.contains(&format!("| {name} |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README's reliability table lacks: {missing:?}"
+    );
+}

@@ -1,0 +1,24 @@
+//! The host's integration tests as one binary (ripgrep's layout): one module per behaviour
+//! area, sharing `common` (the hiresfix binary, the tiny test models, scratch folders, and
+//! out-of-tree plugins built once per run).
+mod common;
+
+mod bad_input;
+mod batch;
+mod chain;
+mod check;
+mod compat;
+mod convert;
+mod info;
+mod lora;
+mod merge_and_switch;
+mod model_upscalers;
+mod output;
+mod parity;
+mod patches;
+mod plugins;
+mod sampler_parity;
+mod serve;
+mod upscaler_parity;
+mod upscaler_plugins;
+mod workflow;
