@@ -1,4 +1,4 @@
-//! The bad-input corpus (SPEC §7): every user-caused failure ends in one line under 300
+//! The bad-input corpus (README "Reliability"): every user-caused failure ends in one line under 300
 //! characters that names the thing, exit code 1 (2 for command-line usage), no panic, and no
 //! file written. One row per case: damaged and foreign checkpoints, diffusers folders with bad
 //! parts, profiles in range but pathological, prompts, PNGs given to `replay`, plugin folders.

@@ -238,7 +238,7 @@ fn a_per_pass_vae_swaps_in_without_loading_the_checkpoint_again() {
     let out = hiresfix(
         &scratch.0,
         &["generate", swapped.to_str().unwrap(), "-o", "s.png"],
-        &[("RUST_LOG", Path::new("hiresfix::models=debug"))],
+        &[("RUST_LOG", Path::new("hiresfix_engine::models=debug"))],
     );
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");

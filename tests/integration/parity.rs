@@ -1,5 +1,5 @@
 //! Parity through the host and the plugin ABI with diffusers + k-diffusion (A1111's rules):
-//! a full 2-pass Euler run with SPEC §4 slicing and noise, from both checkpoint formats, for
+//! a full 2-pass Euler run with README "Semantics" slicing and noise, from both checkpoint formats, for
 //! SD 1.x, SD 2.x (eps and v) and SDXL — the latter three with a long weighted prompt (3
 //! chunks, BREAK) against a 1-chunk negative and each pass's own size conditioning — and the
 //! written PNGs. References: scripts/make_sd1_reference.py, scripts/make_family_reference.py.

@@ -483,7 +483,7 @@ schedule = "{schedule}"
     profile
 }
 
-/// SPEC §4: steps = 20 at denoise 0.7 runs the last 21 sigmas of the 28-step schedule.
+/// README "Semantics": steps = 20 at denoise 0.7 runs the last 21 sigmas of the 28-step schedule.
 #[test]
 fn hires_pass_sigmas_are_the_tail_of_the_longer_schedule() {
     let registry = registry();

@@ -295,7 +295,7 @@ fn grid_cells_equal_single_runs_and_the_sheet_is_labelled() {
             "-o",
             "g.png",
         ],
-        &[("RUST_LOG", Path::new("hiresfix::models=debug"))],
+        &[("RUST_LOG", Path::new("hiresfix_engine::models=debug"))],
     );
     let written = stdout_lines(&out);
     // One prompt pair, two pass sizes: encoded twice for the six cells, not twelve times.
