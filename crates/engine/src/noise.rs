@@ -1,4 +1,4 @@
-//! Seeded noise, A1111 "CPU" RNG source (SPEC §4). tch exposes no generator objects, so the
+//! Seeded noise, A1111 "CPU" RNG source (README "Semantics"). tch exposes no generator objects, so the
 //! process-wide CPU generator is reseeded at the start of each draw sequence: a pass's step
 //! noise is an uninterrupted stream from its seed. Images batched into one UNet call each keep
 //! their own stream ([`StepNoise::batch`]): the draws of every image are made ahead, one image
