@@ -1,15 +1,18 @@
 //! Stable Diffusion model backends over libtorch: SD 1.x, SD 2.x (eps and v) and SDXL base
 //! through one model whose shape comes from the checkpoint.
 //!
-//! Where things are: `families/` (one file per family, and what is refused), `checkpoint/`
-//! (reading files and folders), `convert/` (one key-rename module per foreign layout),
-//! `text/` (prompts, CLIP, the conditioner), `unet/`, `denoiser` (eps / v), `vae/`.
+//! Where things are: `families/` (one file per family, as data), `detect/` (what a
+//! checkpoint is: its family, what is refused, its architecture), `checkpoint/` (reading files
+//! and folders), `convert/` (one key-rename module per foreign layout), `text/` (prompts, CLIP,
+//! the conditioner), `unet/`, `denoiser` (eps / v), `vae/`, and `model/` (the assembled model:
+//! loading, the patcher, conditioning batching, the UNet call).
 //! Modules are built under the original LDM (CompVis) weight keys, so a single-file
 //! checkpoint loads by name; other layouts are renamed into that space first.
 
 pub mod checkpoint;
 pub mod convert;
 pub mod denoiser;
+pub mod detect;
 pub mod estimate;
 pub mod families;
 mod guard;

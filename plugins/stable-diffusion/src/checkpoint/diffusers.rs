@@ -7,7 +7,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 use super::safetensors::SafetensorsFile;
-use super::Checkpoint;
 use crate::convert::diffusers_unet::{diffusers_unet_key, UnetLayout};
 use crate::convert::diffusers_vae::diffusers_vae_key;
 use crate::convert::indices_under;
@@ -53,20 +52,51 @@ fn json_str(config: &Option<Value>, key: &str) -> Option<String> {
     config.as_ref()?.get(key)?.as_str().map(str::to_string)
 }
 
-/// Fills `ckpt` from the folder at its path.
-pub(super) fn open(ckpt: &mut Checkpoint) -> Result<()> {
-    let path = ckpt.path.clone();
+/// How the stored keys of a UNet or VAE weight file become model keys.
+pub(super) enum Rename {
+    Unet(UnetLayout),
+    /// A VAE with this many decoder up blocks.
+    Vae(usize),
+}
+
+impl Rename {
+    pub(super) fn model_key(&self, key: &str) -> Option<String> {
+        match self {
+            Rename::Unet(layout) => diffusers_unet_key(key, layout),
+            Rename::Vae(num_up) => diffusers_vae_key(key, *num_up),
+        }
+    }
+}
+
+/// What a diffusers folder holds, in the order it was read.
+pub(super) struct Folder {
+    pub configs: DiffusersConfigs,
+    /// The UNet's and the VAE's weight files, each with how its keys are renamed.
+    pub weights: Vec<(SafetensorsFile, Rename)>,
+    /// Text-encoder sub-folder → its weight file, whose keys wait for detection.
+    pub text_encoders: Vec<(String, SafetensorsFile)>,
+}
+
+/// Reads the diffusers folder at `path`: its configs and weight files.
+pub(super) fn open(path: &Path) -> Result<Folder> {
     let model_index = read_json(&path.join("model_index.json"))?.ok_or_else(|| {
         anyhow!("{}: a folder but not a diffusers model (no model_index.json) — point model.checkpoint at a .safetensors file or a diffusers folder", path.display())
     })?;
-    ckpt.configs.model_index = Some(model_index);
-    ckpt.configs.unet = read_json(&path.join("unet/config.json"))?;
-    ckpt.configs.vae = read_json(&path.join("vae/config.json"))?;
-    ckpt.configs.scheduler = read_json(&path.join("scheduler/scheduler_config.json"))?;
+    let mut folder = Folder {
+        configs: DiffusersConfigs {
+            model_index: Some(model_index),
+            unet: read_json(&path.join("unet/config.json"))?,
+            vae: read_json(&path.join("vae/config.json"))?,
+            scheduler: read_json(&path.join("scheduler/scheduler_config.json"))?,
+            text_encoders: BTreeMap::new(),
+        },
+        weights: Vec::new(),
+        text_encoders: Vec::new(),
+    };
     for file in weights_files(&path.join("unet"), "diffusion_pytorch_model")? {
         let unet = SafetensorsFile::open(&file)?;
         let layout = UnetLayout::from_keys(unet.entries().keys().map(String::as_str));
-        ckpt.add_file(unet, |k| diffusers_unet_key(k, &layout));
+        folder.weights.push((unet, Rename::Unet(layout)));
     }
     for file in weights_files(&path.join("vae"), "diffusion_pytorch_model")? {
         let vae = SafetensorsFile::open(&file)?;
@@ -75,10 +105,10 @@ pub(super) fn open(ckpt: &mut Checkpoint) -> Result<()> {
             "decoder.up_blocks.",
         )
         .len();
-        ckpt.add_file(vae, |k| diffusers_vae_key(k, num_up));
+        folder.weights.push((vae, Rename::Vae(num_up)));
     }
-    for folder in TEXT_FOLDERS {
-        let dir = path.join(folder);
+    for name in TEXT_FOLDERS {
+        let dir = path.join(name);
         if !dir.is_dir() {
             continue;
         }
@@ -87,15 +117,15 @@ pub(super) fn open(ckpt: &mut Checkpoint) -> Result<()> {
             Activation::from_name(act)
                 .map_err(|e| anyhow!("{}: {e}", dir.join("config.json").display()))?;
         }
-        ckpt.configs.text_encoders.insert(folder.into(), config);
+        folder.configs.text_encoders.insert(name.into(), config);
         let files = weights_files(&dir, "model")?;
         if files.len() != 1 {
             bail!("{}: sharded text encoders are not supported yet — save it as one model.safetensors", dir.display());
         }
-        let index = ckpt.add_file(SafetensorsFile::open(&files[0])?, |_| None);
-        ckpt.text_files.insert(folder.into(), index);
+        let file = SafetensorsFile::open(&files[0])?;
+        folder.text_encoders.push((name.into(), file));
     }
-    Ok(())
+    Ok(folder)
 }
 
 /// The weight files of one diffusers component: `{stem}.safetensors`, its `.fp16` variant,

@@ -1,19 +1,20 @@
 //! A checkpoint seen through the model's own keys, whatever its layout on disk: a single-file
 //! LDM `.safetensors` (Civitai) or a diffusers folder, optionally with its VAE replaced. Opening
-//! one also tells its family ([`crate::families::detect`]); refused files end there.
+//! one ([`Checkpoint::open`], in [`crate::detect`]) also tells its family; refused files end
+//! there. The reader knows the family types ([`crate::families::spec`]), not the family list.
 mod diffusers;
 mod read_ahead;
 pub mod safetensors;
+mod tensors;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
-use tch::nn::VarStore;
+use anyhow::{anyhow, bail, Result};
 
 use crate::convert::diffusers_vae::standalone_vae_keys;
 use crate::convert::{hf_clip, indices_under, open_clip, Transform, UNET_PREFIX, VAE_PREFIX};
-use crate::families::{self, EncoderSpec, Family, TextLayout};
+use crate::families::spec::{EncoderSpec, Family, TextLayout};
 use safetensors::SafetensorsFile;
 
 pub use diffusers::DiffusersConfigs;
@@ -56,18 +57,9 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens a single `.safetensors` file or a diffusers folder (one with `model_index.json`)
-    /// and tells its family; an error says why a file is refused.
-    pub fn open(path: &Path) -> Result<Self> {
-        let mut ckpt = Self::open_unchecked(path)?;
-        let family = families::detect(&ckpt)?;
-        ckpt.map_text_encoders(family)?;
-        ckpt.family = Some(family);
-        Ok(ckpt)
-    }
-
-    /// Opens without detection: the stored tensors, text encoders not yet mapped.
-    fn open_unchecked(path: &Path) -> Result<Self> {
+    /// Opens without detection: the stored tensors, text encoders not yet mapped (detection
+    /// then calls [`Self::set_family`]).
+    pub(crate) fn open_unchecked(path: &Path) -> Result<Self> {
         if !path.exists() {
             bail!(
                 "{}: checkpoint not found — check model.checkpoint in the profile",
@@ -86,7 +78,15 @@ impl Checkpoint {
         };
         if path.is_dir() {
             ckpt.format = Format::Diffusers;
-            diffusers::open(&mut ckpt)?;
+            let folder = diffusers::open(path)?;
+            ckpt.configs = folder.configs;
+            for (file, rename) in folder.weights {
+                ckpt.add_file(file, |k| rename.model_key(k));
+            }
+            for (name, file) in folder.text_encoders {
+                let index = ckpt.add_file(file, |_| None);
+                ckpt.text_files.insert(name, index);
+            }
         } else {
             let file = SafetensorsFile::open(path)?;
             ckpt.raw = file.entries().keys().cloned().collect();
@@ -114,6 +114,14 @@ impl Checkpoint {
         }
         self.files.push(file);
         index
+    }
+
+    /// Records the family detection found and puts each of its text encoders under its model
+    /// keys.
+    pub(crate) fn set_family(&mut self, family: &'static Family) -> Result<()> {
+        self.map_text_encoders(family)?;
+        self.family = Some(family);
+        Ok(())
     }
 
     /// Puts each of `family`'s text encoders under its model keys.
@@ -344,147 +352,5 @@ impl Checkpoint {
     /// Bytes on disk of every file read.
     pub fn file_bytes(&self) -> u64 {
         self.files.iter().map(SafetensorsFile::len).sum()
-    }
-
-    /// The file holding `key`, and the tensor's own name there when it differs.
-    fn origin(&self, key: &str) -> String {
-        match self.tensors.get(key) {
-            Some(s) if s.name != key => {
-                format!("{} (as `{}`)", self.files[s.file].path().display(), s.name)
-            }
-            Some(s) => self.files[s.file].path().display().to_string(),
-            None => self.path.display().to_string(),
-        }
-    }
-
-    fn source(&self, key: &str) -> Result<&Source> {
-        self.tensors
-            .get(key)
-            .ok_or_else(|| anyhow!("{}: missing tensor `{key}`", self.path.display()))
-    }
-
-    /// Reads one tensor (CPU, stored dtype) by its model key.
-    pub fn read(&self, key: &str) -> Result<tch::Tensor> {
-        let source = self.source(key)?;
-        self.files[source.file].with_view(&source.name, |t| Ok(source.transform.apply(t).copy()))
-    }
-
-    /// Reads a tensor stored under `key` in a single file as is (markers, buffers).
-    pub fn read_raw(&self, key: &str) -> Result<tch::Tensor> {
-        match self.format {
-            Format::SingleFile => self.files[0].read(key),
-            Format::Diffusers => bail!("{}: no tensor `{key}`", self.path.display()),
-        }
-    }
-
-    /// Copies the checkpoint into every variable of `vs` (named by model key) whose name
-    /// starts with `only` (all with ""), converting dtype and device on the way: one copy
-    /// from the file's mapping into the model. Keys the model has no variable for are
-    /// ignored (EMA, `model_ema.*`, ...).
-    pub fn copy_into(&self, vs: &VarStore, only: &str) -> Result<()> {
-        Self::copy_weighted_into(&[(self, 1.0)], vs, only)
-    }
-
-    /// [`Self::copy_into`] of the weighted sum `Σ wᵢ·checkpointᵢ` (a merge from the profile,
-    /// A1111's weighted-sum merge), one tensor at a time.
-    pub fn copy_weighted_into(
-        sources: &[(&Checkpoint, f64)],
-        vs: &VarStore,
-        only: &str,
-    ) -> Result<()> {
-        let mut variables: Vec<(String, tch::Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(only))
-            .collect();
-        variables.sort_by(|a, b| a.0.cmp(&b.0));
-        // A whole model from one checkpoint read from disk: a second stream reads ahead
-        // over the span of the tensors copied while they are copied.
-        let ranges: Vec<_> = match (only.is_empty(), sources) {
-            (true, [(ckpt, _)]) => ckpt
-                .files
-                .iter()
-                .enumerate()
-                .filter(|(_, file)| !file.mostly_cached())
-                .filter_map(|(i, file)| {
-                    file.span_of(variables.iter().filter_map(|(key, _)| {
-                        let source = ckpt.tensors.get(key)?;
-                        (source.file == i).then_some(source.name.as_str())
-                    }))
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        read_ahead::read_ahead_while(&ranges, || Self::copy_variables(sources, variables))
-    }
-
-    /// The loop of [`Self::copy_weighted_into`] over the model's `variables`.
-    fn copy_variables(
-        sources: &[(&Checkpoint, f64)],
-        variables: Vec<(String, tch::Tensor)>,
-    ) -> Result<()> {
-        for (key, mut var) in variables {
-            let single = sources.len() == 1 && sources[0].1 == 1.0;
-            let mut sum: Option<tch::Tensor> = None;
-            let wanted = var.size();
-            let float = var.is_floating_point();
-            for (ckpt, weight) in sources {
-                ckpt.with_model_tensor(&key, &wanted, float, |src| {
-                    if single {
-                        return tch::no_grad(|| var.f_copy_(src)).with_context(|| {
-                            format!(
-                                "{}: cannot copy tensor `{key}` into the model",
-                                ckpt.path.display()
-                            )
-                        });
-                    }
-                    let part = src.to_kind(tch::Kind::Float) * *weight;
-                    sum = Some(match sum.take() {
-                        Some(s) => s + part,
-                        None => part,
-                    });
-                    Ok(())
-                })?;
-            }
-            if let Some(sum) = sum {
-                tch::no_grad(|| var.f_copy_(&sum)).with_context(|| {
-                    format!("cannot copy the merged tensor `{key}` into the model")
-                })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs `f` on the stored tensor for model variable `var` (named `key`), shaped as the
-    /// model wants it; a missing, misshaped or non-float tensor is an error naming it.
-    fn with_model_tensor(
-        &self,
-        key: &str,
-        wanted: &[i64],
-        float: bool,
-        f: impl FnOnce(&tch::Tensor) -> Result<()>,
-    ) -> Result<()> {
-        let shown = self.path.display();
-        let stored = self.shape(key).ok_or_else(|| {
-            anyhow!("{shown}: missing tensor `{key}` (the model expects shape {wanted:?}) — the checkpoint is incomplete or not of this family")
-        })?;
-        // diffusers and some converters store the VAE attention 1x1 convs as Linear weights.
-        let as_conv = stored.len() == 2
-            && wanted.len() == 4
-            && wanted[..2] == stored[..]
-            && wanted[2..] == [1, 1];
-        if stored != wanted && !as_conv {
-            bail!("{}: tensor `{key}` has shape {stored:?} where the checkpoint's other tensors imply {wanted:?} — the file is damaged or mixes two models", self.origin(key));
-        }
-        let source = self.source(key)?;
-        let dtype = &self.files[source.file].entries()[&source.name].dtype;
-        if float && !safetensors::is_float(dtype) {
-            bail!("{}: tensor `{key}` is stored as {dtype}, not floating point — the file is quantized or damaged; use an fp16/fp32 checkpoint", self.origin(key));
-        }
-        self.files[source.file].with_view(&source.name, |view| {
-            let src = source.transform.apply(view);
-            let src = if as_conv { src.reshape(wanted) } else { src };
-            f(&src)
-        })
     }
 }

@@ -1,7 +1,7 @@
 //! Stable Diffusion 1.x: OpenAI CLIP-L (last layer), eps prediction, 4-channel latent ×0.18215.
-use super::{EncoderSpec, Family, Pad, PredictionRule, TextLayout, Vector};
+use super::spec::{EncoderSpec, Family, Pad, PredictionRule, TextLayout, Vector};
 use crate::text::clip::{Activation, ClipConfig, TextLayer};
-use crate::unet::{HeadRule, UNetConfig};
+use crate::unet::config::{HeadRule, UNetConfig};
 
 pub const CLIP_L: EncoderSpec = EncoderSpec {
     name: "CLIP-L",

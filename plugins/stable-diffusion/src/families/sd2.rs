@@ -1,9 +1,10 @@
 //! Stable Diffusion 2.x: OpenCLIP ViT-H (its penultimate layer through the final norm: single
 //! files keep 24 layers, the model runs 23), linear `proj_in`, 64-wide heads; eps (2.x base,
 //! 512 px) or v prediction (768-v), told apart by A1111's UNet probe in single files.
-use super::{sd1, EncoderSpec, Family, Pad, PredictionRule, TextLayout, Vector};
+use super::sd1;
+use super::spec::{EncoderSpec, Family, Pad, PredictionRule, TextLayout, Vector};
 use crate::text::clip::{Activation, ClipConfig, TextLayer};
-use crate::unet::{HeadRule, UNetConfig};
+use crate::unet::config::{HeadRule, UNetConfig};
 
 pub const OPENCLIP_H: EncoderSpec = EncoderSpec {
     name: "OpenCLIP ViT-H",

@@ -3,9 +3,10 @@
 //! the embedded (original size, crop, target size) ids condition the UNet through `label_emb`
 //! (sgm `GeneralConditioner`); latent ×0.13025; 1024 px. An empty negative prompt conditions
 //! with zeros, as in A1111.
-use super::{sd1, EncoderSpec, Family, Pad, PredictionRule, TextLayout, Vector};
+use super::sd1;
+use super::spec::{EncoderSpec, Family, Pad, PredictionRule, TextLayout, Vector};
 use crate::text::clip::{Activation, ClipConfig, TextLayer};
-use crate::unet::{HeadRule, UNetConfig};
+use crate::unet::config::{HeadRule, UNetConfig};
 
 pub const CLIP_L: EncoderSpec = EncoderSpec {
     name: "CLIP-L",

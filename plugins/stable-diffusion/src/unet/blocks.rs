@@ -3,7 +3,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::UNetConfig;
+use super::config::UNetConfig;
 use crate::layers::{
     attention, conv2d, group_norm, layer_norm, linear, norm_silu, per_image, Conv2d,
 };

@@ -12,7 +12,7 @@
 //!   scores add `2·heads·n²` (scores and softmax) when the kernel is not a flash one;
 //! - a down-sample holds its output; an up-sample the nearest-upsampled copy and the conv
 //!   output, both at 4× the cells.
-use super::UNetConfig;
+use super::config::UNetConfig;
 use crate::vae::memory::AttentionMemory;
 
 /// Values a SpatialTransformer holds per channel and cell at its peak (see the module doc).

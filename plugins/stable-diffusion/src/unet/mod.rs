@@ -2,7 +2,7 @@
 //! family: its shape (levels, depths, heads, projections, `label_emb`) comes from
 //! [`UNetConfig`]. Module paths are the LDM keys under `model.diffusion_model.`.
 mod blocks;
-mod config;
+pub mod config;
 pub mod memory;
 
 use anyhow::{anyhow, bail, Result};
