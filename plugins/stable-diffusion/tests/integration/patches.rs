@@ -2,13 +2,14 @@
 //! `tests/data/patches` (scripts/make_patch_reference.py): FreeU v1 is diffusers'
 //! `enable_freeu`, v2 and Deep Shrink are the script's transcriptions of ComfyUI's patches on
 //! the LDM forward order. One UNet call per case on the tiny SD 1.x and SDXL models, CPU fp32,
-//! the patches passed through host-api's patch boundary as the host passes them.
+//! the patches loaded from the built-in patch plugin's dylib and passed through host-api's
+//! patch boundary, as the host does.
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use hiresfix_patches::{DeepShrink, FreeU};
 use hiresfix_sd::SdModel;
-use host_api::{OptionEntry, OptionValue, PassSigmas, Patch, PatchBox, PatchDecl, PatchModel};
+use host_api::abi_stable::library::lib_header_from_path;
+use host_api::{OptionEntry, OptionValue, PassSigmas, PatchBox, PatchDecl, PatchModel, PluginRef};
 use tch::{Device, Kind, Tensor};
 
 use crate::common::relative_error;
@@ -43,13 +44,34 @@ fn number(key: &str, v: f64) -> OptionEntry {
     }
 }
 
-fn patch<P: Patch>(model: &SdModel, options: Vec<OptionEntry>) -> PatchBox {
+/// The built-in patch plugin (`patches/builtin`) as the host loads it: its dylib, built by
+/// `cargo build --workspace` beside this test binary. (Linking its crate into this binary
+/// instead would put two plugins' root-module symbols into one executable.)
+fn builtin_patch(name: &str) -> PatchDecl {
+    let dir = std::env::current_exe().unwrap();
+    let dir = dir.parent().and_then(|deps| deps.parent()).unwrap();
+    let file = dir.join("libhiresfix_patches.so");
+    assert!(
+        file.is_file(),
+        "{} is missing: run `cargo build --workspace` first (scripts/test does)",
+        file.display()
+    );
+    let header = lib_header_from_path(&file).unwrap();
+    let module: PluginRef = header.init_root_module::<PluginRef>().unwrap();
+    (module.patches())()
+        .into_iter()
+        .map(PatchDecl::from_ffi)
+        .find(|decl| decl.name == name)
+        .unwrap_or_else(|| panic!("no patch `{name}` in {}", file.display()))
+}
+
+fn patch(name: &str, model: &SdModel, options: Vec<OptionEntry>) -> PatchBox {
     let target = PatchModel {
         family: model.info().family.id.into(),
         sigmas: model.sigmas().into(),
         extra: Default::default(),
     };
-    PatchDecl::of::<P>().create(&options, &target).unwrap()
+    builtin_patch(name).create(&options, &target).unwrap()
 }
 
 /// The reference's Deep Shrink settings as profile options.
@@ -139,9 +161,9 @@ fn freeu_v1_matches_diffusers_enable_freeu_and_v2_the_comfyui_transcription() {
     for family in FAMILIES {
         let case = Case::new(family);
         let s = case.settings["settings"]["freeu"].clone();
-        let v1 = patch::<FreeU>(&case.model, freeu_options(&s, 1.0));
+        let v1 = patch("freeu", &case.model, freeu_options(&s, 1.0));
         case.check("freeu_v1_in", vec![v1], true);
-        let v2 = patch::<FreeU>(&case.model, freeu_options(&s, 2.0));
+        let v2 = patch("freeu", &case.model, freeu_options(&s, 2.0));
         case.check("freeu_v2_in", vec![v2], true);
     }
 }
@@ -152,7 +174,7 @@ fn deep_shrink_matches_the_comfyui_transcription_inside_its_sigma_window() {
         let case = Case::new(family);
         for name in ["deep_shrink", "deep_shrink_b4", "deep_shrink_before_skip"] {
             let options = deep_shrink_options(&case.settings["settings"][name]);
-            let shrink = patch::<DeepShrink>(&case.model, options);
+            let shrink = patch("deep_shrink", &case.model, options);
             case.check(&format!("{name}_in"), vec![shrink], true);
         }
     }
@@ -164,7 +186,7 @@ fn deep_shrink_outside_its_window_is_the_plain_unet_exactly() {
         let case = Case::new(family);
         let plain = case.run(Vec::new(), false);
         let options = deep_shrink_options(&case.settings["settings"]["deep_shrink"]);
-        let shrunk = case.run(vec![patch::<DeepShrink>(&case.model, options)], false);
+        let shrunk = case.run(vec![patch("deep_shrink", &case.model, options)], false);
         assert!(
             plain.equal(&shrunk),
             "{family}: deep_shrink changed the UNet outside its window"
