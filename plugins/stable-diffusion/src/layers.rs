@@ -64,8 +64,8 @@ pub const NORM_GROUPS: i64 = 32;
 
 /// Output cells (h·w) up to which a CPU fp32 convolution runs as im2col + one matrix
 /// product: SD's 8×8 and 4×4 UNet levels (1280 channels), where libtorch's direct kernel
-/// reaches 35–95 GFLOP/s on the benchmark machine and the product 110–230 (BENCHMARKS.md,
-/// "Small feature maps"); from 16×16 on the direct kernel is as fast or faster.
+/// reaches a third of the matmul peak and the product two thirds or more; from 16×16 on the
+/// direct kernel is as fast or faster (figures: BENCHMARKS.md, "Small feature maps").
 pub const MATMUL_MAX_CELLS: i64 = 64;
 
 /// A 2-D convolution with PyTorch's parameters (`weight` `[out, in, k, k]`, `bias`), zero or

@@ -5,10 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Runs `f` while a helper thread reads the second half of `ranges` (file, start, end) into
 /// the OS page cache, so the disk serves two streams at once: `f` faulting in the first half
-/// as it copies in order, the helper the second. On the benchmark VM a cold 4.3 GB file
-/// reads in 6.0 s as one stream (`cat`) and 3.4 s as two (`dd`), and loading the SD 1.5
-/// file cold took 5.9–6.0 s with the helper against 7.3–7.9 s without (BENCHMARKS.md). The
-/// pages go to the page cache, not into this process (no RSS). The helper stops when `f`
+/// as it copies in order, the helper the second: a cold disk reads two streams faster than
+/// one (figures: BENCHMARKS.md, `sd15-cpu`). The pages go to the page cache, not into this
+/// process (no RSS). The helper stops when `f`
 /// returns or panics.
 pub fn read_ahead_while<R>(ranges: &[(PathBuf, u64, u64)], f: impl FnOnce() -> R) -> R {
     /// Tells the helper to stop however `f` ends.

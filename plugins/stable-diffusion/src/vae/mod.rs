@@ -27,9 +27,9 @@ fn norm_silu(norm: &nn::GroupNorm, x: &Tensor, stats: &mut GroupNormStats) -> Re
 /// `x` `[B, C, H, W]` laid out channels-last (NHWC strides, same shape) on the CPU; as is
 /// elsewhere. libtorch's convolutions, GroupNorm, SiLU and nearest upsampling keep that
 /// layout, and at the VAE's large maps (64–512 px, 128–512 channels) oneDNN runs it without
-/// reordering every activation to its blocked layout and back: the SD decode at 512 px
-/// measured 12.5–12.9 s against 14.0–15.9 s NCHW (BENCHMARKS.md). The UNet's maps (≤ 64 px)
-/// measured no faster, so it stays NCHW. Values round differently by at most ~1e-4.
+/// reordering every activation to its blocked layout and back: the SD decode at 512 px is
+/// about 15 % faster (BENCHMARKS.md, `sd15-cpu`). The UNet's maps (≤ 64 px) measured no
+/// faster, so it stays NCHW. Values round differently by at most ~1e-4.
 fn channels_last_on_cpu(x: &Tensor) -> Tensor {
     match x.device() == tch::Device::Cpu && x.dim() == 4 {
         true => x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]),
