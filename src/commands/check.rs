@@ -11,21 +11,20 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
     let mut profile = load_profile(profile_path, sets)?;
     let base = base_dir(profile_path);
     let registry = registry_for(&profile, &base);
-    let mut probe = profile.clone();
-    probe.resolve_defaults(512)?;
-    let first = plan::plan_passes(&probe, &registry, &base)?;
-    let checkpoint = &first[0].checkpoint;
-    let settings = crate::models::LoadSettings::from_profile(&probe)?;
-    let mut models = crate::models::Models::new(&registry);
-    let info = crate::models::checkpoint_info(&mut models, &settings, checkpoint)?;
-    profile.resolve_defaults(info.default_size)?;
+    // As `generate` prepares a job: resolved and planned once, pass 1's native size from the
+    // checkpoint's headers.
+    profile.resolve(None)?;
     let plans = plan::plan_passes(&profile, &registry, &base)?;
+    let settings = crate::models::LoadSettings::from_profile(&profile)?;
+    let mut models = crate::models::Models::new(&registry);
+    let info = crate::models::checkpoint_info(&mut models, &settings, &plans[0].checkpoint)?;
+    profile.fill_native_size(info.default_size);
     let (sizes, notes) = plan::pass_sizes(&profile.passes, info.vae_scale_factor)?;
     for note in &notes {
         println!("note: {note}");
     }
     for (plan, size) in plans.iter().zip(&sizes) {
-        let backend = crate::models::detect_backend(&registry, &plan.checkpoint)?;
+        let backend = models.backend(&plan.checkpoint)?;
         if let Some(vae) = &plan.vae {
             if !vae.exists() {
                 bail!("pass {}: VAE {} not found", plan.number, vae.display());
@@ -56,9 +55,9 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
             backend.decl.family
         );
     }
-    crate::switch::check_families(&plans, &registry)?;
+    crate::switch::check_families(&plans, &models)?;
     let mut findings = crate::lint::lint(&plans, &sizes, &info);
-    findings.extend(crate::switch::switch_findings(&plans, &registry)?);
+    findings.extend(crate::switch::switch_findings(&plans, &models)?);
     for finding in &findings {
         println!("{finding}");
     }
@@ -70,8 +69,7 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
         bail!("{errors} error(s) above");
     }
     crate::output::checked_template(&profile.output)?;
-    let settings = crate::models::LoadSettings::from_profile(&profile)?;
-    match crate::memory::table(&plans, &sizes, &registry, &settings) {
+    match crate::memory::table(&plans, &sizes, &models, &settings) {
         Ok(rows) => crate::memory::render(&rows, &settings)
             .iter()
             .for_each(|line| println!("{line}")),

@@ -63,18 +63,11 @@ pub fn generate(
     let template = output::checked_template(options.output.as_deref().unwrap_or(&profile.output))?;
     let until = options.until(profile.passes.len())?;
     let mut job = prepare(profile, registry, &options.base_dir)?;
-    report_findings(&mut job, registry, options)?;
+    report_findings(&mut job, options)?;
     let mut writer = Writer::new(Sink::files(template), &job);
     // One run, then the process ends: the last images decode with the VAE alone in memory.
     let last_use = LastUse::ReleaseForDecode;
-    run_all(
-        &mut job,
-        registry,
-        &mut writer,
-        options.quiet,
-        until,
-        last_use,
-    )?;
+    run_all(&mut job, &mut writer, options.quiet, until, last_use)?;
     Ok(writer.sink.into_paths())
 }
 
@@ -114,7 +107,7 @@ pub fn generate_in_memory<'r>(
         quiet,
         ..RunOptions::new(base_dir.to_path_buf())
     };
-    if let Err(error) = report_findings(&mut job, registry, &options) {
+    if let Err(error) = report_findings(&mut job, &options) {
         *models = job.models;
         return Err(MemoryError {
             error,
@@ -124,7 +117,7 @@ pub fn generate_in_memory<'r>(
     }
     let mut writer = Writer::new(Sink::Memory(Vec::new()), &job);
     let until = job.plans.len();
-    let result = run_all(&mut job, registry, &mut writer, quiet, until, LastUse::Keep);
+    let result = run_all(&mut job, &mut writer, quiet, until, LastUse::Keep);
     *models = job.models;
     let images = writer.sink.into_rendered();
     match result {
@@ -150,7 +143,6 @@ enum LastUse {
 /// Every image of `job`'s batch, as many per UNet call as memory allows, into `writer`.
 fn run_all(
     job: &mut Job<'_>,
-    registry: &Registry,
     writer: &mut Writer,
     quiet: bool,
     until: usize,
@@ -160,7 +152,7 @@ fn run_all(
     let (per_call, warnings) = crate::memory::batch_plan(
         &job.plans[..until],
         &job.sizes[..until],
-        registry,
+        &job.models,
         &job.settings,
         batch,
     );
@@ -271,7 +263,7 @@ pub fn finish(
         bail!("nothing left to run: the image is pass {done} and the profile stops at pass {until}; add a [[pass]] (or --set pass.{}.scale=2)", done + 1);
     }
     let mut job = prepare(profile, registry, &options.base_dir)?;
-    report_findings(&mut job, registry, options)?;
+    report_findings(&mut job, options)?;
     let latent = match start {
         Start::Latent(stored) => {
             let size = &job.sizes[stored.pass - 1];
@@ -312,24 +304,23 @@ fn encode_image(job: &mut Job<'_>, width: u32, height: u32, rgb: &[u8]) -> Resul
 }
 
 /// Lint findings (warnings go to stderr; errors stop before anything heavy) and notes.
-fn report_findings(job: &mut Job<'_>, registry: &Registry, options: &RunOptions) -> Result<()> {
+fn report_findings(job: &mut Job<'_>, options: &RunOptions) -> Result<()> {
     let seen = &mut HashSet::new();
-    report_new_findings(job, registry, (options.quiet, options.native_size), seen)
+    report_new_findings(job, (options.quiet, options.native_size), seen)
 }
 
 /// [`report_findings`], printing only lines not in `seen` (a grid's cells share most).
 fn report_new_findings(
     job: &mut Job<'_>,
-    registry: &Registry,
     (quiet, native_size): (bool, Option<u32>),
     seen: &mut HashSet<String>,
 ) -> Result<()> {
-    let mut info = job.first_checkpoint_info(registry)?;
+    let mut info = job.first_checkpoint_info()?;
     if let Some(size) = native_size {
         info.default_size = size;
     }
     let mut findings = crate::lint::lint(&job.plans, &job.sizes, &info);
-    findings.extend(crate::switch::switch_findings(&job.plans, registry)?);
+    findings.extend(crate::switch::switch_findings(&job.plans, &job.models)?);
     let mut lines: Vec<String> = findings.iter().map(ToString::to_string).collect();
     if !quiet {
         lines.extend(job.notes.iter().map(|note| format!("note: {note}")));
@@ -482,7 +473,7 @@ pub fn render_one<'r>(
 ) -> Result<(Models<'r>, PathBuf, Rgb8)> {
     let template = output::checked_template(path)?;
     let mut job = crate::job::prepare_with(profile, registry, base_dir, models)?;
-    report_new_findings(&mut job, registry, (quiet, None), seen)?;
+    report_new_findings(&mut job, (quiet, None), seen)?;
     let mut writer = Writer::new(Sink::files(template), &job);
     let until = job.plans.len();
     let seed = job.profile.seed;

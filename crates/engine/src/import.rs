@@ -1,11 +1,13 @@
 //! `replay --to-profile`: an A1111 / Forge `parameters` text (PNG Info) turned into a
 //! profile. Names become this registry's ids (A1111's sampler, schedule and upscaler names
-//! are their aliases); what has no place in a profile is reported, never silently dropped.
+//! are their aliases); what has no place in a profile is reported, never silently dropped. A
+//! value outside a profile's range ([`crate::defaults`]) is reported too, and left unset.
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Result};
 use host_api::prompt::extract_loras;
 
+use crate::defaults::{self, Rule};
 use crate::infotext::{self, Parameters};
 use crate::plan::find_sampler;
 use crate::profile::{Pass, PatchEntry, Profile};
@@ -50,15 +52,15 @@ pub fn from_parameters(text: &str, registry: &Registry) -> Result<Imported> {
     if let Some(seed) = out.number::<i64>("Seed") {
         profile.seed = seed;
     }
-    first.steps = out.number("Steps");
-    if let Some(cfg) = out.number("CFG scale") {
+    first.steps = out.checked("Steps", defaults::steps);
+    if let Some(cfg) = out.checked("CFG scale", defaults::cfg) {
         profile.cfg = cfg;
     }
     if let Some((w, h)) = out.size("Size") {
         (first.width, first.height) = (Some(w), Some(h));
     }
     out.sampler("Sampler", "Schedule type", &mut first);
-    if let Some(skip) = out.number("Clip skip") {
+    if let Some(skip) = out.checked("Clip skip", defaults::at_least_one) {
         profile.model.clip_skip = skip;
     }
     if let Some(delta) = out
@@ -110,6 +112,8 @@ pub fn from_parameters(text: &str, registry: &Registry) -> Result<Imported> {
             unmapped.push(format!("{key}: {value} — no profile key does this"));
         }
     }
+    // What a TOML profile or a server request must pass, this must too.
+    profile.validate().map_err(|e| anyhow!(e))?;
     Ok(Imported { profile, unmapped })
 }
 
@@ -152,17 +156,37 @@ impl<'a> Importer<'a> {
         parsed
     }
 
-    /// `WxH`.
+    /// A number under a profile's range `rule`; outside it, reported and left unset.
+    fn checked<T: std::str::FromStr>(&mut self, key: &'a str, rule: Rule<T>) -> Option<T> {
+        let value = self.number(key)?;
+        match rule(value) {
+            Ok(value) => Some(value),
+            Err(what) => {
+                let text = self.p.get(key).unwrap_or_default();
+                self.unmapped.push(format!("{key}: {text} — {what}"));
+                None
+            }
+        }
+    }
+
+    /// `WxH`, each side in a profile's range.
     fn size(&mut self, key: &'a str) -> Option<(u32, u32)> {
         let value = self.take(key)?;
         let parsed = value
             .split_once('x')
             .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)));
-        if parsed.is_none() {
+        let Some((w, h)) = parsed else {
             self.unmapped
                 .push(format!("{key}: {value} — not WIDTHxHEIGHT"));
+            return None;
+        };
+        match defaults::size(w).and_then(|_| defaults::size(h)) {
+            Ok(_) => Some((w, h)),
+            Err(what) => {
+                self.unmapped.push(format!("{key}: {value} — {what}"));
+                None
+            }
         }
-        parsed
     }
 
     /// A sampler (A1111's combined "DPM++ 2M Karras" names a schedule too) and a schedule
@@ -200,9 +224,9 @@ impl<'a> Importer<'a> {
             return None;
         }
         let mut pass = Pass {
-            scale: self.number("Hires upscale"),
-            denoise: self.number("Denoising strength"),
-            cfg: self.number("Hires CFG Scale"),
+            scale: self.checked("Hires upscale", defaults::scale),
+            denoise: self.checked("Denoising strength", defaults::denoise),
+            cfg: self.checked("Hires CFG Scale", defaults::cfg),
             ..Default::default()
         };
         if let Some((w, h)) = self.size("Hires resize") {
@@ -210,7 +234,11 @@ impl<'a> Importer<'a> {
             pass.scale = None;
         }
         // A1111 writes 0 for "as many as pass 1", which is also the profile's default.
-        pass.steps = self.number("Hires steps").filter(|s| *s > 0);
+        let steps: Rule<u32> = |s| match s {
+            0 => Ok(0),
+            s => defaults::steps(s),
+        };
+        pass.steps = self.checked("Hires steps", steps).filter(|s| *s > 0);
         if let Some(name) = self.take("Hires upscaler") {
             match find(&self.registry.upscalers, name, "upscaler") {
                 Ok(up) => pass.upscaler = Some(up.decl.name().to_owned()),

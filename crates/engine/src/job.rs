@@ -1,10 +1,10 @@
-//! A profile made ready to run: names resolved, the first pass's model loaded, defaults filled
-//! from it, every pass's size known.
+//! A profile made ready to run: defaults filled, names resolved, the first pass's model loaded
+//! (it gives pass 1 its native size), every pass's size known.
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
 
-use crate::models::{detect_backend, LoadSettings, Models};
+use crate::models::{LoadSettings, Models};
 use crate::plan::{pass_sizes, plan_passes, PassPlan, PassSize};
 use crate::profile::Profile;
 use crate::registry::Registry;
@@ -21,8 +21,8 @@ pub struct Job<'r> {
     pub notes: Vec<String>,
 }
 
-/// Resolves names (before any model load, so a typo fails fast), loads the first pass's model,
-/// fills defaults from it and computes every pass's size.
+/// Resolves the profile and its names once (before any model load, so a typo fails fast), loads
+/// the first pass's model, takes pass 1's native size from it and computes every pass's size.
 pub fn prepare<'r>(profile: Profile, registry: &'r Registry, base_dir: &Path) -> Result<Job<'r>> {
     prepare_with(profile, registry, base_dir, Models::new(registry))
 }
@@ -69,18 +69,16 @@ fn prepare_inner<'r>(
         };
     }
     let settings = give_back!(LoadSettings::from_profile(&profile));
-    let mut probe = profile.clone();
-    give_back!(probe.resolve_defaults(512));
-    let first = give_back!(plan_passes(&probe, registry, base_dir));
+    // Everything but pass 1's native size needs no model: resolved and planned once, here.
+    give_back!(profile.resolve(None));
+    let plans = give_back!(plan_passes(&profile, registry, base_dir));
     // Families must match across passes: refused now, before any model loads or samples.
-    give_back!(crate::switch::check_families(&first, registry));
-    let p0 = &first[0];
-    let info = give_back!(models.for_pass(&settings, p0).map(|(_, info)| info));
-    give_back!(profile.resolve_defaults(info.default_size));
+    give_back!(crate::switch::check_families(&plans, &models));
+    let info = give_back!(models.for_pass(&settings, &plans[0]).map(|(_, info)| info));
+    profile.fill_native_size(info.default_size);
     if profile.seed == -1 {
         profile.seed = random_seed();
     }
-    let plans = give_back!(plan_passes(&profile, registry, base_dir));
     let (sizes, notes) = give_back!(pass_sizes(&profile.passes, info.vae_scale_factor));
     Ok(Job {
         profile,
@@ -94,12 +92,9 @@ fn prepare_inner<'r>(
 
 impl Job<'_> {
     /// What pass 1's checkpoint is, read from its headers (for the lint).
-    pub fn first_checkpoint_info(
-        &mut self,
-        registry: &Registry,
-    ) -> Result<host_api::CheckpointInfo> {
+    pub fn first_checkpoint_info(&mut self) -> Result<host_api::CheckpointInfo> {
         let checkpoint = &self.plans[0].checkpoint;
-        let backend = detect_backend(registry, checkpoint)?;
+        let backend = self.models.backend(checkpoint)?;
         if !backend.decl.has_tools() {
             return crate::models::checkpoint_info(&mut self.models, &self.settings, checkpoint);
         }

@@ -9,8 +9,8 @@ use crate::profile::Profile;
 pub const MAX_PASSES: usize = 16;
 /// Steps in a pass's full schedule: `int(steps / denoise)`.
 pub const MAX_SCHEDULE_STEPS: usize = 10_000;
-/// Pixels along either side of any pass.
-pub const MAX_SIDE: f64 = 16_384.0;
+/// Pixels along either side of any pass (a profile's largest size).
+pub const MAX_SIDE: f64 = crate::defaults::MAX_SIZE as f64;
 /// Images in one batch.
 pub const MAX_BATCH: u32 = 10_000;
 /// Characters in one prompt (about 60 chunks of 75 tokens).

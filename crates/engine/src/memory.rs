@@ -4,9 +4,9 @@
 use anyhow::{anyhow, Result};
 use host_api::{BackendDecl, MemoryEstimate, MemoryRequest};
 
-use crate::models::{detect_backend, LoadSettings};
+use crate::models::{LoadSettings, Models};
 use crate::plan::{PassPlan, PassSize};
-use crate::registry::{Entry, Registry};
+use crate::registry::Entry;
 
 /// One pass's estimate, and the largest sizes (same aspect, multiples of 64 px) that fit.
 pub struct PassMemory {
@@ -17,8 +17,8 @@ pub struct PassMemory {
     pub largest_tiled: Option<(u32, u32)>,
 }
 
-/// Side of a size search: the largest multiple of 64 px tried.
-const MAX_SIDE: u32 = 16384;
+/// Side of a size search: the largest multiple of 64 px tried (a profile's largest size).
+const MAX_SIDE: u32 = crate::defaults::MAX_SIZE;
 
 /// The backend's estimate for `plan` at `width × height` with `images` images per UNet call.
 fn estimate(
@@ -49,13 +49,13 @@ fn estimate(
 pub fn table(
     plans: &[PassPlan<'_>],
     sizes: &[PassSize],
-    registry: &Registry,
+    models: &Models<'_>,
     settings: &LoadSettings,
 ) -> Result<Vec<PassMemory>> {
     let mut rows = Vec::new();
     let mut free = None; // read once, so that every pass is held against the same number
     for (plan, size) in plans.iter().zip(sizes) {
-        let backend = detect_backend(registry, &plan.checkpoint)?;
+        let backend = models.backend(&plan.checkpoint)?;
         let ask = |width: u32, height: u32| estimate(plan, backend, settings, (width, height), 1);
         let mut estimate = ask(size.width, size.height)?;
         estimate.free = *free.get_or_insert(estimate.free);
@@ -103,7 +103,7 @@ const BATCH_SHARE: f64 = 0.8;
 pub fn batch_plan(
     plans: &[PassPlan<'_>],
     sizes: &[PassSize],
-    registry: &Registry,
+    models: &Models<'_>,
     settings: &LoadSettings,
     images: usize,
 ) -> (usize, Vec<String>) {
@@ -111,7 +111,7 @@ pub fn batch_plan(
     let mut warnings = Vec::new();
     let mut free = None;
     for (plan, size) in plans.iter().zip(sizes) {
-        let Ok(backend) = detect_backend(registry, &plan.checkpoint) else {
+        let Ok(backend) = models.backend(&plan.checkpoint) else {
             return (1, warnings);
         };
         let Ok(e) = estimate(plan, backend, settings, (size.width, size.height), 1) else {

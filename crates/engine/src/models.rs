@@ -1,5 +1,6 @@
 //! Loaded models, shared by every pass, image and grid cell of a run: each checkpoint (with
 //! its VAE, merge and load settings) is loaded once, by the backend plugin whose family reads it.
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -7,10 +8,10 @@ use std::rc::Rc;
 use anyhow::{anyhow, bail, Result};
 use host_api::backend::device_name;
 use host_api::tch::{self, Device, Tensor};
-use host_api::{EncodeRequest, LoadRequest, ModelBox, ModelInfo};
+use host_api::{BackendDecl, EncodeRequest, LoadRequest, ModelBox, ModelInfo};
 
 use crate::profile::{DeviceChoice, DtypeChoice, Profile, VaeTiling};
-use crate::registry::Registry;
+use crate::registry::{Entry, Registry};
 
 pub fn device_of(choice: &DeviceChoice) -> Device {
     match choice {
@@ -98,6 +99,8 @@ pub struct Models<'r> {
     /// A one-shot run's final image is being made: its last pass frees its model's text
     /// encoders once the prompts are encoded (nothing is encoded after that).
     pub final_image: bool,
+    /// Each checkpoint's backend, detected once per job ([`detect_backend`] reads the file).
+    backends: RefCell<HashMap<PathBuf, &'r Entry<BackendDecl>>>,
 }
 
 impl<'r> Models<'r> {
@@ -108,7 +111,26 @@ impl<'r> Models<'r> {
             loaded: Vec::new(),
             encoded: HashMap::new(),
             final_image: false,
+            backends: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// The backend whose family reads `checkpoint`: detected the first time a job asks, then
+    /// remembered (until [`Self::trim`], between a server's requests).
+    pub fn backend(&self, checkpoint: &Path) -> Result<&'r Entry<BackendDecl>> {
+        if let Some(found) = self.backends.borrow().get(checkpoint) {
+            return Ok(found);
+        }
+        let found = detect_backend(self.registry, checkpoint)?;
+        log::debug!(
+            "backend `{}` reads {}",
+            found.decl.family,
+            checkpoint.display()
+        );
+        self.backends
+            .borrow_mut()
+            .insert(checkpoint.to_path_buf(), found);
+        Ok(found)
     }
 
     /// Prints each warning the first time it comes up.
@@ -208,7 +230,7 @@ impl<'r> Models<'r> {
                 Err(e) => bail!("{e}"),
             }
         }
-        let backend = detect_backend(self.registry, checkpoint)?;
+        let backend = self.backend(checkpoint)?;
         log::info!("loading checkpoint {} (VAE {vae:?})", checkpoint.display());
         let request = LoadRequest {
             checkpoint: checkpoint.to_string_lossy().as_ref().into(),
@@ -271,10 +293,12 @@ impl<'r> Models<'r> {
         return_free_pages();
     }
 
-    /// Between a server's requests: encoded prompts are forgotten (each request has its own)
-    /// and only the `keep` most recently used checkpoints stay loaded.
+    /// Between a server's requests: encoded prompts and detected backends are forgotten (each
+    /// request has its own; a file may change between them) and only the `keep` most recently
+    /// used checkpoints stay loaded.
     pub fn trim(&mut self, keep: usize) {
         self.encoded.clear();
+        self.backends.get_mut().clear();
         let excess = self.loaded.len().saturating_sub(keep);
         self.loaded.drain(..excess);
     }
@@ -311,7 +335,7 @@ pub fn checkpoint_info(
     settings: &LoadSettings,
     checkpoint: &Path,
 ) -> Result<host_api::CheckpointInfo> {
-    let backend = detect_backend(models.registry, checkpoint)?;
+    let backend = models.backend(checkpoint)?;
     if backend.decl.has_tools() {
         return backend
             .decl

@@ -8,6 +8,7 @@ use host_api::{
     UpscalerDecl,
 };
 
+use crate::defaults::{self, resolved};
 use crate::limits;
 use crate::loras::{pass_loras, ResolvedLora};
 use crate::profile::{resolve_path, Pass, PatchEntry, Profile};
@@ -70,7 +71,8 @@ fn option_value(table: &str, key: &str, value: &toml::Value) -> Result<OptionVal
     })
 }
 
-/// Resolves every pass's names against the registry; `profile` must have defaults filled.
+/// Resolves every pass's names against the registry. `profile` must be resolved
+/// ([`Profile::resolve`]; pass 1's size may still be open): no default is applied here.
 pub fn plan_passes<'r>(
     profile: &Profile,
     registry: &'r Registry,
@@ -110,7 +112,7 @@ pub fn plan_passes<'r>(
     for (i, pass) in profile.passes.iter().enumerate() {
         let number = i + 1;
         let at = |e: anyhow::Error| registry.with_refusals(e).context(format!("pass {number}"));
-        let sampler_name = pass.sampler.as_deref().unwrap_or("euler");
+        let sampler_name = resolved(pass.sampler.as_deref(), number, "sampler")?;
         let (sampler, named_schedule) = find_sampler(registry, sampler_name).map_err(at)?;
         // A1111's "Automatic" schedule means the sampler's own default.
         let explicit = pass
@@ -124,21 +126,19 @@ pub fn plan_passes<'r>(
         ) {
             (Some(s), _, _) => find(&registry.schedules, s, "schedule").map_err(at)?,
             (None, Some(from_name), _) => from_name,
-            (None, None, "") => find(&registry.schedules, "normal", "schedule").map_err(at)?,
+            (None, None, "") => {
+                find(&registry.schedules, defaults::SCHEDULE, "schedule").map_err(at)?
+            }
             (None, None, default) => find(&registry.schedules, default, "schedule").map_err(at)?,
         };
-        let (upscaler, upscaler_options, upscaler_model) = match (number, &pass.upscaler) {
-            (1, _) => (None, Vec::new(), None),
-            (_, Some(name)) => {
+        let (upscaler, upscaler_options, upscaler_model) = match number {
+            1 => (None, Vec::new(), None),
+            _ => {
+                let name = resolved(pass.upscaler.as_deref(), number, "upscaler")?;
                 let (entry, model) = find_upscaler(registry, &model_dirs, name).map_err(at)?;
                 let options = model.as_ref().map(|m| m.options()).unwrap_or_default();
                 (Some(entry), options, model.map(|m| m.label))
             }
-            (_, None) => (
-                Some(find(&registry.upscalers, "latent", "upscaler").map_err(at)?),
-                Vec::new(),
-                None,
-            ),
         };
         let mut options = Vec::new();
         for (key, value) in &pass.sampler_options {
@@ -177,10 +177,10 @@ pub fn plan_passes<'r>(
             .clone()
             .unwrap_or_else(|| profile.prompt.clone());
         let loras = pass_loras(profile, pass, number, &prompt, base_dir)?;
-        let steps = pass.steps.unwrap_or(20) as usize;
+        let steps = resolved(pass.steps, number, "steps")? as usize;
         let denoise = match number {
-            1 => 1.0,
-            _ => pass.denoise.unwrap_or(0.7),
+            1 => 1.0, // txt2img: from pure noise
+            _ => resolved(pass.denoise, number, "denoise")?,
         };
         limits::schedule_steps(number, steps, denoise)?;
         let patches = pass
@@ -317,16 +317,17 @@ fn round_to(value: f64, factor: u32) -> u32 {
     ((value as u32) / factor).max(1) * factor
 }
 
-/// Pixel and latent sizes of every pass. Sizes are rounded down to multiples of the VAE factor;
-/// each rounding is returned as a note for the user. A pass over the size limit is an error.
+/// Pixel and latent sizes of every pass of a resolved profile ([`Profile::resolve`], pass 1's
+/// size included). Sizes are rounded down to multiples of the VAE factor; each rounding is
+/// returned as a note for the user. A pass over the size limit is an error.
 pub fn pass_sizes(passes: &[Pass], factor: u32) -> Result<(Vec<PassSize>, Vec<String>)> {
     let mut sizes: Vec<PassSize> = Vec::new();
     let mut notes = Vec::new();
     for (i, pass) in passes.iter().enumerate() {
         let (w, h, cover) = match sizes.last() {
             None => (
-                pass.width.unwrap_or(512) as f64,
-                pass.height.unwrap_or(512) as f64,
+                resolved(pass.width, 1, "width")? as f64,
+                resolved(pass.height, 1, "height")? as f64,
                 None,
             ),
             Some(prev) => {
@@ -338,7 +339,10 @@ pub fn pass_sizes(passes: &[Pass], factor: u32) -> Result<(Vec<PassSize>, Vec<St
                     }
                     (Some(w), None, _) => (w as f64, ph * w as f64 / pw, None),
                     (None, Some(h), _) => (pw * h as f64 / ph, h as f64, None),
-                    (None, None, s) => (pw * s.unwrap_or(2.0), ph * s.unwrap_or(2.0), None),
+                    (None, None, s) => {
+                        let s = resolved(s, i + 1, "scale")?;
+                        (pw * s, ph * s, None)
+                    }
                 }
             }
         };

@@ -5,19 +5,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::defaults::{self, check, Invalid};
+
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     /// -1 picks a random seed; image i of a batch uses seed + i (A1111).
-    #[serde(default = "minus_one")]
+    #[serde(default = "default_seed")]
     pub seed: i64,
-    #[serde(default = "one", deserialize_with = "at_least_one")]
+    #[serde(default = "default_batch", deserialize_with = "at_least_one")]
     pub batch: u32,
     #[serde(default)]
     pub prompt: String,
     #[serde(default)]
     pub negative: String,
-    #[serde(default = "seven", deserialize_with = "cfg_scale")]
+    #[serde(default = "default_cfg", deserialize_with = "cfg_scale")]
     pub cfg: f64,
     #[serde(default)]
     pub device: DeviceChoice,
@@ -122,7 +124,7 @@ pub struct ModelSection {
     pub vae: Option<String>,
     #[serde(default)]
     pub loras: Vec<LoraEntry>,
-    #[serde(default = "one", deserialize_with = "at_least_one")]
+    #[serde(default = "default_clip_skip", deserialize_with = "at_least_one")]
     pub clip_skip: u32,
     /// What the UNet predicts, only to override detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,7 +138,7 @@ impl Default for ModelSection {
             merge: None,
             vae: None,
             loras: Vec::new(),
-            clip_skip: 1,
+            clip_skip: defaults::CLIP_SKIP,
             prediction: None,
         }
     }
@@ -170,7 +172,7 @@ pub struct MergeEntry {
 #[serde(deny_unknown_fields)]
 pub struct LoraEntry {
     pub path: String,
-    #[serde(default = "one_f")]
+    #[serde(default = "default_lora_weight")]
     pub weight: f64,
 }
 
@@ -183,7 +185,7 @@ pub struct PatchEntry {
 }
 
 /// One pass. Pass 1 is txt2img; later passes upscale and re-denoise. Every `None` is filled by
-/// [`Profile::resolve_defaults`].
+/// [`Profile::resolve`].
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Pass {
@@ -252,89 +254,63 @@ pub struct Pass {
     pub patches: Option<Vec<PatchEntry>>,
 }
 
-fn minus_one() -> i64 {
-    -1
+// serde's `default = "…"` names functions; the values are [`defaults`]'.
+fn default_seed() -> i64 {
+    defaults::SEED
 }
-fn one() -> u32 {
-    1
+fn default_batch() -> u32 {
+    defaults::BATCH
 }
-fn one_f() -> f64 {
-    1.0
+fn default_clip_skip() -> u32 {
+    defaults::CLIP_SKIP
 }
-fn seven() -> f64 {
-    7.0
+fn default_lora_weight() -> f64 {
+    defaults::LORA_WEIGHT
+}
+fn default_cfg() -> f64 {
+    defaults::CFG
 }
 fn default_output() -> String {
-    "out/{seed}-{n}.png".into()
+    defaults::OUTPUT.into()
 }
 
+/// A field read under one of [`defaults`]' range rules (an error at its line and column).
 fn checked<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
-    ok: impl Fn(&T) -> bool,
-    what: &str,
+    rule: defaults::Rule<T>,
 ) -> Result<T, D::Error> {
-    let v = T::deserialize(d)?;
-    if ok(&v) {
-        Ok(v)
-    } else {
-        Err(serde::de::Error::custom(what))
-    }
+    rule(T::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
 fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    checked(d, |v: &u32| *v >= 1, "must be at least 1")
+    checked(d, defaults::at_least_one)
 }
 fn cfg_scale<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    checked(
-        d,
-        |v: &f64| (0.0..=100.0).contains(v),
-        "cfg must be between 0 and 100",
-    )
+    checked(d, defaults::cfg)
 }
 fn opt<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
-    ok: impl Fn(&T) -> bool,
-    what: &str,
+    rule: defaults::Rule<T>,
 ) -> Result<Option<T>, D::Error> {
-    checked(d, ok, what).map(Some)
+    checked(d, rule).map(Some)
 }
 fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    opt(
-        d,
-        |v: &u32| (8..=16384).contains(v),
-        "size must be between 8 and 16384 pixels",
-    )
+    opt(d, defaults::size)
 }
 fn opt_scale<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    opt(
-        d,
-        |v: &f64| *v > 0.0 && *v <= 16.0,
-        "scale must be greater than 0 and at most 16",
-    )
+    opt(d, defaults::scale)
 }
 fn opt_steps<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    opt(
-        d,
-        |v: &u32| (1..=10000).contains(v),
-        "steps must be between 1 and 10000",
-    )
+    opt(d, defaults::steps)
 }
 fn opt_denoise<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    opt(
-        d,
-        |v: &f64| *v > 0.0 && *v <= 1.0,
-        "denoise must be in (0, 1]: greater than 0, at most 1",
-    )
+    opt(d, defaults::denoise)
 }
 fn opt_cfg<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    opt(
-        d,
-        |v: &f64| (0.0..=100.0).contains(v),
-        "cfg must be between 0 and 100",
-    )
+    opt(d, defaults::cfg)
 }
 fn opt_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    opt(d, |v: &u32| *v >= 1, "must be at least 1")
+    opt(d, defaults::at_least_one)
 }
 
 /// Every key a profile may hold, by table, for "did you mean" hints.
@@ -493,43 +469,109 @@ impl Profile {
         toml::from_str::<Profile>(&text).map_err(|e| anyhow!("--set: {}", explain(e.message())))
     }
 
-    /// Fills every unset value: pass 1 at the model's size, later passes inherit the previous
-    /// pass's sampler and schedule, hires steps default to pass 1's (A1111).
-    pub fn resolve_defaults(&mut self, default_size: u32) -> Result<()> {
+    /// Every range rule of [`defaults`], on a profile however it was made (a TOML profile has
+    /// passed them already, field by field), and pass 1 being txt2img.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if let Some(first) = self.passes.first() {
+            if first.scale.is_some() || first.upscaler.is_some() || first.denoise.is_some() {
+                return Err(Invalid {
+                    key: "pass.1".into(),
+                    message: defaults::FIRST_PASS_RULE.into(),
+                });
+            }
+        }
+        check("batch", self.batch, defaults::at_least_one)?;
+        check("cfg", self.cfg, defaults::cfg)?;
+        check(
+            "model.clip_skip",
+            self.model.clip_skip,
+            defaults::at_least_one,
+        )?;
+        for (i, pass) in self.passes.iter().enumerate() {
+            let key = |k: &str| format!("pass.{}.{k}", i + 1);
+            for (k, side) in [("width", pass.width), ("height", pass.height)] {
+                if let Some(v) = side {
+                    check(&key(k), v, defaults::size)?;
+                }
+            }
+            if let Some(v) = pass.scale {
+                check(&key("scale"), v, defaults::scale)?;
+            }
+            if let Some(v) = pass.steps {
+                check(&key("steps"), v, defaults::steps)?;
+            }
+            if let Some(v) = pass.denoise {
+                check(&key("denoise"), v, defaults::denoise)?;
+            }
+            if let Some(v) = pass.cfg {
+                check(&key("cfg"), v, defaults::cfg)?;
+            }
+            if let Some(v) = pass.clip_skip {
+                check(&key("clip_skip"), v, defaults::at_least_one)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the profile ([`Self::validate`]) and fills every unset value from [`defaults`]:
+    /// no pass is one txt2img pass; pass 1 runs [`defaults::STEPS`] steps of
+    /// [`defaults::SAMPLER`], square when it names one side, at `native_size` (the model's own
+    /// side) when it names neither; a later pass upscales by [`defaults::HIRES_SCALE`] unless it
+    /// gives a size, with [`defaults::HIRES_UPSCALER`] at [`defaults::HIRES_DENOISE`], pass 1's
+    /// steps (A1111) and the previous pass's sampler (and its schedule, when the sampler is the
+    /// same). With `native_size` `None` (the model is not read yet) pass 1's size is left to
+    /// [`Self::fill_native_size`]; nothing else needs the model. Resolving a resolved profile
+    /// changes nothing.
+    pub fn resolve(&mut self, native_size: Option<u32>) -> Result<()> {
         if self.passes.is_empty() {
             self.passes.push(Pass::default());
         }
+        self.validate().map_err(|e| anyhow!(e))?;
         let first = &mut self.passes[0];
-        if first.scale.is_some() || first.upscaler.is_some() || first.denoise.is_some() {
-            bail!("pass 1 is txt2img: `scale`, `upscaler` and `denoise` belong to later passes");
+        match (first.width, first.height) {
+            (Some(w), None) => first.height = Some(w),
+            (None, Some(h)) => first.width = Some(h),
+            _ => {}
         }
-        let aspect = |w: Option<u32>, h: Option<u32>| match (w, h) {
-            (Some(w), Some(h)) => (w, h),
-            (Some(w), None) => (w, w),
-            (None, Some(h)) => (h, h),
-            (None, None) => (default_size, default_size),
-        };
-        let (w, h) = aspect(first.width, first.height);
-        first.width = Some(w);
-        first.height = Some(h);
-        first.steps.get_or_insert(20);
-        first.sampler.get_or_insert_with(|| "euler".into());
+        first.steps.get_or_insert(defaults::STEPS);
+        first
+            .sampler
+            .get_or_insert_with(|| defaults::SAMPLER.into());
         let base_steps = first.steps;
         for i in 1..self.passes.len() {
             let prev = self.passes[i - 1].clone();
             let pass = &mut self.passes[i];
             if pass.scale.is_none() && pass.width.is_none() && pass.height.is_none() {
-                pass.scale = Some(2.0);
+                pass.scale = Some(defaults::HIRES_SCALE);
             }
-            pass.upscaler.get_or_insert_with(|| "latent".into());
+            pass.upscaler
+                .get_or_insert_with(|| defaults::HIRES_UPSCALER.into());
             pass.steps = pass.steps.or(base_steps);
-            pass.denoise.get_or_insert(0.7);
+            pass.denoise.get_or_insert(defaults::HIRES_DENOISE);
             pass.sampler = pass.sampler.clone().or(prev.sampler.clone());
             if pass.schedule.is_none() && pass.sampler == prev.sampler {
                 pass.schedule = prev.schedule;
             }
         }
+        if let Some(size) = native_size {
+            self.fill_native_size(size);
+        }
         Ok(())
+    }
+
+    /// Pass 1 at the model's own side `size` when it names neither side: the one part of
+    /// [`Self::resolve`] that needs the model.
+    pub fn fill_native_size(&mut self, size: u32) {
+        if let Some(first) = self.passes.first_mut() {
+            if first.width.is_none() && first.height.is_none() {
+                (first.width, first.height) = (Some(size), Some(size));
+            }
+        }
+    }
+
+    /// [`Self::resolve`] with the model's own side known.
+    pub fn resolve_defaults(&mut self, default_size: u32) -> Result<()> {
+        self.resolve(Some(default_size))
     }
 }
 
@@ -646,5 +688,38 @@ mod tests {
         assert_eq!(p.passes[1].steps, Some(9));
         assert_eq!(p.passes[1].sampler.as_deref(), Some("ddim"));
         assert_eq!(p.passes[1].scale, Some(2.0));
+    }
+
+    #[test]
+    fn validate_names_the_key_and_value() {
+        let mut p = Profile::empty();
+        p.passes = vec![
+            Pass::default(),
+            Pass {
+                denoise: Some(1.5),
+                ..Default::default()
+            },
+        ];
+        let e = p.validate().unwrap_err();
+        assert_eq!(e.key, "pass.2.denoise");
+        assert!(
+            e.message
+                .starts_with("pass.2.denoise = 1.5: denoise must be in (0, 1]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn resolving_twice_changes_nothing_and_the_size_can_come_later() {
+        let mut p = Profile::empty();
+        p.passes = vec![Pass::default(), Pass::default()];
+        p.resolve(None).unwrap();
+        assert_eq!((p.passes[0].width, p.passes[0].height), (None, None));
+        assert_eq!(p.passes[1].denoise, Some(defaults::HIRES_DENOISE));
+        p.fill_native_size(768);
+        let once = p.clone();
+        p.resolve_defaults(512).unwrap();
+        assert_eq!(p, once);
+        assert_eq!(p.passes[0].width, Some(768));
     }
 }

@@ -159,15 +159,13 @@ pub fn run_batch(
     }
     let start = resume.map_or(0, |r| r.after_pass);
     let mut latents: Vec<Tensor> = resume.iter().map(|r| r.latent.shallow_clone()).collect();
-    let mut family: Option<String> = None;
+    let mut family: Option<(String, &PassPlan<'_>)> = None;
     for (i, (plan, size)) in plans.iter().zip(sizes).enumerate().skip(start) {
         let (model, info) = models.for_pass(settings, plan)?;
-        if let Some(f) = &family {
-            if *f != info.family.as_str() {
-                bail!("pass {}: checkpoint {} is {} but earlier passes are {f}; a pass may only switch to a checkpoint of the same family", plan.number, plan.checkpoint.display(), info.family);
-            }
+        match &family {
+            Some((f, base)) => crate::switch::same_family(plan, &info.family, base, f)?,
+            None => family = Some((info.family.to_string(), plan)),
         }
-        family = Some(info.family.to_string());
         let device = latent_device(&info);
         let table = ModelSigmas::new(info.sigmas.to_vec())
             .map_err(|e| anyhow!("model sigma table: {e}"))?;

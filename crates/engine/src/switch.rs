@@ -7,42 +7,54 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 
 use crate::lint::{Finding, Severity};
-use crate::models::detect_backend;
+use crate::models::Models;
 use crate::plan::PassPlan;
-use crate::registry::Registry;
 
 /// Steps on a switched-to checkpoint beyond which the composition is repainted.
 pub const MAX_STEPS_AFTER_SWITCH: usize = 10;
 
-/// Every pass's checkpoint must be of the first pass's family.
-pub fn check_families(plans: &[PassPlan<'_>], registry: &Registry) -> Result<()> {
-    let family = |path: &Path| -> Result<String> {
-        Ok(detect_backend(registry, path)?.decl.family.to_string())
-    };
+/// Every pass's checkpoint must be of the first pass's family (read from the headers, before
+/// anything loads).
+pub fn check_families(plans: &[PassPlan<'_>], models: &Models<'_>) -> Result<()> {
+    let family =
+        |path: &Path| -> Result<String> { Ok(models.backend(path)?.decl.family.to_string()) };
     let first = &plans[0];
     let base = family(&first.checkpoint)?;
     for plan in &plans[1..] {
         if plan.checkpoint == first.checkpoint {
             continue;
         }
-        let other = family(&plan.checkpoint)?;
-        if other != base {
-            bail!(
-                "pass {}: checkpoint {} is {other} but pass 1's {} is {base} — a pass may only switch to a checkpoint of the same family",
-                plan.number,
-                plan.checkpoint.display(),
-                first.checkpoint.display()
-            );
-        }
+        same_family(plan, &family(&plan.checkpoint)?, first, &base)?;
+    }
+    Ok(())
+}
+
+/// The rule: `plan`'s checkpoint, of `family`, may only follow `base`'s, of `base_family`, when
+/// the families are the same (checked before the run from the headers, and during it from the
+/// loaded models).
+pub fn same_family(
+    plan: &PassPlan<'_>,
+    family: &str,
+    base: &PassPlan<'_>,
+    base_family: &str,
+) -> Result<()> {
+    if family != base_family {
+        bail!(
+            "pass {}: checkpoint {} is {family} but pass {}'s {} is {base_family} — a pass may only switch to a checkpoint of the same family",
+            plan.number,
+            plan.checkpoint.display(),
+            base.number,
+            base.checkpoint.display()
+        );
     }
     Ok(())
 }
 
 /// The findings for each switch (another text encoder, too many steps), naming the pass.
-pub fn switch_findings(plans: &[PassPlan<'_>], registry: &Registry) -> Result<Vec<Finding>> {
+pub fn switch_findings(plans: &[PassPlan<'_>], models: &Models<'_>) -> Result<Vec<Finding>> {
     // `None` for a backend without the optional tools table: its text encoders are unknown.
     let fingerprint = |path: &PathBuf| -> Result<Option<String>> {
-        let backend = detect_backend(registry, path)?;
+        let backend = models.backend(path)?;
         if !backend.decl.has_tools() {
             return Ok(None);
         }

@@ -245,7 +245,9 @@ impl ServerState {
         self.lock_options()
             .get("CLIP_stop_at_last_layers")
             .and_then(Value::as_u64)
-            .map_or(1, |n| n.clamp(1, 12) as u32)
+            .map_or(hiresfix_engine::defaults::CLIP_SKIP, |n| {
+                n.clamp(1, 12) as u32
+            })
     }
 
     pub fn lora_dirs(&self) -> Vec<PathBuf> {
@@ -358,7 +360,10 @@ fn build_state(
     let mut options = Map::new();
     options.insert("sd_model_checkpoint".into(), Value::String(default));
     options.insert("sd_vae".into(), Value::String("Automatic".into()));
-    options.insert("CLIP_stop_at_last_layers".into(), Value::from(1));
+    options.insert(
+        "CLIP_stop_at_last_layers".into(),
+        Value::from(hiresfix_engine::defaults::CLIP_SKIP),
+    );
     options.insert("samples_format".into(), Value::String("png".into()));
     Ok(ServerState {
         registry,

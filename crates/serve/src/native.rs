@@ -21,6 +21,7 @@ use tokio_stream::{Stream, StreamExt};
 use super::error::{ApiError, ApiResult};
 use super::sdapi::{body_bytes, images_of, run_job};
 use super::Shared;
+use hiresfix_engine::defaults;
 use hiresfix_engine::profile::{DeviceChoice, DtypeChoice, Profile};
 
 /// The body as a profile: JSON or TOML, as its content type says (anything else is 415).
@@ -150,16 +151,13 @@ fn check_limits(state: &Shared, profile: &Profile, family: &str) -> ApiResult<()
         ));
     }
     let mut probe = profile.clone();
-    let native = match family {
-        "sdxl" => 1024,
-        "sd2" => 768,
-        _ => 512,
-    };
     probe
-        .resolve_defaults(native)
+        .resolve_defaults(defaults::family_size(family))
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     for (i, pass) in probe.passes.iter().enumerate() {
-        let steps = i64::from(pass.steps.unwrap_or(20));
+        let steps = defaults::resolved(pass.steps, i + 1, "steps")
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let steps = i64::from(steps);
         if steps > limits.steps {
             return Err(ApiError::field(
                 &format!("pass.{}.steps", i + 1),

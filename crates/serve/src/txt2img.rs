@@ -2,14 +2,17 @@
 //! by field (a 422 names the field), and the response's `parameters` echo and `info` JSON.
 //! `null`, `""` and the UI's "Use same …" sentinels mean unset; unknown keys are ignored, as
 //! A1111 ignores them.
+use std::path::PathBuf;
+
 use serde_json::{json, Map, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::{catalog, ServerState};
+use hiresfix_engine::defaults::{self, a1111};
 use hiresfix_engine::generate::Rendered;
 use hiresfix_engine::plan::find_sampler;
 use hiresfix_engine::profile::{Pass, Profile};
-use hiresfix_engine::registry::{display_name, find};
+use hiresfix_engine::registry::{display_name, find, Registry};
 
 /// A1111's txt2img fields with their API defaults (the `parameters` echo starts from these).
 pub fn defaults() -> Value {
@@ -121,6 +124,42 @@ pub struct Limits {
     pub images: i64,
 }
 
+impl Limits {
+    /// No limit but a profile's own ranges ([`defaults`]) and the engine's batch limit.
+    pub fn of_a_profile() -> Self {
+        Self {
+            side: defaults::MAX_SIZE,
+            steps: i64::from(defaults::MAX_STEPS),
+            images: i64::from(hiresfix_engine::limits::MAX_BATCH),
+        }
+    }
+}
+
+/// What a request is mapped against: the registry's names, the `--defaults` profile, the
+/// limits, and — on a running server — its models, VAEs, options and folders.
+struct Site<'a> {
+    registry: &'a Registry,
+    defaults: &'a Profile,
+    limits: &'a Limits,
+    /// `None` for [`request_profile`]: the model, VAE, folders and device stay unset.
+    server: Option<&'a ServerState>,
+}
+
+impl Site<'_> {
+    fn upscaler_dirs(&self) -> Vec<PathBuf> {
+        self.server.map(|s| s.upscaler_dirs()).unwrap_or_default()
+    }
+}
+
+/// A field's value under one of a profile's range rules ([`defaults`]), else a 422 naming it.
+fn ruled<T: std::fmt::Display + Copy>(
+    key: &str,
+    value: T,
+    rule: defaults::Rule<T>,
+) -> ApiResult<T> {
+    defaults::check(key, value, rule).map_err(|e| ApiError::field(key, e.message))
+}
+
 fn in_range(key: &str, value: i64, low: i64, high: i64, fix: &str) -> ApiResult<i64> {
     match (low..=high).contains(&value) {
         true => Ok(value),
@@ -134,9 +173,35 @@ fn in_range(key: &str, value: i64, low: i64, high: i64, fix: &str) -> ApiResult<
 /// A request as a profile, every field checked (a 422 names the one at fault). Unset fields
 /// take the server's `--defaults` profile's values, else A1111's defaults.
 pub fn to_profile(state: &ServerState, body: &Map<String, Value>) -> ApiResult<Profile> {
+    let site = Site {
+        registry: state.registry,
+        defaults: &state.defaults,
+        limits: &state.limits,
+        server: Some(state),
+    };
+    map_request(&site, body)
+}
+
+/// A request body as the profile a server without `--defaults` would run, with no server: the
+/// same mapping and checks as [`to_profile`] under a profile's own limits, names looked up in
+/// `registry`; what only a running server knows — the model and VAE (`override_settings`,
+/// `hr_checkpoint_name`), its folders, device and dtype — stays unset.
+pub fn request_profile(registry: &Registry, body: &Map<String, Value>) -> ApiResult<Profile> {
+    let site = Site {
+        registry,
+        defaults: &Profile::empty(),
+        limits: &Limits::of_a_profile(),
+        server: None,
+    };
+    map_request(&site, body)
+}
+
+/// [`to_profile`] and [`request_profile`]: the fields in order, each checked as it is read,
+/// then the whole profile under [`Profile::validate`] (what a TOML profile must pass).
+fn map_request(site: &Site<'_>, body: &Map<String, Value>) -> ApiResult<Profile> {
     let f = Fields(body);
-    let limits = &state.limits;
-    let base = &state.defaults;
+    let limits = site.limits;
+    let base = site.defaults;
     let base_first = base.passes.first().cloned().unwrap_or_default();
     let mut profile = base.clone();
     profile.passes.clear();
@@ -149,16 +214,17 @@ pub fn to_profile(state: &ServerState, body: &Map<String, Value>) -> ApiResult<P
     super::plain_lora_tags("negative_prompt", &profile.negative)?;
     profile.seed = f.int("seed")?.unwrap_or(base.seed).max(-1); // any negative seed is random
     let images = "send fewer images per request";
+    let one = i64::from(defaults::BATCH);
     let per_batch = in_range(
         "batch_size",
-        f.int("batch_size")?.unwrap_or(1),
+        f.int("batch_size")?.unwrap_or(one),
         1,
         limits.images,
         images,
     )?;
     let iterations = in_range(
         "n_iter",
-        f.int("n_iter")?.unwrap_or(1),
+        f.int("n_iter")?.unwrap_or(one),
         1,
         limits.images,
         images,
@@ -166,23 +232,22 @@ pub fn to_profile(state: &ServerState, body: &Map<String, Value>) -> ApiResult<P
     let fix = "batch_size × n_iter is the image count; send fewer";
     in_range("batch_size", per_batch * iterations, 1, limits.images, fix)?;
     profile.batch = (per_batch * iterations) as u32;
-    profile.cfg = f.float("cfg_scale")?.unwrap_or(base.cfg);
-    if !(0.0..=100.0).contains(&profile.cfg) {
-        let message = format!("cfg_scale = {} is outside 0..=100", profile.cfg);
-        return Err(ApiError::field("cfg_scale", message));
-    }
+    let cfg = f.float("cfg_scale")?.unwrap_or(base.cfg);
+    profile.cfg = ruled("cfg_scale", cfg, defaults::cfg)?;
     if f.get("tiling").is_some() {
         profile.tiling = f.flag("tiling");
     }
     let side = i64::from(limits.side);
     let size_fix = format!("this server makes images of at most {side} px a side");
     let size = |key: &str, fallback: Option<u32>| -> ApiResult<u32> {
-        let value = f.int(key)?.unwrap_or(i64::from(fallback.unwrap_or(512)));
+        let value = f
+            .int(key)?
+            .unwrap_or(i64::from(fallback.unwrap_or(a1111::SIZE)));
         Ok(in_range(key, value, 64, side, &size_fix)? as u32)
     };
     let steps = f
         .int("steps")?
-        .unwrap_or(i64::from(base_first.steps.unwrap_or(50)));
+        .unwrap_or(i64::from(base_first.steps.unwrap_or(a1111::STEPS)));
     let mut first = Pass {
         width: Some(size("width", base_first.width)?),
         height: Some(size("height", base_first.height)?),
@@ -194,63 +259,68 @@ pub fn to_profile(state: &ServerState, body: &Map<String, Value>) -> ApiResult<P
         None => "sampler_index",
     };
     if let Some(sampler) = f.text(sampler_key)? {
-        (first.sampler, first.schedule) = sampler_and_schedule(state, sampler_key, &sampler)?;
+        (first.sampler, first.schedule) = sampler_and_schedule(site, sampler_key, &sampler)?;
     } else if first.sampler.is_none() {
-        (first.sampler, first.schedule) = sampler_and_schedule(state, sampler_key, "Euler")?;
+        (first.sampler, first.schedule) = sampler_and_schedule(site, sampler_key, a1111::SAMPLER)?;
     }
-    if let Some(schedule) = schedule(state, &f, "scheduler")? {
+    if let Some(schedule) = schedule(site, &f, "scheduler")? {
         first.schedule = Some(schedule);
     }
     // The model: override_settings, else the server's current default.
-    let model = match overrides.text("sd_model_checkpoint")? {
-        Some(name) => state.checkpoint("override_settings.sd_model_checkpoint", &name)?,
-        None => state.default_checkpoint()?,
-    };
-    profile.model.checkpoint = Some(model.path.to_string_lossy().into_owned());
-    profile.model.vae = match overrides.text("sd_vae")? {
-        Some(vae) => state.vae("override_settings.sd_vae", &vae)?,
-        None => state.default_vae(),
-    };
+    if let Some(state) = site.server {
+        let model = match overrides.text("sd_model_checkpoint")? {
+            Some(name) => state.checkpoint("override_settings.sd_model_checkpoint", &name)?,
+            None => state.default_checkpoint()?,
+        };
+        profile.model.checkpoint = Some(model.path.to_string_lossy().into_owned());
+        profile.model.vae = match overrides.text("sd_vae")? {
+            Some(vae) => state.vae("override_settings.sd_vae", &vae)?,
+            None => state.default_vae(),
+        };
+    }
     let clip_skip = match overrides.int("CLIP_stop_at_last_layers")? {
         Some(n) => Some(("override_settings.CLIP_stop_at_last_layers", n)),
         None => f.int("clip_skip")?.map(|n| ("clip_skip", n)),
     };
-    profile.model.clip_skip = match clip_skip {
-        Some((key, n)) => in_range(key, n, 1, 12, "CLIP skip is 1 (none) to 12")? as u32,
-        None => state.options_clip_skip(),
+    profile.model.clip_skip = match (clip_skip, site.server) {
+        (Some((key, n)), _) => in_range(key, n, 1, 12, "CLIP skip is 1 (none) to 12")? as u32,
+        (None, Some(state)) => state.options_clip_skip(),
+        (None, None) => defaults::CLIP_SKIP,
     };
-    profile.lora_dirs = state.lora_dirs();
-    profile.upscaler_dirs = state.upscaler_dirs();
-    if profile.device == hiresfix_engine::profile::DeviceChoice::Auto {
-        profile.device = state.device.clone();
-    }
-    if profile.dtype == hiresfix_engine::profile::DtypeChoice::Auto {
-        profile.dtype = state.dtype;
+    if let Some(state) = site.server {
+        profile.lora_dirs = state.lora_dirs();
+        profile.upscaler_dirs = state.upscaler_dirs();
+        if profile.device == hiresfix_engine::profile::DeviceChoice::Auto {
+            profile.device = state.device.clone();
+        }
+        if profile.dtype == hiresfix_engine::profile::DtypeChoice::Auto {
+            profile.dtype = state.dtype;
+        }
     }
     profile.passes.push(first);
     if f.flag("enable_hr") {
-        let hires = hires_pass(state, &f, &profile)?;
+        let hires = hires_pass(site, &f, &profile)?;
         profile.passes.push(hires);
     }
+    profile
+        .validate()
+        .map_err(|e| ApiError::field(&e.key, e.message))?;
     Ok(profile)
 }
 
 /// A1111's hires fields as pass 2 (unset ones from `--defaults`' pass 2).
-fn hires_pass(state: &ServerState, f: &Fields<'_>, profile: &Profile) -> ApiResult<Pass> {
-    let base = state.defaults.passes.get(1).cloned().unwrap_or_default();
-    let side = state.limits.side as f64;
-    let (w, h) = (
-        profile.passes[0].width.unwrap_or(512) as f64,
-        profile.passes[0].height.unwrap_or(512) as f64,
-    );
+fn hires_pass(site: &Site<'_>, f: &Fields<'_>, profile: &Profile) -> ApiResult<Pass> {
+    let base = site.defaults.passes.get(1).cloned().unwrap_or_default();
+    let side = site.limits.side as f64;
+    let (w, h) = match profile.passes.first().map(|p| (p.width, p.height)) {
+        Some((Some(w), Some(h))) => (w as f64, h as f64),
+        _ => return Err(ApiError::internal("pass 1 has no size")),
+    };
     let denoise = f
         .float("denoising_strength")?
         .or(base.denoise)
-        .unwrap_or(0.75);
-    if !(0.0..=1.0).contains(&denoise) {
-        let message = format!("denoising_strength = {denoise} is outside 0..=1");
-        return Err(ApiError::field("denoising_strength", message));
-    }
+        .unwrap_or(a1111::DENOISE);
+    let denoise = ruled("denoising_strength", denoise, defaults::denoise)?;
     let mut pass = Pass {
         denoise: Some(denoise),
         width: None,
@@ -262,11 +332,11 @@ fn hires_pass(state: &ServerState, f: &Fields<'_>, profile: &Profile) -> ApiResu
     let ry = f.int("hr_resize_y")?.unwrap_or(0);
     let (target_w, target_h, key) = match (rx, ry) {
         (0, 0) => {
-            let scale = f.float("hr_scale")?.or(base.scale).unwrap_or(2.0);
-            if !(scale > 0.0 && scale.is_finite()) {
-                let message = format!("hr_scale = {scale} must be above 0");
-                return Err(ApiError::field("hr_scale", message));
-            }
+            let scale = f
+                .float("hr_scale")?
+                .or(base.scale)
+                .unwrap_or(defaults::HIRES_SCALE);
+            let scale = ruled("hr_scale", scale, defaults::scale)?;
             pass.scale = Some(scale);
             (w * scale, h * scale, "hr_scale")
         }
@@ -309,19 +379,19 @@ fn hires_pass(state: &ServerState, f: &Fields<'_>, profile: &Profile) -> ApiResu
                 "hr_second_pass_steps",
                 n,
                 1,
-                state.limits.steps,
+                site.limits.steps,
                 "use fewer steps",
             )?;
             Some(n as u32)
         }
     };
-    pass.upscaler = Some(upscaler(state, f, base.upscaler.as_deref())?);
+    pass.upscaler = Some(upscaler(site, f, base.upscaler.as_deref())?);
     if let Some(name) = f.text("hr_sampler_name")? {
-        let (sampler, schedule) = sampler_and_schedule(state, "hr_sampler_name", &name)?;
+        let (sampler, schedule) = sampler_and_schedule(site, "hr_sampler_name", &name)?;
         pass.sampler = sampler;
         pass.schedule = schedule;
     }
-    if let Some(schedule) = schedule(state, f, "hr_scheduler")? {
+    if let Some(schedule) = schedule(site, f, "hr_scheduler")? {
         pass.schedule = Some(schedule);
     }
     if let Some(prompt) = f.text("hr_prompt")? {
@@ -332,7 +402,7 @@ fn hires_pass(state: &ServerState, f: &Fields<'_>, profile: &Profile) -> ApiResu
         super::plain_lora_tags("hr_negative_prompt", &negative)?;
         pass.negative = Some(negative);
     }
-    if let Some(name) = f.text("hr_checkpoint_name")? {
+    if let (Some(name), Some(state)) = (f.text("hr_checkpoint_name")?, site.server) {
         let model = state.checkpoint("hr_checkpoint_name", &name)?;
         let path = model.path.to_string_lossy().into_owned();
         if profile.model.checkpoint.as_deref() != Some(path.as_str()) {
@@ -341,12 +411,7 @@ fn hires_pass(state: &ServerState, f: &Fields<'_>, profile: &Profile) -> ApiResu
     }
     // Forge's hr_cfg; A1111 has none and uses cfg_scale, as does an unset one here.
     if let Some(cfg) = f.float("hr_cfg")? {
-        if !(0.0..=100.0).contains(&cfg) {
-            return Err(ApiError::field(
-                "hr_cfg",
-                format!("hr_cfg = {cfg} is outside 0..=100"),
-            ));
-        }
+        let cfg = ruled("hr_cfg", cfg, defaults::cfg)?;
         pass.cfg = (cfg != profile.cfg).then_some(cfg);
     }
     Ok(pass)
@@ -354,11 +419,11 @@ fn hires_pass(state: &ServerState, f: &Fields<'_>, profile: &Profile) -> ApiResu
 
 /// A sampler name (A1111's, combined with a schedule or not) as registry ids.
 fn sampler_and_schedule(
-    state: &ServerState,
+    site: &Site<'_>,
     key: &str,
     name: &str,
 ) -> ApiResult<(Option<String>, Option<String>)> {
-    let (sampler, schedule) = find_sampler(state.registry, name)
+    let (sampler, schedule) = find_sampler(site.registry, name)
         .map_err(|e| ApiError::field(key, format!("{key}: {e}")))?;
     Ok((
         Some(sampler.decl.name.to_string()),
@@ -367,35 +432,35 @@ fn sampler_and_schedule(
 }
 
 /// A schedule field (`scheduler`, `hr_scheduler`): "automatic" is the sampler's own.
-fn schedule(state: &ServerState, f: &Fields<'_>, key: &str) -> ApiResult<Option<String>> {
+fn schedule(site: &Site<'_>, f: &Fields<'_>, key: &str) -> ApiResult<Option<String>> {
     let Some(name) = f.text(key)? else {
         return Ok(None);
     };
     if name.eq_ignore_ascii_case("automatic") {
         return Ok(None);
     }
-    let entry = find(&state.registry.schedules, &name, "schedule")
+    let entry = find(&site.registry.schedules, &name, "schedule")
         .map_err(|e| ApiError::field(key, format!("{key}: {e}")))?;
     Ok(Some(entry.decl.name.to_string()))
 }
 
 /// `hr_upscaler`: a latent mode, "None" / "Lanczos" / "Nearest", or a model upscaler's name.
-fn upscaler(state: &ServerState, f: &Fields<'_>, fallback: Option<&str>) -> ApiResult<String> {
+fn upscaler(site: &Site<'_>, f: &Fields<'_>, fallback: Option<&str>) -> ApiResult<String> {
     let Some(name) = f.text("hr_upscaler")? else {
-        // The --defaults profile's, else A1111's default latent mode.
-        return Ok(fallback.unwrap_or("latent").to_owned());
+        // The --defaults profile's, else A1111's default latent mode (a profile's too).
+        return Ok(fallback.unwrap_or(defaults::HIRES_UPSCALER).to_owned());
     };
     if name.eq_ignore_ascii_case("none") {
         return Ok("pixel-lanczos".into()); // no model; A1111 resizes with Lanczos
     }
     // openOutpaint offers "Latent (bicubic, antialiased)"; A1111 spells it without the comma.
     for candidate in [name.clone(), name.replace(", ", " ")] {
-        if let Ok(entry) = find(&state.registry.upscalers, &candidate, "upscaler") {
+        if let Ok(entry) = find(&site.registry.upscalers, &candidate, "upscaler") {
             return Ok(entry.decl.name.to_string());
         }
     }
     super::plain_name("hr_upscaler", &name)?;
-    match hiresfix_engine::upscaler_models::find(&state.upscaler_dirs(), &name) {
+    match hiresfix_engine::upscaler_models::find(&site.upscaler_dirs(), &name) {
         Ok(Some(_)) => Ok(name),
         Ok(None) | Err(_) => Err(ApiError::field(
             "hr_upscaler",
@@ -479,7 +544,7 @@ pub fn sampler_label(state: &ServerState, profile: &Profile) -> String {
         .passes
         .first()
         .and_then(|p| p.sampler.clone())
-        .unwrap_or_else(|| "euler".into());
+        .unwrap_or_else(|| defaults::SAMPLER.into());
     find(&state.registry.samplers, &id, "sampler")
         .map(|e| display_name(&e.decl))
         .unwrap_or(id)
@@ -497,4 +562,29 @@ fn job_timestamp() -> String {
         t.minute(),
         t.second()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `parameters` echo's A1111 defaults are the ones an unset field is mapped with.
+    #[test]
+    fn the_echoed_defaults_are_the_mapped_ones() {
+        let echoed = defaults();
+        assert_eq!(echoed["steps"], json!(a1111::STEPS));
+        assert_eq!(echoed["denoising_strength"], json!(a1111::DENOISE));
+        assert_eq!(echoed["sampler_index"], json!(a1111::SAMPLER));
+        assert_eq!(echoed["width"], json!(a1111::SIZE));
+        assert_eq!(echoed["height"], json!(a1111::SIZE));
+        assert_eq!(
+            echoed["hr_scale"],
+            json!(hiresfix_engine::defaults::HIRES_SCALE)
+        );
+        assert_eq!(echoed["cfg_scale"], json!(hiresfix_engine::defaults::CFG));
+        assert_eq!(
+            echoed["batch_size"],
+            json!(hiresfix_engine::defaults::BATCH)
+        );
+    }
 }
