@@ -1,5 +1,5 @@
 //! From a profile to an executable plan: names resolved to plugin entries, sizes in latent
-//! cells, and each pass's sigma schedule (SPEC §4 denoise slicing).
+//! cells, and each pass's sigma schedule (README "Semantics": denoise slicing).
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};

@@ -1,4 +1,4 @@
-//! The TOML profile (SPEC §3): parsing with line/column errors, `--set` overrides, defaults.
+//! The TOML profile (README "A profile"): parsing with line/column errors, `--set` overrides, defaults.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
