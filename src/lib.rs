@@ -5,6 +5,8 @@
 pub mod batch;
 pub mod commands;
 pub mod sheet;
+pub mod terminal;
+pub mod timings;
 
 pub use hiresfix_engine::*;
 pub use hiresfix_serve as serve;

@@ -248,7 +248,7 @@ fn main() -> ExitCode {
     let serving = matches!(cli.command, Command::Serve(_));
     let _ = (!serving).then(|| {
         ctrlc::set_handler(|| {
-            if generate::CANCELLED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            if hiresfix::terminal::STOP.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 std::process::exit(130);
             }
         })

@@ -83,11 +83,13 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
         );
     }
     let registry = crate::commands::registry_for(&all.base, &all.base_dir);
-    let mut models = Models::new(&registry);
+    // The jobs' own bar is the progress shown; the observer carries Ctrl-C to the sampler.
+    let terminal = crate::terminal::Terminal::new(true);
+    let mut models = Models::observed(&registry, &terminal);
     let bar = jobs_bar(quiet, mine.len());
     let mut failed = 0;
     for job in mine {
-        if crate::run::CANCELLED.load(std::sync::atomic::Ordering::Relaxed) {
+        if crate::terminal::stopped() {
             bail!(
                 "cancelled (Ctrl-C); finished jobs are kept — run the same command again to resume"
             );

@@ -56,7 +56,8 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
         ..RunOptions::new(base)
     };
     let registry = registry_for(&profile, &options.base_dir);
-    let written = finish(profile, &registry, &options, start)?;
+    let terminal = crate::terminal::Terminal::new(options.quiet);
+    let written = finish(profile, &registry, &options, start, &terminal)?;
     print_written(&written);
     warn_refused(&registry);
     Ok(())

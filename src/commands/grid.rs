@@ -92,7 +92,8 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
         }
     }
     let registry = registry_for(&base, &base_path);
-    let mut models = Models::new(&registry);
+    let terminal = crate::terminal::Terminal::new(quiet);
+    let mut models = Models::observed(&registry, &terminal);
     let mut seen = std::collections::HashSet::new(); // lint lines printed once for all cells
     let mut written = Vec::new();
     let mut cells: Vec<Vec<_>> = vec![Vec::new(); rows];

@@ -39,7 +39,8 @@ pub(crate) fn print_written(paths: &[PathBuf]) {
 /// `generate`: runs `profile` and prints the written paths.
 pub fn run_generate(profile: Profile, options: RunOptions) -> Result<()> {
     let registry = registry_for(&profile, &options.base_dir);
-    let written = generate(profile, &registry, &options)?;
+    let terminal = crate::terminal::Terminal::new(options.quiet);
+    let written = generate(profile, &registry, &options, &terminal)?;
     print_written(&written);
     warn_refused(&registry);
     Ok(())

@@ -154,7 +154,7 @@ fn two_pass_runs_through_the_host_match_the_references_from_both_formats() {
                 let ours = Tensor::from_slice(&pass_sigmas(&job.plans[i], &table).unwrap());
                 assert!(rel_err(&ours, &r[key]) < 1e-6, "{key} from {shown}");
             }
-            let result = job.run_image(1234, true).unwrap();
+            let result = job.run_image(1234).unwrap();
             let e1 = rel_err(&result.latents[0], &r["run.latent1"]);
             let e2 = rel_err(&result.latents[1], &r["run.latent2"]);
             let image = ((model.decode(&result.latents[1]).unwrap() + 1.0) / 2.0).clamp(0.0, 1.0);
@@ -186,7 +186,7 @@ fn seamless_runs_match_the_circular_padding_reference() {
         let mut profile = case.profile(&checkpoint);
         profile.tiling = true;
         let mut job = prepare(profile, &registry, &repo()).unwrap();
-        let result = job.run_image(1234, true).unwrap();
+        let result = job.run_image(1234).unwrap();
         let e1 = rel_err(&result.latents[0], &r["run.latent1"]);
         let e2 = rel_err(&result.latents[1], &r["run.latent2"]);
         assert!(
@@ -207,7 +207,9 @@ fn seamless_runs_match_the_circular_padding_reference() {
             quiet: true,
             ..RunOptions::new(repo())
         };
-        generate(profile, &registry, &options).unwrap().remove(0)
+        generate(profile, &registry, &options, &hiresfix::observer::SILENT)
+            .unwrap()
+            .remove(0)
     };
     let (seamless, plain) = (png(true), png(false));
     let (w, h, px) = hiresfix::output::read_rgb8(&seamless).unwrap();
@@ -273,7 +275,7 @@ fn written_pngs_match_the_reference_images_within_one_level() {
             quiet: true,
             ..RunOptions::new(repo())
         };
-        let written = generate(profile, &registry, &options).unwrap();
+        let written = generate(profile, &registry, &options, &hiresfix::observer::SILENT).unwrap();
         let (w, h, px) = hiresfix::output::read_rgb8(&written[0]).unwrap();
         assert_eq!((w, h), (case.width * 2, case.height * 2));
         let expected =
@@ -297,7 +299,7 @@ fn a_profile_prediction_override_runs_the_eps_file_as_v() {
     let mut profile = v.profile(&single);
     profile.model.prediction = Some(PredictionChoice::V);
     let mut job = prepare(profile, &registry, &repo()).unwrap();
-    let result = job.run_image(1234, true).unwrap();
+    let result = job.run_image(1234).unwrap();
     let err = rel_err(&result.latents[1], &v.reference()["run.latent2"]);
     assert!(err < 1e-4, "{err}");
 }

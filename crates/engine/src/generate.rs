@@ -11,9 +11,10 @@ pub use crate::infotext::num;
 pub use crate::job::{prepare, Job};
 pub use crate::models::{detect_backend, device_of, LoadSettings, Models};
 pub use crate::parameters::{infotext_pairs, infotext_prompt, model_hash};
-pub use crate::run::{run_image, to_rgb8, ImageResult, CANCELLED};
+pub use crate::run::{run_image, to_rgb8, ImageResult};
 
 use crate::infotext;
+use crate::observer::{timed, Observer};
 use crate::output;
 use crate::profile::Profile;
 use crate::registry::Registry;
@@ -54,15 +55,17 @@ impl RunOptions {
     }
 }
 
-/// `generate`: every image of the batch, written as PNG. Returns the written paths.
-pub fn generate(
+/// `generate`: every image of the batch, written as PNG, its progress told to `observer`
+/// (which may stop it). Returns the written paths.
+pub fn generate<'r>(
     profile: Profile,
-    registry: &Registry,
+    registry: &'r Registry,
     options: &RunOptions,
+    observer: &'r dyn Observer,
 ) -> Result<Vec<PathBuf>> {
     let template = output::checked_template(options.output.as_deref().unwrap_or(&profile.output))?;
     let until = options.until(profile.passes.len())?;
-    let mut job = prepare(profile, registry, &options.base_dir)?;
+    let mut job = crate::job::prepare_observed(profile, registry, &options.base_dir, observer)?;
     report_findings(&mut job, options)?;
     let mut writer = Writer::new(Sink::files(template), &job);
     // One run, then the process ends: the last images decode with the VAE alone in memory.
@@ -166,7 +169,9 @@ fn run_all(
         );
     }
     let steps: usize = job.plans[..until].iter().map(|p| p.steps).sum();
-    crate::progress::begin_job(steps * batch.div_ceil(per_call), batch);
+    job.models
+        .observer
+        .job_started(steps * batch.div_ceil(per_call), batch);
     let seeds: Vec<i64> = (0..batch as i64).map(|n| job.profile.seed + n).collect();
     let chunks = batch.div_ceil(per_call);
     for (c, chunk) in seeds.chunks(per_call).enumerate() {
@@ -202,7 +207,7 @@ fn run_chunk(
     mut write: impl FnMut(&mut Job<'_>, usize, &ImageResult) -> Result<()>,
 ) -> Result<()> {
     job.models.final_image = release;
-    let run = job.run_batch(seeds, quiet, until);
+    let run = job.run_batch(seeds, until);
     job.models.final_image = false;
     let results = match run {
         Ok(results) => {
@@ -219,7 +224,7 @@ fn run_chunk(
                 );
             }
             for (k, seed) in seeds.iter().enumerate() {
-                let mut one = job.run_batch(&[*seed], quiet, until)?;
+                let mut one = job.run_batch(&[*seed], until)?;
                 write(job, k, &one.remove(0))?;
             }
             return Ok(());
@@ -245,12 +250,14 @@ pub enum Start {
     },
 }
 
-/// `finish`: the remaining passes of one image, from `start`. Returns the written paths.
-pub fn finish(
+/// `finish`: the remaining passes of one image, from `start`, its progress told to
+/// `observer`. Returns the written paths.
+pub fn finish<'r>(
     profile: Profile,
-    registry: &Registry,
+    registry: &'r Registry,
     options: &RunOptions,
     start: Start,
+    observer: &'r dyn Observer,
 ) -> Result<Vec<PathBuf>> {
     let template = output::checked_template(options.output.as_deref().unwrap_or(&profile.output))?;
     let total = profile.passes.len();
@@ -262,7 +269,7 @@ pub fn finish(
     if done >= until {
         bail!("nothing left to run: the image is pass {done} and the profile stops at pass {until}; add a [[pass]] (or --set pass.{}.scale=2)", done + 1);
     }
-    let mut job = prepare(profile, registry, &options.base_dir)?;
+    let mut job = crate::job::prepare_observed(profile, registry, &options.base_dir, observer)?;
     report_findings(&mut job, options)?;
     let latent = match start {
         Start::Latent(stored) => {
@@ -282,7 +289,7 @@ pub fn finish(
     };
     let mut writer = Writer::new(Sink::files(template), &job);
     let seed = job.profile.seed;
-    let result = job.run_passes(seed, options.quiet, Some(&resume), until)?;
+    let result = job.run_passes(seed, Some(&resume), until)?;
     writer.write(&mut job, &Image { n: 0, seed, until }, &result)?;
     Ok(writer.sink.into_paths())
 }
@@ -426,7 +433,8 @@ fn write_image(
             continue;
         }
         let (model, _) = job.models.for_pass(&job.settings, &job.plans[pass - 1])?;
-        let pixels = crate::timings::time("vae decode", || model.decode(latent)).map_err(|e| {
+        let observer = job.models.observer;
+        let pixels = timed(observer, "vae decode", || model.decode(latent)).map_err(|e| {
             out_of_memory(pass, &job.sizes[pass - 1], &e.0)
                 .unwrap_or_else(|| anyhow!("pass {pass}: {e}"))
         })?;
@@ -435,7 +443,7 @@ fn write_image(
             true => Some(stored_latent::encode(latent, pass)?),
             false => None,
         };
-        let png = crate::timings::time("png", || {
+        let png = timed(observer, "png", || {
             output::encode_png(w, h, &rgb, &parameters, &resolved, stored.as_deref())
         })?;
         match sink {
@@ -477,7 +485,7 @@ pub fn render_one<'r>(
     let mut writer = Writer::new(Sink::files(template), &job);
     let until = job.plans.len();
     let seed = job.profile.seed;
-    let result = job.run_passes(seed, quiet, None, until)?;
+    let result = job.run_passes(seed, None, until)?;
     let rgb = writer.write(&mut job, &Image { n: 0, seed, until }, &result)?;
     let path = writer
         .sink

@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 
 use crate::models::{LoadSettings, Models};
+use crate::observer::Observer;
 use crate::plan::{pass_sizes, plan_passes, PassPlan, PassSize};
 use crate::profile::Profile;
 use crate::registry::Registry;
@@ -27,6 +28,21 @@ pub fn prepare<'r>(profile: Profile, registry: &'r Registry, base_dir: &Path) ->
     prepare_with(profile, registry, base_dir, Models::new(registry))
 }
 
+/// [`prepare`] for a run whose progress, timings and stopping go through `observer`.
+pub fn prepare_observed<'r>(
+    profile: Profile,
+    registry: &'r Registry,
+    base_dir: &Path,
+    observer: &'r dyn Observer,
+) -> Result<Job<'r>> {
+    prepare_with(
+        profile,
+        registry,
+        base_dir,
+        Models::observed(registry, observer),
+    )
+}
+
 /// [`prepare`] with models already loaded by earlier jobs (grid cells) to reuse.
 pub fn prepare_with<'r>(
     profile: Profile,
@@ -45,7 +61,7 @@ pub fn prepare_reusing<'r>(
     base_dir: &Path,
     models: &mut Models<'r>,
 ) -> Result<Job<'r>> {
-    let taken = std::mem::replace(models, Models::new(registry));
+    let taken = std::mem::replace(models, Models::observed(registry, models.observer));
     prepare_inner(profile, registry, base_dir, taken).map_err(|failed| {
         let (e, back) = *failed;
         *models = back;
@@ -109,8 +125,8 @@ impl Job<'_> {
         Ok(info)
     }
 
-    pub fn run_image(&mut self, seed: i64, quiet: bool) -> Result<ImageResult> {
-        self.run_passes(seed, quiet, None, self.plans.len())
+    pub fn run_image(&mut self, seed: i64) -> Result<ImageResult> {
+        self.run_passes(seed, None, self.plans.len())
     }
 
     /// Runs image `seed`'s passes up to pass `until`, after `resume`'s pass from its latent
@@ -118,26 +134,20 @@ impl Job<'_> {
     pub fn run_passes(
         &mut self,
         seed: i64,
-        quiet: bool,
         resume: Option<&Resume>,
         until: usize,
     ) -> Result<ImageResult> {
         let delta = self.profile.eta_noise_seed_delta;
         let job = (&self.plans[..until], &self.sizes[..until], &self.settings);
-        run_image(job, &mut self.models, seed, delta, quiet, resume)
+        run_image(job, &mut self.models, seed, delta, resume)
     }
 
     /// Runs the images with `seeds` as one UNet batch up to pass `until` (each equal to its
     /// single run).
-    pub fn run_batch(
-        &mut self,
-        seeds: &[i64],
-        quiet: bool,
-        until: usize,
-    ) -> Result<Vec<ImageResult>> {
+    pub fn run_batch(&mut self, seeds: &[i64], until: usize) -> Result<Vec<ImageResult>> {
         let delta = self.profile.eta_noise_seed_delta;
         let job = (&self.plans[..until], &self.sizes[..until], &self.settings);
-        run_batch(job, &mut self.models, seeds, delta, quiet, None)
+        run_batch(job, &mut self.models, seeds, delta, None)
     }
 
     /// The profile that reproduces image `n` alone (seed + n, batch 1, sizes and paths

@@ -10,6 +10,7 @@ use host_api::backend::device_name;
 use host_api::tch::{self, Device, Tensor};
 use host_api::{BackendDecl, EncodeRequest, LoadRequest, ModelBox, ModelInfo};
 
+use crate::observer::{timed, Observer, SILENT};
 use crate::profile::{DeviceChoice, DtypeChoice, Profile, VaeTiling};
 use crate::registry::{Entry, Registry};
 
@@ -101,10 +102,18 @@ pub struct Models<'r> {
     pub final_image: bool,
     /// Each checkpoint's backend, detected once per job ([`detect_backend`] reads the file).
     backends: RefCell<HashMap<PathBuf, &'r Entry<BackendDecl>>>,
+    /// Who hears about the run's progress and timings, and may stop it (the caller's).
+    pub observer: &'r dyn Observer,
 }
 
 impl<'r> Models<'r> {
+    /// Models for a run nobody observes (see [`Self::observed`]).
     pub fn new(registry: &'r Registry) -> Self {
+        Self::observed(registry, &SILENT)
+    }
+
+    /// Models for a run whose progress, timings and stopping go through `observer`.
+    pub fn observed(registry: &'r Registry, observer: &'r dyn Observer) -> Self {
         Self {
             registry,
             warned: HashSet::new(),
@@ -112,6 +121,7 @@ impl<'r> Models<'r> {
             encoded: HashMap::new(),
             final_image: false,
             backends: RefCell::new(HashMap::new()),
+            observer,
         }
     }
 
@@ -167,7 +177,7 @@ impl<'r> Models<'r> {
             request.width,
             request.height
         );
-        let conds = Rc::new(crate::timings::time("text encode", || {
+        let conds = Rc::new(timed(self.observer, "text encode", || {
             model.encode_prompts(request)
         })?);
         self.encoded.insert(key, conds.clone());
@@ -264,7 +274,7 @@ impl<'r> Models<'r> {
             false => anyhow!("{e}"),
         };
         let model =
-            crate::timings::time("load", || backend.decl.run_load(&request)).map_err(plugin)?;
+            timed(self.observer, "load", || backend.decl.run_load(&request)).map_err(plugin)?;
         let info = model.info().map_err(plugin)?;
         let model = Rc::new(model);
         self.loaded.push(Loaded {

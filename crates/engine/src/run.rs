@@ -1,6 +1,7 @@
 //! Running the passes of one image: pass 1 from seeded noise, every later pass from the
 //! upscaled latent of the one before plus its own noise, each with its LoRA set, conditioning
-//! and sampler; CFG and the progress bar around the backend's denoiser.
+//! and sampler; CFG around the backend's denoiser, and the caller's observer told of every
+//! step (which may stop the run).
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -9,24 +10,21 @@ use host_api::{
     EncodeRequest, ModelBox, ModelInfo, ModelSigmas, PassSigmas, PatchModel, SamplerCallbacks,
     VaeCallbacks,
 };
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::models::{LoadSettings, Models};
 use crate::noise::{batch_noise, StepNoise};
+use crate::observer::{timed, Observer};
 use crate::plan::{pass_sigmas, PassPlan, PassSize};
 use crate::seamless::wrapped_upscale;
 
-/// Set by Ctrl-C: the running sampler stops at its next step and nothing is written.
-pub static CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// CFG over the backend's predictions, the image's step noise, and the progress bar.
+/// CFG over the backend's predictions, the image's step noise, and the observer's steps.
 struct Guidance<'a> {
     model: &'a ModelBox,
     uncond: &'a [Tensor],
     cond: &'a [Tensor],
     cfg: f64,
     noise: StepNoise,
-    bar: &'a ProgressBar,
+    observer: &'a dyn Observer,
 }
 
 impl SamplerCallbacks for Guidance<'_> {
@@ -44,9 +42,7 @@ impl SamplerCallbacks for Guidance<'_> {
     }
 
     fn step(&mut self, i: usize, _total: usize) -> bool {
-        self.bar.set_position(i as u64 + 1);
-        crate::progress::step(i);
-        !CANCELLED.load(std::sync::atomic::Ordering::Relaxed)
+        self.observer.step(i)
     }
 }
 
@@ -75,22 +71,6 @@ fn each_image(
         .map(|i| f(&x.narrow(0, i, 1)))
         .collect::<host_api::Result<Vec<_>>>()?;
     Ok(Tensor::cat(&each, 0))
-}
-
-fn progress_bar(quiet: bool, steps: usize, label: String) -> ProgressBar {
-    let target = if quiet {
-        ProgressDrawTarget::hidden()
-    } else {
-        ProgressDrawTarget::stderr()
-    };
-    let bar = ProgressBar::with_draw_target(Some(steps as u64), target);
-    let style =
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_prefix(label);
-    bar
 }
 
 /// Decoded image as RGB8, A1111's `clamp((x + 1) / 2, 0, 1) * 255` truncated to u8. NaN or
@@ -136,10 +116,9 @@ pub fn run_image(
     models: &mut Models<'_>,
     seed: i64,
     noise_seed_delta: i64,
-    quiet: bool,
     resume: Option<&Resume>,
 ) -> Result<ImageResult> {
-    let mut results = run_batch(passes, models, &[seed], noise_seed_delta, quiet, resume)?;
+    let mut results = run_batch(passes, models, &[seed], noise_seed_delta, resume)?;
     Ok(results.remove(0))
 }
 
@@ -151,9 +130,9 @@ pub fn run_batch(
     models: &mut Models<'_>,
     seeds: &[i64],
     noise_seed_delta: i64,
-    quiet: bool,
     resume: Option<&Resume>,
 ) -> Result<Vec<ImageResult>> {
+    let observer = models.observer;
     if seeds.is_empty() || (resume.is_some() && seeds.len() != 1) {
         bail!("a batch needs at least one image and resumes one image at a time");
     }
@@ -182,7 +161,7 @@ pub fn run_batch(
                 let mut vae = Vae(&model);
                 let mut run =
                     |x: &Tensor, h, w| upscaler.decl.run(&mut vae, &plan.upscaler_options, x, h, w);
-                let up = crate::timings::time("upscale", || match settings.seamless {
+                let up = timed(observer, "upscale", || match settings.seamless {
                     // A crop would cut the tile: a pass of another aspect is stretched.
                     true => wrapped_upscale(prev, size.latent_h, size.latent_w, run),
                     false => run(prev, size.cover_h, size.cover_w)
@@ -190,7 +169,7 @@ pub fn run_batch(
                 })
                 .map_err(|e| {
                     let (name, file) = (&upscaler.decl.name, &upscaler.file);
-                    plugin_error(plan.number, size, "upscaler", name, file, e)
+                    plugin_error(observer, plan.number, size, "upscaler", name, file, e)
                 })?;
                 check_finite(&up, &model, plan.number, "the upscaled latent")?;
                 up + noise * sigmas[0]
@@ -224,8 +203,7 @@ pub fn run_batch(
             1 => format!("pass {}", plan.number),
             n => format!("pass {} ×{n}", plan.number),
         };
-        let bar = progress_bar(quiet, plan.steps, label);
-        crate::progress::begin_pass(plan.number, plan.steps);
+        observer.pass_started(plan.number, plan.steps, &label);
         let step_seeds = seeds.iter().map(|s| s + noise_seed_delta).collect();
         let mut guidance = Guidance {
             model: &model,
@@ -233,19 +211,19 @@ pub fn run_batch(
             cond: &conds[1],
             cfg: plan.cfg,
             noise: StepNoise::batch(step_seeds, plan.steps + 1),
-            bar: &bar,
+            observer,
         };
         let phase = format!("pass {}", plan.number);
-        let out = crate::timings::time(&phase, || {
+        let out = timed(observer, &phase, || {
             plan.sampler
                 .decl
                 .run(&mut guidance, &plan.options, x, &sigmas)
-        })
-        .map_err(|e| {
+        });
+        observer.pass_ended();
+        let out = out.map_err(|e| {
             let (name, file) = (&plan.sampler.decl.name, &plan.sampler.file);
-            plugin_error(plan.number, size, "sampler", name, file, e)
+            plugin_error(observer, plan.number, size, "sampler", name, file, e)
         })?;
-        bar.finish();
         check_finite(&out, &model, plan.number, "the UNet's result")?;
         latents.push(out);
     }
@@ -292,6 +270,7 @@ fn set_patches(
 }
 
 fn plugin_error(
+    observer: &dyn Observer,
     pass: usize,
     size: &PassSize,
     kind: &str,
@@ -299,7 +278,7 @@ fn plugin_error(
     file: &Path,
     e: host_api::Error,
 ) -> anyhow::Error {
-    if CANCELLED.load(std::sync::atomic::Ordering::Relaxed) {
+    if observer.stopped() {
         return anyhow!("cancelled (Ctrl-C) during pass {pass}");
     }
     out_of_memory(pass, size, &e.0).unwrap_or_else(|| {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod catalog;
 pub mod error;
 pub mod native;
+pub mod progress;
 pub mod sdapi;
 pub mod txt2img;
 pub mod worker;

@@ -203,7 +203,8 @@ pub async fn generate(
     let outcome = run_job(&state, profile, Some(started_tx)).await?;
     let (tx, rx) = mpsc::channel::<Event>(64);
     let position = state.queue.jobs();
-    tokio::spawn(stream_job(tx, started, outcome, position));
+    let observer = state.queue.observer.clone();
+    tokio::spawn(stream_job(tx, started, outcome, position, observer));
     let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
@@ -214,6 +215,7 @@ async fn stream_job(
     started: oneshot::Receiver<()>,
     mut outcome: oneshot::Receiver<super::worker::Outcome>,
     position: usize,
+    observer: std::sync::Arc<super::progress::JobObserver>,
 ) {
     let _ = tx
         .send(event(
@@ -239,7 +241,7 @@ async fn stream_job(
                 tokio::select! {
                     result = &mut outcome => break result,
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                        let p = hiresfix_engine::progress::snapshot();
+                        let p = observer.snapshot();
                         if (p.done, p.pass) != last && p.active {
                             last = (p.done, p.pass);
                             let data = json!({

@@ -13,7 +13,6 @@ use super::worker::{Outcome, Rejected, Work};
 use super::{txt2img, Shared};
 use hiresfix_engine::profile::Profile;
 use hiresfix_engine::registry::display_name;
-use hiresfix_engine::run::CANCELLED;
 
 /// A request body as a JSON object; a body over the limit is a 413 naming the limit, one
 /// that is not declared JSON a 415 (a web page can post `text/plain` anywhere without asking).
@@ -330,14 +329,14 @@ pub async fn progress(State(state): State<Shared>) -> Json<Value> {
         .queue
         .running
         .load(std::sync::atomic::Ordering::SeqCst);
-    let p = hiresfix_engine::progress::snapshot();
+    let p = state.queue.observer.snapshot();
     let active = running && p.active;
     Json(json!({
         "progress": if active { p.fraction() } else { 0.0 },
         "eta_relative": if active { p.eta() } else { 0.0 },
         "state": {
             "skipped": false,
-            "interrupted": CANCELLED.load(std::sync::atomic::Ordering::SeqCst),
+            "interrupted": state.queue.observer.cancelled(),
             "stopping_generation": false,
             "job": if running { "txt2img" } else { "" },
             "job_count": jobs,

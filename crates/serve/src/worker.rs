@@ -14,7 +14,8 @@ use hiresfix_engine::errors::one_line;
 use hiresfix_engine::generate::{generate_in_memory, Models, Rendered};
 use hiresfix_engine::profile::Profile;
 use hiresfix_engine::registry::Registry;
-use hiresfix_engine::run::CANCELLED;
+
+use crate::progress::JobObserver;
 
 /// One generation request.
 pub struct Work {
@@ -48,6 +49,8 @@ pub struct Queue {
     /// Held while the running job changes, so an interrupt reaches the job that was running
     /// when it was asked, and a shutdown is never missed by a starting job.
     switch: Arc<std::sync::Mutex<()>>,
+    /// The running job's progress and stop flag (the engine's observer).
+    pub observer: Arc<JobObserver>,
 }
 
 /// Why a job was not queued.
@@ -89,7 +92,7 @@ impl Queue {
         let _switch = self.switch.lock().unwrap_or_else(|e| e.into_inner());
         let running = self.running.load(Ordering::SeqCst);
         if running {
-            CANCELLED.store(true, Ordering::SeqCst);
+            self.observer.cancel();
         }
         running
     }
@@ -99,7 +102,7 @@ impl Queue {
     pub fn shut_down(&self) {
         let switch = self.switch.lock().unwrap_or_else(|e| e.into_inner());
         self.shutting_down.store(true, Ordering::SeqCst);
-        CANCELLED.store(true, Ordering::SeqCst);
+        self.observer.cancel();
         drop(switch);
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
@@ -122,12 +125,14 @@ pub fn start(
         capacity,
         shutting_down: Arc::new(AtomicBool::new(false)),
         switch: Arc::new(std::sync::Mutex::new(())),
+        observer: Arc::new(JobObserver::default()),
     };
     let flags = Flags {
         waiting: queue.waiting.clone(),
         running: queue.running.clone(),
         shutting_down: queue.shutting_down.clone(),
         switch: queue.switch.clone(),
+        observer: queue.observer.clone(),
     };
     let handle = std::thread::Builder::new()
         .name("hiresfix-generate".into())
@@ -140,6 +145,7 @@ struct Flags {
     running: Arc<AtomicBool>,
     shutting_down: Arc<AtomicBool>,
     switch: Arc<std::sync::Mutex<()>>,
+    observer: Arc<JobObserver>,
 }
 
 impl Flags {
@@ -149,7 +155,7 @@ impl Flags {
         if self.shutting_down.load(Ordering::SeqCst) {
             return false;
         }
-        CANCELLED.store(false, Ordering::SeqCst);
+        self.observer.clear_cancel();
         self.running.store(true, Ordering::SeqCst);
         true
     }
@@ -158,7 +164,7 @@ impl Flags {
         let _switch = self.switch.lock().unwrap_or_else(|e| e.into_inner());
         self.running.store(false, Ordering::SeqCst);
         if !self.shutting_down.load(Ordering::SeqCst) {
-            CANCELLED.store(false, Ordering::SeqCst);
+            self.observer.clear_cancel();
         }
     }
 }
@@ -171,7 +177,8 @@ fn serve_jobs(
     keep: usize,
     quiet: bool,
 ) {
-    let mut models = Models::new(registry);
+    let observer = flags.observer.clone();
+    let mut models = Models::observed(registry, observer.as_ref());
     for work in rx {
         flags.waiting.fetch_sub(1, Ordering::SeqCst);
         if work.reply.is_closed() {
@@ -187,17 +194,17 @@ fn serve_jobs(
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
             generate_in_memory(work.profile, registry, &base_dir, &mut models, quiet)
         }));
-        hiresfix_engine::progress::end_job();
+        observer.end_job();
         let outcome = match run {
             Ok(Ok(images)) => Outcome::Done(images),
-            Ok(Err(e)) if CANCELLED.load(Ordering::SeqCst) => Outcome::Interrupted(e.images),
+            Ok(Err(e)) if observer.cancelled() => Outcome::Interrupted(e.images),
             Ok(Err(e)) if e.before_sampling && !is_server_side(&e.error) => {
                 Outcome::Refused(one_line(&e.error))
             }
             Ok(Err(e)) => Outcome::Failed(one_line(&e.error)),
             Err(_) => {
                 // A bug in the host: the cache may be half-updated, so it starts afresh.
-                models = Models::new(registry);
+                models = Models::observed(registry, observer.as_ref());
                 Outcome::Failed(
                     "the generation thread panicked; the job was dropped and the server goes on"
                         .into(),

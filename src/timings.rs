@@ -1,21 +1,13 @@
 //! Phase timings for the benchmark (`scripts/bench`): with `HIRESFIX_TIMINGS=FILE` set, the
 //! seconds spent in each phase (load, text encode, each pass's sampling, upscale, VAE decode,
-//! PNG) and the process's peak resident memory are written to FILE as JSON when the command
-//! ends. Without it, recording costs a clock read per phase.
+//! PNG: what the engine reports to the command line's observer) and the process's peak
+//! resident memory are written to FILE as JSON when the command ends.
 use std::sync::Mutex;
-use std::time::Instant;
 
 static PHASES: Mutex<Vec<(String, f64)>> = Mutex::new(Vec::new());
 
-/// Runs `f`, adding its wall time to phase `name`.
-pub fn time<T>(name: &str, f: impl FnOnce() -> T) -> T {
-    let start = Instant::now();
-    let out = f();
-    add(name, start.elapsed().as_secs_f64());
-    out
-}
-
-fn add(name: &str, seconds: f64) {
+/// Adds `seconds` to phase `name`.
+pub fn add(name: &str, seconds: f64) {
     let mut phases = PHASES.lock().unwrap_or_else(|p| p.into_inner());
     match phases.iter_mut().find(|(n, _)| n == name) {
         Some((_, total)) => *total += seconds,
