@@ -10,7 +10,11 @@ use crate::layers::{conv2d, group_norm, Conv2d};
 pub(super) const EPS: f64 = 1e-6;
 
 /// GroupNorm (statistics as `stats` says) → SiLU, the pre-activation before most VAE convs.
-pub(super) fn norm_silu(norm: &nn::GroupNorm, x: &Tensor, stats: &mut GroupNormStats) -> Result<Tensor> {
+pub(super) fn norm_silu(
+    norm: &nn::GroupNorm,
+    x: &Tensor,
+    stats: &mut GroupNormStats,
+) -> Result<Tensor> {
     let mut h = norm::group_norm(norm, EPS, x, stats)?;
     let _ = h.silu_();
     Ok(h)
