@@ -354,7 +354,6 @@ pub trait Backend: Sized + 'static {
     fn nonfinite_cause(&self) -> String {
         "the model's output overflowed".into()
     }
-
 }
 
 /// The command-line tools of a family (optional: a backend without them generates images;
