@@ -29,7 +29,7 @@ pub use backend::{
 pub use backend_decl::BackendDecl;
 pub use error::{Error, Result};
 pub use model_box::ModelBox;
-pub use options::{OptionEntry, OptionValue, Options};
+pub use options::{keys, OptionEntry, OptionValue, Options};
 pub use patch::{HookCtx, PassSigmas, Patch, PatchBox, PatchDecl, PatchModel};
 pub use plugin::{Handshake, PluginModule, PluginRef};
 pub use sampler::{SampleCtx, Sampler, SamplerCallbacks, SamplerDecl};

@@ -19,6 +19,14 @@ pub struct OptionEntry {
     pub value: OptionValue,
 }
 
+/// The keys of `extra` lists added in 1.x, each with the version that added it (a side that
+/// does not know a key ignores it; a missing key means "not known").
+pub mod keys {
+    /// `ModelInfo.extra` and `PatchModel.extra` (1.1.0): the UNet's number of input blocks
+    /// (`input_blocks.0` … `input_blocks.N-1`), for patches that name a block.
+    pub const UNET_INPUT_BLOCKS: &str = "unet_input_blocks";
+}
+
 /// Read access to the options a plugin received; a missing key yields the default.
 #[derive(Clone, Copy)]
 pub struct Options<'a>(pub &'a [OptionEntry]);
@@ -29,6 +37,14 @@ impl<'a> Options<'a> {
             .iter()
             .find(|e| e.key.as_str() == key)
             .map(|e| &e.value)
+    }
+
+    /// The number under `key`, if there is one (a fact of an `extra` list).
+    pub fn get_number(&self, key: &str) -> Option<f64> {
+        match self.get(key) {
+            Some(OptionValue::Number(v)) => Some(*v),
+            _ => None,
+        }
     }
 
     pub fn number(&self, key: &str, default: f64) -> Result<f64> {

@@ -31,36 +31,42 @@ pub fn extract_loras(prompt: &str) -> Result<(String, Vec<LoraTag>), String> {
     Ok((tags.text, tags.loras))
 }
 
-/// [`extract_loras`], keeping the other tags.
+/// [`extract_loras`], keeping the other tags. Linear in the prompt's length: each `<` reads only
+/// its own word run, and the position of the next `>` is found once and reused until passed
+/// (a prompt of a million `<a:` is no slower than one of a million letters).
 pub fn extract_tags(prompt: &str) -> Result<Tags, String> {
     let mut out = Tags::default();
-    let mut rest = prompt;
-    while let Some(open) = rest.find('<') {
-        out.text.push_str(&rest[..open]);
-        let tail = &rest[open + 1..];
-        let tag = tail.find('>').and_then(|close| {
-            let (kind, args) = tail[..close].split_once(':')?;
-            let valid = !kind.is_empty()
-                && kind.chars().all(|c| c.is_alphanumeric() || c == '_')
-                && !args.is_empty();
-            valid.then_some((kind, args, close))
-        });
-        match tag {
-            Some((kind, args, close)) => {
+    let mut at = 0;
+    // The next `>` at or after a position; `None` once there is none left.
+    let mut close: Option<usize> = Some(0);
+    while let Some(offset) = prompt[at..].find('<') {
+        let open = at + offset;
+        out.text.push_str(&prompt[at..open]);
+        let kind_end = prompt[open + 1..]
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .map_or(prompt.len(), |n| open + 1 + n);
+        let colon =
+            (kind_end > open + 1 && prompt[kind_end..].starts_with(':')).then_some(kind_end);
+        if close.is_some_and(|c| c <= open) {
+            close = prompt[open..].find('>').map(|n| open + n);
+        }
+        match (colon, close) {
+            (Some(colon), Some(end)) if end > colon + 1 => {
+                let (kind, args) = (&prompt[open + 1..colon], &prompt[colon + 1..end]);
                 let text = format!("<{kind}:{args}>");
                 match kind {
                     "lora" => out.loras.push(parse_lora_args(args, text)?),
                     _ => out.others.push(text),
                 }
-                rest = &tail[close + 1..];
+                at = end + 1;
             }
-            None => {
+            _ => {
                 out.text.push('<');
-                rest = tail;
+                at = open + 1;
             }
         }
     }
-    out.text.push_str(rest);
+    out.text.push_str(&prompt[at..]);
     Ok(out)
 }
 
@@ -138,5 +144,22 @@ mod tests {
             .unwrap_err()
             .contains("weight `abc` is not a number"));
         assert_eq!(extract_loras("a < b > c").unwrap().0, "a < b > c");
+        // `[^>]+` takes a `<` into the arguments, as A1111's regex does.
+        assert_eq!(extract_loras("<lora:a<b>").unwrap().1[0].name, "a<b");
+        assert_eq!(extract_tags("<x:>y<é_1:z>").unwrap().others, ["<é_1:z>"]);
+        assert_eq!(extract_tags("<x:>y<é_1:z>").unwrap().text, "<x:>y");
+    }
+
+    #[test]
+    fn a_prompt_of_unclosed_tags_is_read_in_linear_time() {
+        // Quadratic scanning would take minutes on 4 MB; linear takes milliseconds.
+        let prompt = "<lora:".repeat(700_000);
+        let tags = extract_tags(&prompt).unwrap();
+        assert_eq!(tags.text.len(), prompt.len());
+        assert!(tags.loras.is_empty());
+        let closed = format!("{}>", "<a:".repeat(1_000_000));
+        let tags = extract_tags(&closed).unwrap();
+        assert_eq!(tags.others.len(), 1);
+        assert_eq!(tags.others[0].len(), closed.len());
     }
 }

@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::limits::MAX_JOBS;
 use crate::profile::Profile;
 
 /// The file as written.
@@ -67,6 +68,19 @@ pub fn load(path: &Path) -> Result<Jobs> {
             path.display()
         );
     }
+    let mut total: u64 = 0;
+    for (t, table) in file.jobs.iter().enumerate() {
+        let count = product_len(table);
+        total = total.saturating_add(count);
+        if total > MAX_JOBS {
+            bail!(
+                "job file {}: [[jobs]] table {} brings the jobs to {} (at most {MAX_JOBS}) — split the file and run the parts one after another",
+                path.display(),
+                t + 1,
+                if count == u64::MAX { "more than 2^64".to_owned() } else { total.to_string() }
+            );
+        }
+    }
     let mut jobs = Vec::new();
     for (t, table) in file.jobs.iter().enumerate() {
         for sets in expand(table)
@@ -85,6 +99,14 @@ pub fn load(path: &Path) -> Result<Jobs> {
         jobs,
         base_dir: profile_path.parent().unwrap_or(Path::new("")).to_path_buf(),
         base,
+    })
+}
+
+/// The number of jobs a table expands to (saturating), counted before any is built.
+fn product_len(table: &toml::Table) -> u64 {
+    table.values().fold(1u64, |n, v| match v {
+        toml::Value::Array(list) => n.saturating_mul(list.len() as u64),
+        _ => n,
     })
 }
 

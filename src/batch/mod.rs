@@ -241,14 +241,37 @@ fn write_outputs(images: &[Rendered], names: &[String], out: &Path, id: &str) ->
         if verified(&path, id) {
             continue;
         }
-        let _ = std::fs::remove_file(&path);
         let png = crate::output::add_text_chunk(&image.png, JOB_CHUNK, id)?;
-        let written = crate::output::write_new_file(&path, &png)?;
-        if written != path {
-            bail!("{} was taken while writing", path.display());
-        }
+        replace_file(&path, &png)?;
     }
     Ok(())
+}
+
+/// Writes `bytes` at `path` in one step: a temporary file beside it, renamed over it. Workers
+/// that run the same job at once (the same shard started twice) each rename the same image
+/// there; none sees a half-written file, and none picks another name.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{name}.{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = std::fs::File::create(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    let placed = written.and_then(|()| std::fs::rename(&tmp, path));
+    if placed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    placed.with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// `--devices`: one worker process per device over this shard; fails if any worker failed.

@@ -6,6 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::{base_dir, load_profile, print_written, registry_for, warn_refused};
 use crate::generate::render_one;
+use crate::limits::MAX_GRID_CELLS;
 use crate::models::Models;
 use crate::output;
 use crate::sheet;
@@ -79,6 +80,10 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
     let sheet_path = args.output.clone().unwrap_or_else(|| "grid.png".into());
     let sheet_path = output::checked_template(&sheet_path)?;
     let rows = y.as_ref().map_or(1, |y| y.values.len());
+    let cells = (rows as u64).saturating_mul(x.values.len() as u64);
+    if cells > MAX_GRID_CELLS {
+        bail!("--x/--y: {} × {rows} = {cells} grid cells (at most {MAX_GRID_CELLS}) — use fewer values, or several grids", x.values.len());
+    }
     // Every cell's profile first: a bad value fails before anything loads.
     let mut profiles = Vec::new();
     for r in 0..rows {

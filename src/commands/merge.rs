@@ -13,9 +13,8 @@ use crate::registry::Registry;
 fn input(arg: &str, default: Option<f64>) -> Result<(PathBuf, f64)> {
     if let Some((path, weight)) = arg.rsplit_once(':') {
         if let Ok(w) = weight.trim().parse::<f64>() {
-            if !w.is_finite() {
-                bail!("merge input `{arg}`: the weight is not a finite number");
-            }
+            let w = crate::defaults::weight(w)
+                .map_err(|what| anyhow!("merge input `{}`: {what}", crate::errors::echo(arg)))?;
             return Ok((PathBuf::from(path), w));
         }
     }

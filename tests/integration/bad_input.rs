@@ -526,7 +526,65 @@ const CASES: &[Case] = &[
     Case { name: "the sampler plugin refused by its pin", code: 1, expect: "(refused plugin libhiresfix_samplers_kdiff.so: sha256",
         setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_samplers_kdiff.so\" = \"00\"", "", "") },
     Case { name: "the model backend refused by its pin", code: 1, expect: "no model backend plugin was found; see `hiresfix plugins` (refused plugin libhiresfix_sd.so",
-        setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_sd.so\" = \"00\"", "", "") },
+        setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_sd.so\" = \"00\"", "", "") },    // --- round 3: weights, expansions before limits, bounded echoes ---
+    Case { name: "LoRA weight NaN in the profile", code: 1, expect: "a weight must be a number between -100 and 100",
+        setup: |sc| profile_edit(sc, |p| p.replace("[model]", "[model]\nloras = [{ path = \"x.safetensors\", weight = nan }]")) },
+    Case { name: "LoRA weight 1e308 in the profile", code: 1, expect: "a weight must be a number between -100 and 100",
+        setup: |sc| profile_edit(sc, |p| p.replace("[model]", "[model]\nloras = [{ path = \"x.safetensors\", weight = 1e308 }]")) },
+    Case { name: "pass LoRA weight of -1e9", code: 1, expect: "a weight must be a number between -100 and 100",
+        setup: |sc| generate(sc, &tiny_ldm(), "", "", "loras = [{ path = \"x.safetensors\", weight = -1e9 }]") },
+    Case { name: "merge weight inf in the profile", code: 1, expect: "a weight must be a number between -100 and 100",
+        setup: |sc| profile_edit(sc, |p| p.replace("[model]", "[model]\nmerge = [{ checkpoint = \"a.safetensors\", weight = inf }, { checkpoint = \"b.safetensors\", weight = 0.5 }]")) },
+    Case { name: "merge command weight 1e300", code: 1, expect: ":1e300`: a weight must be a number between -100 and 100",
+        setup: |sc| {
+            let out = sc.path("merged.safetensors");
+            s(&["merge", out.to_str().unwrap(), &format!("{}:1e300", tiny_ldm().display()), &format!("{}:0.5", tiny_ldm().display())])
+        } },
+    Case { name: "LoRA tag weight 1e308", code: 1, expect: "pass 1: <lora:detail:1e308>: weight 1e308: a weight must be a number between -100 and 100",
+        setup: |sc| profile_edit(sc, |p| p.replace("a photo of a cat", "a photo of a cat <lora:detail:1e308>")) },
+    Case { name: "LoRA tag UNet weight -500", code: 1, expect: "<lora:detail:0.5:-500>: weight -500: a weight must be",
+        setup: |sc| profile_edit(sc, |p| p.replace("a photo of a cat", "a photo of a cat <lora:detail:0.5:-500>")) },
+    Case { name: "LoRA tag weight NaN", code: 1, expect: "<lora:detail:nan>: weight `nan` is not a number",
+        setup: |sc| profile_edit(sc, |p| p.replace("a photo of a cat", "a photo of a cat <lora:detail:nan>")) },
+    Case { name: "65 LoRA tags in one prompt", code: 1, expect: "pass 1: 65 LoRAs (at most 64)",
+        setup: |sc| {
+            let tags: String = (0..65).map(|i| format!("<lora:l{i}:0.1> ")).collect();
+            profile_edit(sc, |p| p.replace("a photo of a cat", &tags))
+        } },
+    Case { name: "deep_shrink block past the UNet", code: 1, expect: "deep_shrink: block = 30 does not exist — this model's UNet has input blocks 0 to",
+        setup: |sc| generate(sc, &tiny_ldm(), "", "", "patches = [{ name = \"deep_shrink\", block = 30 }]") },
+    Case { name: "patch option a tiny float", code: 1, expect: "option `factor` must be between 0.1 and 9, got 1e-300",
+        setup: |sc| generate(sc, &tiny_ldm(), "", "", "patches = [{ name = \"deep_shrink\", factor = 1e-300 }]") },
+    Case { name: "check: denoise 1e-300", code: 1, expect: "pass 2: denoise 1e-300 with 2 steps builds a schedule of 2e300 steps (at most 10000)",
+        setup: |sc| check_edit(sc, |p| p.replace("denoise = 0.5", "denoise = 1e-300")) },
+    Case { name: "a 1 MB sampler name", code: 1, expect: "pass 1",
+        setup: |sc| generate(sc, &tiny_ldm(), "", &format!("sampler = \"{}\"", "s".repeat(1 << 20)), "") },
+    Case { name: "a 1 MB checkpoint path", code: 1, expect: "not found",
+        setup: |sc| generate(sc, Path::new(&"c".repeat(1 << 20)), "", "", "") },
+    Case { name: "a 4 MB prompt of unclosed tags", code: 1, expect: "prompt is 4200000 characters long (at most 20000)",
+        setup: |sc| profile_edit(sc, |p| p.replace("a photo of a cat", &"<lora:".repeat(700_000))) },
+    Case { name: "batch: a job file of 4 billion jobs", code: 1, expect: "[[jobs]] table 1 brings the jobs to 4096000000 (at most 100000)",
+        setup: |sc| {
+            sc.write("base.toml", "seed = 1");
+            let list = format!("[{}]", (1..=40).map(|v| v.to_string()).collect::<Vec<_>>().join(","));
+            let table: String = ["seed", "cfg", "batch", "a", "b", "c"].iter().map(|k| format!("{k} = {list}\n")).collect();
+            let jobs = sc.write("jobs.toml", &format!("profile = \"base.toml\"\n[[jobs]]\n{table}"));
+            s(&["batch", jobs.to_str().unwrap(), "--shard", "0/1000"])
+        } },
+    Case { name: "batch: two tables over the limit together", code: 1, expect: "[[jobs]] table 2 brings the jobs to 160000 (at most 100000)",
+        setup: |sc| {
+            sc.write("base.toml", "seed = 1");
+            let list = format!("[{}]", (1..=400).map(|v| v.to_string()).collect::<Vec<_>>().join(","));
+            let table = format!("[[jobs]]\nseed = {list}\ncfg = [{}]\n", (1..=200).map(|v| v.to_string()).collect::<Vec<_>>().join(","));
+            let jobs = sc.write("jobs.toml", &format!("profile = \"base.toml\"\n{table}{table}"));
+            s(&["batch", jobs.to_str().unwrap()])
+        } },
+    Case { name: "grid of 40 × 40 cells", code: 1, expect: "--x/--y: 40 × 40 = 1600 grid cells (at most 1000)",
+        setup: |sc| {
+            let profile = scratch_profile(sc);
+            let values = (1..=40).map(|v| v.to_string()).collect::<Vec<_>>().join(",");
+            s(&["grid", &profile, "--x", &format!("seed={values}"), "--y", &format!("cfg={values}")])
+        } },
 ];
 
 fn run_case(case: &Case) -> Result<(), String> {

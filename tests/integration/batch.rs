@@ -307,3 +307,84 @@ fn the_kubernetes_index_reaches_the_shard() {
         (12, 12)
     );
 }
+
+#[test]
+fn three_runs_of_one_shard_at_once_leave_each_image_once() {
+    let scratch = setup("batch-race");
+    scratch.write(
+        "jobs.toml",
+        "profile = \"base.toml\"\n[[jobs]]\nseed = [1, 2, 3, 4]\n",
+    );
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_hiresfix"))
+            .current_dir(&scratch.0)
+            .args(["-q", "batch", "jobs.toml", "--out", "out"])
+            .env_remove("HIRESFIX_PLUGIN_PATH")
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .env_remove("JOB_COMPLETION_INDEX")
+            .env("HIRESFIX_CACHE_DIR", repo().join("target/test-cache"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let runs: Vec<_> = (0..3).map(|_| spawn()).collect();
+    for run in runs {
+        let out = run.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let names: Vec<String> = std::fs::read_dir(scratch.path("out"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("manifest"))
+        .collect();
+    assert_eq!(names.len(), 4, "one image per job, nothing else: {names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| n.len() == "0123456789abcdef.png".len()),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn a_job_file_of_billions_of_jobs_is_refused_before_it_is_expanded() {
+    let scratch = setup("batch-product");
+    let values: Vec<String> = (1..=40).map(|v| v.to_string()).collect();
+    let list = format!("[{}]", values.join(", "));
+    let keys = [
+        "seed",
+        "cfg",
+        "pass.1.steps",
+        "pass.2.steps",
+        "batch",
+        "pass.1.clip_skip",
+    ];
+    let table: String = keys.iter().map(|k| format!("\"{k}\" = {list}\n")).collect();
+    scratch.write(
+        "jobs.toml",
+        &format!("profile = \"base.toml\"\n[[jobs]]\n{table}"),
+    );
+    let (code, err, peak_mib) = crate::common::rss::run_with_peak_rss(
+        Command::new(env!("CARGO_BIN_EXE_hiresfix"))
+            .current_dir(&scratch.0)
+            .args([
+                "-q",
+                "batch",
+                "jobs.toml",
+                "--shard",
+                "0/1000",
+                "--out",
+                "out",
+            ])
+            .env_remove("HIRESFIX_PLUGIN_PATH"),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("brings the jobs to 4096000000 (at most 100000)"),
+        "{err}"
+    );
+    assert!(peak_mib < 300.0, "peak RSS {peak_mib:.0} MiB");
+    assert!(!scratch.path("out").exists(), "nothing written");
+}

@@ -1,5 +1,5 @@
-//! Every default and every range rule of a profile, in one place (a leaf: it imports no other
-//! module, so every other may use it). A TOML profile checks each field against these rules as
+//! Every default and every range rule of a profile, in one place (a leaf: it imports only
+//! [`crate::errors`], so every other module may use it). A TOML profile checks each field against these rules as
 //! it parses; a profile made otherwise — a server request (`hiresfix-serve`), an imported
 //! A1111 infotext ([`crate::import`]) — is checked with `Profile::validate`; and every
 //! profile, wherever it came from, is filled by `Profile::resolve` before it is planned. The
@@ -69,6 +69,9 @@ pub const MAX_SCALE: f64 = 16.0;
 pub const MAX_STEPS: u32 = 10_000;
 /// Largest CFG scale.
 pub const MAX_CFG: f64 = 100.0;
+/// Largest LoRA or merge weight, either sign (A1111 takes any number; past this no trained
+/// LoRA gives an image, and fp32 weights overflow to inf).
+pub const MAX_WEIGHT: f64 = 100.0;
 
 /// A range rule: the value, or the sentence saying what it must be.
 pub type Rule<T> = fn(T) -> Result<T, String>;
@@ -115,6 +118,13 @@ pub fn cfg(v: f64) -> Result<f64, String> {
     })
 }
 
+/// A LoRA's or a merge's weight: finite, at most [`MAX_WEIGHT`] either way.
+pub fn weight(v: f64) -> Result<f64, String> {
+    rule(v, v.is_finite() && v.abs() <= MAX_WEIGHT, || {
+        format!("a weight must be a number between -{MAX_WEIGHT} and {MAX_WEIGHT}")
+    })
+}
+
 /// A count that starts at 1 (`batch`, `clip_skip`).
 pub fn at_least_one(v: u32) -> Result<u32, String> {
     rule(v, v >= 1, || "must be at least 1".into())
@@ -144,7 +154,7 @@ impl std::error::Error for Invalid {}
 pub fn check<T: fmt::Display + Copy>(key: &str, value: T, rule: Rule<T>) -> Result<T, Invalid> {
     rule(value).map_err(|what| Invalid {
         key: key.to_owned(),
-        message: format!("{key} = {value}: {what}"),
+        message: format!("{key} = {}: {what}", crate::errors::shown(value)),
     })
 }
 

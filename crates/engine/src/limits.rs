@@ -3,6 +3,7 @@
 //! or a seed past i64. Each is one line with the limit and the fix.
 use anyhow::{bail, Result};
 
+use crate::errors::num;
 use crate::profile::Profile;
 
 /// Passes in one job.
@@ -15,6 +16,14 @@ pub const MAX_SIDE: f64 = crate::defaults::MAX_SIZE as f64;
 pub const MAX_BATCH: u32 = 10_000;
 /// Characters in one prompt (about 60 chunks of 75 tokens).
 pub const MAX_PROMPT_CHARS: usize = 20_000;
+/// Jobs one job file expands to (the cartesian products of its tables, counted before any is
+/// built: each job's shard comes from its resolved profile).
+pub const MAX_JOBS: u64 = 100_000;
+/// Cells of one `grid` (columns × rows), counted before any is built: each is an image, and
+/// the contact sheet holds them all.
+pub const MAX_GRID_CELLS: u64 = 1_000;
+/// LoRAs applied in one pass (profile entries and prompt tags together).
+pub const MAX_LORAS: usize = 64;
 
 /// What can be checked on the profile alone.
 pub fn check_profile(profile: &Profile) -> Result<()> {
@@ -73,7 +82,10 @@ pub fn schedule_steps(pass: usize, steps: usize, denoise: f64) -> Result<usize> 
     if !total.is_finite() || total > MAX_SCHEDULE_STEPS as f64 {
         let least = steps as f64 / MAX_SCHEDULE_STEPS as f64;
         bail!(
-            "pass {pass}: denoise {denoise} with {steps} steps builds a schedule of {total:.0} steps (at most {MAX_SCHEDULE_STEPS}) — raise denoise to at least {least} or lower steps"
+            "pass {pass}: denoise {} with {steps} steps builds a schedule of {} steps (at most {MAX_SCHEDULE_STEPS}) — raise denoise to at least {} or lower steps",
+            num(denoise),
+            num(total.round()),
+            num(least)
         );
     }
     Ok(total as usize)

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use host_api::prompt::extract_tags;
 
+use crate::defaults;
+use crate::errors::{echo, num};
+use crate::limits::MAX_LORAS;
 use crate::profile::{resolve_path, Pass, Profile};
 
 /// How deep below a LoRA folder files are looked for.
@@ -85,7 +88,27 @@ pub fn pass_loras(
     }
     let tags = extract_tags(prompt).map_err(|e| anyhow!("pass {number}: {e}"))?;
     if let Some(other) = tags.others.first() {
-        bail!("pass {number}: prompt tag {other} is not supported (only <lora:…>) — remove it");
+        bail!(
+            "pass {number}: prompt tag {} is not supported (only <lora:…>) — remove it",
+            echo(other)
+        );
+    }
+    let count = set.len() + tags.loras.len();
+    if count > MAX_LORAS {
+        bail!(
+            "pass {number}: {count} LoRAs (at most {MAX_LORAS}) — merge some into the checkpoint"
+        );
+    }
+    for tag in &tags.loras {
+        for w in [tag.te, tag.unet] {
+            defaults::weight(w).map_err(|what| {
+                anyhow!(
+                    "pass {number}: {}: weight {}: {what}",
+                    echo(&tag.text),
+                    num(w)
+                )
+            })?;
+        }
     }
     let dirs = lora_dirs(profile, base_dir);
     for tag in tags.loras {
@@ -102,8 +125,8 @@ pub fn pass_loras(
             };
             anyhow!(
                 "pass {number}: {}: no LoRA file {}.safetensors ({searched})",
-                tag.text,
-                tag.name
+                echo(&tag.text),
+                echo(&tag.name)
             )
         })?;
         set.push(ResolvedLora {

@@ -165,6 +165,7 @@ impl PredictionChoice {
 #[serde(deny_unknown_fields)]
 pub struct MergeEntry {
     pub checkpoint: String,
+    #[serde(deserialize_with = "weight")]
     pub weight: f64,
 }
 
@@ -172,7 +173,7 @@ pub struct MergeEntry {
 #[serde(deny_unknown_fields)]
 pub struct LoraEntry {
     pub path: String,
-    #[serde(default = "default_lora_weight")]
+    #[serde(default = "default_lora_weight", deserialize_with = "weight")]
     pub weight: f64,
 }
 
@@ -284,6 +285,9 @@ fn checked<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 
 fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     checked(d, defaults::at_least_one)
+}
+fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    checked(d, defaults::weight)
 }
 fn cfg_scale<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     checked(d, defaults::cfg)
@@ -487,8 +491,29 @@ impl Profile {
             self.model.clip_skip,
             defaults::at_least_one,
         )?;
+        for (i, m) in self.model.merge.iter().flatten().enumerate() {
+            check(
+                &format!("model.merge.{}.weight", i + 1),
+                m.weight,
+                defaults::weight,
+            )?;
+        }
+        for (i, l) in self.model.loras.iter().enumerate() {
+            check(
+                &format!("model.loras.{}.weight", i + 1),
+                l.weight,
+                defaults::weight,
+            )?;
+        }
         for (i, pass) in self.passes.iter().enumerate() {
             let key = |k: &str| format!("pass.{}.{k}", i + 1);
+            for (j, l) in pass.loras.iter().flatten().enumerate() {
+                check(
+                    &key(&format!("loras.{}.weight", j + 1)),
+                    l.weight,
+                    defaults::weight,
+                )?;
+            }
             for (k, side) in [("width", pass.width), ("height", pass.height)] {
                 if let Some(v) = side {
                     check(&key(k), v, defaults::size)?;

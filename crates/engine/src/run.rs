@@ -143,7 +143,13 @@ pub fn run_batch(
         let (model, info) = models.for_pass(settings, plan)?;
         match &family {
             Some((f, base)) => crate::switch::same_family(plan, &info.family, base, f)?,
-            None => family = Some((info.family.to_string(), plan)),
+            None => {
+                // Every pass's patches against this model's facts, before the first step.
+                for later in plans.iter().skip(i) {
+                    make_patches(&info, later)?;
+                }
+                family = Some((info.family.to_string(), plan))
+            }
         }
         let device = latent_device(&info);
         let table = ModelSigmas::new(info.sigmas.to_vec())
@@ -245,21 +251,7 @@ fn set_patches(
     plan: &PassPlan<'_>,
     sigmas: &[f64],
 ) -> Result<()> {
-    let target = PatchModel {
-        family: info.family.clone(),
-        sigmas: info.sigmas.clone(),
-        extra: Default::default(),
-    };
-    let patches = plan
-        .patches
-        .iter()
-        .map(|p| {
-            p.entry.decl.create(&p.options, &target).map_err(|e| {
-                let (name, file) = (&p.entry.decl.name, p.entry.file.display());
-                anyhow!("pass {}: patch `{name}` ({file}): {e}", plan.number)
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let patches = make_patches(info, plan)?;
     let range = PassSigmas {
         max: sigmas.first().copied().unwrap_or(0.0),
         min: sigmas.last().copied().unwrap_or(0.0),
@@ -267,6 +259,26 @@ fn set_patches(
     model
         .set_patches(patches, range)
         .map_err(|e| anyhow!("pass {}: {e}", plan.number))
+}
+
+/// The pass's patches made for the model `info` describes: an option the model cannot take
+/// (a block past its UNet's) is refused here, never ignored.
+fn make_patches(info: &ModelInfo, plan: &PassPlan<'_>) -> Result<Vec<host_api::PatchBox>> {
+    let target = PatchModel {
+        family: info.family.clone(),
+        sigmas: info.sigmas.clone(),
+        // The model's facts added in 1.x (e.g. `unet_input_blocks`) reach the patches as given.
+        extra: info.extra.clone(),
+    };
+    plan.patches
+        .iter()
+        .map(|p| {
+            p.entry.decl.create(&p.options, &target).map_err(|e| {
+                let (name, file) = (&p.entry.decl.name, p.entry.file.display());
+                anyhow!("pass {}: patch `{name}` ({file}): {e}", plan.number)
+            })
+        })
+        .collect::<Result<Vec<_>>>()
 }
 
 fn plugin_error(

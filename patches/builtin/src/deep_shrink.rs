@@ -4,7 +4,7 @@
 //! the model's comfortable size; every output-block input whose size differs from its skip
 //! is resized back to the skip's size.
 use host_api::tch::Tensor;
-use host_api::{Error, HookCtx, Options, Patch, PatchModel, Result};
+use host_api::{keys, Error, HookCtx, Options, Patch, PatchModel, Result};
 
 use crate::options::{py_float, whole, within};
 
@@ -112,8 +112,18 @@ impl Patch for DeepShrink {
                 "deep_shrink: end ({end}) is before start ({start})"
             )));
         }
+        let block = whole(&options, "block", 3)?;
+        // Known once the model is (the host's plan-time probe has no model: then unchecked).
+        if let Some(blocks) = Options(&model.extra).get_number(keys::UNET_INPUT_BLOCKS) {
+            if f64::from(block) >= blocks {
+                return Err(Error(format!(
+                    "deep_shrink: block = {block} does not exist — this model's UNet has input blocks 0 to {} (3 is the usual choice)",
+                    blocks - 1.0
+                )));
+            }
+        }
         Ok(Self {
-            block: whole(&options, "block", 3)?,
+            block,
             factor: within(&options, "factor", 2.0, 0.1, 9.0)?,
             start,
             end,

@@ -7,7 +7,8 @@ pub fn whole(options: &Options<'_>, key: &str, default: u32) -> Result<u32> {
     match v >= 0.0 && v.fract() == 0.0 && v <= u32::MAX as f64 {
         true => Ok(v as u32),
         false => Err(Error(format!(
-            "option `{key}` must be a whole number ≥ 0, got {v}"
+            "option `{key}` must be a whole number ≥ 0, got {}",
+            short(v)
         ))),
     }
 }
@@ -18,8 +19,18 @@ pub fn within(options: &Options<'_>, key: &str, default: f64, lo: f64, hi: f64) 
     match v.is_finite() && (lo..=hi).contains(&v) {
         true => Ok(v),
         false => Err(Error(format!(
-            "option `{key}` must be between {lo} and {hi}, got {v}"
+            "option `{key}` must be between {lo} and {hi}, got {}",
+            short(v)
         ))),
+    }
+}
+
+/// A number as an error message writes it: `1e-300`, not three hundred digits.
+fn short(v: f64) -> String {
+    let plain = v.to_string();
+    match plain.len() <= 16 {
+        true => plain,
+        false => format!("{v:e}"),
     }
 }
 

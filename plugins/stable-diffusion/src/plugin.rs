@@ -5,7 +5,9 @@ use std::path::Path;
 
 use host_api::backend::device_name;
 use host_api::tch::Tensor;
-use host_api::{Backend, EncodeRequest, Error, LoadRequest, ModelInfo, Result};
+use host_api::{
+    keys, Backend, EncodeRequest, Error, LoadRequest, ModelInfo, OptionEntry, OptionValue, Result,
+};
 
 use crate::checkpoint::Checkpoint;
 use crate::families::{sd1, sd2, sdxl, Family, Prediction};
@@ -100,7 +102,11 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
             dtype: format!("{:?}", info.kind).as_str().into(),
             device: device_name(info.device).as_str().into(),
             sigmas: self.0.sigmas().into(),
-            extra: Default::default(),
+            extra: vec![OptionEntry {
+                key: keys::UNET_INPUT_BLOCKS.into(),
+                value: OptionValue::Number(info.config.unet.input_blocks() as f64),
+            }]
+            .into(),
         }
     }
 

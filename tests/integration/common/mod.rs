@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 
 pub mod files;
+pub mod rss;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

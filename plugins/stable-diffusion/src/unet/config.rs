@@ -79,6 +79,12 @@ impl UNetConfig {
         self.channel_mult.len().saturating_sub(1)
     }
 
+    /// Number of input blocks (`input_blocks.N`): the first conv, each level's ResBlocks and
+    /// each level's downsample but the last's.
+    pub fn input_blocks(&self) -> usize {
+        1 + self.num_res_blocks.iter().sum::<usize>() + self.downsamples()
+    }
+
     /// Width of each level in channels.
     pub fn widths(&self) -> Vec<i64> {
         self.channel_mult
