@@ -557,7 +557,7 @@ const CASES: &[Case] = &[
         setup: |sc| generate(sc, &tiny_ldm(), "", "", "patches = [{ name = \"deep_shrink\", factor = 1e-300 }]") },
     Case { name: "check: denoise 1e-300", code: 1, expect: "pass 2: denoise 1e-300 with 2 steps builds a schedule of 2e300 steps (at most 10000)",
         setup: |sc| check_edit(sc, |p| p.replace("denoise = 0.5", "denoise = 1e-300")) },
-    Case { name: "a 1 MB sampler name", code: 1, expect: "pass 1",
+    Case { name: "a 1 MB sampler name", code: 1, expect: "pass 1: unknown sampler `sss",
         setup: |sc| generate(sc, &tiny_ldm(), "", &format!("sampler = \"{}\"", "s".repeat(1 << 20)), "") },
     Case { name: "a 1 MB checkpoint path", code: 1, expect: "not found",
         setup: |sc| generate(sc, Path::new(&"c".repeat(1 << 20)), "", "", "") },
