@@ -56,23 +56,33 @@ pub fn run(image: &Path, quiet: bool, output: Option<String>) -> Result<()> {
 }
 
 /// `--to-profile`: the imported profile as TOML on stdout (or in `output`), and what could
-/// not be mapped on stderr.
+/// not be mapped on stderr. A profile `hiresfix check` would refuse is not written: the
+/// infotext field at fault is named instead.
 pub fn to_profile(image: &Path, output: Option<&Path>) -> Result<()> {
+    let shown = image.display();
     let chunks = output::read_text_chunks(image)?;
     let text = chunk(&chunks, "parameters").ok_or_else(|| {
-        anyhow!(
-            "{} has no `parameters` text (A1111 / Forge PNG Info); was it saved with its metadata?",
-            image.display()
-        )
+        anyhow!("{shown} has no `parameters` text (A1111 / Forge PNG Info); was it saved with its metadata?")
     })?;
     let registry = registry_for(&Profile::empty(), Path::new(""));
-    let imported = crate::import::from_parameters(&text, &registry)
-        .with_context(|| format!("{}", image.display()))?;
+    let imported =
+        crate::import::from_parameters(&text, &registry).with_context(|| format!("{shown}"))?;
     let toml = toml::to_string(&imported.profile).context("cannot encode the profile")?;
-    let toml = format!(
-        "# imported from {} by `hiresfix replay --to-profile`\n{toml}",
-        image.display()
-    );
+    if let Err(e) = checkable(&toml, &registry) {
+        let e = crate::errors::one_line(&e);
+        return Err(match culprit(&text, &registry) {
+            Some((key, value)) => anyhow!(
+                "{shown}: its infotext's `{key}: {}` makes a profile `hiresfix check` refuses ({}) — nothing written; fix or remove that field",
+                cut(&value, 60),
+                cut(&e, 120)
+            ),
+            None => anyhow!(
+                "{shown}: its infotext makes a profile `hiresfix check` refuses ({}) — nothing written",
+                cut(&e, 160)
+            ),
+        });
+    }
+    let toml = format!("# imported from {shown} by `hiresfix replay --to-profile`\n{toml}");
     match output {
         Some(path) => {
             let written = output::write_new_file(path, toml.as_bytes())?;
@@ -84,4 +94,48 @@ pub fn to_profile(image: &Path, output: Option<&Path>) -> Result<()> {
         eprintln!("note: not imported: {field}");
     }
     Ok(())
+}
+
+/// At most `n` characters of `text`, an ellipsis marking a cut.
+fn cut(text: &str, n: usize) -> String {
+    match text.char_indices().nth(n) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// What `hiresfix check` finds in the profile `toml` without its model: it parses, resolves,
+/// plans (samplers, schedules, upscalers, patches, limits) and sizes its passes. The checkpoint
+/// the import leaves to the user, and model upscalers it names by file, are taken as given.
+fn checkable(toml: &str, registry: &crate::registry::Registry) -> Result<()> {
+    let mut profile = Profile::parse(toml, "the imported profile")?;
+    if profile.model.checkpoint.is_none() && profile.model.merge.is_none() {
+        profile.model.checkpoint = Some("model.safetensors".into());
+    }
+    for pass in &mut profile.passes {
+        let known = |name: &str| crate::registry::find(&registry.upscalers, name, "upscaler").is_ok();
+        if pass.upscaler.as_deref().is_some_and(|u| !known(u)) {
+            pass.upscaler = None; // a model upscaler: its file is the user's to add
+        }
+    }
+    profile.resolve(None)?;
+    crate::plan::plan_passes(&profile, registry, Path::new(""))?;
+    // Pass 1 at the smallest native size (SD 1.x) when the text gives none.
+    profile.fill_native_size(512);
+    crate::plan::pass_sizes(&profile.passes, 8)?;
+    Ok(())
+}
+
+/// The `key: value` field of the infotext `text` without which the import is checkable, if one.
+fn culprit(text: &str, registry: &crate::registry::Registry) -> Option<(String, String)> {
+    let p = crate::infotext::parse(text);
+    p.pairs.iter().find_map(|(key, value)| {
+        let rest: Vec<(String, String)> = p.pairs.iter().filter(|(k, _)| k != key).cloned().collect();
+        let text = crate::infotext::format(&p.prompt, &p.negative, &rest);
+        let imported = crate::import::from_parameters(&text, registry).ok()?;
+        let toml = toml::to_string(&imported.profile).ok()?;
+        checkable(&toml, registry)
+            .is_ok()
+            .then(|| (key.clone(), value.clone()))
+    })
 }
