@@ -72,13 +72,13 @@ pub fn to_profile(image: &Path, output: Option<&Path>) -> Result<()> {
         let e = crate::errors::one_line(&e);
         return Err(match culprit(&text, &registry) {
             Some((key, value)) => anyhow!(
-                "{shown}: its infotext's `{key}: {}` makes a profile `hiresfix check` refuses ({}) — nothing written; fix or remove that field",
-                cut(&value, 60),
-                cut(&e, 120)
+                "{shown}: `{key}: {}` in its infotext imports as a profile `check` refuses ({}) — fix or remove it; nothing written",
+                cut(&value, 40),
+                cut(&e, 90)
             ),
             None => anyhow!(
-                "{shown}: its infotext makes a profile `hiresfix check` refuses ({}) — nothing written",
-                cut(&e, 160)
+                "{shown}: its infotext imports as a profile `check` refuses ({}); nothing written",
+                cut(&e, 140)
             ),
         });
     }
@@ -129,7 +129,9 @@ fn checkable(toml: &str, registry: &crate::registry::Registry) -> Result<()> {
 /// The `key: value` field of the infotext `text` without which the import is checkable, if one.
 fn culprit(text: &str, registry: &crate::registry::Registry) -> Option<(String, String)> {
     let p = crate::infotext::parse(text);
-    p.pairs.iter().find_map(|(key, value)| {
+    // The last such field: a later one refines an earlier (`Hires upscale` after `Size`,
+    // a patch's option after its `enabled`).
+    p.pairs.iter().rev().find_map(|(key, value)| {
         let rest: Vec<(String, String)> = p.pairs.iter().filter(|(k, _)| k != key).cloned().collect();
         let text = crate::infotext::format(&p.prompt, &p.negative, &rest);
         let imported = crate::import::from_parameters(&text, registry).ok()?;

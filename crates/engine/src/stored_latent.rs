@@ -80,6 +80,17 @@ pub struct StoredLatent {
     pub latent: Tensor,
 }
 
+impl StoredLatent {
+    /// The latent against its model's `channels`; `shown` names the image.
+    pub fn check_channels(&self, channels: u32, shown: &str) -> Result<()> {
+        let got = self.latent.size().get(1).copied().unwrap_or(0);
+        if got != i64::from(channels) {
+            bail!("{shown}: its stored latent has {got} channels but the model's latents have {channels} — it was made by another model; finish it with that model or with --ignore-latent");
+        }
+        Ok(())
+    }
+}
+
 /// The chunk text for `latent`, pass `pass`'s result.
 pub fn encode(latent: &Tensor, pass: usize) -> Result<String> {
     let cpu = latent
