@@ -106,13 +106,23 @@ fn cut(text: &str, n: usize) -> String {
 
 /// What `hiresfix check` finds in the profile `toml` without its model: it parses, resolves,
 /// plans (samplers, schedules, upscalers, patches, limits) and sizes its passes. The checkpoint
-/// the import leaves to the user, and model upscalers it names by file, are taken as given.
+/// the import leaves to the user, and the model upscalers and LoRAs it names by file, are
+/// taken as given (the import's notes say where to put them).
 fn checkable(toml: &str, registry: &crate::registry::Registry) -> Result<()> {
     let mut profile = Profile::parse(toml, "the imported profile")?;
     if profile.model.checkpoint.is_none() && profile.model.merge.is_none() {
         profile.model.checkpoint = Some("model.safetensors".into());
     }
+    // `<lora:>` tags: their files are the user's to add (lora_dirs), as the import notes.
+    let untagged = |text: &mut String| {
+        if let Ok((clean, _)) = host_api::prompt::extract_loras(text) {
+            *text = clean;
+        }
+    };
+    untagged(&mut profile.prompt);
+    untagged(&mut profile.negative);
     for pass in &mut profile.passes {
+        pass.prompt.iter_mut().chain(pass.negative.iter_mut()).for_each(untagged);
         let known = |name: &str| crate::registry::find(&registry.upscalers, name, "upscaler").is_ok();
         if pass.upscaler.as_deref().is_some_and(|u| !known(u)) {
             pass.upscaler = None; // a model upscaler: its file is the user's to add

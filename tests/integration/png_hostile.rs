@@ -332,3 +332,132 @@ fn a_2_gib_ztxt_in_a_2_mib_png_is_refused_with_bounded_memory() {
         assert!(rss < 200_000_000, "{args:?}: peak RSS {} MB", rss / 1_000_000);
     }
 }
+
+/// Writes a `w`x`h` PNG of `color` at `depth` (with a palette / tRNS when given) as `name`.
+#[allow(clippy::too_many_arguments)]
+fn encoded(
+    scratch: &Scratch,
+    name: &str,
+    (w, h): (u32, u32),
+    color: png::ColorType,
+    depth: png::BitDepth,
+    data: &[u8],
+    palette: Option<&[u8]>,
+    trns: Option<&[u8]>,
+) -> String {
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut bytes, w, h);
+        encoder.set_color(color);
+        encoder.set_depth(depth);
+        if let Some(p) = palette {
+            encoder.set_palette(p.to_vec());
+        }
+        if let Some(t) = trns {
+            encoder.set_trns(t.to_vec());
+        }
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(data).unwrap();
+    }
+    file(scratch, name, &bytes)
+}
+
+#[test]
+fn finish_takes_every_colour_type_as_its_rgb8_twin() {
+    use png::{BitDepth::*, ColorType::*};
+    let scratch = Scratch::new("png-colour-types");
+    scratch.write("p.toml", &tiny_profile(&tiny_ldm(), "", "", ""));
+    let size = (32u32, 32u32);
+    let n = 32 * 32;
+    // 256 colours (one palette holds them), a grey ramp, and a 1-bit pattern.
+    let palette: Vec<u8> = (0..256usize)
+        .flat_map(|i| [i as u8, (i * 7) as u8, (255 - i) as u8])
+        .collect();
+    let index: Vec<u8> = (0..n).map(|i| ((i * 37) % 256) as u8).collect();
+    let rgb: Vec<u8> = index
+        .iter()
+        .flat_map(|&i| palette[i as usize * 3..i as usize * 3 + 3].to_vec())
+        .collect();
+    let grey: Vec<u8> = (0..n).map(|i| ((i * 13) % 256) as u8).collect();
+    let bit = |i: usize| (i / 32 + i % 32) % 3 == 0;
+    let as_rgb = |g: &[u8]| -> Vec<u8> { g.iter().flat_map(|&v| [v, v, v]).collect() };
+    let with_alpha = |px: &[u8], k: usize| -> Vec<u8> {
+        px.chunks(k)
+            .enumerate()
+            .flat_map(|(i, p)| [p, &[(i * 5) as u8][..]].concat())
+            .collect()
+    };
+    let wide = |px: &[u8]| -> Vec<u8> { px.iter().flat_map(|&v| [v, v ^ 0xa5]).collect() };
+    let packed: Vec<u8> = (0..n / 8)
+        .map(|b| (0..8).fold(0u8, |acc, k| acc << 1 | bit(b * 8 + k) as u8))
+        .collect();
+    let bits_rgb: Vec<u8> = (0..n).flat_map(|i| [if bit(i) { 255 } else { 0 }; 3]).collect();
+    let twins = [("rgb", &rgb), ("grey", &as_rgb(&grey)), ("bits", &bits_rgb)];
+    let run = |image: &str| -> (u32, u32, Vec<u8>) {
+        let out = format!("{}-out.png", image.trim_end_matches(".png"));
+        let res = hiresfix(&scratch.0, &["finish", image, "--profile", "p.toml", "-o", &out], &[]);
+        assert_eq!(res.status.code(), Some(0), "{image}: {}", stderr(&res));
+        hiresfix::output::read_rgb8(&scratch.path(&out)).unwrap()
+    };
+    let twin_out: Vec<(&str, (u32, u32, Vec<u8>))> = twins
+        .iter()
+        .map(|(name, px)| {
+            let image = encoded(&scratch, &format!("{name}.png"), size, Rgb, Eight, px, None, None);
+            (*name, run(&image))
+        })
+        .collect();
+    let twin = |name: &str| &twin_out.iter().find(|(n, _)| *n == name).unwrap().1;
+    assert!(twin("rgb") != twin("grey") && twin("grey") != twin("bits"), "the input does not matter");
+    let cases: Vec<(&str, png::ColorType, png::BitDepth, Vec<u8>, Option<&[u8]>, Option<&[u8]>, &str)> = vec![
+        ("rgba8", Rgba, Eight, with_alpha(&rgb, 3), None, None, "rgb"),
+        ("rgb16", Rgb, Sixteen, wide(&rgb), None, None, "rgb"),
+        ("rgba16", Rgba, Sixteen, wide(&with_alpha(&rgb, 3)), None, None, "rgb"),
+        ("palette8-trns", Indexed, Eight, index.clone(), Some(&palette), Some(&[0, 64, 128]), "rgb"),
+        ("grey8", Grayscale, Eight, grey.clone(), None, None, "grey"),
+        ("grey16", Grayscale, Sixteen, wide(&grey), None, None, "grey"),
+        ("grey-alpha8", GrayscaleAlpha, Eight, with_alpha(&grey, 1), None, None, "grey"),
+        ("grey1", Grayscale, One, packed.clone(), None, None, "bits"),
+        ("palette1", Indexed, One, packed, Some(&[0, 0, 0, 255, 255, 255]), None, "bits"),
+    ];
+    for (name, color, depth, data, palette, trns, twin_name) in cases {
+        let image = encoded(&scratch, &format!("{name}.png"), size, color, depth, &data, palette, trns);
+        let got = run(&image);
+        assert_eq!(got.0, 64, "{name}: pass 2 doubles the 32 px image");
+        assert!(&got == twin(twin_name), "{name}: finish differs from its RGB8 twin's");
+    }
+}
+
+#[test]
+fn what_to_profile_writes_passes_check() {
+    let scratch = Scratch::new("png-to-profile-check");
+    let checkpoint = format!("model.checkpoint=\"{}\"", tiny_ldm().display());
+    let texts = [
+        "a cat\nNegative prompt: blurry\nSteps: 3, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 5, Size: 32x32, Model hash: abc, Model: x, Denoising strength: 0.5, Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent",
+        "a cat\nSteps: 3, Sampler: DPM++ 2M, Schedule type: Karras, Size: 32x32, Hires resize: 64x48, Hires upscaler: Latent (bicubic), Denoising strength: 0.3",
+        // Out of range or unparsable: reported, left unset.
+        "a cat\nSteps: 0, Sampler: Euler a, CFG scale: 500, Clip skip: 0, Seed: -1, Size: 33x47, Hires upscale: 0, Hires steps: 99999",
+        "a cat\nSteps: 3, Sampler: No Such Sampler, Schedule type: nope, Size: 8x8, Lora hashes: \"a: 123, b: 456\", Template: \"x, y\"",
+        "a cat\nSteps: 3, Sampler: Euler, Size: 32x32, kohya_hrfix_enabled: True, kohya_hrfix_block_number: 1, kohya_hrfix_downscale_factor: 2, freeu_enabled: False, Denoising strength: 1",
+        "\nSteps: 3, Size: 32x32, Tiling: True, ENSD: 31337, Hires upscale: 1.5",
+    ];
+    for (i, text) in texts.iter().enumerate() {
+        let image = file(&scratch, &format!("in{i}.png"), &png(text, &[]));
+        let profile = format!("p{i}.toml");
+        let out = hiresfix(&scratch.0, &["replay", "--to-profile", &image, "-o", &profile], &[]);
+        assert_eq!(out.status.code(), Some(0), "{text}: {}", stderr(&out));
+        let out = hiresfix(&scratch.0, &["check", &profile, "--set", &checkpoint], &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{text}: {}\n{}",
+            stderr(&out),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // A LoRA tag (or a model upscaler) names a file the user adds: imported, with a note.
+    let image = file(&scratch, "lora.png", &png("a cat <lora:nowhere:0.5>\nSteps: 3, Size: 32x32, Hires upscale: 2, Hires upscaler: 4x-UltraSharp", &[]));
+    let out = hiresfix(&scratch.0, &["replay", "--to-profile", &image, "-o", "lora.toml"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("set lora_dirs to the folder holding them"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("put 4x-UltraSharp.safetensors in upscaler_dirs"), "{}", stderr(&out));
+}
