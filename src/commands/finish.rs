@@ -58,7 +58,8 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
     };
     let registry = registry_for(&profile, &options.base_dir);
     if let Start::Latent(stored) = &start {
-        if let Some(channels) = latent_channels(&profile, &registry, &options.base_dir, stored.pass) {
+        if let Some(channels) = latent_channels(&profile, &registry, &options.base_dir, stored.pass)
+        {
             stored.check_channels(channels, &shown)?;
         }
     }
@@ -107,7 +108,12 @@ fn profile_for(args: &Args, chunks: &[(String, String)]) -> Result<(Profile, Pat
 /// The latent channels of pass `pass`'s model, read from its checkpoint's headers (the
 /// backend's inspect tool; no weights loaded). `None` when that cannot be told cheaply: the
 /// run then reports what is wrong with the profile or model itself.
-fn latent_channels(profile: &Profile, registry: &Registry, base: &Path, pass: usize) -> Option<u32> {
+fn latent_channels(
+    profile: &Profile,
+    registry: &Registry,
+    base: &Path,
+    pass: usize,
+) -> Option<u32> {
     let mut resolved = profile.clone();
     resolved.resolve(None).ok()?;
     let plans = crate::plan::plan_passes(&resolved, registry, base).ok()?;

@@ -122,8 +122,12 @@ fn checkable(toml: &str, registry: &crate::registry::Registry) -> Result<()> {
     untagged(&mut profile.prompt);
     untagged(&mut profile.negative);
     for pass in &mut profile.passes {
-        pass.prompt.iter_mut().chain(pass.negative.iter_mut()).for_each(untagged);
-        let known = |name: &str| crate::registry::find(&registry.upscalers, name, "upscaler").is_ok();
+        pass.prompt
+            .iter_mut()
+            .chain(pass.negative.iter_mut())
+            .for_each(untagged);
+        let known =
+            |name: &str| crate::registry::find(&registry.upscalers, name, "upscaler").is_ok();
         if pass.upscaler.as_deref().is_some_and(|u| !known(u)) {
             pass.upscaler = None; // a model upscaler: its file is the user's to add
         }
@@ -142,7 +146,8 @@ fn culprit(text: &str, registry: &crate::registry::Registry) -> Option<(String, 
     // The last such field: a later one refines an earlier (`Hires upscale` after `Size`,
     // a patch's option after its `enabled`).
     p.pairs.iter().rev().find_map(|(key, value)| {
-        let rest: Vec<(String, String)> = p.pairs.iter().filter(|(k, _)| k != key).cloned().collect();
+        let rest: Vec<(String, String)> =
+            p.pairs.iter().filter(|(k, _)| k != key).cloned().collect();
         let text = crate::infotext::format(&p.prompt, &p.negative, &rest);
         let imported = crate::import::from_parameters(&text, registry).ok()?;
         let toml = toml::to_string(&imported.profile).ok()?;

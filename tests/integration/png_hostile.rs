@@ -85,19 +85,29 @@ fn file(scratch: &Scratch, name: &str, bytes: &[u8]) -> String {
 
 /// A zTXt chunk `key` of `mib` MiB of zeros.
 fn ztxt_bomb(key: &str, mib: u64) -> Vec<u8> {
-    chunk(b"zTXt", &[key.as_bytes(), b"\0\0", &zlib_zeros(mib)].concat())
+    chunk(
+        b"zTXt",
+        &[key.as_bytes(), b"\0\0", &zlib_zeros(mib)].concat(),
+    )
 }
 
 const A1111: &str = "a cat\nSteps: 20";
 
 fn bomb_png(scratch: &Scratch) -> String {
-    file(scratch, "bomb.png", &png(A1111, &[ztxt_bomb("parameters", 32)]))
+    file(
+        scratch,
+        "bomb.png",
+        &png(A1111, &[ztxt_bomb("parameters", 32)]),
+    )
 }
 
 /// A stored-latent chunk: `shape`, then `values` base64 text.
 fn latent_chunk(shape: &str, values: &str) -> Vec<u8> {
     let text = format!("hiresfix-latent 1\npass 1\nshape {shape}\n{values}");
-    chunk(b"zTXt", &[b"hiresfix-latent\0\0", &zlib(text.as_bytes())[..]].concat())
+    chunk(
+        b"zTXt",
+        &[b"hiresfix-latent\0\0", &zlib(text.as_bytes())[..]].concat(),
+    )
 }
 
 fn zeros_b64(values: usize) -> String {
@@ -175,7 +185,7 @@ const CASES: &[Case] = &[
             let mut bytes = png(A1111, &[]);
             bytes[16..20].copy_from_slice(&1_000_000u32.to_be_bytes());
             bytes[20..24].copy_from_slice(&1_000_000u32.to_be_bytes());
-            let ihdr_crc = chunk(b"IHDR", &bytes[16..29].to_vec());
+            let ihdr_crc = chunk(b"IHDR", &bytes[16..29]);
             bytes[29..33].copy_from_slice(&ihdr_crc[21..25]);
             s(&["finish", &file(sc, "in.png", &bytes)])
         } },
@@ -284,6 +294,7 @@ fn the_bomb_builder_inflates_to_exactly_its_zeros() {
 }
 
 /// Runs the binary and waits for it with `wait4`: (exit code, stderr, peak RSS in bytes).
+#[allow(clippy::zombie_processes)] // reaped by wait4, not Child::wait
 fn run_measured(cwd: &Path, args: &[&str]) -> (i32, String, u64) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hiresfix"))
         .current_dir(cwd)
@@ -317,7 +328,10 @@ fn a_2_gib_ztxt_in_a_2_mib_png_is_refused_with_bounded_memory() {
     let err = hiresfix::output::read_text_chunks_from(std::io::Cursor::new(&bytes), "image")
         .unwrap_err()
         .to_string();
-    assert!(err.starts_with("image: PNG text chunk `parameters` inflates past 16 MiB"), "{err}");
+    assert!(
+        err.starts_with("image: PNG text chunk `parameters` inflates past 16 MiB"),
+        "{err}"
+    );
     for args in [
         &["replay", image.as_str()][..],
         &["finish", image.as_str()],
@@ -327,9 +341,16 @@ fn a_2_gib_ztxt_in_a_2_mib_png_is_refused_with_bounded_memory() {
         assert_eq!(code, 1, "{args:?}: {err}");
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{args:?}: {err}");
-        assert!(lines[0].contains("PNG text chunk `parameters` inflates past 16 MiB"), "{err}");
+        assert!(
+            lines[0].contains("PNG text chunk `parameters` inflates past 16 MiB"),
+            "{err}"
+        );
         // Measured: ~145 MB, of which ~127 MB is the binary with libtorch loaded.
-        assert!(rss < 200_000_000, "{args:?}: peak RSS {} MB", rss / 1_000_000);
+        assert!(
+            rss < 200_000_000,
+            "{args:?}: peak RSS {} MB",
+            rss / 1_000_000
+        );
     }
 }
 
@@ -362,6 +383,19 @@ fn encoded(
     file(scratch, name, &bytes)
 }
 
+/// A decoded image: width, height, RGB8.
+type Decoded = (u32, u32, Vec<u8>);
+/// A colour-type case: name, colour type, depth, samples, palette, tRNS, the twin it equals.
+type ColourCase<'a> = (
+    &'a str,
+    png::ColorType,
+    png::BitDepth,
+    Vec<u8>,
+    Option<&'a [u8]>,
+    Option<&'a [u8]>,
+    &'a str,
+);
+
 #[test]
 fn finish_takes_every_colour_type_as_its_rgb8_twin() {
     use png::{BitDepth::*, ColorType::*};
@@ -379,7 +413,7 @@ fn finish_takes_every_colour_type_as_its_rgb8_twin() {
         .flat_map(|&i| palette[i as usize * 3..i as usize * 3 + 3].to_vec())
         .collect();
     let grey: Vec<u8> = (0..n).map(|i| ((i * 13) % 256) as u8).collect();
-    let bit = |i: usize| (i / 32 + i % 32) % 3 == 0;
+    let bit = |i: usize| (i / 32 + i % 32).is_multiple_of(3);
     let as_rgb = |g: &[u8]| -> Vec<u8> { g.iter().flat_map(|&v| [v, v, v]).collect() };
     let with_alpha = |px: &[u8], k: usize| -> Vec<u8> {
         px.chunks(k)
@@ -391,39 +425,109 @@ fn finish_takes_every_colour_type_as_its_rgb8_twin() {
     let packed: Vec<u8> = (0..n / 8)
         .map(|b| (0..8).fold(0u8, |acc, k| acc << 1 | bit(b * 8 + k) as u8))
         .collect();
-    let bits_rgb: Vec<u8> = (0..n).flat_map(|i| [if bit(i) { 255 } else { 0 }; 3]).collect();
+    let bits_rgb: Vec<u8> = (0..n)
+        .flat_map(|i| [if bit(i) { 255 } else { 0 }; 3])
+        .collect();
     let twins = [("rgb", &rgb), ("grey", &as_rgb(&grey)), ("bits", &bits_rgb)];
-    let run = |image: &str| -> (u32, u32, Vec<u8>) {
+    let run = |image: &str| -> Decoded {
         let out = format!("{}-out.png", image.trim_end_matches(".png"));
-        let res = hiresfix(&scratch.0, &["finish", image, "--profile", "p.toml", "-o", &out], &[]);
+        let res = hiresfix(
+            &scratch.0,
+            &["finish", image, "--profile", "p.toml", "-o", &out],
+            &[],
+        );
         assert_eq!(res.status.code(), Some(0), "{image}: {}", stderr(&res));
         hiresfix::output::read_rgb8(&scratch.path(&out)).unwrap()
     };
-    let twin_out: Vec<(&str, (u32, u32, Vec<u8>))> = twins
+    let twin_out: Vec<(&str, Decoded)> = twins
         .iter()
         .map(|(name, px)| {
-            let image = encoded(&scratch, &format!("{name}.png"), size, Rgb, Eight, px, None, None);
+            let image = encoded(
+                &scratch,
+                &format!("{name}.png"),
+                size,
+                Rgb,
+                Eight,
+                px,
+                None,
+                None,
+            );
             (*name, run(&image))
         })
         .collect();
     let twin = |name: &str| &twin_out.iter().find(|(n, _)| *n == name).unwrap().1;
-    assert!(twin("rgb") != twin("grey") && twin("grey") != twin("bits"), "the input does not matter");
-    let cases: Vec<(&str, png::ColorType, png::BitDepth, Vec<u8>, Option<&[u8]>, Option<&[u8]>, &str)> = vec![
+    assert!(
+        twin("rgb") != twin("grey") && twin("grey") != twin("bits"),
+        "the input does not matter"
+    );
+    let cases: Vec<ColourCase> = vec![
         ("rgba8", Rgba, Eight, with_alpha(&rgb, 3), None, None, "rgb"),
         ("rgb16", Rgb, Sixteen, wide(&rgb), None, None, "rgb"),
-        ("rgba16", Rgba, Sixteen, wide(&with_alpha(&rgb, 3)), None, None, "rgb"),
-        ("palette8-trns", Indexed, Eight, index.clone(), Some(&palette), Some(&[0, 64, 128]), "rgb"),
+        (
+            "rgba16",
+            Rgba,
+            Sixteen,
+            wide(&with_alpha(&rgb, 3)),
+            None,
+            None,
+            "rgb",
+        ),
+        (
+            "palette8-trns",
+            Indexed,
+            Eight,
+            index.clone(),
+            Some(&palette),
+            Some(&[0, 64, 128]),
+            "rgb",
+        ),
         ("grey8", Grayscale, Eight, grey.clone(), None, None, "grey"),
-        ("grey16", Grayscale, Sixteen, wide(&grey), None, None, "grey"),
-        ("grey-alpha8", GrayscaleAlpha, Eight, with_alpha(&grey, 1), None, None, "grey"),
+        (
+            "grey16",
+            Grayscale,
+            Sixteen,
+            wide(&grey),
+            None,
+            None,
+            "grey",
+        ),
+        (
+            "grey-alpha8",
+            GrayscaleAlpha,
+            Eight,
+            with_alpha(&grey, 1),
+            None,
+            None,
+            "grey",
+        ),
         ("grey1", Grayscale, One, packed.clone(), None, None, "bits"),
-        ("palette1", Indexed, One, packed, Some(&[0, 0, 0, 255, 255, 255]), None, "bits"),
+        (
+            "palette1",
+            Indexed,
+            One,
+            packed,
+            Some(&[0, 0, 0, 255, 255, 255]),
+            None,
+            "bits",
+        ),
     ];
     for (name, color, depth, data, palette, trns, twin_name) in cases {
-        let image = encoded(&scratch, &format!("{name}.png"), size, color, depth, &data, palette, trns);
+        let image = encoded(
+            &scratch,
+            &format!("{name}.png"),
+            size,
+            color,
+            depth,
+            &data,
+            palette,
+            trns,
+        );
         let got = run(&image);
         assert_eq!(got.0, 64, "{name}: pass 2 doubles the 32 px image");
-        assert!(&got == twin(twin_name), "{name}: finish differs from its RGB8 twin's");
+        assert!(
+            &got == twin(twin_name),
+            "{name}: finish differs from its RGB8 twin's"
+        );
     }
 }
 
@@ -443,7 +547,11 @@ fn what_to_profile_writes_passes_check() {
     for (i, text) in texts.iter().enumerate() {
         let image = file(&scratch, &format!("in{i}.png"), &png(text, &[]));
         let profile = format!("p{i}.toml");
-        let out = hiresfix(&scratch.0, &["replay", "--to-profile", &image, "-o", &profile], &[]);
+        let out = hiresfix(
+            &scratch.0,
+            &["replay", "--to-profile", &image, "-o", &profile],
+            &[],
+        );
         assert_eq!(out.status.code(), Some(0), "{text}: {}", stderr(&out));
         let out = hiresfix(&scratch.0, &["check", &profile, "--set", &checkpoint], &[]);
         assert_eq!(
@@ -456,8 +564,20 @@ fn what_to_profile_writes_passes_check() {
     }
     // A LoRA tag (or a model upscaler) names a file the user adds: imported, with a note.
     let image = file(&scratch, "lora.png", &png("a cat <lora:nowhere:0.5>\nSteps: 3, Size: 32x32, Hires upscale: 2, Hires upscaler: 4x-UltraSharp", &[]));
-    let out = hiresfix(&scratch.0, &["replay", "--to-profile", &image, "-o", "lora.toml"], &[]);
+    let out = hiresfix(
+        &scratch.0,
+        &["replay", "--to-profile", &image, "-o", "lora.toml"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stderr(&out).contains("set lora_dirs to the folder holding them"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("put 4x-UltraSharp.safetensors in upscaler_dirs"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("set lora_dirs to the folder holding them"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("put 4x-UltraSharp.safetensors in upscaler_dirs"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -276,8 +276,13 @@ pub fn read_rgb8(path: &Path) -> Result<(u32, u32, Vec<u8>)> {
     let mut buf = vec![0; reader.output_buffer_size()];
     let frame = reader.next_frame(&mut buf).map_err(not_png)?;
     buf.truncate(frame.buffer_size());
-    let rgb = to_rgb8(frame.color_type, &buf)
-        .ok_or_else(|| anyhow::anyhow!("{shown}: PNG colour type {:?} at {:?} bits is not supported", frame.color_type, frame.bit_depth))?;
+    let rgb = to_rgb8(frame.color_type, &buf).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{shown}: PNG colour type {:?} at {:?} bits is not supported",
+            frame.color_type,
+            frame.bit_depth
+        )
+    })?;
     Ok((frame.width, frame.height, rgb))
 }
 
@@ -286,9 +291,15 @@ pub fn to_rgb8(color: png::ColorType, samples: &[u8]) -> Option<Vec<u8>> {
     use png::ColorType::*;
     let rgb = match color {
         Rgb => samples.to_vec(),
-        Rgba => samples.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        Rgba => samples
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
         Grayscale => samples.iter().flat_map(|&g| [g, g, g]).collect(),
-        GrayscaleAlpha => samples.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        GrayscaleAlpha => samples
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
         Indexed => return None, // EXPAND turns palettes into RGB(A)
     };
     Some(rgb)
@@ -335,7 +346,13 @@ mod tests {
             let mut writer = encoder.write_header().unwrap();
             writer.write_image_data(data).unwrap();
         }
-        let name = format!("hiresfix-rgb8-{}-{:?}-{:?}-{}.png", std::process::id(), color, depth, trns.is_some());
+        let name = format!(
+            "hiresfix-rgb8-{}-{:?}-{:?}-{}.png",
+            std::process::id(),
+            color,
+            depth,
+            trns.is_some()
+        );
         let path = std::env::temp_dir().join(name);
         std::fs::write(&path, bytes).unwrap();
         path
@@ -348,26 +365,83 @@ mod tests {
         let grey: Vec<u8> = (0..8).map(|i| (i * 30 + 3) as u8).collect();
         let grey_rgb: Vec<u8> = grey.iter().flat_map(|&g| [g, g, g]).collect();
         let alpha = |px: &[u8], n: usize| -> Vec<u8> {
-            px.chunks(n).flat_map(|p| [p, &[7u8][..]].concat()).collect()
+            px.chunks(n)
+                .flat_map(|p| [p, &[7u8][..]].concat())
+                .collect()
         };
         let wide = |px: &[u8]| -> Vec<u8> { px.iter().flat_map(|&v| [v, 0x5a]).collect() };
         // 1-bit grey 10110010 / 01000001: expanded to 0 and 255.
-        let bits: Vec<u8> = [1, 0, 1, 1, 0, 0, 1, 0].iter().flat_map(|&b| [b * 255; 3]).collect();
+        let bits: Vec<u8> = [1, 0, 1, 1, 0, 0, 1, 0]
+            .iter()
+            .flat_map(|&b| [b * 255; 3])
+            .collect();
         // A palette of the eight colours of `rgb`, indices 0..8 at 4 bits.
         let cases: Vec<(&str, std::path::PathBuf, Vec<u8>)> = vec![
             ("rgb8", encoded(Rgb, Eight, &rgb, None, None), rgb.clone()),
-            ("rgba8", encoded(Rgba, Eight, &alpha(&rgb, 3), None, None), rgb.clone()),
-            ("rgb16", encoded(Rgb, Sixteen, &wide(&rgb), None, None), rgb.clone()),
-            ("rgba16", encoded(Rgba, Sixteen, &wide(&alpha(&rgb, 3)), None, None), rgb.clone()),
-            ("grey8", encoded(Grayscale, Eight, &grey, None, None), grey_rgb.clone()),
-            ("grey-alpha8", encoded(GrayscaleAlpha, Eight, &alpha(&grey, 1), None, None), grey_rgb.clone()),
-            ("grey16", encoded(Grayscale, Sixteen, &wide(&grey), None, None), grey_rgb.clone()),
-            ("grey1", encoded(Grayscale, One, &[0b1011_0000, 0b0010_0000], None, None), bits),
-            ("grey4", encoded(Grayscale, Four, &[0x0f, 0x10, 0x88, 0xf0], None, None),
-                [0, 255, 17, 0, 136, 136, 255, 0].iter().flat_map(|&g| [g; 3]).collect()),
-            ("palette4", encoded(Indexed, Four, &[0x01, 0x23, 0x45, 0x67], Some(&rgb), None), rgb.clone()),
-            ("palette8+tRNS", encoded(Indexed, Eight, &[0, 1, 2, 3, 4, 5, 6, 7], Some(&rgb), Some(&[0, 128])), rgb.clone()),
-            ("rgb8+tRNS", encoded(Rgb, Eight, &rgb, None, Some(&[0, 5, 0, 15, 0, 25])), rgb.clone()),
+            (
+                "rgba8",
+                encoded(Rgba, Eight, &alpha(&rgb, 3), None, None),
+                rgb.clone(),
+            ),
+            (
+                "rgb16",
+                encoded(Rgb, Sixteen, &wide(&rgb), None, None),
+                rgb.clone(),
+            ),
+            (
+                "rgba16",
+                encoded(Rgba, Sixteen, &wide(&alpha(&rgb, 3)), None, None),
+                rgb.clone(),
+            ),
+            (
+                "grey8",
+                encoded(Grayscale, Eight, &grey, None, None),
+                grey_rgb.clone(),
+            ),
+            (
+                "grey-alpha8",
+                encoded(GrayscaleAlpha, Eight, &alpha(&grey, 1), None, None),
+                grey_rgb.clone(),
+            ),
+            (
+                "grey16",
+                encoded(Grayscale, Sixteen, &wide(&grey), None, None),
+                grey_rgb.clone(),
+            ),
+            (
+                "grey1",
+                encoded(Grayscale, One, &[0b1011_0000, 0b0010_0000], None, None),
+                bits,
+            ),
+            (
+                "grey4",
+                encoded(Grayscale, Four, &[0x0f, 0x10, 0x88, 0xf0], None, None),
+                [0, 255, 17, 0, 136, 136, 255, 0]
+                    .iter()
+                    .flat_map(|&g| [g; 3])
+                    .collect(),
+            ),
+            (
+                "palette4",
+                encoded(Indexed, Four, &[0x01, 0x23, 0x45, 0x67], Some(&rgb), None),
+                rgb.clone(),
+            ),
+            (
+                "palette8+tRNS",
+                encoded(
+                    Indexed,
+                    Eight,
+                    &[0, 1, 2, 3, 4, 5, 6, 7],
+                    Some(&rgb),
+                    Some(&[0, 128]),
+                ),
+                rgb.clone(),
+            ),
+            (
+                "rgb8+tRNS",
+                encoded(Rgb, Eight, &rgb, None, Some(&[0, 5, 0, 15, 0, 25])),
+                rgb.clone(),
+            ),
         ];
         for (name, path, want) in cases {
             let got = read_rgb8(&path);
@@ -376,7 +450,10 @@ mod tests {
             assert_eq!((w, h), (4, 2), "{name}");
             assert_eq!(px, want, "{name}");
         }
-        assert_eq!(to_rgb8(GrayscaleAlpha, &[9, 1, 200, 0]).unwrap(), [9, 9, 9, 200, 200, 200]);
+        assert_eq!(
+            to_rgb8(GrayscaleAlpha, &[9, 1, 200, 0]).unwrap(),
+            [9, 9, 9, 200, 200, 200]
+        );
         assert_eq!(to_rgb8(Rgba, &[1, 2, 3, 0]).unwrap(), [1, 2, 3]);
     }
 

@@ -26,9 +26,8 @@ pub const MAX_CELLS: i64 = crate::defaults::MAX_SIZE as i64 / 8;
 pub const MAX_HEAD_LEN: usize = 256;
 /// Bytes of the whole chunk text for the largest allowed latent: 1 × 16 × 2048 × 2048 fp32
 /// values (256 MiB) in base64 (≈ 341 MiB). A chunk is bounded by the shape it declares.
-pub const MAX_TEXT_LEN: usize = MAX_HEAD_LEN + base64_len(
-    (MAX_CHANNELS * MAX_CELLS * MAX_CELLS * 4) as usize,
-);
+pub const MAX_TEXT_LEN: usize =
+    MAX_HEAD_LEN + base64_len((MAX_CHANNELS * MAX_CELLS * MAX_CELLS * 4) as usize);
 
 const fn base64_len(bytes: usize) -> usize {
     bytes.div_ceil(3) * 4
