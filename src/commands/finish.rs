@@ -9,6 +9,7 @@ use super::replay::{chunk, embedded_profile};
 use super::{base_dir, load_profile, print_written, registry_for, warn_refused};
 use crate::generate::{finish, RunOptions, Start};
 use crate::profile::Profile;
+use crate::registry::Registry;
 use crate::{infotext, output, stored_latent};
 
 pub struct Args {
@@ -56,6 +57,12 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
         ..RunOptions::new(base)
     };
     let registry = registry_for(&profile, &options.base_dir);
+    if let Start::Latent(stored) = &start {
+        if let Some(channels) = latent_channels(&profile, &registry, &options.base_dir, stored.pass)
+        {
+            stored.check_channels(channels, &shown)?;
+        }
+    }
     let terminal = crate::terminal::Terminal::new(options.quiet);
     let written = finish(profile, &registry, &options, start, &terminal)?;
     print_written(&written);
@@ -96,6 +103,27 @@ fn profile_for(args: &Args, chunks: &[(String, String)]) -> Result<(Profile, Pat
         PathBuf::new(),
         false,
     ))
+}
+
+/// The latent channels of pass `pass`'s model, read from its checkpoint's headers (the
+/// backend's inspect tool; no weights loaded). `None` when that cannot be told cheaply: the
+/// run then reports what is wrong with the profile or model itself.
+fn latent_channels(
+    profile: &Profile,
+    registry: &Registry,
+    base: &Path,
+    pass: usize,
+) -> Option<u32> {
+    let mut resolved = profile.clone();
+    resolved.resolve(None).ok()?;
+    let plans = crate::plan::plan_passes(&resolved, registry, base).ok()?;
+    let checkpoint = &plans.get(pass.checked_sub(1)?)?.checkpoint;
+    let backend = crate::models::detect_backend(registry, checkpoint).ok()?;
+    if !backend.decl.has_tools() {
+        return None;
+    }
+    let info = backend.decl.run_inspect(checkpoint, false).ok()?;
+    Some(info.latent_channels)
 }
 
 /// `photo.png` → `photo-finished.png` beside it.

@@ -17,6 +17,7 @@ mod output;
 mod parity;
 mod patches;
 mod plugins;
+mod png_hostile;
 mod resolve;
 mod sampler_parity;
 mod serve;
