@@ -279,6 +279,12 @@ pub fn finish<'r>(
                 bail!("the stored latent is pass {} at {}x{} cells but the profile's pass {} is {}x{} px ({}x{} cells); keep pass 1's size and scales as they were",
                     stored.pass, got.get(3).unwrap_or(&0), got.get(2).unwrap_or(&0), stored.pass, size.width, size.height, size.latent_w, size.latent_h);
             }
+            // The backstop of `finish`'s header check: the pass that continues must take it.
+            let next = &job.plans[stored.pass];
+            let channels = i64::from(job.models.for_pass(&job.settings, next)?.1.latent_channels);
+            if got[1] != channels {
+                bail!("the stored latent has {} channels but pass {}'s model takes {channels}; finish with the model that made it, or use --ignore-latent", got[1], next.number);
+            }
             stored.latent
         }
         Start::Image { width, height, rgb } => encode_image(&mut job, width, height, &rgb)?,
