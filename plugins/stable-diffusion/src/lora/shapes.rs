@@ -20,6 +20,8 @@ pub struct Plan {
 /// Checks one layer's shapes against the weight `key` of shape `target` it changes; the error
 /// names the layer's tensor at fault and the fix.
 pub fn check(layer: &str, parts: &Shapes, key: &str, target: &[i64]) -> Result<Plan, String> {
+    // A layer name is the file's: bounded in messages.
+    let layer = &cut(layer);
     for (part, shape) in parts {
         let scalar = *part == "alpha" && shape.iter().all(|d| *d == 1);
         if *part == "alpha" && !scalar {
@@ -76,6 +78,14 @@ pub fn check(layer: &str, parts: &Shapes, key: &str, target: &[i64]) -> Result<P
     Ok(plan)
 }
 
+/// `text` cut to 80 characters with an ellipsis.
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 /// The first of `names` present, with its shape.
 fn pick<'a>(parts: &Shapes<'a>, names: &[&'a str]) -> Option<(&'a str, &'a [i64])> {
     names.iter().find_map(|n| parts.get(n).map(|s| (*n, *s)))
@@ -90,7 +100,7 @@ fn fits(
     layer: &str,
     implied: &[i64],
     exact: bool,
-    key: &str,
+    _key: &str,
     target: &[i64],
 ) -> Result<(), String> {
     let same = implied == target;
@@ -100,7 +110,7 @@ fn fits(
         return Ok(());
     }
     Err(format!(
-        "layer `{layer}` changes a {implied:?} weight, which does not fit `{key}` {target:?} — a LoRA for another model family, or a damaged file"
+        "layer `{layer}` changes a {implied:?} weight, which does not fit the model's {target:?} — a LoRA for another model family?"
     ))
 }
 
@@ -342,7 +352,7 @@ mod tests {
             (
                 &[("lora_down.weight", &[4, 9]), ("lora_up.weight", &[6, 4])],
                 &[6, 8],
-                "changes a [6, 9] weight, which does not fit `model.w` [6, 8]",
+                "changes a [6, 9] weight, which does not fit the model's [6, 8]",
             ),
             (
                 &[

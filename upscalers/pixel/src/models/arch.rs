@@ -58,7 +58,7 @@ impl<'a> Reader<'a> {
     /// The shape of `key`, or an error naming it as missing.
     fn get(&mut self, key: &str) -> Check<&'a [i64]> {
         let (k, shape) = self.shapes.get_key_value(key).ok_or_else(|| {
-            format!("tensor `{key}` is missing — the file is cut or not of this architecture")
+            format!("tensor `{key}` is missing — the file is cut or of another architecture")
         })?;
         self.used.insert(k.as_str());
         Ok(shape)
@@ -77,7 +77,7 @@ impl<'a> Reader<'a> {
         let shape = self.get(&key)?;
         let [out, inc, kh, kw] = shape else {
             return Err(format!(
-                "tensor `{key}` has shape {shape:?}, not a convolution's [out, in, k, k] — the file is damaged"
+                "tensor `{key}` has shape {shape:?}, not a conv's [out, in, k, k] — the file is damaged"
             ));
         };
         if let Some(d) = shape.iter().find(|d| **d < 1 || **d > MAX_CHANNELS) {
@@ -87,16 +87,14 @@ impl<'a> Reader<'a> {
         }
         if kh != kw || kh % 2 == 0 || *kh > 7 {
             return Err(format!(
-                "tensor `{key}` has a {kh}×{kw} kernel; these networks use square odd kernels (3×3) — the file is damaged"
+                "tensor `{key}` has a {kh}×{kw} kernel, not a square odd one (3×3) — the file is damaged"
             ));
         }
-        let channels = |what: &str, got: i64, want: Option<i64>| {
-            match want {
+        let channels = |what: &str, got: i64, want: Option<i64>| match want {
             Some(want) if want != got => Err(format!(
-                "tensor `{key}` has {got} {what} channels where the network needs {want} — the file is damaged or mixes two models"
+                "tensor `{key}` has {got} {what} channels, not {want} — the file is damaged"
             )),
             _ => Ok(()),
-        }
         };
         channels("input", *inc, want_in)?;
         channels("output", *out, want_out)?;
@@ -134,7 +132,7 @@ impl<'a> Reader<'a> {
         match left.first() {
             None => Ok(()),
             Some(first) => Err(format!(
-                "{} tensors {what} does not use (first: `{}`) — not a plain {what}, or a damaged file",
+                "{} tensors {what} does not use (first: `{}`) — not a plain {what}",
                 left.len(),
                 cut(first)
             )),
@@ -143,7 +141,7 @@ impl<'a> Reader<'a> {
 }
 
 /// `text` cut to 80 characters with an ellipsis.
-fn cut(text: &str) -> String {
+pub fn cut(text: &str) -> String {
     match text.char_indices().nth(80) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_owned(),
@@ -210,7 +208,8 @@ fn rgb(first: &str, inc: i64, last: &str, outc: i64) -> Check<i64> {
         12 => Ok(2),
         48 => Ok(4),
         _ => Err(format!(
-            "tensor `{first}.weight` takes {inc} input channels: an RGB model takes 3 (or 12 / 48 unshuffled)"
+            "tensor `{first}.weight` takes {inc} input channel{}: hiresfix runs RGB models (3, or 12 / 48 unshuffled)",
+            if inc == 1 { "" } else { "s" }
         )),
     }
 }
@@ -261,7 +260,7 @@ fn rrdb(r: &mut Reader) -> Check<Arch> {
         true => {
             r.conv("conv_body", Some(features), Some(features))?;
             let found = r.indices("conv_up", ".weight");
-            let ups = bounded_ups(found.len(), "conv_up1.. convs")?;
+            let ups = bounded_ups(found.len(), "conv_upN")?;
             contiguous(&found, 1, |i| format!("conv_up{i}.weight"))?;
             for i in 1..=ups {
                 r.conv(&format!("conv_up{i}"), Some(features), Some(features))?;
@@ -284,7 +283,7 @@ fn rrdb(r: &mut Reader) -> Check<Arch> {
             if tail.len() < 2 {
                 return Err("tensors `model.N.weight` after the trunk are missing: an ESRGAN file ends in its HR and last convs — the file is cut".into());
             }
-            let ups = bounded_ups(tail.len() - 2, "model.N convs before the HR conv")?;
+            let ups = bounded_ups(tail.len() - 2, "model.N before the HR conv")?;
             for i in &tail[..tail.len() - 1] {
                 r.conv(&format!("model.{i}"), Some(features), Some(features))?;
             }
@@ -315,7 +314,7 @@ fn bounded_ups(n: usize, what: &str) -> Check<usize> {
     match n {
         n if n <= MAX_UPS => Ok(n),
         n => Err(format!(
-            "{n} upsampling convs ({what}): a 2^{n}× model — RRDBNet files upscale 1× to 16× (at most {MAX_UPS}); the file is damaged"
+            "{n} upsampling convs ({what}): real RRDBNet files have at most {MAX_UPS} (16×) — the file is damaged"
         )),
     }
 }
@@ -358,7 +357,7 @@ fn compact(r: &mut Reader) -> Check<Arch> {
                 r.get(&prelu)?;
                 if out != features || !(p.as_slice() == [out] || p.as_slice() == [1]) {
                     return Err(format!(
-                        "tensor `{prelu}` has shape {p:?}: SRVGGNetCompact follows each {features}-channel conv with a PReLU of [{features}] — the file is damaged"
+                        "tensor `{prelu}` has shape {p:?}, not the PReLU [{features}] of a {features}-channel conv — the file is damaged"
                     ));
                 }
             }
@@ -370,7 +369,7 @@ fn compact(r: &mut Reader) -> Check<Arch> {
     }
     let last = format!("body.{}.weight", 2 * (convs - 1));
     let scale = (1..=8i64).find(|s| 3 * s * s == last_out).ok_or_else(|| {
-        format!("tensor `{last}` gives {last_out} channels: not 3 × scale² for a scale of 1 to 8 — the file is damaged")
+        format!("tensor `{last}` gives {last_out} channels, not 3 × scale² (scale 1 to 8) — the file is damaged")
     })?;
     Ok(Arch::Compact {
         convs,
@@ -445,7 +444,7 @@ mod tests {
     fn hostile_shapes_are_errors_naming_the_tensor() {
         let err = |s: Shapes| infer(&s).unwrap_err();
         assert!(err(rrdb(1, 40, 3)).contains("40 upsampling convs"));
-        assert!(err(rrdb(1, 2, 1)).contains("`conv_first.weight` takes 1 input channels"));
+        assert!(err(rrdb(1, 2, 1)).contains("`conv_first.weight` takes 1 input channel:"));
         let mut s = rrdb(1, 2, 3);
         s.insert("conv_last.weight".into(), vec![1, 8, 3, 3]);
         s.insert("conv_last.bias".into(), vec![1]);
@@ -464,8 +463,8 @@ mod tests {
         assert!(err(s).contains("1 tensors RRDBNet does not use (first: `extra.weight`)"));
         let mut s = rrdb(1, 2, 3);
         s.insert("body.0.rdb1.conv2.weight".into(), vec![4, 9, 3, 3]);
-        assert!(err(s).contains("has 9 input channels where the network needs 12"));
-        assert!(err(compact(4, 1)).contains("gives 1 channels: not 3 × scale²"));
+        assert!(err(s).contains("has 9 input channels, not 12"));
+        assert!(err(compact(4, 1)).contains("gives 1 channels, not 3 × scale²"));
         assert!(err(Shapes::new()).contains("holds no tensors"));
     }
 }

@@ -159,23 +159,33 @@ pub fn load(path: &Path) -> Result<Network> {
             "{name} is a PyTorch pickle: convert it first with `hiresfix convert {name}` (hiresfix never runs pickle)"
         )));
     }
+    // Errors name the file by its name (the folder is the user's upscaler_dirs), cut short.
+    let file = path
+        .file_name()
+        .map_or_else(|| name.to_string(), |n| n.to_string_lossy().into_owned());
+    let shown = format!("`{}`", arch::cut(&file));
     let tensors = Tensor::read_safetensors(path).map_err(|e| {
-        let text = e.to_string();
-        let first = text.lines().next().unwrap_or("").trim();
-        let first = match first.char_indices().nth(120) {
-            Some((end, _)) => format!("{}…", &first[..end]),
-            None => first.to_owned(),
-        };
+        // tch's text repeats the path; the reason follows it.
+        let text = e.to_string().replace(&name.to_string(), "");
+        let reason = text
+            .rsplit(": ")
+            .next()
+            .unwrap_or("")
+            .split(|c: char| c == '\n' || c == '(' || c == '{')
+            .next()
+            .unwrap_or("")
+            .trim();
         Error::new(format!(
-            "{name}: cannot read it as safetensors ({first}) — the file is cut or damaged; download it again"
+            "{shown}: not a readable safetensors file ({}) — it is cut or damaged; download it again",
+            arch::cut(reason)
         ))
     })?;
     let weights: Weights = tensors
         .into_iter()
         .map(|(k, t)| Ok((k, t.f_to_kind(Kind::Float)?)))
         .collect::<Result<_>>()
-        .map_err(|e| Error::new(format!("{name}: {e}")))?;
-    Network::from_weights(weights).map_err(|e| Error::new(format!("{name}: {e}")))
+        .map_err(|e| Error::new(format!("{shown}: {e}")))?;
+    Network::from_weights(weights).map_err(|e| Error::new(format!("{shown}: {e}")))
 }
 
 /// Loaded models by file, device and dtype, kept for the thread (tensors are not `Sync`):
@@ -194,7 +204,7 @@ pub fn cached(path: &Path, device: Device, kind: Kind) -> Result<Rc<Network>> {
     }
     let mut net = load(path)?;
     net.to(device, kind)
-        .map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Error::new(format!("`{}`: {e}", path.display())))?;
     let net = Rc::new(net);
     CACHE.with(|c| c.borrow_mut().insert(key, net.clone()));
     Ok(net)
