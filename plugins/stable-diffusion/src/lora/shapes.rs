@@ -203,7 +203,6 @@ fn lokr(layer: &str, parts: &Shapes) -> Result<(Vec<i64>, Plan), String> {
             ));
         };
         dims(layer, &a_name, a, &[2])?;
-        let rank = b[0];
         let t = parts.get("lokr_t2").filter(|_| n == "2");
         let (shape, agree) = match t {
             Some(t) => {
@@ -221,7 +220,8 @@ fn lokr(layer: &str, parts: &Shapes) -> Result<(Vec<i64>, Plan), String> {
                 "tensors `{layer}.{a_name}` {a:?} and `{layer}.{b_name}` {b:?} have different ranks — the file is damaged"
             ));
         }
-        Ok((shape, Some(rank)))
+        // `b` has 2 or 4 dimensions here.
+        Ok((shape, Some(b[0])))
     };
     let (mut w1, rank1) = factor("1")?;
     let (w2, rank2) = factor("2")?;
