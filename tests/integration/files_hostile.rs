@@ -209,7 +209,7 @@ const CASES: &[Case] = &[
         setup: |sc| esrgan(sc, |t| remove(t, "conv_hr.weight")) },
     Case { name: "upscaler missing a block's conv", expect: &["`bad.safetensors`: tensor `body.0.rdb2.conv3.weight` is missing"],
         setup: |sc| esrgan(sc, |t| remove(t, "body.0.rdb2.conv3.weight")) },
-    Case { name: "upscaler with an extra key", expect: &["`bad.safetensors`: 1 tensors RRDBNet does not use (first: `extra.weight`)"],
+    Case { name: "upscaler with an extra key", expect: &["`bad.safetensors`: 1 tensor RRDBNet does not use (first: `extra.weight`)"],
         setup: |sc| esrgan(sc, |t| set(t, "extra.weight", zeros(&[2]))) },
     Case { name: "upscaler conv of the wrong width", expect: &["`bad.safetensors`: tensor `body.0.rdb1.conv2.weight` has 41 input channels, not 40"],
         setup: |sc| esrgan(sc, |t| set(t, "body.0.rdb1.conv2.weight", zeros(&[32, 41, 3, 3]))) },
@@ -243,6 +243,8 @@ fn run_case(case: &Case) -> Result<(), String> {
         .filter(|l| !l.trim().is_empty() && !l.starts_with("warning: "))
         .collect();
     let line = lines.first().copied().unwrap_or("");
+    // Shown with --nocapture: the README's table quotes these.
+    println!("{}: {line}", case.name);
     let lower = err.to_lowercase();
     let problems = [
         (out.status.code() != Some(1)).then(|| format!("exit {:?}, expected 1", out.status.code())),

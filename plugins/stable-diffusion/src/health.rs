@@ -30,6 +30,16 @@ pub struct Applied {
     pub merge: Option<String>,
 }
 
+/// A dtype as profiles name it (`fp32`, `fp16`, `bf16`).
+pub fn dtype(kind: Kind) -> String {
+    match kind {
+        Kind::Float => "fp32".into(),
+        Kind::Half => "fp16".into(),
+        Kind::BFloat16 => "bf16".into(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// `x` short: plain decimals between 1e-4 and 1e6, else scientific (`1e308`, `NaN`, `inf`).
 pub fn number(x: f64) -> String {
     match x.abs() {

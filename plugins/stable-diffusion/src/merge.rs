@@ -187,7 +187,11 @@ fn write_merged(
             // Weights that overflow fp32 (or the stored dtype) are never written: the
             // temporary file is removed.
             if !crate::health::is_finite(&merged) {
-                bail!("merge ({}): tensor `{name}` becomes NaN or inf in {kind:?} — use weights near 0..1", cut(recipe));
+                bail!(
+                    "merge ({}): tensor `{name}` becomes NaN or inf in {} — use weights near 0..1",
+                    cut(recipe),
+                    crate::health::dtype(kind)
+                );
             }
             merged
         } else {

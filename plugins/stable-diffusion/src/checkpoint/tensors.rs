@@ -150,9 +150,9 @@ impl Checkpoint {
                         .map(|(c, w)| (c.path.as_path(), *w))
                         .collect();
                     bail!(
-                        "the merge ({}) makes `{key}` NaN or inf in {:?} — use merge weights near 0..1",
+                        "the merge ({}) makes `{key}` NaN or inf in {} — use merge weights near 0..1",
                         describe_merge(&paths),
-                        var.kind()
+                        crate::health::dtype(var.kind())
                     );
                 }
             }

@@ -191,9 +191,9 @@ impl LoraState {
                 let _ = var.f_add_(&delta.f_to_device(var.device())?.f_to_kind(var.kind())?)?;
                 if !health::is_finite(&var) {
                     bail!(
-                        "LoRA {name} (weight {}) makes `{key}` NaN or inf in {:?} — lower its weight",
+                        "LoRA {name} (weight {}) makes `{key}` NaN or inf in {} — lower its weight",
                         health::number(multiplier),
-                        var.kind()
+                        health::dtype(var.kind())
                     );
                 }
             }

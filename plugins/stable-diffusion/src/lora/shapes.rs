@@ -324,7 +324,8 @@ mod tests {
 
     #[test]
     fn every_bad_shape_is_an_error_naming_the_tensor() {
-        let cases: &[(&[(&'static str, &[i64])], &[i64], &str)] = &[
+        type Case<'a> = (&'a [(&'static str, &'a [i64])], &'a [i64], &'a str);
+        let cases: &[Case] = &[
             (
                 &[("lora_down.weight", &[4, 8]), ("lora_up.weight", &[6, 3])],
                 &[6, 8],

@@ -132,8 +132,8 @@ impl<'a> Reader<'a> {
         match left.first() {
             None => Ok(()),
             Some(first) => Err(format!(
-                "{} tensors {what} does not use (first: `{}`) — not a plain {what}",
-                left.len(),
+                "{} {what} does not use (first: `{}`) — not a plain {what}",
+                super::count(left.len(), "tensor"),
                 cut(first)
             )),
         }
@@ -460,7 +460,7 @@ mod tests {
         assert!(err(s).contains("`body.1.rdb2.conv3.weight` is missing"));
         let mut s = rrdb(1, 2, 3);
         s.insert("extra.weight".into(), vec![1]);
-        assert!(err(s).contains("1 tensors RRDBNet does not use (first: `extra.weight`)"));
+        assert!(err(s).contains("1 tensor RRDBNet does not use (first: `extra.weight`)"));
         let mut s = rrdb(1, 2, 3);
         s.insert("body.0.rdb1.conv2.weight".into(), vec![4, 9, 3, 3]);
         assert!(err(s).contains("has 9 input channels, not 12"));

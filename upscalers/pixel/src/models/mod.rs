@@ -171,7 +171,7 @@ pub fn load(path: &Path) -> Result<Network> {
             .rsplit(": ")
             .next()
             .unwrap_or("")
-            .split(|c: char| c == '\n' || c == '(' || c == '{')
+            .split(['\n', '(', '{'])
             .next()
             .unwrap_or("")
             .trim();

@@ -189,8 +189,8 @@ impl Rrdb {
             .conv_last
             .forward(&lrelu(&self.conv_hr.forward(&feat)?)?)?;
         Ok(out
-            .narrow(2, 0, h * self.scale)
-            .narrow(3, 0, w * self.scale))
+            .f_narrow(2, 0, h * self.scale)?
+            .f_narrow(3, 0, w * self.scale)?)
     }
 }
 
