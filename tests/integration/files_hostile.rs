@@ -99,6 +99,26 @@ fn lora_layer(tensors: &mut Vec<(String, Tensor)>, down: &[i64], up: &[i64]) {
     set(tensors, &format!("{LAYER}.lora_up.weight"), zeros(up));
 }
 
+/// The tiny SD 1.x checkpoint with NaN in one weight, as `nan.safetensors`.
+fn nan_checkpoint(scratch: &Scratch) -> PathBuf {
+    let mut tensors = read(&tiny_ldm());
+    let key = "cond_stage_model.transformer.text_model.final_layer_norm.weight";
+    let shape = tensors.iter().find(|(k, _)| k == key).unwrap().1.size();
+    set(&mut tensors, key, filled(&shape, f64::NAN));
+    write(&scratch.path("nan.safetensors"), &tensors)
+}
+
+/// `generate` on a profile merging `list` (TOML inline tables) instead of a checkpoint.
+fn profile_merge(scratch: &Scratch, list: &str) -> Vec<String> {
+    let m = tiny_ldm();
+    let text = tiny_profile(&m, "", "", "").replace(
+        &format!("checkpoint = \"{}\"", m.display()),
+        &format!("merge = [{list}]"),
+    );
+    let profile = scratch.write("p.toml", &text);
+    s(&["generate", profile.to_str().unwrap()])
+}
+
 /// The committed Real-ESRGAN ×4 test model with `edit` applied, as `upscalers/bad.safetensors`,
 /// run between the passes.
 fn upscaler(
@@ -176,7 +196,25 @@ const CASES: &[Case] = &[
         setup: |sc| with_lora(sc, "nan", |_| {}) },
     Case { name: "LoRA profile weight that overflows fp32", expect: &["LoRA `detail.safetensors` (weight 1e300) makes `cond_stage_model.transformer.", "NaN or inf", "lower its weight"],
         setup: |sc| with_lora(sc, "1e300", |_| {}) },
+    Case { name: "LoCon core of the wrong rank", expect: &["LoRA `detail.safetensors`", ".lora_mid.weight` has shape [4, 5, 3, 3] but", "(rank 4, 1×1)"],
+        setup: |sc| with_lora(sc, "1.0", |t| {
+            lora_layer(t, &[4, 32, 1, 1], &[32, 4, 1, 1]);
+            set(t, &format!("{LAYER}.lora_mid.weight"), zeros(&[4, 5, 3, 3]));
+        }) },
     // --- merges ---
+    Case { name: "merge of a checkpoint holding NaN", expect: &["nan.safetensors: tensor `cond_stage_model.transformer.text_model.final_layer_norm.weight` holds NaN or inf", "re-download"],
+        setup: |sc| {
+            let nan = nan_checkpoint(sc);
+            let (n, m) = (nan.to_str().unwrap(), tiny_ldm());
+            s(&["merge", sc.path("merged.safetensors").to_str().unwrap(), &format!("{}:0.5", m.display()), &format!("{n}:0.5")])
+        } },
+    Case { name: "profile merge of a checkpoint holding NaN", expect: &["nan.safetensors: tensor `cond_stage_model.transformer.text_model.final_layer_norm.weight` holds NaN or inf"],
+        setup: |sc| {
+            let nan = nan_checkpoint(sc);
+            profile_merge(sc, &format!("{{ checkpoint = \"{}\", weight = 0.5 }}, {{ checkpoint = \"{}\", weight = 0.5 }}", tiny_ldm().display(), nan.display()))
+        } },
+    Case { name: "profile merge weight NaN", expect: &["merge"],
+        setup: |sc| profile_merge(sc, &format!("{{ checkpoint = \"{0}\", weight = 0.5 }}, {{ checkpoint = \"{0}\", weight = nan }}", tiny_ldm().display())) },
     Case { name: "merge ratio overflowing fp32", expect: &["merge (model + (model - model) * 1e300): tensor `", "becomes NaN or inf"],
         setup: |sc| {
             let model = sc.path("model.safetensors");
@@ -184,16 +222,8 @@ const CASES: &[Case] = &[
             let m = model.to_str().unwrap();
             s(&["merge", sc.path("merged.safetensors").to_str().unwrap(), "--add-difference", m, m, &format!("{m}:1e300")])
         } },
-    Case { name: "profile merge weights overflowing fp32", expect: &["merge", "1e300"],
-        setup: |sc| {
-            let m = tiny_ldm();
-            let text = tiny_profile(&m, "", "", "").replace(
-                &format!("checkpoint = \"{}\"", m.display()),
-                &format!("merge = [{{ checkpoint = \"{0}\", weight = 1e300 }}, {{ checkpoint = \"{0}\", weight = -1e300 }}]", m.display()),
-            );
-            let profile = sc.write("p.toml", &text);
-            s(&["generate", profile.to_str().unwrap()])
-        } },
+    Case { name: "profile merge weights overflowing fp32", expect: &["the merge (sd1-tiny.safetensors:1e300 + sd1-tiny.safetensors:-1e300) makes `", "NaN or inf in fp32"],
+        setup: |sc| profile_merge(sc, &format!("{{ checkpoint = \"{0}\", weight = 1e300 }}, {{ checkpoint = \"{0}\", weight = -1e300 }}", tiny_ldm().display())) },
     // --- upscaler files ---
     Case { name: "upscaler with 0 channels", expect: &["`bad.safetensors`: tensor `conv_first.weight` has shape [0, 3, 3, 3] (a dimension of 0)"],
         setup: |sc| esrgan(sc, |t| set(t, "conv_first.weight", zeros(&[0, 3, 3, 3]))) },
@@ -221,6 +251,8 @@ const CASES: &[Case] = &[
         setup: |sc| compact(sc, |t| conv(t, "body.10", 1, 16)) },
     Case { name: "compact upscaler PReLU of the wrong size", expect: &["`bad.safetensors`: tensor `body.3.weight` has shape [5]"],
         setup: |sc| compact(sc, |t| set(t, "body.3.weight", zeros(&[5]))) },
+    Case { name: "old-layout ESRGAN with a 4×4 dense conv", expect: &["`bad.safetensors`: tensor `model.1.sub.0.RDB1.conv1.0.weight` has a 4×4 kernel"],
+        setup: |sc| upscaler(sc, "esrgan-old-x4.safetensors", |t| set(t, "model.1.sub.0.RDB1.conv1.0.weight", zeros(&[32, 8, 4, 4]))) },
     Case { name: "upscaler file cut short", expect: &["`bad.safetensors`: not a readable safetensors file", "cut or damaged"],
         setup: |sc| {
             let bytes = std::fs::read(repo().join("tests/data/upscalers/models/realesrgan-x4.safetensors")).unwrap();
