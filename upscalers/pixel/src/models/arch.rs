@@ -441,6 +441,49 @@ mod tests {
     }
 
     #[test]
+    fn the_original_esrgan_layout_counts_its_tail_and_blocks_are_bounded() {
+        let mut s = Shapes::new();
+        conv(&mut s, "model.0", 8, 3);
+        for name in ["RDB1", "RDB2", "RDB3"] {
+            for k in 1..=5 {
+                let out = if k == 5 { 8 } else { 4 };
+                conv(
+                    &mut s,
+                    &format!("model.1.sub.0.{name}.conv{k}.0"),
+                    out,
+                    8 + (k - 1) * 4,
+                );
+            }
+        }
+        conv(&mut s, "model.1.sub.1", 8, 8);
+        for i in [3, 6, 8] {
+            conv(&mut s, &format!("model.{i}"), 8, 8);
+        }
+        conv(&mut s, "model.10", 3, 8);
+        assert_eq!(
+            infer(&s),
+            Ok(Arch::Rrdb {
+                layout: "ESRGAN layout",
+                blocks: 1,
+                features: 8,
+                ups: 2,
+                unshuffle: 1,
+                scale: 4
+            })
+        );
+        let mut many = rrdb(1, 2, 3);
+        for i in 1..=MAX_BLOCKS {
+            many.insert(format!("body.{i}.rdb1.conv1.weight"), vec![4, 8, 3, 3]);
+        }
+        assert!(infer(&many).unwrap_err().contains("1001 RRDB blocks"));
+        let mut gap = rrdb(3, 2, 3);
+        gap.retain(|k, _| !k.starts_with("body.1."));
+        assert!(infer(&gap)
+            .unwrap_err()
+            .contains("`body.1.rdb1.conv1.weight` is missing"));
+    }
+
+    #[test]
     fn hostile_shapes_are_errors_naming_the_tensor() {
         let err = |s: Shapes| infer(&s).unwrap_err();
         assert!(err(rrdb(1, 40, 3)).contains("40 upsampling convs"));
