@@ -9,6 +9,7 @@ mod chain;
 mod check;
 mod compat;
 mod convert;
+mod files_hostile;
 mod info;
 mod lora;
 mod merge_and_switch;

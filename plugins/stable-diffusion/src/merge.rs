@@ -53,7 +53,7 @@ impl Recipe {
         match self {
             Recipe::WeightedSum(list) => list
                 .iter()
-                .map(|(p, w)| format!("{}:{w}", name(p)))
+                .map(|(p, w)| format!("{}:{}", name(p), crate::health::number(*w)))
                 .collect::<Vec<_>>()
                 .join(" + "),
             Recipe::AddDifference {
@@ -61,7 +61,13 @@ impl Recipe {
                 b,
                 c,
                 multiplier,
-            } => format!("{} + ({} - {}) * {multiplier}", name(a), name(b), name(c)),
+            } => format!(
+                "{} + ({} - {}) * {}",
+                name(a),
+                name(b),
+                name(c),
+                crate::health::number(*multiplier)
+            ),
         }
     }
 }
@@ -111,7 +117,14 @@ pub fn merge(recipe: &Recipe, out: &Path) -> Result<MergeReport> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     ));
-    let written = write_merged(&tmp, &header, &files, &factors);
+    if let Some((path, w)) = paths.iter().zip(&factors).find(|(_, w)| !w.is_finite()) {
+        bail!(
+            "merge: the weight {} of {} is not a finite number",
+            crate::health::number(*w),
+            path.display()
+        );
+    }
+    let written = write_merged(&tmp, &header, &files, &factors, &recipe.describe());
     let report = match written {
         Ok(report) => report,
         Err(e) => {
@@ -152,6 +165,7 @@ fn write_merged(
     header: &[u8],
     files: &[SafetensorsFile],
     factors: &[f64],
+    recipe: &str,
 ) -> Result<MergeReport> {
     let shown = tmp.display();
     let file = std::fs::File::create(tmp).with_context(|| format!("{shown}: cannot create"))?;
@@ -168,9 +182,18 @@ fn write_merged(
         });
         let tensor = if is_float(&entry.dtype) && shapes_agree {
             report.merged += 1;
-            weighted(files, factors, name)?.to_kind(
-                crate::checkpoint::safetensors::kind_of(&entry.dtype).unwrap_or(Kind::Float),
-            )
+            let kind = crate::checkpoint::safetensors::kind_of(&entry.dtype).unwrap_or(Kind::Float);
+            let merged = weighted(files, factors, name)?.to_kind(kind);
+            // Weights that overflow fp32 (or the stored dtype) are never written: the
+            // temporary file is removed.
+            if !crate::health::is_finite(&merged) {
+                bail!(
+                    "merge ({}): tensor `{name}` becomes NaN or inf in {} — use weights near 0..1",
+                    cut(recipe),
+                    crate::health::dtype(kind)
+                );
+            }
+            merged
         } else {
             if is_float(&entry.dtype) {
                 report.copied.push(name.clone());
@@ -194,11 +217,27 @@ fn write_merged(
 fn weighted(files: &[SafetensorsFile], factors: &[f64], name: &str) -> Result<Tensor> {
     let mut acc: Option<Tensor> = None;
     for (file, factor) in files.iter().zip(factors) {
-        let part = file.with_view(name, |t| Ok(t.to_kind(Kind::Float) * *factor))?;
+        let part = file.with_view(name, |t| {
+            if !crate::health::is_finite(t) {
+                bail!(
+                    "{}: tensor `{name}` holds NaN or inf — the file is damaged; re-download it",
+                    file.path().display()
+                );
+            }
+            Ok(t.to_kind(Kind::Float) * *factor)
+        })?;
         acc = Some(match acc {
             Some(a) => a + part,
             None => part,
         });
     }
     acc.ok_or_else(|| anyhow!("no inputs to merge"))
+}
+
+/// `text` cut to 120 characters with an ellipsis.
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(120) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }

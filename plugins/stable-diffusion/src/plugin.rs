@@ -178,8 +178,7 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
     }
 
     fn nonfinite_cause(&self) -> String {
-        let kind = self.0.info().kind;
-        crate::health::cause(self.0.nonfinite_weight(""), kind)
+        self.0.nonfinite_cause("")
     }
 }
 

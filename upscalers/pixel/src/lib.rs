@@ -90,7 +90,15 @@ impl Upscaler for Model {
 fn tile_override(options: &Options<'_>) -> Result<Option<(i64, i64)>> {
     let tile = options.number("tile", 0.0)?;
     let overlap = options.number("overlap", 32.0)?;
-    Ok((tile > 0.0).then_some((tile as i64, overlap as i64)))
+    if tile == 0.0 {
+        return Ok(None);
+    }
+    if !(16.0..=8192.0).contains(&tile) || !(0.0..tile).contains(&overlap) {
+        return Err(Error::new(format!(
+            "upscaler option tile = {tile:.0} / overlap = {overlap:.0}: use a tile of 16 to 8192 pixels and an overlap below the tile (tile 0: chosen by memory)"
+        )));
+    }
+    Ok(Some((tile as i64, overlap as i64)))
 }
 
 /// Free bytes for choosing tiles: MemAvailable on the CPU; on CUDA 8 GiB is assumed (an
@@ -119,9 +127,22 @@ pub fn super_resolve(
     kind: Kind,
 ) -> Result<Tensor> {
     let net = models::cached(path, pixels.device(), kind)?;
+    run_model(&net, pixels, ph, pw, tile, kind)
+        .map_err(|e| Error::new(format!("{}: running the model: {e}", path.display())))
+}
+
+/// [`super_resolve`] with the model loaded.
+fn run_model(
+    net: &models::Network,
+    pixels: &Tensor,
+    ph: i64,
+    pw: i64,
+    tile: Option<(i64, i64)>,
+    kind: Kind,
+) -> Result<Tensor> {
     let mut images = Vec::new();
     for i in 0..pixels.size()[0] {
-        let mut img = ((pixels.narrow(0, i, 1) + 1.0) / 2.0)
+        let mut img = ((pixels.f_narrow(0, i, 1)? + 1.0) / 2.0)
             .f_clamp(0.0, 1.0)?
             .f_to_kind(kind)?;
         for _ in 0..3 {
@@ -137,7 +158,7 @@ pub fn super_resolve(
                 },
                 None => models::tiles::choose(h, w, net.scale(), free_memory(img.device())),
             };
-            img = tch_no_grad(|| models::tiles::run_with_retry(&net, &img, tiling))?
+            img = tch_no_grad(|| models::tiles::run_with_retry(net, &img, tiling))?
                 .f_clamp(0.0, 1.0)?;
             if net.scale() == 1 {
                 break;

@@ -18,6 +18,7 @@ use crate::families::spec::{EncoderSpec, Family, TextLayout};
 use safetensors::SafetensorsFile;
 
 pub use diffusers::DiffusersConfigs;
+pub use tensors::describe_merge;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

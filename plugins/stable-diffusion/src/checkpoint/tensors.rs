@@ -6,6 +6,27 @@ use tch::nn::VarStore;
 
 use super::safetensors;
 use super::{read_ahead, Checkpoint, Format, Source};
+use crate::health::{is_finite, number};
+
+/// A merge for messages: `a.safetensors:0.5 + b.safetensors:0.5` (each name cut to 60
+/// characters).
+pub fn describe_merge(sources: &[(&std::path::Path, f64)]) -> String {
+    sources
+        .iter()
+        .map(|(path, weight)| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let name = match name.char_indices().nth(60) {
+                Some((end, _)) => format!("{}…", &name[..end]),
+                None => name,
+            };
+            format!("{name}:{}", number(*weight))
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
 
 impl Checkpoint {
     /// The file holding `key`, and the tensor's own name there when it differs.
@@ -54,6 +75,13 @@ impl Checkpoint {
         vs: &VarStore,
         only: &str,
     ) -> Result<()> {
+        if let Some((ckpt, weight)) = sources.iter().find(|(_, w)| !w.is_finite()) {
+            bail!(
+                "merge: the weight {} of {} is not a finite number",
+                number(*weight),
+                ckpt.path.display()
+            );
+        }
         let mut variables: Vec<(String, tch::Tensor)> = vs
             .variables()
             .into_iter()
@@ -100,6 +128,9 @@ impl Checkpoint {
                             )
                         });
                     }
+                    if !is_finite(src) {
+                        bail!("{}: tensor `{key}` holds NaN or inf — the file is damaged; re-download it", ckpt.origin(&key));
+                    }
                     let part = src.to_kind(tch::Kind::Float) * *weight;
                     sum = Some(match sum.take() {
                         Some(s) => s + part,
@@ -112,6 +143,18 @@ impl Checkpoint {
                 tch::no_grad(|| var.f_copy_(&sum)).with_context(|| {
                     format!("cannot copy the merged tensor `{key}` into the model")
                 })?;
+                // Weights that overflow fp32 (or the model's dtype) never reach the model.
+                if !is_finite(&var) {
+                    let paths: Vec<_> = sources
+                        .iter()
+                        .map(|(c, w)| (c.path.as_path(), *w))
+                        .collect();
+                    bail!(
+                        "the merge ({}) makes `{key}` NaN or inf in {} — use merge weights near 0..1",
+                        describe_merge(&paths),
+                        crate::health::dtype(var.kind())
+                    );
+                }
             }
         }
         Ok(())

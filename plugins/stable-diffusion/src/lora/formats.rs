@@ -5,8 +5,10 @@
 //! LyCORIS compute them.
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use tch::{Kind, Tensor};
+
+use super::shapes::{self, Shapes};
 
 /// The suffixes a LoRA file puts after a layer's name, longest first so that one that is a
 /// suffix of another (`.alpha`) is tried last.
@@ -69,87 +71,87 @@ pub fn split_key(key: &str) -> Option<(&str, &'static str)> {
 
 /// Groups a file's tensors by layer; keys with no known suffix are returned apart.
 pub fn group(tensors: Vec<(String, Tensor)>) -> (BTreeMap<String, LayerParts>, Vec<String>) {
-    let mut layers: BTreeMap<String, LayerParts> = BTreeMap::new();
-    let mut unknown = Vec::new();
-    for (key, tensor) in tensors {
-        match split_key(&key) {
-            Some((layer, part)) => {
-                layers
-                    .entry(layer.to_owned())
-                    .or_default()
-                    .0
-                    .insert(part, tensor);
-            }
-            None => unknown.push(key),
-        }
-    }
+    let (layers, unknown) = super::shapes::group(tensors);
+    let layers = layers
+        .into_iter()
+        .map(|(k, v)| (k, LayerParts(v)))
+        .collect();
     (layers, unknown)
 }
 
-/// `ΔW` of one layer for a weight of `shape`, alpha/rank scale included, in fp32.
-pub fn delta(parts: &LayerParts, shape: &[i64]) -> Result<Tensor> {
-    let f = |t: &Tensor| t.to_kind(Kind::Float);
-    let flat = |t: &Tensor| f(t).flatten(1, -1);
-    let (delta, scale) = if let (Some(up), Some(down)) = (
+impl LayerParts {
+    /// Each part's shape.
+    pub fn shapes(&self) -> Vec<(&'static str, Vec<i64>)> {
+        self.0.iter().map(|(p, t)| (*p, t.size())).collect()
+    }
+}
+
+/// `ΔW` of `layer` for the weight `key` of `shape`, alpha/rank scale included, in fp32. The
+/// shapes are checked first ([`shapes::check`]); the error names the tensor at fault.
+pub fn delta(layer: &str, parts: &LayerParts, key: &str, shape: &[i64]) -> Result<Tensor> {
+    let owned = parts.shapes();
+    let list: Shapes = owned.iter().map(|(p, s)| (*p, s.as_slice())).collect();
+    let plan = shapes::check(layer, &list, key, shape).map_err(anyhow::Error::msg)?;
+    let delta = compute(parts).map_err(|e| {
+        anyhow!(
+            "layer `{layer}`: {}",
+            host_api::error::first_line(&e.to_string())
+        )
+    })?;
+    let scale = match plan.rank {
+        Some(rank) => scale_of(parts.alpha(), rank),
+        None => 1.0,
+    };
+    let numel = shapes::numel(shape).unwrap_or(-1);
+    if delta.numel() as i64 != numel {
+        bail!(
+            "layer `{layer}`: its change has {} values but `{key}` {shape:?} has {numel}",
+            delta.numel()
+        );
+    }
+    Ok(delta.f_reshape(shape)? * scale)
+}
+
+/// The unscaled change of checked `parts`, with fallible ops only.
+fn compute(parts: &LayerParts) -> Result<Tensor> {
+    let f = |t: &Tensor| t.f_to_kind(Kind::Float);
+    let flat = |t: &Tensor| -> Result<Tensor> { Ok(f(t)?.f_flatten(1, -1)?) };
+    if let (Some(up), Some(down)) = (
         parts.get("lora_up.weight").or(parts.get("lora_B.weight")),
         parts.get("lora_down.weight").or(parts.get("lora_A.weight")),
     ) {
-        let rank = down.size()[0];
-        // The weight it changes: [out, in, kernel...] (the kernel from `lora_mid` if any).
-        let kernel = parts.get("lora_mid.weight").unwrap_or(down).size();
-        let implied = [&[up.size()[0], down.size()[1]], &kernel[2..]].concat();
-        if implied != shape {
-            bail!("it changes a {implied:?} weight");
-        }
         let down = match parts.get("lora_mid.weight") {
             // Tucker (LoCon `lora_mid`): fold the core into `down` as [r, in, kh, kw].
-            Some(mid) => Tensor::einsum(
+            Some(mid) => Tensor::f_einsum(
                 "i j k l, j r -> i r k l",
-                &[f(mid), flat(down)],
+                &[f(mid)?, flat(down)?],
                 None::<&[i64]>,
-            ),
-            None => f(down),
+            )?,
+            None => f(down)?,
         };
-        (
-            flat(up).matmul(&down.flatten(1, -1)),
-            scale_of(parts.alpha(), rank),
-        )
-    } else if let (Some(w1a), Some(w1b), Some(w2a), Some(w2b)) = (
+        return Ok(flat(up)?.f_matmul(&down.f_flatten(1, -1)?)?);
+    }
+    if let (Some(w1a), Some(w1b), Some(w2a), Some(w2b)) = (
         parts.get("hada_w1_a"),
         parts.get("hada_w1_b"),
         parts.get("hada_w2_a"),
         parts.get("hada_w2_b"),
     ) {
-        let half = |a: &Tensor, b: &Tensor, t: Option<&Tensor>| match t {
-            // CP form: t [r, r, kh, kw] between the factors.
-            Some(t) => Tensor::einsum(
-                "i j k l, j r, i p -> p r k l",
-                &[f(t), f(b), f(a)],
-                None::<&[i64]>,
-            ),
-            None => f(a).matmul(&f(b)),
+        let half = |a: &Tensor, b: &Tensor, t: Option<&Tensor>| -> Result<Tensor> {
+            Ok(match t {
+                // CP form: t [r, r, kh, kw] between the factors.
+                Some(t) => Tensor::f_einsum(
+                    "i j k l, j r, i p -> p r k l",
+                    &[f(t)?, f(b)?, f(a)?],
+                    None::<&[i64]>,
+                )?,
+                None => f(a)?.f_matmul(&f(b)?)?,
+            })
         };
-        if w1a.size()[0] != shape[0] {
-            bail!("it changes a weight with {} outputs", w1a.size()[0]);
-        }
-        let product = half(w1a, w1b, parts.get("hada_t1")) * half(w2a, w2b, parts.get("hada_t2"));
-        (product, scale_of(parts.alpha(), w1b.size()[0]))
-    } else if parts.get("lokr_w1").is_some() || parts.get("lokr_w1_a").is_some() {
-        lokr(parts)?
-    } else {
-        bail!("the layer has none of the tensor sets of LoRA, LoHa or LoKr");
-    };
-    if parts.get("dora_scale").is_some() {
-        bail!("DoRA layers (dora_scale) are not supported yet");
+        let one = half(w1a, w1b, parts.get("hada_t1"))?;
+        return Ok(one.f_mul(&half(w2a, w2b, parts.get("hada_t2"))?)?);
     }
-    let numel: i64 = shape.iter().product();
-    if delta.numel() as i64 != numel {
-        bail!(
-            "its change has {} values but the model's weight {shape:?} has {numel}",
-            delta.numel()
-        );
-    }
-    Ok(delta.reshape(shape) * scale)
+    lokr(parts)
 }
 
 /// alpha / rank, or 1 without alpha.
@@ -162,42 +164,34 @@ fn scale_of(alpha: Option<f64>, rank: i64) -> f64 {
 
 /// LoKr: `kron(w1, w2)`, each factor stored whole or as a low-rank product; alpha/rank only
 /// applies when a factor is decomposed (ComfyUI `LoKrAdapter`).
-fn lokr(parts: &LayerParts) -> Result<(Tensor, f64)> {
-    let f = |t: &Tensor| t.to_kind(Kind::Float);
-    let factor = |whole: &str, a: &str, b: &str| -> Result<(Tensor, Option<i64>)> {
+fn lokr(parts: &LayerParts) -> Result<Tensor> {
+    let f = |t: &Tensor| t.f_to_kind(Kind::Float);
+    let factor = |whole: &str, a: &str, b: &str| -> Result<Tensor> {
         if let Some(w) = parts.get(whole) {
-            return Ok((f(w), None));
+            return Ok(f(w)?);
         }
         match (parts.get(a), parts.get(b)) {
-            (Some(a_), Some(b_)) => {
-                let rank = b_.size()[0];
-                let w = match (whole, parts.get("lokr_t2")) {
-                    ("lokr_w2", Some(t)) => Tensor::einsum(
-                        "i j k l, i p, j r -> p r k l",
-                        &[f(t), f(a_), f(b_)],
-                        None::<&[i64]>,
-                    ),
-                    _ => f(a_)
-                        .matmul(&f(b_).flatten(1, -1))
-                        .reshape([&[a_.size()[0]], &b_.size()[1..]].concat().as_slice()),
-                };
-                Ok((w, Some(rank)))
-            }
+            (Some(a_), Some(b_)) => Ok(match (whole, parts.get("lokr_t2")) {
+                ("lokr_w2", Some(t)) => Tensor::f_einsum(
+                    "i j k l, i p, j r -> p r k l",
+                    &[f(t)?, f(a_)?, f(b_)?],
+                    None::<&[i64]>,
+                )?,
+                _ => f(a_)?
+                    .f_matmul(&f(b_)?.f_flatten(1, -1)?)?
+                    .f_reshape([&[a_.size()[0]], &b_.size()[1..]].concat().as_slice())?,
+            }),
             _ => bail!("LoKr layer without {whole} or {a}/{b}"),
         }
     };
-    let (w1, rank1) = factor("lokr_w1", "lokr_w1_a", "lokr_w1_b")?;
-    let (w2, rank2) = factor("lokr_w2", "lokr_w2_a", "lokr_w2_b")?;
-    let scale = match rank2.or(rank1) {
-        Some(rank) => scale_of(parts.alpha(), rank),
-        None => 1.0,
-    };
+    let w1 = factor("lokr_w1", "lokr_w1_a", "lokr_w1_b")?;
+    let w2 = factor("lokr_w2", "lokr_w2_a", "lokr_w2_b")?;
     // A 2-D w1 against a 4-D (conv) w2: kron over the first two dims, w1 broadcast over the kernel.
-    let w1 = match w2.dim() {
-        4 => w1.unsqueeze(-1).unsqueeze(-1),
+    let w1 = match (w1.dim(), w2.dim()) {
+        (2, 4) => w1.f_unsqueeze(-1)?.f_unsqueeze(-1)?,
         _ => w1,
     };
-    Ok((w1.kron(&w2), scale))
+    Ok(w1.f_kron(&w2)?)
 }
 
 #[cfg(test)]
@@ -223,7 +217,7 @@ mod tests {
             ),
             ("alpha", Tensor::from(1.0f32)),
         ]);
-        let d = delta(&p, &[3, 2]).unwrap();
+        let d = delta("x", &p, "w", &[3, 2]).unwrap();
         // up @ down = [[1,2],[3,4],[4,6]], × 1/2.
         let want = t(&[0.5, 1.0, 1.5, 2.0, 2.0, 3.0], &[3, 2]);
         assert!(d.allclose(&want, 1e-6, 1e-6, false));
@@ -236,7 +230,7 @@ mod tests {
             ("lokr_w2", t(&[1.0, 1.0], &[2, 1])),
             ("alpha", Tensor::from(8.0f32)),
         ]);
-        let d = delta(&p, &[2, 2]).unwrap();
+        let d = delta("x", &p, "w", &[2, 2]).unwrap();
         assert!(d.allclose(&t(&[1.0, 2.0, 1.0, 2.0], &[2, 2]), 1e-6, 1e-6, false));
     }
 
@@ -252,7 +246,7 @@ mod tests {
                 Tensor::ones([3, 2], (Kind::Float, Device::Cpu)),
             ),
         ]);
-        assert!(delta(&p, &[3, 5]).is_err());
+        assert!(delta("x", &p, "w", &[3, 5]).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! restoring is one copy, not a subtraction that rounds).
 mod formats;
 mod names;
+pub mod shapes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -14,6 +15,8 @@ use tch::Tensor;
 use crate::checkpoint::safetensors::SafetensorsFile;
 use crate::convert::UNET_PREFIX;
 use crate::families::Family;
+use crate::guard::guarded;
+use crate::health;
 use crate::unet::UNetConfig;
 pub use names::NameTable;
 
@@ -26,6 +29,33 @@ pub struct LoraSpec {
     pub te: f64,
     /// Multiplier of the UNet layers.
     pub unet: f64,
+}
+
+impl LoraSpec {
+    /// The file's name in backquotes, cut to 80 characters, for messages.
+    pub fn shown(&self) -> String {
+        let file = self
+            .path
+            .file_name()
+            .map_or_else(|| self.name.clone(), |n| n.to_string_lossy().into_owned());
+        format!("`{}`", cut(&file))
+    }
+
+    /// The multiplier, or both (`te/unet`) when they differ.
+    fn weights(&self) -> String {
+        match self.te == self.unet || self.te.is_nan() && self.unet.is_nan() {
+            true => health::number(self.unet),
+            false => format!("{}/{}", health::number(self.te), health::number(self.unet)),
+        }
+    }
+}
+
+/// `text` cut to 80 characters with an ellipsis.
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
 /// The LoRA state of one model.
@@ -77,7 +107,8 @@ impl LoraState {
         self.restore(vars);
         let mut warnings = Vec::new();
         for spec in set {
-            match self.add(vars, spec) {
+            let what = format!("applying LoRA {}", spec.shown());
+            match guarded(&what, || self.add(vars, spec)) {
                 Ok(Some(warning)) => warnings.push(warning),
                 Ok(None) => {}
                 Err(e) => {
@@ -104,19 +135,28 @@ impl LoraState {
     }
 
     /// Adds one LoRA to the weights; `Ok(Some(warning))` when some of its layers match nothing.
+    /// Its tensors must be finite, its shapes fit the weights ([`shapes::check`]), and every
+    /// weight it changes must stay finite: else an error naming the LoRA and the tensor (the
+    /// caller restores the base weights).
     fn add(&mut self, vars: &HashMap<String, Tensor>, spec: &LoraSpec) -> Result<Option<String>> {
-        let name = &spec.name;
+        let name = spec.shown();
         let file = SafetensorsFile::open(&spec.path)?;
         let tensors = file
             .entries()
             .keys()
             .map(|k| Ok((k.clone(), file.read(k)?)))
             .collect::<Result<Vec<_>>>()?;
+        if let Some((key, _)) = tensors.iter().find(|(_, t)| !health::is_finite(t)) {
+            bail!(
+                "LoRA {name}: tensor `{}` holds NaN or inf — the file is damaged; re-download it",
+                cut(key)
+            );
+        }
         let (mut layers, stray) = formats::group(tensors);
         peft_alphas(&mut layers, file.metadata()).map_err(|e| anyhow!("LoRA {name}: {e}"))?;
-        self.check_family(name, layers.keys().map(String::as_str))?;
+        self.check_family(&name, layers.keys().map(String::as_str))?;
         let mut unmatched: Vec<&str> = stray.iter().map(String::as_str).collect();
-        let mut changes: BTreeMap<&str, Tensor> = BTreeMap::new();
+        let mut changes: BTreeMap<&str, (Tensor, f64)> = BTreeMap::new();
         for (layer, parts) in &layers {
             let Some(key) = self.names.weight(layer) else {
                 unmatched.push(layer);
@@ -125,36 +165,65 @@ impl LoraState {
             let var = vars
                 .get(key)
                 .ok_or_else(|| anyhow!("LoRA {name}: the model has no weight `{key}`"))?;
-            let delta = formats::delta(parts, &var.size()).map_err(|e| {
-                anyhow!("LoRA {name}: layer `{layer}` does not fit `{key}` {:?}: {e} — a LoRA for another model family", var.size())
-            })?;
+            let delta = formats::delta(layer, parts, key, &var.size())
+                .map_err(|e| anyhow!("LoRA {name}: {e}"))?;
             let multiplier = match key.starts_with(UNET_PREFIX) {
                 true => spec.unet,
                 false => spec.te,
             };
-            changes.insert(key, delta * multiplier);
+            if !multiplier.is_finite() {
+                bail!(
+                    "LoRA {name}: weight {} is not a finite number — use a weight like 0.8",
+                    health::number(multiplier)
+                );
+            }
+            changes.insert(key, (delta * multiplier, multiplier));
         }
         if changes.is_empty() {
             bail!("LoRA {name}: none of its {} layers matches a weight of this {} model — is it for another family?", layers.len(), self.family.name);
         }
-        tch::no_grad(|| {
-            for (key, delta) in changes {
+        tch::no_grad(|| -> Result<()> {
+            for (key, (delta, multiplier)) in changes {
                 let mut var = vars[key].shallow_clone();
                 self.originals
                     .entry(key.to_owned())
                     .or_insert_with(|| var.copy());
-                let _ = var.g_add_(&delta.to_device(var.device()).to_kind(var.kind()));
+                let _ = var.f_add_(&delta.f_to_device(var.device())?.f_to_kind(var.kind())?)?;
+                if !health::is_finite(&var) {
+                    bail!(
+                        "LoRA {name} (weight {}) makes `{key}` NaN or inf in {} — lower its weight",
+                        health::number(multiplier),
+                        health::dtype(var.kind())
+                    );
+                }
             }
-        });
+            Ok(())
+        })?;
         Ok(match unmatched.len() {
             0 => None,
             n => Some(format!(
                 "LoRA {name}: {n} of its {} layers match no weight of this {} model and were skipped (first: {})",
                 layers.len() + stray.len(),
                 self.family.name,
-                unmatched.iter().take(3).copied().collect::<Vec<_>>().join(", ")
+                unmatched.iter().take(3).map(|l| cut(l)).collect::<Vec<_>>().join(", ")
             )),
         })
+    }
+
+    /// Whether the current set changed the weight `key`.
+    pub fn changed(&self, key: &str) -> bool {
+        self.originals.contains_key(key)
+    }
+
+    /// The current set for messages: "LoRA `a.safetensors` (weight 0.8), ...", `None` when
+    /// empty.
+    pub fn describe(&self) -> Option<String> {
+        let each: Vec<String> = self
+            .current
+            .iter()
+            .map(|s| format!("LoRA {} (weight {})", s.shown(), s.weights()))
+            .collect();
+        (!each.is_empty()).then(|| each.join(", "))
     }
 
     /// SDXL LoRAs name two text encoders (`lora_te1_`, `lora_te2_`, `text_encoder_2.`), SD 1.x
@@ -200,6 +269,9 @@ fn peft_alphas(
         };
         let key = format!("{component}.lora_alpha");
         if let Some(alpha) = json.get(key.as_str()).and_then(|v| v.as_f64()) {
+            if !alpha.is_finite() {
+                bail!("its lora_adapter_metadata `{key}` is not a finite number");
+            }
             parts.default_alpha(alpha);
         }
     }

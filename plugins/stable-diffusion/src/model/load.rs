@@ -81,6 +81,14 @@ impl SdModel {
             origin: Origin {
                 checkpoint: checkpoint.to_path_buf(),
                 merged: !options.merge.is_empty(),
+                merge: (!options.merge.is_empty()).then(|| {
+                    let sources: Vec<_> = options
+                        .merge
+                        .iter()
+                        .map(|(p, w)| (p.as_path(), *w))
+                        .collect();
+                    crate::checkpoint::describe_merge(&sources)
+                }),
                 vae: RefCell::new(options.vae.clone()),
             },
             conditioner,

@@ -42,6 +42,8 @@ use patcher::Patcher;
 struct Origin {
     checkpoint: PathBuf,
     merged: bool,
+    /// The merge recipe for messages ("a.safetensors:0.5 + b.safetensors:0.5").
+    merge: Option<String>,
     /// The VAE override now in the model (`None`: the checkpoint's).
     vae: RefCell<Option<PathBuf>>,
 }
@@ -97,6 +99,23 @@ impl SdModel {
         health::first_nonfinite(&self.vs.variables(), prefix)
     }
 
+    /// Why a result holds NaN or inf: the first non-finite parameter under `prefix` (all with
+    /// ""), blamed on the LoRA set or the merge that changed it before the checkpoint.
+    pub fn nonfinite_cause(&self, prefix: &str) -> String {
+        let bad = self.nonfinite_weight(prefix);
+        self.cause_of(bad)
+    }
+
+    fn cause_of(&self, bad: Option<String>) -> String {
+        let (loras, lora_changed) = self.patcher.blame(bad.as_deref());
+        let applied = health::Applied {
+            loras,
+            lora_changed,
+            merge: self.origin.merge.clone(),
+        };
+        health::cause_in(bad, self.info.kind, &applied)
+    }
+
     /// Frees the parameters of `parts` ([`host_api::backend::release`] bits: text encoders,
     /// UNet, the VAE's encoder) — the host will not use them again (a one-shot run's last
     /// pass, then its final decodes, which then peak on the VAE decoder alone). With the UNet
@@ -144,7 +163,7 @@ impl SdModel {
                 .find_map(|e| health::first_nonfinite(&vars, e.ldm_prefix));
             bail!(
                 "the text encoder produced NaN or inf for the prompt — {}",
-                health::cause(bad, self.info.kind)
+                self.cause_of(bad)
             );
         }
         Ok(cond)

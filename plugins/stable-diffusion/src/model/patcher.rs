@@ -87,6 +87,12 @@ impl Patcher {
         guarded("applying LoRA", || self.lora.borrow_mut().apply(&vars, set))
     }
 
+    /// The LoRA set for blame: its description, and whether it changed the weight `bad`.
+    pub fn blame(&self, bad: Option<&str>) -> (Option<String>, bool) {
+        let lora = self.lora.borrow();
+        (lora.describe(), bad.is_some_and(|k| lora.changed(k)))
+    }
+
     /// Makes `patches` the UNet patches of every following UNet call; `pass` is the sigma
     /// range of the pass they run in.
     pub fn set_patches(&self, patches: Vec<host_api::PatchBox>, pass: host_api::PassSigmas) {

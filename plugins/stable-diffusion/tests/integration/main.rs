@@ -1,5 +1,6 @@
 //! The backend's integration tests as one binary (each test binary links libtorch): one
 //! module per area, sharing `common` (parity helpers) and the host's `files` helpers.
+mod blame;
 mod common;
 #[path = "../../../../tests/integration/common/files.rs"]
 mod files;

@@ -13,7 +13,8 @@ pub struct Compact {
 }
 
 impl Compact {
-    pub fn from_weights(w: &mut Weights) -> Result<Self> {
+    /// Takes the weights of a file [`super::arch::infer`] checked, of scale `scale`.
+    pub fn from_weights(w: &mut Weights, scale: i64) -> Result<Self> {
         let mut convs = Vec::new();
         let mut prelus = Vec::new();
         let mut k = 0;
@@ -37,15 +38,6 @@ impl Compact {
                 "SRVGGNetCompact needs convs with a PReLU after each but the last",
             ));
         }
-        let (inc, outc) = (
-            convs[0].in_channels(),
-            convs[convs.len() - 1].out_channels(),
-        );
-        let scale = (1..=8).find(|s| inc * s * s == outc).ok_or_else(|| {
-            Error::new(format!(
-                "SRVGGNetCompact: last conv gives {outc} channels for {inc}: not channels × scale²"
-            ))
-        })?;
         Ok(Self {
             convs,
             prelus,
@@ -62,11 +54,12 @@ impl Compact {
         )
     }
 
-    pub(super) fn to(&mut self, device: Device, kind: Kind) {
-        self.convs.iter_mut().for_each(|c| c.to(device, kind));
+    pub(super) fn to(&mut self, device: Device, kind: Kind) -> Result<()> {
+        self.convs.iter_mut().try_for_each(|c| c.to(device, kind))?;
         for p in &mut self.prelus {
-            *p = p.to_device(device).to_kind(kind);
+            *p = p.f_to_device(device)?.f_to_kind(kind)?;
         }
+        Ok(())
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -74,7 +67,10 @@ impl Compact {
         for (conv, prelu) in self.convs.iter().zip(&self.prelus) {
             h = conv.forward(&h)?.f_prelu(prelu)?;
         }
-        let last = self.convs.last().expect("at least two convs");
+        let last = self
+            .convs
+            .last()
+            .ok_or_else(|| Error::new("SRVGGNetCompact without convs"))?;
         let out = last.forward(&h)?.f_pixel_shuffle(self.scale)?;
         let s = x.size();
         let base = x.f_upsample_nearest2d([s[2] * self.scale, s[3] * self.scale], None, None)?;

@@ -3,6 +3,7 @@
 //! Real-ESRGAN/BasicSR key layouts (scales 1, 2, 4, 8; any block count) and
 //! SRVGGNetCompact. The architecture, scale, block count and widths come from the state
 //! dict's keys and shapes, never from the file name.
+pub mod arch;
 pub mod compact;
 pub mod rrdb;
 pub mod tiles;
@@ -59,12 +60,13 @@ impl Conv {
         self.weight.size()[0]
     }
 
-    fn to(&mut self, device: Device, kind: Kind) {
-        self.weight = self.weight.to_device(device).to_kind(kind);
-        self.bias = self
-            .bias
-            .as_ref()
-            .map(|b| b.to_device(device).to_kind(kind));
+    fn to(&mut self, device: Device, kind: Kind) -> Result<()> {
+        self.weight = self.weight.f_to_device(device)?.f_to_kind(kind)?;
+        self.bias = match &self.bias {
+            Some(b) => Some(b.f_to_device(device)?.f_to_kind(kind)?),
+            None => None,
+        };
+        Ok(())
     }
 }
 
@@ -88,21 +90,18 @@ pub enum Network {
 }
 
 impl Network {
-    /// Detects the architecture from the keys and shapes (as Spandrel does) and takes its
-    /// weights; any key left over is an error (a file of another architecture).
+    /// Detects the architecture from the keys and shapes (as Spandrel does; every shape
+    /// checked first, [`arch::infer`]) and takes its weights; any key left over is an error
+    /// (a file of another architecture).
     pub fn from_weights(mut w: Weights) -> Result<Self> {
-        let net = if w.contains_key("conv_first.weight") || w.contains_key("model.0.weight") {
-            Network::Rrdb(rrdb::Rrdb::from_weights(&mut w)?)
-        } else if w.contains_key("body.0.weight") && w.contains_key("body.1.weight") {
-            Network::Compact(compact::Compact::from_weights(&mut w)?)
-        } else {
-            let mut keys: Vec<&String> = w.keys().collect();
-            keys.sort();
-            let first: Vec<&str> = keys.iter().take(3).map(|k| k.as_str()).collect();
-            return Err(Error::new(format!(
-                "not an ESRGAN-family model (RRDBNet or SRVGGNetCompact): its keys start {}",
-                first.join(", ")
-            )));
+        let shapes: arch::Shapes = w.iter().map(|(k, t)| (k.clone(), t.size())).collect();
+        let net = match arch::infer(&shapes).map_err(Error::new)? {
+            arch::Arch::Rrdb {
+                unshuffle, scale, ..
+            } => Network::Rrdb(rrdb::Rrdb::from_weights(&mut w, unshuffle, scale)?),
+            arch::Arch::Compact { scale, .. } => {
+                Network::Compact(compact::Compact::from_weights(&mut w, scale)?)
+            }
         };
         if !w.is_empty() {
             let mut left: Vec<&String> = w.keys().collect();
@@ -140,9 +139,9 @@ impl Network {
         }
     }
 
-    pub fn to(&mut self, device: Device, kind: Kind) {
+    pub fn to(&mut self, device: Device, kind: Kind) -> Result<()> {
         match self {
-            Network::Rrdb(n) => n.convs_mut().for_each(|c| c.to(device, kind)),
+            Network::Rrdb(n) => n.convs_mut().try_for_each(|c| c.to(device, kind)),
             Network::Compact(n) => n.to(device, kind),
         }
     }
@@ -160,13 +159,33 @@ pub fn load(path: &Path) -> Result<Network> {
             "{name} is a PyTorch pickle: convert it first with `hiresfix convert {name}` (hiresfix never runs pickle)"
         )));
     }
-    let tensors = Tensor::read_safetensors(path)
-        .map_err(|e| Error::new(format!("{name}: cannot read it as safetensors ({e})")))?;
+    // Errors name the file by its name (the folder is the user's upscaler_dirs), cut short.
+    let file = path
+        .file_name()
+        .map_or_else(|| name.to_string(), |n| n.to_string_lossy().into_owned());
+    let shown = format!("`{}`", arch::cut(&file));
+    let tensors = Tensor::read_safetensors(path).map_err(|e| {
+        // tch's text repeats the path; the reason follows it.
+        let text = e.to_string().replace(&name.to_string(), "");
+        let reason = text
+            .rsplit(": ")
+            .next()
+            .unwrap_or("")
+            .split(['\n', '(', '{'])
+            .next()
+            .unwrap_or("")
+            .trim();
+        Error::new(format!(
+            "{shown}: not a readable safetensors file ({}) — it is cut or damaged; download it again",
+            arch::cut(reason)
+        ))
+    })?;
     let weights: Weights = tensors
         .into_iter()
-        .map(|(k, t)| (k, t.to_kind(Kind::Float)))
-        .collect();
-    Network::from_weights(weights).map_err(|e| Error::new(format!("{name}: {e}")))
+        .map(|(k, t)| Ok((k, t.f_to_kind(Kind::Float)?)))
+        .collect::<Result<_>>()
+        .map_err(|e| Error::new(format!("{shown}: {e}")))?;
+    Network::from_weights(weights).map_err(|e| Error::new(format!("{shown}: {e}")))
 }
 
 /// Loaded models by file, device and dtype, kept for the thread (tensors are not `Sync`):
@@ -184,7 +203,8 @@ pub fn cached(path: &Path, device: Device, kind: Kind) -> Result<Rc<Network>> {
         return Ok(net);
     }
     let mut net = load(path)?;
-    net.to(device, kind);
+    net.to(device, kind)
+        .map_err(|e| Error::new(format!("`{}`: {e}", path.display())))?;
     let net = Rc::new(net);
     CACHE.with(|c| c.borrow_mut().insert(key, net.clone()));
     Ok(net)

@@ -60,29 +60,15 @@ fn dense(
 }
 
 impl Rrdb {
-    pub fn from_weights(w: &mut Weights) -> Result<Self> {
+    /// Takes the weights of a file [`super::arch::infer`] checked: pixel-unshuffle factor
+    /// `unshuffle`, scale `scale`.
+    pub fn from_weights(w: &mut Weights, unshuffle: i64, scale: i64) -> Result<Self> {
         let mut net = match w.contains_key("conv_first.weight") {
             true => Self::basicsr(w)?,
             false => Self::original(w)?,
         };
-        let (inc, outc) = (net.conv_first.in_channels(), net.conv_last.out_channels());
-        // Real-ESRGAN ×2 / ×1 feed the pixel-unshuffled image: 4 / 16 times the channels.
-        net.unshuffle = match inc / outc.max(1) {
-            _ if inc == outc => 1,
-            4 if inc == outc * 4 => 2,
-            16 if inc == outc * 16 => 4,
-            _ => {
-                return Err(Error::new(format!(
-                    "RRDBNet with {inc} input and {outc} output channels: not an image model"
-                )))
-            }
-        };
-        net.scale = (1i64 << net.ups.len()) / net.unshuffle;
-        if net.scale < 1 {
-            return Err(Error::new(
-                "RRDBNet with fewer upsamplings than its unshuffle",
-            ));
-        }
+        net.unshuffle = unshuffle;
+        net.scale = scale;
         Ok(net)
     }
 
@@ -134,8 +120,9 @@ impl Rrdb {
             .iter()
             .map(|i| Conv::take(w, &format!("model.{i}")))
             .collect::<Result<Vec<_>>>()?;
-        let conv_last = convs.pop().expect("two or more");
-        let conv_hr = convs.pop().expect("one or more");
+        let missing = || Error::new("ESRGAN layout without its HR and last convs");
+        let conv_last = convs.pop().ok_or_else(missing)?;
+        let conv_hr = convs.pop().ok_or_else(missing)?;
         Ok(Self {
             conv_first,
             blocks,
@@ -202,8 +189,8 @@ impl Rrdb {
             .conv_last
             .forward(&lrelu(&self.conv_hr.forward(&feat)?)?)?;
         Ok(out
-            .narrow(2, 0, h * self.scale)
-            .narrow(3, 0, w * self.scale))
+            .f_narrow(2, 0, h * self.scale)?
+            .f_narrow(3, 0, w * self.scale)?)
     }
 }
 
