@@ -527,13 +527,13 @@ const CASES: &[Case] = &[
         setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_samplers_kdiff.so\" = \"00\"", "", "") },
     Case { name: "the model backend refused by its pin", code: 1, expect: "no model backend plugin was found; see `hiresfix plugins` (refused plugin libhiresfix_sd.so",
         setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_sd.so\" = \"00\"", "", "") },    // --- round 3: weights, expansions before limits, bounded echoes ---
-    Case { name: "LoRA weight NaN in the profile", code: 1, expect: "a weight must be a number between -100 and 100",
+    Case { name: "LoRA weight NaN in the profile", code: 1, expect: "a LoRA's weight must be a number between -100 and 100",
         setup: |sc| profile_edit(sc, |p| p.replace("[model]", "[model]\nloras = [{ path = \"x.safetensors\", weight = nan }]")) },
-    Case { name: "LoRA weight 1e308 in the profile", code: 1, expect: "a weight must be a number between -100 and 100",
+    Case { name: "LoRA weight 1e308 in the profile", code: 1, expect: "a LoRA's weight must be a number between -100 and 100",
         setup: |sc| profile_edit(sc, |p| p.replace("[model]", "[model]\nloras = [{ path = \"x.safetensors\", weight = 1e308 }]")) },
-    Case { name: "pass LoRA weight of -1e9", code: 1, expect: "a weight must be a number between -100 and 100",
+    Case { name: "pass LoRA weight of -1e9", code: 1, expect: "a LoRA's weight must be a number between -100 and 100",
         setup: |sc| generate(sc, &tiny_ldm(), "", "", "loras = [{ path = \"x.safetensors\", weight = -1e9 }]") },
-    Case { name: "merge weight inf in the profile", code: 1, expect: "a weight must be a number between -100 and 100",
+    Case { name: "merge weight inf in the profile", code: 1, expect: "a merge's weight must be a number between -100 and 100",
         setup: |sc| profile_edit(sc, |p| p.replace("[model]", "[model]\nmerge = [{ checkpoint = \"a.safetensors\", weight = inf }, { checkpoint = \"b.safetensors\", weight = 0.5 }]")) },
     Case { name: "merge command weight 1e300", code: 1, expect: ":1e300`: a weight must be a number between -100 and 100",
         setup: |sc| {

@@ -108,6 +108,25 @@ fn nan_checkpoint(scratch: &Scratch) -> PathBuf {
     write(&scratch.path("nan.safetensors"), &tensors)
 }
 
+/// The tiny SD 1.x checkpoint with one weight at 1e37 (finite; ×100 is not), as `big.safetensors`.
+fn big_checkpoint(scratch: &Scratch) -> PathBuf {
+    let mut tensors = read(&tiny_ldm());
+    let key = "cond_stage_model.transformer.text_model.final_layer_norm.weight";
+    let shape = tensors.iter().find(|(k, _)| k == key).unwrap().1.size();
+    set(&mut tensors, key, filled(&shape, 1e37));
+    write(&scratch.path("big.safetensors"), &tensors)
+}
+
+/// The LoRA's layer with its up and down tensors filled with `value` (finite, but their
+/// product is not in fp32).
+fn lora_layer_filled(tensors: &mut Vec<(String, Tensor)>, value: f64) {
+    for part in ["lora_down", "lora_up"] {
+        let key = format!("{LAYER}.{part}.weight");
+        let shape = tensors.iter().find(|(k, _)| *k == key).unwrap().1.size();
+        set(tensors, &key, filled(&shape, value));
+    }
+}
+
 /// `generate` on a profile merging `list` (TOML inline tables) instead of a checkpoint.
 fn profile_merge(scratch: &Scratch, list: &str) -> Vec<String> {
     let m = tiny_ldm();
@@ -192,10 +211,10 @@ const CASES: &[Case] = &[
         }) },
     Case { name: "LoRA tag weight 1e308", expect: &["detail", "1e308"],
         setup: |sc| with_tag(sc, "1e308") },
-    Case { name: "LoRA profile weight NaN", expect: &["detail"],
+    Case { name: "LoRA profile weight NaN", expect: &["p.toml:", "a LoRA's weight must be a number between -100 and 100"],
         setup: |sc| with_lora(sc, "nan", |_| {}) },
-    Case { name: "LoRA profile weight that overflows fp32", expect: &["LoRA `detail.safetensors` (weight 1e300) makes `cond_stage_model.transformer.", "NaN or inf", "lower its weight"],
-        setup: |sc| with_lora(sc, "1e300", |_| {}) },
+    Case { name: "LoRA profile weight that overflows fp32", expect: &["LoRA `detail.safetensors` (weight 100) makes `cond_stage_model.transformer.", "NaN or inf", "lower its weight"],
+        setup: |sc| with_lora(sc, "100", |t| lora_layer_filled(t, 1e30)) },
     Case { name: "LoCon core of the wrong rank", expect: &["LoRA `detail.safetensors`", ".lora_mid.weight` has shape [4, 5, 3, 3] but", "(rank 4, 1×1)"],
         setup: |sc| with_lora(sc, "1.0", |t| {
             lora_layer(t, &[4, 32, 1, 1], &[32, 4, 1, 1]);
@@ -213,17 +232,17 @@ const CASES: &[Case] = &[
             let nan = nan_checkpoint(sc);
             profile_merge(sc, &format!("{{ checkpoint = \"{}\", weight = 0.5 }}, {{ checkpoint = \"{}\", weight = 0.5 }}", tiny_ldm().display(), nan.display()))
         } },
-    Case { name: "profile merge weight NaN", expect: &["merge"],
+    Case { name: "profile merge weight NaN", expect: &["p.toml:", "a merge's weight must be a number between -100 and 100"],
         setup: |sc| profile_merge(sc, &format!("{{ checkpoint = \"{0}\", weight = 0.5 }}, {{ checkpoint = \"{0}\", weight = nan }}", tiny_ldm().display())) },
-    Case { name: "merge ratio overflowing fp32", expect: &["merge (model + (model - model) * 1e300): tensor `", "becomes NaN or inf"],
+    Case { name: "merge ratio overflowing fp32", expect: &["merge (model + (big - model) * 100): tensor `cond_stage_model.transformer.text_model.final_layer_norm.weight", "becomes NaN or inf"],
         setup: |sc| {
             let model = sc.path("model.safetensors");
             std::fs::copy(tiny_ldm(), &model).unwrap();
-            let m = model.to_str().unwrap();
-            s(&["merge", sc.path("merged.safetensors").to_str().unwrap(), "--add-difference", m, m, &format!("{m}:1e300")])
+            let (m, b) = (model.to_str().unwrap(), big_checkpoint(sc));
+            s(&["merge", sc.path("merged.safetensors").to_str().unwrap(), "--add-difference", m, b.to_str().unwrap(), &format!("{m}:100")])
         } },
-    Case { name: "profile merge weights overflowing fp32", expect: &["the merge (sd1-tiny.safetensors:1e300 + sd1-tiny.safetensors:-1e300) makes `", "NaN or inf in fp32"],
-        setup: |sc| profile_merge(sc, &format!("{{ checkpoint = \"{0}\", weight = 1e300 }}, {{ checkpoint = \"{0}\", weight = -1e300 }}", tiny_ldm().display())) },
+    Case { name: "profile merge weights overflowing fp32", expect: &["the merge (big.safetensors:100 + sd1-tiny.safetensors:1) makes `", "NaN or inf in fp32"],
+        setup: |sc| profile_merge(sc, &format!("{{ checkpoint = \"{}\", weight = 100 }}, {{ checkpoint = \"{}\", weight = 1 }}", big_checkpoint(sc).display(), tiny_ldm().display())) },
     // --- upscaler files ---
     Case { name: "upscaler with 0 channels", expect: &["`bad.safetensors`: tensor `conv_first.weight` has shape [0, 3, 3, 3] (a dimension of 0)"],
         setup: |sc| esrgan(sc, |t| set(t, "conv_first.weight", zeros(&[0, 3, 3, 3]))) },

@@ -125,6 +125,16 @@ pub fn weight(v: f64) -> Result<f64, String> {
     })
 }
 
+/// A LoRA's weight in a profile ([`weight`], saying whose).
+pub fn lora_weight(v: f64) -> Result<f64, String> {
+    weight(v).map_err(|e| format!("a LoRA's {}", &e[2..]))
+}
+
+/// A merge's weight in a profile ([`weight`], saying whose).
+pub fn merge_weight(v: f64) -> Result<f64, String> {
+    weight(v).map_err(|e| format!("a merge's {}", &e[2..]))
+}
+
 /// A count that starts at 1 (`batch`, `clip_skip`).
 pub fn at_least_one(v: u32) -> Result<u32, String> {
     rule(v, v >= 1, || "must be at least 1".into())

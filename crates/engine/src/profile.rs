@@ -165,7 +165,7 @@ impl PredictionChoice {
 #[serde(deny_unknown_fields)]
 pub struct MergeEntry {
     pub checkpoint: String,
-    #[serde(deserialize_with = "weight")]
+    #[serde(deserialize_with = "merge_weight")]
     pub weight: f64,
 }
 
@@ -173,7 +173,7 @@ pub struct MergeEntry {
 #[serde(deny_unknown_fields)]
 pub struct LoraEntry {
     pub path: String,
-    #[serde(default = "default_lora_weight", deserialize_with = "weight")]
+    #[serde(default = "default_lora_weight", deserialize_with = "lora_weight")]
     pub weight: f64,
 }
 
@@ -286,8 +286,11 @@ fn checked<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     checked(d, defaults::at_least_one)
 }
-fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    checked(d, defaults::weight)
+fn lora_weight<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    checked(d, defaults::lora_weight)
+}
+fn merge_weight<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    checked(d, defaults::merge_weight)
 }
 fn cfg_scale<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     checked(d, defaults::cfg)
