@@ -20,6 +20,7 @@ mod plugins;
 mod resolve;
 mod sampler_parity;
 mod serve;
+mod serve_hostile;
 mod upscaler_parity;
 mod upscaler_plugins;
 mod workflow;
