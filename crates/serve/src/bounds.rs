@@ -82,8 +82,8 @@ pub fn bool_field(field: &str, value: &Value) -> ApiResult<bool> {
     let read = match value {
         Value::Bool(b) => Some(*b),
         Value::Number(n) => match n.as_f64() {
-            Some(f) if f == 1.0 => Some(true),
-            Some(f) if f == 0.0 => Some(false),
+            Some(1.0) => Some(true),
+            Some(0.0) => Some(false),
             _ => None,
         },
         Value::String(s) => match s.to_ascii_lowercase().as_str() {

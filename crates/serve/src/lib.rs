@@ -327,7 +327,7 @@ impl ServerState {
 /// A `--*-timeout` in seconds as a duration (positive, at most a day).
 fn seconds(flag: &str, value: f64) -> Result<std::time::Duration> {
     if !(value > 0.0 && value <= 86_400.0) {
-        bail!("--{flag} {value}: give seconds above 0 (at most 86400), e.g. --{flag} 10");
+        bail!("--{flag}: give seconds above 0 and at most 86400, e.g. --{flag} 10");
     }
     Ok(std::time::Duration::from_secs_f64(value))
 }
@@ -525,6 +525,7 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
         header_timeout: seconds("header-timeout", args.header_timeout)?,
         max_connections: args.max_connections,
     };
+    seconds("body-timeout", args.body_timeout)?; // checked before anything starts
     let registry: &'static Registry = Box::leak(Box::new(Registry::load(
         &args.plugin_dirs,
         &BTreeMap::new(),
