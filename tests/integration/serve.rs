@@ -79,7 +79,7 @@ impl Server {
 }
 
 /// The address from the server's first stdout line.
-fn listening_at(child: &mut Child) -> String {
+pub(crate) fn listening_at(child: &mut Child) -> String {
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();

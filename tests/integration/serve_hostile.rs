@@ -5,11 +5,13 @@
 //! flag reads as A1111 reads it; the native endpoint runs a `[model] merge`.
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::serve::{decode, events, get, images, info, post, Server};
+use crate::common::{repo, tiny_ldm, Scratch};
+use crate::serve::{decode, events, get, images, info, listening_at, post, Server, DEFAULTS};
 
 /// (status, body) of a POST with exactly these headers (ureq adds no Content-Type itself).
 fn send(
@@ -441,6 +443,74 @@ fn half_open_connections_time_out_and_the_server_answers() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("not all sent within 0.5 s"), "{text}");
     assert!(get(&server, "/sdapi/v1/options").get("a").is_none());
+}
+
+/// A server whose process may open at most `files` files (`ulimit -n`), on a free port.
+fn start_with_few_files(name: &str, files: u32, extra: &[&str]) -> Server {
+    let scratch = Scratch::new(name);
+    let models = scratch.path("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::os::unix::fs::symlink(tiny_ldm(), models.join("tiny.safetensors")).unwrap();
+    let defaults = scratch.write("defaults.toml", DEFAULTS);
+    let mut child = Command::new("sh")
+        .args(["-c", &format!("ulimit -n {files} && exec \"$@\""), "sh"])
+        .arg(env!("CARGO_BIN_EXE_hiresfix"))
+        .args(["-q", "serve", "--device", "cpu", "--listen", "127.0.0.1:0"])
+        .arg("--models")
+        .arg(&models)
+        .arg("--defaults")
+        .arg(&defaults)
+        .args(extra)
+        .env_remove("HIRESFIX_PLUGIN_PATH")
+        .env("HIRESFIX_CACHE_DIR", repo().join("target/test-cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("hiresfix serve starts");
+    let base = listening_at(&mut child);
+    Server {
+        child,
+        base,
+        _scratch: scratch,
+    }
+}
+
+#[test]
+fn running_out_of_file_descriptors_pauses_accepting_only() {
+    // 96 files, 300 connections: accepting fails (EMFILE) until stalled ones time out.
+    let server = start_with_few_files(
+        "serve-emfile",
+        96,
+        &["--header-timeout", "0.5", "--max-connections", "1000"],
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.contains(" 96 ")),
+        "{limits}"
+    );
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut stalled: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&address).unwrap();
+            stream.write_all(b"GET /sdapi/v1/sampl").unwrap();
+            stream
+        })
+        .collect();
+    for stream in &mut stalled {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let closed = matches!(stream.read(&mut [0u8; 64]), Ok(0) | Err(_));
+        assert!(closed, "a half-sent request was answered");
+    }
+    drop(stalled);
+    let clock = Instant::now();
+    let samplers = get(&server, "/sdapi/v1/samplers");
+    let took = clock.elapsed();
+    assert!(!samplers.as_array().unwrap().is_empty());
+    assert!(took < Duration::from_secs(1), "answered after {took:?}");
 }
 
 #[test]
