@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 /// Small defaults for what a request leaves unset (A1111's 512 px × 50 steps would take
 /// minutes on the CPU test model).
-const DEFAULTS: &str = r#"
+pub(crate) const DEFAULTS: &str = r#"
 [[pass]]
 width = 64
 height = 64
@@ -25,14 +25,14 @@ steps = 2
 denoise = 0.5
 "#;
 
-struct Server {
-    child: Child,
-    base: String,
-    _scratch: Scratch,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    pub(crate) _scratch: Scratch,
 }
 
 impl Server {
-    fn start(name: &str, extra: &[&str]) -> Server {
+    pub(crate) fn start(name: &str, extra: &[&str]) -> Server {
         let scratch = Scratch::new(name);
         let models = scratch.path("models");
         std::fs::create_dir_all(&models).unwrap();
@@ -64,22 +64,22 @@ impl Server {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// The checkpoint as the server sees it (its file in --models).
-    fn model(&self) -> PathBuf {
+    pub(crate) fn model(&self) -> PathBuf {
         self._scratch.path("models/tiny.safetensors")
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
 
 /// The address from the server's first stdout line.
-fn listening_at(child: &mut Child) -> String {
+pub(crate) fn listening_at(child: &mut Child) -> String {
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
@@ -97,7 +97,12 @@ impl Drop for Server {
 }
 
 /// (status, body) of a request; 4xx/5xx are answers too.
-fn call(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)]) -> (u16, String) {
+pub(crate) fn call(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let mut request = ureq::request(method, url).timeout(Duration::from_secs(300));
     for (k, v) in headers {
         request = request.set(k, v);
@@ -115,7 +120,7 @@ fn call(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)]) -
     }
 }
 
-fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
+pub(crate) fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
     let (status, text) = call("POST", &server.url(path), Some(&body.to_string()), &[]);
     (
         status,
@@ -123,7 +128,7 @@ fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
     )
 }
 
-fn get(server: &Server, path: &str) -> Value {
+pub(crate) fn get(server: &Server, path: &str) -> Value {
     let (status, text) = call("GET", &server.url(path), None, &[]);
     assert_eq!(status, 200, "{path}: {text}");
     serde_json::from_str(&text).unwrap()
@@ -135,7 +140,7 @@ fn fixture(name: &str) -> Value {
 }
 
 /// A decoded PNG: width, height, RGB bytes and its `parameters` text.
-fn decode(b64: &str) -> (u32, u32, Vec<u8>, String) {
+pub(crate) fn decode(b64: &str) -> (u32, u32, Vec<u8>, String) {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .unwrap();
@@ -154,7 +159,7 @@ fn decode(b64: &str) -> (u32, u32, Vec<u8>, String) {
     (info.width, info.height, buf, parameters)
 }
 
-fn images(response: &Value) -> Vec<String> {
+pub(crate) fn images(response: &Value) -> Vec<String> {
     response["images"]
         .as_array()
         .unwrap_or_else(|| panic!("no images in {response}"))
@@ -163,7 +168,7 @@ fn images(response: &Value) -> Vec<String> {
         .collect()
 }
 
-fn info(response: &Value) -> Value {
+pub(crate) fn info(response: &Value) -> Value {
     serde_json::from_str(response["info"].as_str().unwrap()).unwrap()
 }
 
@@ -615,7 +620,7 @@ fn listings_options_and_png_info() {
 }
 
 /// The server-sent events of a response: (event, data) pairs.
-fn events(text: &str) -> Vec<(String, Value)> {
+pub(crate) fn events(text: &str) -> Vec<(String, Value)> {
     text.split("\n\n")
         .filter_map(|block| {
             let mut name = None;

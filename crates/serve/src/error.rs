@@ -16,6 +16,18 @@ pub struct ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// Longest `detail` line an answer carries: a request's values are echoed in it, and a 1 MB
+/// name must not come back as a 1 MB line.
+pub const MAX_DETAIL_CHARS: usize = 300;
+
+/// `text` cut to `max` characters, an ellipsis marking the cut (echoed request values).
+pub fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}…", &text[..end]),
+    }
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
@@ -62,6 +74,7 @@ impl IntoResponse for ApiError {
             }
             _ => self.message.clone(),
         };
+        let detail = cut(&detail, MAX_DETAIL_CHARS - 1);
         let body = serde_json::json!({
             "error": self.status.canonical_reason().unwrap_or("Error"),
             "detail": detail,

@@ -3,13 +3,20 @@
 //! (`/hiresfix/v1/generate`, progress as server-sent events). One generation thread owns the
 //! device and the model cache; requests wait in a bounded queue.
 pub mod auth;
+pub mod body;
+mod bounds;
 pub mod catalog;
+pub mod content_type;
 pub mod error;
+pub mod listener;
 pub mod native;
 pub mod progress;
 pub mod sdapi;
 pub mod txt2img;
 pub mod worker;
+pub use bounds::{
+    bool_field, bounded_prompt, bounded_text, MAX_NAME_CHARS, MAX_OPTIONS, MAX_OPTION_BYTES,
+};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,7 +28,7 @@ use axum::extract::DefaultBodyLimit;
 use serde_json::{Map, Value};
 
 use catalog::Checkpoint;
-use error::{ApiError, ApiResult};
+use error::{cut, ApiError, ApiResult};
 use hiresfix_engine::profile::{DeviceChoice, DtypeChoice};
 use hiresfix_engine::registry::Registry;
 
@@ -64,6 +71,16 @@ pub struct Args {
     /// Largest request body, in MiB.
     #[arg(long, default_value_t = 8)]
     pub max_body_mb: usize,
+    /// Seconds a connection has to send a whole request head (line and headers); slower
+    /// ones, and idle kept-alive ones, are closed.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Seconds a request has to send its whole body; slower ones get 408.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub body_timeout: f64,
+    /// Connections open at once; more wait until one closes.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
     /// Checkpoints kept loaded between requests (the most recent).
     #[arg(long, default_value_t = 2)]
     pub keep_models: usize,
@@ -102,6 +119,8 @@ pub struct ServerState {
     pub defaults: hiresfix_engine::profile::Profile,
     /// Listening on loopback only: requests must name a loopback host (DNS rebinding).
     pub loopback: bool,
+    /// How long a request may take to send its body (`--body-timeout`).
+    pub body_timeout: std::time::Duration,
 }
 
 /// A name a request gives for a server-side file (LoRA tag, upscaler): a name from the
@@ -113,6 +132,7 @@ pub fn plain_name(field: &str, name: &str) -> ApiResult<()> {
         .iter()
         .any(|e| lower.ends_with(e));
     if file || n.contains('/') || n.contains('\\') || n.starts_with('.') || n.contains("..") {
+        let name = cut(name, 80);
         return Err(ApiError::field(
             field,
             format!("{field}: `{name}` is a path; name a file the server lists (GET /sdapi/v1/loras, /sdapi/v1/upscalers)"),
@@ -121,8 +141,10 @@ pub fn plain_name(field: &str, name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Every `<lora:name:w>` tag of `prompt` names a LoRA, not a path.
+/// Every `<lora:name:w>` tag of `prompt` names a LoRA, not a path (the prompt's length is
+/// checked first: the tag scan is not linear).
 pub fn plain_lora_tags(field: &str, prompt: &str) -> ApiResult<()> {
+    bounded_prompt(field, prompt)?;
     if let Ok((_, tags)) = host_api::prompt::extract_loras(prompt) {
         for tag in tags {
             plain_name(field, &tag.name)?;
@@ -143,8 +165,31 @@ impl ServerState {
         self.lock_options().clone()
     }
 
-    pub fn set_options(&self, updates: Map<String, Value>) {
-        self.lock_options().extend(updates);
+    /// Sets `updates` unless the options would then pass [`MAX_OPTIONS`] keys or
+    /// [`MAX_OPTIONS_BYTES`] in all (413, nothing set).
+    pub fn set_options(&self, updates: Map<String, Value>) -> ApiResult<()> {
+        let mut options = self.lock_options();
+        let mut merged = options.clone();
+        merged.extend(updates);
+        let bytes: usize = merged
+            .iter()
+            .map(|(k, v)| k.len() + v.to_string().len())
+            .sum();
+        if merged.len() > MAX_OPTIONS || bytes > bounds::MAX_OPTIONS_BYTES {
+            return Err(ApiError {
+                field: Some("options".into()),
+                ..ApiError::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "options: this would keep {} options of {bytes} bytes (at most {MAX_OPTIONS} options, {} bytes in all) — send only the options you change",
+                        merged.len(),
+                        bounds::MAX_OPTIONS_BYTES
+                    ),
+                )
+            });
+        }
+        *options = merged;
+        Ok(())
     }
 
     pub fn checkpoint_list(&self) -> Vec<Checkpoint> {
@@ -165,6 +210,7 @@ impl ServerState {
     pub fn checkpoint(&self, field: &str, name: &str) -> ApiResult<Checkpoint> {
         let all = self.checkpoint_list();
         catalog::find(&all, name).cloned().ok_or_else(|| {
+            let name = cut(name, 80);
             ApiError::field(
                 field,
                 format!(
@@ -223,7 +269,8 @@ impl ServerState {
             None => Err(ApiError::field(
                 field,
                 format!(
-                    "{field}: no VAE `{name}` — use Automatic, None or one of: {} (files in <models>/VAE)",
+                    "{field}: no VAE `{}` — use Automatic, None or one of: {} (files in <models>/VAE)",
+                    cut(name, 80),
                     match vaes.is_empty() {
                         true => "none".to_owned(),
                         false => vaes.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>().join(", "),
@@ -275,6 +322,14 @@ impl ServerState {
         *self.checkpoints.write().unwrap_or_else(|e| e.into_inner()) = found;
         refused
     }
+}
+
+/// A `--*-timeout` in seconds as a duration (positive, at most a day).
+fn seconds(flag: &str, value: f64) -> Result<std::time::Duration> {
+    if !(value > 0.0 && value <= 86_400.0) {
+        bail!("--{flag}: give seconds above 0 and at most 86400, e.g. --{flag} 10");
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
 }
 
 fn parse_choice<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Result<T> {
@@ -385,6 +440,7 @@ fn build_state(
         auth: auth::Auth::from_args(args.token.as_deref(), args.api_auth.as_deref())?,
         defaults: defaults_profile(args.defaults.as_deref())?,
         loopback: listen_address(&args.listen).is_ok_and(|a| a.ip().is_loopback()),
+        body_timeout: seconds("body-timeout", args.body_timeout)?,
     })
 }
 
@@ -442,12 +498,14 @@ pub fn router(state: Shared, max_body: usize) -> axum::Router {
         .route("/hiresfix/v1/generate", post(native::generate))
         .route("/hiresfix/v1/plugins", get(native::plugins))
         .fallback(sdapi::not_found);
-    api.layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        auth::require,
-    ))
-    .layer(DefaultBodyLimit::max(max_body))
-    .with_state(state)
+    // Outermost first: the host and credentials, then the content type, then the body limit.
+    api.layer(axum::middleware::from_fn(content_type::require))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
 }
 
 /// Runs the server until SIGTERM or Ctrl-C: the running job is cancelled, waiting ones get
@@ -460,9 +518,14 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
             "--listen {address} is reachable from other machines: give --token T (or --api-auth user:pass), or listen on 127.0.0.1"
         );
     }
-    if args.queue == 0 || args.max_images == 0 || args.max_steps == 0 {
-        bail!("--queue, --max-images and --max-steps must be at least 1");
+    if args.queue == 0 || args.max_images == 0 || args.max_steps == 0 || args.max_connections == 0 {
+        bail!("--queue, --max-images, --max-steps and --max-connections must be at least 1");
     }
+    let connections = listener::Settings {
+        header_timeout: seconds("header-timeout", args.header_timeout)?,
+        max_connections: args.max_connections,
+    };
+    seconds("body-timeout", args.body_timeout)?; // checked before anything starts
     let registry: &'static Registry = Box::leak(Box::new(Registry::load(
         &args.plugin_dirs,
         &BTreeMap::new(),
@@ -500,14 +563,13 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
             eprintln!("hiresfix serve: not loopback — every request needs the token (Authorization: Bearer … or Basic)");
         }
         let stopping = state.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                eprintln!("hiresfix serve: shutting down (the running job is cancelled, waiting ones get 503)");
-                stopping.queue.shut_down();
-            })
-            .await
-            .context("the server stopped")
+        crate::listener::serve(listener, app, connections, async move {
+            shutdown_signal().await;
+            eprintln!("hiresfix serve: shutting down (the running job is cancelled, waiting ones get 503)");
+            stopping.queue.shut_down();
+        })
+        .await;
+        anyhow::Ok(())
     })?;
     state.queue.shut_down();
     drop(runtime);

@@ -6,10 +6,8 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
 use base64::Engine;
@@ -18,32 +16,22 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 
-use super::error::{ApiError, ApiResult};
-use super::sdapi::{body_bytes, images_of, run_job};
+use super::body::Payload;
+use super::content_type::Declared;
+use super::error::{cut, ApiError, ApiResult};
+use super::sdapi::{images_of, run_job};
 use super::Shared;
 use hiresfix_engine::defaults;
 use hiresfix_engine::profile::{DeviceChoice, DtypeChoice, Profile};
 
-/// The body as a profile: JSON or TOML, as its content type says (anything else is 415).
-fn parse_profile(headers: &HeaderMap, bytes: &[u8]) -> ApiResult<Profile> {
-    let declared = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let json = declared.contains("json");
-    if !json && !declared.contains("toml") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("send the profile as application/toml or application/json (got `{declared}`)"),
-        ));
-    }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| ApiError::bad_request("the profile is not UTF-8 text"))?;
-    let parsed = match json {
-        true => serde_json::from_str::<Profile>(text)
+/// The body as a profile: JSON or TOML, as its content type declared ([`Payload`]).
+fn parse_profile(payload: &Payload) -> ApiResult<Profile> {
+    bounded_profile(payload.bytes.len())?;
+    let text = payload.text()?;
+    let parsed = match payload.declared {
+        Declared::Toml => Profile::parse(text, "profile"),
+        _ => serde_json::from_str::<Profile>(text)
             .map_err(|e| anyhow::anyhow!("profile (JSON): {e}")),
-        false => Profile::parse(text, "profile"),
     };
     parsed.map_err(|e| {
         ApiError::new(
@@ -51,6 +39,27 @@ fn parse_profile(headers: &HeaderMap, bytes: &[u8]) -> ApiResult<Profile> {
             hiresfix_engine::errors::one_line(&e),
         )
     })
+}
+
+/// The longest text a profile can be: every prompt it may hold (the main two and two per
+/// pass) at the prompt limit in 4-byte characters, and 64 KiB for everything else.
+const MAX_PROFILE_BYTES: usize =
+    (2 + 2 * hiresfix_engine::limits::MAX_PASSES) * hiresfix_engine::limits::MAX_PROMPT_CHARS * 4
+        + 64 * 1024;
+
+/// A body longer than any profile can be is refused before it is parsed (parsing is the
+/// slow part of refusing a 4 MB prompt).
+fn bounded_profile(bytes: usize) -> ApiResult<()> {
+    if bytes <= MAX_PROFILE_BYTES {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the profile is {bytes} bytes, longer than any profile can be ({MAX_PROFILE_BYTES}: each prompt is at most {} characters) — shorten the prompt",
+            hiresfix_engine::limits::MAX_PROMPT_CHARS
+        ),
+    ))
 }
 
 /// Server-side names made paths, and what only the server may set refused.
@@ -67,18 +76,37 @@ fn adopt(state: &Shared, mut profile: Profile) -> ApiResult<Profile> {
             format!("{key} is the server's (--plugins, --loras, --upscalers); leave it out"),
         ));
     }
-    let model = match &profile.model.checkpoint {
-        Some(name) => state.checkpoint("model.checkpoint", name)?,
-        None => state.default_checkpoint()?,
-    };
-    let path = |c: super::catalog::Checkpoint| c.path.to_string_lossy().into_owned();
-    let family = model.family.clone();
-    profile.model.checkpoint = Some(path(model));
-    if let Some(merge) = &mut profile.model.merge {
-        for entry in merge.iter_mut() {
-            entry.checkpoint = path(state.checkpoint("model.merge", &entry.checkpoint)?);
+    // Prompts are bounded before their tags are scanned.
+    hiresfix_engine::limits::check_profile(&profile)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let path = |c: &super::catalog::Checkpoint| c.path.to_string_lossy().into_owned();
+    // The family (for pass 1's default size) is the checkpoint's, or a merge's first model's;
+    // the default checkpoint is filled in only when there is no merge (never both).
+    let family = match &mut profile.model.merge {
+        Some(_) if profile.model.checkpoint.is_some() => {
+            return Err(ApiError::field(
+                "model.checkpoint",
+                "[model] has both checkpoint and merge — keep one",
+            ))
         }
-    }
+        Some(merge) => {
+            let mut family = None;
+            for entry in merge.iter_mut() {
+                let model = state.checkpoint("model.merge", &entry.checkpoint)?;
+                entry.checkpoint = path(&model);
+                family.get_or_insert(model.family);
+            }
+            family.unwrap_or_default()
+        }
+        None => {
+            let model = match &profile.model.checkpoint {
+                Some(name) => state.checkpoint("model.checkpoint", name)?,
+                None => state.default_checkpoint()?,
+            };
+            profile.model.checkpoint = Some(path(&model));
+            model.family
+        }
+    };
     profile.model.vae = match &profile.model.vae {
         Some(name) => state.vae("model.vae", name)?,
         None => state.default_vae(),
@@ -95,7 +123,7 @@ fn adopt(state: &Shared, mut profile: Profile) -> ApiResult<Profile> {
             .ok_or_else(|| {
                 ApiError::field(
                     key,
-                    format!("{key}: no LoRA `{name}` (GET /sdapi/v1/loras)"),
+                    format!("{key}: no LoRA `{}` (GET /sdapi/v1/loras)", cut(name, 80)),
                 )
             })
     };
@@ -115,7 +143,7 @@ fn adopt(state: &Shared, mut profile: Profile) -> ApiResult<Profile> {
             super::plain_name(&key("upscaler"), name)?;
         }
         if let Some(name) = &pass.checkpoint {
-            pass.checkpoint = Some(path(state.checkpoint(&key("checkpoint"), name)?));
+            pass.checkpoint = Some(path(&state.checkpoint(&key("checkpoint"), name)?));
         }
         if let Some(name) = &pass.vae {
             pass.vae = state.vae(&key("vae"), name)?;
@@ -194,11 +222,9 @@ fn event(name: &str, data: Value) -> Event {
 
 pub async fn generate(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    payload: Payload,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let bytes = body_bytes(body)?;
-    let profile = adopt(&state, parse_profile(&headers, &bytes)?)?;
+    let profile = adopt(&state, parse_profile(&payload)?)?;
     let (started_tx, started) = oneshot::channel();
     let outcome = run_job(&state, profile, Some(started_tx)).await?;
     let (tx, rx) = mpsc::channel::<Event>(64);

@@ -1,59 +1,17 @@
 //! The `/sdapi/v1/*` endpoints, shaped as A1111 1.10 answers them.
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
-use super::error::{ApiError, ApiResult};
+use super::body::Payload;
+use super::error::{cut, ApiError, ApiResult};
 use super::worker::{Outcome, Rejected, Work};
 use super::{txt2img, Shared};
 use hiresfix_engine::profile::Profile;
 use hiresfix_engine::registry::display_name;
-
-/// A request body as a JSON object; a body over the limit is a 413 naming the limit, one
-/// that is not declared JSON a 415 (a web page can post `text/plain` anywhere without asking).
-pub fn json_object(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Map<String, Value>> {
-    let bytes = body_bytes(body)?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    let declared = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !declared.to_ascii_lowercase().contains("json") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("the body must be sent as application/json (got `{declared}`)"),
-        ));
-    }
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::bad_request("the body must be a JSON object")),
-        Err(e) => Err(ApiError::bad_request(format!("the body is not JSON: {e}"))),
-    }
-}
-
-/// The body's bytes; too large is 413.
-pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
-    body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError {
-            field: Some("body".into()),
-            ..ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the request body is larger than this server accepts (--max-body-mb)",
-            )
-        },
-        status => ApiError::new(status, format!("cannot read the body: {e}")),
-    })
-}
 
 /// Queues `profile` and waits for its outcome (503 when the queue is full).
 pub async fn run_job(
@@ -96,12 +54,8 @@ pub fn images_of(
     }
 }
 
-pub async fn txt2img(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
-    let request = json_object(&headers, body)?;
+pub async fn txt2img(State(state): State<Shared>, payload: Payload) -> ApiResult<Json<Value>> {
+    let request = payload.json_object()?;
     let profile = txt2img::to_profile(&state, &request)?;
     hiresfix_engine::limits::check_profile(&profile)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
@@ -115,8 +69,9 @@ pub async fn txt2img(
     let outcome = run_job(&state, profile.clone(), None).await?.await;
     let (images, interrupted) = images_of(outcome)?;
     // Only an explicit false turns the images off (null and "" are unset).
-    let send = !matches!(request.get("send_images"), Some(Value::Bool(false)))
-        && request.get("send_images").and_then(Value::as_str) != Some("false");
+    let send = txt2img::Fields(&request)
+        .flag("send_images")?
+        .unwrap_or(true);
     let encoded: Vec<String> = match send {
         true => images
             .iter()
@@ -265,15 +220,20 @@ pub async fn loras(State(state): State<Shared>) -> Json<Value> {
     Json(Value::Array(list))
 }
 
-pub async fn refresh_checkpoints(State(state): State<Shared>) -> Json<Value> {
+pub async fn refresh_checkpoints(
+    State(state): State<Shared>,
+    payload: Payload,
+) -> ApiResult<Json<Value>> {
+    payload.ignored()?;
     for line in state.refresh_checkpoints() {
         eprintln!("note: not a checkpoint, skipped: {line}");
     }
-    Json(Value::Null)
+    Ok(Json(Value::Null))
 }
 
-pub async fn refresh_loras() -> Json<Value> {
-    Json(Value::Null) // scanned on every request
+pub async fn refresh_loras(payload: Payload) -> ApiResult<Json<Value>> {
+    payload.ignored()?;
+    Ok(Json(Value::Null)) // scanned on every request
 }
 
 pub async fn get_options(State(state): State<Shared>) -> Json<Value> {
@@ -288,14 +248,11 @@ pub async fn get_options(State(state): State<Shared>) -> Json<Value> {
     Json(Value::Object(options))
 }
 
-pub async fn set_options(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
-    let request = json_object(&headers, body)?;
+pub async fn set_options(State(state): State<Shared>, payload: Payload) -> ApiResult<Json<Value>> {
+    let request = payload.json_object()?;
     let mut updates = Map::new();
     for (key, value) in &request {
+        bounded_option(key, value)?;
         let checked = match key.as_str() {
             "sd_model_checkpoint" => {
                 let name = value.as_str().unwrap_or_default();
@@ -311,7 +268,7 @@ pub async fn set_options(
                 _ => {
                     return Err(ApiError::field(
                         key,
-                        format!("{key}: {value} is not 1 to 12"),
+                        format!("{key}: {} is not 1 to 12", cut(&value.to_string(), 80)),
                     ))
                 }
             },
@@ -319,8 +276,28 @@ pub async fn set_options(
         };
         updates.insert(key.clone(), checked);
     }
-    state.set_options(updates);
+    state.set_options(updates)?;
     Ok(Json(Value::Null))
+}
+
+/// One option under [`crate::MAX_OPTION_BYTES`] (its key under [`crate::MAX_NAME_CHARS`]).
+fn bounded_option(key: &str, value: &Value) -> ApiResult<()> {
+    crate::bounded_text("options", key, crate::MAX_NAME_CHARS)?;
+    let bytes = value.to_string().len();
+    if bytes > crate::MAX_OPTION_BYTES {
+        return Err(ApiError {
+            field: Some(key.to_owned()),
+            ..ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "option `{}` is {bytes} bytes as JSON (at most {} per option)",
+                    cut(key, 80),
+                    crate::MAX_OPTION_BYTES
+                ),
+            )
+        });
+    }
+    Ok(())
 }
 
 pub async fn progress(State(state): State<Shared>) -> Json<Value> {
@@ -350,22 +327,21 @@ pub async fn progress(State(state): State<Shared>) -> Json<Value> {
     }))
 }
 
-pub async fn interrupt(State(state): State<Shared>) -> Json<Value> {
+pub async fn interrupt(State(state): State<Shared>, payload: Payload) -> ApiResult<Json<Value>> {
+    payload.ignored()?;
     state.queue.interrupt();
-    Json(json!({}))
+    Ok(Json(json!({})))
 }
 
 /// A1111's `/skip` skips the current image of a batch; here a job is one batch, so it is
 /// accepted and does nothing (`/interrupt` stops the job).
-pub async fn skip() -> Json<Value> {
-    Json(json!({}))
+pub async fn skip(payload: Payload) -> ApiResult<Json<Value>> {
+    payload.ignored()?;
+    Ok(Json(json!({})))
 }
 
-pub async fn png_info(
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
-    let request = json_object(&headers, body)?;
+pub async fn png_info(payload: Payload) -> ApiResult<Json<Value>> {
+    let request = payload.json_object()?;
     let encoded = request
         .get("image")
         .and_then(Value::as_str)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
-use super::error::{ApiError, ApiResult};
+use super::error::{cut, ApiError, ApiResult};
 use super::{catalog, ServerState};
 use hiresfix_engine::defaults::{self, a1111};
 use hiresfix_engine::generate::Rendered;
@@ -64,19 +64,32 @@ impl Fields<'_> {
         }
     }
 
+    /// A text field, bounded before anything reads it: prompts by the engine's prompt limit,
+    /// names by [`crate::MAX_NAME_CHARS`].
     pub fn text(&self, key: &str) -> ApiResult<Option<String>> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::String(s)) => {
+                match PROMPTS.contains(&key) {
+                    true => super::bounded_prompt(key, s)?,
+                    false => super::bounded_text(key, s, super::MAX_NAME_CHARS)?,
+                }
+                Ok(Some(s.clone()))
+            }
             Some(other) => Err(ApiError::field(
                 key,
-                format!("{key} must be text, not {other}"),
+                format!("{key} must be text, not {}", echo_value(other)),
             )),
         }
     }
 
     pub fn float(&self, key: &str) -> ApiResult<Option<f64>> {
-        let bad = |v: &Value| ApiError::field(key, format!("{key} must be a number, not {v}"));
+        let bad = |v: &Value| {
+            ApiError::field(
+                key,
+                format!("{key} must be a number, not {}", echo_value(v)),
+            )
+        };
         match self.get(key) {
             None => Ok(None),
             Some(Value::Number(n)) => n.as_f64().map(Some).ok_or_else(|| bad(&json!(n))),
@@ -91,18 +104,14 @@ impl Fields<'_> {
             Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
             Some(f) => Err(ApiError::field(
                 key,
-                format!("{key} must be a whole number, not {f}"),
+                format!("{key} must be a whole number, not {}", echo_number(f)),
             )),
         }
     }
 
-    pub fn flag(&self, key: &str) -> bool {
-        match self.get(key) {
-            Some(Value::Bool(b)) => *b,
-            Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
-            Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
-            _ => false,
-        }
+    /// A flag as A1111 reads it ([`crate::bool_field`]); `None` when unset.
+    pub fn flag(&self, key: &str) -> ApiResult<Option<bool>> {
+        self.get(key).map(|v| super::bool_field(key, v)).transpose()
     }
 
     /// `override_settings`' fields.
@@ -111,6 +120,32 @@ impl Fields<'_> {
             Some(Value::Object(map)) => map.clone(),
             _ => Map::new(),
         }
+    }
+}
+
+/// The fields that hold prompts (bounded by the prompt limit, not the name limit).
+const PROMPTS: &[&str] = &[
+    "prompt",
+    "negative_prompt",
+    "hr_prompt",
+    "hr_negative_prompt",
+];
+
+/// A request value as an error echoes it: at most 80 characters.
+fn echo_value(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("\"{}\"", cut(s, 80)),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "an object".into(),
+        other => cut(&other.to_string(), 80),
+    }
+}
+
+/// A number as an error echoes it: exponent form where the decimal one would be long.
+fn echo_number(f: f64) -> String {
+    match f != 0.0 && (f.abs() >= 1e15 || f.abs() < 1e-6) {
+        true => format!("{f:e}"),
+        false => cut(&f.to_string(), 80),
     }
 }
 
@@ -234,8 +269,8 @@ fn map_request(site: &Site<'_>, body: &Map<String, Value>) -> ApiResult<Profile>
     profile.batch = (per_batch * iterations) as u32;
     let cfg = f.float("cfg_scale")?.unwrap_or(base.cfg);
     profile.cfg = ruled("cfg_scale", cfg, defaults::cfg)?;
-    if f.get("tiling").is_some() {
-        profile.tiling = f.flag("tiling");
+    if let Some(tiling) = f.flag("tiling")? {
+        profile.tiling = tiling;
     }
     let side = i64::from(limits.side);
     let size_fix = format!("this server makes images of at most {side} px a side");
@@ -298,7 +333,7 @@ fn map_request(site: &Site<'_>, body: &Map<String, Value>) -> ApiResult<Profile>
         }
     }
     profile.passes.push(first);
-    if f.flag("enable_hr") {
+    if f.flag("enable_hr")?.unwrap_or(false) {
         let hires = hires_pass(site, &f, &profile)?;
         profile.passes.push(hires);
     }
@@ -465,7 +500,8 @@ fn upscaler(site: &Site<'_>, f: &Fields<'_>, fallback: Option<&str>) -> ApiResul
         Ok(None) | Err(_) => Err(ApiError::field(
             "hr_upscaler",
             format!(
-                "hr_upscaler: unknown upscaler `{name}` — see GET /sdapi/v1/upscalers and /sdapi/v1/latent-upscale-modes"
+                "hr_upscaler: unknown upscaler `{}` — see GET /sdapi/v1/upscalers and /sdapi/v1/latent-upscale-modes",
+                cut(&name, 80)
             ),
         )),
     }

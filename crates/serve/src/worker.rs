@@ -201,6 +201,7 @@ fn serve_jobs(
             Ok(Err(e)) if e.before_sampling && !is_server_side(&e.error) => {
                 Outcome::Refused(one_line(&e.error))
             }
+            Ok(Err(e)) if is_over_a_limit(&e.error) => Outcome::Refused(one_line(&e.error)),
             Ok(Err(e)) => Outcome::Failed(one_line(&e.error)),
             Err(_) => {
                 // A bug in the host: the cache may be half-updated, so it starts afresh.
@@ -215,6 +216,12 @@ fn serve_jobs(
         flags.end_job();
         let _ = work.reply.send(outcome);
     }
+}
+
+/// A failure while running that is the request's: a limit it passed, found only when its
+/// prompt was encoded (the limits' messages say "(at most N)"), e.g. 64 chunks of 75 tokens.
+fn is_over_a_limit(e: &anyhow::Error) -> bool {
+    one_line(e).contains("(at most ") && !is_server_side(e)
 }
 
 /// A failure before sampling that is the server's, not the request's: memory, the device,
