@@ -579,6 +579,10 @@ const CASES: &[Case] = &[
             let jobs = sc.write("jobs.toml", &format!("profile = \"base.toml\"\n{table}{table}"));
             s(&["batch", jobs.to_str().unwrap()])
         } },
+    Case { name: "prompt weight past fp32", code: 1, expect: "a prompt weight `(text:inf)` is past what the model's Float numbers hold",
+        setup: |sc| profile_edit(sc, |p| p.replace("a photo of a cat", &format!("a photo of a (cat:{})", "9".repeat(45)))) },
+    Case { name: "brackets nested 9000 deep", code: 1, expect: "prompt nests brackets 9000 deep (at most 100)",
+        setup: |sc| profile_edit(sc, |p| p.replace("a photo of a cat", &format!("{}cat", "(".repeat(9000)))) },
     Case { name: "grid of 40 × 40 cells", code: 1, expect: "--x/--y: 40 × 40 = 1600 grid cells (at most 1000)",
         setup: |sc| {
             let profile = scratch_profile(sc);
@@ -655,9 +659,12 @@ fn every_bad_input_in_the_corpus_fails_in_one_clear_line_writing_nothing() {
 #[test]
 fn the_readme_lists_every_case_of_the_corpus() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let missing: Vec<&str> = CASES
+    let names = CASES
         .iter()
         .map(|c| c.name)
+        .chain(crate::png_hostile::case_names())
+        .chain(crate::files_hostile::case_names());
+    let missing: Vec<&str> = names
         .filter(|name| !readme.contains(&format!("| {name} |")))
         .collect();
     assert!(

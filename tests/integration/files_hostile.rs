@@ -369,3 +369,8 @@ fn the_intact_lora_and_upscaler_the_cases_start_from_run() {
     let out = hiresfix(&scratch.0, &refs, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// The corpus cases' names (README's reliability table lists each).
+pub(crate) fn case_names() -> Vec<&'static str> {
+    CASES.iter().map(|c| c.name).collect()
+}

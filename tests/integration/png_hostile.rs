@@ -293,29 +293,15 @@ fn the_bomb_builder_inflates_to_exactly_its_zeros() {
     assert!(out.iter().all(|&b| b == 0));
 }
 
-/// Runs the binary and waits for it with `wait4`: (exit code, stderr, peak RSS in bytes).
-#[allow(clippy::zombie_processes)] // reaped by wait4, not Child::wait
+/// Runs the binary in `cwd`: (exit code, stderr, peak RSS in bytes).
 fn run_measured(cwd: &Path, args: &[&str]) -> (i32, String, u64) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hiresfix"))
-        .current_dir(cwd)
-        .args(args)
-        .env_remove("HIRESFIX_PLUGIN_PATH")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut status = 0;
-    // SAFETY: rusage is plain data; the child is ours and not yet reaped.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as i32);
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    let code = match libc::WIFEXITED(status) {
-        true => libc::WEXITSTATUS(status),
-        false => -1,
-    };
-    (code, err, usage.ru_maxrss as u64 * 1024)
+    let (code, err, mib) = crate::common::rss::run_with_peak_rss(
+        std::process::Command::new(env!("CARGO_BIN_EXE_hiresfix"))
+            .current_dir(cwd)
+            .args(args)
+            .env_remove("HIRESFIX_PLUGIN_PATH"),
+    );
+    (code.unwrap_or(-1), err, (mib * 1024.0 * 1024.0) as u64)
 }
 
 #[test]
@@ -580,4 +566,9 @@ fn what_to_profile_writes_passes_check() {
         "{}",
         stderr(&out)
     );
+}
+
+/// The corpus cases' names (README's reliability table lists each).
+pub(crate) fn case_names() -> Vec<&'static str> {
+    CASES.iter().map(|c| c.name).collect()
 }

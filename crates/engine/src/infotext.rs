@@ -4,10 +4,21 @@
 /// A number as A1111 prints it: `7`, `7.5`, `0.35`.
 pub fn num(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v}")
+        return format!("{}", v as i64);
     }
+    let a = v.abs();
+    if !v.is_finite() || (1e-4..1e16).contains(&a) {
+        return format!("{v}");
+    }
+    // Python's repr past its plain range: shortest digits, a signed exponent of two digits
+    // or more (`1e-300`, `1.5e-05`, `2e+20`), never hundreds of zeros.
+    let short = format!("{v:e}");
+    let (mantissa, exponent) = short.split_once('e').unwrap_or((&short, "0"));
+    let (sign, digits) = match exponent.strip_prefix('-') {
+        Some(d) => ('-', d),
+        None => ('+', exponent),
+    };
+    format!("{mantissa}e{sign}{digits:0>2}")
 }
 
 /// Builds the text from the prompt, negative prompt and ordered pairs.
@@ -124,6 +135,16 @@ fn parse_pairs(line: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_written_as_python_writes_floats() {
+        assert_eq!(num(7.0), "7");
+        assert_eq!(num(0.35), "0.35");
+        assert_eq!(num(1e-300), "1e-300");
+        assert_eq!(num(1.5e-5), "1.5e-05");
+        assert_eq!(num(2.5e20), "2.5e+20");
+        assert_eq!(num(0.0001), "0.0001");
+    }
 
     #[test]
     fn quoted_values_round_trip() {

@@ -22,6 +22,9 @@ pub const MAX_JOBS: u64 = 100_000;
 /// Cells of one `grid` (columns × rows), counted before any is built: each is an image, and
 /// the contact sheet holds them all.
 pub const MAX_GRID_CELLS: u64 = 1_000;
+/// Brackets nested in a prompt: each `(` multiplies its text's weight by 1.1, and 1.1^931
+/// is past f32 (A1111 has no limit; a weight of 1.1^100 ≈ 13,781 is already noise).
+pub const MAX_EMPHASIS_DEPTH: usize = 100;
 /// LoRAs applied in one pass (profile entries and prompt tags together).
 pub const MAX_LORAS: usize = 64;
 
@@ -68,8 +71,33 @@ pub fn check_profile(profile: &Profile) -> Result<()> {
         if chars > MAX_PROMPT_CHARS {
             bail!("{where_} is {chars} characters long (at most {MAX_PROMPT_CHARS}) — shorten it");
         }
+        let depth = emphasis_depth(text);
+        if depth > MAX_EMPHASIS_DEPTH {
+            bail!("{where_} nests brackets {depth} deep (at most {MAX_EMPHASIS_DEPTH}) — each ( ) multiplies the weight by 1.1; write (text:1.5) instead");
+        }
     }
     Ok(())
+}
+
+/// The deepest nesting of A1111's emphasis brackets `( )` and `[ ]` (escaped ones skipped,
+/// unclosed ones counted).
+pub fn emphasis_depth(prompt: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut chars = prompt.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '(' | '[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' | ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// The length of a pass's full schedule, checked: a tiny `denoise` multiplies it.

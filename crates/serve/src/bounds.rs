@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::error::{cut, ApiError, ApiResult};
-use hiresfix_engine::limits::MAX_PROMPT_CHARS;
+use hiresfix_engine::limits::{MAX_EMPHASIS_DEPTH, MAX_PROMPT_CHARS};
 
 /// Characters in a request's name-like text field (sampler, upscaler, model, VAE).
 pub const MAX_NAME_CHARS: usize = 1024;
@@ -36,15 +36,11 @@ pub fn bounded_text(field: &str, text: &str, max: usize) -> ApiResult<()> {
     }
 }
 
-/// Brackets nested in a prompt: each `(` multiplies its text's weight by 1.1, and 1.1^931
-/// is past f32 (A1111 has no limit; a weight of 1.1^100 ≈ 13,781 is already noise).
-pub const MAX_EMPHASIS_DEPTH: usize = 100;
-
 /// A prompt field under the engine's prompt limit, its brackets nested at most
 /// [`MAX_EMPHASIS_DEPTH`] deep.
 pub fn bounded_prompt(field: &str, prompt: &str) -> ApiResult<()> {
     bounded_text(field, prompt, MAX_PROMPT_CHARS)?;
-    let depth = emphasis_depth(prompt);
+    let depth = hiresfix_engine::limits::emphasis_depth(prompt);
     if depth > MAX_EMPHASIS_DEPTH {
         return Err(ApiError::field(
             field,
@@ -52,27 +48,6 @@ pub fn bounded_prompt(field: &str, prompt: &str) -> ApiResult<()> {
         ));
     }
     Ok(())
-}
-
-/// The deepest nesting of A1111's emphasis brackets `( )` and `[ ]` (escaped ones skipped,
-/// unclosed ones counted).
-fn emphasis_depth(prompt: &str) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let mut chars = prompt.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                chars.next();
-            }
-            '(' | '[' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            ')' | ']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
 }
 
 /// A flag as A1111's API reads a bool (pydantic): true for true, 1, "1", "true", "t", "yes",
