@@ -22,7 +22,7 @@ pub struct OptionEntry {
 /// The keys of `extra` lists added in 1.x, each with the version that added it (a side that
 /// does not know a key ignores it; a missing key means "not known").
 pub mod keys {
-    /// `ModelInfo.extra` and `PatchModel.extra` (1.1.0): the UNet's number of input blocks
+    /// `ModelInfo.extra`, `CheckpointInfo.extra` and `PatchModel.extra` (1.1.0): the UNet's number of input blocks
     /// (`input_blocks.0` … `input_blocks.N-1`), for patches that name a block.
     pub const UNET_INPUT_BLOCKS: &str = "unet_input_blocks";
 }

@@ -553,6 +553,8 @@ const CASES: &[Case] = &[
         } },
     Case { name: "deep_shrink block past the UNet", code: 1, expect: "deep_shrink: block = 30 does not exist — this model's UNet has input blocks 0 to",
         setup: |sc| generate(sc, &tiny_ldm(), "", "", "patches = [{ name = \"deep_shrink\", block = 30 }]") },
+    Case { name: "check: deep_shrink block past the UNet", code: 1, expect: "pass 2: patch `deep_shrink` (",
+        setup: |sc| check_edit(sc, |p| p.replace("denoise = 0.5", "denoise = 0.5\npatches = [{ name = \"deep_shrink\", block = 12 }]")) },
     Case { name: "patch option a tiny float", code: 1, expect: "option `factor` must be between 0.1 and 9, got 1e-300",
         setup: |sc| generate(sc, &tiny_ldm(), "", "", "patches = [{ name = \"deep_shrink\", factor = 1e-300 }]") },
     Case { name: "check: denoise 1e-300", code: 1, expect: "pass 2: denoise 1e-300 with 2 steps builds a schedule of 2e300 steps (at most 10000)",

@@ -332,6 +332,7 @@ fn report_new_findings(
     if let Some(size) = native_size {
         info.default_size = size;
     }
+    crate::run::patches_fit(&job.plans, &info)?;
     let mut findings = crate::lint::lint(&job.plans, &job.sizes, &info);
     findings.extend(crate::switch::switch_findings(&job.plans, &job.models)?);
     let mut lines: Vec<String> = findings.iter().map(ToString::to_string).collect();

@@ -261,6 +261,26 @@ fn set_patches(
         .map_err(|e| anyhow!("pass {}: {e}", plan.number))
 }
 
+/// Every pass's patches made for pass 1's checkpoint as its headers describe it (`check`, and
+/// `generate` before any model loads): a patch option the model cannot take is one line here.
+/// Passes on another checkpoint are checked again when their model loads.
+pub fn patches_fit(plans: &[PassPlan<'_>], info: &host_api::CheckpointInfo) -> Result<()> {
+    let target = PatchModel {
+        family: info.family.clone(),
+        sigmas: Default::default(),
+        extra: info.extra.clone(),
+    };
+    for plan in plans.iter().filter(|p| p.checkpoint == plans[0].checkpoint) {
+        for p in &plan.patches {
+            p.entry.decl.create(&p.options, &target).map_err(|e| {
+                let (name, file) = (&p.entry.decl.name, p.entry.file.display());
+                anyhow!("pass {}: patch `{name}` ({file}): {e}", plan.number)
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// The pass's patches made for the model `info` describes: an option the model cannot take
 /// (a block past its UNet's) is refused here, never ignored.
 fn make_patches(info: &ModelInfo, plan: &PassPlan<'_>) -> Result<Vec<host_api::PatchBox>> {

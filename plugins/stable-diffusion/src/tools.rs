@@ -2,7 +2,7 @@
 //! host API's optional [`BackendTools`] table.
 use std::path::Path;
 
-use host_api::{BackendTools, CheckpointInfo, Error, Result};
+use host_api::{keys, BackendTools, CheckpointInfo, Error, OptionEntry, OptionValue, Result};
 
 use crate::families::{sd1, Prediction};
 use crate::merge::{merge, Recipe};
@@ -23,6 +23,11 @@ impl<F: FamilyEntry> BackendTools for SdBackend<F> {
             prediction: prediction.into(),
             prediction_source: source.into(),
             format: found.format.as_str().into(),
+            extra: vec![OptionEntry {
+                key: keys::UNET_INPUT_BLOCKS.into(),
+                value: OptionValue::Number(cfg.unet.input_blocks() as f64),
+            }]
+            .into(),
             latent_channels: cfg.vae.embed_dim as u32,
             vae_scale_factor: cfg.vae.spatial_factor() as u32,
             latent_scaling_factor: cfg.vae.scaling_factor,
@@ -37,7 +42,6 @@ impl<F: FamilyEntry> BackendTools for SdBackend<F> {
                 .family
                 .default_size(found.prediction.unwrap_or(Prediction::Eps))
                 as u32,
-            extra: Default::default(),
         })
     }
 

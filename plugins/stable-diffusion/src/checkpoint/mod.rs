@@ -18,7 +18,6 @@ use crate::families::spec::{EncoderSpec, Family, TextLayout};
 use safetensors::SafetensorsFile;
 
 pub use diffusers::DiffusersConfigs;
-pub use tensors::describe_merge;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -354,4 +353,24 @@ impl Checkpoint {
     pub fn file_bytes(&self) -> u64 {
         self.files.iter().map(SafetensorsFile::len).sum()
     }
+}
+
+/// A merge for messages: `a.safetensors:0.5 + b.safetensors:0.5` (each name cut to 60
+/// characters).
+pub fn describe_merge(sources: &[(&std::path::Path, f64)]) -> String {
+    sources
+        .iter()
+        .map(|(path, weight)| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let name = match name.char_indices().nth(60) {
+                Some((end, _)) => format!("{}…", &name[..end]),
+                None => name,
+            };
+            format!("{name}:{}", crate::health::number(*weight))
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
 }

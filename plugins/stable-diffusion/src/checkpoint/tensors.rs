@@ -5,28 +5,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use tch::nn::VarStore;
 
 use super::safetensors;
-use super::{read_ahead, Checkpoint, Format, Source};
+use super::{describe_merge, read_ahead, Checkpoint, Format, Source};
 use crate::health::{is_finite, number};
-
-/// A merge for messages: `a.safetensors:0.5 + b.safetensors:0.5` (each name cut to 60
-/// characters).
-pub fn describe_merge(sources: &[(&std::path::Path, f64)]) -> String {
-    sources
-        .iter()
-        .map(|(path, weight)| {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let name = match name.char_indices().nth(60) {
-                Some((end, _)) => format!("{}…", &name[..end]),
-                None => name,
-            };
-            format!("{name}:{}", number(*weight))
-        })
-        .collect::<Vec<_>>()
-        .join(" + ")
-}
 
 impl Checkpoint {
     /// The file holding `key`, and the tensor's own name there when it differs.

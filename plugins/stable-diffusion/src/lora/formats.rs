@@ -10,30 +10,6 @@ use tch::{Kind, Tensor};
 
 use super::shapes::{self, Shapes};
 
-/// The suffixes a LoRA file puts after a layer's name, longest first so that one that is a
-/// suffix of another (`.alpha`) is tried last.
-const SUFFIXES: &[&str] = &[
-    ".lora_down.weight",
-    ".lora_up.weight",
-    ".lora_mid.weight",
-    ".lora_A.weight",
-    ".lora_B.weight",
-    ".hada_w1_a",
-    ".hada_w1_b",
-    ".hada_w2_a",
-    ".hada_w2_b",
-    ".hada_t1",
-    ".hada_t2",
-    ".lokr_w1_a",
-    ".lokr_w1_b",
-    ".lokr_w2_a",
-    ".lokr_w2_b",
-    ".lokr_w1",
-    ".lokr_w2",
-    ".lokr_t2",
-    ".dora_scale",
-    ".alpha",
-];
 
 /// One layer's tensors, by suffix (without the leading dot).
 #[derive(Default)]
@@ -61,13 +37,6 @@ impl LayerParts {
     }
 }
 
-/// Splits `key` into (layer name, part) for a known suffix.
-pub fn split_key(key: &str) -> Option<(&str, &'static str)> {
-    SUFFIXES.iter().find_map(|suffix| {
-        let layer = key.strip_suffix(suffix)?;
-        Some((layer, &suffix[1..]))
-    })
-}
 
 /// Groups a file's tensors by layer; keys with no known suffix are returned apart.
 pub fn group(tensors: Vec<(String, Tensor)>) -> (BTreeMap<String, LayerParts>, Vec<String>) {
@@ -196,6 +165,7 @@ fn lokr(parts: &LayerParts) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::shapes::split_key;
     use super::*;
     use tch::Device;
 

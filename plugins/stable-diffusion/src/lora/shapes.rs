@@ -4,6 +4,39 @@
 //! layer and tensor, never a libtorch error. Sizes are multiplied with checked arithmetic.
 use std::collections::BTreeMap;
 
+/// The suffixes a LoRA file puts after a layer's name, longest first so that one that is a
+/// suffix of another (`.alpha`) is tried last.
+const SUFFIXES: &[&str] = &[
+    ".lora_down.weight",
+    ".lora_up.weight",
+    ".lora_mid.weight",
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".hada_w1_a",
+    ".hada_w1_b",
+    ".hada_w2_a",
+    ".hada_w2_b",
+    ".hada_t1",
+    ".hada_t2",
+    ".lokr_w1_a",
+    ".lokr_w1_b",
+    ".lokr_w2_a",
+    ".lokr_w2_b",
+    ".lokr_w1",
+    ".lokr_w2",
+    ".lokr_t2",
+    ".dora_scale",
+    ".alpha",
+];
+
+/// Splits `key` into (layer name, part) for a known suffix.
+pub fn split_key(key: &str) -> Option<(&str, &'static str)> {
+    SUFFIXES.iter().find_map(|suffix| {
+        let layer = key.strip_suffix(suffix)?;
+        Some((layer, &suffix[1..]))
+    })
+}
+
 /// Largest dimension of a LoRA tensor taken (the widest SDXL weight has 10,240 columns;
 /// a LoKr factor of a whole weight at most that).
 pub const MAX_DIM: i64 = 1 << 20;
@@ -257,7 +290,7 @@ pub fn group<T>(
     let mut layers: BTreeMap<String, BTreeMap<&'static str, T>> = BTreeMap::new();
     let mut unknown = Vec::new();
     for (key, value) in items {
-        match super::formats::split_key(&key) {
+        match split_key(&key) {
             Some((layer, part)) => {
                 layers
                     .entry(layer.to_owned())
