@@ -299,8 +299,8 @@ const CASES: &[Case] = &[
         setup: |sc| profile_edit(sc, |p| p.replace("[model]", "").replace(&format!("checkpoint = \"{}\"", tiny_ldm().display()), "")) },
     Case { name: "zero steps", code: 1, expect: "steps must be between 1 and 10000",
         setup: |sc| profile_edit(sc, |p| p.replace("steps = 3", "steps = 0")) },
-    Case { name: "denoise 0", code: 1, expect: "denoise must be in (0, 1]",
-        setup: |sc| profile_edit(sc, |p| p.replace("denoise = 0.5", "denoise = 0.0")) },
+    Case { name: "denoise below 0", code: 1, expect: "denoise must be in [0, 1]",
+        setup: |sc| profile_edit(sc, |p| p.replace("denoise = 0.5", "denoise = -0.1")) },
     Case { name: "denoise so small the schedule explodes", code: 1, expect: "builds a schedule of 2000000 steps (at most 10000)",
         setup: |sc| profile_edit(sc, |p| p.replace("denoise = 0.5", "denoise = 0.000001")) },
     Case { name: "too many passes", code: 1, expect: "20 passes (at most 16)",
@@ -381,7 +381,7 @@ const CASES: &[Case] = &[
             let out = sc.path("merged.safetensors");
             s(&["merge", out.to_str().unwrap(), tiny_ldm().to_str().unwrap(), tiny_ldm().to_str().unwrap()])
         } },
-    Case { name: "--set out of range", code: 1, expect: "denoise must be in (0, 1]",
+    Case { name: "--set out of range", code: 1, expect: "denoise must be in [0, 1]",
         setup: |sc| {
             let mut args = generate(sc, &tiny_ldm(), "", "", "");
             args.extend(s(&["--set", "pass.2.denoise=2"]));
@@ -448,7 +448,7 @@ const CASES: &[Case] = &[
         setup: |sc| [generate(sc, &tiny_ldm(), "", "", ""), s(&["--passes", "0"])].concat() },
     Case { name: "grid axis without values", code: 1, expect: "--x cfg: expected key=v1,v2,...",
         setup: |_| s(&["grid", "p.toml", "--x", "cfg"]) },
-    Case { name: "grid value out of range", code: 1, expect: "grid cell cfg=5, pass.2.denoise=7: --set: denoise must be in (0, 1]",
+    Case { name: "grid value out of range", code: 1, expect: "grid cell cfg=5, pass.2.denoise=7: --set: denoise must be in [0, 1]",
         setup: |sc| {
             let profile = scratch_profile(sc);
             s(&["grid", &profile, "--x", "cfg=5", "--y", "pass.2.denoise=0.5,7"])

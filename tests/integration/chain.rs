@@ -117,3 +117,34 @@ fn sizes_are_rounded_to_the_vae_factor_with_a_note() {
     let (w, h, _) = read_rgb8(&scratch.path("r.png")).unwrap();
     assert_eq!((w, h), (64, 60));
 }
+
+/// A1111's zero-strength hires pass (`denoising_strength: 0`, as its own API test sends):
+/// the schedule has no step, so a pass at the same size gives pass 1's image exactly, and a
+/// ×2 pass the upscaled latent decoded.
+#[test]
+fn a_pass_of_denoise_0_only_upscales() {
+    let scratch = Scratch::new("chain-denoise0");
+    let same = tiny_profile(&tiny_ldm(), "", "", "")
+        .replace("scale = 2.0", "scale = 1.0")
+        .replace("denoise = 0.5", "denoise = 0.0");
+    let out = generate_as(&scratch, "same", &same);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = tiny_profile(&tiny_ldm(), "", "", "");
+    let path = scratch.write("first.toml", &first);
+    let out = hiresfix(
+        &scratch.0,
+        &["generate", path.to_str().unwrap(), "-o", "first.png", "--passes", "1"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (w, h, zero) = read_rgb8(&scratch.path("same.png")).unwrap();
+    let (w1, h1, pass1) = read_rgb8(&scratch.path("first.png")).unwrap();
+    assert_eq!((w, h), (w1, h1));
+    assert!(zero == pass1, "a same-size pass of denoise 0 changed the image");
+    let double = tiny_profile(&tiny_ldm(), "", "", "").replace("denoise = 0.5", "denoise = 0");
+    let out = generate_as(&scratch, "double", &double);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read_rgb8(&scratch.path("double.png")).unwrap().0, 64);
+    let params = chunk(&scratch.path("double.png"), "parameters");
+    assert!(params.contains("Denoising strength: 0"), "{params}");
+}

@@ -102,7 +102,7 @@ fn the_same_request_as_toml_a1111_body_and_infotext_resolves_to_the_same_profile
 #[test]
 fn a_denoise_outside_its_range_is_refused_by_the_same_rule_at_every_entry_point() {
     let registry = registry();
-    let rule = "denoise must be in (0, 1]";
+    let rule = "denoise must be in [0, 1]";
     let toml_error = Profile::parse(&TOML.replace("0.55", "1.5"), "request.toml")
         .unwrap_err()
         .to_string();

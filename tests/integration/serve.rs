@@ -803,3 +803,24 @@ fn loras_do_not_leak_between_requests_and_hires_switches_work() {
         assert!(parameters.contains(field), "{field} not in {parameters}");
     }
 }
+
+/// The request of A1111's own `test/test_txt2img.py` (`simple_txt2img_request`, transcribed)
+/// with `enable_hr` on, as `test_txt2img_with_hrfix_performed` sends it: a hires pass of
+/// `denoising_strength` 0, which A1111 answers with the upscaled first pass.
+#[test]
+fn a1111_test_hires_request_of_zero_denoise_answers_200() {
+    let server = Server::start("serve-a1111-hrfix", &[]);
+    let body = json!({
+        "batch_size": 1, "cfg_scale": 7, "denoising_strength": 0, "enable_hr": true, "eta": 0,
+        "firstphase_height": 0, "firstphase_width": 0, "height": 64, "n_iter": 1,
+        "negative_prompt": "", "prompt": "example prompt", "restore_faces": false,
+        "s_churn": 0, "s_noise": 1, "s_tmax": 0, "s_tmin": 0, "sampler_index": "Euler a",
+        "seed": -1, "seed_resize_from_h": -1, "seed_resize_from_w": -1, "steps": 3,
+        "styles": [], "subseed": -1, "subseed_strength": 0, "tiling": false, "width": 64
+    });
+    let (status, response) = post(&server, "/sdapi/v1/txt2img", &body);
+    assert_eq!(status, 200, "{response}");
+    let (w, h, _, parameters) = decode(&images(&response)[0]);
+    assert_eq!((w, h), (128, 128), "hr_scale defaults to 2");
+    assert!(parameters.contains("Denoising strength: 0"), "{parameters}");
+}

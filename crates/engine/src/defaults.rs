@@ -104,10 +104,11 @@ pub fn steps(v: u32) -> Result<u32, String> {
     })
 }
 
-/// A later pass's denoising strength: above 0 (0 would build an endless schedule), at most 1.
+/// A later pass's denoising strength, 0 to 1. 0 upscales without re-denoising (A1111's
+/// zero-strength hires pass: a schedule of no steps, the upscaled latent as it is).
 pub fn denoise(v: f64) -> Result<f64, String> {
-    rule(v, v > 0.0 && v <= 1.0, || {
-        "denoise must be in (0, 1]: greater than 0, at most 1".into()
+    rule(v, (0.0..=1.0).contains(&v), || {
+        "denoise must be in [0, 1]: 0 only upscales, 1 repaints from noise".into()
     })
 }
 
@@ -183,8 +184,8 @@ mod tests {
     #[test]
     fn rules_say_what_the_value_must_be() {
         assert_eq!(
-            denoise(0.0).unwrap_err(),
-            "denoise must be in (0, 1]: greater than 0, at most 1"
+            denoise(-0.1).unwrap_err(),
+            "denoise must be in [0, 1]: 0 only upscales, 1 repaints from noise"
         );
         assert_eq!(
             size(4).unwrap_err(),

@@ -102,6 +102,9 @@ pub fn emphasis_depth(prompt: &str) -> usize {
 
 /// The length of a pass's full schedule, checked: a tiny `denoise` multiplies it.
 pub fn schedule_steps(pass: usize, steps: usize, denoise: f64) -> Result<usize> {
+    if denoise == 0.0 {
+        return Ok(0); // upscale only: no schedule
+    }
     let total = if denoise < 1.0 {
         steps as f64 / denoise
     } else {

@@ -183,6 +183,8 @@ pub fn plan_passes<'r>(
             _ => resolved(pass.denoise, number, "denoise")?,
         };
         limits::schedule_steps(number, steps, denoise)?;
+        // Denoise 0 upscales only: no step runs (progress and noise count none).
+        let steps = if denoise == 0.0 { 0 } else { steps };
         let patches = pass
             .patches
             .as_ref()
@@ -379,6 +381,10 @@ pub fn pass_sizes(passes: &[Pass], factor: u32) -> Result<(Vec<PassSize>, Vec<St
 /// for `int(steps / denoise)` steps and keeps the tail (A1111 / ComfyUI). Samplers that drop the
 /// penultimate sigma get one extra step first, as A1111 does.
 pub fn pass_sigmas(plan: &PassPlan<'_>, model: &ModelSigmas) -> Result<Vec<f64>> {
+    if plan.denoise == 0.0 {
+        // A1111's zero-strength hires pass: `get_sigmas(0)` is `[0]`, no step runs.
+        return Ok(vec![0.0]);
+    }
     let total = limits::schedule_steps(plan.number, plan.steps, plan.denoise)?;
     let discard = plan.sampler.decl.discard_penultimate_sigma;
     let mut sigmas = plan

@@ -691,7 +691,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("p.toml:3:11: denoise must be in (0, 1]"),
+            err.starts_with("p.toml:3:11: denoise must be in [0, 1]"),
             "{err}"
         );
     }
@@ -732,7 +732,7 @@ mod tests {
         assert_eq!(e.key, "pass.2.denoise");
         assert!(
             e.message
-                .starts_with("pass.2.denoise = 1.5: denoise must be in (0, 1]"),
+                .starts_with("pass.2.denoise = 1.5: denoise must be in [0, 1]"),
             "{e}"
         );
     }

@@ -181,6 +181,11 @@ pub fn run_batch(
                 up + noise * sigmas[0]
             }
         };
+        if plan.denoise == 0.0 {
+            // Upscale only (denoise 0): `x` is the upscaled latent plus noise × 0.
+            latents.push(x);
+            continue;
+        }
         let specs: Vec<host_api::LoraSpec> = plan.loras.iter().map(|l| l.spec()).collect();
         let warnings = model
             .set_loras(&specs)
