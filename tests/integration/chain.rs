@@ -133,14 +133,24 @@ fn a_pass_of_denoise_0_only_upscales() {
     let path = scratch.write("first.toml", &first);
     let out = hiresfix(
         &scratch.0,
-        &["generate", path.to_str().unwrap(), "-o", "first.png", "--passes", "1"],
+        &[
+            "generate",
+            path.to_str().unwrap(),
+            "-o",
+            "first.png",
+            "--passes",
+            "1",
+        ],
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let (w, h, zero) = read_rgb8(&scratch.path("same.png")).unwrap();
     let (w1, h1, pass1) = read_rgb8(&scratch.path("first.png")).unwrap();
     assert_eq!((w, h), (w1, h1));
-    assert!(zero == pass1, "a same-size pass of denoise 0 changed the image");
+    assert!(
+        zero == pass1,
+        "a same-size pass of denoise 0 changed the image"
+    );
     let double = tiny_profile(&tiny_ldm(), "", "", "").replace("denoise = 0.5", "denoise = 0");
     let out = generate_as(&scratch, "double", &double);
     assert!(out.status.success(), "{}", stderr(&out));

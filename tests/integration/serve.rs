@@ -824,3 +824,37 @@ fn a1111_test_hires_request_of_zero_denoise_answers_200() {
     assert_eq!((w, h), (128, 128), "hr_scale defaults to 2");
     assert!(parameters.contains("Denoising strength: 0"), "{parameters}");
 }
+
+/// A1111's listing and housekeeping endpoints that clients probe (webuiapi, A1111's
+/// `test/test_utils.py`): each answers in A1111's shape.
+#[test]
+fn a1111_listing_endpoints_answer_in_its_shapes() {
+    let server = Server::start("serve-listings", &[]);
+    assert_eq!(get(&server, "/internal/ping"), json!({}));
+    let flags = get(&server, "/sdapi/v1/cmd-flags");
+    assert_eq!(
+        (flags["api"].clone(), flags["listen"].clone()),
+        (json!(true), json!(false))
+    );
+    let memory = get(&server, "/sdapi/v1/memory");
+    let total = memory["ram"]["total"].as_u64().unwrap();
+    assert!(total > 1 << 30, "{memory}");
+    assert_eq!(
+        memory["ram"]["used"].as_u64().unwrap() + memory["ram"]["free"].as_u64().unwrap(),
+        total
+    );
+    assert!(memory["cuda"]["error"].is_string(), "{memory}");
+    for empty in ["hypernetworks", "face-restorers", "prompt-styles"] {
+        assert_eq!(
+            get(&server, &format!("/sdapi/v1/{empty}")),
+            json!([]),
+            "{empty}"
+        );
+    }
+    assert!(get(&server, "/sdapi/v1/realesrgan-models").is_array());
+    assert!(get(&server, "/sdapi/v1/sd-modules").is_array());
+    for refresh in ["refresh-vae", "refresh-embeddings"] {
+        let (status, body) = post(&server, &format!("/sdapi/v1/{refresh}"), &json!({}));
+        assert_eq!((status, body), (200, Value::Null), "{refresh}");
+    }
+}

@@ -67,6 +67,8 @@ const STATE_CHANGING: &[&str] = &[
     "/sdapi/v1/options/",
     "/sdapi/v1/refresh-checkpoints",
     "/sdapi/v1/refresh-loras",
+    "/sdapi/v1/refresh-vae",
+    "/sdapi/v1/refresh-embeddings",
     "/sdapi/v1/interrupt",
     "/sdapi/v1/skip",
     "/sdapi/v1/png-info",
@@ -167,7 +169,7 @@ fn browser_style_requests_to_state_changing_endpoints_run_nothing() {
             cases += 1;
         }
     }
-    assert_eq!(cases, 56);
+    assert_eq!(cases, 66);
     // Nothing ran: the job is still sampling, not interrupted; the options and the model list
     // are as they were.
     let progress = get(&server, "/sdapi/v1/progress");

@@ -116,6 +116,8 @@ pub fn body_less(path: &str) -> bool {
             | "/sdapi/v1/skip"
             | "/sdapi/v1/refresh-checkpoints"
             | "/sdapi/v1/refresh-loras"
+            | "/sdapi/v1/refresh-vae"
+            | "/sdapi/v1/refresh-embeddings"
     )
 }
 

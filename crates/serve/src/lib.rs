@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod content_type;
 pub mod error;
 pub mod listener;
+pub mod listings;
 pub mod native;
 pub mod progress;
 pub mod sdapi;
@@ -481,6 +482,19 @@ pub fn router(state: Shared, max_body: usize) -> axum::Router {
             post(sdapi::refresh_checkpoints),
         )
         .route("/sdapi/v1/refresh-loras", post(sdapi::refresh_loras))
+        .route("/sdapi/v1/refresh-vae", post(listings::refreshed))
+        .route("/sdapi/v1/refresh-embeddings", post(listings::refreshed))
+        .route("/sdapi/v1/cmd-flags", get(listings::cmd_flags))
+        .route("/sdapi/v1/memory", get(listings::memory))
+        .route("/sdapi/v1/hypernetworks", get(listings::none))
+        .route("/sdapi/v1/face-restorers", get(listings::none))
+        .route("/sdapi/v1/prompt-styles", get(listings::none))
+        .route(
+            "/sdapi/v1/realesrgan-models",
+            get(listings::realesrgan_models),
+        )
+        .route("/sdapi/v1/sd-modules", get(listings::sd_modules))
+        .route("/internal/ping", get(listings::ping))
         .route(
             "/sdapi/v1/options",
             get(sdapi::get_options).post(sdapi::set_options),
