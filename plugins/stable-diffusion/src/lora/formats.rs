@@ -10,7 +10,6 @@ use tch::{Kind, Tensor};
 
 use super::shapes::{self, Shapes};
 
-
 /// One layer's tensors, by suffix (without the leading dot).
 #[derive(Default)]
 pub struct LayerParts(BTreeMap<&'static str, Tensor>);
@@ -36,7 +35,6 @@ impl LayerParts {
             .and_then(|a| f64::try_from(a.to_kind(Kind::Double).sum(Kind::Double)).ok())
     }
 }
-
 
 /// Groups a file's tensors by layer; keys with no known suffix are returned apart.
 pub fn group(tensors: Vec<(String, Tensor)>) -> (BTreeMap<String, LayerParts>, Vec<String>) {

@@ -185,7 +185,11 @@ impl Conditioner {
             .collect();
         let weights: Vec<f32> = chunks.iter().flat_map(|c| c.weights.clone()).collect();
         // A1111 takes any number; one past the model's float range only makes NaN later.
-        let limit = if self.kind == Kind::Half { 65504.0 } else { f32::MAX };
+        let limit = if self.kind == Kind::Half {
+            65504.0
+        } else {
+            f32::MAX
+        };
         if let Some(w) = weights.iter().find(|w| !w.is_finite() || w.abs() > limit) {
             bail!(
                 "a prompt weight `(text:{w})` is past what the model's {:?} numbers hold — use weights like (text:1.5)",
