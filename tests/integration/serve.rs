@@ -823,6 +823,26 @@ fn a1111_test_hires_request_of_zero_denoise_answers_200() {
     let (w, h, _, parameters) = decode(&images(&response)[0]);
     assert_eq!((w, h), (128, 128), "hr_scale defaults to 2");
     assert!(parameters.contains("Denoising strength: 0"), "{parameters}");
+    // `test_txt2img_with_restore_faces_performed`: 200, and the field is named as ignored.
+    let mut faces = body.clone();
+    faces["restore_faces"] = json!(true);
+    let (status, response) = post(&server, "/sdapi/v1/txt2img", &faces);
+    assert_eq!(status, 200, "{response}");
+    let warnings = info(&response)["warnings"].clone();
+    assert_eq!(warnings.as_array().map(Vec::len), Some(1), "{warnings}");
+    assert!(warnings[0]
+        .as_str()
+        .unwrap()
+        .starts_with("restore_faces = true was ignored"));
+    // A script hiresfix does not have: 422, as A1111 answers.
+    let mut script = body.clone();
+    script["script_name"] = json!("x/y/z plot");
+    let (status, response) = post(&server, "/sdapi/v1/txt2img", &script);
+    assert_eq!(
+        (status, response["field"].as_str()),
+        (422, Some("script_name")),
+        "{response}"
+    );
 }
 
 /// A1111's listing and housekeeping endpoints that clients probe (webuiapi, A1111's

@@ -8,6 +8,7 @@ mod bounds;
 pub mod catalog;
 pub mod content_type;
 pub mod error;
+mod ignored;
 pub mod listener;
 pub mod listings;
 pub mod native;

@@ -80,6 +80,10 @@ pub async fn txt2img(State(state): State<Shared>, payload: Payload) -> ApiResult
         false => Vec::new(),
     };
     let mut info = txt2img::info(&profile, &model, &label, &images);
+    let warnings = super::ignored::warnings(&request);
+    if !warnings.is_empty() {
+        info["warnings"] = json!(warnings);
+    }
     if interrupted {
         info["interrupted"] = Value::Bool(true);
     }

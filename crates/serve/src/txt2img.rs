@@ -234,6 +234,7 @@ pub fn request_profile(registry: &Registry, body: &Map<String, Value>) -> ApiRes
 /// [`to_profile`] and [`request_profile`]: the fields in order, each checked as it is read,
 /// then the whole profile under [`Profile::validate`] (what a TOML profile must pass).
 fn map_request(site: &Site<'_>, body: &Map<String, Value>) -> ApiResult<Profile> {
+    super::ignored::no_script(body)?;
     let f = Fields(body);
     let limits = site.limits;
     let base = site.defaults;
