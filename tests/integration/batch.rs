@@ -42,7 +42,8 @@ seed = [1, 2, 3]
 "pass.2.denoise" = [0.4, 0.5]
 "#;
 
-fn batch(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+/// `hiresfix -q batch ARGS` in `cwd`, outside any Slurm or Kubernetes array.
+fn batch_command(cwd: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hiresfix"));
     cmd.current_dir(cwd)
         .arg("-q")
@@ -52,6 +53,11 @@ fn batch(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
         .env_remove("SLURM_ARRAY_TASK_ID")
         .env_remove("JOB_COMPLETION_INDEX")
         .env("HIRESFIX_CACHE_DIR", repo().join("target/test-cache"));
+    cmd
+}
+
+fn batch(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = batch_command(cwd, args);
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -316,13 +322,7 @@ fn three_runs_of_one_shard_at_once_leave_each_image_once() {
         "profile = \"base.toml\"\n[[jobs]]\nseed = [1, 2, 3, 4]\n",
     );
     let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_hiresfix"))
-            .current_dir(&scratch.0)
-            .args(["-q", "batch", "jobs.toml", "--out", "out"])
-            .env_remove("HIRESFIX_PLUGIN_PATH")
-            .env_remove("SLURM_ARRAY_TASK_ID")
-            .env_remove("JOB_COMPLETION_INDEX")
-            .env("HIRESFIX_CACHE_DIR", repo().join("target/test-cache"))
+        batch_command(&scratch.0, &["jobs.toml", "--out", "out"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -366,20 +366,10 @@ fn a_job_file_of_billions_of_jobs_is_refused_before_it_is_expanded() {
         "jobs.toml",
         &format!("profile = \"base.toml\"\n[[jobs]]\n{table}"),
     );
-    let (code, err, peak_mib) = crate::common::rss::run_with_peak_rss(
-        Command::new(env!("CARGO_BIN_EXE_hiresfix"))
-            .current_dir(&scratch.0)
-            .args([
-                "-q",
-                "batch",
-                "jobs.toml",
-                "--shard",
-                "0/1000",
-                "--out",
-                "out",
-            ])
-            .env_remove("HIRESFIX_PLUGIN_PATH"),
-    );
+    let (code, err, peak_mib) = crate::common::rss::run_with_peak_rss(&mut batch_command(
+        &scratch.0,
+        &["jobs.toml", "--shard", "0/1000", "--out", "out"],
+    ));
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("brings the jobs to 4096000000 (at most 100000)"),

@@ -282,77 +282,32 @@ const CASES: &[Case] = &[
 ];
 
 fn run_case(case: &Case) -> Result<(), String> {
-    let scratch = Scratch::new(&format!("hostile-{}", case.name.replace(' ', "-")));
-    let args = (case.setup)(&scratch);
-    let before = files_under(&scratch.0);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = hiresfix(&scratch.0, &refs, &[]);
-    let err = stderr(&out);
-    // Lint warnings about the profile may come first; the failure itself is one line.
-    let lines: Vec<&str> = err
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("warning: "))
-        .collect();
-    let line = lines.first().copied().unwrap_or("");
+    let scratch = corpus::scratch("hostile", case.name);
+    let run = corpus::run(&scratch, &(case.setup)(&scratch));
     // Shown with --nocapture: the README's table quotes these.
-    println!("{}: {line}", case.name);
-    let lower = err.to_lowercase();
-    let problems = [
-        (out.status.code() != Some(1)).then(|| format!("exit {:?}, expected 1", out.status.code())),
-        (lines.len() != 1).then(|| format!("{} lines on stderr", lines.len())),
-        (!line.starts_with("error: ")).then(|| "does not start with `error: `".to_string()),
-        (line.chars().count() >= 300).then(|| format!("{} characters", line.chars().count())),
-        case.expect
-            .iter()
-            .find(|e| !line.contains(**e))
-            .map(|e| format!("does not contain `{e}`")),
-        (lower.contains("panicked") || err.contains("RUST_BACKTRACE") || lower.contains("unwrap"))
-            .then(|| "panicked".to_string()),
-        lower
-            .contains("internal torch error")
-            .then(|| "raw libtorch text".to_string()),
-        (line.contains("checkpoint's tensor") && case.name.contains("LoRA"))
-            .then(|| "blames the checkpoint".to_string()),
-        (files_under(&scratch.0) != before).then(|| "wrote files".to_string()),
-    ];
-    let problems: Vec<String> = problems.into_iter().flatten().collect();
-    match problems.is_empty() {
-        true => Ok(()),
-        false => Err(format!(
-            "{}: {}\n    stderr: {err}",
-            case.name,
-            problems.join("; ")
-        )),
-    }
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p.clone());
-            }
-            found.push(p);
-        }
-    }
-    found.sort();
-    found
+    println!("{}: {}", case.name, run.line);
+    let lower = run.err.to_lowercase();
+    let mut problems = run.problems(1, case.expect);
+    problems.extend(
+        [
+            (lower.contains("panicked") || lower.contains("unwrap"))
+                .then(|| "panicked".to_string()),
+            lower
+                .contains("internal torch error")
+                .then(|| "raw libtorch text".to_string()),
+            (run.line.contains("checkpoint's tensor") && case.name.contains("LoRA"))
+                .then(|| "blames the checkpoint".to_string()),
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    corpus::verdict(case.name, problems, &run.err)
 }
 
 #[test]
 fn every_hostile_model_file_fails_in_one_line_naming_the_file_and_tensor() {
     assert!(CASES.len() >= 20, "{} cases", CASES.len());
-    let failures: Vec<String> = CASES.iter().filter_map(|c| run_case(c).err()).collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        CASES.len(),
-        failures.join("\n")
-    );
+    corpus::assert_all_hold(CASES.iter().map(run_case).collect());
 }
 
 /// The same LoRA at a sane weight runs: the refusals above are about the files, not LoRA.

@@ -6,7 +6,7 @@
 //! zTXt is refused with a bounded peak RSS.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine;
 
@@ -219,66 +219,15 @@ const CASES: &[Case] = &[
 ];
 
 fn run_case(case: &Case) -> Result<(), String> {
-    let scratch = Scratch::new(&format!("png-hostile-{}", case.name.replace(' ', "-")));
-    let args = (case.setup)(&scratch);
-    let before = files_under(&scratch.0);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = hiresfix(&scratch.0, &refs, &[]);
-    let err = stderr(&out);
-    let lines: Vec<&str> = err
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("warning: "))
-        .collect();
-    let line = lines.first().copied().unwrap_or("");
-    let problems = [
-        (out.status.code() != Some(case.code))
-            .then(|| format!("exit {:?}, expected {}", out.status.code(), case.code)),
-        (lines.len() != 1).then(|| format!("{} lines on stderr", lines.len())),
-        (!line.starts_with("error: ")).then(|| "does not start with `error: `".to_string()),
-        (line.chars().count() >= 300).then(|| format!("{} characters", line.chars().count())),
-        (!line.contains(case.expect)).then(|| format!("does not contain `{}`", case.expect)),
-        (err.contains("panicked") || err.contains("RUST_BACKTRACE"))
-            .then(|| "panicked".to_string()),
-        (files_under(&scratch.0) != before).then(|| "wrote files".to_string()),
-    ];
-    let problems: Vec<String> = problems.into_iter().flatten().collect();
-    match problems.is_empty() {
-        true => Ok(()),
-        false => Err(format!(
-            "{}: {}\n    stderr: {err}",
-            case.name,
-            problems.join("; ")
-        )),
-    }
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p.clone());
-            }
-            found.push(p);
-        }
-    }
-    found.sort();
-    found
+    let scratch = corpus::scratch("png-hostile", case.name);
+    let run = corpus::run(&scratch, &(case.setup)(&scratch));
+    corpus::verdict(case.name, run.problems(case.code, &[case.expect]), &run.err)
 }
 
 #[test]
 fn every_hostile_png_fails_in_one_clear_line_writing_nothing() {
     assert!(CASES.len() >= 20, "{} cases", CASES.len());
-    let failures: Vec<String> = CASES.iter().filter_map(|c| run_case(c).err()).collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        CASES.len(),
-        failures.join("\n")
-    );
+    corpus::assert_all_hold(CASES.iter().map(run_case).collect());
 }
 
 #[test]

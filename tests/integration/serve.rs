@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 /// Small defaults for what a request leaves unset (A1111's 512 px × 50 steps would take
 /// minutes on the CPU test model).
-pub(crate) const DEFAULTS: &str = r#"
+const DEFAULTS: &str = r#"
 [[pass]]
 width = 64
 height = 64
@@ -33,6 +33,11 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(name: &str, extra: &[&str]) -> Server {
+        Self::launch(name, extra, None)
+    }
+
+    /// [`Server::start`], the process allowed at most `files` open files (`ulimit -n`) when given.
+    pub(crate) fn launch(name: &str, extra: &[&str], files: Option<u32>) -> Server {
         let scratch = Scratch::new(name);
         let models = scratch.path("models");
         std::fs::create_dir_all(&models).unwrap();
@@ -42,7 +47,16 @@ impl Server {
             true => &[],
             false => &["--listen", "127.0.0.1:0"],
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hiresfix"))
+        let mut command = match files {
+            None => Command::new(env!("CARGO_BIN_EXE_hiresfix")),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {n} && exec \"$@\""), "sh"])
+                    .arg(env!("CARGO_BIN_EXE_hiresfix"));
+                sh
+            }
+        };
+        let mut child = command
             .args(["-q", "serve", "--device", "cpu"])
             .args(listen)
             .arg("--models")
@@ -79,7 +93,7 @@ impl Server {
 }
 
 /// The address from the server's first stdout line.
-pub(crate) fn listening_at(child: &mut Child) -> String {
+fn listening_at(child: &mut Child) -> String {
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();

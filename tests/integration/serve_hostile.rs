@@ -5,13 +5,11 @@
 //! flag reads as A1111 reads it; the native endpoint runs a `[model] merge`.
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{repo, tiny_ldm, Scratch};
-use crate::serve::{decode, events, get, images, info, listening_at, post, Server, DEFAULTS};
+use crate::serve::{decode, events, get, images, info, post, Server};
 
 /// (status, body) of a POST with exactly these headers (ureq adds no Content-Type itself).
 fn send(
@@ -447,43 +445,13 @@ fn half_open_connections_time_out_and_the_server_answers() {
     assert!(get(&server, "/sdapi/v1/options").get("a").is_none());
 }
 
-/// A server whose process may open at most `files` files (`ulimit -n`), on a free port.
-fn start_with_few_files(name: &str, files: u32, extra: &[&str]) -> Server {
-    let scratch = Scratch::new(name);
-    let models = scratch.path("models");
-    std::fs::create_dir_all(&models).unwrap();
-    std::os::unix::fs::symlink(tiny_ldm(), models.join("tiny.safetensors")).unwrap();
-    let defaults = scratch.write("defaults.toml", DEFAULTS);
-    let mut child = Command::new("sh")
-        .args(["-c", &format!("ulimit -n {files} && exec \"$@\""), "sh"])
-        .arg(env!("CARGO_BIN_EXE_hiresfix"))
-        .args(["-q", "serve", "--device", "cpu", "--listen", "127.0.0.1:0"])
-        .arg("--models")
-        .arg(&models)
-        .arg("--defaults")
-        .arg(&defaults)
-        .args(extra)
-        .env_remove("HIRESFIX_PLUGIN_PATH")
-        .env("HIRESFIX_CACHE_DIR", repo().join("target/test-cache"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("hiresfix serve starts");
-    let base = listening_at(&mut child);
-    Server {
-        child,
-        base,
-        _scratch: scratch,
-    }
-}
-
 #[test]
 fn running_out_of_file_descriptors_pauses_accepting_only() {
     // 96 files, 300 connections: accepting fails (EMFILE) until stalled ones time out.
-    let server = start_with_few_files(
+    let server = Server::launch(
         "serve-emfile",
-        96,
         &["--header-timeout", "0.5", "--max-connections", "1000"],
+        Some(96),
     );
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
     assert!(

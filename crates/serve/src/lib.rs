@@ -494,7 +494,8 @@ pub fn router(state: Shared, max_body: usize) -> axum::Router {
             "/sdapi/v1/realesrgan-models",
             get(listings::realesrgan_models),
         )
-        .route("/sdapi/v1/sd-modules", get(listings::sd_modules))
+        // A1111 lists its SD modules (the VAE files) in sd-vae's shape.
+        .route("/sdapi/v1/sd-modules", get(sdapi::sd_vae))
         .route("/internal/ping", get(listings::ping))
         .route(
             "/sdapi/v1/options",

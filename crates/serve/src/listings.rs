@@ -61,16 +61,6 @@ pub async fn realesrgan_models(State(state): State<Shared>) -> Json<Value> {
     Json(Value::Array(list))
 }
 
-/// `GET /sdapi/v1/sd-modules`: the VAE files, as A1111 lists its SD modules.
-pub async fn sd_modules(State(state): State<Shared>) -> Json<Value> {
-    let list: Vec<Value> = state
-        .vaes()
-        .into_iter()
-        .map(|(name, path)| json!({"model_name": name, "filename": path}))
-        .collect();
-    Json(Value::Array(list))
-}
-
 /// `POST /sdapi/v1/refresh-vae` and `/refresh-embeddings`: folders are read on every request.
 pub async fn refreshed(payload: Payload) -> ApiResult<Json<Value>> {
     payload.ignored()?;

@@ -112,14 +112,7 @@ impl<'a> Reader<'a> {
 
     /// Indices `i` of keys `{prefix}{i}{suffix}` present, ascending.
     fn indices(&self, prefix: &str, suffix: &str) -> Vec<usize> {
-        let mut found: Vec<usize> = self
-            .shapes
-            .keys()
-            .filter_map(|k| k.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok())
-            .collect();
-        found.sort_unstable();
-        found.dedup();
-        found
+        indices_in(self.shapes.keys(), prefix, suffix)
     }
 
     /// Every key read, else the first left over.
@@ -376,6 +369,21 @@ fn compact(r: &mut Reader) -> Check<Arch> {
         features,
         scale,
     })
+}
+
+/// Indices `i` of the keys `{prefix}{i}{suffix}` among `keys`, ascending, once each.
+pub fn indices_in<'a>(
+    keys: impl IntoIterator<Item = &'a String>,
+    prefix: &str,
+    suffix: &str,
+) -> Vec<usize> {
+    let mut found: Vec<usize> = keys
+        .into_iter()
+        .filter_map(|k| k.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok())
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
 }
 
 #[cfg(test)]

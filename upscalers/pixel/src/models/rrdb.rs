@@ -29,13 +29,7 @@ pub struct Rrdb {
 
 /// Indices `i` of keys `{prefix}{i}{suffix}` present, ascending.
 fn indices(w: &Weights, prefix: &str, suffix: &str) -> Vec<usize> {
-    let mut found: Vec<usize> = w
-        .keys()
-        .filter_map(|k| k.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok())
-        .collect();
-    found.sort_unstable();
-    found.dedup();
-    found
+    super::arch::indices_in(w.keys(), prefix, suffix)
 }
 
 fn dense(
