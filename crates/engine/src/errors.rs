@@ -6,6 +6,8 @@ pub const MAX_LINE: usize = 280;
 /// The longest run without whitespace kept whole in a line (a path, a value): longer ones keep
 /// their start and end around an ellipsis.
 pub const MAX_WORD: usize = 120;
+/// How short [`one_line`] may make a word to fit the line.
+pub const MIN_WORD: usize = 40;
 /// The longest user value echoed in a message ([`cut`]).
 pub const MAX_ECHO: usize = 80;
 
@@ -21,13 +23,31 @@ pub fn one_line(e: &anyhow::Error) -> String {
     bounded_line(&parts.join(": "))
 }
 
-/// `text` folded onto one line and bounded as [`one_line`] does.
+/// `text` folded onto one line and bounded as [`one_line`] does: over-long words first (the
+/// longest is shortened, down to [`MIN_WORD`], until the line fits), so a message naming two
+/// long paths keeps every word of its sentence; only a line of many short words loses its
+/// middle.
 pub fn bounded_line(text: &str) -> String {
-    let line = text
-        .split_whitespace()
-        .map(|w| cut(w, MAX_WORD))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let mut words: Vec<String> = text.split_whitespace().map(|w| cut(w, MAX_WORD)).collect();
+    let width = |words: &[String]| -> usize {
+        words.iter().map(|w| w.chars().count()).sum::<usize>() + words.len().saturating_sub(1)
+    };
+    loop {
+        let total = width(&words);
+        let longest = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.chars().count(), i))
+            .max();
+        match longest {
+            Some((len, i)) if total > MAX_LINE && len > MIN_WORD => {
+                let keep = len.saturating_sub(total - MAX_LINE).max(MIN_WORD);
+                words[i] = cut(&words[i], keep);
+            }
+            _ => break,
+        }
+    }
+    let line = words.join(" ");
     let chars = line.chars().count();
     if chars <= MAX_LINE {
         return line;
@@ -102,6 +122,16 @@ mod tests {
         let line = one_line(&anyhow::anyhow!(many));
         assert_eq!(line.chars().count(), MAX_LINE);
         assert!(line.ends_with("— the fix"));
+        // Two long paths: they are shortened, every word of the sentence stays.
+        let path = format!("/tmp/{}/model.pth", "d".repeat(110));
+        let e = anyhow::anyhow!("upscaler `x` is {path}, a pickle: run `hiresfix convert {path}`");
+        let line = one_line(&e);
+        assert!(line.chars().count() <= MAX_LINE, "{line}");
+        assert!(
+            line.contains(", a pickle: run `hiresfix convert /tmp/"),
+            "{line}"
+        );
+        assert!(line.ends_with("model.pth`"), "{line}");
         assert_eq!(cut("abcdef", 6), "abcdef");
         assert_eq!(cut("abcdefghij", 7), "abcd…ij");
         assert_eq!(cut("ééééé", 3), "é…é");
