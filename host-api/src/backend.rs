@@ -342,6 +342,20 @@ pub trait Backend: Sized + 'static {
         }
     }
 
+    /// 1.2: makes `concat` (`[B, C, h, w]`, C the model's `concat_channels`) the image
+    /// conditioning concatenated after the latent's channels in every following UNet call
+    /// (an inpainting checkpoint's mask and masked-image latent, as ldm's `c_concat`); `None`
+    /// clears it. The default takes none.
+    fn set_concat(&self, concat: Option<&Tensor>) -> Result<()> {
+        match concat {
+            None => Ok(()),
+            Some(_) => Err(Error(format!(
+                "family {} takes no image conditioning (inpainting)",
+                Self::FAMILY
+            ))),
+        }
+    }
+
     /// The host will not use `parts` (a set of [`release`] bits) of this model again (a
     /// one-shot run's last pass, then its final decodes), so they may be freed; calls that
     /// need a released part may then fail. The default keeps everything.

@@ -40,6 +40,8 @@ pub struct ModelVtable {
     pub set_patches: extern "C" fn(*const c_void, RVec<PatchBox>, PassSigmas) -> Out<()>,
     #[sabi(last_prefix_field)]
     pub release: extern "C" fn(*const c_void, u32) -> Out<()>,
+    /// 1.2.0: see [`Backend::set_concat`].
+    pub set_concat: extern "C" fn(*const c_void, ROption<TensorRef<'_>>) -> Out<()>,
 }
 
 /// A loaded model, owned by the host; dropping it frees it inside its plugin.
@@ -141,6 +143,13 @@ impl<B: Backend> VtableOf<B> {
         guard(|| Self::obj(p).release(parts))
     }
 
+    extern "C" fn set_concat(p: *const c_void, concat: ROption<TensorRef<'_>>) -> Out<()> {
+        guard(|| {
+            let concat = concat.into_option().map(|t| t.to_tensor());
+            Self::obj(p).set_concat(concat.as_ref())
+        })
+    }
+
     staticref! {
         const TABLE: WithMetadata<ModelVtable> = WithMetadata::new(ModelVtable {
             drop: Self::drop,
@@ -154,6 +163,7 @@ impl<B: Backend> VtableOf<B> {
             set_vae: Self::set_vae,
             set_patches: Self::set_patches,
             release: Self::release,
+            set_concat: Self::set_concat,
         })
     }
     const VTABLE: ModelVtableRef = ModelVtableRef(Self::TABLE.as_prefix());
@@ -232,6 +242,17 @@ impl ModelBox {
     /// See [`Backend::release`].
     pub fn release(&self, parts: u32) -> Result<()> {
         from_ffi((self.vtable.release())(self.obj, parts))
+    }
+
+    /// See [`Backend::set_concat`]; a plugin built against host-api 1.0 or 1.1 takes none.
+    pub fn set_concat(&self, concat: Option<&Tensor>) -> Result<()> {
+        match (self.vtable.set_concat(), concat) {
+            (Some(f), concat) => from_ffi(f(self.obj, concat.map(TensorRef::new).into())),
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(crate::error::Error(
+                "the model's plugin was built against host-api 1.0 or 1.1, which takes no image conditioning (inpainting); rebuild it against 1.2".into(),
+            )),
+        }
     }
 
     /// See [`Backend::nonfinite_cause`].

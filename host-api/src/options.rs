@@ -25,6 +25,10 @@ pub mod keys {
     /// `ModelInfo.extra`, `CheckpointInfo.extra` and `PatchModel.extra` (1.1.0): the UNet's number of input blocks
     /// (`input_blocks.0` … `input_blocks.N-1`), for patches that name a block.
     pub const UNET_INPUT_BLOCKS: &str = "unet_input_blocks";
+    /// `ModelInfo.extra` and `CheckpointInfo.extra` (1.2.0): the channels of the image
+    /// conditioning the UNet takes after the latent's (an inpainting checkpoint: 5, the mask
+    /// then the masked image's latent); absent or 0: none. See `Backend::set_concat`.
+    pub const CONCAT_CHANNELS: &str = "concat_channels";
 }
 
 /// Read access to the options a plugin received; a missing key yields the default.
