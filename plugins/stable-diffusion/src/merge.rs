@@ -78,12 +78,24 @@ pub struct MergeReport {
     pub merged: usize,
     /// Tensors some input lacks (or has in another shape), copied from the first.
     pub copied: Vec<String>,
+    /// An inpainting checkpoint (first) merged with text-to-image ones: its input
+    /// convolution merged on the latent's channels only (A1111's merger).
+    pub inpainting: bool,
+}
+
+/// The input convolution's channels of the checkpoint at `path` (4, or 9 for inpainting).
+fn input_channels(ckpt: &Checkpoint) -> i64 {
+    let key = format!("{}input_blocks.0.0.weight", crate::convert::UNET_PREFIX);
+    ckpt.shape(&key)
+        .and_then(|s| s.get(1).copied())
+        .unwrap_or(0)
 }
 
 /// Merges the inputs of `recipe` into `out` (written to a temporary name, then renamed).
 pub fn merge(recipe: &Recipe, out: &Path) -> Result<MergeReport> {
     let paths = recipe.inputs();
     let mut family = None;
+    let mut channels = Vec::new();
     for path in &paths {
         if path.is_dir() {
             bail!(
@@ -91,7 +103,9 @@ pub fn merge(recipe: &Recipe, out: &Path) -> Result<MergeReport> {
                 path.display()
             );
         }
-        let found = Checkpoint::open(path)?.family()?;
+        let ckpt = Checkpoint::open(path)?;
+        let found = ckpt.family()?;
+        channels.push(input_channels(&ckpt));
         match family {
             None => family = Some(found),
             Some(first) if first.id != found.id => bail!(
@@ -102,6 +116,17 @@ pub fn merge(recipe: &Recipe, out: &Path) -> Result<MergeReport> {
                 found.name
             ),
             Some(_) => {}
+        }
+    }
+    // A1111's merger (extras.py run_modelmerger): an inpainting checkpoint merges with
+    // text-to-image ones when it is A, its input convolution on the latent's channels.
+    if let Some(i) = channels.iter().position(|c| *c != channels[0]) {
+        let (first, other) = (paths[0].display(), paths[i].display());
+        match channels[0] {
+            9 => {}
+            _ => bail!(
+                "merge: {other} is an inpainting checkpoint but the first, {first}, is not — put the inpainting checkpoint first"
+            ),
         }
     }
     let files = paths
@@ -180,10 +205,32 @@ fn write_merged(
                 .get(name)
                 .is_some_and(|e| e.shape == entry.shape)
         });
-        let tensor = if is_float(&entry.dtype) && shapes_agree {
+        let latent_only = is_float(&entry.dtype) && !shapes_agree && inpainting_mix(files, name);
+        let tensor = if latent_only {
+            // The inpainting input convolution: the latent's 4 channels merged, the mask's
+            // and masked image's kept from the first (A1111's merger).
+            report.merged += 1;
+            report.inpainting = true;
+            let kind = crate::checkpoint::safetensors::kind_of(&entry.dtype).unwrap_or(Kind::Float);
+            let latent = weighted(files, factors, name, true)?;
+            let rest =
+                first
+                    .read(name)?
+                    .to_kind(Kind::Float)
+                    .narrow(1, 4, entry.shape[1] as i64 - 4);
+            let merged = Tensor::f_cat(&[latent, rest], 1)?.to_kind(kind);
+            if !crate::health::is_finite(&merged) {
+                bail!(
+                    "merge ({}): tensor `{name}` becomes NaN or inf in {} — use weights near 0..1",
+                    cut(recipe),
+                    crate::health::dtype(kind)
+                );
+            }
+            merged
+        } else if is_float(&entry.dtype) && shapes_agree {
             report.merged += 1;
             let kind = crate::checkpoint::safetensors::kind_of(&entry.dtype).unwrap_or(Kind::Float);
-            let merged = weighted(files, factors, name)?.to_kind(kind);
+            let merged = weighted(files, factors, name, false)?.to_kind(kind);
             // Weights that overflow fp32 (or the stored dtype) are never written: the
             // temporary file is removed.
             if !crate::health::is_finite(&merged) {
@@ -213,8 +260,30 @@ fn write_merged(
     Ok(report)
 }
 
-/// `Σ factor·tensor` of `name` over the inputs, in fp32.
-fn weighted(files: &[SafetensorsFile], factors: &[f64], name: &str) -> Result<Tensor> {
+/// Whether `name` is an inpainting input convolution in the first input (`[out, 9, k, k]`)
+/// and a text-to-image one (`[out, 4, k, k]`) or the same in every other.
+fn inpainting_mix(files: &[SafetensorsFile], name: &str) -> bool {
+    let shape = |f: &SafetensorsFile| f.entries().get(name).map(|e| e.shape.clone());
+    let Some(first) = shape(&files[0]) else {
+        return false;
+    };
+    let latent_only = match first.as_slice() {
+        [out, 9, kh, kw] => vec![*out, 4, *kh, *kw],
+        _ => return false,
+    };
+    files[1..]
+        .iter()
+        .all(|f| shape(f).is_some_and(|s| s == first || s == latent_only))
+}
+
+/// `Σ factor·tensor` of `name` over the inputs, in fp32; `latent_only`: of each tensor's
+/// first 4 channels along dimension 1 (an inpainting input convolution's latent part).
+fn weighted(
+    files: &[SafetensorsFile],
+    factors: &[f64],
+    name: &str,
+    latent_only: bool,
+) -> Result<Tensor> {
     let mut acc: Option<Tensor> = None;
     for (file, factor) in files.iter().zip(factors) {
         let part = file.with_view(name, |t| {
@@ -224,6 +293,10 @@ fn weighted(files: &[SafetensorsFile], factors: &[f64], name: &str) -> Result<Te
                     file.path().display()
                 );
             }
+            let t = match latent_only {
+                true => t.narrow(1, 0, 4),
+                false => t.shallow_clone(),
+            };
             Ok(t.to_kind(Kind::Float) * *factor)
         })?;
         acc = Some(match acc {

@@ -12,12 +12,28 @@ use host_api::{
 use crate::checkpoint::Checkpoint;
 use crate::families::{sd1, sd2, sdxl, Family, Prediction};
 use crate::lora::LoraSpec;
-use crate::model::{LoadOptions, SdModel};
+use crate::model::{LoadOptions, ModelConfig, SdModel};
 use crate::text::conditioner::{Conditioning, PromptInput};
 use crate::vae::tiling::VaeTilingOptions;
 
 pub(crate) fn err(e: anyhow::Error) -> Error {
     Error::new(format!("{e:#}"))
+}
+
+/// The model's facts added in host-api 1.x, for `ModelInfo.extra` and
+/// `CheckpointInfo.extra`: the UNet's input blocks and the channels of image conditioning
+/// it takes (5 for an inpainting checkpoint, else 0).
+pub(crate) fn model_facts(config: &ModelConfig) -> Vec<OptionEntry> {
+    vec![
+        OptionEntry {
+            key: keys::UNET_INPUT_BLOCKS.into(),
+            value: OptionValue::Number(config.unet.input_blocks() as f64),
+        },
+        OptionEntry {
+            key: keys::CONCAT_CHANNELS.into(),
+            value: OptionValue::Number(config.concat_channels() as f64),
+        },
+    ]
 }
 
 /// Which registry entry a registration serves.
@@ -102,11 +118,7 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
             dtype: format!("{:?}", info.kind).as_str().into(),
             device: device_name(info.device).as_str().into(),
             sigmas: self.0.sigmas().into(),
-            extra: vec![OptionEntry {
-                key: keys::UNET_INPUT_BLOCKS.into(),
-                value: OptionValue::Number(info.config.unet.input_blocks() as f64),
-            }]
-            .into(),
+            extra: model_facts(&info.config).into(),
         }
     }
 
@@ -144,6 +156,10 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
 
     fn encode(&self, image: &Tensor) -> Result<Tensor> {
         self.0.encode_image(image).map_err(err)
+    }
+
+    fn set_concat(&self, concat: Option<&Tensor>) -> Result<()> {
+        self.0.set_concat(concat).map_err(err)
     }
 
     fn set_vae(&self, vae: Option<&str>) -> Result<()> {

@@ -2,11 +2,11 @@
 //! host API's optional [`BackendTools`] table.
 use std::path::Path;
 
-use host_api::{keys, BackendTools, CheckpointInfo, Error, OptionEntry, OptionValue, Result};
+use host_api::{BackendTools, CheckpointInfo, Error, Result};
 
-use crate::families::{sd1, Prediction};
+use crate::families::{sd1, Prediction, UNetInput};
 use crate::merge::{merge, Recipe};
-use crate::plugin::{err, FamilyEntry, SdBackend};
+use crate::plugin::{err, model_facts, FamilyEntry, SdBackend};
 use crate::random::{write_random_checkpoint, RandomModel};
 
 impl<F: FamilyEntry> BackendTools for SdBackend<F> {
@@ -19,15 +19,19 @@ impl<F: FamilyEntry> BackendTools for SdBackend<F> {
         };
         Ok(CheckpointInfo {
             family: found.family.id.into(),
-            family_name: found.family.name.into(),
+            family_name: match UNetInput::of(cfg.unet.in_channels) {
+                Some(input) if input.concat > 0 => format!(
+                    "{} {} — {} input channels: {}",
+                    found.family.name, input.kind, cfg.unet.in_channels, input.holds
+                ),
+                _ => found.family.name.to_string(),
+            }
+            .as_str()
+            .into(),
             prediction: prediction.into(),
             prediction_source: source.into(),
             format: found.format.as_str().into(),
-            extra: vec![OptionEntry {
-                key: keys::UNET_INPUT_BLOCKS.into(),
-                value: OptionValue::Number(cfg.unet.input_blocks() as f64),
-            }]
-            .into(),
+            extra: model_facts(cfg).into(),
             latent_channels: cfg.vae.embed_dim as u32,
             vae_scale_factor: cfg.vae.spatial_factor() as u32,
             latent_scaling_factor: cfg.vae.scaling_factor,
@@ -67,6 +71,9 @@ impl<F: FamilyEntry> BackendTools for SdBackend<F> {
         };
         let report = merge(&recipe, Path::new(request.out.as_str())).map_err(err)?;
         let mut note = format!("{} tensors merged ({})", report.merged, recipe.describe());
+        if report.inpainting {
+            note.push_str("; the inpainting input convolution merged on its 4 latent channels, its mask and masked-image channels kept from the first (A1111's merger)");
+        }
         if !report.copied.is_empty() {
             note.push_str(&format!(
                 "; {} taken from the first input because another lacks them or has another shape (first: {})",

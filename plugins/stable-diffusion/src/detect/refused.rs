@@ -1,14 +1,15 @@
 //! What is recognised but not supported, so that it is refused by name instead of being
 //! loaded as a wrong family: other architectures or single components (by their markers) and
-//! UNet variants with other inputs (inpainting, instruct-pix2pix, depth, unCLIP). Markers from
-//! ComfyUI's `model_detection.py`, A1111's `sd_models_config.py` and diffusers'
+//! UNet variants with other inputs (instruct-pix2pix, depth, unCLIP; which input channels
+//! run is the table [`crate::families::UNET_INPUTS`]: text-to-image and inpainting). Markers
+//! from ComfyUI's `model_detection.py`, A1111's `sd_models_config.py` and diffusers'
 //! `single_file_utils.py`. (Refused families, such as the SDXL refiner, are entries in
 //! [`crate::families`].)
 use anyhow::Result;
 
 use crate::checkpoint::{Checkpoint, Format};
 use crate::convert::UNET_PREFIX;
-use crate::families::{Family, Vector};
+use crate::families::{Family, UNetInput, Vector};
 
 /// Single-file key markers of other architectures and of files that are one component only:
 /// (marker, whether it is a key prefix (else a substring), what the file is).
@@ -106,24 +107,20 @@ pub fn foreign_kind(ckpt: &Checkpoint) -> Option<String> {
     }
 }
 
-/// A UNet variant of `family` that is not supported: other input channels, or vector
-/// conditioning the family does not have (unCLIP). `Ok(None)` for the plain text-to-image UNet.
+/// A UNet variant of `family` that is not supported: input channels [`UNET_INPUTS`] does
+/// not run (instruct-pix2pix, depth) or does not know, or vector conditioning the family
+/// does not have (unCLIP). `Ok(None)` for a text-to-image or inpainting UNet.
 pub fn unet_variant(ckpt: &Checkpoint, family: &Family) -> Result<Option<String>> {
     let conv_in = ckpt.require_shape(&format!("{UNET_PREFIX}input_blocks.0.0.weight"))?;
     let channels = conv_in.get(1).copied().unwrap_or(0);
     let name = family.name;
-    let variant = match channels {
-        4 => None,
-        9 => Some(format!(
-            "a {name} inpainting checkpoint (9 input channels: latent, mask and masked image)"
+    let variant = match UNetInput::of(channels) {
+        Some(input) if input.supported => None,
+        Some(input) => Some(format!(
+            "a {name} {} checkpoint ({channels} input channels)",
+            input.kind
         )),
-        8 => Some(format!(
-            "a {name} instruct-pix2pix checkpoint (8 input channels)"
-        )),
-        5 => Some(format!(
-            "a {name} depth-to-image checkpoint (5 input channels)"
-        )),
-        n => Some(format!("a {name} UNet with {n} input channels")),
+        None => Some(format!("a {name} UNet with {channels} input channels")),
     };
     if variant.is_some() {
         return Ok(variant);

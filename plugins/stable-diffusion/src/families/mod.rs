@@ -10,7 +10,10 @@ pub mod sd2;
 pub mod sdxl;
 pub mod spec;
 
-pub use spec::{EncoderSpec, Family, Pad, Prediction, PredictionRule, TextLayout, Vector};
+pub use spec::{
+    EncoderSpec, Family, Pad, Prediction, PredictionRule, TextLayout, UNetInput, Vector,
+    UNET_INPUTS,
+};
 
 /// Every family this crate knows, supported or not.
 pub const FAMILIES: &[&Family] = &[&sd1::SD1, &sd2::SD2, &sdxl::SDXL, &refused::SDXL_REFINER];

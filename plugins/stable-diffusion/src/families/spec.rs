@@ -139,3 +139,66 @@ impl Family {
         names.join(" + ")
     }
 }
+
+/// What a UNet takes besides the noisy latent, told by its input convolution's channels
+/// (`input_blocks.0.0.weight` `[model_channels, in_channels, 3, 3]`) against the latent's
+/// 4: ldm's `c_concat` image conditioning, concatenated after the latent's channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UNetInput {
+    /// The input convolution's channels.
+    pub in_channels: i64,
+    /// Channels of image conditioning after the latent's (`concat_channels`).
+    pub concat: i64,
+    /// e.g. `inpainting`.
+    pub kind: &'static str,
+    /// What the extra channels hold, for messages.
+    pub holds: &'static str,
+    /// Whether this crate runs it.
+    pub supported: bool,
+}
+
+/// Every UNet input layout known (ComfyUI's `model_detection.py`, A1111's
+/// `sd_models_config.py`); any other channel count is refused as unknown.
+pub const UNET_INPUTS: &[UNetInput] = &[
+    UNetInput {
+        in_channels: 4,
+        concat: 0,
+        kind: "text-to-image",
+        holds: "the latent",
+        supported: true,
+    },
+    UNetInput {
+        in_channels: 9,
+        concat: 5,
+        kind: "inpainting",
+        holds: "latent, mask and masked image",
+        supported: true,
+    },
+    UNetInput {
+        in_channels: 8,
+        concat: 4,
+        kind: "instruct-pix2pix",
+        holds: "latent and the input image",
+        supported: false,
+    },
+    UNetInput {
+        in_channels: 5,
+        concat: 1,
+        kind: "depth-to-image",
+        holds: "latent and a depth map",
+        supported: false,
+    },
+];
+
+impl UNetInput {
+    /// The entry for a UNet taking `in_channels`, `None` when unknown.
+    pub fn of(in_channels: i64) -> Option<&'static UNetInput> {
+        UNET_INPUTS.iter().find(|i| i.in_channels == in_channels)
+    }
+
+    /// The inpainting layout: 5 channels of image conditioning, the mask then the masked
+    /// image's latent.
+    pub fn is_inpainting(&self) -> bool {
+        self.concat == 5
+    }
+}

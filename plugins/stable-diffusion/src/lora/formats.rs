@@ -70,6 +70,18 @@ pub fn delta(layer: &str, parts: &LayerParts, key: &str, shape: &[i64]) -> Resul
         None => 1.0,
     };
     let numel = shapes::numel(shape).unwrap_or(-1);
+    if let Some(latent_only) = shapes::inpainting_input(shape) {
+        if delta.numel() as i64 != numel
+            && Some(delta.numel() as i64) == shapes::numel(&latent_only)
+        {
+            // A text-to-image input convolution's change on an inpainting UNet: the
+            // latent's channels only (A1111 zero-pads it to the mask's and masked image's).
+            let padded = delta
+                .f_reshape(latent_only.as_slice())?
+                .f_constant_pad_nd([0, 0, 0, 0, 0, shape[1] - latent_only[1]])?;
+            return Ok(padded * scale);
+        }
+    }
     if delta.numel() as i64 != numel {
         bail!(
             "layer `{layer}`: its change has {} values but `{key}` {shape:?} has {numel}",

@@ -129,6 +129,18 @@ pub fn numel(shape: &[i64]) -> Option<i64> {
     shape.iter().try_fold(1i64, |n, d| n.checked_mul(*d))
 }
 
+/// For an inpainting UNet's input convolution (`[out, 9, kh, kw]`: latent, mask, masked
+/// image), the shape of a change made for a text-to-image model's (`[out, 4, kh, kw]`),
+/// which applies to the latent's channels zero-padded to the mask's and masked image's, as
+/// A1111 does (`networks.py`: "inpainting model. zero pad updown to make channel[1] 4 to
+/// 9"). `None` for any other weight.
+pub fn inpainting_input(target: &[i64]) -> Option<Vec<i64>> {
+    match target {
+        [out, 9, kh, kw] => Some(vec![*out, 4, *kh, *kw]),
+        _ => None,
+    }
+}
+
 fn fits(
     layer: &str,
     implied: &[i64],
@@ -141,6 +153,15 @@ fn fits(
     let numel_same = numel(implied).is_some() && numel(implied) == numel(target);
     if same || (!exact && numel_same && implied.first() == target.first()) {
         return Ok(());
+    }
+    if let Some(latent_only) = inpainting_input(target) {
+        let fits_latent = implied == latent_only.as_slice()
+            || (!exact
+                && numel(implied) == numel(&latent_only)
+                && implied.first() == target.first());
+        if fits_latent {
+            return Ok(());
+        }
     }
     Err(format!(
         "layer `{layer}` changes a {implied:?} weight, which does not fit the model's {target:?} — a LoRA for another model family?"

@@ -8,7 +8,7 @@ use tch::{Device, Kind};
 
 use super::prediction::PredictionSource;
 use crate::checkpoint::Checkpoint;
-use crate::families::{Family, Prediction};
+use crate::families::{Family, Prediction, UNET_INPUTS};
 use crate::text::clip::ClipConfig;
 use crate::text::tokenizer::CHUNK_TOKENS;
 use crate::unet::config::UNetConfig;
@@ -41,6 +41,12 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// Channels of image conditioning the UNet takes after the latent's (`concat_channels`:
+    /// 5 for an inpainting checkpoint, else 0).
+    pub fn concat_channels(&self) -> i64 {
+        self.unet.in_channels - self.vae.embed_dim
+    }
+
     /// The checks that keep shape errors out of the forward passes.
     pub fn validate(&self) -> Result<()> {
         let (unet, vae) = (&self.unet, &self.vae);
@@ -60,8 +66,12 @@ impl ModelConfig {
         if unet.out_channels != vae.embed_dim {
             bail!("the UNet works on {} latent channels but the VAE has {} — use a VAE of the same family", unet.out_channels, vae.embed_dim);
         }
-        if unet.in_channels != vae.embed_dim {
-            bail!("the UNet takes {} input channels (an inpainting or instruct model); those are not supported yet", unet.in_channels);
+        let concat = unet.in_channels - vae.embed_dim;
+        if !UNET_INPUTS
+            .iter()
+            .any(|i| i.supported && i.concat == concat)
+        {
+            bail!("the UNet takes {} input channels for a {}-channel latent; only text-to-image (4) and inpainting (9) UNets run", unet.in_channels, vae.embed_dim);
         }
         unet.validate()?;
         if let Some(w) = vae

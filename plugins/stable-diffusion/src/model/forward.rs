@@ -21,14 +21,21 @@ impl SdModel {
         if !(sigma.is_finite() && sigma >= 0.0) {
             bail!("sigma {sigma} is not a finite non-negative number");
         }
+        self.check_latent(x, self.info.latent_channels, "latent")?;
+        // An inpainting UNet's image conditioning travels with the latent through the
+        // batching (repeated per image and per conditioning), split off in denoise_rows.
+        let checkpoint = self.origin.checkpoint.display().to_string();
+        let joined = self.concat.join(x, &checkpoint)?;
         let on = (self.info.device, self.info.kind);
-        calc_cond_batch(x, conds, &self.rows, on, &|xs, context, vector, n| {
+        calc_cond_batch(&joined, conds, &self.rows, on, &|xs, context, vector, n| {
             self.denoise_rows(xs, sigma, context, vector, n)
         })
     }
 
     /// The denoiser at `sigma` over latent rows `xs` in groups of `n` per image (each image's
-    /// latent repeated), one UNet call: the denoised rows, in `xs`'s order.
+    /// latent repeated, with its image conditioning after its channels for an inpainting
+    /// UNet), one UNet call: the denoised rows, in `xs`'s order. The UNet gets
+    /// `cat([x * c_in, c_concat])`, as ldm's hybrid conditioning under k-diffusion.
     fn denoise_rows(
         &self,
         xs: &Tensor,
@@ -38,19 +45,19 @@ impl SdModel {
         n: i64,
     ) -> Result<Tensor> {
         let batch = xs.size()[0] / n;
+        let (latent, concat) = self.concat.split(xs);
+        let scaled = &latent * denoiser::input_scale(sigma);
+        let input = match concat {
+            Some(c) => Tensor::f_cat(&[&scaled, &c], 1)?,
+            None => scaled,
+        };
         let out = crate::layers::with_images(batch, || {
             // Each image's n rows share its latent: the UNet runs what comes before the
             // text context once per image.
-            self.unet_at_sigma(
-                &(xs * denoiser::input_scale(sigma)),
-                sigma,
-                context,
-                vector,
-                n,
-            )
+            self.unet_at_sigma(&input, sigma, context, vector, n)
         })?;
         let (c_skip, c_out) = denoiser::output_scales(self.info.prediction, sigma);
-        Ok(xs.to_device(out.device()) * c_skip + out * c_out)
+        Ok(latent.to_device(out.device()) * c_skip + out * c_out)
     }
 
     /// The raw UNet output (noise or velocity) for latent `x` `[B, C, h, w]` at timesteps

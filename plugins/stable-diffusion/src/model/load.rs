@@ -8,6 +8,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind};
 
 use super::batch::RowCache;
+use super::concat::Concat;
 use super::config::{LoadOptions, ModelConfig, ModelInfo};
 use super::modules::{decoder_prefixes, Modules};
 use super::patcher::Patcher;
@@ -94,6 +95,7 @@ impl SdModel {
             conditioner,
             patcher: Patcher::new(lora),
             rows: RowCache::default(),
+            concat: Concat::new(info.config.concat_channels()),
             unet,
             vae,
             schedule,
@@ -154,7 +156,7 @@ fn load_modules(
         .merge
         .iter()
         .skip(1)
-        .map(|(path, weight)| Ok((merge_input(path, family)?, *weight)))
+        .map(|(path, weight)| Ok((merge_input(path, family, ckpt)?, *weight)))
         .collect::<Result<Vec<_>>>()?;
     guarded("loading weights", || match options.merge.first() {
         None => ckpt.copy_into(&vs, ""),
@@ -168,8 +170,8 @@ fn load_modules(
     Ok((vs, modules))
 }
 
-/// A checkpoint to merge into a model of `family`.
-fn merge_input(path: &Path, family: &Family) -> Result<Checkpoint> {
+/// A checkpoint to merge into a model of `family` whose first checkpoint is `first`.
+fn merge_input(path: &Path, family: &Family, first: &Checkpoint) -> Result<Checkpoint> {
     let ckpt = Checkpoint::open(path)?;
     let other = ckpt.family()?;
     if other.id != family.id {
@@ -178,6 +180,16 @@ fn merge_input(path: &Path, family: &Family) -> Result<Checkpoint> {
             path.display(),
             other.name,
             family.name
+        );
+    }
+    let key = format!("{}input_blocks.0.0.weight", crate::convert::UNET_PREFIX);
+    let channels = |c: &Checkpoint| c.shape(&key).and_then(|s| s.get(1).copied());
+    if channels(&ckpt) != channels(first) {
+        bail!(
+            "merge: {} has {} UNet input channels but the first checkpoint has {} — merge an inpainting checkpoint with `hiresfix merge` (inpainting first)",
+            path.display(),
+            channels(&ckpt).unwrap_or(0),
+            channels(first).unwrap_or(0)
         );
     }
     Ok(ckpt)

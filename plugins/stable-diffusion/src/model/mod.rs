@@ -8,6 +8,7 @@
 //! `prediction.rs`, `modules.rs`). The files that implement `SdModel` use this one; this one
 //! uses only the data-holding files beside it.
 mod batch;
+mod concat;
 mod config;
 mod forward;
 mod load;
@@ -36,6 +37,7 @@ use crate::vae::runner::Vae;
 use crate::vae::tiling::VaeTilingOptions;
 use crate::vae::VaePass;
 use batch::RowCache;
+use concat::Concat;
 use patcher::Patcher;
 
 /// Where a loaded model's weights came from (for a VAE swap).
@@ -55,6 +57,8 @@ pub struct SdModel {
     patcher: Patcher,
     /// The last conditioning rows built for the UNet.
     rows: RowCache,
+    /// The image conditioning of an inpainting UNet.
+    concat: Concat,
     unet: UNetModel,
     vae: Vae,
     schedule: DiscreteSchedule,
@@ -126,6 +130,7 @@ impl SdModel {
         self.patcher.release(&self.vs, self.info.family, parts);
         if parts & UNET != 0 {
             self.rows.clear();
+            self.concat.clear();
         }
         if parts & VAE_ENCODER != 0 {
             self.vae.encoder_released();
@@ -142,6 +147,14 @@ impl SdModel {
     /// UNet); `pass` is the sigma range of the pass they run in.
     pub fn set_patches(&self, patches: Vec<host_api::PatchBox>, pass: host_api::PassSigmas) {
         self.patcher.set_patches(patches, pass)
+    }
+
+    /// Makes `concat` (`[B or 1, concat_channels, h, w]`: an inpainting checkpoint's mask
+    /// then masked-image latent) the image conditioning of every following denoiser call,
+    /// concatenated after the scaled latent's channels (ldm's `c_concat`); `None` clears it.
+    /// A model that takes none refuses one.
+    pub fn set_concat(&self, concat: Option<&Tensor>) -> Result<()> {
+        self.concat.set(concat)
     }
 
     /// The conditioning of one prompt (`<lora:…>` tags are removed, not applied here).

@@ -6,6 +6,7 @@ use anyhow::{anyhow, Result};
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{Checkpoint, Format};
+use crate::convert::UNET_PREFIX;
 use crate::denoiser::{self, PROBE_LATENT, PROBE_TIMESTEP, PROBE_VALUE};
 use crate::families::{Family, Prediction, PredictionRule};
 use crate::guard::guarded;
@@ -50,8 +51,13 @@ pub fn stated_prediction(
             .map_err(|e| anyhow!("{}: scheduler prediction_type: {e}", ckpt.path().display()))?;
         return Ok(Some((p, PredictionSource::SchedulerConfig)));
     }
+    // A1111 probes text-to-image SD 2.x files only: an inpainting one is
+    // `v2-inpainting-inference.yaml`, eps (`sd_models_config.py`).
+    let conv_in = ckpt.shape(&format!("{UNET_PREFIX}input_blocks.0.0.weight"));
+    let plain_input = conv_in.is_none_or(|s| s.get(1) == Some(&4));
     let probe = family.prediction == PredictionRule::ProbeSingleFiles
-        && ckpt.format() == Format::SingleFile;
+        && ckpt.format() == Format::SingleFile
+        && plain_input;
     Ok((!probe).then_some((Prediction::Eps, PredictionSource::FamilyDefault)))
 }
 

@@ -317,12 +317,13 @@ fn other_kinds_are_refused_by_name_never_loaded_as_a_wrong_family() {
             [32, c, 3, 3],
         )
     };
-    let inpaint = edited_checkpoint(dir.path(), |tensors| {
+    // An inpainting UNet (9 input channels) loads (inpaint.rs); instruct-pix2pix (8) not.
+    let pix2pix = edited_checkpoint(dir.path(), |tensors| {
         let conv = tensors
             .iter_mut()
             .find(|(k, _)| k == "model.diffusion_model.input_blocks.0.0.weight")
             .unwrap();
-        conv.1 = Tensor::zeros([32, 9, 3, 3], (Kind::Float, Device::Cpu));
+        conv.1 = Tensor::zeros([32, 8, 3, 3], (Kind::Float, Device::Cpu));
     });
     let (conv, shape) = unet_in(4);
     let refiner = header_only(
@@ -365,8 +366,8 @@ fn other_kinds_are_refused_by_name_never_loaded_as_a_wrong_family() {
     let unknown = header_only(dir.path(), "unknown.safetensors", &[("some.weight", &[2])]);
     for (path, expected) in [
         (
-            &inpaint,
-            "not supported yet: a Stable Diffusion 1.x inpainting checkpoint (9 input channels",
+            &pix2pix,
+            "not supported yet: a Stable Diffusion 1.x instruct-pix2pix checkpoint (8 input channels)",
         ),
         (&refiner, "not supported yet: the SDXL refiner"),
         (

@@ -6,6 +6,7 @@ mod common;
 mod files;
 
 mod family_parity;
+mod inpaint;
 mod loading;
 mod lora;
 mod parity;
