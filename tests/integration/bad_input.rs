@@ -241,11 +241,22 @@ const CASES: &[Case] = &[
             ("model.diffusion_model.label_emb.0.0.weight", &[1536, 2560]),
             ("conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight", &[48, 16]),
         ])) },
-    Case { name: "inpainting UNet", code: 1, expect: "inpainting checkpoint (9 input channels",
+    Case { name: "depth-to-image UNet", code: 1, expect: "depth-to-image checkpoint (5 input channels)",
         setup: |sc| on_tiny(sc, edited(sc, |t| {
             let key = "model.diffusion_model.input_blocks.0.0.weight";
-            set(t, key, Tensor::zeros([32, 9, 3, 3], (Kind::Float, Device::Cpu)));
+            set(t, key, Tensor::zeros([32, 5, 3, 3], (Kind::Float, Device::Cpu)));
         })) },
+    Case { name: "merge with the inpainting checkpoint second", code: 1, expect: "is an inpainting checkpoint but the first, ",
+        setup: |sc| {
+            let inpaint = repo().join("tests/data/sd1-inpaint-tiny/sd1-inpaint-tiny.safetensors");
+            let out = sc.path("merged.safetensors");
+            s(&["merge", out.to_str().unwrap(), &format!("{}:0.5", tiny_ldm().display()), &format!("{}:0.5", inpaint.display())])
+        } },
+    Case { name: "load-time merge of inpainting and text-to-image", code: 1, expect: "merge an inpainting checkpoint with `hiresfix merge` (inpainting first)",
+        setup: |sc| {
+            let inpaint = repo().join("tests/data/sd1-inpaint-tiny/sd1-inpaint-tiny.safetensors");
+            profile_edit(sc, |p| p.replace(&format!("checkpoint = \"{}\"", tiny_ldm().display()), "").replace("[model]", &format!("[model]\nmerge = [{{ checkpoint = \"{}\", weight = 0.5 }}, {{ checkpoint = \"{}\", weight = 0.5 }}]", inpaint.display(), tiny_ldm().display())))
+        } },
     Case { name: "instruct-pix2pix UNet", code: 1, expect: "instruct-pix2pix checkpoint (8 input channels)",
         setup: |sc| on_tiny(sc, edited(sc, |t| {
             let key = "model.diffusion_model.input_blocks.0.0.weight";

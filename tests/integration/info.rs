@@ -144,16 +144,17 @@ fn write(path: &Path, tensors: &[(&str, Vec<i64>)]) {
 }
 
 #[test]
-fn info_refuses_inpainting_refiner_and_pickle_files_with_one_line_reasons() {
+fn info_refuses_instruct_pix2pix_refiner_and_pickle_files_with_one_line_reasons() {
     let scratch = Scratch::new("info-refused");
-    let inpaint = scratch.path("inpaint.safetensors");
+    // (An inpainting UNet, 9 input channels, is supported: inpaint_model.rs.)
+    let pix2pix = scratch.path("pix2pix.safetensors");
     let mut tensors = Tensor::read_safetensors(tiny_ldm()).unwrap();
     for (key, t) in tensors.iter_mut() {
         if key == "model.diffusion_model.input_blocks.0.0.weight" {
-            *t = Tensor::zeros([32, 9, 3, 3], (Kind::Float, Device::Cpu));
+            *t = Tensor::zeros([32, 8, 3, 3], (Kind::Float, Device::Cpu));
         }
     }
-    Tensor::write_safetensors(&tensors, &inpaint).unwrap();
+    Tensor::write_safetensors(&tensors, &pix2pix).unwrap();
     let refiner = scratch.path("refiner.safetensors");
     write(
         &refiner,
@@ -180,8 +181,8 @@ fn info_refuses_inpainting_refiner_and_pickle_files_with_one_line_reasons() {
     std::fs::write(&pickle, b"\x80\x02}q\x00.").unwrap();
     for (path, reason) in [
         (
-            &inpaint,
-            "not supported yet: a Stable Diffusion 1.x inpainting checkpoint (9 input channels",
+            &pix2pix,
+            "not supported yet: a Stable Diffusion 1.x instruct-pix2pix checkpoint (8 input channels)",
         ),
         (&refiner, "not supported yet: the SDXL refiner"),
         (

@@ -11,6 +11,7 @@ mod compat;
 mod convert;
 mod files_hostile;
 mod info;
+mod inpaint_model;
 mod lora;
 mod merge_and_switch;
 mod model_upscalers;

@@ -240,6 +240,35 @@ fn a1111_masked_img2img_with_the_inpainting_model_matches_its_reference() {
 }
 
 #[test]
+fn txt2img_on_the_inpainting_model_with_a1111s_conditioning_matches_its_reference() {
+    let r = reference();
+    let (cond, uncond) = texts();
+    let model = load(&formats()[1]);
+    let sigmas = Vec::<f64>::try_from(r["txt2img.sigmas"].to_kind(Kind::Double)).unwrap();
+    // A1111's txt2img_image_conditioning: a ones mask and the latent of a black image.
+    let black = Tensor::full([1, 3, 32, 32], -1.0, (Kind::Float, Device::Cpu));
+    let latent = model.encode_image(&black).unwrap();
+    let concat = Tensor::cat(&[latent.ones_like().narrow(1, 0, 1), latent], 1);
+    assert_close(
+        "txt2img concat",
+        "A1111",
+        &concat,
+        &r["txt2img.concat"],
+        TOLERANCE,
+    );
+    model.set_concat(Some(&concat)).unwrap();
+    let start = &r["inpaint.noise"] * sigmas[0];
+    let out = crate::common::euler(&model, start, &sigmas, &cond, &uncond, 5.0);
+    assert_close(
+        "txt2img latent",
+        "diffusers",
+        &out,
+        &r["txt2img.latent"],
+        TOLERANCE,
+    );
+}
+
+#[test]
 fn missing_or_misshaped_image_conditioning_is_one_line_naming_the_fix() {
     let r = reference();
     let (cond, _) = texts();
@@ -354,6 +383,25 @@ fn an_sdxl_inpainting_single_file_loads_and_takes_image_conditioning() {
     assert!(crate::common::relative_error(&a, &b) > 1e-4);
 }
 
+/// An SD 2.x inpainting single file is eps without A1111's v probe (A1111 takes
+/// `v2-inpainting-inference.yaml` for any 9-channel SD 2.x file).
+#[test]
+fn an_sd2_inpainting_single_file_is_eps_without_the_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors = Tensor::read_safetensors(data("sd2-tiny/sd2-tiny.safetensors")).unwrap();
+    let key = "model.diffusion_model.input_blocks.0.0.weight";
+    let conv = tensors.iter_mut().find(|(k, _)| k == key).unwrap();
+    let size = conv.1.size();
+    conv.1 = Tensor::zeros([size[0], 9, size[2], size[3]], (conv.1.kind(), Device::Cpu));
+    let path = dir.path().join("sd2-inpaint.safetensors");
+    Tensor::write_safetensors(&tensors, &path).unwrap();
+    let found = hiresfix_sd::inspect(&path, false).unwrap();
+    assert_eq!(found.family.id, "sd2");
+    assert_eq!(found.config.concat_channels(), 5);
+    assert_eq!(found.prediction.map(|p| p.as_str()), Some("eps"));
+    assert_eq!(found.prediction_source.as_str(), "family default");
+}
+
 /// A kohya LoRA of the input convolution made for a text-to-image model (`[32, 4, 3, 3]`).
 fn conv_in_lora(dir: &Path) -> (PathBuf, Tensor) {
     tch::manual_seed(5);
@@ -427,6 +475,39 @@ fn merging_an_inpainting_checkpoint_with_a_text_to_image_one_merges_the_latent_c
     assert!(m[key].narrow(1, 4, 5).equal(&a[key].narrow(1, 4, 5)));
     let found = hiresfix_sd::inspect(&out, false).unwrap();
     assert_eq!(found.config.concat_channels(), 5);
+    // A1111's recipe for an inpainting version of a fine-tune: inpainting A + (fine-tune B -
+    // its base C) × 1, add difference; here B is sd1-tiny with every weight × 1.1.
+    let tuned = dir.path().join("tuned.safetensors");
+    let scaled: Vec<(String, Tensor)> = b
+        .iter()
+        .map(|(k, t)| match t.is_floating_point() {
+            true => (k.clone(), t * 1.1),
+            false => (k.clone(), t.shallow_clone()),
+        })
+        .collect();
+    Tensor::write_safetensors(&scaled, &tuned).unwrap();
+    let recipe = Recipe::AddDifference {
+        a: inpaint.clone(),
+        b: tuned,
+        c: plain.clone(),
+        multiplier: 1.0,
+    };
+    let out = dir.path().join("inpainting-tuned.safetensors");
+    assert!(merge(&recipe, &out).unwrap().inpainting);
+    let m = read(&out);
+    let want = f(&a[key].narrow(1, 0, 4)) + f(&b[key]) * 0.1;
+    assert!(crate::common::relative_error(&f(&m[key].narrow(1, 0, 4)), &want) < 1e-3);
+    assert!(m[key].narrow(1, 4, 5).equal(&a[key].narrow(1, 4, 5)));
+    let other = "model.diffusion_model.out.2.weight";
+    let want = f(&a[other]) + f(&b[other]) * 0.1;
+    assert!(crate::common::relative_error(&f(&m[other]), &want) < 1e-3);
+    assert_eq!(
+        hiresfix_sd::inspect(&out, false)
+            .unwrap()
+            .config
+            .concat_channels(),
+        5
+    );
     // The inpainting checkpoint must come first, as in A1111.
     let swapped = Recipe::WeightedSum(vec![(plain.clone(), 0.5), (inpaint.clone(), 0.5)]);
     let e = error_of(merge(&swapped, &dir.path().join("no.safetensors")));
