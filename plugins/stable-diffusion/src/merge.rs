@@ -213,11 +213,10 @@ fn write_merged(
             report.inpainting = true;
             let kind = crate::checkpoint::safetensors::kind_of(&entry.dtype).unwrap_or(Kind::Float);
             let latent = weighted(files, factors, name, true)?;
-            let rest =
-                first
-                    .read(name)?
-                    .to_kind(Kind::Float)
-                    .narrow(1, 4, entry.shape[1] as i64 - 4);
+            let rest = first
+                .read(name)?
+                .to_kind(Kind::Float)
+                .narrow(1, 4, entry.shape[1] - 4);
             let merged = Tensor::f_cat(&[latent, rest], 1)?.to_kind(kind);
             if !crate::health::is_finite(&merged) {
                 bail!(
