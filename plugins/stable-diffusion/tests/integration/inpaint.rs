@@ -131,6 +131,31 @@ fn inpainting_checkpoints_are_detected_from_both_layouts_with_five_concat_channe
     assert_eq!(info.family_name.as_str(), "Stable Diffusion 1.x");
 }
 
+/// `check`'s memory table reads an inpainting checkpoint: its input convolution's extra
+/// channels count in the weights and in the UNet call's first step.
+#[test]
+fn the_memory_estimate_counts_the_input_channels() {
+    let estimate = |path: &Path| {
+        let request = host_api::MemoryRequest {
+            checkpoint: path.to_string_lossy().as_ref().into(),
+            width: 512,
+            height: 512,
+            unet_batch: 2,
+            dtype: "fp32".into(),
+            device: "cpu".into(),
+            vae_tile_size: 0,
+            vae_tile_overlap: 0,
+            options: Vec::new().into(),
+        };
+        <SdBackend<Sd1> as BackendTools>::estimate_memory(&request).unwrap()
+    };
+    let inpaint = estimate(&formats()[0]);
+    let plain = estimate(&data("sd1-tiny/sd1-tiny.safetensors"));
+    // 32 × 5 × 3 × 3 more conv_in weights, in fp32.
+    assert_eq!(inpaint.weights - plain.weights, 32 * 5 * 9 * 4);
+    assert!(inpaint.unet >= plain.unet, "{inpaint:?} {plain:?}");
+}
+
 #[test]
 fn one_unet_call_with_image_conditioning_matches_diffusers_from_both_layouts() {
     let r = reference();
