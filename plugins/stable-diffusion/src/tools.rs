@@ -20,10 +20,10 @@ impl<F: FamilyEntry> BackendTools for SdBackend<F> {
         Ok(CheckpointInfo {
             family: found.family.id.into(),
             family_name: match UNetInput::of(cfg.unet.in_channels) {
-                Some(input) if input.concat > 0 => format!(
-                    "{} {} — {} input channels: {}",
-                    found.family.name, input.kind, cfg.unet.in_channels, input.holds
-                ),
+                // e.g. `Stable Diffusion 1.x inpainting`: also in the lint's messages.
+                Some(input) if input.concat > 0 => {
+                    format!("{} {}", found.family.name, input.kind)
+                }
                 _ => found.family.name.to_string(),
             }
             .as_str()

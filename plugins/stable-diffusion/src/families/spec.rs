@@ -151,8 +151,6 @@ pub struct UNetInput {
     pub concat: i64,
     /// e.g. `inpainting`.
     pub kind: &'static str,
-    /// What the extra channels hold, for messages.
-    pub holds: &'static str,
     /// Whether this crate runs it.
     pub supported: bool,
 }
@@ -164,28 +162,24 @@ pub const UNET_INPUTS: &[UNetInput] = &[
         in_channels: 4,
         concat: 0,
         kind: "text-to-image",
-        holds: "the latent",
         supported: true,
     },
     UNetInput {
         in_channels: 9,
         concat: 5,
         kind: "inpainting",
-        holds: "latent, mask and masked image",
         supported: true,
     },
     UNetInput {
         in_channels: 8,
         concat: 4,
         kind: "instruct-pix2pix",
-        holds: "latent and the input image",
         supported: false,
     },
     UNetInput {
         in_channels: 5,
         concat: 1,
         kind: "depth-to-image",
-        holds: "latent and a depth map",
         supported: false,
     },
 ];
