@@ -189,10 +189,4 @@ impl UNetInput {
     pub fn of(in_channels: i64) -> Option<&'static UNetInput> {
         UNET_INPUTS.iter().find(|i| i.in_channels == in_channels)
     }
-
-    /// The inpainting layout: 5 channels of image conditioning, the mask then the masked
-    /// image's latent.
-    pub fn is_inpainting(&self) -> bool {
-        self.concat == 5
-    }
 }
