@@ -14,6 +14,7 @@ mod info;
 mod lora;
 mod merge_and_switch;
 mod model_upscalers;
+mod noise_parity;
 mod output;
 mod parity;
 mod patches;
