@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use crate::common::*;
 use hiresfix::noise::{batch_noise, initial_noise, ImageSeeds, StepNoise, Variation};
 use hiresfix::output::{encode_png, read_rgb8};
+use hiresfix::profile::Profile;
 use host_api::tch::{Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-6;
@@ -119,11 +120,19 @@ Variation seed: 5, Variation seed strength: 0.3, Seed resize from: 512x512";
     let imported = String::from_utf8_lossy(&out.stdout).into_owned();
     let notes = stderr(&out);
     assert!(!notes.contains("Variation") && !notes.contains("Seed resize"), "{notes}");
-    let model = format!(
-        "device = \"cpu\"\n{imported}\n[model]\ncheckpoint = \"{}\"\n",
-        tiny_ldm().display()
+    let mut profile = Profile::parse(&imported, "imported").unwrap();
+    assert_eq!(
+        (profile.subseed, profile.subseed_strength),
+        (5, 0.3),
+        "{imported}"
     );
-    let model = model.replacen("[model]\n", "", usize::from(imported.contains("[model]")));
+    assert_eq!(
+        (profile.seed_resize_from_w, profile.seed_resize_from_h),
+        (512, 512)
+    );
+    profile.device = Profile::parse("device = \"cpu\"", "cpu").unwrap().device;
+    profile.model.checkpoint = Some(tiny_ldm().to_string_lossy().into_owned());
+    let model = toml::to_string(&profile).unwrap();
     let varied = generate_as(&scratch, "varied", &model);
     assert!(varied.status.success(), "{}\n{model}", stderr(&varied));
     let parameters = chunk(&scratch.path("varied.png"), "parameters");
@@ -133,11 +142,9 @@ Variation seed: 5, Variation seed strength: 0.3, Seed resize from: 512x512";
     assert_eq!(params.get("Variation seed strength"), Some("0.3"), "{parameters}");
     assert_eq!(params.get("Seed resize from"), Some("512x512"), "{parameters}");
     // The same profile without the variation makes another image.
-    let plain_profile = model
-        .lines()
-        .filter(|l| !l.starts_with("subseed") && !l.starts_with("seed_resize"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    profile.subseed_strength = 0.0;
+    (profile.seed_resize_from_w, profile.seed_resize_from_h) = (0, 0);
+    let plain_profile = toml::to_string(&profile).unwrap();
     let plain = generate_as(&scratch, "plain", &plain_profile);
     assert!(plain.status.success(), "{}", stderr(&plain));
     let plain_params = chunk(&scratch.path("plain.png"), "parameters");
