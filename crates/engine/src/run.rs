@@ -158,6 +158,7 @@ pub fn run_batch(
         let shape = [info.latent_channels as i64, size.latent_h, size.latent_w];
         // Every pass's noise as A1111's hires pass makes its own: the same seeds and variation.
         let noise = batch_noise(seeds, &noise_settings.variation, &shape).to_device(device);
+        let from_noise = latents.is_empty();
         let x = match latents.last() {
             None => noise * sigmas[0],
             Some(prev) => {
@@ -225,10 +226,9 @@ pub fn run_batch(
             observer,
         };
         let phase = format!("pass {}", plan.number);
+        let options = sampler_options(plan, from_noise);
         let out = timed(observer, &phase, || {
-            plan.sampler
-                .decl
-                .run(&mut guidance, &plan.options, x, &sigmas)
+            plan.sampler.decl.run(&mut guidance, &options, x, &sigmas)
         });
         observer.pass_ended();
         let out = out.map_err(|e| {
@@ -247,6 +247,22 @@ pub fn run_batch(
             first: start + 1,
         })
         .collect())
+}
+
+/// The option the host adds for a pass that starts from pure noise (no image under it):
+/// `from_noise = true`, for samplers that start such a pass otherwise (PLMS, as A1111's
+/// CompVis samplers, from the unscaled noise). A profile cannot set it: no sampler lists it.
+pub const FROM_NOISE: &str = "from_noise";
+
+fn sampler_options(plan: &PassPlan<'_>, from_noise: bool) -> Vec<host_api::OptionEntry> {
+    let mut options = plan.options.clone();
+    if from_noise {
+        options.push(host_api::OptionEntry {
+            key: FROM_NOISE.into(),
+            value: host_api::OptionValue::Flag(true),
+        });
+    }
+    options
 }
 
 /// Makes the pass's UNet patches (none: the plain UNet) the model's, made for this model.
