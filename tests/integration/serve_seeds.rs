@@ -4,7 +4,7 @@
 //! `info.warnings` for one that has not.
 use serde_json::{json, Value};
 
-use crate::serve::{decode, images, info, post, Server};
+use crate::serve::{decode, get, images, info, post, Server};
 
 fn txt2img(server: &Server, extra: Value) -> (Value, Vec<u8>, String) {
     let mut body = json!({
@@ -73,6 +73,17 @@ fn variation_seeds_and_sampler_knobs_are_honoured() {
         warning.starts_with("s_noise = 1.2 was ignored") && warning.contains("dpmpp_2m"),
         "{warning}"
     );
+
+    // PLMS is listed under A1111's name and runs (with a hires pass too).
+    let listed = get(&server, "/sdapi/v1/samplers");
+    let plms = listed.as_array().unwrap().iter().find(|s| s["name"] == "PLMS");
+    assert_eq!(plms.map(|s| s["aliases"][0].clone()), Some(json!("plms")), "{listed}");
+    let (_, _, plms_text) = txt2img(
+        &server,
+        json!({"sampler_name": "PLMS", "enable_hr": true, "denoising_strength": 0.5}),
+    );
+    assert!(plms_text.contains("Sampler: PLMS"), "{plms_text}");
+    assert!(plms_text.contains("Schedule type: DDIM"), "{plms_text}");
 
     // Out of range: a 422 naming the field.
     for (field, value) in [("subseed_strength", json!(1.5)), ("s_noise", json!(1e9))] {
