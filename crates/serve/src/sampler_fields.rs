@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use super::error::{cut, ApiError, ApiResult};
 use super::txt2img::Fields;
+use hiresfix_engine::parameters::knob_key;
 use hiresfix_engine::profile::Profile;
 use hiresfix_engine::registry::{find, Registry};
 
@@ -22,8 +23,15 @@ fn options_of(registry: &Registry, sampler: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The registry id of `sampler` (an id or alias), or itself when unknown.
+fn canonical(registry: &Registry, sampler: &str) -> String {
+    find(&registry.samplers, sampler, "sampler")
+        .map(|e| e.decl.name.to_string())
+        .unwrap_or_else(|_| sampler.to_owned())
+}
+
 /// The knobs of `f` set on the passes of `profile` whose sampler (a pass without one runs
-/// the pass before's) has them; a value that is not a finite number within ±1000 is a 422.
+/// the pass before's) has them, unless the value is that sampler's default; a value that is not a finite number within ±1000 is a 422.
 pub fn apply(registry: &Registry, f: &Fields<'_>, profile: &mut Profile) -> ApiResult<()> {
     for field in FIELDS {
         let Some(value) = f.float(field)? else {
@@ -42,6 +50,12 @@ pub fn apply(registry: &Registry, f: &Fields<'_>, profile: &mut Profile) -> ApiR
         for pass in &mut profile.passes {
             if let Some(own) = &pass.sampler {
                 sampler = own.clone();
+            }
+            // A sampler's own default is left unset, so the profile (and the PNG) is the one
+            // a request without the field makes.
+            let default = knob_key(&canonical(registry, &sampler), field).map(|(_, d)| d);
+            if default == Some(value) {
+                continue;
             }
             if options_of(registry, &sampler).iter().any(|o| o == field) {
                 pass.sampler_options
