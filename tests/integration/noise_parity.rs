@@ -24,7 +24,12 @@ fn reference() -> (HashMap<String, Tensor>, serde_json::Value) {
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
-    f64::try_from((a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max()).unwrap()
+    f64::try_from(
+        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+            .abs()
+            .max(),
+    )
+    .unwrap()
 }
 
 /// A reference case's images, variation settings, delta and per-image shape.
@@ -94,7 +99,10 @@ fn step_noise_continues_each_images_generator_as_a1111() {
         let c = case(settings);
         let mut latent_shape = vec![c.images.len() as i64];
         latent_shape.extend(&c.shape);
-        let like = Tensor::zeros(latent_shape.as_slice(), (Kind::Float, host_api::tch::Device::Cpu));
+        let like = Tensor::zeros(
+            latent_shape.as_slice(),
+            (Kind::Float, host_api::tch::Device::Cpu),
+        );
         // The initial noise is drawn first, as a pass does.
         let _ = batch_noise(&c.images, &c.variation, &c.shape);
         let mut stream = StepNoise::new(&c.images, c.delta, &c.shape, 1);
@@ -119,7 +127,10 @@ Variation seed: 5, Variation seed strength: 0.3, Seed resize from: 512x512";
     assert!(out.status.success(), "{}", stderr(&out));
     let imported = String::from_utf8_lossy(&out.stdout).into_owned();
     let notes = stderr(&out);
-    assert!(!notes.contains("Variation") && !notes.contains("Seed resize"), "{notes}");
+    assert!(
+        !notes.contains("Variation") && !notes.contains("Seed resize"),
+        "{notes}"
+    );
     let mut profile = Profile::parse(&imported, "imported").unwrap();
     assert_eq!(
         (profile.subseed, profile.subseed_strength),
@@ -139,8 +150,16 @@ Variation seed: 5, Variation seed strength: 0.3, Seed resize from: 512x512";
     let params = hiresfix::infotext::parse(&parameters);
     assert_eq!(params.get("Seed"), Some("7"), "{parameters}");
     assert_eq!(params.get("Variation seed"), Some("5"), "{parameters}");
-    assert_eq!(params.get("Variation seed strength"), Some("0.3"), "{parameters}");
-    assert_eq!(params.get("Seed resize from"), Some("512x512"), "{parameters}");
+    assert_eq!(
+        params.get("Variation seed strength"),
+        Some("0.3"),
+        "{parameters}"
+    );
+    assert_eq!(
+        params.get("Seed resize from"),
+        Some("512x512"),
+        "{parameters}"
+    );
     // The same profile without the variation makes another image.
     profile.subseed_strength = 0.0;
     (profile.seed_resize_from_w, profile.seed_resize_from_h) = (0, 0);
@@ -152,5 +171,9 @@ Variation seed: 5, Variation seed strength: 0.3, Seed resize from: 512x512";
     let (_, _, a) = read_rgb8(&scratch.path("varied.png")).unwrap();
     let (_, _, b) = read_rgb8(&scratch.path("plain.png")).unwrap();
     let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
-    assert!(differ > a.len() / 10, "only {differ} of {} bytes differ", a.len());
+    assert!(
+        differ > a.len() / 10,
+        "only {differ} of {} bytes differ",
+        a.len()
+    );
 }

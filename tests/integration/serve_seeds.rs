@@ -53,11 +53,18 @@ fn variation_seeds_and_sampler_knobs_are_honoured() {
         json!({"subseed": 5678, "subseed_strength": 0.3, "batch_size": 2}),
     );
     assert_eq!(batch_info["all_seeds"], json!([11, 11]), "{batch_info}");
-    assert_eq!(batch_info["all_subseeds"], json!([5678, 5679]), "{batch_info}");
+    assert_eq!(
+        batch_info["all_subseeds"],
+        json!([5678, 5679]),
+        "{batch_info}"
+    );
 
     // eta for an ancestral sampler: honoured (another image than eta 1), written as "Eta".
     let (_, eta_one, one_text) = txt2img(&server, json!({"eta": 1.0}));
-    assert!(!one_text.contains("Eta"), "eta 1 is the default: {one_text}");
+    assert!(
+        !one_text.contains("Eta"),
+        "eta 1 is the default: {one_text}"
+    );
     assert_eq!(eta_one, plain, "eta 1 is Euler a's default");
     let (eta_info, eta_half, half_text) = txt2img(&server, json!({"eta": 0.5}));
     assert_eq!(eta_info.get("warnings"), None, "{eta_info}");
@@ -66,7 +73,10 @@ fn variation_seeds_and_sampler_knobs_are_honoured() {
 
     // s_noise for a sampler without it: the image is made, the field named.
     let (noise_info, _, _) = txt2img(&server, json!({"sampler_name": "DPM++ 2M", "s_noise": 1.2}));
-    let warnings = noise_info["warnings"].as_array().cloned().unwrap_or_default();
+    let warnings = noise_info["warnings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(warnings.len(), 1, "{noise_info}");
     let warning = warnings[0].as_str().unwrap();
     assert!(
@@ -76,8 +86,16 @@ fn variation_seeds_and_sampler_knobs_are_honoured() {
 
     // PLMS is listed under A1111's name and runs (with a hires pass too).
     let listed = get(&server, "/sdapi/v1/samplers");
-    let plms = listed.as_array().unwrap().iter().find(|s| s["name"] == "PLMS");
-    assert_eq!(plms.map(|s| s["aliases"][0].clone()), Some(json!("plms")), "{listed}");
+    let plms = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "PLMS");
+    assert_eq!(
+        plms.map(|s| s["aliases"][0].clone()),
+        Some(json!("plms")),
+        "{listed}"
+    );
     let (_, _, plms_text) = txt2img(
         &server,
         json!({"sampler_name": "PLMS", "enable_hr": true, "denoising_strength": 0.5}),
@@ -89,6 +107,10 @@ fn variation_seeds_and_sampler_knobs_are_honoured() {
     for (field, value) in [("subseed_strength", json!(1.5)), ("s_noise", json!(1e9))] {
         let body = json!({"prompt": "x", "steps": 1, field: value});
         let (status, response) = post(&server, "/sdapi/v1/txt2img", &body);
-        assert_eq!((status, response["field"].as_str()), (422, Some(field)), "{response}");
+        assert_eq!(
+            (status, response["field"].as_str()),
+            (422, Some(field)),
+            "{response}"
+        );
     }
 }

@@ -241,7 +241,9 @@ impl<'a> Importer<'a> {
                 .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)));
             match parsed {
                 // A1111 writes it only when both are set; -1 or 0 would mean off.
-                Some((w, h)) if w > 0 && h > 0 && w <= defaults::MAX_SIZE && h <= defaults::MAX_SIZE => {
+                Some((w, h))
+                    if w > 0 && h > 0 && w <= defaults::MAX_SIZE && h <= defaults::MAX_SIZE =>
+                {
                     (profile.seed_resize_from_w, profile.seed_resize_from_h) = (w, h)
                 }
                 _ => self.unmapped.push(format!(

@@ -5,11 +5,11 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 
 use crate::models::{LoadSettings, Models};
+use crate::noise::{ImageSeeds, NoiseSettings, Variation};
 use crate::observer::Observer;
 use crate::plan::{pass_sizes, plan_passes, PassPlan, PassSize};
 use crate::profile::Profile;
 use crate::registry::Registry;
-use crate::noise::{ImageSeeds, NoiseSettings, Variation};
 use crate::run::{run_batch, run_image, ImageResult, Resume};
 
 /// A profile made ready to run: models loaded, names resolved, sizes known.

@@ -90,8 +90,16 @@ pub fn image_noise(seeds: ImageSeeds, variation: &Variation, shape: &[i64]) -> T
     // Python's floor division (a larger "from" size gives a negative offset).
     let dx = (shape[2] - noise_shape[2]).div_euclid(2);
     let dy = (shape[1] - noise_shape[1]).div_euclid(2);
-    let w = if dx >= 0 { noise_shape[2] } else { noise_shape[2] + 2 * dx };
-    let h = if dy >= 0 { noise_shape[1] } else { noise_shape[1] + 2 * dy };
+    let w = if dx >= 0 {
+        noise_shape[2]
+    } else {
+        noise_shape[2] + 2 * dx
+    };
+    let h = if dy >= 0 {
+        noise_shape[1]
+    } else {
+        noise_shape[1] + 2 * dy
+    };
     let (tx, ty) = (dx.max(0), dy.max(0));
     let (sx, sy) = ((-dx).max(0), (-dy).max(0));
     if w > 0 && h > 0 {

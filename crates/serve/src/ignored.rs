@@ -73,7 +73,10 @@ mod tests {
             got[0].starts_with("restore_faces = true was ignored"),
             "{got:?}"
         );
-        assert!(got[1].starts_with("styles = [\"a\"] was ignored"), "{got:?}");
+        assert!(
+            got[1].starts_with("styles = [\"a\"] was ignored"),
+            "{got:?}"
+        );
         assert!(no_script(json!({"script_name": ""}).as_object().unwrap()).is_ok());
         let e = no_script(json!({"script_name": "x/y plot"}).as_object().unwrap()).unwrap_err();
         assert_eq!(

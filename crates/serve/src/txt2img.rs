@@ -353,14 +353,19 @@ fn variation_seeds(f: &Fields<'_>, profile: &mut Profile) -> ApiResult<()> {
         profile.subseed = subseed.max(-1);
     }
     if let Some(strength) = f.float("subseed_strength")? {
-        profile.subseed_strength =
-            ruled("subseed_strength", strength, defaults::subseed_strength)?;
+        profile.subseed_strength = ruled("subseed_strength", strength, defaults::subseed_strength)?;
     }
     for key in ["seed_resize_from_w", "seed_resize_from_h"] {
         let Some(side) = f.int(key)? else {
             continue;
         };
-        let side = in_range(key, side.max(0), 0, i64::from(defaults::MAX_SIZE), "0 is off")?;
+        let side = in_range(
+            key,
+            side.max(0),
+            0,
+            i64::from(defaults::MAX_SIZE),
+            "0 is off",
+        )?;
         match key {
             "seed_resize_from_w" => profile.seed_resize_from_w = side as u32,
             _ => profile.seed_resize_from_h = side as u32,
