@@ -177,3 +177,36 @@ Variation seed: 5, Variation seed strength: 0.3, Seed resize from: 512x512";
         a.len()
     );
 }
+
+/// A1111's sampler knobs in an infotext become pass 1's `sampler_options` where its sampler has
+/// them ("Eta" for Euler a, "Eta DDIM" for DDIM), and are reported where it has not.
+#[test]
+fn imported_sampler_knobs_become_sampler_options() {
+    let registry = hiresfix::registry::Registry::load(&[], &Default::default());
+    let import = |sampler: &str, knobs: &str| {
+        let text = format!(
+            "a cat\nSteps: 3, Sampler: {sampler}, CFG scale: 5, Seed: 7, Size: 32x32, {knobs}"
+        );
+        hiresfix::import::from_parameters(&text, &registry).unwrap()
+    };
+    let euler_a = import("Euler a", "Eta: 0.5, Sigma noise: 0.9");
+    let options = &euler_a.profile.passes[0].sampler_options;
+    assert_eq!(options.get("eta"), Some(&toml::Value::Float(0.5)));
+    assert_eq!(options.get("s_noise"), Some(&toml::Value::Float(0.9)));
+    assert!(euler_a.unmapped.is_empty(), "{:?}", euler_a.unmapped);
+    let ddim = import("DDIM", "Eta DDIM: 0.3");
+    let options = &ddim.profile.passes[0].sampler_options;
+    assert_eq!(options.get("eta"), Some(&toml::Value::Float(0.3)));
+    let euler = import("Euler", "Eta: 0.5, Sigma churn: 1.5");
+    let options = &euler.profile.passes[0].sampler_options;
+    assert_eq!(options.get("s_churn"), Some(&toml::Value::Float(1.5)));
+    assert_eq!(options.get("eta"), None);
+    assert!(
+        euler
+            .unmapped
+            .iter()
+            .any(|u| u.starts_with("Eta: 0.5") && u.contains("no eta option")),
+        "{:?}",
+        euler.unmapped
+    );
+}
