@@ -75,6 +75,9 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
     if base.seed == -1 {
         base.seed = crate::job::random_seed(); // one seed for every cell
     }
+    if base.subseed == -1 && base.subseed_strength > 0.0 {
+        base.subseed = crate::job::random_seed(); // and one variation seed
+    }
     base.batch = 1;
     let base_path = base_dir(&args.profile);
     let sheet_path = args.output.clone().unwrap_or_else(|| "grid.png".into());

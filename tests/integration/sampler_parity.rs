@@ -360,6 +360,7 @@ fn a1111_display_names_resolve_case_insensitively() {
         ("DDPM", "ddpm"),
         ("UniPC", "uni_pc"),
         ("LCM", "lcm"),
+        ("PLMS", "plms"),
     ];
     for (display, id) in samplers {
         let entry = find(&registry.samplers, display, "sampler").unwrap();
@@ -415,6 +416,7 @@ fn samplers_carry_a1111_default_schedules_and_discard_flags() {
         ("ddpm", "", false),
         ("uni_pc", "", true),
         ("lcm", "", false),
+        ("plms", "ddim_uniform", false),
     ];
     for (id, schedule, discard) in expected {
         let decl = &find(&registry.samplers, id, "sampler").unwrap().decl;
@@ -509,4 +511,55 @@ fn hires_pass_sigmas_are_the_tail_of_the_longer_schedule() {
     let mut full = plans[1].schedule.decl.run(&model, 29).unwrap();
     full.remove(28);
     assert_eq!(second, full[8..]);
+}
+
+/// A profile on the tiny SD1 model (its reference prompt, seed 1234, CFG 5, 32 px) whose
+/// passes run `plms`: pass 1 with `steps1`, and a hires pass (latent ×2, 4 steps, denoise
+/// 0.5) when `hires`.
+fn plms_profile(steps1: usize, hires: bool) -> Profile {
+    let tiny = repo().join("tests/data/sd1-tiny");
+    let hires = match hires {
+        true => "[[pass]]\nscale = 2.0\nupscaler = \"latent\"\nsteps = 4\ndenoise = 0.5\n",
+        false => "",
+    };
+    let text = format!(
+        "seed = 1234\nprompt = \"a photo of a cat\"\nnegative = \"\"\ncfg = 5.0\ndevice = \"cpu\"\n\
+         dtype = \"fp32\"\n[model]\ncheckpoint = {}\n[[pass]]\nwidth = 32\nheight = 32\n\
+         steps = {steps1}\nsampler = \"PLMS\"\n{hires}",
+        toml::Value::from(tiny.join("sd1-tiny.safetensors").to_string_lossy().as_ref())
+    );
+    Profile::parse(&text, "plms").unwrap()
+}
+
+/// PLMS through the host against a transcription of A1111's CompVis PLMS
+/// (scripts/make_plms_reference.py): txt2img at 10 and 8 steps (A1111's timestep grid has as
+/// many points as steps there), and a hires pass run as A1111's `sample_img2img`.
+#[test]
+fn plms_matches_a1111_on_the_tiny_model() {
+    let registry = registry();
+    let path = repo().join("tests/data/plms/reference.safetensors");
+    let r: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
+        .unwrap()
+        .into_iter()
+        .collect();
+    // The tiny model's untrained UNet makes latents of ~30: float32 rounding alone is ~4e-6
+    // there, so the bound is 1e-5 of the latent's largest magnitude (measured: 1.5e-6).
+    let mut worst: f64 = 0.0;
+    for (steps, hires, keys) in [
+        (10, false, &["txt2img10"][..]),
+        (8, false, &["txt2img8"][..]),
+        (10, true, &["hires.pass1", "hires.pass2"][..]),
+    ] {
+        let mut job = hiresfix::generate::prepare(plms_profile(steps, hires), &registry, &repo())
+            .unwrap();
+        assert_eq!(job.plans[0].schedule.decl.name, "ddim_uniform");
+        let result = job.run_image(1234).unwrap();
+        for (latent, key) in result.latents.iter().zip(keys) {
+            let err = max_abs(latent, tensor(&r, key));
+            let scale = f64::try_from(tensor(&r, key).abs().max()).unwrap();
+            eprintln!("plms {key}: max abs error {err:.2e} (latent max {scale:.1})");
+            worst = worst.max(err / scale);
+        }
+    }
+    assert!(worst <= 1e-5, "max abs error {worst:e} of the latent's magnitude");
 }

@@ -112,6 +112,20 @@ pub fn denoise(v: f64) -> Result<f64, String> {
     })
 }
 
+/// A1111's variation seed strength.
+pub fn subseed_strength(v: f64) -> Result<f64, String> {
+    rule(v, (0.0..=1.0).contains(&v), || {
+        "subseed_strength must be in [0, 1]: 0 is the seed's noise alone, 1 the subseed's".into()
+    })
+}
+
+/// A1111's "Seed resize from" side in pixels (0 = off).
+pub fn seed_resize(v: u32) -> Result<u32, String> {
+    rule(v, v <= MAX_SIZE, || {
+        format!("seed_resize_from must be 0 (off) or at most {MAX_SIZE} pixels")
+    })
+}
+
 /// The CFG scale, of the profile or of a pass.
 pub fn cfg(v: f64) -> Result<f64, String> {
     rule(v, (0.0..=MAX_CFG).contains(&v), || {

@@ -14,6 +14,7 @@ pub use crate::parameters::{infotext_pairs, infotext_prompt, model_hash};
 pub use crate::run::{run_image, to_rgb8, ImageResult};
 
 use crate::infotext;
+use crate::noise::ImageSeeds;
 use crate::observer::{timed, Observer};
 use crate::output;
 use crate::profile::Profile;
@@ -77,6 +78,8 @@ pub fn generate<'r>(
 /// An image made in memory (`hiresfix serve`): its seed, PNG file and `parameters` text.
 pub struct Rendered {
     pub seed: i64,
+    /// Its variation seed (A1111's `all_subseeds` entry).
+    pub subseed: i64,
     pub png: Vec<u8>,
     pub parameters: String,
 }
@@ -172,7 +175,7 @@ fn run_all(
     job.models
         .observer
         .job_started(steps * batch.div_ceil(per_call), batch);
-    let seeds: Vec<i64> = (0..batch as i64).map(|n| job.profile.seed + n).collect();
+    let seeds: Vec<ImageSeeds> = (0..batch).map(|n| job.image_seeds(n)).collect();
     let chunks = batch.div_ceil(per_call);
     for (c, chunk) in seeds.chunks(per_call).enumerate() {
         let first = c * per_call;
@@ -180,7 +183,8 @@ fn run_all(
         run_chunk(job, chunk, quiet, until, release, |job, k, result| {
             let image = Image {
                 n: first + k,
-                seed: chunk[k],
+                seed: chunk[k].seed,
+                subseed: chunk[k].subseed,
                 until,
             };
             writer.write(job, &image, result).map(drop)
@@ -200,7 +204,7 @@ fn run_all(
 /// `release`, the models keep only their VAE decoders once the batch's sampling is done.
 fn run_chunk(
     job: &mut Job<'_>,
-    seeds: &[i64],
+    seeds: &[ImageSeeds],
     quiet: bool,
     until: usize,
     release: bool,
@@ -294,9 +298,15 @@ pub fn finish<'r>(
         latent,
     };
     let mut writer = Writer::new(Sink::files(template), &job);
-    let seed = job.profile.seed;
+    let (seed, subseed) = (job.profile.seed, job.profile.subseed);
     let result = job.run_passes(seed, Some(&resume), until)?;
-    writer.write(&mut job, &Image { n: 0, seed, until }, &result)?;
+    let image = Image {
+        n: 0,
+        seed,
+        subseed,
+        until,
+    };
+    writer.write(&mut job, &image, &result)?;
     Ok(writer.sink.into_paths())
 }
 
@@ -354,10 +364,11 @@ fn checkpoint_hash(job: &Job<'_>) -> Option<String> {
     }
 }
 
-/// Image `n` of the batch (seed `seed`), run up to pass `until`.
+/// Image `n` of the batch (seed `seed`, variation seed `subseed`), run up to pass `until`.
 struct Image {
     n: usize,
     seed: i64,
+    subseed: i64,
     until: usize,
 }
 
@@ -430,7 +441,11 @@ fn write_image(
     let resolved = toml::to_string(&job.image_profile(image.n))
         .context("cannot encode the resolved profile")?;
     let (plans, sizes) = (&job.plans[..until], &job.sizes[..until]);
-    let pairs = infotext_pairs(&job.profile, plans, sizes, image.seed, hash);
+    let seeds = ImageSeeds {
+        seed: image.seed,
+        subseed: image.subseed,
+    };
+    let pairs = infotext_pairs(&job.profile, plans, sizes, seeds, hash);
     let prompt = infotext_prompt(&job.plans[0]);
     let parameters = infotext::format(&prompt, &job.plans[0].negative, &pairs);
     for (k, latent) in result.latents.iter().enumerate() {
@@ -464,6 +479,7 @@ fn write_image(
             }
             Sink::Memory(rendered) => rendered.push(Rendered {
                 seed: image.seed,
+                subseed: image.subseed,
                 png,
                 parameters: parameters.clone(),
             }),
@@ -491,9 +507,15 @@ pub fn render_one<'r>(
     report_new_findings(&mut job, (quiet, None), seen)?;
     let mut writer = Writer::new(Sink::files(template), &job);
     let until = job.plans.len();
-    let seed = job.profile.seed;
+    let (seed, subseed) = (job.profile.seed, job.profile.subseed);
     let result = job.run_passes(seed, None, until)?;
-    let rgb = writer.write(&mut job, &Image { n: 0, seed, until }, &result)?;
+    let image = Image {
+        n: 0,
+        seed,
+        subseed,
+        until,
+    };
+    let rgb = writer.write(&mut job, &image, &result)?;
     let path = writer
         .sink
         .into_paths()

@@ -60,6 +60,8 @@ pub fn from_parameters(text: &str, registry: &Registry) -> Result<Imported> {
         (first.width, first.height) = (Some(w), Some(h));
     }
     out.sampler("Sampler", "Schedule type", &mut first);
+    out.variation(&mut profile);
+    out.sampler_knobs(&mut first);
     if let Some(skip) = out.checked("Clip skip", defaults::at_least_one) {
         profile.model.clip_skip = skip;
     }
@@ -185,6 +187,68 @@ impl<'a> Importer<'a> {
             Err(what) => {
                 self.unmapped.push(format!("{key}: {value} — {what}"));
                 None
+            }
+        }
+    }
+
+    /// A1111's sampler knobs ("Eta", "Eta DDIM", "Sigma churn", ...) as pass 1's
+    /// `sampler_options`, where its sampler has that option.
+    fn sampler_knobs(&mut self, pass: &mut Pass) {
+        let sampler = pass
+            .sampler
+            .clone()
+            .unwrap_or_else(|| defaults::SAMPLER.to_owned());
+        let options = find(&self.registry.samplers, &sampler, "sampler")
+            .map(|e| e.decl.options.clone())
+            .unwrap_or_default();
+        let keys = [
+            ("eta", "Eta"),
+            ("eta", "Eta DDIM"),
+            ("s_churn", "Sigma churn"),
+            ("s_tmin", "Sigma tmin"),
+            ("s_tmax", "Sigma tmax"),
+            ("s_noise", "Sigma noise"),
+        ];
+        for (option, key) in keys {
+            let Some(value) = self.number::<f64>(key) else {
+                continue;
+            };
+            if !value.is_finite() {
+                self.unmapped.push(format!("{key}: {value} — not a number"));
+            } else if options.iter().any(|o| o == option) {
+                pass.sampler_options
+                    .insert(option.to_owned(), toml::Value::Float(value));
+            } else {
+                self.unmapped.push(format!(
+                    "{key}: {value} — sampler `{sampler}` has no {option} option"
+                ));
+            }
+        }
+    }
+
+    /// A1111's variation seed, its strength and "Seed resize from" (`WxH`, any sizes).
+    fn variation(&mut self, profile: &mut Profile) {
+        if let Some(subseed) = self.number::<i64>("Variation seed") {
+            profile.subseed = subseed.max(-1);
+        }
+        if let Some(strength) = self.checked("Variation seed strength", defaults::subseed_strength)
+        {
+            profile.subseed_strength = strength;
+        }
+        if let Some(value) = self.take("Seed resize from") {
+            let parsed = value
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)));
+            match parsed {
+                // A1111 writes it only when both are set; -1 or 0 would mean off.
+                Some((w, h))
+                    if w > 0 && h > 0 && w <= defaults::MAX_SIZE && h <= defaults::MAX_SIZE =>
+                {
+                    (profile.seed_resize_from_w, profile.seed_resize_from_h) = (w, h)
+                }
+                _ => self.unmapped.push(format!(
+                    "Seed resize from: {value} — not WIDTHxHEIGHT in pixels"
+                )),
             }
         }
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 
 use crate::models::{LoadSettings, Models};
+use crate::noise::{ImageSeeds, NoiseSettings, Variation};
 use crate::observer::Observer;
 use crate::plan::{pass_sizes, plan_passes, PassPlan, PassSize};
 use crate::profile::Profile;
@@ -95,6 +96,9 @@ fn prepare_inner<'r>(
     if profile.seed == -1 {
         profile.seed = random_seed();
     }
+    if profile.subseed == -1 && profile.subseed_strength > 0.0 {
+        profile.subseed = random_seed();
+    }
     let (sizes, notes) = give_back!(pass_sizes(&profile.passes, info.vae_scale_factor));
     Ok(Job {
         profile,
@@ -129,25 +133,52 @@ impl Job<'_> {
         self.run_passes(seed, None, self.plans.len())
     }
 
-    /// Runs image `seed`'s passes up to pass `until`, after `resume`'s pass from its latent
-    /// when given (`hiresfix finish`).
+    /// Runs image `seed`'s passes (with the profile's subseed: image 0's) up to pass `until`,
+    /// after `resume`'s pass from its latent when given (`hiresfix finish`).
     pub fn run_passes(
         &mut self,
         seed: i64,
         resume: Option<&Resume>,
         until: usize,
     ) -> Result<ImageResult> {
-        let delta = self.profile.eta_noise_seed_delta;
+        let noise = self.noise_settings();
+        let seeds = ImageSeeds {
+            seed,
+            subseed: self.profile.subseed,
+        };
         let job = (&self.plans[..until], &self.sizes[..until], &self.settings);
-        run_image(job, &mut self.models, seed, delta, resume)
+        run_image(job, &mut self.models, seeds, &noise, resume)
     }
 
     /// Runs the images with `seeds` as one UNet batch up to pass `until` (each equal to its
     /// single run).
-    pub fn run_batch(&mut self, seeds: &[i64], until: usize) -> Result<Vec<ImageResult>> {
-        let delta = self.profile.eta_noise_seed_delta;
+    pub fn run_batch(&mut self, seeds: &[ImageSeeds], until: usize) -> Result<Vec<ImageResult>> {
+        let noise = self.noise_settings();
         let job = (&self.plans[..until], &self.sizes[..until], &self.settings);
-        run_batch(job, &mut self.models, seeds, delta, None)
+        run_batch(job, &mut self.models, seeds, &noise, None)
+    }
+
+    /// The eta noise seed delta and the variation seeds of every image.
+    pub fn noise_settings(&self) -> NoiseSettings {
+        let p = &self.profile;
+        NoiseSettings {
+            delta: p.eta_noise_seed_delta,
+            variation: Variation {
+                strength: p.subseed_strength,
+                resize_from: (p.seed_resize_from_w, p.seed_resize_from_h),
+            },
+        }
+    }
+
+    /// Image `n`'s seeds, A1111's batch rule: seed + n and subseed + n, except that with a
+    /// variation strength every image keeps the seed (only the subseed varies).
+    pub fn image_seeds(&self, n: usize) -> ImageSeeds {
+        let p = &self.profile;
+        let n = n as i64;
+        ImageSeeds {
+            seed: p.seed + if p.subseed_strength == 0.0 { n } else { 0 },
+            subseed: p.subseed.saturating_add(n),
+        }
     }
 
     /// The profile that reproduces image `n` alone (seed + n, batch 1, sizes and paths
@@ -155,7 +186,11 @@ impl Job<'_> {
     /// plugin folders, pins or output path (a PNG travels; see [`Profile::untrusted`]).
     pub fn image_profile(&self, n: usize) -> Profile {
         let mut p = self.profile.clone().untrusted();
-        p.seed = self.profile.seed + n as i64;
+        let seeds = self.image_seeds(n);
+        p.seed = seeds.seed;
+        if p.subseed_strength > 0.0 {
+            p.subseed = seeds.subseed;
+        }
         p.batch = 1;
         for (i, pass) in p.passes.iter_mut().enumerate() {
             if i == 0 {

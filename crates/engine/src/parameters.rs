@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use crate::infotext::num;
+use crate::noise::ImageSeeds;
 use crate::plan::{PassPlan, PassSize};
 use crate::profile::Profile;
 use crate::registry::display_name;
@@ -12,7 +13,7 @@ pub fn infotext_pairs(
     profile: &Profile,
     plans: &[PassPlan<'_>],
     sizes: &[PassSize],
-    seed: i64,
+    seeds: ImageSeeds,
     model_hash: Option<&str>,
 ) -> Vec<(String, String)> {
     let first = &plans[0];
@@ -21,7 +22,7 @@ pub fn infotext_pairs(
         ("Sampler".into(), display_name(&first.sampler.decl)),
         ("Schedule type".into(), display_name(&first.schedule.decl)),
         ("CFG scale".into(), num(first.cfg)),
-        ("Seed".into(), seed.to_string()),
+        ("Seed".into(), seeds.seed.to_string()),
         (
             "Size".into(),
             format!("{}x{}", sizes[0].width, sizes[0].height),
@@ -41,6 +42,7 @@ pub fn infotext_pairs(
             .join(" + "),
     };
     pairs.push(("Model".into(), model));
+    pairs.extend(variation_pairs(profile, seeds));
     if let Some(hashes) = lora_hashes(plans) {
         pairs.push(("Lora hashes".into(), hashes));
     }
@@ -114,6 +116,7 @@ pub fn infotext_pairs(
             }
         }
     }
+    pairs.extend(sampler_knob_pairs(first));
     if profile.tiling {
         pairs.push(("Tiling".into(), "True".into()));
     }
@@ -124,6 +127,62 @@ pub fn infotext_pairs(
         "Version".into(),
         format!("hiresfix {}", env!("CARGO_PKG_VERSION")),
     ));
+    pairs
+}
+
+/// A1111's variation-seed fields: "Variation seed" and its strength when the strength is
+/// above 0, "Seed resize from" when both sides are set.
+fn variation_pairs(profile: &Profile, seeds: ImageSeeds) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    if profile.subseed_strength != 0.0 {
+        pairs.push(("Variation seed".into(), seeds.subseed.to_string()));
+        pairs.push((
+            "Variation seed strength".into(),
+            num(profile.subseed_strength),
+        ));
+    }
+    let (w, h) = (profile.seed_resize_from_w, profile.seed_resize_from_h);
+    if w > 0 && h > 0 {
+        pairs.push(("Seed resize from".into(), format!("{w}x{h}")));
+    }
+    pairs
+}
+
+/// A1111's sampler knobs and their infotext keys (`sd_samplers_common`, the k-diffusion
+/// sampler's `initialize`): written when pass 1's `sampler_options` sets one to other than
+/// its default. DDIM's eta is A1111's "Eta DDIM" (default 0); s_tmax 0 means no bound.
+pub const SAMPLER_KNOBS: [(&str, &str, f64); 5] = [
+    ("eta", "Eta", 1.0),
+    ("s_churn", "Sigma churn", 0.0),
+    ("s_tmin", "Sigma tmin", 0.0),
+    ("s_tmax", "Sigma tmax", 0.0),
+    ("s_noise", "Sigma noise", 1.0),
+];
+
+/// The infotext key and default of the knob `option` for the sampler `sampler` (an id).
+pub fn knob_key(sampler: &str, option: &str) -> Option<(&'static str, f64)> {
+    if option == "eta" && sampler == "ddim" {
+        return Some(("Eta DDIM", 0.0));
+    }
+    SAMPLER_KNOBS
+        .iter()
+        .find(|(o, ..)| *o == option)
+        .map(|(_, key, default)| (*key, *default))
+}
+
+fn sampler_knob_pairs(plan: &PassPlan<'_>) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for entry in &plan.options {
+        let (key, value) = (entry.key.as_str(), &entry.value);
+        let (Some((label, default)), host_api::OptionValue::Number(v)) =
+            (knob_key(&plan.sampler.decl.name, key), value)
+        else {
+            continue;
+        };
+        if *v != default {
+            pairs.push((label.to_owned(), num(*v)));
+        }
+    }
     pairs
 }
 

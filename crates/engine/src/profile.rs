@@ -52,6 +52,31 @@ pub struct Profile {
     /// A1111's "Eta noise seed delta": seeds the step-noise stream with seed + i + delta.
     #[serde(default)]
     pub eta_noise_seed_delta: i64,
+    /// A1111's variation seed: -1 picks a random one; image i of a batch uses subseed + i.
+    #[serde(default = "default_seed", skip_serializing_if = "is_random")]
+    pub subseed: i64,
+    /// How far each pass's initial noise moves from the seed's towards the subseed's (slerp):
+    /// 0 (off) to 1. Above 0 every image of a batch keeps the seed and varies the subseed.
+    #[serde(
+        default,
+        deserialize_with = "subseed_strength",
+        skip_serializing_if = "is_zero"
+    )]
+    pub subseed_strength: f64,
+    /// A1111's "Seed resize from": the noise is drawn at this size (px) and pasted centred
+    /// into each pass's latent; 0 = off (both must be set).
+    #[serde(
+        default,
+        deserialize_with = "seed_resize",
+        skip_serializing_if = "is_zero_u32"
+    )]
+    pub seed_resize_from_w: u32,
+    #[serde(
+        default,
+        deserialize_with = "seed_resize",
+        skip_serializing_if = "is_zero_u32"
+    )]
+    pub seed_resize_from_h: u32,
     /// UNet patches of every pass (a pass's own `patches` replaces the list).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patches: Vec<PatchEntry>,
@@ -259,6 +284,15 @@ pub struct Pass {
 fn default_seed() -> i64 {
     defaults::SEED
 }
+fn is_random(seed: &i64) -> bool {
+    *seed == defaults::SEED
+}
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
 fn default_batch() -> u32 {
     defaults::BATCH
 }
@@ -294,6 +328,12 @@ fn merge_weight<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 }
 fn cfg_scale<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     checked(d, defaults::cfg)
+}
+fn subseed_strength<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    checked(d, defaults::subseed_strength)
+}
+fn seed_resize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    checked(d, defaults::seed_resize)
 }
 fn opt<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
@@ -340,6 +380,10 @@ const TOP_KEYS: &[&str] = &[
     "vae_tile_size",
     "vae_tile_overlap",
     "eta_noise_seed_delta",
+    "subseed",
+    "subseed_strength",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
     "patches",
     "model",
     "pass",
@@ -489,6 +533,21 @@ impl Profile {
         }
         check("batch", self.batch, defaults::at_least_one)?;
         check("cfg", self.cfg, defaults::cfg)?;
+        check(
+            "subseed_strength",
+            self.subseed_strength,
+            defaults::subseed_strength,
+        )?;
+        check(
+            "seed_resize_from_w",
+            self.seed_resize_from_w,
+            defaults::seed_resize,
+        )?;
+        check(
+            "seed_resize_from_h",
+            self.seed_resize_from_h,
+            defaults::seed_resize,
+        )?;
         check(
             "model.clip_skip",
             self.model.clip_skip,

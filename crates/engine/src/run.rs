@@ -12,7 +12,7 @@ use host_api::{
 };
 
 use crate::models::{LoadSettings, Models};
-use crate::noise::{batch_noise, StepNoise};
+use crate::noise::{batch_noise, ImageSeeds, NoiseSettings, StepNoise};
 use crate::observer::{timed, Observer};
 use crate::plan::{pass_sigmas, PassPlan, PassSize};
 use crate::seamless::wrapped_upscale;
@@ -114,22 +114,22 @@ pub type Passes<'a, 'r> = (&'a [PassPlan<'r>], &'a [PassSize], &'a LoadSettings)
 pub fn run_image(
     passes: Passes<'_, '_>,
     models: &mut Models<'_>,
-    seed: i64,
-    noise_seed_delta: i64,
+    seeds: ImageSeeds,
+    noise: &NoiseSettings,
     resume: Option<&Resume>,
 ) -> Result<ImageResult> {
-    let mut results = run_batch(passes, models, &[seed], noise_seed_delta, resume)?;
+    let mut results = run_batch(passes, models, &[seeds], noise, resume)?;
     Ok(results.remove(0))
 }
 
 /// Runs every pass for the images with `seeds` as one latent batch: one UNet call denoises
-/// all of them, and image i keeps its own initial and step noise (seed `seeds[i]`), so each
+/// all of them, and image i keeps its own initial and step noise (its `seeds[i]`), so each
 /// equals its single run. `resume` (one image only) starts after its pass.
 pub fn run_batch(
     (plans, sizes, settings): Passes<'_, '_>,
     models: &mut Models<'_>,
-    seeds: &[i64],
-    noise_seed_delta: i64,
+    seeds: &[ImageSeeds],
+    noise_settings: &NoiseSettings,
     resume: Option<&Resume>,
 ) -> Result<Vec<ImageResult>> {
     let observer = models.observer;
@@ -156,7 +156,9 @@ pub fn run_batch(
             .map_err(|e| anyhow!("model sigma table: {e}"))?;
         let sigmas = pass_sigmas(plan, &table)?;
         let shape = [info.latent_channels as i64, size.latent_h, size.latent_w];
-        let noise = batch_noise(seeds, &shape).to_device(device);
+        // Every pass's noise as A1111's hires pass makes its own: the same seeds and variation.
+        let noise = batch_noise(seeds, &noise_settings.variation, &shape).to_device(device);
+        let from_noise = latents.is_empty();
         let x = match latents.last() {
             None => noise * sigmas[0],
             Some(prev) => {
@@ -215,20 +217,18 @@ pub fn run_batch(
             n => format!("pass {} ×{n}", plan.number),
         };
         observer.pass_started(plan.number, plan.steps, &label);
-        let step_seeds = seeds.iter().map(|s| s + noise_seed_delta).collect();
         let mut guidance = Guidance {
             model: &model,
             uncond: &conds[0],
             cond: &conds[1],
             cfg: plan.cfg,
-            noise: StepNoise::batch(step_seeds, plan.steps + 1),
+            noise: StepNoise::new(seeds, noise_settings.delta, &shape, plan.steps + 1),
             observer,
         };
         let phase = format!("pass {}", plan.number);
+        let options = sampler_options(plan, from_noise);
         let out = timed(observer, &phase, || {
-            plan.sampler
-                .decl
-                .run(&mut guidance, &plan.options, x, &sigmas)
+            plan.sampler.decl.run(&mut guidance, &options, x, &sigmas)
         });
         observer.pass_ended();
         let out = out.map_err(|e| {
@@ -247,6 +247,22 @@ pub fn run_batch(
             first: start + 1,
         })
         .collect())
+}
+
+/// The option the host adds for a pass that starts from pure noise (no image under it):
+/// `from_noise = true`, for samplers that start such a pass otherwise (PLMS, as A1111's
+/// CompVis samplers, from the unscaled noise). A profile cannot set it: no sampler lists it.
+pub const FROM_NOISE: &str = "from_noise";
+
+fn sampler_options(plan: &PassPlan<'_>, from_noise: bool) -> Vec<host_api::OptionEntry> {
+    let mut options = plan.options.clone();
+    if from_noise {
+        options.push(host_api::OptionEntry {
+            key: FROM_NOISE.into(),
+            value: host_api::OptionValue::Flag(true),
+        });
+    }
+    options
 }
 
 /// Makes the pass's UNet patches (none: the plain UNet) the model's, made for this model.

@@ -1,5 +1,6 @@
 //! A1111 request fields hiresfix accepts but does not honour (yet): each one sent with an
-//! effect is named in the response's `info.warnings`, never dropped without a word; and a
+//! effect is named in the response's `info.warnings`, never dropped without a word (the
+//! sampler knobs a sampler lacks are named by `sampler_fields`); and a
 //! `script_name` is a 422, as A1111 answers a script it does not have (hiresfix has none).
 use serde_json::{Map, Value};
 
@@ -8,14 +9,6 @@ use super::error::{ApiError, ApiResult};
 /// (field, what hiresfix does instead).
 const IGNORED: &[(&str, &str)] = &[
     ("restore_faces", "no face restoration models here"),
-    ("subseed_strength", "variation seeds are not applied yet"),
-    ("seed_resize_from_h", "variation seeds are not applied yet"),
-    ("seed_resize_from_w", "variation seeds are not applied yet"),
-    ("eta", "the sampler's own eta is used"),
-    ("s_churn", "the sampler's own s_churn is used"),
-    ("s_tmin", "the sampler's own s_tmin is used"),
-    ("s_tmax", "the sampler's own s_tmax is used"),
-    ("s_noise", "the sampler's own s_noise is used"),
     ("styles", "prompt styles are not stored here"),
 ];
 
@@ -71,8 +64,8 @@ mod tests {
     #[test]
     fn fields_that_ask_for_something_are_named() {
         let body = json!({
-            "restore_faces": true, "eta": 0, "s_noise": 1, "subseed_strength": 0.3,
-            "seed_resize_from_h": -1, "styles": []
+            "restore_faces": true, "eta": 0.5, "s_noise": 1.2, "subseed_strength": 0.3,
+            "seed_resize_from_h": 512, "styles": ["a"]
         });
         let got = warnings(body.as_object().unwrap());
         assert_eq!(got.len(), 2, "{got:?}");
@@ -81,7 +74,7 @@ mod tests {
             "{got:?}"
         );
         assert!(
-            got[1].starts_with("subseed_strength = 0.3 was ignored"),
+            got[1].starts_with("styles = [\"a\"] was ignored"),
             "{got:?}"
         );
         assert!(no_script(json!({"script_name": ""}).as_object().unwrap()).is_ok());

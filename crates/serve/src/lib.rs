@@ -13,6 +13,7 @@ pub mod listener;
 pub mod listings;
 pub mod native;
 pub mod progress;
+mod sampler_fields;
 pub mod sdapi;
 pub mod txt2img;
 pub mod worker;

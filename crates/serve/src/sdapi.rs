@@ -80,7 +80,12 @@ pub async fn txt2img(State(state): State<Shared>, payload: Payload) -> ApiResult
         false => Vec::new(),
     };
     let mut info = txt2img::info(&profile, &model, &label, &images);
-    let warnings = super::ignored::warnings(&request);
+    let mut warnings = super::ignored::warnings(&request);
+    warnings.extend(super::sampler_fields::warnings(
+        state.registry,
+        &request,
+        &profile,
+    ));
     if !warnings.is_empty() {
         info["warnings"] = json!(warnings);
     }

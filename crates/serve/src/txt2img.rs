@@ -249,6 +249,7 @@ fn map_request(site: &Site<'_>, body: &Map<String, Value>) -> ApiResult<Profile>
     super::plain_lora_tags("prompt", &profile.prompt)?;
     super::plain_lora_tags("negative_prompt", &profile.negative)?;
     profile.seed = f.int("seed")?.unwrap_or(base.seed).max(-1); // any negative seed is random
+    variation_seeds(&f, &mut profile)?;
     let images = "send fewer images per request";
     let one = i64::from(defaults::BATCH);
     let per_batch = in_range(
@@ -338,10 +339,39 @@ fn map_request(site: &Site<'_>, body: &Map<String, Value>) -> ApiResult<Profile>
         let hires = hires_pass(site, &f, &profile)?;
         profile.passes.push(hires);
     }
+    super::sampler_fields::apply(site.registry, &f, &mut profile)?;
     profile
         .validate()
         .map_err(|e| ApiError::field(&e.key, e.message))?;
     Ok(profile)
+}
+
+/// A1111's variation seeds: `subseed` (any negative one is random), `subseed_strength` (0 to
+/// 1) and `seed_resize_from_w` / `_h` (-1 or 0: off).
+fn variation_seeds(f: &Fields<'_>, profile: &mut Profile) -> ApiResult<()> {
+    if let Some(subseed) = f.int("subseed")? {
+        profile.subseed = subseed.max(-1);
+    }
+    if let Some(strength) = f.float("subseed_strength")? {
+        profile.subseed_strength = ruled("subseed_strength", strength, defaults::subseed_strength)?;
+    }
+    for key in ["seed_resize_from_w", "seed_resize_from_h"] {
+        let Some(side) = f.int(key)? else {
+            continue;
+        };
+        let side = in_range(
+            key,
+            side.max(0),
+            0,
+            i64::from(defaults::MAX_SIZE),
+            "0 is off",
+        )?;
+        match key {
+            "seed_resize_from_w" => profile.seed_resize_from_w = side as u32,
+            _ => profile.seed_resize_from_h = side as u32,
+        }
+    }
+    Ok(())
 }
 
 /// A1111's hires fields as pass 2 (unset ones from `--defaults`' pass 2).
@@ -517,6 +547,12 @@ pub fn info(
 ) -> Value {
     let seeds: Vec<i64> = rendered.iter().map(|r| r.seed).collect();
     let first_seed = seeds.first().copied().unwrap_or(profile.seed);
+    let subseeds: Vec<i64> = rendered.iter().map(|r| r.subseed).collect();
+    let first_subseed = subseeds.first().copied().unwrap_or(profile.subseed);
+    let resize = |side: u32| match side {
+        0 => -1,
+        side => i64::from(side),
+    };
     let infotexts: Vec<&str> = rendered.iter().map(|r| r.parameters.as_str()).collect();
     let n = rendered.len().max(1);
     let first = profile.passes.first();
@@ -546,9 +582,9 @@ pub fn info(
         "all_negative_prompts": vec![profile.negative.clone(); n],
         "seed": first_seed,
         "all_seeds": seeds,
-        "subseed": first_seed,
-        "all_subseeds": seeds,
-        "subseed_strength": 0,
+        "subseed": first_subseed,
+        "all_subseeds": subseeds,
+        "subseed_strength": profile.subseed_strength,
         "width": first.and_then(|p| p.width),
         "height": first.and_then(|p| p.height),
         "sampler_name": sampler_label,
@@ -561,8 +597,8 @@ pub fn info(
         "sd_model_hash": hiresfix_engine::parameters::model_hash(&model.path),
         "sd_vae_name": profile.model.vae.as_deref().map(|v| std::path::Path::new(v).file_stem().map(|s| s.to_string_lossy().into_owned())),
         "sd_vae_hash": null,
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
+        "seed_resize_from_w": resize(profile.seed_resize_from_w),
+        "seed_resize_from_h": resize(profile.seed_resize_from_h),
         "denoising_strength": hires.and_then(|p| p.denoise),
         "extra_generation_params": extra,
         "index_of_first_image": 0,

@@ -1,7 +1,10 @@
-//! Samplers of the DDPM family, written for k-diffusion sigmas as ComfyUI does: with
+//! Samplers of the DDPM family (and PLMS, in `plms`), written for k-diffusion sigmas as ComfyUI does: with
 //! ᾱ = 1 / (1 + σ²), a VP sample is `x / sqrt(1 + σ²)` and ε = (x − denoised) / σ.
 use host_api::tch::Tensor;
 use host_api::{Result, SampleCtx, Sampler};
+
+mod plms;
+pub use plms::Plms;
 
 /// ᾱ of noise level `sigma`.
 fn alpha_bar(sigma: f64) -> f64 {
@@ -96,5 +99,5 @@ impl Sampler for Lcm {
 }
 
 host_api::export_plugin! {
-    samplers: [Ddim, Ddpm, Lcm],
+    samplers: [Ddim, Ddpm, Lcm, Plms],
 }
