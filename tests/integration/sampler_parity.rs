@@ -550,8 +550,8 @@ fn plms_matches_a1111_on_the_tiny_model() {
         (8, false, &["txt2img8"][..]),
         (10, true, &["hires.pass1", "hires.pass2"][..]),
     ] {
-        let mut job = hiresfix::generate::prepare(plms_profile(steps, hires), &registry, &repo())
-            .unwrap();
+        let mut job =
+            hiresfix::generate::prepare(plms_profile(steps, hires), &registry, &repo()).unwrap();
         assert_eq!(job.plans[0].schedule.decl.name, "ddim_uniform");
         let result = job.run_image(1234).unwrap();
         for (latent, key) in result.latents.iter().zip(keys) {
@@ -561,5 +561,8 @@ fn plms_matches_a1111_on_the_tiny_model() {
             worst = worst.max(err / scale);
         }
     }
-    assert!(worst <= 1e-5, "max abs error {worst:e} of the latent's magnitude");
+    assert!(
+        worst <= 1e-5,
+        "max abs error {worst:e} of the latent's magnitude"
+    );
 }

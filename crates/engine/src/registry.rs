@@ -252,9 +252,7 @@ impl Registry {
             return Err(String::new());
         }
         let header = lib_header_from_path(file).map_err(|e| library_error(&e))?;
-        let module: PluginRef = header
-            .init_root_module::<PluginRef>()
-            .map_err(|e| library_error(&e))?;
+        let module = root_module(header)?;
         let handshake = (module.handshake())();
         handshake.check_against(&Handshake::current())?;
         let mut names = Vec::new();
@@ -309,6 +307,45 @@ impl Registry {
     }
 }
 
+/// The plugin's root module once its layout is checked as host-api's rule has it: a plugin of
+/// an older 1.x lacks the prefix fields appended since (read as `None`), so the plugin's
+/// layout is the expected one and the host's may extend it. abi_stable's own check runs the
+/// other way (a library may extend the loader's layout), which would refuse every older plugin
+/// once a method is appended; a newer minor is refused by the handshake instead.
+fn root_module(header: &abi_stable::library::LibHeader) -> Result<PluginRef, String> {
+    use abi_stable::StableAbi;
+    let plugin = header
+        .layout()
+        .ok_or("it was exported without a type layout (abi_stable's unsafe_no_layout_constant); rebuild it with host_api::export_plugin!")?;
+    // A fresh checker state per plugin: abi_stable's process-wide map of prefix types would
+    // hold an older plugin's shorter table against the next plugin's full one.
+    let globals = abi_stable::abi_stability::abi_checking::CheckingGlobals::new();
+    abi_stable::abi_stability::abi_checking::check_layout_compatibility_with_globals(
+        plugin,
+        PluginRef::LAYOUT,
+        &globals,
+    )
+    .map_err(|e| {
+        let text = e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        layout_error(&text)
+    })?;
+    // SAFETY: the layout was checked just above (the plugin's against the host's).
+    unsafe { header.init_root_module_with_unchecked_layout::<PluginRef>() }
+        .map_err(|e| library_error(&e))
+}
+
+fn layout_error(text: &str) -> String {
+    let verdicts: Vec<&str> = text.split("Error:").skip(1).map(|v| v.trim()).collect();
+    format!(
+        "its plugin interface layout differs from this host's ({}); rebuild it against this host's host-api",
+        verdicts.join("; ")
+    )
+}
+
 /// abi_stable's errors print whole type layouts; keep the verdicts and say what to do.
 fn library_error(e: &abi_stable::library::LibraryError) -> String {
     use abi_stable::library::LibraryError;
@@ -318,13 +355,7 @@ fn library_error(e: &abi_stable::library::LibraryError) -> String {
         .collect::<Vec<_>>()
         .join(" ");
     match e {
-        LibraryError::AbiInstability(_) => {
-            let verdicts: Vec<&str> = text.split("Error:").skip(1).map(|v| v.trim()).collect();
-            format!(
-                "its plugin interface layout differs from this host's ({}); rebuild it against this host's host-api",
-                verdicts.join("; ")
-            )
-        }
+        LibraryError::AbiInstability(_) => layout_error(&text),
         LibraryError::IncompatibleVersionNumber {
             expected_version,
             actual_version,
