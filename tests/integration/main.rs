@@ -22,6 +22,7 @@ mod png_hostile;
 mod resolve;
 mod sampler_parity;
 mod serve;
+mod serve_extras;
 mod serve_hostile;
 mod upscaler_parity;
 mod upscaler_plugins;

@@ -8,6 +8,7 @@ mod bounds;
 pub mod catalog;
 pub mod content_type;
 pub mod error;
+pub mod extras;
 mod ignored;
 pub mod listener;
 pub mod listings;
@@ -497,6 +498,10 @@ pub fn router(state: Shared, max_body: usize) -> axum::Router {
         // A1111 lists its SD modules (the VAE files) in sd-vae's shape.
         .route("/sdapi/v1/sd-modules", get(sdapi::sd_vae))
         .route("/internal/ping", get(listings::ping))
+        .route("/sdapi/v1/extra-single-image", post(extras::single))
+        .route("/sdapi/v1/extra-batch-images", post(extras::batch))
+        .route("/sdapi/v1/unload-checkpoint", post(listings::unload_checkpoint))
+        .route("/sdapi/v1/reload-checkpoint", post(listings::reload_checkpoint))
         .route(
             "/sdapi/v1/options",
             get(sdapi::get_options).post(sdapi::set_options),

@@ -56,9 +56,45 @@ pub async fn realesrgan_models(State(state): State<Shared>) -> Json<Value> {
     let dirs = hiresfix_engine::upscaler_models::dirs(&state.upscaler_dirs());
     let list: Vec<Value> = hiresfix_engine::upscaler_models::scan(&dirs)
         .into_iter()
-        .map(|file| json!({"name": file.stem, "path": file.path, "scale": null}))
+        .map(|file| match hiresfix_engine::upscaler_models::a1111_name(&file.stem) {
+            Some((name, scale)) => json!({"name": name, "path": file.path, "scale": scale}),
+            None => json!({"name": file.stem, "path": file.path, "scale": null}),
+        })
         .collect();
     Json(Value::Array(list))
+}
+
+/// `POST /sdapi/v1/unload-checkpoint`: every loaded model is dropped (after the running job);
+/// the next request loads its checkpoint again. A1111 answers `{}`.
+pub async fn unload_checkpoint(
+    State(state): State<Shared>,
+    payload: Payload,
+) -> ApiResult<Json<Value>> {
+    payload.ignored()?;
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    let chore = |models: &mut hiresfix_engine::models::Models<'_>| {
+        models.trim(0);
+        hiresfix_engine::models::return_free_pages();
+        super::worker::Outcome::Done(Vec::new())
+    };
+    super::sdapi::submit(
+        &state,
+        super::worker::Work {
+            profile: hiresfix_engine::profile::Profile::empty(),
+            started: None,
+            reply,
+            chore: Some(Box::new(chore)),
+        },
+    )?;
+    super::sdapi::images_of(outcome.await)?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /sdapi/v1/reload-checkpoint`: A1111 moves its model back to the device; here a
+/// checkpoint loads when a request needs it, so there is nothing to do. `{}`.
+pub async fn reload_checkpoint(payload: Payload) -> ApiResult<Json<Value>> {
+    payload.ignored()?;
+    Ok(Json(json!({})))
 }
 
 /// `POST /sdapi/v1/refresh-vae` and `/refresh-embeddings`: folders are read on every request.

@@ -24,9 +24,16 @@ pub async fn run_job(
         profile,
         started,
         reply,
+        chore: None,
     };
+    submit(state, work)?;
+    Ok(outcome)
+}
+
+/// Queues `work` (503 when the queue is full).
+pub fn submit(state: &Shared, work: Work) -> ApiResult<()> {
     match state.queue.submit(work) {
-        Ok(()) => Ok(outcome),
+        Ok(()) => Ok(()),
         Err(Rejected::Full) => Err(ApiError::busy(
             format!(
                 "busy: {} jobs are already waiting (--queue) — try again in a few seconds",
@@ -172,9 +179,14 @@ pub async fn upscalers(State(state): State<Shared>) -> Json<Value> {
     for file in hiresfix_engine::upscaler_models::scan(&hiresfix_engine::upscaler_models::dirs(
         &state.upscaler_dirs(),
     )) {
+        // A1111 names its Real-ESRGAN files ("R-ESRGAN 4x+"); requests take either name.
+        let (name, model, scale) = match hiresfix_engine::upscaler_models::a1111_name(&file.stem) {
+            Some((name, scale)) => (name.to_owned(), "RealESRGAN", json!(scale)),
+            None => (file.stem.clone(), "ESRGAN", Value::Null),
+        };
         list.push(json!({
-            "name": file.stem, "model_name": "ESRGAN", "model_path": file.path,
-            "model_url": null, "scale": null
+            "name": name, "model_name": model, "model_path": file.path,
+            "model_url": null, "scale": scale
         }));
     }
     Json(Value::Array(list))
