@@ -24,6 +24,7 @@ mod sampler_parity;
 mod serve;
 mod serve_extras;
 mod serve_hostile;
+mod serve_previews;
 mod upscaler_parity;
 mod upscaler_plugins;
 mod workflow;

@@ -19,6 +19,7 @@ pub mod observer;
 pub mod output;
 pub mod parameters;
 pub mod plan;
+pub mod preview;
 pub mod png_pixels;
 pub mod png_text;
 pub mod profile;

@@ -13,6 +13,7 @@ mod ignored;
 pub mod listener;
 pub mod listings;
 pub mod native;
+pub mod options;
 pub mod progress;
 pub mod sdapi;
 pub mod txt2img;
@@ -191,6 +192,7 @@ impl ServerState {
                 )
             });
         }
+        self.queue.observer.set_previews(options::previews(&merged));
         *options = merged;
         Ok(())
     }
@@ -290,6 +292,14 @@ impl ServerState {
             .and_then(Value::as_str)
             .map(str::to_owned)?;
         self.vae("sd_vae", &name).ok().flatten()
+    }
+
+    /// `eta_noise_seed_delta` as set (A1111's ENSD; 0 by default).
+    pub fn options_noise_seed_delta(&self) -> i64 {
+        self.lock_options()
+            .get("eta_noise_seed_delta")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
     }
 
     pub fn options_clip_skip(&self) -> u32 {
@@ -416,7 +426,7 @@ fn build_state(
             }
         }
     }
-    let mut options = Map::new();
+    let mut options = options::defaults();
     options.insert("sd_model_checkpoint".into(), Value::String(default));
     options.insert("sd_vae".into(), Value::String("Automatic".into()));
     options.insert(

@@ -279,16 +279,7 @@ pub async fn set_options(State(state): State<Shared>, payload: Payload) -> ApiRe
                 state.vae(key, name)?;
                 Value::String(name.to_owned())
             }
-            "CLIP_stop_at_last_layers" => match value.as_u64() {
-                Some(n @ 1..=12) => Value::from(n),
-                _ => {
-                    return Err(ApiError::field(
-                        key,
-                        format!("{key}: {} is not 1 to 12", cut(&value.to_string(), 80)),
-                    ))
-                }
-            },
-            _ => value.clone(),
+            _ => super::options::checked(key, value)?,
         };
         updates.insert(key.clone(), checked);
     }
@@ -316,7 +307,10 @@ fn bounded_option(key: &str, value: &Value) -> ApiResult<()> {
     Ok(())
 }
 
-pub async fn progress(State(state): State<Shared>) -> Json<Value> {
+pub async fn progress(
+    State(state): State<Shared>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Json<Value> {
     let jobs = state.queue.jobs();
     let running = state
         .queue
@@ -324,6 +318,15 @@ pub async fn progress(State(state): State<Shared>) -> Json<Value> {
         .load(std::sync::atomic::Ordering::SeqCst);
     let p = state.queue.observer.snapshot();
     let active = running && p.active;
+    // A1111's `skip_current_image` query flag leaves the preview out.
+    let skip = query.as_deref().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| matches!(kv, "skip_current_image=true" | "skip_current_image=True" | "skip_current_image=1"))
+    });
+    let current_image = match (active, skip, state.queue.observer.latest_preview()) {
+        (true, false, (Some(png), _)) => json!(base64::engine::general_purpose::STANDARD.encode(png)),
+        _ => Value::Null,
+    };
     Json(json!({
         "progress": if active { p.fraction() } else { 0.0 },
         "eta_relative": if active { p.eta() } else { 0.0 },
@@ -338,7 +341,7 @@ pub async fn progress(State(state): State<Shared>) -> Json<Value> {
             "sampling_step": if active { p.pass_step } else { 0 },
             "sampling_steps": if active { p.pass_steps } else { 0 },
         },
-        "current_image": null,
+        "current_image": current_image,
         "textinfo": null,
     }))
 }
