@@ -25,6 +25,7 @@ mod serve;
 mod serve_extras;
 mod serve_hostile;
 mod serve_previews;
+mod serve_webuiapi;
 mod upscaler_parity;
 mod upscaler_plugins;
 mod workflow;

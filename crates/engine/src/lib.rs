@@ -2,6 +2,7 @@
 //! models, the multi-pass run, A1111 infotext and PNG output. The command line (`hiresfix`)
 //! and the HTTP server (`hiresfix-serve`) are built on it; it imports neither.
 pub mod defaults;
+pub mod device_memory;
 pub mod errors;
 pub mod extras;
 pub mod generate;

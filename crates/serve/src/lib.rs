@@ -572,6 +572,12 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
     )
     .context("cannot start the generation thread")?;
     let state: Shared = Arc::new(build_state(args, registry, queue)?);
+    // Titles carry `[hash]`: the files are hashed in the background from the start (a listing
+    // before that finishes hashes what is left itself).
+    let all = state.checkpoint_list();
+    let _ = std::thread::Builder::new()
+        .name("hiresfix-hash".into())
+        .spawn(move || catalog::hash_all(&all));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -26,24 +26,28 @@ pub async fn cmd_flags(State(state): State<Shared>) -> Json<Value> {
     }))
 }
 
-/// `GET /sdapi/v1/memory`: RAM from `/proc/meminfo`; CUDA as A1111 reports a machine
-/// without it (`{"error": …}`) — the server's device figures are in the native API.
-pub async fn memory() -> Json<Value> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kib = |key: &str| -> Option<u64> {
-        meminfo
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
+/// `GET /sdapi/v1/memory`, as A1111 answers it: `ram` from `/proc` (psutil's view: `used`
+/// is this process's resident set, `free` the rest of the total) and `cuda.system` from the
+/// CUDA runtime (free / used / total of the server's device); `{"error": "unavailable"}`
+/// without CUDA. libtorch's allocator statistics (A1111's active / allocated / reserved) are
+/// not exposed by tch, so those keys are absent.
+pub async fn memory(State(state): State<Shared>) -> Json<Value> {
+    use hiresfix_engine::device_memory;
+    let ram = match device_memory::ram() {
+        Some((free, used, total)) => json!({"free": free, "used": used, "total": total}),
+        None => json!({"error": "/proc/meminfo is not readable"}),
     };
-    let ram = match (kib("MemTotal:"), kib("MemAvailable:")) {
-        (Some(total), Some(free)) => json!({
-            "free": free * 1024, "used": total.saturating_sub(free) * 1024, "total": total * 1024
-        }),
-        _ => json!({"error": "/proc/meminfo is not readable"}),
+    let index = match hiresfix_engine::models::device_of(&state.device) {
+        host_api::tch::Device::Cuda(i) => Some(i),
+        _ => None,
     };
-    Json(json!({"ram": ram, "cuda": {"error": "not reported by hiresfix"}}))
+    let cuda = match index.and_then(device_memory::cuda) {
+        Some((free, total)) => json!({"system": {
+            "free": free, "used": total.saturating_sub(free), "total": total
+        }}),
+        None => json!({"error": "unavailable"}),
+    };
+    Json(json!({"ram": ram, "cuda": cuda}))
 }
 
 /// Kinds hiresfix has none of: `hypernetworks`, `face-restorers`, `prompt-styles`.

@@ -204,8 +204,11 @@ pub async fn latent_modes(State(state): State<Shared>) -> Json<Value> {
 }
 
 pub async fn sd_models(State(state): State<Shared>) -> Json<Value> {
-    let list: Vec<Value> = state
-        .checkpoint_list()
+    let checkpoints = state.checkpoint_list();
+    let all = checkpoints.clone();
+    // Every title carries its [hash]: files not hashed yet are hashed now (once).
+    let _ = tokio::task::spawn_blocking(move || super::catalog::hash_all(&all)).await;
+    let list: Vec<Value> = checkpoints
         .iter()
         .map(|c| {
             let sha = hiresfix_engine::hash_cache::peek("sha256", &c.path);
@@ -255,6 +258,8 @@ pub async fn refresh_loras(payload: Payload) -> ApiResult<Json<Value>> {
 pub async fn get_options(State(state): State<Shared>) -> Json<Value> {
     let mut options = state.options_now();
     if let Ok(model) = state.default_checkpoint() {
+        let one = vec![model.clone()];
+        let _ = tokio::task::spawn_blocking(move || super::catalog::hash_all(&one)).await;
         options.insert("sd_model_checkpoint".into(), Value::String(model.title()));
         options.insert(
             "sd_checkpoint_hash".into(),
