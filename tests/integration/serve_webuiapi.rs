@@ -244,6 +244,14 @@ fn webuiapi_listing_option_and_util_calls_work() {
             "{path}"
         );
     }
+    // A1111's other listings (not webuiapi methods): empty lists here.
+    for path in ["script-info", "extensions"] {
+        assert_eq!(
+            get(&server, &format!("/sdapi/v1/{path}")),
+            json!([]),
+            "{path}"
+        );
+    }
     for path in [
         "options",
         "cmd-flags",

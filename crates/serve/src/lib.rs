@@ -501,6 +501,8 @@ pub fn router(state: Shared, max_body: usize) -> axum::Router {
         .route("/sdapi/v1/hypernetworks", get(listings::none))
         .route("/sdapi/v1/face-restorers", get(listings::none))
         .route("/sdapi/v1/prompt-styles", get(listings::none))
+        .route("/sdapi/v1/script-info", get(listings::none))
+        .route("/sdapi/v1/extensions", get(listings::none))
         .route(
             "/sdapi/v1/realesrgan-models",
             get(listings::realesrgan_models),
@@ -510,8 +512,14 @@ pub fn router(state: Shared, max_body: usize) -> axum::Router {
         .route("/internal/ping", get(listings::ping))
         .route("/sdapi/v1/extra-single-image", post(extras::single))
         .route("/sdapi/v1/extra-batch-images", post(extras::batch))
-        .route("/sdapi/v1/unload-checkpoint", post(listings::unload_checkpoint))
-        .route("/sdapi/v1/reload-checkpoint", post(listings::reload_checkpoint))
+        .route(
+            "/sdapi/v1/unload-checkpoint",
+            post(listings::unload_checkpoint),
+        )
+        .route(
+            "/sdapi/v1/reload-checkpoint",
+            post(listings::reload_checkpoint),
+        )
         .route(
             "/sdapi/v1/options",
             get(sdapi::get_options).post(sdapi::set_options),

@@ -50,7 +50,8 @@ pub async fn memory(State(state): State<Shared>) -> Json<Value> {
     Json(json!({"ram": ram, "cuda": cuda}))
 }
 
-/// Kinds hiresfix has none of: `hypernetworks`, `face-restorers`, `prompt-styles`.
+/// Kinds hiresfix has none of: `hypernetworks`, `face-restorers`, `prompt-styles`,
+/// `script-info` (no scripts) and `extensions`.
 pub async fn none() -> Json<Value> {
     Json(json!([]))
 }
@@ -60,10 +61,12 @@ pub async fn realesrgan_models(State(state): State<Shared>) -> Json<Value> {
     let dirs = hiresfix_engine::upscaler_models::dirs(&state.upscaler_dirs());
     let list: Vec<Value> = hiresfix_engine::upscaler_models::scan(&dirs)
         .into_iter()
-        .map(|file| match hiresfix_engine::upscaler_models::a1111_name(&file.stem) {
-            Some((name, scale)) => json!({"name": name, "path": file.path, "scale": scale}),
-            None => json!({"name": file.stem, "path": file.path, "scale": null}),
-        })
+        .map(
+            |file| match hiresfix_engine::upscaler_models::a1111_name(&file.stem) {
+                Some((name, scale)) => json!({"name": name, "path": file.path, "scale": scale}),
+                None => json!({"name": file.stem, "path": file.path, "scale": null}),
+            },
+        )
         .collect();
     Json(Value::Array(list))
 }

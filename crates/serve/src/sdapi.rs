@@ -325,11 +325,17 @@ pub async fn progress(
     let active = running && p.active;
     // A1111's `skip_current_image` query flag leaves the preview out.
     let skip = query.as_deref().is_some_and(|q| {
-        q.split('&')
-            .any(|kv| matches!(kv, "skip_current_image=true" | "skip_current_image=True" | "skip_current_image=1"))
+        q.split('&').any(|kv| {
+            matches!(
+                kv,
+                "skip_current_image=true" | "skip_current_image=True" | "skip_current_image=1"
+            )
+        })
     });
     let current_image = match (active, skip, state.queue.observer.latest_preview()) {
-        (true, false, (Some(png), _)) => json!(base64::engine::general_purpose::STANDARD.encode(png)),
+        (true, false, (Some(png), _)) => {
+            json!(base64::engine::general_purpose::STANDARD.encode(png))
+        }
         _ => Value::Null,
     };
     Json(json!({
