@@ -24,6 +24,7 @@ mod sampler_parity;
 mod serve;
 mod serve_extras;
 mod serve_hostile;
+mod serve_options;
 mod serve_previews;
 mod serve_webuiapi;
 mod upscaler_parity;

@@ -86,3 +86,40 @@ fn progress_carries_a_decodable_preview_png_while_sampling() {
     );
     assert_eq!(status, 422, "{body}");
 }
+
+#[test]
+fn the_native_stream_sends_preview_events() {
+    let server = Server::start("serve-native-previews", &[]);
+    let (status, _) = post(
+        &server,
+        "/sdapi/v1/options",
+        &json!({"show_progress_every_n_steps": 1}),
+    );
+    assert_eq!(status, 200);
+    // Enough steps that the stream (polled every 200 ms) sees the job sampling.
+    let profile =
+        "seed = 3\nprompt = \"a castle\"\n[[pass]]\nwidth = 32\nheight = 32\nsteps = 150\n";
+    let response = ureq::post(&server.url("/hiresfix/v1/generate"))
+        .set("Content-Type", "application/toml")
+        .send_string(profile)
+        .unwrap();
+    let text = response.into_string().unwrap();
+    let events = crate::serve::events(&text);
+    let preview = events
+        .iter()
+        .find(|(k, _)| k == "preview")
+        .unwrap_or_else(|| {
+            let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+            panic!("no preview event in {kinds:?}")
+        });
+    assert_eq!(preview.1["pass"], 1);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(preview.1["png"].as_str().unwrap())
+        .unwrap();
+    let reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .unwrap();
+    // 32 px on the tiny model (2 px a latent cell): 16 × 16.
+    assert_eq!((reader.info().width, reader.info().height), (16, 16));
+    assert_eq!(events.last().map(|(k, _)| k.as_str()), Some("done"));
+}
