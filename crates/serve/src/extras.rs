@@ -71,6 +71,23 @@ fn decode_image(state: &Shared, field: &str, encoded: &str) -> ApiResult<Input> 
     })
 }
 
+/// [`decode_image`] of each `(field, base64)` on a blocking thread (a 4096² PNG takes a
+/// while to decode; the async threads keep answering).
+async fn decode_off_runtime(
+    state: &Shared,
+    encoded: Vec<(String, String)>,
+) -> ApiResult<Vec<Input>> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        encoded
+            .iter()
+            .map(|(field, data)| decode_image(&state, field, data))
+            .collect()
+    })
+    .await
+    .map_err(|_| ApiError::internal("decoding the image failed"))?
+}
+
 /// The upscale settings of a request (A1111's ExtrasBaseRequest defaults), names checked.
 fn settings(state: &Shared, request: &Map<String, Value>) -> ApiResult<Settings> {
     let f = Fields(request);
@@ -135,7 +152,13 @@ async fn upscale_all(
     let registry = state.registry;
     let dirs = hiresfix_engine::upscaler_models::dirs(&state.upscaler_dirs());
     let device = hiresfix_engine::models::device_of(&state.device);
+    let second = !settings.upscaler_2.trim().eq_ignore_ascii_case("none")
+        && !settings.upscaler_2.trim().is_empty()
+        && settings.visibility_2 > 0.0;
+    let steps = inputs.len() * (1 + usize::from(second));
     let chore = move |models: &mut hiresfix_engine::models::Models<'_>| {
+        // `/progress` counts upscaler runs as steps.
+        models.observer.job_started(steps, inputs.len());
         let mut done = Vec::new();
         for input in &inputs {
             let upscaled = match extras::upscale(
@@ -211,7 +234,9 @@ pub async fn single(State(state): State<Shared>, payload: Payload) -> ApiResult<
         }
     };
     let settings = settings(&state, &request)?;
-    let input = decode_image(&state, "image", &encoded)?;
+    let input = decode_off_runtime(&state, vec![("image".into(), encoded)])
+        .await?
+        .remove(0);
     let (mut images, html) = upscale_all(&state, vec![input], settings).await?;
     let image = match images.is_empty() {
         true => return Err(ApiError::internal("the upscale was interrupted")),
@@ -248,7 +273,7 @@ pub async fn batch(State(state): State<Shared>, payload: Payload) -> ApiResult<J
         ));
     }
     let settings = settings(&state, &request)?;
-    let mut inputs = Vec::new();
+    let mut encoded = Vec::new();
     for (i, item) in list.iter().enumerate() {
         let field = format!("imageList[{i}].data");
         let data = item.get("data").and_then(Value::as_str).ok_or_else(|| {
@@ -257,8 +282,9 @@ pub async fn batch(State(state): State<Shared>, payload: Payload) -> ApiResult<J
                 format!("{field}: send the image as base64 text"),
             )
         })?;
-        inputs.push(decode_image(&state, &field, data)?);
+        encoded.push((field, data.to_owned()));
     }
+    let inputs = decode_off_runtime(&state, encoded).await?;
     if inputs.is_empty() {
         return Ok(Json(json!({"html_info": "", "images": []})));
     }
