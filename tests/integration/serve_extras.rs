@@ -84,6 +84,8 @@ fn a1111_extras_test_requests_answer_200_with_images_of_the_expected_size() {
     for body in [
         json!({"image": image}),
         json!({"image": image, "model": "clip"}),
+        // Upscaler "None" runs nothing, whatever the factor.
+        json!({"image": image, "upscaler_1": "None", "upscaling_resize": 1000}),
     ] {
         let (status, response) = post(&server, "/sdapi/v1/extra-single-image", &body);
         assert_eq!(status, 200, "{response}");

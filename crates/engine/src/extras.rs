@@ -118,6 +118,9 @@ pub fn output_size(image: (u32, u32), resize: Resize) -> (u32, u32) {
 /// Checks `settings` against `image`'s size before anything runs: the factor, the target
 /// and the output within `max_side`.
 pub fn check(image: (u32, u32), settings: &Settings) -> Result<()> {
+    if is_none(&settings.upscaler_1) {
+        return Ok(()); // nothing runs: the image comes back as sent (A1111)
+    }
     match settings.resize {
         Resize::By(s) if !(s.is_finite() && s > 0.0 && s <= 16.0) => {
             bail!("upscaling_resize: {s} is not a factor above 0 and at most 16 (e.g. 2)")
@@ -143,7 +146,7 @@ pub fn check(image: (u32, u32), settings: &Settings) -> Result<()> {
             dh.max(oh)
         );
     }
-    if !is_none(&settings.upscaler_1) && (dw == 0 || dh == 0) {
+    if dw == 0 || dh == 0 {
         bail!(
             "a {}x{} image scaled by {:.3} is under 8 px a side — use a larger factor or size",
             image.0,
