@@ -107,6 +107,8 @@ enum Command {
     /// Serve an AUTOMATIC1111-compatible HTTP API (/sdapi/v1) and hiresfix's own
     /// (/hiresfix/v1/generate takes a profile and streams progress).
     Serve(hiresfix::serve::Args),
+    /// Upscale an image as A1111's Extras tab: `upscale IMAGE --upscaler NAME [--scale 2]`.
+    Upscale(commands::upscale::Args),
     /// Re-run the profile embedded in an image written by hiresfix.
     Replay {
         image: PathBuf,
@@ -203,6 +205,7 @@ fn run(cli: Cli) -> Result<()> {
         } => commands::replay::to_profile(&image, output.as_deref().map(std::path::Path::new)),
         Command::Replay { image, output, .. } => commands::replay::run(&image, cli.quiet, output),
         Command::Serve(args) => hiresfix::serve::run(&args, cli.quiet),
+        Command::Upscale(args) => commands::upscale::run(&args, cli.quiet),
         Command::Batch(args) => hiresfix::batch::run(&args, cli.quiet),
         Command::Demo { checkpoint, output } => commands::demo::run(checkpoint, cli.quiet, output),
     }

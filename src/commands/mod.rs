@@ -9,6 +9,7 @@ pub mod info;
 pub mod merge;
 pub mod plugins;
 pub mod replay;
+pub mod upscale;
 
 use std::path::{Path, PathBuf};
 

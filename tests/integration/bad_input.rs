@@ -157,6 +157,14 @@ fn png_with(scratch: &Scratch, chunks: &[(&str, &str)]) -> PathBuf {
     bytes_file(scratch, "in.png", &bytes)
 }
 
+/// A 16 × 16 PNG to upscale (`in.png`).
+fn upscale_input(scratch: &Scratch) -> &'static str {
+    let pixels: Vec<u8> = (0..16 * 16 * 3).map(|i| (i % 251) as u8).collect();
+    let png = hiresfix::output::encode_png(16, 16, &pixels, "", "", None).unwrap();
+    bytes_file(scratch, "in.png", &png);
+    "in.png"
+}
+
 const CASES: &[Case] = &[
     // --- checkpoint files ---
     Case { name: "missing checkpoint", code: 1, expect: "models/nope.safetensors not found",
@@ -503,6 +511,34 @@ const CASES: &[Case] = &[
         setup: |_| s(&["convert", "nope.pth"]) },
     Case { name: "convert without a model", code: 2, expect: "the following required arguments were not provided: <MODEL>",
         setup: |_| s(&["convert"]) },
+    // --- upscale (A1111 "Extras") ---
+    Case { name: "upscale: an unknown upscaler", code: 1, expect: "--upscaler: unknown upscaler `4x-Nope`",
+        setup: |sc| s(&["upscale", upscale_input(sc), "--upscaler", "4x-Nope"]) },
+    Case { name: "upscale: a latent upscaler", code: 1, expect: "--upscaler: `Latent` upscales latents, not images",
+        setup: |sc| s(&["upscale", upscale_input(sc), "--upscaler", "Latent"]) },
+    Case { name: "upscale: scale 0", code: 1, expect: "in.png: --scale: 0 is not a factor above 0 and at most 16",
+        setup: |sc| s(&["upscale", upscale_input(sc), "--upscaler", "Lanczos", "--scale", "0"]) },
+    Case { name: "upscale: an output under 8 px", code: 1, expect: "a 2x2 image scaled by 2.000 is under 8 px a side",
+        setup: |sc| s(&["upscale", png_with(sc, &[]).to_str().unwrap(), "--upscaler", "Lanczos"]) },
+    Case { name: "upscale: a missing image", code: 1, expect: "cannot open nope.png",
+        setup: |_| s(&["upscale", "nope.png", "--upscaler", "Lanczos"]) },
+    Case { name: "upscale: an image that is not a PNG", code: 1, expect: "in.png is not a readable PNG",
+        setup: |sc| s(&["upscale", bytes_file(sc, "in.png", b"GIF89a").to_str().unwrap(), "--upscaler", "Lanczos"]) },
+    Case { name: "upscale: a pickle model upscaler", code: 1, expect: "a PyTorch pickle, which hiresfix never runs: convert it once with `hiresfix convert",
+        setup: |sc| {
+            std::fs::create_dir_all(sc.path("ups")).unwrap();
+            data_copy(sc, "tests/data/upscalers/models/compact-x4.pth", "ups/compact-x4.pth");
+            s(&["upscale", upscale_input(sc), "--upscaler", "compact-x4", "--upscalers", "ups"])
+        } },
+    Case { name: "upscale: an output that exists", code: 1, expect: "out.png exists — choose another name with -o or remove it",
+        setup: |sc| {
+            bytes_file(sc, "out.png", b"keep");
+            s(&["upscale", upscale_input(sc), "--upscaler", "Lanczos", "-o", "out.png"])
+        } },
+    Case { name: "upscale: --upscalers not a folder", code: 1, expect: "--upscalers nope: not a folder",
+        setup: |sc| s(&["upscale", upscale_input(sc), "--upscaler", "Lanczos", "--upscalers", "nope"]) },
+    Case { name: "upscale without --upscaler", code: 2, expect: "the following required arguments were not provided: --upscaler <UPSCALER>",
+        setup: |sc| s(&["upscale", upscale_input(sc)]) },
     // --- batch ---
     Case { name: "batch: --shard past the count", code: 1, expect: "shard 4/4: the index must be below the count (0-based)",
         setup: |_| s(&["batch", "jobs.toml", "--shard", "4/4"]) },

@@ -94,7 +94,11 @@ fn read(file: &Path) -> Option<Table> {
 fn write(file: &Path, table: &Table) -> Result<()> {
     let dir = file.parent().context("cache file without a folder")?;
     std::fs::create_dir_all(dir)?;
-    let temp = dir.join(format!(".hashes.{}.tmp", std::process::id()));
+    // Unique per write: two threads of one process (a server hashing its models while a job
+    // hashes its checkpoint) never share a temporary file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = dir.join(format!(".hashes.{}.{n}.tmp", std::process::id()));
     std::fs::write(&temp, serde_json::to_vec_pretty(table)?)?;
     std::fs::rename(&temp, file)?;
     Ok(())

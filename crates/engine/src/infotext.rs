@@ -38,7 +38,7 @@ pub fn format(prompt: &str, negative: &str, pairs: &[(String, String)]) -> Strin
     text
 }
 
-fn quote(value: &str) -> String {
+pub fn quote(value: &str) -> String {
     if value.contains([',', ':', '"', '\n']) {
         let escaped = value
             .replace('\\', "\\\\")

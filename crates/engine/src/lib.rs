@@ -2,7 +2,9 @@
 //! models, the multi-pass run, A1111 infotext and PNG output. The command line (`hiresfix`)
 //! and the HTTP server (`hiresfix-serve`) are built on it; it imports neither.
 pub mod defaults;
+pub mod device_memory;
 pub mod errors;
+pub mod extras;
 pub mod generate;
 pub mod hash_cache;
 pub mod import;
@@ -20,6 +22,7 @@ pub mod parameters;
 pub mod plan;
 pub mod png_pixels;
 pub mod png_text;
+pub mod preview;
 pub mod profile;
 pub mod registry;
 pub mod run;

@@ -30,6 +30,15 @@ pub trait Observer: Sync {
         false
     }
 
+    /// Whether a live preview is wanted after step `i` (0-based) of the running pass; when
+    /// true the run computes one and calls [`Self::preview`].
+    fn preview_wanted(&self, _i: usize) -> bool {
+        false
+    }
+
+    /// A live preview of the running image (A1111's "Approx cheap", [`crate::preview`]).
+    fn preview(&self, _image: &crate::extras::Rgb8) {}
+
     /// `phase` (`load`, `text encode`, `pass 1`, `upscale`, `vae decode`, `png`) took
     /// `seconds`; a phase may be reported more than once (each image, each pass).
     fn timed(&self, _phase: &str, _seconds: f64) {}

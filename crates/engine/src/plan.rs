@@ -222,7 +222,7 @@ pub fn plan_passes<'r>(
 
 /// An upscaler by id or alias, else a model file in `dirs` by stem, path or A1111 name (run
 /// by the `model` upscaler); the error lists both kinds.
-fn find_upscaler<'r>(
+pub(crate) fn find_upscaler<'r>(
     registry: &'r Registry,
     dirs: &[PathBuf],
     name: &str,

@@ -13,10 +13,20 @@ pub const MAX_PIXELS: u64 = crate::defaults::MAX_SIZE as u64 * crate::defaults::
 /// (an alpha channel or a tRNS colour) is dropped, not composited. The header's size is
 /// checked against [`crate::defaults::MAX_SIZE`] before anything is allocated.
 pub fn read_rgb8(path: &Path) -> Result<(u32, u32, Vec<u8>)> {
-    let shown = path.display();
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut file = std::io::BufReader::new(file);
+    decode_rgb8(std::io::BufReader::new(file), &path.display())
+}
+
+/// [`read_rgb8`] of PNG bytes in memory (a request's image); `shown` names it in errors.
+pub fn rgb8_from_bytes(bytes: &[u8], shown: &str) -> Result<(u32, u32, Vec<u8>)> {
+    decode_rgb8(std::io::Cursor::new(bytes), &shown)
+}
+
+fn decode_rgb8<R: std::io::BufRead + std::io::Seek>(
+    mut file: R,
+    shown: &dyn std::fmt::Display,
+) -> Result<(u32, u32, Vec<u8>)> {
     let mut head = [0u8; 24];
     std::io::Read::read_exact(&mut file, &mut head)
         .ok()

@@ -25,15 +25,21 @@ struct Guidance<'a> {
     cfg: f64,
     noise: StepNoise,
     observer: &'a dyn Observer,
+    /// The model's family (the live preview's factors) and the last denoised prediction.
+    family: &'a str,
+    last: Option<Tensor>,
 }
 
 impl SamplerCallbacks for Guidance<'_> {
     fn denoise(&mut self, x: &Tensor, sigma: f64) -> host_api::Result<Tensor> {
         if self.cfg == 1.0 {
             let mut out = self.model.denoise(x, sigma, &[self.cond])?;
+            self.last = Some(out[0].shallow_clone());
             return Ok(out.remove(0));
         }
         let out = self.model.denoise(x, sigma, &[self.uncond, self.cond])?;
+        // A1111's default live preview subject ("Prompt") is the prompt's prediction.
+        self.last = Some(out[1].shallow_clone());
         Ok(&out[0] + (&out[1] - &out[0]) * self.cfg)
     }
 
@@ -42,6 +48,7 @@ impl SamplerCallbacks for Guidance<'_> {
     }
 
     fn step(&mut self, i: usize, _total: usize) -> bool {
+        crate::preview::offer(self.observer, i, self.last.as_ref(), self.family);
         self.observer.step(i)
     }
 }
@@ -224,6 +231,8 @@ pub fn run_batch(
             cfg: plan.cfg,
             noise: StepNoise::new(seeds, noise_settings.delta, &shape, plan.steps + 1),
             observer,
+            family: info.family.as_str(),
+            last: None,
         };
         let phase = format!("pass {}", plan.number);
         let options = sampler_options(plan, from_noise);

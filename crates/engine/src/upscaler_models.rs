@@ -16,6 +16,15 @@ const A1111_NAMES: &[(&str, &str)] = &[
     ("R-ESRGAN AnimeVideo", "realesr-animevideov3"),
 ];
 
+/// A1111's display name of a Real-ESRGAN model file with `stem` ("RealESRGAN_x4plus" →
+/// "R-ESRGAN 4x+"), and its scale.
+pub fn a1111_name(stem: &str) -> Option<(&'static str, u32)> {
+    A1111_NAMES
+        .iter()
+        .find(|(_, s)| s.eq_ignore_ascii_case(stem))
+        .map(|(name, s)| (*name, if s.contains("x2") { 2 } else { 4 }))
+}
+
 /// A model file found in an upscaler folder.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelFile {

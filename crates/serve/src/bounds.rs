@@ -9,8 +9,8 @@ use hiresfix_engine::limits::{MAX_EMPHASIS_DEPTH, MAX_PROMPT_CHARS};
 
 /// Characters in a request's name-like text field (sampler, upscaler, model, VAE).
 pub const MAX_NAME_CHARS: usize = 1024;
-/// Options a server keeps (`POST /sdapi/v1/options`), its own included (A1111 1.10 has about
-/// 450: a client may send all of them back).
+/// Options a server keeps (`POST /sdapi/v1/options`), its own included: A1111 1.10's 324
+/// defaults (`a1111_options.json`) leave room for a client's and its extensions' keys.
 pub const MAX_OPTIONS: usize = 1024;
 /// Bytes of all options kept, keys and values as JSON.
 pub const MAX_OPTIONS_BYTES: usize = 1024 * 1024;

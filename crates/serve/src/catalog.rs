@@ -17,6 +17,27 @@ pub struct Checkpoint {
     pub family: String,
 }
 
+/// One hashing at a time (the hash cache is rewritten whole after each).
+static HASHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Computes (and caches) the sha256 of every checkpoint file not hashed yet, so each is
+/// listed with its `[hash]` as A1111 lists it (clients match titles; webuiapi's closest-title
+/// match picks the wrong model without it). Slow once per file version (it reads the file).
+pub fn hash_all(checkpoints: &[Checkpoint]) {
+    for c in checkpoints {
+        if c.path.is_file() && c.short_hash().is_none() {
+            let _one = HASHING.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = hiresfix_engine::hash_cache::cached(
+                "sha256",
+                &c.path,
+                hiresfix_engine::registry::sha256_hex,
+            ) {
+                log::warn!("{}: not hashed: {e}", c.path.display());
+            }
+        }
+    }
+}
+
 impl Checkpoint {
     /// A1111's short hash (10 hex digits of the file's sha256), if already computed.
     pub fn short_hash(&self) -> Option<String> {

@@ -5,9 +5,9 @@
 //! (CORS "simple" requests); a JSON or TOML content type needs a preflight this server never
 //! approves, so a page cannot run jobs, switch models or interrupt one.
 //!
-//! One exception keeps A1111's clients working: `POST /interrupt`, `/skip` and `/refresh-*`
-//! take no body, and `requests.post(url)` (webuiapi) sends none and no content type. Such a
-//! request is accepted when nothing in it says a browser made it — a browser always sends
+//! One exception keeps A1111's clients working: `POST /interrupt`, `/skip`, `/refresh-*` and
+//! `/unload-checkpoint` / `/reload-checkpoint` take no body, and `requests.post(url)`
+//! (webuiapi) sends none and no content type. Such a request is accepted when nothing in it says a browser made it — a browser always sends
 //! `Origin` (and `Sec-Fetch-*`) on a POST, a script outside a browser does not.
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -118,6 +118,8 @@ pub fn body_less(path: &str) -> bool {
             | "/sdapi/v1/refresh-loras"
             | "/sdapi/v1/refresh-vae"
             | "/sdapi/v1/refresh-embeddings"
+            | "/sdapi/v1/unload-checkpoint"
+            | "/sdapi/v1/reload-checkpoint"
     )
 }
 

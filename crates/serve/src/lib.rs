@@ -8,10 +8,12 @@ mod bounds;
 pub mod catalog;
 pub mod content_type;
 pub mod error;
+pub mod extras;
 mod ignored;
 pub mod listener;
 pub mod listings;
 pub mod native;
+pub mod options;
 pub mod progress;
 mod sampler_fields;
 pub mod sdapi;
@@ -191,6 +193,7 @@ impl ServerState {
                 )
             });
         }
+        self.queue.observer.set_previews(options::previews(&merged));
         *options = merged;
         Ok(())
     }
@@ -290,6 +293,14 @@ impl ServerState {
             .and_then(Value::as_str)
             .map(str::to_owned)?;
         self.vae("sd_vae", &name).ok().flatten()
+    }
+
+    /// `eta_noise_seed_delta` as set (A1111's ENSD; 0 by default).
+    pub fn options_noise_seed_delta(&self) -> i64 {
+        self.lock_options()
+            .get("eta_noise_seed_delta")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
     }
 
     pub fn options_clip_skip(&self) -> u32 {
@@ -416,7 +427,7 @@ fn build_state(
             }
         }
     }
-    let mut options = Map::new();
+    let mut options = options::defaults();
     options.insert("sd_model_checkpoint".into(), Value::String(default));
     options.insert("sd_vae".into(), Value::String("Automatic".into()));
     options.insert(
@@ -491,6 +502,8 @@ pub fn router(state: Shared, max_body: usize) -> axum::Router {
         .route("/sdapi/v1/hypernetworks", get(listings::none))
         .route("/sdapi/v1/face-restorers", get(listings::none))
         .route("/sdapi/v1/prompt-styles", get(listings::none))
+        .route("/sdapi/v1/script-info", get(listings::none))
+        .route("/sdapi/v1/extensions", get(listings::none))
         .route(
             "/sdapi/v1/realesrgan-models",
             get(listings::realesrgan_models),
@@ -498,6 +511,16 @@ pub fn router(state: Shared, max_body: usize) -> axum::Router {
         // A1111 lists its SD modules (the VAE files) in sd-vae's shape.
         .route("/sdapi/v1/sd-modules", get(sdapi::sd_vae))
         .route("/internal/ping", get(listings::ping))
+        .route("/sdapi/v1/extra-single-image", post(extras::single))
+        .route("/sdapi/v1/extra-batch-images", post(extras::batch))
+        .route(
+            "/sdapi/v1/unload-checkpoint",
+            post(listings::unload_checkpoint),
+        )
+        .route(
+            "/sdapi/v1/reload-checkpoint",
+            post(listings::reload_checkpoint),
+        )
         .route(
             "/sdapi/v1/options",
             get(sdapi::get_options).post(sdapi::set_options),
@@ -558,6 +581,12 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
     )
     .context("cannot start the generation thread")?;
     let state: Shared = Arc::new(build_state(args, registry, queue)?);
+    // Titles carry `[hash]`: the files are hashed in the background from the start (a listing
+    // before that finishes hashes what is left itself).
+    let all = state.checkpoint_list();
+    let _ = std::thread::Builder::new()
+        .name("hiresfix-hash".into())
+        .spawn(move || catalog::hash_all(&all));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

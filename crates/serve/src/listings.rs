@@ -26,27 +26,32 @@ pub async fn cmd_flags(State(state): State<Shared>) -> Json<Value> {
     }))
 }
 
-/// `GET /sdapi/v1/memory`: RAM from `/proc/meminfo`; CUDA as A1111 reports a machine
-/// without it (`{"error": …}`) — the server's device figures are in the native API.
-pub async fn memory() -> Json<Value> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kib = |key: &str| -> Option<u64> {
-        meminfo
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
+/// `GET /sdapi/v1/memory`, as A1111 answers it: `ram` from `/proc` (psutil's view: `used`
+/// is this process's resident set, `free` the rest of the total) and `cuda.system` from the
+/// CUDA runtime (free / used / total of the server's device); `{"error": "unavailable"}`
+/// without CUDA. libtorch's allocator statistics (A1111's active / allocated / reserved) are
+/// not exposed by tch, so those keys are absent.
+pub async fn memory(State(state): State<Shared>) -> Json<Value> {
+    use hiresfix_engine::device_memory;
+    let ram = match device_memory::ram() {
+        Some((free, used, total)) => json!({"free": free, "used": used, "total": total}),
+        None => json!({"error": "/proc/meminfo is not readable"}),
     };
-    let ram = match (kib("MemTotal:"), kib("MemAvailable:")) {
-        (Some(total), Some(free)) => json!({
-            "free": free * 1024, "used": total.saturating_sub(free) * 1024, "total": total * 1024
-        }),
-        _ => json!({"error": "/proc/meminfo is not readable"}),
+    let index = match hiresfix_engine::models::device_of(&state.device) {
+        host_api::tch::Device::Cuda(i) => Some(i),
+        _ => None,
     };
-    Json(json!({"ram": ram, "cuda": {"error": "not reported by hiresfix"}}))
+    let cuda = match index.and_then(device_memory::cuda) {
+        Some((free, total)) => json!({"system": {
+            "free": free, "used": total.saturating_sub(free), "total": total
+        }}),
+        None => json!({"error": "unavailable"}),
+    };
+    Json(json!({"ram": ram, "cuda": cuda}))
 }
 
-/// Kinds hiresfix has none of: `hypernetworks`, `face-restorers`, `prompt-styles`.
+/// Kinds hiresfix has none of: `hypernetworks`, `face-restorers`, `prompt-styles`,
+/// `script-info` (no scripts) and `extensions`.
 pub async fn none() -> Json<Value> {
     Json(json!([]))
 }
@@ -56,9 +61,47 @@ pub async fn realesrgan_models(State(state): State<Shared>) -> Json<Value> {
     let dirs = hiresfix_engine::upscaler_models::dirs(&state.upscaler_dirs());
     let list: Vec<Value> = hiresfix_engine::upscaler_models::scan(&dirs)
         .into_iter()
-        .map(|file| json!({"name": file.stem, "path": file.path, "scale": null}))
+        .map(
+            |file| match hiresfix_engine::upscaler_models::a1111_name(&file.stem) {
+                Some((name, scale)) => json!({"name": name, "path": file.path, "scale": scale}),
+                None => json!({"name": file.stem, "path": file.path, "scale": null}),
+            },
+        )
         .collect();
     Json(Value::Array(list))
+}
+
+/// `POST /sdapi/v1/unload-checkpoint`: every loaded model is dropped (after the running job);
+/// the next request loads its checkpoint again. A1111 answers `{}`.
+pub async fn unload_checkpoint(
+    State(state): State<Shared>,
+    payload: Payload,
+) -> ApiResult<Json<Value>> {
+    payload.ignored()?;
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    let chore = |models: &mut hiresfix_engine::models::Models<'_>| {
+        models.trim(0);
+        hiresfix_engine::models::return_free_pages();
+        super::worker::Outcome::Done(Vec::new())
+    };
+    super::sdapi::submit(
+        &state,
+        super::worker::Work {
+            profile: hiresfix_engine::profile::Profile::empty(),
+            started: None,
+            reply,
+            chore: Some(Box::new(chore)),
+        },
+    )?;
+    super::sdapi::images_of(outcome.await)?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /sdapi/v1/reload-checkpoint`: A1111 moves its model back to the device; here a
+/// checkpoint loads when a request needs it, so there is nothing to do. `{}`.
+pub async fn reload_checkpoint(payload: Payload) -> ApiResult<Json<Value>> {
+    payload.ignored()?;
+    Ok(Json(json!({})))
 }
 
 /// `POST /sdapi/v1/refresh-vae` and `/refresh-embeddings`: folders are read on every request.

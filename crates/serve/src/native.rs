@@ -1,6 +1,6 @@
 //! hiresfix's own endpoints: `POST /hiresfix/v1/generate` takes a whole profile (TOML, or
 //! JSON with the same keys) and streams the job as server-sent events — `queued`, `started`,
-//! `progress`, one `image` per PNG, then `done` or `error`; `GET /hiresfix/v1/plugins` lists
+//! `progress`, `preview` (a live preview PNG, as `/progress`'s current_image), one `image` per PNG, then `done` or `error`; `GET /hiresfix/v1/plugins` lists
 //! what the registry offers. A request names models, VAEs and LoRAs as the server lists them,
 //! never by path, and cannot set folders or plugins: those are the server's.
 use std::convert::Infallible;
@@ -263,11 +263,23 @@ async fn stream_job(
         None => {
             let _ = tx.send(event("started", json!({}))).await;
             let mut last = (usize::MAX, usize::MAX);
+            let mut previews = 0;
             loop {
                 tokio::select! {
                     result = &mut outcome => break result,
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {
                         let p = observer.snapshot();
+                        // A new live preview (options live_previews_enable, every N steps).
+                        if let (Some(png), made) = observer.latest_preview() {
+                            if made != previews && p.active {
+                                previews = made;
+                                let data = json!({
+                                    "pass": p.pass, "step": p.pass_step,
+                                    "png": base64::engine::general_purpose::STANDARD.encode(png),
+                                });
+                                let _ = tx.send(event("preview", data)).await;
+                            }
+                        }
                         if (p.done, p.pass) != last && p.active {
                             last = (p.done, p.pass);
                             let data = json!({

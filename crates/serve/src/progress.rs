@@ -46,6 +46,26 @@ impl Progress {
 struct State {
     progress: Progress,
     started: Option<Instant>,
+    /// The latest live preview as PNG, and how many the job has made.
+    preview: Option<Vec<u8>>,
+    previews: u64,
+}
+
+/// A1111's `live_previews_enable` and `show_progress_every_n_steps` (a preview at sampler
+/// steps 0, N, 2N, … of each pass, as its `store_latent`; -1 or 0: none while sampling).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PreviewSettings {
+    pub enabled: bool,
+    pub every: i64,
+}
+
+impl Default for PreviewSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            every: 10,
+        }
+    }
 }
 
 /// The server's observer of the running job: what `/progress` and the progress events read,
@@ -53,6 +73,7 @@ struct State {
 pub struct JobObserver {
     state: Mutex<State>,
     cancelled: AtomicBool,
+    previews: Mutex<PreviewSettings>,
 }
 
 impl Default for JobObserver {
@@ -61,8 +82,11 @@ impl Default for JobObserver {
             state: Mutex::new(State {
                 progress: Progress::default(),
                 started: None,
+                preview: None,
+                previews: 0,
             }),
             cancelled: AtomicBool::new(false),
+            previews: Mutex::new(PreviewSettings::default()),
         }
     }
 }
@@ -80,6 +104,16 @@ impl JobObserver {
             p.elapsed = s.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
             p
         })
+    }
+
+    /// The running job's latest live preview (PNG) and how many it has made so far.
+    pub fn latest_preview(&self) -> (Option<Vec<u8>>, u64) {
+        self.with(|s| (s.preview.clone(), s.previews))
+    }
+
+    /// Sets when previews are made (`POST /options`).
+    pub fn set_previews(&self, settings: PreviewSettings) {
+        *self.previews.lock().unwrap_or_else(|e| e.into_inner()) = settings;
     }
 
     /// The job ended (done, failed or cancelled).
@@ -115,6 +149,8 @@ impl Observer for JobObserver {
                 active: true,
                 ..Progress::default()
             };
+            s.preview = None;
+            s.previews = 0;
             s.started = Some(Instant::now());
         });
     }
@@ -139,5 +175,27 @@ impl Observer for JobObserver {
 
     fn stopped(&self) -> bool {
         self.cancelled()
+    }
+
+    fn preview_wanted(&self, i: usize) -> bool {
+        let settings = *self.previews.lock().unwrap_or_else(|e| e.into_inner());
+        settings.enabled && settings.every > 0 && (i as i64) % settings.every == 0
+    }
+
+    fn preview(&self, image: &hiresfix_engine::extras::Rgb8) {
+        let png = hiresfix_engine::output::encode_png(
+            image.width,
+            image.height,
+            &image.pixels,
+            "",
+            "",
+            None,
+        );
+        if let Ok(png) = png {
+            self.with(|s| {
+                s.preview = Some(png);
+                s.previews += 1;
+            });
+        }
     }
 }

@@ -24,9 +24,16 @@ pub async fn run_job(
         profile,
         started,
         reply,
+        chore: None,
     };
+    submit(state, work)?;
+    Ok(outcome)
+}
+
+/// Queues `work` (503 when the queue is full).
+pub fn submit(state: &Shared, work: Work) -> ApiResult<()> {
     match state.queue.submit(work) {
-        Ok(()) => Ok(outcome),
+        Ok(()) => Ok(()),
         Err(Rejected::Full) => Err(ApiError::busy(
             format!(
                 "busy: {} jobs are already waiting (--queue) — try again in a few seconds",
@@ -177,9 +184,14 @@ pub async fn upscalers(State(state): State<Shared>) -> Json<Value> {
     for file in hiresfix_engine::upscaler_models::scan(&hiresfix_engine::upscaler_models::dirs(
         &state.upscaler_dirs(),
     )) {
+        // A1111 names its Real-ESRGAN files ("R-ESRGAN 4x+"); requests take either name.
+        let (name, model, scale) = match hiresfix_engine::upscaler_models::a1111_name(&file.stem) {
+            Some((name, scale)) => (name.to_owned(), "RealESRGAN", json!(scale)),
+            None => (file.stem.clone(), "ESRGAN", Value::Null),
+        };
         list.push(json!({
-            "name": file.stem, "model_name": "ESRGAN", "model_path": file.path,
-            "model_url": null, "scale": null
+            "name": name, "model_name": model, "model_path": file.path,
+            "model_url": null, "scale": scale
         }));
     }
     Json(Value::Array(list))
@@ -197,8 +209,11 @@ pub async fn latent_modes(State(state): State<Shared>) -> Json<Value> {
 }
 
 pub async fn sd_models(State(state): State<Shared>) -> Json<Value> {
-    let list: Vec<Value> = state
-        .checkpoint_list()
+    let checkpoints = state.checkpoint_list();
+    let all = checkpoints.clone();
+    // Every title carries its [hash]: files not hashed yet are hashed now (once).
+    let _ = tokio::task::spawn_blocking(move || super::catalog::hash_all(&all)).await;
+    let list: Vec<Value> = checkpoints
         .iter()
         .map(|c| {
             let sha = hiresfix_engine::hash_cache::peek("sha256", &c.path);
@@ -248,6 +263,8 @@ pub async fn refresh_loras(payload: Payload) -> ApiResult<Json<Value>> {
 pub async fn get_options(State(state): State<Shared>) -> Json<Value> {
     let mut options = state.options_now();
     if let Ok(model) = state.default_checkpoint() {
+        let one = vec![model.clone()];
+        let _ = tokio::task::spawn_blocking(move || super::catalog::hash_all(&one)).await;
         options.insert("sd_model_checkpoint".into(), Value::String(model.title()));
         options.insert(
             "sd_checkpoint_hash".into(),
@@ -272,16 +289,7 @@ pub async fn set_options(State(state): State<Shared>, payload: Payload) -> ApiRe
                 state.vae(key, name)?;
                 Value::String(name.to_owned())
             }
-            "CLIP_stop_at_last_layers" => match value.as_u64() {
-                Some(n @ 1..=12) => Value::from(n),
-                _ => {
-                    return Err(ApiError::field(
-                        key,
-                        format!("{key}: {} is not 1 to 12", cut(&value.to_string(), 80)),
-                    ))
-                }
-            },
-            _ => value.clone(),
+            _ => super::options::checked(key, value)?,
         };
         updates.insert(key.clone(), checked);
     }
@@ -309,7 +317,10 @@ fn bounded_option(key: &str, value: &Value) -> ApiResult<()> {
     Ok(())
 }
 
-pub async fn progress(State(state): State<Shared>) -> Json<Value> {
+pub async fn progress(
+    State(state): State<Shared>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Json<Value> {
     let jobs = state.queue.jobs();
     let running = state
         .queue
@@ -317,6 +328,21 @@ pub async fn progress(State(state): State<Shared>) -> Json<Value> {
         .load(std::sync::atomic::Ordering::SeqCst);
     let p = state.queue.observer.snapshot();
     let active = running && p.active;
+    // A1111's `skip_current_image` query flag leaves the preview out.
+    let skip = query.as_deref().is_some_and(|q| {
+        q.split('&').any(|kv| {
+            matches!(
+                kv,
+                "skip_current_image=true" | "skip_current_image=True" | "skip_current_image=1"
+            )
+        })
+    });
+    let current_image = match (active, skip, state.queue.observer.latest_preview()) {
+        (true, false, (Some(png), _)) => {
+            json!(base64::engine::general_purpose::STANDARD.encode(png))
+        }
+        _ => Value::Null,
+    };
     Json(json!({
         "progress": if active { p.fraction() } else { 0.0 },
         "eta_relative": if active { p.eta() } else { 0.0 },
@@ -331,7 +357,7 @@ pub async fn progress(State(state): State<Shared>) -> Json<Value> {
             "sampling_step": if active { p.pass_step } else { 0 },
             "sampling_steps": if active { p.pass_steps } else { 0 },
         },
-        "current_image": null,
+        "current_image": current_image,
         "textinfo": null,
     }))
 }

@@ -325,6 +325,14 @@ fn map_request(site: &Site<'_>, body: &Map<String, Value>) -> ApiResult<Profile>
         (None, None) => defaults::CLIP_SKIP,
     };
     if let Some(state) = site.server {
+        // A1111's ENSD option (`override_settings` may carry it for one request).
+        profile.eta_noise_seed_delta = match overrides.int("eta_noise_seed_delta")? {
+            Some(n) => n,
+            None => match state.options_noise_seed_delta() {
+                0 => base.eta_noise_seed_delta,
+                n => n,
+            },
+        };
         profile.lora_dirs = state.lora_dirs();
         profile.upscaler_dirs = state.upscaler_dirs();
         if profile.device == hiresfix_engine::profile::DeviceChoice::Auto {

@@ -23,7 +23,13 @@ pub struct Work {
     /// Told when the job leaves the queue and starts.
     pub started: Option<oneshot::Sender<()>>,
     pub reply: oneshot::Sender<Outcome>,
+    /// Work other than a generation that needs the device or the model cache (an extras
+    /// upscale, unloading the models): run instead of `profile`.
+    pub chore: Option<Chore>,
 }
+
+/// A [`Work::chore`]: runs on the generation thread with its model cache.
+pub type Chore = Box<dyn FnOnce(&mut Models<'_>) -> Outcome + Send>;
 
 /// How a job ended.
 pub enum Outcome {
@@ -190,6 +196,14 @@ fn serve_jobs(
         }
         if let Some(started) = work.started {
             let _ = started.send(());
+        }
+        if let Some(chore) = work.chore {
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| chore(&mut models)))
+                .unwrap_or_else(|_| Outcome::Failed("the generation thread panicked; the job was dropped and the server goes on".into()));
+            observer.end_job();
+            flags.end_job();
+            let _ = work.reply.send(outcome);
+            continue;
         }
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
             generate_in_memory(work.profile, registry, &base_dir, &mut models, quiet)
