@@ -177,6 +177,7 @@ async fn upscale_all(
             match encode(&upscaled.image, &input.parameters, &info) {
                 Ok(png) => done.push(Rendered {
                     seed: 0,
+                    subseed: 0,
                     png,
                     parameters: info,
                 }),
