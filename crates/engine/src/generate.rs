@@ -446,6 +446,14 @@ fn write_image(
                 .unwrap_or_else(|| anyhow!("pass {pass}: {e}"))
         })?;
         let (w, h, rgb) = to_rgb8(&pixels)?;
+        // Inpainting: the original where the mask is 0 (A1111's overlay), every pass's image.
+        let (w, h, rgb) = match &result.overlay {
+            Some(overlay) => {
+                let out = overlay.apply(&crate::img2img::from_rgb8(w, h, rgb));
+                (out.width as u32, out.height as u32, out.data)
+            }
+            None => (w, h, rgb),
+        };
         let stored = match pass < job.plans.len() {
             true => Some(stored_latent::encode(latent, pass)?),
             false => None,

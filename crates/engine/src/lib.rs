@@ -5,6 +5,7 @@ pub mod defaults;
 pub mod errors;
 pub mod generate;
 pub mod hash_cache;
+pub mod img2img;
 pub mod import;
 pub mod infotext;
 pub mod job;

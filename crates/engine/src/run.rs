@@ -25,16 +25,28 @@ struct Guidance<'a> {
     cfg: f64,
     noise: StepNoise,
     observer: &'a dyn Observer,
+    /// Inpainting: the init latent and the latent mask (1 repaints); each denoised result is
+    /// `init * (1 - nmask) + nmask * denoised` (A1111 `sd_samplers_cfg_denoiser`).
+    blend: Option<&'a (Tensor, Tensor)>,
+}
+
+/// A1111's latent mask blend: the init latent where `nmask` is 0.
+fn blend((init, nmask): &(Tensor, Tensor), denoised: &Tensor) -> Tensor {
+    init * (1.0 - nmask) + nmask * denoised
 }
 
 impl SamplerCallbacks for Guidance<'_> {
     fn denoise(&mut self, x: &Tensor, sigma: f64) -> host_api::Result<Tensor> {
-        if self.cfg == 1.0 {
-            let mut out = self.model.denoise(x, sigma, &[self.cond])?;
-            return Ok(out.remove(0));
-        }
-        let out = self.model.denoise(x, sigma, &[self.uncond, self.cond])?;
-        Ok(&out[0] + (&out[1] - &out[0]) * self.cfg)
+        let denoised = if self.cfg == 1.0 {
+            self.model.denoise(x, sigma, &[self.cond])?.remove(0)
+        } else {
+            let out = self.model.denoise(x, sigma, &[self.uncond, self.cond])?;
+            &out[0] + (&out[1] - &out[0]) * self.cfg
+        };
+        Ok(match self.blend {
+            Some(b) => blend(b, &denoised),
+            None => denoised,
+        })
     }
 
     fn noise_like(&mut self, x: &Tensor) -> host_api::Result<Tensor> {
@@ -99,6 +111,8 @@ pub struct ImageResult {
     pub latents: Vec<Tensor>,
     /// The (1-based) pass of `latents[0]`.
     pub first: usize,
+    /// img2img with a mask: what the decoded images are composited with (A1111's overlay).
+    pub overlay: Option<std::sync::Arc<crate::img2img::composite::Overlay>>,
 }
 
 /// A run resumed after pass `after_pass` from its latent (`hiresfix finish`).
@@ -139,6 +153,7 @@ pub fn run_batch(
     let start = resume.map_or(0, |r| r.after_pass);
     let mut latents: Vec<Tensor> = resume.iter().map(|r| r.latent.shallow_clone()).collect();
     let mut family: Option<(String, &PassPlan<'_>)> = None;
+    let mut overlay = None;
     for (i, (plan, size)) in plans.iter().zip(sizes).enumerate().skip(start) {
         let (model, info) = models.for_pass(settings, plan)?;
         match &family {
@@ -157,8 +172,19 @@ pub fn run_batch(
         let sigmas = pass_sigmas(plan, &table)?;
         let shape = [info.latent_channels as i64, size.latent_h, size.latent_w];
         let noise = batch_noise(seeds, &shape).to_device(device);
+        let takes_concat = crate::img2img::concat::takes_concat(&info);
+        let mut i2i = None;
         let x = match latents.last() {
-            None => noise * sigmas[0],
+            None => match &plan.img2img {
+                Some(i2i_plan) => {
+                    let s = crate::img2img::start(i2i_plan, &model, size, &noise, takes_concat, device)?;
+                    models.warn_once(s.notes.clone());
+                    let x = &s.init_latent + &noise * sigmas[0];
+                    i2i = Some(s);
+                    x
+                }
+                None => noise * sigmas[0],
+            },
             Some(prev) => {
                 let prev = &prev.to_device(device);
                 let upscaler = plan
@@ -181,10 +207,37 @@ pub fn run_batch(
                 up + noise * sigmas[0]
             }
         };
-        if plan.denoise == 0.0 {
-            // Upscale only (denoise 0): `x` is the upscaled latent plus noise × 0.
-            latents.push(x);
+        let blend_with = i2i
+            .as_ref()
+            .and_then(|s| s.nmask.as_ref().map(|n| (s.init_latent.shallow_clone(), n.shallow_clone())));
+        if let Some(s) = &mut i2i {
+            overlay = s.overlay.take().map(std::sync::Arc::new);
+        }
+        if plan.denoise == 0.0 || plan.steps == 0 {
+            // Upscale only (denoise 0), or img2img of no step: `x` plus noise × 0.
+            latents.push(match &blend_with {
+                Some(b) => blend(b, &x),
+                None => x,
+            });
             continue;
+        }
+        if takes_concat {
+            // A 9-channel inpainting checkpoint: pass 1's image conditioning, else A1111's
+            // txt2img one (a blank image behind a mask of ones).
+            let concat = match i2i.as_mut().and_then(|s| s.concat.take()) {
+                Some(c) => c,
+                None => crate::img2img::concat::txt2img(
+                    &model,
+                    device,
+                    seeds.len() as i64,
+                    (i64::from(size.height), i64::from(size.width)),
+                    (size.latent_h, size.latent_w),
+                )
+                .map_err(|e| anyhow!("pass {}: {e}", plan.number))?,
+            };
+            model
+                .set_concat(Some(&concat))
+                .map_err(|e| anyhow!("pass {}: {e}", plan.number))?;
         }
         let specs: Vec<host_api::LoraSpec> = plan.loras.iter().map(|l| l.spec()).collect();
         let warnings = model
@@ -223,6 +276,7 @@ pub fn run_batch(
             cfg: plan.cfg,
             noise: StepNoise::batch(step_seeds, plan.steps + 1),
             observer,
+            blend: blend_with.as_ref(),
         };
         let phase = format!("pass {}", plan.number);
         let out = timed(observer, &phase, || {
@@ -231,6 +285,16 @@ pub fn run_batch(
                 .run(&mut guidance, &plan.options, x, &sigmas)
         });
         observer.pass_ended();
+        if takes_concat {
+            model
+                .set_concat(None)
+                .map_err(|e| anyhow!("pass {}: {e}", plan.number))?;
+        }
+        let out = out.map(|o| match &blend_with {
+            // A1111 `sample`: `samples * nmask + init_latent * mask` once more at the end.
+            Some(b) => blend(b, &o),
+            None => o,
+        });
         let out = out.map_err(|e| {
             let (name, file) = (&plan.sampler.decl.name, &plan.sampler.file);
             plugin_error(observer, plan.number, size, "sampler", name, file, e)
@@ -245,6 +309,7 @@ pub fn run_batch(
         .map(|i| ImageResult {
             latents: latents.iter().map(|l| l.narrow(0, i, 1)).collect(),
             first: start + 1,
+            overlay: overlay.clone(),
         })
         .collect())
 }
