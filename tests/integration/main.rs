@@ -10,6 +10,7 @@ mod check;
 mod compat;
 mod convert;
 mod files_hostile;
+mod img2img;
 mod info;
 mod lora;
 mod merge_and_switch;

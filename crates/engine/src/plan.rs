@@ -40,7 +40,7 @@ pub struct PassPlan<'r> {
     pub merge: Vec<(PathBuf, f64)>,
     /// The UNet patches this pass runs with, in order.
     pub patches: Vec<PatchPlan<'r>>,
-    /// Pass 1 from an init image (img2img); `steps` is then A1111's `t_enc`.
+    /// Pass 1 from an init image (img2img); `steps` is then A1111's `t_enc + 1`.
     pub img2img: Option<crate::img2img::Img2ImgPlan>,
 }
 
@@ -189,8 +189,8 @@ pub fn plan_passes<'r>(
             _ => resolved(pass.denoise, number, "denoise")?,
         };
         let steps = match &img2img {
-            // img2img: the last t_enc + 1 sigmas of a schedule of `steps` (A1111).
-            Some(_) => crate::img2img::t_enc(steps, denoise),
+            // img2img: t_enc + 1 steps at the end of a schedule of `steps` (A1111).
+            Some(_) => crate::img2img::steps_run(steps, denoise),
             None => {
                 limits::schedule_steps(number, steps, denoise)?;
                 // Denoise 0 upscales only: no step runs (progress and noise count none).

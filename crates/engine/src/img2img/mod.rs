@@ -33,13 +33,15 @@ pub struct Img2ImgPlan {
     pub resize_mode: ResizeMode,
     pub mask_weight: f64,
     /// The steps the user asked for: the schedule is built for these and its last
-    /// `t_enc + 1` sigmas are run (A1111 `sample_img2img`).
+    /// [`steps_run`] + 1 sigmas are run (A1111 `sample_img2img`).
     pub requested_steps: usize,
 }
 
-/// `t_enc` of A1111's `setup_img2img_steps`: the steps img2img runs of `steps`.
-pub fn t_enc(steps: usize, denoise: f64) -> usize {
-    (denoise.min(0.999) * steps as f64) as usize
+/// The steps img2img runs of `steps`: `t_enc + 1`, with A1111's `setup_img2img_steps`
+/// `t_enc = int(min(denoise, 0.999) * steps)`; `sample_img2img` runs the schedule of `steps`
+/// from `sigmas[steps - t_enc - 1]`, i.e. its last `t_enc + 2` sigmas.
+pub fn steps_run(steps: usize, denoise: f64) -> usize {
+    (denoise.min(0.999) * steps as f64) as usize + 1
 }
 
 /// The pixels side of pass 1, before any model: what is encoded, the mask, the overlay.
