@@ -24,6 +24,7 @@ mod resolve;
 mod sampler_parity;
 mod serve;
 mod serve_hostile;
+mod serve_img2img;
 mod upscaler_parity;
 mod upscaler_plugins;
 mod workflow;

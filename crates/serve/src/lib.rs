@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod content_type;
 pub mod error;
 mod ignored;
+pub mod img2img;
 pub mod listener;
 pub mod listings;
 pub mod native;
@@ -470,7 +471,7 @@ pub fn router(state: Shared, max_body: usize) -> axum::Router {
     use axum::routing::{get, post};
     let api = axum::Router::new()
         .route("/sdapi/v1/txt2img", post(sdapi::txt2img))
-        .route("/sdapi/v1/img2img", post(sdapi::img2img))
+        .route("/sdapi/v1/img2img", post(img2img::img2img))
         .route("/sdapi/v1/samplers", get(sdapi::samplers))
         .route("/sdapi/v1/schedulers", get(sdapi::schedulers))
         .route("/sdapi/v1/upscalers", get(sdapi::upscalers))
