@@ -15,6 +15,13 @@ fn b64(name: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// A `w` × `h` RGB PNG of a colour pattern, base64.
+fn pattern_png(w: u32, h: u32) -> String {
+    let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 251) as u8).collect();
+    let png = hiresfix::output::encode_png(w, h, &rgb, "", "", None).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(png)
+}
+
 /// A1111's `simple_img2img_request` (test/test_img2img.py), with its init image ours.
 fn simple_request() -> Value {
     json!({
@@ -98,17 +105,28 @@ fn a1111s_img2img_test_requests_answer_200_with_images_of_the_asked_size() {
         "{parameters}"
     );
 
-    // test_img2img_sd_upscale_performed: A1111 answers 200; hiresfix has no "SD upscale"
-    // script yet and says so in one line naming it (README).
+    // test_img2img_sd_upscale_performed: A1111's fixture image is bigger than ours, so a
+    // 64x64 one: 2x Lanczos to 128x128, 3 x 3 tiles of 64x64 with 8 px overlap.
     let mut upscale = simple_request();
+    upscale["init_images"] = json!([pattern_png(64, 64)]);
     upscale["script_name"] = json!("sd upscale");
     upscale["script_args"] = json!(["", 8, "Lanczos", 2.0]);
+    upscale["seed"] = json!(11);
+    let (status, body) = post(&server, "/sdapi/v1/img2img", &upscale);
+    let (w, h, parameters) = one_image(status, &body);
+    assert_eq!((w, h), (128, 128));
+    assert!(parameters.contains("Seed: 11,"), "{parameters}");
+    let info: Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        info["extra_generation_params"]["SD upscale overlap"],
+        json!(8)
+    );
+    upscale["script_args"] = json!(["", 8, "R-ESRGAN 4x+", 2.0]);
     let (status, body) = post(&server, "/sdapi/v1/img2img", &upscale);
     assert_eq!(status, 422, "{body}");
-    let detail = body["detail"].as_str().unwrap_or_default().to_owned();
     assert!(
-        detail.contains("SD upscale") && !detail.contains('\n'),
-        "{detail}"
+        body["detail"].as_str().unwrap().contains("R-ESRGAN 4x+"),
+        "{body}"
     );
 
     // Not in A1111: img2img → upscale → re-denoise in one request, both passes in the text.

@@ -3,6 +3,7 @@
 //! plus what A1111 lacks: `enable_hr` and the `hr_*` fields run img2img → upscale →
 //! re-denoise in one request (the hires pass's strength is `hr_denoising_strength`). The
 //! decoded images are written to a private temporary folder for the job and removed after.
+//! `script_name: "sd upscale"` runs A1111's tiled script ([`super::sd_upscale`]).
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,10 +32,26 @@ const IMG2IMG_DEFAULTS: &str = r#"{
 }"#;
 
 /// The request's images on disk for one job; the folder goes when this is dropped.
-struct Uploads {
-    dir: PathBuf,
-    init: PathBuf,
-    mask: Option<PathBuf>,
+pub(crate) struct Uploads {
+    pub(crate) dir: PathBuf,
+    pub(crate) init: PathBuf,
+    pub(crate) mask: Option<PathBuf>,
+}
+
+/// A fresh private folder for one request's files (removed with the [`Uploads`]).
+pub(crate) fn scratch_dir() -> ApiResult<PathBuf> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "hiresfix-img2img-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).map_err(io_error)?;
+    Ok(dir)
+}
+
+pub(crate) fn io_error(e: std::io::Error) -> ApiError {
+    ApiError::internal(format!("cannot write the uploaded image: {e}"))
 }
 
 impl Drop for Uploads {
@@ -166,7 +183,7 @@ fn flag(f: &Fields<'_>, key: &str) -> ApiResult<Option<bool>> {
 }
 
 /// The request as a profile: the shared txt2img mapping, then pass 1's img2img fields.
-fn to_profile(
+pub(crate) fn to_profile(
     state: &super::ServerState,
     request: &Map<String, Value>,
     uploads: &Uploads,
@@ -277,21 +294,20 @@ fn profile_has_one_pass(request: &Map<String, Value>) -> bool {
         .unwrap_or(false)
 }
 
-/// A1111's "SD upscale" script: not offered (yet), a 422 that says what to use instead.
-fn no_sd_upscale(request: &Map<String, Value>) -> ApiResult<()> {
-    match request.get("script_name").and_then(Value::as_str) {
-        Some(name) if name.trim().eq_ignore_ascii_case("sd upscale") => Err(ApiError::field(
-            "script_name",
-            "script `SD upscale` is not offered by hiresfix yet — send enable_hr with hr_upscaler and hr_scale instead (img2img, upscale, re-denoise)",
-        )),
-        _ => Ok(()),
-    }
+/// Whether the request asks for A1111's "SD upscale" script.
+fn is_sd_upscale(request: &Map<String, Value>) -> bool {
+    request
+        .get("script_name")
+        .and_then(Value::as_str)
+        .is_some_and(|name| name.trim().eq_ignore_ascii_case("sd upscale"))
 }
 
 pub async fn img2img(State(state): State<Shared>, payload: Payload) -> ApiResult<Json<Value>> {
     let request = payload.json_object()?;
-    no_sd_upscale(&request)?;
     let uploads = write_uploads(&request)?;
+    if is_sd_upscale(&request) {
+        return super::sd_upscale::run(&state, &request, &uploads).await;
+    }
     let (profile, mut warnings) = to_profile(&state, &request, &uploads)?;
     hiresfix_engine::limits::check_profile(&profile)
         .map_err(|e| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
@@ -345,7 +361,7 @@ pub async fn img2img(State(state): State<Shared>, payload: Payload) -> ApiResult
 
 /// The `parameters` echo: txt2img's, A1111's img2img fields, the request's values; the
 /// images themselves only with `include_init_images` (A1111 drops them otherwise).
-fn echo(request: &Map<String, Value>, include: bool) -> Value {
+pub(crate) fn echo(request: &Map<String, Value>, include: bool) -> Value {
     let mut out = txt2img::echo(request);
     let extra: Map<String, Value> = serde_json::from_str(IMG2IMG_DEFAULTS).expect("JSON");
     if let Some(map) = out.as_object_mut() {

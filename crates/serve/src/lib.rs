@@ -14,6 +14,7 @@ pub mod listener;
 pub mod listings;
 pub mod native;
 pub mod progress;
+mod sd_upscale;
 pub mod sdapi;
 pub mod txt2img;
 pub mod worker;

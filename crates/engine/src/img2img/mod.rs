@@ -8,6 +8,7 @@ pub mod concat;
 pub mod init;
 pub mod mask;
 pub mod resample;
+pub mod tiles;
 
 use std::path::PathBuf;
 
@@ -56,7 +57,7 @@ pub struct Pixels {
 }
 
 /// PIL's `images.flatten` onto A1111's default white background.
-fn flatten(decoded: init::Decoded) -> Image8 {
+pub fn flatten(decoded: init::Decoded) -> Image8 {
     let mut rgb = decoded.rgb;
     if let Some(alpha) = decoded.alpha {
         for (px, a) in rgb.data.chunks_exact_mut(3).zip(alpha) {
