@@ -213,8 +213,8 @@ pub fn fill(image: &Image8, mask: &Image8) -> Image8 {
     let mut masked = vec![[0f64; 4]; w * h];
     for (i, px) in masked.iter_mut().enumerate() {
         let a = 255.0 - f64::from(mask.data[i]);
-        for c in 0..3 {
-            px[c] = f64::from(image.data[i * 3 + c]) * a / 255.0;
+        for (c, v) in px.iter_mut().take(3).enumerate() {
+            *v = f64::from(image.data[i * 3 + c]) * a / 255.0;
         }
         px[3] = a;
     }
@@ -231,6 +231,7 @@ pub fn fill(image: &Image8, mask: &Image8) -> Image8 {
         if radius > 0.0 {
             let r = box_radius(radius);
             for _ in 0..3 {
+                #[allow(clippy::needless_range_loop)] // one channel of every pixel at a time
                 for c in 0..4 {
                     for y in 0..h {
                         let line: Vec<f64> = (0..w).map(|x| blurred[y * w + x][c]).collect();

@@ -183,8 +183,8 @@ pub fn resize_box(
             for (xx, ((xmin, n), k)) in c.bounds.iter().zip(&c.weights).enumerate() {
                 for band in 0..ch {
                     let mut ss = 1i64 << (PRECISION_BITS - 1);
-                    for x in 0..*n {
-                        ss += i64::from(cur.at(xmin + x, y, band)) * k[x];
+                    for (x, w) in k.iter().enumerate().take(*n) {
+                        ss += i64::from(cur.at(xmin + x, y, band)) * w;
                     }
                     out.data[(y * width + xx) * ch + band] = clip8(ss);
                 }
@@ -199,8 +199,8 @@ pub fn resize_box(
             for x in 0..cur.width {
                 for band in 0..ch {
                     let mut ss = 1i64 << (PRECISION_BITS - 1);
-                    for y in 0..*n {
-                        ss += i64::from(cur.at(x, ymin + y, band)) * k[y];
+                    for (y, w) in k.iter().enumerate().take(*n) {
+                        ss += i64::from(cur.at(x, ymin + y, band)) * w;
                     }
                     out.data[(yy * cur.width + x) * ch + band] = clip8(ss);
                 }
