@@ -253,3 +253,58 @@ fn the_unmasked_part_of_the_written_image_is_the_init_image() {
     }
     assert!(kept > 500 && changed > 50, "kept {kept}, changed {changed}");
 }
+
+#[test]
+fn only_masked_pastes_back_into_an_image_of_the_init_size_and_latent_upscale_runs() {
+    let scratch = Scratch::new("img2img-only-masked");
+    std::fs::copy(data().join("init.png"), scratch.path("init.png")).unwrap();
+    std::fs::copy(data().join("mask.png"), scratch.path("mask.png")).unwrap();
+    let profile = |keys: &str| {
+        format!(
+            "seed = 3\nprompt = \"a cat\"\ndevice = \"cpu\"\n[model]\ncheckpoint = \"{}\"\n[[pass]]\nwidth = 32\nheight = 32\nsteps = 3\ninit_image = \"init.png\"\n{keys}",
+            tiny_ldm().display()
+        )
+    };
+    // "Only masked", padding 2, no blur: the mask's box (14..30 x 6..18) grown by 2 and to the
+    // pass's square shape is generated; everything outside it is the init image's.
+    let keys = "mask = \"mask.png\"\nmask_blur = 0\ninpaint_full_res = true\ninpaint_full_res_padding = 2\n";
+    let out = generate_as(&scratch, "om", &profile(keys));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (w, h, rgb) = hiresfix::png_pixels::read_rgb8(&scratch.path("om.png")).unwrap();
+    assert_eq!((w, h), (40, 24), "the init image's size");
+    let (_, _, init) = hiresfix::png_pixels::read_rgb8(&data().join("init.png")).unwrap();
+    let region = mask::expand_crop_region([12, 4, 32, 20], 32, 32, 40, 24);
+    assert_eq!(region, [12, 2, 32, 22]);
+    let mut inside_changed = 0;
+    for y in 0..24 {
+        for x in 0..40 {
+            let i = (y * 40 + x) * 3;
+            let same = rgb[i..i + 3] == init[i..i + 3];
+            let in_mask = (14..30).contains(&x) && (6..18).contains(&y);
+            if !in_mask {
+                assert!(same, "({x}, {y}) outside the mask changed");
+            } else if !same {
+                inside_changed += 1;
+            }
+        }
+    }
+    assert!(
+        inside_changed > 100,
+        "{inside_changed} masked pixels changed"
+    );
+    let parameters = chunk(&scratch.path("om.png"), "parameters");
+    assert!(
+        parameters.contains("Inpaint area: Only masked, Masked area padding: 2"),
+        "{parameters}"
+    );
+
+    // "latent upscale": the 40x24 image encoded at its own size, the latent resized.
+    let out = generate_as(
+        &scratch,
+        "lu",
+        &profile("resize_mode = \"latent upscale\"\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (w, h, _) = hiresfix::png_pixels::read_rgb8(&scratch.path("lu.png")).unwrap();
+    assert_eq!((w, h), (32, 32));
+}

@@ -8,7 +8,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::common::repo;
-use crate::serve::{decode, images, post, Server};
+use crate::serve::{call, decode, images, post, Server};
 
 fn b64(name: &str) -> String {
     let bytes = std::fs::read(repo().join("tests/data/img2img").join(name)).unwrap();
@@ -208,4 +208,18 @@ fn bad_init_images_are_one_line_422s_naming_the_field() {
             .contains("inpainting_fill = 7"),
         "{body}"
     );
+    // The native endpoint takes no server path as an init image or mask.
+    for body in [
+        r#"{"pass": [{"init_image": "/etc/hostname"}]}"#,
+        r#"{"pass": [{"init_image": "in.png", "mask": "/etc/hostname"}]}"#,
+    ] {
+        let (status, text) = call(
+            "POST",
+            &server.url("/hiresfix/v1/generate"),
+            Some(body),
+            &[],
+        );
+        assert_eq!(status, 422, "{text}");
+        assert!(text.contains("is a file on the server"), "{text}");
+    }
 }

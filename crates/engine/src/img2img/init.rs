@@ -216,6 +216,49 @@ mod tests {
     }
 
     #[test]
+    fn jpeg_and_webp_decode_to_rgb_with_their_size() {
+        let (w, h) = (12u32, 7u32);
+        let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 5 % 256) as u8).collect();
+        let dir = std::env::temp_dir();
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+            .encode(&rgb, w, h, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let mut rgba = Vec::new();
+        let pixels: Vec<u8> = rgb
+            .chunks(3)
+            .flat_map(|p| [p[0], p[1], p[2], 128])
+            .collect();
+        image::codecs::webp::WebPEncoder::new_lossless(&mut rgba)
+            .encode(&pixels, w, h, image::ExtendedColorType::Rgba8)
+            .unwrap();
+        for (name, bytes) in [("jpg", jpeg), ("webp", rgba)] {
+            let path = dir.join(format!("hiresfix-init-{}.{name}", std::process::id()));
+            std::fs::write(&path, bytes).unwrap();
+            let d = read(&path, "init_image").unwrap();
+            assert_eq!(
+                (d.rgb.width, d.rgb.height, d.rgb.channels),
+                (12, 7, 3),
+                "{name}"
+            );
+            if name == "webp" {
+                assert_eq!(d.rgb.data, rgb, "lossless WebP");
+                assert_eq!(d.alpha.unwrap(), vec![128; 84]);
+            } else {
+                let worst = d
+                    .rgb
+                    .data
+                    .iter()
+                    .zip(&rgb)
+                    .map(|(a, b)| a.abs_diff(*b))
+                    .max();
+                assert!(worst.unwrap() < 40, "{worst:?}");
+            }
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+
+    #[test]
     fn a_file_that_is_no_image_is_one_line() {
         let path = std::env::temp_dir().join(format!("hiresfix-notimg-{}.png", std::process::id()));
         std::fs::write(&path, b"hello, not a picture").unwrap();
