@@ -222,6 +222,9 @@ fn img2img_then_a_hires_pass_matches_and_its_infotext_has_both_passes() {
     }
     let (w, h, _) = hiresfix::png_pixels::read_rgb8(&png).unwrap();
     assert_eq!((w, h), (64, 64));
+    // Imported, the hires pass gets its own strength, not pass 1's.
+    let imported = hiresfix::import::from_parameters(&parameters, &registry).unwrap();
+    assert_eq!(imported.profile.passes[1].denoise, Some(0.5));
 }
 
 #[test]
