@@ -311,3 +311,49 @@ fn only_masked_pastes_back_into_an_image_of_the_init_size_and_latent_upscale_run
     let (w, h, _) = hiresfix::png_pixels::read_rgb8(&scratch.path("lu.png")).unwrap();
     assert_eq!((w, h), (32, 32));
 }
+
+/// A 9-channel inpainting checkpoint's image conditioning, built on the tiny model's VAE
+/// (the UNet that reads it is the SD plugin's): `[B, 5, h, w]`, the rounded mask resized
+/// nearest, then the encoded `image * (1 - mask)` at weight 1 and the plain image at 0.
+#[test]
+fn the_inpainting_conditioning_is_the_mask_then_the_encoded_masked_image() {
+    let registry = Registry::load(&[], &Default::default());
+    let mut job = prepare(
+        profile("mask = \"mask.png\"\nmask_blur = 0\n", ""),
+        &registry,
+        &data(),
+    )
+    .unwrap();
+    let (model, _) = job
+        .models
+        .get(&job.settings, &job.plans[0].checkpoint, None, &[])
+        .unwrap();
+    let size = job.sizes[0];
+    let noise = Tensor::zeros([2, 4, 16, 16], (Kind::Float, host_api::tch::Device::Cpu));
+    for weight in [1.0, 0.0] {
+        let mut p = plan(true, 0, ResizeMode::JustResize);
+        p.mask_weight = weight;
+        let cpu = host_api::tch::Device::Cpu;
+        let start = hiresfix::img2img::start(&p, &model, &size, &noise, true, cpu).unwrap();
+        let concat = start.concat.unwrap();
+        assert_eq!(concat.size(), vec![2, 5, 16, 16]);
+        let px = pixels(&p, 32, 32).unwrap();
+        let m = px.mask.as_ref().unwrap();
+        // Nearest from 32 to 16: every other pixel, rounded.
+        let want_mask: Vec<f32> = (0..16)
+            .flat_map(|y| (0..16).map(move |x| (y, x)))
+            .map(|(y, x)| (f32::from(m.at(2 * x, 2 * y, 0)) / 255.0).round())
+            .collect();
+        let got_mask = Vec::<f32>::try_from(concat.get(1).get(0).flatten(0, -1)).unwrap();
+        assert_eq!(got_mask, want_mask);
+        let source = hiresfix::img2img::to_tensor(&px.image);
+        let pm = hiresfix::img2img::concat::pixel_mask(m);
+        let masked = match weight {
+            1.0 => &source * (1.0 - &pm),
+            _ => source.shallow_clone(),
+        };
+        let want = model.encode(&masked).unwrap();
+        let e = rel_err(&concat.narrow(1, 1, 4).get(0).unsqueeze(0), &want);
+        assert!(e < 1e-5, "weight {weight}: {e}"); // lerp rounds apart from a plain product
+    }
+}

@@ -242,6 +242,19 @@ pub fn start(
                 .mask
                 .as_ref()
                 .map(|m| concat::pixel_mask(m).to_device(device));
+            // "latent upscale" encoded the image at its own size; the conditioning is the
+            // pass's.
+            let (w, h) = (size.width as usize, size.height as usize);
+            let source = match (px.image.width, px.image.height) == (w, h) {
+                true => source,
+                false => to_tensor(&resample::resize(
+                    &px.image,
+                    w,
+                    h,
+                    resample::Filter::Lanczos,
+                ))
+                .to_device(device),
+            };
             let masked = concat::masked_source(&source, cmask.as_ref(), plan.mask_weight);
             let encoded = encode(&masked)?;
             let c = concat::assemble(cmask.as_ref(), &encoded, lh, lw);
