@@ -430,7 +430,15 @@ fn write_image(
     let resolved = toml::to_string(&job.image_profile(image.n))
         .context("cannot encode the resolved profile")?;
     let (plans, sizes) = (&job.plans[..until], &job.sizes[..until]);
-    let pairs = infotext_pairs(&job.profile, plans, sizes, image.seed, hash);
+    let mut pairs = infotext_pairs(&job.profile, plans, sizes, image.seed, hash);
+    if let Some(weight) = result.mask_weight {
+        // Before "Version", as A1111's extra generation parameters.
+        let at = pairs.len().saturating_sub(1);
+        pairs.insert(
+            at,
+            ("Conditional mask weight".into(), format!("{weight:?}")),
+        ); // Python's float repr: 1.0
+    }
     let prompt = infotext_prompt(&job.plans[0]);
     let parameters = infotext::format(&prompt, &job.plans[0].negative, &pairs);
     for (k, latent) in result.latents.iter().enumerate() {

@@ -312,7 +312,10 @@ impl InpaintingFill {
     ];
 
     pub fn as_str(self) -> &'static str {
-        Self::ALL.iter().find(|(f, _)| *f == self).map_or("original", |(_, s)| s)
+        Self::ALL
+            .iter()
+            .find(|(f, _)| *f == self)
+            .map_or("original", |(_, s)| s)
     }
 }
 
@@ -351,11 +354,20 @@ impl Pass {
             ("mask_invert", self.mask_invert.is_some()),
             ("inpainting_fill", self.inpainting_fill.is_some()),
             ("inpaint_full_res", self.inpaint_full_res.is_some()),
-            ("inpaint_full_res_padding", self.inpaint_full_res_padding.is_some()),
+            (
+                "inpaint_full_res_padding",
+                self.inpaint_full_res_padding.is_some(),
+            ),
             ("resize_mode", self.resize_mode.is_some()),
-            ("inpainting_mask_weight", self.inpainting_mask_weight.is_some()),
+            (
+                "inpainting_mask_weight",
+                self.inpainting_mask_weight.is_some(),
+            ),
         ];
-        set.into_iter().filter(|(_, on)| *on).map(|(k, _)| k).collect()
+        set.into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(k, _)| k)
+            .collect()
     }
 }
 
@@ -603,7 +615,10 @@ impl Profile {
     pub fn validate(&self) -> Result<(), Invalid> {
         if let Some(first) = self.passes.first() {
             let img2img = first.init_image.is_some();
-            if first.scale.is_some() || first.upscaler.is_some() || (first.denoise.is_some() && !img2img) {
+            if first.scale.is_some()
+                || first.upscaler.is_some()
+                || (first.denoise.is_some() && !img2img)
+            {
                 return Err(Invalid {
                     key: "pass.1".into(),
                     message: defaults::FIRST_PASS_RULE.into(),
@@ -679,7 +694,11 @@ impl Profile {
                 check(&key("mask_blur"), v, defaults::mask_blur)?;
             }
             if let Some(v) = pass.inpaint_full_res_padding {
-                check(&key("inpaint_full_res_padding"), v, defaults::inpaint_padding)?;
+                check(
+                    &key("inpaint_full_res_padding"),
+                    v,
+                    defaults::inpaint_padding,
+                )?;
             }
             if let Some(v) = pass.inpainting_mask_weight {
                 check(&key("inpainting_mask_weight"), v, defaults::mask_weight)?;

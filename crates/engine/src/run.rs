@@ -113,6 +113,9 @@ pub struct ImageResult {
     pub first: usize,
     /// img2img with a mask: what the decoded images are composited with (A1111's overlay).
     pub overlay: Option<std::sync::Arc<crate::img2img::composite::Overlay>>,
+    /// A 9-channel inpainting checkpoint ran pass 1 with this mask weight (A1111's
+    /// "Conditional mask weight").
+    pub mask_weight: Option<f64>,
 }
 
 /// A run resumed after pass `after_pass` from its latent (`hiresfix finish`).
@@ -154,6 +157,7 @@ pub fn run_batch(
     let mut latents: Vec<Tensor> = resume.iter().map(|r| r.latent.shallow_clone()).collect();
     let mut family: Option<(String, &PassPlan<'_>)> = None;
     let mut overlay = None;
+    let mut mask_weight = None;
     for (i, (plan, size)) in plans.iter().zip(sizes).enumerate().skip(start) {
         let (model, info) = models.for_pass(settings, plan)?;
         match &family {
@@ -177,7 +181,14 @@ pub fn run_batch(
         let x = match latents.last() {
             None => match &plan.img2img {
                 Some(i2i_plan) => {
-                    let s = crate::img2img::start(i2i_plan, &model, size, &noise, takes_concat, device)?;
+                    let s = crate::img2img::start(
+                        i2i_plan,
+                        &model,
+                        size,
+                        &noise,
+                        takes_concat,
+                        device,
+                    )?;
                     models.warn_once(s.notes.clone());
                     let x = &s.init_latent + &noise * sigmas[0];
                     i2i = Some(s);
@@ -207,9 +218,11 @@ pub fn run_batch(
                 up + noise * sigmas[0]
             }
         };
-        let blend_with = i2i
-            .as_ref()
-            .and_then(|s| s.nmask.as_ref().map(|n| (s.init_latent.shallow_clone(), n.shallow_clone())));
+        let blend_with = i2i.as_ref().and_then(|s| {
+            s.nmask
+                .as_ref()
+                .map(|n| (s.init_latent.shallow_clone(), n.shallow_clone()))
+        });
         if let Some(s) = &mut i2i {
             overlay = s.overlay.take().map(std::sync::Arc::new);
         }
@@ -220,6 +233,9 @@ pub fn run_batch(
                 None => x,
             });
             continue;
+        }
+        if takes_concat && i == 0 {
+            mask_weight = Some(plan.img2img.as_ref().map_or(1.0, |p| p.mask_weight));
         }
         if takes_concat {
             // A 9-channel inpainting checkpoint: pass 1's image conditioning, else A1111's
@@ -310,6 +326,7 @@ pub fn run_batch(
             latents: latents.iter().map(|l| l.narrow(0, i, 1)).collect(),
             first: start + 1,
             overlay: overlay.clone(),
+            mask_weight,
         })
         .collect())
 }
