@@ -117,7 +117,7 @@ fn the_encoded_pixels_and_latent_masks_are_a1111s_exactly() {
             let ours = mask::latent_mask(px.mask.as_ref().unwrap(), 16, 16);
             let want = Vec::<f32>::try_from(r[&format!("{name}.nmask")].flatten(0, -1)).unwrap();
             assert_eq!(ours, want, "{name} latent mask");
-            assert!(want.iter().any(|&v| v == 1.0) && want.iter().any(|&v| v == 0.0));
+            assert!(want.contains(&1.0) && want.contains(&0.0));
         }
     }
 }
