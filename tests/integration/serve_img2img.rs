@@ -197,6 +197,15 @@ fn bad_init_images_are_one_line_422s_naming_the_field() {
         );
     }
     let mut request = simple_request();
+    request["mask"] = json!(pattern_png(16, 16));
+    let (status, body) = post(&server, "/sdapi/v1/img2img", &request);
+    assert_eq!(status, 422, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("mask is 16x16 but init_images[0] is 40x24"),
+        "{detail}"
+    );
+    let mut request = simple_request();
     request["mask"] = json!(b64("mask.png"));
     request["inpainting_fill"] = json!(7);
     let (status, body) = post(&server, "/sdapi/v1/img2img", &request);

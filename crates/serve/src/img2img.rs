@@ -136,20 +136,29 @@ fn write_uploads(request: &Map<String, Value>) -> ApiResult<Uploads> {
         dir,
     };
     std::fs::write(&uploads.init, &init).map_err(io)?;
-    check_decodes("init_images[0]", &uploads.init)?;
+    let image = check_decodes("init_images[0]", &uploads.init)?;
     if let Some(bytes) = mask {
         let path = uploads.dir.join("mask");
         std::fs::write(&path, &bytes).map_err(io)?;
-        check_decodes("mask", &path)?;
+        let mask = check_decodes("mask", &path)?;
+        if !hiresfix_engine::img2img::init::same_shape(mask, image) {
+            return Err(ApiError::field(
+                "mask",
+                format!(
+                    "mask is {}x{} but init_images[0] is {}x{}: send a mask of the image's size (or its shape)",
+                    mask.0, mask.1, image.0, image.1
+                ),
+            ));
+        }
         uploads.mask = Some(path);
     }
     Ok(uploads)
 }
 
-/// A 422 naming the field when the image does not decode (not the temporary path).
-fn check_decodes(field: &str, path: &Path) -> ApiResult<()> {
+/// A 422 naming the field when the image does not decode (not the temporary path); its size.
+fn check_decodes(field: &str, path: &Path) -> ApiResult<(usize, usize)> {
     hiresfix_engine::img2img::init::read(path, field)
-        .map(drop)
+        .map(|d| (d.rgb.width, d.rgb.height))
         .map_err(|e| {
             let message = e.to_string().replace(&format!(" {}", path.display()), "");
             ApiError::field(field, message)

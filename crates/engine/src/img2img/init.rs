@@ -103,6 +103,13 @@ fn read_other(bytes: &[u8], what: &str, path: &Path) -> Result<Decoded> {
     })
 }
 
+/// Whether a mask of size `a` fits an image of size `b` once resized: the same aspect
+/// ratio within 1 %.
+pub fn same_shape(a: (usize, usize), b: (usize, usize)) -> bool {
+    let (x, y) = (a.0 * b.1, b.0 * a.1);
+    x.abs_diff(y) * 100 <= x.max(y)
+}
+
 /// A1111 `images.resize_image(mode, im, width, height)` with no upscaler (Lanczos; A1111 uses
 /// its img2img upscaler, "None" by default, only when enlarging an RGB image). "latent
 /// upscale" resizes as "just resize" here; the caller resizes in latent space instead.

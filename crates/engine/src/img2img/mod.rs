@@ -84,8 +84,7 @@ pub fn pixels(plan: &Img2ImgPlan, width: u32, height: u32) -> Result<Pixels> {
         if (m.width, m.height) != (image.width, image.height) {
             // Another size of the same shape is resized to the image's; another shape would
             // paint the wrong place.
-            let (a, b) = (m.width * image.height, image.width * m.height);
-            if a.abs_diff(b) * 100 > a.max(b) {
+            if !init::same_shape((m.width, m.height), (image.width, image.height)) {
                 bail!(
                     "mask {} is {}x{} but init_image {} is {}x{}: give a mask of the image's size (or its shape, which is resized)",
                     path.display(), m.width, m.height, plan.init_image.display(), image.width, image.height
