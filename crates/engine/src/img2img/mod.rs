@@ -5,6 +5,7 @@
 //! of an inpainting checkpoint, and the final overlay.
 pub mod composite;
 pub mod concat;
+pub mod fill;
 pub mod init;
 pub mod mask;
 pub mod resample;
@@ -146,7 +147,7 @@ pub fn pixels(plan: &Img2ImgPlan, width: u32, height: u32) -> Result<Pixels> {
     }
     if let Some(m) = &image_mask {
         if plan.fill != InpaintingFill::Original {
-            image = mask::fill(&image, m);
+            image = fill::fill(&image, m);
         }
     }
     Ok(Pixels {
