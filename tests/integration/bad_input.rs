@@ -645,7 +645,40 @@ const CASES: &[Case] = &[
             let values = (1..=40).map(|v| v.to_string()).collect::<Vec<_>>().join(",");
             s(&["grid", &profile, "--x", &format!("seed={values}"), "--y", &format!("cfg={values}")])
         } },
+    Case { name: "img2img: init_image file missing", code: 1, expect: "init_image nope.png: cannot read it",
+        setup: |sc| generate(sc, &tiny_ldm(), "", "init_image = \"nope.png\"", "") },
+    Case { name: "img2img: init_image is not an image", code: 1, expect: "is not a PNG, JPEG or WebP image",
+        setup: |sc| {
+            sc.write("in.png", "these are words, not pixels");
+            generate(sc, &tiny_ldm(), "", "init_image = \"in.png\"", "")
+        } },
+    Case { name: "img2img: a mask of another shape", code: 1, expect: "is 16x16 but init_image",
+        setup: |sc| {
+            std::fs::copy(repo().join("tests/data/img2img/init.png"), sc.path("in.png")).unwrap();
+            grey_png(&sc.path("mask.png"), 16, 16);
+            generate(sc, &tiny_ldm(), "", "init_image = \"in.png\"\nmask = \"mask.png\"", "")
+        } },
+    Case { name: "img2img: init_image on pass 2", code: 1, expect: "pass.2.init_image: img2img keys",
+        setup: |sc| generate(sc, &tiny_ldm(), "", "", "init_image = \"in.png\"") },
+    Case { name: "img2img: a mask without init_image", code: 1, expect: "pass.1.mask needs pass.1.init_image",
+        setup: |sc| generate(sc, &tiny_ldm(), "", "mask = \"mask.png\"", "") },
+    Case { name: "img2img: unknown inpainting_fill", code: 1, expect: "unknown variant `blur`",
+        setup: |sc| generate(sc, &tiny_ldm(), "", "init_image = \"in.png\"\ninpainting_fill = \"blur\"", "") },
+    Case { name: "img2img: only masked with a later pass", code: 1, expect: "pass.1.inpaint_full_res",
+        setup: |sc| generate(sc, &tiny_ldm(), "", "init_image = \"in.png\"\nmask = \"m.png\"\ninpaint_full_res = true", "") },
 ];
+
+/// A grey 8-bit PNG of `w` × `h` at `path`.
+fn grey_png(path: &Path, w: u32, h: u32) {
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut bytes, w, h);
+        encoder.set_color(png::ColorType::Grayscale);
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(&vec![255u8; (w * h) as usize]).unwrap();
+    }
+    std::fs::write(path, bytes).unwrap();
+}
 
 fn run_case(case: &Case) -> Result<(), String> {
     let scratch = corpus::scratch("corpus", case.name);

@@ -159,6 +159,43 @@ pub fn at_least_one(v: u32) -> Result<u32, String> {
 pub const FIRST_PASS_RULE: &str =
     "pass 1 is txt2img: `scale`, `upscaler` and `denoise` belong to later passes";
 
+/// Pass 1 with an `init_image` (img2img): its denoising strength.
+pub const IMG2IMG_DENOISE: f64 = 0.75;
+/// A1111's default mask blur, in pixels.
+pub const MASK_BLUR: u32 = 4;
+/// Largest mask blur (A1111's slider stops at 64).
+pub const MAX_MASK_BLUR: u32 = 64;
+/// "Only masked" padding around the mask, in pixels.
+pub const INPAINT_PADDING: u32 = 32;
+/// Largest "only masked" padding (A1111's slider stops at 256).
+pub const MAX_INPAINT_PADDING: u32 = 256;
+/// A 9-channel inpainting checkpoint's conditional mask weight (A1111's default).
+pub const INPAINTING_MASK_WEIGHT: f64 = 1.0;
+
+/// The img2img keys, which only pass 1 may set.
+pub const IMG2IMG_KEYS: &str = "init_image, mask, mask_blur, mask_invert, inpainting_fill, inpaint_full_res, inpaint_full_res_padding, resize_mode, inpainting_mask_weight";
+
+/// `mask_blur`.
+pub fn mask_blur(v: u32) -> Result<u32, String> {
+    rule(v, v <= MAX_MASK_BLUR, || {
+        format!("mask_blur must be between 0 and {MAX_MASK_BLUR} pixels")
+    })
+}
+
+/// `inpaint_full_res_padding`.
+pub fn inpaint_padding(v: u32) -> Result<u32, String> {
+    rule(v, v <= MAX_INPAINT_PADDING, || {
+        format!("inpaint_full_res_padding must be between 0 and {MAX_INPAINT_PADDING} pixels")
+    })
+}
+
+/// `inpainting_mask_weight`.
+pub fn mask_weight(v: f64) -> Result<f64, String> {
+    rule(v, (0.0..=1.0).contains(&v), || {
+        "inpainting_mask_weight must be in [0, 1]".into()
+    })
+}
+
 /// A rule a profile breaks: the profile key at fault (`pass.2.denoise`) and a sentence with
 /// its value and what it must be.
 #[derive(Debug, Clone, PartialEq)]

@@ -445,7 +445,15 @@ fn write_image(
         seed: image.seed,
         subseed: image.subseed,
     };
-    let pairs = infotext_pairs(&job.profile, plans, sizes, seeds, hash);
+    let mut pairs = infotext_pairs(&job.profile, plans, sizes, seeds, hash);
+    if let Some(weight) = result.mask_weight {
+        // Before "Version", as A1111's extra generation parameters.
+        let at = pairs.len().saturating_sub(1);
+        pairs.insert(
+            at,
+            ("Conditional mask weight".into(), format!("{weight:?}")),
+        ); // Python's float repr: 1.0
+    }
     let prompt = infotext_prompt(&job.plans[0]);
     let parameters = infotext::format(&prompt, &job.plans[0].negative, &pairs);
     for (k, latent) in result.latents.iter().enumerate() {
@@ -461,6 +469,14 @@ fn write_image(
                 .unwrap_or_else(|| anyhow!("pass {pass}: {e}"))
         })?;
         let (w, h, rgb) = to_rgb8(&pixels)?;
+        // Inpainting: the original where the mask is 0 (A1111's overlay), every pass's image.
+        let (w, h, rgb) = match &result.overlay {
+            Some(overlay) => {
+                let out = overlay.apply(&crate::img2img::from_rgb8(w, h, rgb));
+                (out.width as u32, out.height as u32, out.data)
+            }
+            None => (w, h, rgb),
+        };
         let stored = match pass < job.plans.len() {
             true => Some(stored_latent::encode(latent, pass)?),
             false => None,

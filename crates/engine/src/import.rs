@@ -287,9 +287,14 @@ impl<'a> Importer<'a> {
         if !keys.iter().any(|k| self.p.get(k).is_some()) {
             return None;
         }
+        // hiresfix's img2img + hires writes the hires strength apart from pass 1's.
+        let denoise = match self.p.get("Hires denoising strength").is_some() {
+            true => self.checked("Hires denoising strength", defaults::denoise),
+            false => self.checked("Denoising strength", defaults::denoise),
+        };
         let mut pass = Pass {
             scale: self.checked("Hires upscale", defaults::scale),
-            denoise: self.checked("Denoising strength", defaults::denoise),
+            denoise,
             cfg: self.checked("Hires CFG Scale", defaults::cfg),
             ..Default::default()
         };

@@ -196,6 +196,11 @@ impl Job<'_> {
             if i == 0 {
                 pass.width = Some(self.sizes[0].width);
                 pass.height = Some(self.sizes[0].height);
+                // img2img's files, as the run found them (a PNG travels).
+                if let Some(i2i) = &self.plans[0].img2img {
+                    pass.init_image = Some(absolute(&i2i.init_image));
+                    pass.mask = i2i.mask.as_ref().map(|m| absolute(m));
+                }
             }
             pass.checkpoint = pass
                 .checkpoint

@@ -7,6 +7,7 @@ pub mod errors;
 pub mod extras;
 pub mod generate;
 pub mod hash_cache;
+pub mod img2img;
 pub mod import;
 pub mod infotext;
 pub mod job;

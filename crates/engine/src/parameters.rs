@@ -18,7 +18,15 @@ pub fn infotext_pairs(
 ) -> Vec<(String, String)> {
     let first = &plans[0];
     let mut pairs: Vec<(String, String)> = vec![
-        ("Steps".into(), first.steps.to_string()),
+        // img2img runs t_enc of the steps asked for; A1111 writes the steps asked for.
+        (
+            "Steps".into(),
+            first
+                .img2img
+                .as_ref()
+                .map_or(first.steps, |i| i.requested_steps)
+                .to_string(),
+        ),
         ("Sampler".into(), display_name(&first.sampler.decl)),
         ("Schedule type".into(), display_name(&first.schedule.decl)),
         ("CFG scale".into(), num(first.cfg)),
@@ -46,6 +54,9 @@ pub fn infotext_pairs(
     if let Some(hashes) = lora_hashes(plans) {
         pairs.push(("Lora hashes".into(), hashes));
     }
+    if let Some(i2i) = &first.img2img {
+        pairs.extend(crate::img2img::infotext(i2i, first.denoise));
+    }
     if first.clip_skip > 1 {
         pairs.push(("Clip skip".into(), first.clip_skip.to_string()));
     }
@@ -59,7 +70,7 @@ pub fn infotext_pairs(
             format!("Hires {i}")
         };
         let pass = &profile.passes[i];
-        if i == 1 {
+        if i == 1 && first.img2img.is_none() {
             pairs.push(("Denoising strength".into(), num(plan.denoise)));
         } else {
             pairs.push((format!("{p} denoising strength"), num(plan.denoise)));

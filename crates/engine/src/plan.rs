@@ -40,6 +40,8 @@ pub struct PassPlan<'r> {
     pub merge: Vec<(PathBuf, f64)>,
     /// The UNet patches this pass runs with, in order.
     pub patches: Vec<PatchPlan<'r>>,
+    /// Pass 1 from an init image (img2img); `steps` is then A1111's `t_enc + 1`.
+    pub img2img: Option<crate::img2img::Img2ImgPlan>,
 }
 
 /// One UNet patch of a pass: its plugin entry, options, and infotext fields.
@@ -178,13 +180,27 @@ pub fn plan_passes<'r>(
             .unwrap_or_else(|| profile.prompt.clone());
         let loras = pass_loras(profile, pass, number, &prompt, base_dir)?;
         let steps = resolved(pass.steps, number, "steps")? as usize;
-        let denoise = match number {
-            1 => 1.0, // txt2img: from pure noise
+        let img2img = match number {
+            1 => img2img_plan(profile, pass, base_dir, steps)?,
+            _ => None,
+        };
+        let denoise = match (number, &img2img) {
+            (1, None) => 1.0, // txt2img: from pure noise
             _ => resolved(pass.denoise, number, "denoise")?,
         };
-        limits::schedule_steps(number, steps, denoise)?;
-        // Denoise 0 upscales only: no step runs (progress and noise count none).
-        let steps = if denoise == 0.0 { 0 } else { steps };
+        let steps = match &img2img {
+            // img2img: t_enc + 1 steps at the end of a schedule of `steps` (A1111).
+            Some(_) => crate::img2img::steps_run(steps, denoise),
+            None => {
+                limits::schedule_steps(number, steps, denoise)?;
+                // Denoise 0 upscales only: no step runs (progress and noise count none).
+                if denoise == 0.0 {
+                    0
+                } else {
+                    steps
+                }
+            }
+        };
         let patches = pass
             .patches
             .as_ref()
@@ -215,9 +231,42 @@ pub fn plan_passes<'r>(
             loras,
             merge: pass_merge,
             patches,
+            img2img,
         });
     }
     Ok(plans)
+}
+
+/// Pass 1's img2img settings with their defaults, paths beside the profile.
+fn img2img_plan(
+    profile: &Profile,
+    pass: &Pass,
+    base_dir: &Path,
+    steps: usize,
+) -> Result<Option<crate::img2img::Img2ImgPlan>> {
+    let Some(init) = &pass.init_image else {
+        return Ok(None);
+    };
+    let full_res = pass.inpaint_full_res.unwrap_or(false) && pass.mask.is_some();
+    if full_res && profile.passes.len() > 1 {
+        bail!("pass.1.inpaint_full_res: \"only masked\" inpainting makes an image of the init image's size, which a later pass cannot continue — drop the later passes or set inpaint_full_res = false");
+    }
+    Ok(Some(crate::img2img::Img2ImgPlan {
+        init_image: resolve_path(base_dir, init),
+        mask: pass.mask.as_deref().map(|m| resolve_path(base_dir, m)),
+        mask_blur: pass.mask_blur.unwrap_or(defaults::MASK_BLUR),
+        mask_invert: pass.mask_invert.unwrap_or(false),
+        fill: pass.inpainting_fill.unwrap_or_default(),
+        full_res,
+        padding: pass
+            .inpaint_full_res_padding
+            .unwrap_or(defaults::INPAINT_PADDING),
+        resize_mode: pass.resize_mode.unwrap_or_default(),
+        mask_weight: pass
+            .inpainting_mask_weight
+            .unwrap_or(defaults::INPAINTING_MASK_WEIGHT),
+        requested_steps: steps,
+    }))
 }
 
 /// An upscaler by id or alias, else a model file in `dirs` by stem, path or A1111 name (run
@@ -381,11 +430,15 @@ pub fn pass_sizes(passes: &[Pass], factor: u32) -> Result<(Vec<PassSize>, Vec<St
 /// for `int(steps / denoise)` steps and keeps the tail (A1111 / ComfyUI). Samplers that drop the
 /// penultimate sigma get one extra step first, as A1111 does.
 pub fn pass_sigmas(plan: &PassPlan<'_>, model: &ModelSigmas) -> Result<Vec<f64>> {
-    if plan.denoise == 0.0 {
+    if plan.denoise == 0.0 && plan.img2img.is_none() {
         // A1111's zero-strength hires pass: `get_sigmas(0)` is `[0]`, no step runs.
         return Ok(vec![0.0]);
     }
-    let total = limits::schedule_steps(plan.number, plan.steps, plan.denoise)?;
+    let total = match &plan.img2img {
+        // A1111's img2img: a schedule of the steps asked for (`sample_img2img`).
+        Some(i2i) => i2i.requested_steps,
+        None => limits::schedule_steps(plan.number, plan.steps, plan.denoise)?,
+    };
     let discard = plan.sampler.decl.discard_penultimate_sigma;
     let mut sigmas = plan
         .schedule

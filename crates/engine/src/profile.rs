@@ -278,6 +278,122 @@ pub struct Pass {
     /// This pass's UNet patches, replacing the top-level list (`[]`: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patches: Option<Vec<PatchEntry>>,
+    /// img2img (pass 1 only): the image pass 1 starts from, its `denoise` the strength.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<String>,
+    /// Inpainting (pass 1 only): white repaints, black keeps (or its transparency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "opt_mask_blur",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mask_blur: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_invert: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inpainting_fill: Option<InpaintingFill>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inpaint_full_res: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "opt_inpaint_padding",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inpaint_full_res_padding: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize_mode: Option<ResizeMode>,
+    #[serde(
+        default,
+        deserialize_with = "opt_mask_weight",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inpainting_mask_weight: Option<f64>,
+}
+
+/// A1111's "Masked content": what the masked area starts from.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq)]
+pub enum InpaintingFill {
+    /// Colours blurred in from around the mask (`masking.fill`).
+    #[serde(rename = "fill")]
+    Fill,
+    #[default]
+    #[serde(rename = "original")]
+    Original,
+    #[serde(rename = "latent noise")]
+    LatentNoise,
+    #[serde(rename = "latent nothing")]
+    LatentNothing,
+}
+
+impl InpaintingFill {
+    /// A1111's `inpainting_fill` number and its infotext words.
+    pub const ALL: [(InpaintingFill, &'static str); 4] = [
+        (InpaintingFill::Fill, "fill"),
+        (InpaintingFill::Original, "original"),
+        (InpaintingFill::LatentNoise, "latent noise"),
+        (InpaintingFill::LatentNothing, "latent nothing"),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(f, _)| *f == self)
+            .map_or("original", |(_, s)| s)
+    }
+}
+
+/// A1111's resize modes of the init image to pass 1's size.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq)]
+pub enum ResizeMode {
+    #[default]
+    #[serde(rename = "just resize")]
+    JustResize,
+    #[serde(rename = "crop and resize")]
+    CropAndResize,
+    #[serde(rename = "resize and fill")]
+    ResizeAndFill,
+    /// Encoded at its own size, the latent resized (bilinear) to pass 1's.
+    #[serde(rename = "latent upscale")]
+    LatentUpscale,
+}
+
+impl ResizeMode {
+    /// A1111's `resize_mode` numbers 0..=3.
+    pub const ALL: [ResizeMode; 4] = [
+        ResizeMode::JustResize,
+        ResizeMode::CropAndResize,
+        ResizeMode::ResizeAndFill,
+        ResizeMode::LatentUpscale,
+    ];
+}
+
+impl Pass {
+    /// The img2img keys this pass sets, by name.
+    pub fn img2img_keys(&self) -> Vec<&'static str> {
+        let set = [
+            ("init_image", self.init_image.is_some()),
+            ("mask", self.mask.is_some()),
+            ("mask_blur", self.mask_blur.is_some()),
+            ("mask_invert", self.mask_invert.is_some()),
+            ("inpainting_fill", self.inpainting_fill.is_some()),
+            ("inpaint_full_res", self.inpaint_full_res.is_some()),
+            (
+                "inpaint_full_res_padding",
+                self.inpaint_full_res_padding.is_some(),
+            ),
+            ("resize_mode", self.resize_mode.is_some()),
+            (
+                "inpainting_mask_weight",
+                self.inpainting_mask_weight.is_some(),
+            ),
+        ];
+        set.into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(k, _)| k)
+            .collect()
+    }
 }
 
 // serde's `default = "…"` names functions; the values are [`defaults`]'.
@@ -356,6 +472,15 @@ fn opt_denoise<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error>
 fn opt_cfg<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     opt(d, defaults::cfg)
 }
+fn opt_mask_blur<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    opt(d, defaults::mask_blur)
+}
+fn opt_inpaint_padding<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    opt(d, defaults::inpaint_padding)
+}
+fn opt_mask_weight<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    opt(d, defaults::mask_weight)
+}
 fn opt_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     opt(d, defaults::at_least_one)
 }
@@ -414,6 +539,15 @@ const PASS_KEYS: &[&str] = &[
     "vae",
     "clip_skip",
     "patches",
+    "init_image",
+    "mask",
+    "mask_blur",
+    "mask_invert",
+    "inpainting_fill",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "resize_mode",
+    "inpainting_mask_weight",
 ];
 
 /// Levenshtein distance, for suggesting the nearest valid name.
@@ -524,10 +658,29 @@ impl Profile {
     /// passed them already, field by field), and pass 1 being txt2img.
     pub fn validate(&self) -> Result<(), Invalid> {
         if let Some(first) = self.passes.first() {
-            if first.scale.is_some() || first.upscaler.is_some() || first.denoise.is_some() {
+            let img2img = first.init_image.is_some();
+            if first.scale.is_some()
+                || first.upscaler.is_some()
+                || (first.denoise.is_some() && !img2img)
+            {
                 return Err(Invalid {
                     key: "pass.1".into(),
                     message: defaults::FIRST_PASS_RULE.into(),
+                });
+            }
+            let keys = first.img2img_keys();
+            if !img2img && !keys.is_empty() {
+                return Err(Invalid {
+                    key: format!("pass.1.{}", keys[0]),
+                    message: format!("pass.1.{} needs pass.1.init_image (the image to start from), e.g. init_image = \"in.png\"", keys[0]),
+                });
+            }
+        }
+        for (i, pass) in self.passes.iter().enumerate().skip(1) {
+            if let Some(key) = pass.img2img_keys().first() {
+                return Err(Invalid {
+                    key: format!("pass.{}.{key}", i + 1),
+                    message: format!("pass.{}.{key}: img2img keys ({}) belong to pass 1; a later pass starts from the pass before it", i + 1, defaults::IMG2IMG_KEYS),
                 });
             }
         }
@@ -596,6 +749,19 @@ impl Profile {
             if let Some(v) = pass.clip_skip {
                 check(&key("clip_skip"), v, defaults::at_least_one)?;
             }
+            if let Some(v) = pass.mask_blur {
+                check(&key("mask_blur"), v, defaults::mask_blur)?;
+            }
+            if let Some(v) = pass.inpaint_full_res_padding {
+                check(
+                    &key("inpaint_full_res_padding"),
+                    v,
+                    defaults::inpaint_padding,
+                )?;
+            }
+            if let Some(v) = pass.inpainting_mask_weight {
+                check(&key("inpainting_mask_weight"), v, defaults::mask_weight)?;
+            }
         }
         Ok(())
     }
@@ -621,6 +787,9 @@ impl Profile {
             _ => {}
         }
         first.steps.get_or_insert(defaults::STEPS);
+        if first.init_image.is_some() {
+            first.denoise.get_or_insert(defaults::IMG2IMG_DENOISE);
+        }
         first
             .sampler
             .get_or_insert_with(|| defaults::SAMPLER.into());

@@ -28,19 +28,32 @@ struct Guidance<'a> {
     /// The model's family (the live preview's factors) and the last denoised prediction.
     family: &'a str,
     last: Option<Tensor>,
+    /// Inpainting: the init latent and the latent mask (1 repaints); each denoised result is
+    /// `init * (1 - nmask) + nmask * denoised` (A1111 `sd_samplers_cfg_denoiser`).
+    blend: Option<&'a (Tensor, Tensor)>,
+}
+
+/// A1111's latent mask blend: the init latent where `nmask` is 0.
+fn blend((init, nmask): &(Tensor, Tensor), denoised: &Tensor) -> Tensor {
+    init * (1.0 - nmask) + nmask * denoised
 }
 
 impl SamplerCallbacks for Guidance<'_> {
     fn denoise(&mut self, x: &Tensor, sigma: f64) -> host_api::Result<Tensor> {
-        if self.cfg == 1.0 {
-            let mut out = self.model.denoise(x, sigma, &[self.cond])?;
-            self.last = Some(out[0].shallow_clone());
-            return Ok(out.remove(0));
-        }
-        let out = self.model.denoise(x, sigma, &[self.uncond, self.cond])?;
-        // A1111's default live preview subject ("Prompt") is the prompt's prediction.
-        self.last = Some(out[1].shallow_clone());
-        Ok(&out[0] + (&out[1] - &out[0]) * self.cfg)
+        let denoised = if self.cfg == 1.0 {
+            let out = self.model.denoise(x, sigma, &[self.cond])?.remove(0);
+            self.last = Some(out.shallow_clone());
+            out
+        } else {
+            let out = self.model.denoise(x, sigma, &[self.uncond, self.cond])?;
+            // A1111's default live preview subject ("Prompt") is the prompt's prediction.
+            self.last = Some(out[1].shallow_clone());
+            &out[0] + (&out[1] - &out[0]) * self.cfg
+        };
+        Ok(match self.blend {
+            Some(b) => blend(b, &denoised),
+            None => denoised,
+        })
     }
 
     fn noise_like(&mut self, x: &Tensor) -> host_api::Result<Tensor> {
@@ -106,6 +119,11 @@ pub struct ImageResult {
     pub latents: Vec<Tensor>,
     /// The (1-based) pass of `latents[0]`.
     pub first: usize,
+    /// img2img with a mask: what the decoded images are composited with (A1111's overlay).
+    pub overlay: Option<std::sync::Arc<crate::img2img::composite::Overlay>>,
+    /// A 9-channel inpainting checkpoint ran pass 1 with this mask weight (A1111's
+    /// "Conditional mask weight").
+    pub mask_weight: Option<f64>,
 }
 
 /// A run resumed after pass `after_pass` from its latent (`hiresfix finish`).
@@ -146,6 +164,8 @@ pub fn run_batch(
     let start = resume.map_or(0, |r| r.after_pass);
     let mut latents: Vec<Tensor> = resume.iter().map(|r| r.latent.shallow_clone()).collect();
     let mut family: Option<(String, &PassPlan<'_>)> = None;
+    let mut overlay = None;
+    let mut mask_weight = None;
     for (i, (plan, size)) in plans.iter().zip(sizes).enumerate().skip(start) {
         let (model, info) = models.for_pass(settings, plan)?;
         match &family {
@@ -165,9 +185,28 @@ pub fn run_batch(
         let shape = [info.latent_channels as i64, size.latent_h, size.latent_w];
         // Every pass's noise as A1111's hires pass makes its own: the same seeds and variation.
         let noise = batch_noise(seeds, &noise_settings.variation, &shape).to_device(device);
-        let from_noise = latents.is_empty();
+        // A pass from pure noise (not from an earlier pass's latent nor an init image).
+        let from_noise = latents.is_empty() && plan.img2img.is_none();
+        let takes_concat = crate::img2img::concat::takes_concat(&info);
+        let mut i2i = None;
         let x = match latents.last() {
-            None => noise * sigmas[0],
+            None => match &plan.img2img {
+                Some(i2i_plan) => {
+                    let s = crate::img2img::start(
+                        i2i_plan,
+                        &model,
+                        size,
+                        &noise,
+                        takes_concat,
+                        device,
+                    )?;
+                    models.warn_once(s.notes.clone());
+                    let x = &s.init_latent + &noise * sigmas[0];
+                    i2i = Some(s);
+                    x
+                }
+                None => noise * sigmas[0],
+            },
             Some(prev) => {
                 let prev = &prev.to_device(device);
                 let upscaler = plan
@@ -190,10 +229,42 @@ pub fn run_batch(
                 up + noise * sigmas[0]
             }
         };
-        if plan.denoise == 0.0 {
-            // Upscale only (denoise 0): `x` is the upscaled latent plus noise × 0.
-            latents.push(x);
+        let blend_with = i2i.as_ref().and_then(|s| {
+            s.nmask
+                .as_ref()
+                .map(|n| (s.init_latent.shallow_clone(), n.shallow_clone()))
+        });
+        if let Some(s) = &mut i2i {
+            overlay = s.overlay.take().map(std::sync::Arc::new);
+        }
+        if plan.denoise == 0.0 || plan.steps == 0 {
+            // Upscale only (denoise 0), or img2img of no step: `x` plus noise × 0.
+            latents.push(match &blend_with {
+                Some(b) => blend(b, &x),
+                None => x,
+            });
             continue;
+        }
+        if takes_concat && i == 0 {
+            mask_weight = Some(plan.img2img.as_ref().map_or(1.0, |p| p.mask_weight));
+        }
+        if takes_concat {
+            // A 9-channel inpainting checkpoint: pass 1's image conditioning, else A1111's
+            // txt2img one (a blank image behind a mask of ones).
+            let concat = match i2i.as_mut().and_then(|s| s.concat.take()) {
+                Some(c) => c,
+                None => crate::img2img::concat::txt2img(
+                    &model,
+                    device,
+                    seeds.len() as i64,
+                    (i64::from(size.height), i64::from(size.width)),
+                    (size.latent_h, size.latent_w),
+                )
+                .map_err(|e| anyhow!("pass {}: {e}", plan.number))?,
+            };
+            model
+                .set_concat(Some(&concat))
+                .map_err(|e| anyhow!("pass {}: {e}", plan.number))?;
         }
         let specs: Vec<host_api::LoraSpec> = plan.loras.iter().map(|l| l.spec()).collect();
         let warnings = model
@@ -233,6 +304,7 @@ pub fn run_batch(
             observer,
             family: info.family.as_str(),
             last: None,
+            blend: blend_with.as_ref(),
         };
         let phase = format!("pass {}", plan.number);
         let options = sampler_options(plan, from_noise);
@@ -240,6 +312,16 @@ pub fn run_batch(
             plan.sampler.decl.run(&mut guidance, &options, x, &sigmas)
         });
         observer.pass_ended();
+        if takes_concat {
+            model
+                .set_concat(None)
+                .map_err(|e| anyhow!("pass {}: {e}", plan.number))?;
+        }
+        let out = out.map(|o| match &blend_with {
+            // A1111 `sample`: `samples * nmask + init_latent * mask` once more at the end.
+            Some(b) => blend(b, &o),
+            None => o,
+        });
         let out = out.map_err(|e| {
             let (name, file) = (&plan.sampler.decl.name, &plan.sampler.file);
             plugin_error(observer, plan.number, size, "sampler", name, file, e)
@@ -254,6 +336,8 @@ pub fn run_batch(
         .map(|i| ImageResult {
             latents: latents.iter().map(|l| l.narrow(0, i, 1)).collect(),
             first: start + 1,
+            overlay: overlay.clone(),
+            mask_weight,
         })
         .collect())
 }

@@ -10,12 +10,14 @@ pub mod content_type;
 pub mod error;
 pub mod extras;
 mod ignored;
+pub mod img2img;
 pub mod listener;
 pub mod listings;
 pub mod native;
 pub mod options;
 pub mod progress;
 mod sampler_fields;
+mod sd_upscale;
 pub mod sdapi;
 pub mod txt2img;
 pub mod worker;
@@ -482,7 +484,7 @@ pub fn router(state: Shared, max_body: usize) -> axum::Router {
     use axum::routing::{get, post};
     let api = axum::Router::new()
         .route("/sdapi/v1/txt2img", post(sdapi::txt2img))
-        .route("/sdapi/v1/img2img", post(sdapi::img2img))
+        .route("/sdapi/v1/img2img", post(img2img::img2img))
         .route("/sdapi/v1/samplers", get(sdapi::samplers))
         .route("/sdapi/v1/schedulers", get(sdapi::schedulers))
         .route("/sdapi/v1/upscalers", get(sdapi::upscalers))

@@ -142,6 +142,16 @@ fn adopt(state: &Shared, mut profile: Profile) -> ApiResult<Profile> {
         if let Some(name) = &pass.upscaler {
             super::plain_name(&key("upscaler"), name)?;
         }
+        // A path on the server would read its files into the image: img2img comes by upload.
+        if let Some(k) = ["init_image", "mask"].into_iter().find(|k| match *k {
+            "init_image" => pass.init_image.is_some(),
+            _ => pass.mask.is_some(),
+        }) {
+            return Err(ApiError::field(
+                &key(k),
+                format!("{} is a file on the server; send the image to /sdapi/v1/img2img (init_images, mask) instead", key(k)),
+            ));
+        }
         if let Some(name) = &pass.checkpoint {
             pass.checkpoint = Some(path(&state.checkpoint(&key("checkpoint"), name)?));
         }

@@ -111,13 +111,6 @@ pub async fn txt2img(State(state): State<Shared>, payload: Payload) -> ApiResult
     })))
 }
 
-pub async fn img2img() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "img2img is not offered by hiresfix serve — use /sdapi/v1/txt2img with enable_hr, or `hiresfix finish IMAGE` for an existing image",
-    )
-}
-
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("{} is not an endpoint of this server (A1111's /sdapi/v1/*, or /hiresfix/v1/generate and /hiresfix/v1/plugins)", uri.path()))
 }

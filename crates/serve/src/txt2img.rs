@@ -208,13 +208,33 @@ fn in_range(key: &str, value: i64, low: i64, high: i64, fix: &str) -> ApiResult<
 /// A request as a profile, every field checked (a 422 names the one at fault). Unset fields
 /// take the server's `--defaults` profile's values, else A1111's defaults.
 pub fn to_profile(state: &ServerState, body: &Map<String, Value>) -> ApiResult<Profile> {
+    to_profile_as(state, body, Endpoint::Txt2img)
+}
+
+/// Which endpoint a request came to: what its `denoising_strength` means.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Endpoint {
+    /// `denoising_strength` is the hires pass's.
+    Txt2img,
+    /// `denoising_strength` is pass 1's img2img strength; the hires pass reads
+    /// `hr_denoising_strength` (A1111 has no hires fix on img2img).
+    Img2img,
+}
+
+/// [`to_profile`] for the request of `endpoint` (the img2img handler adds its own fields to
+/// pass 1 after this shared mapping).
+pub fn to_profile_as(
+    state: &ServerState,
+    body: &Map<String, Value>,
+    endpoint: Endpoint,
+) -> ApiResult<Profile> {
     let site = Site {
         registry: state.registry,
         defaults: &state.defaults,
         limits: &state.limits,
         server: Some(state),
     };
-    map_request(&site, body)
+    map_request(&site, body, endpoint)
 }
 
 /// A request body as the profile a server without `--defaults` would run, with no server: the
@@ -228,12 +248,16 @@ pub fn request_profile(registry: &Registry, body: &Map<String, Value>) -> ApiRes
         limits: &Limits::of_a_profile(),
         server: None,
     };
-    map_request(&site, body)
+    map_request(&site, body, Endpoint::Txt2img)
 }
 
 /// [`to_profile`] and [`request_profile`]: the fields in order, each checked as it is read,
 /// then the whole profile under [`Profile::validate`] (what a TOML profile must pass).
-fn map_request(site: &Site<'_>, body: &Map<String, Value>) -> ApiResult<Profile> {
+fn map_request(
+    site: &Site<'_>,
+    body: &Map<String, Value>,
+    endpoint: Endpoint,
+) -> ApiResult<Profile> {
     super::ignored::no_script(body)?;
     let f = Fields(body);
     let limits = site.limits;
@@ -344,7 +368,7 @@ fn map_request(site: &Site<'_>, body: &Map<String, Value>) -> ApiResult<Profile>
     }
     profile.passes.push(first);
     if f.flag("enable_hr")?.unwrap_or(false) {
-        let hires = hires_pass(site, &f, &profile)?;
+        let hires = hires_pass(site, &f, &profile, endpoint)?;
         profile.passes.push(hires);
     }
     super::sampler_fields::apply(site.registry, &f, &mut profile)?;
@@ -383,18 +407,24 @@ fn variation_seeds(f: &Fields<'_>, profile: &mut Profile) -> ApiResult<()> {
 }
 
 /// A1111's hires fields as pass 2 (unset ones from `--defaults`' pass 2).
-fn hires_pass(site: &Site<'_>, f: &Fields<'_>, profile: &Profile) -> ApiResult<Pass> {
+fn hires_pass(
+    site: &Site<'_>,
+    f: &Fields<'_>,
+    profile: &Profile,
+    endpoint: Endpoint,
+) -> ApiResult<Pass> {
     let base = site.defaults.passes.get(1).cloned().unwrap_or_default();
     let side = site.limits.side as f64;
     let (w, h) = match profile.passes.first().map(|p| (p.width, p.height)) {
         Some((Some(w), Some(h))) => (w as f64, h as f64),
         _ => return Err(ApiError::internal("pass 1 has no size")),
     };
-    let denoise = f
-        .float("denoising_strength")?
-        .or(base.denoise)
-        .unwrap_or(a1111::DENOISE);
-    let denoise = ruled("denoising_strength", denoise, defaults::denoise)?;
+    let (key, fallback) = match endpoint {
+        Endpoint::Txt2img => ("denoising_strength", a1111::DENOISE),
+        Endpoint::Img2img => ("hr_denoising_strength", defaults::HIRES_DENOISE),
+    };
+    let denoise = f.float(key)?.or(base.denoise).unwrap_or(fallback);
+    let denoise = ruled(key, denoise, defaults::denoise)?;
     let mut pass = Pass {
         denoise: Some(denoise),
         width: None,
