@@ -32,7 +32,7 @@ References:
                  sd_samplers_kdiffusion.py sample_img2img (denoise slicing), for
                  inpainting_mask_weight 1.0 and 0.5;
   (c) txt2img.*  a txt2img run on the inpainting checkpoint with A1111's
-                 txt2img_image_conditioning (ones mask, latent of a black image).
+                 txt2img_image_conditioning (ones mask, latent of a grey image).
 
 Deviations from A1111, by design: the VAE encodings use the posterior mean (A1111 samples
 the posterior with the global torch RNG), and the noise is torch.manual_seed(seed);
@@ -318,18 +318,18 @@ def main() -> None:
         rec.put(f"inpaint.concat.{tag}", run["image_cond"], f"inpainting_image_conditioning with inpainting_mask_weight {weight}: cat([mask, latent of lerp(img, img*(1-mask), {weight})])")
         rec.put(f"inpaint.latent.{tag}", run["latent"], f"final latent: sample_euler over inpaint.sigmas from init_latent + noise*sigmas[0], latent mask blended after each denoise and at the end (weight {weight})")
     # (c) txt2img on the inpainting checkpoint: processing.py txt2img_image_conditioning, a
-    # ones mask and the latent of an all-zero [0, 1] image (images_tensor_to_samples maps
-    # it to -1, black), no latent mask.
+    # ones mask and the latent of an all-0.5 [0, 1] image (images_tensor_to_samples maps it
+    # to 0, grey; older A1111 versions encoded an all-zero one, black), no latent mask.
     with torch.no_grad():
-        black = vae_encode(vae, torch.zeros(1, 3, HEIGHT, WIDTH) * 2 - 1)
-        txt_concat = F.pad(black, (0, 0, 0, 0, 1, 0), value=1.0)
+        grey = vae_encode(vae, torch.ones(1, 3, HEIGHT, WIDTH) * 0.5 * 2 - 1)
+        txt_concat = F.pad(grey, (0, 0, 0, 0, 1, 0), value=1.0)
         torch.manual_seed(SEED)
         noise = torch.randn([4, HEIGHT // 2, WIDTH // 2]).unsqueeze(0)
         sigmas = model_wrap.get_sigmas(STEPS)
         plain = InpaintCFGDenoiser(model_wrap, torch.zeros_like(noise), torch.zeros_like(noise), torch.ones_like(noise))
         extra = {"cond": text_p, "uncond": text_n, "cond_scale": CFG, "image_cond": txt_concat}
         txt_latent = k_diffusion.sampling.sample_euler(plain, noise * sigmas[0], sigmas, extra_args=extra, disable=True)
-    rec.put("txt2img.concat", txt_concat, "txt2img_image_conditioning: cat([ones mask, VAE latent (posterior mean) of a black image (0*2-1)])")
+    rec.put("txt2img.concat", txt_concat, "txt2img_image_conditioning: cat([ones mask, VAE latent (posterior mean) of a grey image (0.5*2-1)])")
     rec.put("txt2img.sigmas", sigmas, f"get_sigmas({STEPS})")
     rec.put("txt2img.latent", txt_latent, f"sample_euler over txt2img.sigmas from manual_seed({SEED}) randn([4,16,16]) * sigmas[0], CFG {CFG}, image_cond txt2img.concat")
     check_finite(rec)

@@ -350,7 +350,6 @@ fn webuiapi_listing_option_and_util_calls_work() {
 }
 
 #[test]
-#[ignore = "needs /sdapi/v1/img2img (i26-img2img)"]
 fn webuiapi_img2img_calls_work_with_its_request_bodies() {
     let server = Server::start("webuiapi-img2img", &[]);
     let png = generated(&server);
