@@ -675,7 +675,9 @@ fn grey_png(path: &Path, w: u32, h: u32) {
         let mut encoder = png::Encoder::new(&mut bytes, w, h);
         encoder.set_color(png::ColorType::Grayscale);
         let mut writer = encoder.write_header().unwrap();
-        writer.write_image_data(&vec![255u8; (w * h) as usize]).unwrap();
+        writer
+            .write_image_data(&vec![255u8; (w * h) as usize])
+            .unwrap();
     }
     std::fs::write(path, bytes).unwrap();
 }

@@ -16,13 +16,7 @@ use crate::errors::one_line;
 use crate::observer::Observer;
 use crate::registry::{Entry, Registry};
 
-/// An RGB8 image.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rgb8 {
-    pub width: u32,
-    pub height: u32,
-    pub pixels: Vec<u8>,
-}
+pub use crate::png_pixels::Rgb8;
 
 /// How the output size is chosen (A1111's `resize_mode`).
 #[derive(Clone, Copy, Debug, PartialEq)]

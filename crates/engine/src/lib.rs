@@ -20,6 +20,7 @@ pub mod noise;
 pub mod observer;
 pub mod output;
 pub mod parameters;
+pub mod pass_size;
 pub mod plan;
 pub mod png_pixels;
 pub mod png_text;

@@ -37,7 +37,7 @@ pub trait Observer: Sync {
     }
 
     /// A live preview of the running image (A1111's "Approx cheap", [`crate::preview`]).
-    fn preview(&self, _image: &crate::extras::Rgb8) {}
+    fn preview(&self, _image: &crate::png_pixels::Rgb8) {}
 
     /// `phase` (`load`, `text encode`, `pass 1`, `upscale`, `vae decode`, `png`) took
     /// `seconds`; a phase may be reported more than once (each image, each pass).

@@ -51,17 +51,7 @@ pub struct PatchPlan<'r> {
     pub infotext: Vec<(String, String)>,
 }
 
-/// A pass's image size: pixels, latent cells, and the size to upscale to before a centre crop.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PassSize {
-    pub width: u32,
-    pub height: u32,
-    pub latent_w: i64,
-    pub latent_h: i64,
-    /// Latent size to resize to before cropping to `latent_h × latent_w` (cover, A1111 rule).
-    pub cover_h: i64,
-    pub cover_w: i64,
-}
+pub use crate::pass_size::PassSize;
 
 fn option_value(table: &str, key: &str, value: &toml::Value) -> Result<OptionValue> {
     Ok(match value {

@@ -4,6 +4,14 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+/// An RGB8 image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rgb8 {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
 /// Pixels of a PNG that is decoded (`finish`'s input): the largest side squared.
 pub const MAX_PIXELS: u64 = crate::defaults::MAX_SIZE as u64 * crate::defaults::MAX_SIZE as u64;
 

@@ -17,7 +17,6 @@ pub mod native;
 pub mod options;
 pub mod progress;
 mod sampler_fields;
-mod sd_upscale;
 pub mod sdapi;
 pub mod txt2img;
 pub mod worker;

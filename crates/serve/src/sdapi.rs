@@ -61,17 +61,25 @@ pub fn images_of(
     }
 }
 
+/// The listed checkpoint a request's profile runs (for the response's `info`).
+pub fn chosen_model(
+    state: &Shared,
+    profile: &hiresfix_engine::profile::Profile,
+) -> ApiResult<crate::catalog::Checkpoint> {
+    let path = profile.model.checkpoint.clone().unwrap_or_default();
+    state
+        .checkpoint_list()
+        .into_iter()
+        .find(|c| c.path.to_string_lossy() == path)
+        .ok_or_else(|| ApiError::internal("the chosen model vanished"))
+}
+
 pub async fn txt2img(State(state): State<Shared>, payload: Payload) -> ApiResult<Json<Value>> {
     let request = payload.json_object()?;
     let profile = txt2img::to_profile(&state, &request)?;
     hiresfix_engine::limits::check_profile(&profile)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-    let model_path = profile.model.checkpoint.clone().unwrap_or_default();
-    let model = state
-        .checkpoint_list()
-        .into_iter()
-        .find(|c| c.path.to_string_lossy() == model_path)
-        .ok_or_else(|| ApiError::internal("the chosen model vanished"))?;
+    let model = chosen_model(&state, &profile)?;
     let label = txt2img::sampler_label(&state, &profile);
     let outcome = run_job(&state, profile.clone(), None).await?.await;
     let (images, interrupted) = images_of(outcome)?;

@@ -218,28 +218,12 @@ fn write_merged(
                 .to_kind(Kind::Float)
                 .narrow(1, 4, entry.shape[1] - 4);
             let merged = Tensor::f_cat(&[latent, rest], 1)?.to_kind(kind);
-            if !crate::health::is_finite(&merged) {
-                bail!(
-                    "merge ({}): tensor `{name}` becomes NaN or inf in {} — use weights near 0..1",
-                    cut(recipe),
-                    crate::health::dtype(kind)
-                );
-            }
-            merged
+            finite(merged, recipe, name, kind)?
         } else if is_float(&entry.dtype) && shapes_agree {
             report.merged += 1;
             let kind = crate::checkpoint::safetensors::kind_of(&entry.dtype).unwrap_or(Kind::Float);
             let merged = weighted(files, factors, name, false)?.to_kind(kind);
-            // Weights that overflow fp32 (or the stored dtype) are never written: the
-            // temporary file is removed.
-            if !crate::health::is_finite(&merged) {
-                bail!(
-                    "merge ({}): tensor `{name}` becomes NaN or inf in {} — use weights near 0..1",
-                    cut(recipe),
-                    crate::health::dtype(kind)
-                );
-            }
-            merged
+            finite(merged, recipe, name, kind)?
         } else {
             if is_float(&entry.dtype) {
                 report.copied.push(name.clone());
@@ -312,4 +296,17 @@ fn cut(text: &str) -> String {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_owned(),
     }
+}
+
+/// `merged` when every value is finite: weights that overflow fp32 (or the stored dtype) are
+/// never written (the temporary file is removed).
+fn finite(merged: Tensor, recipe: &str, name: &str, kind: Kind) -> Result<Tensor> {
+    if !crate::health::is_finite(&merged) {
+        bail!(
+            "merge ({}): tensor `{name}` becomes NaN or inf in {} — use weights near 0..1",
+            cut(recipe),
+            crate::health::dtype(kind)
+        );
+    }
+    Ok(merged)
 }

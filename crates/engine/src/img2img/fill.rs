@@ -100,16 +100,7 @@ pub fn fill(image: &Image8, mask: &Image8) -> Image8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn square(w: usize, h: usize, [x1, y1, x2, y2]: [usize; 4]) -> Image8 {
-        let mut m = Image8::new(w, h, 1);
-        for y in y1..y2 {
-            for x in x1..x2 {
-                m.data[y * w + x] = 255;
-            }
-        }
-        m
-    }
+    use crate::img2img::mask::tests::square;
 
     #[test]
     fn fill_keeps_unmasked_pixels_and_paints_masked_ones_from_them() {

@@ -131,12 +131,7 @@ pub fn resize_mode(im: &Image8, mode: ResizeMode, width: usize, height: usize) -
             } else {
                 ih * width / iw
             };
-            let resized = lanczos(im, src_w, src_h);
-            let mut res = Image8::new(width, height, im.channels);
-            let x = (width / 2) as i64 - (src_w / 2) as i64;
-            let y = (height / 2) as i64 - (src_h / 2) as i64;
-            res.paste(&resized, x, y);
-            res
+            centred(&lanczos(im, src_w, src_h), width, height)
         }
         ResizeMode::ResizeAndFill => {
             let src_w = if ratio < src_ratio {
@@ -150,10 +145,7 @@ pub fn resize_mode(im: &Image8, mode: ResizeMode, width: usize, height: usize) -
                 ih * width / iw
             };
             let resized = lanczos(im, src_w, src_h);
-            let mut res = Image8::new(width, height, im.channels);
-            let x = (width / 2) as i64 - (src_w / 2) as i64;
-            let y = (height / 2) as i64 - (src_h / 2) as i64;
-            res.paste(&resized, x, y);
+            let mut res = centred(&resized, width, height);
             let (rw, rh) = (resized.width as f64, resized.height as f64);
             let bicubic = |w, h, b| resize_box(&resized, w, h, Filter::Bicubic, b);
             if ratio < src_ratio {
@@ -176,6 +168,16 @@ pub fn resize_mode(im: &Image8, mode: ResizeMode, width: usize, height: usize) -
             res
         }
     }
+}
+
+/// `resized` pasted centred on a black `width × height` canvas (cropped where larger), as
+/// `resize_image`'s modes 1 and 2 do.
+fn centred(resized: &Image8, width: usize, height: usize) -> Image8 {
+    let mut res = Image8::new(width, height, resized.channels);
+    let x = (width / 2) as i64 - (resized.width / 2) as i64;
+    let y = (height / 2) as i64 - (resized.height / 2) as i64;
+    res.paste(resized, x, y);
+    res
 }
 
 #[cfg(test)]

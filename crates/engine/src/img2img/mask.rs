@@ -116,51 +116,44 @@ pub fn crop_region(mask: &Image8, pad: u32) -> Option<[i64; 4]> {
 
 /// `masking.expand_crop_region`: the box grown to the pass's aspect ratio, inside the image.
 pub fn expand_crop_region(
-    [mut x1, mut y1, mut x2, mut y2]: [i64; 4],
+    [x1, y1, x2, y2]: [i64; 4],
     processing_width: u32,
     processing_height: u32,
     image_width: usize,
     image_height: usize,
 ) -> [i64; 4] {
-    let (iw, ih) = (image_width as i64, image_height as i64);
     let ratio_crop = (x2 - x1) as f64 / (y2 - y1) as f64;
     let ratio_processing = f64::from(processing_width) / f64::from(processing_height);
     if ratio_crop > ratio_processing {
         let desired = (x2 - x1) as f64 / ratio_processing;
-        let diff = (desired - (y2 - y1) as f64) as i64;
-        y1 -= diff.div_euclid(2);
-        y2 += diff - diff.div_euclid(2);
-        if y2 >= ih {
-            let d = y2 - ih;
-            y2 -= d;
-            y1 -= d;
-        }
-        if y1 < 0 {
-            y2 -= y1;
-            y1 = 0;
-        }
-        if y2 >= ih {
-            y2 = ih;
-        }
+        let (y1, y2) = grow(y1, y2, desired, image_height as i64);
+        [x1, y1, x2, y2]
     } else {
         let desired = (y2 - y1) as f64 * ratio_processing;
-        let diff = (desired - (x2 - x1) as f64) as i64;
-        x1 -= diff.div_euclid(2);
-        x2 += diff - diff.div_euclid(2);
-        if x2 >= iw {
-            let d = x2 - iw;
-            x2 -= d;
-            x1 -= d;
-        }
-        if x1 < 0 {
-            x2 -= x1;
-            x1 = 0;
-        }
-        if x2 >= iw {
-            x2 = iw;
-        }
+        let (x1, x2) = grow(x1, x2, desired, image_width as i64);
+        [x1, y1, x2, y2]
     }
-    [x1, y1, x2, y2]
+}
+
+/// One side of `expand_crop_region`: `lo..hi` grown to `desired` about its centre, shifted
+/// back inside `0..limit` and clipped there, in A1111's order of steps.
+fn grow(mut lo: i64, mut hi: i64, desired: f64, limit: i64) -> (i64, i64) {
+    let diff = (desired - (hi - lo) as f64) as i64;
+    lo -= diff.div_euclid(2);
+    hi += diff - diff.div_euclid(2);
+    if hi >= limit {
+        let d = hi - limit;
+        hi -= d;
+        lo -= d;
+    }
+    if lo < 0 {
+        hi -= lo;
+        lo = 0;
+    }
+    if hi >= limit {
+        hi = limit;
+    }
+    (lo, hi)
 }
 
 /// A1111's latent mask: the pass-size mask resized to the latent's size (PIL's default
@@ -182,10 +175,10 @@ pub fn doubled(mask: &Image8) -> Image8 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn square(w: usize, h: usize, [x1, y1, x2, y2]: [usize; 4]) -> Image8 {
+    pub(crate) fn square(w: usize, h: usize, [x1, y1, x2, y2]: [usize; 4]) -> Image8 {
         let mut m = Image8::new(w, h, 1);
         for y in y1..y2 {
             for x in x1..x2 {

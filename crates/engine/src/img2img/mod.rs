@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Result};
 use host_api::tch::{Device, Kind, Tensor};
 use host_api::ModelBox;
 
-use crate::plan::PassSize;
+use crate::pass_size::PassSize;
 use crate::profile::{InpaintingFill, ResizeMode};
 use composite::Overlay;
 use resample::Image8;

@@ -7,10 +7,10 @@ use axum::Json;
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
-use super::error::{cut, ApiError, ApiResult};
-use super::img2img::{echo, io_error, scratch_dir, to_profile, Uploads};
-use super::txt2img::{self, Fields};
-use super::Shared;
+use super::request::{echo, io_error, scratch_dir, to_profile, Uploads};
+use crate::error::{cut, ApiError, ApiResult};
+use crate::txt2img::{self, Fields};
+use crate::Shared;
 use hiresfix_engine::img2img::resample::{resize, Filter, Image8};
 use hiresfix_engine::img2img::{flatten, init, tiles};
 
@@ -171,10 +171,10 @@ pub(crate) async fn run(
                 dir: dir.join("never-made"),
             };
             let (profile, _) = to_profile(state, &one, &tile_uploads)?;
-            let outcome = super::sdapi::run_job(state, profile.clone(), None)
+            let outcome = crate::sdapi::run_job(state, profile.clone(), None)
                 .await?
                 .await;
-            let (mut images, stopped) = super::sdapi::images_of(outcome)?;
+            let (mut images, stopped) = crate::sdapi::images_of(outcome)?;
             if let Some(done) = images.pop() {
                 tile.image = png_rgb(&dir, &done.png)?;
                 rendered.push(done);
@@ -204,12 +204,7 @@ pub(crate) async fn run(
         None,
     )
     .map_err(|e| ApiError::internal(e.to_string()))?;
-    let model_path = probe.model.checkpoint.clone().unwrap_or_default();
-    let model = state
-        .checkpoint_list()
-        .into_iter()
-        .find(|c| c.path.to_string_lossy() == model_path)
-        .ok_or_else(|| ApiError::internal("the chosen model vanished"))?;
+    let model = crate::sdapi::chosen_model(state, &probe)?;
     let label = txt2img::sampler_label(state, &probe);
     let mut info = txt2img::info(
         profiles.first().unwrap_or(&probe),
@@ -223,7 +218,7 @@ pub(crate) async fn run(
     info["extra_generation_params"]["SD upscale overlap"] = json!(overlap);
     info["extra_generation_params"]["SD upscale upscaler"] =
         json!(if filter.is_some() { "Lanczos" } else { "None" });
-    let warnings = super::ignored::warnings(request);
+    let warnings = crate::ignored::warnings(request);
     if !warnings.is_empty() {
         info["warnings"] = json!(warnings);
     }

@@ -3,19 +3,16 @@
 //! plus what A1111 lacks: `enable_hr` and the `hr_*` fields run img2img → upscale →
 //! re-denoise in one request (the hires pass's strength is `hr_denoising_strength`). The
 //! decoded images are written to a private temporary folder for the job and removed after.
-//! `script_name: "sd upscale"` runs A1111's tiled script ([`super::sd_upscale`]).
+//! `script_name: "sd upscale"` runs A1111's tiled script ([`super::sd_upscale`]); the
+//! handler that picks one is [`super`].
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::State;
-use axum::Json;
 use base64::Engine;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
-use super::body::Payload;
-use super::error::{cut, ApiError, ApiResult};
-use super::txt2img::{self, Endpoint, Fields};
-use super::Shared;
+use crate::error::{cut, ApiError, ApiResult};
+use crate::txt2img::{self, Endpoint, Fields};
 use hiresfix_engine::defaults;
 use hiresfix_engine::profile::{InpaintingFill, Profile, ResizeMode};
 
@@ -23,7 +20,7 @@ use hiresfix_engine::profile::{InpaintingFill, Profile, ResizeMode};
 pub const MAX_IMAGE_BYTES: usize = 64 << 20;
 
 /// A1111's img2img fields that txt2img lacks, with its API defaults (the `parameters` echo).
-const IMG2IMG_DEFAULTS: &str = r#"{
+pub(crate) const IMG2IMG_DEFAULTS: &str = r#"{
     "init_images": null, "resize_mode": 0, "image_cfg_scale": null, "mask": null,
     "mask_blur_x": 4, "mask_blur_y": 4, "mask_blur": null, "mask_round": true,
     "inpainting_fill": 0, "inpaint_full_res": true, "inpaint_full_res_padding": 0,
@@ -61,7 +58,7 @@ impl Drop for Uploads {
 }
 
 /// A base64 image field (with or without a `data:image/...;base64,` prefix) as bytes.
-fn decode_image(field: &str, value: &Value) -> ApiResult<Vec<u8>> {
+pub(crate) fn decode_image(field: &str, value: &Value) -> ApiResult<Vec<u8>> {
     let Value::String(text) = value else {
         return Err(ApiError::field(
             field,
@@ -106,7 +103,7 @@ fn decode_image(field: &str, value: &Value) -> ApiResult<Vec<u8>> {
 }
 
 /// Writes the init image and mask to a fresh private folder and checks that they decode.
-fn write_uploads(request: &Map<String, Value>) -> ApiResult<Uploads> {
+pub(crate) fn write_uploads(request: &Map<String, Value>) -> ApiResult<Uploads> {
     let init = match request.get("init_images") {
         Some(Value::Array(list)) if !list.is_empty() => decode_image("init_images[0]", &list[0])?,
         _ => {
@@ -156,7 +153,7 @@ fn write_uploads(request: &Map<String, Value>) -> ApiResult<Uploads> {
 }
 
 /// A 422 naming the field when the image does not decode (not the temporary path); its size.
-fn check_decodes(field: &str, path: &Path) -> ApiResult<(usize, usize)> {
+pub(crate) fn check_decodes(field: &str, path: &Path) -> ApiResult<(usize, usize)> {
     hiresfix_engine::img2img::init::read(path, field)
         .map(|d| (d.rgb.width, d.rgb.height))
         .map_err(|e| {
@@ -166,7 +163,12 @@ fn check_decodes(field: &str, path: &Path) -> ApiResult<(usize, usize)> {
 }
 
 /// A number field as one of A1111's numbered choices (`resize_mode` 0..=3, ...).
-fn choice(f: &Fields<'_>, key: &str, count: usize, names: &[&str]) -> ApiResult<Option<usize>> {
+pub(crate) fn choice(
+    f: &Fields<'_>,
+    key: &str,
+    count: usize,
+    names: &[&str],
+) -> ApiResult<Option<usize>> {
     let Some(n) = f.int(key)? else {
         return Ok(None);
     };
@@ -184,7 +186,7 @@ fn choice(f: &Fields<'_>, key: &str, count: usize, names: &[&str]) -> ApiResult<
 }
 
 /// A flag sent as a bool or A1111's 0/1.
-fn flag(f: &Fields<'_>, key: &str) -> ApiResult<Option<bool>> {
+pub(crate) fn flag(f: &Fields<'_>, key: &str) -> ApiResult<Option<bool>> {
     match f.0.get(key) {
         Some(Value::Number(_)) => Ok(f.int(key)?.map(|n| n != 0)),
         _ => f.flag(key),
@@ -193,7 +195,7 @@ fn flag(f: &Fields<'_>, key: &str) -> ApiResult<Option<bool>> {
 
 /// The request as a profile: the shared txt2img mapping, then pass 1's img2img fields.
 pub(crate) fn to_profile(
-    state: &super::ServerState,
+    state: &crate::ServerState,
     request: &Map<String, Value>,
     uploads: &Uploads,
 ) -> ApiResult<(Profile, Vec<String>)> {
@@ -295,77 +297,12 @@ pub(crate) fn to_profile(
     Ok((profile, warnings))
 }
 
-fn profile_has_one_pass(request: &Map<String, Value>) -> bool {
+pub(crate) fn profile_has_one_pass(request: &Map<String, Value>) -> bool {
     !Fields(request)
         .flag("enable_hr")
         .ok()
         .flatten()
         .unwrap_or(false)
-}
-
-/// Whether the request asks for A1111's "SD upscale" script.
-fn is_sd_upscale(request: &Map<String, Value>) -> bool {
-    request
-        .get("script_name")
-        .and_then(Value::as_str)
-        .is_some_and(|name| name.trim().eq_ignore_ascii_case("sd upscale"))
-}
-
-pub async fn img2img(State(state): State<Shared>, payload: Payload) -> ApiResult<Json<Value>> {
-    let request = payload.json_object()?;
-    let uploads = write_uploads(&request)?;
-    if is_sd_upscale(&request) {
-        return super::sd_upscale::run(&state, &request, &uploads).await;
-    }
-    let (profile, mut warnings) = to_profile(&state, &request, &uploads)?;
-    hiresfix_engine::limits::check_profile(&profile)
-        .map_err(|e| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-    let model_path = profile.model.checkpoint.clone().unwrap_or_default();
-    let model = state
-        .checkpoint_list()
-        .into_iter()
-        .find(|c| c.path.to_string_lossy() == model_path)
-        .ok_or_else(|| ApiError::internal("the chosen model vanished"))?;
-    let label = txt2img::sampler_label(&state, &profile);
-    let outcome = super::sdapi::run_job(&state, profile.clone(), None)
-        .await?
-        .await;
-    drop(uploads);
-    let (images, interrupted) = super::sdapi::images_of(outcome)?;
-    let f = Fields(&request);
-    let send = f.flag("send_images")?.unwrap_or(true);
-    let mut encoded: Vec<String> = match send {
-        true => images
-            .iter()
-            .map(|i| base64::engine::general_purpose::STANDARD.encode(&i.png))
-            .collect(),
-        false => Vec::new(),
-    };
-    let include = f.flag("include_init_images")?.unwrap_or(false);
-    if include && send {
-        if let Some(Value::Array(list)) = request.get("init_images") {
-            encoded.extend(
-                list.iter()
-                    .filter_map(|v| v.as_str())
-                    .map(|s| s.split_once(";base64,").map_or(s, |(_, b)| b).to_owned()),
-            );
-        }
-    }
-    let mut info = txt2img::info(&profile, &model, &label, &images);
-    info["denoising_strength"] = json!(profile.passes[0].denoise);
-    warnings.splice(0..0, super::ignored::warnings(&request));
-    if !warnings.is_empty() {
-        info["warnings"] = json!(warnings);
-    }
-    if interrupted {
-        info["interrupted"] = Value::Bool(true);
-    }
-    info["batch_size"] = f.int("batch_size")?.unwrap_or(1).into();
-    Ok(Json(json!({
-        "images": encoded,
-        "parameters": echo(&request, include),
-        "info": info.to_string(),
-    })))
 }
 
 /// The `parameters` echo: txt2img's, A1111's img2img fields, the request's values; the
@@ -389,6 +326,7 @@ pub(crate) fn echo(request: &Map<String, Value>, include: bool) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn base64_with_or_without_a_data_url_decodes_and_garbage_is_named() {
