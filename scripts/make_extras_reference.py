@@ -56,6 +56,10 @@ def main():
     pixels = np.stack([x * 2 + 20, y * 4, (x + y) + 40], -1) + rng.randint(0, 8, (60, 100, 3))
     img = Image.fromarray(pixels.clip(0, 255).astype("uint8"))
     img.save(os.path.join(OUT, "input.png"))
+    # The same image as a JPEG (the endpoints decode PNG, JPEG and WebP): PIL's decode of it
+    # is the reference's input.
+    img.save(os.path.join(OUT, "input.jpg"), quality=95)
+    jpeg = Image.open(os.path.join(OUT, "input.jpg")).convert("RGB")
     cases = {
         "lanczos-1.5": dict(request={"upscaler_1": "Lanczos", "upscaling_resize": 1.5},
                             out=extras(img, "Lanczos", by=1.5)),
@@ -67,11 +71,15 @@ def main():
         "to-128-crop": dict(request={"upscaler_1": "Lanczos", "resize_mode": 1, "upscaling_resize_w": 128,
                                      "upscaling_resize_h": 128, "upscaling_crop": True},
                             out=extras(img, "Lanczos", mode=1, to=(128, 128))),
+        "jpeg-nearest-2": dict(request={"upscaler_1": "Nearest", "upscaling_resize": 2},
+                               out=extras(jpeg, "Nearest", by=2), input="input.jpg"),
     }
     listing = {}
     for name, case in cases.items():
         case["out"].save(os.path.join(OUT, f"{name}.png"))
         listing[name] = {"request": case["request"], "png": f"{name}.png", "size": list(case["out"].size)}
+        if "input" in case:
+            listing[name]["input"] = case["input"]
     with open(os.path.join(OUT, "cases.json"), "w") as f:
         json.dump(listing, f, indent=1)
         f.write("\n")

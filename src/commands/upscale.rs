@@ -52,11 +52,12 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
             out.display()
         );
     }
-    let (width, height, pixels) = hiresfix_engine::png_pixels::read_rgb8(&args.image)?;
+    // PNG of any colour type, JPEG or WebP, as img2img's init image.
+    let decoded = hiresfix_engine::img2img::init::read(&args.image, "IMAGE")?;
     let image = extras::Rgb8 {
-        width,
-        height,
-        pixels,
+        width: decoded.rgb.width as u32,
+        height: decoded.rgb.height as u32,
+        pixels: decoded.rgb.data,
     };
     let settings = Settings {
         upscaler_1: args.upscaler.clone(),
@@ -68,7 +69,7 @@ pub fn run(args: &Args, quiet: bool) -> Result<()> {
         resize: Resize::By(args.scale),
         max_side: hiresfix_engine::defaults::MAX_SIZE,
     };
-    extras::check((width, height), &settings).map_err(|e| {
+    extras::check((image.width, image.height), &settings).map_err(|e| {
         anyhow::anyhow!(
             "{}: {}",
             args.image.display(),

@@ -520,9 +520,9 @@ const CASES: &[Case] = &[
         setup: |sc| s(&["upscale", upscale_input(sc), "--upscaler", "Lanczos", "--scale", "0"]) },
     Case { name: "upscale: an output under 8 px", code: 1, expect: "a 2x2 image scaled by 2.000 is under 8 px a side",
         setup: |sc| s(&["upscale", png_with(sc, &[]).to_str().unwrap(), "--upscaler", "Lanczos"]) },
-    Case { name: "upscale: a missing image", code: 1, expect: "cannot open nope.png",
+    Case { name: "upscale: a missing image", code: 1, expect: "IMAGE nope.png: cannot read it",
         setup: |_| s(&["upscale", "nope.png", "--upscaler", "Lanczos"]) },
-    Case { name: "upscale: an image that is not a PNG", code: 1, expect: "in.png is not a readable PNG",
+    Case { name: "upscale: an image that is not a PNG, JPEG or WebP", code: 1, expect: "in.png is not a PNG, JPEG or WebP image",
         setup: |sc| s(&["upscale", bytes_file(sc, "in.png", b"GIF89a").to_str().unwrap(), "--upscaler", "Lanczos"]) },
     Case { name: "upscale: a pickle model upscaler", code: 1, expect: "a PyTorch pickle, which hiresfix never runs: convert it once with `hiresfix convert",
         setup: |sc| {

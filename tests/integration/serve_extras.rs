@@ -204,7 +204,7 @@ fn extras_refusals_are_one_line_422s() {
         (
             json!({"image": "bm90IGEgcG5n"}),
             "image",
-            "not a readable PNG",
+            "is not a PNG, JPEG or WebP image",
         ),
         (json!({"image": "%%%"}), "image", "not base64"),
         (json!({}), "image", "send the image"),
@@ -349,8 +349,11 @@ fn upscale_command_writes_the_upscaled_png_or_nothing() {
     }
 }
 
+/// How far a JPEG's decode may be from libjpeg's (PIL's), in 8-bit levels.
+const JPEG_LEVELS: u8 = 4;
+
 /// The references of `scripts/make_extras_reference.py`: A1111's Extras with its built-in
-/// upscalers run by PIL, on a 100 × 60 image.
+/// upscalers run by PIL, on a 100 × 60 image (PNG, and JPEG for one case).
 #[test]
 fn extras_match_a1111s_pil_transcription() {
     let server = Server::start("serve-extras-parity", &[]);
@@ -360,7 +363,11 @@ fn extras_match_a1111s_pil_transcription() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     for (name, case) in cases.as_object().unwrap() {
         let mut body = case["request"].clone();
-        body["image"] = json!(b64(&input));
+        body["image"] = json!(match case["input"].as_str() {
+            // A JPEG (decoded as img2img's init images are).
+            Some(file) => b64(&std::fs::read(dir.join(file)).unwrap()),
+            None => b64(&input),
+        });
         let (status, response) = post(&server, "/sdapi/v1/extra-single-image", &body);
         assert_eq!(status, 200, "{name}: {response}");
         let bytes = base64::engine::general_purpose::STANDARD
@@ -378,10 +385,13 @@ fn extras_match_a1111s_pil_transcription() {
             .unwrap();
         eprintln!("{name}: at most {worst} levels from PIL");
         // Nearest is exact; PIL's Lanczos resamples in 8-bit fixed point, the pixel plugin's
-        // in floats: within 2 levels (measured: 2 on each Lanczos case, 0 on nearest).
-        let bound = match name.starts_with("nearest") {
-            true => 0,
-            false => 2,
+        // in floats: within 2 levels (measured: 2 on each Lanczos case, 0 on nearest). The
+        // JPEG is decoded by the `image` crate, not libjpeg: their IDCTs and chroma
+        // upsampling differ by a few levels (measured 3).
+        let bound = match name {
+            n if n.starts_with("jpeg") => JPEG_LEVELS,
+            n if n.starts_with("nearest") => 0,
+            _ => 2,
         };
         assert!(worst <= bound, "{name}: {worst} levels from PIL");
     }

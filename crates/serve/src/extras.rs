@@ -26,7 +26,7 @@ struct Input {
     parameters: String,
 }
 
-/// A request's image: base64 (or a `data:image/...;base64,` URL) of a PNG, its size within
+/// A request's image: base64 (or a `data:image/...;base64,` URL) of a PNG, JPEG or WebP, its size within
 /// the server's `--max-side`.
 fn decode_image(state: &Shared, field: &str, encoded: &str) -> ApiResult<Input> {
     let data = match encoded.split_once("base64,") {
@@ -42,8 +42,11 @@ fn decode_image(state: &Shared, field: &str, encoded: &str) -> ApiResult<Input> 
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data.trim())
         .map_err(|e| ApiError::field(field, format!("{field}: not base64 ({e})")))?;
-    let (width, height, pixels) = hiresfix_engine::png_pixels::rgb8_from_bytes(&bytes, field)
-        .map_err(|e| ApiError::field(field, format!("{} — send a PNG", one_line(&e))))?;
+    // PNG of any colour type, JPEG or WebP, as img2img's init images.
+    let decoded = hiresfix_engine::img2img::init::decode(&bytes, field, "(the image sent)")
+        .map_err(|e| ApiError::field(field, one_line(&e)))?;
+    let (width, height) = (decoded.rgb.width as u32, decoded.rgb.height as u32);
+    let pixels = decoded.rgb.data;
     let side = state.limits.side;
     if width.max(height) > side {
         return Err(ApiError::field(

@@ -32,16 +32,23 @@ pub fn read(path: &Path, what: &str) -> Result<Decoded> {
     let bytes = std::fs::read(path).map_err(|e| {
         anyhow!("{what} {shown}: cannot read it ({e}) — give the path of a PNG, JPEG or WebP file")
     })?;
-    match kind(&bytes) {
-        Some("png") => read_png(path, &bytes, what),
-        Some(_) => read_other(&bytes, what, path),
+    decode(&bytes, what, &shown.to_string())
+}
+
+/// Decodes an image file's bytes (PNG of any colour type, JPEG, WebP); `what` and `shown`
+/// name it in errors.
+pub fn decode(bytes: &[u8], what: &str, shown: &str) -> Result<Decoded> {
+    match kind(bytes) {
+        Some("png") => read_png(bytes, what, shown),
+        Some(_) => read_other(bytes, what, shown),
         None => bail!("{what} {shown} is not a PNG, JPEG or WebP image"),
     }
 }
 
-fn read_png(path: &Path, bytes: &[u8], what: &str) -> Result<Decoded> {
+fn read_png(bytes: &[u8], what: &str, shown: &str) -> Result<Decoded> {
     // Pixels as PIL's convert("RGB") (bounded before decoding) ...
-    let (w, h, rgb) = crate::png_pixels::read_rgb8(path).map_err(|e| anyhow!("{what} {e}"))?;
+    let (w, h, rgb) =
+        crate::png_pixels::rgb8_from_bytes(bytes, shown).map_err(|e| anyhow!("{what} {e}"))?;
     // ... and alpha, for a mask drawn as transparency (A1111's `create_binary_mask`).
     let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
@@ -77,8 +84,7 @@ fn rgb_image(w: u32, h: u32, data: Vec<u8>) -> Image8 {
     }
 }
 
-fn read_other(bytes: &[u8], what: &str, path: &Path) -> Result<Decoded> {
-    let shown = path.display();
+fn read_other(bytes: &[u8], what: &str, shown: &str) -> Result<Decoded> {
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .context("reading the image header")?;
