@@ -859,6 +859,97 @@ fn a1111_test_hires_request_of_zero_denoise_answers_200() {
     );
 }
 
+/// Every other test of A1111's own `test/test_txt2img.py` (stable-diffusion-webui, its
+/// `simple_txt2img_request` transcribed above, each test's one change applied): 200 and
+/// images of the asked size and number.
+#[test]
+fn a1111_txt2img_test_requests_answer_200_with_images_of_the_asked_size() {
+    let server = Server::start("serve-a1111-txt2img", &[]);
+    let simple = json!({
+        "batch_size": 1, "cfg_scale": 7, "denoising_strength": 0, "enable_hr": false, "eta": 0,
+        "firstphase_height": 0, "firstphase_width": 0, "height": 64, "n_iter": 1,
+        "negative_prompt": "", "prompt": "example prompt", "restore_faces": false,
+        "s_churn": 0, "s_noise": 1, "s_tmax": 0, "s_tmin": 0, "sampler_index": "Euler a",
+        "seed": -1, "seed_resize_from_h": -1, "seed_resize_from_w": -1, "steps": 3,
+        "styles": [], "subseed": -1, "subseed_strength": 0, "tiling": false, "width": 64
+    });
+    let complex = "((emphasis)), (emphasis1:1.1), [to:1], [from::2], [from:to:0.3], [alt|alt1]";
+    let cases: Vec<(&str, Value, (u32, u32), usize)> = vec![
+        ("test_txt2img_simple_performed", json!({}), (64, 64), 1),
+        (
+            "test_txt2img_with_negative_prompt_performed",
+            json!({"negative_prompt": "example negative prompt"}),
+            (64, 64),
+            1,
+        ),
+        (
+            "test_txt2img_with_complex_prompt_performed",
+            json!({ "prompt": complex }),
+            (64, 64),
+            1,
+        ),
+        (
+            "test_txt2img_not_square_image_performed",
+            json!({"height": 128}),
+            (64, 128),
+            1,
+        ),
+        (
+            "test_txt2img_with_tiling_performed",
+            json!({"tiling": true}),
+            (64, 64),
+            1,
+        ),
+        (
+            "vanilla sampler PLMS",
+            json!({"sampler_index": "PLMS"}),
+            (64, 64),
+            1,
+        ),
+        (
+            "vanilla sampler DDIM",
+            json!({"sampler_index": "DDIM"}),
+            (64, 64),
+            1,
+        ),
+        (
+            "vanilla sampler UniPC",
+            json!({"sampler_index": "UniPC"}),
+            (64, 64),
+            1,
+        ),
+        (
+            "test_txt2img_multiple_batches_performed",
+            json!({"n_iter": 2}),
+            (64, 64),
+            2,
+        ),
+        (
+            "test_txt2img_batch_performed",
+            json!({"batch_size": 2}),
+            (64, 64),
+            2,
+        ),
+    ];
+    for (name, change, size, count) in cases {
+        let mut body = simple.clone();
+        for (k, v) in change.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, response) = post(&server, "/sdapi/v1/txt2img", &body);
+        assert_eq!(status, 200, "{name}: {response}");
+        let list = images(&response);
+        assert_eq!(list.len(), count, "{name}");
+        for image in list {
+            let (w, h, pixels, _) = decode(&image);
+            assert_eq!((w, h), size, "{name}");
+            // A sane image: not one flat colour.
+            let first = &pixels[..3];
+            assert!(pixels.chunks(3).any(|p| p != first), "{name}: a flat image");
+        }
+    }
+}
+
 /// A1111's listing and housekeeping endpoints that clients probe (webuiapi, A1111's
 /// `test/test_utils.py`): each answers in A1111's shape.
 #[test]
