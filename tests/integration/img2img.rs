@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use crate::common::tensors::{read_reference, rel_err};
 use crate::common::*;
 use hiresfix::generate::prepare;
 use hiresfix::img2img::{mask, pixels, Img2ImgPlan};
@@ -20,17 +21,7 @@ fn data() -> PathBuf {
 }
 
 fn reference() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(data().join("reference.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-/// max |a - b| / max |b|
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    f64::try_from((&a - &b).abs().max()).unwrap() / f64::try_from(b.abs().max()).unwrap()
+    read_reference(&data().join("reference.safetensors"))
 }
 
 /// The reference's cases: (name, pass-1 keys).

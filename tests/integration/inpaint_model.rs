@@ -7,11 +7,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::common::tensors::{read_reference, rel_err};
 use crate::common::*;
 use hiresfix::generate::prepare;
 use hiresfix::profile::Profile;
 use hiresfix::registry::Registry;
-use host_api::tch::{Kind, Tensor};
+use host_api::tch::Tensor;
 
 fn dir() -> PathBuf {
     repo().join("tests/data/sd1-inpaint-tiny")
@@ -25,17 +26,7 @@ fn formats() -> [PathBuf; 2] {
 }
 
 fn reference() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(dir().join("reference.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-/// max |a - b| / max |b|
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    f64::try_from((&a - &b).abs().max()).unwrap() / f64::try_from(b.abs().max()).unwrap()
+    read_reference(&dir().join("reference.safetensors"))
 }
 
 fn toml_path(p: &Path) -> toml::Value {

@@ -7,13 +7,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::common::tensors::rel_err;
 use crate::common::*;
 use hiresfix::generate::{generate, prepare, RunOptions};
 use hiresfix::noise::initial_noise;
 use hiresfix::plan::pass_sigmas;
 use hiresfix::profile::{PredictionChoice, Profile};
 use hiresfix::registry::Registry;
-use host_api::tch::{Kind, Tensor};
+use host_api::tch::Tensor;
 use host_api::ModelSigmas;
 
 /// One tiny model and its reference run.
@@ -116,13 +117,6 @@ schedule = "normal"
         );
         Profile::parse(&text, self.dir).unwrap()
     }
-}
-
-/// max |a - b| / max |b|
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    f64::try_from((&a - &b).abs().max()).unwrap() / f64::try_from(b.abs().max()).unwrap()
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 pub mod corpus;
 pub mod files;
 pub mod rss;
+pub mod tensors;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
