@@ -39,9 +39,36 @@ impl Server {
     /// [`Server::start`], the process allowed at most `files` open files (`ulimit -n`) when given.
     pub(crate) fn launch(name: &str, extra: &[&str], files: Option<u32>) -> Server {
         let scratch = Scratch::new(name);
+        let cache = repo().join("target/test-cache");
+        Self::spawn(
+            scratch,
+            &[("tiny.safetensors", tiny_ldm())],
+            extra,
+            files,
+            cache,
+        )
+    }
+
+    /// A server whose `--models` holds `models` (file name, file), hashing into a cache of
+    /// its own (as a first start-up does).
+    pub(crate) fn with_models(name: &str, models: &[(&str, PathBuf)]) -> Server {
+        let scratch = Scratch::new(name);
+        let cache = scratch.path("cache");
+        Self::spawn(scratch, models, &[], None, cache)
+    }
+
+    fn spawn(
+        scratch: Scratch,
+        files_in_models: &[(&str, PathBuf)],
+        extra: &[&str],
+        files: Option<u32>,
+        cache: PathBuf,
+    ) -> Server {
         let models = scratch.path("models");
         std::fs::create_dir_all(&models).unwrap();
-        std::os::unix::fs::symlink(tiny_ldm(), models.join("tiny.safetensors")).unwrap();
+        for (name, file) in files_in_models {
+            std::os::unix::fs::symlink(file, models.join(name)).unwrap();
+        }
         let defaults = scratch.write("defaults.toml", DEFAULTS);
         let listen: &[&str] = match extra.contains(&"--listen") {
             true => &[],
@@ -65,7 +92,7 @@ impl Server {
             .arg(&defaults)
             .args(extra)
             .env_remove("HIRESFIX_PLUGIN_PATH")
-            .env("HIRESFIX_CACHE_DIR", repo().join("target/test-cache"))
+            .env("HIRESFIX_CACHE_DIR", cache)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -300,65 +327,101 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 #[test]
-fn interrupt_ends_the_run_within_a_step_and_the_server_goes_on() {
-    let server = Server::start("serve-interrupt", &["--max-steps", "400"]);
-    let long =
-        json!({"prompt": "a lighthouse", "seed": 5, "width": 64, "height": 64, "steps": 400});
+fn interrupt_returns_the_image_as_far_as_it_got_within_a_unet_call() {
+    let server = Server::start("serve-interrupt", &[]);
+    // Pass 1 of 20 steps and a hires pass.
+    let request = |hires: bool| {
+        json!({"prompt": "a lighthouse", "seed": 5, "width": 64, "height": 64, "steps": 20,
+            "sampler_name": "Euler a", "enable_hr": hires, "hr_scale": 2,
+            "hr_second_pass_steps": 2, "denoising_strength": 0.5})
+    };
+    // The whole of pass 1, for comparison (it also loads the model).
+    let (status, full) = post(&server, "/sdapi/v1/txt2img", &request(false));
+    assert_eq!(status, 200, "{full}");
+    let (_, _, full_rgb, _) = decode(&images(&full)[0]);
     let url = server.url("/sdapi/v1/txt2img");
+    let body = request(true).to_string();
     let runner = std::thread::spawn(move || {
-        let (status, text) = call("POST", &url, Some(&long.to_string()), &[]);
+        let (status, text) = call("POST", &url, Some(&body), &[]);
         (status, text, Instant::now())
     });
-    // Wait until it samples, time one step, then interrupt.
     let deadline = Instant::now() + Duration::from_secs(120);
-    // Wait until it samples, then time one whole step (from one step change to the next).
     let step_now = || {
-        get(&server, "/sdapi/v1/progress")["state"]["sampling_step"]
-            .as_u64()
-            .unwrap()
+        let p = get(&server, "/sdapi/v1/progress");
+        (p["state"]["sampling_step"].as_u64().unwrap(), p)
     };
-    let wait_change = |from: u64| loop {
-        let now = step_now();
-        if now != from {
-            break now;
+    // Time step 2 (from the change to 2 to the change to 3: one UNet call of Euler a), then
+    // interrupt at once, during step 4 of 20 of pass 1.
+    let mut changed_to_2 = None;
+    let (step_seconds, during) = loop {
+        let (step, p) = step_now();
+        assert!(
+            Instant::now() < deadline,
+            "the job never reached step 3: {p}"
+        );
+        match step {
+            2 if changed_to_2.is_none() => changed_to_2 = Some(Instant::now()),
+            s if s >= 3 => {
+                let since = changed_to_2.expect("step 2 was seen").elapsed();
+                break (since.as_secs_f64(), p);
+            }
+            _ => {}
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
     };
-    while step_now() < 2 {
-        assert!(Instant::now() < deadline, "the job never started sampling");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let first = wait_change(step_now());
-    let t = Instant::now();
-    wait_change(first);
-    let step_seconds = t.elapsed().as_secs_f64();
-    let p = get(&server, "/sdapi/v1/progress");
-    assert!(p["progress"].as_f64().unwrap() > 0.0);
-    assert_eq!(p["state"]["job_count"], 1);
     let asked = Instant::now();
     let (status, _) = call("POST", &server.url("/sdapi/v1/interrupt"), Some("{}"), &[]);
     assert_eq!(status, 200);
+    // A1111's current_task while it runs.
+    let task = during["current_task"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        task.starts_with("task(txt2img-") && task.ends_with(')'),
+        "{during}"
+    );
+    assert_eq!(during["state"]["job"], "txt2img");
     let (status, text, answered) = runner.join().unwrap();
     let waited = answered.duration_since(asked).as_secs_f64();
     assert_eq!(status, 200, "{text}");
     let response: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(
-        images(&response).len(),
-        0,
-        "an interrupted image is not returned half-made"
-    );
     assert_eq!(info(&response)["interrupted"], true);
-    // Within one step (plus the time to answer), far from the 400 steps asked for.
+    // One image, decoded from pass 1's latest prediction: pass 1's size (the hires pass never
+    // ran), not flat, not the finished pass 1, and the infotext of what ran.
+    let shown = images(&response);
+    assert_eq!(shown.len(), 1, "clients read images[0]");
+    let (w, h, rgb, parameters) = decode(&shown[0]);
+    assert_eq!((w, h), (64, 64));
+    let (lo, hi) = (rgb.iter().min().unwrap(), rgb.iter().max().unwrap());
+    assert!(hi - lo > 20, "a flat image: {lo}..{hi}");
+    let differing = rgb.iter().zip(&full_rgb).filter(|(a, b)| a != b).count();
     assert!(
-        waited < 2.0 * step_seconds + 1.0,
-        "answered {waited:.2}s after the interrupt; a step takes {step_seconds:.2}s"
+        differing > rgb.len() / 4,
+        "{differing} of {} values differ",
+        rgb.len()
+    );
+    assert!(parameters.contains("Steps: 20,"), "{parameters}");
+    assert!(parameters.contains("Size: 64x64"), "{parameters}");
+    assert!(
+        !parameters.contains("Hires"),
+        "the hires pass did not run: {parameters}"
+    );
+    assert_eq!(info(&response)["infotexts"][0], parameters);
+    // Within the UNet call running when it was asked (plus decoding and answering).
+    eprintln!("interrupt answered after {waited:.3} s; one UNet call {step_seconds:.3} s");
+    assert!(
+        waited < step_seconds + 1.0,
+        "answered {waited:.2}s after the interrupt; a UNet call takes {step_seconds:.2}s"
     );
     let idle = get(&server, "/sdapi/v1/progress");
     assert_eq!(idle["state"]["job_count"], 0);
     assert_eq!(idle["progress"], 0.0);
+    assert_eq!(idle["current_task"], Value::Null);
     let (status, next) = post(&server, "/sdapi/v1/txt2img", &json!({"seed": 6}));
     assert_eq!(status, 200, "{next}");
     assert_eq!(images(&next).len(), 1);
+    assert!(info(&next).get("interrupted").is_none(), "{next}");
 }
 
 #[test]
@@ -565,10 +628,28 @@ fn listings_options_and_png_info() {
             .map(|e| e[key].as_str().unwrap().to_owned())
             .collect()
     };
-    let samplers = names(get(&server, "/sdapi/v1/samplers"), "name");
+    let listed = get(&server, "/sdapi/v1/samplers");
+    let samplers = names(listed.clone(), "name");
     for s in ["Euler a", "Euler", "DPM++ 2M", "DDIM"] {
         assert!(samplers.contains(&s.to_owned()), "{s} not in {samplers:?}");
     }
+    // A1111's sampler options: the schedule each runs by default and DPM2's discarded sigma.
+    let options = |name: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["options"]
+            .clone()
+    };
+    assert_eq!(options("DPM++ 2M"), json!({"scheduler": "karras"}));
+    assert_eq!(options("DPM++ 2M SDE"), json!({"scheduler": "exponential"}));
+    assert_eq!(
+        options("DPM2"),
+        json!({"scheduler": "karras", "discard_next_to_last_sigma": true})
+    );
+    assert_eq!(options("Euler"), json!({}));
     let schedulers = names(get(&server, "/sdapi/v1/schedulers"), "name");
     assert_eq!(schedulers[0], "automatic");
     assert!(schedulers.contains(&"karras".to_owned()));

@@ -382,3 +382,104 @@ fn webuiapi_img2img_calls_work_with_its_request_bodies() {
         response["parameters"]
     );
 }
+
+/// webuiapi's `util_set_model(name)` (find_closest): the title among `util_get_model_names()`
+/// (sorted) with the highest `difflib.SequenceMatcher(None, name.lower(), title).ratio()`, the
+/// last of equals winning (`>=`), then `set_options({"sd_model_checkpoint": title})`.
+fn util_set_model(server: &Server, name: &str) -> String {
+    let name = name.to_lowercase();
+    let mut titles: Vec<String> = get(server, "/sdapi/v1/sd-models")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["title"].as_str().unwrap().to_owned())
+        .collect();
+    titles.sort();
+    let found = match titles.contains(&name) {
+        true => name.clone(),
+        false => {
+            let (mut best, mut best_ratio) = (titles[0].clone(), 0.0f32);
+            for title in &titles {
+                let ratio =
+                    difflib::sequencematcher::SequenceMatcher::new(name.as_str(), title.as_str())
+                        .ratio();
+                if ratio >= best_ratio {
+                    (best, best_ratio) = (title.clone(), ratio);
+                }
+            }
+            best
+        }
+    };
+    let (status, body) = post(
+        server,
+        "/sdapi/v1/options",
+        &json!({"sd_model_checkpoint": found}),
+    );
+    assert_eq!(status, 200, "{body}");
+    found
+}
+
+#[test]
+fn util_set_model_picks_the_named_model_among_four_right_after_start_up() {
+    let data = crate::common::repo().join("tests/data");
+    // Without `[hash]` in every title, "sd1-tiny" would match "sd2-tiny.safetensors" best
+    // (ratio 0.50 against 0.39 for "sd1-tiny.safetensors [0123456789]").
+    let server = Server::with_models(
+        "webuiapi-set-model",
+        &[
+            (
+                "sd1-tiny.safetensors",
+                data.join("sd1-tiny/sd1-tiny.safetensors"),
+            ),
+            (
+                "sd2-tiny.safetensors",
+                data.join("sd2-tiny/sd2-tiny.safetensors"),
+            ),
+            (
+                "sdxl-tiny.safetensors",
+                data.join("sdxl-tiny/sdxl-tiny.safetensors"),
+            ),
+            (
+                "sd1-inpaint-tiny.safetensors",
+                data.join("sd1-inpaint-tiny/sd1-inpaint-tiny.safetensors"),
+            ),
+        ],
+    );
+    let models = get(&server, "/sdapi/v1/sd-models");
+    assert_eq!(models.as_array().unwrap().len(), 4, "{models}");
+    for m in models.as_array().unwrap() {
+        let hash = m["hash"]
+            .as_str()
+            .expect("every title has its hash at once");
+        assert_eq!(
+            m["title"],
+            format!("{}.safetensors [{hash}]", m["model_name"].as_str().unwrap())
+        );
+    }
+    let chosen = util_set_model(&server, "sd1-tiny");
+    assert!(chosen.starts_with("sd1-tiny.safetensors ["), "{chosen}");
+    // util_get_current_model, and a generation runs that model.
+    assert_eq!(
+        get(&server, "/sdapi/v1/options")["sd_model_checkpoint"],
+        chosen
+    );
+    let (status, body) = post(
+        &server,
+        "/sdapi/v1/txt2img",
+        &json!({"prompt": "a fox", "steps": 2}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let info: Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
+    assert_eq!(info["sd_model_name"], "sd1-tiny", "{info}");
+    // The same titles on a second listing (stable, not recomputed differently).
+    let again = get(&server, "/sdapi/v1/sd-models");
+    assert_eq!(again, models);
+    // And the others by their names.
+    for name in ["sd2-tiny", "sdxl-tiny", "sd1-inpaint-tiny"] {
+        let chosen = util_set_model(&server, name);
+        assert!(
+            chosen.starts_with(&format!("{name}.safetensors [")),
+            "{name}: {chosen}"
+        );
+    }
+}

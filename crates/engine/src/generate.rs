@@ -195,6 +195,9 @@ fn run_all(
             }
             Sink::Memory(_) => e,
         })?;
+        if job.models.observer.stopped() {
+            break; // stopped, its images kept as far as they got: no more chunks
+        }
     }
     Ok(())
 }
@@ -437,9 +440,15 @@ fn write_image(
     sink: &mut Sink,
 ) -> Result<Rgb8> {
     let mut last = None;
-    let until = image.until;
-    let resolved = toml::to_string(&job.image_profile(image.n))
-        .context("cannot encode the resolved profile")?;
+    // A stopped run's image is that of the last pass it reached, and it records only the
+    // passes that ran (its stored latent would not be a pass's end: none is kept).
+    let until = match result.interrupted {
+        true => image.until.min(result.first + result.latents.len() - 1),
+        false => image.until,
+    };
+    let mut resolved = job.image_profile(image.n);
+    resolved.passes.truncate(until);
+    let resolved = toml::to_string(&resolved).context("cannot encode the resolved profile")?;
     let (plans, sizes) = (&job.plans[..until], &job.sizes[..until]);
     let seeds = ImageSeeds {
         seed: image.seed,
@@ -477,7 +486,7 @@ fn write_image(
             }
             None => (w, h, rgb),
         };
-        let stored = match pass < job.plans.len() {
+        let stored = match pass < job.plans.len() && !result.interrupted {
             true => Some(stored_latent::encode(latent, pass)?),
             false => None,
         };

@@ -30,6 +30,13 @@ pub trait Observer: Sync {
         false
     }
 
+    /// Whether a stopped run still returns its images as far as they got (A1111's
+    /// `/interrupt`: the last denoised prediction, decoded, and no later pass); `false` (the
+    /// command line's Ctrl-C) ends the run with an error and nothing written.
+    fn keeps_partial(&self) -> bool {
+        false
+    }
+
     /// Whether a live preview is wanted after step `i` (0-based) of the running pass; when
     /// true the run computes one and calls [`Self::preview`].
     fn preview_wanted(&self, _i: usize) -> bool {

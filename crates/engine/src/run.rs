@@ -28,6 +28,9 @@ struct Guidance<'a> {
     /// The model's family (the live preview's factors) and the last denoised prediction.
     family: &'a str,
     last: Option<Tensor>,
+    /// What the last call returned (after CFG and the mask blend): the image as far as it
+    /// got when the run is stopped (A1111's `sampler.last_latent`).
+    denoised: Option<Tensor>,
     /// Inpainting: the init latent and the latent mask (1 repaints); each denoised result is
     /// `init * (1 - nmask) + nmask * denoised` (A1111 `sd_samplers_cfg_denoiser`).
     blend: Option<&'a (Tensor, Tensor)>,
@@ -40,6 +43,11 @@ fn blend((init, nmask): &(Tensor, Tensor), denoised: &Tensor) -> Tensor {
 
 impl SamplerCallbacks for Guidance<'_> {
     fn denoise(&mut self, x: &Tensor, sigma: f64) -> host_api::Result<Tensor> {
+        // A stop takes effect before the next UNet call, not only between steps (a step of a
+        // second-order sampler makes two; A1111's `CFGDenoiser.forward` checks here too).
+        if self.observer.stopped() {
+            return Err(host_api::Error::new(STOPPED));
+        }
         let denoised = if self.cfg == 1.0 {
             let out = self.model.denoise(x, sigma, &[self.cond])?.remove(0);
             self.last = Some(out.shallow_clone());
@@ -50,10 +58,12 @@ impl SamplerCallbacks for Guidance<'_> {
             self.last = Some(out[1].shallow_clone());
             &out[0] + (&out[1] - &out[0]) * self.cfg
         };
-        Ok(match self.blend {
+        let denoised = match self.blend {
             Some(b) => blend(b, &denoised),
             None => denoised,
-        })
+        };
+        self.denoised = Some(denoised.shallow_clone());
+        Ok(denoised)
     }
 
     fn noise_like(&mut self, x: &Tensor) -> host_api::Result<Tensor> {
@@ -124,7 +134,14 @@ pub struct ImageResult {
     /// A 9-channel inpainting checkpoint ran pass 1 with this mask weight (A1111's
     /// "Conditional mask weight").
     pub mask_weight: Option<f64>,
+    /// The run was stopped (`/interrupt`) and the last latent is the denoised prediction of
+    /// the last UNet call of the pass it stopped in (or the pass before, when that pass had
+    /// made none); no later pass ran.
+    pub interrupted: bool,
 }
+
+/// What the denoiser answers a sampler once the run is stopped.
+const STOPPED: &str = "stopped";
 
 /// A run resumed after pass `after_pass` from its latent (`hiresfix finish`).
 pub struct Resume {
@@ -166,6 +183,7 @@ pub fn run_batch(
     let mut family: Option<(String, &PassPlan<'_>)> = None;
     let mut overlay = None;
     let mut mask_weight = None;
+    let mut interrupted = false;
     for (i, (plan, size)) in plans.iter().zip(sizes).enumerate().skip(start) {
         let (model, info) = models.for_pass(settings, plan)?;
         match &family {
@@ -304,6 +322,7 @@ pub fn run_batch(
             observer,
             family: info.family.as_str(),
             last: None,
+            denoised: None,
             blend: blend_with.as_ref(),
         };
         let phase = format!("pass {}", plan.number);
@@ -312,6 +331,13 @@ pub fn run_batch(
             plan.sampler.decl.run(&mut guidance, &options, x, &sigmas)
         });
         observer.pass_ended();
+        // Stopped by a caller that keeps the image as far as it got: the last prediction.
+        let partial = match &out {
+            Err(_) if observer.stopped() && observer.keeps_partial() => {
+                Some(guidance.denoised.take())
+            }
+            _ => None,
+        };
         if takes_concat {
             model
                 .set_concat(None)
@@ -322,6 +348,19 @@ pub fn run_batch(
             Some(b) => blend(b, &o),
             None => o,
         });
+        match partial {
+            Some(Some(last)) => {
+                check_finite(&last, &model, plan.number, "the UNet's result")?;
+                latents.push(last);
+                interrupted = true;
+                break;
+            }
+            Some(None) if latents.len() > usize::from(resume.is_some()) => {
+                interrupted = true; // no UNet call yet: the pass before is the image
+                break;
+            }
+            _ => {}
+        }
         let out = out.map_err(|e| {
             let (name, file) = (&plan.sampler.decl.name, &plan.sampler.file);
             plugin_error(observer, plan.number, size, "sampler", name, file, e)
@@ -338,6 +377,7 @@ pub fn run_batch(
             first: start + 1,
             overlay: overlay.clone(),
             mask_weight,
+            interrupted,
         })
         .collect())
 }

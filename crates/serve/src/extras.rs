@@ -196,6 +196,7 @@ async fn upscale_all(
             profile: hiresfix_engine::profile::Profile::empty(),
             started: None,
             reply,
+            task: None,
             chore: Some(Box::new(chore)),
         },
     )?;

@@ -90,6 +90,7 @@ pub async fn unload_checkpoint(
             profile: hiresfix_engine::profile::Profile::empty(),
             started: None,
             reply,
+            task: None,
             chore: Some(Box::new(chore)),
         },
     )?;

@@ -236,7 +236,8 @@ pub async fn generate(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let profile = adopt(&state, parse_profile(&payload)?)?;
     let (started_tx, started) = oneshot::channel();
-    let outcome = run_job(&state, profile, Some(started_tx)).await?;
+    let task = crate::progress::task_id("hiresfix", None);
+    let outcome = run_job(&state, profile, Some(started_tx), task).await?;
     let (tx, rx) = mpsc::channel::<Event>(64);
     let position = state.queue.jobs();
     let observer = state.queue.observer.clone();

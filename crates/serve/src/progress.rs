@@ -72,6 +72,8 @@ impl Default for PreviewSettings {
 /// and the flag `/interrupt` and shutdown raise (the sampler stops at its next step).
 pub struct JobObserver {
     state: Mutex<State>,
+    /// A1111's task id of the running job (`task(txt2img-ABC1234)`), for `current_task`.
+    task: Mutex<Option<String>>,
     cancelled: AtomicBool,
     previews: Mutex<PreviewSettings>,
 }
@@ -85,6 +87,7 @@ impl Default for JobObserver {
                 preview: None,
                 previews: 0,
             }),
+            task: Mutex::new(None),
             cancelled: AtomicBool::new(false),
             previews: Mutex::new(PreviewSettings::default()),
         }
@@ -114,6 +117,15 @@ impl JobObserver {
     /// Sets when previews are made (`POST /options`).
     pub fn set_previews(&self, settings: PreviewSettings) {
         *self.previews.lock().unwrap_or_else(|e| e.into_inner()) = settings;
+    }
+
+    /// The running job's A1111 task id (set as it starts, cleared as it ends).
+    pub fn set_task(&self, task: Option<String>) {
+        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = task;
+    }
+
+    pub fn task(&self) -> Option<String> {
+        self.task.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The job ended (done, failed or cancelled).
@@ -177,6 +189,11 @@ impl Observer for JobObserver {
         self.cancelled()
     }
 
+    /// A1111 answers an interrupted request with the image as far as it got.
+    fn keeps_partial(&self) -> bool {
+        true
+    }
+
     fn preview_wanted(&self, i: usize) -> bool {
         let settings = *self.previews.lock().unwrap_or_else(|e| e.into_inner());
         settings.enabled && settings.every > 0 && (i as i64) % settings.every == 0
@@ -197,5 +214,54 @@ impl Observer for JobObserver {
                 s.previews += 1;
             });
         }
+    }
+}
+
+/// A1111's id of a queued job, `task(<kind>-<7 of A-Z0-9>)` as its `create_task_id` makes
+/// it, or the request's `force_task_id`.
+pub fn task_id(kind: &str, forced: Option<String>) -> String {
+    use std::sync::atomic::AtomicU64;
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    if let Some(id) = forced {
+        return id;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // Distinct per job (the sequence) and per server start (the clock); not a secret.
+    let mut n = nanos
+        ^ SEQUENCE
+            .fetch_add(1, Ordering::SeqCst)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    const DIGITS: &[u8; 36] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut id = String::with_capacity(7);
+    for _ in 0..7 {
+        id.push(DIGITS[(n % 36) as usize] as char);
+        n /= 36;
+    }
+    format!("task({kind}-{id})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::task_id;
+
+    #[test]
+    fn task_ids_have_a1111s_shape_and_differ() {
+        let (a, b) = (task_id("txt2img", None), task_id("txt2img", None));
+        assert_ne!(a, b);
+        let inner = a
+            .strip_prefix("task(txt2img-")
+            .unwrap()
+            .strip_suffix(')')
+            .unwrap();
+        assert_eq!(inner.len(), 7);
+        assert!(
+            inner
+                .bytes()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()),
+            "{a}"
+        );
+        assert_eq!(task_id("img2img", Some("mine".into())), "mine");
     }
 }

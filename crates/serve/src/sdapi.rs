@@ -18,12 +18,14 @@ pub async fn run_job(
     state: &Shared,
     profile: Profile,
     started: Option<oneshot::Sender<()>>,
+    task: String,
 ) -> ApiResult<oneshot::Receiver<Outcome>> {
     let (reply, outcome) = oneshot::channel();
     let work = Work {
         profile,
         started,
         reply,
+        task: Some(task),
         chore: None,
     };
     submit(state, work)?;
@@ -81,7 +83,9 @@ pub async fn txt2img(State(state): State<Shared>, payload: Payload) -> ApiResult
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     let model = chosen_model(&state, &profile)?;
     let label = txt2img::sampler_label(&state, &profile);
-    let outcome = run_job(&state, profile.clone(), None).await?.await;
+    let task =
+        crate::progress::task_id("txt2img", txt2img::Fields(&request).text("force_task_id")?);
+    let outcome = run_job(&state, profile.clone(), None, task).await?.await;
     let (images, interrupted) = images_of(outcome)?;
     // Only an explicit false turns the images off (null and "" are unset).
     let send = txt2img::Fields(&request)
@@ -138,10 +142,23 @@ pub async fn samplers(State(state): State<Shared>) -> Json<Value> {
                     .map(|a| a.to_string())
                     .filter(|a| *a != name),
             );
-            json!({"name": name, "aliases": aliases, "options": {}})
+            json!({"name": name, "aliases": aliases, "options": sampler_options(&e.decl)})
         })
         .collect();
     Json(Value::Array(list))
+}
+
+/// A1111's sampler `options` that hiresfix's samplers declare: the schedule a sampler runs
+/// when the request names none (`scheduler`) and `discard_next_to_last_sigma`.
+fn sampler_options(decl: &host_api::SamplerDecl) -> Value {
+    let mut options = Map::new();
+    if !decl.default_schedule.is_empty() {
+        options.insert("scheduler".into(), json!(decl.default_schedule));
+    }
+    if decl.discard_penultimate_sigma {
+        options.insert("discard_next_to_last_sigma".into(), json!(true));
+    }
+    Value::Object(options)
 }
 
 pub async fn schedulers(State(state): State<Shared>) -> Json<Value> {
@@ -328,6 +345,7 @@ pub async fn progress(
         .running
         .load(std::sync::atomic::Ordering::SeqCst);
     let p = state.queue.observer.snapshot();
+    let task = state.queue.observer.task().filter(|_| running);
     let active = running && p.active;
     // A1111's `skip_current_image` query flag leaves the preview out.
     let skip = query.as_deref().is_some_and(|q| {
@@ -351,7 +369,7 @@ pub async fn progress(
             "skipped": false,
             "interrupted": state.queue.observer.cancelled(),
             "stopping_generation": false,
-            "job": if running { "txt2img" } else { "" },
+            "job": if running { job_kind(task.as_deref()) } else { "" },
             "job_count": jobs,
             "job_timestamp": "0",
             "job_no": 0,
@@ -360,7 +378,15 @@ pub async fn progress(
         },
         "current_image": current_image,
         "textinfo": null,
+        "current_task": task,
     }))
+}
+
+/// A1111's `state.job` of a task id (`task(img2img-…)` → `img2img`).
+fn job_kind(task: Option<&str>) -> &str {
+    task.and_then(|t| t.strip_prefix("task("))
+        .and_then(|t| t.split_once('-'))
+        .map_or("txt2img", |(kind, _)| kind)
 }
 
 pub async fn interrupt(State(state): State<Shared>, payload: Payload) -> ApiResult<Json<Value>> {

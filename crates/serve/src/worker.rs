@@ -23,6 +23,8 @@ pub struct Work {
     /// Told when the job leaves the queue and starts.
     pub started: Option<oneshot::Sender<()>>,
     pub reply: oneshot::Sender<Outcome>,
+    /// A1111's task id (`/progress`'s `current_task`), for a generation.
+    pub task: Option<String>,
     /// Work other than a generation that needs the device or the model cache (an extras
     /// upscale, unloading the models): run instead of `profile`.
     pub chore: Option<Chore>,
@@ -194,6 +196,7 @@ fn serve_jobs(
             let _ = work.reply.send(Outcome::ShuttingDown);
             continue;
         }
+        observer.set_task(work.task.clone());
         if let Some(started) = work.started {
             let _ = started.send(());
         }
@@ -201,6 +204,7 @@ fn serve_jobs(
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| chore(&mut models)))
                 .unwrap_or_else(|_| Outcome::Failed("the generation thread panicked; the job was dropped and the server goes on".into()));
             observer.end_job();
+            observer.set_task(None);
             flags.end_job();
             let _ = work.reply.send(outcome);
             continue;
@@ -209,7 +213,9 @@ fn serve_jobs(
             generate_in_memory(work.profile, registry, &base_dir, &mut models, quiet)
         }));
         observer.end_job();
+        observer.set_task(None);
         let outcome = match run {
+            Ok(Ok(images)) if observer.cancelled() => Outcome::Interrupted(images),
             Ok(Ok(images)) => Outcome::Done(images),
             Ok(Err(e)) if observer.cancelled() => Outcome::Interrupted(e.images),
             Ok(Err(e)) if e.before_sampling && !is_server_side(&e.error) => {

@@ -34,7 +34,8 @@ pub async fn img2img(State(state): State<Shared>, payload: Payload) -> ApiResult
         .map_err(|e| ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     let model = crate::sdapi::chosen_model(&state, &profile)?;
     let label = txt2img::sampler_label(&state, &profile);
-    let outcome = crate::sdapi::run_job(&state, profile.clone(), None)
+    let task = crate::progress::task_id("img2img", Fields(&request).text("force_task_id")?);
+    let outcome = crate::sdapi::run_job(&state, profile.clone(), None, task)
         .await?
         .await;
     drop(uploads);

@@ -171,7 +171,8 @@ pub(crate) async fn run(
                 dir: dir.join("never-made"),
             };
             let (profile, _) = to_profile(state, &one, &tile_uploads)?;
-            let outcome = crate::sdapi::run_job(state, profile.clone(), None)
+            let task = crate::progress::task_id("img2img", None);
+            let outcome = crate::sdapi::run_job(state, profile.clone(), None, task)
                 .await?
                 .await;
             let (mut images, stopped) = crate::sdapi::images_of(outcome)?;
