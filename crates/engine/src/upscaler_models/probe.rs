@@ -6,10 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
+/// A file's size and modification time.
 type Stamp = (u64, Option<SystemTime>);
+/// Probes by path, with the stamp each was made at.
+type Cache = Mutex<HashMap<PathBuf, (Stamp, Result<i64, String>)>>;
 
-fn cache() -> &'static Mutex<HashMap<PathBuf, (Stamp, Result<i64, String>)>> {
-    static CACHE: OnceLock<Mutex<HashMap<PathBuf, (Stamp, Result<i64, String>)>>> = OnceLock::new();
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
@@ -39,4 +42,30 @@ pub fn shown(path: &Path) -> String {
         .file_name()
         .map_or_else(|| path.to_string_lossy(), |n| n.to_string_lossy());
     format!("`{}`", crate::errors::cut(&name, 80))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_file_is_probed_again() {
+        let models =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/upscalers/models");
+        let dir = std::env::temp_dir().join(format!("upscaler-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("up.safetensors");
+        std::fs::copy(models.join("realesrgan-x2.safetensors"), &path).unwrap();
+        assert_eq!(probe(&path), Ok(2));
+        assert_eq!(probe(&path), Ok(2));
+        std::fs::copy(models.join("compact-x4.safetensors"), &path).unwrap();
+        assert_eq!(probe(&path), Ok(4));
+        std::fs::write(&path, b"cut").unwrap();
+        let err = probe(&path).unwrap_err();
+        assert!(
+            err.starts_with("`up.safetensors`: not a readable safetensors file"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

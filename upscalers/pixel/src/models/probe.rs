@@ -203,3 +203,46 @@ fn state_dict_shapes(pickle: &Pickle) -> Check<Shapes> {
     }
     Ok(shapes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn header(json: &str) -> Vec<u8> {
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(json.as_bytes());
+        bytes
+    }
+
+    #[test]
+    fn damaged_safetensors_headers_are_one_line_errors() {
+        let err = |name: &str, bytes: &[u8]| arch_of(&file(name, bytes)).unwrap_err();
+        assert!(err("short.safetensors", b"\x01\x02").contains("shorter than its header"));
+        let mut huge = u64::MAX.to_le_bytes().to_vec();
+        huge.extend_from_slice(b"{}");
+        assert!(err("huge.safetensors", &huge).contains("claims more bytes"));
+        assert!(err("list.safetensors", &header("[1, 2]")).contains("not a JSON object"));
+        assert!(
+            err("shape.safetensors", &header(r#"{"a": {"shape": [-1]}}"#))
+                .contains("tensor `a` has no shape")
+        );
+        assert!(err("empty.safetensors", &header(r#"{"__metadata__": {}}"#))
+            .contains("holds no tensors"));
+    }
+
+    #[test]
+    fn a_plain_pickle_and_a_non_checkpoint_are_refused() {
+        let plain = arch_of(&file("plain.pth", b"\x80\x02}q\x00.")).unwrap_err();
+        assert!(plain.contains("a plain pickle"), "{plain}");
+        let text = arch_of(&file("text.pth", b"hello")).unwrap_err();
+        assert!(text.contains("not a PyTorch checkpoint"), "{text}");
+    }
+}
