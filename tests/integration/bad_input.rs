@@ -528,14 +528,14 @@ const CASES: &[Case] = &[
         expect: "--upscaler: `marker-os-system.pth`: refused: the pickle calls os.system — hiresfix runs nothing a model file names",
         setup: |sc| {
             std::fs::create_dir_all(sc.path("ups")).unwrap();
-            data_copy(sc, "tests/data/upscalers/evil/marker-os-system.pth", "ups/marker-os-system.pth");
+            data_copy(sc, "tests/data/upscalers/pth/marker-os-system.pth", "ups/marker-os-system.pth");
             s(&["upscale", upscale_input(sc), "--upscaler", "marker-os-system", "--upscalers", "ups"])
         } },
     Case { name: "upscale: a pickle upscaler that calls builtins.eval", code: 1,
         expect: "--upscaler: `marker-eval.pth`: refused: the pickle calls builtins.eval",
         setup: |sc| {
             std::fs::create_dir_all(sc.path("ups")).unwrap();
-            data_copy(sc, "tests/data/upscalers/evil/marker-eval.pth", "ups/marker-eval.pth");
+            data_copy(sc, "tests/data/upscalers/pth/marker-eval.pth", "ups/marker-eval.pth");
             s(&["upscale", upscale_input(sc), "--upscaler", "marker-eval", "--upscalers", "ups"])
         } },
     Case { name: "upscale: an A1111 name without its file", code: 1,
@@ -554,7 +554,7 @@ const CASES: &[Case] = &[
         expect: "`marker-os-system.pth`: refused: the pickle calls os.system",
         setup: |sc| {
             std::fs::create_dir_all(sc.path("ups")).unwrap();
-            data_copy(sc, "tests/data/upscalers/evil/marker-os-system.pth", "ups/marker-os-system.pth");
+            data_copy(sc, "tests/data/upscalers/pth/marker-os-system.pth", "ups/marker-os-system.pth");
             generate(sc, &tiny_ldm(), "upscaler_dirs = [\"ups\"]", "", "upscaler = \"marker-os-system\"")
         } },
     Case { name: "upscale: an output that exists", code: 1, expect: "out.png exists — choose another name with -o or remove it",

@@ -33,16 +33,18 @@ const FOLDER: &[(&str, &str)] = &[
     ("models/realesrgan-x4-params-ema.pth", "ESRGAN_4x.pth"),
     ("models/esrgan-old-x4.safetensors", "old-x4.safetensors"),
     ("models/realesrgan-x1.pth", "mine-x1.pth"),
-    ("evil/marker-os-system.pth", "marker-os-system.pth"),
-    ("evil/marker-eval.pth", "marker-eval.pth"),
+    ("pth/compact-x4-legacy.pt", "legacy-x4.pt"),
+    ("pth/marker-os-system.pth", "marker-os-system.pth"),
+    ("pth/marker-eval.pth", "marker-eval.pth"),
     // Named as A1111's SwinIR file: refused by its architecture, never opened.
-    ("evil/marker-eval.pth", "SwinIR_4x.pth"),
+    ("pth/marker-eval.pth", "SwinIR_4x.pth"),
 ];
 
-/// Usable upscalers: (listed name, scale from the file, A1111 name or stem).
+/// Usable upscalers: (listed name, scale from the file).
 const USABLE: &[(&str, i64)] = &[
     ("4x-UltraSharp", 2),
     ("ESRGAN_4x", 4),
+    ("legacy-x4", 4),
     ("mine-x1", 1),
     ("old-x4", 4),
     ("R-ESRGAN 4x+", 4),

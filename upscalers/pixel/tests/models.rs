@@ -114,6 +114,17 @@ fn a_pickle_reads_in_place_as_its_safetensors_and_an_evil_one_is_refused() {
         assert_eq!(a.size(), b.size());
         assert_eq!(f64::try_from((a - b).abs().max()).unwrap(), 0.0, "{name}");
     }
+    // torch's legacy (pre-1.6) format, as a `.pt`.
+    let legacy = data().join("../pth/compact-x4-legacy.pt");
+    let (a, b) = (
+        models::load(&legacy).unwrap().forward(&x).unwrap(),
+        models::load(&data().join("compact-x4.safetensors"))
+            .unwrap()
+            .forward(&x)
+            .unwrap(),
+    );
+    assert_eq!(f64::try_from((a - b).abs().max()).unwrap(), 0.0);
+    assert_eq!(models::probe::arch_of(&legacy).unwrap().scale(), 4);
     // params_ema-wrapped, as Real-ESRGAN's releases are.
     let ema = models::load(&data().join("realesrgan-x4-params-ema.pth")).unwrap();
     assert_eq!(ema.scale(), 4);

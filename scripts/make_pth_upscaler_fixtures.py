@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
-"""Writes tests/data/upscalers/evil/: torch-zip-shaped `.pth` upscaler files whose pickle would
-create a marker file when unpickled — the path in $HIRESFIX_TEST_MARKER — so a test can put
+"""Writes tests/data/upscalers/pth/: `.pth`/`.pt` upscaler files hiresfix reads in place.
+
+  compact-x4-legacy.pt   tests/data/upscalers/models/compact-x4.safetensors saved with torch's
+                         legacy (pre-1.6, non-zip) format: torch.save(..., _use_new_zipfile_serialization=False)
+
+and torch-zip-shaped `.pth` upscaler files whose pickle would create a marker file when unpickled — the path in $HIRESFIX_TEST_MARKER — so a test can put
 them in an upscaler folder, list and use them through hiresfix, and assert the marker was
 never made (nothing the pickle names ran).
 
@@ -11,7 +15,9 @@ never made (nothing the pickle names ran).
 
 The script proves each payload is live: it unpickles each data.pkl with Python's own pickle
 in a scratch folder with the variable set and asserts the marker appears (and removes it).
-Deterministic: a rerun writes byte-identical files. Needs only the standard library.
+The hostile files are byte-identical on a rerun; the legacy file's storage keys are object ids,
+so its bytes differ per run (its tensors do not; the script checks them). Needs torch (2.11.0) and safetensors for
+the legacy file; the hostile ones only the standard library.
 """
 import os
 import pickle
@@ -20,7 +26,7 @@ import tempfile
 import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "tests", "data", "upscalers", "evil")
+OUT = os.path.join(ROOT, "tests", "data", "upscalers", "pth")
 VAR = "HIRESFIX_TEST_MARKER"
 
 
@@ -72,8 +78,21 @@ def prove_live(pkl):
         del os.environ[VAR]
 
 
+def write_legacy():
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(os.path.join(ROOT, "tests", "data", "upscalers", "models", "compact-x4.safetensors"))
+    path = os.path.join(OUT, "compact-x4-legacy.pt")
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    back = torch.load(path, weights_only=True)
+    assert all(torch.equal(back[k], v) for k, v in state.items())
+    print("wrote", path)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    write_legacy()
     for name, pkl in pickles().items():
         prove_live(pkl)
         archive = name[: -len(".pth")]
