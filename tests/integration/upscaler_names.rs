@@ -237,6 +237,9 @@ fn every_listed_upscaler_runs_by_its_listed_name_and_hostile_pickles_are_refused
             (422, Some("hr_upscaler"))
         );
         assert!(detail(&response).contains(expect), "{name}: {response}");
+        if !name.starts_with("marker") {
+            continue; // the CLI's wording of the others: the bad-input corpus
+        }
         let out = hiresfix(
             &scratch.0,
             &[

@@ -98,9 +98,14 @@ pub fn find(dirs: &[PathBuf], name: &str) -> Result<Option<ModelFile>> {
         })
     } else {
         let known = a1111::by_name(name);
-        let by_stem = scan(dirs)
-            .into_iter()
-            .find(|m| m.stem.eq_ignore_ascii_case(name.trim()));
+        let files = scan(dirs);
+        let file = |stem: &str| {
+            files
+                .iter()
+                .find(|m| m.stem.eq_ignore_ascii_case(stem))
+                .cloned()
+        };
+        let by_stem = file(name.trim());
         if let Some(why) = known
             .or_else(|| by_stem.as_ref().and_then(|m| a1111::by_stem(&m.stem)))
             .and_then(|k| k.refusal())
@@ -108,15 +113,13 @@ pub fn find(dirs: &[PathBuf], name: &str) -> Result<Option<ModelFile>> {
             bail!("{why}");
         }
         match known {
-            Some(known) => match scan(dirs)
-                .into_iter()
-                .find(|m| m.stem.eq_ignore_ascii_case(known.stem()))
-            {
-                Some(m) => Some(ModelFile {
+            // A1111's file, else a file named as the A1111 name itself.
+            Some(known) => match file(known.stem()).or(by_stem) {
+                Some(m) if m.stem.eq_ignore_ascii_case(known.stem()) => Some(ModelFile {
                     label: known.name.to_owned(),
                     ..m
                 }),
-                None if by_stem.is_some() => by_stem,
+                Some(m) => Some(m),
                 None => bail!(
                     "{} needs {} in {} (download {})",
                     known.name,
