@@ -524,11 +524,38 @@ const CASES: &[Case] = &[
         setup: |_| s(&["upscale", "nope.png", "--upscaler", "Lanczos"]) },
     Case { name: "upscale: an image that is not a PNG, JPEG or WebP", code: 1, expect: "in.png is not a PNG, JPEG or WebP image",
         setup: |sc| s(&["upscale", bytes_file(sc, "in.png", b"GIF89a").to_str().unwrap(), "--upscaler", "Lanczos"]) },
-    Case { name: "upscale: a pickle model upscaler", code: 1, expect: "a PyTorch pickle, which hiresfix never runs: convert it once with `hiresfix convert",
+    Case { name: "upscale: a pickle upscaler that calls os.system", code: 1,
+        expect: "--upscaler: `marker-os-system.pth`: refused: the pickle calls os.system — hiresfix runs nothing a model file names",
         setup: |sc| {
             std::fs::create_dir_all(sc.path("ups")).unwrap();
-            data_copy(sc, "tests/data/upscalers/models/compact-x4.pth", "ups/compact-x4.pth");
-            s(&["upscale", upscale_input(sc), "--upscaler", "compact-x4", "--upscalers", "ups"])
+            data_copy(sc, "tests/data/upscalers/pth/marker-os-system.pth", "ups/marker-os-system.pth");
+            s(&["upscale", upscale_input(sc), "--upscaler", "marker-os-system", "--upscalers", "ups"])
+        } },
+    Case { name: "upscale: a pickle upscaler that calls builtins.eval", code: 1,
+        expect: "--upscaler: `marker-eval.pth`: refused: the pickle calls builtins.eval",
+        setup: |sc| {
+            std::fs::create_dir_all(sc.path("ups")).unwrap();
+            data_copy(sc, "tests/data/upscalers/pth/marker-eval.pth", "ups/marker-eval.pth");
+            s(&["upscale", upscale_input(sc), "--upscaler", "marker-eval", "--upscalers", "ups"])
+        } },
+    Case { name: "upscale: an A1111 name without its file", code: 1,
+        expect: "--upscaler: R-ESRGAN 4x+ needs RealESRGAN_x4plus.pth in ups (download https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth)",
+        setup: |sc| {
+            std::fs::create_dir_all(sc.path("ups")).unwrap();
+            s(&["upscale", upscale_input(sc), "--upscaler", "R-ESRGAN 4x+", "--upscalers", "ups"])
+        } },
+    Case { name: "upscale: SwinIR, another architecture", code: 1,
+        expect: "--upscaler: SwinIR_4x is a SwinIR model (a Swin transformer), an architecture hiresfix does not run",
+        setup: |sc| {
+            std::fs::create_dir_all(sc.path("ups")).unwrap();
+            s(&["upscale", upscale_input(sc), "--upscaler", "SwinIR 4x", "--upscalers", "ups"])
+        } },
+    Case { name: "hires upscaler: a pickle that calls os.system", code: 1,
+        expect: "`marker-os-system.pth`: refused: the pickle calls os.system",
+        setup: |sc| {
+            std::fs::create_dir_all(sc.path("ups")).unwrap();
+            data_copy(sc, "tests/data/upscalers/pth/marker-os-system.pth", "ups/marker-os-system.pth");
+            generate(sc, &tiny_ldm(), "upscaler_dirs = [\"ups\"]", "", "upscaler = \"marker-os-system\"")
         } },
     Case { name: "upscale: an output that exists", code: 1, expect: "out.png exists — choose another name with -o or remove it",
         setup: |sc| {

@@ -1,6 +1,6 @@
 //! Model upscalers (ESRGAN family) between passes: selected by file stem or A1111 name from
-//! `upscaler_dirs`, named in the infotext, described by `check` and `plugins`; a pickle is
-//! refused with the convert command. (Parity with Spandrel: upscalers/pixel/tests/models.rs.)
+//! `upscaler_dirs`, named in the infotext, described by `check` and `plugins`; a `.pth` runs in
+//! place (hostile ones: tests/integration/upscaler_names.rs). (Parity with Spandrel: upscalers/pixel/tests/models.rs.)
 
 use std::path::PathBuf;
 
@@ -53,8 +53,8 @@ fn a_model_by_stem_runs_between_passes_and_names_itself_in_the_infotext() {
 }
 
 #[test]
-fn a_pickle_and_an_unknown_name_are_clear_errors() {
-    let scratch = Scratch::new("model-upscaler-errors");
+fn a_pth_runs_in_place_as_its_safetensors_and_an_unknown_name_is_a_clear_error() {
+    let scratch = Scratch::new("model-upscaler-pth");
     let dir = models_dir(
         &scratch,
         &[
@@ -62,21 +62,23 @@ fn a_pickle_and_an_unknown_name_are_clear_errors() {
             ("realesrgan-x2.safetensors", "2x-test.safetensors"),
         ],
     );
+    // The same tensors as .pth (read by the restricted pickle reader) and .safetensors.
     let out = generate_as(&scratch, "pickle", &profile(&dir, "4x-UltraSharp"));
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(
-            "a PyTorch pickle, which hiresfix never runs: convert it once with `hiresfix convert"
-        ),
-        "{err}"
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = generate_as(&scratch, "safetensors", &profile(&dir, "2x-test"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        read_rgb8(&scratch.path("pickle.png")).unwrap().2,
+        read_rgb8(&scratch.path("safetensors.png")).unwrap().2
     );
+    let params = hiresfix::infotext::parse(&chunk(&scratch.path("pickle.png"), "parameters"));
+    assert_eq!(params.get("Hires upscaler"), Some("4x-UltraSharp"));
     let out = generate_as(&scratch, "unknown", &profile(&dir, "8x-Missing"));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("unknown upscaler `8x-Missing`"), "{err}");
     assert!(err.contains("model files: 2x-test, 4x-UltraSharp"), "{err}");
-    assert!(!scratch.path("pickle.png").exists() && !scratch.path("unknown.png").exists());
+    assert!(!scratch.path("unknown.png").exists());
 }
 
 #[test]

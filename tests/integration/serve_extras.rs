@@ -132,8 +132,18 @@ fn a1111_extras_test_requests_answer_200_with_images_of_the_expected_size() {
         .find(|u| u["name"] == "R-ESRGAN 2x+")
         .unwrap_or_else(|| panic!("R-ESRGAN 2x+ not in {upscalers}"));
     assert_eq!(listed["scale"], 2);
+    assert!(listed["model_path"]
+        .as_str()
+        .unwrap()
+        .ends_with("RealESRGAN_x2plus.safetensors"));
     let realesrgan = get(&server, "/sdapi/v1/realesrgan-models");
-    assert_eq!(realesrgan[0]["name"], "R-ESRGAN 2x+", "{realesrgan}");
+    let listed = realesrgan
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "R-ESRGAN 2x+")
+        .unwrap_or_else(|| panic!("R-ESRGAN 2x+ not in {realesrgan}"));
+    assert_eq!(listed["scale"], 2, "{realesrgan}");
 
     // extra-batch-images: imageList of {data, name} → images.
     let body = json!({"upscaler_1": "Lanczos", "upscaling_resize": 2,

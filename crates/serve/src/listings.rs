@@ -56,17 +56,24 @@ pub async fn none() -> Json<Value> {
     Json(json!([]))
 }
 
-/// `GET /sdapi/v1/realesrgan-models`: the ESRGAN-family model files in the upscaler folders.
+/// `GET /sdapi/v1/realesrgan-models`: the ESRGAN-family upscalers (A1111's Real-ESRGAN and
+/// ESRGAN names, with the file each maps to or `path: null`, and every other model file by
+/// stem), `scale` from the file's architecture; a refused file says why in `refused`.
 pub async fn realesrgan_models(State(state): State<Shared>) -> Json<Value> {
     let dirs = hiresfix_engine::upscaler_models::dirs(&state.upscaler_dirs());
-    let list: Vec<Value> = hiresfix_engine::upscaler_models::scan(&dirs)
+    let list: Vec<Value> = hiresfix_engine::upscaler_models::listing::list(&dirs)
         .into_iter()
-        .map(
-            |file| match hiresfix_engine::upscaler_models::a1111_name(&file.stem) {
-                Some((name, scale)) => json!({"name": name, "path": file.path, "scale": scale}),
-                None => json!({"name": file.stem, "path": file.path, "scale": null}),
-            },
-        )
+        .filter(|l| {
+            hiresfix_engine::upscaler_models::a1111::by_name(&l.name)
+                .is_none_or(|k| k.not_run.is_none())
+        })
+        .map(|l| {
+            let mut entry = json!({"name": l.name, "path": l.path, "scale": l.scale});
+            if let Some(why) = l.refused {
+                entry["refused"] = json!(why);
+            }
+            entry
+        })
         .collect();
     Json(Value::Array(list))
 }

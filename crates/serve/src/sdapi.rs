@@ -199,18 +199,18 @@ pub async fn upscalers(State(state): State<Shared>) -> Json<Value> {
         }
         list.push(json!({"name": display_name(&e.decl), "model_name": null, "model_path": null, "model_url": null, "scale": 4}));
     }
-    for file in hiresfix_engine::upscaler_models::scan(&hiresfix_engine::upscaler_models::dirs(
-        &state.upscaler_dirs(),
-    )) {
-        // A1111 names its Real-ESRGAN files ("R-ESRGAN 4x+"); requests take either name.
-        let (name, model, scale) = match hiresfix_engine::upscaler_models::a1111_name(&file.stem) {
-            Some((name, scale)) => (name.to_owned(), "RealESRGAN", json!(scale)),
-            None => (file.stem.clone(), "ESRGAN", Value::Null),
-        };
-        list.push(json!({
-            "name": name, "model_name": model, "model_path": file.path,
-            "model_url": null, "scale": scale
-        }));
+    // Every A1111 name (its file's path when present) and every other model file by stem;
+    // a file hiresfix refuses keeps A1111's keys and says why in `refused`.
+    let dirs = hiresfix_engine::upscaler_models::dirs(&state.upscaler_dirs());
+    for listed in hiresfix_engine::upscaler_models::listing::list(&dirs) {
+        let mut entry = json!({
+            "name": listed.name, "model_name": listed.kind, "model_path": listed.path,
+            "model_url": listed.url, "scale": listed.scale
+        });
+        if let Some(why) = listed.refused {
+            entry["refused"] = json!(why);
+        }
+        list.push(entry);
     }
     Json(Value::Array(list))
 }

@@ -566,7 +566,15 @@ fn upscaler(site: &Site<'_>, f: &Fields<'_>, fallback: Option<&str>) -> ApiResul
     super::plain_name("hr_upscaler", &name)?;
     match hiresfix_engine::upscaler_models::find(&site.upscaler_dirs(), &name) {
         Ok(Some(_)) => Ok(name),
-        Ok(None) | Err(_) => Err(ApiError::field(
+        // An A1111 name without its file, another architecture, a refused pickle.
+        Err(e) => Err(ApiError::field(
+            "hr_upscaler",
+            format!(
+                "hr_upscaler: {}",
+                hiresfix_engine::errors::one_line(&e)
+            ),
+        )),
+        Ok(None) => Err(ApiError::field(
             "hr_upscaler",
             format!(
                 "hr_upscaler: unknown upscaler `{}` — see GET /sdapi/v1/upscalers and /sdapi/v1/latent-upscale-modes",

@@ -98,11 +98,49 @@ fn every_layout_matches_spandrel_whole_and_tiled() {
 }
 
 #[test]
-fn a_pickle_is_refused_with_the_convert_command() {
-    let err = models::load(&data().join("realesrgan-x4.pth"))
-        .err()
-        .unwrap();
-    assert!(err.0.contains("hiresfix convert"), "{}", err.0);
+fn a_pickle_reads_in_place_as_its_safetensors_and_an_evil_one_is_refused() {
+    let x = Tensor::rand([1, 3, 6, 5], (Kind::Float, host_api::tch::Device::Cpu));
+    for (name, describe) in MODELS {
+        let pth = data().join(format!("{name}.pth"));
+        let from_pickle = models::load(&pth).unwrap_or_else(|e| panic!("{name}: {}", e.0));
+        let from_safetensors = models::load(&data().join(format!("{name}.safetensors"))).unwrap();
+        assert_eq!(from_pickle.describe(), describe);
+        let probed = models::probe::arch_of(&pth).unwrap();
+        assert_eq!(probed.scale(), from_pickle.scale(), "{name}");
+        let (a, b) = (
+            from_pickle.forward(&x).unwrap(),
+            from_safetensors.forward(&x).unwrap(),
+        );
+        assert_eq!(a.size(), b.size());
+        assert_eq!(f64::try_from((a - b).abs().max()).unwrap(), 0.0, "{name}");
+    }
+    // torch's legacy (pre-1.6) format, as a `.pt`.
+    let legacy = data().join("../pth/compact-x4-legacy.pt");
+    let (a, b) = (
+        models::load(&legacy).unwrap().forward(&x).unwrap(),
+        models::load(&data().join("compact-x4.safetensors"))
+            .unwrap()
+            .forward(&x)
+            .unwrap(),
+    );
+    assert_eq!(f64::try_from((a - b).abs().max()).unwrap(), 0.0);
+    assert_eq!(models::probe::arch_of(&legacy).unwrap().scale(), 4);
+    // params_ema-wrapped, as Real-ESRGAN's releases are.
+    let ema = models::load(&data().join("realesrgan-x4-params-ema.pth")).unwrap();
+    assert_eq!(ema.scale(), 4);
+    for (file, global) in [
+        ("evil-os-system.pth", "os.system"),
+        ("evil-builtins-eval.pth", "builtins.eval"),
+    ] {
+        let err = models::load(&data().join(file)).err().unwrap().0;
+        assert!(
+            err.starts_with(&format!("`{file}`: refused: the pickle calls {global} — ")),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+        let probed = models::probe::arch_of(&data().join(file)).unwrap_err();
+        assert!(probed.contains(global), "{probed}");
+    }
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! dict's keys and shapes, never from the file name.
 pub mod arch;
 pub mod compact;
+pub mod probe;
 pub mod rrdb;
 pub mod tiles;
 
@@ -147,39 +148,41 @@ impl Network {
     }
 }
 
-/// Reads a `.safetensors` model file (a `.pth` must be converted first: this never reads
-/// pickle).
+/// Reads a model file: `.safetensors`, or a `.pth`/`.pt` state dict through torch-pickle's
+/// restricted reader (it executes nothing; a pickle naming anything but a tensor state dict's
+/// globals is refused, and its header is checked for an ESRGAN-family architecture before any
+/// tensor is read).
 pub fn load(path: &Path) -> Result<Network> {
     let name = path.display();
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("pth") || e.eq_ignore_ascii_case("pt"))
-    {
-        return Err(Error::new(format!(
-            "{name} is a PyTorch pickle: convert it first with `hiresfix convert {name}` (hiresfix never runs pickle)"
-        )));
-    }
     // Errors name the file by its name (the folder is the user's upscaler_dirs), cut short.
     let file = path
         .file_name()
         .map_or_else(|| name.to_string(), |n| n.to_string_lossy().into_owned());
     let shown = format!("`{}`", arch::cut(&file));
-    let tensors = Tensor::read_safetensors(path).map_err(|e| {
-        // tch's text repeats the path; the reason follows it.
-        let text = e.to_string().replace(&name.to_string(), "");
-        let reason = text
-            .rsplit(": ")
-            .next()
-            .unwrap_or("")
-            .split(['\n', '(', '{'])
-            .next()
-            .unwrap_or("")
-            .trim();
-        Error::new(format!(
-            "{shown}: not a readable safetensors file ({}) — it is cut or damaged; download it again",
-            arch::cut(reason)
-        ))
-    })?;
+    let tensors = match probe::is_pickle(path) {
+        true => {
+            probe::arch_of(path).map_err(|e| Error::new(format!("{shown}: {e}")))?;
+            torch_pickle::read_state_dict(path).map_err(|e| {
+                Error::new(format!("{shown}: {}", probe::pickle_reason(&e)))
+            })?
+        }
+        false => Tensor::read_safetensors(path).map_err(|e| {
+            // tch's text repeats the path; the reason follows it.
+            let text = e.to_string().replace(&name.to_string(), "");
+            let reason = text
+                .rsplit(": ")
+                .next()
+                .unwrap_or("")
+                .split(['\n', '(', '{'])
+                .next()
+                .unwrap_or("")
+                .trim();
+            Error::new(format!(
+                "{shown}: not a readable safetensors file ({}) — it is cut or damaged; download it again",
+                arch::cut(reason)
+            ))
+        })?,
+    };
     let weights: Weights = tensors
         .into_iter()
         .map(|(k, t)| Ok((k, t.f_to_kind(Kind::Float)?)))

@@ -1,29 +1,16 @@
-//! Model upscalers (ESRGAN family) from the profile's `upscaler_dirs` and
+//! Model upscalers (ESRGAN family: `.safetensors`, or `.pth`/`.pt` read in place by the
+//! restricted pickle reader) from the profile's `upscaler_dirs` and
 //! `$HIRESFIX_UPSCALER_PATH`, selected by file stem (`upscaler = "4x-UltraSharp"`), by path,
-//! or by A1111's name for the Real-ESRGAN files it downloads ("R-ESRGAN 4x+"); the pixel
-//! plugin's `model` upscaler runs them.
+//! or by A1111's name for the file it downloads ("R-ESRGAN 4x+", [`a1111`]); the pixel
+//! plugin's `model` upscaler runs them. [`listing`] is what `/sdapi/v1/upscalers` lists.
+pub mod a1111;
+pub mod listing;
+pub mod probe;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use host_api::{OptionEntry, OptionValue};
-
-/// A1111's display names of its Real-ESRGAN models and their file stems.
-const A1111_NAMES: &[(&str, &str)] = &[
-    ("R-ESRGAN 4x+", "RealESRGAN_x4plus"),
-    ("R-ESRGAN 4x+ Anime6B", "RealESRGAN_x4plus_anime_6B"),
-    ("R-ESRGAN 2x+", "RealESRGAN_x2plus"),
-    ("R-ESRGAN General 4xV3", "realesr-general-x4v3"),
-    ("R-ESRGAN AnimeVideo", "realesr-animevideov3"),
-];
-
-/// A1111's display name of a Real-ESRGAN model file with `stem` ("RealESRGAN_x4plus" →
-/// "R-ESRGAN 4x+"), and its scale.
-pub fn a1111_name(stem: &str) -> Option<(&'static str, u32)> {
-    A1111_NAMES
-        .iter()
-        .find(|(_, s)| s.eq_ignore_ascii_case(stem))
-        .map(|(name, s)| (*name, if s.contains("x2") { 2 } else { 4 }))
-}
 
 /// A model file found in an upscaler folder.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,12 +28,6 @@ impl ModelFile {
             key: "model".into(),
             value: OptionValue::Text(self.path.to_string_lossy().as_ref().into()),
         }]
-    }
-
-    fn is_pickle(&self) -> bool {
-        self.path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("pth") || e.eq_ignore_ascii_case("pt"))
     }
 }
 
@@ -97,7 +78,9 @@ pub fn scan(dirs: &[PathBuf]) -> Vec<ModelFile> {
 }
 
 /// The model file `name` selects (a path, a stem, or an A1111 name), `None` when no file
-/// matches; a pickle is an error pointing at `hiresfix convert`.
+/// matches. An A1111 name without its file says which file to put where; SwinIR, LDSR and
+/// ScuNET are refused by architecture; a pickle is probed first (its pickle read, nothing
+/// executed) and refused naming what it would have run.
 pub fn find(dirs: &[PathBuf], name: &str) -> Result<Option<ModelFile>> {
     let direct = Path::new(name);
     let found = if is_model(direct) && direct.is_file() {
@@ -105,31 +88,62 @@ pub fn find(dirs: &[PathBuf], name: &str) -> Result<Option<ModelFile>> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if let Some(why) = a1111::by_stem(&stem).and_then(|k| k.refusal()) {
+            bail!("{why}");
+        }
         Some(ModelFile {
             label: stem.clone(),
             stem,
             path: direct.to_path_buf(),
         })
     } else {
-        let alias = A1111_NAMES
-            .iter()
-            .find(|(a1111, _)| a1111.eq_ignore_ascii_case(name.trim()));
-        let stem = alias.map_or(name.trim(), |(_, stem)| stem);
-        scan(dirs)
-            .into_iter()
-            .find(|m| m.stem.eq_ignore_ascii_case(stem))
-            .map(|m| ModelFile {
-                label: alias.map_or(m.stem.clone(), |(a1111, _)| a1111.to_string()),
-                ..m
-            })
+        let known = a1111::by_name(name);
+        let files = scan(dirs);
+        let file = |stem: &str| {
+            files
+                .iter()
+                .find(|m| m.stem.eq_ignore_ascii_case(stem))
+                .cloned()
+        };
+        let by_stem = file(name.trim());
+        if let Some(why) = known
+            .or_else(|| by_stem.as_ref().and_then(|m| a1111::by_stem(&m.stem)))
+            .and_then(|k| k.refusal())
+        {
+            bail!("{why}");
+        }
+        match known {
+            // A1111's file, else a file named as the A1111 name itself.
+            Some(known) => match file(known.stem()).or(by_stem) {
+                Some(m) if m.stem.eq_ignore_ascii_case(known.stem()) => Some(ModelFile {
+                    label: known.name.to_owned(),
+                    ..m
+                }),
+                Some(m) => Some(m),
+                None => bail!(
+                    "{} needs {} in {} (download {})",
+                    known.name,
+                    known.file,
+                    where_to_put(dirs),
+                    known.url
+                ),
+            },
+            None => by_stem,
+        }
     };
-    match found {
-        Some(m) if m.is_pickle() => bail!(
-            "upscaler `{name}` is {}, a PyTorch pickle, which hiresfix never runs: convert it once with `hiresfix convert {}`",
-            m.path.display(),
-            m.path.display()
-        ),
-        other => Ok(other),
+    if let Some(m) = &found {
+        if hiresfix_upscalers_pixel::models::probe::is_pickle(&m.path) {
+            probe::probe(&m.path).map_err(anyhow::Error::msg)?;
+        }
+    }
+    Ok(found)
+}
+
+/// The folder a missing file goes in: the first upscaler folder.
+fn where_to_put(dirs: &[PathBuf]) -> String {
+    match dirs.first() {
+        Some(dir) => crate::errors::cut(&dir.to_string_lossy(), 120),
+        None => "an upscaler folder (upscaler_dirs, --upscalers or $HIRESFIX_UPSCALER_PATH)".into(),
     }
 }
 
