@@ -132,7 +132,7 @@ pub fn find(dirs: &[PathBuf], name: &str) -> Result<Option<ModelFile>> {
         }
     };
     if let Some(m) = &found {
-        if hiresfix_upscalers_pixel::models::probe::is_pickle(&m.path) {
+        if upscaler_files::probe::is_pickle(&m.path) {
             probe::probe(&m.path).map_err(anyhow::Error::msg)?;
         }
     }

@@ -1,5 +1,4 @@
-//! A model file's scale from its header, or why hiresfix refuses it: the pixel plugin's
-//! `models::probe` (shapes only; a pickle through the restricted reader, nothing executed),
+//! A model file's scale from its header, or why hiresfix refuses it: `upscaler_files::probe` (shapes only; a pickle through the restricted reader, nothing executed),
 //! cached by path, size and modification time so listings and requests stay cheap.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +26,7 @@ pub fn probe(path: &Path) -> Result<i64, String> {
             return result;
         }
     }
-    let result = hiresfix_upscalers_pixel::models::probe::arch_of(path)
+    let result = upscaler_files::probe::arch_of(path)
         .map(|arch| arch.scale())
         .map_err(|e| format!("{}: {e}", shown(path)));
     if let Ok(mut c) = cache().lock() {

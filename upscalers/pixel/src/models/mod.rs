@@ -3,9 +3,9 @@
 //! Real-ESRGAN/BasicSR key layouts (scales 1, 2, 4, 8; any block count) and
 //! SRVGGNetCompact. The architecture, scale, block count and widths come from the state
 //! dict's keys and shapes, never from the file name.
-pub mod arch;
+pub use upscaler_files::arch;
 pub mod compact;
-pub mod probe;
+pub use upscaler_files::probe;
 pub mod rrdb;
 pub mod tiles;
 
@@ -71,13 +71,7 @@ impl Conv {
     }
 }
 
-/// `n thing` or `n things`.
-pub fn count(n: usize, thing: &str) -> String {
-    match n {
-        1 => format!("1 {thing}"),
-        n => format!("{n} {thing}s"),
-    }
-}
+pub use upscaler_files::arch::count;
 
 /// LeakyReLU with slope 0.2, as both layouts use.
 pub fn lrelu(x: &Tensor) -> Result<Tensor> {

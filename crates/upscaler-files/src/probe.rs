@@ -10,7 +10,7 @@ use std::path::Path;
 use torch_pickle::pickle::{self, Object, Pickle, Value};
 use zip::{CompressionMethod, ZipArchive};
 
-use super::arch::{self, cut, Arch, Shapes};
+use crate::arch::{self, cut, Arch, Shapes};
 
 /// The largest header read: a safetensors header or a state dict's pickle takes kilobytes.
 const MAX_HEADER: u64 = 64 << 20;

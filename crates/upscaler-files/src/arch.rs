@@ -126,10 +126,18 @@ impl<'a> Reader<'a> {
             None => Ok(()),
             Some(first) => Err(format!(
                 "{} {what} does not use (first: `{}`) — not a plain {what}",
-                super::count(left.len(), "tensor"),
+                count(left.len(), "tensor"),
                 cut(first)
             )),
         }
+    }
+}
+
+/// `n thing` or `n things`.
+pub fn count(n: usize, thing: &str) -> String {
+    match n {
+        1 => format!("1 {thing}"),
+        n => format!("{n} {thing}s"),
     }
 }
 
