@@ -304,8 +304,9 @@ fn legacy_storages(
     Ok(at)
 }
 
-/// The state dict's `(name, tensor reference)`s: the root dict, or the one under a wrapper.
-fn state_dict(pickle: &Pickle) -> Result<Vec<(String, &TensorRef)>> {
+/// The state dict's `(name, tensor reference)`s: the root dict, or the one under a wrapper;
+/// anything else in it is refused.
+pub fn state_dict(pickle: &Pickle) -> Result<Vec<(String, &TensorRef)>> {
     let root = pickle.dict(&pickle.root).ok_or_else(|| {
         anyhow!(
             "refused: the file holds {}, not a state dict — only tensor state dicts convert",

@@ -7,15 +7,13 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-use torch_pickle::pickle::{self, Object, Pickle, Value};
+use torch_pickle::pickle::{self, Pickle};
 use zip::{CompressionMethod, ZipArchive};
 
 use crate::arch::{self, cut, Arch, Shapes};
 
 /// The largest header read: a safetensors header or a state dict's pickle takes kilobytes.
 const MAX_HEADER: u64 = 64 << 20;
-/// The wrappers training code saves a state dict under (as torch-pickle reads them).
-const WRAPPERS: [&str; 3] = ["params_ema", "params", "state_dict"];
 
 type Check<T> = std::result::Result<T, String>;
 
@@ -168,40 +166,14 @@ fn legacy_pickle(path: &Path) -> Check<Pickle> {
     object.ok_or_else(|| "legacy format without an object — the file is damaged".into())
 }
 
-/// The `(name, shape)`s of the state dict: the root dict, or the one under a wrapper.
+/// The `(name, shape)`s of the state dict: the root dict, or the one under a wrapper (as
+/// torch-pickle reads it, with its refusals).
 fn state_dict_shapes(pickle: &Pickle) -> Check<Shapes> {
-    let root = pickle.dict(&pickle.root).ok_or_else(|| {
-        format!(
-            "refused: the file holds {}, not a state dict of tensors",
-            pickle.describe(&pickle.root)
-        )
-    })?;
-    let dict = WRAPPERS
-        .iter()
-        .find_map(|w| root.get(w).and_then(|v| pickle.dict(v)))
-        .unwrap_or(root);
-    let mut shapes = Shapes::new();
-    for (key, value) in &dict.entries {
-        let Value::Str(name) = key else {
-            return Err(format!(
-                "refused: the state dict has {} as a key, not a name",
-                pickle.describe(key)
-            ));
-        };
-        match pickle.object(value) {
-            Some(Object::Tensor(t)) => {
-                shapes.insert(name.to_string(), t.size.clone());
-            }
-            _ => {
-                return Err(format!(
-                    "refused: `{}` is {}, not a tensor — an upscaler file holds only tensors",
-                    pickle::printable(name),
-                    pickle.describe(value)
-                ))
-            }
-        }
-    }
-    Ok(shapes)
+    let tensors = torch_pickle::state_dict(pickle).map_err(|e| pickle_reason(&e))?;
+    Ok(tensors
+        .into_iter()
+        .map(|(name, t)| (name, t.size.clone()))
+        .collect())
 }
 
 #[cfg(test)]
