@@ -216,6 +216,36 @@ fn every_listed_upscaler_runs_by_its_listed_name_and_hostile_pickles_are_refused
         .unwrap()
         .contains("Hires upscaler: 4x-UltraSharp"));
 
+    // img2img's SD upscale script with a model upscaler, by name and by its index in
+    // /upscalers (A1111's `upscaler_index`): 32 px ×2 is one 64 px tile.
+    let index = upscalers
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|u| u["name"] == "4x-UltraSharp")
+        .unwrap();
+    for arg in [json!("4x-UltraSharp"), json!(index)] {
+        let body = json!({"init_images": [png_b64(32, 32)], "script_name": "SD upscale",
+            "script_args": ["", 8, arg, 2], "steps": 2, "denoising_strength": 0.3, "seed": 4});
+        let (status, response) = post(&server, "/sdapi/v1/img2img", &body);
+        assert_eq!(status, 200, "{arg}: {response}");
+        let (w, h, _, _) = crate::serve::decode(response["images"][0].as_str().unwrap());
+        assert_eq!((w, h), (64, 64), "{arg}");
+        let info: Value = serde_json::from_str(response["info"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            info["extra_generation_params"]["SD upscale upscaler"],
+            "4x-UltraSharp"
+        );
+    }
+    let body = json!({"init_images": [png_b64(32, 32)], "script_name": "SD upscale",
+        "script_args": ["", 8, "marker-eval", 2]});
+    let (status, response) = post(&server, "/sdapi/v1/img2img", &body);
+    assert_eq!(status, 422, "{response}");
+    assert!(
+        detail(&response).contains("refused: the pickle calls builtins.eval"),
+        "{response}"
+    );
+
     // Refusals: one line naming the file and what it calls, the A1111 file to fetch, the
     // architecture.
     let refusals = [

@@ -148,6 +148,46 @@ async fn upscale_all(
     inputs: Vec<Input>,
     settings: Settings,
 ) -> ApiResult<(Vec<String>, String)> {
+    let images = run_upscales(state, inputs, settings).await?;
+    let info = images.first().map_or("", |i| i.parameters.as_str());
+    let html = extras::html(info);
+    let encoded = images
+        .iter()
+        .map(|i| base64::engine::general_purpose::STANDARD.encode(&i.png))
+        .collect();
+    Ok((encoded, html))
+}
+
+/// `image` upscaled by `scale` with `upscaler` (any pixel upscaler a request may name: a
+/// model file's stem or A1111 name, Lanczos, Nearest), on the generation thread, as A1111's
+/// scripts call `upscaler.scaler.upscale(image, scale)`: as a PNG; `None` when interrupted.
+pub(crate) async fn upscale_by(
+    state: &Shared,
+    image: Rgb8,
+    upscaler: &str,
+    scale: f64,
+) -> ApiResult<Option<Vec<u8>>> {
+    let settings = Settings {
+        upscaler_1: upscaler.to_owned(),
+        upscaler_2: "None".into(),
+        visibility_2: 0.0,
+        resize: Resize::By(scale),
+        max_side: state.limits.side,
+    };
+    let input = Input {
+        image,
+        parameters: String::new(),
+    };
+    let mut images = run_upscales(state, vec![input], settings).await?;
+    Ok(images.pop().map(|i| i.png))
+}
+
+/// The chore of [`upscale_all`]: each input's output PNG (those done when interrupted).
+async fn run_upscales(
+    state: &Shared,
+    inputs: Vec<Input>,
+    settings: Settings,
+) -> ApiResult<Vec<Rendered>> {
     for input in &inputs {
         extras::check((input.image.width, input.image.height), &settings)
             .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, one_line(&e)))?;
@@ -201,13 +241,7 @@ async fn upscale_all(
         },
     )?;
     let (images, _) = images_of(outcome.await)?;
-    let info = images.first().map_or("", |i| i.parameters.as_str());
-    let html = extras::html(info);
-    let encoded = images
-        .iter()
-        .map(|i| base64::engine::general_purpose::STANDARD.encode(&i.png))
-        .collect();
-    Ok((encoded, html))
+    Ok(images)
 }
 
 /// The output PNG: the input's parameters kept, A1111's `postprocessing` text added.

@@ -189,6 +189,26 @@ pub async fn schedulers(State(state): State<Shared>) -> Json<Value> {
     Json(Value::Array(list))
 }
 
+/// The names `/upscalers` lists, in its order (A1111's `upscaler_index` counts in it).
+pub fn upscaler_names(state: &Shared) -> Vec<String> {
+    let mut names = vec!["None".to_owned()];
+    names.extend(
+        state
+            .registry
+            .upscalers
+            .iter()
+            .filter(|e| !e.decl.name.starts_with("latent") && e.decl.name.as_str() != "model")
+            .map(|e| display_name(&e.decl)),
+    );
+    let dirs = hiresfix_engine::upscaler_models::dirs(&state.upscaler_dirs());
+    names.extend(
+        hiresfix_engine::upscaler_models::listing::list(&dirs)
+            .into_iter()
+            .map(|l| l.name),
+    );
+    names
+}
+
 pub async fn upscalers(State(state): State<Shared>) -> Json<Value> {
     let mut list = vec![
         json!({"name": "None", "model_name": null, "model_path": null, "model_url": null, "scale": 4}),

@@ -2,7 +2,9 @@
 //! pixels, cut into tiles of the request's size with its overlap (`images.split_grid`), each
 //! tile run as an img2img job (seed, seed + 1, ... as A1111 with batch size 1), and the tiles
 //! blended back (`images.combine_grid`). `script_args` are A1111's: `[info, overlap,
-//! upscaler, scale]`; the upscalers offered are "None" and "Lanczos".
+//! upscaler, scale]`; the upscaler is any a request may name (by name, or by its index in
+//! `/sdapi/v1/upscalers` as A1111's `upscaler_index`): "None", "Lanczos" (PIL's, exactly),
+//! "Nearest", a model file.
 use axum::Json;
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -21,8 +23,18 @@ fn field(message: impl Into<String>) -> ApiError {
     ApiError::field("script_args", message)
 }
 
-/// `[info, overlap, upscaler, scale]` with A1111's UI defaults (64, "None", 2).
-fn script_args(request: &Map<String, Value>) -> ApiResult<(usize, Option<Filter>, f64)> {
+/// The upscaler SD upscale runs on the init image.
+enum Upscale {
+    None,
+    /// PIL's Lanczos, exactly (A1111's "Lanczos").
+    Lanczos,
+    /// Any other pixel upscaler a request may name (a model file, "Nearest"), as extras runs it.
+    Named(String),
+}
+
+/// `[info, overlap, upscaler, scale]` with A1111's UI defaults (64, "None", 2); the upscaler
+/// by name or by its index in `/sdapi/v1/upscalers` (A1111's `upscaler_index`).
+fn script_args(state: &Shared, request: &Map<String, Value>) -> ApiResult<(usize, Upscale, f64)> {
     let args = match request.get("script_args") {
         Some(Value::Array(a)) => a.clone(),
         None | Some(Value::Null) => Vec::new(),
@@ -49,16 +61,42 @@ fn script_args(request: &Map<String, Value>) -> ApiResult<(usize, Option<Filter>
             "script_args[1]: tile overlap {overlap} must be a whole number of pixels in 0..=512"
         )));
     }
-    let filter = match args.get(2) {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) if n.as_f64() == Some(0.0) => None,
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("none") => None,
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("lanczos") => Some(Filter::Lanczos),
+    let name = match args.get(2) {
+        None | Some(Value::Null) => "None".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => {
+            let names = crate::sdapi::upscaler_names(state);
+            n.as_u64()
+                .and_then(|i| names.get(usize::try_from(i).ok()?).cloned())
+                .ok_or_else(|| {
+                    field(format!(
+                        "script_args[2]: upscaler index {n} is not in /sdapi/v1/upscalers (0..{})",
+                        names.len()
+                    ))
+                })?
+        }
         Some(v) => {
             return Err(field(format!(
-                "script_args[2]: upscaler {} is not offered by SD upscale here — use \"Lanczos\" or \"None\"",
+                "script_args[2]: the upscaler must be a name or an index, not {}",
                 cut(&v.to_string(), 40)
             )))
+        }
+    };
+    let upscale = match name.trim() {
+        n if n.is_empty() || n.eq_ignore_ascii_case("none") => Upscale::None,
+        n if n.eq_ignore_ascii_case("lanczos") => Upscale::Lanczos,
+        n => {
+            crate::plain_name("script_args[2]", n)?;
+            let dirs = hiresfix_engine::upscaler_models::dirs(&state.upscaler_dirs());
+            hiresfix_engine::extras::resolve(state.registry, &dirs, "script_args[2]", n).map_err(
+                |e| {
+                    field(format!(
+                        "script_args[2]: {}",
+                        hiresfix_engine::errors::one_line(&e)
+                    ))
+                },
+            )?;
+            Upscale::Named(n.to_owned())
         }
     };
     let scale = number(3, 2.0, "scale")?;
@@ -67,7 +105,7 @@ fn script_args(request: &Map<String, Value>) -> ApiResult<(usize, Option<Filter>
             "script_args[3]: scale {scale} must be greater than 0 and at most 8"
         )));
     }
-    Ok((overlap as usize, filter, scale))
+    Ok((overlap as usize, upscale, scale))
 }
 
 /// PNG bytes → RGB8 (through a file: the engine's reader is bounded and handles every type).
@@ -84,7 +122,12 @@ pub(crate) async fn run(
     request: &Map<String, Value>,
     uploads: &Uploads,
 ) -> ApiResult<Json<Value>> {
-    let (overlap, filter, scale) = script_args(request)?;
+    let (overlap, upscale, scale) = script_args(state, request)?;
+    let upscaler_name = match &upscale {
+        Upscale::None => "None".to_owned(),
+        Upscale::Lanczos => "Lanczos".to_owned(),
+        Upscale::Named(name) => name.clone(),
+    };
     // The tiles' own requests: the script's fields gone, one image each, seeds from one.
     let mut base = request.clone();
     for key in [
@@ -109,15 +152,29 @@ pub(crate) async fn run(
     let decoded = init::read(&uploads.init, "init_images[0]")
         .map_err(|e| ApiError::field("init_images[0]", e.to_string()))?;
     let image = flatten(decoded);
-    let image = match filter {
+    let image = match upscale {
         // A1111's Lanczos upscaler: `resize((int(w * scale), int(h * scale)), LANCZOS)`.
-        Some(f) => resize(
+        Upscale::Lanczos => resize(
             &image,
             (image.width as f64 * scale) as usize,
             (image.height as f64 * scale) as usize,
-            f,
+            Filter::Lanczos,
         ),
-        None => image,
+        Upscale::Named(name) => {
+            let rgb = hiresfix_engine::extras::Rgb8 {
+                width: image.width as u32,
+                height: image.height as u32,
+                pixels: image.data,
+            };
+            match crate::extras::upscale_by(state, rgb, &name, scale).await? {
+                Some(png) => flatten(
+                    init::decode(&png, "the upscaled image", "(upscaled)")
+                        .map_err(|e| ApiError::internal(hiresfix_engine::errors::one_line(&e)))?,
+                ),
+                None => return Err(ApiError::internal("the upscale was interrupted")),
+            }
+        }
+        Upscale::None => image,
     };
     let side = state.limits.side as usize;
     if image.width > side || image.height > side {
@@ -217,8 +274,7 @@ pub(crate) async fn run(
     info["width"] = json!(combined.width);
     info["height"] = json!(combined.height);
     info["extra_generation_params"]["SD upscale overlap"] = json!(overlap);
-    info["extra_generation_params"]["SD upscale upscaler"] =
-        json!(if filter.is_some() { "Lanczos" } else { "None" });
+    info["extra_generation_params"]["SD upscale upscaler"] = json!(upscaler_name);
     let warnings = crate::ignored::warnings(request);
     if !warnings.is_empty() {
         info["warnings"] = json!(warnings);
