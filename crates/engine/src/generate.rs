@@ -195,7 +195,8 @@ fn run_all(
             }
             Sink::Memory(_) => e,
         })?;
-        if job.models.observer.stopped() {
+        let observer = job.models.observer;
+        if observer.stopped() && observer.keeps_partial() {
             break; // stopped, its images kept as far as they got: no more chunks
         }
     }
@@ -447,7 +448,9 @@ fn write_image(
         false => image.until,
     };
     let mut resolved = job.image_profile(image.n);
-    resolved.passes.truncate(until);
+    if result.interrupted {
+        resolved.passes.truncate(until);
+    }
     let resolved = toml::to_string(&resolved).context("cannot encode the resolved profile")?;
     let (plans, sizes) = (&job.plans[..until], &job.sizes[..until]);
     let seeds = ImageSeeds {
