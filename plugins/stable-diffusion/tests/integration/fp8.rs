@@ -332,3 +332,30 @@ fn an_fp8_lora_patches_the_weights_as_its_upcast_twin() {
     // The fp8 LoRA changed weights, differently from the fp32 LoRA.
     assert!(differs > 0, "fp8 rounding changed no patched weight");
 }
+
+#[test]
+fn a_load_time_merge_reads_fp8_inputs_upcast() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = &CASES[0];
+    let fp8 = fp8_checkpoint(case, dir.path());
+    let twin = dir.path().join("upcast.safetensors");
+    let src = data("sd1-tiny/sd1-tiny.safetensors");
+    write_fp8(&src, &twin, case.fp8, case.rule, true);
+    // ½·fp8 + ½·(its fp32 twin) is the fp8 model itself, exactly: the merge path (finite
+    // checks, fp32 sums) sees the same values as a plain load.
+    let mut options = hiresfix_sd::LoadOptions::new(Device::Cpu, Kind::Float);
+    options.merge = vec![(fp8.clone(), 0.5), (twin, 0.5)];
+    let merged = SdModel::load_with(&fp8, &options).unwrap();
+    let plain = SdModel::load(&fp8, None, Device::Cpu, Kind::Float).unwrap();
+    let (a, b) = (
+        merged.var_store().variables(),
+        plain.var_store().variables(),
+    );
+    assert!(a.len() > 100);
+    for (key, t) in &a {
+        assert!(
+            t.equal(&b[key]),
+            "{key}: the merge differs from the fp8 model"
+        );
+    }
+}
