@@ -211,6 +211,10 @@ const CASES: &[Case] = &[
             let v = filled(t, key, 1.0).to_kind(Kind::Int8);
             set(t, key, v);
         })) },
+    Case { name: "ComfyUI scaled-fp8 checkpoint", code: 1, expect: "a ComfyUI scaled-fp8 checkpoint (`scaled_fp8`, per-layer `scale_weight`) is not supported",
+        setup: |sc| s(&["info", edited(sc, |t| {
+            t.push(("scaled_fp8".into(), Tensor::zeros([0], (Kind::Float, Device::Cpu))));
+        }).to_str().unwrap()]) },
     Case { name: "NaN in a UNet weight", code: 1, expect: "UNet's result holds NaN or inf — the checkpoint's tensor `model.diffusion_model.",
         setup: |sc| on_tiny(sc, edited(sc, |t| {
             let key = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight";

@@ -22,7 +22,8 @@ pub struct Inspection {
     /// `None` when only the UNet probe (not run) could tell.
     pub prediction: Option<Prediction>,
     pub prediction_source: PredictionSource,
-    /// The dtype most tensors are stored in (`F16`, `F32`, ...).
+    /// The dtype most parameters are stored in (`F16`, `F32`, `F8_E4M3`, ...), with its share
+    /// when another floating dtype holds the rest ([`Checkpoint::dtype_summary`]).
     pub stored_dtype: String,
     /// Bytes on disk of every weight file.
     pub file_bytes: u64,
@@ -54,7 +55,7 @@ pub fn inspect(checkpoint: &Path, probe: bool) -> Result<Inspection> {
         format: ckpt.format(),
         prediction,
         prediction_source,
-        stored_dtype: ckpt.main_dtype(),
+        stored_dtype: ckpt.dtype_summary(),
         file_bytes: ckpt.file_bytes(),
         unet_parameters: ckpt.parameters_under(UNET_PREFIX),
         text_fingerprint: text_fingerprint(&ckpt, family)?,

@@ -1,8 +1,9 @@
 //! Checkpoint merging with A1111's checkpoint-merger semantics — a weighted sum
 //! `Σ wᵢ·Xᵢ`, or add-difference `A + (B − C)·m` — streamed tensor by tensor from the inputs'
 //! memory maps into the output file, so merging two SDXL files never holds either in memory.
-//! The output keeps the first input's keys, layout and dtypes, carries the recipe in its
-//! safetensors metadata, and loads like any checkpoint.
+//! The output keeps the first input's keys, layout and dtypes (fp8 tensors are written as fp16:
+//! exact for every fp8 value, and a merged weight rounded back to fp8 would lose the merge),
+//! carries the recipe in its safetensors metadata, and loads like any checkpoint.
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use tch::{Kind, Tensor};
 
-use crate::checkpoint::safetensors::{is_float, SafetensorsFile, TensorEntry};
+use crate::checkpoint::safetensors::{is_float, is_fp8, SafetensorsFile, TensorEntry};
 use crate::checkpoint::Checkpoint;
 
 /// How the inputs combine.
@@ -81,6 +82,8 @@ pub struct MergeReport {
     /// An inpainting checkpoint (first) merged with text-to-image ones: its input
     /// convolution merged on the latent's channels only (A1111's merger).
     pub inpainting: bool,
+    /// Tensors the first input stores as fp8, written as fp16.
+    pub widened: usize,
 }
 
 /// The input convolution's channels of the checkpoint at `path` (4, or 9 for inpainting).
@@ -171,10 +174,10 @@ fn header(entries: &BTreeMap<String, TensorEntry>, recipe: &str) -> Result<Vec<u
     );
     let mut offset = 0usize;
     for (name, entry) in entries {
-        let end = offset + entry.bytes();
+        let end = offset + entry.read_bytes();
         json.insert(
             name.clone(),
-            serde_json::json!({ "dtype": entry.dtype, "shape": entry.shape, "data_offsets": [offset, end] }),
+            serde_json::json!({ "dtype": entry.read_dtype(), "shape": entry.shape, "data_offsets": [offset, end] }),
         );
         offset = end;
     }
@@ -200,6 +203,9 @@ fn write_merged(
     let mut report = MergeReport::default();
     let first = &files[0];
     for (name, entry) in first.entries() {
+        if is_fp8(&entry.dtype) {
+            report.widened += 1;
+        }
         let shapes_agree = files.iter().all(|f| {
             f.entries()
                 .get(name)
@@ -211,7 +217,8 @@ fn write_merged(
             // and masked image's kept from the first (A1111's merger).
             report.merged += 1;
             report.inpainting = true;
-            let kind = crate::checkpoint::safetensors::kind_of(&entry.dtype).unwrap_or(Kind::Float);
+            let kind =
+                crate::checkpoint::safetensors::kind_of(entry.read_dtype()).unwrap_or(Kind::Float);
             let latent = weighted(files, factors, name, true)?;
             let rest = first
                 .read(name)?
@@ -221,7 +228,8 @@ fn write_merged(
             finite(merged, recipe, name, kind)?
         } else if is_float(&entry.dtype) && shapes_agree {
             report.merged += 1;
-            let kind = crate::checkpoint::safetensors::kind_of(&entry.dtype).unwrap_or(Kind::Float);
+            let kind =
+                crate::checkpoint::safetensors::kind_of(entry.read_dtype()).unwrap_or(Kind::Float);
             let merged = weighted(files, factors, name, false)?.to_kind(kind);
             finite(merged, recipe, name, kind)?
         } else {
@@ -230,7 +238,7 @@ fn write_merged(
             }
             first.read(name)?
         };
-        let mut bytes = vec![0u8; entry.bytes()];
+        let mut bytes = vec![0u8; entry.read_bytes()];
         tensor
             .contiguous()
             .f_copy_data_u8(&mut bytes, tensor.numel())

@@ -74,6 +74,12 @@ impl<F: FamilyEntry> BackendTools for SdBackend<F> {
         if report.inpainting {
             note.push_str("; the inpainting input convolution merged on its 4 latent channels, its mask and masked-image channels kept from the first (A1111's merger)");
         }
+        if report.widened > 0 {
+            note.push_str(&format!(
+                "; {} fp8 tensors of the first input written as fp16",
+                report.widened
+            ));
+        }
         if !report.copied.is_empty() {
             note.push_str(&format!(
                 "; {} taken from the first input because another lacks them or has another shape (first: {})",

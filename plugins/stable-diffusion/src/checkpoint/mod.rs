@@ -89,6 +89,7 @@ impl Checkpoint {
             }
         } else {
             let file = SafetensorsFile::open(path)?;
+            refuse_scaled_fp8(&file)?;
             ckpt.raw = file.entries().keys().cloned().collect();
             ckpt.add_file(file, |k| Some(k.to_string()));
         }
@@ -335,24 +336,84 @@ impl Checkpoint {
             .sum()
     }
 
-    /// The dtype most model tensors are stored in.
-    pub fn main_dtype(&self) -> String {
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for source in self.tensors.values() {
-            let dtype = &self.files[source.file].entries()[&source.name].dtype;
-            *counts.entry(dtype.as_str()).or_default() += 1;
+    /// The stored dtypes of the model's weights (UNet, VAE, text encoders: not schedule
+    /// buffers), with the parameters each holds, most first.
+    fn dtype_parameters(&self) -> Vec<(&str, u64)> {
+        let mut prefixes = vec![UNET_PREFIX, VAE_PREFIX];
+        if let Some(family) = self.family {
+            prefixes.extend(family.encoders.iter().map(|e| e.ldm_prefix));
         }
+        let weights = self
+            .tensors
+            .iter()
+            .filter(|(k, _)| self.family.is_none() || prefixes.iter().any(|p| k.starts_with(p)))
+            .map(|(_, source)| source);
+        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+        for source in weights {
+            let entry = &self.files[source.file].entries()[&source.name];
+            let numel = entry.shape.iter().product::<i64>().max(0) as u64;
+            *counts.entry(entry.dtype.as_str()).or_default() += numel;
+        }
+        let mut counts: Vec<_> = counts.into_iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         counts
-            .into_iter()
-            .max_by_key(|(_, n)| *n)
+    }
+
+    /// The dtype most model parameters are stored in (`F16`, `F8_E4M3`, ...).
+    pub fn main_dtype(&self) -> String {
+        self.dtype_parameters()
+            .first()
             .map(|(d, _)| d.to_string())
             .unwrap_or_default()
+    }
+
+    /// [`Self::main_dtype`], followed by the share of the parameters it holds when floating
+    /// tensors of another dtype sit beside it: `F8_E4M3 (96% of the parameters; the rest
+    /// F32)` (fp8 files often keep norms and biases wide).
+    pub fn dtype_summary(&self) -> String {
+        let all = self.dtype_parameters();
+        let floats: Vec<_> = all
+            .iter()
+            .filter(|(d, _)| safetensors::is_float(d))
+            .collect();
+        let total: u64 = floats.iter().map(|(_, n)| n).sum();
+        match floats.as_slice() {
+            [(main, n), rest @ ..] if !rest.is_empty() && total > 0 => {
+                let others: Vec<&str> = rest.iter().map(|(d, _)| *d).collect();
+                let share = match 100.0 * *n as f64 / total as f64 {
+                    s if s > 99.5 => ">99".to_string(),
+                    s => format!("{s:.0}"),
+                };
+                format!(
+                    "{main} ({share}% of the parameters; the rest {})",
+                    others.join(", ")
+                )
+            }
+            _ => self.main_dtype(),
+        }
     }
 
     /// Bytes on disk of every file read.
     pub fn file_bytes(&self) -> u64 {
         self.files.iter().map(SafetensorsFile::len).sum()
     }
+}
+
+/// ComfyUI's "scaled fp8" files store each weight divided by a per-layer `scale_weight`
+/// (marked by a `scaled_fp8` tensor): read as plain fp8 they would give wrong weights
+/// silently, so they are refused.
+fn refuse_scaled_fp8(file: &SafetensorsFile) -> Result<()> {
+    let scaled = file
+        .entries()
+        .keys()
+        .any(|k| k == "scaled_fp8" || k.ends_with(".scale_weight"));
+    if scaled {
+        bail!(
+            "{}: a ComfyUI scaled-fp8 checkpoint (`scaled_fp8`, per-layer `scale_weight`) is not supported — use a plain fp8 (F8_E4M3/F8_E5M2), fp16 or fp32 file",
+            file.path().display()
+        );
+    }
+    Ok(())
 }
 
 /// A merge for messages: `a.safetensors:0.5 + b.safetensors:0.5` (each name cut to 60

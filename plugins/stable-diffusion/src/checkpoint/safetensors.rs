@@ -26,6 +26,22 @@ impl TensorEntry {
     pub fn bytes(&self) -> usize {
         self.end - self.start
     }
+
+    /// The dtype a read hands over: the stored one, except fp8 ([`is_fp8`]), read as `F16`.
+    pub fn read_dtype(&self) -> &str {
+        match is_fp8(&self.dtype) {
+            true => "F16",
+            false => &self.dtype,
+        }
+    }
+
+    /// The bytes of the tensor as read ([`Self::read_dtype`]).
+    pub fn read_bytes(&self) -> usize {
+        match is_fp8(&self.dtype) {
+            true => self.bytes() * 2,
+            false => self.bytes(),
+        }
+    }
 }
 
 /// An opened `.safetensors` file: its validated header over a read-only memory map.
@@ -100,8 +116,22 @@ impl SafetensorsFile {
 
     /// Runs `f` on tensor `name` viewed in place (CPU, stored dtype, no copy), then hands its
     /// pages back to the OS. `f` must copy what it keeps: the view dies with the call.
+    ///
+    /// fp8 tensors (`F8_E4M3`, `F8_E5M2`) are handed over upcast to fp16, one tensor at a
+    /// time: every fp8 value is an fp16 value, so this is exact, and the model (or a merge)
+    /// converts on to its own dtype as for any fp16 file. Nothing downstream sees fp8, which
+    /// libtorch's CPU kernels mostly lack (`isfinite`, arithmetic).
     pub fn with_view<R>(&self, name: &str, f: impl FnOnce(&Tensor) -> Result<R>) -> Result<R> {
         let (entry, kind) = self.entry(name)?;
+        let f = |stored: &Tensor| match is_fp8(&entry.dtype) {
+            true => {
+                let wide = stored.f_to_kind(Kind::Half).with_context(|| {
+                    format!("{}: cannot upcast fp8 tensor `{name}`", self.path.display())
+                })?;
+                f(&wide)
+            }
+            false => f(stored),
+        };
         let bytes = &self.map[self.data_start + entry.start..self.data_start + entry.end];
         let aligned = (bytes.as_ptr() as usize).is_multiple_of(kind.elt_size_in_bytes());
         let result = if aligned && !bytes.is_empty() {
@@ -270,7 +300,12 @@ fn duplicate_key(header: &[u8]) -> Option<String> {
 
 /// Whether `dtype` holds floating-point values, as weights must.
 pub fn is_float(dtype: &str) -> bool {
-    matches!(dtype, "F64" | "F32" | "F16" | "BF16")
+    matches!(dtype, "F64" | "F32" | "F16" | "BF16") || is_fp8(dtype)
+}
+
+/// Whether `dtype` is one of the fp8 formats read (upcast to fp16 as read).
+pub fn is_fp8(dtype: &str) -> bool {
+    matches!(dtype, "F8_E4M3" | "F8_E5M2")
 }
 
 fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
@@ -343,6 +378,8 @@ pub fn kind_of(dtype: &str) -> Option<Kind> {
         "F32" => Kind::Float,
         "F16" => Kind::Half,
         "BF16" => Kind::BFloat16,
+        "F8_E4M3" => Kind::Float8e4m3fn,
+        "F8_E5M2" => Kind::Float8e5m2,
         "I64" => Kind::Int64,
         "I32" => Kind::Int,
         "I16" => Kind::Int16,

@@ -6,6 +6,7 @@ mod common;
 mod files;
 
 mod family_parity;
+mod fp8;
 mod inpaint;
 mod loading;
 mod lora;
