@@ -224,6 +224,7 @@ pub fn plan_passes<'r>(
             img2img,
         });
     }
+    crate::prompt_schedule::check_plans(&plans)?;
     Ok(plans)
 }
 

@@ -15,13 +15,13 @@ use crate::models::{LoadSettings, Models};
 use crate::noise::{batch_noise, ImageSeeds, NoiseSettings, StepNoise};
 use crate::observer::{timed, Observer};
 use crate::plan::{pass_sigmas, PassPlan, PassSize};
+use crate::prompt_schedule::Schedule;
 use crate::seamless::wrapped_upscale;
 
 /// CFG over the backend's predictions, the image's step noise, and the observer's steps.
 struct Guidance<'a> {
     model: &'a ModelBox,
-    uncond: &'a [Tensor],
-    cond: &'a [Tensor],
+    conds: PassConds<'a>,
     cfg: f64,
     noise: StepNoise,
     observer: &'a dyn Observer,
@@ -48,12 +48,13 @@ impl SamplerCallbacks for Guidance<'_> {
         if self.observer.stopped() {
             return Err(host_api::Error::new(STOPPED));
         }
+        let (uncond, cond) = self.conds.next();
         let denoised = if self.cfg == 1.0 {
-            let out = self.model.denoise(x, sigma, &[self.cond])?.remove(0);
+            let out = self.model.denoise(x, sigma, &[cond])?.remove(0);
             self.last = Some(out.shallow_clone());
             out
         } else {
-            let out = self.model.denoise(x, sigma, &[self.uncond, self.cond])?;
+            let out = self.model.denoise(x, sigma, &[uncond, cond])?;
             // A1111's default live preview subject ("Prompt") is the prompt's prediction.
             self.last = Some(out[1].shallow_clone());
             &out[0] + (&out[1] - &out[0]) * self.cfg
@@ -74,6 +75,59 @@ impl SamplerCallbacks for Guidance<'_> {
         crate::preview::offer(self.observer, i, self.last.as_ref(), self.family);
         self.observer.step(i)
     }
+}
+
+/// A pass's conditionings: the negative and the prompt, or with prompt editing or alternation
+/// each distinct text once and, per schedule, which one each denoiser call takes — indexed,
+/// as A1111's `CFGDenoiser.step`, by the count of calls (a second-order sampler makes two a
+/// step), never by the sampler's step.
+struct PassConds<'a> {
+    all: &'a [Vec<Tensor>],
+    /// (negative, prompt): the schedule and where its texts start in `all`.
+    schedules: Option<[(Schedule, usize); 2]>,
+    calls: usize,
+}
+
+impl<'a> PassConds<'a> {
+    /// The (uncond, cond) of the next denoiser call.
+    fn next(&mut self) -> (&'a [Tensor], &'a [Tensor]) {
+        let all = self.all;
+        let pick = |(s, offset): &(Schedule, usize)| -> &'a [Tensor] {
+            &all[offset + s.index_at(self.calls)]
+        };
+        let pair = match &self.schedules {
+            None => (&all[0][..], &all[1][..]),
+            Some([negative, prompt]) => (pick(negative), pick(prompt)),
+        };
+        self.calls += 1;
+        pair
+    }
+}
+
+/// The encode request of a pass's prompts: today's pair when neither is scheduled, else every
+/// distinct text of the negative's schedule, then the prompt's, each encoded once.
+fn encode_request(
+    plan: &PassPlan<'_>,
+    size: &PassSize,
+    (negative, prompt): &(Schedule, Schedule),
+) -> (EncodeRequest, bool) {
+    let pair =
+        |n: &str, p: &str| EncodeRequest::pair(n, p, plan.clip_skip, size.width, size.height);
+    if negative.texts.len() == 1 && prompt.texts.len() == 1 {
+        return (pair(&negative.texts[0], &prompt.texts[0]), false);
+    }
+    let mut request = pair("", "");
+    request.prompts = negative
+        .texts
+        .iter()
+        .map(|t| (t, true))
+        .chain(prompt.texts.iter().map(|t| (t, false)))
+        .map(|(text, negative)| host_api::PromptSpec {
+            text: text.as_str().into(),
+            negative,
+        })
+        .collect();
+    (request, true)
 }
 
 struct Vae<'a>(&'a ModelBox);
@@ -291,13 +345,8 @@ pub fn run_batch(
         models.warn_once(warnings);
         set_patches(&model, &info, plan, &sigmas)?;
         // Each pass conditions on its own size (SDXL's size ids, as A1111's hires pass).
-        let request = EncodeRequest::pair(
-            &plan.negative,
-            &plan.prompt,
-            plan.clip_skip,
-            size.width,
-            size.height,
-        );
+        let schedules = crate::prompt_schedule::for_pass(plans, i)?;
+        let (request, scheduled) = encode_request(plan, size, &schedules);
         let conds = models
             .encode(&model, &specs, &request)
             .map_err(|e| anyhow!("pass {}: encoding the prompt: {e}", plan.number))?;
@@ -315,8 +364,15 @@ pub fn run_batch(
         observer.pass_started(plan.number, plan.steps, &label);
         let mut guidance = Guidance {
             model: &model,
-            uncond: &conds[0],
-            cond: &conds[1],
+            conds: PassConds {
+                all: &conds,
+                schedules: scheduled.then(|| {
+                    let (negative, prompt) = schedules;
+                    let offset = negative.texts.len();
+                    [(negative, 0), (prompt, offset)]
+                }),
+                calls: 0,
+            },
             cfg: plan.cfg,
             noise: StepNoise::new(seeds, noise_settings.delta, &shape, plan.steps + 1),
             observer,
