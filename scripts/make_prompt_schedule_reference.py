@@ -239,9 +239,11 @@ def main() -> None:
         "records": records,
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    # One record a line: small, and a change of rule shows as a line in a diff.
+    head = json.dumps({k: v for k, v in doc.items() if k != "records"}, ensure_ascii=False)[:-1]
+    lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in records]
     with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(doc, f, ensure_ascii=False, indent=0)
-        f.write("\n")
+        f.write(head + ', "records": [\n' + ",\n".join(lines) + "\n]}\n")
     scheduled = sum(1 for r in records if r["schedule"] and len(r["schedule"]) > 1)
     print(f"wrote {len(records)} records ({scheduled} with more than one segment) to {args.out}")
 

@@ -1,0 +1,112 @@
+//! A1111 prompt editing and alternation through the host: 2-pass runs on the tiny SD1 model
+//! whose conditioning switches at the same denoiser calls as A1111's (pass 1 Euler and Heun,
+//! whose two calls a step advance the schedule twice; the hires pass counting its own steps),
+//! against scripts/make_prompt_edit_reference.py; and the infotext keeps the prompt as written.
+//! (The schedules themselves: `prompt_schedule` unit tests against
+//! scripts/make_prompt_schedule_reference.py.)
+
+use std::collections::HashMap;
+
+use crate::common::tensors::rel_err;
+use crate::common::*;
+use hiresfix::generate::{generate, prepare, RunOptions};
+use hiresfix::profile::Profile;
+use hiresfix::registry::Registry;
+use host_api::tch::Tensor;
+
+fn data(rel: &str) -> std::path::PathBuf {
+    repo().join("tests/data/prompt_schedule").join(rel)
+}
+
+fn profile(prompt: &str, negative: &str, sampler1: &str, hires: &str, sampler2: &str) -> Profile {
+    let q = |s: &str| toml::Value::from(s).to_string();
+    let text = format!(
+        r#"seed = 1234
+prompt = {prompt}
+negative = {negative}
+cfg = 5.0
+device = "cpu"
+dtype = "fp32"
+[model]
+checkpoint = {checkpoint}
+[[pass]]
+width = 32
+height = 32
+steps = 6
+sampler = {sampler1}
+schedule = "normal"
+[[pass]]
+scale = 2.0
+upscaler = "latent"
+steps = 4
+denoise = 0.5
+sampler = {sampler2}
+schedule = "normal"
+prompt = {hires}
+"#,
+        prompt = q(prompt),
+        negative = q(negative),
+        checkpoint = q(tiny_ldm().to_str().unwrap()),
+        sampler1 = q(sampler1),
+        sampler2 = q(sampler2),
+        hires = q(hires),
+    );
+    Profile::parse(&text, "prompt_schedule").unwrap()
+}
+
+#[test]
+fn two_pass_runs_switch_conditionings_at_a1111s_denoiser_calls() {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data("run.json")).unwrap()).unwrap();
+    let r: HashMap<String, Tensor> = Tensor::read_safetensors(data("run.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let registry = Registry::load(&[], &Default::default());
+    for name in ["edit", "alternate"] {
+        let case = &json["cases"][name];
+        let s = |k: &str| case[k].as_str().unwrap();
+        let p = profile(
+            s("prompt"),
+            s("negative"),
+            s("sampler1"),
+            s("hires_prompt"),
+            s("sampler2"),
+        );
+        let mut job = prepare(p, &registry, &repo()).unwrap();
+        let result = job.run_image(1234).unwrap();
+        let e1 = rel_err(&result.latents[0], &r[&format!("{name}.latent1")]);
+        let e2 = rel_err(&result.latents[1], &r[&format!("{name}.latent2")]);
+        eprintln!("{name}: pass 1 {e1:.2e}, pass 2 {e2:.2e}");
+        assert!(e1 < 1e-4 && e2 < 1e-4, "{name}: {e1} {e2}");
+    }
+    // The references are not one conditioning: pass 1 of `edit` differs from `alternate`'s
+    // switch points enough that a run ignoring the schedule could not match both.
+    let apart = rel_err(&r["edit.latent1"], &r["alternate.latent1"]);
+    assert!(apart > 1e-2, "{apart}");
+}
+
+#[test]
+fn the_infotext_keeps_the_prompt_as_written() {
+    let scratch = Scratch::new("prompt-schedule-infotext");
+    let prompt = r"[red:blue:0.5], (a cat:1.2) [dog|fox|] BREAK \[x\] [[sky]::3]";
+    let negative = "[ugly::0.25], [blurry|noisy]";
+    let mut p = profile(prompt, negative, "euler", "", "euler");
+    p.passes[1].prompt = None;
+    p.output = scratch.path("out.png").to_string_lossy().into_owned();
+    let registry = Registry::load(&[], &Default::default());
+    let options = RunOptions {
+        quiet: true,
+        ..RunOptions::new(repo())
+    };
+    let png = generate(p, &registry, &options, &hiresfix::observer::SILENT)
+        .unwrap()
+        .remove(0);
+    let text = chunk(&png, "parameters");
+    let parsed = hiresfix::infotext::parse(&text);
+    assert_eq!(parsed.prompt, prompt, "{text}");
+    assert_eq!(parsed.negative, negative, "{text}");
+    let imported = hiresfix::import::from_parameters(&text, &registry).unwrap();
+    assert_eq!(imported.profile.prompt, prompt);
+    assert_eq!(imported.profile.negative, negative);
+}
