@@ -110,3 +110,32 @@ fn the_infotext_keeps_the_prompt_as_written() {
     assert_eq!(imported.profile.prompt, prompt);
     assert_eq!(imported.profile.negative, negative);
 }
+
+/// A1111's `hires_fix_use_firstpass_conds`: pass 2 (no LoRA) encodes its prompt with pass 1's
+/// LoRA set — the same as pass 2 running a tag of that LoRA with text-encoder weight 1 and
+/// UNet weight 0 — and without the option it encodes with its own (none).
+#[test]
+fn firstpass_conds_encode_a_later_pass_with_pass_1s_loras() {
+    let loras = repo().join("tests/data/loras");
+    let run = |flag: bool, pass2_prompt: &str| {
+        let mut p = profile("a photo of a cat", "", "euler", pass2_prompt, "euler");
+        p.hires_fix_use_firstpass_conds = flag;
+        p.lora_dirs = vec![loras.clone()];
+        p.passes[0].loras = Some(vec![hiresfix::profile::LoraEntry {
+            path: loras.join("sd1-kohya.safetensors").to_string_lossy().into(),
+            weight: 1.0,
+        }]);
+        p.passes[1].loras = Some(Vec::new());
+        let registry = Registry::load(&[], &Default::default());
+        let mut job = prepare(p, &registry, &repo()).unwrap();
+        job.run_image(1234).unwrap().latents
+    };
+    let with = run(true, "a photo of a cat");
+    let tag = run(false, "a photo of a cat <lora:sd1-kohya:1:0>");
+    let without = run(false, "a photo of a cat");
+    assert_eq!(rel_err(&with[0], &without[0]), 0.0, "pass 1 is the same");
+    let same = rel_err(&with[1], &tag[1]);
+    let apart = rel_err(&with[1], &without[1]);
+    eprintln!("pass 2: with vs tag {same:.2e}, with vs without {apart:.2e}");
+    assert!(same < 1e-6 && apart > 1e-3, "{same} {apart}");
+}

@@ -347,9 +347,7 @@ pub fn run_batch(
         // Each pass conditions on its own size (SDXL's size ids, as A1111's hires pass).
         let schedules = crate::prompt_schedule::for_pass(plans, i)?;
         let (request, scheduled) = encode_request(plan, size, &schedules);
-        let conds = models
-            .encode(&model, &specs, &request)
-            .map_err(|e| anyhow!("pass {}: encoding the prompt: {e}", plan.number))?;
+        let conds = encode(models, &model, plans, plan, &specs, &request)?;
         if models.final_image && seeds.len() == 1 && i + 1 == plans.len() {
             // Nothing encodes after this (a batch could still fall back to single runs).
             if let Err(e) = model.release(host_api::backend::release::TEXT_ENCODERS) {
@@ -436,6 +434,35 @@ pub fn run_batch(
             interrupted,
         })
         .collect())
+}
+
+/// The pass's prompts encoded with its LoRA set — or, with A1111's
+/// `hires_fix_use_firstpass_conds`, with pass 1's set on the text encoders and the pass's own
+/// set back before its first UNet call.
+fn encode(
+    models: &mut Models<'_>,
+    model: &std::rc::Rc<ModelBox>,
+    plans: &[PassPlan<'_>],
+    plan: &PassPlan<'_>,
+    specs: &[host_api::LoraSpec],
+    request: &EncodeRequest,
+) -> Result<std::rc::Rc<Vec<Vec<Tensor>>>> {
+    let at = |e: host_api::Error| anyhow!("pass {}: encoding the prompt: {e}", plan.number);
+    let first: Vec<host_api::LoraSpec> = plans[0].loras.iter().map(|l| l.spec()).collect();
+    if !plan.firstpass_conds || first == specs {
+        return models.encode(model, specs, request).map_err(at);
+    }
+    let set = |models: &mut Models<'_>, specs: &[host_api::LoraSpec]| -> Result<()> {
+        let warnings = model
+            .set_loras(specs)
+            .map_err(|e| anyhow!("pass {}: {e}", plan.number))?;
+        models.warn_once(warnings);
+        Ok(())
+    };
+    set(models, &first)?;
+    let conds = models.encode(model, &first, request).map_err(at);
+    set(models, specs)?;
+    conds
 }
 
 /// The option the host adds for a pass that starts from pure noise (no image under it):
