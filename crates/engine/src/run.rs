@@ -107,20 +107,21 @@ impl<'a> PassConds<'a> {
 /// The encode request of a pass's prompts: today's pair when neither is scheduled, else every
 /// distinct text of the negative's schedule, then the prompt's, each encoded once.
 fn encode_request(
-    plan: &PassPlan<'_>,
-    size: &PassSize,
+    (clip_skip, width, height): (usize, u32, u32),
     (negative, prompt): &(Schedule, Schedule),
 ) -> (EncodeRequest, bool) {
-    let pair =
-        |n: &str, p: &str| EncodeRequest::pair(n, p, plan.clip_skip, size.width, size.height);
+    let pair = |n: &str, p: &str| EncodeRequest::pair(n, p, clip_skip, width, height);
     if negative.texts.len() == 1 && prompt.texts.len() == 1 {
         return (pair(&negative.texts[0], &prompt.texts[0]), false);
     }
     let mut request = pair("", "");
+    // SDXL's zero conditioning of an empty negative is A1111's `force_zero_negative_prompt`:
+    // only when every text of the negative's schedule is empty (one batch of them all).
+    let zero_empty = negative.texts.len() == 1;
     request.prompts = negative
         .texts
         .iter()
-        .map(|t| (t, true))
+        .map(|t| (t, zero_empty))
         .chain(prompt.texts.iter().map(|t| (t, false)))
         .map(|(text, negative)| host_api::PromptSpec {
             text: text.as_str().into(),
@@ -346,7 +347,8 @@ pub fn run_batch(
         set_patches(&model, &info, plan, &sigmas)?;
         // Each pass conditions on its own size (SDXL's size ids, as A1111's hires pass).
         let schedules = crate::prompt_schedule::for_pass(plans, i)?;
-        let (request, scheduled) = encode_request(plan, size, &schedules);
+        let at = (plan.clip_skip, size.width, size.height);
+        let (request, scheduled) = encode_request(at, &schedules);
         let conds = encode(models, &model, plans, plan, &specs, &request)?;
         if models.final_image && seeds.len() == 1 && i + 1 == plans.len() {
             // Nothing encodes after this (a batch could still fall back to single runs).
@@ -596,4 +598,45 @@ fn centre_crop(x: &Tensor, h: i64, w: i64) -> Tensor {
         return x.shallow_clone();
     }
     x.narrow(2, (ch - h) / 2, h).narrow(3, (cw - w) / 2, w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompt_schedule::{schedule, Steps};
+
+    fn request(negative: &str, prompt: &str) -> (Vec<(String, bool)>, bool) {
+        let steps = Steps {
+            base: 10,
+            hires: None,
+        };
+        let s = (
+            schedule(negative, steps).unwrap(),
+            schedule(prompt, steps).unwrap(),
+        );
+        let (r, scheduled) = encode_request((1, 64, 64), &s);
+        let specs = r.prompts.iter().map(|p| (p.text.to_string(), p.negative));
+        (specs.collect(), scheduled)
+    }
+
+    #[test]
+    fn each_distinct_text_is_encoded_once_and_plain_prompts_as_a_pair() {
+        let owned = |v: &[(&str, bool)]| -> Vec<(String, bool)> {
+            v.iter().map(|(t, n)| (t.to_string(), *n)).collect()
+        };
+        assert_eq!(
+            request("", "a (cat:1.2) [dog]"),
+            (owned(&[("", true), ("a (cat:1.2) [dog]", false)]), false)
+        );
+        // `[a|b]` over 10 steps: 10 segments, 2 texts; the negative's "" keeps SDXL's zeros.
+        assert_eq!(
+            request("", "[a|b] c"),
+            (owned(&[("", true), ("a c", false), ("b c", false)]), true)
+        );
+        // An empty segment among others is text, as A1111 zeroes only an all-empty batch.
+        assert_eq!(
+            request("[ugly::0.5]", "x"),
+            (owned(&[("ugly", false), ("", false), ("x", false)]), true)
+        );
+    }
 }
