@@ -108,6 +108,11 @@ mod tests {
         );
         assert!(checked("show_progress_every_n_steps", &json!(-2)).is_err());
         assert!(checked("eta_noise_seed_delta", &json!(1.5)).is_err());
+        assert_eq!(
+            checked("hires_fix_use_firstpass_conds", &json!(true)).unwrap(),
+            json!(true)
+        );
+        assert!(checked("hires_fix_use_firstpass_conds", &json!([1])).is_err());
         assert_eq!(checked("anything", &json!([1])).unwrap(), json!([1]));
     }
 }
