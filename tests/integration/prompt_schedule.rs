@@ -1,7 +1,8 @@
 //! A1111 prompt editing and alternation through the host: 2-pass runs on the tiny SD1 model
 //! whose conditioning switches at the same denoiser calls as A1111's (pass 1 Euler and Heun,
 //! whose two calls a step advance the schedule twice; the hires pass counting its own steps),
-//! against scripts/make_prompt_edit_reference.py; and the infotext keeps the prompt as written.
+//! against scripts/make_prompt_edit_reference.py; img2img counting the steps asked for; the
+//! infotext keeping the prompt as written; and `hires_fix_use_firstpass_conds`.
 //! (The schedules themselves: `prompt_schedule` unit tests against
 //! scripts/make_prompt_schedule_reference.py.)
 
@@ -138,4 +139,42 @@ fn firstpass_conds_encode_a_later_pass_with_pass_1s_loras() {
     let apart = rel_err(&with[1], &without[1]);
     eprintln!("pass 2: with vs tag {same:.2e}, with vs without {apart:.2e}");
     assert!(same < 1e-6 && apart > 1e-3, "{same} {apart}");
+}
+
+/// An img2img pass 1 builds its schedule for the steps asked for (A1111's `p.steps`) and runs
+/// its last ones from call 0: 6 steps at denoise 0.6 run 4 calls (0..=3), so
+/// `[red:blue:0.5]` (red through call 3) is `red` throughout, and `[red:blue:2]` is not.
+#[test]
+fn img2img_counts_the_steps_asked_for() {
+    let registry = Registry::load(&[], &Default::default());
+    let run = |prompt: &str| {
+        let text = format!(
+            r#"seed = 1234
+prompt = {prompt}
+cfg = 5.0
+device = "cpu"
+dtype = "fp32"
+[model]
+checkpoint = {checkpoint}
+[[pass]]
+width = 32
+height = 32
+steps = 6
+sampler = "euler"
+schedule = "normal"
+init_image = "init.png"
+denoise = 0.6
+"#,
+            prompt = toml::Value::from(prompt),
+            checkpoint = toml::Value::from(tiny_ldm().to_string_lossy().as_ref()),
+        );
+        let p = Profile::parse(&text, "img2img.toml").unwrap();
+        let dir = repo().join("tests/data/img2img");
+        let mut job = prepare(p, &registry, &dir).unwrap();
+        job.run_image(1234).unwrap().latents.remove(0)
+    };
+    let half = run("[red:blue:0.5]");
+    assert_eq!(rel_err(&half, &run("red")), 0.0);
+    let late = rel_err(&run("[red:blue:2]"), &half);
+    assert!(late > 1e-3, "{late}");
 }
