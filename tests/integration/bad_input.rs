@@ -446,6 +446,10 @@ const CASES: &[Case] = &[
         setup: |sc| profile_edit(sc, |p| p.replace("a photo of a cat", &"x".repeat(30000))) },
     Case { name: "prompt of too many chunks", code: 1, expect: "the prompt is 69 chunks of 75 tokens (at most 64)",
         setup: |sc| profile_edit(sc, |p| p.replace("a photo of a cat", &"cat BREAK ".repeat(69))) },
+    Case { name: "prompt editing of too many prompts", code: 1, expect: "pass 1 prompt: prompt `[a|b] [c|d|e] [f|g|h|i|j] [k|l|m|n|o|p|q]` makes 80 different prompts over 80 steps with its [from:to:when] and [a|b] (at most 64)",
+        setup: |sc| check_edit(sc, |p| p.replace("a photo of a cat", "[a|b] [c|d|e] [f|g|h|i|j] [k|l|m|n|o|p|q]").replace("steps = 3", "steps = 80")) },
+    Case { name: "prompt edit step past any number", code: 1, expect: "pass 1 negative: prompt edit step `1e999` is past any number",
+        setup: |sc| profile_edit(sc, |p| p.replace("\"blurry\"", "\"[blurry:1e999]\"")) },
     Case { name: "LoRA tag with a bad weight", code: 1, expect: "<lora:detail:abc>: weight `abc` is not a number",
         setup: |sc| profile_edit(sc, |p| p.replace("a photo of a cat", "a photo of a cat <lora:detail:abc>")) },
     // --- replay ---

@@ -22,6 +22,7 @@ mod parity;
 mod patches;
 mod plugins;
 mod png_hostile;
+mod prompt_schedule;
 mod resolve;
 mod sampler_parity;
 mod serve;

@@ -49,3 +49,28 @@ fn eta_noise_seed_delta_changes_ancestral_noise_and_is_written() {
     );
     assert_eq!(status, 422, "{text}");
 }
+
+/// `hires_fix_use_firstpass_conds` (here per request, in `override_settings`): the hires pass,
+/// whose `hr_prompt` drops pass 1's LoRA tag, is conditioned with pass 1's LoRA set — the
+/// same pixels as an `hr_prompt` carrying the LoRA on the text encoder only (`:1:0`).
+#[test]
+fn firstpass_conds_condition_the_hires_pass_with_pass_1s_loras() {
+    let loras = crate::common::repo().join("tests/data/loras");
+    let server = Server::start("serve-firstpass", &["--loras", loras.to_str().unwrap()]);
+    let body = |hr_prompt: &str, firstpass: bool| {
+        json!({"prompt": "a cat <lora:sd1-kohya:1>", "hr_prompt": hr_prompt, "seed": 3,
+               "steps": 1, "width": 64, "height": 64, "enable_hr": true, "hr_scale": 1.5,
+               "hr_upscaler": "Latent", "denoising_strength": 0.5, "hr_second_pass_steps": 1,
+               "override_settings": {"hires_fix_use_firstpass_conds": firstpass}})
+    };
+    let pixels = |body: &serde_json::Value| {
+        let (status, response) = post(&server, "/sdapi/v1/txt2img", body);
+        assert_eq!(status, 200, "{response}");
+        decode(&images(&response)[0]).2
+    };
+    let own = pixels(&body("a cat", false));
+    let firstpass = pixels(&body("a cat", true));
+    let text_encoder_only = pixels(&body("a cat <lora:sd1-kohya:1:0>", false));
+    assert_ne!(own, firstpass, "the option changed nothing");
+    assert_eq!(firstpass, text_encoder_only);
+}

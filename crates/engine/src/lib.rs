@@ -26,6 +26,7 @@ pub mod png_pixels;
 pub mod png_text;
 pub mod preview;
 pub mod profile;
+pub mod prompt_schedule;
 pub mod registry;
 pub mod run;
 pub mod seamless;

@@ -25,6 +25,9 @@ pub const MAX_GRID_CELLS: u64 = 1_000;
 /// Brackets nested in a prompt: each `(` multiplies its text's weight by 1.1, and 1.1^931
 /// is past f32 (A1111 has no limit; a weight of 1.1^100 ≈ 13,781 is already noise).
 pub const MAX_EMPHASIS_DEPTH: usize = 100;
+/// Different prompts one prompt's editing and alternation (`[a:b:0.5]`, `[a|b]`) make over a
+/// pass: each is encoded once (A1111 encodes one per schedule step, without a bound).
+pub const MAX_SCHEDULE_PROMPTS: usize = 64;
 /// LoRAs applied in one pass (profile entries and prompt tags together).
 pub const MAX_LORAS: usize = 64;
 

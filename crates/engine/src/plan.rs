@@ -42,6 +42,9 @@ pub struct PassPlan<'r> {
     pub patches: Vec<PatchPlan<'r>>,
     /// Pass 1 from an init image (img2img); `steps` is then A1111's `t_enc + 1`.
     pub img2img: Option<crate::img2img::Img2ImgPlan>,
+    /// A later pass on pass 1's checkpoint whose prompts are encoded with pass 1's LoRA set
+    /// (A1111's `hires_fix_use_firstpass_conds`).
+    pub firstpass_conds: bool,
 }
 
 /// One UNet patch of a pass: its plugin entry, options, and infotext fields.
@@ -199,6 +202,11 @@ pub fn plan_passes<'r>(
             .map(|p| plan_patch(registry, p))
             .collect::<Result<Vec<_>>>()
             .map_err(at)?;
+        // A1111 computes a hires pass's conds early only when it keeps pass 1's checkpoint.
+        let firstpass_conds = profile.hires_fix_use_firstpass_conds
+            && plans
+                .first()
+                .is_some_and(|p: &PassPlan<'_>| p.checkpoint == checkpoint);
         plans.push(PassPlan {
             number,
             steps,
@@ -222,8 +230,10 @@ pub fn plan_passes<'r>(
             merge: pass_merge,
             patches,
             img2img,
+            firstpass_conds,
         });
     }
+    crate::prompt_schedule::check_plans(&plans)?;
     Ok(plans)
 }
 

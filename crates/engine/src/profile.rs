@@ -52,6 +52,10 @@ pub struct Profile {
     /// A1111's "Eta noise seed delta": seeds the step-noise stream with seed + i + delta.
     #[serde(default)]
     pub eta_noise_seed_delta: i64,
+    /// A1111's option of the same name: a later pass on pass 1's checkpoint encodes its
+    /// prompts with pass 1's LoRA set (its own runs the UNet).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub hires_fix_use_firstpass_conds: bool,
     /// A1111's variation seed: -1 picks a random one; image i of a batch uses subseed + i.
     #[serde(default = "default_seed", skip_serializing_if = "is_random")]
     pub subseed: i64,
@@ -400,6 +404,9 @@ impl Pass {
 fn default_seed() -> i64 {
     defaults::SEED
 }
+fn is_false(v: &bool) -> bool {
+    !*v
+}
 fn is_random(seed: &i64) -> bool {
     *seed == defaults::SEED
 }
@@ -505,6 +512,7 @@ const TOP_KEYS: &[&str] = &[
     "vae_tile_size",
     "vae_tile_overlap",
     "eta_noise_seed_delta",
+    "hires_fix_use_firstpass_conds",
     "subseed",
     "subseed_strength",
     "seed_resize_from_w",

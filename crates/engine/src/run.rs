@@ -15,13 +15,13 @@ use crate::models::{LoadSettings, Models};
 use crate::noise::{batch_noise, ImageSeeds, NoiseSettings, StepNoise};
 use crate::observer::{timed, Observer};
 use crate::plan::{pass_sigmas, PassPlan, PassSize};
+use crate::prompt_schedule::Schedule;
 use crate::seamless::wrapped_upscale;
 
 /// CFG over the backend's predictions, the image's step noise, and the observer's steps.
 struct Guidance<'a> {
     model: &'a ModelBox,
-    uncond: &'a [Tensor],
-    cond: &'a [Tensor],
+    conds: PassConds<'a>,
     cfg: f64,
     noise: StepNoise,
     observer: &'a dyn Observer,
@@ -48,12 +48,13 @@ impl SamplerCallbacks for Guidance<'_> {
         if self.observer.stopped() {
             return Err(host_api::Error::new(STOPPED));
         }
+        let (uncond, cond) = self.conds.next();
         let denoised = if self.cfg == 1.0 {
-            let out = self.model.denoise(x, sigma, &[self.cond])?.remove(0);
+            let out = self.model.denoise(x, sigma, &[cond])?.remove(0);
             self.last = Some(out.shallow_clone());
             out
         } else {
-            let out = self.model.denoise(x, sigma, &[self.uncond, self.cond])?;
+            let out = self.model.denoise(x, sigma, &[uncond, cond])?;
             // A1111's default live preview subject ("Prompt") is the prompt's prediction.
             self.last = Some(out[1].shallow_clone());
             &out[0] + (&out[1] - &out[0]) * self.cfg
@@ -74,6 +75,60 @@ impl SamplerCallbacks for Guidance<'_> {
         crate::preview::offer(self.observer, i, self.last.as_ref(), self.family);
         self.observer.step(i)
     }
+}
+
+/// A pass's conditionings: the negative and the prompt, or with prompt editing or alternation
+/// each distinct text once and, per schedule, which one each denoiser call takes — indexed,
+/// as A1111's `CFGDenoiser.step`, by the count of calls (a second-order sampler makes two a
+/// step), never by the sampler's step.
+struct PassConds<'a> {
+    all: &'a [Vec<Tensor>],
+    /// (negative, prompt): the schedule and where its texts start in `all`.
+    schedules: Option<[(Schedule, usize); 2]>,
+    calls: usize,
+}
+
+impl<'a> PassConds<'a> {
+    /// The (uncond, cond) of the next denoiser call.
+    fn next(&mut self) -> (&'a [Tensor], &'a [Tensor]) {
+        let all = self.all;
+        let pick = |(s, offset): &(Schedule, usize)| -> &'a [Tensor] {
+            &all[offset + s.index_at(self.calls)]
+        };
+        let pair = match &self.schedules {
+            None => (&all[0][..], &all[1][..]),
+            Some([negative, prompt]) => (pick(negative), pick(prompt)),
+        };
+        self.calls += 1;
+        pair
+    }
+}
+
+/// The encode request of a pass's prompts: today's pair when neither is scheduled, else every
+/// distinct text of the negative's schedule, then the prompt's, each encoded once.
+fn encode_request(
+    (clip_skip, width, height): (usize, u32, u32),
+    (negative, prompt): &(Schedule, Schedule),
+) -> (EncodeRequest, bool) {
+    let pair = |n: &str, p: &str| EncodeRequest::pair(n, p, clip_skip, width, height);
+    if negative.texts.len() == 1 && prompt.texts.len() == 1 {
+        return (pair(&negative.texts[0], &prompt.texts[0]), false);
+    }
+    let mut request = pair("", "");
+    // SDXL's zero conditioning of an empty negative is A1111's `force_zero_negative_prompt`:
+    // only when every text of the negative's schedule is empty (one batch of them all).
+    let zero_empty = negative.texts.len() == 1;
+    request.prompts = negative
+        .texts
+        .iter()
+        .map(|t| (t, zero_empty))
+        .chain(prompt.texts.iter().map(|t| (t, false)))
+        .map(|(text, negative)| host_api::PromptSpec {
+            text: text.as_str().into(),
+            negative,
+        })
+        .collect();
+    (request, true)
 }
 
 struct Vae<'a>(&'a ModelBox);
@@ -291,16 +346,10 @@ pub fn run_batch(
         models.warn_once(warnings);
         set_patches(&model, &info, plan, &sigmas)?;
         // Each pass conditions on its own size (SDXL's size ids, as A1111's hires pass).
-        let request = EncodeRequest::pair(
-            &plan.negative,
-            &plan.prompt,
-            plan.clip_skip,
-            size.width,
-            size.height,
-        );
-        let conds = models
-            .encode(&model, &specs, &request)
-            .map_err(|e| anyhow!("pass {}: encoding the prompt: {e}", plan.number))?;
+        let schedules = crate::prompt_schedule::for_pass(plans, i)?;
+        let at = (plan.clip_skip, size.width, size.height);
+        let (request, scheduled) = encode_request(at, &schedules);
+        let conds = encode(models, &model, plans, plan, &specs, &request)?;
         if models.final_image && seeds.len() == 1 && i + 1 == plans.len() {
             // Nothing encodes after this (a batch could still fall back to single runs).
             if let Err(e) = model.release(host_api::backend::release::TEXT_ENCODERS) {
@@ -315,8 +364,15 @@ pub fn run_batch(
         observer.pass_started(plan.number, plan.steps, &label);
         let mut guidance = Guidance {
             model: &model,
-            uncond: &conds[0],
-            cond: &conds[1],
+            conds: PassConds {
+                all: &conds,
+                schedules: scheduled.then(|| {
+                    let (negative, prompt) = schedules;
+                    let offset = negative.texts.len();
+                    [(negative, 0), (prompt, offset)]
+                }),
+                calls: 0,
+            },
             cfg: plan.cfg,
             noise: StepNoise::new(seeds, noise_settings.delta, &shape, plan.steps + 1),
             observer,
@@ -380,6 +436,35 @@ pub fn run_batch(
             interrupted,
         })
         .collect())
+}
+
+/// The pass's prompts encoded with its LoRA set — or, with A1111's
+/// `hires_fix_use_firstpass_conds`, with pass 1's set on the text encoders and the pass's own
+/// set back before its first UNet call.
+fn encode(
+    models: &mut Models<'_>,
+    model: &std::rc::Rc<ModelBox>,
+    plans: &[PassPlan<'_>],
+    plan: &PassPlan<'_>,
+    specs: &[host_api::LoraSpec],
+    request: &EncodeRequest,
+) -> Result<std::rc::Rc<Vec<Vec<Tensor>>>> {
+    let at = |e: host_api::Error| anyhow!("pass {}: encoding the prompt: {e}", plan.number);
+    let first: Vec<host_api::LoraSpec> = plans[0].loras.iter().map(|l| l.spec()).collect();
+    if !plan.firstpass_conds || first == specs {
+        return models.encode(model, specs, request).map_err(at);
+    }
+    let set = |models: &mut Models<'_>, specs: &[host_api::LoraSpec]| -> Result<()> {
+        let warnings = model
+            .set_loras(specs)
+            .map_err(|e| anyhow!("pass {}: {e}", plan.number))?;
+        models.warn_once(warnings);
+        Ok(())
+    };
+    set(models, &first)?;
+    let conds = models.encode(model, &first, request).map_err(at);
+    set(models, specs)?;
+    conds
 }
 
 /// The option the host adds for a pass that starts from pure noise (no image under it):
@@ -513,4 +598,45 @@ fn centre_crop(x: &Tensor, h: i64, w: i64) -> Tensor {
         return x.shallow_clone();
     }
     x.narrow(2, (ch - h) / 2, h).narrow(3, (cw - w) / 2, w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompt_schedule::{schedule, Steps};
+
+    fn request(negative: &str, prompt: &str) -> (Vec<(String, bool)>, bool) {
+        let steps = Steps {
+            base: 10,
+            hires: None,
+        };
+        let s = (
+            schedule(negative, steps).unwrap(),
+            schedule(prompt, steps).unwrap(),
+        );
+        let (r, scheduled) = encode_request((1, 64, 64), &s);
+        let specs = r.prompts.iter().map(|p| (p.text.to_string(), p.negative));
+        (specs.collect(), scheduled)
+    }
+
+    #[test]
+    fn each_distinct_text_is_encoded_once_and_plain_prompts_as_a_pair() {
+        let owned = |v: &[(&str, bool)]| -> Vec<(String, bool)> {
+            v.iter().map(|(t, n)| (t.to_string(), *n)).collect()
+        };
+        assert_eq!(
+            request("", "a (cat:1.2) [dog]"),
+            (owned(&[("", true), ("a (cat:1.2) [dog]", false)]), false)
+        );
+        // `[a|b]` over 10 steps: 10 segments, 2 texts; the negative's "" keeps SDXL's zeros.
+        assert_eq!(
+            request("", "[a|b] c"),
+            (owned(&[("", true), ("a c", false), ("b c", false)]), true)
+        );
+        // An empty segment among others is text, as A1111 zeroes only an all-empty batch.
+        assert_eq!(
+            request("[ugly::0.5]", "x"),
+            (owned(&[("ugly", false), ("", false), ("x", false)]), true)
+        );
+    }
 }

@@ -304,6 +304,14 @@ impl ServerState {
             .unwrap_or(0)
     }
 
+    /// `hires_fix_use_firstpass_conds` as set (false by default).
+    pub fn options_firstpass_conds(&self) -> bool {
+        self.lock_options()
+            .get("hires_fix_use_firstpass_conds")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+
     pub fn options_clip_skip(&self) -> u32 {
         self.lock_options()
             .get("CLIP_stop_at_last_layers")

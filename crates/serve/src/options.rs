@@ -14,6 +14,7 @@ pub const HONOURED: &[&str] = &[
     "sd_vae",
     "CLIP_stop_at_last_layers",
     "eta_noise_seed_delta",
+    "hires_fix_use_firstpass_conds",
     "live_previews_enable",
     "show_progress_every_n_steps",
 ];
@@ -48,7 +49,9 @@ pub fn checked(key: &str, value: &Value) -> ApiResult<Value> {
             Some(n) if n >= -1 => Ok(Value::from(n)),
             _ => bad("a whole number of steps (-1: no previews while sampling)"),
         },
-        "live_previews_enable" => super::bool_field(key, value).map(Value::Bool),
+        "live_previews_enable" | "hires_fix_use_firstpass_conds" => {
+            super::bool_field(key, value).map(Value::Bool)
+        }
         _ => Ok(value.clone()),
     }
 }
@@ -105,6 +108,11 @@ mod tests {
         );
         assert!(checked("show_progress_every_n_steps", &json!(-2)).is_err());
         assert!(checked("eta_noise_seed_delta", &json!(1.5)).is_err());
+        assert_eq!(
+            checked("hires_fix_use_firstpass_conds", &json!(true)).unwrap(),
+            json!(true)
+        );
+        assert!(checked("hires_fix_use_firstpass_conds", &json!([1])).is_err());
         assert_eq!(checked("anything", &json!([1])).unwrap(), json!([1]));
     }
 }

@@ -357,6 +357,11 @@ fn map_request(
                 n => n,
             },
         };
+        profile.hires_fix_use_firstpass_conds =
+            match overrides.flag("hires_fix_use_firstpass_conds")? {
+                Some(on) => on,
+                None => state.options_firstpass_conds(),
+            };
         profile.lora_dirs = state.lora_dirs();
         profile.upscaler_dirs = state.upscaler_dirs();
         if profile.device == hiresfix_engine::profile::DeviceChoice::Auto {
