@@ -12,6 +12,7 @@ use crate::defaults::{self, resolved};
 use crate::limits;
 use crate::loras::{pass_loras, ResolvedLora};
 use crate::profile::{resolve_path, Pass, PatchEntry, Profile};
+use crate::prompt_schedule::{schedule, total_steps, Schedule, Steps};
 use crate::registry::{find, Entry, Registry};
 
 pub struct PassPlan<'r> {
@@ -233,7 +234,7 @@ pub fn plan_passes<'r>(
             firstpass_conds,
         });
     }
-    crate::prompt_schedule::check_plans(&plans)?;
+    check_plans(&plans)?;
     Ok(plans)
 }
 
@@ -464,4 +465,33 @@ pub fn pass_sigmas(plan: &PassPlan<'_>, model: &ModelSigmas) -> Result<Vec<f64>>
         );
     }
     Ok(sigmas)
+}
+
+/// What pass `i` (0-based) of `plans` counts: pass 1 its own steps (an img2img pass the steps
+/// asked for, as A1111's `p.steps`, of which it runs the last ones), every later pass A1111's
+/// hires rule with pass 1's count as the base; each times its sampler's denoiser calls.
+pub fn pass_steps(plans: &[PassPlan<'_>], i: usize) -> Steps {
+    let first = &plans[0];
+    let first_steps = first
+        .img2img
+        .as_ref()
+        .map_or(first.steps, |p| p.requested_steps);
+    let base = total_steps(first_steps, &first.sampler.decl.name);
+    let hires = (i > 0).then(|| total_steps(plans[i].steps, &plans[i].sampler.decl.name));
+    Steps { base, hires }
+}
+
+/// Pass `i`'s negative and prompt schedules, each refused in one line naming the pass.
+pub fn prompt_schedules(plans: &[PassPlan<'_>], i: usize) -> Result<(Schedule, Schedule)> {
+    let plan = &plans[i];
+    let steps = pass_steps(plans, i);
+    let at = |what: &str, e: anyhow::Error| anyhow!("pass {} {what}: {e}", plan.number);
+    let negative = schedule(&plan.negative, steps).map_err(|e| at("negative", e))?;
+    let prompt = schedule(&plan.prompt, steps).map_err(|e| at("prompt", e))?;
+    Ok((negative, prompt))
+}
+
+/// Every pass's schedules checked before anything loads (`check` and `generate`).
+fn check_plans(plans: &[PassPlan<'_>]) -> Result<()> {
+    (0..plans.len()).try_for_each(|i| prompt_schedules(plans, i).map(drop))
 }

@@ -11,11 +11,10 @@
 //! outside `[ ]`, a trailing `\`) is one segment, the prompt as written — as in A1111.
 use std::collections::{HashMap, HashSet};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 
 use crate::errors::echo;
 use crate::limits::MAX_SCHEDULE_PROMPTS;
-use crate::plan::PassPlan;
 
 /// What a pass's schedule counts: its own steps (times the sampler's denoiser calls per
 /// step), and for a hires pass the first pass's, which its absolute steps count past.
@@ -156,35 +155,6 @@ pub fn total_steps(steps: usize, sampler: &str) -> usize {
     } else {
         steps
     }
-}
-
-/// What pass `i` (0-based) of `plans` counts: pass 1 its own steps (an img2img pass the steps
-/// asked for, as A1111's `p.steps`, of which it runs the last ones), every later pass A1111's
-/// hires rule with pass 1's count as the base; each times its sampler's denoiser calls.
-pub fn pass_steps(plans: &[PassPlan<'_>], i: usize) -> Steps {
-    let first = &plans[0];
-    let first_steps = first
-        .img2img
-        .as_ref()
-        .map_or(first.steps, |p| p.requested_steps);
-    let base = total_steps(first_steps, &first.sampler.decl.name);
-    let hires = (i > 0).then(|| total_steps(plans[i].steps, &plans[i].sampler.decl.name));
-    Steps { base, hires }
-}
-
-/// Pass `i`'s negative and prompt schedules, each refused in one line naming the pass.
-pub fn for_pass(plans: &[PassPlan<'_>], i: usize) -> Result<(Schedule, Schedule)> {
-    let plan = &plans[i];
-    let steps = pass_steps(plans, i);
-    let at = |what: &str, e: anyhow::Error| anyhow!("pass {} {what}: {e}", plan.number);
-    let negative = schedule(&plan.negative, steps).map_err(|e| at("negative", e))?;
-    let prompt = schedule(&plan.prompt, steps).map_err(|e| at("prompt", e))?;
-    Ok((negative, prompt))
-}
-
-/// Every pass's schedules checked before anything loads (`check` and `generate`).
-pub fn check_plans(plans: &[PassPlan<'_>]) -> Result<()> {
-    (0..plans.len()).try_for_each(|i| for_pass(plans, i).map(drop))
 }
 
 #[derive(Clone, Debug)]

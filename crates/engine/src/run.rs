@@ -346,7 +346,7 @@ pub fn run_batch(
         models.warn_once(warnings);
         set_patches(&model, &info, plan, &sigmas)?;
         // Each pass conditions on its own size (SDXL's size ids, as A1111's hires pass).
-        let schedules = crate::prompt_schedule::for_pass(plans, i)?;
+        let schedules = crate::plan::prompt_schedules(plans, i)?;
         let at = (plan.clip_skip, size.width, size.height);
         let (request, scheduled) = encode_request(at, &schedules);
         let conds = encode(models, &model, plans, plan, &specs, &request)?;

@@ -133,12 +133,7 @@ fn tiled_decode_of_a_320px_image_is_within_1_mean_and_8_max_of_255_of_a_full_dec
 /// over themselves drift far (9.3/255 mean, 116/255 max at 512 px before the mid block ran
 /// whole and the GroupNorm statistics were shared).
 fn structured_latent(side: i64) -> Tensor {
-    seeded_randn(0, &[1, 4, 16, 16]).upsample_bicubic2d(
-        [side, side],
-        false,
-        None,
-        None,
-    )
+    seeded_randn(0, &[1, 4, 16, 16]).upsample_bicubic2d([side, side], false, None, None)
 }
 
 #[test]
