@@ -26,6 +26,13 @@ pub trait Upscaler: 'static {
     fn describe(_options: Options<'_>) -> Result<String> {
         Ok(String::new())
     }
+
+    /// 1.3.0: whether this upscaler works on pixels (it decodes the latent with the host's VAE,
+    /// resizes the image, and encodes it again). The host lets a pass switch to a checkpoint of
+    /// another family only through such an upscaler: it decodes with the earlier pass's VAE and
+    /// encodes with the new one's. `false` (the default, and what a 1.0-1.2 upscaler reads as)
+    /// means the upscaler may hand back a resized latent of the earlier model's latent space.
+    const WORKS_IN_PIXELS: bool = false;
 }
 
 /// The host's VAE for the pass, as seen through the boundary.
@@ -136,6 +143,8 @@ pub struct UpscalerFfi {
         extern "C" fn(&UpscaleHost<'_>, TensorRef<'_>, i64, i64) -> RResult<TensorBox, RString>,
     #[sabi(last_prefix_field)]
     pub describe: extern "C" fn(RSlice<'_, OptionEntry>) -> RResult<RString, RString>,
+    /// 1.3.0: [`Upscaler::WORKS_IN_PIXELS`]; absent (`None`) in a 1.0-1.2 upscaler: `false`.
+    pub works_in_pixels: bool,
 }
 
 extern "C" fn describe_trampoline<U: Upscaler>(
@@ -163,6 +172,7 @@ impl UpscalerFfi {
             aliases: static_strs(U::ALIASES),
             upscale: upscale_trampoline::<U>,
             describe: describe_trampoline::<U>,
+            works_in_pixels: U::WORKS_IN_PIXELS,
         }
         .leak_into_prefix()
     }
@@ -172,6 +182,8 @@ impl UpscalerFfi {
 pub struct UpscalerDecl {
     pub name: String,
     pub aliases: Vec<String>,
+    /// See [`Upscaler::WORKS_IN_PIXELS`]; `false` for an upscaler built against 1.0-1.2.
+    pub works_in_pixels: bool,
     ffi: UpscalerFfiRef,
 }
 
@@ -184,6 +196,7 @@ impl UpscalerDecl {
         Self {
             name: ffi.name().to_string(),
             aliases: owned(ffi.aliases()),
+            works_in_pixels: ffi.works_in_pixels().unwrap_or(false),
             ffi,
         }
     }

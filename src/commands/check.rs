@@ -58,7 +58,7 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
     crate::switch::check_families(&plans, &models)?;
     crate::run::patches_fit(&plans, &info)?;
     let mut findings = crate::lint::lint(&plans, &sizes, &info);
-    findings.extend(crate::switch::switch_findings(&plans, &models)?);
+    findings.extend(crate::switch::switch_findings(&plans, &sizes, &models)?);
     for finding in &findings {
         println!("{finding}");
     }

@@ -395,7 +395,7 @@ const CASES: &[Case] = &[
         setup: |sc| profile_edit(sc, |p| p.replace("a photo of a cat", "a photo of a cat <hypernet:x:1>")) },
     Case { name: "merge and checkpoint together", code: 1, expect: "[model] has both checkpoint and merge",
         setup: |sc| profile_edit(sc, |p| p.replace("[model]", &format!("[model]\nmerge = [{{ checkpoint = \"{0}\", weight = 0.5 }}, {{ checkpoint = \"{0}\", weight = 0.5 }}]", tiny_ldm().display()))) },
-    Case { name: "a pass switching to another family", code: 1, expect: "pass 2: checkpoint ",
+    Case { name: "a pass switching to another family after a latent upscaler", code: 1, expect: "switch families through a pixel upscaler",
         setup: |sc| {
             let sdxl = repo().join("tests/data/sdxl-tiny/sdxl-tiny.safetensors");
             generate(sc, &tiny_ldm(), "", "", &format!("checkpoint = \"{}\"", sdxl.display()))

@@ -9,6 +9,7 @@ mod chain;
 mod check;
 mod compat;
 mod convert;
+mod cross_family;
 mod files_hostile;
 mod img2img;
 mod info;

@@ -348,7 +348,11 @@ fn report_new_findings(
     }
     crate::run::patches_fit(&job.plans, &info)?;
     let mut findings = crate::lint::lint(&job.plans, &job.sizes, &info);
-    findings.extend(crate::switch::switch_findings(&job.plans, &job.models)?);
+    findings.extend(crate::switch::switch_findings(
+        &job.plans,
+        &job.sizes,
+        &job.models,
+    )?);
     let mut lines: Vec<String> = findings.iter().map(ToString::to_string).collect();
     if !quiet {
         lines.extend(job.notes.iter().map(|note| format!("note: {note}")));

@@ -3,6 +3,7 @@
 //! and sampler; CFG around the backend's denoiser, and the caller's observer told of every
 //! step (which may stop the run).
 use std::path::Path;
+use std::rc::Rc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use host_api::tch::{Device, Kind, Tensor};
@@ -131,16 +132,22 @@ fn encode_request(
     (request, true)
 }
 
-struct Vae<'a>(&'a ModelBox);
+/// The VAEs for pixel upscalers: the earlier pass's model decodes its latent, this pass's
+/// encodes the resized image (the same model unless the pass switches checkpoints; another
+/// family's latent space is crossed this way). A batch is decoded and encoded one image at a
+/// time, so its memory stays that of one image (and each image's pixels those of its single
+/// run).
+struct Vae<'a> {
+    decoder: &'a ModelBox,
+    encoder: &'a ModelBox,
+}
 
-/// The VAE for pixel upscalers: a batch is decoded and encoded one image at a time, so its
-/// memory stays that of one image (and each image's pixels those of its single run).
 impl VaeCallbacks for Vae<'_> {
     fn decode(&mut self, latent: &Tensor) -> host_api::Result<Tensor> {
-        each_image(latent, |one| self.0.decode(one))
+        each_image(latent, |one| self.decoder.decode(one))
     }
     fn encode(&mut self, image: &Tensor) -> host_api::Result<Tensor> {
-        each_image(image, |one| self.0.encode(one))
+        each_image(image, |one| self.encoder.encode(one))
     }
 }
 
@@ -235,20 +242,29 @@ pub fn run_batch(
     }
     let start = resume.map_or(0, |r| r.after_pass);
     let mut latents: Vec<Tensor> = resume.iter().map(|r| r.latent.shallow_clone()).collect();
-    let mut family: Option<(String, &PassPlan<'_>)> = None;
+    // The pass before's model and family: a pixel upscaler decodes with its VAE (as A1111
+    // decodes pass 1's samples before loading the hires checkpoint), and the family rule.
+    let mut previous: Option<(Rc<ModelBox>, String)> = None;
     let mut overlay = None;
     let mut mask_weight = None;
     let mut interrupted = false;
     for (i, (plan, size)) in plans.iter().zip(sizes).enumerate().skip(start) {
         let (model, info) = models.for_pass(settings, plan)?;
-        match &family {
-            Some((f, base)) => crate::switch::same_family(plan, &info.family, base, f)?,
-            None => {
-                // Every pass's patches against this model's facts, before the first step.
-                for later in plans.iter().skip(i) {
-                    make_patches(&info, later)?;
+        let new_family = match &previous {
+            Some((_, family)) => {
+                crate::switch::hand_off(plan, &info.family, &plans[i - 1], family)?;
+                *family != info.family.as_str()
+            }
+            None => true,
+        };
+        if new_family {
+            // The patches of every pass of this family against this model's facts, before
+            // its first step.
+            for later in plans.iter().skip(i) {
+                if models.backend(&later.checkpoint)?.decl.family != info.family.as_str() {
+                    break;
                 }
-                family = Some((info.family.to_string(), plan))
+                make_patches(&info, later)?;
             }
         }
         let device = latent_device(&info);
@@ -285,7 +301,20 @@ pub fn run_batch(
                 let upscaler = plan
                     .upscaler
                     .ok_or_else(|| anyhow!("pass {} has no upscaler", plan.number))?;
-                let mut vae = Vae(&model);
+                let decoder = match &previous {
+                    Some((m, _)) => m.clone(),
+                    // Resumed after pass i: its latent is the earlier checkpoint's.
+                    None if upscaler.decl.works_in_pixels
+                        && plans[i - 1].checkpoint != plan.checkpoint =>
+                    {
+                        models.for_pass(settings, &plans[i - 1])?.0
+                    }
+                    None => model.clone(),
+                };
+                let mut vae = Vae {
+                    decoder: &decoder,
+                    encoder: &model,
+                };
                 let mut run =
                     |x: &Tensor, h, w| upscaler.decl.run(&mut vae, &plan.upscaler_options, x, h, w);
                 let up = timed(observer, "upscale", || match settings.seamless {
@@ -302,6 +331,7 @@ pub fn run_batch(
                 up + noise * sigmas[0]
             }
         };
+        previous = Some((model.clone(), info.family.to_string()));
         let blend_with = i2i.as_ref().and_then(|s| {
             s.nmask
                 .as_ref()
@@ -443,12 +473,12 @@ pub fn run_batch(
 /// set back before its first UNet call.
 fn encode(
     models: &mut Models<'_>,
-    model: &std::rc::Rc<ModelBox>,
+    model: &Rc<ModelBox>,
     plans: &[PassPlan<'_>],
     plan: &PassPlan<'_>,
     specs: &[host_api::LoraSpec],
     request: &EncodeRequest,
-) -> Result<std::rc::Rc<Vec<Vec<Tensor>>>> {
+) -> Result<Rc<Vec<Vec<Tensor>>>> {
     let at = |e: host_api::Error| anyhow!("pass {}: encoding the prompt: {e}", plan.number);
     let first: Vec<host_api::LoraSpec> = plans[0].loras.iter().map(|l| l.spec()).collect();
     if !plan.firstpass_conds || first == specs {

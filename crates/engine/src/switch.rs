@@ -1,57 +1,71 @@
-//! Per-pass checkpoint switches (a later pass's `checkpoint`): one family throughout (refused
-//! before anything loads), and the seed article's two failure modes as warnings — another text
-//! encoder understands the prompt differently, and more than 10 steps on the second model
-//! repaint the composition.
+//! Per-pass checkpoint switches (a later pass's `checkpoint`): a pass of another family than
+//! the pass before it only through a pixel upscaler (refused before anything loads otherwise),
+//! and the seed article's two failure modes as warnings — another text encoder understands the
+//! prompt differently, and more than 10 steps on the second model repaint the composition.
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 
 use crate::lint::{Finding, Severity};
 use crate::models::Models;
-use crate::plan::PassPlan;
+use crate::plan::{PassPlan, PassSize};
 
 /// Steps on a switched-to checkpoint beyond which the composition is repainted.
 pub const MAX_STEPS_AFTER_SWITCH: usize = 10;
 
-/// Every pass's checkpoint must be of the first pass's family (read from the headers, before
-/// anything loads).
+/// Each pass's checkpoint against the pass before it (families read from the headers, before
+/// anything loads): see [`hand_off`].
 pub fn check_families(plans: &[PassPlan<'_>], models: &Models<'_>) -> Result<()> {
     let family =
         |path: &Path| -> Result<String> { Ok(models.backend(path)?.decl.family.to_string()) };
-    let first = &plans[0];
-    let base = family(&first.checkpoint)?;
-    for plan in &plans[1..] {
-        if plan.checkpoint == first.checkpoint {
+    for pair in plans.windows(2) {
+        let (previous, plan) = (&pair[0], &pair[1]);
+        if plan.checkpoint == previous.checkpoint {
             continue;
         }
-        same_family(plan, &family(&plan.checkpoint)?, first, &base)?;
+        hand_off(
+            plan,
+            &family(&plan.checkpoint)?,
+            previous,
+            &family(&previous.checkpoint)?,
+        )?;
     }
     Ok(())
 }
 
-/// The rule: `plan`'s checkpoint, of `family`, may only follow `base`'s, of `base_family`, when
-/// the families are the same (checked before the run from the headers, and during it from the
-/// loaded models).
-pub fn same_family(
+/// The rule: `plan`'s checkpoint, of `family`, may follow `previous`'s, of `previous_family`,
+/// when the families are the same, or when `plan`'s upscaler works in pixels — it decodes with
+/// the earlier pass's VAE and encodes with the new one's, so another latent space is fine
+/// (checked before the run from the headers, and during it from the loaded models).
+pub fn hand_off(
     plan: &PassPlan<'_>,
     family: &str,
-    base: &PassPlan<'_>,
-    base_family: &str,
+    previous: &PassPlan<'_>,
+    previous_family: &str,
 ) -> Result<()> {
-    if family != base_family {
-        bail!(
-            "pass {}: checkpoint {} is {family} but pass {}'s {} is {base_family} — a pass may only switch to a checkpoint of the same family",
-            plan.number,
-            plan.checkpoint.display(),
-            base.number,
-            base.checkpoint.display()
-        );
+    if family == previous_family || plan.upscaler.is_some_and(|u| u.decl.works_in_pixels) {
+        return Ok(());
     }
-    Ok(())
+    let upscaler = plan.upscaler.map_or("none", |u| u.decl.name.as_str());
+    bail!(
+        "pass {}: checkpoint {} is {family} but pass {} ran {previous_family}, and upscaler `{upscaler}` keeps its latent — switch families through a pixel upscaler (\"Lanczos\" or an ESRGAN file)",
+        plan.number,
+        plan.checkpoint.display(),
+        previous.number,
+    );
 }
 
-/// The findings for each switch (another text encoder, too many steps), naming the pass.
-pub fn switch_findings(plans: &[PassPlan<'_>], models: &Models<'_>) -> Result<Vec<Finding>> {
+/// A pass that switches to another family below this share of that family's native area (as
+/// 768x768 is of SDXL's 1024x1024) refines where the new model works badly.
+pub const MIN_HAND_OFF_AREA: f64 = 0.5;
+
+/// The findings for each switch (another text encoder, too many steps, another family below
+/// its native size), naming the pass.
+pub fn switch_findings(
+    plans: &[PassPlan<'_>],
+    sizes: &[PassSize],
+    models: &Models<'_>,
+) -> Result<Vec<Finding>> {
     // `None` for a backend without the optional tools table: its text encoders are unknown.
     let fingerprint = |path: &PathBuf| -> Result<Option<String>> {
         let backend = models.backend(path)?;
@@ -88,6 +102,9 @@ pub fn switch_findings(plans: &[PassPlan<'_>], models: &Models<'_>) -> Result<Ve
                 fix: "switch to a checkpoint that shares the text encoder".into(),
             });
         }
+        if let Some(finding) = hand_off_size(plan, &sizes[i], previous, models)? {
+            warnings.push(finding);
+        }
         let steps: usize = plans[i..]
             .iter()
             .take_while(|p| p.checkpoint == plan.checkpoint)
@@ -107,4 +124,40 @@ pub fn switch_findings(plans: &[PassPlan<'_>], models: &Models<'_>) -> Result<Ve
         }
     }
     Ok(warnings)
+}
+
+/// A pass of another family than the pass before it, far below the new family's native size.
+fn hand_off_size(
+    plan: &PassPlan<'_>,
+    size: &PassSize,
+    previous: &PassPlan<'_>,
+    models: &Models<'_>,
+) -> Result<Option<Finding>> {
+    let backend = models.backend(&plan.checkpoint)?;
+    if backend.decl.family == models.backend(&previous.checkpoint)?.decl.family
+        || !backend.decl.has_tools()
+    {
+        return Ok(None);
+    }
+    let info = backend
+        .decl
+        .run_inspect(&plan.checkpoint, false)
+        .map_err(|e| anyhow!("{e}"))?;
+    let native = f64::from(info.default_size);
+    let area = f64::from(size.width) * f64::from(size.height);
+    if native == 0.0 || area >= MIN_HAND_OFF_AREA * native * native {
+        return Ok(None);
+    }
+    Ok(Some(Finding {
+        severity: Severity::Warning,
+        pass: plan.number,
+        key: "scale",
+        message: format!(
+            "{}x{} is far below {}'s native {native} px, and this pass hands the image over to it: it refines badly there",
+            size.width, size.height, info.family_name
+        ),
+        fix: format!(
+            "reach about {native}x{native} in this pass (a larger scale), or switch in a later pass"
+        ),
+    }))
 }

@@ -20,6 +20,7 @@ macro_rules! pixel_mode {
         impl Upscaler for $ty {
             const NAME: &'static str = $name;
             const ALIASES: &'static [&'static str] = &[$alias];
+            const WORKS_IN_PIXELS: bool = true;
 
             fn upscale(
                 ctx: &mut UpscaleCtx<'_>,
@@ -53,6 +54,7 @@ pub struct Model;
 
 impl Upscaler for Model {
     const NAME: &'static str = "model";
+    const WORKS_IN_PIXELS: bool = true;
 
     fn upscale(
         ctx: &mut UpscaleCtx<'_>,
