@@ -1,5 +1,6 @@
-//! Per-pass checkpoint switches (a later pass's `checkpoint`): one family throughout (refused
-//! before anything loads), and the seed article's two failure modes as warnings — another text
+//! Per-pass checkpoint switches (a later pass's `checkpoint`, a pass's refiner): one latent
+//! space throughout — the same family, or SDXL and its refiner, which share SDXL's latent space
+//! (refused before anything loads) — and the seed article's two failure modes as warnings — another text
 //! encoder understands the prompt differently, and more than 10 steps on the second model
 //! repaint the composition.
 use std::path::{Path, PathBuf};
@@ -13,24 +14,56 @@ use crate::plan::PassPlan;
 /// Steps on a switched-to checkpoint beyond which the composition is repainted.
 pub const MAX_STEPS_AFTER_SWITCH: usize = 10;
 
-/// Every pass's checkpoint must be of the first pass's family (read from the headers, before
-/// anything loads).
+/// Families whose checkpoints continue each other's latents: the SDXL refiner works in SDXL's
+/// latent space (its VAE is SDXL's), so a pass or a refiner may switch between them.
+const SHARED_LATENT_SPACE: &[(&str, &str)] = &[("sdxl", "sdxl-refiner")];
+
+/// Whether a checkpoint of `family` may continue the latents of one of `base`.
+pub fn shares_latent_space(family: &str, base: &str) -> bool {
+    family == base
+        || SHARED_LATENT_SPACE
+            .iter()
+            .any(|&(a, b)| (a, b) == (family, base) || (b, a) == (family, base))
+}
+
+/// Every pass's checkpoint and refiner must share the first pass's latent space (read from
+/// the headers, before anything loads).
 pub fn check_families(plans: &[PassPlan<'_>], models: &Models<'_>) -> Result<()> {
     let family =
         |path: &Path| -> Result<String> { Ok(models.backend(path)?.decl.family.to_string()) };
     let first = &plans[0];
     let base = family(&first.checkpoint)?;
-    for plan in &plans[1..] {
-        if plan.checkpoint == first.checkpoint {
-            continue;
+    for plan in plans {
+        if plan.checkpoint != first.checkpoint {
+            same_family(plan, &family(&plan.checkpoint)?, first, &base)?;
         }
-        same_family(plan, &family(&plan.checkpoint)?, first, &base)?;
+        if let Some(refiner) = &plan.refiner {
+            let pass_family = family(&plan.checkpoint)?;
+            refiner_family(plan, &family(&refiner.checkpoint)?, &pass_family)?;
+        }
+    }
+    Ok(())
+}
+
+/// The rule for a pass's refiner: it continues the pass's latent, so it must share the
+/// latent space of the pass's checkpoint, of `base_family`.
+pub fn refiner_family(plan: &PassPlan<'_>, family: &str, base_family: &str) -> Result<()> {
+    let Some(refiner) = &plan.refiner else {
+        return Ok(());
+    };
+    if !shares_latent_space(family, base_family) {
+        bail!(
+            "pass {}: refiner_checkpoint {} is {family} but the pass's {} is {base_family} — a refiner continues the pass's latent, so it must be of the same family (or SDXL ↔ SDXL refiner, which share a latent space)",
+            plan.number,
+            refiner.checkpoint.display(),
+            plan.checkpoint.display()
+        );
     }
     Ok(())
 }
 
 /// The rule: `plan`'s checkpoint, of `family`, may only follow `base`'s, of `base_family`, when
-/// the families are the same (checked before the run from the headers, and during it from the
+/// they share a latent space (checked before the run from the headers, and during it from the
 /// loaded models).
 pub fn same_family(
     plan: &PassPlan<'_>,
@@ -38,9 +71,9 @@ pub fn same_family(
     base: &PassPlan<'_>,
     base_family: &str,
 ) -> Result<()> {
-    if family != base_family {
+    if !shares_latent_space(family, base_family) {
         bail!(
-            "pass {}: checkpoint {} is {family} but pass {}'s {} is {base_family} — a pass may only switch to a checkpoint of the same family",
+            "pass {}: checkpoint {} is {family} but pass {}'s {} is {base_family} — a pass may only switch to a checkpoint of the same family (or SDXL ↔ SDXL refiner, which share a latent space)",
             plan.number,
             plan.checkpoint.display(),
             base.number,
