@@ -194,3 +194,34 @@ fn a_refiner_of_another_latent_space_is_refused_before_anything_runs() {
     );
     assert!(!scratch.path("mixed.png").exists());
 }
+
+/// `check`'s memory table counts the refiner's weights in the pass that holds it.
+#[test]
+fn check_counts_the_refiners_weights_in_its_pass() {
+    let (_, json) = reference();
+    let scratch = Scratch::new("refiner-check");
+    let path = scratch.write(
+        "refined.toml",
+        &profile_text(&json["settings"], &refiner_lines()),
+    );
+    let out = hiresfix(&scratch.0, &["check", path.to_str().unwrap()], &[]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    let weights = |pass: &str| -> f64 {
+        let row = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(pass))
+            .unwrap_or_else(|| panic!("no pass {pass} row in {text}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[3], "MiB", "{row}");
+        cells[2].parse().unwrap()
+    };
+    assert!(
+        text.contains("pass 1: refiner ")
+            && text
+                .contains("sdxl-refiner-tiny.safetensors (sdxl-refiner) from 0.8 of the schedule"),
+        "{text}"
+    );
+    // Pass 1 holds the base and the refiner, pass 2 the base alone.
+    assert!(weights("1") > weights("2") * 1.5, "{text}");
+}

@@ -210,6 +210,9 @@ pub fn plan_passes<'r>(
             && plans
                 .first()
                 .is_some_and(|p: &PassPlan<'_>| p.checkpoint == checkpoint);
+        // A1111 switches only to another checkpoint than the one loaded.
+        let refiner = crate::refiner::plan(pass, base_dir)
+            .filter(|r| r.checkpoint != checkpoint || !pass_merge.is_empty());
         plans.push(PassPlan {
             number,
             steps,
@@ -234,7 +237,7 @@ pub fn plan_passes<'r>(
             patches,
             img2img,
             firstpass_conds,
-            refiner: crate::refiner::plan(pass, base_dir),
+            refiner,
         });
     }
     check_plans(&plans)?;
