@@ -149,6 +149,14 @@ fn the_png_names_the_refiner_and_importing_it_restores_it() {
     ] {
         assert!(parameters.contains(&field), "{field} not in {parameters}");
     }
+    // A switch past every call's timestep (the last, t = 0, is 0.999 done) never hands over:
+    // no refiner fields (A1111).
+    let late = text.replace("refiner_switch_at = 0.8", "refiner_switch_at = 0.9999");
+    let out = generate_as(&scratch, "late", &late);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let unrefined = chunk(&scratch.path("late.png"), "parameters");
+    assert!(!unrefined.contains("Refiner"), "{unrefined}");
+
     let registry = Registry::load(&[], &Default::default());
     let imported = from_parameters(&parameters, &registry).unwrap();
     let first = &imported.profile.passes[0];

@@ -212,6 +212,8 @@ pub struct ImageResult {
     /// the last UNet call of the pass it stopped in (or the pass before, when that pass had
     /// made none); no later pass ran.
     pub interrupted: bool,
+    /// A pass's refiner took over (A1111 writes its infotext fields only then).
+    pub refined: bool,
 }
 
 /// What the denoiser answers a sampler once the run is stopped.
@@ -258,6 +260,7 @@ pub fn run_batch(
     let mut overlay = None;
     let mut mask_weight = None;
     let mut interrupted = false;
+    let mut refined = false;
     for (i, (plan, size)) in plans.iter().zip(sizes).enumerate().skip(start) {
         let (model, info) = models.for_pass(settings, plan)?;
         match &family {
@@ -420,6 +423,7 @@ pub fn run_batch(
             plan.sampler.decl.run(&mut guidance, &options, x, &sigmas)
         });
         observer.pass_ended();
+        refined |= plan.refiner.is_some() && guidance.refiner.is_none();
         // Stopped by a caller that keeps the image as far as it got: the last prediction.
         let partial = match &out {
             Err(_) if observer.stopped() && observer.keeps_partial() => {
@@ -467,6 +471,7 @@ pub fn run_batch(
             overlay: overlay.clone(),
             mask_weight,
             interrupted,
+            refined,
         })
         .collect())
 }
