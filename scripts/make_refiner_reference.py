@@ -5,6 +5,10 @@ base -> refiner hires-fix reference.
     python3 scripts/make_refiner_reference.py [--data tests/data]
 
 Writes, under --data/sdxl-refiner-tiny/:
+  diffusers/                     the same refiner as a diffusers StableDiffusionXLImg2ImgPipeline folder
+                                 (fp16, requires_aesthetics_score, no text_encoder/tokenizer): its
+                                 own model_index.json, scheduler/ and unet/; text_encoder_2,
+                                 tokenizer_2 and vae are relative symlinks to sdxl-tiny's
   sdxl-refiner-tiny.safetensors  one SGM/A1111 refiner checkpoint (fp16): `model.diffusion_model.`
                                  (with `label_emb`), `first_stage_model.` (sdxl-tiny's VAE),
                                  `conditioner.embedders.0.model.` (sdxl-tiny's bigG, OpenCLIP
@@ -42,6 +46,7 @@ safetensors, and the committed tests/data/sdxl-tiny.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -118,6 +123,32 @@ def a1111_switch_index(sigmas: torch.Tensor, table: torch.Tensor) -> int:
     return len(sigmas) - 1
 
 
+SHARED = ("text_encoder_2", "tokenizer_2", "vae")  # symlinked to sdxl-tiny's
+
+
+def save_diffusers(out: str, base, unet_r) -> None:
+    """The refiner as diffusers saves it (StableDiffusionXLImg2ImgPipeline, fp16), its shared
+    components replaced by relative symlinks to sdxl-tiny's folders; reloaded and checked."""
+    ddir = os.path.join(out, "diffusers")
+    if os.path.isdir(ddir):
+        shutil.rmtree(ddir)
+    comps = dict(
+        vae=base.vae, text_encoder=None, text_encoder_2=base.text_encoder_2, tokenizer=None,
+        tokenizer_2=base.tokenizer_2, unet=unet_r, scheduler=base.scheduler,
+    )
+    fam.save_fp16_pipeline(
+        StableDiffusionXLImg2ImgPipeline, ddir, comps, requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False, add_watermarker=False,
+    )
+    for sub in SHARED:
+        shutil.rmtree(os.path.join(ddir, sub))
+        os.symlink(os.path.join("..", "..", "sdxl-tiny", "diffusers", sub), os.path.join(ddir, sub))
+    pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(ddir, local_files_only=True, dtype=torch.float32)
+    fam.assert_same_values("refiner unet reload", pipe.unet.state_dict(), unet_r.state_dict())
+    if not pipe.config.requires_aesthetics_score or pipe.text_encoder is not None:
+        raise AssertionError("the refiner folder should require aesthetic scores and hold no CLIP-L")
+
+
 @torch.no_grad()
 def main() -> None:
     args = sd1.parse_args_and_setup(__doc__, "--data", "tests/data")
@@ -146,6 +177,7 @@ def main() -> None:
     fam.verify_unet_vae(ckpt, unet_r, vae)
     path = os.path.join(out, "sdxl-refiner-tiny.safetensors")
     save_file(ckpt, path)
+    save_diffusers(out, base, unet_r)
 
     ac = a1111_alphas_cumprod()
     refiner = StableDiffusionXLImg2ImgPipeline(
@@ -223,6 +255,9 @@ def main() -> None:
             "(`conditioner.embedders.0.model.`, the same weights as sdxl-tiny's bigG), sdxl-tiny's VAE, a random "
             "four-level UNet (attention at levels 1-2, context 16, `label_emb` over 16 + 5x32 = 176: pooled text, "
             "original size, crop, aesthetic score).\n"
+            "- `diffusers/` — the same refiner as a diffusers `StableDiffusionXLImg2ImgPipeline` folder (fp16, "
+            "`requires_aesthetics_score`, no `text_encoder`): its own `unet/` and `scheduler/`; `text_encoder_2`, "
+            "`tokenizer_2` and `vae` are relative symlinks to `../../sdxl-tiny/diffusers/`.\n"
             "- `reference.safetensors` + `reference.json` — diffusers base (denoising_end 0.8) -> refiner "
             "(denoising_start 0.8) over the same sigmas, Euler, 48x32, then a latent hires pass on the base to 96x64.\n"
             "- Regenerate (offline, deterministic): `python3 scripts/make_refiner_reference.py`\n"

@@ -105,6 +105,14 @@ fn info_names_family_prediction_latent_and_text_encoders_of_every_tiny_model() {
             "OpenCLIP ViT-bigG (3 layers, 16)",
             "F16",
         ),
+        (
+            "sdxl-refiner-tiny/diffusers",
+            "sdxl-refiner (Stable Diffusion XL refiner)",
+            "eps (scheduler config)",
+            "0.13025",
+            "OpenCLIP ViT-bigG (3 layers, 16)",
+            "F16",
+        ),
     ];
     for (rel, family, prediction, scale, encoders, dtype) in cases {
         let lines = info(&data(rel));

@@ -71,11 +71,20 @@ schedule = "normal"
     )
 }
 
-fn refiner_lines() -> String {
+/// The refiner as a diffusers folder (its unet; bigG and VAE linked to sdxl-tiny's).
+fn refiner_diffusers() -> PathBuf {
+    data("sdxl-refiner-tiny/diffusers")
+}
+
+fn refiner_lines_for(refiner: &Path) -> String {
     format!(
         "refiner_checkpoint = {}\nrefiner_switch_at = 0.8",
-        toml::Value::from(refiner().to_string_lossy().as_ref())
+        toml::Value::from(refiner.to_string_lossy().as_ref())
     )
+}
+
+fn refiner_lines() -> String {
+    refiner_lines_for(&refiner())
 }
 
 #[test]
@@ -87,13 +96,21 @@ fn a_pass_handed_to_the_refiner_at_0_8_matches_diffusers_denoising_end_and_start
         "the reference switches after 8 of 10 steps"
     );
     let registry = Registry::load(&[], &Default::default());
-    let profile = Profile::parse(&profile_text(settings, &refiner_lines()), "refiner").unwrap();
-    let mut job = prepare(profile, &registry, &repo()).unwrap();
-    let result = job.run_image(1234).unwrap();
-    let e1 = rel_err(&result.latents[0], &r["run.latent1"]);
-    let e2 = rel_err(&result.latents[1], &r["run.latent2"]);
-    eprintln!("base → refiner: pass 1 {e1:.2e}, pass 2 {e2:.2e}");
-    assert!(e1 < 1e-4 && e2 < 1e-4, "pass 1 {e1}, pass 2 {e2}");
+    for refiner in [refiner(), refiner_diffusers()] {
+        let text = profile_text(settings, &refiner_lines_for(&refiner));
+        let mut job = prepare(
+            Profile::parse(&text, "refiner").unwrap(),
+            &registry,
+            &repo(),
+        )
+        .unwrap();
+        let result = job.run_image(1234).unwrap();
+        let e1 = rel_err(&result.latents[0], &r["run.latent1"]);
+        let e2 = rel_err(&result.latents[1], &r["run.latent2"]);
+        let shown = refiner.display();
+        eprintln!("base → refiner {shown}: pass 1 {e1:.2e}, pass 2 {e2:.2e}");
+        assert!(e1 < 1e-4 && e2 < 1e-4, "{shown}: pass 1 {e1}, pass 2 {e2}");
+    }
 
     // The refiner did run: the base alone lands elsewhere.
     let profile = Profile::parse(&profile_text(settings, ""), "base").unwrap();
