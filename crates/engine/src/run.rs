@@ -481,8 +481,8 @@ type LoadedRefiner = (std::rc::Rc<ModelBox>, std::rc::Rc<Vec<Vec<Tensor>>>);
 
 /// The pass's refiner, loaded, checked against the pass model's family, made ready (no LoRAs,
 /// no patches: A1111 reloads the bare refiner) and its prompts encoded — the pass's texts, the
-/// first `negatives` of them as negatives (its aesthetic score; `request` flags scheduled negatives only
-/// for SDXL's zeroing of an all-empty negative).
+/// first `negatives` of them flagged negative (the refiner's aesthetic score; `request` flags
+/// a scheduled negative's texts only for SDXL's zeroing of an all-empty negative).
 fn load_refiner(
     models: &mut Models<'_>,
     settings: &LoadSettings,

@@ -1,8 +1,8 @@
 //! Per-pass checkpoint switches (a later pass's `checkpoint`, a pass's refiner): one latent
-//! space throughout — the same family, or SDXL and its refiner, which share SDXL's latent space
-//! (refused before anything loads) — and the seed article's two failure modes as warnings — another text
-//! encoder understands the prompt differently, and more than 10 steps on the second model
-//! repaint the composition.
+//! space throughout — the same family, or SDXL and its refiner, which share SDXL's latent
+//! space (refused before anything loads); and the seed article's two failure modes as
+//! warnings — another text encoder understands the prompt differently, and more than 10
+//! steps on the second model repaint the composition.
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
