@@ -54,6 +54,15 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
             plan.checkpoint.display(),
             backend.decl.family
         );
+        if let Some(refiner) = &plan.refiner {
+            println!(
+                "pass {}: refiner {} ({}) from {} of the schedule",
+                plan.number,
+                refiner.checkpoint.display(),
+                models.backend(&refiner.checkpoint)?.decl.family,
+                generate::num(refiner.switch_at)
+            );
+        }
     }
     crate::switch::check_families(&plans, &models)?;
     crate::run::patches_fit(&plans, &info)?;

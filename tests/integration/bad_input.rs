@@ -247,12 +247,16 @@ const CASES: &[Case] = &[
         setup: |sc| on_tiny(sc, header_only(sc, &[("model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight", &[6, 2])])) },
     Case { name: "Flux checkpoint", code: 1, expect: "not supported: a Flux checkpoint",
         setup: |sc| on_tiny(sc, header_only(sc, &[("double_blocks.0.img_attn.norm.key_norm.scale", &[4])])) },
-    Case { name: "SDXL refiner", code: 1, expect: "not supported yet: the SDXL refiner",
-        setup: |sc| on_tiny(sc, header_only(sc, &[
-            ("model.diffusion_model.input_blocks.0.0.weight", &[384, 4, 3, 3]),
-            ("model.diffusion_model.label_emb.0.0.weight", &[1536, 2560]),
-            ("conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight", &[48, 16]),
-        ])) },
+    Case { name: "SDXL refiner on an SD 1.x pass", code: 1, expect: "is sdxl-refiner but the pass's",
+        setup: |sc| {
+            let refiner = header_only(sc, &[
+                ("model.diffusion_model.input_blocks.0.0.weight", &[384, 4, 3, 3]),
+                ("model.diffusion_model.label_emb.0.0.weight", &[1536, 2560]),
+                ("conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight", &[48, 16]),
+            ]);
+            let line = format!("refiner_checkpoint = \"{}\"", refiner.display());
+            generate(sc, &tiny_ldm(), "", &line, "")
+        } },
     Case { name: "depth-to-image UNet", code: 1, expect: "depth-to-image checkpoint (5 input channels)",
         setup: |sc| on_tiny(sc, edited(sc, |t| {
             let key = "model.diffusion_model.input_blocks.0.0.weight";
@@ -327,6 +331,10 @@ const CASES: &[Case] = &[
         setup: |sc| profile_edit(sc, |p| p.replace("denoise = 0.5", "denoise = -0.1")) },
     Case { name: "denoise so small the schedule explodes", code: 1, expect: "builds a schedule of 2000000 steps (at most 10000)",
         setup: |sc| profile_edit(sc, |p| p.replace("denoise = 0.5", "denoise = 0.000001")) },
+    Case { name: "refiner_switch_at of 1", code: 1, expect: "refiner_switch_at must be between 0 and 1 (exclusive)",
+        setup: |sc| profile_edit(sc, |p| p.replace("steps = 3", "steps = 3\nrefiner_checkpoint = \"r.safetensors\"\nrefiner_switch_at = 1.0")) },
+    Case { name: "refiner_switch_at without a refiner", code: 1, expect: "pass.1.refiner_switch_at needs pass.1.refiner_checkpoint",
+        setup: |sc| profile_edit(sc, |p| p.replace("steps = 3", "steps = 3\nrefiner_switch_at = 0.8")) },
     Case { name: "too many passes", code: 1, expect: "20 passes (at most 16)",
         setup: |sc| profile_edit(sc, |p| p + &"\n[[pass]]\nscale = 1.0\nsteps = 1\ndenoise = 0.5\n".repeat(18)) },
     Case { name: "upscale chain past the size limit", code: 1, expect: "over the 16384 px limit",

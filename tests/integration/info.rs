@@ -96,6 +96,23 @@ fn info_names_family_prediction_latent_and_text_encoders_of_every_tiny_model() {
             "CLIP-L (2 layers, 16) + OpenCLIP ViT-bigG (3 layers, 16)",
             "F16",
         ),
+        // The refiner: bigG alone, SDXL's latent space (scripts/make_refiner_reference.py).
+        (
+            "sdxl-refiner-tiny/sdxl-refiner-tiny.safetensors",
+            "sdxl-refiner (Stable Diffusion XL refiner)",
+            "eps (family default)",
+            "0.13025",
+            "OpenCLIP ViT-bigG (3 layers, 16)",
+            "F16",
+        ),
+        (
+            "sdxl-refiner-tiny/diffusers",
+            "sdxl-refiner (Stable Diffusion XL refiner)",
+            "eps (scheduler config)",
+            "0.13025",
+            "OpenCLIP ViT-bigG (3 layers, 16)",
+            "F16",
+        ),
     ];
     for (rel, family, prediction, scale, encoders, dtype) in cases {
         let lines = info(&data(rel));
@@ -130,21 +147,8 @@ fn refused(path: &Path) -> String {
     lines[0].to_owned()
 }
 
-fn write(path: &Path, tensors: &[(&str, Vec<i64>)]) {
-    let tensors: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(k, s)| {
-            (
-                k.to_string(),
-                Tensor::zeros(s.as_slice(), (Kind::Half, Device::Cpu)),
-            )
-        })
-        .collect();
-    Tensor::write_safetensors(&tensors, path).unwrap();
-}
-
 #[test]
-fn info_refuses_instruct_pix2pix_refiner_and_pickle_files_with_one_line_reasons() {
+fn info_refuses_instruct_pix2pix_and_pickle_files_with_one_line_reasons() {
     let scratch = Scratch::new("info-refused");
     // (An inpainting UNet, 9 input channels, is supported: inpaint_model.rs.)
     let pix2pix = scratch.path("pix2pix.safetensors");
@@ -155,28 +159,6 @@ fn info_refuses_instruct_pix2pix_refiner_and_pickle_files_with_one_line_reasons(
         }
     }
     Tensor::write_safetensors(&tensors, &pix2pix).unwrap();
-    let refiner = scratch.path("refiner.safetensors");
-    write(
-        &refiner,
-        &[
-            (
-                "model.diffusion_model.input_blocks.0.0.weight",
-                vec![384, 4, 3, 3],
-            ),
-            (
-                "model.diffusion_model.label_emb.0.0.weight",
-                vec![1536, 2560],
-            ),
-            (
-                "conditioner.embedders.0.model.token_embedding.weight",
-                vec![49408, 16],
-            ),
-            (
-                "conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight",
-                vec![48, 16],
-            ),
-        ],
-    );
     let pickle = scratch.path("model.ckpt");
     std::fs::write(&pickle, b"\x80\x02}q\x00.").unwrap();
     for (path, reason) in [
@@ -184,7 +166,6 @@ fn info_refuses_instruct_pix2pix_refiner_and_pickle_files_with_one_line_reasons(
             &pix2pix,
             "not supported yet: a Stable Diffusion 1.x instruct-pix2pix checkpoint (8 input channels)",
         ),
-        (&refiner, "not supported yet: the SDXL refiner"),
         (
             &pickle,
             "pickle checkpoints are refused; convert to .safetensors",

@@ -24,6 +24,7 @@ mod patches;
 mod plugins;
 mod png_hostile;
 mod prompt_schedule;
+mod refiner;
 mod resolve;
 mod sampler_parity;
 mod serve;

@@ -1064,3 +1064,70 @@ fn a1111_listing_endpoints_answer_in_its_shapes() {
         assert_eq!((status, body), (200, Value::Null), "{refresh}");
     }
 }
+
+/// A1111's `refiner_checkpoint` / `refiner_switch_at` reach the run and its infotext: pass 1
+/// without hires fix; with it, the pass `hires_fix_refiner_pass` says (A1111's default "second
+/// pass": no `Hires refiner` field). An unknown refiner is a 422 naming the field.
+#[test]
+fn txt2img_refiner_fields_reach_the_infotext() {
+    let data = repo().join("tests/data");
+    let server = Server::with_models(
+        "serve-refiner",
+        &[
+            (
+                "sdxl-tiny.safetensors",
+                data.join("sdxl-tiny/sdxl-tiny.safetensors"),
+            ),
+            (
+                "sdxl-refiner-tiny.safetensors",
+                data.join("sdxl-refiner-tiny/sdxl-refiner-tiny.safetensors"),
+            ),
+        ],
+    );
+    let hash = hiresfix::parameters::model_hash(
+        &data.join("sdxl-refiner-tiny/sdxl-refiner-tiny.safetensors"),
+    )
+    .unwrap();
+    let body = json!({
+        "prompt": "a lighthouse", "seed": 3, "steps": 3, "width": 64, "height": 64,
+        "sampler_name": "Euler", "override_settings": {"sd_model_checkpoint": "sdxl-tiny"},
+        "refiner_checkpoint": "sdxl-refiner-tiny", "refiner_switch_at": 0.6
+    });
+    let (status, response) = post(&server, "/sdapi/v1/txt2img", &body);
+    assert_eq!(status, 200, "{response}");
+    let (_, _, _, parameters) = decode(&images(&response)[0]);
+    let refiner = format!("Refiner: sdxl-refiner-tiny [{hash}], Refiner switch at: 0.6");
+    assert!(
+        parameters.contains(&refiner),
+        "{refiner} not in {parameters}"
+    );
+    assert!(parameters.contains("Model: sdxl-tiny"), "{parameters}");
+
+    let mut hires = body.clone();
+    hires["enable_hr"] = json!(true);
+    hires["hr_scale"] = json!(1.5);
+    hires["hr_second_pass_steps"] = json!(2);
+    let (status, response) = post(&server, "/sdapi/v1/txt2img", &hires);
+    assert_eq!(status, 200, "{response}");
+    let (w, _, _, parameters) = decode(&images(&response)[0]);
+    assert_eq!(w, 96);
+    assert!(parameters.contains(&refiner), "{parameters}");
+    assert!(!parameters.contains("Hires refiner"), "{parameters}");
+    hires["override_settings"]["hires_fix_refiner_pass"] = json!("both passes");
+    let (status, response) = post(&server, "/sdapi/v1/txt2img", &hires);
+    assert_eq!(status, 200, "{response}");
+    let (_, _, _, parameters) = decode(&images(&response)[0]);
+    assert!(
+        parameters.contains("Hires refiner: both passes"),
+        "{parameters}"
+    );
+
+    let mut unknown = body.clone();
+    unknown["refiner_checkpoint"] = json!("nope");
+    let (status, response) = post(&server, "/sdapi/v1/txt2img", &unknown);
+    assert_eq!(status, 422, "{response}");
+    assert!(
+        response.to_string().contains("refiner_checkpoint"),
+        "{response}"
+    );
+}

@@ -112,6 +112,17 @@ pub fn denoise(v: f64) -> Result<f64, String> {
     })
 }
 
+/// A1111's `refiner_switch_at`: the fraction of a pass's schedule after which the refiner
+/// takes over (0 and 1 would leave one of the two models nothing).
+pub fn refiner_switch_at(v: f64) -> Result<f64, String> {
+    rule(v, v > 0.0 && v < 1.0, || {
+        "refiner_switch_at must be between 0 and 1 (exclusive): 0.8 hands the last 20 % of the schedule to the refiner".into()
+    })
+}
+
+/// A1111's default `refiner_switch_at` (its UI's "Switch at").
+pub const REFINER_SWITCH_AT: f64 = 0.8;
+
 /// A1111's variation seed strength.
 pub fn subseed_strength(v: f64) -> Result<f64, String> {
     rule(v, (0.0..=1.0).contains(&v), || {

@@ -462,6 +462,15 @@ fn write_image(
         subseed: image.subseed,
     };
     let mut pairs = infotext_pairs(&job.profile, plans, sizes, seeds, hash);
+    if !result.refined {
+        // A1111 names a refiner only once it took over (`apply_refiner`).
+        pairs.retain(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "Refiner" | "Refiner switch at" | "Hires refiner"
+            )
+        });
+    }
     if let Some(weight) = result.mask_weight {
         // Before "Version", as A1111's extra generation parameters.
         let at = pairs.len().saturating_sub(1);

@@ -93,6 +93,7 @@ pub fn from_parameters(text: &str, registry: &Registry) -> Result<Imported> {
     if let Some(hires) = out.hires() {
         profile.passes.push(hires);
     }
+    out.refiner(&mut profile.passes);
     let loras: Vec<String> = match extract_loras(&p.prompt) {
         Ok((_, tags)) => tags.into_iter().map(|l| l.name).collect(),
         Err(e) => {
@@ -143,6 +144,31 @@ struct Importer<'a> {
 
 impl<'a> Importer<'a> {
     /// The value of `key`, marked as handled.
+    /// A1111's `Refiner: name [hash]`, `Refiner switch at` and `Hires refiner`: the refiner on
+    /// the passes it ran in, named `name.safetensors` beside the profile (reported: the file
+    /// is the user's to place, as the model's).
+    fn refiner(&mut self, passes: &mut [Pass]) {
+        let Some(title) = self.take("Refiner") else {
+            return;
+        };
+        let name = title.rsplit_once(" [").map_or(title, |(n, _)| n).trim();
+        let switch_at = self.checked("Refiner switch at", defaults::refiner_switch_at);
+        let hires_refiner = self.take("Hires refiner");
+        let file = format!("{name}.safetensors");
+        let on = crate::refiner::passes_of(hires_refiner, passes.len() > 1);
+        let count = passes.len();
+        for &i in on.iter().filter(|&&i| i < count) {
+            let pass = &mut passes[i];
+            pass.refiner_checkpoint = Some(file.clone());
+            pass.refiner_switch_at = switch_at;
+        }
+        let numbers: Vec<String> = on.iter().map(|i| (i + 1).to_string()).collect();
+        self.unmapped.push(format!(
+            "Refiner: {title} — pass {} refiner_checkpoint = \"{file}\": put the file there or set its path",
+            numbers.join(" and ")
+        ));
+    }
+
     fn take(&mut self, key: &'a str) -> Option<&'a str> {
         let value = self.p.get(key)?;
         self.used.push(key);

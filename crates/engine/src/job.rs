@@ -206,6 +206,10 @@ impl Job<'_> {
                 .checkpoint
                 .as_ref()
                 .map(|_| absolute(&self.plans[i].checkpoint));
+            pass.refiner_checkpoint = self.plans[i]
+                .refiner
+                .as_ref()
+                .map(|r| absolute(&r.checkpoint));
         }
         p.model.checkpoint = Some(absolute(&self.plans[0].checkpoint));
         p.model.vae = self.plans[0].vae.as_ref().map(|v| absolute(v));

@@ -27,6 +27,7 @@ pub mod png_text;
 pub mod preview;
 pub mod profile;
 pub mod prompt_schedule;
+pub mod refiner;
 pub mod registry;
 pub mod run;
 pub mod seamless;

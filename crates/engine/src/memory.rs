@@ -1,6 +1,7 @@
 //! `check`'s memory table: what each pass needs (the backend's estimate from the checkpoint's
 //! headers: weights, a UNet call, the decode full and tiled) against the device's free
-//! memory, and the largest size of the pass's aspect that would fit.
+//! memory, and the largest size of the pass's aspect that would fit. A pass with a refiner
+//! holds both models' weights.
 use anyhow::{anyhow, Result};
 use host_api::{BackendDecl, MemoryEstimate, MemoryRequest};
 
@@ -20,8 +21,36 @@ pub struct PassMemory {
 /// Side of a size search: the largest multiple of 64 px tried (a profile's largest size).
 const MAX_SIDE: u32 = crate::defaults::MAX_SIZE;
 
-/// The backend's estimate for `plan` at `width × height` with `images` images per UNet call.
+/// The backend's estimate for `plan` at `width × height` with `images` images per UNet call,
+/// the weights of its refiner (`refiner_weights`, see [`refiner_weights`]) added.
 fn estimate(
+    plan: &PassPlan<'_>,
+    (backend, refiner_weights): (&Entry<BackendDecl>, u64),
+    settings: &LoadSettings,
+    size: (u32, u32),
+    images: u32,
+) -> Result<MemoryEstimate> {
+    let mut e = estimate_of(&plan.checkpoint, plan, backend, settings, size, images)?;
+    e.weights += refiner_weights;
+    Ok(e)
+}
+
+/// The weights of `plan`'s refiner (0 without one).
+fn refiner_weights(
+    plan: &PassPlan<'_>,
+    models: &Models<'_>,
+    settings: &LoadSettings,
+    size: (u32, u32),
+) -> Result<u64> {
+    let Some(refiner) = &plan.refiner else {
+        return Ok(0);
+    };
+    let backend = models.backend(&refiner.checkpoint)?;
+    Ok(estimate_of(&refiner.checkpoint, plan, backend, settings, size, 1)?.weights)
+}
+
+fn estimate_of(
+    checkpoint: &std::path::Path,
     plan: &PassPlan<'_>,
     backend: &Entry<BackendDecl>,
     settings: &LoadSettings,
@@ -30,7 +59,7 @@ fn estimate(
 ) -> Result<MemoryEstimate> {
     let per_image = if plan.cfg == 1.0 { 1 } else { 2 };
     let request = MemoryRequest {
-        checkpoint: plan.checkpoint.to_string_lossy().into_owned().into(),
+        checkpoint: checkpoint.to_string_lossy().into_owned().into(),
         width,
         height,
         unet_batch: per_image * images,
@@ -56,7 +85,9 @@ pub fn table(
     let mut free = None; // read once, so that every pass is held against the same number
     for (plan, size) in plans.iter().zip(sizes) {
         let backend = models.backend(&plan.checkpoint)?;
-        let ask = |width: u32, height: u32| estimate(plan, backend, settings, (width, height), 1);
+        let at_size = (size.width, size.height);
+        let held = (backend, refiner_weights(plan, models, settings, at_size)?);
+        let ask = |width: u32, height: u32| estimate(plan, held, settings, (width, height), 1);
         let mut estimate = ask(size.width, size.height)?;
         estimate.free = *free.get_or_insert(estimate.free);
         let largest = |tiled: bool| -> Result<Option<(u32, u32)>> {
@@ -114,7 +145,11 @@ pub fn batch_plan(
         let Ok(backend) = models.backend(&plan.checkpoint) else {
             return (1, warnings);
         };
-        let Ok(e) = estimate(plan, backend, settings, (size.width, size.height), 1) else {
+        let at_size = (size.width, size.height);
+        let Ok(refiner) = refiner_weights(plan, models, settings, at_size) else {
+            return (1, warnings);
+        };
+        let Ok(e) = estimate(plan, (backend, refiner), settings, at_size, 1) else {
             return (1, warnings);
         };
         let free = *free.get_or_insert(e.free);

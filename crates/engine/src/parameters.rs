@@ -127,6 +127,7 @@ pub fn infotext_pairs(
             }
         }
     }
+    pairs.extend(refiner_pairs(plans));
     pairs.extend(sampler_knob_pairs(first));
     if profile.tiling {
         pairs.push(("Tiling".into(), "True".into()));
@@ -138,6 +139,37 @@ pub fn infotext_pairs(
         "Version".into(),
         format!("hiresfix {}", env!("CARGO_PKG_VERSION")),
     ));
+    pairs
+}
+
+/// A1111's infotext fields: `Refiner: name [hash]`, `Refiner switch at`, and with a hires
+/// pass `Hires refiner: first pass` or `both passes` when the refiner is not (only) in the
+/// second pass, A1111's default (`hires_fix_refiner_pass`). A1111 has one refiner per image:
+/// the first pass's that has one is written.
+fn refiner_pairs(plans: &[PassPlan<'_>]) -> Vec<(String, String)> {
+    let Some(refiner) = plans.iter().find_map(|p| p.refiner.as_ref()) else {
+        return Vec::new();
+    };
+    let name = model_name(&refiner.checkpoint);
+    let title = match model_hash(&refiner.checkpoint) {
+        Some(hash) => format!("{name} [{hash}]"),
+        None => name,
+    };
+    let mut pairs = vec![
+        ("Refiner".to_owned(), title),
+        (
+            "Refiner switch at".to_owned(),
+            crate::infotext::num(refiner.switch_at),
+        ),
+    ];
+    let has = |i: usize| plans.get(i).is_some_and(|p| p.refiner.is_some());
+    if plans.len() > 1 {
+        match (has(0), has(1)) {
+            (true, false) => pairs.push(("Hires refiner".into(), "first pass".into())),
+            (true, true) => pairs.push(("Hires refiner".into(), "both passes".into())),
+            _ => {}
+        }
+    }
     pairs
 }
 

@@ -46,6 +46,8 @@ pub struct PassPlan<'r> {
     /// A later pass on pass 1's checkpoint whose prompts are encoded with pass 1's LoRA set
     /// (A1111's `hires_fix_use_firstpass_conds`).
     pub firstpass_conds: bool,
+    /// The checkpoint that continues this pass's sampling part-way (A1111's refiner).
+    pub refiner: Option<crate::refiner::RefinerPlan>,
 }
 
 /// One UNet patch of a pass: its plugin entry, options, and infotext fields.
@@ -208,6 +210,9 @@ pub fn plan_passes<'r>(
             && plans
                 .first()
                 .is_some_and(|p: &PassPlan<'_>| p.checkpoint == checkpoint);
+        // A1111 switches only to another checkpoint than the one loaded.
+        let refiner = crate::refiner::plan(pass, base_dir)
+            .filter(|r| r.checkpoint != checkpoint || !pass_merge.is_empty());
         plans.push(PassPlan {
             number,
             steps,
@@ -232,6 +237,7 @@ pub fn plan_passes<'r>(
             patches,
             img2img,
             firstpass_conds,
+            refiner,
         });
     }
     check_plans(&plans)?;

@@ -314,6 +314,16 @@ pub struct Pass {
         skip_serializing_if = "Option::is_none"
     )]
     pub inpainting_mask_weight: Option<f64>,
+    /// A1111's refiner: the checkpoint that continues this pass's sampling once
+    /// `refiner_switch_at` of its schedule is done (same sigmas, same latent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refiner_checkpoint: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "opt_refiner_switch_at",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub refiner_switch_at: Option<f64>,
 }
 
 /// A1111's "Masked content": what the masked area starts from.
@@ -488,6 +498,9 @@ fn opt_inpaint_padding<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D
 fn opt_mask_weight<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     opt(d, defaults::mask_weight)
 }
+fn opt_refiner_switch_at<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    opt(d, defaults::refiner_switch_at)
+}
 fn opt_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     opt(d, defaults::at_least_one)
 }
@@ -556,6 +569,8 @@ const PASS_KEYS: &[&str] = &[
     "inpaint_full_res_padding",
     "resize_mode",
     "inpainting_mask_weight",
+    "refiner_checkpoint",
+    "refiner_switch_at",
 ];
 
 /// Levenshtein distance, for suggesting the nearest valid name.
@@ -681,6 +696,14 @@ impl Profile {
                 return Err(Invalid {
                     key: format!("pass.1.{}", keys[0]),
                     message: format!("pass.1.{} needs pass.1.init_image (the image to start from), e.g. init_image = \"in.png\"", keys[0]),
+                });
+            }
+        }
+        for (i, pass) in self.passes.iter().enumerate() {
+            if pass.refiner_switch_at.is_some() && pass.refiner_checkpoint.is_none() {
+                return Err(Invalid {
+                    key: format!("pass.{}.refiner_switch_at", i + 1),
+                    message: format!("pass.{}.refiner_switch_at needs pass.{}.refiner_checkpoint (the model that takes over), e.g. refiner_checkpoint = \"sd_xl_refiner_1.0.safetensors\"", i + 1, i + 1),
                 });
             }
         }

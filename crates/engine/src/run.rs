@@ -23,6 +23,8 @@ use crate::seamless::wrapped_upscale;
 struct Guidance<'a> {
     model: &'a ModelBox,
     conds: PassConds<'a>,
+    /// The pass's refiner, until it takes over (then `model` and `conds` are its own).
+    refiner: Option<Handover<'a>>,
     cfg: f64,
     noise: StepNoise,
     observer: &'a dyn Observer,
@@ -42,12 +44,29 @@ fn blend((init, nmask): &(Tensor, Tensor), denoised: &Tensor) -> Tensor {
     init * (1.0 - nmask) + nmask * denoised
 }
 
+/// A pass's refiner and what it needs to take over: its model, its conditionings (the same
+/// texts in the same order as the pass's), the pass model's sigma table, and `switch_at`.
+struct Handover<'a> {
+    model: &'a ModelBox,
+    conds: &'a [Vec<Tensor>],
+    table: &'a [f64],
+    switch_at: f64,
+}
+
 impl SamplerCallbacks for Guidance<'_> {
     fn denoise(&mut self, x: &Tensor, sigma: f64) -> host_api::Result<Tensor> {
         // A stop takes effect before the next UNet call, not only between steps (a step of a
         // second-order sampler makes two; A1111's `CFGDenoiser.forward` checks here too).
         if self.observer.stopped() {
             return Err(host_api::Error::new(STOPPED));
+        }
+        // A1111 `apply_refiner`, checked at every denoiser call as there.
+        if let Some(h) = &self.refiner {
+            if crate::refiner::hands_over(h.table, sigma, h.switch_at) {
+                self.model = h.model;
+                self.conds.all = h.conds;
+                self.refiner = None;
+            }
         }
         let (uncond, cond) = self.conds.next();
         let denoised = if self.cfg == 1.0 {
@@ -200,6 +219,8 @@ pub struct ImageResult {
     /// the last UNet call of the pass it stopped in (or the pass before, when that pass had
     /// made none); no later pass ran.
     pub interrupted: bool,
+    /// A pass's refiner took over (A1111 writes its infotext fields only then).
+    pub refined: bool,
 }
 
 /// What the denoiser answers a sampler once the run is stopped.
@@ -248,6 +269,7 @@ pub fn run_batch(
     let mut overlay = None;
     let mut mask_weight = None;
     let mut interrupted = false;
+    let mut refined = false;
     for (i, (plan, size)) in plans.iter().zip(sizes).enumerate().skip(start) {
         let (model, info) = models.for_pass(settings, plan)?;
         let new_family = match &previous {
@@ -380,6 +402,14 @@ pub fn run_batch(
         let at = (plan.clip_skip, size.width, size.height);
         let (request, scheduled) = encode_request(at, &schedules);
         let conds = encode(models, &model, plans, plan, &specs, &request)?;
+        let negatives = schedules.0.texts.len();
+        let refiner = load_refiner(
+            models,
+            settings,
+            plan,
+            (&info, &sigmas),
+            (&request, negatives),
+        )?;
         if models.final_image && seeds.len() == 1 && i + 1 == plans.len() {
             // Nothing encodes after this (a batch could still fall back to single runs).
             if let Err(e) = model.release(host_api::backend::release::TEXT_ENCODERS) {
@@ -394,6 +424,12 @@ pub fn run_batch(
         observer.pass_started(plan.number, plan.steps, &label);
         let mut guidance = Guidance {
             model: &model,
+            refiner: refiner.as_ref().map(|(model, conds)| Handover {
+                model,
+                conds,
+                table: &info.sigmas,
+                switch_at: plan.refiner.as_ref().map_or(1.0, |r| r.switch_at),
+            }),
             conds: PassConds {
                 all: &conds,
                 schedules: scheduled.then(|| {
@@ -417,6 +453,7 @@ pub fn run_batch(
             plan.sampler.decl.run(&mut guidance, &options, x, &sigmas)
         });
         observer.pass_ended();
+        refined |= plan.refiner.is_some() && guidance.refiner.is_none();
         // Stopped by a caller that keeps the image as far as it got: the last prediction.
         let partial = match &out {
             Err(_) if observer.stopped() && observer.keeps_partial() => {
@@ -464,8 +501,51 @@ pub fn run_batch(
             overlay: overlay.clone(),
             mask_weight,
             interrupted,
+            refined,
         })
         .collect())
+}
+
+/// A pass's refiner model and its conditionings.
+type LoadedRefiner = (std::rc::Rc<ModelBox>, std::rc::Rc<Vec<Vec<Tensor>>>);
+
+/// The pass's refiner, loaded, checked against the pass model's family, made ready (no LoRAs,
+/// no patches: A1111 reloads the bare refiner) and its prompts encoded — the pass's texts, the
+/// first `negatives` of them flagged negative (the refiner's aesthetic score; `request` flags
+/// a scheduled negative's texts only for SDXL's zeroing of an all-empty negative).
+fn load_refiner(
+    models: &mut Models<'_>,
+    settings: &LoadSettings,
+    plan: &PassPlan<'_>,
+    (info, sigmas): (&ModelInfo, &[f64]),
+    (request, negatives): (&EncodeRequest, usize),
+) -> Result<Option<LoadedRefiner>> {
+    let Some(refiner) = &plan.refiner else {
+        return Ok(None);
+    };
+    let at = |e: host_api::Error| anyhow!("pass {} (refiner): {e}", plan.number);
+    let (model, refiner_info) = models.get(settings, &refiner.checkpoint, None, &[])?;
+    crate::switch::refiner_family(plan, &refiner_info.family, &info.family)?;
+    if latent_device(&refiner_info) != latent_device(info) {
+        bail!(
+            "pass {}: the refiner loaded on {} but the pass's model on {} — set one device",
+            plan.number,
+            refiner_info.device,
+            info.device
+        );
+    }
+    models.warn_once(model.set_loras(&[]).map_err(at)?);
+    let range = PassSigmas {
+        max: sigmas.first().copied().unwrap_or(0.0),
+        min: sigmas.last().copied().unwrap_or(0.0),
+    };
+    model.set_patches(Vec::new(), range).map_err(at)?;
+    let mut request = request.clone();
+    for spec in request.prompts.iter_mut().take(negatives) {
+        spec.negative = true;
+    }
+    let conds = models.encode(&model, &[], &request).map_err(at)?;
+    Ok(Some((model, conds)))
 }
 
 /// The pass's prompts encoded with its LoRA set — or, with A1111's

@@ -1,7 +1,9 @@
-//! Per-pass checkpoint switches (a later pass's `checkpoint`): a pass of another family than
-//! the pass before it only through a pixel upscaler (refused before anything loads otherwise),
-//! and the seed article's two failure modes as warnings — another text encoder understands the
-//! prompt differently, and more than 10 steps on the second model repaint the composition.
+//! Per-pass checkpoint switches (a later pass's `checkpoint`, a pass's refiner): a pass of
+//! another latent space than the pass before it only through a pixel upscaler, a refiner only
+//! in its pass's latent space — the same family, or SDXL and its refiner, which share SDXL's
+//! (refused before anything loads otherwise); and the seed article's two failure modes as
+//! warnings — another text encoder understands the prompt differently, and more than 10 steps
+//! on the second model repaint the composition.
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
@@ -13,28 +15,61 @@ use crate::plan::{PassPlan, PassSize};
 /// Steps on a switched-to checkpoint beyond which the composition is repainted.
 pub const MAX_STEPS_AFTER_SWITCH: usize = 10;
 
-/// Each pass's checkpoint against the pass before it (families read from the headers, before
-/// anything loads): see [`hand_off`].
+/// Families whose checkpoints continue each other's latents: the SDXL refiner works in SDXL's
+/// latent space (its VAE is SDXL's), so a pass or a refiner may switch between them.
+const SHARED_LATENT_SPACE: &[(&str, &str)] = &[("sdxl", "sdxl-refiner")];
+
+/// Whether a checkpoint of `family` may continue the latents of one of `base`.
+pub fn shares_latent_space(family: &str, base: &str) -> bool {
+    family == base
+        || SHARED_LATENT_SPACE
+            .iter()
+            .any(|&(a, b)| (a, b) == (family, base) || (b, a) == (family, base))
+}
+
+/// Each pass's checkpoint against the pass before it ([`hand_off`]) and each pass's refiner
+/// against the pass's checkpoint ([`refiner_family`]); families read from the headers, before
+/// anything loads.
 pub fn check_families(plans: &[PassPlan<'_>], models: &Models<'_>) -> Result<()> {
     let family =
         |path: &Path| -> Result<String> { Ok(models.backend(path)?.decl.family.to_string()) };
-    for pair in plans.windows(2) {
-        let (previous, plan) = (&pair[0], &pair[1]);
-        if plan.checkpoint == previous.checkpoint {
-            continue;
+    for (i, plan) in plans.iter().enumerate() {
+        if i > 0 && plan.checkpoint != plans[i - 1].checkpoint {
+            let previous = &plans[i - 1];
+            hand_off(
+                plan,
+                &family(&plan.checkpoint)?,
+                previous,
+                &family(&previous.checkpoint)?,
+            )?;
         }
-        hand_off(
-            plan,
-            &family(&plan.checkpoint)?,
-            previous,
-            &family(&previous.checkpoint)?,
-        )?;
+        if let Some(refiner) = &plan.refiner {
+            let pass_family = family(&plan.checkpoint)?;
+            refiner_family(plan, &family(&refiner.checkpoint)?, &pass_family)?;
+        }
+    }
+    Ok(())
+}
+
+/// The rule for a pass's refiner: it continues the pass's latent, so it must share the
+/// latent space of the pass's checkpoint, of `base_family`.
+pub fn refiner_family(plan: &PassPlan<'_>, family: &str, base_family: &str) -> Result<()> {
+    let Some(refiner) = &plan.refiner else {
+        return Ok(());
+    };
+    if !shares_latent_space(family, base_family) {
+        bail!(
+            "pass {}: refiner_checkpoint {} is {family} but the pass's {} is {base_family} — a refiner continues the pass's latent, so it must be of the same family (or SDXL ↔ SDXL refiner, which share a latent space)",
+            plan.number,
+            refiner.checkpoint.display(),
+            plan.checkpoint.display()
+        );
     }
     Ok(())
 }
 
 /// The rule: `plan`'s checkpoint, of `family`, may follow `previous`'s, of `previous_family`,
-/// when the families are the same, or when `plan`'s upscaler works in pixels — it decodes with
+/// when they share a latent space, or when `plan`'s upscaler works in pixels — it decodes with
 /// the earlier pass's VAE and encodes with the new one's, so another latent space is fine
 /// (checked before the run from the headers, and during it from the loaded models).
 pub fn hand_off(
@@ -43,7 +78,9 @@ pub fn hand_off(
     previous: &PassPlan<'_>,
     previous_family: &str,
 ) -> Result<()> {
-    if family == previous_family || plan.upscaler.is_some_and(|u| u.decl.works_in_pixels) {
+    if shares_latent_space(family, previous_family)
+        || plan.upscaler.is_some_and(|u| u.decl.works_in_pixels)
+    {
         return Ok(());
     }
     let upscaler = plan.upscaler.map_or("none", |u| u.decl.name.as_str());

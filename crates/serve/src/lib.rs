@@ -312,6 +312,15 @@ impl ServerState {
             .unwrap_or(false)
     }
 
+    /// A1111's `hires_fix_refiner_pass` ("second pass" by default).
+    pub fn options_refiner_pass(&self) -> String {
+        self.lock_options()
+            .get("hires_fix_refiner_pass")
+            .and_then(Value::as_str)
+            .unwrap_or("second pass")
+            .to_owned()
+    }
+
     pub fn options_clip_skip(&self) -> u32 {
         self.lock_options()
             .get("CLIP_stop_at_last_layers")

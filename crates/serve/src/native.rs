@@ -155,6 +155,10 @@ fn adopt(state: &Shared, mut profile: Profile) -> ApiResult<Profile> {
         if let Some(name) = &pass.checkpoint {
             pass.checkpoint = Some(path(&state.checkpoint(&key("checkpoint"), name)?));
         }
+        if let Some(name) = &pass.refiner_checkpoint {
+            let model = state.checkpoint(&key("refiner_checkpoint"), name)?;
+            pass.refiner_checkpoint = Some(path(&model));
+        }
         if let Some(name) = &pass.vae {
             pass.vae = state.vae(&key("vae"), name)?;
         }

@@ -17,6 +17,7 @@ pub const HONOURED: &[&str] = &[
     "hires_fix_use_firstpass_conds",
     "live_previews_enable",
     "show_progress_every_n_steps",
+    "hires_fix_refiner_pass",
 ];
 
 /// A1111 1.10's options with their defaults.
@@ -48,6 +49,10 @@ pub fn checked(key: &str, value: &Value) -> ApiResult<Value> {
         "show_progress_every_n_steps" => match value.as_i64() {
             Some(n) if n >= -1 => Ok(Value::from(n)),
             _ => bad("a whole number of steps (-1: no previews while sampling)"),
+        },
+        "hires_fix_refiner_pass" => match value.as_str() {
+            Some(v @ ("first pass" | "second pass" | "both passes")) => Ok(Value::from(v)),
+            _ => bad("one of \"first pass\", \"second pass\", \"both passes\""),
         },
         "live_previews_enable" | "hires_fix_use_firstpass_conds" => {
             super::bool_field(key, value).map(Value::Bool)

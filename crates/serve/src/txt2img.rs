@@ -376,11 +376,50 @@ fn map_request(
         let hires = hires_pass(site, &f, &profile, endpoint)?;
         profile.passes.push(hires);
     }
+    refiner(site, &f, &overrides, &mut profile.passes)?;
     super::sampler_fields::apply(site.registry, &f, &mut profile)?;
     profile
         .validate()
         .map_err(|e| ApiError::field(&e.key, e.message))?;
     Ok(profile)
+}
+
+/// A1111's `refiner_checkpoint` (a model name; "" or "None": none) and `refiner_switch_at`
+/// (A1111's UI default 0.8 when unset) on the passes A1111 runs the refiner in: pass 1, or with
+/// hires fix the option `hires_fix_refiner_pass` says ("second pass" by default). Without a
+/// server the model stays unset, as `hr_checkpoint_name`.
+fn refiner(
+    site: &Site<'_>,
+    f: &Fields<'_>,
+    overrides: &Fields<'_>,
+    passes: &mut [Pass],
+) -> ApiResult<()> {
+    let switch_at = match f.float("refiner_switch_at")? {
+        Some(v) => Some(ruled("refiner_switch_at", v, defaults::refiner_switch_at)?),
+        None => None,
+    };
+    let name = f
+        .text("refiner_checkpoint")?
+        .filter(|n| !matches!(n.trim(), "" | "None" | "none"));
+    let (Some(name), Some(state)) = (name, site.server) else {
+        return Ok(());
+    };
+    let model = state.checkpoint("refiner_checkpoint", &name)?;
+    let which = match overrides.text("hires_fix_refiner_pass")? {
+        Some(v) => super::options::checked("hires_fix_refiner_pass", &Value::from(v))?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        None => state.options_refiner_pass(),
+    };
+    let on = hiresfix_engine::refiner::passes_of(Some(&which), passes.len() > 1);
+    let count = passes.len();
+    for &i in on.iter().filter(|&&i| i < count) {
+        let pass = &mut passes[i];
+        pass.refiner_checkpoint = Some(model.path.to_string_lossy().into_owned());
+        pass.refiner_switch_at = switch_at;
+    }
+    Ok(())
 }
 
 /// A1111's variation seeds: `subseed` (any negative one is random), `subseed_strength` (0 to

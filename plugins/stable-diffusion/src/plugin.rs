@@ -1,4 +1,5 @@
-//! The backend plugin: one registration per supported family (`sd1`, `sd2`, `sdxl`), all
+//! The backend plugin: one registration per supported family (`sd1`, `sd2`, `sdxl`,
+//! `sdxl-refiner`), all
 //! served by [`SdModel`].
 use std::marker::PhantomData;
 use std::path::Path;
@@ -10,7 +11,7 @@ use host_api::{
 };
 
 use crate::checkpoint::Checkpoint;
-use crate::families::{sd1, sd2, sdxl, Family, Prediction};
+use crate::families::{sd1, sd2, sdxl, sdxl_refiner, Family, Prediction};
 use crate::lora::LoraSpec;
 use crate::model::{LoadOptions, ModelConfig, SdModel};
 use crate::text::conditioner::{Conditioning, PromptInput};
@@ -44,6 +45,7 @@ pub trait FamilyEntry: 'static {
 pub struct Sd1;
 pub struct Sd2;
 pub struct Sdxl;
+pub struct SdxlRefiner;
 
 impl FamilyEntry for Sd1 {
     const ENTRY: &'static Family = &sd1::SD1;
@@ -53,6 +55,9 @@ impl FamilyEntry for Sd2 {
 }
 impl FamilyEntry for Sdxl {
     const ENTRY: &'static Family = &sdxl::SDXL;
+}
+impl FamilyEntry for SdxlRefiner {
+    const ENTRY: &'static Family = &sdxl_refiner::SDXL_REFINER;
 }
 
 /// A loaded model of family `F`.
@@ -199,5 +204,10 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
 }
 
 host_api::export_plugin! {
-    backends_with_tools: [SdBackend<Sd1>, SdBackend<Sd2>, SdBackend<Sdxl>],
+    backends_with_tools: [
+        SdBackend<Sd1>,
+        SdBackend<Sd2>,
+        SdBackend<Sdxl>,
+        SdBackend<SdxlRefiner>,
+    ],
 }

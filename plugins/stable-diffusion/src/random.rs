@@ -10,7 +10,7 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use crate::convert::open_clip;
-use crate::families::{sd1, sd2, sdxl, Family, TextLayout};
+use crate::families::{sd1, sd2, sdxl, sdxl_refiner, Family, TextLayout};
 use crate::guard::guarded;
 use crate::model::{ModelConfig, Modules};
 use crate::schedule::BetaConfig;
@@ -69,6 +69,10 @@ impl RandomModel {
             "sdxl" => {
                 let encoders = vec![sd1::clip_l(), sdxl::openclip_bigg()];
                 Self::of(family, encoders, sdxl::unet(), vae)
+            }
+            "sdxl-refiner" => {
+                let encoders = vec![sdxl::openclip_bigg()];
+                Self::of(family, encoders, sdxl_refiner::unet(), vae)
             }
             _ => Self::of(&sd1::SD1, vec![sd1::clip_l()], sd1::unet(), vae),
         }

@@ -4,10 +4,10 @@
 //! Detection ([`crate::detect`]) matches what a checkpoint holds against the entries — never a
 //! guess from sizes, so tiny test models of a family load like real ones — and imports this
 //! list; nothing here reads a checkpoint.
-mod refused;
 pub mod sd1;
 pub mod sd2;
 pub mod sdxl;
+pub mod sdxl_refiner;
 pub mod spec;
 
 pub use spec::{
@@ -16,7 +16,12 @@ pub use spec::{
 };
 
 /// Every family this crate knows, supported or not.
-pub const FAMILIES: &[&Family] = &[&sd1::SD1, &sd2::SD2, &sdxl::SDXL, &refused::SDXL_REFINER];
+pub const FAMILIES: &[&Family] = &[
+    &sd1::SD1,
+    &sd2::SD2,
+    &sdxl::SDXL,
+    &sdxl_refiner::SDXL_REFINER,
+];
 
 /// The ids of the supported families.
 pub fn supported_ids() -> String {

@@ -1,13 +1,15 @@
 //! A family's text encoders stacked into the UNet's conditioning, as A1111 builds it (sgm's
 //! `GeneralConditioner` for SDXL): the prompt in 75-token chunks, each chunk through every
 //! encoder with A1111 emphasis, hidden states concatenated along the width, chunks along the
-//! tokens; SDXL adds the vector `y` = pooled text ⊕ embedded size ids.
+//! tokens; SDXL adds the vector `y` = pooled text ⊕ embedded size ids (the refiner: original
+//! size, crop and aesthetic score).
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::clip::ClipTextTransformer;
 use super::emphasis::apply_emphasis;
 use super::tokenizer::{extract_loras, ClipTokenizer, PromptChunk, CHUNK_TOKENS};
+use crate::families::sdxl_refiner::AESTHETIC_SCORES;
 use crate::families::{EncoderSpec, Family, Pad, Vector};
 use crate::unet::timestep_embedding;
 
@@ -92,7 +94,6 @@ impl Conditioner {
         let size_embed_dim = match (family.vector, adm_in_channels) {
             (Vector::None, None) => None,
             (Vector::None, Some(_)) => bail!("the UNet takes vector conditioning but {} has none", family.name),
-            (Vector::PooledTextSizesAndAesthetic, _) => bail!("{}: aesthetic-score conditioning is not supported yet", family.name),
             (_, Some(adm)) if adm > pooled && (adm - pooled) % ids == 0 && (adm - pooled) / ids % 2 == 0 => {
                 Some((adm - pooled) / ids)
             }
@@ -213,11 +214,20 @@ impl Conditioner {
         Ok((z.reshape([1, k * CHUNK_TOKENS as i64, width]), pooled))
     }
 
-    /// sgm `ConcatTimestepEmbedderND` over (original size, crop top-left, target size), each
-    /// `(height, width)`: A1111 uses the pass's size for both sizes and crops at (0, 0).
+    /// sgm `ConcatTimestepEmbedderND` over the family's ids, each `(height, width)`: A1111
+    /// uses the pass's size for both sizes and crops at (0, 0); the refiner's ids are (original
+    /// size, crop, aesthetic score) with A1111's default scores (6.0, 2.5 for a negative).
     fn size_embedding(&self, input: &PromptInput<'_>, dim: i64) -> Tensor {
         let (h, w) = (input.height as f32, input.width as f32);
-        let ids = Tensor::from_slice(&[h, w, 0.0, 0.0, h, w]).to_device(self.device);
+        let ids = match self.family.vector {
+            Vector::PooledTextSizesAndAesthetic => {
+                let (positive, negative) = AESTHETIC_SCORES;
+                let score = if input.negative { negative } else { positive };
+                vec![h, w, 0.0, 0.0, score]
+            }
+            _ => vec![h, w, 0.0, 0.0, h, w],
+        };
+        let ids = Tensor::from_slice(&ids).to_device(self.device);
         timestep_embedding(&ids, dim)
             .reshape([1, -1])
             .to_kind(self.kind)

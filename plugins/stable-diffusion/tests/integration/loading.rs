@@ -311,12 +311,6 @@ fn header_only(dir: &Path, name: &str, keys: &[(&str, &[i64])]) -> PathBuf {
 #[test]
 fn other_kinds_are_refused_by_name_never_loaded_as_a_wrong_family() {
     let dir = tempfile::tempdir().unwrap();
-    let unet_in = |c: i64| {
-        (
-            "model.diffusion_model.input_blocks.0.0.weight",
-            [32, c, 3, 3],
-        )
-    };
     // An inpainting UNet (9 input channels) loads (inpaint.rs); instruct-pix2pix (8) not.
     let pix2pix = edited_checkpoint(dir.path(), |tensors| {
         let conv = tensors
@@ -325,23 +319,6 @@ fn other_kinds_are_refused_by_name_never_loaded_as_a_wrong_family() {
             .unwrap();
         conv.1 = Tensor::zeros([32, 8, 3, 3], (Kind::Float, Device::Cpu));
     });
-    let (conv, shape) = unet_in(4);
-    let refiner = header_only(
-        dir.path(),
-        "refiner.safetensors",
-        &[
-            (conv, &shape),
-            ("model.diffusion_model.label_emb.0.0.weight", &[8, 2560]),
-            (
-                "conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight",
-                &[48, 16],
-            ),
-            (
-                "conditioner.embedders.0.model.token_embedding.weight",
-                &[49408, 16],
-            ),
-        ],
-    );
     let sd3 = header_only(
         dir.path(),
         "sd3.safetensors",
@@ -369,7 +346,6 @@ fn other_kinds_are_refused_by_name_never_loaded_as_a_wrong_family() {
             &pix2pix,
             "not supported yet: a Stable Diffusion 1.x instruct-pix2pix checkpoint (8 input channels)",
         ),
-        (&refiner, "not supported yet: the SDXL refiner"),
         (
             &sd3,
             "not supported: a Stable Diffusion 3 / 3.5 (MMDiT) checkpoint",
