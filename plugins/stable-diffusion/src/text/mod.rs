@@ -2,5 +2,6 @@
 //! emphasis, and the conditioner that stacks a family's encoders.
 pub mod clip;
 pub mod conditioner;
+pub mod embeddings;
 pub mod emphasis;
 pub mod tokenizer;
