@@ -457,7 +457,9 @@ fn write_image(
         seed: image.seed,
         subseed: image.subseed,
     };
-    let mut pairs = infotext_pairs(&job.profile, plans, sizes, seeds, hash);
+    let used = crate::run::used_embeddings(&mut job.models, &job.settings, plans)?;
+    let ti_hashes = crate::embeddings::ti_hashes(&used);
+    let mut pairs = infotext_pairs(&job.profile, plans, sizes, seeds, hash, ti_hashes);
     if let Some(weight) = result.mask_weight {
         // Before "Version", as A1111's extra generation parameters.
         let at = pairs.len().saturating_sub(1);

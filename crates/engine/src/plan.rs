@@ -46,6 +46,8 @@ pub struct PassPlan<'r> {
     /// A later pass on pass 1's checkpoint whose prompts are encoded with pass 1's LoRA set
     /// (A1111's `hires_fix_use_firstpass_conds`).
     pub firstpass_conds: bool,
+    /// The textual-inversion embedding files prompts may name (the profile's, every pass).
+    pub embeddings: Vec<host_api::EmbeddingSpec>,
 }
 
 /// One UNet patch of a pass: its plugin entry, options, and infotext fields.
@@ -74,6 +76,7 @@ pub fn plan_passes<'r>(
     registry: &'r Registry,
     base_dir: &Path,
 ) -> Result<Vec<PassPlan<'r>>> {
+    let embeddings = crate::embeddings::files(&crate::embeddings::dirs(profile, base_dir));
     let merge: Vec<(PathBuf, f64)> = match &profile.model.merge {
         Some(_) if profile.model.checkpoint.is_some() => {
             bail!("[model] has both checkpoint and merge — keep one")
@@ -232,6 +235,7 @@ pub fn plan_passes<'r>(
             patches,
             img2img,
             firstpass_conds,
+            embeddings: embeddings.clone(),
         });
     }
     check_plans(&plans)?;

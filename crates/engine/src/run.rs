@@ -349,6 +349,7 @@ pub fn run_batch(
         let schedules = crate::plan::prompt_schedules(plans, i)?;
         let at = (plan.clip_skip, size.width, size.height);
         let (request, scheduled) = encode_request(at, &schedules);
+        set_embeddings(models, &model, plan, &request)?;
         let conds = encode(models, &model, plans, plan, &specs, &request)?;
         if models.final_image && seeds.len() == 1 && i + 1 == plans.len() {
             // Nothing encodes after this (a batch could still fall back to single runs).
@@ -436,6 +437,66 @@ pub fn run_batch(
             interrupted,
         })
         .collect())
+}
+
+/// Makes the pass's embedding files the model's; a prompt naming one the model skipped (another
+/// family's) is a warning naming the file, once per run.
+fn set_embeddings(
+    models: &mut Models<'_>,
+    model: &std::rc::Rc<ModelBox>,
+    plan: &PassPlan<'_>,
+    request: &EncodeRequest,
+) -> Result<()> {
+    let at = |e: host_api::Error| anyhow!("pass {}: embeddings: {e}", plan.number);
+    let states = models.set_embeddings(model, &plan.embeddings).map_err(at)?;
+    if states.iter().all(|s| s.loaded) {
+        return Ok(());
+    }
+    let texts: Vec<&str> = request.prompts.iter().map(|p| p.text.as_str()).collect();
+    let used = model.used_embeddings(&texts).map_err(at)?;
+    let warnings = states
+        .iter()
+        .filter(|s| !s.loaded && used.iter().any(|u| u == s.name.as_str()))
+        .map(crate::embeddings::skipped_warning)
+        .collect();
+    models.warn_once(warnings);
+    Ok(())
+}
+
+/// The loaded embedding files the passes' prompts use, each once: every pass's prompt texts,
+/// then its negative's (A1111's `TI hashes` lists the prompt's before the negative's).
+pub fn used_embeddings(
+    models: &mut Models<'_>,
+    settings: &LoadSettings,
+    plans: &[PassPlan<'_>],
+) -> Result<Vec<host_api::EmbeddingSpec>> {
+    let mut used: Vec<host_api::EmbeddingSpec> = Vec::new();
+    for (i, plan) in plans.iter().enumerate() {
+        if plan.embeddings.is_empty() {
+            continue;
+        }
+        let (model, _) = models.for_pass(settings, plan)?;
+        let states = models
+            .set_embeddings(&model, &plan.embeddings)
+            .map_err(|e| anyhow!("{e}"))?;
+        let (negative, prompt) = crate::plan::prompt_schedules(plans, i)?;
+        let texts: Vec<&str> = prompt
+            .texts
+            .iter()
+            .chain(&negative.texts)
+            .map(String::as_str)
+            .collect();
+        for name in model.used_embeddings(&texts).map_err(|e| anyhow!("{e}"))? {
+            let loaded = states.iter().any(|s| s.loaded && s.name.as_str() == name);
+            let spec = plan.embeddings.iter().find(|e| e.name.as_str() == name);
+            if let Some(spec) = spec.filter(|_| loaded) {
+                if !used.contains(spec) {
+                    used.push(spec.clone());
+                }
+            }
+        }
+    }
+    Ok(used)
 }
 
 /// The pass's prompts encoded with its LoRA set — or, with A1111's

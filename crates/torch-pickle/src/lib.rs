@@ -304,8 +304,13 @@ fn legacy_storages(
     Ok(at)
 }
 
+/// The key an A1111 textual-inversion embedding's one tensor is written under (kohya's and
+/// A1111's `.safetensors` embeddings use it).
+pub const EMBEDDING_KEY: &str = "emb_params";
+
 /// The state dict's `(name, tensor reference)`s: the root dict, or the one under a wrapper;
-/// anything else in it is refused.
+/// anything else in it is refused. An A1111 textual-inversion file (`string_to_param` holding
+/// one tensor, `*`) gives that tensor as [`EMBEDDING_KEY`]; its other fields are not read.
 pub fn state_dict(pickle: &Pickle) -> Result<Vec<(String, &TensorRef)>> {
     let root = pickle.dict(&pickle.root).ok_or_else(|| {
         anyhow!(
@@ -313,6 +318,9 @@ pub fn state_dict(pickle: &Pickle) -> Result<Vec<(String, &TensorRef)>> {
             pickle.describe(&pickle.root)
         )
     })?;
+    if let Some(params) = root.get("string_to_param") {
+        return embedding(pickle, params);
+    }
     let dict = WRAPPERS
         .iter()
         .find_map(|w| root.get(w).and_then(|v| pickle.dict(v)))
@@ -338,6 +346,29 @@ pub fn state_dict(pickle: &Pickle) -> Result<Vec<(String, &TensorRef)>> {
         bail!("the state dict holds no tensors — there is nothing to convert");
     }
     Ok(found)
+}
+
+/// The one tensor of an A1111 embedding's `string_to_param` (A1111 refuses more than one term).
+fn embedding<'p>(pickle: &'p Pickle, params: &Value) -> Result<Vec<(String, &'p TensorRef)>> {
+    let dict = pickle.dict(params).ok_or_else(|| {
+        anyhow!(
+            "refused: `string_to_param` is {}, not a dict of one tensor (a ParameterDict of torch 1.11: load and save it again with a newer torch)",
+            pickle.describe(params)
+        )
+    })?;
+    match dict.entries.as_slice() {
+        [(_, value)] => match pickle.object(value) {
+            Some(Object::Tensor(t)) => Ok(vec![(EMBEDDING_KEY.to_owned(), t)]),
+            _ => bail!(
+                "refused: the embedding's vector is {}, not a tensor",
+                pickle.describe(value)
+            ),
+        },
+        entries => bail!(
+            "refused: `string_to_param` holds {} terms; an embedding file has one",
+            entries.len()
+        ),
+    }
 }
 
 /// Every tensor of the state dict, each storage read once.
