@@ -13,6 +13,8 @@ Writes tests/data/embeddings/:
   sd1/tinylong.safetensors    SD 1.x, [9, 32]: the long prompt puts it across a chunk boundary
   sdxl/tinyxl.safetensors     SDXL, `clip_l` [2, 16] + `clip_g` [2, 16]
   sdxl/tinyxllong.safetensors SDXL, `clip_l` [7, 16] + `clip_g` [7, 16], across a chunk boundary
+  bad/two-terms.pt            an A1111 .pt whose `string_to_param` holds two terms (A1111 refuses
+                              it; so does `hiresfix convert`, in the bad-input corpus)
   reference.safetensors       conditioning of each prompt (CPU fp32), see reference.json
   reference.json              prompts, chunk layouts, what each tensor is
 
@@ -102,6 +104,9 @@ def write_embeddings(out: str) -> dict:
         parts = {key: vectors(n, w, gen) for key, w in SDXL_WIDTHS.items()}
         made[name] = parts
         save_file(parts, os.path.join(out, "sdxl", f"{name}.safetensors"))
+    os.makedirs(os.path.join(out, "bad"), exist_ok=True)
+    two = {"*": vectors(1, SD1_WIDTH, gen), "**": vectors(1, SD1_WIDTH, gen)}
+    torch.save({"string_to_token": {"*": 265, "**": 266}, "string_to_param": two, "name": "two-terms"}, os.path.join(out, "bad", "two-terms.pt"))
     return made
 
 

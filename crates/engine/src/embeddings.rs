@@ -21,6 +21,21 @@ pub fn dirs(profile: &Profile, base_dir: &Path) -> Vec<PathBuf> {
     crate::registry::profile_dirs(&profile.embedding_dirs, base_dir, "HIRESFIX_EMBEDDING_PATH")
 }
 
+/// The embedding files of a profile's folders; a folder the profile names that is not there is
+/// an error (its embeddings' names would silently be read as text).
+pub fn profile_files(profile: &Profile, base_dir: &Path) -> Result<Vec<EmbeddingSpec>> {
+    let dirs = dirs(profile, base_dir);
+    for dir in dirs.iter().take(profile.embedding_dirs.len()) {
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "embedding_dirs: folder {} not found — check embedding_dirs in the profile",
+                dir.display()
+            );
+        }
+    }
+    Ok(files(&dirs))
+}
+
 /// Every embedding file below `dirs`, by name (stem), the first of a name only.
 pub fn files(dirs: &[PathBuf]) -> Vec<EmbeddingSpec> {
     let mut found: Vec<EmbeddingSpec> = Vec::new();

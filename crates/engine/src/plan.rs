@@ -76,7 +76,7 @@ pub fn plan_passes<'r>(
     registry: &'r Registry,
     base_dir: &Path,
 ) -> Result<Vec<PassPlan<'r>>> {
-    let embeddings = crate::embeddings::files(&crate::embeddings::dirs(profile, base_dir));
+    let embeddings = crate::embeddings::profile_files(profile, base_dir)?;
     let merge: Vec<(PathBuf, f64)> = match &profile.model.merge {
         Some(_) if profile.model.checkpoint.is_some() => {
             bail!("[model] has both checkpoint and merge — keep one")
