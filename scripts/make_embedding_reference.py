@@ -13,6 +13,7 @@ Writes tests/data/embeddings/:
   sd1/tinylong.safetensors    SD 1.x, [9, 32]: the long prompt puts it across a chunk boundary
   sdxl/tinyxl.safetensors     SDXL, `clip_l` [2, 16] + `clip_g` [2, 16]
   sdxl/tinyxllong.safetensors SDXL, `clip_l` [7, 16] + `clip_g` [7, 16], across a chunk boundary
+  sd2/tinyh.safetensors       SD 2.x (OpenCLIP-H layout), one tensor `emb_params` [3, 16]
   bad/two-terms.pt            an A1111 .pt whose `string_to_param` holds two terms (A1111 refuses
                               it; so does `hiresfix convert`, in the bad-input corpus)
   reference.safetensors       conditioning of each prompt (CPU fp32), see reference.json
@@ -57,7 +58,8 @@ SCALE = 0.5  # spread of the random vectors (the tiny token tables are ~N(0, 0.5
 
 SD1_EMBEDDINGS = {"tinyneg": 3, "tinystyle": 2, "tinylong": 9}
 SDXL_EMBEDDINGS = {"tinyxl": 2, "tinyxllong": 7}
-SD1_WIDTH, SDXL_WIDTHS = 32, {"clip_l": 16, "clip_g": 16}
+SD2_EMBEDDINGS = {"tinyh": 3}
+SD1_WIDTH, SD2_WIDTH, SDXL_WIDTHS = 32, 16, {"clip_l": 16, "clip_g": 16}
 
 # 68 one-token words, no comma (A1111's comma backtracking stays out of the long prompts).
 FILLER = " ".join(["red green blue small big old new warm cold dark light soft hard"] * 5 + ["tree sky moon"])
@@ -65,6 +67,9 @@ PROMPTS = {
     "sd1": {
         "short": "a photo of (tinyneg:1.2) cat, [tinystyle] in a garden",
         "long": FILLER + " (tinylong:1.1) at the end, tinyneg",
+    },
+    "sd2": {
+        "short": "a (tinyh:1.3) dog, [tinyh] again",
     },
     "sdxl": {
         "short": "a (tinyxl:0.8) cat",
@@ -107,6 +112,11 @@ def write_embeddings(out: str) -> dict:
     os.makedirs(os.path.join(out, "bad"), exist_ok=True)
     two = {"*": vectors(1, SD1_WIDTH, gen), "**": vectors(1, SD1_WIDTH, gen)}
     torch.save({"string_to_token": {"*": 265, "**": 266}, "string_to_param": two, "name": "two-terms"}, os.path.join(out, "bad", "two-terms.pt"))
+    os.makedirs(os.path.join(out, "sd2"), exist_ok=True)
+    for name, n in SD2_EMBEDDINGS.items():
+        v = vectors(n, SD2_WIDTH, gen)
+        made[name] = {"": v}
+        save_file({"emb_params": v}, os.path.join(out, "sd2", f"{name}.safetensors"))
     return made
 
 
@@ -223,6 +233,27 @@ def sd1_reference(data: str, out: str, made: dict, rec: dict, notes: dict) -> No
 
 
 @torch.no_grad()
+def sd2_reference(data: str, out: str, made: dict, rec: dict, notes: dict) -> None:
+    """SD 2.x: OpenCLIP-H (the diffusers encoder's last_hidden_state), padded with 0 after EOS."""
+    folder = os.path.join(data, "sd2-tiny", "diffusers")
+    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32, safety_checker=None)
+    plain = CLIPTokenizer.from_pretrained(os.path.join(folder, "tokenizer"))
+    for name in SD2_EMBEDDINGS:
+        pipe.load_textual_inversion(embedding_path(out, "sd2", name), token=name)
+    added = {n: added_tokens(pipe.tokenizer, n, k) for n, k in SD2_EMBEDDINGS.items()}
+    for key, text in PROMPTS["sd2"].items():
+        chunks = a1111_chunks(plain, text, SD2_EMBEDDINGS)
+        w = fam.chunk_weights([(t, w, n) for t, w, _, n in chunks])
+
+        def encode(i):
+            return pipe.text_encoder(input_ids=i).last_hidden_state, None
+
+        z, _ = fam.a1111_encode(chunk_ids(chunks, added, OPEN_CLIP_PAD), w, encode)
+        rec[f"sd2.{key}.context"] = z
+        notes[f"sd2.{key}"] = {"prompt": text, "chunks": describe_chunks(chunks)}
+
+
+@torch.no_grad()
 def sdxl_reference(data: str, out: str, made: dict, rec: dict, notes: dict) -> None:
     folder = os.path.join(data, "sdxl-tiny", "diffusers")
     pipe = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float32)
@@ -262,6 +293,7 @@ def main() -> None:
     rec: dict = {}
     notes: dict = {}
     sd1_reference(args.data, out, made, rec, notes)
+    sd2_reference(args.data, out, made, rec, notes)
     sdxl_reference(args.data, out, made, rec, notes)
     for key in ("sd1.long", "sdxl.long"):
         chunks = notes[key]["chunks"]

@@ -1,5 +1,5 @@
 //! Textual-inversion embeddings (A1111 rules) through the host and the plugin ABI: prompts that
-//! name the tiny SD 1.x and SDXL embeddings (a `.pt` converted by `hiresfix convert` among
+//! name the tiny SD 1.x, SD 2.x and SDXL embeddings (a `.pt` converted by `hiresfix convert` among
 //! them) match diffusers' `load_textual_inversion` conditioning with A1111's chunking and
 //! weighting (reference: scripts/make_embedding_reference.py); infotext `TI hashes` and its
 //! import; the warning for another family's embedding.
@@ -100,6 +100,12 @@ fn prompts_naming_embeddings_match_diffusers_with_a1111_chunking_and_weights() {
         eprintln!("{key}: max |Δ| {d:.2e}");
         assert!(d < TOLERANCE, "{key}: {d}");
     }
+    // SD 2.x: OpenCLIP-H, padded with 0 after the end token.
+    let sd2 = repo().join("tests/data/sd2-tiny/sd2-tiny.safetensors");
+    let (context, _) = encode(&sd2, &data().join("sd2"), &prompt("sd2.short"));
+    let d = max_diff(&context, &r["sd2.short.context"]);
+    eprintln!("sd2.short: max |Δ| {d:.2e}");
+    assert!(d < TOLERANCE, "sd2.short: {d}");
     let sdxl = repo().join("tests/data/sdxl-tiny/sdxl-tiny.safetensors");
     for key in ["sdxl.short", "sdxl.long"] {
         let (context, vector) = encode(&sdxl, &data().join("sdxl"), &prompt(key));

@@ -472,7 +472,11 @@ pub fn used_embeddings(
 ) -> Result<Vec<host_api::EmbeddingSpec>> {
     let mut used: Vec<host_api::EmbeddingSpec> = Vec::new();
     for (i, plan) in plans.iter().enumerate() {
-        if plan.embeddings.is_empty() {
+        // CLIP reads lowercased text: a name the prompts do not hold is not used (and no model
+        // loads to say so, as `finish` would for pass 1's).
+        let text = format!("{}\n{}", plan.prompt, plan.negative).to_lowercase();
+        let named = |e: &host_api::EmbeddingSpec| text.contains(&e.name.to_lowercase());
+        if !plan.embeddings.iter().any(named) {
             continue;
         }
         let (model, _) = models.for_pass(settings, plan)?;
