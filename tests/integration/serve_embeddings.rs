@@ -45,6 +45,16 @@ fn embeddings_are_listed_loaded_or_skipped_and_reach_the_infotext() {
     assert_eq!((status, body), (200, Value::Null));
     let listed = get(&server, "/sdapi/v1/embeddings");
     assert_eq!(listed["loaded"]["tinylong"], entry(9, 32));
+    // The .pt converted beside itself: loaded, with the training notes A1111 lists.
+    let pt = scratch.path("tinystyle.pt");
+    let run = hiresfix(&scratch.0, &["convert", pt.to_str().unwrap()], &[]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let listed = get(&server, "/sdapi/v1/embeddings");
+    assert_eq!(
+        listed["loaded"]["tinystyle"],
+        json!({"step": 150, "sd_checkpoint": "7a1b2c3d", "sd_checkpoint_name": "sd1-tiny",
+               "shape": 32, "vectors": 2})
+    );
 
     let request = json!({"prompt": "a (tinyneg:1.2) cat", "seed": 3, "width": 64,
                          "height": 64, "steps": 2});

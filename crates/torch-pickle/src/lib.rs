@@ -58,6 +58,12 @@ pub fn sniff(path: &Path) -> Result<Format> {
 
 /// The state dict in `path`: each tensor's name and a contiguous tensor, in the file's order.
 pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    Ok(read_checkpoint(path)?.0)
+}
+
+/// [`read_state_dict`] and the file's notes worth keeping as safetensors metadata: an A1111
+/// embedding's `name`, `step`, `sd_checkpoint` and `sd_checkpoint_name` (those it sets).
+pub fn read_checkpoint(path: &Path) -> Result<(Vec<(String, Tensor)>, Vec<(String, String)>)> {
     let file_len = std::fs::metadata(path)
         .with_context(|| format!("cannot read {}", path.display()))?
         .len();
@@ -68,13 +74,13 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
         Format::Zip => {
             let mut archive = ZipStorages::open(path, file_len)?;
             let pickle = archive.pickle()?;
-            tensors(&pickle, &mut archive, budget)
+            Ok((tensors(&pickle, &mut archive, budget)?, notes(&pickle)))
         }
         Format::Legacy => {
             let bytes =
                 std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             let (pickle, mut storages) = legacy(&bytes)?;
-            tensors(&pickle, &mut storages, budget)
+            Ok((tensors(&pickle, &mut storages, budget)?, notes(&pickle)))
         }
     }
 }
@@ -346,6 +352,27 @@ pub fn state_dict(pickle: &Pickle) -> Result<Vec<(String, &TensorRef)>> {
         bail!("the state dict holds no tensors — there is nothing to convert");
     }
     Ok(found)
+}
+
+/// An A1111 embedding's text and number fields (none for other files).
+fn notes(pickle: &Pickle) -> Vec<(String, String)> {
+    let Some(root) = pickle.dict(&pickle.root) else {
+        return Vec::new();
+    };
+    if root.get("string_to_param").is_none() {
+        return Vec::new();
+    }
+    ["name", "step", "sd_checkpoint", "sd_checkpoint_name"]
+        .into_iter()
+        .filter_map(|key| {
+            let value = match root.get(key)? {
+                Value::Str(s) => s.to_string(),
+                Value::Int(n) => n.to_string(),
+                _ => return None,
+            };
+            Some((key.to_owned(), value))
+        })
+        .collect()
 }
 
 /// The one tensor of an A1111 embedding's `string_to_param` (A1111 refuses more than one term).
