@@ -61,9 +61,12 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(read_checkpoint(path)?.0)
 }
 
+/// Text fields of a checkpoint kept beside its tensors, `(key, value)`.
+pub type Notes = Vec<(String, String)>;
+
 /// [`read_state_dict`] and the file's notes worth keeping as safetensors metadata: an A1111
 /// embedding's `name`, `step`, `sd_checkpoint` and `sd_checkpoint_name` (those it sets).
-pub fn read_checkpoint(path: &Path) -> Result<(Vec<(String, Tensor)>, Vec<(String, String)>)> {
+pub fn read_checkpoint(path: &Path) -> Result<(Vec<(String, Tensor)>, Notes)> {
     let file_len = std::fs::metadata(path)
         .with_context(|| format!("cannot read {}", path.display()))?
         .len();
@@ -355,7 +358,7 @@ pub fn state_dict(pickle: &Pickle) -> Result<Vec<(String, &TensorRef)>> {
 }
 
 /// An A1111 embedding's text and number fields (none for other files).
-fn notes(pickle: &Pickle) -> Vec<(String, String)> {
+fn notes(pickle: &Pickle) -> Notes {
     let Some(root) = pickle.dict(&pickle.root) else {
         return Vec::new();
     };
