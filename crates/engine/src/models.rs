@@ -333,14 +333,18 @@ impl<'r> Models<'r> {
         return_free_pages();
     }
 
-    /// Between a server's requests: encoded prompts and detected backends are forgotten (each
-    /// request has its own; a file may change between them) and only the `keep` most recently
-    /// used checkpoints stay loaded.
+    /// Between a server's requests: encoded prompts, detected backends and the embedding sets
+    /// are forgotten (each request has its own; a file may change between them) and only the
+    /// `keep` most recently used checkpoints stay loaded.
     pub fn trim(&mut self, keep: usize) {
         self.encoded.clear();
         self.backends.get_mut().clear();
         let excess = self.loaded.len().saturating_sub(keep);
         self.loaded.drain(..excess);
+        // Embedding files are read again by the next request (one may have been replaced).
+        for loaded in &mut self.loaded {
+            loaded.embeddings = None;
+        }
     }
 
     /// The checkpoints loaded now.
