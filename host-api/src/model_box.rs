@@ -296,6 +296,11 @@ impl ModelBox {
         }
     }
 
+    /// Whether the model's plugin reads textual-inversion embeddings (host-api 1.3 or newer).
+    pub fn takes_embeddings(&self) -> bool {
+        self.vtable.set_embeddings().is_some()
+    }
+
     /// See [`Backend::used_embeddings`] (none from a plugin older than 1.3).
     pub fn used_embeddings(&self, prompts: &[&str]) -> Result<Vec<String>> {
         let Some(f) = self.vtable.used_embeddings() else {

@@ -453,7 +453,19 @@ fn set_embeddings(
         return Ok(());
     }
     let texts: Vec<&str> = request.prompts.iter().map(|p| p.text.as_str()).collect();
-    let used = model.used_embeddings(&texts).map_err(at)?;
+    let used = match model.takes_embeddings() {
+        true => model.used_embeddings(&texts).map_err(at)?,
+        // A plugin older than host-api 1.3 cannot say: the names the prompts hold.
+        false => {
+            let text = texts.join("\n").to_lowercase();
+            let named = |s: &&host_api::EmbeddingState| text.contains(&s.name.to_lowercase());
+            states
+                .iter()
+                .filter(named)
+                .map(|s| s.name.to_string())
+                .collect()
+        }
+    };
     let warnings = states
         .iter()
         .filter(|s| !s.loaded && used.iter().any(|u| u == s.name.as_str()))
