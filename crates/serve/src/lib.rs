@@ -439,7 +439,11 @@ fn build_state(
             ),
         },
     };
-    for (flag, dir) in [("loras", &args.loras), ("upscalers", &args.upscalers)] {
+    for (flag, dir) in [
+        ("loras", &args.loras),
+        ("embeddings", &args.embeddings),
+        ("upscalers", &args.upscalers),
+    ] {
         if let Some(dir) = dir {
             if !dir.is_dir() {
                 bail!("--{flag} {}: not a folder", dir.display());
