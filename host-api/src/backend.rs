@@ -128,6 +128,54 @@ pub struct LoraSpec {
     pub unet: f64,
 }
 
+/// 1.3.0: a textual-inversion embedding file the host found for a prompt word (A1111: the
+/// file's stem is the word).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct EmbeddingSpec {
+    /// The file's stem: the token sequence that stands for it in prompts.
+    pub name: RString,
+    pub path: RString,
+}
+
+/// 1.3.0: what a model made of one [`EmbeddingSpec`] (A1111's `/sdapi/v1/embeddings` entry).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct EmbeddingState {
+    pub name: RString,
+    /// Loaded (prompts naming it get its vectors); else skipped, and `note` says why.
+    pub loaded: bool,
+    pub note: RString,
+    /// Vectors (tokens) it stands for.
+    pub vectors: u32,
+    /// Width of one vector, summed over the text encoders it is for (A1111's `shape`).
+    pub shape: u32,
+    /// Training step, -1 when the file does not say.
+    pub step: i64,
+    /// The checkpoint hash and name it was trained on, empty when the file does not say.
+    pub sd_checkpoint: RString,
+    pub sd_checkpoint_name: RString,
+    /// Facts added later, by key.
+    pub extra: RVec<OptionEntry>,
+}
+
+impl EmbeddingState {
+    /// A skipped embedding of which nothing else is known.
+    pub fn skipped(name: &str, note: &str) -> Self {
+        Self {
+            name: name.into(),
+            loaded: false,
+            note: note.into(),
+            vectors: 0,
+            shape: 0,
+            step: -1,
+            sd_checkpoint: RString::new(),
+            sd_checkpoint_name: RString::new(),
+            extra: RVec::new(),
+        }
+    }
+}
+
 /// The prompts of one pass and what they condition on besides text.
 #[repr(C)]
 #[derive(StableAbi, Clone, Debug, PartialEq)]
@@ -354,6 +402,27 @@ pub trait Backend: Sized + 'static {
                 Self::FAMILY
             ))),
         }
+    }
+
+    /// 1.3.0: makes `embeddings` the textual-inversion set prompts are read with (a prompt
+    /// token sequence equal to a name's tokens is replaced by its vectors); one state per
+    /// embedding, a skipped one with the reason (another family's width). The default loads
+    /// none and says so for each.
+    fn set_embeddings(&self, embeddings: &[EmbeddingSpec]) -> Result<Vec<EmbeddingState>> {
+        let note = format!(
+            "family {} takes no textual-inversion embeddings",
+            Self::FAMILY
+        );
+        Ok(embeddings
+            .iter()
+            .map(|e| EmbeddingState::skipped(e.name.as_str(), &note))
+            .collect())
+    }
+
+    /// 1.3.0: the names of the loaded embeddings `prompts` use, each once, in the order they
+    /// first appear (what A1111's infotext `TI hashes` lists). The default: none.
+    fn used_embeddings(&self, _prompts: &[&str]) -> Result<Vec<String>> {
+        Ok(Vec::new())
     }
 
     /// The host will not use `parts` (a set of [`release`] bits) of this model again (a

@@ -23,8 +23,9 @@ pub use abi_stable;
 pub use tch;
 
 pub use backend::{
-    Backend, BackendTools, CheckpointInfo, EncodeRequest, LoadRequest, LoraSpec, MemoryEstimate,
-    MemoryRequest, MergeInput, MergeRequest, ModelInfo, PromptSpec,
+    Backend, BackendTools, CheckpointInfo, EmbeddingSpec, EmbeddingState, EncodeRequest,
+    LoadRequest, LoraSpec, MemoryEstimate, MemoryRequest, MergeInput, MergeRequest, ModelInfo,
+    PromptSpec,
 };
 pub use backend_decl::BackendDecl;
 pub use error::{Error, Result};

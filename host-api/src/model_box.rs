@@ -9,7 +9,7 @@ use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
 use abi_stable::{staticref, StableAbi};
 use tch::Tensor;
 
-use crate::backend::{Backend, EncodeRequest, LoraSpec, ModelInfo};
+use crate::backend::{Backend, EmbeddingSpec, EmbeddingState, EncodeRequest, LoraSpec, ModelInfo};
 use crate::error::{from_ffi, guard, Result};
 use crate::patch::{PassSigmas, PatchBox};
 use crate::tensor::{TensorBox, TensorRef};
@@ -42,6 +42,11 @@ pub struct ModelVtable {
     pub release: extern "C" fn(*const c_void, u32) -> Out<()>,
     /// 1.2.0: see [`Backend::set_concat`].
     pub set_concat: extern "C" fn(*const c_void, ROption<TensorRef<'_>>) -> Out<()>,
+    /// 1.3.0: see [`Backend::set_embeddings`].
+    pub set_embeddings:
+        extern "C" fn(*const c_void, RSlice<'_, EmbeddingSpec>) -> Out<RVec<EmbeddingState>>,
+    /// 1.3.0: see [`Backend::used_embeddings`].
+    pub used_embeddings: extern "C" fn(*const c_void, RSlice<'_, RString>) -> Out<RVec<RString>>,
 }
 
 /// A loaded model, owned by the host; dropping it frees it inside its plugin.
@@ -150,6 +155,28 @@ impl<B: Backend> VtableOf<B> {
         })
     }
 
+    extern "C" fn set_embeddings(
+        p: *const c_void,
+        embeddings: RSlice<'_, EmbeddingSpec>,
+    ) -> Out<RVec<EmbeddingState>> {
+        guard(|| {
+            Self::obj(p)
+                .set_embeddings(embeddings.as_slice())
+                .map(RVec::from)
+        })
+    }
+
+    extern "C" fn used_embeddings(
+        p: *const c_void,
+        prompts: RSlice<'_, RString>,
+    ) -> Out<RVec<RString>> {
+        guard(|| {
+            let prompts: Vec<&str> = prompts.iter().map(RString::as_str).collect();
+            let names = Self::obj(p).used_embeddings(&prompts)?;
+            Ok(names.into_iter().map(RString::from).collect())
+        })
+    }
+
     staticref! {
         const TABLE: WithMetadata<ModelVtable> = WithMetadata::new(ModelVtable {
             drop: Self::drop,
@@ -164,6 +191,8 @@ impl<B: Backend> VtableOf<B> {
             set_patches: Self::set_patches,
             release: Self::release,
             set_concat: Self::set_concat,
+            set_embeddings: Self::set_embeddings,
+            used_embeddings: Self::used_embeddings,
         })
     }
     const VTABLE: ModelVtableRef = ModelVtableRef(Self::TABLE.as_prefix());
@@ -253,6 +282,33 @@ impl ModelBox {
                 "the model's plugin was built against host-api 1.0 or 1.1, which takes no image conditioning (inpainting); rebuild it against 1.2".into(),
             )),
         }
+    }
+
+    /// See [`Backend::set_embeddings`]; a plugin built against host-api 1.2 or older loads
+    /// none (each state says so, and the prompt word stays text).
+    pub fn set_embeddings(&self, embeddings: &[EmbeddingSpec]) -> Result<Vec<EmbeddingState>> {
+        match self.vtable.set_embeddings() {
+            Some(f) => from_ffi(f(self.obj, RSlice::from_slice(embeddings))).map(RVec::into_vec),
+            None => Ok(embeddings
+                .iter()
+                .map(|e| EmbeddingState::skipped(e.name.as_str(), "the model's plugin was built against host-api 1.2 or older, which takes no textual-inversion embeddings; rebuild it against 1.3"))
+                .collect()),
+        }
+    }
+
+    /// Whether the model's plugin reads textual-inversion embeddings (host-api 1.3 or newer).
+    pub fn takes_embeddings(&self) -> bool {
+        self.vtable.set_embeddings().is_some()
+    }
+
+    /// See [`Backend::used_embeddings`] (none from a plugin older than 1.3).
+    pub fn used_embeddings(&self, prompts: &[&str]) -> Result<Vec<String>> {
+        let Some(f) = self.vtable.used_embeddings() else {
+            return Ok(Vec::new());
+        };
+        let prompts: Vec<RString> = prompts.iter().map(|p| RString::from(*p)).collect();
+        let names = from_ffi(f(self.obj, RSlice::from_slice(&prompts)))?;
+        Ok(names.into_iter().map(String::from).collect())
     }
 
     /// See [`Backend::nonfinite_cause`].

@@ -509,6 +509,10 @@ const CASES: &[Case] = &[
         setup: |sc| convert_copy(sc, "tests/data/upscalers/models/evil-builtins-eval.pth") },
     Case { name: "convert: a state dict holding a dict", code: 1, expect: "refused: `config` is a dict, not a tensor",
         setup: |sc| convert_copy(sc, "tests/data/convert/nested.pth") },
+    Case { name: "convert: an embedding of two terms", code: 1, expect: "refused: `string_to_param` holds 2 terms; an embedding file has one; nothing was written",
+        setup: |sc| convert_copy(sc, "tests/data/embeddings/bad/two-terms.pt") },
+    Case { name: "embedding_dirs folder missing", code: 1, expect: "embedding_dirs: folder",
+        setup: |sc| generate(sc, &tiny_ldm(), "embedding_dirs = [\"no-such-folder\"]", "", "") },
     Case { name: "convert: a truncated checkpoint", code: 1, expect: "the file is truncated or damaged",
         setup: |sc| {
             let bytes = std::fs::read(repo().join("tests/data/upscalers/models/compact-x4.pth")).unwrap();

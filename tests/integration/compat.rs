@@ -185,3 +185,31 @@ fn plugins_of_a_newer_minor_or_another_major_are_refused_naming_both_versions() 
         "the others still load:\n{text}"
     );
 }
+
+/// A backend older than host-api 1.3 reads no embeddings: a prompt naming one is a warning that
+/// says so, once, and the image is still made.
+#[test]
+fn an_embedding_named_for_a_1_0_backend_is_one_warning_naming_the_plugin_age() {
+    let lib = build_outside_plugin("examples/third-party-backend", "example_backend");
+    let scratch = Scratch::new("compat-embeddings");
+    let dir = plugin_dir(&scratch, "plugins", &[&lib]);
+    let embeddings = scratch.path("embeddings");
+    std::fs::create_dir_all(&embeddings).unwrap();
+    std::fs::copy(
+        repo().join("tests/data/embeddings/sd1/tinyneg.safetensors"),
+        embeddings.join("tinyneg.safetensors"),
+    )
+    .unwrap();
+    let profile = toy_profile(&scratch, &dir)
+        .replace("a lighthouse", "a lighthouse, tinyneg")
+        .replace("cfg = 3.0", "cfg = 3.0\nembedding_dirs = [\"embeddings\"]");
+    let out = generate_as(&scratch, "toy", &profile);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("tinyneg")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with("warning: ") && lines[0].contains("host-api 1.2 or older"),
+        "{err}"
+    );
+}

@@ -33,15 +33,9 @@ fn with_prompt(text: &str, prompt: &str) -> String {
 
 /// A1111's "addnet" hash of a safetensors file: sha256 of what follows the header.
 fn addnet_hash(path: &Path) -> String {
-    use sha2::Digest;
     let bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let digest = sha2::Sha256::digest(&bytes[8 + n..]);
-    digest
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()[..12]
-        .to_owned()
+    sha256_12(&bytes[8 + n..])
 }
 
 #[test]

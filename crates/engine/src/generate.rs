@@ -461,7 +461,9 @@ fn write_image(
         seed: image.seed,
         subseed: image.subseed,
     };
-    let mut pairs = infotext_pairs(&job.profile, plans, sizes, seeds, hash);
+    let used = crate::run::used_embeddings(&mut job.models, &job.settings, plans)?;
+    let ti_hashes = crate::embeddings::ti_hashes(&used);
+    let mut pairs = infotext_pairs(&job.profile, plans, sizes, seeds, hash, ti_hashes);
     if !result.refined {
         // A1111 names a refiner only once it took over (`apply_refiner`).
         pairs.retain(|(k, _)| {

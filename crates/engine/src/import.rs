@@ -25,7 +25,6 @@ const INFORMATIONAL: &[&str] = &[
     "Model hash",
     "VAE hash",
     "Lora hashes",
-    "TI hashes",
     "Batch size",
     "Batch pos",
     "Hires Module 1",
@@ -107,6 +106,11 @@ pub fn from_parameters(text: &str, registry: &Registry) -> Result<Imported> {
             loras.join(", ")
         ));
     }
+    if let Some(hashes) = out.take("TI hashes") {
+        let (dirs, notes) = embedding_dirs(hashes);
+        profile.embedding_dirs = dirs;
+        out.unmapped.extend(notes);
+    }
     let Importer {
         used, mut unmapped, ..
     } = out;
@@ -118,6 +122,35 @@ pub fn from_parameters(text: &str, registry: &Registry) -> Result<Imported> {
     // What a TOML profile or a server request must pass, this must too.
     profile.validate().map_err(|e| anyhow!(e))?;
     Ok(Imported { profile, unmapped })
+}
+
+/// A1111's `TI hashes` as `embedding_dirs`: the folder (in `$HIRESFIX_EMBEDDING_PATH`) of
+/// each named embedding whose file has the hash written; a missing or different file is a
+/// note naming it.
+fn embedding_dirs(hashes: &str) -> (Vec<std::path::PathBuf>, Vec<String>) {
+    use crate::embeddings;
+    let files = embeddings::files(&crate::registry::env_dirs("HIRESFIX_EMBEDDING_PATH"));
+    let (mut dirs, mut notes) = (Vec::new(), Vec::new());
+    for (name, hash) in embeddings::parse_ti_hashes(hashes) {
+        let found = files.iter().find(|f| f.name.as_str() == name);
+        let Some(file) = found else {
+            notes.push(format!("TI hashes: {name}: {hash} — no embedding `{name}` in $HIRESFIX_EMBEDDING_PATH; add the folder holding {name}.safetensors to embedding_dirs"));
+            continue;
+        };
+        let path = std::path::Path::new(file.path.as_str());
+        match embeddings::short_hash(path) {
+            Ok(h) if h.eq_ignore_ascii_case(&hash) => {
+                if let Some(dir) = path.parent().map(|d| d.to_path_buf()) {
+                    if !dirs.contains(&dir) {
+                        dirs.push(dir);
+                    }
+                }
+            }
+            Ok(h) => notes.push(format!("TI hashes: {name}: {hash} — {} has hash {h}, another version; find the one with {hash}", path.display())),
+            Err(e) => notes.push(format!("TI hashes: {name}: {hash} — {e}")),
+        }
+    }
+    (dirs, notes)
 }
 
 /// An infotext value as a profile value: `True`/`False`, a whole number, a number, or text.

@@ -3,6 +3,7 @@
 //! and the HTTP server (`hiresfix-serve`) are built on it; it imports neither.
 pub mod defaults;
 pub mod device_memory;
+pub mod embeddings;
 pub mod errors;
 pub mod extras;
 pub mod generate;

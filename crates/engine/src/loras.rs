@@ -49,16 +49,7 @@ impl ResolvedLora {
 /// The folders tags are looked up in: the profile's `lora_dirs` (relative to the profile),
 /// then `$HIRESFIX_LORA_PATH`.
 pub fn lora_dirs(profile: &Profile, base_dir: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = profile
-        .lora_dirs
-        .iter()
-        .map(|d| match d.is_absolute() {
-            true => d.clone(),
-            false => base_dir.join(d),
-        })
-        .collect();
-    dirs.extend(crate::registry::env_dirs("HIRESFIX_LORA_PATH"));
-    dirs
+    crate::registry::profile_dirs(&profile.lora_dirs, base_dir, "HIRESFIX_LORA_PATH")
 }
 
 /// Pass `number`'s LoRA set: its profile list, then its prompt's tags.

@@ -86,6 +86,8 @@ struct Loaded {
     vae: Option<PathBuf>,
     /// Whether its backend can swap the VAE in place (else another VAE is another load).
     swaps: bool,
+    /// The embedding files set on it and what it made of them.
+    embeddings: Option<(Vec<host_api::EmbeddingSpec>, Vec<host_api::EmbeddingState>)>,
 }
 
 /// Loaded models, shared between passes, images and grid cells.
@@ -152,16 +154,43 @@ impl<'r> Models<'r> {
         }
     }
 
+    /// Makes `specs` the textual-inversion files `model` reads prompts with (set again only
+    /// when they change); what the model made of each.
+    pub fn set_embeddings(
+        &mut self,
+        model: &Rc<ModelBox>,
+        specs: &[host_api::EmbeddingSpec],
+    ) -> host_api::Result<Vec<host_api::EmbeddingState>> {
+        let loaded = self.loaded.iter_mut().find(|l| Rc::ptr_eq(&l.model, model));
+        let Some(loaded) = loaded else {
+            return model.set_embeddings(specs);
+        };
+        if let Some((set, states)) = &loaded.embeddings {
+            if set == specs {
+                return Ok(states.clone());
+            }
+        }
+        let states = model.set_embeddings(specs)?;
+        loaded.embeddings = Some((specs.to_vec(), states.clone()));
+        Ok(states)
+    }
+
     /// `request` encoded by `model` with `loras` applied (the LoRAs set on it now), once per
-    /// run: later calls with the same model, LoRA set and request get the same tensors.
+    /// run: later calls with the same model, LoRA set, embedding set and request get the same
+    /// tensors.
     pub fn encode(
         &mut self,
         model: &Rc<ModelBox>,
         loras: &[host_api::LoraSpec],
         request: &EncodeRequest,
     ) -> host_api::Result<Rc<Vec<Vec<Tensor>>>> {
+        let embeddings = self
+            .loaded
+            .iter()
+            .find(|l| Rc::ptr_eq(&l.model, model))
+            .and_then(|l| l.embeddings.as_ref().map(|e| &e.0));
         let key = format!(
-            "{:p}\u{0}{loras:?}\u{0}{:?}\u{0}{}\u{0}{}x{}",
+            "{:p}\u{0}{loras:?}\u{0}{embeddings:?}\u{0}{:?}\u{0}{}\u{0}{}x{}",
             Rc::as_ptr(model),
             request.prompts,
             request.clip_skip,
@@ -283,6 +312,7 @@ impl<'r> Models<'r> {
             info: info.clone(),
             vae,
             swaps: true,
+            embeddings: None,
         });
         Ok((model, info))
     }
@@ -303,14 +333,18 @@ impl<'r> Models<'r> {
         return_free_pages();
     }
 
-    /// Between a server's requests: encoded prompts and detected backends are forgotten (each
-    /// request has its own; a file may change between them) and only the `keep` most recently
-    /// used checkpoints stay loaded.
+    /// Between a server's requests: encoded prompts, detected backends and the embedding sets
+    /// are forgotten (each request has its own; a file may change between them) and only the
+    /// `keep` most recently used checkpoints stay loaded.
     pub fn trim(&mut self, keep: usize) {
         self.encoded.clear();
         self.backends.get_mut().clear();
         let excess = self.loaded.len().saturating_sub(keep);
         self.loaded.drain(..excess);
+        // Embedding files are read again by the next request (one may have been replaced).
+        for loaded in &mut self.loaded {
+            loaded.embeddings = None;
+        }
     }
 
     /// The checkpoints loaded now.

@@ -15,6 +15,7 @@ pub fn infotext_pairs(
     sizes: &[PassSize],
     seeds: ImageSeeds,
     model_hash: Option<&str>,
+    ti_hashes: Option<String>,
 ) -> Vec<(String, String)> {
     let first = &plans[0];
     let mut pairs: Vec<(String, String)> = vec![
@@ -51,8 +52,12 @@ pub fn infotext_pairs(
     };
     pairs.push(("Model".into(), model));
     pairs.extend(variation_pairs(profile, seeds));
+    // A1111's order: the networks' fields are added before the conditioning's.
     if let Some(hashes) = lora_hashes(plans) {
         pairs.push(("Lora hashes".into(), hashes));
+    }
+    if let Some(hashes) = ti_hashes {
+        pairs.push(("TI hashes".into(), hashes));
     }
     if let Some(i2i) = &first.img2img {
         pairs.extend(crate::img2img::infotext(i2i, first.denoise));

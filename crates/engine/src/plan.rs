@@ -48,6 +48,8 @@ pub struct PassPlan<'r> {
     pub firstpass_conds: bool,
     /// The checkpoint that continues this pass's sampling part-way (A1111's refiner).
     pub refiner: Option<crate::refiner::RefinerPlan>,
+    /// The textual-inversion embedding files prompts may name (the profile's, every pass).
+    pub embeddings: Vec<host_api::EmbeddingSpec>,
 }
 
 /// One UNet patch of a pass: its plugin entry, options, and infotext fields.
@@ -76,6 +78,7 @@ pub fn plan_passes<'r>(
     registry: &'r Registry,
     base_dir: &Path,
 ) -> Result<Vec<PassPlan<'r>>> {
+    let embeddings = crate::embeddings::profile_files(profile, base_dir)?;
     let merge: Vec<(PathBuf, f64)> = match &profile.model.merge {
         Some(_) if profile.model.checkpoint.is_some() => {
             bail!("[model] has both checkpoint and merge — keep one")
@@ -238,6 +241,7 @@ pub fn plan_passes<'r>(
             img2img,
             firstpass_conds,
             refiner,
+            embeddings: embeddings.clone(),
         });
     }
     check_plans(&plans)?;

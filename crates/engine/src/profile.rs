@@ -35,6 +35,9 @@ pub struct Profile {
     pub plugin_dirs: Vec<PathBuf>,
     #[serde(default)]
     pub lora_dirs: Vec<PathBuf>,
+    /// Where textual-inversion embeddings are found; a prompt names one by its file stem.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embedding_dirs: Vec<PathBuf>,
     /// Where model upscalers (ESRGAN family) are looked up by file stem.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upscaler_dirs: Vec<PathBuf>,
@@ -519,6 +522,7 @@ const TOP_KEYS: &[&str] = &[
     "save_passes",
     "plugin_dirs",
     "lora_dirs",
+    "embedding_dirs",
     "upscaler_dirs",
     "plugin_sha256",
     "vae_tiling",
@@ -650,6 +654,7 @@ impl Profile {
         self.plugin_dirs.clear();
         self.plugin_sha256.clear();
         self.lora_dirs.clear();
+        self.embedding_dirs.clear();
         self.output = default_output();
         self
     }

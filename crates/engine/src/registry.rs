@@ -81,6 +81,19 @@ pub fn env_dirs(var: &str) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// A profile's folder list (relative entries against `base_dir`), then `$var`'s folders.
+pub fn profile_dirs(list: &[PathBuf], base_dir: &Path, var: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = list
+        .iter()
+        .map(|d| match d.is_absolute() {
+            true => d.clone(),
+            false => base_dir.join(d),
+        })
+        .collect();
+    dirs.extend(env_dirs(var));
+    dirs
+}
+
 /// The folders searched, in order: profile `plugin_dirs`, `$HIRESFIX_PLUGIN_PATH`, `plugins/`
 /// beside the binary, and the binary's own folder when it is a cargo target folder.
 pub fn search_dirs(profile_dirs: &[PathBuf]) -> Vec<(PathBuf, bool)> {

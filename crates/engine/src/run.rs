@@ -401,6 +401,7 @@ pub fn run_batch(
         let schedules = crate::plan::prompt_schedules(plans, i)?;
         let at = (plan.clip_skip, size.width, size.height);
         let (request, scheduled) = encode_request(at, &schedules);
+        set_embeddings(models, &model, plan, &request)?;
         let conds = encode(models, &model, plans, plan, &specs, &request)?;
         let negatives = schedules.0.texts.len();
         let refiner = load_refiner(
@@ -544,8 +545,86 @@ fn load_refiner(
     for spec in request.prompts.iter_mut().take(negatives) {
         spec.negative = true;
     }
+    // The pass's embedding files are the refiner's too (an SDXL file's `clip_g` part).
+    set_embeddings(models, &model, plan, &request)?;
     let conds = models.encode(&model, &[], &request).map_err(at)?;
     Ok(Some((model, conds)))
+}
+
+/// Makes the pass's embedding files the model's; a prompt naming one the model skipped (another
+/// family's) is a warning naming the file, once per run.
+fn set_embeddings(
+    models: &mut Models<'_>,
+    model: &std::rc::Rc<ModelBox>,
+    plan: &PassPlan<'_>,
+    request: &EncodeRequest,
+) -> Result<()> {
+    let at = |e: host_api::Error| anyhow!("pass {}: embeddings: {e}", plan.number);
+    let states = models.set_embeddings(model, &plan.embeddings).map_err(at)?;
+    if states.iter().all(|s| s.loaded) {
+        return Ok(());
+    }
+    let texts: Vec<&str> = request.prompts.iter().map(|p| p.text.as_str()).collect();
+    let used = match model.takes_embeddings() {
+        true => model.used_embeddings(&texts).map_err(at)?,
+        // A plugin older than host-api 1.3 cannot say: the names the prompts hold.
+        false => {
+            let text = texts.join("\n").to_lowercase();
+            let named = |s: &&host_api::EmbeddingState| text.contains(&s.name.to_lowercase());
+            states
+                .iter()
+                .filter(named)
+                .map(|s| s.name.to_string())
+                .collect()
+        }
+    };
+    let warnings = states
+        .iter()
+        .filter(|s| !s.loaded && used.iter().any(|u| u == s.name.as_str()))
+        .map(crate::embeddings::skipped_warning)
+        .collect();
+    models.warn_once(warnings);
+    Ok(())
+}
+
+/// The loaded embedding files the passes' prompts use, each once: every pass's prompt texts,
+/// then its negative's (A1111's `TI hashes` lists the prompt's before the negative's).
+pub fn used_embeddings(
+    models: &mut Models<'_>,
+    settings: &LoadSettings,
+    plans: &[PassPlan<'_>],
+) -> Result<Vec<host_api::EmbeddingSpec>> {
+    let mut used: Vec<host_api::EmbeddingSpec> = Vec::new();
+    for (i, plan) in plans.iter().enumerate() {
+        // CLIP reads lowercased text: a name the prompts do not hold is not used (and no model
+        // loads to say so, as `finish` would for pass 1's).
+        let text = format!("{}\n{}", plan.prompt, plan.negative).to_lowercase();
+        let named = |e: &host_api::EmbeddingSpec| text.contains(&e.name.to_lowercase());
+        if !plan.embeddings.iter().any(named) {
+            continue;
+        }
+        let (model, _) = models.for_pass(settings, plan)?;
+        let states = models
+            .set_embeddings(&model, &plan.embeddings)
+            .map_err(|e| anyhow!("{e}"))?;
+        let (negative, prompt) = crate::plan::prompt_schedules(plans, i)?;
+        let texts: Vec<&str> = prompt
+            .texts
+            .iter()
+            .chain(&negative.texts)
+            .map(String::as_str)
+            .collect();
+        for name in model.used_embeddings(&texts).map_err(|e| anyhow!("{e}"))? {
+            let loaded = states.iter().any(|s| s.loaded && s.name.as_str() == name);
+            let spec = plan.embeddings.iter().find(|e| e.name.as_str() == name);
+            if let Some(spec) = spec.filter(|_| loaded) {
+                if !used.contains(spec) {
+                    used.push(spec.clone());
+                }
+            }
+        }
+    }
+    Ok(used)
 }
 
 /// The pass's prompts encoded with its LoRA set — or, with A1111's

@@ -8,13 +8,11 @@ use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
 use serde_json::{json, Map, Value};
-use tokio::sync::oneshot;
 
 use super::body::Payload;
 use super::error::{cut, ApiError, ApiResult};
-use super::sdapi::{images_of, submit};
 use super::txt2img::Fields;
-use super::worker::{Outcome, Work};
+use super::worker::Outcome;
 use super::Shared;
 use hiresfix_engine::errors::one_line;
 use hiresfix_engine::extras::{self, Resize, Rgb8, Settings};
@@ -229,19 +227,7 @@ async fn run_upscales(
         }
         Outcome::Done(done)
     };
-    let (reply, outcome) = oneshot::channel();
-    submit(
-        state,
-        Work {
-            profile: hiresfix_engine::profile::Profile::empty(),
-            started: None,
-            reply,
-            task: None,
-            chore: Some(Box::new(chore)),
-        },
-    )?;
-    let (images, _) = images_of(outcome.await)?;
-    Ok(images)
+    super::sdapi::run_chore(state, Box::new(chore)).await
 }
 
 /// The output PNG: the input's parameters kept, A1111's `postprocessing` text added.

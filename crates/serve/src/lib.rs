@@ -7,6 +7,7 @@ pub mod body;
 mod bounds;
 pub mod catalog;
 pub mod content_type;
+pub mod embeddings;
 pub mod error;
 pub mod extras;
 mod ignored;
@@ -53,6 +54,10 @@ pub struct Args {
     /// Folder of LoRA files for `<lora:name:w>` tags.
     #[arg(long)]
     pub loras: Option<PathBuf>,
+    /// Folder of textual-inversion embeddings, named in prompts by file stem (A1111's
+    /// `--embeddings-dir`); `$HIRESFIX_EMBEDDING_PATH` is searched after it.
+    #[arg(long)]
+    pub embeddings: Option<PathBuf>,
     /// Folder of model upscalers (ESRGAN family) for `hr_upscaler`.
     #[arg(long)]
     pub upscalers: Option<PathBuf>,
@@ -112,6 +117,7 @@ pub struct ServerState {
     pub limits: txt2img::Limits,
     pub models_dir: Option<PathBuf>,
     pub loras_dir: Option<PathBuf>,
+    pub embeddings_dir: Option<PathBuf>,
     pub upscalers_dir: Option<PathBuf>,
     /// `--model` when it is a file or folder outside --models (always offered).
     pub extra_model: Option<Checkpoint>,
@@ -334,6 +340,10 @@ impl ServerState {
         self.loras_dir.iter().cloned().collect()
     }
 
+    pub fn embedding_dirs(&self) -> Vec<PathBuf> {
+        self.embeddings_dir.iter().cloned().collect()
+    }
+
     pub fn upscaler_dirs(&self) -> Vec<PathBuf> {
         self.upscalers_dir.iter().cloned().collect()
     }
@@ -438,7 +448,11 @@ fn build_state(
             ),
         },
     };
-    for (flag, dir) in [("loras", &args.loras), ("upscalers", &args.upscalers)] {
+    for (flag, dir) in [
+        ("loras", &args.loras),
+        ("embeddings", &args.embeddings),
+        ("upscalers", &args.upscalers),
+    ] {
         if let Some(dir) = dir {
             if !dir.is_dir() {
                 bail!("--{flag} {}: not a folder", dir.display());
@@ -463,6 +477,7 @@ fn build_state(
         },
         models_dir,
         loras_dir: args.loras.clone(),
+        embeddings_dir: args.embeddings.clone(),
         upscalers_dir: args.upscalers.clone(),
         extra_model,
         checkpoints: RwLock::new(checkpoints),
@@ -485,9 +500,10 @@ fn defaults_profile(path: Option<&std::path::Path>) -> Result<hiresfix_engine::p
     let profile = hiresfix_engine::profile::Profile::load(path)?;
     if !profile.plugin_dirs.is_empty()
         || !profile.lora_dirs.is_empty()
+        || !profile.embedding_dirs.is_empty()
         || !profile.upscaler_dirs.is_empty()
     {
-        bail!("--defaults {}: plugin_dirs, lora_dirs and upscaler_dirs are set by --plugins, --loras and --upscalers; remove them", path.display());
+        bail!("--defaults {}: plugin_dirs, lora_dirs, embedding_dirs and upscaler_dirs are set by --plugins, --loras, --embeddings and --upscalers; remove them", path.display());
     }
     if profile.model.checkpoint.is_some() || profile.model.merge.is_some() {
         bail!("--defaults {}: the model is chosen by --model / the request; remove [model] checkpoint", path.display());
@@ -552,7 +568,7 @@ pub fn router(state: Shared, max_body: usize) -> axum::Router {
         .route("/sdapi/v1/skip", post(sdapi::skip))
         .route("/sdapi/v1/png-info", post(sdapi::png_info))
         .route("/sdapi/v1/scripts", get(sdapi::scripts))
-        .route("/sdapi/v1/embeddings", get(sdapi::embeddings))
+        .route("/sdapi/v1/embeddings", get(embeddings::list))
         .route("/hiresfix/v1/generate", post(native::generate))
         .route("/hiresfix/v1/plugins", get(native::plugins))
         .fallback(sdapi::not_found);

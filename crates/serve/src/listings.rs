@@ -20,6 +20,7 @@ pub async fn cmd_flags(State(state): State<Shared>) -> Json<Value> {
     Json(json!({
         "api": true, "nowebui": true, "listen": !state.loopback,
         "api_auth": null, "ckpt_dir": state.models_dir, "lora_dir": state.loras_dir,
+        "embeddings_dir": state.embeddings_dir,
         "esrgan_models_path": state.upscalers_dir, "lowvram": false, "medvram": false,
         "no_half": matches!(state.dtype, hiresfix_engine::profile::DtypeChoice::Fp32),
         "precision": "full",
@@ -85,23 +86,12 @@ pub async fn unload_checkpoint(
     payload: Payload,
 ) -> ApiResult<Json<Value>> {
     payload.ignored()?;
-    let (reply, outcome) = tokio::sync::oneshot::channel();
     let chore = |models: &mut hiresfix_engine::models::Models<'_>| {
         models.trim(0);
         hiresfix_engine::models::return_free_pages();
         super::worker::Outcome::Done(Vec::new())
     };
-    super::sdapi::submit(
-        &state,
-        super::worker::Work {
-            profile: hiresfix_engine::profile::Profile::empty(),
-            started: None,
-            reply,
-            task: None,
-            chore: Some(Box::new(chore)),
-        },
-    )?;
-    super::sdapi::images_of(outcome.await)?;
+    super::sdapi::run_chore(&state, Box::new(chore)).await?;
     Ok(Json(json!({})))
 }
 

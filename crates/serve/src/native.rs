@@ -68,6 +68,7 @@ fn adopt(state: &Shared, mut profile: Profile) -> ApiResult<Profile> {
         ("plugin_dirs", !profile.plugin_dirs.is_empty()),
         ("plugin_sha256", !profile.plugin_sha256.is_empty()),
         ("lora_dirs", !profile.lora_dirs.is_empty()),
+        ("embedding_dirs", !profile.embedding_dirs.is_empty()),
         ("upscaler_dirs", !profile.upscaler_dirs.is_empty()),
     ];
     if let Some((key, _)) = server_only.iter().find(|(_, set)| *set) {
@@ -173,6 +174,7 @@ fn adopt(state: &Shared, mut profile: Profile) -> ApiResult<Profile> {
         profile.dtype = state.dtype;
     }
     profile.lora_dirs = state.lora_dirs();
+    profile.embedding_dirs = state.embedding_dirs();
     profile.upscaler_dirs = state.upscaler_dirs();
     check_limits(state, &profile, &family)?;
     Ok(profile)

@@ -48,6 +48,26 @@ pub fn submit(state: &Shared, work: Work) -> ApiResult<()> {
 }
 
 /// An outcome as the images made (interrupted: those finished before), or the error.
+/// Runs `chore` on the generation thread (after the jobs before it) and waits for it: the
+/// images it made.
+pub async fn run_chore(
+    state: &Shared,
+    chore: crate::worker::Chore,
+) -> ApiResult<Vec<hiresfix_engine::generate::Rendered>> {
+    let (reply, outcome) = oneshot::channel();
+    submit(
+        state,
+        Work {
+            profile: hiresfix_engine::profile::Profile::empty(),
+            started: None,
+            reply,
+            task: None,
+            chore: Some(chore),
+        },
+    )?;
+    Ok(images_of(outcome.await)?.0)
+}
+
 pub fn images_of(
     outcome: Result<Outcome, oneshot::error::RecvError>,
 ) -> ApiResult<(Vec<hiresfix_engine::generate::Rendered>, bool)> {
@@ -479,8 +499,4 @@ pub async fn png_info(payload: Payload) -> ApiResult<Json<Value>> {
 
 pub async fn scripts() -> Json<Value> {
     Json(json!({"txt2img": [], "img2img": []}))
-}
-
-pub async fn embeddings() -> Json<Value> {
-    Json(json!({"loaded": {}, "skipped": {}}))
 }

@@ -363,6 +363,7 @@ fn map_request(
                 None => state.options_firstpass_conds(),
             };
         profile.lora_dirs = state.lora_dirs();
+        profile.embedding_dirs = state.embedding_dirs();
         profile.upscaler_dirs = state.upscaler_dirs();
         if profile.device == hiresfix_engine::profile::DeviceChoice::Auto {
             profile.device = state.device.clone();

@@ -58,6 +58,15 @@ pub fn sniff(path: &Path) -> Result<Format> {
 
 /// The state dict in `path`: each tensor's name and a contiguous tensor, in the file's order.
 pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    Ok(read_checkpoint(path)?.0)
+}
+
+/// Text fields of a checkpoint kept beside its tensors, `(key, value)`.
+pub type Notes = Vec<(String, String)>;
+
+/// [`read_state_dict`] and the file's notes worth keeping as safetensors metadata: an A1111
+/// embedding's `name`, `step`, `sd_checkpoint` and `sd_checkpoint_name` (those it sets).
+pub fn read_checkpoint(path: &Path) -> Result<(Vec<(String, Tensor)>, Notes)> {
     let file_len = std::fs::metadata(path)
         .with_context(|| format!("cannot read {}", path.display()))?
         .len();
@@ -68,13 +77,13 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
         Format::Zip => {
             let mut archive = ZipStorages::open(path, file_len)?;
             let pickle = archive.pickle()?;
-            tensors(&pickle, &mut archive, budget)
+            Ok((tensors(&pickle, &mut archive, budget)?, notes(&pickle)))
         }
         Format::Legacy => {
             let bytes =
                 std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             let (pickle, mut storages) = legacy(&bytes)?;
-            tensors(&pickle, &mut storages, budget)
+            Ok((tensors(&pickle, &mut storages, budget)?, notes(&pickle)))
         }
     }
 }
@@ -304,8 +313,13 @@ fn legacy_storages(
     Ok(at)
 }
 
+/// The key an A1111 textual-inversion embedding's one tensor is written under (kohya's and
+/// A1111's `.safetensors` embeddings use it).
+pub const EMBEDDING_KEY: &str = "emb_params";
+
 /// The state dict's `(name, tensor reference)`s: the root dict, or the one under a wrapper;
-/// anything else in it is refused.
+/// anything else in it is refused. An A1111 textual-inversion file (`string_to_param` holding
+/// one tensor, `*`) gives that tensor as [`EMBEDDING_KEY`]; its other fields are not read.
 pub fn state_dict(pickle: &Pickle) -> Result<Vec<(String, &TensorRef)>> {
     let root = pickle.dict(&pickle.root).ok_or_else(|| {
         anyhow!(
@@ -313,6 +327,9 @@ pub fn state_dict(pickle: &Pickle) -> Result<Vec<(String, &TensorRef)>> {
             pickle.describe(&pickle.root)
         )
     })?;
+    if let Some(params) = root.get("string_to_param") {
+        return embedding(pickle, params);
+    }
     let dict = WRAPPERS
         .iter()
         .find_map(|w| root.get(w).and_then(|v| pickle.dict(v)))
@@ -338,6 +355,50 @@ pub fn state_dict(pickle: &Pickle) -> Result<Vec<(String, &TensorRef)>> {
         bail!("the state dict holds no tensors — there is nothing to convert");
     }
     Ok(found)
+}
+
+/// An A1111 embedding's text and number fields (none for other files).
+fn notes(pickle: &Pickle) -> Notes {
+    let Some(root) = pickle.dict(&pickle.root) else {
+        return Vec::new();
+    };
+    if root.get("string_to_param").is_none() {
+        return Vec::new();
+    }
+    ["name", "step", "sd_checkpoint", "sd_checkpoint_name"]
+        .into_iter()
+        .filter_map(|key| {
+            let value = match root.get(key)? {
+                Value::Str(s) => s.to_string(),
+                Value::Int(n) => n.to_string(),
+                _ => return None,
+            };
+            Some((key.to_owned(), value))
+        })
+        .collect()
+}
+
+/// The one tensor of an A1111 embedding's `string_to_param` (A1111 refuses more than one term).
+fn embedding<'p>(pickle: &'p Pickle, params: &Value) -> Result<Vec<(String, &'p TensorRef)>> {
+    let dict = pickle.dict(params).ok_or_else(|| {
+        anyhow!(
+            "refused: `string_to_param` is {}, not a dict of one tensor (a ParameterDict of torch 1.11: load and save it again with a newer torch)",
+            pickle.describe(params)
+        )
+    })?;
+    match dict.entries.as_slice() {
+        [(_, value)] => match pickle.object(value) {
+            Some(Object::Tensor(t)) => Ok(vec![(EMBEDDING_KEY.to_owned(), t)]),
+            _ => bail!(
+                "refused: the embedding's vector is {}, not a tensor",
+                pickle.describe(value)
+            ),
+        },
+        entries => bail!(
+            "refused: `string_to_param` holds {} terms; an embedding file has one",
+            entries.len()
+        ),
+    }
 }
 
 /// Every tensor of the state dict, each storage read once.

@@ -4,7 +4,7 @@
 //! Where things are: `families/` (one file per family, as data), `detect/` (what a
 //! checkpoint is: its family, what is refused, its architecture), `checkpoint/` (reading files
 //! and folders), `convert/` (one key-rename module per foreign layout), `text/` (prompts, CLIP,
-//! the conditioner), `unet/`, `denoiser` (eps / v), `vae/`, and `model/` (the assembled model:
+//! textual-inversion embeddings, the conditioner), `unet/`, `denoiser` (eps / v), `vae/`, and `model/` (the assembled model:
 //! loading, the patcher, conditioning batching, the UNet call).
 //! Modules are built under the original LDM (CompVis) weight keys, so a single-file
 //! checkpoint loads by name; other layouts are renamed into that space first.

@@ -184,6 +184,17 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
         self.0.set_loras(&set).map_err(err)
     }
 
+    fn set_embeddings(
+        &self,
+        embeddings: &[host_api::EmbeddingSpec],
+    ) -> Result<Vec<host_api::EmbeddingState>> {
+        Ok(self.0.set_embeddings(embeddings))
+    }
+
+    fn used_embeddings(&self, prompts: &[&str]) -> Result<Vec<String>> {
+        self.0.conditioner().used_embeddings(prompts).map_err(err)
+    }
+
     fn set_patches(
         &self,
         patches: Vec<host_api::PatchBox>,

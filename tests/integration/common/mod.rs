@@ -69,6 +69,17 @@ impl Drop for Scratch {
     }
 }
 
+/// The first 12 hex digits of the sha256 of `bytes` (A1111's short hashes).
+pub fn sha256_12(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()[..12]
+        .to_owned()
+}
+
 /// The text of one PNG chunk (`parameters`, `hiresfix-profile`).
 pub fn chunk(path: &Path, key: &str) -> String {
     hiresfix::output::read_text_chunks(path)

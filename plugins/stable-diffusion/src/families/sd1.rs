@@ -13,6 +13,7 @@ pub const CLIP_L: EncoderSpec = EncoderSpec {
     unused_ldm_layers: 0,
     pooled: false,
     pad: Pad::Eos,
+    embedding_key: "clip_l",
 };
 
 pub const SD1: Family = Family {

@@ -16,6 +16,7 @@ pub const OPENCLIP_H: EncoderSpec = EncoderSpec {
     unused_ldm_layers: 1,
     pooled: false,
     pad: Pad::Zero,
+    embedding_key: "clip_h",
 };
 
 pub const SD2: Family = Family {

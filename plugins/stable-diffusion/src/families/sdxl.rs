@@ -18,6 +18,7 @@ pub const CLIP_L: EncoderSpec = EncoderSpec {
     unused_ldm_layers: 0,
     pooled: false,
     pad: Pad::Eos,
+    embedding_key: "clip_l",
 };
 
 pub const OPENCLIP_BIGG: EncoderSpec = EncoderSpec {
@@ -30,6 +31,7 @@ pub const OPENCLIP_BIGG: EncoderSpec = EncoderSpec {
     unused_ldm_layers: 0,
     pooled: true,
     pad: Pad::Zero,
+    embedding_key: "clip_g",
 };
 
 pub const SDXL: Family = Family {

@@ -68,6 +68,9 @@ pub struct EncoderSpec {
     /// Whether its projected end-of-text token conditions the UNet (SDXL's bigG).
     pub pooled: bool,
     pub pad: Pad,
+    /// The key of this encoder's vectors in a multi-encoder textual-inversion file (A1111's
+    /// `textual_inversion_key`: SDXL's `clip_l` and `clip_g`).
+    pub embedding_key: &'static str,
 }
 
 /// What the UNet gets besides text cross-attention.

@@ -143,6 +143,14 @@ impl SdModel {
         self.patcher.set_loras(&self.vs, set)
     }
 
+    /// Makes `specs` the textual-inversion embeddings prompts are read with; one state each.
+    pub fn set_embeddings(
+        &self,
+        specs: &[host_api::EmbeddingSpec],
+    ) -> Vec<host_api::EmbeddingState> {
+        self.conditioner.set_embeddings(specs)
+    }
+
     /// Makes `patches` the UNet patches every following UNet call runs with (empty: the plain
     /// UNet); `pass` is the sigma range of the pass they run in.
     pub fn set_patches(&self, patches: Vec<host_api::PatchBox>, pass: host_api::PassSigmas) {

@@ -148,6 +148,15 @@ pub struct TextOutput {
     pub pooled: Option<Tensor>,
 }
 
+/// Vectors written over one row's token embeddings from `position` on (A1111's
+/// `EmbeddingsWithFixes`: a textual-inversion embedding; cut at the row's end).
+pub struct TokenFix {
+    pub row: i64,
+    pub position: i64,
+    /// `[n, hidden]`.
+    pub vectors: Tensor,
+}
+
 /// The text encoder; `new` takes the path of the encoder's LDM prefix.
 pub struct ClipTextTransformer {
     token_embedding: nn::Embedding,
@@ -198,6 +207,17 @@ impl ClipTextTransformer {
         layer: TextLayer,
         clip_skip: usize,
     ) -> Result<TextOutput> {
+        self.forward_with(tokens, &[], layer, clip_skip)
+    }
+
+    /// [`Self::forward`] with `fixes` written over the token embeddings.
+    pub fn forward_with(
+        &self,
+        tokens: &Tensor,
+        fixes: &[TokenFix],
+        layer: TextLayer,
+        clip_skip: usize,
+    ) -> Result<TextOutput> {
         let n = self.layers.len();
         let offset = usize::from(layer == TextLayer::Penultimate);
         let back = clip_skip + offset;
@@ -215,8 +235,22 @@ impl ClipTextTransformer {
             );
         }
         let positions = Tensor::arange(len, (Kind::Int64, tokens.device()));
-        let mut x = self.token_embedding.forward(tokens)
-            + self.position_embedding.forward(&positions).unsqueeze(0);
+        let embedded = self.token_embedding.forward(tokens);
+        for fix in fixes {
+            let n = fix.vectors.size()[0].min(len - fix.position);
+            if n > 0 {
+                let vectors = fix
+                    .vectors
+                    .narrow(0, 0, n)
+                    .to_device(embedded.device())
+                    .to_kind(embedded.kind());
+                embedded
+                    .get(fix.row)
+                    .narrow(0, fix.position, n)
+                    .copy_(&vectors);
+            }
+        }
+        let mut x = embedded + self.position_embedding.forward(&positions).unsqueeze(0);
         let wanted = n + 1 - back;
         let run = if self.text_projection.is_some() {
             n

@@ -3,10 +3,14 @@
 //! encoder with A1111 emphasis, hidden states concatenated along the width, chunks along the
 //! tokens; SDXL adds the vector `y` = pooled text ⊕ embedded size ids (the refiner: original
 //! size, crop and aesthetic score).
+use std::cell::RefCell;
+
 use anyhow::{bail, Result};
+use host_api::{EmbeddingSpec, EmbeddingState};
 use tch::{Device, Kind, Tensor};
 
-use super::clip::ClipTextTransformer;
+use super::clip::{ClipTextTransformer, TokenFix};
+use super::embeddings::{EmbeddingDb, EncoderSlot};
 use super::emphasis::apply_emphasis;
 use super::tokenizer::{extract_loras, ClipTokenizer, PromptChunk, CHUNK_TOKENS};
 use crate::families::sdxl_refiner::AESTHETIC_SCORES;
@@ -73,6 +77,8 @@ pub struct Conditioner {
     family: &'static Family,
     /// Width of each embedded size id (SDXL: 256), inferred from `label_emb`'s input width.
     size_embed_dim: Option<i64>,
+    /// The textual-inversion embeddings prompts are read with.
+    embeddings: RefCell<EmbeddingDb>,
     device: Device,
     kind: Kind,
 }
@@ -106,9 +112,40 @@ impl Conditioner {
             tokenizer: ClipTokenizer::new(),
             family,
             size_embed_dim,
+            embeddings: RefCell::default(),
             device,
             kind,
         })
+    }
+
+    /// Makes `specs` the embeddings prompts are read with; one state per file.
+    pub fn set_embeddings(&self, specs: &[EmbeddingSpec]) -> Vec<EmbeddingState> {
+        let slots: Vec<EncoderSlot> = self
+            .encoders
+            .iter()
+            .map(|e| EncoderSlot {
+                key: e.spec.embedding_key,
+                width: e.model.config().hidden_size,
+            })
+            .collect();
+        let (db, states) = EmbeddingDb::load(specs, &slots, &self.tokenizer);
+        *self.embeddings.borrow_mut() = db;
+        states
+    }
+
+    /// The embeddings (loaded or skipped) `prompts` name, each once, in order of appearance.
+    pub fn used_embeddings(&self, prompts: &[&str]) -> Result<Vec<String>> {
+        let db = self.embeddings.borrow();
+        let mut entries: Vec<usize> = Vec::new();
+        for prompt in prompts {
+            let (text, _) = extract_loras(prompt).map_err(anyhow::Error::msg)?;
+            self.tokenizer.chunks_with(&text, &*db, &mut |e| {
+                if !entries.contains(&e) {
+                    entries.push(e)
+                }
+            });
+        }
+        Ok(entries.into_iter().map(|e| db.name(e).to_owned()).collect())
     }
 
     pub fn encoders(&self) -> &[TextEncoder] {
@@ -130,7 +167,9 @@ impl Conditioner {
     /// The conditioning of one prompt; `<lora:…>` tags are removed (applied elsewhere).
     pub fn encode(&self, input: &PromptInput<'_>) -> Result<Conditioning> {
         let (text, _) = extract_loras(input.text).map_err(anyhow::Error::msg)?;
-        let chunks = self.tokenizer.chunks(&text);
+        let chunks = self
+            .tokenizer
+            .chunks_with(&text, &*self.embeddings.borrow(), &mut |_| {});
         if chunks.len() > MAX_CHUNKS {
             bail!(
                 "the prompt is {} chunks of 75 tokens (at most {MAX_CHUNKS}) — shorten it",
@@ -143,8 +182,9 @@ impl Conditioner {
         };
         let mut hidden = Vec::with_capacity(self.encoders.len());
         let mut pooled = None;
-        for encoder in &self.encoders {
-            let (z, p) = self.encode_chunks(encoder, &chunks, clip_skip)?;
+        for (i, encoder) in self.encoders.iter().enumerate() {
+            let fixes = self.fixes(&chunks, i);
+            let (z, p) = self.encode_chunks(encoder, &chunks, &fixes, clip_skip)?;
             hidden.push(z);
             pooled = pooled.or(p);
         }
@@ -166,12 +206,29 @@ impl Conditioner {
         Ok(Conditioning { context, vector })
     }
 
+    /// The embedding vectors of encoder `encoder` the chunks' placeholders take.
+    fn fixes(&self, chunks: &[PromptChunk], encoder: usize) -> Vec<TokenFix> {
+        let db = self.embeddings.borrow();
+        let mut fixes = Vec::new();
+        for (row, chunk) in chunks.iter().enumerate() {
+            for fix in &chunk.fixes {
+                fixes.push(TokenFix {
+                    row: row as i64,
+                    position: fix.offset as i64 + 1, // after BOS
+                    vectors: db.embedding(fix.embedding).rows[encoder].shallow_clone(),
+                });
+            }
+        }
+        fixes
+    }
+
     /// `[1, 77·k, hidden]` emphasised, and the pooled output of the first chunk (A1111 takes
     /// `zs[0].pooled`, before emphasis).
     fn encode_chunks(
         &self,
         encoder: &TextEncoder,
         chunks: &[PromptChunk],
+        fixes: &[TokenFix],
         clip_skip: usize,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let k = chunks.len() as i64;
@@ -207,7 +264,7 @@ impl Conditioner {
             .to_kind(self.kind);
         let out = encoder
             .model
-            .forward(&tokens, encoder.spec.layer, clip_skip)?;
+            .forward_with(&tokens, fixes, encoder.spec.layer, clip_skip)?;
         let z = apply_emphasis(&out.hidden, &weights);
         let width = z.size()[2];
         let pooled = out.pooled.map(|p| p.narrow(0, 0, 1));

@@ -21,6 +21,42 @@ const SQUARE_MULTIPLIER: f64 = 1.0 / 1.1;
 pub struct PromptChunk {
     pub tokens: Vec<i64>,
     pub weights: Vec<f32>,
+    /// Embeddings whose vectors replace placeholder tokens (A1111 `PromptChunkFix`).
+    pub fixes: Vec<Fix>,
+}
+
+/// Token sequences that stand for vectors in prompts (textual-inversion embeddings).
+pub trait Names {
+    /// The name starting at `tokens[at]`, if any.
+    fn find_at(&self, tokens: &[i64], at: usize) -> Option<NameAt>;
+}
+
+/// A name found in a prompt.
+pub struct NameAt {
+    /// Prompt tokens the name covers.
+    pub tokens: usize,
+    /// Which name (for [`ClipTokenizer::chunks_with`]'s `seen`).
+    pub entry: usize,
+    /// A loaded embedding's index and vector count; `None`: a skipped one, read as text.
+    pub loaded: Option<(usize, usize)>,
+}
+
+/// No names: every prompt is text.
+struct NoNames;
+
+impl Names for NoNames {
+    fn find_at(&self, _: &[i64], _: usize) -> Option<NameAt> {
+        None
+    }
+}
+
+/// An embedding's vectors at `offset` prompt tokens after BOS (its placeholders are token 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fix {
+    pub offset: usize,
+    /// Index of the loaded embedding (the [`Names`]' own numbering).
+    pub embedding: usize,
+    pub vectors: usize,
 }
 
 impl PromptChunk {
@@ -226,10 +262,23 @@ impl ClipTokenizer {
     /// A1111 `tokenize_line`: the prompt's chunks, each BOS + 75 tokens (padded) + EOS, at
     /// least one. `prompt` must already be free of `<lora:…>` tags.
     pub fn chunks(&self, prompt: &str) -> Vec<PromptChunk> {
+        self.chunks_with(prompt, &NoNames, &mut |_| {})
+    }
+
+    /// [`Self::chunks`] with `names` standing for their vectors (a loaded embedding's
+    /// placeholders never straddle a chunk: one that would not fit starts the next, as
+    /// A1111's); `seen` hears of every name found, loaded or skipped (its entry index).
+    pub fn chunks_with(
+        &self,
+        prompt: &str,
+        names: &dyn Names,
+        seen: &mut dyn FnMut(usize),
+    ) -> Vec<PromptChunk> {
         let mut builder = ChunkBuilder {
             chunks: Vec::new(),
             tokens: Vec::new(),
             weights: Vec::new(),
+            fixes: Vec::new(),
             last_comma: None,
         };
         for (text, weight) in parse_prompt_attention(prompt) {
@@ -237,8 +286,24 @@ impl ClipTokenizer {
                 builder.finish_chunk(self);
                 continue;
             }
-            for token in self.encode(&text) {
-                builder.push(self, token, weight as f32);
+            let tokens = self.encode(&text);
+            let mut at = 0;
+            while at < tokens.len() {
+                builder.make_room(self, tokens[at]);
+                let found = names.find_at(&tokens, at);
+                if let Some(found) = &found {
+                    seen(found.entry);
+                }
+                match found.and_then(|f| Some((f.tokens, f.loaded?))) {
+                    Some((covered, (embedding, vectors))) => {
+                        builder.embed(self, embedding, vectors, weight as f32);
+                        at += covered;
+                    }
+                    None => {
+                        builder.push(tokens[at], weight as f32);
+                        at += 1;
+                    }
+                }
             }
         }
         if !builder.tokens.is_empty() || builder.chunks.is_empty() {
@@ -258,30 +323,64 @@ struct ChunkBuilder {
     chunks: Vec<PromptChunk>,
     tokens: Vec<i64>,
     weights: Vec<f32>,
+    fixes: Vec<Fix>,
     /// Position of the last comma in the open chunk.
     last_comma: Option<usize>,
 }
 
 impl ChunkBuilder {
-    fn push(&mut self, tok: &ClipTokenizer, token: i64, weight: f32) {
+    /// What A1111 does before placing the prompt token `token`: remember a comma, or at a
+    /// full chunk move the words after a recent comma to the next chunk; then close a full
+    /// chunk.
+    fn make_room(&mut self, tok: &ClipTokenizer, token: i64) {
         if token == tok.comma {
             self.last_comma = Some(self.tokens.len());
         } else if let Some(comma) = self
             .last_comma
             .filter(|c| self.tokens.len() == CHUNK_LENGTH && CHUNK_LENGTH - c <= COMMA_BACKTRACK)
         {
-            // A full chunk with a recent comma: move the words after the comma to the next chunk.
-            let moved_tokens = self.tokens.split_off(comma + 1);
-            let moved_weights = self.weights.split_off(comma + 1);
+            // An embedding's placeholders move with their fix (A1111 leaves the fix behind,
+            // which writes the vectors over the old chunk's padding).
+            let cut = comma + 1;
+            let moved_tokens = self.tokens.split_off(cut);
+            let moved_weights = self.weights.split_off(cut);
+            let (moved_fixes, kept): (Vec<Fix>, Vec<Fix>) =
+                self.fixes.drain(..).partition(|f| f.offset >= cut);
+            self.fixes = kept;
             self.finish_chunk(tok);
             self.tokens = moved_tokens;
             self.weights = moved_weights;
+            self.fixes = moved_fixes
+                .into_iter()
+                .map(|f| Fix {
+                    offset: f.offset - cut,
+                    ..f
+                })
+                .collect();
         }
         if self.tokens.len() == CHUNK_LENGTH {
             self.finish_chunk(tok);
         }
+    }
+
+    fn push(&mut self, token: i64, weight: f32) {
         self.tokens.push(token);
         self.weights.push(weight);
+    }
+
+    /// A1111: an embedding that would cross the chunk's end starts the next chunk; its
+    /// vectors take `vectors` placeholder tokens (0) with the fragment's weight.
+    fn embed(&mut self, tok: &ClipTokenizer, embedding: usize, vectors: usize, weight: f32) {
+        if self.tokens.len() + vectors > CHUNK_LENGTH {
+            self.finish_chunk(tok);
+        }
+        self.fixes.push(Fix {
+            offset: self.tokens.len(),
+            embedding,
+            vectors,
+        });
+        self.tokens.extend(std::iter::repeat_n(0, vectors));
+        self.weights.extend(std::iter::repeat_n(weight, vectors));
     }
 
     fn finish_chunk(&mut self, tok: &ClipTokenizer) {
@@ -294,7 +393,12 @@ impl ChunkBuilder {
         weights.push(1.0);
         weights.append(&mut self.weights);
         weights.extend(std::iter::repeat_n(1.0, pad + 1));
-        self.chunks.push(PromptChunk { tokens, weights });
+        let fixes = std::mem::take(&mut self.fixes);
+        self.chunks.push(PromptChunk {
+            tokens,
+            weights,
+            fixes,
+        });
         self.last_comma = None;
     }
 }
@@ -346,6 +450,43 @@ mod tests {
         assert!(close(&parsed("(a:1.2"), &[("a:1.2", 1.1)]));
         assert!(close(&parsed("x:1.2) y"), &[("x:1.2) y", 1.0)]));
         assert!(close(&parsed("((a), b:0.5)"), &[("a", 0.55), (", b", 0.5)]));
+    }
+
+    /// One name, `ids`, standing for `vectors` vectors.
+    struct OneName(Vec<i64>, usize);
+
+    impl Names for OneName {
+        fn find_at(&self, tokens: &[i64], at: usize) -> Option<NameAt> {
+            (tokens.get(at..at + self.0.len()) == Some(&self.0[..])).then_some(NameAt {
+                tokens: self.0.len(),
+                entry: 0,
+                loaded: Some((0, self.1)),
+            })
+        }
+    }
+
+    #[test]
+    fn an_embedding_after_a_recent_comma_moves_to_the_next_chunk_with_its_vectors() {
+        let tok = ClipTokenizer::new();
+        let names = OneName(tok.encode("emb"), 2);
+        let words = |n| vec!["w"; n].join(" ");
+        let chunks = tok.chunks_with(
+            &format!("{} , emb {}", words(60), words(20)),
+            &names,
+            &mut |_| {},
+        );
+        assert!(chunks[0].fixes.is_empty());
+        let moved = Fix {
+            offset: 0,
+            embedding: 0,
+            vectors: 2,
+        };
+        assert_eq!(chunks[1].fixes, [moved]);
+        assert_eq!(chunks[1].tokens[1..3], [0, 0]);
+        // One that would cross a chunk's end starts the next chunk (no comma near).
+        let chunks = tok.chunks_with(&format!("{} emb", words(74)), &names, &mut |_| {});
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[1].fixes, [moved]);
     }
 
     #[test]
