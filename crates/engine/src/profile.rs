@@ -38,6 +38,14 @@ pub struct Profile {
     /// Where model upscalers (ESRGAN family) are looked up by file stem.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upscaler_dirs: Vec<PathBuf>,
+    /// Where live previews look for a TAESD decoder (`taesd_decoder.safetensors`,
+    /// `taesdxl_decoder.safetensors`; A1111's `models/VAE-approx`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vae_approx_dirs: Vec<PathBuf>,
+    /// A live preview every N sampler steps (steps 0, N, 2N, … of each pass, as A1111's
+    /// `show_progress_every_n_steps`); 0 = none. The command line writes them to `--preview`.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub preview_every: u32,
     /// Plugin file name → expected sha256 (hex); a mismatch refuses that plugin.
     #[serde(default)]
     pub plugin_sha256: BTreeMap<String, String>,
@@ -507,6 +515,8 @@ const TOP_KEYS: &[&str] = &[
     "plugin_dirs",
     "lora_dirs",
     "upscaler_dirs",
+    "vae_approx_dirs",
+    "preview_every",
     "plugin_sha256",
     "vae_tiling",
     "vae_tile_size",
@@ -635,6 +645,7 @@ impl Profile {
         self.plugin_dirs.clear();
         self.plugin_sha256.clear();
         self.lora_dirs.clear();
+        self.vae_approx_dirs.clear();
         self.output = default_output();
         self
     }
