@@ -44,7 +44,11 @@ pub struct Profile {
     pub vae_approx_dirs: Vec<PathBuf>,
     /// A live preview every N sampler steps (steps 0, N, 2N, … of each pass, as A1111's
     /// `show_progress_every_n_steps`); 0 = none. The command line writes them to `--preview`.
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    #[serde(
+        default,
+        deserialize_with = "preview_every",
+        skip_serializing_if = "is_zero_u32"
+    )]
     pub preview_every: u32,
     /// Plugin file name → expected sha256 (hex); a mismatch refuses that plugin.
     #[serde(default)]
@@ -462,6 +466,9 @@ fn cfg_scale<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 }
 fn subseed_strength<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     checked(d, defaults::subseed_strength)
+}
+fn preview_every<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    checked(d, defaults::preview_every).map(|v| v as u32)
 }
 fn seed_resize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     checked(d, defaults::seed_resize)

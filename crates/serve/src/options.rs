@@ -17,6 +17,7 @@ pub const HONOURED: &[&str] = &[
     "hires_fix_use_firstpass_conds",
     "live_previews_enable",
     "show_progress_every_n_steps",
+    "show_progress_type",
 ];
 
 /// A1111 1.10's options with their defaults.
@@ -48,6 +49,11 @@ pub fn checked(key: &str, value: &Value) -> ApiResult<Value> {
         "show_progress_every_n_steps" => match value.as_i64() {
             Some(n) if n >= -1 => Ok(Value::from(n)),
             _ => bad("a whole number of steps (-1: no previews while sampling)"),
+        },
+        // A1111's choices; "Approx NN" and "Full" preview as "TAESD" does here.
+        "show_progress_type" => match value.as_str() {
+            Some(s @ ("Full" | "Approx NN" | "Approx cheap" | "TAESD")) => Ok(Value::from(s)),
+            _ => bad("one of \"Full\", \"Approx NN\", \"Approx cheap\", \"TAESD\""),
         },
         "live_previews_enable" | "hires_fix_use_firstpass_conds" => {
             super::bool_field(key, value).map(Value::Bool)
