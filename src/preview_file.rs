@@ -49,21 +49,14 @@ impl PreviewFile {
     }
 
     pub fn wanted(&self, step: usize) -> bool {
-        step % self.every == 0
+        step.is_multiple_of(self.every)
     }
 
     /// Writes `image` as the file's new content.
     pub fn write(&self, image: &Rgb8) {
-        let written = hiresfix_engine::output::encode_png(
-            image.width,
-            image.height,
-            &image.pixels,
-            "",
-            "",
-            None,
-        )
-        .and_then(|png| Ok(std::fs::write(&self.temp, png)?))
-        .and_then(|()| Ok(std::fs::rename(&self.temp, &self.path)?));
+        let written = hiresfix_engine::live_preview::png(image)
+            .and_then(|png| Ok(std::fs::write(&self.temp, png)?))
+            .and_then(|()| Ok(std::fs::rename(&self.temp, &self.path)?));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&self.temp);
             if !self.failed.swap(true, Ordering::Relaxed) {

@@ -123,6 +123,12 @@ fn fit(latent: &Tensor) -> Tensor {
     latent.to_kind(Kind::Float).adaptive_avg_pool2d(size)
 }
 
+/// A preview as a PNG without text chunks (what `/progress`, the native stream and
+/// `--preview` hand on).
+pub fn png(image: &Rgb8) -> anyhow::Result<Vec<u8>> {
+    crate::output::encode_png(image.width, image.height, &image.pixels, "", "", None)
+}
+
 /// `[3, h, w]` in -1..1 to RGB8 as ComfyUI's `preview_to_image`: clamped, `(x + 1) * 127.5`,
 /// rounded.
 pub fn to_rgb8(rgb: &Tensor) -> Option<Rgb8> {
