@@ -4,6 +4,7 @@
 //! (`hiresfix-serve`) and the pickle reader (`torch-pickle`). `main.rs` parses and dispatches.
 pub mod batch;
 pub mod commands;
+pub mod preview_file;
 pub mod sheet;
 pub mod terminal;
 pub mod timings;

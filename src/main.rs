@@ -41,6 +41,10 @@ enum Command {
         /// Output path (replaces the profile's `output`; `{seed}` and `{n}` expand).
         #[arg(short, long)]
         output: Option<String>,
+        /// Live previews of the running image written to this PNG, replaced in place
+        /// (atomically) every `preview_every` steps of the profile (every step when unset).
+        #[arg(long, value_name = "FILE")]
+        preview: Option<PathBuf>,
     },
     /// Run the remaining passes of an image: a preview from `generate --passes K` continues
     /// from its stored latent; any other image is VAE-encoded as pass 1's result.
@@ -136,6 +140,7 @@ fn run(cli: Cli) -> Result<()> {
             passes,
             sets,
             output,
+            preview,
         } => {
             let mut profile = load_profile(&path, &sets)?;
             if let Some(seed) = seed {
@@ -153,7 +158,7 @@ fn run(cli: Cli) -> Result<()> {
                 passes: passes.map(|k| k as usize),
                 ..generate::RunOptions::new(base_dir(&path))
             };
-            run_generate(profile, options)
+            run_generate(profile, options, preview.as_deref())
         }
         Command::Finish {
             image,

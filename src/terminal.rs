@@ -1,5 +1,6 @@
 //! The command line's observer of a run: one progress bar per pass on stderr (hidden with
-//! `-q`), each phase's seconds for `HIRESFIX_TIMINGS`, and Ctrl-C as the stop.
+//! `-q`), each phase's seconds for `HIRESFIX_TIMINGS`, Ctrl-C as the stop, and the live
+//! previews of `--preview FILE`.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -18,6 +19,8 @@ pub fn stopped() -> bool {
 pub struct Terminal {
     quiet: bool,
     bar: Mutex<Option<ProgressBar>>,
+    /// `generate --preview FILE`.
+    preview: Option<crate::preview_file::PreviewFile>,
 }
 
 impl Terminal {
@@ -25,7 +28,14 @@ impl Terminal {
         Self {
             quiet,
             bar: Mutex::new(None),
+            preview: None,
         }
+    }
+
+    /// Live previews written to `preview` as the run goes.
+    pub fn with_preview(mut self, preview: Option<crate::preview_file::PreviewFile>) -> Self {
+        self.preview = preview;
+        self
     }
 
     fn with_bar(&self, f: impl FnOnce(&mut Option<ProgressBar>)) {
@@ -68,6 +78,16 @@ impl Observer for Terminal {
 
     fn stopped(&self) -> bool {
         stopped()
+    }
+
+    fn preview_wanted(&self, i: usize) -> bool {
+        self.preview.as_ref().is_some_and(|p| p.wanted(i))
+    }
+
+    fn preview(&self, image: &hiresfix_engine::png_pixels::Rgb8) {
+        if let Some(p) = &self.preview {
+            p.write(image);
+        }
     }
 
     fn timed(&self, phase: &str, seconds: f64) {

@@ -64,7 +64,7 @@ pub fn run(checkpoint: Option<PathBuf>, quiet: bool, output: Option<String>) -> 
         native_size,
         ..RunOptions::new(PathBuf::new())
     };
-    run_generate(profile, options)
+    run_generate(profile, options, None)
 }
 
 /// The first backend that has a demo model writes it.

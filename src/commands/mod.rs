@@ -37,10 +37,14 @@ pub(crate) fn print_written(paths: &[PathBuf]) {
     }
 }
 
-/// `generate`: runs `profile` and prints the written paths.
-pub fn run_generate(profile: Profile, options: RunOptions) -> Result<()> {
+/// `generate`: runs `profile` and prints the written paths; `preview` (`--preview FILE`)
+/// receives its live previews every `preview_every` steps (every step when that is 0).
+pub fn run_generate(profile: Profile, options: RunOptions, preview: Option<&Path>) -> Result<()> {
+    let preview = preview
+        .map(|p| crate::preview_file::PreviewFile::new(p, profile.preview_every))
+        .transpose()?;
     let registry = registry_for(&profile, &options.base_dir);
-    let terminal = crate::terminal::Terminal::new(options.quiet);
+    let terminal = crate::terminal::Terminal::new(options.quiet).with_preview(preview);
     let written = generate(profile, &registry, &options, &terminal)?;
     print_written(&written);
     warn_refused(&registry);

@@ -52,7 +52,7 @@ pub fn run(image: &Path, quiet: bool, output: Option<String>) -> Result<()> {
         passes,
         ..RunOptions::new(PathBuf::new())
     };
-    run_generate(profile, options)
+    run_generate(profile, options, None)
 }
 
 /// `--to-profile`: the imported profile as TOML on stdout (or in `output`), and what could

@@ -15,6 +15,7 @@ mod files_hostile;
 mod img2img;
 mod info;
 mod inpaint_model;
+mod live_preview;
 mod lora;
 mod merge_and_switch;
 mod model_upscalers;

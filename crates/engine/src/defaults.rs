@@ -137,6 +137,16 @@ pub fn seed_resize(v: u32) -> Result<u32, String> {
     })
 }
 
+/// `preview_every`: 0 (off) or a number of steps.
+pub fn preview_every(v: i64) -> Result<i64, String> {
+    rule(v, (0..=i64::from(u16::MAX)).contains(&v), || {
+        format!(
+            "preview_every must be 0 (no live previews) or a number of steps up to {}",
+            u16::MAX
+        )
+    })
+}
+
 /// The CFG scale, of the profile or of a pass.
 pub fn cfg(v: f64) -> Result<f64, String> {
     rule(v, (0.0..=MAX_CFG).contains(&v), || {

@@ -86,6 +86,7 @@ fn prepare_inner<'r>(
         };
     }
     let settings = give_back!(LoadSettings::from_profile(&profile));
+    models.preview_dirs = crate::live_preview::dirs(&profile.vae_approx_dirs, base_dir);
     // Everything but pass 1's native size needs no model: resolved and planned once, here.
     give_back!(profile.resolve(None));
     let plans = give_back!(plan_passes(&profile, registry, base_dir));

@@ -106,6 +106,8 @@ pub struct Models<'r> {
     backends: RefCell<HashMap<PathBuf, &'r Entry<BackendDecl>>>,
     /// Who hears about the run's progress and timings, and may stop it (the caller's).
     pub observer: &'r dyn Observer,
+    /// Where live previews look for a TAESD decoder (the job's `vae_approx_dirs`).
+    pub preview_dirs: Vec<PathBuf>,
 }
 
 impl<'r> Models<'r> {
@@ -124,6 +126,7 @@ impl<'r> Models<'r> {
             final_image: false,
             backends: RefCell::new(HashMap::new()),
             observer,
+            preview_dirs: Vec::new(),
         }
     }
 

@@ -43,7 +43,8 @@ pub trait Observer: Sync {
         false
     }
 
-    /// A live preview of the running image (A1111's "Approx cheap", [`crate::preview`]).
+    /// A live preview of the running image ([`crate::live_preview`]: TAESD, or ComfyUI's
+    /// latent-to-RGB factors).
     fn preview(&self, _image: &crate::png_pixels::Rgb8) {}
 
     /// `phase` (`load`, `text encode`, `pass 1`, `upscale`, `vae decode`, `png`) took

@@ -41,6 +41,18 @@ pub struct Profile {
     /// Where model upscalers (ESRGAN family) are looked up by file stem.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upscaler_dirs: Vec<PathBuf>,
+    /// Where live previews look for a TAESD decoder (`taesd_decoder.safetensors`,
+    /// `taesdxl_decoder.safetensors`; A1111's `models/VAE-approx`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vae_approx_dirs: Vec<PathBuf>,
+    /// A live preview every N sampler steps (steps 0, N, 2N, … of each pass, as A1111's
+    /// `show_progress_every_n_steps`); 0 = none. The command line writes them to `--preview`.
+    #[serde(
+        default,
+        deserialize_with = "preview_every",
+        skip_serializing_if = "is_zero_u32"
+    )]
+    pub preview_every: u32,
     /// Plugin file name → expected sha256 (hex); a mismatch refuses that plugin.
     #[serde(default)]
     pub plugin_sha256: BTreeMap<String, String>,
@@ -468,6 +480,9 @@ fn cfg_scale<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 fn subseed_strength<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     checked(d, defaults::subseed_strength)
 }
+fn preview_every<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    checked(d, defaults::preview_every).map(|v| v as u32)
+}
 fn seed_resize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     checked(d, defaults::seed_resize)
 }
@@ -524,6 +539,8 @@ const TOP_KEYS: &[&str] = &[
     "lora_dirs",
     "embedding_dirs",
     "upscaler_dirs",
+    "vae_approx_dirs",
+    "preview_every",
     "plugin_sha256",
     "vae_tiling",
     "vae_tile_size",
@@ -655,6 +672,7 @@ impl Profile {
         self.plugin_sha256.clear();
         self.lora_dirs.clear();
         self.embedding_dirs.clear();
+        self.vae_approx_dirs.clear();
         self.output = default_output();
         self
     }

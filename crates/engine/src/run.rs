@@ -28,8 +28,8 @@ struct Guidance<'a> {
     cfg: f64,
     noise: StepNoise,
     observer: &'a dyn Observer,
-    /// The model's family (the live preview's factors) and the last denoised prediction.
-    family: &'a str,
+    /// The pass's live previews and the last denoised prediction (the prompt's).
+    preview: crate::live_preview::PassPreview<'a>,
     last: Option<Tensor>,
     /// What the last call returned (after CFG and the mask blend): the image as far as it
     /// got when the run is stopped (A1111's `sampler.last_latent`).
@@ -92,7 +92,7 @@ impl SamplerCallbacks for Guidance<'_> {
     }
 
     fn step(&mut self, i: usize, _total: usize) -> bool {
-        crate::preview::offer(self.observer, i, self.last.as_ref(), self.family);
+        self.preview.offer(self.observer, i, self.last.as_ref());
         self.observer.step(i)
     }
 }
@@ -423,6 +423,7 @@ pub fn run_batch(
             n => format!("pass {} ×{n}", plan.number),
         };
         observer.pass_started(plan.number, plan.steps, &label);
+        let preview_dirs = models.preview_dirs.clone();
         let mut guidance = Guidance {
             model: &model,
             refiner: refiner.as_ref().map(|(model, conds)| Handover {
@@ -443,7 +444,7 @@ pub fn run_batch(
             cfg: plan.cfg,
             noise: StepNoise::new(seeds, noise_settings.delta, &shape, plan.steps + 1),
             observer,
-            family: info.family.as_str(),
+            preview: crate::live_preview::PassPreview::new(info.family.as_str(), &preview_dirs),
             last: None,
             denoised: None,
             blend: blend_with.as_ref(),

@@ -348,6 +348,21 @@ impl ServerState {
         self.upscalers_dir.iter().cloned().collect()
     }
 
+    /// Where live previews find a TAESD decoder: `<models>/VAE-approx` (A1111's folder),
+    /// unless the option `show_progress_type` asks for "Approx cheap" (the latent-to-RGB
+    /// factors).
+    pub fn vae_approx_dirs(&self) -> Vec<PathBuf> {
+        let cheap = self
+            .lock_options()
+            .get("show_progress_type")
+            .and_then(Value::as_str)
+            == Some("Approx cheap");
+        match (&self.models_dir, cheap) {
+            (Some(dir), false) => vec![dir.join("VAE-approx")],
+            _ => Vec::new(),
+        }
+    }
+
     pub fn loras(&self) -> Vec<catalog::Lora> {
         self.loras_dir
             .as_deref()
@@ -502,8 +517,9 @@ fn defaults_profile(path: Option<&std::path::Path>) -> Result<hiresfix_engine::p
         || !profile.lora_dirs.is_empty()
         || !profile.embedding_dirs.is_empty()
         || !profile.upscaler_dirs.is_empty()
+        || !profile.vae_approx_dirs.is_empty()
     {
-        bail!("--defaults {}: plugin_dirs, lora_dirs, embedding_dirs and upscaler_dirs are set by --plugins, --loras, --embeddings and --upscalers; remove them", path.display());
+        bail!("--defaults {}: plugin_dirs, lora_dirs, embedding_dirs, upscaler_dirs and vae_approx_dirs are set by --plugins, --loras, --embeddings, --upscalers and <models>/VAE-approx; remove them", path.display());
     }
     if profile.model.checkpoint.is_some() || profile.model.merge.is_some() {
         bail!("--defaults {}: the model is chosen by --model / the request; remove [model] checkpoint", path.display());

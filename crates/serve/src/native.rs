@@ -70,11 +70,12 @@ fn adopt(state: &Shared, mut profile: Profile) -> ApiResult<Profile> {
         ("lora_dirs", !profile.lora_dirs.is_empty()),
         ("embedding_dirs", !profile.embedding_dirs.is_empty()),
         ("upscaler_dirs", !profile.upscaler_dirs.is_empty()),
+        ("vae_approx_dirs", !profile.vae_approx_dirs.is_empty()),
     ];
     if let Some((key, _)) = server_only.iter().find(|(_, set)| *set) {
         return Err(ApiError::field(
             key,
-            format!("{key} is the server's (--plugins, --loras, --upscalers); leave it out"),
+            format!("{key} is the server's (--plugins, --loras, --upscalers, <models>/VAE-approx); leave it out"),
         ));
     }
     // Prompts are bounded before their tags are scanned.
@@ -176,6 +177,7 @@ fn adopt(state: &Shared, mut profile: Profile) -> ApiResult<Profile> {
     profile.lora_dirs = state.lora_dirs();
     profile.embedding_dirs = state.embedding_dirs();
     profile.upscaler_dirs = state.upscaler_dirs();
+    profile.vae_approx_dirs = state.vae_approx_dirs();
     check_limits(state, &profile, &family)?;
     Ok(profile)
 }

@@ -18,6 +18,7 @@ pub const HONOURED: &[&str] = &[
     "live_previews_enable",
     "show_progress_every_n_steps",
     "hires_fix_refiner_pass",
+    "show_progress_type",
 ];
 
 /// A1111 1.10's options with their defaults.
@@ -53,6 +54,11 @@ pub fn checked(key: &str, value: &Value) -> ApiResult<Value> {
         "hires_fix_refiner_pass" => match value.as_str() {
             Some(v @ ("first pass" | "second pass" | "both passes")) => Ok(Value::from(v)),
             _ => bad("one of \"first pass\", \"second pass\", \"both passes\""),
+        },
+        // A1111's choices; "Approx NN" and "Full" preview as "TAESD" does here.
+        "show_progress_type" => match value.as_str() {
+            Some(s @ ("Full" | "Approx NN" | "Approx cheap" | "TAESD")) => Ok(Value::from(s)),
+            _ => bad("one of \"Full\", \"Approx NN\", \"Approx cheap\", \"TAESD\""),
         },
         "live_previews_enable" | "hires_fix_use_firstpass_conds" => {
             super::bool_field(key, value).map(Value::Bool)

@@ -200,15 +200,7 @@ impl Observer for JobObserver {
     }
 
     fn preview(&self, image: &hiresfix_engine::extras::Rgb8) {
-        let png = hiresfix_engine::output::encode_png(
-            image.width,
-            image.height,
-            &image.pixels,
-            "",
-            "",
-            None,
-        );
-        if let Ok(png) = png {
+        if let Ok(png) = hiresfix_engine::live_preview::png(image) {
             self.with(|s| {
                 s.preview = Some(png);
                 s.previews += 1;

@@ -365,6 +365,7 @@ fn map_request(
         profile.lora_dirs = state.lora_dirs();
         profile.embedding_dirs = state.embedding_dirs();
         profile.upscaler_dirs = state.upscaler_dirs();
+        profile.vae_approx_dirs = state.vae_approx_dirs();
         if profile.device == hiresfix_engine::profile::DeviceChoice::Auto {
             profile.device = state.device.clone();
         }
