@@ -22,36 +22,13 @@ fn profile_text(upscaler: &str) -> String {
         &std::fs::read_to_string(repo().join("tests/data/cross_family/run.json")).unwrap(),
     )
     .unwrap();
-    let s = |k: &str| toml::Value::from(json["settings"][k].as_str().unwrap()).to_string();
-    let q = |p: std::path::PathBuf| toml::Value::from(p.to_str().unwrap()).to_string();
-    format!(
-        r#"seed = 1234
-prompt = {prompt}
-negative = {negative}
-cfg = 5.0
-device = "cpu"
-dtype = "fp32"
-[model]
-checkpoint = {sd1}
-[[pass]]
-width = 32
-height = 32
-steps = 6
-sampler = "euler"
-schedule = "normal"
-[[pass]]
-scale = 2.0
-upscaler = "{upscaler}"
-steps = 4
-denoise = 0.5
-sampler = "euler"
-schedule = "normal"
-checkpoint = {sdxl}
-"#,
-        prompt = s("prompt"),
-        negative = s("negative"),
-        sd1 = q(tiny_ldm()),
-        sdxl = q(sdxl()),
+    let s = |k: &str| json["settings"][k].as_str().unwrap().to_owned();
+    let sdxl = toml::Value::from(sdxl().to_str().unwrap());
+    reference_profile(
+        (&s("prompt"), &s("negative"), &tiny_ldm()),
+        (32, 32, 6),
+        "sampler = \"euler\"",
+        &format!("sampler = \"euler\"\nupscaler = \"{upscaler}\"\ncheckpoint = {sdxl}"),
     )
 }
 

@@ -85,35 +85,13 @@ impl Case {
             &std::fs::read_to_string(self.dir().join("reference.json")).unwrap(),
         )
         .unwrap();
-        let setting = |k: &str| toml::Value::from(json["settings"][k].as_str().unwrap());
-        let negative = self.negative_key.map_or(toml::Value::from(""), setting);
-        let text = format!(
-            r#"seed = 1234
-prompt = {prompt}
-negative = {negative}
-cfg = 5.0
-device = "cpu"
-dtype = "fp32"
-[model]
-checkpoint = {checkpoint}
-[[pass]]
-width = {width}
-height = {height}
-steps = 6
-sampler = "euler"
-schedule = "normal"
-[[pass]]
-scale = 2.0
-upscaler = "latent"
-steps = 4
-denoise = 0.5
-sampler = "euler"
-schedule = "normal"
-"#,
-            prompt = setting(self.prompt_key),
-            checkpoint = toml::Value::from(checkpoint.to_string_lossy().as_ref()),
-            width = self.width,
-            height = self.height,
+        let setting = |k: &str| json["settings"][k].as_str().unwrap().to_owned();
+        let negative = self.negative_key.map_or(String::new(), setting);
+        let text = reference_profile(
+            (&setting(self.prompt_key), &negative, checkpoint),
+            (self.width, self.height, 6),
+            "sampler = \"euler\"",
+            "upscaler = \"latent\"\nsampler = \"euler\"",
         );
         Profile::parse(&text, self.dir).unwrap()
     }

@@ -21,36 +21,15 @@ fn data(rel: &str) -> std::path::PathBuf {
 
 fn profile(prompt: &str, negative: &str, sampler1: &str, hires: &str, sampler2: &str) -> Profile {
     let q = |s: &str| toml::Value::from(s).to_string();
-    let text = format!(
-        r#"seed = 1234
-prompt = {prompt}
-negative = {negative}
-cfg = 5.0
-device = "cpu"
-dtype = "fp32"
-[model]
-checkpoint = {checkpoint}
-[[pass]]
-width = 32
-height = 32
-steps = 6
-sampler = {sampler1}
-schedule = "normal"
-[[pass]]
-scale = 2.0
-upscaler = "latent"
-steps = 4
-denoise = 0.5
-sampler = {sampler2}
-schedule = "normal"
-prompt = {hires}
-"#,
-        prompt = q(prompt),
-        negative = q(negative),
-        checkpoint = q(tiny_ldm().to_str().unwrap()),
-        sampler1 = q(sampler1),
-        sampler2 = q(sampler2),
-        hires = q(hires),
+    let text = reference_profile(
+        (prompt, negative, &tiny_ldm()),
+        (32, 32, 6),
+        &format!("sampler = {}", q(sampler1)),
+        &format!(
+            "upscaler = \"latent\"\nsampler = {}\nprompt = {}",
+            q(sampler2),
+            q(hires)
+        ),
     );
     Profile::parse(&text, "prompt_schedule").unwrap()
 }

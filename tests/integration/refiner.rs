@@ -39,35 +39,12 @@ fn reference() -> (HashMap<String, Tensor>, serde_json::Value) {
 
 /// The reference run as a profile; `refiner_lines` go into pass 1.
 fn profile_text(settings: &serde_json::Value, refiner_lines: &str) -> String {
-    let s = |k: &str| toml::Value::from(settings[k].as_str().unwrap());
-    let path = |p: &Path| toml::Value::from(p.to_string_lossy().as_ref());
-    format!(
-        r#"seed = 1234
-prompt = {prompt}
-negative = {negative}
-cfg = 5.0
-device = "cpu"
-dtype = "fp32"
-[model]
-checkpoint = {base}
-[[pass]]
-width = 48
-height = 32
-steps = 10
-sampler = "euler"
-schedule = "normal"
-{refiner_lines}
-[[pass]]
-scale = 2.0
-upscaler = "latent"
-steps = 4
-denoise = 0.5
-sampler = "euler"
-schedule = "normal"
-"#,
-        prompt = s("prompt"),
-        negative = s("negative_prompt"),
-        base = path(&base()),
+    let s = |k: &str| settings[k].as_str().unwrap();
+    reference_profile(
+        (s("prompt"), s("negative_prompt"), &base()),
+        (48, 32, 10),
+        &format!("sampler = \"euler\"\n{refiner_lines}"),
+        "upscaler = \"latent\"\nsampler = \"euler\"",
     )
 }
 

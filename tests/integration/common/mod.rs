@@ -246,3 +246,42 @@ pub fn plugin_dir(scratch: &Scratch, name: &str, dylibs: &[&Path]) -> PathBuf {
     }
     dir
 }
+
+/// The parity suites' 2-pass profile as the reference scripts run it: seed 1234, CFG 5, fp32
+/// on the CPU, the "normal" schedule; pass 1 `width`×`height` of `steps1` steps, then `pass1`
+/// lines (its sampler, ...); pass 2 twice the size, 4 steps at denoise 0.5, then `pass2` lines
+/// (its upscaler, sampler, ...). `prompt`, `negative` and `checkpoint` are quoted here.
+pub fn reference_profile(
+    (prompt, negative, checkpoint): (&str, &str, &Path),
+    (width, height, steps1): (u32, u32, u32),
+    pass1: &str,
+    pass2: &str,
+) -> String {
+    let q = |s: &str| toml::Value::from(s).to_string();
+    format!(
+        r#"seed = 1234
+prompt = {prompt}
+negative = {negative}
+cfg = 5.0
+device = "cpu"
+dtype = "fp32"
+[model]
+checkpoint = {checkpoint}
+[[pass]]
+width = {width}
+height = {height}
+steps = {steps1}
+schedule = "normal"
+{pass1}
+[[pass]]
+scale = 2.0
+steps = 4
+denoise = 0.5
+schedule = "normal"
+{pass2}
+"#,
+        prompt = q(prompt),
+        negative = q(negative),
+        checkpoint = q(&checkpoint.to_string_lossy()),
+    )
+}
