@@ -251,6 +251,17 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    // The commands that only print (`check | head`): a closed pipe ends them quietly, as it
+    // ends `ls` — Rust ignores SIGPIPE, which made `println!` panic there. Commands that write
+    // files or serve keep ignoring it (a write to a closed socket or pipe is an error they
+    // handle).
+    if matches!(
+        cli.command,
+        Command::Check { .. } | Command::Plugins | Command::Info { .. }
+    ) {
+        // SAFETY: restoring the default disposition of one signal, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // Ctrl-C stops sampling at the next step; a second Ctrl-C exits at once. The server
     // handles its own signals (it finishes open requests first).
     let serving = matches!(cli.command, Command::Serve(_));

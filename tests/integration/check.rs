@@ -170,3 +170,25 @@ fn check_prints_a_memory_table_per_pass() {
         );
     }
 }
+
+/// `check … | head` (a reader that closes the pipe early) ends quietly, as `ls | head` does,
+/// never with a panic about the broken pipe.
+#[test]
+fn check_into_a_closed_pipe_ends_without_a_panic() {
+    use std::process::{Command, Stdio};
+    let scratch = Scratch::new("check-closed-pipe");
+    let profile = scratch.write("p.toml", &clean(&tiny_ldm(), "", "", ""));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hiresfix"))
+        .args(["check", profile.to_str().unwrap()])
+        .env("HIRESFIX_CACHE_DIR", repo().join("target/test-cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the first line is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}
