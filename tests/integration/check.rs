@@ -88,7 +88,7 @@ fn each_rule_reports_its_finding_at_its_pass_and_key() {
 }
 
 #[test]
-fn a_switch_to_another_family_is_an_error_in_check_and_generate_loads_nothing() {
+fn a_switch_to_another_family_after_a_latent_upscaler_is_an_error_in_check_and_generate_loads_nothing() {
     let scratch = Scratch::new("lint-family");
     let sdxl = repo().join("tests/data/sdxl-tiny/sdxl-tiny.safetensors");
     let text = tiny_profile(
@@ -102,7 +102,7 @@ fn a_switch_to_another_family_is_an_error_in_check_and_generate_loads_nothing() 
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("pass 2: checkpoint")
-            && stderr(&out).contains("is sdxl but pass 1's"),
+            && stderr(&out).contains("is sdxl but pass 1 ran sd1, and upscaler `latent`"),
         "{}",
         stderr(&out)
     );
