@@ -655,6 +655,11 @@ const CASES: &[Case] = &[
             let defaults = sc.write("d.toml", "[model]\ncheckpoint = \"x.safetensors\"");
             s(&["serve", "--listen", "127.0.0.1:0", "--model", tiny_ldm().to_str().unwrap(), "--defaults", defaults.to_str().unwrap()])
         } },
+    Case { name: "serve: --defaults with a stage plan", code: 1, expect: "target and stage_factor plan one request's passes",
+        setup: |sc| {
+            let defaults = sc.write("d.toml", "target = \"1024x1024\"");
+            s(&["serve", "--listen", "127.0.0.1:0", "--model", tiny_ldm().to_str().unwrap(), "--defaults", defaults.to_str().unwrap()])
+        } },
     // --- plugin folders ---
     Case { name: "the sampler plugin refused by its pin", code: 1, expect: "(refused plugin libhiresfix_samplers_kdiff.so: sha256",
         setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_samplers_kdiff.so\" = \"00\"", "", "") },
