@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use hiresfix::commands::{self, base_dir, load_profile, run_generate};
 use hiresfix::generate;
+use hiresfix::stages::Target;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +39,9 @@ enum Command {
         /// Dotted profile key, passes numbered from 1: --set pass.2.denoise=0.35
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Plan the passes to this size from pass 1 (the profile's `target`, README "Stage plan").
+        #[arg(long, value_name = "WxH", value_parser = parse_target)]
+        target: Option<Target>,
         /// Output path (replaces the profile's `output`; `{seed}` and `{n}` expand).
         #[arg(short, long)]
         output: Option<String>,
@@ -82,6 +86,9 @@ enum Command {
         profile: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Plan the passes to this size from pass 1 (the profile's `target`).
+        #[arg(long, value_name = "WxH", value_parser = parse_target)]
+        target: Option<Target>,
     },
     /// List every plugin found, what it registers, and why any was refused.
     Plugins,
@@ -131,6 +138,17 @@ enum Command {
     },
 }
 
+/// `--target WxH`, read as the profile's `target` is.
+fn parse_target(text: &str) -> Result<Target, String> {
+    text.parse()
+}
+
+/// The `--set`s with `--target` as one more.
+fn with_target(mut sets: Vec<String>, target: Option<Target>) -> Vec<String> {
+    sets.extend(target.map(|t| format!("target=\"{t}\"")));
+    sets
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate {
@@ -139,10 +157,11 @@ fn run(cli: Cli) -> Result<()> {
             batch,
             passes,
             sets,
+            target,
             output,
             preview,
         } => {
-            let mut profile = load_profile(&path, &sets)?;
+            let mut profile = load_profile(&path, &with_target(sets, target))?;
             if let Some(seed) = seed {
                 profile.seed = seed;
             }
@@ -192,7 +211,11 @@ fn run(cli: Cli) -> Result<()> {
             };
             commands::grid::run(&args, cli.quiet)
         }
-        Command::Check { profile, sets } => commands::check::run(&profile, &sets),
+        Command::Check {
+            profile,
+            sets,
+            target,
+        } => commands::check::run(&profile, &with_target(sets, target)),
         Command::Plugins => commands::plugins::run(),
         Command::Info { checkpoint } => commands::info::run(&checkpoint),
         Command::Merge {

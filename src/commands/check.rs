@@ -18,7 +18,20 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
     let settings = crate::models::LoadSettings::from_profile(&profile)?;
     let mut models = crate::models::Models::new(&registry);
     let info = crate::models::checkpoint_info(&mut models, &settings, &plans[0].checkpoint)?;
-    profile.fill_native_size(info.default_size);
+    let staged = profile.target.map(|t| (t, profile.stage_factor));
+    profile.fill_native_size(info.default_size)?;
+    let plans = match staged {
+        // The stage plan's passes, planned as `generate` plans them.
+        Some((target, factor)) => {
+            println!(
+                "stage plan: {} stages to {target}, ×{} per stage",
+                profile.passes.len(),
+                generate::num(factor.unwrap_or(crate::defaults::STAGE_FACTOR))
+            );
+            plan::plan_passes(&profile, &registry, &base)?
+        }
+        None => plans,
+    };
     let (sizes, notes) = plan::pass_sizes(&profile.passes, info.vae_scale_factor)?;
     for note in &notes {
         println!("note: {note}");

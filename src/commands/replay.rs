@@ -135,7 +135,7 @@ fn checkable(toml: &str, registry: &crate::registry::Registry) -> Result<()> {
     profile.resolve(None)?;
     crate::plan::plan_passes(&profile, registry, Path::new(""))?;
     // Pass 1 at the smallest native size (SD 1.x) when the text gives none.
-    profile.fill_native_size(512);
+    profile.fill_native_size(512)?;
     crate::plan::pass_sizes(&profile.passes, 8)?;
     Ok(())
 }

@@ -50,6 +50,12 @@ fn profile_edit(scratch: &Scratch, edit: impl Fn(String) -> String) -> Vec<Strin
     s(&["generate", profile.to_str().unwrap()])
 }
 
+/// The tiny profile `p` without its pass 2, `top` added to its top-level keys (a stage plan).
+fn one_pass(p: String, top: &str) -> String {
+    let cut = p.rfind("[[pass]]").unwrap();
+    p[..cut].replace("seed = 7", &format!("seed = 7\n{top}"))
+}
+
 /// `check` (lint, nothing heavy) on the same edited profile: it catches the same limits.
 fn check_edit(scratch: &Scratch, edit: impl Fn(String) -> String) -> Vec<String> {
     let mut args = profile_edit(scratch, edit);
@@ -341,6 +347,28 @@ const CASES: &[Case] = &[
         setup: |sc| profile_edit(sc, |p| p + &"\n[[pass]]\nscale = 4.0\nsteps = 1\ndenoise = 0.5\n".repeat(5)) },
     Case { name: "a 16384 px pass upscaled", code: 1, expect: "pass 2: 32768x32768 px is over the 16384 px limit",
         setup: |sc| profile_edit(sc, |p| p.replace("width = 32\nheight = 32", "width = 16384\nheight = 16384")) },
+    Case { name: "target below pass 1", code: 1, expect: "target = \"16x16\" is smaller than pass 1 (32x32, pass 1's 32x32 px area with the target's aspect) — raise target",
+        setup: |sc| profile_edit(sc, |p| one_pass(p, "target = \"16x16\"")) },
+    Case { name: "target not WxH", code: 1, expect: "target = \"4k\": must be WIDTHxHEIGHT in whole pixels",
+        setup: |sc| profile_edit(sc, |p| one_pass(p, "target = \"4k\"")) },
+    Case { name: "target past the size limit", code: 1, expect: "target = \"32768x16384\": each side must be between 8 and 16384 pixels",
+        setup: |sc| profile_edit(sc, |p| one_pass(p, "target = \"32768x16384\"")) },
+    Case { name: "target with several passes", code: 1, expect: "target = \"256x256\" plans the passes itself: keep one [[pass]] table",
+        setup: |sc| profile_edit(sc, |p| p.replace("seed = 7", "seed = 7\ntarget = \"256x256\"")) },
+    Case { name: "stage_factor of 1", code: 1, expect: "stage_factor must be greater than 1",
+        setup: |sc| profile_edit(sc, |p| one_pass(p, "target = \"256x256\"\nstage_factor = 1.0")) },
+    Case { name: "stage_factor without target", code: 1, expect: "stage_factor = 2 needs target",
+        setup: |sc| profile_edit(sc, |p| p.replace("seed = 7", "seed = 7\nstage_factor = 2.0")) },
+    Case { name: "target past the pass limit", code: 1, expect: "takes 67 stages from 32x32 at ×1.1 each (at most 16 passes) — raise stage_factor",
+        setup: |sc| profile_edit(sc, |p| one_pass(p, "target = \"16384x16384\"\nstage_factor = 1.1")) },
+    Case { name: "--target not WxH", code: 2, expect: "invalid value '4k' for '--target <WxH>'",
+        setup: |sc| {
+            let mut args = profile_edit(sc, |p| one_pass(p, ""));
+            args.extend(s(&["--target", "4k"]));
+            args
+        } },
+    Case { name: "check: target below pass 1", code: 1, expect: "is smaller than pass 1 (32x32",
+        setup: |sc| check_edit(sc, |p| one_pass(p, "target = \"16x16\"")) },
     Case { name: "seed + batch overflows", code: 1, expect: "overflows the seed range",
         setup: |sc| profile_edit(sc, |p| p.replace("seed = 7", "seed = 9223372036854775807\nbatch = 2")) },
     Case { name: "batch 0", code: 1, expect: "must be at least 1",
@@ -625,6 +653,11 @@ const CASES: &[Case] = &[
     Case { name: "serve: --defaults naming a checkpoint", code: 1, expect: "the model is chosen by --model / the request; remove [model] checkpoint",
         setup: |sc| {
             let defaults = sc.write("d.toml", "[model]\ncheckpoint = \"x.safetensors\"");
+            s(&["serve", "--listen", "127.0.0.1:0", "--model", tiny_ldm().to_str().unwrap(), "--defaults", defaults.to_str().unwrap()])
+        } },
+    Case { name: "serve: --defaults with a stage plan", code: 1, expect: "target and stage_factor plan one request's passes",
+        setup: |sc| {
+            let defaults = sc.write("d.toml", "target = \"1024x1024\"");
             s(&["serve", "--listen", "127.0.0.1:0", "--model", tiny_ldm().to_str().unwrap(), "--defaults", defaults.to_str().unwrap()])
         } },
     // --- plugin folders ---

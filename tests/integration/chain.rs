@@ -38,13 +38,7 @@ fn three_pass_chain_records_every_pass_and_saves_earlier_ones() {
             "out/img-7-0.png"
         ]
     );
-    let sizes: Vec<(u32, u32)> = written
-        .iter()
-        .map(|p| {
-            let (w, h, _) = read_rgb8(&scratch.path(p)).unwrap();
-            (w, h)
-        })
-        .collect();
+    let sizes = png_sizes(&scratch, &written);
     assert_eq!(sizes, [(32, 32), (48, 48), (64, 64)]);
 
     let params = infotext::parse(&chunk(&scratch.path("out/img-7-0.png"), "parameters"));

@@ -65,6 +65,10 @@ pub const MIN_SIZE: u32 = 8;
 pub const MAX_SIZE: u32 = 16_384;
 /// Largest upscale factor of one pass.
 pub const MAX_SCALE: f64 = 16.0;
+/// Passes in one job (a stage plan's included).
+pub const MAX_PASSES: usize = 16;
+/// A stage plan's upscale factor per stage (`stage_factor`), the article's 512 → 1024 → 2048.
+pub const STAGE_FACTOR: f64 = 2.0;
 /// Most sampler steps of one pass.
 pub const MAX_STEPS: u32 = 10_000;
 /// Largest CFG scale.
@@ -94,6 +98,13 @@ pub fn size(v: u32) -> Result<u32, String> {
 pub fn scale(v: f64) -> Result<f64, String> {
     rule(v, v > 0.0 && v <= MAX_SCALE, || {
         format!("scale must be greater than 0 and at most {MAX_SCALE}")
+    })
+}
+
+/// A stage plan's upscale factor per stage (`stage_factor`).
+pub fn stage_factor(v: f64) -> Result<f64, String> {
+    rule(v, v > 1.0 && v <= MAX_SCALE, || {
+        format!("stage_factor must be greater than 1 and at most {MAX_SCALE}: each stage upscales the one before by it")
     })
 }
 

@@ -65,8 +65,13 @@ pub fn generate<'r>(
     observer: &'r dyn Observer,
 ) -> Result<Vec<PathBuf>> {
     let template = output::checked_template(options.output.as_deref().unwrap_or(&profile.output))?;
-    let until = options.until(profile.passes.len())?;
+    // A stage plan's passes are known once the model is read: `--passes` is checked then.
+    let staged = profile.target.is_some();
+    if !staged {
+        options.until(profile.passes.len())?;
+    }
     let mut job = crate::job::prepare_observed(profile, registry, &options.base_dir, observer)?;
+    let until = options.until(job.plans.len())?;
     report_findings(&mut job, options)?;
     let mut writer = Writer::new(Sink::files(template), &job);
     // One run, then the process ends: the last images decode with the VAE alone in memory.
@@ -268,16 +273,23 @@ pub fn finish<'r>(
     observer: &'r dyn Observer,
 ) -> Result<Vec<PathBuf>> {
     let template = output::checked_template(options.output.as_deref().unwrap_or(&profile.output))?;
-    let total = profile.passes.len();
-    let until = options.until(total)?;
     let done = match &start {
         Start::Latent(stored) => stored.pass,
         Start::Image { .. } => 1,
     };
-    if done >= until {
-        bail!("nothing left to run: the image is pass {done} and the profile stops at pass {until}; add a [[pass]] (or --set pass.{}.scale=2)", done + 1);
+    let left = |total: usize| -> Result<usize> {
+        let until = options.until(total)?;
+        if done >= until {
+            bail!("nothing left to run: the image is pass {done} and the profile stops at pass {until}; add a [[pass]] (or --set pass.{}.scale=2)", done + 1);
+        }
+        Ok(until)
+    };
+    // A stage plan's passes are known once the model is read: checked then.
+    if profile.target.is_none() {
+        left(profile.passes.len())?;
     }
     let mut job = crate::job::prepare_observed(profile, registry, &options.base_dir, observer)?;
+    let until = left(job.plans.len())?;
     report_findings(&mut job, options)?;
     let latent = match start {
         Start::Latent(stored) => {

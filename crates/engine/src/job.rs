@@ -93,7 +93,16 @@ fn prepare_inner<'r>(
     // Families must match across passes: refused now, before any model loads or samples.
     give_back!(crate::switch::check_families(&plans, &models));
     let info = give_back!(models.for_pass(&settings, &plans[0]).map(|(_, info)| info));
-    profile.fill_native_size(info.default_size);
+    let staged = profile.target.is_some();
+    give_back!(profile.fill_native_size(info.default_size));
+    // A stage plan's passes exist now: planned again, pass 1's model already loaded.
+    // TODO(i29 stage-plan → tiled): here a stage whose UNet call the memory estimate says will
+    // not fit is to get tiled diffusion, written into `profile` so replay tiles the same way
+    // (README "Stage plan").
+    let plans = match staged {
+        true => give_back!(plan_passes(&profile, registry, base_dir)),
+        false => plans,
+    };
     if profile.seed == -1 {
         profile.seed = random_seed();
     }

@@ -32,6 +32,7 @@ pub mod refiner;
 pub mod registry;
 pub mod run;
 pub mod seamless;
+pub mod stages;
 pub mod stored_latent;
 pub mod switch;
 pub mod upscaler_models;

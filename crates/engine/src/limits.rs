@@ -7,7 +7,7 @@ use crate::errors::num;
 use crate::profile::Profile;
 
 /// Passes in one job.
-pub const MAX_PASSES: usize = 16;
+pub const MAX_PASSES: usize = crate::defaults::MAX_PASSES;
 /// Steps in a pass's full schedule: `int(steps / denoise)`.
 pub const MAX_SCHEDULE_STEPS: usize = 10_000;
 /// Pixels along either side of any pass (a profile's largest size).

@@ -6,6 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::defaults::{self, check, Invalid};
+use crate::stages::{self, Target};
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +100,18 @@ pub struct Profile {
     /// UNet patches of every pass (a pass's own `patches` replaces the list).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patches: Vec<PatchEntry>,
+    /// The automatic stage plan's last size (README "Stage plan"): with one pass table, the
+    /// passes are planned once the model's native size is known ([`Self::fill_native_size`]),
+    /// which writes them out and clears this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// The stage plan's upscale factor per stage ([`defaults::STAGE_FACTOR`] when unset).
+    #[serde(
+        default,
+        deserialize_with = "opt_stage_factor",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stage_factor: Option<f64>,
     #[serde(default)]
     pub model: ModelSection,
     #[serde(rename = "pass", default)]
@@ -519,6 +532,9 @@ fn opt_mask_weight<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Er
 fn opt_refiner_switch_at<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     opt(d, defaults::refiner_switch_at)
 }
+fn opt_stage_factor<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    opt(d, defaults::stage_factor)
+}
 fn opt_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     opt(d, defaults::at_least_one)
 }
@@ -552,6 +568,8 @@ const TOP_KEYS: &[&str] = &[
     "seed_resize_from_w",
     "seed_resize_from_h",
     "patches",
+    "target",
+    "stage_factor",
     "model",
     "pass",
 ];
@@ -722,6 +740,22 @@ impl Profile {
                 });
             }
         }
+        if let Some(target) = self.target {
+            if self.passes.len() > 1 {
+                return Err(Invalid {
+                    key: "target".into(),
+                    message: format!("target = \"{target}\" plans the passes itself: keep one [[pass]] table (pass 1) or remove target"),
+                });
+            }
+        } else if let Some(f) = self.stage_factor {
+            return Err(Invalid {
+                key: "stage_factor".into(),
+                message: format!("stage_factor = {} needs target (the size the stages reach), e.g. target = \"4096x2304\"", crate::errors::shown(f)),
+            });
+        }
+        if let Some(f) = self.stage_factor {
+            check("stage_factor", f, defaults::stage_factor)?;
+        }
         for (i, pass) in self.passes.iter().enumerate() {
             if pass.refiner_switch_at.is_some() && pass.refiner_checkpoint.is_none() {
                 return Err(Invalid {
@@ -847,7 +881,18 @@ impl Profile {
         first
             .sampler
             .get_or_insert_with(|| defaults::SAMPLER.into());
-        let base_steps = first.steps;
+        self.fill_later_passes();
+        if let Some(size) = native_size {
+            self.fill_native_size(size)?;
+        }
+        Ok(())
+    }
+
+    /// Every later pass's unset values: [`defaults::HIRES_SCALE`] unless it gives a size,
+    /// [`defaults::HIRES_UPSCALER`] at [`defaults::HIRES_DENOISE`], pass 1's steps and the
+    /// previous pass's sampler (and schedule, when the sampler is the same).
+    fn fill_later_passes(&mut self) {
+        let base_steps = self.passes[0].steps;
         for i in 1..self.passes.len() {
             let prev = self.passes[i - 1].clone();
             let pass = &mut self.passes[i];
@@ -863,20 +908,44 @@ impl Profile {
                 pass.schedule = prev.schedule;
             }
         }
-        if let Some(size) = native_size {
-            self.fill_native_size(size);
-        }
-        Ok(())
     }
 
-    /// Pass 1 at the model's own side `size` when it names neither side: the one part of
-    /// [`Self::resolve`] that needs the model.
-    pub fn fill_native_size(&mut self, size: u32) {
-        if let Some(first) = self.passes.first_mut() {
-            if first.width.is_none() && first.height.is_none() {
-                (first.width, first.height) = (Some(size), Some(size));
+    /// Pass 1 at the model's own side `size` when it names neither side, and a `target`'s
+    /// stage plan ([`stages::stage_sizes`]): the part of [`Self::resolve`] that needs the
+    /// model. The plan's passes are written out (sizes, then later-pass defaults as
+    /// [`Self::resolve`] fills them) and `target` and `stage_factor` cleared, so the resolved
+    /// profile runs, and replays, as the plain chain of passes it is.
+    pub fn fill_native_size(&mut self, size: u32) -> Result<()> {
+        let Some(first) = self.passes.first_mut() else {
+            return Ok(());
+        };
+        let from = match (first.width, first.height) {
+            (Some(w), Some(h)) => (w, h, format!("pass 1's {w}x{h} px area")),
+            _ => (size, size, format!("the model's native {size} px area")),
+        };
+        if first.width.is_none() && first.height.is_none() {
+            (first.width, first.height) = (Some(size), Some(size));
+        }
+        let Some(target) = self.target else {
+            return Ok(());
+        };
+        let factor = self.stage_factor.unwrap_or(defaults::STAGE_FACTOR);
+        let area = f64::from(from.0) * f64::from(from.1);
+        let sizes = stages::stage_sizes(area, &from.2, target, factor).map_err(|e| anyhow!(e))?;
+        for (i, (w, h)) in sizes.into_iter().enumerate() {
+            if i == 0 {
+                (self.passes[0].width, self.passes[0].height) = (Some(w), Some(h));
+            } else {
+                self.passes.push(Pass {
+                    width: Some(w),
+                    height: Some(h),
+                    ..Default::default()
+                });
             }
         }
+        self.fill_later_passes();
+        (self.target, self.stage_factor) = (None, None);
+        Ok(())
     }
 
     /// [`Self::resolve`] with the model's own side known.
@@ -1026,7 +1095,7 @@ mod tests {
         p.resolve(None).unwrap();
         assert_eq!((p.passes[0].width, p.passes[0].height), (None, None));
         assert_eq!(p.passes[1].denoise, Some(defaults::HIRES_DENOISE));
-        p.fill_native_size(768);
+        p.fill_native_size(768).unwrap();
         let once = p.clone();
         p.resolve_defaults(512).unwrap();
         assert_eq!(p, once);

@@ -524,6 +524,9 @@ fn defaults_profile(path: Option<&std::path::Path>) -> Result<hiresfix_engine::p
     if profile.model.checkpoint.is_some() || profile.model.merge.is_some() {
         bail!("--defaults {}: the model is chosen by --model / the request; remove [model] checkpoint", path.display());
     }
+    if profile.target.is_some() || profile.stage_factor.is_some() {
+        bail!("--defaults {}: target and stage_factor plan one request's passes (a native request may give them); remove them", path.display());
+    }
     Ok(profile)
 }
 

@@ -105,6 +105,17 @@ pub fn hiresfix(cwd: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Output {
     cmd.output().expect("hiresfix runs")
 }
 
+/// The width and height of each PNG at `paths` (relative to the scratch folder).
+pub fn png_sizes(scratch: &Scratch, paths: &[String]) -> Vec<(u32, u32)> {
+    paths
+        .iter()
+        .map(|p| {
+            let (w, h, _) = hiresfix::output::read_rgb8(&scratch.path(p)).unwrap();
+            (w, h)
+        })
+        .collect()
+}
+
 /// The lines a successful run printed on stdout (the paths it wrote).
 pub fn stdout_lines(out: &Output) -> Vec<String> {
     assert!(out.status.success(), "{}", stderr(out));
