@@ -38,6 +38,7 @@ mod serve_options;
 mod serve_previews;
 mod serve_seeds;
 mod serve_webuiapi;
+mod tiled;
 mod upscaler_names;
 mod upscaler_parity;
 mod upscaler_plugins;

@@ -34,4 +34,5 @@ pub mod run;
 pub mod seamless;
 pub mod stored_latent;
 pub mod switch;
+pub mod tiled;
 pub mod upscaler_models;
