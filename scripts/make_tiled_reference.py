@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Record 2-pass runs whose hires pass is tiled diffusion, on the tiny SD1 model.
+"""Record 2-pass runs whose hires pass is tiled diffusion, on the tiny SD1 and SDXL models.
 
     python3 scripts/make_tiled_reference.py [--out tests/data/tiled]
 
@@ -26,12 +26,16 @@ kdiff_forward / sample_one_step, tile_methods/mixtureofdiffusers.py apply_model_
   * Mixture of Diffusers hooks apply_model (the UNet's eps on the c_in-scaled input): each tile's
     eps times gaussian_weights(tile_w, tile_h) times 1 / (the sum of the tiles' weights at the
     cell), summed; the denoiser then makes `x + eps * c_out` of the merged eps.
+
+SDXL (sdxl.latent2): pass 2 of tests/data/sdxl-tiny's committed run (scripts/
+make_family_reference.py: its upscaled latent, noise, sigmas, prompt and zeroed empty negative,
+size conditioning of the 96x64 pass) with Mixture of Diffusers; the script checks that the same
+pass untiled reproduces that run's committed latent exactly.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -42,7 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import k_diffusion.sampling  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 import make_sd1_reference as sd1  # noqa: E402
 
@@ -123,6 +127,14 @@ class Grid:
         return buffer
 
 
+def repeat_cond(cond, n: int):
+    """repeat_cond_dict: every conditioning tensor (SDXL's dict: crossattn, text_embeds and
+    time_ids, the image's size and crop conditioning among them) repeated per tile."""
+    if isinstance(cond, dict):
+        return {k: repeat_cond(v, n) for k, v in cond.items()}
+    return cond.repeat((n,) + (1,) * (cond.dim() - 1))
+
+
 class MultiDiffusion(torch.nn.Module):
     """MultiDiffusion.kdiff_forward around the CompVisDenoiser."""
 
@@ -132,7 +144,7 @@ class MultiDiffusion(torch.nn.Module):
 
     def forward(self, x_in, sigma_in, cond):
         def call(x_tile, n):
-            return self.inner(x_tile, sigma_in.repeat(n), cond=cond.repeat(n, 1, 1))
+            return self.inner(x_tile, sigma_in.repeat(n), cond=repeat_cond(cond, n))
 
         def merge(buffer, b, out):
             buffer[self.grid.slicer(b)] += out
@@ -146,17 +158,66 @@ class MixtureEps(sd1.UNetEpsDenoiser):
 
     grid: Grid
 
+    def unet(self, x, t, cond):
+        return self.inner_model(x, t, encoder_hidden_states=cond).sample
+
     def get_eps(self, x, t, cond):
         rescale = 1 / self.grid.weights
 
         def call(x_tile, n):
-            return self.inner_model(x_tile, t.repeat(n), encoder_hidden_states=cond.repeat(n, 1, 1)).sample
+            return self.unet(x_tile, t.repeat(n), repeat_cond(cond, n))
 
         def merge(buffer, b, out):
             s = self.grid.slicer(b)
             buffer[s] += out * (self.grid.tile_weights * rescale[s])
 
         return self.grid.run(x, call, merge)
+
+
+class MixtureEpsSdxl(MixtureEps):
+    def unet(self, x, t, cond):
+        import make_family_reference as fam
+
+        return fam.unet_forward(self.inner_model, x, t, cond)
+
+
+# SDXL: pass 2 of tests/data/sdxl-tiny's committed 2-pass run (its upscaled latent, noise,
+# sigmas and conditioning, from scripts/make_family_reference.py), tiled.
+SDXL_CASE = ("mixture", 16, 6, 4)
+
+
+@torch.no_grad()
+def sdxl(out: dict, meta: dict) -> None:
+    import make_family_reference as fam
+    from diffusers import UNet2DConditionModel
+
+    base = "tests/data/sdxl-tiny"
+    ref = load_file(os.path.join(base, "reference.safetensors"))
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(base, "diffusers", "unet"), local_files_only=True).eval()
+    ac = sd1.ldm_schedule_buffers()["alphas_cumprod"]
+    h2, w2 = ref["run.upscaled"].shape[2:]
+    hp, wp = h2 * F_LAT, w2 * F_LAT
+    time_ids = torch.tensor([[hp, wp, 0, 0, hp, wp]], dtype=torch.float32)
+    cond = {"crossattn": ref["text.long"], "text_embeds": ref["run.y.cond.pass2"][:, :fam.SDXL_POOLED], "time_ids": time_ids}
+    zero = torch.zeros(1, sd1.MAX_LEN, ref["text.long"].shape[2])
+    uncond = {"crossattn": zero, "text_embeds": ref["run.y.uncond.pass2"][:, :fam.SDXL_POOLED], "time_ids": time_ids}
+    method, tile, overlap, batch = SDXL_CASE
+    grid = Grid(w2, h2, tile, overlap, batch, gaussian=True)
+    denoiser = MixtureEpsSdxl(unet, ac, quantize=False)
+    denoiser.grid = grid
+    sig2 = ref["run.sigmas2"]
+    x = ref["run.upscaled"] + ref["run.noise2"] * sig2[0]
+    extra = {"cond": cond, "uncond": uncond, "cond_scale": CFG}
+    lat2 = k_diffusion.sampling.sample_euler(fam.CFGDenoiser(denoiser), x, sig2, extra_args=extra, disable=True)
+    plain = k_diffusion.sampling.sample_euler(fam.CFGDenoiser(fam.UNetEpsDenoiser(unet, ac, quantize=False)), x, sig2, extra_args=extra, disable=True)
+    print("sdxl untiled vs committed run.latent2", (plain - ref["run.latent2"]).abs().max().item())
+    out["sdxl.latent2"] = lat2.contiguous()
+    meta["sdxl"] = {
+        "method": method, "tile": tile, "overlap": overlap, "batch": batch,
+        "model": base, "from": "reference.safetensors run.upscaled + run.noise2 * run.sigmas2[0]",
+        "tiles (x, y, w, h)": grid.boxes, "tiles per call": [len(b) for b in grid.batches],
+    }
+    print("sdxl", len(grid.boxes), "tiles", [len(b) for b in grid.batches])
 
 
 @torch.no_grad()
@@ -200,6 +261,7 @@ def main() -> None:
         print(name, len(grid.boxes), "tiles", [len(b) for b in grid.batches])
     untiled = k_diffusion.sampling.sample_euler(sd1.CFGDenoiser(plain), up + noise2 * sig2[0], sig2, extra_args=extra, disable=True)
     out["untiled.latent2"] = untiled.contiguous()
+    sdxl(out, meta)
     os.makedirs(args.out, exist_ok=True)
     save_file(out, os.path.join(args.out, "run.safetensors"))
     doc = {
@@ -213,9 +275,7 @@ def main() -> None:
         },
         "cases": meta,
     }
-    with open(os.path.join(args.out, "run.json"), "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
+    sd1.write_json(os.path.join(args.out, "run.json"), doc)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 //! Tiled diffusion (a pass's `tiled`): 2-pass runs on the tiny SD1 model whose hires pass is
-//! MultiDiffusion or Mixture of Diffusers over 12 tiles in 3 calls, against
+//! MultiDiffusion or Mixture of Diffusers over 12 tiles in 3 calls (and SDXL's, Mixture), against
 //! scripts/make_tiled_reference.py (the A1111 extension's tiles and weights around
 //! k-diffusion Euler); and one tile covering the latent being the untiled pass itself.
 
@@ -16,9 +16,17 @@ fn data(rel: &str) -> std::path::PathBuf {
 
 /// The reference's 2-pass run (48×40 then ×2, Euler), pass 2 with `tiled` lines (or none).
 fn latents(tiled: &str) -> Vec<Tensor> {
+    run(("a photo of a cat", &tiny_ldm()), (48, 40), tiled)
+}
+
+fn run(
+    (prompt, checkpoint): (&str, &std::path::Path),
+    (w, h): (u32, u32),
+    tiled: &str,
+) -> Vec<Tensor> {
     let text = reference_profile(
-        ("a photo of a cat", "", &tiny_ldm()),
-        (48, 40, 6),
+        (prompt, "", checkpoint),
+        (w, h, 6),
         "sampler = \"euler\"",
         &format!("upscaler = \"latent\"\nsampler = \"euler\"\n{tiled}"),
     );
@@ -28,22 +36,30 @@ fn latents(tiled: &str) -> Vec<Tensor> {
     job.run_image(1234).unwrap().latents
 }
 
+/// The committed reference: its cases (run.json) and latents.
+fn reference() -> (serde_json::Value, std::collections::HashMap<String, Tensor>) {
+    let json = std::fs::read_to_string(data("run.json")).unwrap();
+    let cases = serde_json::from_str::<serde_json::Value>(&json).unwrap()["cases"].take();
+    (cases, read_reference(&data("run.safetensors")))
+}
+
+/// The profile line of a reference case's settings.
+fn tiled_line(case: &serde_json::Value) -> String {
+    let n = |k: &str| case[k].as_u64().unwrap();
+    format!(
+        "tiled = {{ method = \"{}\", tile = {}, overlap = {}, batch = {} }}",
+        case["method"].as_str().unwrap(),
+        n("tile"),
+        n("overlap"),
+        n("batch")
+    )
+}
+
 #[test]
 fn multidiffusion_and_mixture_match_the_extensions_algorithm() {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data("run.json")).unwrap()).unwrap();
-    let r = read_reference(&data("run.safetensors"));
+    let (cases, r) = reference();
     for name in ["multidiffusion", "mixture"] {
-        let case = &json["cases"][name];
-        let n = |k: &str| case[k].as_u64().unwrap();
-        let tiled = format!(
-            "tiled = {{ method = \"{}\", tile = {}, overlap = {}, batch = {} }}",
-            case["method"].as_str().unwrap(),
-            n("tile"),
-            n("overlap"),
-            n("batch")
-        );
-        let l = latents(&tiled);
+        let l = latents(&tiled_line(&cases[name]));
         let e1 = rel_err(&l[0], &r["latent1"]);
         let e2 = rel_err(&l[1], &r[&format!("{name}.latent2")]);
         // How far the tiling moves the pass: a run ignoring it could not match.
@@ -52,6 +68,25 @@ fn multidiffusion_and_mixture_match_the_extensions_algorithm() {
         assert!(e1 < 1e-4 && e2 < 1e-4, "{name}: {e1} {e2}");
         assert!(apart > 1e-3, "{name}: {apart}");
     }
+}
+
+/// SDXL: the tiles keep the image's size conditioning (the extension repeats it per tile);
+/// pass 2 of sdxl-tiny's parity run, Mixture of Diffusers over 15 tiles in calls of 4, 4, 4, 3.
+#[test]
+fn sdxl_tiles_match_the_extensions_algorithm() {
+    let (cases, r) = reference();
+    let sdxl = repo().join("tests/data/sdxl-tiny");
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sdxl.join("reference.json")).unwrap())
+            .unwrap();
+    let prompt = settings["settings"]["long_prompt"].as_str().unwrap();
+    let checkpoint = sdxl.join("sdxl-tiny.safetensors");
+    let l = run((prompt, &checkpoint), (48, 32), &tiled_line(&cases["sdxl"]));
+    let e2 = rel_err(&l[1], &r["sdxl.latent2"]);
+    let untiled = read_reference(&sdxl.join("reference.safetensors"));
+    let apart = rel_err(&r["sdxl.latent2"], &untiled["run.latent2"]);
+    eprintln!("sdxl mixture: pass 2 {e2:.2e} (untiled is {apart:.2e} away)");
+    assert!(e2 < 1e-4 && apart > 1e-3, "{e2} {apart}");
 }
 
 #[test]
