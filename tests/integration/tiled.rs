@@ -97,3 +97,23 @@ fn one_tile_covering_the_latent_is_the_untiled_pass() {
     assert_eq!(rel_err(&untiled[1], &tiled[1]), 0.0);
     assert!(untiled[1].equal(&tiled[1]));
 }
+
+/// A batch of images runs each image's tiles as its single run does (each equal to it).
+#[test]
+fn a_batch_of_two_tiled_images_is_each_images_single_run() {
+    let text = reference_profile(
+        ("a photo of a cat", "", &tiny_ldm()),
+        (48, 40, 2),
+        "sampler = \"euler\"",
+        "upscaler = \"latent\"\nsampler = \"euler\"\ntiled = { method = \"mixture\", tile = 20, overlap = 8, batch = 5 }",
+    );
+    let p = Profile::parse(&text, "tiled").unwrap();
+    let registry = Registry::load(&[], &Default::default());
+    let mut job = prepare(p, &registry, &repo()).unwrap();
+    let seeds = hiresfix::noise::ImageSeeds::plain;
+    let batch = job.run_batch(&[seeds(7), seeds(8)], 2).unwrap();
+    for (i, seed) in [7, 8].into_iter().enumerate() {
+        let single = job.run_image(seed).unwrap();
+        assert!(batch[i].latents[1].equal(&single.latents[1]), "image {i}");
+    }
+}
