@@ -117,3 +117,45 @@ fn a_batch_of_two_tiled_images_is_each_images_single_run() {
         assert!(batch[i].latents[1].equal(&single.latents[1]), "image {i}");
     }
 }
+
+/// `check`'s UNet column of pass 2 (MiB) at `side` px, with `tiled` lines.
+fn checked_unet(scratch: &Scratch, side: u32, tiled: &str) -> f64 {
+    let text = tiny_profile(
+        &tiny_ldm(),
+        "",
+        "",
+        &format!("width = {side}\nheight = {side}\n{tiled}"),
+    )
+    .replace("scale = 2.0\n", "");
+    let profile = scratch.write("p.toml", &text);
+    let out = hiresfix(&scratch.0, &["check", profile.to_str().unwrap()], &[]);
+    let row = stdout_lines(&out)
+        .into_iter()
+        .find(|l| l.starts_with("2 ") && l.contains(&format!("{side}x{side}")))
+        .unwrap_or_else(|| panic!("no pass 2 row: {}", stderr(&out)));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    let value: f64 = cells[4].parse().unwrap();
+    match cells[5] {
+        "GiB" => value * 1024.0,
+        _ => value,
+    }
+}
+
+/// The memory estimate of a tiled pass: one call of at most `batch` tiles at the tile's size
+/// (the backend's estimate there, as for an untiled pass of that size) plus the whole-latent
+/// merge buffers (latent, two sums, weights: 4 × 4 channels × 4 bytes a cell).
+#[test]
+fn a_tiled_pass_is_estimated_as_one_call_of_tiles() {
+    let scratch = Scratch::new("tiled-memory");
+    // The tiny model's VAE is 2×: 96 cells are 192 px; 4096 px is 2048² cells.
+    let tile_call = checked_unet(&scratch, 192, "");
+    let whole = checked_unet(&scratch, 4096, "");
+    let tiled = checked_unet(&scratch, 4096, "tiled = { batch = 1 }");
+    let buffers = (2048.0 * 2048.0 * 4.0 * 4.0 * 4.0) / (1u64 << 20) as f64;
+    eprintln!("UNet: whole {whole} MiB, tiled {tiled} MiB, a tile's call {tile_call} MiB");
+    assert!(
+        ((tiled - buffers) - tile_call).abs() < 1.0,
+        "{tiled} {tile_call}"
+    );
+    assert!(tiled * 50.0 < whole, "{tiled} {whole}");
+}
