@@ -34,9 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import k_diffusion.sampling  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
-from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
-from transformers import CLIPTextModel, CLIPTokenizer  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
 import make_prompt_schedule_reference as msr  # noqa: E402
 import make_sd1_reference as sd1  # noqa: E402
@@ -92,14 +90,7 @@ def main() -> None:
     ap.add_argument("--out", default="tests/data/prompt_schedule")
     ap.add_argument("--model", default="tests/data/sd1-tiny")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    ddir = os.path.join(args.model, "diffusers")
-    tok = CLIPTokenizer.from_pretrained(os.path.join(ddir, "tokenizer"), local_files_only=True)
-    te = CLIPTextModel.from_pretrained(os.path.join(ddir, "text_encoder"), local_files_only=True).eval()
-    unet = UNet2DConditionModel.from_pretrained(os.path.join(ddir, "unet"), local_files_only=True).eval()
-    vae = AutoencoderKL.from_pretrained(os.path.join(ddir, "vae"), local_files_only=True).eval()
-    ac = load_file(os.path.join(args.model, "sd1-tiny.safetensors"))["alphas_cumprod"]
+    tok, te, unet, vae, ac = sd1.load_tiny(args.model)
     model_wrap = sd1.UNetEpsDenoiser(unet, ac, quantize=False)
 
     cache: dict[str, torch.Tensor] = {}

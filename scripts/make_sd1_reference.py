@@ -422,6 +422,21 @@ class CFGDenoiser(nn.Module):
         return out_uncond + (out_cond - out_uncond) * cond_scale
 
 
+def load_tiny(model: str):
+    """(tokenizer, text encoder, UNet, VAE, alphas_cumprod) of tests/data/sd1-tiny-like folder
+    `model` (its diffusers folder and the single file's buffer), single-threaded and
+    deterministic, as the run scripts use them.  Shared."""
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    ddir = os.path.join(model, "diffusers")
+    tok = CLIPTokenizer.from_pretrained(os.path.join(ddir, "tokenizer"), local_files_only=True)
+    te = CLIPTextModel.from_pretrained(os.path.join(ddir, "text_encoder"), local_files_only=True).eval()
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(ddir, "unet"), local_files_only=True).eval()
+    vae = AutoencoderKL.from_pretrained(os.path.join(ddir, "vae"), local_files_only=True).eval()
+    ac = load_file(os.path.join(model, "sd1-tiny.safetensors"))["alphas_cumprod"]
+    return tok, te, unet, vae, ac
+
+
 def tokenize(tok, text: str) -> torch.Tensor:
     ids = tok(text, padding="max_length", max_length=MAX_LEN, truncation=True, return_tensors="pt").input_ids
     return ids.to(torch.int64)

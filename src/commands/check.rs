@@ -67,6 +67,10 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
             plan.checkpoint.display(),
             backend.decl.family
         );
+        if let Some(tiled) = &plan.tiled {
+            let grid = crate::tiled::Grid::new(tiled, size.latent_h, size.latent_w);
+            println!("pass {}: tiled {}", plan.number, grid.describe(tiled));
+        }
         if let Some(refiner) = &plan.refiner {
             println!(
                 "pass {}: refiner {} ({}) from {} of the schedule",

@@ -88,7 +88,8 @@ fn each_rule_reports_its_finding_at_its_pass_and_key() {
 }
 
 #[test]
-fn a_switch_to_another_family_after_a_latent_upscaler_is_an_error_in_check_and_generate_loads_nothing() {
+fn a_switch_to_another_family_after_a_latent_upscaler_is_an_error_in_check_and_generate_loads_nothing(
+) {
     let scratch = Scratch::new("lint-family");
     let sdxl = repo().join("tests/data/sdxl-tiny/sdxl-tiny.safetensors");
     let text = tiny_profile(

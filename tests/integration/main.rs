@@ -39,6 +39,7 @@ mod serve_previews;
 mod serve_seeds;
 mod serve_webuiapi;
 mod stages;
+mod tiled;
 mod upscaler_names;
 mod upscaler_parity;
 mod upscaler_plugins;

@@ -35,4 +35,5 @@ pub mod seamless;
 pub mod stages;
 pub mod stored_latent;
 pub mod switch;
+pub mod tiled;
 pub mod upscaler_models;

@@ -28,11 +28,41 @@ fn estimate(
     (backend, refiner_weights): (&Entry<BackendDecl>, u64),
     settings: &LoadSettings,
     size: (u32, u32),
-    images: u32,
+    (images, factor): (u32, u32),
 ) -> Result<MemoryEstimate> {
     let mut e = estimate_of(&plan.checkpoint, plan, backend, settings, size, images)?;
+    if let Some(tiled) = &plan.tiled {
+        e.unet = tiled_unet(plan, tiled, backend, settings, size, (images, factor))?;
+    }
     e.weights += refiner_weights;
     Ok(e)
+}
+
+/// A tiled pass's UNet call: at most `per_call` tiles of the tile's size a call (the
+/// backend's estimate there), plus the whole-latent merge buffers (the latent, one sum per
+/// conditioning and the weights, float32, 4 channels counted: small beside the call).
+fn tiled_unet(
+    plan: &PassPlan<'_>,
+    tiled: &crate::tiled::Tiled,
+    backend: &Entry<BackendDecl>,
+    settings: &LoadSettings,
+    (width, height): (u32, u32),
+    (images, f): (u32, u32),
+) -> Result<u64> {
+    let (lw, lh) = (i64::from(width / f).max(1), i64::from(height / f).max(1));
+    let grid = crate::tiled::Grid::new(tiled, lh, lw);
+    let tile = (grid.tile_w as u32 * f, grid.tile_h as u32 * f);
+    let call = estimate_of(
+        &plan.checkpoint,
+        plan,
+        backend,
+        settings,
+        tile,
+        images * grid.per_call() as u32,
+    )?;
+    let per_image = if plan.cfg == 1.0 { 1 } else { 2 };
+    let buffers = (lw * lh) as u64 * 4 * 4 * (2 + per_image) * u64::from(images);
+    Ok(call.unet + buffers)
 }
 
 /// The weights of `plan`'s refiner (0 without one).
@@ -87,7 +117,9 @@ pub fn table(
         let backend = models.backend(&plan.checkpoint)?;
         let at_size = (size.width, size.height);
         let held = (backend, refiner_weights(plan, models, settings, at_size)?);
-        let ask = |width: u32, height: u32| estimate(plan, held, settings, (width, height), 1);
+        let factor = latent_factor(size);
+        let ask =
+            |width: u32, height: u32| estimate(plan, held, settings, (width, height), (1, factor));
         let mut estimate = ask(size.width, size.height)?;
         estimate.free = *free.get_or_insert(estimate.free);
         let largest = |tiled: bool| -> Result<Option<(u32, u32)>> {
@@ -149,7 +181,8 @@ pub fn batch_plan(
         let Ok(refiner) = refiner_weights(plan, models, settings, at_size) else {
             return (1, warnings);
         };
-        let Ok(e) = estimate(plan, (backend, refiner), settings, at_size, 1) else {
+        let at = (1, latent_factor(size));
+        let Ok(e) = estimate(plan, (backend, refiner), settings, at_size, at) else {
             return (1, warnings);
         };
         let free = *free.get_or_insert(e.free);
@@ -182,6 +215,11 @@ pub fn batch_plan(
         }
     }
     (most, warnings)
+}
+
+/// Pixels per latent cell of a pass (the VAE's factor).
+fn latent_factor(size: &PassSize) -> u32 {
+    (i64::from(size.width) / size.latent_w.max(1)).max(1) as u32
 }
 
 /// `size`'s aspect with the longer side `64·k` px, both sides multiples of 64.

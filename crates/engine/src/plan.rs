@@ -50,6 +50,8 @@ pub struct PassPlan<'r> {
     pub refiner: Option<crate::refiner::RefinerPlan>,
     /// The textual-inversion embedding files prompts may name (the profile's, every pass).
     pub embeddings: Vec<host_api::EmbeddingSpec>,
+    /// Tiled diffusion: the pass's denoiser runs over tiles of the latent.
+    pub tiled: Option<crate::tiled::Tiled>,
 }
 
 /// One UNet patch of a pass: its plugin entry, options, and infotext fields.
@@ -112,6 +114,9 @@ pub fn plan_passes<'r>(
     let mut plans = Vec::new();
     for (i, pass) in profile.passes.iter().enumerate() {
         let number = i + 1;
+        if profile.tiling && pass.tiled.is_some() {
+            bail!("pass {number}: `tiled` cannot run with `tiling = true` (seamless output): tiles do not wrap around yet; remove one of them");
+        }
         let at = |e: anyhow::Error| registry.with_refusals(e).context(format!("pass {number}"));
         let sampler_name = resolved(pass.sampler.as_deref(), number, "sampler")?;
         let (sampler, named_schedule) = find_sampler(registry, sampler_name).map_err(at)?;
@@ -242,6 +247,7 @@ pub fn plan_passes<'r>(
             firstpass_conds,
             refiner,
             embeddings: embeddings.clone(),
+            tiled: pass.tiled,
         });
     }
     check_plans(&plans)?;

@@ -352,6 +352,13 @@ pub struct Pass {
         skip_serializing_if = "Option::is_none"
     )]
     pub refiner_switch_at: Option<f64>,
+    /// Tiled diffusion for this pass (`tiled = { method = "mixture", tile = 96, ... }`).
+    #[serde(
+        default,
+        deserialize_with = "opt_tiled",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tiled: Option<crate::tiled::Tiled>,
 }
 
 /// A1111's "Masked content": what the masked area starts from.
@@ -535,6 +542,11 @@ fn opt_refiner_switch_at<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>,
 fn opt_stage_factor<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     opt(d, defaults::stage_factor)
 }
+
+fn opt_tiled<'de, D: Deserializer<'de>>(d: D) -> Result<Option<crate::tiled::Tiled>, D::Error> {
+    opt(d, crate::tiled::Tiled::checked)
+}
+
 fn opt_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     opt(d, defaults::at_least_one)
 }
@@ -610,6 +622,7 @@ const PASS_KEYS: &[&str] = &[
     "inpainting_mask_weight",
     "refiner_checkpoint",
     "refiner_switch_at",
+    "tiled",
 ];
 
 /// Levenshtein distance, for suggesting the nearest valid name.
@@ -849,6 +862,9 @@ impl Profile {
             }
             if let Some(v) = pass.inpainting_mask_weight {
                 check(&key("inpainting_mask_weight"), v, defaults::mask_weight)?;
+            }
+            if let Some(v) = pass.tiled {
+                check(&key("tiled"), v, crate::tiled::Tiled::checked)?;
             }
         }
         Ok(())

@@ -37,6 +37,8 @@ struct Guidance<'a> {
     /// Inpainting: the init latent and the latent mask (1 repaints); each denoised result is
     /// `init * (1 - nmask) + nmask * denoised` (A1111 `sd_samplers_cfg_denoiser`).
     blend: Option<&'a (Tensor, Tensor)>,
+    /// Tiled diffusion: the model runs over these tiles of the latent.
+    tiler: Option<crate::tiled::Tiler>,
 }
 
 /// A1111's latent mask blend: the init latent where `nmask` is 0.
@@ -51,6 +53,21 @@ struct Handover<'a> {
     conds: &'a [Vec<Tensor>],
     table: &'a [f64],
     switch_at: f64,
+}
+
+impl Guidance<'_> {
+    /// The model's denoised predictions, over the pass's tiles when it has them.
+    fn model_denoise(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+        conds: &[&[Tensor]],
+    ) -> host_api::Result<Vec<Tensor>> {
+        match &self.tiler {
+            Some(t) => t.denoise(self.model, x, sigma, conds),
+            None => self.model.denoise(x, sigma, conds),
+        }
+    }
 }
 
 impl SamplerCallbacks for Guidance<'_> {
@@ -70,11 +87,11 @@ impl SamplerCallbacks for Guidance<'_> {
         }
         let (uncond, cond) = self.conds.next();
         let denoised = if self.cfg == 1.0 {
-            let out = self.model.denoise(x, sigma, &[cond])?.remove(0);
+            let out = self.model_denoise(x, sigma, &[cond])?.remove(0);
             self.last = Some(out.shallow_clone());
             out
         } else {
-            let out = self.model.denoise(x, sigma, &[uncond, cond])?;
+            let out = self.model_denoise(x, sigma, &[uncond, cond])?;
             // A1111's default live preview subject ("Prompt") is the prompt's prediction.
             self.last = Some(out[1].shallow_clone());
             &out[0] + (&out[1] - &out[0]) * self.cfg
@@ -373,6 +390,9 @@ pub fn run_batch(
         if takes_concat && i == 0 {
             mask_weight = Some(plan.img2img.as_ref().map_or(1.0, |p| p.mask_weight));
         }
+        if takes_concat && plan.tiled.is_some() {
+            bail!("pass {}: `tiled` cannot run a 9-channel inpainting checkpoint yet (its image conditioning is not tiled); remove `tiled` from this pass or use a regular checkpoint", plan.number);
+        }
         if takes_concat {
             // A 9-channel inpainting checkpoint: pass 1's image conditioning, else A1111's
             // txt2img one (a blank image behind a mask of ones).
@@ -448,6 +468,9 @@ pub fn run_batch(
             last: None,
             denoised: None,
             blend: blend_with.as_ref(),
+            tiler: plan
+                .tiled
+                .map(|t| crate::tiled::Tiler::new(&t, size.latent_h, size.latent_w)),
         };
         let phase = format!("pass {}", plan.number);
         let options = sampler_options(plan, from_noise);
