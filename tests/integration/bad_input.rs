@@ -353,6 +353,8 @@ const CASES: &[Case] = &[
         setup: |sc| generate(sc, &tiny_ldm(), "tiling = true", "", "tiled = {}") },
     Case { name: "tiled with an inpainting checkpoint", code: 1, expect: "pass 2: `tiled` cannot run a 9-channel inpainting checkpoint yet",
         setup: |sc| generate(sc, &repo().join("tests/data/sd1-inpaint-tiny/sd1-inpaint-tiny.safetensors"), "", "", "tiled = {}") },
+    Case { name: "tiled with an inpainting checkpoint, in check", code: 1, expect: "pass 2: `tiled` cannot run a 9-channel inpainting checkpoint yet",
+        setup: |sc| { let mut a = generate(sc, &repo().join("tests/data/sd1-inpaint-tiny/sd1-inpaint-tiny.safetensors"), "", "", "tiled = {}"); a[0] = "check".into(); a } },
     Case { name: "too many passes", code: 1, expect: "20 passes (at most 16)",
         setup: |sc| profile_edit(sc, |p| p + &"\n[[pass]]\nscale = 1.0\nsteps = 1\ndenoise = 0.5\n".repeat(18)) },
     Case { name: "upscale chain past the size limit", code: 1, expect: "over the 16384 px limit",

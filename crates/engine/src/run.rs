@@ -391,7 +391,7 @@ pub fn run_batch(
             mask_weight = Some(plan.img2img.as_ref().map_or(1.0, |p| p.mask_weight));
         }
         if takes_concat && plan.tiled.is_some() {
-            bail!("pass {}: `tiled` cannot run a 9-channel inpainting checkpoint yet (its image conditioning is not tiled); remove `tiled` from this pass or use a regular checkpoint", plan.number);
+            bail!(crate::tiled::inpainting_refusal(plan.number));
         }
         if takes_concat {
             // A 9-channel inpainting checkpoint: pass 1's image conditioning, else A1111's
