@@ -83,7 +83,7 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
     }
     crate::switch::check_families(&plans, &models)?;
     crate::run::patches_fit(&plans, &info)?;
-    crate::tiled::check_checkpoints(&plans, &models)?;
+    crate::run::tiled_fit(&plans, &models)?;
     let mut findings = crate::lint::lint(&plans, &sizes, &info);
     findings.extend(crate::switch::switch_findings(&plans, &sizes, &models)?);
     for finding in &findings {

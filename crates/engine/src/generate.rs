@@ -359,7 +359,7 @@ fn report_new_findings(
         info.default_size = size;
     }
     crate::run::patches_fit(&job.plans, &info)?;
-    crate::tiled::check_checkpoints(&job.plans, &job.models)?;
+    crate::run::tiled_fit(&job.plans, &job.models)?;
     let mut findings = crate::lint::lint(&job.plans, &job.sizes, &info);
     findings.extend(crate::switch::switch_findings(
         &job.plans,

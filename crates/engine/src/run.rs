@@ -733,6 +733,30 @@ pub fn patches_fit(plans: &[PassPlan<'_>], info: &host_api::CheckpointInfo) -> R
     Ok(())
 }
 
+/// Every tiled pass's checkpoint as its headers describe it, before anything loads or runs
+/// (`check`, and `generate` before pass 1): an inpainting checkpoint is refused here, not
+/// after the passes before it ran.
+pub fn tiled_fit(plans: &[PassPlan<'_>], models: &Models<'_>) -> Result<()> {
+    for plan in plans.iter().filter(|p| p.tiled.is_some()) {
+        let backend = models.backend(&plan.checkpoint)?;
+        if !backend.decl.has_tools() {
+            continue; // its facts are known once it loads: refused then
+        }
+        let info = backend
+            .decl
+            .run_inspect(&plan.checkpoint, false)
+            .map_err(|e| anyhow!("{e}"))?;
+        let inpainting = info.extra.iter().any(|e| {
+            e.key.as_str() == host_api::keys::CONCAT_CHANNELS
+                && matches!(e.value, host_api::OptionValue::Number(n) if n == 5.0)
+        });
+        if inpainting {
+            bail!(crate::tiled::inpainting_refusal(plan.number));
+        }
+    }
+    Ok(())
+}
+
 /// The pass's patches made for the model `info` describes: an option the model cannot take
 /// (a block past its UNet's) is refused here, never ignored.
 fn make_patches(info: &ModelInfo, plan: &PassPlan<'_>) -> Result<Vec<host_api::PatchBox>> {

@@ -295,6 +295,12 @@ fn split(w: i64, h: i64, tile_w: i64, tile_h: i64, overlap: i64) -> Vec<Tile> {
         .collect()
 }
 
+/// The message for a tiled pass on a 9-channel inpainting checkpoint (its image conditioning
+/// is not tiled yet).
+pub fn inpainting_refusal(pass: usize) -> String {
+    format!("pass {pass}: `tiled` cannot run a 9-channel inpainting checkpoint yet (its image conditioning is not tiled); remove `tiled` from this pass or use a regular checkpoint")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,37 +347,4 @@ mod tests {
         assert!(bad(32, 32, 1).contains("tiled.overlap (32) must be less than tiled.tile (32)"));
         assert!(bad(32, 8, 0).contains("tiled.batch must be at least 1"));
     }
-}
-
-/// The message for a tiled pass on a 9-channel inpainting checkpoint (its image conditioning
-/// is not tiled yet).
-pub fn inpainting_refusal(pass: usize) -> String {
-    format!("pass {pass}: `tiled` cannot run a 9-channel inpainting checkpoint yet (its image conditioning is not tiled); remove `tiled` from this pass or use a regular checkpoint")
-}
-
-/// Every tiled pass's checkpoint as its headers describe it, before anything loads or runs
-/// (`check`, and `generate` before pass 1): an inpainting checkpoint is refused here, not
-/// after the passes before it ran.
-pub fn check_checkpoints(
-    plans: &[crate::plan::PassPlan<'_>],
-    models: &crate::models::Models<'_>,
-) -> anyhow::Result<()> {
-    for plan in plans.iter().filter(|p| p.tiled.is_some()) {
-        let backend = models.backend(&plan.checkpoint)?;
-        if !backend.decl.has_tools() {
-            continue; // its facts are known once it loads: refused then
-        }
-        let info = backend
-            .decl
-            .run_inspect(&plan.checkpoint, false)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let inpainting = info.extra.iter().any(|e| {
-            e.key.as_str() == host_api::keys::CONCAT_CHANNELS
-                && matches!(e.value, host_api::OptionValue::Number(n) if n == 5.0)
-        });
-        if inpainting {
-            anyhow::bail!(inpainting_refusal(plan.number));
-        }
-    }
-    Ok(())
 }
