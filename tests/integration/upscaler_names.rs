@@ -168,21 +168,7 @@ fn every_listed_upscaler_runs_by_its_listed_name_and_hostile_pickles_are_refused
         let (status, response) = post(&server, "/sdapi/v1/extra-single-image", &body);
         assert_eq!(status, 200, "{name}: {response}");
         assert!(response["html_info"].as_str().unwrap().contains(name));
-        let out = hiresfix(
-            &scratch.0,
-            &[
-                "-q",
-                "upscale",
-                "in.png",
-                "--upscaler",
-                name,
-                "--upscalers",
-                "ESRGAN",
-                "-o",
-                &format!("{name}.png"),
-            ],
-            &[],
-        );
+        let out = upscale_cli(&scratch, name, &format!("{name}.png"));
         assert!(out.status.success(), "{name}: {}", stderr(&out));
         let (w, h, _) =
             hiresfix::png_pixels::read_rgb8(&scratch.path(&format!("{name}.png"))).unwrap();
@@ -270,21 +256,7 @@ fn every_listed_upscaler_runs_by_its_listed_name_and_hostile_pickles_are_refused
         if !name.starts_with("marker") {
             continue; // the CLI's wording of the others: the bad-input corpus
         }
-        let out = hiresfix(
-            &scratch.0,
-            &[
-                "-q",
-                "upscale",
-                "in.png",
-                "--upscaler",
-                name,
-                "--upscalers",
-                "ESRGAN",
-                "-o",
-                "no.png",
-            ],
-            &[],
-        );
+        let out = upscale_cli(&scratch, name, "no.png");
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
@@ -305,4 +277,23 @@ fn every_listed_upscaler_runs_by_its_listed_name_and_hostile_pickles_are_refused
         "a hostile pickle ran: {} exists",
         marker.display()
     );
+}
+
+/// `hiresfix upscale in.png --upscaler NAME --upscalers ESRGAN -o OUT` in the scratch folder.
+fn upscale_cli(scratch: &Scratch, name: &str, out: &str) -> std::process::Output {
+    hiresfix(
+        &scratch.0,
+        &[
+            "-q",
+            "upscale",
+            "in.png",
+            "--upscaler",
+            name,
+            "--upscalers",
+            "ESRGAN",
+            "-o",
+            out,
+        ],
+        &[],
+    )
 }
