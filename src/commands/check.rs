@@ -36,6 +36,15 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
     for note in &notes {
         println!("note: {note}");
     }
+    // `tiled = "auto"` as `generate` decides it (`job::prepare_inner`).
+    let decided = crate::auto_tiled::decide(&mut profile, (&plans, &sizes), &models, &settings)?;
+    for decision in &decided {
+        println!("{}", decision.line);
+    }
+    let plans = match decided.iter().any(|d| d.tiled) {
+        true => plan::plan_passes(&profile, &registry, &base)?,
+        false => plans,
+    };
     for (plan, size) in plans.iter().zip(&sizes) {
         let backend = models.backend(&plan.checkpoint)?;
         if let Some(vae) = &plan.vae {

@@ -76,6 +76,8 @@ fn generate_follows_the_plan_and_replay_is_byte_identical() {
         .map(|p| (p.width, p.height, p.steps, p.denoise, p.upscaler.clone()))
         .collect();
     let latent = || Some("latent".to_owned());
+    // Each stage fits whole at these sizes: `tiled = "auto"` decided untiled, the key removed.
+    assert!(resolved.passes.iter().all(|p| p.tiled.is_none()));
     assert_eq!(
         plan,
         [
@@ -90,4 +92,49 @@ fn generate_follows_the_plan_and_replay_is_byte_identical() {
         std::fs::read(&image).unwrap() == std::fs::read(scratch.path("again.png")).unwrap(),
         "replay is not byte-identical"
     );
+}
+
+/// A stage whose whole-latent UNet call the estimate says will not fit is tiled (README
+/// "Tiled diffusion", `tiled = "auto"`): 16384 px needs hundreds of GiB untiled on any machine,
+/// 512 px well under one.
+#[test]
+fn check_tiles_the_stages_that_would_not_fit() {
+    let scratch = Scratch::new("stages-auto-tiled");
+    let text = one_pass(
+        "target = \"16384x16384\"\nstage_factor = 16.0",
+        "width = 32",
+    );
+    let profile = scratch.write("p.toml", &text);
+    let out = hiresfix(&scratch.0, &["check", profile.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = stdout_lines(&out);
+    let starts = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
+    assert!(
+        starts("pass 2: tiled = \"auto\": not tiled ("),
+        "{lines:#?}"
+    );
+    assert!(starts("pass 4: tiled = \"auto\": tiled ("), "{lines:#?}");
+    let tiles = "pass 4: tiled multidiffusion (overlap 48): 28900 tiles of 96x96 latent cells, 7225 model calls a step of at most 4 tiles";
+    assert!(lines.contains(&tiles.to_owned()), "{lines:#?}");
+    assert!(!starts("pass 2: tiled multidiffusion"), "{lines:#?}");
+}
+
+/// `tiled = "auto"` on a pass that fits: untiled, the same image as without the key, and the
+/// resolved profile records the decision (no `tiled`), so replay runs it whole anywhere.
+#[test]
+fn auto_on_a_pass_that_fits_runs_it_whole() {
+    let scratch = Scratch::new("auto-tiled-fits");
+    let mut images = Vec::new();
+    for (name, line) in [("plain", ""), ("auto", "tiled = \"auto\"")] {
+        let out = generate_as(&scratch, name, &tiny_profile(&tiny_ldm(), "", "", line));
+        assert!(out.status.success(), "{}", stderr(&out));
+        if name == "auto" {
+            assert!(stderr(&out).contains("note: pass 2: tiled = \"auto\": not tiled ("));
+        }
+        images.push(scratch.path(&format!("{name}.png")));
+    }
+    let pixels = |p: &std::path::Path| hiresfix::output::read_rgb8(p).unwrap().2;
+    assert!(pixels(&images[0]) == pixels(&images[1]));
+    let resolved = Profile::parse(&chunk(&images[1], "hiresfix-profile"), "embedded").unwrap();
+    assert_eq!(resolved.passes[1].tiled, None);
 }

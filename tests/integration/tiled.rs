@@ -159,3 +159,35 @@ fn a_tiled_pass_is_estimated_as_one_call_of_tiles() {
     );
     assert!(tiled * 50.0 < whole, "{tiled} {whole}");
 }
+
+/// The infotext carries the A1111 extension's `Tiled Diffusion` field (a hires pass's behind
+/// `Hires `), and importing the extension's field gives the table back.
+#[test]
+fn the_infotext_field_is_the_extensions_and_imports_back() {
+    let scratch = Scratch::new("tiled-infotext");
+    let line = "tiled = { method = \"mixture\", tile = 8, overlap = 4, batch = 2 }";
+    let out = generate_as(&scratch, "t", &tiny_profile(&tiny_ldm(), "", "", line));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = chunk(&scratch.path("t.png"), "parameters");
+    let field = "Hires Tiled Diffusion: \"{'Method': 'Mixture of Diffusers', 'Latent tile width': 8, 'Latent tile height': 8, 'Overlap': 4, 'Tile batch size': 2}\"";
+    assert!(text.contains(field), "{text}");
+    assert!(!text.contains(", Tiled Diffusion:"), "{text}");
+    // The extension's own field (it tiles A1111's first pass), from its `str()` of a dict.
+    let a1111 = "a cat\nSteps: 4, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, \
+Tiled Diffusion: \"{'Method': 'MultiDiffusion', 'Latent tile width': 64, 'Latent tile height': 64, 'Overlap': 16, 'Tile batch size': 3}\"";
+    let png = hiresfix::output::encode_png(8, 8, &[0; 8 * 8 * 3], a1111, "", None).unwrap();
+    std::fs::write(scratch.path("a1111.png"), png).unwrap();
+    let out = hiresfix(&scratch.0, &["replay", "--to-profile", "a1111.png"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let imported = Profile::parse(&String::from_utf8_lossy(&out.stdout), "imported").unwrap();
+    let expected = hiresfix::tiled::Tiled {
+        method: hiresfix::tiled::Method::MultiDiffusion,
+        tile: 64,
+        overlap: 16,
+        batch: 3,
+    };
+    assert_eq!(
+        imported.passes[0].tiled,
+        Some(hiresfix::tiled::setting::TiledSetting::Table(expected))
+    );
+}

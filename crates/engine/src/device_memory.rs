@@ -3,7 +3,7 @@
 //! CUDA runtime libtorch loaded (`cudaMemGetInfo`; tch exposes no memory query).
 
 /// A `/proc/meminfo` or `/proc/self/status` field in bytes (`kB` in the file).
-fn proc_field(file: &str, key: &str) -> Option<u64> {
+pub fn proc_field(file: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(file).ok()?;
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(key)?.strip_prefix(':')?;

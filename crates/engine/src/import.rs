@@ -88,8 +88,10 @@ pub fn from_parameters(text: &str, registry: &Registry) -> Result<Imported> {
     if let Some(patches) = out.patches("") {
         profile.patches = patches;
     }
+    first.tiled = out.tiled("Tiled Diffusion");
     profile.passes.push(first);
-    if let Some(hires) = out.hires() {
+    if let Some(mut hires) = out.hires() {
+        hires.tiled = out.tiled("Hires Tiled Diffusion");
         profile.passes.push(hires);
     }
     out.refiner(&mut profile.passes);
@@ -200,6 +202,18 @@ impl<'a> Importer<'a> {
             "Refiner: {title} — pass {} refiner_checkpoint = \"{file}\": put the file there or set its path",
             numbers.join(" and ")
         ));
+    }
+
+    /// The A1111 extension's `Tiled Diffusion` field (behind a pass's prefix) as `tiled`.
+    fn tiled(&mut self, key: &'a str) -> Option<crate::tiled::setting::TiledSetting> {
+        let value = self.take(key)?;
+        match crate::tiled::Tiled::from_infotext(value) {
+            Ok(t) => Some(crate::tiled::setting::TiledSetting::Table(t)),
+            Err(what) => {
+                self.unmapped.push(format!("{key}: {value} — {what}"));
+                None
+            }
+        }
     }
 
     fn take(&mut self, key: &'a str) -> Option<&'a str> {

@@ -96,9 +96,6 @@ fn prepare_inner<'r>(
     let staged = profile.target.is_some();
     give_back!(profile.fill_native_size(info.default_size));
     // A stage plan's passes exist now: planned again, pass 1's model already loaded.
-    // TODO(i29 stage-plan → tiled): here a stage whose UNet call the memory estimate says will
-    // not fit is to get tiled diffusion, written into `profile` so replay tiles the same way
-    // (README "Stage plan").
     let plans = match staged {
         true => give_back!(plan_passes(&profile, registry, base_dir)),
         false => plans,
@@ -109,7 +106,16 @@ fn prepare_inner<'r>(
     if profile.subseed == -1 && profile.subseed_strength > 0.0 {
         profile.subseed = random_seed();
     }
-    let (sizes, notes) = give_back!(pass_sizes(&profile.passes, info.vae_scale_factor));
+    let (sizes, mut notes) = give_back!(pass_sizes(&profile.passes, info.vae_scale_factor));
+    // `tiled = "auto"` (every stage of a stage plan): decided from the memory estimate and
+    // written into the profile, then planned again with the tiles.
+    let decided = crate::auto_tiled::decide(&mut profile, (&plans, &sizes), &models, &settings);
+    let decided = give_back!(decided);
+    notes.extend(decided.iter().map(|d| d.line.clone()));
+    let plans = match decided.iter().any(|d| d.tiled) {
+        true => give_back!(plan_passes(&profile, registry, base_dir)),
+        false => plans,
+    };
     Ok(Job {
         profile,
         plans,

@@ -1,6 +1,7 @@
 //! The hiresfix engine: the profile and its resolution, the plugin registry, planning, loaded
 //! models, the multi-pass run, A1111 infotext and PNG output. The command line (`hiresfix`)
 //! and the HTTP server (`hiresfix-serve`) are built on it; it imports neither.
+pub mod auto_tiled;
 pub mod defaults;
 pub mod device_memory;
 pub mod embeddings;

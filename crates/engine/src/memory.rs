@@ -61,8 +61,13 @@ fn tiled_unet(
         images * grid.per_call() as u32,
     )?;
     let per_image = if plan.cfg == 1.0 { 1 } else { 2 };
-    let buffers = (lw * lh) as u64 * 4 * 4 * (2 + per_image) * u64::from(images);
-    Ok(call.unet + buffers)
+    Ok(call.unet + merge_buffers((lw, lh), per_image, u64::from(images)))
+}
+
+/// A tiled pass's whole-latent buffers (`lw × lh` cells, float32, 4 channels counted): the
+/// latent, the weights, and one sum per conditioning (`per_image`) of each image.
+pub fn merge_buffers((lw, lh): (i64, i64), per_image: u64, images: u64) -> u64 {
+    (lw * lh).max(0) as u64 * 4 * 4 * (2 + per_image) * images
 }
 
 /// The weights of `plan`'s refiner (0 without one).
@@ -155,9 +160,27 @@ pub fn table(
 /// Most images one UNet call takes, whatever the memory: past this a GPU gains nothing.
 pub const MAX_IMAGES_PER_CALL: usize = 8;
 
-/// Share of the free memory a batched run may plan to use (the rest is slack for the
-/// estimate's error and other processes).
-const BATCH_SHARE: f64 = 0.8;
+/// Share of the free memory a batched run (or an untiled `tiled = "auto"` pass) may plan to
+/// use (the rest is slack for the estimate's error and other processes).
+pub const BATCH_SHARE: f64 = 0.8;
+
+/// The estimated peak of `plan`'s pass at `size` with one image, its UNet call over the
+/// whole latent (weights, the refiner's, the runtime and the call; the decode is left to VAE
+/// tiling), and the device's free memory. `None` when the backend gives no estimate or the
+/// free memory is unknown.
+pub fn whole_call(
+    plan: &PassPlan<'_>,
+    size: &PassSize,
+    models: &Models<'_>,
+    settings: &LoadSettings,
+) -> Option<(u64, u64)> {
+    let backend = models.backend(&plan.checkpoint).ok()?;
+    let at_size = (size.width, size.height);
+    let refiner = refiner_weights(plan, models, settings, at_size).ok()?;
+    let e = estimate_of(&plan.checkpoint, plan, backend, settings, at_size, 1).ok()?;
+    let need = e.runtime + e.weights + refiner + e.unet;
+    (e.free > 0 && e.unet > 0).then_some((need, e.free))
+}
 
 /// How many of `images` images run as one UNet batch: the most (up to
 /// [`MAX_IMAGES_PER_CALL`]) whose estimated peak fits every pass in the device's free memory
@@ -231,7 +254,7 @@ fn scaled(size: &PassSize, k: u32) -> (u32, u32) {
 }
 
 /// GiB with one decimal, or MiB below 1 GiB.
-fn gib(bytes: u64) -> String {
+pub fn gib(bytes: u64) -> String {
     match bytes >= 1 << 30 {
         true => format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64),
         false => format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64),

@@ -68,6 +68,10 @@ pub fn infotext_pairs(
     // Patches as the Forge extensions write them (`kohya_hrfix_enabled: True, ...`); a later
     // pass with other patches than pass 1 writes its own, prefixed like its other fields.
     pairs.extend(first.patches.iter().flat_map(|p| p.infotext.clone()));
+    // The A1111 extension's field; a later pass's behind its prefix.
+    if let Some(tiled) = &first.tiled {
+        pairs.push(("Tiled Diffusion".into(), tiled.infotext()));
+    }
     for (i, (plan, size)) in plans.iter().zip(sizes).enumerate().skip(1) {
         let p = if i == 1 {
             "Hires".to_owned()
@@ -118,6 +122,9 @@ pub fn infotext_pairs(
         }
         if plan.cfg != first.cfg {
             pairs.push((format!("{p} CFG Scale"), num(plan.cfg)));
+        }
+        if let Some(tiled) = &plan.tiled {
+            pairs.push((format!("{p} Tiled Diffusion"), tiled.infotext()));
         }
         let fields = |plan: &PassPlan<'_>| -> Vec<(String, String)> {
             plan.patches

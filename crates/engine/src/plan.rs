@@ -114,7 +114,8 @@ pub fn plan_passes<'r>(
     let mut plans = Vec::new();
     for (i, pass) in profile.passes.iter().enumerate() {
         let number = i + 1;
-        if profile.tiling && pass.tiled.is_some() {
+        let tiled = pass.tiled.and_then(|t| t.table());
+        if profile.tiling && tiled.is_some() {
             bail!("pass {number}: `tiled` cannot run with `tiling = true` (seamless output): tiles do not wrap around yet; remove one of them");
         }
         let at = |e: anyhow::Error| registry.with_refusals(e).context(format!("pass {number}"));
@@ -247,7 +248,7 @@ pub fn plan_passes<'r>(
             firstpass_conds,
             refiner,
             embeddings: embeddings.clone(),
-            tiled: pass.tiled,
+            tiled,
         });
     }
     check_plans(&plans)?;

@@ -352,13 +352,14 @@ pub struct Pass {
         skip_serializing_if = "Option::is_none"
     )]
     pub refiner_switch_at: Option<f64>,
-    /// Tiled diffusion for this pass (`tiled = { method = "mixture", tile = 96, ... }`).
+    /// Tiled diffusion for this pass (`tiled = { method = "mixture", tile = 96, ... }`), or
+    /// `"auto"`: tiled when its UNet call would not fit ([`crate::auto_tiled`]).
     #[serde(
         default,
         deserialize_with = "opt_tiled",
         skip_serializing_if = "Option::is_none"
     )]
-    pub tiled: Option<crate::tiled::Tiled>,
+    pub tiled: Option<crate::tiled::setting::TiledSetting>,
 }
 
 /// A1111's "Masked content": what the masked area starts from.
@@ -543,8 +544,10 @@ fn opt_stage_factor<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::E
     opt(d, defaults::stage_factor)
 }
 
-fn opt_tiled<'de, D: Deserializer<'de>>(d: D) -> Result<Option<crate::tiled::Tiled>, D::Error> {
-    opt(d, crate::tiled::Tiled::checked)
+fn opt_tiled<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::tiled::setting::TiledSetting>, D::Error> {
+    opt(d, crate::tiled::setting::TiledSetting::checked)
 }
 
 fn opt_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
@@ -864,7 +867,11 @@ impl Profile {
                 check(&key("inpainting_mask_weight"), v, defaults::mask_weight)?;
             }
             if let Some(v) = pass.tiled {
-                check(&key("tiled"), v, crate::tiled::Tiled::checked)?;
+                check(
+                    &key("tiled"),
+                    v,
+                    crate::tiled::setting::TiledSetting::checked,
+                )?;
             }
         }
         Ok(())
@@ -952,9 +959,11 @@ impl Profile {
             if i == 0 {
                 (self.passes[0].width, self.passes[0].height) = (Some(w), Some(h));
             } else {
+                // Each stage tiles when its UNet call would not fit (`crate::auto_tiled`).
                 self.passes.push(Pass {
                     width: Some(w),
                     height: Some(h),
+                    tiled: Some(crate::tiled::setting::TiledSetting::Auto),
                     ..Default::default()
                 });
             }

@@ -738,23 +738,28 @@ pub fn patches_fit(plans: &[PassPlan<'_>], info: &host_api::CheckpointInfo) -> R
 /// after the passes before it ran.
 pub fn tiled_fit(plans: &[PassPlan<'_>], models: &Models<'_>) -> Result<()> {
     for plan in plans.iter().filter(|p| p.tiled.is_some()) {
-        let backend = models.backend(&plan.checkpoint)?;
-        if !backend.decl.has_tools() {
-            continue; // its facts are known once it loads: refused then
-        }
-        let info = backend
-            .decl
-            .run_inspect(&plan.checkpoint, false)
-            .map_err(|e| anyhow!("{e}"))?;
-        let inpainting = info.extra.iter().any(|e| {
-            e.key.as_str() == host_api::keys::CONCAT_CHANNELS
-                && matches!(e.value, host_api::OptionValue::Number(n) if n == 5.0)
-        });
-        if inpainting {
+        if inpainting_checkpoint(plan, models)? {
             bail!(crate::tiled::inpainting_refusal(plan.number));
         }
     }
     Ok(())
+}
+
+/// Whether `plan`'s checkpoint is a 9-channel inpainting one, read from its headers (`false`
+/// for a backend without tools: its facts are known once it loads, and refused then).
+pub fn inpainting_checkpoint(plan: &PassPlan<'_>, models: &Models<'_>) -> Result<bool> {
+    let backend = models.backend(&plan.checkpoint)?;
+    if !backend.decl.has_tools() {
+        return Ok(false);
+    }
+    let info = backend
+        .decl
+        .run_inspect(&plan.checkpoint, false)
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(info.extra.iter().any(|e| {
+        e.key.as_str() == host_api::keys::CONCAT_CHANNELS
+            && matches!(e.value, host_api::OptionValue::Number(n) if n == 5.0)
+    }))
 }
 
 /// The pass's patches made for the model `info` describes: an option the model cannot take

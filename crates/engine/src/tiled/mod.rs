@@ -10,8 +10,10 @@ use host_api::tch::{Kind, Tensor};
 use host_api::ModelBox;
 use serde::{Deserialize, Serialize};
 
+mod infotext;
 pub mod mixture;
 pub mod multidiffusion;
+pub mod setting;
 
 /// A pass's `tiled` table, in latent cells.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq)]
@@ -220,8 +222,19 @@ impl Tiler {
         sigma: f64,
         conds: &[&[Tensor]],
     ) -> host_api::Result<Vec<Tensor>> {
+        self.denoise_with(x, |xs| model.denoise(xs, sigma, conds))
+    }
+
+    /// [`Self::denoise`] with the model call given: `call(tiles)` returns one prediction per
+    /// conditioning for the batch of tiles `[n·B, C, tile_h, tile_w]` (the benchmark calls a
+    /// bare UNet this way).
+    pub fn denoise_with<E>(
+        &self,
+        x: &Tensor,
+        mut call: impl FnMut(&Tensor) -> Result<Vec<Tensor>, E>,
+    ) -> Result<Vec<Tensor>, E> {
         if self.whole {
-            return model.denoise(x, sigma, conds);
+            return call(x);
         }
         let rows = x.size()[0];
         let weights = self.weights.to_device(x.device()).to_kind(x.kind());
@@ -235,7 +248,7 @@ impl Tiler {
             let tiles = &self.grid.tiles[start..start + n];
             start += n;
             let xs: Vec<Tensor> = tiles.iter().map(|t| self.cells(x, t)).collect();
-            let outs = model.denoise(&Tensor::cat(&xs, 0), sigma, conds)?;
+            let outs = call(&Tensor::cat(&xs, 0))?;
             if sums.is_empty() {
                 sums = outs.iter().map(|_| x.zeros_like()).collect();
             }
