@@ -77,7 +77,8 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
             backend.decl.family
         );
         if let Some(tiled) = &plan.tiled {
-            let grid = crate::tiled::Grid::new(tiled, size.latent_h, size.latent_w);
+            let (h, w) = (size.latent_h, size.latent_w);
+            let grid = crate::tiled::Grid::wrapping(tiled, h, w, profile.tiling);
             println!("pass {}: tiled {}", plan.number, grid.describe(tiled));
         }
         if let Some(refiner) = &plan.refiner {

@@ -351,8 +351,6 @@ const CASES: &[Case] = &[
         setup: |sc| generate(sc, &tiny_ldm(), "", "", "tiled = { method = \"tiles\" }") },
     Case { name: "tiled a word other than auto", code: 1, expect: "tiled = \"yes\": the only word is \"auto\"",
         setup: |sc| generate(sc, &tiny_ldm(), "", "", "tiled = \"yes\"") },
-    Case { name: "tiled with seamless tiling", code: 1, expect: "pass 2: `tiled` cannot run with `tiling = true`",
-        setup: |sc| generate(sc, &tiny_ldm(), "tiling = true", "", "tiled = {}") },
     Case { name: "tiled with an inpainting checkpoint", code: 1, expect: "pass 2: `tiled` cannot run a 9-channel inpainting checkpoint yet",
         setup: |sc| generate(sc, &repo().join("tests/data/sd1-inpaint-tiny/sd1-inpaint-tiny.safetensors"), "", "", "tiled = {}") },
     Case { name: "tiled with an inpainting checkpoint, in check", code: 1, expect: "pass 2: `tiled` cannot run a 9-channel inpainting checkpoint yet",

@@ -209,7 +209,7 @@ fn seamless_runs_match_the_circular_padding_reference() {
 
 /// How much more the wrap-around edges (last column → first, last row → first) differ than
 /// neighbouring pixels do on average: 0 for an image that tiles like its interior.
-fn seam_excess(w: u32, h: u32, rgb: &[u8]) -> f64 {
+pub fn seam_excess(w: u32, h: u32, rgb: &[u8]) -> f64 {
     let (w, h) = (w as usize, h as usize);
     let at = |x: usize, y: usize, c: usize| rgb[(y * w + x) * 3 + c] as f64;
     let (mut edge, mut edges, mut inner, mut inners) = (0.0, 0.0, 0.0, 0.0);

@@ -191,3 +191,27 @@ Tiled Diffusion: \"{'Method': 'MultiDiffusion', 'Latent tile width': 64, 'Latent
         Some(hiresfix::tiled::setting::TiledSetting::Table(expected))
     );
 }
+
+/// Seamless output (`tiling = true`) with a tiled pass runs and stays seamless: the image
+/// continues across its edges as a plain run's does not (README "Tiled diffusion"). That the
+/// tiles themselves wrap is `tiled::tests::wrapping_tiles_commute_with_a_roll` (this run at
+/// denoise 0.5 keeps much of pass 1's wrap-around either way).
+#[test]
+fn a_seamless_tiled_pass_wraps_around() {
+    let scratch = Scratch::new("tiled-seamless");
+    // Pass 2 at 128 px: 16 latent cells a side, 4 wrapping tiles of 8 each way.
+    let pass2 = "width = 128\nheight = 128\ntiled = { tile = 8, overlap = 4 }";
+    let mut excess = Vec::new();
+    for (name, top) in [("seamless", "tiling = true"), ("plain", "")] {
+        let out = generate_as(&scratch, name, &tiny_profile(&tiny_ldm(), top, "", pass2));
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (w, h, px) =
+            hiresfix::output::read_rgb8(&scratch.path(&format!("{name}.png"))).unwrap();
+        excess.push(crate::parity::seam_excess(w, h, &px));
+    }
+    eprintln!(
+        "seam excess: seamless {:.3}, plain {:.3}",
+        excess[0], excess[1]
+    );
+    assert!(excess[0] < 0.2 && excess[0] < excess[1] / 4.0, "{excess:?}");
+}

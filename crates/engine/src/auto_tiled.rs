@@ -65,7 +65,6 @@ pub fn decide(
         // will not fit) rather than being refused.
         let blocked = match tiled {
             false => None,
-            true if profile.tiling => Some("tiles do not wrap for `tiling = true`"),
             true if crate::run::inpainting_checkpoint(plan, models)? => {
                 Some("a 9-channel inpainting checkpoint's conditioning is not tiled")
             }

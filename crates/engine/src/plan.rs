@@ -115,9 +115,6 @@ pub fn plan_passes<'r>(
     for (i, pass) in profile.passes.iter().enumerate() {
         let number = i + 1;
         let tiled = pass.tiled.and_then(|t| t.table());
-        if profile.tiling && tiled.is_some() {
-            bail!("pass {number}: `tiled` cannot run with `tiling = true` (seamless output): tiles do not wrap around yet; remove one of them");
-        }
         let at = |e: anyhow::Error| registry.with_refusals(e).context(format!("pass {number}"));
         let sampler_name = resolved(pass.sampler.as_deref(), number, "sampler")?;
         let (sampler, named_schedule) = find_sampler(registry, sampler_name).map_err(at)?;

@@ -18,6 +18,7 @@ use crate::observer::{timed, Observer};
 use crate::plan::{pass_sigmas, PassPlan, PassSize};
 use crate::prompt_schedule::Schedule;
 use crate::seamless::wrapped_upscale;
+use crate::tiled::Tiler;
 
 /// CFG over the backend's predictions, the image's step noise, and the observer's steps.
 struct Guidance<'a> {
@@ -470,7 +471,7 @@ pub fn run_batch(
             blend: blend_with.as_ref(),
             tiler: plan
                 .tiled
-                .map(|t| crate::tiled::Tiler::new(&t, size.latent_h, size.latent_w)),
+                .map(|t| Tiler::wrapping(&t, size.latent_h, size.latent_w, settings.seamless)),
         };
         let phase = format!("pass {}", plan.number);
         let options = sampler_options(plan, from_noise);

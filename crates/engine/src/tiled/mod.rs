@@ -130,15 +130,34 @@ pub struct Grid {
     pub tiles: Vec<Tile>,
     /// Tiles per model call, in order.
     pub batches: Vec<usize>,
+    /// Cells a tile may reach past the right (bottom) edge, wrapping to the left (top):
+    /// seamless output (`tiling = true`) on a side longer than the tile; 0 otherwise.
+    pub wrap_w: i64,
+    pub wrap_h: i64,
 }
 
 impl Grid {
     pub fn new(settings: &Tiled, h: i64, w: i64) -> Self {
+        Self::wrapping(settings, h, w, false)
+    }
+
+    /// The tiles of a seamless pass when `wrap`: on a side longer than the tile they lie on
+    /// a circle — `ceil(side / (tile − overlap))` tiles, starting `⌊i · side / count⌋`, the
+    /// last reaching past the edge into the first — so every seam between tiles, the
+    /// image's own wrap-around included, is blended alike.
+    pub fn wrapping(settings: &Tiled, h: i64, w: i64, wrap: bool) -> Self {
         let tile = i64::from(settings.tile);
         let (tile_w, tile_h) = (tile.min(w), tile.min(h));
         // init_grid_bbox: the overlap leaves at least 4 cells of each tile its own.
         let overlap = i64::from(settings.overlap).min(tile - 4).max(0);
-        let tiles = split(w, h, tile_w, tile_h, overlap);
+        let (wrap_w, wrap_h) = match wrap {
+            true => (
+                if tile_w < w { tile_w } else { 0 },
+                if tile_h < h { tile_h } else { 0 },
+            ),
+            false => (0, 0),
+        };
+        let tiles = split((w, wrap_w > 0), (h, wrap_h > 0), tile_w, tile_h, overlap);
         let n = tiles.len();
         let calls = n.div_ceil(settings.batch as usize);
         let per_call = n.div_ceil(calls);
@@ -151,6 +170,8 @@ impl Grid {
             tile_h,
             tiles,
             batches,
+            wrap_w,
+            wrap_h,
         }
     }
 
@@ -190,13 +211,20 @@ pub struct Tiler {
 
 impl Tiler {
     pub fn new(settings: &Tiled, h: i64, w: i64) -> Self {
-        let grid = Grid::new(settings, h, w);
+        Self::wrapping(settings, h, w, false)
+    }
+
+    /// A seamless pass's tiler (`wrap`): see [`Grid::wrapping`].
+    pub fn wrapping(settings: &Tiled, h: i64, w: i64, wrap: bool) -> Self {
+        let grid = Grid::wrapping(settings, h, w, wrap);
         let (tile_w, tile_h) = (grid.tile_w, grid.tile_h);
         let tile_weights = match settings.method {
             Method::MultiDiffusion => None,
             Method::Mixture => Some(mixture::gaussian_weights(tile_w, tile_h)),
         };
-        let weights = Tensor::zeros([1, 1, h, w], (Kind::Float, host_api::tch::Device::Cpu));
+        let (ph, pw) = (grid.wrap_h, grid.wrap_w);
+        let cpu = (Kind::Float, host_api::tch::Device::Cpu);
+        let weights = Tensor::zeros([1, 1, h + ph, w + pw], cpu);
         for t in &grid.tiles {
             let mut cells = weights.narrow(2, t.y, tile_h).narrow(3, t.x, tile_w);
             match &tile_weights {
@@ -204,6 +232,7 @@ impl Tiler {
                 None => cells += 1.0,
             }
         }
+        let weights = fold(&weights, h, w, (ph, pw));
         Tiler {
             method: settings.method,
             whole: grid.tiles.len() == 1 && tile_w == w && tile_h == h,
@@ -237,7 +266,14 @@ impl Tiler {
             return call(x);
         }
         let rows = x.size()[0];
+        let size = x.size();
+        let (h, w) = (size[2], size[3]);
+        let wraps = (self.grid.wrap_h, self.grid.wrap_w);
+        // A seamless pass's tiles read (and are summed) past the edges: the latent and the
+        // cells' total weights padded with what they wrap to.
+        let x = &unfold(x, wraps);
         let weights = self.weights.to_device(x.device()).to_kind(x.kind());
+        let padded_weights = unfold(&weights, wraps);
         let tile_weights = self
             .tile_weights
             .as_ref()
@@ -257,7 +293,9 @@ impl Tiler {
                     let mut cells = self.cells(sum, t);
                     let part = out.narrow(0, i as i64 * rows, rows);
                     match &tile_weights {
-                        Some(g) => cells += mixture::weighted(&part, g, &self.cells(&weights, t)),
+                        Some(g) => {
+                            cells += mixture::weighted(&part, g, &self.cells(&padded_weights, t))
+                        }
                         None => cells += part,
                     }
                 }
@@ -265,6 +303,7 @@ impl Tiler {
         }
         Ok(sums
             .into_iter()
+            .map(|sum| fold(&sum, h, w, wraps))
             .map(|sum| match self.method {
                 Method::MultiDiffusion => multidiffusion::average(&sum, &weights),
                 Method::Mixture => sum,
@@ -286,10 +325,49 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
+/// `x` `[B, C, h, w]` with `ph` rows and `pw` columns of what they wrap to appended (the first
+/// rows and columns), as a seamless pass's tiles read it.
+fn unfold(x: &Tensor, (ph, pw): (i64, i64)) -> Tensor {
+    match ph > 0 || pw > 0 {
+        true => x.pad([0, pw, 0, ph], "circular", None),
+        false => x.shallow_clone(),
+    }
+}
+
+/// The inverse sum of [`unfold`]: what landed on the appended rows and columns is added to
+/// the cells they wrap to, and the result is `[B, C, h, w]`.
+fn fold(x: &Tensor, h: i64, w: i64, (ph, pw): (i64, i64)) -> Tensor {
+    if ph == 0 && pw == 0 {
+        return x.shallow_clone();
+    }
+    let x = x.copy();
+    if pw > 0 {
+        let mut first = x.narrow(3, 0, pw);
+        first += x.narrow(3, w, pw);
+    }
+    let x = x.narrow(3, 0, w);
+    if ph > 0 {
+        let mut first = x.narrow(2, 0, ph);
+        first += x.narrow(2, h, ph);
+    }
+    x.narrow(2, 0, h).contiguous()
+}
+
 /// The extension's `split_bboxes`: as few columns (rows) as overlap at least `overlap` cells,
-/// spread evenly with their start truncated, the last flush with the edge; row-major.
-fn split(w: i64, h: i64, tile_w: i64, tile_h: i64, overlap: i64) -> Vec<Tile> {
-    let starts = |size: i64, tile: i64| -> Vec<i64> {
+/// spread evenly with their start truncated, the last flush with the edge; row-major. A side
+/// that wraps (`(side, true)`) has its tiles on a circle instead ([`Grid::wrapping`]).
+fn split(
+    (w, wrap_w): (i64, bool),
+    (h, wrap_h): (i64, bool),
+    tile_w: i64,
+    tile_h: i64,
+    overlap: i64,
+) -> Vec<Tile> {
+    let starts = |size: i64, tile: i64, wrap: bool| -> Vec<i64> {
+        if wrap {
+            let count = (size + (tile - overlap) - 1) / (tile - overlap);
+            return (0..count).map(|i| i * size / count).collect();
+        }
         let count = match tile < size {
             true => (size - overlap + (tile - overlap) - 1) / (tile - overlap),
             false => 1,
@@ -302,7 +380,7 @@ fn split(w: i64, h: i64, tile_w: i64, tile_h: i64, overlap: i64) -> Vec<Tile> {
             .map(|i| ((i as f64 * step) as i64).min(size - tile))
             .collect()
     };
-    let (xs, ys) = (starts(w, tile_w), starts(h, tile_h));
+    let (xs, ys) = (starts(w, tile_w, wrap_w), starts(h, tile_h, wrap_h));
     ys.iter()
         .flat_map(|&y| xs.iter().map(move |&x| Tile { x, y }))
         .collect()
@@ -342,6 +420,62 @@ mod tests {
         let one = tiler(96, 48, 4, 40, 48);
         assert_eq!((one.tiles.len(), one.tile_w, one.tile_h), (1, 48, 40));
         assert_eq!(one.per_call(), 1);
+    }
+
+    #[test]
+    fn wrapping_tiles_lie_on_a_circle_and_merge_back_exactly() {
+        let t = Tiled {
+            method: Method::MultiDiffusion,
+            tile: 20,
+            overlap: 8,
+            batch: 5,
+        };
+        // 48 cells, steps of at most 12: 4 columns 12 apart, the last reaching 8 past the edge;
+        // 16 rows fit one tile: no wrap there.
+        let g = Grid::wrapping(&t, 16, 48, true);
+        let xs: Vec<i64> = g.tiles.iter().map(|t| t.x).collect();
+        assert_eq!(xs, [0, 12, 24, 36]);
+        assert_eq!((g.wrap_w, g.wrap_h, g.tile_h), (20, 0, 16));
+        // A model that returns its input: every cell is a mean of copies of itself, wrapped
+        // cells included (both methods), bit for bit up to the weights' rounding.
+        for method in [Method::MultiDiffusion, Method::Mixture] {
+            let t = Tiled { method, ..t };
+            let tiler = Tiler::wrapping(&t, 40, 48, true);
+            let x = Tensor::randn([2, 4, 40, 48], (Kind::Float, host_api::tch::Device::Cpu));
+            let out = tiler
+                .denoise_with(&x, |tiles| Ok::<_, ()>(vec![tiles.shallow_clone()]))
+                .unwrap();
+            let err = f64::try_from((&out[0] - &x).abs().max()).unwrap();
+            assert!(err < 1e-5, "{method:?}: {err}");
+        }
+    }
+
+    /// On a circle of evenly spaced tiles, rolling the latent by the tiles' step rolls the
+    /// merged prediction by it, for a model that mixes neighbouring cells (circularly within
+    /// its tile, as a seamless UNet's convolutions do); tiles that stop at the edge do not.
+    #[test]
+    fn wrapping_tiles_commute_with_a_roll() {
+        let t = Tiled {
+            method: Method::MultiDiffusion,
+            tile: 20,
+            overlap: 8,
+            batch: 3,
+        };
+        let model = |tiles: &Tensor| {
+            let mixed = tiles * 0.5 + tiles.roll([1], [3]) * 0.3 + tiles.roll([-2], [2]) * 0.2;
+            Ok::<_, ()>(vec![mixed])
+        };
+        let x = Tensor::randn([1, 4, 48, 48], (Kind::Float, host_api::tch::Device::Cpu));
+        let rolled = x.roll([12, 12], [2, 3]);
+        let apart = |wrap: bool| {
+            let tiler = Tiler::wrapping(&t, 48, 48, wrap);
+            let a = tiler.denoise_with(&x, model).unwrap().remove(0);
+            let b = tiler.denoise_with(&rolled, model).unwrap().remove(0);
+            f64::try_from((a.roll([12, 12], [2, 3]) - b).abs().max()).unwrap()
+        };
+        let (wrapped, edged) = (apart(true), apart(false));
+        assert!(wrapped < 1e-5, "{wrapped}");
+        assert!(edged > 0.1, "{edged}");
     }
 
     #[test]
