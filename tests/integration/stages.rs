@@ -117,6 +117,18 @@ fn check_tiles_the_stages_that_would_not_fit() {
     let tiles = "pass 4: tiled multidiffusion (overlap 48): 28900 tiles of 96x96 latent cells, 7225 model calls a step of at most 4 tiles";
     assert!(lines.contains(&tiles.to_owned()), "{lines:#?}");
     assert!(!starts("pass 2: tiled multidiffusion"), "{lines:#?}");
+    // Pass 1's `when = "auto"` table gives every stage its settings (pass 1 fits: whole).
+    let auto = "width = 32\ntiled = { when = \"auto\", tile = 128, overlap = 16 }";
+    let text = one_pass("target = \"16384x16384\"\nstage_factor = 16.0", auto);
+    let profile = scratch.write("q.toml", &text);
+    let out = hiresfix(&scratch.0, &["check", profile.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = stdout_lines(&out);
+    let tiles = "pass 4: tiled multidiffusion (overlap 16): 5329 tiles of 128x128 latent cells, 1333 model calls a step of at most 4 tiles";
+    assert!(lines.contains(&tiles.to_owned()), "{lines:#?}");
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("pass 1: tiled = \"auto\": not tiled (")));
 }
 
 /// `tiled = "auto"` on a pass that fits: untiled, the same image as without the key, and the

@@ -1,6 +1,6 @@
 //! `tiled = "auto"`, and every stage of a stage plan (README "Tiled diffusion", "Stage
 //! plan"): decided once per job, when the sizes and pass 1's model are known — a pass is
-//! tiled with the defaults ([`Tiled::default`]) when the backend's memory estimate says its
+//! tiled with its settings (`"auto"`: the defaults) when the backend's memory estimate says its
 //! whole-latent UNet call (with the weights and runtime) will not fit in
 //! [`memory::BATCH_SHARE`] of the device's free memory. The decision is written into the
 //! profile (the table, or the key removed), so the resolved profile in the PNG and `replay`
@@ -13,7 +13,6 @@ use crate::pass_size::PassSize;
 use crate::plan::PassPlan;
 use crate::profile::Profile;
 use crate::tiled::setting::TiledSetting;
-use crate::tiled::Tiled;
 
 /// What [`decide`] chose for one `auto` pass, as `check` and `generate` print it.
 #[derive(Debug, PartialEq)]
@@ -34,9 +33,9 @@ pub fn decide(
 ) -> Result<Vec<Decision>> {
     let mut decisions = Vec::new();
     for ((pass, plan), size) in profile.passes.iter_mut().zip(plans).zip(sizes) {
-        if pass.tiled != Some(TiledSetting::Auto) {
+        let Some(TiledSetting::Auto(table)) = pass.tiled else {
             continue;
-        }
+        };
         let n = plan.number;
         let at = format!("{}x{}", size.width, size.height);
         let (tiled, why) = match memory::whole_call(plan, size, models, settings) {
@@ -70,7 +69,6 @@ pub fn decide(
             }
             true => None,
         };
-        let table = Tiled::default();
         let line = match (tiled, blocked) {
             (false, _) => format!("pass {n}: tiled = \"auto\": not tiled ({why})"),
             (true, Some(reason)) => {

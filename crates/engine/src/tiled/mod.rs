@@ -47,13 +47,13 @@ pub const BATCH: u32 = 4;
 /// The smallest tile: 64 px for an 8× VAE (the UNet's three downsamplings need 8 cells).
 pub const MIN_TILE: u32 = 8;
 
-fn default_tile() -> u32 {
+pub(crate) fn default_tile() -> u32 {
     TILE
 }
-fn default_overlap() -> u32 {
+pub(crate) fn default_overlap() -> u32 {
     OVERLAP
 }
-fn default_batch() -> u32 {
+pub(crate) fn default_batch() -> u32 {
     BATCH
 }
 
