@@ -413,7 +413,7 @@ const CASES: &[Case] = &[
         setup: |sc| generate(sc, &tiny_ldm(), "", "", "upscaler = \"lanczos9\"") },
     Case { name: "unknown sampler option", code: 1, expect: "sampler `euler` has no option `etaa`",
         setup: |sc| generate(sc, &tiny_ldm(), "", "", "sampler = \"euler\"\nsampler_options = { etaa = 1.0 }") },
-    Case { name: "unknown patch", code: 1, expect: "unknown patch `freu` — did you mean `freeu`? available: deep_shrink, freeu",
+    Case { name: "unknown patch", code: 1, expect: "unknown patch `freu` — did you mean `freeu`? available: deep_shrink, freeu, hypertile, tome",
         setup: |sc| generate(sc, &tiny_ldm(), "", "", "patches = [{ name = \"freu\" }]") },
     Case { name: "unknown patch option", code: 1, expect: "pass 2: patch `deep_shrink` has no option `blocks` (it reads: block, factor,",
         setup: |sc| generate(sc, &tiny_ldm(), "", "", "patches = [{ name = \"deep_shrink\", blocks = 3 }]") },

@@ -78,7 +78,7 @@ fn unknown_patch_names_and_options_are_errors_before_anything_loads() {
     let cases = [
         (
             r#"patches = [{ name = "deep_shrnk" }]"#,
-            "unknown patch `deep_shrnk` — did you mean `deep_shrink`? available: deep_shrink, freeu",
+            "unknown patch `deep_shrnk` — did you mean `deep_shrink`? available: deep_shrink, freeu, hypertile, tome",
         ),
         (
             r#"patches = [{ name = "freeu", b3 = 1.0 }]"#,
