@@ -174,7 +174,10 @@ pub trait Patch: Sized + Send + 'static {
     /// would get (`norm1(x)`); returns what the attention returns for `normed` — by default
     /// `attention.run(&normed)`. A patch may hand `attention` other tokens (tiles folded into
     /// the batch, merged tokens; any `(B', N', C)`), call it several times, and map its result
-    /// back to `(B, N, C)`. The residual sum is the backend's.
+    /// back to `(B, N, C)`. The residual sum is the backend's. Patches chain in profile order,
+    /// the first outermost: an inner patch gets the tokens the outer one handed its callback,
+    /// which may not be shaped like `x` (then it should run `attention` unchanged, as
+    /// HyperTile and ToMe do: they do not compose on one block).
     fn attention(
         &self,
         _ctx: &AttentionCtx,

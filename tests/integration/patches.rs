@@ -199,3 +199,41 @@ fn deep_shrink_in_pass_1_silences_the_native_size_warning() {
     ));
     assert!(warns("freeu.toml", r#"patches = [{ name = "freeu" }]"#));
 }
+
+#[test]
+fn hypertile_and_tome_change_pass_2_record_their_fields_and_replay_byte_identically() {
+    // Pass 2 at 64 px: an 8 × 8 latent, tiled 2 × 1, 1 × 2 or 2 × 2 with 32 px tiles (4 cells).
+    let scratch = Scratch::new("patch-attention");
+    let attention = r#"patches = [{ name = "hypertile", tile_size = 32 }, { name = "tome" }]"#;
+    let plain = tiny_profile(&tiny_ldm(), "", "", "");
+    let patched = tiny_profile(&tiny_ldm(), "", "", attention);
+    for (name, profile) in [("plain", &plain), ("patched", &patched)] {
+        let out = generate_as(&scratch, name, profile);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+    }
+    assert_ne!(
+        pixels(&scratch, "patched.png"),
+        pixels(&scratch, "plain.png")
+    );
+    let params = hiresfix::infotext::parse(&chunk(&scratch.path("patched.png"), "parameters"));
+    for (key, value) in [
+        ("Hires Hypertile U-Net", "True"),
+        ("Hires Hypertile U-Net max tile size", "32"),
+        ("Hires Hypertile U-Net swap size", "2"),
+        ("Hires Token merging ratio", "0.5"),
+        ("Hires Token merging stride", "2x2"),
+    ] {
+        assert_eq!(params.get(key), Some(value), "{key}");
+    }
+    let replay = hiresfix(
+        &scratch.0,
+        &["replay", "patched.png", "-o", "again.png"],
+        &[],
+    );
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    assert_eq!(
+        std::fs::read(scratch.path("again.png")).unwrap(),
+        std::fs::read(scratch.path("patched.png")).unwrap(),
+        "the choices come from the seed: a rerun is byte-identical"
+    );
+}

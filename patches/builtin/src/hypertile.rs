@@ -16,7 +16,7 @@
 use host_api::tch::Tensor;
 use host_api::{AttentionCtx, AttentionFn, Error, Options, Patch, PatchModel, Result};
 
-use crate::options::whole;
+use crate::options::{py_bool, whole};
 use crate::seeded::{draw, per_image, seeds};
 
 pub struct HyperTile {
@@ -97,13 +97,12 @@ impl Patch for HyperTile {
     fn infotext(&self) -> Vec<(String, String)> {
         // A1111's built-in Hypertile extension's fields (its tile size is ComfyUI's
         // `tile_size`), and ours for `scale_depth`.
-        let flag = |b: bool| if b { "True" } else { "False" }.to_owned();
         [
             ("Hypertile U-Net", "True".to_owned()),
             ("Hypertile U-Net max depth", self.max_depth.to_string()),
             ("Hypertile U-Net max tile size", self.tile_size.to_string()),
             ("Hypertile U-Net swap size", self.swap_size.to_string()),
-            ("Hypertile U-Net scale depth", flag(self.scale_depth)),
+            ("Hypertile U-Net scale depth", py_bool(self.scale_depth)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -119,7 +118,8 @@ impl Patch for HyperTile {
     ) -> Result<Tensor> {
         let s = normed.size();
         let (n, c) = (s[1], s[2]);
-        if !self.applies(c, i64::from(ctx.model_channels)) {
+        // Not this block's width, or tokens an earlier patch of the chain rearranged.
+        if !self.applies(c, i64::from(ctx.model_channels)) || s[..2] != x.size()[..2] {
             return attention.run(&normed);
         }
         per_image(x, &normed, &self.seeds, |_, normed, seed| {

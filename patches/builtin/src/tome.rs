@@ -15,7 +15,7 @@
 use host_api::tch::{Kind, Tensor};
 use host_api::{AttentionCtx, AttentionFn, Error, Options, Patch, PatchModel, Result};
 
-use crate::options::{py_float, whole, within};
+use crate::options::{py_bool, py_float, whole, within};
 use crate::seeded::{draw, per_image, seeds};
 
 pub struct ToMe {
@@ -170,7 +170,6 @@ impl Patch for ToMe {
 
     fn infotext(&self) -> Vec<(String, String)> {
         // A1111 records its built-in ToMe as "Token merging ratio" alone; the rest are ours.
-        let flag = |b: bool| if b { "True" } else { "False" }.to_owned();
         vec![
             ("Token merging ratio".into(), py_float(self.ratio)),
             (
@@ -181,7 +180,7 @@ impl Patch for ToMe {
                 "Token merging stride".into(),
                 format!("{}x{}", self.sx, self.sy),
             ),
-            ("Token merging random".into(), flag(self.use_rand)),
+            ("Token merging random".into(), py_bool(self.use_rand)),
         ]
     }
 
@@ -192,6 +191,11 @@ impl Patch for ToMe {
         normed: Tensor,
         attention: &AttentionFn<'_>,
     ) -> Result<Tensor> {
+        if normed.size() != x.size() {
+            // An earlier patch of the chain rearranged the tokens (HyperTile's tiles): the
+            // block input no longer measures them.
+            return attention.run(&normed);
+        }
         let n = x.size()[1];
         let original = i64::from(ctx.latent_height) * i64::from(ctx.latent_width);
         // tomesd: ceil(sqrt(original_tokens // N)).

@@ -5,7 +5,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::config::UNetConfig;
-use super::{AttentionAt, Hooks};
+use super::hooks::{AttentionAt, Hooks};
 use crate::layers::{
     attention, conv2d, group_norm, layer_norm, linear, norm_silu, per_image, Conv2d,
 };
@@ -217,29 +217,41 @@ impl SpatialTransformer {
         at: &AttentionAt,
     ) -> Result<Tensor> {
         let s = x.size();
-        let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
+        let (c, h, w) = (s[1], s[2], s[3]);
         let at = AttentionAt {
             height: h as u32,
             width: w as u32,
             ..*at
         };
-        let to_tokens = |t: &Tensor| t.reshape([b, c, h * w]).transpose(1, 2).contiguous();
-        let to_image = |t: &Tensor| t.transpose(1, 2).reshape([-1, c, h, w]).contiguous();
-        let normed = self.norm.forward(x);
-        let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)),
-            Projection::Linear(lin) => per_image(lin, &to_tokens(&normed)),
-        };
+        let mut tokens = self.tokens_in(x);
         for block in &self.blocks {
             let a = block.self_attention_hooked(&tokens, hooks, &at)?;
             tokens = block.after_self_attention(&a, context);
         }
-        let mut out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_image(&tokens)),
-            Projection::Linear(lin) => to_image(&per_image(lin, &tokens)),
-        };
+        let mut out = self.tokens_out(&tokens, (c, h, w));
         out += x;
         Ok(out)
+    }
+
+    /// GroupNorm and `proj_in`: `x` `[b, c, h, w]` as tokens `[b, h*w, c]`, contiguous.
+    fn tokens_in(&self, x: &Tensor) -> Tensor {
+        let s = x.size();
+        let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
+        let to_tokens = |t: &Tensor| t.reshape([b, c, h * w]).transpose(1, 2).contiguous();
+        let normed = self.norm.forward(x);
+        match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)),
+            Projection::Linear(lin) => per_image(lin, &to_tokens(&normed)),
+        }
+    }
+
+    /// `proj_out` of tokens `[rows, h*w, c]` as NCHW `[rows, c, h, w]`, contiguous.
+    fn tokens_out(&self, tokens: &Tensor, (c, h, w): (i64, i64, i64)) -> Tensor {
+        let to_image = |t: &Tensor| t.transpose(1, 2).reshape([-1, c, h, w]).contiguous();
+        match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_image(tokens)),
+            Projection::Linear(lin) => to_image(&per_image(lin, tokens)),
+        }
     }
 
     /// How many transformer blocks it has.
@@ -253,19 +265,12 @@ impl SpatialTransformer {
     /// then each row is repeated `shared` times. Returns `x.rows × shared` rows.
     pub fn forward_shared(&self, x: &Tensor, context: &Tensor, shared: i64) -> Tensor {
         let s = x.size();
-        let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
+        let (c, h, w) = (s[1], s[2], s[3]);
         let repeat = |t: &Tensor| match shared {
             1 => t.shallow_clone(),
             n => t.repeat_interleave_self_int(n, 0, None),
         };
-        // Contiguous both ways: tokens `[b, h*w, c]` for the blocks, NCHW for what follows.
-        let to_tokens = |t: &Tensor| t.reshape([b, c, h * w]).transpose(1, 2).contiguous();
-        let to_image = |t: &Tensor| t.transpose(1, 2).reshape([-1, c, h, w]).contiguous();
-        let normed = self.norm.forward(x);
-        let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)),
-            Projection::Linear(lin) => per_image(lin, &to_tokens(&normed)),
-        };
+        let mut tokens = self.tokens_in(x);
         let mut blocks = self.blocks.iter();
         if let Some(first) = blocks.next() {
             tokens = first.after_self_attention(&repeat(&first.self_attention(&tokens)), context);
@@ -273,10 +278,7 @@ impl SpatialTransformer {
         for block in blocks {
             tokens = block.forward(&tokens, context);
         }
-        let mut out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_image(&tokens)),
-            Projection::Linear(lin) => to_image(&per_image(lin, &tokens)),
-        };
+        let mut out = self.tokens_out(&tokens, (c, h, w));
         out += repeat(x);
         out
     }

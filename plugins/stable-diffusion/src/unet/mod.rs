@@ -3,6 +3,7 @@
 //! [`UNetConfig`]. Module paths are the LDM keys under `model.diffusion_model.`.
 mod blocks;
 pub mod config;
+mod hooks;
 pub mod memory;
 
 use anyhow::{anyhow, bail, Result};
@@ -10,6 +11,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 pub use config::{HeadRule, UNetConfig};
+pub use hooks::{AttentionAt, Hooks};
 
 use crate::layers::{conv2d, group_norm, linear, norm_silu, per_image, Conv2d};
 use blocks::{ResBlock, SpatialTransformer};
@@ -114,55 +116,6 @@ impl Layer {
             }
         }
     }
-}
-
-/// What a UNet patch sees: called at the LDM / ComfyUI hook points of the forward pass with
-/// the block's index and the resolution level of the tensor handed over (0 = full size).
-pub trait Hooks {
-    /// After input block `block`: `after_skip` false before its output is stored as a skip
-    /// connection (the skip is what this returns), true after (what the next block sees).
-    fn input(&self, block: usize, level: usize, after_skip: bool, h: Tensor) -> Result<Tensor>;
-    /// Before output block `block` concatenates `h` with `skip`.
-    fn output(
-        &self,
-        block: usize,
-        level: usize,
-        h: Tensor,
-        skip: Tensor,
-    ) -> Result<(Tensor, Tensor)>;
-    /// Whether [`Self::attention`] does anything (else the transformers run unhooked).
-    fn wraps_attention(&self) -> bool {
-        false
-    }
-    /// Around a transformer block's self-attention: `x` the block's input tokens `(B, N, C)`,
-    /// `normed` = `norm1(x)`; returns what `attention` (the block's `attn1`) returns for them.
-    fn attention(
-        &self,
-        _at: &AttentionAt,
-        _x: &Tensor,
-        normed: Tensor,
-        attention: &dyn Fn(&Tensor) -> Result<Tensor>,
-    ) -> Result<Tensor> {
-        attention(&normed)
-    }
-}
-
-/// Where a self-attention runs, for [`Hooks::attention`] (host-api `AttentionCtx`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AttentionAt {
-    /// 0: input blocks, 1: the middle block, 2: output blocks.
-    pub part: u32,
-    pub block: u32,
-    pub level: u32,
-    /// The transformer block's index among the UNet's, in forward order.
-    pub transformer: u32,
-    /// The token grid.
-    pub height: u32,
-    pub width: u32,
-    /// The UNet input's latent size.
-    pub latent_height: u32,
-    pub latent_width: u32,
-    pub model_channels: u32,
 }
 
 /// LDM `label_emb`: Linear → SiLU → Linear from the vector conditioning `y` (SDXL).
