@@ -176,10 +176,8 @@ impl Patch for ToMe {
                 "Token merging max downsample".into(),
                 self.max_downsample.to_string(),
             ),
-            (
-                "Token merging stride".into(),
-                format!("{}x{}", self.sx, self.sy),
-            ),
+            ("Token merging sx".into(), self.sx.to_string()),
+            ("Token merging sy".into(), self.sy.to_string()),
             ("Token merging random".into(), py_bool(self.use_rand)),
         ]
     }
