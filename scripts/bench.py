@@ -17,6 +17,10 @@ its native size), 4 steps, Euler, CFG 7, fp32, CPU, with and without the `deep_s
 (defaults: block 3, factor 2, the first 35 % of the schedule), and prints the pass's time
 for each, their ratio and the UNet FLOPs of one call at full and shrunk depth.
 
+Workloads attention-patches-cpu and attention-patches-2048-cpu run hiresfix alone: one pass
+of real-size SD 1.5 at 1024 x 1024 (2048 x 2048), 1 step, Euler, CFG 7, fp32, CPU, plain, with
+`hypertile` and with `tome` (their defaults), and print each pass time and its ratio to plain.
+
 Workload esrgan-cpu compares a super-resolution upscaler: a real-size RRDB-23 x4 (64
 features, random weights, saved once as .safetensors) on a 512 x 512 image, tiles of 192 px
 overlapping by 32 (one tile per call), CPU fp32: hiresfix's network (`cargo bench -p
@@ -55,6 +59,16 @@ WORKLOADS = {
     "esrgan-cpu": dict(esrgan=True, side=512, tile=192, overlap=32, blocks=23, nf=64),
     "deep-shrink-cpu": dict(family="sd15", device="cpu", dtype="fp32", width=1024, height=1024,
                             steps1=4, cfg=7.0, patch=True),
+    "attention-patches-cpu": dict(family="sd15", device="cpu", dtype="fp32", width=1024, height=1024,
+                                  steps1=1, cfg=7.0, patch=True, patches={
+                                      "hypertile": 'patches = [{ name = "hypertile" }]\n',
+                                      "tome": 'patches = [{ name = "tome" }]\n',
+                                  }),
+    "attention-patches-2048-cpu": dict(family="sd15", device="cpu", dtype="fp32", width=2048, height=2048,
+                                       steps1=1, cfg=7.0, patch=True, patches={
+                                           "hypertile": 'patches = [{ name = "hypertile" }]\n',
+                                           "tome": 'patches = [{ name = "tome" }]\n',
+                                       }),
 }
 PROMPT = "a photo of a cat"
 NEGATIVE = "blurry"
@@ -269,14 +283,15 @@ def profile_text(w: dict, checkpoint: str, out_png: str) -> str:
 
 
 def bench_patch(workload: str, data: str, hiresfix: str, repeat: int) -> None:
-    """One pass at 2x native size with and without deep_shrink: hiresfix against itself."""
+    """One pass at 2x native size (or more) plain and with each patch: hiresfix against itself."""
     w = WORKLOADS[workload]
+    variants = {"plain": "", **w.get("patches", {"deep_shrink": 'patches = [{ name = "deep_shrink" }]\n'})}
     folder = ensure_models(w["family"], data)
     work = os.path.join(data, f"run-{workload}")
     os.makedirs(work, exist_ok=True)
     checkpoint = os.path.abspath(os.path.join(folder, "model.safetensors"))
     times = {}
-    for label, patches in (("plain", ""), ("deep_shrink", 'patches = [{ name = "deep_shrink" }]\n')):
+    for label, patches in variants.items():
         png, timings = os.path.join(work, f"{label}.png"), os.path.join(work, f"{label}.json")
         profile = os.path.join(work, f"{label}.toml")
         with open(profile, "w") as fh:
@@ -296,7 +311,9 @@ def bench_patch(workload: str, data: str, hiresfix: str, repeat: int) -> None:
     print("|---|---|")
     for label, t in times.items():
         print(f"| {label} | {t:.2f} |")
-    print(f"| deep_shrink / plain | {times['deep_shrink'] / times['plain']:.2f} |")
+    for label in variants:
+        if label != "plain":
+            print(f"| {label} / plain | {times[label] / times['plain']:.2f} |")
     print(f"UNet call at full depth: {full / 1e12:.2f} TFLOP (CFG batch of 2)")
 
 

@@ -31,7 +31,9 @@ pub use backend_decl::BackendDecl;
 pub use error::{Error, Result};
 pub use model_box::ModelBox;
 pub use options::{keys, OptionEntry, OptionValue, Options};
-pub use patch::{HookCtx, PassSigmas, Patch, PatchBox, PatchDecl, PatchModel};
+pub use patch::{
+    AttentionCtx, AttentionFn, HookCtx, PassSigmas, Patch, PatchBox, PatchDecl, PatchModel,
+};
 pub use plugin::{Handshake, PluginModule, PluginRef};
 pub use sampler::{SampleCtx, Sampler, SamplerCallbacks, SamplerDecl};
 pub use schedule::{Schedule, ScheduleDecl};

@@ -29,6 +29,11 @@ pub mod keys {
     /// conditioning the UNet takes after the latent's (an inpainting checkpoint: 5, the mask
     /// then the masked image's latent); absent or 0: none. See `Backend::set_concat`.
     pub const CONCAT_CHANNELS: &str = "concat_channels";
+    /// `PatchModel.extra` (1.4.0): the seeds of the images the pass denoises, in the order of
+    /// their rows in a UNet call, as decimal integers joined by `,` (e.g. `"42,43"`); each
+    /// image's rows (its CFG rows) come together. Patches with random choices (HyperTile,
+    /// ToMe) draw them from these. Absent: the patch is made for a check, not a run.
+    pub const SEEDS: &str = "seeds";
 }
 
 /// Read access to the options a plugin received; a missing key yields the default.

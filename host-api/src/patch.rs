@@ -9,13 +9,19 @@
 //! - [`Patch::input_block_after_skip`]: after the skip is stored, on what the next block sees;
 //! - [`Patch::output_block`]: before output block `block` concatenates `h` with its skip.
 //!
+//! - [`Patch::attention`] (host-api 1.4.0): wraps the self-attention of every transformer
+//!   block (LDM `BasicTransformerBlock.attn1`); the patch may rearrange or merge the tokens,
+//!   run the attention (once or several times) through the callback it is given, and undo
+//!   its change on the result (HyperTile, ToMe).
+//!
 //! Extending the hook set without breaking plugins: the hooks travel in [`PatchVtable`], an
-//! abi_stable *prefix type*. A later host-api 1.x appends new hooks after
-//! `output_block` — e.g. HyperTile's `attention(q, k, v, ctx) -> Option<out>` — and a backend
-//! reads them through the accessor, which returns `None` for a patch built against the older
-//! host-api; the backend then runs its own attention. Old patches keep loading; a newer patch
-//! in an older host has its extra hooks left uncalled.
+//! abi_stable *prefix type*. A later host-api 1.x appends new hooks after the last one and a
+//! backend reads them through the accessor, which returns `None` for a patch built against
+//! an older host-api; the backend then runs its own attention ([`PatchBox::attention`] does
+//! that for it). Old patches keep loading; a newer patch in an older host has its extra hooks
+//! left uncalled.
 use std::ffi::c_void;
+use std::marker::PhantomData;
 
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec, Tuple2};
@@ -70,6 +76,66 @@ pub struct HookCtx {
     pub pass_sigma_min: f64,
 }
 
+/// Where a self-attention runs (host-api 1.4.0): the block's [`HookCtx`] and the facts a
+/// token-rearranging patch needs.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq)]
+pub struct AttentionCtx {
+    /// The UNet block holding the transformer: `block` indexes the input blocks, the middle
+    /// block (`block` = 0) or the output blocks as `part` says; `level`, `sigma` and the pass
+    /// range as for the other hooks.
+    pub hook: HookCtx,
+    /// 0: an input block, 1: the middle block, 2: an output block.
+    pub part: u32,
+    /// This transformer block's index among the UNet's, in forward order (input blocks,
+    /// middle, output blocks; a `SpatialTransformer` of depth d counts d): a stable key for
+    /// per-block random choices.
+    pub transformer: u32,
+    /// The token grid at this level: the tokens are `height × width`, row-major.
+    pub height: u32,
+    pub width: u32,
+    /// The latent the UNet was called with (level 0's grid), e.g. ToMe's "original size".
+    pub latent_height: u32,
+    pub latent_width: u32,
+    /// The UNet's base width (LDM `model_channels`): level `l` has `channel_mult[l]` times it.
+    pub model_channels: u32,
+}
+
+/// The self-attention a [`Patch::attention`] hook wraps: tokens `(B', N', C)` in, the
+/// attention's output (same shape, before the residual sum) out. Valid for the hook's call.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct AttentionFn<'a> {
+    env: *const c_void,
+    call: extern "C" fn(*const c_void, TensorRef<'_>) -> Out<TensorBox>,
+    _borrow: PhantomData<&'a ()>,
+}
+
+extern "C" fn attention_fn_call<F: Fn(&Tensor) -> Result<Tensor>>(
+    env: *const c_void,
+    tokens: TensorRef<'_>,
+) -> Out<TensorBox> {
+    // SAFETY: env is the `&F` made in `AttentionFn::new`, alive for `'a`.
+    let f = unsafe { &*(env as *const F) };
+    guard(|| f(&tokens.to_tensor()).map(TensorBox::new))
+}
+
+impl<'a> AttentionFn<'a> {
+    /// The backend's attention as a callback for the hook's call.
+    pub fn new<F: Fn(&Tensor) -> Result<Tensor>>(f: &'a F) -> Self {
+        Self {
+            env: f as *const F as *const c_void,
+            call: attention_fn_call::<F>,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Runs the attention on `tokens`.
+    pub fn run(&self, tokens: &Tensor) -> Result<Tensor> {
+        from_ffi((self.call)(self.env, TensorRef::new(tokens))).map(TensorBox::into_tensor)
+    }
+}
+
 /// What a patch plugin implements. Every hook's default leaves its tensors unchanged. `Send`:
 /// the model holding the pass's patches may move to another thread.
 pub trait Patch: Sized + Send + 'static {
@@ -102,6 +168,25 @@ pub trait Patch: Sized + Send + 'static {
     fn output_block(&self, _ctx: &HookCtx, h: Tensor, skip: Tensor) -> Result<(Tensor, Tensor)> {
         Ok((h, skip))
     }
+
+    /// Around the self-attention of a transformer block (host-api 1.4.0): `x` is the block's
+    /// input `(B, N, C)` (N = `ctx.height × ctx.width` tokens), `normed` what the attention
+    /// would get (`norm1(x)`); returns what the attention returns for `normed` — by default
+    /// `attention.run(&normed)`. A patch may hand `attention` other tokens (tiles folded into
+    /// the batch, merged tokens; any `(B', N', C)`), call it several times, and map its result
+    /// back to `(B, N, C)`. The residual sum is the backend's. Patches chain in profile order,
+    /// the first outermost: an inner patch gets the tokens the outer one handed its callback,
+    /// which may not be shaped like `x` (then it should run `attention` unchanged, as
+    /// HyperTile and ToMe do: they do not compose on one block).
+    fn attention(
+        &self,
+        _ctx: &AttentionCtx,
+        _x: &Tensor,
+        normed: Tensor,
+        attention: &AttentionFn<'_>,
+    ) -> Result<Tensor> {
+        attention.run(&normed)
+    }
 }
 
 /// The hooks of one patch type. A prefix type: see the module docs on adding hooks.
@@ -122,6 +207,15 @@ pub struct PatchVtable {
         TensorRef<'_>,
         TensorRef<'_>,
     ) -> Out<Tuple2<TensorBox, TensorBox>>,
+    /// 1.4.0: [`Patch::attention`]; `None` from the accessor for an older patch (the backend
+    /// then runs its attention unchanged).
+    pub attention: extern "C" fn(
+        *const c_void,
+        &AttentionCtx,
+        TensorRef<'_>,
+        TensorRef<'_>,
+        &AttentionFn<'_>,
+    ) -> Out<TensorBox>,
 }
 
 /// A patch object made inside its plugin, not yet paired with its hooks.
@@ -212,6 +306,20 @@ extern "C" fn output_trampoline<P: Patch>(
     })
 }
 
+extern "C" fn attention_trampoline<P: Patch>(
+    p: *const c_void,
+    ctx: &AttentionCtx,
+    x: TensorRef<'_>,
+    normed: TensorRef<'_>,
+    attention: &AttentionFn<'_>,
+) -> Out<TensorBox> {
+    guard(|| {
+        obj::<P>(p)
+            .attention(ctx, &x.to_tensor(), normed.to_tensor(), attention)
+            .map(TensorBox::new)
+    })
+}
+
 extern "C" fn new_trampoline<P: Patch>(
     options: RSlice<'_, OptionEntry>,
     model: &PatchModel,
@@ -248,6 +356,7 @@ impl PatchFfi {
             input_block: input_trampoline::<P>,
             input_block_after_skip: after_skip_trampoline::<P>,
             output_block: output_trampoline::<P>,
+            attention: attention_trampoline::<P>,
         };
         PatchFfi {
             name: RStr::from_str(P::NAME),
@@ -338,5 +447,31 @@ impl PatchBox {
             TensorRef::new(skip),
         ))?;
         Ok((h.into_tensor(), skip.into_tensor()))
+    }
+
+    /// Whether the patch has the attention hook (built against host-api 1.4 or later).
+    pub fn has_attention(&self) -> bool {
+        self.vtable.attention().is_some()
+    }
+
+    /// [`Patch::attention`]; a patch older than host-api 1.4 runs `attention` on `normed`.
+    pub fn attention(
+        &self,
+        ctx: &AttentionCtx,
+        x: &Tensor,
+        normed: &Tensor,
+        attention: &AttentionFn<'_>,
+    ) -> Result<Tensor> {
+        match self.vtable.attention() {
+            Some(hook) => from_ffi(hook(
+                self.obj,
+                ctx,
+                TensorRef::new(x),
+                TensorRef::new(normed),
+                attention,
+            ))
+            .map(TensorBox::into_tensor),
+            None => attention.run(normed),
+        }
     }
 }

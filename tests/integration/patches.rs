@@ -78,7 +78,7 @@ fn unknown_patch_names_and_options_are_errors_before_anything_loads() {
     let cases = [
         (
             r#"patches = [{ name = "deep_shrnk" }]"#,
-            "unknown patch `deep_shrnk` — did you mean `deep_shrink`? available: deep_shrink, freeu",
+            "unknown patch `deep_shrnk` — did you mean `deep_shrink`? available: deep_shrink, freeu, hypertile, tome",
         ),
         (
             r#"patches = [{ name = "freeu", b3 = 1.0 }]"#,
@@ -198,4 +198,82 @@ fn deep_shrink_in_pass_1_silences_the_native_size_warning() {
         r#"patches = [{ name = "deep_shrink" }]"#
     ));
     assert!(warns("freeu.toml", r#"patches = [{ name = "freeu" }]"#));
+}
+
+#[test]
+fn hypertile_and_tome_change_pass_2_record_their_fields_and_replay_byte_identically() {
+    // Pass 2 at 64 px: an 8 × 8 latent, tiled 2 × 1, 1 × 2 or 2 × 2 with 32 px tiles (4 cells).
+    let scratch = Scratch::new("patch-attention");
+    let attention = r#"patches = [{ name = "hypertile", tile_size = 32 }, { name = "tome" }]"#;
+    let plain = tiny_profile(&tiny_ldm(), "", "", "");
+    let patched = tiny_profile(&tiny_ldm(), "", "", attention);
+    for (name, profile) in [("plain", &plain), ("patched", &patched)] {
+        let out = generate_as(&scratch, name, profile);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+    }
+    assert_ne!(
+        pixels(&scratch, "patched.png"),
+        pixels(&scratch, "plain.png")
+    );
+    let params = hiresfix::infotext::parse(&chunk(&scratch.path("patched.png"), "parameters"));
+    for (key, value) in [
+        ("Hires Hypertile U-Net", "True"),
+        ("Hires Hypertile U-Net max tile size", "32"),
+        ("Hires Hypertile U-Net swap size", "2"),
+        ("Hires Token merging ratio", "0.5"),
+        ("Hires Token merging sx", "2"),
+        ("Hires Token merging random", "True"),
+    ] {
+        assert_eq!(params.get(key), Some(value), "{key}");
+    }
+    // `replay --to-profile` reads them back as the same patches.
+    let out = hiresfix(&scratch.0, &["replay", "--to-profile", "patched.png"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let imported = Profile::parse(&String::from_utf8_lossy(&out.stdout), "imported").unwrap();
+    let expected = Profile::parse(
+        r#"
+[[pass]]
+[[pass]]
+patches = [{ name = "hypertile", tile_size = 32, swap_size = 2, max_depth = 0, scale_depth = false },
+           { name = "tome", ratio = 0.5, max_downsample = 1, sx = 2, sy = 2, use_rand = true }]
+"#,
+        "expected",
+    )
+    .unwrap();
+    assert_eq!(imported.passes[1].patches, expected.passes[1].patches);
+    let replay = hiresfix(
+        &scratch.0,
+        &["replay", "patched.png", "-o", "again.png"],
+        &[],
+    );
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    assert_eq!(
+        std::fs::read(scratch.path("again.png")).unwrap(),
+        std::fs::read(scratch.path("patched.png")).unwrap(),
+        "the choices come from the seed: a rerun is byte-identical"
+    );
+}
+
+#[test]
+fn a1111_token_merging_and_hypertile_fields_import_as_patches() {
+    let scratch = Scratch::new("patch-import-a1111");
+    // As A1111 1.7+ writes its built-in ToMe and Hypertile settings (pass 1 and hires alike).
+    let text = "a castle\n\
+Steps: 20, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 512x512, Model: base, \
+Token merging ratio: 0.3, Hypertile U-Net: True, Hypertile U-Net max depth: 2, \
+Hypertile U-Net max tile size: 128, Hypertile U-Net swap size: 3";
+    let png = encode_png(8, 8, &[0; 8 * 8 * 3], text, "", None).unwrap();
+    std::fs::write(scratch.path("a1111.png"), png).unwrap();
+    let out = hiresfix(&scratch.0, &["replay", "--to-profile", "a1111.png"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let imported = Profile::parse(&String::from_utf8_lossy(&out.stdout), "imported").unwrap();
+    let expected = Profile::parse(
+        r#"
+patches = [{ name = "tome", ratio = 0.3, use_rand = false },
+           { name = "hypertile", max_depth = 2, tile_size = 128, swap_size = 3 }]
+"#,
+        "expected",
+    )
+    .unwrap();
+    assert_eq!(imported.patches, expected.patches);
 }

@@ -424,14 +424,20 @@ impl<'a> Importer<'a> {
             let (patch, field) = match (
                 rest.strip_prefix("kohya_hrfix_"),
                 rest.strip_prefix("freeu_"),
+                attention_patch_field(rest),
             ) {
-                (Some(field), _) => ("deep_shrink", field),
-                (_, Some(field)) => ("freeu", field),
+                (Some(field), ..) => ("deep_shrink", field),
+                (_, Some(field), _) => ("freeu", field),
+                (.., Some(found)) => found,
                 _ => continue,
             };
             self.used.push(key);
             let option = match (patch, field) {
                 (_, "enabled") => None,
+                ("hypertile", f @ ("max_depth" | "tile_size" | "swap_size" | "scale_depth")) => {
+                    Some(f)
+                }
+                ("tome", f @ ("ratio" | "max_downsample" | "sx" | "sy" | "use_rand")) => Some(f),
                 ("deep_shrink", "block_number") => Some("block"),
                 ("deep_shrink", "downscale_factor") => Some("factor"),
                 ("deep_shrink", "start_percent") => Some("start"),
@@ -453,6 +459,10 @@ impl<'a> Importer<'a> {
                 }
             };
             let entry = &mut found[index];
+            // A1111 writes ToMe as its ratio alone (0: off).
+            if (patch, field) == ("tome", "ratio") {
+                entry.1 = value.parse::<f64>().is_ok_and(|r| r > 0.0);
+            }
             match option {
                 None => entry.1 = value.eq_ignore_ascii_case("true"),
                 Some(option) => {
@@ -463,11 +473,38 @@ impl<'a> Importer<'a> {
         let patches: Vec<PatchEntry> = found
             .into_iter()
             .filter(|(_, enabled, _)| *enabled)
-            .map(|(name, _, options)| PatchEntry {
-                name: name.to_owned(),
-                options,
+            .map(|(name, _, mut options)| {
+                if name == "tome" {
+                    // A1111 runs tomesd with use_rand = false and does not write it.
+                    options
+                        .entry("use_rand".to_owned())
+                        .or_insert(toml::Value::Boolean(false));
+                }
+                PatchEntry {
+                    name: name.to_owned(),
+                    options,
+                }
             })
             .collect();
         (none || !patches.is_empty()).then_some(patches)
     }
+}
+
+/// A1111's built-in Hypertile and token-merging fields (and ours beside them) as
+/// `(patch, field)`: `Hypertile U-Net: True` enables `hypertile`, `Token merging ratio` > 0
+/// enables `tome`.
+fn attention_patch_field(key: &str) -> Option<(&'static str, &'static str)> {
+    Some(match key {
+        "Hypertile U-Net" => ("hypertile", "enabled"),
+        "Hypertile U-Net max depth" => ("hypertile", "max_depth"),
+        "Hypertile U-Net max tile size" => ("hypertile", "tile_size"),
+        "Hypertile U-Net swap size" => ("hypertile", "swap_size"),
+        "Hypertile U-Net scale depth" => ("hypertile", "scale_depth"),
+        "Token merging ratio" => ("tome", "ratio"),
+        "Token merging max downsample" => ("tome", "max_downsample"),
+        "Token merging sx" => ("tome", "sx"),
+        "Token merging sy" => ("tome", "sy"),
+        "Token merging random" => ("tome", "use_rand"),
+        _ => return None,
+    })
 }

@@ -304,7 +304,7 @@ pub fn run_batch(
                 if models.backend(&later.checkpoint)?.decl.family != info.family.as_str() {
                     break;
                 }
-                make_patches(&info, later)?;
+                make_patches(&info, later, seeds)?;
             }
         }
         let device = latent_device(&info);
@@ -417,7 +417,7 @@ pub fn run_batch(
             .set_loras(&specs)
             .map_err(|e| anyhow!("pass {}: {e}", plan.number))?;
         models.warn_once(warnings);
-        set_patches(&model, &info, plan, &sigmas)?;
+        set_patches(&model, &info, plan, &sigmas, seeds)?;
         // Each pass conditions on its own size (SDXL's size ids, as A1111's hires pass).
         let schedules = crate::plan::prompt_schedules(plans, i)?;
         let at = (plan.clip_skip, size.width, size.height);
@@ -703,8 +703,9 @@ fn set_patches(
     info: &ModelInfo,
     plan: &PassPlan<'_>,
     sigmas: &[f64],
+    seeds: &[ImageSeeds],
 ) -> Result<()> {
-    let patches = make_patches(info, plan)?;
+    let patches = make_patches(info, plan, seeds)?;
     let range = PassSigmas {
         max: sigmas.first().copied().unwrap_or(0.0),
         min: sigmas.last().copied().unwrap_or(0.0),
@@ -765,12 +766,23 @@ pub fn inpainting_checkpoint(plan: &PassPlan<'_>, models: &Models<'_>) -> Result
 
 /// The pass's patches made for the model `info` describes: an option the model cannot take
 /// (a block past its UNet's) is refused here, never ignored.
-fn make_patches(info: &ModelInfo, plan: &PassPlan<'_>) -> Result<Vec<host_api::PatchBox>> {
+fn make_patches(
+    info: &ModelInfo,
+    plan: &PassPlan<'_>,
+    seeds: &[ImageSeeds],
+) -> Result<Vec<host_api::PatchBox>> {
+    // The model's facts added in 1.x (e.g. `unet_input_blocks`) reach the patches as given,
+    // with the images' seeds (1.4: random choices of HyperTile and ToMe come from them).
+    let mut extra = info.extra.clone();
+    let list: Vec<String> = seeds.iter().map(|s| s.seed.to_string()).collect();
+    extra.push(host_api::OptionEntry {
+        key: host_api::keys::SEEDS.into(),
+        value: host_api::OptionValue::Text(list.join(",").into()),
+    });
     let target = PatchModel {
         family: info.family.clone(),
         sigmas: info.sigmas.clone(),
-        // The model's facts added in 1.x (e.g. `unet_input_blocks`) reach the patches as given.
-        extra: info.extra.clone(),
+        extra,
     };
     plan.patches
         .iter()

@@ -41,3 +41,11 @@ pub fn py_float(v: f64) -> String {
         false => format!("{v}"),
     }
 }
+
+/// A flag as infotext writes it (Python's `str(bool)`: `True`, `False`).
+pub fn py_bool(v: bool) -> String {
+    match v {
+        true => "True".to_owned(),
+        false => "False".to_owned(),
+    }
+}

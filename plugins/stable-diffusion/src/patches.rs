@@ -1,10 +1,10 @@
 //! The UNet patches a model runs with (host-api `Patch` plugins such as Deep Shrink and FreeU),
 //! called from the UNet's hook points with the call's sigma and the pass's sigma range.
 use anyhow::{anyhow, Result};
-use host_api::{HookCtx, PassSigmas, PatchBox};
+use host_api::{AttentionCtx, AttentionFn, HookCtx, PassSigmas, PatchBox};
 use tch::Tensor;
 
-use crate::unet::Hooks;
+use crate::unet::{AttentionAt, Hooks};
 
 /// The patches of the current pass, in profile order.
 #[derive(Default)]
@@ -51,6 +51,26 @@ impl Hooked<'_> {
     }
 }
 
+/// `patches[0]`'s attention hook around `patches[1]`'s … around `attention`: the first patch
+/// in profile order is the outermost.
+fn wrap(
+    patches: &[&PatchBox],
+    ctx: &AttentionCtx,
+    x: &Tensor,
+    normed: &Tensor,
+    attention: &dyn Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let Some((patch, inner)) = patches.split_first() else {
+        return attention(normed);
+    };
+    let run = |t: &Tensor| {
+        wrap(inner, ctx, x, t, attention).map_err(|e| host_api::Error(format!("{e:#}")))
+    };
+    patch
+        .attention(ctx, x, normed, &AttentionFn::new(&run))
+        .map_err(named(patch))
+}
+
 fn named(patch: &PatchBox) -> impl Fn(host_api::Error) -> anyhow::Error + '_ {
     move |e| anyhow!("patch `{}`: {e}", patch.name())
 }
@@ -82,5 +102,35 @@ impl Hooks for Hooked<'_> {
             (h, skip) = patch.output_block(&ctx, &h, &skip).map_err(named(patch))?;
         }
         Ok((h, skip))
+    }
+
+    fn wraps_attention(&self) -> bool {
+        self.set.patches.iter().any(PatchBox::has_attention)
+    }
+
+    fn attention(
+        &self,
+        at: &AttentionAt,
+        x: &Tensor,
+        normed: Tensor,
+        attention: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let ctx = AttentionCtx {
+            hook: self.ctx(at.block as usize, at.level as usize),
+            part: at.part,
+            transformer: at.transformer,
+            height: at.height,
+            width: at.width,
+            latent_height: at.latent_height,
+            latent_width: at.latent_width,
+            model_channels: at.model_channels,
+        };
+        let wrapping: Vec<&PatchBox> = self
+            .set
+            .patches
+            .iter()
+            .filter(|p| p.has_attention())
+            .collect();
+        wrap(&wrapping, &ctx, x, &normed, attention)
     }
 }

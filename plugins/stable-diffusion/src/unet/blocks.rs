@@ -1,9 +1,11 @@
 //! The blocks of the LDM `UNetModel` (ldm/modules/diffusionmodules/openaimodel.py) and its
 //! `SpatialTransformer` (ldm/modules/attention.py). Module paths are the LDM keys.
+use anyhow::Result;
 use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::config::UNetConfig;
+use super::hooks::{AttentionAt, Hooks};
 use crate::layers::{
     attention, conv2d, group_norm, layer_norm, linear, norm_silu, per_image, Conv2d,
 };
@@ -93,12 +95,15 @@ struct TransformerBlock {
     norm3: nn::LayerNorm,
     ff_proj: nn::Linear,
     ff_out: nn::Linear,
+    /// Its index among the UNet's transformer blocks, in forward order.
+    index: u32,
 }
 
 impl TransformerBlock {
-    fn new(p: nn::Path, dim: i64, context_dim: i64, heads: i64) -> Self {
+    fn new(p: nn::Path, dim: i64, context_dim: i64, heads: i64, index: u32) -> Self {
         let inner = dim * 4;
         Self {
+            index,
             norm1: layer_norm(&p / "norm1", dim, 1e-5),
             attn1: CrossAttention::new(&p / "attn1", dim, dim, heads),
             norm2: layer_norm(&p / "norm2", dim, 1e-5),
@@ -119,6 +124,24 @@ impl TransformerBlock {
         let mut a = self.attn1.forward(&self.norm1.forward(x), None);
         a += x;
         a
+    }
+
+    /// [`Self::self_attention`] with the patches' attention hooks around `attn1` (they see
+    /// the block input `x` and `norm1(x)` and return the attention's output).
+    fn self_attention_hooked(
+        &self,
+        x: &Tensor,
+        hooks: &dyn Hooks,
+        at: &AttentionAt,
+    ) -> Result<Tensor> {
+        let at = AttentionAt {
+            transformer: self.index,
+            ..*at
+        };
+        let run = |t: &Tensor| Ok(self.attn1.forward(t, None));
+        let mut a = hooks.attention(&at, x, self.norm1.forward(x), &run)?;
+        a += x;
+        Ok(a)
     }
 
     /// Cross-attention to `context` and the feed-forward, after [`Self::self_attention`].
@@ -159,13 +182,22 @@ pub struct SpatialTransformer {
 }
 
 impl SpatialTransformer {
-    pub fn new(p: nn::Path, channels: i64, depth: usize, heads: i64, cfg: &UNetConfig) -> Self {
+    /// `first`: the UNet-wide index of its first transformer block (forward order).
+    pub fn new(
+        p: nn::Path,
+        (channels, depth, heads): (i64, usize, i64),
+        cfg: &UNetConfig,
+        first: u32,
+    ) -> Self {
         let blocks = &p / "transformer_blocks";
         Self {
             norm: group_norm(&p / "norm", channels, 1e-6),
             proj_in: Projection::new(&p / "proj_in", channels, channels, cfg.linear_projection),
             blocks: (0..depth)
-                .map(|i| TransformerBlock::new(&blocks / i, channels, cfg.context_dim, heads))
+                .map(|i| {
+                    let index = first + i as u32;
+                    TransformerBlock::new(&blocks / i, channels, cfg.context_dim, heads, index)
+                })
                 .collect(),
             proj_out: Projection::new(&p / "proj_out", channels, channels, cfg.linear_projection),
         }
@@ -175,25 +207,70 @@ impl SpatialTransformer {
         self.forward_shared(x, context, 1)
     }
 
+    /// [`Self::forward`] with the patches' attention hooks around every block's
+    /// self-attention (`at`: where; its grid fields are filled in here).
+    pub fn forward_hooked(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        hooks: &dyn Hooks,
+        at: &AttentionAt,
+    ) -> Result<Tensor> {
+        let s = x.size();
+        let (c, h, w) = (s[1], s[2], s[3]);
+        let at = AttentionAt {
+            height: h as u32,
+            width: w as u32,
+            ..*at
+        };
+        let mut tokens = self.tokens_in(x);
+        for block in &self.blocks {
+            let a = block.self_attention_hooked(&tokens, hooks, &at)?;
+            tokens = block.after_self_attention(&a, context);
+        }
+        let mut out = self.tokens_out(&tokens, (c, h, w));
+        out += x;
+        Ok(out)
+    }
+
+    /// GroupNorm and `proj_in`: `x` `[b, c, h, w]` as tokens `[b, h*w, c]`, contiguous.
+    fn tokens_in(&self, x: &Tensor) -> Tensor {
+        let s = x.size();
+        let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
+        let to_tokens = |t: &Tensor| t.reshape([b, c, h * w]).transpose(1, 2).contiguous();
+        let normed = self.norm.forward(x);
+        match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)),
+            Projection::Linear(lin) => per_image(lin, &to_tokens(&normed)),
+        }
+    }
+
+    /// `proj_out` of tokens `[rows, h*w, c]` as NCHW `[rows, c, h, w]`, contiguous.
+    fn tokens_out(&self, tokens: &Tensor, (c, h, w): (i64, i64, i64)) -> Tensor {
+        let to_image = |t: &Tensor| t.transpose(1, 2).reshape([-1, c, h, w]).contiguous();
+        match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_image(tokens)),
+            Projection::Linear(lin) => to_image(&per_image(lin, tokens)),
+        }
+    }
+
+    /// How many transformer blocks it has.
+    pub fn depth(&self) -> u32 {
+        self.blocks.len() as u32
+    }
+
     /// [`Self::forward`] for `shared` rows of `context` per row of `x` (see
     /// [`super::UNetModel::forward_cfg`]): everything before the first cross-attention —
     /// GroupNorm, `proj_in`, the first block's self-attention — runs once per row of `x`,
     /// then each row is repeated `shared` times. Returns `x.rows × shared` rows.
     pub fn forward_shared(&self, x: &Tensor, context: &Tensor, shared: i64) -> Tensor {
         let s = x.size();
-        let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
+        let (c, h, w) = (s[1], s[2], s[3]);
         let repeat = |t: &Tensor| match shared {
             1 => t.shallow_clone(),
             n => t.repeat_interleave_self_int(n, 0, None),
         };
-        // Contiguous both ways: tokens `[b, h*w, c]` for the blocks, NCHW for what follows.
-        let to_tokens = |t: &Tensor| t.reshape([b, c, h * w]).transpose(1, 2).contiguous();
-        let to_image = |t: &Tensor| t.transpose(1, 2).reshape([-1, c, h, w]).contiguous();
-        let normed = self.norm.forward(x);
-        let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)),
-            Projection::Linear(lin) => per_image(lin, &to_tokens(&normed)),
-        };
+        let mut tokens = self.tokens_in(x);
         let mut blocks = self.blocks.iter();
         if let Some(first) = blocks.next() {
             tokens = first.after_self_attention(&repeat(&first.self_attention(&tokens)), context);
@@ -201,10 +278,7 @@ impl SpatialTransformer {
         for block in blocks {
             tokens = block.forward(&tokens, context);
         }
-        let mut out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_image(&tokens)),
-            Projection::Linear(lin) => to_image(&per_image(lin, &tokens)),
-        };
+        let mut out = self.tokens_out(&tokens, (c, h, w));
         out += repeat(x);
         out
     }

@@ -3,6 +3,7 @@
 //! [`UNetConfig`]. Module paths are the LDM keys under `model.diffusion_model.`.
 mod blocks;
 pub mod config;
+mod hooks;
 pub mod memory;
 
 use anyhow::{anyhow, bail, Result};
@@ -10,6 +11,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 pub use config::{HeadRule, UNetConfig};
+pub use hooks::{AttentionAt, Hooks};
 
 use crate::layers::{conv2d, group_norm, linear, norm_silu, per_image, Conv2d};
 use blocks::{ResBlock, SpatialTransformer};
@@ -45,18 +47,25 @@ enum Layer {
 struct Block(Vec<Layer>);
 
 impl Block {
+    /// Its layers in order; `hooked`: the patches' attention hooks and where this block is.
     fn forward(
         &self,
         x: &Tensor,
         emb: &Tensor,
         context: &Tensor,
         skip_size: Option<(i64, i64)>,
-    ) -> Tensor {
+        hooked: Option<(&dyn Hooks, &AttentionAt)>,
+    ) -> Result<Tensor> {
         let mut x = x.shallow_clone();
         for layer in &self.0 {
-            x = layer.forward(&x, emb, context, skip_size);
+            x = match (layer, hooked) {
+                (Layer::Attention(attn), Some((hooks, at))) => {
+                    attn.forward_hooked(&x, context, hooks, at)?
+                }
+                _ => layer.forward(&x, emb, context, skip_size),
+            };
         }
-        x
+        Ok(x)
     }
 
     /// [`Self::forward`] on one row per `shared` rows of the call (`emb_unique`: those rows'
@@ -109,22 +118,6 @@ impl Layer {
     }
 }
 
-/// What a UNet patch sees: called at the LDM / ComfyUI hook points of the forward pass with
-/// the block's index and the resolution level of the tensor handed over (0 = full size).
-pub trait Hooks {
-    /// After input block `block`: `after_skip` false before its output is stored as a skip
-    /// connection (the skip is what this returns), true after (what the next block sees).
-    fn input(&self, block: usize, level: usize, after_skip: bool, h: Tensor) -> Result<Tensor>;
-    /// Before output block `block` concatenates `h` with `skip`.
-    fn output(
-        &self,
-        block: usize,
-        level: usize,
-        h: Tensor,
-        skip: Tensor,
-    ) -> Result<(Tensor, Tensor)>;
-}
-
 /// LDM `label_emb`: Linear → SiLU → Linear from the vector conditioning `y` (SDXL).
 struct LabelEmbedding {
     first: nn::Linear,
@@ -152,8 +145,15 @@ impl UNetModel {
         cfg.validate()?;
         let levels = cfg.channel_mult.len();
         let (mc, ted) = (cfg.model_channels, cfg.time_embed_dim);
+        // Transformer blocks are numbered in forward order, as they are built.
+        let transformers = std::cell::Cell::new(0u32);
         let attention = |p: nn::Path, ch: i64, depth: usize, heads: i64| {
-            (depth > 0).then(|| Layer::Attention(SpatialTransformer::new(p, ch, depth, heads, cfg)))
+            (depth > 0).then(|| {
+                let first = transformers.get();
+                let t = SpatialTransformer::new(p, (ch, depth, heads), cfg, first);
+                transformers.set(first + t.depth());
+                Layer::Attention(t)
+            })
         };
         // A ResBlock to `level`'s width and, where the level has attention, a transformer.
         let res_attention = |p: nn::Path, c_in: i64, level: usize| {
@@ -313,8 +313,28 @@ impl UNetModel {
             true => self.shared_prefix(x, &emb, context, shared),
             false => (x.shallow_clone(), Vec::new(), 0),
         };
+        let xs = x.size();
+        let base = AttentionAt {
+            part: 0,
+            block: 0,
+            level: 0,
+            transformer: 0,
+            height: 0,
+            width: 0,
+            latent_height: xs[2] as u32,
+            latent_width: xs[3] as u32,
+            model_channels: self.config.model_channels as u32,
+        };
+        let wrapping = hooks.filter(|h| h.wraps_attention());
+        let at = |part: u32, block: usize, level: usize| AttentionAt {
+            part,
+            block: block as u32,
+            level: level as u32,
+            ..base
+        };
         for (i, block) in self.input_blocks.iter().enumerate().skip(shared_blocks) {
-            h = block.forward(&h, &emb, context, None);
+            let here = at(0, i, self.input_levels[i]);
+            h = block.forward(&h, &emb, context, None, wrapping.map(|w| (w, &here)))?;
             if let Some(hooks) = hooks {
                 h = hooks.input(i, self.input_levels[i], false, h)?;
             }
@@ -323,7 +343,10 @@ impl UNetModel {
                 h = hooks.input(i, self.input_levels[i], true, h)?;
             }
         }
-        h = self.middle_block.forward(&h, &emb, context, None);
+        let here = at(1, 0, self.levels() - 1);
+        h = self
+            .middle_block
+            .forward(&h, &emb, context, None, wrapping.map(|w| (w, &here)))?;
         for (i, block) in self.output_blocks.iter().enumerate() {
             if let Some(mut skip) = skips.pop() {
                 if let Some(hooks) = hooks {
@@ -332,7 +355,8 @@ impl UNetModel {
                 h = Tensor::cat(&[&h, &skip], 1);
             }
             let next_size = skips.last().map(|s| (s.size()[2], s.size()[3]));
-            h = block.forward(&h, &emb, context, next_size);
+            let here = at(2, i, self.output_levels[i]);
+            h = block.forward(&h, &emb, context, next_size, wrapping.map(|w| (w, &here)))?;
         }
         Ok(self.out_conv.forward(&norm_silu(&self.out_norm, &h)))
     }

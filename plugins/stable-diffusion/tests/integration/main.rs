@@ -5,6 +5,7 @@ mod common;
 #[path = "../../../../tests/integration/common/files.rs"]
 mod files;
 
+mod attention_patches;
 mod family_parity;
 mod fp8;
 mod inpaint;

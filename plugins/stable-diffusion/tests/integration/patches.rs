@@ -16,7 +16,7 @@ use crate::common::relative_error;
 
 const TOLERANCE: f64 = 1e-4;
 
-fn data() -> PathBuf {
+pub(crate) fn data() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data")
 }
 
@@ -32,12 +32,12 @@ fn settings() -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn model(family: &str) -> SdModel {
+pub(crate) fn model(family: &str) -> SdModel {
     let path = data().join(format!("{family}-tiny/{family}-tiny.safetensors"));
     SdModel::load(&path, None, Device::Cpu, Kind::Float).unwrap()
 }
 
-fn number(key: &str, v: f64) -> OptionEntry {
+pub(crate) fn number(key: &str, v: f64) -> OptionEntry {
     OptionEntry {
         key: key.into(),
         value: OptionValue::Number(v),
@@ -47,7 +47,7 @@ fn number(key: &str, v: f64) -> OptionEntry {
 /// The built-in patch plugin (`patches/builtin`) as the host loads it: its dylib, built by
 /// `cargo build --workspace` beside this test binary. (Linking its crate into this binary
 /// instead would put two plugins' root-module symbols into one executable.)
-fn builtin_patch(name: &str) -> PatchDecl {
+pub(crate) fn builtin_patch(name: &str) -> PatchDecl {
     let dir = std::env::current_exe().unwrap();
     let dir = dir.parent().and_then(|deps| deps.parent()).unwrap();
     let file = dir.join("libhiresfix_patches.so");
