@@ -46,7 +46,7 @@ A1111 uses steps - 1: hires steps 2 at denoise 0.5 runs 3 UNet steps), so compar
 
 (the sdist vendors stable-diffusion.cpp and ggml: it builds offline given scikit-build-core
 and cmake, e.g. `pip install scikit-build-core cmake ninja` then `--no-build-isolation`;
-about 20 min on 2 cores). Without it its columns are left out.
+about 25 min on 2 shared cores). Without it its columns are left out.
 """
 
 from __future__ import annotations
