@@ -28,10 +28,29 @@ hiresfix-upscalers-pixel --bench esrgan`) against Spandrel's model driven by the
 (scripts/make_esrgan_reference.py's transcription), each in its own process: seconds and peak RSS.
 
 Per workload it prints one table: load, text encode, pass 1, upscale, pass 2, VAE decode, PNG,
-total (in process) and process wall time in seconds, peak resident memory (VmHWM), and
-ours / theirs; then each UNet phase's achieved FLOP/s against the device's peak (CPU: a
-4096 x 4096 fp32 matmul timed here; the UNet's FLOPs are counted with torch's
-FlopCounterMode on the reference model), and the largest pixel difference of the two PNGs.
+total (in process), the UNet's seconds per sampling step of each pass and process wall time in
+seconds, peak resident memory (VmHWM), and ours / theirs; then each UNet phase's achieved
+FLOP/s against the device's peak (CPU: a 4096 x 4096 fp32 matmul timed here; the UNet's FLOPs
+are counted with torch's FlopCounterMode on the reference model), and the largest pixel
+difference of the PNGs.
+
+A second peer on CPU workloads (sd15-cpu): stable-diffusion.cpp through its Python binding,
+in its own process, on the SAME single .safetensors file hiresfix loads (fp32, the file's own
+type), with its own hires fix (`hires=True`, `latent` = bilinear upscaler, same seed, prompt,
+sizes, steps, Euler, discrete = A1111's normal schedule, CFG; VAE decode-only, as its CLI does
+for txt2img; as many threads as torch uses). Its phases come from its own log lines
+(get_learned_condition, sampling, hires sampling, hires fix, decode_first_stage); load and PNG
+are timed around its Python calls. Two differences it brings, both reported, not corrected:
+its RNG differs (the pixel difference against it is information only), and its hires pass
+runs one step more than A1111's (it trims the schedule with t_enc = steps * denoise where
+A1111 uses steps - 1: hires steps 2 at denoise 0.5 runs 3 UNet steps), so compare its
+"pass 2 per step" row, not its "pass 2" row. It is optional and not installed by CI:
+
+    pip install stable-diffusion-cpp-python==0.4.7      # builds stable-diffusion.cpp with CMake
+
+(the sdist vendors stable-diffusion.cpp and ggml: it builds offline given scikit-build-core
+and cmake, e.g. `pip install scikit-build-core cmake ninja` then `--no-build-isolation`;
+about 25 min on 2 shared cores). Without it its columns are left out.
 """
 
 from __future__ import annotations
@@ -208,6 +227,73 @@ def reference(workload: str, folder: str, out_png: str, out_json: str) -> None:
     phases["peak_rss_mib"] = peak_rss_mib()
     if device.type == "cuda":
         phases["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    phases["import_and_total"] = time.perf_counter() - start
+    with open(out_json, "w") as fh:
+        json.dump(phases, fh)
+
+
+# ----------------------------------------------------------------------------
+# The second reference (its own process): stable-diffusion.cpp's own hires fix
+# ----------------------------------------------------------------------------
+SDCPP_PIN = "0.4.7"  # stable-diffusion-cpp-python, the version measured in BENCHMARKS.md
+# Its log lines that carry a phase's seconds ("... taking 1.23s"), by phase.
+SDCPP_LOG = {
+    "text encode": r"get_learned_condition completed, taking ([0-9.]+)s",
+    "pass 1": r"- sampling completed, taking ([0-9.]+)s",
+    "pass 2": r"hires sampling \d+/\d+ completed, taking ([0-9.]+)s",
+    "hires": r"hires fix completed, taking ([0-9.]+)s",
+    "vae decode": r"decode_first_stage completed, taking ([0-9.]+)s",
+    "pass 2 steps": r"sigma_sched_size=(\d+)",
+}
+
+
+def sdcpp_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("stable_diffusion_cpp") is not None
+
+
+def sdcpp_reference(workload: str, checkpoint: str, threads: int, out_png: str, out_json: str) -> None:
+    start = time.perf_counter()
+    import ctypes
+    import re
+
+    import stable_diffusion_cpp as sd_cpp
+
+    w = WORKLOADS[workload]
+    log: list[str] = []
+
+    @sd_cpp.sd_log_callback
+    def on_log(level, text, data):  # replaces the binding's printer: kept, parsed below
+        log.append(text.decode("utf-8", errors="replace"))
+
+    sd_cpp.sd_set_log_callback(on_log, ctypes.c_void_p(0))
+    phases: dict[str, float] = {}
+    t0 = time.perf_counter()
+    # verbose=False: the binding silences the C library's stdout (progress bars) during its calls.
+    sd = sd_cpp.StableDiffusion(model_path=checkpoint, n_threads=threads, vae_decode_only=True, verbose=False)
+    phases["load"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    images = sd.generate_image(
+        prompt=PROMPT, negative_prompt=NEGATIVE, width=w["width"], height=w["height"], cfg_scale=w["cfg"],
+        sample_method="euler", scheduler="discrete", sample_steps=w["steps1"], seed=SEED,
+        hires=True, hires_upscaler="latent", hires_scale=w["scale"], hires_steps=w["steps2"],
+        hires_denoising_strength=w["denoise"])
+    generate = time.perf_counter() - t
+    t = time.perf_counter()
+    images[0].save(out_png)
+    phases["png"] = time.perf_counter() - t
+    phases["total"] = time.perf_counter() - t0
+    text = "".join(log)
+    for phase, pattern in SDCPP_LOG.items():
+        found = re.findall(pattern, text)
+        if not found:
+            sys.exit(f"stable-diffusion.cpp {sd_cpp.__version__}: no log line /{pattern}/ "
+                     f"(this script reads {SDCPP_PIN}'s); its log ends:\n{text[-2000:]}")
+        phases[phase] = float(found[-1])
+    phases["pass 2 steps"] -= 1  # sigmas, one more than steps
+    phases["upscale"] = phases.pop("hires") - phases["pass 2"]  # latent interpolate + noise
+    phases["generate"] = generate
+    phases["peak_rss_mib"] = peak_rss_mib()
     phases["import_and_total"] = time.perf_counter() - start
     with open(out_json, "w") as fh:
         json.dump(phases, fh)
@@ -398,50 +484,80 @@ def bench(workload: str, data: str, hiresfix: str, repeat: int) -> None:
         if not torch.cuda.is_available():
             print(f"{workload}: skipped (no CUDA device here)")
             return
+    import torch
     folder = ensure_models(w["family"], data)
+    checkpoint = os.path.abspath(os.path.join(folder, "model.safetensors"))
     work = os.path.join(data, f"run-{workload}")
     os.makedirs(work, exist_ok=True)
-    ours_png, theirs_png = os.path.join(work, "ours.png"), os.path.join(work, "theirs.png")
-    profile = os.path.join(work, "profile.toml")
-    with open(profile, "w") as fh:
-        fh.write(profile_text(w, os.path.abspath(os.path.join(folder, "model.safetensors")), os.path.abspath(ours_png)))
-    ours_json, theirs_json = os.path.join(work, "ours.json"), os.path.join(work, "theirs.json")
-    env = dict(os.environ, HIRESFIX_TIMINGS=ours_json)
+    me = os.path.abspath(__file__)
+    # The peers, each in its own process: name -> command, its PNG, its timings file.
+    peers = {"hiresfix": [hiresfix, "-q", "generate", os.path.join(work, "profile.toml")],
+             "diffusers": [sys.executable, me, "--reference", workload, "--model", folder]}
+    # stable-diffusion.cpp's binding is a CPU build here: on a CUDA workload it would not compare.
+    if w["device"] == "cpu" and sdcpp_available():
+        peers["sd.cpp"] = [sys.executable, me, "--reference", workload, "--peer", "sdcpp", "--model", checkpoint,
+                           "--threads", str(torch.get_num_threads())]
+    elif w["device"] == "cpu":
+        print(f"stable-diffusion.cpp: not installed, its columns are left out "
+              f"(pip install stable-diffusion-cpp-python=={SDCPP_PIN})")
+    png = {name: os.path.join(work, f"{name}.png") for name in peers}
+    timings = {name: os.path.join(work, f"{name}.json") for name in peers}
+    with open(os.path.join(work, "profile.toml"), "w") as fh:
+        fh.write(profile_text(w, checkpoint, os.path.abspath(png["hiresfix"])))
     # Alternating runs, the best of each phase: a shared machine's noise only ever slows down.
-    ours, theirs, wall_ours, wall_theirs = {}, {}, float("inf"), float("inf")
+    best: dict[str, dict[str, float]] = {name: {} for name in peers}
     for _ in range(repeat):
-        for f in (ours_png, theirs_png):
-            if os.path.exists(f):
-                os.remove(f)
-        wall_ours = min(wall_ours, run_child([hiresfix, "-q", "generate", profile], env))
-        wall_theirs = min(wall_theirs, run_child([
-            sys.executable, os.path.abspath(__file__), "--reference", workload,
-            "--model", folder, "--png", theirs_png, "--json", theirs_json]))
-        for best, file in ((ours, ours_json), (theirs, theirs_json)):
-            for phase, value in json.load(open(file)).items():
-                best[phase] = min(best.get(phase, float("inf")), value)
+        for name, cmd in peers.items():
+            if os.path.exists(png[name]):
+                os.remove(png[name])
+            if name == "hiresfix":
+                wall = run_child(cmd, dict(os.environ, HIRESFIX_TIMINGS=timings[name]))
+            else:
+                wall = run_child(cmd + ["--png", png[name], "--json", timings[name]])
+            values = json.load(open(timings[name]))
+            values["process wall"] = wall
+            for phase, value in values.items():
+                best[name][phase] = min(best[name].get(phase, float("inf")), value)
+    for name, values in best.items():
+        steps2 = values.get("pass 2 steps", w["steps2"])  # sd.cpp's hires pass runs one more
+        values["pass 1 per step"] = values["pass 1"] / w["steps1"]
+        values["pass 2 per step"] = values["pass 2"] / steps2
     peak = matmul_peak(w["device"])
     f = 8
     lat1 = (w["height"] // f, w["width"] // f)
     lat2 = (int(lat1[0] * w["scale"]), int(lat1[1] * w["scale"]))
-    flops = {"pass 1": unet_flops(folder, lat1) * w["steps1"], "pass 2": unet_flops(folder, lat2) * w["steps2"]}
+    call = {"pass 1": unet_flops(folder, lat1), "pass 2": unet_flops(folder, lat2)}
 
+    theirs = [name for name in peers if name != "hiresfix"]
+    ours = best["hiresfix"]
     print(f"\n## {workload}: {w['width']}x{w['height']} -> x{w['scale']}, {w['steps1']} + {w['steps2']} steps, "
           f"euler, CFG {w['cfg']}, {w['dtype']}, {w['device']}; best of {repeat} alternating runs")
-    print("| phase | hiresfix s | reference s | ours / theirs |")
-    print("|---|---|---|---|")
-    for phase in PHASES:
-        a, b = ours.get(phase, 0.0), theirs.get(phase, 0.0)
-        print(f"| {phase} | {a:.2f} | {b:.2f} | {a / b if b else float('nan'):.2f} |")
-    print(f"| process wall | {wall_ours:.2f} | {wall_theirs:.2f} | {wall_ours / wall_theirs:.2f} |")
-    a, b = ours.get("peak_rss_mib", 0.0), theirs.get("peak_rss_mib", 0.0)
-    print(f"| peak RSS MiB | {a:.0f} | {b:.0f} | {a / b:.2f} |")
+    if "sd.cpp" in best:
+        import stable_diffusion_cpp
+        print(f"stable-diffusion.cpp: stable-diffusion-cpp-python {stable_diffusion_cpp.__version__}, "
+              f"{torch.get_num_threads()} threads; its pass 2 ran {best['sd.cpp']['pass 2 steps']:.0f} steps")
+    print("| phase | hiresfix s | " + " | ".join(f"{n} s" for n in theirs) + " | "
+          + " | ".join(f"ours / {n}" for n in theirs) + " |")
+    print("|---|---|" + "---|" * (2 * len(theirs)))
+    rows = PHASES + ["pass 1 per step", "pass 2 per step", "process wall"]
+    for phase, fmt in [(p, ".2f") for p in rows] + [("peak_rss_mib", ".0f")]:
+        label = "peak RSS MiB" if phase == "peak_rss_mib" else phase
+        a = ours.get(phase, 0.0)
+        cells = [f"{best[n].get(phase, 0.0):{fmt}}" for n in theirs]
+        ratios = [f"{a / best[n][phase]:.2f}" if best[n].get(phase) else "nan" for n in theirs]
+        print(f"| {label} | {a:{fmt}} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     print(f"\ndevice peak (4096² matmul, {'fp32' if w['device'] == 'cpu' else 'bf16'}): {peak / 1e9:.1f} GFLOP/s")
-    for phase, n in flops.items():
-        for who, t in (("hiresfix", ours.get(phase)), ("reference", theirs.get(phase))):
+    for phase, n in call.items():
+        for name, values in best.items():
+            t = values.get(phase)
             if t:
-                print(f"{phase} UNet ({n / 1e12:.2f} TFLOP): {who} {n / t / 1e9:.1f} GFLOP/s = {n / t / peak:.0%} of peak")
-    print(f"largest pixel difference ours vs reference: {pixel_difference(ours_png, theirs_png)} / 255")
+                total = n * values.get(f"{phase} steps", w["steps1" if phase == "pass 1" else "steps2"])
+                print(f"{phase} UNet ({total / 1e12:.2f} TFLOP): {name} {total / t / 1e9:.1f} GFLOP/s "
+                      f"= {total / t / peak:.0%} of peak")
+    print(f"largest pixel difference hiresfix vs diffusers: {pixel_difference(png['hiresfix'], png['diffusers'])} / 255")
+    if "sd.cpp" in png:
+        print(f"largest pixel difference hiresfix vs sd.cpp (information only: its RNG differs): "
+              f"{pixel_difference(png['hiresfix'], png['sd.cpp'])} / 255")
 
 
 def main() -> None:
@@ -454,10 +570,14 @@ def main() -> None:
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--png", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
+    ap.add_argument("--peer", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.reference:
         w = WORKLOADS[args.reference]
-        if w.get("esrgan"):
+        if args.peer == "sdcpp":
+            sdcpp_reference(args.reference, args.model, args.threads, args.png, args.json)
+        elif w.get("esrgan"):
             esrgan_reference(args.model, w["side"], w["tile"], w["overlap"], args.json)
         else:
             reference(args.reference, args.model, args.png, args.json)
