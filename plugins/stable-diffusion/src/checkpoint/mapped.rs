@@ -16,8 +16,10 @@
 //! not the CPU, a tensor is stored misaligned for its dtype (legal in safetensors: its byte
 //! offset not a multiple of the element size), is transformed into a non-contiguous layout
 //! (OpenCLIP's transposed `text_projection`), is empty, is merged from several checkpoints, or
-//! `HIRESFIX_COPY_WEIGHTS=1` is set (the copying load, for a file that may be rewritten while
-//! a model runs from it, and for the benchmark's "before").
+//! `HIRESFIX_COPY_WEIGHTS=1` is set (the copying load: the benchmark's "before"; a file that
+//! may be overwritten in place while a model runs from it, which would change its weights or,
+//! truncated, end the process with SIGBUS; a machine short of memory without swap, where the
+//! kernel may drop the mapped pages and read them again, as it cannot drop a copy's).
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
