@@ -10,6 +10,9 @@ use super::safetensors;
 use super::{describe_merge, mapped, read_ahead, Checkpoint, Format, Source};
 use crate::health::{is_finite, number};
 
+/// Model variables by key.
+type Variables = Vec<(String, tch::Tensor)>;
+
 impl Checkpoint {
     /// The file holding `key`, and the tensor's own name there when it differs.
     fn origin(&self, key: &str) -> String {
@@ -76,35 +79,47 @@ impl Checkpoint {
         mapped::drop_mapped_pages(variables.iter().map(|(_, v)| v));
         if let [(ckpt, weight)] = sources {
             if *weight == 1.0 && !mapped::copy_requested() {
-                variables = ckpt.view_variables(variables)?;
+                let (viewed, rest) = ckpt.view_variables(variables)?;
+                read_ahead::prefetch_in_background(ckpt.uncached_spans(&viewed));
+                variables = rest;
             }
         }
         // A whole model from one checkpoint read from disk: a second stream reads ahead
         // over the span of the tensors copied while they are copied.
         let ranges: Vec<_> = match (only.is_empty(), sources) {
-            (true, [(ckpt, _)]) => ckpt
-                .files
-                .iter()
-                .enumerate()
-                .filter(|(_, file)| !file.mostly_cached())
-                .filter_map(|(i, file)| {
-                    file.span_of(variables.iter().filter_map(|(key, _)| {
-                        let source = ckpt.tensors.get(key)?;
-                        (source.file == i).then_some(source.name.as_str())
-                    }))
-                })
-                .collect(),
+            (true, [(ckpt, _)]) => {
+                let keys: Vec<&str> = variables.iter().map(|(k, _)| k.as_str()).collect();
+                ckpt.uncached_spans(&keys)
+            }
             _ => Vec::new(),
         };
         read_ahead::read_ahead_while(&ranges, || Self::copy_variables(sources, variables))
     }
 
+    /// Per file not mostly in the page cache, the byte range spanning the tensors of model
+    /// keys `keys` (for reading ahead).
+    fn uncached_spans(&self, keys: &[&str]) -> Vec<(std::path::PathBuf, u64, u64)> {
+        self.files
+            .iter()
+            .enumerate()
+            .filter(|(_, file)| !file.mostly_cached())
+            .filter_map(|(i, file)| {
+                file.span_of(keys.iter().filter_map(|key| {
+                    let source = self.tensors.get(*key)?;
+                    (source.file == i).then_some(source.name.as_str())
+                }))
+            })
+            .collect()
+    }
+
     /// Points each of `variables` that can view this checkpoint's file at it (CPU, stored in
-    /// the variable's dtype, aligned, contiguous as the model wants it); returns the others.
+    /// the variable's dtype, aligned, contiguous as the model wants it); returns the keys
+    /// viewed and the variables left to copy.
     fn view_variables(
         &self,
         variables: Vec<(String, tch::Tensor)>,
-    ) -> Result<Vec<(String, tch::Tensor)>> {
+    ) -> Result<(Vec<&str>, Variables)> {
+        let mut viewed = Vec::new();
         let mut rest = Vec::new();
         for (key, mut var) in variables {
             let view = match var.device() {
@@ -112,16 +127,21 @@ impl Checkpoint {
                 _ => None,
             };
             match view {
-                Some(view) => tch::no_grad(|| var.f_set_data(&view)).with_context(|| {
-                    format!(
-                        "{}: cannot use tensor `{key}` in the model",
-                        self.path.display()
-                    )
-                })?,
+                Some(view) => {
+                    tch::no_grad(|| var.f_set_data(&view)).with_context(|| {
+                        format!(
+                            "{}: cannot use tensor `{key}` in the model",
+                            self.path.display()
+                        )
+                    })?;
+                    if let Some((model_key, _)) = self.tensors.get_key_value(&key) {
+                        viewed.push(model_key.as_str());
+                    }
+                }
                 None => rest.push((key, var)),
             }
         }
-        Ok(rest)
+        Ok((viewed, rest))
     }
 
     /// The stored tensor for variable `key` of shape `wanted` and dtype `kind` viewing the
