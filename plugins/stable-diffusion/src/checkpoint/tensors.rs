@@ -123,7 +123,9 @@ impl Checkpoint {
         let mut rest = Vec::new();
         for (key, mut var) in variables {
             let view = match var.device() {
-                Device::Cpu => self.model_view(&key, &var.size(), var.kind())?,
+                Device::Cpu => {
+                    self.model_view(&key, &var.size(), var.kind(), var.is_floating_point())?
+                }
                 _ => None,
             };
             match view {
@@ -144,11 +146,17 @@ impl Checkpoint {
         Ok((viewed, rest))
     }
 
-    /// The stored tensor for variable `key` of shape `wanted` and dtype `kind` viewing the
-    /// file ([`safetensors::SafetensorsFile::mapped_view`]), when it can; the same checks as a
+    /// The stored tensor for variable `key` of shape `wanted` and dtype `kind` (`float`: a
+    /// floating-point variable) viewing the file ([`safetensors::SafetensorsFile::mapped_view`]), when it can; the same checks as a
     /// copy first.
-    fn model_view(&self, key: &str, wanted: &[i64], kind: Kind) -> Result<Option<tch::Tensor>> {
-        let as_conv = self.check_model_tensor(key, wanted, true)?;
+    fn model_view(
+        &self,
+        key: &str,
+        wanted: &[i64],
+        kind: Kind,
+        float: bool,
+    ) -> Result<Option<tch::Tensor>> {
+        let as_conv = self.check_model_tensor(key, wanted, float)?;
         let source = self.source(key)?;
         let Some(stored) = self.files[source.file].mapped_view(&source.name, kind) else {
             return Ok(None);
