@@ -21,6 +21,15 @@ Workloads attention-patches-cpu and attention-patches-2048-cpu run hiresfix alon
 of real-size SD 1.5 at 1024 x 1024 (2048 x 2048), 1 step, Euler, CFG 7, fp32, CPU, plain, with
 `hypertile` and with `tome` (their defaults), and print each pass time and its ratio to plain.
 
+Workload load-cpu compares loading: the real-size SD 1.5 file (fp32) loaded onto the CPU in fp32
+by hiresfix (zero-copy: parameters view the file's mapping; and the copying load,
+HIRESFIX_COPY_WEIGHTS=1, as before zero-copy) and by diffusers (`from_pretrained` of the
+folder, `low_cpu_mem_usage=True`, and `from_single_file` of the same single file), each in its
+own process, then the smallest use of every weight: one 64 x 64 image, 1 Euler step, CFG 7, VAE
+decode. Warm: the files in the page cache (best of --repeat); cold: evicted before each run
+(posix_fadvise DONTNEED on every file read; mincore checks that they left). It
+prints load seconds, load-to-image seconds (in process, from the load on) and peak RSS.
+
 Workload esrgan-cpu compares a super-resolution upscaler: a real-size RRDB-23 x4 (64
 features, random weights, saved once as .safetensors) on a 512 x 512 image, tiles of 192 px
 overlapping by 32 (one tile per call), CPU fp32: hiresfix's network (`cargo bench -p
@@ -88,6 +97,8 @@ WORKLOADS = {
                                            "hypertile": 'patches = [{ name = "hypertile" }]\n',
                                            "tome": 'patches = [{ name = "tome" }]\n',
                                        }),
+    "load-cpu": dict(family="sd15", device="cpu", dtype="fp32", width=64, height=64, steps1=1,
+                     cfg=7.0, load=True),
 }
 PROMPT = "a photo of a cat"
 NEGATIVE = "blurry"
@@ -181,13 +192,22 @@ def reference(workload: str, folder: str, out_png: str, out_json: str) -> None:
     ddir = os.path.join(folder, "diffusers")
 
     def load():
-        tok = CLIPTokenizer.from_pretrained(os.path.join(ddir, "tokenizer"), local_files_only=True)
-        te = CLIPTextModel.from_pretrained(os.path.join(ddir, "text_encoder"), local_files_only=True, torch_dtype=dtype)
-        unet = UNet2DConditionModel.from_pretrained(os.path.join(ddir, "unet"), local_files_only=True, torch_dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(os.path.join(ddir, "vae"), local_files_only=True, torch_dtype=dtype)
+        if os.environ.get("BENCH_SINGLE_FILE"):
+            from diffusers import StableDiffusionPipeline
+            pipe = StableDiffusionPipeline.from_single_file(
+                os.path.join(folder, "model.safetensors"), config=ddir, local_files_only=True,
+                torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+            tok, te, unet, vae = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae
+        else:
+            tok = CLIPTokenizer.from_pretrained(os.path.join(ddir, "tokenizer"), local_files_only=True)
+            lazy = dict(local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=True)
+            te = CLIPTextModel.from_pretrained(os.path.join(ddir, "text_encoder"), **lazy)
+            unet = UNet2DConditionModel.from_pretrained(os.path.join(ddir, "unet"), **lazy)
+            vae = AutoencoderKL.from_pretrained(os.path.join(ddir, "vae"), **lazy)
         return tok, te.to(device).eval(), unet.to(device).eval(), vae.to(device).eval()
 
     tok, te, unet, vae = timed("load", load)
+    phases["load_peak_rss_mib"] = peak_rss_mib()
     t0 = time.perf_counter()  # in-process total: from the load on, as hiresfix's phases
     t0 -= phases["load"]
     with torch.no_grad():
@@ -201,7 +221,6 @@ def reference(workload: str, folder: str, out_png: str, out_json: str) -> None:
         cfg_model = m.CFGDenoiser(model_wrap)
         f = 8
         h1, w1 = w["height"] // f, w["width"] // f
-        h2, w2 = int(h1 * w["scale"]), int(w1 * w["scale"])
         extra = {"cond": cond, "uncond": uncond, "cond_scale": w["cfg"]}
 
         def run_pass(sigmas, x):
@@ -211,11 +230,14 @@ def reference(workload: str, folder: str, out_png: str, out_json: str) -> None:
         torch.manual_seed(SEED)
         noise1 = torch.randn([4, h1, w1]).unsqueeze(0).to(device, dtype)
         lat1 = timed("pass 1", lambda: run_pass(sig1, noise1 * sig1[0]))
-        up = timed("upscale", lambda: F.interpolate(lat1, size=(h2, w2), mode="bilinear", antialias=False))
-        sig2 = model_wrap.get_sigmas(int(w["steps2"] / w["denoise"]))[-(w["steps2"] + 1):].to(device)
-        torch.manual_seed(SEED)
-        noise2 = torch.randn([4, h2, w2]).unsqueeze(0).to(device, dtype)
-        lat2 = timed("pass 2", lambda: run_pass(sig2, up + noise2 * sig2[0]))
+        lat2 = lat1
+        if "steps2" in w:  # the hires pass (every workload but load-cpu)
+            h2, w2 = int(h1 * w["scale"]), int(w1 * w["scale"])
+            up = timed("upscale", lambda: F.interpolate(lat1, size=(h2, w2), mode="bilinear", antialias=False))
+            sig2 = model_wrap.get_sigmas(int(w["steps2"] / w["denoise"]))[-(w["steps2"] + 1):].to(device)
+            torch.manual_seed(SEED)
+            noise2 = torch.randn([4, h2, w2]).unsqueeze(0).to(device, dtype)
+            lat2 = timed("pass 2", lambda: run_pass(sig2, up + noise2 * sig2[0]))
         image = timed("vae decode", lambda: vae.decode(lat2 / m.SCALING_FACTOR).sample)
 
         def png():
@@ -463,6 +485,111 @@ def bench_esrgan(workload: str, data: str, repeat: int) -> None:
         print(f"| {label} | {a:.2f} | {b:.2f} | {a / b:.2f} |")
 
 
+def evict(paths: list[str]) -> str:
+    """Takes `paths` out of the page cache: posix_fadvise DONTNEED on each file (pages mapped
+    by a live process stay), not drop_caches, which would empty the cache of every other
+    process on the machine too. Returns what was done."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return "posix_fadvise(DONTNEED) on each file read"
+
+
+def cached_fraction(path: str) -> float:
+    """The share of `path`'s pages in the page cache (mincore over a read-only mapping)."""
+    import ctypes
+    import mmap
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    size = os.path.getsize(path)
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            return float("nan")
+        vec = (ctypes.c_ubyte * pages)()
+        ok = libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec) == 0
+        libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(size))
+        return sum(v & 1 for v in vec) / pages if ok else float("nan")
+    finally:
+        os.close(fd)
+
+
+def bench_load(workload: str, data: str, hiresfix: str, repeat: int) -> None:
+    """Load only, then the smallest use of every weight, each side in its own process; warm
+    and cold page cache."""
+    w = WORKLOADS[workload]
+    folder = ensure_models(w["family"], data)
+    work = os.path.join(data, f"run-{workload}")
+    os.makedirs(work, exist_ok=True)
+    single = os.path.abspath(os.path.join(folder, "model.safetensors"))
+    ddir = os.path.join(folder, "diffusers")
+    folder_files = [os.path.join(r, f) for r, _, fs in os.walk(ddir) for f in fs if f.endswith(".safetensors")]
+    png = os.path.abspath(os.path.join(work, "out.png"))
+    profile = os.path.join(work, "profile.toml")
+    with open(profile, "w") as fh:
+        fh.write(profile_text(w, single, png))
+    out = os.path.join(work, "phases.json")
+    ours = [hiresfix, "-q", "generate", profile]
+    theirs = [sys.executable, os.path.abspath(__file__), "--reference", workload, "--model", folder,
+              "--png", png, "--json", out]
+    sides = {
+        "hiresfix zero-copy": (ours, {"HIRESFIX_TIMINGS": out}, [single]),
+        "hiresfix copying": (ours, {"HIRESFIX_TIMINGS": out, "HIRESFIX_COPY_WEIGHTS": "1"}, [single]),
+        "diffusers from_pretrained": (theirs, {}, folder_files),
+        "diffusers from_single_file": (theirs, {"BENCH_SINGLE_FILE": "1"}, [single]),
+    }
+    results: dict[tuple[str, str], dict] = {}
+    how = ""
+    for cache in ("warm", "cold"):
+        for _ in range(repeat):
+            for label, (cmd, env, files) in sides.items():
+                if cache == "cold":
+                    how = evict(files)
+                    left = max(cached_fraction(f) for f in files)
+                else:
+                    for f in files:  # warm it (a first run would do the same)
+                        with open(f, "rb") as fh:
+                            while fh.read(1 << 24):
+                                pass
+                    left = min(cached_fraction(f) for f in files)
+                if os.path.exists(png):
+                    os.remove(png)
+                wall = run_child(cmd, dict(os.environ, **env))
+                phases = json.load(open(out))
+                row = {"load": phases["load"], "to image": phases["total"], "peak": phases["peak_rss_mib"],
+                       "wall": wall, "cached": left}
+                best = results.setdefault((label, cache), row)
+                for k in ("load", "to image", "wall"):
+                    best[k] = min(best[k], row[k])
+                best["peak"] = max(best["peak"], row["peak"])
+                best["cached"] = max(best["cached"], row["cached"]) if cache == "cold" else min(best["cached"], row["cached"])
+    size = os.path.getsize(single) / 2**20
+    print(f"\n## {workload}: real-size SD 1.5, fp32 file ({size:.0f} MiB) -> fp32 CPU; load, then one "
+          f"{w['width']}x{w['height']} image ({w['steps1']} Euler step, CFG {w['cfg']}); best of {repeat}")
+    print(f"cold: {how} before each run (largest share of a file still cached: "
+          f"{max(r['cached'] for (l, c), r in results.items() if c == 'cold'):.0%}); "
+          f"warm: files read first (smallest share cached: "
+          f"{min(r['cached'] for (l, c), r in results.items() if c == 'warm'):.0%})")
+    print("| side | load warm s | load cold s | load to image warm s | load to image cold s | process wall warm s | peak RSS warm MiB | peak RSS cold MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label in sides:
+        a, b = results[(label, "warm")], results[(label, "cold")]
+        print(f"| {label} | {a['load']:.2f} | {b['load']:.2f} | {a['to image']:.2f} | {b['to image']:.2f} | "
+              f"{a['wall']:.2f} | {a['peak']:.0f} | {b['peak']:.0f} |")
+    zc = results[("hiresfix zero-copy", "warm")]
+    for label in sides:
+        if label.startswith("diffusers") or label == "hiresfix copying":
+            r = results[(label, "warm")]
+            print(f"hiresfix zero-copy / {label}, warm: load {zc['load'] / r['load']:.2f}, "
+                  f"load to image {zc['to image'] / r['to image']:.2f}, peak RSS {zc['peak'] / r['peak']:.2f}")
+
+
 def run_child(cmd: list[str], env: dict | None = None) -> float:
     t = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
@@ -587,6 +714,8 @@ def main() -> None:
             sys.exit(f"unknown workload {workload}; choose from {', '.join(WORKLOADS)}")
         if WORKLOADS[workload].get("esrgan"):
             bench_esrgan(workload, args.data, args.repeat)
+        elif WORKLOADS[workload].get("load"):
+            bench_load(workload, args.data, args.hiresfix, args.repeat)
         elif WORKLOADS[workload].get("patch"):
             bench_patch(workload, args.data, args.hiresfix, args.repeat)
         else:

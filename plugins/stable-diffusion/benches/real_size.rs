@@ -2,7 +2,9 @@
 //! values), each workload in its own child process reporting VmRSS before and VmHWM after:
 //!
 //! - `sd15-load`: load a real-size SD 1.5 single file (fp32, written once by the real save
-//!   code) onto the CPU in fp32; peak RSS against the file size (target: below 1.3×).
+//!   code) onto the CPU in fp32, then read every parameter once (a sum each: the pages a
+//!   zero-copy load left in the file come in here); peak RSS against the file size (target:
+//!   below 1.3×). `HIRESFIX_COPY_WEIGHTS=1` in the environment measures the copying load.
 //! - `sd15-merge`: merge two such files (weighted sum, streamed); peak RSS against one file
 //!   (target: below 1.5×).
 //! - `sdxl-step`: build the SDXL base UNet, fill it, run one step at a 128×128 latent
@@ -37,16 +39,29 @@ fn main() -> Result<()> {
     }
 }
 
-/// Prints `baseline_kib peak_kib seconds`.
+/// Prints `baseline_kib peak_kib seconds load_peak_kib load_seconds`: the peak and time
+/// after reading every parameter, then after the load alone.
 fn sd15_load(path: &Path) -> Result<()> {
     let baseline = proc_status_kib("VmRSS:")?;
     let start = Instant::now();
     let model = SdModel::load(path, None, Device::Cpu, Kind::Float)?;
-    let seconds = start.elapsed().as_secs_f64();
+    let load = start.elapsed().as_secs_f64();
+    let load_peak = proc_status_kib("VmHWM:")?;
     if model.info().family.id != "sd1" {
         bail!("loaded as {}", model.info().family.id);
     }
-    println!("{baseline} {} {seconds:.2}", proc_status_kib("VmHWM:")?);
+    let mut total = 0.0;
+    for (_, var) in model.var_store().variables() {
+        total += f64::try_from(var.sum(Kind::Double))?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    if !total.is_finite() {
+        bail!("non-finite weights");
+    }
+    println!(
+        "{baseline} {} {seconds:.2} {load_peak} {load:.2}",
+        proc_status_kib("VmHWM:")?
+    );
     Ok(())
 }
 
@@ -128,14 +143,15 @@ fn parent() -> Result<()> {
         }
     );
     let load = run_child("sd15-load", &[file.to_str().unwrap_or_default()])?;
-    let [baseline, peak, seconds] = load[..] else {
+    let [baseline, peak, seconds, load_peak, load_seconds] = load[..] else {
         bail!("sd15-load printed {load:?}");
     };
     let (baseline, peak) = (baseline * 1024.0, peak * 1024.0);
     println!(
-        "sd15-load: file {:.0} MiB; RSS before {:.0} MiB, peak {:.0} MiB; load {seconds:.1} s",
+        "sd15-load: file {:.0} MiB; RSS before {:.0} MiB; load {load_seconds:.2} s (peak {:.0} MiB); load and read every parameter {seconds:.2} s (peak {:.0} MiB)",
         size / MIB,
         baseline / MIB,
+        load_peak / 1024.0,
         peak / MIB
     );
     println!(

@@ -1,14 +1,28 @@
 //! Small building blocks shared by the CLIP, UNet and VAE code. Every constructor names its
 //! parameters `weight` / `bias` under the given path, as PyTorch does.
 //!
-//! Parameters start at zero: they are always overwritten, by a checkpoint or by the seeded
-//! init of `tiny::write_random_checkpoint`, and zeros cost no random draws at load time.
+//! Parameters start uninitialized ([`param`]): they are always filled, from a checkpoint or by
+//! the seeded init of `random::write_random_checkpoint`, so building a model neither draws
+//! random numbers nor writes (and faults in) its memory — a parameter that then views the
+//! checkpoint file (zero-copy loading, `checkpoint::mapped`) never had memory of its own.
 use std::cell::Cell;
 
 use tch::nn::{self, Init, Module, PaddingMode};
 use tch::{Device, Kind, Tensor};
 
 const ZERO: Init = Init::Const(0.0);
+
+/// A trainable parameter `name` of shape `dims` under `p`, uninitialized (module docs).
+fn param(p: &nn::Path, name: &str, dims: &[i64]) -> Tensor {
+    p.add(name, Tensor::empty(dims, (p.kind(), p.device())), true)
+}
+
+/// Gives the variable `t` (made by a tch builder with a zero-size shape: nothing to write)
+/// the shape `dims`, uninitialized; every module and the VarStore hold this same tensor.
+fn reshape_uninit(t: &Tensor, dims: &[i64]) {
+    let empty = Tensor::empty(dims, (t.kind(), t.device()));
+    tch::no_grad(|| t.shallow_clone().set_data(&empty));
+}
 
 thread_local! {
     /// Set while a seamless model is built: padded convolutions pad circularly.
@@ -129,11 +143,13 @@ pub fn conv2d(
     padding: i64,
 ) -> Conv2d {
     let circular = padding > 0 && CIRCULAR.with(Cell::get);
+    // Built with a 0×0 kernel (a weight of no elements, a bias of `c_out` zeros), then given
+    // its real shapes uninitialized.
     let conv = nn::conv2d(
         p,
         c_in,
         c_out,
-        kernel,
+        0,
         nn::ConvConfig {
             stride,
             padding,
@@ -146,6 +162,10 @@ pub fn conv2d(
             ..Default::default()
         },
     );
+    reshape_uninit(&conv.ws, &[c_out, c_in, kernel, kernel]);
+    if let Some(bs) = &conv.bs {
+        reshape_uninit(bs, &[c_out]);
+    }
     Conv2d {
         conv,
         kernel,
@@ -156,43 +176,44 @@ pub fn conv2d(
 }
 
 pub fn linear(p: nn::Path, d_in: i64, d_out: i64, bias: bool) -> nn::Linear {
-    nn::linear(
-        p,
-        d_in,
-        d_out,
-        nn::LinearConfig {
-            bias,
-            ws_init: ZERO,
-            bs_init: Some(ZERO),
-        },
-    )
+    nn::Linear {
+        ws: param(&p, "weight", &[d_out, d_in]),
+        bs: bias.then(|| param(&p, "bias", &[d_out])),
+    }
 }
 
+/// Built without parameters (`affine: false`), then given its weight and bias: the forward
+/// uses them whenever they are there.
 pub fn group_norm(p: nn::Path, channels: i64, eps: f64) -> nn::GroupNorm {
-    nn::group_norm(
-        p,
+    let mut norm = nn::group_norm(
+        &p,
         NORM_GROUPS,
         channels,
         nn::GroupNormConfig {
             eps,
-            ws_init: ZERO,
-            bs_init: ZERO,
+            affine: false,
             ..Default::default()
         },
-    )
+    );
+    norm.ws = Some(param(&p, "weight", &[channels]));
+    norm.bs = Some(param(&p, "bias", &[channels]));
+    norm
 }
 
+/// As [`group_norm`].
 pub fn layer_norm(p: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
-    nn::layer_norm(
-        p,
+    let mut norm = nn::layer_norm(
+        &p,
         vec![dim],
         nn::LayerNormConfig {
             eps,
-            ws_init: ZERO,
-            bs_init: ZERO,
+            elementwise_affine: false,
             ..Default::default()
         },
-    )
+    );
+    norm.ws = Some(param(&p, "weight", &[dim]));
+    norm.bs = Some(param(&p, "bias", &[dim]));
+    norm
 }
 
 /// `[B, L, heads*d]` queries/keys/values → attention output `[B, L, heads*d]`, through
@@ -224,16 +245,19 @@ pub fn norm_silu(norm: &nn::GroupNorm, x: &Tensor) -> Tensor {
     h
 }
 
+/// Built with no rows, then given its `count` rows uninitialized.
 pub fn embedding(p: nn::Path, count: i64, dim: i64) -> nn::Embedding {
-    nn::embedding(
+    let embedding = nn::embedding(
         p,
-        count,
+        0,
         dim,
         nn::EmbeddingConfig {
             ws_init: ZERO,
             ..Default::default()
         },
-    )
+    );
+    reshape_uninit(&embedding.ws, &[count, dim]);
+    embedding
 }
 
 #[cfg(test)]

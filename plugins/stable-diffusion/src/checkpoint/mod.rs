@@ -3,6 +3,7 @@
 //! one ([`Checkpoint::open`], in [`crate::detect`]) also tells its family; refused files end
 //! there. The reader knows the family types ([`crate::families::spec`]), not the family list.
 mod diffusers;
+pub mod mapped;
 mod read_ahead;
 pub mod safetensors;
 mod tensors;

@@ -30,6 +30,43 @@ pub fn read_ahead_while<R>(ranges: &[(PathBuf, u64, u64)], f: impl FnOnce() -> R
 
 const CHUNK: u64 = 8 << 20;
 
+/// Asks the OS to read `ranges` (file, start, end) into its page cache in the background
+/// (`posix_fadvise(WILLNEED)` from a detached thread with its own file handles), for a model
+/// whose parameters view the file (zero-copy loading): their first use then finds the pages
+/// read in long requests instead of faulting them in a few at a time, in the order the forward
+/// touches them (figures: BENCHMARKS.md, `load-cpu`). Nothing waits for it; the pages go to
+/// the page cache, not into this process.
+pub fn prefetch_in_background(ranges: Vec<(PathBuf, u64, u64)>) {
+    if ranges.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("prefetch".into())
+        .spawn(move || {
+            for (path, start, end) in ranges {
+                if let Ok(file) = File::open(&path) {
+                    advise_willneed(&file, start, end - start);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::debug!("no prefetch thread: {e}");
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn advise_willneed(file: &File, start: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(start), Ok(len)) = (i64::try_from(start), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a plain advice on an open file descriptor owned by `file`.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), start, len, libc::POSIX_FADV_WILLNEED) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_willneed(_file: &File, _start: u64, _len: u64) {}
+
 /// Reads `ranges` from `skip` bytes into their concatenation to the end, `CHUNK` at a time,
 /// until `done`; returns the bytes read.
 fn read_from(ranges: &[(PathBuf, u64, u64)], mut skip: u64, done: &AtomicBool) -> u64 {

@@ -1,7 +1,10 @@
 //! Reading `.safetensors` files, memory-mapped (`memmap2`) and validated by the `safetensors`
 //! crate before any tensor is touched: a truncated or corrupt download ends in one clear error.
 //! Tensors are viewed in place in the mapping and copied once, into the model; the pages read
-//! are handed back right after, so a checkpoint never sits in memory twice.
+//! are handed back right after, so a checkpoint never sits in memory twice. A parameter that
+//! needs no conversion is not copied at all: it views a second, libtorch-owned mapping
+//! ([`SafetensorsFile::mapped_view`], [`super::mapped`]).
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -53,6 +56,24 @@ pub struct SafetensorsFile {
     entries: BTreeMap<String, TensorEntry>,
     /// The header's `__metadata__` strings.
     metadata: BTreeMap<String, String>,
+    /// The file mapped by libtorch for zero-copy views, made on first use.
+    whole: WholeFile,
+}
+
+/// [`super::mapped::map_whole_file`] of the file, once; `None` where mapping failed (then
+/// tensors are copied).
+#[derive(Default)]
+struct WholeFile(OnceCell<Option<Tensor>>);
+
+impl std::fmt::Debug for WholeFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.0.get() {
+            None => "not mapped yet",
+            Some(None) => "not mappable",
+            Some(Some(_)) => "mapped",
+        };
+        f.write_str(state)
+    }
 }
 
 impl SafetensorsFile {
@@ -78,6 +99,7 @@ impl SafetensorsFile {
             data_start,
             entries,
             metadata,
+            whole: WholeFile::default(),
         })
     }
 
@@ -153,6 +175,24 @@ impl SafetensorsFile {
         };
         self.release(self.data_start + entry.start, entry.bytes());
         result
+    }
+
+    /// Tensor `name` as a CPU tensor of `kind` that views the file's pages (zero copy), when it
+    /// is stored as `kind` (not fp8) and aligned for it; `None` otherwise, the caller copies.
+    /// The view keeps its mapping alive ([`super::mapped`]), whatever becomes of `self`.
+    pub fn mapped_view(&self, name: &str, kind: Kind) -> Option<Tensor> {
+        let (entry, stored) = self.entry(name).ok()?;
+        if stored != kind || is_fp8(&entry.dtype) {
+            return None;
+        }
+        let whole = self.whole.0.get_or_init(|| {
+            let header = &self.map[..self.data_start];
+            super::mapped::map_whole_file(&self.path, self.len(), header)
+                .map_err(|e| log::warn!("{e:#}; copying its tensors"))
+                .ok()
+        });
+        let offset = self.data_start + entry.start;
+        super::mapped::typed_view(whole.as_ref()?, offset, entry.bytes(), kind, &entry.shape)
     }
 
     /// Reads one tensor onto the CPU in its stored dtype (an owned copy).

@@ -1,12 +1,17 @@
 //! Reading a checkpoint's tensors: one by its model key, or every variable of a model's
 //! VarStore filled from one checkpoint or the weighted sum of several (a merge), with a
-//! second stream reading ahead of the copy.
+//! second stream reading ahead of the copy; on the CPU, parameters of the stored dtype view the
+//! file instead ([`super::mapped`]).
 use anyhow::{anyhow, bail, Context, Result};
 use tch::nn::VarStore;
+use tch::{Device, Kind};
 
 use super::safetensors;
-use super::{describe_merge, read_ahead, Checkpoint, Format, Source};
+use super::{describe_merge, mapped, read_ahead, Checkpoint, Format, Source};
 use crate::health::{is_finite, number};
+
+/// Model variables by key.
+type Variables = Vec<(String, tch::Tensor)>;
 
 impl Checkpoint {
     /// The file holding `key`, and the tensor's own name there when it differs.
@@ -40,16 +45,17 @@ impl Checkpoint {
         }
     }
 
-    /// Copies the checkpoint into every variable of `vs` (named by model key) whose name
-    /// starts with `only` (all with ""), converting dtype and device on the way: one copy
-    /// from the file's mapping into the model. Keys the model has no variable for are
+    /// Fills every variable of `vs` (named by model key) whose name starts with `only` (all
+    /// with "") from the checkpoint, converting dtype and device on the way. A CPU variable of
+    /// the dtype the tensor is stored in views the file instead (zero copy, [`super::mapped`]);
+    /// any other gets one copy from the file's mapping. Keys the model has no variable for are
     /// ignored (EMA, `model_ema.*`, ...).
     pub fn copy_into(&self, vs: &VarStore, only: &str) -> Result<()> {
         Self::copy_weighted_into(&[(self, 1.0)], vs, only)
     }
 
     /// [`Self::copy_into`] of the weighted sum `Σ wᵢ·checkpointᵢ` (a merge from the profile,
-    /// A1111's weighted-sum merge), one tensor at a time.
+    /// A1111's weighted-sum merge), one tensor at a time (always copied).
     pub fn copy_weighted_into(
         sources: &[(&Checkpoint, f64)],
         vs: &VarStore,
@@ -68,31 +74,116 @@ impl Checkpoint {
             .filter(|(k, _)| k.starts_with(only))
             .collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
+        // What the variables held is replaced: the pages of any that viewed a file go back
+        // to the OS now (a VAE swapped in on a zero-copy model).
+        mapped::drop_mapped_pages(variables.iter().map(|(_, v)| v));
+        if let [(ckpt, weight)] = sources {
+            if *weight == 1.0 && !mapped::copy_requested() {
+                let (viewed, rest) = ckpt.view_variables(variables)?;
+                read_ahead::prefetch_in_background(ckpt.uncached_spans(&viewed));
+                variables = rest;
+            }
+        }
         // A whole model from one checkpoint read from disk: a second stream reads ahead
         // over the span of the tensors copied while they are copied.
         let ranges: Vec<_> = match (only.is_empty(), sources) {
-            (true, [(ckpt, _)]) => ckpt
-                .files
-                .iter()
-                .enumerate()
-                .filter(|(_, file)| !file.mostly_cached())
-                .filter_map(|(i, file)| {
-                    file.span_of(variables.iter().filter_map(|(key, _)| {
-                        let source = ckpt.tensors.get(key)?;
-                        (source.file == i).then_some(source.name.as_str())
-                    }))
-                })
-                .collect(),
+            (true, [(ckpt, _)]) => {
+                let keys: Vec<&str> = variables.iter().map(|(k, _)| k.as_str()).collect();
+                ckpt.uncached_spans(&keys)
+            }
             _ => Vec::new(),
         };
         read_ahead::read_ahead_while(&ranges, || Self::copy_variables(sources, variables))
     }
 
-    /// The loop of [`Self::copy_weighted_into`] over the model's `variables`.
+    /// Per file not mostly in the page cache, the byte range spanning the tensors of model
+    /// keys `keys` (for reading ahead).
+    fn uncached_spans(&self, keys: &[&str]) -> Vec<(std::path::PathBuf, u64, u64)> {
+        self.files
+            .iter()
+            .enumerate()
+            .filter(|(_, file)| !file.mostly_cached())
+            .filter_map(|(i, file)| {
+                file.span_of(keys.iter().filter_map(|key| {
+                    let source = self.tensors.get(*key)?;
+                    (source.file == i).then_some(source.name.as_str())
+                }))
+            })
+            .collect()
+    }
+
+    /// Points each of `variables` that can view this checkpoint's file at it (CPU, stored in
+    /// the variable's dtype, aligned, contiguous as the model wants it); returns the keys
+    /// viewed and the variables left to copy.
+    fn view_variables(
+        &self,
+        variables: Vec<(String, tch::Tensor)>,
+    ) -> Result<(Vec<&str>, Variables)> {
+        let mut viewed = Vec::new();
+        let mut rest = Vec::new();
+        for (key, mut var) in variables {
+            let view = match var.device() {
+                Device::Cpu => {
+                    self.model_view(&key, &var.size(), var.kind(), var.is_floating_point())?
+                }
+                _ => None,
+            };
+            match view {
+                Some(view) => {
+                    tch::no_grad(|| var.f_set_data(&view)).with_context(|| {
+                        format!(
+                            "{}: cannot use tensor `{key}` in the model",
+                            self.path.display()
+                        )
+                    })?;
+                    if let Some((model_key, _)) = self.tensors.get_key_value(&key) {
+                        viewed.push(model_key.as_str());
+                    }
+                }
+                None => rest.push((key, var)),
+            }
+        }
+        Ok((viewed, rest))
+    }
+
+    /// The stored tensor for variable `key` of shape `wanted` and dtype `kind` (`float`: a
+    /// floating-point variable) viewing the file ([`safetensors::SafetensorsFile::mapped_view`]), when it can; the same checks as a
+    /// copy first.
+    fn model_view(
+        &self,
+        key: &str,
+        wanted: &[i64],
+        kind: Kind,
+        float: bool,
+    ) -> Result<Option<tch::Tensor>> {
+        let as_conv = self.check_model_tensor(key, wanted, float)?;
+        let source = self.source(key)?;
+        let Some(stored) = self.files[source.file].mapped_view(&source.name, kind) else {
+            return Ok(None);
+        };
+        let view = source.transform.apply(&stored);
+        let view = if as_conv { view.reshape(wanted) } else { view };
+        Ok((view.is_contiguous() && view.size() == wanted).then_some(view))
+    }
+
+    /// The loop of [`Self::copy_weighted_into`] over the model's `variables`. A CPU variable
+    /// gets a new tensor, filled, rather than being written in place: what it held may be a
+    /// view of a file, which is never written ([`super::mapped`]).
     fn copy_variables(
         sources: &[(&Checkpoint, f64)],
         variables: Vec<(String, tch::Tensor)>,
     ) -> Result<()> {
+        let fill = |var: &mut tch::Tensor, src: &tch::Tensor| -> Result<()> {
+            tch::no_grad(|| match var.device() {
+                Device::Cpu => {
+                    let mut fresh = tch::Tensor::f_empty(var.size(), (var.kind(), Device::Cpu))?;
+                    fresh.f_copy_(src)?;
+                    var.f_set_data(&fresh)
+                }
+                _ => var.f_copy_(src),
+            })?;
+            Ok(())
+        };
         for (key, mut var) in variables {
             let single = sources.len() == 1 && sources[0].1 == 1.0;
             let mut sum: Option<tch::Tensor> = None;
@@ -101,7 +192,7 @@ impl Checkpoint {
             for (ckpt, weight) in sources {
                 ckpt.with_model_tensor(&key, &wanted, float, |src| {
                     if single {
-                        return tch::no_grad(|| var.f_copy_(src)).with_context(|| {
+                        return fill(&mut var, src).with_context(|| {
                             format!(
                                 "{}: cannot copy tensor `{key}` into the model",
                                 ckpt.path.display()
@@ -120,7 +211,7 @@ impl Checkpoint {
                 })?;
             }
             if let Some(sum) = sum {
-                tch::no_grad(|| var.f_copy_(&sum)).with_context(|| {
+                fill(&mut var, &sum).with_context(|| {
                     format!("cannot copy the merged tensor `{key}` into the model")
                 })?;
                 // Weights that overflow fp32 (or the model's dtype) never reach the model.
@@ -149,6 +240,19 @@ impl Checkpoint {
         float: bool,
         f: impl FnOnce(&tch::Tensor) -> Result<()>,
     ) -> Result<()> {
+        let as_conv = self.check_model_tensor(key, wanted, float)?;
+        let source = self.source(key)?;
+        self.files[source.file].with_view(&source.name, |view| {
+            let src = source.transform.apply(view);
+            let src = if as_conv { src.reshape(wanted) } else { src };
+            f(&src)
+        })
+    }
+
+    /// An error naming `key` when its tensor is missing, misshaped for `wanted` or (with
+    /// `float`) not floating point; else whether it is a Linear weight the model wants as a
+    /// 1x1 conv.
+    fn check_model_tensor(&self, key: &str, wanted: &[i64], float: bool) -> Result<bool> {
         let shown = self.path.display();
         let stored = self.shape(key).ok_or_else(|| {
             anyhow!("{shown}: missing tensor `{key}` (the model expects shape {wanted:?}) — the checkpoint is incomplete or not of this family")
@@ -166,10 +270,6 @@ impl Checkpoint {
         if float && !safetensors::is_float(dtype) {
             bail!("{}: tensor `{key}` is stored as {dtype}, not floating point — the file is quantized or damaged; use an fp16/fp32 checkpoint", self.origin(key));
         }
-        self.files[source.file].with_view(&source.name, |view| {
-            let src = source.transform.apply(view);
-            let src = if as_conv { src.reshape(wanted) } else { src };
-            f(&src)
-        })
+        Ok(as_conv)
     }
 }

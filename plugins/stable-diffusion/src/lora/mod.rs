@@ -1,7 +1,10 @@
 //! LoRA sets applied to a loaded model, per pass: each weight a set changes is kept as it was
-//! before the first change and copied back when the set changes, so the base weights return
-//! bit for bit (a copy of the changed weights costs the same memory as a patched copy, and
-//! restoring is one copy, not a subtraction that rounds).
+//! before the first change and put back when the set changes, so the base weights return bit
+//! for bit (restoring is no subtraction that rounds). Copy on write: the parameter gets a copy
+//! of its own that the LoRA is added to, and the base tensor is kept untouched — a weight that
+//! views the checkpoint file (zero-copy loading, [`crate::checkpoint::mapped`]) is never
+//! written, and restoring swaps the base back in without a copy. The memory is one copy of
+//! each changed weight, as a saved copy beside a patched weight would be.
 mod formats;
 mod names;
 pub mod shapes;
@@ -84,6 +87,8 @@ impl LoraState {
     /// Drops the saved base weights: the weights they would restore are gone
     /// ([`crate::model::SdModel::release`]).
     pub fn forget(&mut self) {
+        // Base weights that view the checkpoint file hand their pages back.
+        crate::checkpoint::mapped::drop_mapped_pages(self.originals.values());
         self.originals.clear();
         self.current.clear();
     }
@@ -121,13 +126,13 @@ impl LoraState {
         Ok(warnings)
     }
 
-    /// Copies every changed weight back.
+    /// Puts every changed weight's base tensor back.
     fn restore(&mut self, vars: &HashMap<String, Tensor>) {
         tch::no_grad(|| {
             for (key, original) in self.originals.drain() {
                 if let Some(var) = vars.get(&key) {
-                    let mut var = var.shallow_clone();
-                    var.copy_(&original);
+                    // Every module holds this same tensor: the base data is back for all.
+                    var.shallow_clone().set_data(&original);
                 }
             }
         });
@@ -185,9 +190,13 @@ impl LoraState {
         tch::no_grad(|| -> Result<()> {
             for (key, (delta, multiplier)) in changes {
                 let mut var = vars[key].shallow_clone();
-                self.originals
-                    .entry(key.to_owned())
-                    .or_insert_with(|| var.copy());
+                if !self.originals.contains_key(key) {
+                    // The base tensor is kept as it is (its own handle on the same data);
+                    // the parameter gets a copy to add to.
+                    let base = var.f_detach()?;
+                    var.f_set_data(&base.copy())?;
+                    self.originals.insert(key.to_owned(), base);
+                }
                 let _ = var.f_add_(&delta.f_to_device(var.device())?.f_to_kind(var.kind())?)?;
                 if !health::is_finite(&var) {
                     bail!(

@@ -47,12 +47,18 @@ impl Patcher {
                 || (parts & VAE_ENCODER != 0 && is_vae && !is_decoder)
                 || (parts & UNET != 0 && !is_text && !is_vae)
         };
+        let mut vars: Vec<_> = vs
+            .variables()
+            .into_iter()
+            .filter(|(name, _)| freed(name))
+            .collect();
+        // A parameter viewing the checkpoint file (zero-copy loading) frees no memory of its
+        // own: its pages are handed back instead.
+        crate::checkpoint::mapped::drop_mapped_pages(vars.iter().map(|(_, v)| v));
         tch::no_grad(|| {
-            for (name, mut var) in vs.variables() {
-                if freed(&name) {
-                    // Every module holds this same tensor: the storage goes for all of them.
-                    let _ = var.set_();
-                }
+            for (_, var) in &mut vars {
+                // Every module holds this same tensor: the storage goes for all of them.
+                let _ = var.set_();
             }
         });
         if parts & UNET != 0 {

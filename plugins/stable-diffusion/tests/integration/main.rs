@@ -16,3 +16,4 @@ mod patches;
 mod prompts;
 mod real_size;
 mod vae_tiling;
+mod zero_copy;
