@@ -1,0 +1,8 @@
+//! Flow-matching transformer backends for hiresfix: Stable Diffusion 3.5 (MMDiT) first, Flux
+//! next. Built against host-api and the shared model-parts crate only, as a third party would.
+//!
+//! Where things are: `mmdit/` (the SD3 / SD 3.5 joint-attention transformer), `t5/` (the T5
+//! encoder SD3 and Flux share, and its tokenizer).
+
+pub mod mmdit;
+pub mod t5;

@@ -1,0 +1,3 @@
+//! Parity of the flow backend's parts with diffusers / transformers on tiny models.
+mod mmdit;
+mod t5;

@@ -1,0 +1,1 @@
+//! MMDiT parity (filled by its part).

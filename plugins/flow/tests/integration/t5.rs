@@ -1,0 +1,1 @@
+//! T5 parity (filled by its part).
