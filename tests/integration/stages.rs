@@ -129,6 +129,19 @@ fn check_tiles_the_stages_that_would_not_fit() {
     assert!(lines
         .iter()
         .any(|l| l.starts_with("pass 1: tiled = \"auto\": not tiled (")));
+    // A plain table on pass 1 tiles every stage with it, whether or not the call would fit.
+    let always = "width = 32\ntiled = { tile = 128, overlap = 16 }";
+    let text = one_pass("target = \"16384x16384\"\nstage_factor = 16.0", always);
+    let profile = scratch.write("r.toml", &text);
+    let out = hiresfix(&scratch.0, &["check", profile.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = stdout_lines(&out);
+    let pass2 = "pass 2: tiled multidiffusion (overlap 16): 9 tiles of 128x128 latent cells, 3 model calls a step of at most 3 tiles";
+    assert!(lines.contains(&pass2.to_owned()), "{lines:#?}");
+    assert!(
+        !lines.iter().any(|l| l.contains("tiled = \"auto\"")),
+        "{lines:#?}"
+    );
 }
 
 /// `tiled = "auto"` on a pass that fits: untiled, the same image as without the key, and the

@@ -956,16 +956,15 @@ impl Profile {
         let area = f64::from(from.0) * f64::from(from.1);
         let sizes = stages::stage_sizes(area, &from.2, target, factor).map_err(|e| anyhow!(e))?;
         use crate::tiled::setting::TiledSetting;
-        let stage_tiles = match self.passes[0].tiled {
-            Some(auto @ TiledSetting::Auto(_)) => auto,
-            _ => TiledSetting::Auto(Default::default()),
-        };
+        // Pass 1's `tiled` carries to every stage: a table tiles them all with its settings,
+        // `"auto"` (or no key) tiles those whose UNet call would not fit.
+        let stage_tiles = self.passes[0]
+            .tiled
+            .unwrap_or(TiledSetting::Auto(Default::default()));
         for (i, (w, h)) in sizes.into_iter().enumerate() {
             if i == 0 {
                 (self.passes[0].width, self.passes[0].height) = (Some(w), Some(h));
             } else {
-                // Each stage tiles when its UNet call would not fit (`crate::auto_tiled`),
-                // with pass 1's `when = "auto"` settings if it has them.
                 self.passes.push(Pass {
                     width: Some(w),
                     height: Some(h),

@@ -58,6 +58,14 @@ impl RandomModel {
         Self::of(&sd1::SD1, vec![clip], unet, vae)
     }
 
+    /// [`tiny_sd1`](Self::tiny_sd1) with a 4-level VAE (latent factor 8, as real SD models
+    /// have): the size benchmarks' tiny model, whose latent at 8192 px is 1024×1024 cells.
+    pub fn tiny_sd1_vae8() -> Self {
+        let mut model = Self::tiny_sd1();
+        model.config.vae.ch_mult = vec![1, 2, 2, 2];
+        model
+    }
+
     /// The published architecture of `family` (SD 1.5, SD 2.1, SDXL base).
     pub fn real_size(family: &'static Family) -> Self {
         let vae = VaeConfig {
