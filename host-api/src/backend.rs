@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::options::OptionEntry;
 use crate::patch::{PassSigmas, PatchBox};
+use crate::sampling::ModelSampling;
 
 /// What the host needs to know about a loaded model.
 #[repr(C)]
@@ -430,6 +431,13 @@ pub trait Backend: Sized + 'static {
     /// need a released part may then fail. The default keeps everything.
     fn release(&self, _parts: u32) -> Result<()> {
         Ok(())
+    }
+
+    /// 1.5.0: the model's sampling for a pass of `width × height` pixels (the host asks once per
+    /// pass, before noising its start): discrete eps / v, or rectified flow with the shift of
+    /// that size (see [`crate::sampling`]). The default: discrete over `info().sigmas`.
+    fn model_sampling(&self, _width: u32, _height: u32) -> Result<ModelSampling> {
+        Ok(ModelSampling::discrete(self.info().sigmas.to_vec()))
     }
 
     /// Why a result of this model holds NaN or inf, for the end of an error message: a
