@@ -18,7 +18,7 @@ use crate::sampling::ModelSampling;
 pub struct ModelInfo {
     /// Family id, e.g. `sd1`.
     pub family: RString,
-    /// `eps` or `v`.
+    /// `eps` or `v` (a rectified-flow model, 1.5: `flow`, its network predicting the velocity).
     pub prediction: RString,
     pub latent_channels: u32,
     /// Pixels per latent cell along each side (2^(VAE levels - 1)).
@@ -29,7 +29,9 @@ pub struct ModelInfo {
     pub text_encoders: RString,
     pub dtype: RString,
     pub device: RString,
-    /// The model's discrete sigma table, ascending.
+    /// The model's discrete sigma table, ascending (a rectified-flow model, 1.5: its
+    /// [`ModelSampling::sigmas`] at `default_size`; what the host samples with is
+    /// [`Backend::model_sampling`]).
     pub sigmas: RVec<f64>,
     /// Facts added in host API 1.x, by key (README "What may change in 1.x"); empty in 1.0.
     pub extra: RVec<OptionEntry>,
