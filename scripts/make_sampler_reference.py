@@ -356,11 +356,26 @@ SCHEDULE_REFERENCES = {
 }
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def write_reference(out: str, stem: str, tensors: dict, meta: dict):
+    """`<stem>.safetensors` (every tensor float64, names sorted) and `<stem>.json` under `out`."""
+    tensors = {k: v.contiguous().to(torch.float64) for k, v in sorted(tensors.items())}
+    save_file(tensors, os.path.join(out, f"{stem}.safetensors"))
+    with open(os.path.join(out, f"{stem}.json"), "w") as f:
+        json.dump(meta, f, indent=1, sort_keys=False)
+        f.write("\n")
+
+
+def out_dir(doc: str) -> str:
+    """The `--out` folder (made if missing), tests/data/samplers by default."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "samplers"))
-    args = parser.parse_args()
-    os.makedirs(args.out, exist_ok=True)
+    out = parser.parse_args().out
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def main():
+    out = out_dir(__doc__)
 
     gen = torch.Generator().manual_seed(SEED)
     x0 = torch.randn(SHAPE, generator=gen, dtype=torch.float64)
@@ -377,8 +392,6 @@ def main():
                 assert len(sigmas) == n + 1, (kind, name, n, len(sigmas))
                 tensors[f"schedule.{kind}.{name}.{n}"] = torch.tensor(sigmas)
 
-    tensors = {k: v.contiguous().to(torch.float64) for k, v in sorted(tensors.items())}
-    save_file(tensors, os.path.join(args.out, "reference.safetensors"))
     meta = {
         "generator": "scripts/make_sampler_reference.py",
         "versions": {"torch": torch.__version__, "k-diffusion": KDIFF_VERSION, "diffusers": diffusers.__version__, "scipy": scipy.__version__},
@@ -393,9 +406,7 @@ def main():
         "sigma_tables": {"sd1": "scaled_linear betas 0.00085-0.012, 1000 steps", "linear": "linear betas 0.0001-0.02, 1000 steps"},
         "schedules": SCHEDULE_REFERENCES,
     }
-    with open(os.path.join(args.out, "reference.json"), "w") as f:
-        json.dump(meta, f, indent=1, sort_keys=False)
-        f.write("\n")
+    write_reference(out, "reference", tensors, meta)
 
 
 if __name__ == "__main__":

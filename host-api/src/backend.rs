@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::options::OptionEntry;
 use crate::patch::{PassSigmas, PatchBox};
+use crate::sampling::ModelSampling;
 
 /// What the host needs to know about a loaded model.
 #[repr(C)]
@@ -17,7 +18,7 @@ use crate::patch::{PassSigmas, PatchBox};
 pub struct ModelInfo {
     /// Family id, e.g. `sd1`.
     pub family: RString,
-    /// `eps` or `v`.
+    /// `eps` or `v` (a rectified-flow model, 1.5: `flow`, its network predicting the velocity).
     pub prediction: RString,
     pub latent_channels: u32,
     /// Pixels per latent cell along each side (2^(VAE levels - 1)).
@@ -28,7 +29,9 @@ pub struct ModelInfo {
     pub text_encoders: RString,
     pub dtype: RString,
     pub device: RString,
-    /// The model's discrete sigma table, ascending.
+    /// The model's discrete sigma table, ascending (a rectified-flow model, 1.5: its
+    /// [`ModelSampling::sigmas`] at `default_size`; what the host samples with is
+    /// [`Backend::model_sampling`]).
     pub sigmas: RVec<f64>,
     /// Facts added in host API 1.x, by key (README "What may change in 1.x"); empty in 1.0.
     pub extra: RVec<OptionEntry>,
@@ -430,6 +433,13 @@ pub trait Backend: Sized + 'static {
     /// need a released part may then fail. The default keeps everything.
     fn release(&self, _parts: u32) -> Result<()> {
         Ok(())
+    }
+
+    /// 1.5.0: the model's sampling for a pass of `width × height` pixels (the host asks once per
+    /// pass, before noising its start): discrete eps / v, or rectified flow with the shift of
+    /// that size (see [`crate::sampling`]). The default: discrete over `info().sigmas`.
+    fn model_sampling(&self, _width: u32, _height: u32) -> Result<ModelSampling> {
+        Ok(ModelSampling::discrete(self.info().sigmas.to_vec()))
     }
 
     /// Why a result of this model holds NaN or inf, for the end of an error message: a

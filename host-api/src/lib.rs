@@ -13,6 +13,7 @@ pub mod patch;
 pub mod plugin;
 pub mod prompt;
 pub mod sampler;
+pub mod sampling;
 pub mod schedule;
 pub mod sigmas;
 mod strings;
@@ -36,6 +37,7 @@ pub use patch::{
 };
 pub use plugin::{Handshake, PluginModule, PluginRef};
 pub use sampler::{SampleCtx, Sampler, SamplerCallbacks, SamplerDecl};
+pub use sampling::ModelSampling;
 pub use schedule::{Schedule, ScheduleDecl};
 pub use sigmas::ModelSigmas;
 pub use tensor::{TensorBox, TensorRef};

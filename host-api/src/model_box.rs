@@ -12,6 +12,7 @@ use tch::Tensor;
 use crate::backend::{Backend, EmbeddingSpec, EmbeddingState, EncodeRequest, LoraSpec, ModelInfo};
 use crate::error::{from_ffi, guard, Result};
 use crate::patch::{PassSigmas, PatchBox};
+use crate::sampling::ModelSampling;
 use crate::tensor::{TensorBox, TensorRef};
 
 type Out<T> = RResult<T, RString>;
@@ -47,6 +48,8 @@ pub struct ModelVtable {
         extern "C" fn(*const c_void, RSlice<'_, EmbeddingSpec>) -> Out<RVec<EmbeddingState>>,
     /// 1.3.0: see [`Backend::used_embeddings`].
     pub used_embeddings: extern "C" fn(*const c_void, RSlice<'_, RString>) -> Out<RVec<RString>>,
+    /// 1.5.0: see [`Backend::model_sampling`].
+    pub model_sampling: extern "C" fn(*const c_void, u32, u32) -> Out<ModelSampling>,
 }
 
 /// A loaded model, owned by the host; dropping it frees it inside its plugin.
@@ -177,6 +180,10 @@ impl<B: Backend> VtableOf<B> {
         })
     }
 
+    extern "C" fn model_sampling(p: *const c_void, width: u32, height: u32) -> Out<ModelSampling> {
+        guard(|| Self::obj(p).model_sampling(width, height))
+    }
+
     staticref! {
         const TABLE: WithMetadata<ModelVtable> = WithMetadata::new(ModelVtable {
             drop: Self::drop,
@@ -193,6 +200,7 @@ impl<B: Backend> VtableOf<B> {
             set_concat: Self::set_concat,
             set_embeddings: Self::set_embeddings,
             used_embeddings: Self::used_embeddings,
+            model_sampling: Self::model_sampling,
         })
     }
     const VTABLE: ModelVtableRef = ModelVtableRef(Self::TABLE.as_prefix());
@@ -309,6 +317,15 @@ impl ModelBox {
         let prompts: Vec<RString> = prompts.iter().map(|p| RString::from(*p)).collect();
         let names = from_ffi(f(self.obj, RSlice::from_slice(&prompts)))?;
         Ok(names.into_iter().map(String::from).collect())
+    }
+
+    /// See [`Backend::model_sampling`]; a plugin built against host-api 1.4 or older is
+    /// discrete over its `info().sigmas`.
+    pub fn model_sampling(&self, width: u32, height: u32) -> Result<ModelSampling> {
+        match self.vtable.model_sampling() {
+            Some(f) => from_ffi(f(self.obj, width, height)),
+            None => Ok(ModelSampling::discrete(self.info()?.sigmas.to_vec())),
+        }
     }
 
     /// See [`Backend::nonfinite_cause`].

@@ -34,6 +34,11 @@ pub mod keys {
     /// image's rows (its CFG rows) come together. Patches with random choices (HyperTile,
     /// ToMe) draw them from these. Absent: the patch is made for a check, not a run.
     pub const SEEDS: &str = "seeds";
+    /// `ModelInfo.extra` and `CheckpointInfo.extra` (1.5.0): the model's sampling for people
+    /// (`info`), as text: `discrete`, `flow (shift 3)`, or a flow model's shift rule (e.g.
+    /// `flow (shift by size: 0.5 at 256 tokens to 1.15 at 4096)`). What the host samples
+    /// with is `Backend::model_sampling`, never this text.
+    pub const MODEL_SAMPLING: &str = "model_sampling";
 }
 
 /// Read access to the options a plugin received; a missing key yields the default.

@@ -17,6 +17,7 @@ use tch::Tensor;
 
 use crate::error::{from_ffi, guard, Error, Result};
 use crate::options::{OptionEntry, Options};
+use crate::sampling::ModelSampling;
 use crate::strings::{owned, static_strs};
 use crate::tensor::{TensorBox, TensorRef};
 
@@ -32,6 +33,10 @@ pub trait Sampler: 'static {
     const DISCARD_PENULTIMATE_SIGMA: bool = false;
     /// A1111's schedule when the profile names none ("" = the host default).
     const DEFAULT_SCHEDULE: &'static str = "";
+    /// 1.5.0: `sample` serves a rectified-flow model (reading [`SampleCtx::model_sampling`]
+    /// where its form differs). `false`: the host refuses the sampler for a flow model at
+    /// plan time, in one line.
+    const SERVES_FLOW: bool = false;
 
     /// Runs the whole trajectory; `x` is the noised start at `sigmas[0]`.
     fn sample(ctx: &mut SampleCtx<'_>, x: Tensor, sigmas: &[f64]) -> Result<Tensor>;
@@ -58,6 +63,8 @@ pub struct SamplerHostVtable {
     pub noise: extern "C" fn(*mut c_void, TensorRef<'_>) -> RResult<TensorBox, RString>,
     #[sabi(last_prefix_field)]
     pub step: extern "C" fn(*mut c_void, u32, u32) -> bool,
+    /// 1.5.0: the model's sampling for this pass (see [`SampleCtx::model_sampling`]).
+    pub model_sampling: extern "C" fn(*mut c_void) -> RResult<ModelSampling, RString>,
 }
 
 /// Implemented by the host (or a test harness) to drive a sampler.
@@ -68,6 +75,10 @@ pub trait SamplerCallbacks {
     fn noise_like(&mut self, x: &Tensor) -> Result<Tensor>;
     /// Step `i` of `total` finished; `false` cancels the run.
     fn step(&mut self, i: usize, total: usize) -> bool;
+    /// 1.5.0: the model's sampling for this pass; the default is a discrete model (no table).
+    fn model_sampling(&mut self) -> Result<ModelSampling> {
+        Ok(ModelSampling::discrete(Vec::new()))
+    }
 }
 
 fn callbacks<'a, C>(ctx: *mut c_void) -> &'a mut C {
@@ -103,11 +114,16 @@ impl<C: SamplerCallbacks> HostVtableOf<C> {
         matches!(outcome, RResult::ROk(true))
     }
 
+    extern "C" fn model_sampling(ctx: *mut c_void) -> RResult<ModelSampling, RString> {
+        guard(|| callbacks::<C>(ctx).model_sampling())
+    }
+
     staticref! {
         const TABLE: WithMetadata<SamplerHostVtable> = WithMetadata::new(SamplerHostVtable {
             denoise: Self::denoise,
             noise: Self::noise,
             step: Self::step,
+            model_sampling: Self::model_sampling,
         })
     }
     const VTABLE: SamplerHostVtableRef = SamplerHostVtableRef(Self::TABLE.as_prefix());
@@ -158,6 +174,15 @@ impl<'a> SampleCtx<'a> {
     pub fn options(&self) -> Options<'a> {
         Options(self.host.options.as_slice())
     }
+
+    /// 1.5.0: the model's sampling for this pass (`is_flow()` picks a sampler's rectified-flow
+    /// form; `half_log_snr` etc. for the SDE samplers). Discrete from an older host.
+    pub fn model_sampling(&mut self) -> Result<ModelSampling> {
+        match self.host.vtable.model_sampling() {
+            Some(f) => from_ffi(f(self.host.ctx)),
+            None => Ok(ModelSampling::discrete(Vec::new())),
+        }
+    }
 }
 
 /// A registered sampler as it crosses the boundary (a plugin's root module lists them).
@@ -175,6 +200,8 @@ pub struct SamplerFfi {
     #[sabi(last_prefix_field)]
     pub sample:
         extern "C" fn(&SamplerHost<'_>, TensorBox, RSlice<'_, f64>) -> RResult<TensorBox, RString>,
+    /// 1.5.0: [`Sampler::SERVES_FLOW`] (absent: `false`).
+    pub serves_flow: bool,
 }
 
 extern "C" fn sample_trampoline<S: Sampler>(
@@ -198,6 +225,7 @@ impl SamplerFfi {
             discard_penultimate_sigma: S::DISCARD_PENULTIMATE_SIGMA,
             default_schedule: RStr::from_str(S::DEFAULT_SCHEDULE),
             sample: sample_trampoline::<S>,
+            serves_flow: S::SERVES_FLOW,
         }
         .leak_into_prefix()
     }
@@ -210,6 +238,8 @@ pub struct SamplerDecl {
     pub options: Vec<String>,
     pub discard_penultimate_sigma: bool,
     pub default_schedule: String,
+    /// 1.5.0: serves a rectified-flow model (`false` from a 1.0–1.4 plugin).
+    pub serves_flow: bool,
     ffi: SamplerFfiRef,
 }
 
@@ -225,6 +255,7 @@ impl SamplerDecl {
             options: owned(ffi.options()),
             discard_penultimate_sigma: ffi.discard_penultimate_sigma(),
             default_schedule: ffi.default_schedule().to_string(),
+            serves_flow: ffi.serves_flow().unwrap_or(false),
             ffi,
         }
     }

@@ -682,7 +682,14 @@ const CASES: &[Case] = &[
     Case { name: "the sampler plugin refused by its pin", code: 1, expect: "(refused plugin libhiresfix_samplers_kdiff.so: sha256",
         setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_samplers_kdiff.so\" = \"00\"", "", "") },
     Case { name: "the model backend refused by its pin", code: 1, expect: "no model backend plugin was found; see `hiresfix plugins` (refused plugin libhiresfix_sd.so",
-        setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_sd.so\" = \"00\"", "", "") },    // --- round 3: weights, expansions before limits, bounded echoes ---
+        setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_sd.so\" = \"00\"", "", "") },
+    // --- a flow-matching model (the toy flow backend) ---
+    Case { name: "sampler without a flow form on a flow model", code: 1, expect: "pass 2: sampler `ddim` has no form for the flow-matching model (toy_flow, flow (shift 3)); use sampler = \"euler\"",
+        setup: |sc| {
+            let (checkpoint, dir) = crate::flow_model::flow_toy(sc);
+            let top = format!("plugin_dirs = [\"{}\"]", dir.display());
+            generate(sc, &checkpoint, &top, "", "sampler = \"ddim\"")
+        } },    // --- round 3: weights, expansions before limits, bounded echoes ---
     Case { name: "LoRA weight NaN in the profile", code: 1, expect: "a LoRA's weight must be a number between -100 and 100",
         setup: |sc| profile_edit(sc, |p| p.replace("[model]", "[model]\nloras = [{ path = \"x.safetensors\", weight = nan }]")) },
     Case { name: "LoRA weight 1e308 in the profile", code: 1, expect: "a LoRA's weight must be a number between -100 and 100",

@@ -170,14 +170,14 @@ fn plugins_of_a_newer_minor_or_another_major_are_refused_naming_both_versions() 
     let minor_line = line("libfuture_minor_plugin.so");
     assert!(
         minor_line.contains(
-            "REFUSED: built against host-api 1.99.0, newer than this host's host-api 1.4.0"
+            "REFUSED: built against host-api 1.99.0, newer than this host's host-api 1.5.0"
         ),
         "{minor_line}"
     );
     let major_line = line("libfuture_major_plugin.so");
     assert!(
         major_line
-            .contains("REFUSED: built against host-api 2.0.0, this host speaks host-api 1.4.0"),
+            .contains("REFUSED: built against host-api 2.0.0, this host speaks host-api 1.5.0"),
         "{major_line}"
     );
     assert!(

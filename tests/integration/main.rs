@@ -12,6 +12,7 @@ mod convert;
 mod cross_family;
 mod embeddings;
 mod files_hostile;
+mod flow_model;
 mod img2img;
 mod info;
 mod inpaint_model;

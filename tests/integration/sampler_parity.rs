@@ -1,7 +1,10 @@
 //! Every sampler and schedule plugin against k-diffusion / diffusers / ComfyUI references on a
 //! toy denoiser with recorded noise (scripts/make_sampler_reference.py), loaded through the
 //! host's registry exactly as `hiresfix generate` loads them; A1111 names; hires slicing.
-//! Needs the plugins built: `cargo build --workspace` first.
+//! Needs the plugins built: `cargo build --workspace` first. The same on a rectified-flow
+//! model: `flow`.
+mod flow;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -9,7 +12,7 @@ use hiresfix::plan::{pass_sigmas, plan_passes};
 use hiresfix::profile::Profile;
 use hiresfix::registry::{display_name, find, Registry};
 use host_api::tch::{Kind, Tensor};
-use host_api::{Error, ModelSigmas, OptionEntry, OptionValue, SamplerCallbacks};
+use host_api::{Error, ModelSampling, ModelSigmas, OptionEntry, OptionValue, SamplerCallbacks};
 
 const SAMPLER_STEPS: [usize; 2] = [4, 10];
 const SCHEDULE_STEPS: [usize; 3] = [3, 10, 28];
@@ -172,11 +175,24 @@ fn toy_denoiser(x: &Tensor, sigma: f64) -> Tensor {
     x * (0.8 / (1.0 + 0.2 * sigma)) + x.tanh() * 0.1
 }
 
-/// Host side of a run: the toy denoiser, the recorded noise in order, and every call recorded.
+/// Host side of a run: the toy denoiser, the recorded noise in order, and every call recorded;
+/// the model's sampling the sampler is told.
 struct Recorder {
     noise: Vec<Tensor>,
     draws: usize,
     calls: Vec<(Tensor, f64)>,
+    sampling: ModelSampling,
+}
+
+impl Recorder {
+    fn new(noise: Vec<Tensor>, sampling: ModelSampling) -> Self {
+        Self {
+            noise,
+            draws: 0,
+            calls: Vec::new(),
+            sampling,
+        }
+    }
 }
 
 impl SamplerCallbacks for Recorder {
@@ -200,6 +216,10 @@ impl SamplerCallbacks for Recorder {
     fn step(&mut self, _: usize, _: usize) -> bool {
         true
     }
+
+    fn model_sampling(&mut self) -> host_api::Result<ModelSampling> {
+        Ok(self.sampling.clone())
+    }
 }
 
 /// Max |difference| over the denoiser calls' x and sigma and the final x, or why it diverged.
@@ -212,16 +232,26 @@ fn trajectory_error(
     let key = format!("{case}.{steps}");
     let entry = find(&registry.samplers, sampler, "sampler").map_err(|e| e.to_string())?;
     let sigmas = floats(tensor(reference, &format!("{key}.sigmas")));
-    let mut recorder = Recorder {
-        noise: tensor(reference, "noise").unbind(0),
-        draws: 0,
-        calls: Vec::new(),
-    };
+    let mut recorder = Recorder::new(
+        tensor(reference, "noise").unbind(0),
+        ModelSampling::discrete(floats(tensor(reference, "table.sd1"))),
+    );
     let x = tensor(reference, "x0") * sigmas[0];
     let out = entry
         .decl
         .run(&mut recorder, &options(opts), x, &sigmas)
         .map_err(|e| e.to_string())?;
+    compare_trajectory(reference, &key, &recorder, &out)
+}
+
+/// Max |difference| of a run's denoiser calls (x and sigma) and result from the reference's
+/// `<key>.{xs, call_sigmas, final}`.
+fn compare_trajectory(
+    reference: &HashMap<String, Tensor>,
+    key: &str,
+    recorder: &Recorder,
+    out: &Tensor,
+) -> Result<f64, String> {
     let xs = tensor(reference, &format!("{key}.xs"));
     let call_sigmas = floats(tensor(reference, &format!("{key}.call_sigmas")));
     if recorder.calls.len() != call_sigmas.len() {
@@ -231,7 +261,7 @@ fn trajectory_error(
             call_sigmas.len()
         ));
     }
-    let mut worst = max_abs(&out, tensor(reference, &format!("{key}.final")));
+    let mut worst = max_abs(out, tensor(reference, &format!("{key}.final")));
     for (n, ((x, sigma), want)) in recorder.calls.iter().zip(&call_sigmas).enumerate() {
         worst = worst
             .max((sigma - want).abs())
@@ -264,19 +294,25 @@ fn every_sampler_follows_its_reference_trajectory() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Every case `reference` recorded (its `<case>.4.final`) is among `tested`.
+fn assert_every_case_tested<'a>(
+    reference: &HashMap<String, Tensor>,
+    tested: impl Iterator<Item = &'a str> + Clone,
+) {
+    for key in reference.keys() {
+        if let Some(case) = key.strip_suffix(".4.final") {
+            assert!(
+                tested.clone().any(|c| c == case),
+                "reference case `{case}` is not tested"
+            );
+        }
+    }
+}
+
 #[test]
 fn every_reference_case_and_sampler_id_is_exercised() {
     let reference = reference();
-    let recorded: Vec<&str> = reference
-        .keys()
-        .filter_map(|k| k.strip_suffix(".4.final"))
-        .collect();
-    for case in &recorded {
-        assert!(
-            CASES.iter().any(|(c, _, _)| c == case),
-            "reference case `{case}` is not tested"
-        );
-    }
+    assert_every_case_tested(&reference, CASES.iter().map(|(c, _, _)| *c));
     for id in SAMPLERS {
         assert!(
             CASES.iter().any(|(_, s, _)| *s == id),
@@ -296,30 +332,46 @@ fn every_schedule_matches_its_reference() {
     let mut failures = Vec::new();
     for kind in ["sd1", "linear"] {
         let model = model_sigmas(&reference, kind);
-        for name in SCHEDULES {
-            let entry = find(&registry.schedules, name, "schedule").unwrap();
-            let mut worst: f64 = 0.0;
-            for steps in SCHEDULE_STEPS {
-                let want = floats(tensor(
-                    &reference,
-                    &format!("schedule.{kind}.{name}.{steps}"),
-                ));
-                let got = entry.decl.run(&model, steps).unwrap();
-                assert_eq!(got.len(), want.len(), "{name} ({kind}, {steps} steps)");
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f64::max);
-                worst = worst.max(err);
-            }
-            eprintln!("{name:<16} {kind:<6}: max abs error {worst:.2e}");
-            if worst.is_nan() || worst > SCHEDULE_TOLERANCE {
-                failures.push(format!("{name} ({kind}): max abs error {worst:.3e}"));
-            }
-        }
+        failures.extend(schedule_failures(&registry, &reference, kind, &model));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Max |a − b| over two equally long lists.
+fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max)
+}
+
+/// Every schedule on `model` against the reference's `schedule.<kind>.<name>.<steps>`: one
+/// line per schedule over the tolerance (each one's worst error is printed).
+fn schedule_failures(
+    registry: &Registry,
+    reference: &HashMap<String, Tensor>,
+    kind: &str,
+    model: &ModelSigmas,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for name in SCHEDULES {
+        let entry = find(&registry.schedules, name, "schedule").unwrap();
+        let mut worst: f64 = 0.0;
+        for steps in SCHEDULE_STEPS {
+            let want = floats(tensor(
+                reference,
+                &format!("schedule.{kind}.{name}.{steps}"),
+            ));
+            let got = entry.decl.run(model, steps).unwrap();
+            worst = worst.max(max_diff(&got, &want));
+        }
+        eprintln!("{name:<16} {kind:<6}: max abs error {worst:.2e}");
+        if worst.is_nan() || worst > SCHEDULE_TOLERANCE {
+            failures.push(format!("{name} ({kind}): max abs error {worst:.3e}"));
+        }
+    }
+    failures
 }
 
 #[test]
@@ -446,11 +498,7 @@ fn bad_sampler_options_are_errors_not_panics() {
     ];
     for (id, opts, mentions) in cases {
         let entry = find(&registry.samplers, id, "sampler").unwrap();
-        let mut recorder = Recorder {
-            noise: Vec::new(),
-            draws: 0,
-            calls: Vec::new(),
-        };
+        let mut recorder = Recorder::new(Vec::new(), ModelSampling::discrete(Vec::new()));
         let x = tensor(&reference, "x0") * sigmas[0];
         let err = entry
             .decl
@@ -498,11 +546,7 @@ fn hires_pass_sigmas_are_the_tail_of_the_longer_schedule() {
         let full = plans[1].schedule.decl.run(&model, 28).unwrap();
         assert_eq!(second, full[8..], "{name}");
         let want = floats(tensor(&reference, &format!("schedule.sd1.{name}.28")));
-        let err = second
-            .iter()
-            .zip(&want[8..])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+        let err = max_diff(&second, &want[8..]);
         assert!(err <= SCHEDULE_TOLERANCE, "{name}: {err:e}");
     }
     // A discarding sampler builds 29 steps, drops the penultimate sigma, then keeps 21.

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use host_api::{
-    ModelSigmas, OptionEntry, OptionValue, PatchDecl, PatchModel, SamplerDecl, ScheduleDecl,
-    UpscalerDecl,
+    ModelSampling, ModelSigmas, OptionEntry, OptionValue, PatchDecl, PatchModel, SamplerDecl,
+    ScheduleDecl, UpscalerDecl,
 };
 
 use crate::defaults::{self, resolved};
@@ -479,6 +479,24 @@ pub fn pass_sigmas(plan: &PassPlan<'_>, model: &ModelSigmas) -> Result<Vec<f64>>
         );
     }
     Ok(sigmas)
+}
+
+/// A pass's sampler against the model's sampling: a sampler without a rectified-flow form
+/// (`Sampler::SERVES_FLOW`) is refused for a flow model, in one line naming both and the fix.
+pub fn check_sampler_serves(
+    plan: &PassPlan<'_>,
+    sampling: &ModelSampling,
+    family: &str,
+) -> Result<()> {
+    if !sampling.is_flow() || plan.sampler.decl.serves_flow {
+        return Ok(());
+    }
+    bail!(
+        "pass {}: sampler `{}` has no form for the flow-matching model ({family}, {}); use sampler = \"euler\" (README \"Flow-matching models\" lists the others)",
+        plan.number,
+        plan.sampler.decl.name,
+        sampling.describe()
+    )
 }
 
 /// What pass `i` (0-based) of `plans` counts: pass 1 its own steps (an img2img pass the steps

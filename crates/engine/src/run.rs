@@ -8,7 +8,7 @@ use std::rc::Rc;
 use anyhow::{anyhow, bail, Context, Result};
 use host_api::tch::{Device, Kind, Tensor};
 use host_api::{
-    EncodeRequest, ModelBox, ModelInfo, ModelSigmas, PassSigmas, PatchModel, SamplerCallbacks,
+    EncodeRequest, ModelBox, ModelInfo, ModelSampling, PassSigmas, PatchModel, SamplerCallbacks,
     VaeCallbacks,
 };
 
@@ -40,6 +40,8 @@ struct Guidance<'a> {
     blend: Option<&'a (Tensor, Tensor)>,
     /// Tiled diffusion: the model runs over these tiles of the latent.
     tiler: Option<crate::tiled::Tiler>,
+    /// The model's sampling at this pass's size (discrete, or flow with its shift).
+    sampling: &'a ModelSampling,
 }
 
 /// A1111's latent mask blend: the init latent where `nmask` is 0.
@@ -112,6 +114,10 @@ impl SamplerCallbacks for Guidance<'_> {
     fn step(&mut self, i: usize, _total: usize) -> bool {
         self.preview.offer(self.observer, i, self.last.as_ref());
         self.observer.step(i)
+    }
+
+    fn model_sampling(&mut self) -> host_api::Result<ModelSampling> {
+        Ok(self.sampling.clone())
     }
 }
 
@@ -307,9 +313,23 @@ pub fn run_batch(
                 make_patches(&info, later, seeds)?;
             }
         }
+        // The model's sampling at this pass's size (a flow model's shift may depend on it).
+        let sampling = model
+            .model_sampling(size.width, size.height)
+            .map_err(|e| anyhow!("pass {}: model sampling: {e}", plan.number))?;
+        let table = sampling
+            .model_sigmas()
+            .map_err(|e| anyhow!("pass {}: model sampling: {e}", plan.number))?;
+        if new_family {
+            // Every pass of this family's sampler serves the model's sampling, before a step.
+            for later in plans.iter().skip(i) {
+                if models.backend(&later.checkpoint)?.decl.family != info.family.as_str() {
+                    break;
+                }
+                crate::plan::check_sampler_serves(later, &sampling, info.family.as_str())?;
+            }
+        }
         let device = latent_device(&info);
-        let table = ModelSigmas::new(info.sigmas.to_vec())
-            .map_err(|e| anyhow!("model sigma table: {e}"))?;
         let sigmas = pass_sigmas(plan, &table)?;
         let shape = [info.latent_channels as i64, size.latent_h, size.latent_w];
         // Every pass's noise as A1111's hires pass makes its own: the same seeds and variation.
@@ -330,11 +350,11 @@ pub fn run_batch(
                         device,
                     )?;
                     models.warn_once(s.notes.clone());
-                    let x = &s.init_latent + &noise * sigmas[0];
+                    let x = sampling.noise_latent(sigmas[0], &noise, &s.init_latent);
                     i2i = Some(s);
                     x
                 }
-                None => noise * sigmas[0],
+                None => sampling.noise_only(sigmas[0], &noise),
             },
             Some(prev) => {
                 let prev = &prev.to_device(device);
@@ -368,7 +388,8 @@ pub fn run_batch(
                     plugin_error(observer, plan.number, size, "upscaler", name, file, e)
                 })?;
                 check_finite(&up, &model, plan.number, "the upscaled latent")?;
-                up + noise * sigmas[0]
+                // A1111 / Forge: the upscaled latent noised to the pass's first sigma.
+                sampling.noise_latent(sigmas[0], &noise, &up)
             }
         };
         previous = Some((model.clone(), info.family.to_string()));
@@ -450,7 +471,7 @@ pub fn run_batch(
             refiner: refiner.as_ref().map(|(model, conds)| Handover {
                 model,
                 conds,
-                table: &info.sigmas,
+                table: &sampling.sigmas,
                 switch_at: plan.refiner.as_ref().map_or(1.0, |r| r.switch_at),
             }),
             conds: PassConds {
@@ -472,6 +493,7 @@ pub fn run_batch(
             tiler: plan
                 .tiled
                 .map(|t| Tiler::wrapping(&t, size.latent_h, size.latent_w, settings.seamless)),
+            sampling: &sampling,
         };
         let phase = format!("pass {}", plan.number);
         let options = sampler_options(plan, from_noise);

@@ -78,19 +78,26 @@ impl Sampler for Ddpm {
 
 /// Multistep latent consistency sampling (Luo et al. 2023, "Latent Consistency Models",
 /// Algorithm 1): jump to the denoised prediction, then re-noise to the next sigma with fresh
-/// noise; ComfyUI / A1111 `sample_lcm`.
+/// noise; ComfyUI / A1111 `sample_lcm`. The re-noising is the model's (ComfyUI
+/// `noise_scaling`): on a flow model `(1 − σ) x₀ + σ ε`.
 pub struct Lcm;
 
 impl Sampler for Lcm {
     const NAME: &'static str = "lcm";
     const ALIASES: &'static [&'static str] = &["LCM", "k_lcm"];
+    const SERVES_FLOW: bool = true;
 
     fn sample(ctx: &mut SampleCtx<'_>, mut x: Tensor, sigmas: &[f64]) -> Result<Tensor> {
+        let ms = ctx.model_sampling()?;
         let steps = sigmas.len().saturating_sub(1);
         for i in 0..steps {
             x = ctx.denoise(&x, sigmas[i])?;
             if sigmas[i + 1] > 0.0 {
-                x = &x + ctx.noise_like(&x)? * sigmas[i + 1];
+                let noise = ctx.noise_like(&x)?;
+                x = match ms.is_flow() {
+                    true => ms.noise_latent(sigmas[i + 1], &noise, &x),
+                    false => &x + noise * sigmas[i + 1],
+                };
             }
             ctx.step(i, steps)?;
         }

@@ -65,6 +65,8 @@ impl Sampler for Euler {
     const NAME: &'static str = "euler";
     const ALIASES: &'static [&'static str] = &["Euler", "k_euler"];
     const OPTIONS: &'static [&'static str] = CHURN_OPTIONS;
+    // ComfyUI runs it unchanged on a flow model's sigmas (diffusers' FlowMatchEuler step).
+    const SERVES_FLOW: bool = true;
 
     fn sample(ctx: &mut SampleCtx<'_>, mut x: Tensor, sigmas: &[f64]) -> Result<Tensor> {
         let churn = Churn::from_options(ctx)?;
@@ -87,6 +89,7 @@ impl Sampler for Heun {
     const NAME: &'static str = "heun";
     const ALIASES: &'static [&'static str] = &["Heun", "k_heun"];
     const OPTIONS: &'static [&'static str] = CHURN_OPTIONS;
+    const SERVES_FLOW: bool = true;
 
     fn sample(ctx: &mut SampleCtx<'_>, mut x: Tensor, sigmas: &[f64]) -> Result<Tensor> {
         let churn = Churn::from_options(ctx)?;
@@ -119,6 +122,7 @@ impl Sampler for Dpm2 {
     const OPTIONS: &'static [&'static str] = CHURN_OPTIONS;
     const DISCARD_PENULTIMATE_SIGMA: bool = true;
     const DEFAULT_SCHEDULE: &'static str = "karras";
+    const SERVES_FLOW: bool = true;
 
     fn sample(ctx: &mut SampleCtx<'_>, mut x: Tensor, sigmas: &[f64]) -> Result<Tensor> {
         let churn = Churn::from_options(ctx)?;

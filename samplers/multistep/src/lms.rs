@@ -38,6 +38,8 @@ impl Sampler for Lms {
     const NAME: &'static str = "lms";
     const ALIASES: &'static [&'static str] = &["LMS", "k_lms"];
     const OPTIONS: &'static [&'static str] = &["order"];
+    // k-diffusion's LMS on a flow model's sigmas (ComfyUI's own now ends with `x = denoised`).
+    const SERVES_FLOW: bool = true;
 
     fn sample(ctx: &mut SampleCtx<'_>, mut x: Tensor, sigmas: &[f64]) -> Result<Tensor> {
         let order = crate::order_option(ctx, "lms", 4)?;

@@ -25,13 +25,20 @@ fn append_zero(mut sigmas: Vec<f64>) -> Vec<f64> {
     sigmas
 }
 
-/// The highest training timestep, `len(table) - 1`.
-fn t_max(model: &ModelSigmas) -> f64 {
-    (model.table().len() - 1) as f64
+/// The timesteps of the model's largest and smallest sigma (ComfyUI `normal_scheduler`'s
+/// `start` and `end`): a discrete model's last and first training step, a flow model's
+/// `multiplier` and `sigma_min · multiplier`.
+fn t_range(model: &ModelSigmas) -> (f64, f64) {
+    (
+        model.sigma_to_t(model.sigma_max()),
+        model.sigma_to_t(model.sigma_min()),
+    )
 }
 
 /// Evenly spaced timesteps from the last training step to the first, mapped through the
-/// model's sigma table (k-diffusion `DiscreteSchedule.get_sigmas`; ComfyUI "normal").
+/// model's sigma table (k-diffusion `DiscreteSchedule.get_sigmas`; ComfyUI "normal"). On a
+/// flow model, ComfyUI's "normal" on `ModelSamplingDiscreteFlow`, which is also diffusers'
+/// `FlowMatchEulerDiscreteScheduler` default (`linspace(1, σ_min)`, then shifted).
 pub struct Normal;
 
 impl Schedule for Normal {
@@ -39,8 +46,9 @@ impl Schedule for Normal {
     const ALIASES: &'static [&'static str] = &["Normal", "Uniform"];
 
     fn sigmas(model: &ModelSigmas, steps: usize) -> Result<Vec<f64>> {
+        let (start, end) = t_range(model);
         Ok(append_zero(
-            linspace(t_max(model), 0.0, steps)
+            linspace(start, end, steps)
                 .map(|t| model.t_to_sigma(t))
                 .collect(),
         ))
@@ -108,8 +116,9 @@ impl Schedule for SgmUniform {
     const ALIASES: &'static [&'static str] = &["SGM Uniform", "SGMUniform"];
 
     fn sigmas(model: &ModelSigmas, steps: usize) -> Result<Vec<f64>> {
+        let (start, end) = t_range(model);
         Ok(append_zero(
-            linspace(t_max(model), 0.0, steps + 1)
+            linspace(start, end, steps + 1)
                 .take(steps)
                 .map(|t| model.t_to_sigma(t))
                 .collect(),
