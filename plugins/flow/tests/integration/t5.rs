@@ -1,1 +1,265 @@
-//! T5 parity (filled by its part).
+//! T5 encoder and tokenizer against transformers on a tiny random T5 v1.1
+//! (tests/data/t5-tiny, made by scripts/make_t5_reference.py).
+use hiresfix_flow::t5::{
+    locate_tokenizer, T5Encoder, T5Tokenizer, T5Tokens, T5Weights, SINGLE_FILE_PREFIX,
+    TOKENIZER_KEY,
+};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+const TOLERANCE: f64 = 1e-4;
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/t5-tiny")
+}
+
+struct Case {
+    name: String,
+    prompt: String,
+    max_length: usize,
+    parsed: Vec<(String, f64)>,
+    ids: Vec<i64>,
+    weights: Vec<f64>,
+}
+
+fn read_json(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(data().join(name)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn numbers(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<i64> {
+    numbers(v).into_iter().map(|x| x as i64).collect()
+}
+
+/// A1111 `parse_prompt_attention` output as the reference script wrote it.
+fn fragments(v: &serde_json::Value) -> Vec<(String, f64)> {
+    let pair = |p: &serde_json::Value| (p[0].as_str().unwrap().to_string(), p[1].as_f64().unwrap());
+    v.as_array().unwrap().iter().map(pair).collect()
+}
+
+fn cases() -> Vec<Case> {
+    let json = read_json("reference.json");
+    assert_eq!(json["single_file_prefix"], SINGLE_FILE_PREFIX);
+    json["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Case {
+            name: c["name"].as_str().unwrap().to_string(),
+            prompt: c["prompt"].as_str().unwrap().to_string(),
+            max_length: c["max_length"].as_u64().unwrap() as usize,
+            parsed: fragments(&c["parsed"]),
+            ids: ids(&c["ids"]),
+            weights: numbers(&c["weights"]),
+        })
+        .collect()
+}
+
+fn tokenizer() -> T5Tokenizer {
+    T5Tokenizer::from_file(&data().join("tokenizer_3/tokenizer.json")).unwrap()
+}
+
+/// max |a - b| / max |b|
+fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    f64::try_from((&a - &b).abs().max()).unwrap() / f64::try_from(b.abs().max()).unwrap()
+}
+
+fn reference_hidden() -> Vec<(String, Tensor)> {
+    Tensor::read_safetensors(data().join("hidden.safetensors")).unwrap()
+}
+
+fn tokens(tok: &T5Tokenizer, case: &Case) -> T5Tokens {
+    tok.tokens(&case.parsed, case.max_length).unwrap()
+}
+
+#[test]
+fn t5_token_ids_and_weights_match_transformers_and_a1111_layout() {
+    let tok = tokenizer();
+    assert_eq!((tok.eos(), tok.pad()), (1, 0));
+    for case in cases() {
+        let got = tokens(&tok, &case);
+        assert_eq!(got.ids, case.ids, "{}: ids", case.name);
+        let weights: Vec<f64> = got.weights.iter().map(|&w| f64::from(w)).collect();
+        assert_eq!(weights.len(), case.weights.len(), "{}", case.name);
+        for (i, (a, b)) in weights.iter().zip(&case.weights).enumerate() {
+            assert!(
+                (a - b).abs() < 1e-6,
+                "{}: weight {i}: {a} vs {b}",
+                case.name
+            );
+        }
+        if case.parsed.len() == 1 {
+            // Without emphasis syntax the prompt is tokenized whole, as diffusers does.
+            assert_eq!(
+                tok.plain(&case.prompt, case.max_length).unwrap().ids,
+                case.ids
+            );
+        }
+    }
+}
+
+#[test]
+fn t5_long_prompt_is_cut_to_max_length_keeping_eos() {
+    let case = cases().into_iter().find(|c| c.name == "long").unwrap();
+    let got = tokens(&tokenizer(), &case);
+    assert_eq!(got.ids.len(), 256);
+    assert_eq!(got.ids[255], 1);
+    assert!(got.ids[..255].iter().all(|&id| id != 0 && id != 1));
+}
+
+#[test]
+fn t5_hidden_states_match_transformers_with_forge_emphasis() {
+    let weights = T5Weights::from_path(&data().join("text_encoder_3")).unwrap();
+    let encoder = T5Encoder::new(&weights, Device::Cpu, Kind::Float).unwrap();
+    let config = encoder.config();
+    assert_eq!(
+        (
+            config.d_model,
+            config.d_kv,
+            config.num_heads,
+            config.d_ff,
+            config.num_layers
+        ),
+        (32, 8, 4, 64, 2)
+    );
+    let tok = tokenizer();
+    let reference = reference_hidden();
+    for case in cases() {
+        let want = &reference.iter().find(|(k, _)| *k == case.name).unwrap().1;
+        let got = encoder
+            .encode(&[tokens(&tok, &case)])
+            .unwrap()
+            .squeeze_dim(0);
+        let err = relative_error(&got, want);
+        eprintln!("t5 {:<12} relative error {err:.3e}", case.name);
+        assert!(err <= TOLERANCE, "{}: relative error {err:e}", case.name);
+    }
+}
+
+#[test]
+fn t5_emphasis_changes_the_weighted_tokens_and_keeps_the_mean() {
+    let weights = T5Weights::from_path(&data().join("text_encoder_3")).unwrap();
+    let encoder = T5Encoder::new(&weights, Device::Cpu, Kind::Float).unwrap();
+    let case = cases().into_iter().find(|c| c.name == "emphasis").unwrap();
+    let emphasised = tokens(&tokenizer(), &case);
+    let plain = T5Tokens {
+        weights: vec![1.0; emphasised.ids.len()],
+        ..emphasised.clone()
+    };
+    let a = encoder.encode(&[emphasised]).unwrap();
+    let b = encoder.encode(&[plain]).unwrap();
+    assert!(relative_error(&a, &b) > 1e-2);
+    let mean = |t: &Tensor| f64::try_from(t.mean(Kind::Double)).unwrap();
+    assert!((mean(&a) - mean(&b)).abs() <= 1e-6 * mean(&b).abs().max(1e-6));
+}
+
+#[test]
+fn t5_split_and_single_file_layouts_load_the_same_encoder() {
+    let tok = tokenizer();
+    let case = cases().into_iter().find(|c| c.name == "plain").unwrap();
+    let input = [tokens(&tok, &case)];
+    let folder = T5Weights::from_path(&data().join("text_encoder_3")).unwrap();
+    let split = T5Weights::from_path(&data().join("text_encoder_3/model.safetensors")).unwrap();
+    let single = T5Weights::from_path(&data().join("single_file.safetensors")).unwrap();
+    let want = T5Encoder::new(&folder, Device::Cpu, Kind::Float)
+        .unwrap()
+        .encode(&input)
+        .unwrap();
+    for weights in [split, single] {
+        let got = T5Encoder::new(&weights, Device::Cpu, Kind::Float)
+            .unwrap()
+            .encode(&input)
+            .unwrap();
+        assert!(got.equal(&want), "{}", weights.source());
+    }
+}
+
+#[test]
+fn a_single_file_without_tokenizer_names_the_key_to_add() {
+    let single = data().join("single_file.safetensors");
+    let err = locate_tokenizer(&single, None).unwrap_err().to_string();
+    assert!(!err.contains('\n'), "{err}");
+    assert!(err.contains("single_file.safetensors"), "{err}");
+    assert!(
+        err.contains(&format!("[model] {TOKENIZER_KEY} = ")),
+        "{err}"
+    );
+    // A configured path that does not exist is named as well.
+    let missing = data().join("nowhere/tokenizer.json");
+    let err = locate_tokenizer(&single, Some(&missing))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nowhere") && err.contains(TOKENIZER_KEY),
+        "{err}"
+    );
+    // A diffusers folder brings its own (tokenizer_3/ for SD3).
+    let found = locate_tokenizer(&data(), None).unwrap();
+    assert!(
+        found.ends_with("tokenizer_3/tokenizer.json"),
+        "{}",
+        found.display()
+    );
+    assert_eq!(
+        locate_tokenizer(&single, Some(&data().join("tokenizer_3"))).unwrap(),
+        found
+    );
+}
+
+#[test]
+fn non_t5_weights_and_foreign_token_ids_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clip.safetensors");
+    let t = Tensor::zeros([4, 4], (Kind::Float, Device::Cpu));
+    Tensor::write_safetensors(&[("text_model.embeddings.weight", &t)], &file).unwrap();
+    let err = T5Weights::from_path(&file).err().unwrap().to_string();
+    assert!(
+        err.contains("no T5 encoder weights") && !err.contains('\n'),
+        "{err}"
+    );
+
+    let weights = T5Weights::from_path(&data().join("text_encoder_3")).unwrap();
+    let encoder = T5Encoder::new(&weights, Device::Cpu, Kind::Float).unwrap();
+    let too_big = T5Tokens {
+        ids: vec![32000, 1],
+        weights: vec![1.0, 1.0],
+    };
+    let err = encoder.encode(&[too_big]).unwrap_err().to_string();
+    assert!(err.contains("32000") && err.contains("vocabulary"), "{err}");
+}
+
+/// The real T5 v1.1 tokenizer (32 100 pieces, SentencePiece `Precompiled` normalizer): set
+/// HIRESFIX_T5_TOKENIZER to its tokenizer.json (scripts/t5_tokenizer_from_pypi.py writes one;
+/// 2.4 MB, not committed). Compared with transformers' ids in real_tokenizer.json.
+#[test]
+fn real_t5_tokenizer_matches_transformers_when_given() {
+    let Some(path) = std::env::var_os("HIRESFIX_T5_TOKENIZER") else {
+        eprintln!("HIRESFIX_T5_TOKENIZER unset: real T5 tokenizer not checked");
+        return;
+    };
+    let tok = T5Tokenizer::from_file(Path::new(&path)).unwrap();
+    for case in read_json("real_tokenizer.json")["cases"]
+        .as_array()
+        .unwrap()
+    {
+        let prompt = case["prompt"].as_str().unwrap();
+        let parsed = fragments(&case["parsed"]);
+        let got = tok.tokens(&parsed, 256).unwrap();
+        assert_eq!(got.ids, ids(&case["ids"]), "{prompt:?}");
+        assert_eq!(
+            tok.plain(prompt, 256).unwrap().ids,
+            ids(&case["whole"]),
+            "{prompt:?}"
+        );
+    }
+}
