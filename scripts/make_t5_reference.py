@@ -23,7 +23,8 @@ What each reference is:
 - `hidden`: T5EncoderModel(ids).last_hidden_state, no attention mask (as diffusers calls it);
   for prompts with emphasis, Forge's "Original" rule on top (backend/text_processing/
   emphasis.py `EmphasisOriginal`: z·w, then z·(mean(z)/mean(z·w)), means over the whole
-  prompt's [L, d_model], padding rows included).
+  prompt's [L, d_model], padding rows included). The plain prompt also in fp16 and bf16
+  (keys `plain@float16`, `plain@bfloat16`, stored as fp32).
 
 The tokenizer: no real T5 tokenizer ships with the reference libraries, so a Unigram model is
 built here (HF `tokenizers`) from a fixed text, in T5's shape: `<pad>`=0, `</s>`=1, `<unk>`=2,
@@ -270,6 +271,14 @@ def main() -> None:
                 "weights": weights,
             }
         )
+    # The plain prompt in half precision (transformers' fp16 clamp and norm casts): keys
+    # "plain@float16" / "plain@bfloat16", the model converted as a whole, as pipelines load it.
+    plain = next(c for c in cases if c["name"] == "plain")
+    for dtype in (torch.float16, torch.bfloat16):
+        half = random_model(len(tok)).to(dtype)
+        with torch.no_grad():
+            z = half(input_ids=torch.tensor([plain["ids"]])).last_hidden_state
+        hidden[f"plain@{str(dtype).removeprefix('torch.')}"] = z[0].float().contiguous()
     save_file(hidden, os.path.join(OUT, "hidden.safetensors"))
     reference = {
         "source": "scripts/make_t5_reference.py",

@@ -74,6 +74,7 @@ impl SelfAttention {
                 .transpose(1, 2)
         };
         let (q, k, v) = (split(&self.q), split(&self.k), split(&self.v));
+        // transformers 5 runs T5 through SDPA with the bias as the additive mask, scale 1.
         let attended = Tensor::scaled_dot_product_attention(
             &q,
             &k,
@@ -136,10 +137,16 @@ impl GatedFeedForward {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        // gelu_new is the tanh approximation.
-        let gate = x.linear::<Tensor>(&self.wi_0, None).gelu("tanh");
+        let gate = gelu_new(&x.linear::<Tensor>(&self.wi_0, None));
         (gate * x.linear::<Tensor>(&self.wi_1, None)).linear::<Tensor>(&self.wo, None)
     }
+}
+
+/// transformers' `NewGELUActivation` (the tanh approximation) written out op by op as there:
+/// the fused `gelu(approximate="tanh")` rounds differently in fp16 / bf16.
+fn gelu_new(x: &Tensor) -> Tensor {
+    let inner = (x + x.pow_tensor_scalar(3.0) * 0.044715) * (2.0 / std::f64::consts::PI).sqrt();
+    (x * 0.5) * (inner.tanh() + 1.0)
 }
 
 /// `T5Block` of the encoder: `layer.0` self-attention, `layer.1` feed-forward, each pre-norm

@@ -146,6 +146,29 @@ fn t5_hidden_states_match_transformers_with_forge_emphasis() {
     }
 }
 
+/// fp16 and bf16 follow transformers' half-precision path (norm casts, gelu_new op by op, fp16
+/// clamp): well inside the distance of its half-precision output from fp32 (fp16 1.2e-3, bf16
+/// 8.5e-3 apart); identical on the machine the references were made on.
+#[test]
+fn t5_half_precision_matches_transformers_half_precision() {
+    let weights = T5Weights::from_path(&data().join("text_encoder_3")).unwrap();
+    let case = cases().into_iter().find(|c| c.name == "plain").unwrap();
+    let input = [tokens(&tokenizer(), &case)];
+    let reference = reference_hidden();
+    for (kind, key, tolerance) in [
+        (Kind::Half, "plain@float16", 4e-4),
+        (Kind::BFloat16, "plain@bfloat16", 3e-3),
+    ] {
+        let encoder = T5Encoder::new(&weights, Device::Cpu, kind).unwrap();
+        let got = encoder.encode(&input).unwrap().squeeze_dim(0);
+        assert_eq!(got.kind(), kind);
+        let want = &reference.iter().find(|(k, _)| k == key).unwrap().1;
+        let err = relative_error(&got, want);
+        eprintln!("t5 {key:<16} relative error {err:.3e}");
+        assert!(err <= tolerance, "{key}: relative error {err:e}");
+    }
+}
+
 #[test]
 fn t5_emphasis_changes_the_weighted_tokens_and_keeps_the_mean() {
     let weights = T5Weights::from_path(&data().join("text_encoder_3")).unwrap();
