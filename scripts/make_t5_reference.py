@@ -8,10 +8,15 @@ for a few prompts the token ids and last_hidden_state the reference libraries gi
         # also real_tokenizer.json: ids of the real T5 tokenizer in DIR (from
         # scripts/t5_tokenizer_from_pypi.py) for REAL_PROMPTS, read as diffusers reads it
 
+Needs `pip install sentencepiece` (for the spiece.model below).
+
 Laid out as the T5 parts of a diffusers SD3 folder: text_encoder_3/ (config.json,
 model.safetensors: the split-file layout ComfyUI's t5xxl_*.safetensors also use),
 tokenizer_3/ (tokenizer.json, tokenizer_config.json); beside them single_file.safetensors (the
-same weights under `text_encoders.t5xxl.transformer.`), reference.json and hidden.safetensors.
+same weights under `text_encoders.t5xxl.transformer.`), reference.json and hidden.safetensors,
+and spiece_only/: a SentencePiece spiece.model (trained by sentencepiece on the same text, T5's
+special ids) with a tokenizer_config.json, as older T5 folders ship without tokenizer.json;
+its reference ids are those `T5TokenizerFast.from_pretrained(spiece_only)` converts it to.
 
 What each reference is:
 - `ids`: the token ids as diffusers' StableDiffusion3Pipeline / FluxPipeline `_get_t5_prompt_embeds`
@@ -111,6 +116,41 @@ def build_tokenizer() -> Tokenizer:
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
     )
     return tok
+
+
+SPIECE_DIR = os.path.join(OUT, "spiece_only")
+SPIECE_PROMPTS = [
+    "a photo of an astronaut riding a horse on the moon",
+    "Ｃａｓｔｌｅ  on   a hill①, café ×",
+    "x <extra_id_0> y",
+    "cat  ",
+    "",
+]
+
+
+def spiece_reference() -> list[dict]:
+    """A sentencepiece Unigram model with T5's ids (<pad> 0, </s> 1, <unk> 2, no <s>) and the
+    ids transformers gives after converting it."""
+    import io
+
+    import sentencepiece as spm
+
+    os.makedirs(SPIECE_DIR, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 4), model_writer=model, vocab_size=120,
+        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1,
+        character_coverage=1.0, minloglevel=2,
+    )
+    with open(os.path.join(SPIECE_DIR, "spiece.model"), "wb") as f:
+        f.write(model.getvalue())
+    config = {"tokenizer_class": "T5Tokenizer", "extra_ids": EXTRA_IDS // 2, "eos_token": "</s>",
+              "unk_token": "<unk>", "pad_token": "<pad>"}
+    with open(os.path.join(SPIECE_DIR, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+        f.write("\n")
+    tok = T5TokenizerFast.from_pretrained(SPIECE_DIR)
+    return [{"prompt": p, "ids": tok(p)["input_ids"]} for p in SPIECE_PROMPTS]
 
 
 def save_tokenizer(tok: Tokenizer) -> T5TokenizerFast:
@@ -287,6 +327,7 @@ def main() -> None:
         "tokenizers": __import__("tokenizers").__version__,
         "single_file_prefix": SINGLE_FILE_PREFIX,
         "cases": cases,
+        "spiece_cases": spiece_reference(),
     }
     with open(os.path.join(OUT, "reference.json"), "w") as f:
         json.dump(reference, f, indent=1, ensure_ascii=False)

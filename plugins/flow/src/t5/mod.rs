@@ -8,11 +8,13 @@
 //! - `encoder`: the stack of blocks.
 //! - `tokenizer`: `tokenizer.json` through the `tokenizers` crate, padding and truncation as
 //!   diffusers does, and where the tokenizer file comes from.
+//! - `spiece`: a SentencePiece `spiece.model` read into the same tokenizer.
 //! - `emphasis`: Forge's "Original" emphasis on a prompt's T5 output.
 mod config;
 mod emphasis;
 mod encoder;
 mod layers;
+mod spiece;
 mod tokenizer;
 mod weights;
 

@@ -1,9 +1,11 @@
-//! T5's SentencePiece-Unigram tokenizer read from a `tokenizer.json` by the `tokenizers` crate,
+//! T5's SentencePiece-Unigram tokenizer read from a `tokenizer.json` (or a `spiece.model`) by
+//! the `tokenizers` crate,
 //! with prompts laid out as A1111's SD3 code does (modules/models/sd3/sd3_cond.py
 //! `Sd3T5.tokenize_line`: each emphasis fragment tokenized on its own, BREAK dropped, `</s>`,
 //! `<pad>` up to the length; no 75-token chunks) and truncated as diffusers truncates
 //! (`max_sequence_length` ids, the last kept for `</s>`). A prompt without emphasis gets
 //! exactly diffusers' `tokenizer(prompt, padding="max_length", truncation=True)` ids.
+use super::spiece;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -31,20 +33,32 @@ pub struct T5Tokenizer {
 }
 
 impl T5Tokenizer {
-    /// Reads a `tokenizer.json` as transformers 5 (`T5TokenizerFast.from_pretrained`) reads it
-    /// ([`as_transformers_reads_it`]); refuses one without T5's `</s>` and `<pad>`.
+    /// Reads a `tokenizer.json`, or a SentencePiece `spiece.model` (with `extra_ids` from a
+    /// tokenizer_config.json beside it, else 100), as transformers 5 reads them
+    /// ([`as_transformers_reads_it`], [`spiece::tokenizer_json`]); refuses a tokenizer
+    /// without T5's `</s>` and `<pad>`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let shown = path.display();
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{shown}: cannot read the T5 tokenizer.json"))?;
-        let mut spec: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{shown}: not a tokenizer.json (not JSON)"))?;
+        let mut spec = match path.extension().is_some_and(|e| e == "model") {
+            true => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("{shown}: cannot read the T5 spiece.model"))?;
+                spiece::tokenizer_json(&bytes, extra_ids(path))
+                    .with_context(|| format!("{shown}: not a SentencePiece model"))?
+            }
+            false => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("{shown}: cannot read the T5 tokenizer.json"))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{shown}: not a tokenizer.json (not JSON)"))?
+            }
+        };
         if spec["model"]["type"] != "Unigram" {
-            bail!("{shown}: not a T5 tokenizer.json (its model is not SentencePiece Unigram)");
+            bail!("{shown}: not a T5 tokenizer (its model is not SentencePiece Unigram)");
         }
         as_transformers_reads_it(&mut spec);
         let inner = tokenizers::Tokenizer::from_str(&spec.to_string())
-            .map_err(|e| anyhow!("{shown}: not a readable tokenizer.json ({e})"))?;
+            .map_err(|e| anyhow!("{shown}: not a readable T5 tokenizer ({e})"))?;
         let id = |token: &str| {
             inner
                 .token_to_id(token)
@@ -107,6 +121,16 @@ impl T5Tokenizer {
     }
 }
 
+/// `extra_ids` of the tokenizer_config.json beside `spiece_model`; T5's 100 without one.
+fn extra_ids(spiece_model: &Path) -> usize {
+    let config = spiece_model.with_file_name("tokenizer_config.json");
+    std::fs::read_to_string(config)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|json| json["extra_ids"].as_u64())
+        .map_or(100, |n| n as usize)
+}
+
 /// transformers 5 rebuilds a T5 tokenizer from its file (models/t5/tokenization_t5.py): the
 /// file's Unigram pieces, only its SentencePiece `Precompiled` normalizer, and its own
 /// WhitespaceSplit + Metaspace pre-tokenizer. Google's file (old format: a `Replace(" {2,}")`
@@ -134,45 +158,43 @@ fn as_transformers_reads_it(spec: &mut serde_json::Value) {
 
 /// Where the T5 tokenizer of `model` is: `configured` (`[model] t5_tokenizer`, a file or a
 /// folder with tokenizer.json) first, else a diffusers folder's `tokenizer_3/` (SD3) or
-/// `tokenizer_2/` (Flux). A single file carries no tokenizer: the error names the key to add.
+/// `tokenizer_2/` (Flux), each `tokenizer.json` before `spiece.model`. A single file carries
+/// no tokenizer: the error names the key to add.
 pub fn locate_tokenizer(model: &Path, configured: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = configured {
-        let file = if path.is_dir() {
-            path.join("tokenizer.json")
-        } else {
-            path.to_path_buf()
+        let found = match path.is_dir() {
+            true => tokenizer_in(path),
+            false => path.is_file().then(|| path.to_path_buf()),
         };
-        if !file.is_file() {
-            bail!(
-                "{}: no such T5 tokenizer.json (`[model] {TOKENIZER_KEY}`): point it at a T5 \
-                 v1.1 tokenizer.json, e.g. a diffusers SD3 folder's tokenizer_3/tokenizer.json",
-                file.display()
-            );
-        }
-        return Ok(file);
+        return found.with_context(|| {
+            format!(
+                "{}: no T5 tokenizer there (`[model] {TOKENIZER_KEY}`): point it at a T5 v1.1 \
+                 tokenizer.json or spiece.model, e.g. a diffusers SD3 folder's tokenizer_3/",
+                path.display()
+            )
+        });
     }
     if model.is_dir() {
-        for sub in ["tokenizer_3", "tokenizer_2"] {
-            let folder = model.join(sub);
-            let file = folder.join("tokenizer.json");
-            if file.is_file() {
-                return Ok(file);
-            }
-            if folder.join("spiece.model").is_file() {
-                bail!(
-                    "{}: only spiece.model, no tokenizer.json: convert it once with `python3 -c \
-                     \"from transformers import T5TokenizerFast as T; \
-                     T.from_pretrained('{0}').save_pretrained('{0}')\"`, \
-                     or set `[model] {TOKENIZER_KEY} = \".../tokenizer.json\"`",
-                    folder.display()
-                );
-            }
+        if let Some(found) = ["tokenizer_3", "tokenizer_2"]
+            .iter()
+            .find_map(|sub| tokenizer_in(&model.join(sub)))
+        {
+            return Ok(found);
         }
     }
     bail!(
         "{}: no T5 tokenizer with this model (a single file carries none): add `[model] \
-         {TOKENIZER_KEY} = \"/path/to/tokenizer.json\"` (a T5 v1.1 tokenizer.json, e.g. a \
-         diffusers SD3 folder's tokenizer_3/tokenizer.json; see README \"T5 text encoder\")",
+         {TOKENIZER_KEY} = \"/path/to/tokenizer.json\"` (a T5 v1.1 tokenizer.json or \
+         spiece.model, e.g. a diffusers SD3 folder's tokenizer_3/; see README \"T5 text \
+         encoder\")",
         model.display()
     )
+}
+
+/// A folder's `tokenizer.json`, else its `spiece.model`.
+fn tokenizer_in(folder: &Path) -> Option<PathBuf> {
+    ["tokenizer.json", "spiece.model"]
+        .iter()
+        .map(|name| folder.join(name))
+        .find(|file| file.is_file())
 }

@@ -208,6 +208,28 @@ fn t5_split_and_single_file_layouts_load_the_same_encoder() {
 }
 
 #[test]
+fn a_spiece_model_reads_as_transformers_converts_it() {
+    let folder = data().join("spiece_only");
+    let found = locate_tokenizer(Path::new("model.safetensors"), Some(&folder)).unwrap();
+    assert!(
+        found.ends_with("spiece_only/spiece.model"),
+        "{}",
+        found.display()
+    );
+    let tok = T5Tokenizer::from_file(&found).unwrap();
+    assert_eq!((tok.eos(), tok.pad()), (1, 0));
+    for case in read_json("reference.json")["spiece_cases"]
+        .as_array()
+        .unwrap()
+    {
+        let prompt = case["prompt"].as_str().unwrap();
+        let want = ids(&case["ids"]);
+        let got = tok.plain(prompt, want.len()).unwrap().ids;
+        assert_eq!(got, want, "{prompt:?}");
+    }
+}
+
+#[test]
 fn a_single_file_without_tokenizer_names_the_key_to_add() {
     let single = data().join("single_file.safetensors");
     let err = locate_tokenizer(&single, None).unwrap_err().to_string();
