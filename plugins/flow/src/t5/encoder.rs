@@ -19,9 +19,10 @@ pub struct T5Encoder {
 
 impl T5Encoder {
     /// Builds the encoder from `weights` (every shape checked against the inferred config),
-    /// moved to `device` as `kind`.
-    pub fn new(weights: &T5Weights, device: Device, kind: Kind) -> Result<Self> {
-        let mut config = T5Config::from_weights(weights)?;
+    /// moved to `device` as `kind` one tensor at a time (peak memory: the converted weights
+    /// plus one stored tensor, not both copies: T5-XXL is 19 GB in fp32).
+    pub fn new(weights: T5Weights, device: Device, kind: Kind) -> Result<Self> {
+        let mut config = T5Config::from_weights(&weights)?;
         if let Some(distance) = weights.max_distance {
             config.relative_attention_max_distance = distance;
         }
@@ -31,13 +32,7 @@ impl T5Encoder {
         if config.num_layers == 0 {
             bail!("{}: no T5 encoder blocks", weights.source());
         }
-        let moved = T5Weights::from_tensors(
-            weights.source().to_string(),
-            weights
-                .iter()
-                .map(|(k, t)| (k.clone(), t.to_device(device).to_kind(kind)))
-                .collect(),
-        )?;
+        let moved = weights.converted(device, kind);
         let bias_key = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight";
         let relative_attention_bias = moved
             .get_shaped(

@@ -80,9 +80,14 @@ impl T5Weights {
         &self.source
     }
 
-    /// Every tensor with its transformers name.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Tensor)> {
-        self.tensors.iter()
+    /// The same weights on `device` as `kind`, each stored tensor dropped once converted.
+    pub fn converted(self, device: tch::Device, kind: Kind) -> Self {
+        let tensors = self
+            .tensors
+            .into_iter()
+            .map(|(name, t)| (name, t.to_device(device).to_kind(kind)))
+            .collect();
+        Self { tensors, ..self }
     }
 
     pub fn has(&self, name: &str) -> bool {

@@ -78,6 +78,12 @@ fn reference_hidden() -> Vec<(String, Tensor)> {
     Tensor::read_safetensors(data().join("hidden.safetensors")).unwrap()
 }
 
+/// The tiny encoder from its diffusers folder.
+fn encoder(kind: Kind) -> T5Encoder {
+    let weights = T5Weights::from_path(&data().join("text_encoder_3")).unwrap();
+    T5Encoder::new(weights, Device::Cpu, kind).unwrap()
+}
+
 fn tokens(tok: &T5Tokenizer, case: &Case) -> T5Tokens {
     tok.tokens(&case.parsed, case.max_length).unwrap()
 }
@@ -119,8 +125,7 @@ fn t5_long_prompt_is_cut_to_max_length_keeping_eos() {
 
 #[test]
 fn t5_hidden_states_match_transformers_with_forge_emphasis() {
-    let weights = T5Weights::from_path(&data().join("text_encoder_3")).unwrap();
-    let encoder = T5Encoder::new(&weights, Device::Cpu, Kind::Float).unwrap();
+    let encoder = encoder(Kind::Float);
     let config = encoder.config();
     assert_eq!(
         (
@@ -151,7 +156,6 @@ fn t5_hidden_states_match_transformers_with_forge_emphasis() {
 /// 8.5e-3 apart); identical on the machine the references were made on.
 #[test]
 fn t5_half_precision_matches_transformers_half_precision() {
-    let weights = T5Weights::from_path(&data().join("text_encoder_3")).unwrap();
     let case = cases().into_iter().find(|c| c.name == "plain").unwrap();
     let input = [tokens(&tokenizer(), &case)];
     let reference = reference_hidden();
@@ -159,8 +163,7 @@ fn t5_half_precision_matches_transformers_half_precision() {
         (Kind::Half, "plain@float16", 4e-4),
         (Kind::BFloat16, "plain@bfloat16", 3e-3),
     ] {
-        let encoder = T5Encoder::new(&weights, Device::Cpu, kind).unwrap();
-        let got = encoder.encode(&input).unwrap().squeeze_dim(0);
+        let got = encoder(kind).encode(&input).unwrap().squeeze_dim(0);
         assert_eq!(got.kind(), kind);
         let want = &reference.iter().find(|(k, _)| k == key).unwrap().1;
         let err = relative_error(&got, want);
@@ -171,8 +174,7 @@ fn t5_half_precision_matches_transformers_half_precision() {
 
 #[test]
 fn t5_emphasis_changes_the_weighted_tokens_and_keeps_the_mean() {
-    let weights = T5Weights::from_path(&data().join("text_encoder_3")).unwrap();
-    let encoder = T5Encoder::new(&weights, Device::Cpu, Kind::Float).unwrap();
+    let encoder = encoder(Kind::Float);
     let case = cases().into_iter().find(|c| c.name == "emphasis").unwrap();
     let emphasised = tokens(&tokenizer(), &case);
     let plain = T5Tokens {
@@ -186,6 +188,22 @@ fn t5_emphasis_changes_the_weighted_tokens_and_keeps_the_mean() {
     assert!((mean(&a) - mean(&b)).abs() <= 1e-6 * mean(&b).abs().max(1e-6));
 }
 
+/// Prompt and negative prompt in one call: each row as when encoded alone (emphasis keeps each
+/// prompt's own mean, not the batch's).
+#[test]
+fn t5_rows_of_a_batch_are_encoded_independently() {
+    let encoder = encoder(Kind::Float);
+    let tok = tokenizer();
+    let all = cases();
+    let pick = |name: &str| tokens(&tok, all.iter().find(|c| c.name == name).unwrap());
+    let (emphasis, empty) = (pick("emphasis"), pick("empty"));
+    let both = encoder.encode(&[emphasis.clone(), empty.clone()]).unwrap();
+    for (row, alone) in [(0, emphasis), (1, empty)] {
+        let alone = encoder.encode(&[alone]).unwrap().squeeze_dim(0);
+        assert!(relative_error(&both.get(row), &alone) <= 1e-6, "row {row}");
+    }
+}
+
 #[test]
 fn t5_split_and_single_file_layouts_load_the_same_encoder() {
     let tok = tokenizer();
@@ -194,16 +212,17 @@ fn t5_split_and_single_file_layouts_load_the_same_encoder() {
     let folder = T5Weights::from_path(&data().join("text_encoder_3")).unwrap();
     let split = T5Weights::from_path(&data().join("text_encoder_3/model.safetensors")).unwrap();
     let single = T5Weights::from_path(&data().join("single_file.safetensors")).unwrap();
-    let want = T5Encoder::new(&folder, Device::Cpu, Kind::Float)
+    let want = T5Encoder::new(folder, Device::Cpu, Kind::Float)
         .unwrap()
         .encode(&input)
         .unwrap();
     for weights in [split, single] {
-        let got = T5Encoder::new(&weights, Device::Cpu, Kind::Float)
+        let source = weights.source().to_string();
+        let got = T5Encoder::new(weights, Device::Cpu, Kind::Float)
             .unwrap()
             .encode(&input)
             .unwrap();
-        assert!(got.equal(&want), "{}", weights.source());
+        assert!(got.equal(&want), "{source}");
     }
 }
 
@@ -273,8 +292,7 @@ fn non_t5_weights_and_foreign_token_ids_are_refused_in_one_line() {
         "{err}"
     );
 
-    let weights = T5Weights::from_path(&data().join("text_encoder_3")).unwrap();
-    let encoder = T5Encoder::new(&weights, Device::Cpu, Kind::Float).unwrap();
+    let encoder = encoder(Kind::Float);
     let too_big = T5Tokens {
         ids: vec![32000, 1],
         weights: vec![1.0, 1.0],
