@@ -147,6 +147,9 @@ fn as_transformers_reads_it(spec: &mut serde_json::Value) {
         _ => None,
     };
     spec["normalizer"] = precompiled.unwrap_or(serde_json::Value::Null);
+    // Truncation and padding are ours (`tokens`), as the callers pass them to transformers.
+    spec["truncation"] = serde_json::Value::Null;
+    spec["padding"] = serde_json::Value::Null;
     spec["pre_tokenizer"] = serde_json::json!({
         "type": "Sequence",
         "pretokenizers": [

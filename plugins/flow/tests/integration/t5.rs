@@ -114,6 +114,27 @@ fn t5_token_ids_and_weights_match_transformers_and_a1111_layout() {
     }
 }
 
+/// Some tokenizer.json files carry a truncation or padding setting; transformers' callers
+/// override it, and so does this tokenizer.
+#[test]
+fn t5_tokenizer_ignores_truncation_and_padding_in_the_file() {
+    let path = data().join("tokenizer_3/tokenizer.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    spec["truncation"] = serde_json::json!(
+        {"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0});
+    spec["padding"] = serde_json::json!({"strategy": {"Fixed": 8}, "direction": "Right",
+        "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "<pad>"});
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("tokenizer.json");
+    std::fs::write(&copy, spec.to_string()).unwrap();
+    let case = cases().into_iter().find(|c| c.name == "plain").unwrap();
+    let got = T5Tokenizer::from_file(&copy)
+        .unwrap()
+        .plain(&case.prompt, case.max_length);
+    assert_eq!(got.unwrap().ids, case.ids);
+}
+
 #[test]
 fn t5_long_prompt_is_cut_to_max_length_keeping_eos() {
     let case = cases().into_iter().find(|c| c.name == "long").unwrap();
