@@ -29,7 +29,8 @@ What each reference is:
   for prompts with emphasis, Forge's "Original" rule on top (backend/text_processing/
   emphasis.py `EmphasisOriginal`: z·w, then z·(mean(z)/mean(z·w)), means over the whole
   prompt's [L, d_model], padding rows included). The plain prompt also in fp16 and bf16
-  (keys `plain@float16`, `plain@bfloat16`, stored as fp32).
+  (keys `plain@float16`, `plain@bfloat16`, stored as fp32), and the plain prompt through the
+  fp8 copy of the weights, t5xxl_fp8_e4m3fn.safetensors (key `plain@fp8_e4m3fn`).
 
 The tokenizer: no real T5 tokenizer ships with the reference libraries, so a Unigram model is
 built here (HF `tokenizers`) from a fixed text, in T5's shape: `<pad>`=0, `</s>`=1, `<unk>`=2,
@@ -319,6 +320,15 @@ def main() -> None:
         with torch.no_grad():
             z = half(input_ids=torch.tensor([plain["ids"]])).last_hidden_state
         hidden[f"plain@{str(dtype).removeprefix('torch.')}"] = z[0].float().contiguous()
+    # ComfyUI's t5xxl_fp8_e4m3fn layout: the split file with every weight stored as fp8; its
+    # reference is transformers on those fp8 values (exact in fp32).
+    fp8 = {k: v.to(torch.float8_e4m3fn) for k, v in state.items()}
+    save_file(fp8, os.path.join(OUT, "t5xxl_fp8_e4m3fn.safetensors"))
+    model_fp8 = random_model(len(tok))
+    model_fp8.load_state_dict({k: v.float() for k, v in fp8.items()}, strict=False)
+    with torch.no_grad():
+        z = model_fp8(input_ids=torch.tensor([plain["ids"]])).last_hidden_state
+    hidden["plain@fp8_e4m3fn"] = z[0].contiguous()
     save_file(hidden, os.path.join(OUT, "hidden.safetensors"))
     reference = {
         "source": "scripts/make_t5_reference.py",

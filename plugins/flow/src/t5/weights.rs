@@ -170,7 +170,7 @@ fn is_t5_key(key: &str) -> bool {
 }
 
 /// The tensors of a `.safetensors` file whose names pass `keep`, copied to the CPU in their
-/// stored dtype. The one place this crate reads safetensors for T5: it moves to the shared
+/// stored dtype (fp8 as fp16). The one place this crate reads safetensors for T5: it moves to the shared
 /// model-parts reader (zero copy, fp8) when that crate lands.
 fn read_safetensors(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, Tensor)>> {
     let shown = path.display();
@@ -181,6 +181,12 @@ fn read_safetensors(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<(Str
         unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("{shown}: cannot map"))?;
     let st = safetensors::SafeTensors::deserialize(&map)
         .with_context(|| format!("{shown}: not a safetensors file"))?;
+    if st.names().iter().any(|n| n.ends_with("scaled_fp8")) {
+        bail!(
+            "{shown}: a scaled-fp8 T5 file (`scaled_fp8`, per-weight `scale_weight`), not \
+             supported yet: use t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors"
+        );
+    }
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
         if !keep(&name) {
@@ -190,13 +196,22 @@ fn read_safetensors(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<(Str
             safetensors::Dtype::F32 => Kind::Float,
             safetensors::Dtype::F16 => Kind::Half,
             safetensors::Dtype::BF16 => Kind::BFloat16,
+            safetensors::Dtype::F8_E4M3 => Kind::Float8e4m3fn,
+            safetensors::Dtype::F8_E5M2 => Kind::Float8e5m2,
             other => bail!(
-                "{shown}: T5 weight `{name}` is {other:?}; use an fp32, fp16 or bf16 t5xxl file"
+                "{shown}: T5 weight `{name}` is {other:?}; use an fp32, fp16, bf16 or fp8 \
+                 t5xxl file"
             ),
         };
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let tensor = Tensor::f_from_data_size(view.data(), &shape, kind)
             .with_context(|| format!("{shown}: cannot read `{name}`"))?;
+        // fp8 (ComfyUI's t5xxl_fp8_e4m3fn) goes on as fp16, exactly: libtorch's CPU kernels
+        // mostly lack fp8, and the encoder converts to its own dtype anyway.
+        let tensor = match kind {
+            Kind::Float8e4m3fn | Kind::Float8e5m2 => tensor.f_to_kind(Kind::Half)?,
+            _ => tensor,
+        };
         out.push((name, tensor));
     }
     Ok(out)

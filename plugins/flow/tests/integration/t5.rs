@@ -193,6 +193,27 @@ fn t5_half_precision_matches_transformers_half_precision() {
     }
 }
 
+/// ComfyUI's t5xxl_fp8_e4m3fn files: fp8 weights, read exactly (6e-2 away from fp32 here).
+#[test]
+fn t5_fp8_file_matches_transformers_on_its_weights() {
+    let weights = T5Weights::from_path(&data().join("t5xxl_fp8_e4m3fn.safetensors")).unwrap();
+    let encoder = T5Encoder::new(weights, Device::Cpu, Kind::Float).unwrap();
+    let case = cases().into_iter().find(|c| c.name == "plain").unwrap();
+    let got = encoder
+        .encode(&[tokens(&tokenizer(), &case)])
+        .unwrap()
+        .squeeze_dim(0);
+    let reference = reference_hidden();
+    let want = &reference
+        .iter()
+        .find(|(k, _)| k == "plain@fp8_e4m3fn")
+        .unwrap()
+        .1;
+    let err = relative_error(&got, want);
+    eprintln!("t5 plain@fp8_e4m3fn relative error {err:.3e}");
+    assert!(err <= TOLERANCE, "relative error {err:e}");
+}
+
 #[test]
 fn t5_emphasis_changes_the_weighted_tokens_and_keeps_the_mean() {
     let encoder = encoder(Kind::Float);
@@ -310,6 +331,14 @@ fn non_t5_weights_and_foreign_token_ids_are_refused_in_one_line() {
     let err = T5Weights::from_path(&file).err().unwrap().to_string();
     assert!(
         err.contains("no T5 encoder weights") && !err.contains('\n'),
+        "{err}"
+    );
+    let scaled = dir.path().join("t5xxl_fp8_e4m3fn_scaled.safetensors");
+    let marker = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+    Tensor::write_safetensors(&[("scaled_fp8", &marker), ("shared.weight", &t)], &scaled).unwrap();
+    let err = T5Weights::from_path(&scaled).err().unwrap().to_string();
+    assert!(
+        err.contains("scaled-fp8") && err.contains("t5xxl_fp16"),
         "{err}"
     );
 
