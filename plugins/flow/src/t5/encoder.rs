@@ -63,9 +63,12 @@ impl T5Encoder {
     /// diffusers' SD3 and Flux pipelines call T5). Ids outside the vocabulary are refused.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let size = ids.size();
-        let &[_, length] = &size[..] else {
+        let &[rows, length] = &size[..] else {
             bail!("T5 input ids must be [batch, length], got {size:?}");
         };
+        if rows == 0 || length == 0 {
+            bail!("T5 input ids are empty ({size:?})");
+        }
         let (lo, hi) = (i64::try_from(ids.min())?, i64::try_from(ids.max())?);
         if lo < 0 || hi >= self.config.vocab_size {
             bail!(
