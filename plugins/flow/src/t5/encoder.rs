@@ -79,8 +79,8 @@ impl T5Encoder {
             );
         }
         Ok(tch::no_grad(|| {
-            let mut x =
-                Tensor::embedding(&self.shared, &ids.to_device(self.device), -1, false, false);
+            let ids = ids.to_device(self.device).to_kind(Kind::Int64);
+            let mut x = Tensor::embedding(&self.shared, &ids, -1, false, false);
             let bias = self.position_bias(length);
             for block in &self.blocks {
                 x = block.forward(&x, &bias);
@@ -93,8 +93,12 @@ impl T5Encoder {
     /// emphasis applied as Forge applies it ([`apply_emphasis`]).
     pub fn encode(&self, prompts: &[T5Tokens]) -> Result<Tensor> {
         let length = prompts.first().map_or(0, |p| p.ids.len());
-        if length == 0 || prompts.iter().any(|p| p.ids.len() != length) {
-            bail!("T5 prompts must be tokenized to one non-zero length");
+        if length == 0
+            || prompts
+                .iter()
+                .any(|p| p.ids.len() != length || p.weights.len() != length)
+        {
+            bail!("T5 prompts must be tokenized to one non-zero length, one weight per id");
         }
         let ids: Vec<i64> = prompts.iter().flat_map(|p| p.ids.iter().copied()).collect();
         let weights: Vec<f32> = prompts

@@ -1,8 +1,8 @@
 //! T5's SentencePiece-Unigram tokenizer read from a `tokenizer.json` (or a `spiece.model`) by
-//! the `tokenizers` crate,
-//! with prompts laid out as A1111's SD3 code does (modules/models/sd3/sd3_cond.py
-//! `Sd3T5.tokenize_line`: each emphasis fragment tokenized on its own, BREAK dropped, `</s>`,
-//! `<pad>` up to the length; no 75-token chunks) and truncated as diffusers truncates
+//! the `tokenizers` crate, with prompts laid out as A1111's SD3 code does
+//! (modules/models/sd3/sd3_cond.py `Sd3T5.tokenize_line`: each emphasis fragment tokenized on
+//! its own, BREAK dropped, `</s>`, `<pad>` up to the length; no 75-token chunks) and truncated
+//! as diffusers truncates
 //! (`max_sequence_length` ids, the last kept for `</s>`). A prompt without emphasis gets
 //! exactly diffusers' `tokenizer(prompt, padding="max_length", truncation=True)` ids.
 use super::spiece;
@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-/// The `[model]` key naming a T5 `tokenizer.json` (or a folder holding one).
+/// The `[model]` key naming a T5 `tokenizer.json` or `spiece.model` (or a folder holding one).
 pub const TOKENIZER_KEY: &str = "t5_tokenizer";
 /// diffusers StableDiffusion3Pipeline `max_sequence_length` default.
 pub const SD3_MAX_LENGTH: usize = 256;
