@@ -2,9 +2,9 @@
 //! the `tokenizers` crate, with prompts laid out as A1111's SD3 code does
 //! (modules/models/sd3/sd3_cond.py `Sd3T5.tokenize_line`: each emphasis fragment tokenized on
 //! its own, BREAK dropped, `</s>`, `<pad>` up to the length; no 75-token chunks) and truncated
-//! as diffusers truncates
-//! (`max_sequence_length` ids, the last kept for `</s>`). A prompt without emphasis gets
-//! exactly diffusers' `tokenizer(prompt, padding="max_length", truncation=True)` ids.
+//! as diffusers truncates (`max_sequence_length` ids, the last kept for `</s>`). A prompt
+//! without emphasis gets exactly diffusers' `tokenizer(prompt, padding="max_length",
+//! truncation=True)` ids.
 use super::spiece;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};

@@ -170,8 +170,8 @@ fn is_t5_key(key: &str) -> bool {
 }
 
 /// The tensors of a `.safetensors` file whose names pass `keep`, copied to the CPU in their
-/// stored dtype (fp8 as fp16). The one place this crate reads safetensors for T5: it moves to the shared
-/// model-parts reader (zero copy, fp8) when that crate lands.
+/// stored dtype (fp8 as fp16). The one place this crate reads safetensors for T5: it moves to
+/// the shared model-parts reader (zero copy) when that crate lands.
 fn read_safetensors(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, Tensor)>> {
     let shown = path.display();
     let file = std::fs::File::open(path).with_context(|| format!("{shown}: cannot open"))?;
