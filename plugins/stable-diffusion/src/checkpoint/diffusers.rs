@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
-use super::safetensors::SafetensorsFile;
 use crate::convert::diffusers_unet::{diffusers_unet_key, UnetLayout};
 use crate::convert::diffusers_vae::diffusers_vae_key;
 use crate::convert::indices_under;
 use crate::text::clip::Activation;
+use hiresfix_model_parts::weights::safetensors::SafetensorsFile;
 
 /// Text-encoder sub-folders a pipeline may have.
 const TEXT_FOLDERS: [&str; 2] = ["text_encoder", "text_encoder_2"];

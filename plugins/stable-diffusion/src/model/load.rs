@@ -24,6 +24,7 @@ use crate::text::conditioner::{Conditioner, TextEncoder};
 use crate::vae::runner::Vae;
 use crate::vae::tiling::{VaeTilingMode, VaeTilingOptions};
 use crate::vae::VaeConfig;
+use hiresfix_model_parts::weights::Weights;
 
 impl SdModel {
     /// `checkpoint`: a single-file LDM `.safetensors` or a diffusers folder;
@@ -161,9 +162,9 @@ fn load_modules(
     guarded("loading weights", || match options.merge.first() {
         None => ckpt.copy_into(&vs, ""),
         Some((_, first)) => {
-            let mut sources = vec![(ckpt, *first)];
-            sources.extend(others.iter().map(|(c, w)| (c, *w)));
-            Checkpoint::copy_weighted_into(&sources, &vs, "")
+            let mut sources = vec![(ckpt.weights(), *first)];
+            sources.extend(others.iter().map(|(c, w)| (c.weights(), *w)));
+            Weights::copy_weighted_into(&sources, &vs, "")
         }
     })?;
     vs.freeze();
