@@ -7,7 +7,9 @@
 //! Nothing here knows a model family's list: backends pass what differs (prefixes, latent
 //! scale and shift).
 
+pub mod convert;
 pub mod guard;
 pub mod health;
 pub mod layers;
+pub mod text;
 pub mod weights;

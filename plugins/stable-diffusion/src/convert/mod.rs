@@ -4,12 +4,10 @@
 //!
 //! Layout correspondences follow diffusers' `convert_original_stable_diffusion_to_diffusers`
 //! mapping, read in the other direction.
+//! The VAE's and CLIP's renames are shared with the flow backend (crates/model-parts).
 pub mod diffusers_unet;
-pub mod diffusers_vae;
-pub mod hf_clip;
-pub mod open_clip;
 
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
-pub const VAE_PREFIX: &str = "first_stage_model.";
 
+pub use hiresfix_model_parts::convert::{diffusers_vae, hf_clip, open_clip, VAE_PREFIX};
 pub use hiresfix_model_parts::weights::{indices_under, Transform};

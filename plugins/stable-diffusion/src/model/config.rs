@@ -8,6 +8,7 @@ use tch::{Device, Kind};
 
 use super::prediction::PredictionSource;
 use crate::checkpoint::Checkpoint;
+use crate::detect::clip::clip_config;
 use crate::families::{Family, Prediction, UNET_INPUTS};
 use crate::text::clip::ClipConfig;
 use crate::text::tokenizer::CHUNK_TOKENS;
@@ -31,7 +32,7 @@ impl ModelConfig {
             encoders: family
                 .encoders
                 .iter()
-                .map(|spec| ClipConfig::infer(ckpt, spec))
+                .map(|spec| clip_config(ckpt, spec))
                 .collect::<Result<_>>()?,
             unet: UNetConfig::infer(ckpt, family.head_rule)?,
             vae: VaeConfig::infer(ckpt, family.scaling_factor)?,
