@@ -12,4 +12,5 @@ pub mod guard;
 pub mod health;
 pub mod layers;
 pub mod text;
+pub mod vae;
 pub mod weights;

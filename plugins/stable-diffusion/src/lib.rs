@@ -26,11 +26,10 @@ pub mod schedule;
 pub mod text;
 mod tools;
 pub mod unet;
-pub mod vae;
 
 // Shared with the flow backend (crates/model-parts).
-pub use hiresfix_model_parts::health;
 use hiresfix_model_parts::{guard, layers};
+pub use hiresfix_model_parts::{health, vae};
 
 pub use inspect::{inspect, Inspection};
 pub use model::{LoadOptions, ModelConfig, ModelInfo, SdModel};

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::convert::diffusers_vae::standalone_vae_keys;
+use crate::convert::diffusers_vae::vae_renames;
 use crate::convert::{hf_clip, indices_under, open_clip, Transform, UNET_PREFIX, VAE_PREFIX};
 use crate::families::spec::{EncoderSpec, Family, TextLayout};
 use hiresfix_model_parts::weights::{Source, Weights};
@@ -184,11 +184,7 @@ impl Checkpoint {
             .iter()
             .flat_map(|f| f.entries().keys().map(String::as_str))
             .collect();
-        // Model key → stored key, turned around to rename stored keys.
-        let renamed: BTreeMap<String, String> = standalone_vae_keys(keys.iter().copied())
-            .into_iter()
-            .map(|(model_key, stored)| (stored, model_key))
-            .collect();
+        let renamed = vae_renames(keys.iter().copied());
         if !renamed
             .values()
             .any(|k| k.starts_with(&format!("{VAE_PREFIX}decoder.")))

@@ -14,7 +14,7 @@ use crate::text::clip::ClipConfig;
 use crate::text::tokenizer::CHUNK_TOKENS;
 use crate::unet::config::UNetConfig;
 use crate::vae::tiling::VaeTilingOptions;
-use crate::vae::VaeConfig;
+use crate::vae::{LatentScale, VaeConfig};
 
 /// The component configs of a model, read from its checkpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,7 +35,11 @@ impl ModelConfig {
                 .map(|spec| clip_config(ckpt, spec))
                 .collect::<Result<_>>()?,
             unet: UNetConfig::infer(ckpt, family.head_rule)?,
-            vae: VaeConfig::infer(ckpt, family.scaling_factor)?,
+            vae: VaeConfig::infer(
+                ckpt,
+                ckpt.configs().vae.as_ref(),
+                LatentScale::scaling(family.scaling_factor),
+            )?,
         };
         cfg.validate()
             .map_err(|e| anyhow!("{}: {e}", ckpt.path().display()))?;
