@@ -6,6 +6,7 @@
 //! ([`VaeConfig::infer`]).
 mod blocks;
 mod config;
+pub mod files;
 pub mod memory;
 pub mod norm;
 pub mod runner;

@@ -3,6 +3,7 @@
 //! (OpenCLIP's fused q/k/v, a transposed projection). A backend fills this map from its
 //! layouts (single file, diffusers folder, split files) and then reads tensors by model key or
 //! fills a whole `VarStore` ([`Weights::copy_into`], zero copy where it can).
+pub mod folder;
 pub mod mapped;
 mod read_ahead;
 pub mod safetensors;

@@ -5,9 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hiresfix_model_parts::convert::diffusers_vae::vae_renames;
+use hiresfix_model_parts::vae::files::replace_vae;
 use hiresfix_model_parts::vae::{AutoencoderKL, LatentScale, VaeConfig};
-use hiresfix_model_parts::weights::safetensors::SafetensorsFile;
 use hiresfix_model_parts::weights::Weights;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
@@ -23,17 +22,11 @@ fn reference() -> BTreeMap<String, Tensor> {
         .collect()
 }
 
-/// The VAE in `file` (any layout [`vae_renames`] reads), its config inferred.
-fn load(
-    file: &Path,
-    json: Option<&serde_json::Value>,
-    default: LatentScale,
-) -> (VarStore, AutoencoderKL) {
-    let stored = SafetensorsFile::open(file).unwrap();
-    let renamed = vae_renames(stored.entries().keys().map(String::as_str));
-    let mut weights = Weights::new(file);
-    weights.add_file(stored, |k| renamed.get(k).cloned());
-    let cfg = VaeConfig::infer(&weights, json, default).unwrap();
+/// The VAE at `path` (a file in any layout, or a diffusers folder), its config inferred.
+fn load(path: &Path, default: LatentScale) -> (VarStore, AutoencoderKL) {
+    let mut weights = Weights::new(path);
+    let json = replace_vae(&mut weights, path).unwrap();
+    let cfg = VaeConfig::infer(&weights, json.as_ref(), default).unwrap();
     let vs = VarStore::new(Device::Cpu);
     let vae = AutoencoderKL::new(vs.root() / "first_stage_model", &cfg).unwrap();
     weights.copy_into(&vs, "").unwrap();
@@ -64,16 +57,8 @@ fn assert_matches(vae: &AutoencoderKL, name: &str) {
 
 #[test]
 fn vae16_diffusers_folder_matches_diffusers() {
-    let folder = data().join("diffusers");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(folder.join("config.json")).unwrap())
-            .unwrap();
     // The folder's config.json (SD 3.x) wins over the default passed.
-    let (_vs, vae) = load(
-        &folder.join("diffusion_pytorch_model.safetensors"),
-        Some(&json),
-        LatentScale::FLUX,
-    );
+    let (_vs, vae) = load(&data().join("diffusers"), LatentScale::FLUX);
     let cfg = vae.config();
     assert_eq!(
         (cfg.z_channels, cfg.embed_dim, cfg.quant_conv),
@@ -89,7 +74,7 @@ fn vae16_diffusers_folder_matches_diffusers() {
 
 #[test]
 fn vae16_ldm_single_file_matches_diffusers_with_the_flux_scale() {
-    let (_vs, vae) = load(&data().join("ldm.safetensors"), None, LatentScale::FLUX);
+    let (_vs, vae) = load(&data().join("ldm.safetensors"), LatentScale::FLUX);
     assert_eq!(vae.config().latent_scale(), LatentScale::FLUX);
     assert_matches(&vae, "flux");
 }
@@ -105,7 +90,7 @@ fn vae16_under_the_vae_prefix_matches_diffusers() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("flux-vae-prefix.safetensors");
     Tensor::write_safetensors(&renamed, &file).unwrap();
-    let (_vs, vae) = load(&file, None, LatentScale::SD3);
+    let (_vs, vae) = load(&file, LatentScale::SD3);
     assert_matches(&vae, "sd3");
 }
 

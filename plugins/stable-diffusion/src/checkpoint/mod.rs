@@ -12,9 +12,9 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::convert::diffusers_vae::vae_renames;
 use crate::convert::{hf_clip, indices_under, open_clip, Transform, UNET_PREFIX, VAE_PREFIX};
 use crate::families::spec::{EncoderSpec, Family, TextLayout};
+use hiresfix_model_parts::vae::files::replace_vae;
 use hiresfix_model_parts::weights::{Source, Weights};
 
 pub use diffusers::DiffusersConfigs;
@@ -164,38 +164,7 @@ impl Checkpoint {
     /// Replaces every `first_stage_model.*` tensor with those of a standalone VAE: a
     /// `.safetensors` file (LDM or diffusers keys) or a diffusers `vae` folder.
     pub fn use_vae(&mut self, path: &Path) -> Result<()> {
-        let shown = path.display();
-        if !path.exists() {
-            bail!("{shown}: VAE not found — check model.vae in the profile");
-        }
-        let (file, config) = if path.is_dir() {
-            (
-                diffusers::weights_files(path, "diffusion_pytorch_model")?,
-                diffusers::read_json(&path.join("config.json"))?,
-            )
-        } else {
-            (vec![path.to_path_buf()], None)
-        };
-        let files = file
-            .iter()
-            .map(|f| SafetensorsFile::open(f))
-            .collect::<Result<Vec<_>>>()?;
-        let keys: Vec<&str> = files
-            .iter()
-            .flat_map(|f| f.entries().keys().map(String::as_str))
-            .collect();
-        let renamed = vae_renames(keys.iter().copied());
-        if !renamed
-            .values()
-            .any(|k| k.starts_with(&format!("{VAE_PREFIX}decoder.")))
-        {
-            bail!("{shown}: no VAE tensors found (expected encoder.*/decoder.* keys) — model.vae must be a VAE file or folder");
-        }
-        self.weights.retain(|k| !k.starts_with(VAE_PREFIX));
-        for file in files {
-            self.weights.add_file(file, |k| renamed.get(k).cloned());
-        }
-        self.configs.vae = config;
+        self.configs.vae = replace_vae(&mut self.weights, path)?;
         Ok(())
     }
 
