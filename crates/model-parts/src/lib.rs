@@ -6,6 +6,13 @@
 //! (SD 3.x, Flux) forms (`vae/`), with the key renames of their foreign layouts (`convert/`).
 //! Nothing here knows a model family's list: backends pass what differs (prefixes, latent
 //! scale and shift).
+//!
+//! A backend's way through: open files with `weights::safetensors::SafetensorsFile` (a
+//! diffusers component's files: `weights::folder`), put them under model keys with
+//! `Weights::add_file` (renames: `convert`), read configs from shapes (`VaeConfig::infer`,
+//! `ClipConfig::infer`), build the modules on a `VarStore` and fill it with
+//! `Weights::copy_into`; a separate VAE file or folder replaces the model's with
+//! `vae::files::replace_vae`.
 
 pub mod convert;
 pub mod guard;
