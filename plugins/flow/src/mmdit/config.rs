@@ -3,6 +3,8 @@
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
+use super::weights::TensorSource;
+
 /// diffusers `SD3Transformer2DModel`'s configuration, the fields the forward uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MmDitConfig {
@@ -104,24 +106,39 @@ impl MmDitConfig {
         Ok(cfg)
     }
 
-    /// From the shapes of a single file's tensors (keys without the `model.diffusion_model.`
-    /// prefix). Heads are 64 wide unless `ln_q` says otherwise (SD3 convention: hidden size
-    /// = 64 · depth).
-    pub fn infer(shape: &dyn Fn(&str) -> Option<Vec<i64>>, what: &str) -> Result<Self> {
+    /// From the shapes of the tensors of `source` in the original layout behind `prefix`.
+    /// Heads are 64 wide unless `ln_q` says otherwise (SD3 convention: hidden size = 64 ·
+    /// depth); the block count is the highest `joint_blocks.N` + 1, as diffusers counts.
+    pub fn infer(source: &dyn TensorSource, prefix: &str) -> Result<Self> {
+        let what = source.describe();
+        let shape = |key: &str| source.shape(&format!("{prefix}{key}"));
         let need = |key: &str, rank: usize| -> Result<Vec<i64>> {
             shape(key).filter(|s| s.len() == rank).ok_or_else(|| {
-                anyhow!("{what}: no {rank}-D tensor `{key}`: not an SD3 transformer")
+                anyhow!("{what}: no {rank}-D tensor `{prefix}{key}`: not an SD3 transformer")
             })
         };
         let x_embedder = need("x_embedder.proj.weight", 4)?;
         let (hidden, in_channels, patch) = (x_embedder[0], x_embedder[1], x_embedder[2]);
-        let num_layers = (0..)
-            .take_while(|i| shape(&block_key(*i, "x_block.attn.qkv.weight")).is_some())
-            .count();
+        let blocks = format!("{prefix}joint_blocks.");
+        let num_layers = source
+            .names()
+            .iter()
+            .filter_map(|n| {
+                n.strip_prefix(&blocks)?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |last| last + 1);
         let head_dim = match shape(&block_key(0, "x_block.attn.ln_q.weight")) {
             Some(s) => s.first().copied().unwrap_or(64),
             None => 64,
         };
+        if head_dim <= 0 || hidden % head_dim != 0 {
+            bail!("{what}: hidden size {hidden} is not a whole number of {head_dim}-wide heads");
+        }
         let context = need("context_embedder.weight", 2)?;
         let pos = need("pos_embed", 3)?;
         let max = (pos[1] as f64).sqrt().round() as i64;
@@ -131,7 +148,7 @@ impl MmDitConfig {
             out_channels: need("final_layer.linear.weight", 2)?[0] / (patch * patch).max(1),
             num_layers,
             attention_head_dim: head_dim,
-            num_attention_heads: hidden / head_dim.max(1),
+            num_attention_heads: hidden / head_dim,
             joint_attention_dim: context[1],
             caption_projection_dim: context[0],
             pooled_projection_dim: need("y_embedder.mlp.0.weight", 2)?[1],
@@ -147,7 +164,7 @@ impl MmDitConfig {
                 pos[1]
             );
         }
-        cfg.check(what)?;
+        cfg.check(&what)?;
         Ok(cfg)
     }
 

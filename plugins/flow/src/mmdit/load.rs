@@ -50,10 +50,7 @@ pub fn load(path: &Path, device: Device, kind: Kind) -> Result<LoadedMmDit> {
     let file = open_safetensors(path)?;
     let layout = detect(&file)?;
     let config = match &layout {
-        Layout::Original { prefix } => {
-            let shape = |k: &str| file.shape(&format!("{prefix}{k}"));
-            MmDitConfig::infer(&shape, &shown.to_string())?
-        }
+        Layout::Original { prefix } => MmDitConfig::infer(&file, prefix)?,
         Layout::Diffusers => {
             let config_path = path.with_file_name("config.json");
             let text = std::fs::read_to_string(&config_path).map_err(|_| {
@@ -108,7 +105,8 @@ fn make(source: &dyn TensorSource, recipe: &Recipe, key: &str, want: &[i64]) -> 
     let names = recipe.sources();
     for name in &names {
         if source.shape(name).is_none() {
-            let model_key = match *name == key {
+            // A prefix is no rename: the model key is named only when it differs otherwise.
+            let model_key = match name.ends_with(key) {
                 true => String::new(),
                 false => format!(" (the transformer's `{key}`)"),
             };
@@ -116,34 +114,24 @@ fn make(source: &dyn TensorSource, recipe: &Recipe, key: &str, want: &[i64]) -> 
         }
     }
     let shapes: Vec<Vec<i64>> = names.iter().filter_map(|n| source.shape(n)).collect();
-    let stored = match recipe {
-        Recipe::Concat(_) => {
-            let rows: i64 = shapes.iter().map(|s| s.first().copied().unwrap_or(0)).sum();
-            let mut s = shapes[0].clone();
-            if let Some(first) = s.first_mut() {
-                *first = rows;
-            }
-            s
-        }
-        _ => shapes[0].clone(),
-    };
-    let same_tail = shapes.iter().all(|s| s.get(1..) == shapes[0].get(1..));
-    if stored != want
-        || !same_tail
-        || (matches!(recipe, Recipe::Concat(_)) && shapes.iter().any(|s| s != &shapes[0]))
-    {
+    // Concatenated parts are equal slices of the model tensor along dim 0.
+    let mut stored = shapes[0].clone();
+    if let Some(rows) = stored.first_mut() {
+        *rows *= names.len() as i64;
+    }
+    if stored != want || shapes.iter().any(|s| s != &shapes[0]) {
         let listed: Vec<String> = names
             .iter()
             .zip(&shapes)
             .map(|(n, s)| format!("`{n}` {s:?}"))
             .collect();
+        let parts = match names.len() {
+            1 => String::new(),
+            n => format!(" from {n} equal parts"),
+        };
         bail!(
-            "{what}: tensor {} does not fit this transformer, which needs {want:?}{}",
-            listed.join(" + "),
-            match names.len() {
-                1 => String::new(),
-                n => format!(" from {n} equal parts"),
-            }
+            "{what}: tensor {} does not fit this transformer, which needs {want:?}{parts}",
+            listed.join(" + ")
         );
     }
     let parts = names
