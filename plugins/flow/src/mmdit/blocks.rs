@@ -37,11 +37,18 @@ impl Attention {
         }
     }
 
-    /// `[B, L, D]` → q, k, v as `[B, H, L, d]`, q and k normalized per head.
+    /// `[B, L, D]` → q, k, v as contiguous `[B, H, L, d]`, q and k normalized per head. The
+    /// one copy into head-major order pays for itself: the norms and libtorch's CPU attention
+    /// on the strided views of the fused product took 1.4× as long (4096 tokens, 24 heads).
     fn qkv(&self, x: &Tensor) -> [Tensor; 3] {
         let s = x.size();
-        let qkv = self.qkv.forward(x).reshape([s[0], s[1], 3, self.heads, -1]);
-        let part = |i: i64| qkv.select(2, i).transpose(1, 2);
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([s[0], s[1], 3, self.heads, -1])
+            .permute([2, 0, 3, 1, 4])
+            .contiguous();
+        let part = |i: i64| qkv.get(i);
         let norm = |t: Tensor, n: &Option<RmsNorm>| match n {
             Some(n) => n.forward(&t),
             None => t,
