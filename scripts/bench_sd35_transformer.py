@@ -78,6 +78,9 @@ def theirs(layers: int, side: int, out: str) -> None:
     from diffusers import SD3Transformer2DModel
     from safetensors.torch import save_file
 
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_mmdit_reference import transformer_call
+
     start = time.perf_counter()
     with torch.device("meta"):
         model = SD3Transformer2DModel(**config(layers))
@@ -101,14 +104,7 @@ def theirs(layers: int, side: int, out: str) -> None:
     pooled = seeded(2, [1, 2048])
     timestep = torch.tensor([500.0])
     start = time.perf_counter()
-    with torch.no_grad():
-        output = model(
-            hidden_states=latent,
-            encoder_hidden_states=context,
-            pooled_projections=pooled,
-            timestep=timestep,
-            return_dict=False,
-        )[0]
+    output = transformer_call(model, latent, timestep, context, pooled)
     call = time.perf_counter() - start
     save_file({"output": output.contiguous()}, out)
     print(

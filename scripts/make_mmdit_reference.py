@@ -161,6 +161,18 @@ def check_round_trip(model: SD3Transformer2DModel, single: str, data: str) -> st
     return f"ok ({len(want)} tensors identical)"
 
 
+def transformer_call(model, latent, timestep, context, pooled) -> torch.Tensor:
+    """One forward of diffusers' transformer, as its SD3 pipelines call it (timestep = sigma * 1000)."""
+    with torch.no_grad():
+        return model(
+            hidden_states=latent,
+            encoder_hidden_states=context,
+            pooled_projections=pooled,
+            timestep=timestep,
+            return_dict=False,
+        )[0]
+
+
 def references(model: SD3Transformer2DModel) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(SEED + 1)
     out: dict[str, torch.Tensor] = {}
@@ -169,14 +181,7 @@ def references(model: SD3Transformer2DModel) -> dict[str, torch.Tensor]:
         context = torch.randn(2, tokens, CONFIG["joint_attention_dim"], generator=gen)
         pooled = torch.randn(2, CONFIG["pooled_projection_dim"], generator=gen)
         timestep = torch.tensor(timesteps, dtype=torch.float32)
-        with torch.no_grad():
-            output = model(
-                hidden_states=latent,
-                encoder_hidden_states=context,
-                pooled_projections=pooled,
-                timestep=timestep,
-                return_dict=False,
-            )[0]
+        output = transformer_call(model, latent, timestep, context, pooled)
         for key, t in [("latent", latent), ("timestep", timestep), ("context", context), ("pooled", pooled), ("output", output)]:
             out[f"{name}.{key}"] = t.contiguous()
     return out
