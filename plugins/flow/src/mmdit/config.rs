@@ -197,3 +197,37 @@ impl MmDitConfig {
 pub fn block_key(index: usize, rest: &str) -> String {
     format!("joint_blocks.{index}.{rest}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffusers_config_of_sd35_medium_reads_as_the_builtin() {
+        let text = r#"{"_class_name": "SD3Transformer2DModel", "attention_head_dim": 64,
+            "caption_projection_dim": 1536, "dual_attention_layers": [0,1,2,3,4,5,6,7,8,9,10,11,12],
+            "in_channels": 16, "joint_attention_dim": 4096, "num_attention_heads": 24,
+            "num_layers": 24, "out_channels": 16, "patch_size": 2, "pooled_projection_dim": 2048,
+            "pos_embed_max_size": 384, "qk_norm": "rms_norm", "sample_size": 128}"#;
+        let cfg = MmDitConfig::from_diffusers_json(text, "config.json").unwrap();
+        assert_eq!(cfg, MmDitConfig::sd35_medium());
+        assert_eq!(cfg.hidden_size(), 1536);
+    }
+
+    #[test]
+    fn unsupported_diffusers_configs_are_refused_naming_the_field() {
+        let refuse = |text: &str| {
+            MmDitConfig::from_diffusers_json(text, "c.json")
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refuse(r#"{"qk_norm": "layer_norm"}"#)
+            .contains("qk_norm \"layer_norm\" is not supported"));
+        assert!(refuse(r#"{"num_layers": 0}"#).contains("`num_layers` must be a positive integer"));
+        assert!(refuse(r#"{"num_layers": 2, "dual_attention_layers": [2]}"#)
+            .contains("dual attention layer 2"));
+        assert!(
+            refuse(r#"{"caption_projection_dim": 1000}"#).contains("caption_projection_dim 1000")
+        );
+    }
+}
