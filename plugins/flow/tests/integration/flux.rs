@@ -93,6 +93,39 @@ fn flux_dev_all_in_one_file_matches_diffusers() {
     assert_matches_diffusers(&loaded, "dev", "all-in-one");
 }
 
+/// A diffusers folder whose weights are split in two shards with an index (as the real
+/// FLUX.1 repositories publish `transformer/`).
+#[test]
+fn flux_sharded_diffusers_folder_matches_diffusers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = dir("dev").join("transformer");
+    std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
+    let w = open_weights(&src.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let names: Vec<String> = w.names().map(str::to_string).collect();
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len() / 2 + 1).enumerate() {
+        let shard = format!("diffusion_pytorch_model-0000{}-of-00002.safetensors", i + 1);
+        let tensors: Vec<(String, Tensor)> = part
+            .iter()
+            .map(|n| (n.clone(), w.read(n).unwrap()))
+            .collect();
+        Tensor::write_safetensors(&tensors, tmp.path().join(&shard)).unwrap();
+        for n in part {
+            weight_map.insert(n.clone(), shard.clone().into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(
+        tmp.path()
+            .join("diffusion_pytorch_model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let loaded = load(tmp.path()).unwrap();
+    assert_eq!(loaded.layout, Layout::Diffusers);
+    assert_matches_diffusers(&loaded, "dev", "sharded");
+}
+
 #[test]
 fn flux_schnell_diffusers_folder_and_bfl_file_match_diffusers() {
     let folder = load(&dir("schnell")).unwrap();
