@@ -2,6 +2,7 @@
 //! the latent into tokens, the position ids of image and text tokens, and the rotary embedding
 //! built from those ids (diffusers `FluxPosEmbed`, `get_1d_rotary_pos_embed`,
 //! `apply_rotary_emb`; BFL `EmbedND`, `rope`, `apply_rope`).
+use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
 /// Sinusoidal features `[cos(t·f), sin(t·f)]` with `f_i = 10000^(−i/half)` → `[B, dim]`
@@ -15,25 +16,39 @@ pub fn timestep_features(t: &Tensor, dim: i64) -> Tensor {
 }
 
 /// `[B, C, H, W]` → `[B, H/2·W/2, 4C]` (FluxPipeline `_pack_latents`; H and W even).
-pub fn pack(latent: &Tensor) -> Tensor {
-    let [b, c, h, w] = latent.size()[..] else {
-        panic!("pack: latent must be [B, C, H, W]")
+pub fn pack(latent: &Tensor) -> Result<Tensor> {
+    let s = latent.size();
+    let [b, c, h, w] = s[..] else {
+        bail!("Flux: the latent must be [batch, channels, height, width], not {s:?}");
     };
-    latent
+    if h % 2 != 0 || w % 2 != 0 {
+        bail!("Flux: a {h}×{w} latent does not pack into 2×2 patches: sides must be even (images multiples of 16 px)");
+    }
+    Ok(latent
         .reshape([b, c, h / 2, 2, w / 2, 2])
         .permute([0, 2, 4, 1, 3, 5])
-        .reshape([b, (h / 2) * (w / 2), c * 4])
+        .reshape([b, (h / 2) * (w / 2), c * 4]))
 }
 
 /// `[B, H/2·W/2, 4C]` → `[B, C, H, W]`, the inverse of [`pack`] (FluxPipeline `_unpack_latents`).
-pub fn unpack(tokens: &Tensor, height: i64, width: i64) -> Tensor {
-    let [b, _, n] = tokens.size()[..] else {
-        panic!("unpack: tokens must be [B, L, D]")
-    };
-    tokens
-        .reshape([b, height / 2, width / 2, n / 4, 2, 2])
-        .permute([0, 3, 1, 4, 2, 5])
-        .reshape([b, n / 4, height, width])
+pub fn unpack(tokens: &Tensor, height: i64, width: i64) -> Result<Tensor> {
+    let s = tokens.size();
+    match s[..] {
+        [b, l, n]
+            if l == (height / 2) * (width / 2)
+                && n % 4 == 0
+                && height % 2 == 0
+                && width % 2 == 0 =>
+        {
+            Ok(tokens
+                .reshape([b, height / 2, width / 2, n / 4, 2, 2])
+                .permute([0, 3, 1, 4, 2, 5])
+                .reshape([b, n / 4, height, width]))
+        }
+        _ => {
+            bail!("Flux: tokens {s:?} are not the packed 2×2 patches of a {height}×{width} latent")
+        }
+    }
 }
 
 /// Ids `(0, row, column)` of the packed tokens of an `height × width` latent, row-major →

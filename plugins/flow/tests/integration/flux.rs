@@ -145,7 +145,10 @@ fn flux_packing_and_ids_match_flux_pipeline() {
     let refs = open_weights(&dir("dev").join("reference.safetensors")).unwrap();
     for (case, h, w) in [("square", 16, 16), ("wide", 16, 24)] {
         let get = |k: &str| refs.read(&format!("{case}.{k}")).unwrap();
-        assert!(pack(&get("latent")).equal(&get("packed")), "{case}: pack");
+        assert!(
+            pack(&get("latent")).unwrap().equal(&get("packed")),
+            "{case}: pack"
+        );
         assert!(
             image_ids(h, w, Device::Cpu).equal(&get("img_ids")),
             "{case}: img ids"
@@ -155,9 +158,12 @@ fn flux_packing_and_ids_match_flux_pipeline() {
             text_ids(tokens, Device::Cpu).equal(&get("txt_ids")),
             "{case}: txt ids"
         );
-        let unpacked = unpack(&get("output"), h, w);
+        let unpacked = unpack(&get("output"), h, w).unwrap();
         assert!(unpacked.equal(&get("output_unpacked")), "{case}: unpack");
     }
+    let odd = Tensor::zeros([1, 16, 15, 16], (Kind::Float, Device::Cpu));
+    let err = pack(&odd).unwrap_err().to_string();
+    assert!(err.contains("15×16") && !err.contains('\n'), "{err}");
 }
 
 #[test]
