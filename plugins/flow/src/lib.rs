@@ -4,5 +4,6 @@
 //! Where things are: `mmdit/` (the SD3 / SD 3.5 joint-attention transformer), `t5/` (the T5
 //! encoder SD3 and Flux share, and its tokenizer).
 
+pub mod flux;
 pub mod mmdit;
 pub mod t5;

@@ -1,0 +1,168 @@
+//! Loading a Flux transformer from a diffusers folder, a BFL single file or an all-in-one
+//! checkpoint: detect the layout, read the shape from the weights, fill every parameter.
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use tch::{nn, Device, Kind};
+
+use super::config::FluxConfig;
+use super::layout::Layout;
+use super::weights::{open_weights, Weights};
+use super::Flux;
+
+/// A loaded transformer, its weights' home and what was found.
+#[derive(Debug)]
+pub struct LoadedFlux {
+    pub model: Flux,
+    pub vs: nn::VarStore,
+    pub layout: Layout,
+}
+
+impl LoadedFlux {
+    pub fn config(&self) -> &FluxConfig {
+        self.model.config()
+    }
+}
+
+/// [`load_with`] without RoPE axes: from a folder's config.json, else Flux.1's.
+pub fn load(path: &Path) -> Result<LoadedFlux> {
+    load_with(path, None)
+}
+
+/// Loads `path` (a `.safetensors` file, a `.safetensors.index.json`, a diffusers pipeline or
+/// transformer folder) on the CPU in fp32; `axes` gives the RoPE axes a file cannot tell.
+pub fn load_with(path: &Path, axes: Option<[i64; 3]>) -> Result<LoadedFlux> {
+    let (file, config_json) = resolve(path)?;
+    let w = open_weights(&file)?;
+    let layout = Layout::detect(&w);
+    let axes = axes.or_else(|| {
+        let text = std::fs::read_to_string(config_json?).ok()?;
+        FluxConfig::axes_from_diffusers_json(&text)
+    });
+    let config = infer_config(&w, &layout, axes)?;
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    vs.set_kind(Kind::Float);
+    let model = Flux::new(&vs.root(), &config);
+    fill(&vs, &w, &layout)?;
+    Ok(LoadedFlux { model, vs, layout })
+}
+
+/// The weight file (or index) of `path` and the config.json beside it, if any.
+fn resolve(path: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+    if !path.is_dir() {
+        if !path.exists() {
+            bail!("{}: no such file", path.display());
+        }
+        return Ok((path.to_path_buf(), None));
+    }
+    let dir = if path.join("transformer").is_dir() {
+        path.join("transformer")
+    } else {
+        path.to_path_buf()
+    };
+    let config = Some(dir.join("config.json")).filter(|p| p.exists());
+    for name in [
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.safetensors.index.json",
+    ] {
+        if dir.join(name).exists() {
+            return Ok((dir.join(name), config));
+        }
+    }
+    bail!(
+        "{}: no diffusion_pytorch_model.safetensors (or .index.json): not a diffusers Flux \
+         transformer folder",
+        dir.display()
+    )
+}
+
+/// The shape of BFL-named `name`, or an error naming the missing tensor.
+fn shape(w: &Weights, layout: &Layout, name: &str) -> Result<Vec<i64>> {
+    let recipe = layout.recipe(name);
+    recipe.shape(w).ok_or_else(|| {
+        let missing = recipe
+            .sources()
+            .into_iter()
+            .find(|n| !w.contains(n))
+            .unwrap_or(name);
+        anyhow!(
+            "{}: missing tensor `{missing}` ({} layout of a Flux transformer)",
+            w.describe(),
+            layout.describe()
+        )
+    })
+}
+
+/// Blocks under `prefix`: the highest index + 1 (a missing middle block is then named).
+fn count_blocks(w: &Weights, prefix: &str) -> i64 {
+    w.names()
+        .filter_map(|n| {
+            n.strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<i64>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |m| m + 1)
+}
+
+fn infer_config(w: &Weights, layout: &Layout, axes: Option<[i64; 3]>) -> Result<FluxConfig> {
+    let img_in = shape(w, layout, "img_in.weight")?;
+    let d = img_in[0];
+    let num_layers = count_blocks(w, &layout.block_prefix(false));
+    let num_single_layers = count_blocks(w, &layout.block_prefix(true));
+    let (head_dim, mlp_hidden) = if num_layers > 0 {
+        (
+            shape(w, layout, "double_blocks.0.img_attn.norm.query_norm.scale")?[0],
+            shape(w, layout, "double_blocks.0.img_mlp.0.weight")?[0],
+        )
+    } else {
+        (
+            shape(w, layout, "single_blocks.0.norm.query_norm.scale")?[0],
+            shape(w, layout, "single_blocks.0.linear1.weight")?[0] - 3 * d,
+        )
+    };
+    if head_dim <= 0 || d % head_dim != 0 {
+        bail!(
+            "{}: hidden size {d} is not a multiple of the head dim {head_dim}",
+            w.describe()
+        );
+    }
+    let guidance_embeds = layout
+        .recipe("guidance_in.in_layer.weight")
+        .shape(w)
+        .is_some();
+    Ok(FluxConfig {
+        in_channels: img_in[1],
+        out_channels: shape(w, layout, "final_layer.linear.weight")?[0],
+        num_layers,
+        num_single_layers,
+        heads: d / head_dim,
+        head_dim,
+        mlp_hidden,
+        joint_attention_dim: shape(w, layout, "txt_in.weight")?[1],
+        pooled_projection_dim: shape(w, layout, "vector_in.in_layer.weight")?[1],
+        guidance_embeds,
+        axes_dims_rope: FluxConfig::axes_for(&w.describe(), head_dim, axes)?,
+        theta: 10000.0,
+    })
+}
+
+/// Copies every parameter of `vs` from `w` (shape-checked).
+fn fill(vs: &nn::VarStore, w: &Weights, layout: &Layout) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    for (name, mut var) in vs.variables() {
+        let found = shape(w, layout, &name)?;
+        if found != var.size() {
+            bail!(
+                "{}: tensor `{}` is {found:?}, a Flux transformer of this shape needs {:?}",
+                w.describe(),
+                layout.recipe(&name).sources().join(" + "),
+                var.size()
+            );
+        }
+        var.copy_(&layout.recipe(&name).read(w)?);
+    }
+    Ok(())
+}
