@@ -15,10 +15,7 @@ pub mod denoiser;
 pub mod detect;
 pub mod estimate;
 pub mod families;
-mod guard;
-pub mod health;
 pub mod inspect;
-mod layers;
 pub mod lora;
 pub mod merge;
 pub mod model;
@@ -29,7 +26,10 @@ pub mod schedule;
 pub mod text;
 mod tools;
 pub mod unet;
-pub mod vae;
+
+// Shared with the flow backend (crates/model-parts).
+use hiresfix_model_parts::{guard, layers};
+pub use hiresfix_model_parts::{health, vae};
 
 pub use inspect::{inspect, Inspection};
 pub use model::{LoadOptions, ModelConfig, ModelInfo, SdModel};

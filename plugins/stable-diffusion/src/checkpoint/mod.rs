@@ -2,23 +2,24 @@
 //! LDM `.safetensors` (Civitai) or a diffusers folder, optionally with its VAE replaced. Opening
 //! one ([`Checkpoint::open`], in [`crate::detect`]) also tells its family; refused files end
 //! there. The reader knows the family types ([`crate::families::spec`]), not the family list.
+//! The files and the key map are the shared [`Weights`] (crates/model-parts), which a
+//! checkpoint dereferences to; what is SD's here is the layouts and the family.
 mod diffusers;
-pub mod mapped;
-mod read_ahead;
-pub mod safetensors;
-mod tensors;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::ops::Deref;
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::convert::diffusers_vae::standalone_vae_keys;
 use crate::convert::{hf_clip, indices_under, open_clip, Transform, UNET_PREFIX, VAE_PREFIX};
 use crate::families::spec::{EncoderSpec, Family, TextLayout};
-use safetensors::SafetensorsFile;
+use hiresfix_model_parts::vae::files::replace_vae;
+use hiresfix_model_parts::weights::{Source, Weights};
 
 pub use diffusers::DiffusersConfigs;
+pub use hiresfix_model_parts::weights::{describe_merge, mapped, safetensors};
+use safetensors::SafetensorsFile;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -35,20 +36,10 @@ impl Format {
     }
 }
 
-/// Where a model tensor comes from: a stored tensor, transformed.
-#[derive(Debug, Clone)]
-pub struct Source {
-    file: usize,
-    name: String,
-    transform: Transform,
-}
-
 pub struct Checkpoint {
-    path: PathBuf,
+    /// The files read and where each model key is stored.
+    weights: Weights,
     format: Format,
-    files: Vec<SafetensorsFile>,
-    /// Model key → where it is stored.
-    tensors: BTreeMap<String, Source>,
     /// Single files: every stored key, as stored (what detection looks at).
     raw: Vec<String>,
     /// diffusers folders: text-encoder sub-folder → its file, before detection maps it.
@@ -68,10 +59,8 @@ impl Checkpoint {
             );
         }
         let mut ckpt = Self {
-            path: path.into(),
+            weights: Weights::new(path),
             format: Format::SingleFile,
-            files: Vec::new(),
-            tensors: BTreeMap::new(),
             raw: Vec::new(),
             text_files: BTreeMap::new(),
             configs: Default::default(),
@@ -82,40 +71,24 @@ impl Checkpoint {
             let folder = diffusers::open(path)?;
             ckpt.configs = folder.configs;
             for (file, rename) in folder.weights {
-                ckpt.add_file(file, |k| rename.model_key(k));
+                ckpt.weights.add_file(file, |k| rename.model_key(k));
             }
             for (name, file) in folder.text_encoders {
-                let index = ckpt.add_file(file, |_| None);
+                let index = ckpt.weights.add_file(file, |_| None);
                 ckpt.text_files.insert(name, index);
             }
         } else {
             let file = SafetensorsFile::open(path)?;
             refuse_scaled_fp8(&file)?;
             ckpt.raw = file.entries().keys().cloned().collect();
-            ckpt.add_file(file, |k| Some(k.to_string()));
+            ckpt.weights.add_file(file, |k| Some(k.to_string()));
         }
         Ok(ckpt)
     }
 
-    /// Adds every tensor of `file` that `rename` gives a model key; returns the file's index.
-    fn add_file(
-        &mut self,
-        file: SafetensorsFile,
-        rename: impl Fn(&str) -> Option<String>,
-    ) -> usize {
-        let index = self.files.len();
-        for key in file.entries().keys() {
-            if let Some(model_key) = rename(key) {
-                let source = Source {
-                    file: index,
-                    name: key.clone(),
-                    transform: Transform::AsIs,
-                };
-                self.tensors.insert(model_key, source);
-            }
-        }
-        self.files.push(file);
-        index
+    /// The files read and where each model key is stored (what `*self` is).
+    pub fn weights(&self) -> &Weights {
+        &self.weights
     }
 
     /// Records the family detection found and puts each of its text encoders under its model
@@ -135,11 +108,11 @@ impl Checkpoint {
                     let file = *self.text_files.get(spec.diffusers_folder).ok_or_else(|| {
                         anyhow!(
                             "{}: no {} folder",
-                            self.path.display(),
+                            self.path().display(),
                             spec.diffusers_folder
                         )
                     })?;
-                    let keys: Vec<String> = self.files[file].entries().keys().cloned().collect();
+                    let keys: Vec<String> = self.files()[file].entries().keys().cloned().collect();
                     for key in keys {
                         if let Some(model_key) = hf_clip::text_encoder_key(spec.ldm_prefix, &key) {
                             let source = Source {
@@ -147,7 +120,7 @@ impl Checkpoint {
                                 name: key,
                                 transform: Transform::AsIs,
                             };
-                            self.tensors.insert(model_key, source);
+                            self.weights.insert(model_key, source);
                         }
                     }
                 }
@@ -159,10 +132,9 @@ impl Checkpoint {
     fn map_single_file_encoder(&mut self, spec: &EncoderSpec) {
         let prefix = spec.ldm_prefix;
         let stored: Vec<(String, Source)> = self
-            .tensors
-            .iter()
+            .sources()
             .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, s)| (k.clone(), s.clone()))
+            .map(|(k, s)| (k.to_string(), s.clone()))
             .collect();
         let layers = indices_under(
             stored.iter().map(|(k, _)| k.as_str()),
@@ -171,7 +143,7 @@ impl Checkpoint {
         .len();
         let used = layers.saturating_sub(spec.unused_ldm_layers);
         for (key, source) in stored {
-            self.tensors.remove(&key);
+            self.weights.remove(&key);
             let rest = &key[prefix.len()..];
             let renamed = match spec.ldm_layout {
                 TextLayout::HfClip => hf_clip::text_encoder_key(prefix, rest)
@@ -184,7 +156,7 @@ impl Checkpoint {
                     transform,
                     ..source.clone()
                 };
-                self.tensors.insert(model_key, source);
+                self.weights.insert(model_key, source);
             }
         }
     }
@@ -192,47 +164,8 @@ impl Checkpoint {
     /// Replaces every `first_stage_model.*` tensor with those of a standalone VAE: a
     /// `.safetensors` file (LDM or diffusers keys) or a diffusers `vae` folder.
     pub fn use_vae(&mut self, path: &Path) -> Result<()> {
-        let shown = path.display();
-        if !path.exists() {
-            bail!("{shown}: VAE not found — check model.vae in the profile");
-        }
-        let (file, config) = if path.is_dir() {
-            (
-                diffusers::weights_files(path, "diffusion_pytorch_model")?,
-                diffusers::read_json(&path.join("config.json"))?,
-            )
-        } else {
-            (vec![path.to_path_buf()], None)
-        };
-        let files = file
-            .iter()
-            .map(|f| SafetensorsFile::open(f))
-            .collect::<Result<Vec<_>>>()?;
-        let keys: Vec<&str> = files
-            .iter()
-            .flat_map(|f| f.entries().keys().map(String::as_str))
-            .collect();
-        // Model key → stored key, turned around to rename stored keys.
-        let renamed: BTreeMap<String, String> = standalone_vae_keys(keys.iter().copied())
-            .into_iter()
-            .map(|(model_key, stored)| (stored, model_key))
-            .collect();
-        if !renamed
-            .values()
-            .any(|k| k.starts_with(&format!("{VAE_PREFIX}decoder.")))
-        {
-            bail!("{shown}: no VAE tensors found (expected encoder.*/decoder.* keys) — model.vae must be a VAE file or folder");
-        }
-        self.tensors.retain(|k, _| !k.starts_with(VAE_PREFIX));
-        for file in files {
-            self.add_file(file, |k| renamed.get(k).cloned());
-        }
-        self.configs.vae = config;
+        self.configs.vae = replace_vae(&mut self.weights, path)?;
         Ok(())
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub fn format(&self) -> Format {
@@ -242,16 +175,11 @@ impl Checkpoint {
     /// The family detected when opening.
     pub fn family(&self) -> Result<&'static Family> {
         self.family
-            .ok_or_else(|| anyhow!("{}: family not detected", self.path.display()))
+            .ok_or_else(|| anyhow!("{}: family not detected", self.path().display()))
     }
 
     pub fn configs(&self) -> &DiffusersConfigs {
         &self.configs
-    }
-
-    /// Model keys.
-    pub fn keys(&self) -> impl Iterator<Item = &str> + Clone {
-        self.tensors.keys().map(String::as_str)
     }
 
     /// Single files: the keys as stored (empty for folders).
@@ -294,75 +222,30 @@ impl Checkpoint {
         self.contains(&format!("{UNET_PREFIX}input_blocks.0.0.weight"))
     }
 
-    pub fn contains(&self, key: &str) -> bool {
-        self.tensors.contains_key(key)
-    }
-
-    pub fn has_prefix(&self, prefix: &str) -> bool {
-        self.tensors
-            .range(prefix.to_string()..)
-            .next()
-            .is_some_and(|(k, _)| k.starts_with(prefix))
-    }
-
-    /// The shape of a model tensor (after its transform).
-    pub fn shape(&self, key: &str) -> Option<Vec<i64>> {
-        let source = self.tensors.get(key)?;
-        let stored = &self.files[source.file].entries()[&source.name].shape;
-        Some(source.transform.shape(stored))
-    }
-
-    /// The shape of a tensor the model cannot do without.
-    pub fn require_shape(&self, key: &str) -> Result<Vec<i64>> {
-        self.shape(key).ok_or_else(|| {
-            anyhow!(
-                "{}: missing tensor `{key}` — the checkpoint is incomplete or not of this family",
-                self.path.display()
-            )
-        })
-    }
-
-    /// The distinct `i` of model keys `prefix{i}.…`, counted.
-    pub fn count_indexed(&self, prefix: &str) -> usize {
-        indices_under(self.keys(), prefix).len()
-    }
-
-    /// Parameters under `prefix`, counted from shapes.
-    pub fn parameters_under(&self, prefix: &str) -> u64 {
-        self.tensors
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .filter_map(|(k, _)| self.shape(k))
-            .map(|s| s.iter().product::<i64>().max(0) as u64)
-            .sum()
-    }
-
-    /// The stored dtypes of the model's weights (UNet, VAE, text encoders: not schedule
-    /// buffers), with the parameters each holds, most first.
-    fn dtype_parameters(&self) -> Vec<(&str, u64)> {
-        let mut prefixes = vec![UNET_PREFIX, VAE_PREFIX];
-        if let Some(family) = self.family {
-            prefixes.extend(family.encoders.iter().map(|e| e.ldm_prefix));
+    /// Reads a tensor stored under `key` in a single file as is (markers, buffers).
+    pub fn read_raw(&self, key: &str) -> Result<tch::Tensor> {
+        match self.format {
+            Format::SingleFile => self.files()[0].read(key),
+            Format::Diffusers => bail!("{}: no tensor `{key}`", self.path().display()),
         }
-        let weights = self
-            .tensors
-            .iter()
-            .filter(|(k, _)| self.family.is_none() || prefixes.iter().any(|p| k.starts_with(p)))
-            .map(|(_, source)| source);
-        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
-        for source in weights {
-            let entry = &self.files[source.file].entries()[&source.name];
-            let numel = entry.shape.iter().product::<i64>().max(0) as u64;
-            *counts.entry(entry.dtype.as_str()).or_default() += numel;
-        }
-        let mut counts: Vec<_> = counts.into_iter().collect();
-        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        counts
+    }
+
+    /// Whether model key `key` is one of the model's weights (UNet, VAE, text encoders: not
+    /// schedule buffers); every key before detection.
+    fn is_weight(&self, key: &str) -> bool {
+        let Some(family) = self.family else {
+            return true;
+        };
+        [UNET_PREFIX, VAE_PREFIX]
+            .into_iter()
+            .chain(family.encoders.iter().map(|e| e.ldm_prefix))
+            .any(|p| key.starts_with(p))
     }
 
     /// The dtype most model parameters are stored in (`F16`, `F8_E4M3`, ...).
     pub fn main_dtype(&self) -> String {
-        self.dtype_parameters()
+        self.weights
+            .dtype_parameters(|k| self.is_weight(k))
             .first()
             .map(|(d, _)| d.to_string())
             .unwrap_or_default()
@@ -372,31 +255,15 @@ impl Checkpoint {
     /// tensors of another dtype sit beside it: `F8_E4M3 (96% of the parameters; the rest
     /// F32)` (fp8 files often keep norms and biases wide).
     pub fn dtype_summary(&self) -> String {
-        let all = self.dtype_parameters();
-        let floats: Vec<_> = all
-            .iter()
-            .filter(|(d, _)| safetensors::is_float(d))
-            .collect();
-        let total: u64 = floats.iter().map(|(_, n)| n).sum();
-        match floats.as_slice() {
-            [(main, n), rest @ ..] if !rest.is_empty() && total > 0 => {
-                let others: Vec<&str> = rest.iter().map(|(d, _)| *d).collect();
-                let share = match 100.0 * *n as f64 / total as f64 {
-                    s if s > 99.5 => ">99".to_string(),
-                    s => format!("{s:.0}"),
-                };
-                format!(
-                    "{main} ({share}% of the parameters; the rest {})",
-                    others.join(", ")
-                )
-            }
-            _ => self.main_dtype(),
-        }
+        self.weights.dtype_summary(|k| self.is_weight(k))
     }
+}
 
-    /// Bytes on disk of every file read.
-    pub fn file_bytes(&self) -> u64 {
-        self.files.iter().map(SafetensorsFile::len).sum()
+impl Deref for Checkpoint {
+    type Target = Weights;
+
+    fn deref(&self) -> &Weights {
+        &self.weights
     }
 }
 
@@ -415,24 +282,4 @@ fn refuse_scaled_fp8(file: &SafetensorsFile) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// A merge for messages: `a.safetensors:0.5 + b.safetensors:0.5` (each name cut to 60
-/// characters).
-pub fn describe_merge(sources: &[(&std::path::Path, f64)]) -> String {
-    sources
-        .iter()
-        .map(|(path, weight)| {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let name = match name.char_indices().nth(60) {
-                Some((end, _)) => format!("{}…", &name[..end]),
-                None => name,
-            };
-            format!("{name}:{}", crate::health::number(*weight))
-        })
-        .collect::<Vec<_>>()
-        .join(" + ")
 }

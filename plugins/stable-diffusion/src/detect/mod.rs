@@ -3,7 +3,7 @@
 //! and the checkpoint reader, never the reverse: the family whose encoders are exactly those
 //! a file holds ([`detect`], done by [`Checkpoint::open`]), what is refused by name
 //! ([`refused`]), and the architecture's hyper-parameters (`UNetConfig::infer` in [`unet`],
-//! `ClipConfig::infer` in [`clip`]), which the config structs themselves do not read.
+//! [`clip::clip_config`]), which the config structs themselves do not read.
 pub mod clip;
 pub mod refused;
 pub mod unet;

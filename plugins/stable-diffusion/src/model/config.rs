@@ -8,12 +8,13 @@ use tch::{Device, Kind};
 
 use super::prediction::PredictionSource;
 use crate::checkpoint::Checkpoint;
+use crate::detect::clip::clip_config;
 use crate::families::{Family, Prediction, UNET_INPUTS};
 use crate::text::clip::ClipConfig;
 use crate::text::tokenizer::CHUNK_TOKENS;
 use crate::unet::config::UNetConfig;
 use crate::vae::tiling::VaeTilingOptions;
-use crate::vae::VaeConfig;
+use crate::vae::{LatentScale, VaeConfig};
 
 /// The component configs of a model, read from its checkpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,10 +32,14 @@ impl ModelConfig {
             encoders: family
                 .encoders
                 .iter()
-                .map(|spec| ClipConfig::infer(ckpt, spec))
+                .map(|spec| clip_config(ckpt, spec))
                 .collect::<Result<_>>()?,
             unet: UNetConfig::infer(ckpt, family.head_rule)?,
-            vae: VaeConfig::infer(ckpt, family.scaling_factor)?,
+            vae: VaeConfig::infer(
+                ckpt,
+                ckpt.configs().vae.as_ref(),
+                LatentScale::scaling(family.scaling_factor),
+            )?,
         };
         cfg.validate()
             .map_err(|e| anyhow!("{}: {e}", ckpt.path().display()))?;

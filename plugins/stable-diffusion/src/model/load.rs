@@ -23,7 +23,8 @@ use crate::schedule::DiscreteSchedule;
 use crate::text::conditioner::{Conditioner, TextEncoder};
 use crate::vae::runner::Vae;
 use crate::vae::tiling::{VaeTilingMode, VaeTilingOptions};
-use crate::vae::VaeConfig;
+use crate::vae::{LatentScale, VaeConfig};
+use hiresfix_model_parts::weights::Weights;
 
 impl SdModel {
     /// `checkpoint`: a single-file LDM `.safetensors` or a diffusers folder;
@@ -118,7 +119,11 @@ impl SdModel {
         if let Some(vae) = vae {
             ckpt.use_vae(vae)?;
         }
-        let config = VaeConfig::infer(&ckpt, self.info.family.scaling_factor)?;
+        let config = VaeConfig::infer(
+            &ckpt,
+            ckpt.configs().vae.as_ref(),
+            LatentScale::scaling(self.info.family.scaling_factor),
+        )?;
         if config != self.info.config.vae {
             bail!(
                 "{}: this VAE's architecture differs from the loaded model's — use a VAE of the same family",
@@ -161,9 +166,9 @@ fn load_modules(
     guarded("loading weights", || match options.merge.first() {
         None => ckpt.copy_into(&vs, ""),
         Some((_, first)) => {
-            let mut sources = vec![(ckpt, *first)];
-            sources.extend(others.iter().map(|(c, w)| (c, *w)));
-            Checkpoint::copy_weighted_into(&sources, &vs, "")
+            let mut sources = vec![(ckpt.weights(), *first)];
+            sources.extend(others.iter().map(|(c, w)| (c.weights(), *w)));
+            Weights::copy_weighted_into(&sources, &vs, "")
         }
     })?;
     vs.freeze();

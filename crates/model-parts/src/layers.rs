@@ -2,9 +2,9 @@
 //! parameters `weight` / `bias` under the given path, as PyTorch does.
 //!
 //! Parameters start uninitialized ([`param`]): they are always filled, from a checkpoint or by
-//! the seeded init of `random::write_random_checkpoint`, so building a model neither draws
+//! the seeded init of a backend's random checkpoint writer, so building a model neither draws
 //! random numbers nor writes (and faults in) its memory — a parameter that then views the
-//! checkpoint file (zero-copy loading, `checkpoint::mapped`) never had memory of its own.
+//! checkpoint file (zero-copy loading, `weights::mapped`) never had memory of its own.
 use std::cell::Cell;
 
 use tch::nn::{self, Init, Module, PaddingMode};

@@ -67,7 +67,9 @@ fn vae_attention_part(rest: &[&str]) -> Option<String> {
     Some(format!("{ldm}.{}", tail.join(".")))
 }
 
-/// A standalone VAE file: LDM keys with or without `first_stage_model.`, or diffusers keys.
+/// A standalone VAE file, or the VAE of a single file: LDM keys with or without
+/// `first_stage_model.` or diffusers' `vae.` (both in diffusers' `LDM_VAE_KEYS`), or diffusers
+/// keys. Model key → stored key.
 pub fn standalone_vae_keys<'a>(
     keys: impl IntoIterator<Item = &'a str> + Clone,
 ) -> BTreeMap<String, String> {
@@ -82,10 +84,9 @@ pub fn standalone_vae_keys<'a>(
                 diffusers_vae_key(k, num_up)?
             } else if k.starts_with(VAE_PREFIX) {
                 k.to_string()
-            } else if k.starts_with("encoder.")
-                || k.starts_with("decoder.")
-                || k.contains("quant_conv.")
-            {
+            } else if let Some(rest) = k.strip_prefix("vae.").filter(|r| is_ldm_vae_key(r)) {
+                format!("{VAE_PREFIX}{rest}")
+            } else if is_ldm_vae_key(k) {
                 format!("{VAE_PREFIX}{k}")
             } else {
                 return None;
@@ -93,6 +94,22 @@ pub fn standalone_vae_keys<'a>(
             Some((ldm, k.to_string()))
         })
         .collect()
+}
+
+/// Stored key → model key of every VAE tensor among `keys` ([`standalone_vae_keys`] turned
+/// around: what [`crate::weights::Weights::add_file`] renames by).
+pub fn vae_renames<'a>(
+    keys: impl IntoIterator<Item = &'a str> + Clone,
+) -> BTreeMap<String, String> {
+    standalone_vae_keys(keys)
+        .into_iter()
+        .map(|(model_key, stored)| (stored, model_key))
+        .collect()
+}
+
+/// An LDM VAE key without prefix.
+fn is_ldm_vae_key(key: &str) -> bool {
+    key.starts_with("encoder.") || key.starts_with("decoder.") || key.contains("quant_conv.")
 }
 
 #[cfg(test)]
@@ -109,6 +126,32 @@ mod tests {
             diffusers_vae_key("encoder.mid_block.attentions.0.to_out.0.bias", 2).as_deref(),
             Some("first_stage_model.encoder.mid.attn_1.proj_out.bias")
         );
+    }
+
+    #[test]
+    fn ldm_vae_keys_are_read_under_either_prefix_or_none() {
+        let keys = [
+            "vae.decoder.conv_in.weight",
+            "first_stage_model.encoder.conv_in.weight",
+            "post_quant_conv.bias",
+            "vae.text_model.x",
+            "model.diffusion_model.x",
+        ];
+        let renamed = vae_renames(keys.iter().copied());
+        let model = |k: &str| renamed.get(k).map(String::as_str);
+        assert_eq!(
+            model("vae.decoder.conv_in.weight"),
+            Some("first_stage_model.decoder.conv_in.weight")
+        );
+        assert_eq!(
+            model("first_stage_model.encoder.conv_in.weight"),
+            Some("first_stage_model.encoder.conv_in.weight")
+        );
+        assert_eq!(
+            model("post_quant_conv.bias"),
+            Some("first_stage_model.post_quant_conv.bias")
+        );
+        assert_eq!(renamed.len(), 3, "{renamed:?}");
     }
 
     #[test]

@@ -7,13 +7,13 @@ use tch::nn::VarStore;
 use tch::{Device, Kind};
 
 use super::safetensors;
-use super::{describe_merge, mapped, read_ahead, Checkpoint, Format, Source};
+use super::{describe_merge, mapped, read_ahead, Source, Weights};
 use crate::health::{is_finite, number};
 
 /// Model variables by key.
 type Variables = Vec<(String, tch::Tensor)>;
 
-impl Checkpoint {
+impl Weights {
     /// The file holding `key`, and the tensor's own name there when it differs.
     fn origin(&self, key: &str) -> String {
         match self.tensors.get(key) {
@@ -37,14 +37,6 @@ impl Checkpoint {
         self.files[source.file].with_view(&source.name, |t| Ok(source.transform.apply(t).copy()))
     }
 
-    /// Reads a tensor stored under `key` in a single file as is (markers, buffers).
-    pub fn read_raw(&self, key: &str) -> Result<tch::Tensor> {
-        match self.format {
-            Format::SingleFile => self.files[0].read(key),
-            Format::Diffusers => bail!("{}: no tensor `{key}`", self.path.display()),
-        }
-    }
-
     /// Fills every variable of `vs` (named by model key) whose name starts with `only` (all
     /// with "") from the checkpoint, converting dtype and device on the way. A CPU variable of
     /// the dtype the tensor is stored in views the file instead (zero copy, [`super::mapped`]);
@@ -57,7 +49,7 @@ impl Checkpoint {
     /// [`Self::copy_into`] of the weighted sum `Σ wᵢ·checkpointᵢ` (a merge from the profile,
     /// A1111's weighted-sum merge), one tensor at a time (always copied).
     pub fn copy_weighted_into(
-        sources: &[(&Checkpoint, f64)],
+        sources: &[(&Weights, f64)],
         vs: &VarStore,
         only: &str,
     ) -> Result<()> {
@@ -170,7 +162,7 @@ impl Checkpoint {
     /// gets a new tensor, filled, rather than being written in place: what it held may be a
     /// view of a file, which is never written ([`super::mapped`]).
     fn copy_variables(
-        sources: &[(&Checkpoint, f64)],
+        sources: &[(&Weights, f64)],
         variables: Vec<(String, tch::Tensor)>,
     ) -> Result<()> {
         let fill = |var: &mut tch::Tensor, src: &tch::Tensor| -> Result<()> {

@@ -8,8 +8,8 @@
 //! goes (the model dropped, or its parts released) — no view can outlive it, whoever keeps a
 //! parameter. Being private, the mapping can never write the file: a write to a view would
 //! land in a private copy of the page. None is made: what changes a parameter (LoRA, a VAE
-//! swap, a merge) gives it a new tensor of its own first ([`crate::lora`],
-//! [`super::Checkpoint::copy_into`]), so the mapped pages stay the file's and can be handed
+//! swap, a merge) gives it a new tensor of its own first (the SD backend's LoRA,
+//! [`super::Weights::copy_into`]), so the mapped pages stay the file's and can be handed
 //! back to the OS at any time ([`drop_mapped_pages`]).
 //!
 //! A copy is made instead when the dtypes differ (an fp16 file run in fp32, fp8), the device is

@@ -1,8 +1,12 @@
 //! The LDM `AutoencoderKL` (ldm/models/autoencoder.py, ldm/modules/diffusionmodules/model.py):
 //! encoder to a diagonal Gaussian posterior, decoder back to pixels. Module paths are the LDM
-//! keys under `first_stage_model.`.
+//! keys under `first_stage_model.`. Two forms: SD's (4 latent channels through the 1×1
+//! `quant_conv` / `post_quant_conv`, latents `z × scaling`) and SD 3.x / Flux's (16 channels,
+//! no quant convs, latents `(z − shift) × scaling`), told apart by the weights
+//! ([`VaeConfig::infer`]).
 mod blocks;
 mod config;
+pub mod files;
 pub mod memory;
 pub mod norm;
 pub mod runner;
@@ -14,7 +18,7 @@ use tch::Tensor;
 
 use crate::layers::{conv2d, group_norm, Conv2d};
 use blocks::{channels_last_on_cpu, norm_silu, Mid, ResnetBlock, EPS};
-pub use config::VaeConfig;
+pub use config::{LatentScale, VaeConfig};
 use norm::GroupNormStats;
 
 struct Encoder {
@@ -178,8 +182,9 @@ impl VaePass {
 pub struct AutoencoderKL {
     encoder: Encoder,
     decoder: Decoder,
-    quant_conv: Conv2d,
-    post_quant_conv: Conv2d,
+    /// SD's 1×1 convs around the latent; none in SD 3.x / Flux.
+    quant_conv: Option<Conv2d>,
+    post_quant_conv: Option<Conv2d>,
     config: VaeConfig,
 }
 
@@ -189,25 +194,36 @@ impl AutoencoderKL {
         if cfg.ch_mult.is_empty() || cfg.num_res_blocks == 0 {
             bail!("VAE config: ch_mult and num_res_blocks must not be empty");
         }
+        if !cfg.quant_conv && cfg.embed_dim != cfg.z_channels {
+            bail!(
+                "VAE config: without quant convs the latent has z_channels ({}), not {}",
+                cfg.z_channels,
+                cfg.embed_dim
+            );
+        }
         Ok(Self {
             encoder: Encoder::new(&vs / "encoder", cfg),
             decoder: Decoder::new(&vs / "decoder", cfg),
-            quant_conv: conv2d(
-                &vs / "quant_conv",
-                2 * cfg.z_channels,
-                2 * cfg.embed_dim,
-                1,
-                1,
-                0,
-            ),
-            post_quant_conv: conv2d(
-                &vs / "post_quant_conv",
-                cfg.embed_dim,
-                cfg.z_channels,
-                1,
-                1,
-                0,
-            ),
+            quant_conv: cfg.quant_conv.then(|| {
+                conv2d(
+                    &vs / "quant_conv",
+                    2 * cfg.z_channels,
+                    2 * cfg.embed_dim,
+                    1,
+                    1,
+                    0,
+                )
+            }),
+            post_quant_conv: cfg.quant_conv.then(|| {
+                conv2d(
+                    &vs / "post_quant_conv",
+                    cfg.embed_dim,
+                    cfg.z_channels,
+                    1,
+                    1,
+                    0,
+                )
+            }),
             config: cfg.clone(),
         })
     }
@@ -224,7 +240,7 @@ impl AutoencoderKL {
         Ok(out.contiguous())
     }
 
-    /// Pixels in [-1, 1] → posterior mean × scaling_factor. Sides not divisible by the
+    /// Pixels in [-1, 1] → (posterior mean − shift_factor) × scaling_factor. Sides not divisible by the
     /// spatial factor are handled as LDM does (the bottom/right remainder is dropped).
     /// On the CPU the whole pass runs channels-last (see [`channels_last_on_cpu`]).
     pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
@@ -244,9 +260,13 @@ impl AutoencoderKL {
     /// Decode up to and through the mid block (global attention), at latent resolution:
     /// cheap, so tiled decode runs it on the whole latent.
     pub fn decode_mid(&self, latent: &Tensor) -> Result<Tensor> {
-        let z = self
-            .post_quant_conv
-            .forward(&(latent * (1.0 / self.config.scaling_factor)));
+        let mut z = latent * (1.0 / self.config.scaling_factor);
+        if self.config.shift_factor != 0.0 {
+            z += self.config.shift_factor;
+        }
+        if let Some(conv) = &self.post_quant_conv {
+            z = conv.forward(&z);
+        }
         self.decoder.forward_mid(&z)
     }
 
@@ -263,7 +283,15 @@ impl AutoencoderKL {
     /// The rest of encode after [`Self::encode_down`]: the mid block (global attention) to
     /// the scaled posterior mean, at latent resolution.
     pub fn encode_mid(&self, h: &Tensor) -> Result<Tensor> {
-        let moments = self.quant_conv.forward(&self.encoder.forward_mid(h)?);
-        Ok(moments.narrow(1, 0, self.config.embed_dim) * self.config.scaling_factor)
+        let mut moments = self.encoder.forward_mid(h)?;
+        if let Some(conv) = &self.quant_conv {
+            moments = conv.forward(&moments);
+        }
+        let mean = moments.narrow(1, 0, self.config.embed_dim);
+        let shift = self.config.shift_factor;
+        Ok(match shift != 0.0 {
+            true => (mean - shift) * self.config.scaling_factor,
+            false => mean * self.config.scaling_factor,
+        })
     }
 }

@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 use super::memory::{self, AttentionMemory};
 use super::tiling::{self, VaeTilingMode, VaeTilingOptions};
 use super::{AutoencoderKL, VaePass};
+use crate::convert::VAE_PREFIX;
 use crate::guard::{guarded, is_out_of_memory};
 use crate::health;
 
@@ -40,7 +41,7 @@ impl Vae {
         let vars = vs
             .variables()
             .into_iter()
-            .filter(|(k, _)| k.starts_with("first_stage_model."))
+            .filter(|(k, _)| k.starts_with(VAE_PREFIX))
             .collect();
         Ok(Self {
             model,
@@ -169,7 +170,7 @@ impl Vae {
             })?
         };
         if !health::is_finite(&out) {
-            let bad = health::first_nonfinite(&self.vars, "first_stage_model.");
+            let bad = health::first_nonfinite(&self.vars, VAE_PREFIX);
             bail!(
                 "VAE {what} produced NaN or inf (in fp32 too) — {}",
                 health::cause(bad, Kind::Float)
