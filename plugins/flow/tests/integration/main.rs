@@ -1,3 +1,4 @@
 //! Parity of the flow backend's parts with diffusers / transformers on tiny models.
 mod mmdit;
+mod sd3;
 mod t5;
