@@ -85,7 +85,7 @@ fn prepare_inner<'r>(
             }
         };
     }
-    let settings = give_back!(LoadSettings::from_profile(&profile));
+    let settings = give_back!(LoadSettings::from_profile(&profile)).resolve_files(base_dir);
     models.preview_dirs = crate::live_preview::dirs(&profile.vae_approx_dirs, base_dir);
     // Everything but pass 1's native size needs no model: resolved and planned once, here.
     give_back!(profile.resolve(None));
