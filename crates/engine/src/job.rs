@@ -132,7 +132,13 @@ impl Job<'_> {
         let checkpoint = &self.plans[0].checkpoint;
         let backend = self.models.backend(checkpoint)?;
         if !backend.decl.has_tools() {
-            return crate::models::checkpoint_info(&mut self.models, &self.settings, checkpoint);
+            let vae = self.plans[0].vae.as_deref();
+            return crate::models::checkpoint_info(
+                &mut self.models,
+                &self.settings,
+                checkpoint,
+                vae,
+            );
         }
         let mut info = backend
             .decl

@@ -413,6 +413,7 @@ pub fn checkpoint_info(
     models: &mut Models<'_>,
     settings: &LoadSettings,
     checkpoint: &Path,
+    vae: Option<&Path>,
 ) -> Result<host_api::CheckpointInfo> {
     let backend = models.backend(checkpoint)?;
     if backend.decl.has_tools() {
@@ -421,7 +422,8 @@ pub fn checkpoint_info(
             .run_inspect(checkpoint, false)
             .map_err(|e| anyhow!("{e}"));
     }
-    let (_, info) = models.get(settings, checkpoint, None, &[])?;
+    // With the pass's VAE: the model a run loads next (a split-file model has no VAE of its own).
+    let (_, info) = models.get(settings, checkpoint, vae, &[])?;
     Ok(host_api::CheckpointInfo {
         family: info.family.clone(),
         family_name: info.family.clone(),

@@ -40,7 +40,7 @@ pub fn detect(path: &Path) -> Result<Option<Sd3Layout>> {
         return Ok(match json["_class_name"].as_str() {
             Some("SD3Transformer2DModel") => Some(Sd3Layout::Folder),
             Some("FluxTransformer2DModel") => anyhow::bail!(
-                "{}: a Flux model; Flux is not supported yet (issue 31)",
+                "{}: not supported: a Flux checkpoint (this backend reads SD 3.x; Flux is issue 31)",
                 path.display()
             ),
             _ => None,
@@ -59,7 +59,7 @@ pub fn detect(path: &Path) -> Result<Option<Sd3Layout>> {
         .any(|k| FLUX_MARKERS.iter().any(|m| k.starts_with(m)))
     {
         anyhow::bail!(
-            "{}: a Flux transformer; Flux is not supported yet (issue 31)",
+            "{}: not supported: a Flux checkpoint (this backend reads SD 3.x; Flux is issue 31)",
             path.display()
         );
     }
