@@ -79,17 +79,20 @@ SHIFT_FACTOR, SCALING_FACTOR = 0.0609, 1.5305  # SD3's VAE
 TRANSFORMER_T = [617.25, 31.5]
 SEED_X, SEED_VAE_LATENT, SEED_VAE_IMAGE = 1, 2, 3
 
-CLIP_HIDDEN, CLIP_PROJ = 32, 32
-T5_WIDTH = 96  # > 2 * CLIP_HIDDEN, so the CLIP embeddings are zero-padded as in SD3 (2048 -> 4096)
+# Widths differ as CLIP-L's 768 and bigG's 1280 do (diffusers' single-file loader tells the two
+# apart by width), each projection as wide as its encoder (SD3's); one head each, as
+# hidden / 64 gives for a single file without config (the real models' rule).
+CLIP_L_HIDDEN, CLIP_G_HIDDEN, CLIP_HEADS = 32, 48, 1
+T5_WIDTH = 96  # > CLIP_L_HIDDEN + CLIP_G_HIDDEN: the CLIP embeddings are zero-padded as in SD3 (2048 -> 4096)
 
 
 def build(t5_vocab: int) -> dict:
     torch.manual_seed(MODEL_SEED)
-    clip = lambda act, pad: sd1.clip_text_config(  # noqa: E731
-        CLIP_HIDDEN, 64, 2, 2, act, pad, projection_dim=CLIP_PROJ
+    clip = lambda width, act, pad: sd1.clip_text_config(  # noqa: E731
+        width, 64, 2, CLIP_HEADS, act, pad, projection_dim=width
     )
-    te1 = CLIPTextModelWithProjection(clip("quick_gelu", fam.EOS))
-    te2 = CLIPTextModelWithProjection(clip("gelu", fam.OPEN_CLIP_PAD))
+    te1 = CLIPTextModelWithProjection(clip(CLIP_L_HIDDEN, "quick_gelu", fam.EOS))
+    te2 = CLIPTextModelWithProjection(clip(CLIP_G_HIDDEN, "gelu", fam.OPEN_CLIP_PAD))
     te3 = T5EncoderModel(
         T5Config(
             vocab_size=t5_vocab, d_model=T5_WIDTH, d_kv=16, num_heads=4, d_ff=128, num_layers=2,
@@ -100,7 +103,7 @@ def build(t5_vocab: int) -> dict:
     transformer = SD3Transformer2DModel(
         sample_size=32, patch_size=2, in_channels=16, num_layers=3, attention_head_dim=8,
         num_attention_heads=4, joint_attention_dim=T5_WIDTH, caption_projection_dim=32,
-        pooled_projection_dim=2 * CLIP_PROJ, out_channels=16, pos_embed_max_size=32,
+        pooled_projection_dim=CLIP_L_HIDDEN + CLIP_G_HIDDEN, out_channels=16, pos_embed_max_size=32,
         dual_attention_layers=(0, 1), qk_norm="rms_norm",
     )
     vae = AutoencoderKL(
@@ -112,6 +115,11 @@ def build(t5_vocab: int) -> dict:
     )
     for m in (te1, te2, te3, transformer, vae):
         randomize_fp16_(m)
+    # SD3 pools CLIP-L unprojected (SD3's sd3_impls and ComfyUI: return_projected_pooled=False;
+    # diffusers' single-file loader sets CLIP-L's text_projection to the identity): the folder's
+    # CLIP-L projection is the identity, as in the published folders.
+    with torch.no_grad():
+        te1.text_projection.weight.copy_(torch.eye(CLIP_L_HIDDEN))
     return {"text_encoder": te1, "text_encoder_2": te2, "text_encoder_3": te3,
             "transformer": transformer, "vae": vae}
 
@@ -141,7 +149,10 @@ def single_file(m: dict) -> dict:
     for key, name in (("text_encoder", "clip_l"), ("text_encoder_2", "clip_g")):
         sd = sd1.text_encoder_hf_state_dict(m[key])
         ckpt.update({f"text_encoders.{name}.transformer.{k}": v for k, v in sd.items()})
-    ckpt.update({f"text_encoders.t5xxl.transformer.{k}": v for k, v in t5_state(m["text_encoder_3"]).items()})
+    # Both names of T5's tied embedding: diffusers' single-file loader leaves a missing
+    # `encoder.embed_tokens.weight` unloaded (it does not tie weights after loading).
+    t5 = {k: v.detach().clone() for k, v in m["text_encoder_3"].state_dict().items()}
+    ckpt.update({f"text_encoders.t5xxl.transformer.{k}": v for k, v in t5.items()})
     ckpt.update(sd1.vae_to_ldm(m["vae"].state_dict(), m["vae"].config))
     return half(ckpt)
 

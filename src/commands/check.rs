@@ -15,9 +15,14 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
     // checkpoint's headers.
     profile.resolve(None)?;
     let plans = plan::plan_passes(&profile, &registry, &base)?;
-    let settings = crate::models::LoadSettings::from_profile(&profile)?;
+    let settings = crate::models::LoadSettings::from_profile(&profile)?.resolve_files(&base);
     let mut models = crate::models::Models::new(&registry);
-    let info = crate::models::checkpoint_info(&mut models, &settings, &plans[0].checkpoint)?;
+    let info = crate::models::checkpoint_info(
+        &mut models,
+        &settings,
+        &plans[0].checkpoint,
+        plans[0].vae.as_deref(),
+    )?;
     let staged = profile.target.map(|t| (t, profile.stage_factor));
     profile.fill_native_size(info.default_size)?;
     let plans = match staged {

@@ -45,6 +45,19 @@ fn scratch_profile(scratch: &Scratch) -> String {
 }
 
 /// `generate` on the tiny SD 1.x model with `edit` applied to the default profile text.
+fn sd3_tiny(rel: &str) -> PathBuf {
+    repo().join("tests/data/sd3-tiny").join(rel)
+}
+
+/// `generate` on the tiny SD3 split transformer file with `model_lines` added to `[model]`.
+fn sd3_split(scratch: &Scratch, model_lines: &str) -> Vec<String> {
+    let checkpoint = sd3_tiny("split/transformer.safetensors");
+    let text = tiny_profile(&checkpoint, "", "", "")
+        .replace("[model]\n", &format!("[model]\n{model_lines}\n"));
+    let profile = scratch.write("p.toml", &text);
+    s(&["generate", profile.to_str().unwrap()])
+}
+
 fn profile_edit(scratch: &Scratch, edit: impl Fn(String) -> String) -> Vec<String> {
     let profile = scratch.write("p.toml", &edit(tiny_profile(&tiny_ldm(), "", "", "")));
     s(&["generate", profile.to_str().unwrap()])
@@ -249,7 +262,9 @@ const CASES: &[Case] = &[
         setup: |sc| on_tiny(sc, header_only(sc, &[("lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", &[4, 8])])) },
     Case { name: "a VAE given as checkpoint", code: 1, expect: "a VAE, not a checkpoint — set it as [model] vae",
         setup: |sc| on_tiny(sc, header_only(sc, &[("encoder.down.0.block.0.conv1.weight", &[4, 4, 3, 3])])) },
-    Case { name: "SD 3 checkpoint", code: 1, expect: "not supported: a Stable Diffusion 3 / 3.5 (MMDiT) checkpoint",
+    // The flow plugin reads SD3 files (the SD plugin alone refuses them: "not supported: a
+    // Stable Diffusion 3 / 3.5 (MMDiT) checkpoint"); this one has no VAE.
+    Case { name: "SD 3 checkpoint", code: 1, expect: "model.safetensors: no VAE in it — set `[model] vae` to the SD3 VAE file",
         setup: |sc| on_tiny(sc, header_only(sc, &[("model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight", &[6, 2])])) },
     Case { name: "Flux checkpoint", code: 1, expect: "not supported: a Flux checkpoint",
         setup: |sc| on_tiny(sc, header_only(sc, &[("double_blocks.0.img_attn.norm.key_norm.scale", &[4])])) },
@@ -681,14 +696,26 @@ const CASES: &[Case] = &[
     // --- plugin folders ---
     Case { name: "the sampler plugin refused by its pin", code: 1, expect: "(refused plugin libhiresfix_samplers_kdiff.so: sha256",
         setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_samplers_kdiff.so\" = \"00\"", "", "") },
-    Case { name: "the model backend refused by its pin", code: 1, expect: "no model backend plugin was found; see `hiresfix plugins` (refused plugin libhiresfix_sd.so",
-        setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_sd.so\" = \"00\"", "", "") },
+    Case { name: "the model backend refused by its pin", code: 1, expect: "no model backend plugin was found; see `hiresfix plugins` (refused plugin libhiresfix_",
+        setup: |sc| generate(sc, &tiny_ldm(), "[plugin_sha256]\n\"libhiresfix_sd.so\" = \"00\"\n\"libhiresfix_flow.so\" = \"00\"", "", "") },
     // --- a flow-matching model (the toy flow backend) ---
     Case { name: "sampler without a flow form on a flow model", code: 1, expect: "pass 2: sampler `ddim` has no form for the flow-matching model (toy_flow, flow (shift 3)); use sampler = \"euler\"",
         setup: |sc| {
             let (checkpoint, dir) = crate::flow_model::flow_toy(sc);
             let top = format!("plugin_dirs = [\"{}\"]", dir.display());
             generate(sc, &checkpoint, &top, "", "sampler = \"ddim\"")
+        } },
+    // --- SD 3.5 split files (the flow backend) ---
+    Case { name: "SD3 transformer file without a VAE", code: 1, expect: "transformer.safetensors: no VAE in it — set `[model] vae` to the SD3 VAE file",
+        setup: |sc| sd3_split(sc, "") },
+    Case { name: "SD3 transformer file without text encoders", code: 1, expect: "transformer.safetensors: no CLIP-L text encoder — list the clip_l, clip_g (and t5xxl) files in `[model] text_encoders`",
+        setup: |sc| sd3_split(sc, &format!("vae = \"{}\"", sd3_tiny("split/vae.safetensors").display())) },
+    Case { name: "SD3 split files with one CLIP", code: 1, expect: "`[model] text_encoders` lists 1 CLIP files; SD3 takes two (clip_l and clip_g) and a t5xxl",
+        setup: |sc| sd3_split(sc, &format!("vae = \"{}\"\ntext_encoders = [\"{}\"]", sd3_tiny("split/vae.safetensors").display(), sd3_tiny("split/clip_l.safetensors").display())) },
+    Case { name: "SD3 t5_tokenizer that is not there", code: 1, expect: "nowhere: no T5 tokenizer there (`[model] t5_tokenizer`)",
+        setup: |sc| {
+            let profile = sc.write("p.toml", &tiny_profile(&sd3_tiny("sd3-tiny.safetensors"), "", "", "").replace("[model]\n", "[model]\nt5_tokenizer = \"nowhere\"\n"));
+            s(&["generate", profile.to_str().unwrap()])
         } },    // --- round 3: weights, expansions before limits, bounded echoes ---
     Case { name: "LoRA weight NaN in the profile", code: 1, expect: "a LoRA's weight must be a number between -100 and 100",
         setup: |sc| profile_edit(sc, |p| p.replace("[model]", "[model]\nloras = [{ path = \"x.safetensors\", weight = nan }]")) },

@@ -85,7 +85,7 @@ fn prepare_inner<'r>(
             }
         };
     }
-    let settings = give_back!(LoadSettings::from_profile(&profile));
+    let settings = give_back!(LoadSettings::from_profile(&profile)).resolve_files(base_dir);
     models.preview_dirs = crate::live_preview::dirs(&profile.vae_approx_dirs, base_dir);
     // Everything but pass 1's native size needs no model: resolved and planned once, here.
     give_back!(profile.resolve(None));
@@ -132,7 +132,13 @@ impl Job<'_> {
         let checkpoint = &self.plans[0].checkpoint;
         let backend = self.models.backend(checkpoint)?;
         if !backend.decl.has_tools() {
-            return crate::models::checkpoint_info(&mut self.models, &self.settings, checkpoint);
+            let vae = self.plans[0].vae.as_deref();
+            return crate::models::checkpoint_info(
+                &mut self.models,
+                &self.settings,
+                checkpoint,
+                vae,
+            );
         }
         let mut info = backend
             .decl

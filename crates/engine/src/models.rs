@@ -11,7 +11,7 @@ use host_api::tch::{self, Device, Tensor};
 use host_api::{BackendDecl, EncodeRequest, LoadRequest, ModelBox, ModelInfo};
 
 use crate::observer::{timed, Observer, SILENT};
-use crate::profile::{DeviceChoice, DtypeChoice, Profile, VaeTiling};
+use crate::profile::{resolve_path, DeviceChoice, DtypeChoice, Profile, VaeTiling};
 use crate::registry::{Entry, Registry};
 
 pub fn device_of(choice: &DeviceChoice) -> Device {
@@ -42,6 +42,9 @@ pub struct LoadSettings {
     pub prediction: String,
     /// Seamless output: circular padding in every convolution.
     pub seamless: bool,
+    /// `[model]` files for the backend, as `LoadRequest.options` text entries (key, path):
+    /// one `text_encoder` per `text_encoders` entry, `t5_tokenizer`.
+    pub model_files: Vec<(String, String)>,
 }
 
 impl LoadSettings {
@@ -70,7 +73,29 @@ impl LoadSettings {
                 .map(|p| p.as_str().to_owned())
                 .unwrap_or_default(),
             seamless: profile.tiling,
+            model_files: profile
+                .model
+                .text_encoders
+                .iter()
+                .map(|p| ("text_encoder", p))
+                .chain(
+                    profile
+                        .model
+                        .t5_tokenizer
+                        .iter()
+                        .map(|p| ("t5_tokenizer", p)),
+                )
+                .map(|(k, p)| (k.to_string(), p.clone()))
+                .collect(),
         })
+    }
+
+    /// [`Self::model_files`] looked up beside the profile first ([`resolve_path`]).
+    pub fn resolve_files(mut self, base_dir: &Path) -> Self {
+        for (_, path) in &mut self.model_files {
+            *path = resolve_path(base_dir, path).to_string_lossy().into_owned();
+        }
+        self
     }
 }
 
@@ -294,7 +319,14 @@ impl<'r> Models<'r> {
                     weight: *weight,
                 })
                 .collect(),
-            options: Default::default(),
+            options: settings
+                .model_files
+                .iter()
+                .map(|(key, path)| host_api::OptionEntry {
+                    key: key.as_str().into(),
+                    value: host_api::OptionValue::Text(path.as_str().into()),
+                })
+                .collect(),
         };
         // A backend's own errors name the checkpoint; a panic needs the plugin named.
         let plugin = |e: host_api::Error| match e.0.starts_with("panicked") {
@@ -381,6 +413,7 @@ pub fn checkpoint_info(
     models: &mut Models<'_>,
     settings: &LoadSettings,
     checkpoint: &Path,
+    vae: Option<&Path>,
 ) -> Result<host_api::CheckpointInfo> {
     let backend = models.backend(checkpoint)?;
     if backend.decl.has_tools() {
@@ -389,7 +422,8 @@ pub fn checkpoint_info(
             .run_inspect(checkpoint, false)
             .map_err(|e| anyhow!("{e}"));
     }
-    let (_, info) = models.get(settings, checkpoint, None, &[])?;
+    // With the pass's VAE: the model a run loads next (a split-file model has no VAE of its own).
+    let (_, info) = models.get(settings, checkpoint, vae, &[])?;
     Ok(host_api::CheckpointInfo {
         family: info.family.clone(),
         family_name: info.family.clone(),

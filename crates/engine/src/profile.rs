@@ -186,6 +186,14 @@ pub struct ModelSection {
     /// What the UNet predicts, only to override detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prediction: Option<PredictionChoice>,
+    /// A transformer-only checkpoint's text-encoder files (ComfyUI's split SD3 files: clip_l,
+    /// clip_g, t5xxl), passed to the backend as `text_encoder` load options.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub text_encoders: Vec<String>,
+    /// A T5 tokenizer (tokenizer.json, spiece.model or a folder with one) for a checkpoint
+    /// that carries none, passed as the `t5_tokenizer` load option.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t5_tokenizer: Option<String>,
 }
 
 impl Default for ModelSection {
@@ -197,6 +205,8 @@ impl Default for ModelSection {
             loras: Vec::new(),
             clip_skip: defaults::CLIP_SKIP,
             prediction: None,
+            text_encoders: Vec::new(),
+            t5_tokenizer: None,
         }
     }
 }
@@ -595,6 +605,8 @@ const MODEL_KEYS: &[&str] = &[
     "loras",
     "clip_skip",
     "prediction",
+    "text_encoders",
+    "t5_tokenizer",
 ];
 const PASS_KEYS: &[&str] = &[
     "width",

@@ -2,8 +2,10 @@
 //! next. Built against host-api and the shared model-parts crate only, as a third party would.
 //!
 //! Where things are: `mmdit/` (the SD3 / SD 3.5 joint-attention transformer), `t5/` (the T5
-//! encoder SD3 and Flux share, and its tokenizer).
+//! encoder SD3 and Flux share, and its tokenizer), `sd3/` (the SD 3.5 backend tying them to
+//! model-parts' CLIP encoders and 16-channel VAE).
 
 pub mod flux;
 pub mod mmdit;
+pub mod sd3;
 pub mod t5;

@@ -1,4 +1,5 @@
 //! Parity of the flow backend's parts with diffusers / transformers on tiny models.
 mod flux;
 mod mmdit;
+mod sd3;
 mod t5;
