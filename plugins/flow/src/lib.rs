@@ -6,6 +6,7 @@
 //! model-parts' CLIP encoders and 16-channel VAE).
 
 pub mod flux;
+mod layers;
 pub mod mmdit;
 pub mod sd3;
 pub mod t5;

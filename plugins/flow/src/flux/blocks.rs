@@ -5,9 +5,9 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
+use super::config::FluxConfig;
 use super::embeddings::apply_rope;
 use super::layers::{attention, linear, modulation, norm_modulate, split_qkv, Mlp, QkNorm};
-use super::FluxConfig;
 
 /// One stream's weights of a double block (`img_*` or `txt_*`).
 #[derive(Debug)]

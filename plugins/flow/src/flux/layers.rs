@@ -6,27 +6,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-/// Epsilon of every LayerNorm and RMSNorm of Flux (BFL and diffusers: 1e-6).
-pub const EPS: f64 = 1e-6;
-
-/// A parameter `name` of shape `dims` under `p`, uninitialized (module docs).
-pub fn param(p: &nn::Path, name: &str, dims: &[i64]) -> Tensor {
-    p.add(name, Tensor::empty(dims, (p.kind(), p.device())), false)
-}
-
-/// `nn::Linear` `d_in → d_out` with a bias.
-pub fn linear(p: nn::Path, d_in: i64, d_out: i64) -> nn::Linear {
-    nn::Linear {
-        ws: param(&p, "weight", &[d_out, d_in]),
-        bs: Some(param(&p, "bias", &[d_out])),
-    }
-}
-
-/// LayerNorm over the last dimension without affine parameters.
-pub fn layer_norm(x: &Tensor) -> Tensor {
-    let dim = x.size().last().copied().unwrap_or(1);
-    x.layer_norm([dim], None::<Tensor>, None::<Tensor>, EPS, false)
-}
+pub use crate::layers::{attention, layer_norm, linear, param, EPS};
 
 /// `(1 + scale) · LayerNorm(x) + shift` with `[B, D]` modulation per image.
 pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Tensor {
@@ -116,12 +96,4 @@ pub fn split_qkv(qkv: &Tensor, heads: i64) -> (Tensor, Tensor, Tensor) {
         .reshape([s[0], s[1], 3, heads, d])
         .permute([2, 0, 3, 1, 4]);
     (t.get(0), t.get(1), t.get(2))
-}
-
-/// Attention of `[B, H, L, d]` queries over keys/values (scale `1/√d`) → `[B, L, H·d]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-    let out =
-        Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None, false);
-    let s = out.size();
-    out.transpose(1, 2).reshape([s[0], s[2], s[1] * s[3]])
 }

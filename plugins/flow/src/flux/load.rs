@@ -7,8 +7,8 @@ use tch::{nn, Device, Kind};
 
 use super::config::FluxConfig;
 use super::layout::Layout;
+use super::model::Flux;
 use super::weights::{open_weights, Weights};
-use super::Flux;
 
 /// A loaded transformer, its weights' home and what was found.
 #[derive(Debug)]

@@ -5,9 +5,9 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::blocks::{DoubleBlock, FinalLayer, SingleBlock};
+use super::config::FluxConfig;
 use super::embeddings::{rope, timestep_features};
 use super::layers::{linear, MlpEmbedder};
-use super::FluxConfig;
 
 /// Channels of the sinusoidal timestep / guidance features.
 const TIME_FEATURES: i64 = 256;

@@ -10,8 +10,8 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
+use super::config::MmDitConfig;
 use super::layers::{attention, layer_norm, linear, modulate, RmsNorm, TwoLayers};
-use super::MmDitConfig;
 
 /// `qkv` (one fused projection), optional per-head RMSNorm of q and k (`ln_q`, `ln_k`: SD 3.5),
 /// and the output projection `proj` (absent on a pre-only stream).

@@ -7,8 +7,8 @@
 use tch::nn;
 use tch::{Kind, Tensor};
 
+use super::config::MmDitConfig;
 use super::layers::{param, TwoLayers};
-use super::MmDitConfig;
 
 /// Size of the sinusoidal timestep features (`frequency_embedding_size`, diffusers' 256).
 pub const TIMESTEP_FEATURES: i64 = 256;

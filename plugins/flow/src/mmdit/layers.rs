@@ -6,27 +6,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-/// Epsilon of every LayerNorm and RMSNorm of the MMDiT (SD3 reference and diffusers: 1e-6).
-pub const EPS: f64 = 1e-6;
-
-/// A parameter `name` of shape `dims` under `p`, uninitialized (module docs).
-pub fn param(p: &nn::Path, name: &str, dims: &[i64]) -> Tensor {
-    p.add(name, Tensor::empty(dims, (p.kind(), p.device())), false)
-}
-
-/// `nn::Linear` `d_in → d_out` with a bias.
-pub fn linear(p: nn::Path, d_in: i64, d_out: i64) -> nn::Linear {
-    nn::Linear {
-        ws: param(&p, "weight", &[d_out, d_in]),
-        bs: Some(param(&p, "bias", &[d_out])),
-    }
-}
-
-/// LayerNorm over the last dimension without affine parameters (`elementwise_affine=False`).
-pub fn layer_norm(x: &Tensor) -> Tensor {
-    let dim = x.size().last().copied().unwrap_or(1);
-    x.layer_norm([dim], None::<Tensor>, None::<Tensor>, EPS, false)
-}
+pub use crate::layers::{attention, layer_norm, linear, param, EPS};
 
 /// `x · (1 + scale) + shift`, the adaptive LayerNorm's modulation (`[B, D]` per image).
 pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Tensor {
@@ -80,12 +60,4 @@ impl TwoLayers {
     pub fn gelu_tanh(&self, x: &Tensor) -> Tensor {
         self.second.forward(&self.first.forward(x).gelu("tanh"))
     }
-}
-
-/// Attention of `[B, H, L, d]` queries over keys/values (default scale `1/√d`) → `[B, L, H·d]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-    let out =
-        Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None, false);
-    let s = out.size();
-    out.transpose(1, 2).reshape([s[0], s[2], s[1] * s[3]])
 }

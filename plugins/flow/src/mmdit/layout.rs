@@ -6,7 +6,7 @@
 //! `norm_out` and of the last block's `norm1_context` swapped back.
 use anyhow::{bail, Result};
 
-use super::MmDitConfig;
+use super::config::MmDitConfig;
 
 /// The single-file prefix of the transformer's keys.
 pub const SINGLE_FILE_PREFIX: &str = "model.diffusion_model.";

@@ -7,9 +7,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use super::config::MmDitConfig;
 use super::layout::{Layout, Recipe};
+use super::model::MmDit;
 use super::weights::{open_safetensors, Shards, TensorSource};
-use super::{MmDit, MmDitConfig};
 
 /// A transformer and the store holding its parameters.
 pub struct LoadedMmDit {

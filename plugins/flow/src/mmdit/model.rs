@@ -5,9 +5,9 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::blocks::{FinalLayer, JointBlock};
+use super::config::MmDitConfig;
 use super::embeddings::{Conditioning, PatchEmbed};
 use super::layers::linear;
-use super::MmDitConfig;
 
 /// An SD3 / SD 3.5 MMDiT; module paths are the original (single-file) keys.
 #[derive(Debug)]

@@ -21,7 +21,7 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 use super::detect::{detect, Sd3Layout};
-use super::{CLIP_G_PREFIX, CLIP_L_PREFIX, DEFAULT_SHIFT};
+use super::names::{CLIP_G_PREFIX, CLIP_L_PREFIX, DEFAULT_SHIFT};
 use crate::mmdit::{self, Layout, LoadedMmDit, MmDitConfig, TensorSource, SINGLE_FILE_PREFIX};
 use crate::t5::{self, T5Weights};
 

@@ -9,15 +9,10 @@ pub mod conditioning;
 pub mod detect;
 pub mod files;
 pub mod model;
+pub mod names;
 pub mod plugin;
 
 pub use detect::{detect, Sd3Layout};
 pub use files::{LoadOptions, Sd3Files};
 pub use model::Sd3Model;
-
-/// Model-key prefix of CLIP-L (the single file's own).
-pub const CLIP_L_PREFIX: &str = "text_encoders.clip_l.transformer.";
-/// Model-key prefix of OpenCLIP bigG.
-pub const CLIP_G_PREFIX: &str = "text_encoders.clip_g.transformer.";
-/// SD3's flow shift where no scheduler config says (diffusers' SD3 scheduler_config.json).
-pub const DEFAULT_SHIFT: f64 = 3.0;
+pub use names::{CLIP_G_PREFIX, CLIP_L_PREFIX, DEFAULT_SHIFT};

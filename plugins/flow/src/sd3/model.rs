@@ -11,8 +11,9 @@ use tch::nn::{self, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use super::conditioning::{PromptEmbeds, TextEncoders};
+use super::detect::Sd3Layout;
 use super::files::Sd3Files;
-use super::{Sd3Layout, CLIP_G_PREFIX, CLIP_L_PREFIX};
+use super::names::{CLIP_G_PREFIX, CLIP_L_PREFIX};
 use crate::mmdit::LoadedMmDit;
 use crate::t5::{T5Encoder, T5Tokenizer};
 
