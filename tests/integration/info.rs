@@ -11,7 +11,7 @@ fn data(rel: &str) -> PathBuf {
 }
 
 /// `label: value` lines of `hiresfix info PATH`.
-fn info(path: &Path) -> Vec<(String, String)> {
+pub(crate) fn info(path: &Path) -> Vec<(String, String)> {
     let out = hiresfix(&repo(), &["info", path.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     String::from_utf8_lossy(&out.stdout)
@@ -21,7 +21,7 @@ fn info(path: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-fn field<'a>(lines: &'a [(String, String)], key: &str) -> &'a str {
+pub(crate) fn field<'a>(lines: &'a [(String, String)], key: &str) -> &'a str {
     &lines
         .iter()
         .find(|(k, _)| k == key)

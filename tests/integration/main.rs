@@ -30,6 +30,7 @@ mod prompt_schedule;
 mod refiner;
 mod resolve;
 mod sampler_parity;
+mod sd3_info;
 mod sd3_run;
 mod serve;
 mod serve_embeddings;

@@ -49,7 +49,7 @@ pub struct Sd3Files {
     pub shift: f64,
 }
 
-const T5_KEY: &str = "encoder.block.0.layer.0.SelfAttention.q.weight";
+pub(crate) const T5_KEY: &str = "encoder.block.0.layer.0.SelfAttention.q.weight";
 
 impl Sd3Files {
     pub fn open(path: &Path, options: &LoadOptions) -> Result<Self> {
@@ -100,16 +100,7 @@ impl Sd3Files {
             weights.add_file(file, |k| renames.get(k).cloned());
         }
         let json = |sub: &str| read_json(&path.join(sub).join("config.json"));
-        let scheduler = read_json(&path.join("scheduler").join("scheduler_config.json"))?;
-        let shift = match scheduler.as_ref().and_then(|s| s.get("shift")) {
-            None => DEFAULT_SHIFT,
-            Some(v) => v.as_f64().filter(|s| *s > 0.0).ok_or_else(|| {
-                anyhow!(
-                    "{}: scheduler/scheduler_config.json: shift {v} must be a positive number",
-                    path.display()
-                )
-            })?,
-        };
+        let shift = folder_shift(path)?;
         let t5 = match path.join("text_encoder_3").is_dir() {
             false => Err(format!("{}: no text_encoder_3", path.display())),
             true => with_tokenizer(
@@ -248,6 +239,20 @@ impl Sd3Files {
     }
 }
 
+/// A diffusers folder's flow shift: its scheduler config's, else [`DEFAULT_SHIFT`].
+pub fn folder_shift(path: &Path) -> Result<f64> {
+    let scheduler = read_json(&path.join("scheduler").join("scheduler_config.json"))?;
+    Ok(match scheduler.as_ref().and_then(|s| s.get("shift")) {
+        None => DEFAULT_SHIFT,
+        Some(v) => v.as_f64().filter(|s| *s > 0.0).ok_or_else(|| {
+            anyhow!(
+                "{}: scheduler/scheduler_config.json: shift {v} must be a positive number",
+                path.display()
+            )
+        })?,
+    })
+}
+
 /// A single file's CLIP-L key (relative to its prefix) → model key; the projection is not
 /// SD3's (see the module docs).
 fn clip_l_key(rest: &str) -> Option<String> {
@@ -276,7 +281,7 @@ fn with_tokenizer(
 }
 
 /// The model-parts weights seen by the MMDiT loader.
-struct WeightsSource<'a>(&'a Weights);
+pub(crate) struct WeightsSource<'a>(pub(crate) &'a Weights);
 
 impl TensorSource for WeightsSource<'_> {
     fn describe(&self) -> String {

@@ -125,5 +125,5 @@ impl Backend for Sd3Backend {
 }
 
 host_api::export_plugin! {
-    backends: [Sd3Backend],
+    backends_with_tools: [Sd3Backend],
 }
