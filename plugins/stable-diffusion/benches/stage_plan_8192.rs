@@ -66,9 +66,12 @@ fn main() -> Result<()> {
 
     let run = |command: &str| -> Result<f64> {
         let start = Instant::now();
+        // Progress bars on stderr show which phase a long run is in; the phase times go to
+        // target/bench-data/stage8192/timings.json.
         let status = Command::new(&hiresfix)
-            .args([command, "-q"])
+            .arg(command)
             .arg(&profile)
+            .env("HIRESFIX_TIMINGS", out.join("timings.json"))
             .status()
             .with_context(|| format!("running {}", hiresfix.display()))?;
         if !status.success() {
