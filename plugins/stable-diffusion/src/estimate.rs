@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use host_api::{MemoryEstimate, MemoryRequest};
 use tch::Device;
 
@@ -28,7 +28,7 @@ use crate::checkpoint::Checkpoint;
 use crate::convert::{UNET_PREFIX, VAE_PREFIX};
 use crate::model::ModelConfig;
 use crate::unet::memory::working_bytes;
-use crate::vae::memory::{free_bytes, peak_bytes, AttentionMemory, LIVE_BUFFERS};
+use crate::vae::memory::{free_bytes, peak_bytes, request_kind, AttentionMemory, LIVE_BUFFERS};
 use crate::vae::tiling::VaeTilingOptions;
 use crate::vae::VaePass;
 
@@ -82,13 +82,7 @@ fn headers(path: &Path) -> Result<Headers> {
 
 pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     let Headers { config, parameters } = headers(Path::new(request.checkpoint.as_str()))?;
-    let element: u64 = match request.dtype.as_str() {
-        "fp32" => 4,
-        "fp16" | "bf16" => 2,
-        other => bail!("unknown dtype `{other}` (fp32, fp16 or bf16)"),
-    };
-    let device = host_api::backend::parse_device(request.device.as_str())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (element, device) = request_kind(request)?;
     let attention = AttentionMemory::on(device);
     let f = config.vae.spatial_factor();
     let (h, w) = (i64::from(request.height) / f, i64::from(request.width) / f);

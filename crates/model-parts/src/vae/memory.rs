@@ -139,3 +139,16 @@ mod cuda {
         }
     }
 }
+
+/// What a `MemoryRequest` runs in: bytes per element of its dtype and its device (the part of
+/// every backend's estimate that reads the request).
+pub fn request_kind(request: &host_api::MemoryRequest) -> anyhow::Result<(u64, tch::Device)> {
+    let element: u64 = match request.dtype.as_str() {
+        "fp32" => 4,
+        "fp16" | "bf16" => 2,
+        other => anyhow::bail!("unknown dtype `{other}` (fp32, fp16 or bf16)"),
+    };
+    let device = host_api::backend::parse_device(request.device.as_str())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((element, device))
+}

@@ -16,8 +16,10 @@
 //!   ([`TILED_LIVE_BUFFERS`] live buffers), the mid block's run over the whole latent and
 //!   the fp32 accumulators of the blended image;
 //! - runtime: the process before any model (as the SD backend's estimate).
-use anyhow::{bail, Result};
-use hiresfix_model_parts::vae::memory::{free_bytes, peak_bytes, AttentionMemory, LIVE_BUFFERS};
+use anyhow::Result;
+use hiresfix_model_parts::vae::memory::{
+    free_bytes, peak_bytes, request_kind, AttentionMemory, LIVE_BUFFERS,
+};
 use hiresfix_model_parts::vae::tiling::VaeTilingOptions;
 use hiresfix_model_parts::vae::{VaeConfig, VaePass};
 use host_api::{MemoryEstimate, MemoryRequest};
@@ -57,13 +59,7 @@ fn sd3_vae() -> VaeConfig {
 
 pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     let headers = Sd3Headers::read(std::path::Path::new(request.checkpoint.as_str()))?;
-    let element: u64 = match request.dtype.as_str() {
-        "fp32" => 4,
-        "fp16" | "bf16" => 2,
-        other => bail!("unknown dtype `{other}` (fp32, fp16 or bf16)"),
-    };
-    let device = host_api::backend::parse_device(request.device.as_str())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (element, device) = request_kind(request)?;
     let parameters = headers.transformer_parameters()
         + headers
             .other_parameters()
