@@ -6,6 +6,11 @@ one of tests/data/t5-tiny/tokenizer_3 (scripts/make_t5_reference.py); the transf
 single-file key names come from scripts/make_mmdit_reference.py.
 
     python3 scripts/make_sd3_reference.py [--out tests/data/sd3-tiny] [--bpe PATH]
+    python3 scripts/make_sd3_reference.py --extras [--out tests/data/sd3-tiny]
+
+--extras writes only extras.safetensors / extras.json (see `extras`) from the model already
+under --out, leaving the model files and reference.safetensors as they are (a full run writes
+them too).
 
 Writes, under --out:
   diffusers/               a StableDiffusion3Pipeline folder (fp16 weights)
@@ -276,8 +281,94 @@ def references(pipe, m: dict, rec: sd1.Recorder) -> dict:
     return checks
 
 
+PROMPT2 = "a photo of a dog"  # pass 2's own prompt (a hires prompt that differs from pass 1's)
+PIXEL_UPSCALER = "Lanczos"
+
+
+@torch.no_grad()
+def pass2(transformer, up, cond, pooled) -> torch.Tensor:
+    """Pass 2 of the run from the upscaled latent `up`: noise2 at sigmas2[0], Euler with CFG."""
+    f = VAE_FACTOR
+    sig2 = flow_sigmas(int(STEPS2 / DENOISE))[-(STEPS2 + 1):]
+    torch.manual_seed(SEED)
+    noise2 = torch.randn([16, HEIGHT2 // f, WIDTH2 // f]).unsqueeze(0)
+    return euler_flow(transformer, sig2[0] * noise2 + (1 - sig2[0]) * up, sig2, cond, pooled)
+
+
+@torch.no_grad()
+def extras(out: str) -> None:
+    """Variants of the 2-pass run of `references` (same pass 1: reference run.latent1), each pass 2
+    checked against StableDiffusion3Img2ImgPipeline given the same upscaled latent:
+      pixel.*   the pixel path on 16-channel latents: decode latent1 (latent / scaling + shift),
+                clamp to [-1, 1], PIL LANCZOS on mode "F" per channel to WIDTH2 x HEIGHT2 (A1111's
+                "Lanczos", as scripts/make_cross_family_reference.py), clamp, encode (posterior
+                mean, (z - shift) * scaling), then pass 2 with PROMPT / NEGATIVE;
+      prompt2.* the latent path (bilinear, as run.upscaled) with pass 2 prompted PROMPT2."""
+    from make_cross_family_reference import pil_lanczos
+
+    ddir = os.path.join(out, "diffusers")
+    pipe = StableDiffusion3Pipeline.from_pretrained(ddir, local_files_only=True, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    transformer, vae = pipe.transformer, pipe.vae
+    ref = load_file(os.path.join(out, "reference.safetensors"))
+    lat1 = ref["run.latent1"]
+    i2i = StableDiffusion3Img2ImgPipeline(**{k: getattr(pipe, k) for k in pipe.components})
+    i2i.set_progress_bar_config(disable=True)
+
+    def conds(prompt: str):
+        pe, ne, pp, npool = pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, prompt_3=None, negative_prompt=NEGATIVE,
+            do_classifier_free_guidance=True, max_sequence_length=T5_LEN, device="cpu",
+        )
+        return torch.cat([ne, pe]), torch.cat([npool, pp])
+
+    def via_i2i(prompt: str, up: torch.Tensor) -> torch.Tensor:
+        return i2i(prompt=prompt, negative_prompt=NEGATIVE, image=up.clone(), strength=DENOISE,
+                   num_inference_steps=int(STEPS2 / DENOISE), guidance_scale=CFG,
+                   max_sequence_length=T5_LEN, generator=torch.Generator().manual_seed(SEED),
+                   output_type="latent").images
+
+    rec = sd1.Recorder()
+    checks = {}
+    decoded = vae.decode(lat1 / SCALING_FACTOR + SHIFT_FACTOR).sample.clamp(-1.0, 1.0)
+    resized = pil_lanczos(decoded, HEIGHT2, WIDTH2).clamp(-1.0, 1.0)
+    up = (vae.encode(resized).latent_dist.mean - SHIFT_FACTOR) * SCALING_FACTOR
+    lat2 = pass2(transformer, up, *conds(PROMPT))
+    checks["pixel_pass2_vs_StableDiffusion3Img2ImgPipeline"] = max_rel(lat2, via_i2i(PROMPT, up))
+    rec.put("pixel.decoded", decoded, f"vae.decode(run.latent1 / {SCALING_FACTOR} + {SHIFT_FACTOR}).sample, clamped to [-1, 1]")
+    rec.put("pixel.resized", resized, f"PIL LANCZOS (mode F, per channel) to {WIDTH2}x{HEIGHT2}, clamped to [-1, 1]")
+    rec.put("pixel.upscaled", up, f"(vae.encode(resized).latent_dist.mean - {SHIFT_FACTOR}) * {SCALING_FACTOR}")
+    rec.put("pixel.latent2", lat2, "pass 2 from pixel.upscaled (as run.latent2 from run.upscaled)")
+
+    up = F.interpolate(lat1, size=(HEIGHT2 // VAE_FACTOR, WIDTH2 // VAE_FACTOR), mode="bilinear", antialias=False)
+    lat2 = pass2(transformer, up, *conds(PROMPT2))
+    checks["prompt2_pass2_vs_StableDiffusion3Img2ImgPipeline"] = max_rel(lat2, via_i2i(PROMPT2, up))
+    rec.put("prompt2.latent2", lat2, f"pass 2 from run.upscaled prompted {PROMPT2!r} (negative {NEGATIVE!r})")
+    for k, v in checks.items():
+        if v > 1e-5:
+            raise AssertionError(f"{k}: max relative difference {v}")
+    sd1.check_finite(rec)
+    save_file(rec.R, os.path.join(out, "extras.safetensors"))
+    sd1.write_json(os.path.join(out, "extras.json"), {
+        "generator": "scripts/make_sd3_reference.py --extras",
+        "versions": fam.versions(),
+        "settings": {"prompt": PROMPT, "prompt2": PROMPT2, "negative": NEGATIVE, "seed": SEED,
+                     "upscaler": PIXEL_UPSCALER, "width2": WIDTH2, "height2": HEIGHT2,
+                     "steps2": STEPS2, "denoise": DENOISE},
+        "checks": checks,
+        "tensors": sd1.tensors_json(rec),
+    })
+    print(json.dumps(checks))
+
+
 def main() -> None:
+    extras_only = "--extras" in sys.argv
+    if extras_only:
+        sys.argv.remove("--extras")
     args = sd1.parse_args_and_setup(__doc__, "--out", "tests/data/sd3-tiny")
+    if extras_only:
+        extras(args.out)
+        return
     here = os.path.dirname(os.path.abspath(__file__))
     t5_tok_dir = os.path.join(here, "..", "tests", "data", "t5-tiny", "tokenizer_3")
     out = args.out
@@ -335,6 +426,7 @@ def main() -> None:
         "tensors": sd1.tensors_json(rec),
     })
     print(json.dumps(checks))
+    extras(out)
 
 
 if __name__ == "__main__":

@@ -716,7 +716,10 @@ const CASES: &[Case] = &[
         setup: |sc| {
             let profile = sc.write("p.toml", &tiny_profile(&sd3_tiny("sd3-tiny.safetensors"), "", "", "").replace("[model]\n", "[model]\nt5_tokenizer = \"nowhere\"\n"));
             s(&["generate", profile.to_str().unwrap()])
-        } },    // --- round 3: weights, expansions before limits, bounded echoes ---
+        } },
+    Case { name: "SD3 t5 on an unknown device", code: 1, expect: "`[model] t5 = \"gpu\"`: expected \"cpu\" (T5 on the CPU, its output moved to the run's device) or \"device\" (the run's device, the default)",
+        setup: |sc| sd3_split(sc, "t5 = \"gpu\"") },
+    // --- round 3: weights, expansions before limits, bounded echoes ---
     Case { name: "LoRA weight NaN in the profile", code: 1, expect: "a LoRA's weight must be a number between -100 and 100",
         setup: |sc| profile_edit(sc, |p| p.replace("[model]", "[model]\nloras = [{ path = \"x.safetensors\", weight = nan }]")) },
     Case { name: "LoRA weight 1e308 in the profile", code: 1, expect: "a LoRA's weight must be a number between -100 and 100",

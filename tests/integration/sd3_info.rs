@@ -92,6 +92,38 @@ fn check_prints_a_memory_row_per_sd3_pass() {
     assert_eq!(two[4..6], ["769.0", "MiB"], "{two:?}");
 }
 
+/// `[model] t5 = "cpu"` reaches the backend's estimate (`MemoryRequest.options`): accepted by
+/// `check`, and on a CPU run nothing leaves the device row (T5 is on the CPU either way; on a
+/// GPU the row loses T5's weights — plugins/flow's `sd3_memory_estimate_…` test).
+#[test]
+fn check_accepts_t5_on_the_cpu_and_a_cpu_run_keeps_its_weights_row() {
+    let scratch = Scratch::new("sd3-check-t5");
+    let weights = |model_lines: &str| -> String {
+        let text = profile(64, "latent", None).replacen(
+            "[model]\n",
+            &format!("[model]\n{model_lines}"),
+            1,
+        );
+        let path = scratch.write("p.toml", &text);
+        let out = hiresfix(&scratch.0, &["check", path.to_str().unwrap()], &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let lines = stdout_lines(&out);
+        let row = lines
+            .iter()
+            .find(|l| l.split_whitespace().take(2).eq(["1", "64x64"]))
+            .unwrap_or_else(|| panic!("{lines:?}"));
+        row.split_whitespace()
+            .skip(2)
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let whole = weights("");
+    // The tiny folder's parameters in fp32: 19.0 MiB.
+    assert_eq!(whole, "19.0 MiB");
+    assert_eq!(weights("t5 = \"cpu\"\n"), whole);
+}
+
 #[test]
 fn a_latent_switch_between_sd3_and_sdxl_is_refused_in_one_line() {
     let registry = Registry::load(&[], &Default::default());

@@ -3,7 +3,10 @@
 //! at 32 px, then latent (bilinear) ×2 and 4 steps at denoise 0.5, CFG 5, seed 1234) from the
 //! diffusers folder, the single file and ComfyUI-style split files (`[model] text_encoders`,
 //! `vae`, `t5_tokenizer`), against diffusers' StableDiffusion3Pipeline /
-//! StableDiffusion3Img2ImgPipeline run (reference.safetensors `run.*`).
+//! StableDiffusion3Img2ImgPipeline run (reference.safetensors `run.*`); and two variants of its
+//! pass 2 (extras.safetensors, `make_sd3_reference.py --extras`): the pixel path on 16-channel
+//! latents (decode → Lanczos → encode), and a pass-2 prompt of its own in a one-shot run that
+//! frees the text encoders once that prompt is encoded.
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -84,4 +87,84 @@ fn sd3_two_pass_runs_through_the_host_match_diffusers_in_every_layout() {
             "{label}: {e1} {e2} {e3}"
         );
     }
+}
+
+fn tensors(file: &str) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(data().join(file))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// The reference 2-pass profile on the diffusers folder with `pass2` lines added to pass 2.
+fn folder_profile(pass2: &str) -> Profile {
+    let text = reference_profile(
+        ("a photo of a cat", "blurry", &data().join("diffusers")),
+        (32, 32, 6),
+        "sampler = \"euler\"",
+        &format!("sampler = \"euler\"\n{pass2}"),
+    );
+    Profile::parse(&text, "sd3").unwrap()
+}
+
+#[test]
+fn sd3_pixel_upscaler_hands_over_through_the_vae_as_done_by_hand() {
+    let (r, x) = (
+        tensors("reference.safetensors"),
+        tensors("extras.safetensors"),
+    );
+    let registry = Registry::load(&[], &Default::default());
+    let mut job = prepare(folder_profile("upscaler = \"Lanczos\""), &registry, &repo()).unwrap();
+    let result = job.run_image(1234).unwrap();
+    // 64 px through the tiny VAE's factor 2: a 16-channel 32×32 latent.
+    assert_eq!(result.latents[1].size(), [1, 16, 32, 32]);
+    let e1 = rel_err(&result.latents[0], &r["run.latent1"]);
+    let e2 = rel_err(&result.latents[1], &x["pixel.latent2"]);
+    // The same pass 2 from the latent path's bilinear upscale, to show the two differ.
+    let apart = rel_err(&x["pixel.latent2"], &r["run.latent2"]);
+    eprintln!(
+        "sd3 pixel path: pass 1 {e1:.2e}, pass 2 {e2:.2e} (latent path's pass 2 {apart:.2e} away)"
+    );
+    assert!(e1 < 1e-4 && e2 < 1e-4, "{e1} {e2}");
+    assert!(apart > 1e-2, "{apart}");
+}
+
+#[test]
+fn sd3_one_shot_run_frees_the_text_encoders_after_pass_2_encodes_its_own_prompt() {
+    let x = tensors("extras.safetensors");
+    let registry = Registry::load(&[], &Default::default());
+    let profile = folder_profile("upscaler = \"latent\"\nprompt = \"a photo of a dog\"");
+    let mut job = prepare(profile, &registry, &repo()).unwrap();
+    let (model, _) = job
+        .models
+        .get(&job.settings, &job.plans[0].checkpoint, None, &[])
+        .unwrap();
+    // As `generate` runs a single image: its last pass frees the text encoders once encoded.
+    job.models.final_image = true;
+    let result = job.run_image(1234).unwrap();
+    job.models.final_image = false;
+    let e2 = rel_err(&result.latents[1], &x["prompt2.latent2"]);
+    eprintln!("sd3 pass-2 prompt, encoders freed: pass 2 {e2:.2e}");
+    assert!(e2 < 1e-4, "{e2}");
+    let request = host_api::EncodeRequest::pair("blurry", "a photo of a cat", 1, 32, 32);
+    let refused = model.encode_prompts(&request).err().map(|e| e.to_string());
+    assert!(
+        refused.as_deref().is_some_and(|m| m.contains("freed")),
+        "{refused:?}"
+    );
+    // Then all but the VAE decoder: the final decode is unchanged.
+    let image = model.decode(&result.latents[1]).unwrap();
+    job.models.release_for_decode();
+    assert!(model.decode(&result.latents[1]).unwrap().equal(&image));
+    // A conditioning of the tiny model's shapes: 77 + 256 tokens 96 wide, pooled 32 + 48.
+    let opts = (host_api::tch::Kind::Float, host_api::tch::Device::Cpu);
+    let cond = [
+        Tensor::zeros([1, 333, 96], opts),
+        Tensor::zeros([1, 80], opts),
+    ];
+    let x0 = model
+        .denoise(&result.latents[1], 0.5, &[cond.as_slice()])
+        .err()
+        .map(|e| e.to_string());
+    assert!(x0.as_deref().is_some_and(|m| m.contains("freed")), "{x0:?}");
 }

@@ -102,7 +102,7 @@ fn estimate_of(
         device: settings.device.as_str().into(),
         vae_tile_size: settings.vae_tile_size,
         vae_tile_overlap: settings.vae_tile_overlap,
-        options: Default::default(),
+        options: settings.backend_options().into(),
     };
     backend
         .decl

@@ -45,6 +45,8 @@ pub struct LoadSettings {
     /// `[model]` files for the backend, as `LoadRequest.options` text entries (key, path):
     /// one `text_encoder` per `text_encoders` entry, `t5_tokenizer`.
     pub model_files: Vec<(String, String)>,
+    /// `[model] t5` (`cpu` or `device`), passed as the `t5` option; empty without one.
+    pub t5: String,
 }
 
 impl LoadSettings {
@@ -87,7 +89,23 @@ impl LoadSettings {
                 )
                 .map(|(k, p)| (k.to_string(), p.clone()))
                 .collect(),
+            t5: profile.model.t5.clone().unwrap_or_default(),
         })
+    }
+
+    /// What a backend is told beside the checkpoint (`LoadRequest.options`, and
+    /// `MemoryRequest.options` for the same model): [`Self::model_files`] and `t5`.
+    pub fn backend_options(&self) -> Vec<host_api::OptionEntry> {
+        let t5 = (!self.t5.is_empty()).then_some(("t5", &self.t5));
+        self.model_files
+            .iter()
+            .map(|(key, value)| (key.as_str(), value))
+            .chain(t5)
+            .map(|(key, value)| host_api::OptionEntry {
+                key: key.into(),
+                value: host_api::OptionValue::Text(value.as_str().into()),
+            })
+            .collect()
     }
 
     /// [`Self::model_files`] looked up beside the profile first ([`resolve_path`]).
@@ -319,14 +337,7 @@ impl<'r> Models<'r> {
                     weight: *weight,
                 })
                 .collect(),
-            options: settings
-                .model_files
-                .iter()
-                .map(|(key, path)| host_api::OptionEntry {
-                    key: key.as_str().into(),
-                    value: host_api::OptionValue::Text(path.as_str().into()),
-                })
-                .collect(),
+            options: settings.backend_options().into(),
         };
         // A backend's own errors name the checkpoint; a panic needs the plugin named.
         let plugin = |e: host_api::Error| match e.0.starts_with("panicked") {

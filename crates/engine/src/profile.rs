@@ -194,6 +194,14 @@ pub struct ModelSection {
     /// that carries none, passed as the `t5_tokenizer` load option.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub t5_tokenizer: Option<String>,
+    /// Where a flow model's T5 runs: `cpu`, or `device` (the run's, the default); passed as
+    /// the `t5` load option.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "t5_placement"
+    )]
+    pub t5: Option<String>,
 }
 
 impl Default for ModelSection {
@@ -207,6 +215,7 @@ impl Default for ModelSection {
             prediction: None,
             text_encoders: Vec::new(),
             t5_tokenizer: None,
+            t5: None,
         }
     }
 }
@@ -496,6 +505,17 @@ fn checked<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     rule(T::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
+/// `[model] t5`: `cpu` or `device`; anything else names the key and both values.
+fn t5_placement<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = String::deserialize(d)?;
+    match value.as_str() {
+        "cpu" | "device" => Ok(Some(value)),
+        other => Err(serde::de::Error::custom(format!(
+            "`[model] t5 = \"{other}\"`: expected \"cpu\" (T5 on the CPU, its output moved to \
+             the run's device) or \"device\" (the run's device, the default)"
+        ))),
+    }
+}
 fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     checked(d, defaults::at_least_one)
 }
@@ -607,6 +627,7 @@ const MODEL_KEYS: &[&str] = &[
     "prediction",
     "text_encoders",
     "t5_tokenizer",
+    "t5",
 ];
 const PASS_KEYS: &[&str] = &[
     "width",

@@ -7,7 +7,7 @@
 //! emphasis; T5 reads the whole prompt (no chunking) with Forge's emphasis. Without T5 its
 //! tokens are zeros, as diffusers' when `text_encoder_3` is None.
 use anyhow::{bail, Result};
-use hiresfix_model_parts::text::clip::{ClipTextTransformer, TextLayer};
+use hiresfix_model_parts::text::clip::{ClipConfig, ClipTextTransformer, TextLayer};
 use hiresfix_model_parts::text::emphasis::apply_emphasis;
 use hiresfix_model_parts::text::tokenizer::{parse_prompt_attention, ClipTokenizer};
 use tch::{Device, Kind, Tensor};
@@ -41,6 +41,26 @@ impl TextEncoders {
         let t5 = tch::no_grad(|| self.encode_t5(prompt))?;
         let context = Tensor::cat(&[&clip, &t5.to_kind(clip.kind())], 1);
         Ok(PromptEmbeds { context, pooled })
+    }
+
+    /// `CLIP-L (n layers, w) + OpenCLIP bigG (…) + T5 (…)` or `… + T5 absent`.
+    pub fn describe(&self) -> String {
+        let clip = |name: &str, c: &ClipConfig| {
+            format!("{name} ({} layers, {})", c.num_layers, c.hidden_size)
+        };
+        let t5 = match &self.t5 {
+            Some((e, _)) => format!(
+                "T5 ({} layers, {})",
+                e.config().num_layers,
+                e.config().d_model
+            ),
+            None => "T5 absent".to_string(),
+        };
+        format!(
+            "{} + {} + {t5}",
+            clip("CLIP-L", self.clip_l.config()),
+            clip("OpenCLIP bigG", self.clip_g.config())
+        )
     }
 
     /// `[1, 77·chunks, joint_dim]` and the pooled `[1, L + G]`.
@@ -102,7 +122,8 @@ impl TextEncoders {
             return Ok(Tensor::zeros(shape, (Kind::Float, self.device)));
         };
         let tokens = tokenizer.tokens(&parse_prompt_attention(prompt), SD3_MAX_LENGTH)?;
-        let z = encoder.encode(&[tokens])?;
+        // With `t5 = "cpu"` T5 runs there; its output joins CLIP's on the run's device.
+        let z = encoder.encode(&[tokens])?.to_device(self.device);
         let width = z.size()[2];
         if width != self.joint_dim {
             bail!(

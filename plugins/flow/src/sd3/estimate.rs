@@ -7,7 +7,9 @@
 //!
 //! - weights: every parameter of the MMDiT, CLIP-L, CLIP-G, T5 and the VAE at the run's
 //!   dtype; a part the checkpoint lacks (a split transformer file's text encoders and VAE,
-//!   given by the profile) counts at the published SD 3.5 size ([`PUBLISHED`]);
+//!   given by the profile) counts at the published SD 3.5 size ([`PUBLISHED`]); with
+//!   `t5 = "cpu"` (the request's `t5` option) on another device T5 is not counted: its
+//!   weights are in system memory, not on the device the table is about;
 //! - transformer call: [`TOKEN_BUFFERS`] live `tokens × width` buffers per latent of the
 //!   batch, tokens = `(h/16)·(w/16)` image + 77 + 256 text (attention runs through SDPA's
 //!   flash / memory-efficient kernels: no `tokens²` scores);
@@ -26,6 +28,7 @@ use host_api::{MemoryEstimate, MemoryRequest};
 use tch::Device;
 
 use super::inspect::Sd3Headers;
+use crate::t5::T5Placement;
 
 /// Live `tokens × width` buffers of one MMDiT block at its peak: the residual stream, its
 /// modulated LayerNorm, q, k, v and the attention output (6), beside the MLP's 4×-wide
@@ -37,6 +40,8 @@ pub const TEXT_TOKENS: u64 = 77 + 256;
 /// Published parameters of SD 3.5's parts a split file lacks: CLIP-L, CLIP-G, T5-XXL's
 /// encoder, the 16-channel VAE (counted from the released files' headers, rounded).
 pub const PUBLISHED: [u64; 4] = [123_000_000, 695_000_000, 4_762_000_000, 83_700_000];
+/// T5's place in [`PUBLISHED`] and `Sd3Headers::other_parameters`.
+const T5: usize = 2;
 /// Full-size live buffers of a tile decoded with pooled GroupNorm statistics (the SD
 /// backend's measured figure for the same model-parts decode).
 pub const TILED_LIVE_BUFFERS: u64 = 7;
@@ -60,12 +65,15 @@ fn sd3_vae() -> VaeConfig {
 pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     let headers = Sd3Headers::read(std::path::Path::new(request.checkpoint.as_str()))?;
     let (element, device) = request_kind(request)?;
+    let t5_off_device = T5Placement::from_options(&request.options)?.device(device) != device;
     let parameters = headers.transformer_parameters()
         + headers
             .other_parameters()
             .iter()
             .zip(PUBLISHED)
-            .map(|(&found, published)| if found == 0 { published } else { found })
+            .enumerate()
+            .filter(|&(part, _)| !(part == T5 && t5_off_device))
+            .map(|(_, (&found, published))| if found == 0 { published } else { found })
             .sum::<u64>();
     let vae = headers.vae.clone().unwrap_or_else(sd3_vae);
     let f = vae.spatial_factor();

@@ -23,15 +23,17 @@ use tch::{Device, Kind, Tensor};
 use super::detect::{detect, Sd3Layout};
 use super::names::{CLIP_G_PREFIX, CLIP_L_PREFIX, DEFAULT_SHIFT};
 use crate::mmdit::{self, Layout, LoadedMmDit, MmDitConfig, TensorSource, SINGLE_FILE_PREFIX};
-use crate::t5::{self, T5Weights};
+use crate::t5::{self, T5Placement, T5Weights};
 
 /// What the profile adds to the checkpoint (host-api `LoadRequest`: `vae`, and the options
-/// `text_encoder` (one entry per file) and `t5_tokenizer`).
+/// `text_encoder` (one entry per file), `t5_tokenizer` and `t5`).
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     pub vae: Option<PathBuf>,
     pub text_encoders: Vec<PathBuf>,
     pub t5_tokenizer: Option<PathBuf>,
+    /// `[model] t5`: where T5 runs.
+    pub t5_placement: T5Placement,
 }
 
 /// The files of one SD3 model, read (headers mapped) but not yet built.
@@ -47,6 +49,8 @@ pub struct Sd3Files {
     pub t5: std::result::Result<(T5Weights, PathBuf), String>,
     /// The flow shift (scheduler config; 3.0 otherwise).
     pub shift: f64,
+    /// Where T5 runs (the profile's `[model] t5`).
+    pub t5_placement: T5Placement,
 }
 
 pub(crate) const T5_KEY: &str = "encoder.block.0.layer.0.SelfAttention.q.weight";
@@ -59,6 +63,7 @@ impl Sd3Files {
             Sd3Layout::Folder => Self::open_folder(path)?,
             Sd3Layout::SingleFile => Self::open_single(path, options)?,
         };
+        files.t5_placement = options.t5_placement;
         if let Some(vae) = &options.vae {
             if let Some(json) = replace_vae(&mut files.weights, vae)? {
                 files.vae_json = Some(json);
@@ -118,6 +123,7 @@ impl Sd3Files {
             weights,
             t5,
             shift,
+            t5_placement: T5Placement::default(),
         })
     }
 
@@ -205,6 +211,7 @@ impl Sd3Files {
             clip_g_json: None,
             t5,
             shift: DEFAULT_SHIFT,
+            t5_placement: T5Placement::default(),
         })
     }
 

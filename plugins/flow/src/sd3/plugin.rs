@@ -1,6 +1,7 @@
 //! The SD3 backend as the host sees it (host-api 1.5, a rectified-flow model): family `sd3`.
 //! The profile's `[model] vae` arrives as `LoadRequest.vae`; `[model] text_encoders` as one
-//! `text_encoder` option per file and `[model] t5_tokenizer` as the option of that name.
+//! `text_encoder` option per file, `[model] t5_tokenizer` and `[model] t5` as the options of
+//! those names.
 use std::path::{Path, PathBuf};
 
 use host_api::backend::device_name;
@@ -13,6 +14,7 @@ use host_api::{
 
 use super::files::{LoadOptions, Sd3Files};
 use super::model::Sd3Model;
+use crate::t5::T5Placement;
 
 /// `LoadRequest.options` key of one split text-encoder file (repeated, one per file).
 pub const TEXT_ENCODER_OPTION: &str = "text_encoder";
@@ -26,8 +28,8 @@ fn err(e: anyhow::Error) -> Error {
     Error::new(format!("{e:#}"))
 }
 
-/// The profile's additions, from a load request.
-pub fn load_options(request: &LoadRequest) -> LoadOptions {
+/// The profile's additions, from a load request; an unknown `t5` placement is refused.
+pub fn load_options(request: &LoadRequest) -> anyhow::Result<LoadOptions> {
     let texts = |key: &str| -> Vec<PathBuf> {
         request
             .options
@@ -39,11 +41,12 @@ pub fn load_options(request: &LoadRequest) -> LoadOptions {
             })
             .collect()
     };
-    LoadOptions {
+    Ok(LoadOptions {
         vae: request.vae_path(),
         text_encoders: texts(TEXT_ENCODER_OPTION),
         t5_tokenizer: texts(crate::t5::TOKENIZER_KEY).into_iter().next(),
-    }
+        t5_placement: T5Placement::from_options(&request.options)?,
+    })
 }
 
 /// A loaded SD 3 / 3.5 model.
@@ -65,8 +68,8 @@ impl Backend for Sd3Backend {
 
     fn load(request: &LoadRequest) -> Result<Self> {
         let (device, kind) = (request.tch_device()?, request.tch_kind()?);
-        let files =
-            Sd3Files::open(&request.checkpoint_path(), &load_options(request)).map_err(err)?;
+        let options = load_options(request).map_err(err)?;
+        let files = Sd3Files::open(&request.checkpoint_path(), &options).map_err(err)?;
         Ok(Self(Sd3Model::load(files, device, kind).map_err(err)?))
     }
 
@@ -121,6 +124,13 @@ impl Backend for Sd3Backend {
 
     fn encode(&self, image: &Tensor) -> Result<Tensor> {
         self.0.encode(image).map_err(err)
+    }
+
+    /// Frees what the host will not use again, as the UNet backend does (see
+    /// [`Sd3Model::release`]).
+    fn release(&self, parts: u32) -> Result<()> {
+        self.0.release(parts);
+        Ok(())
     }
 }
 

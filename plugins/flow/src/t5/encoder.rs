@@ -15,6 +15,8 @@ pub struct T5Encoder {
     blocks: Vec<T5Block>,
     final_layer_norm: T5LayerNorm,
     device: Device,
+    /// Elements of its weights.
+    parameters: i64,
 }
 
 impl T5Encoder {
@@ -44,6 +46,7 @@ impl T5Encoder {
             .map(|i| T5Block::new(&moved, &format!("encoder.block.{i}"), &config))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
+            parameters: moved.parameters(),
             shared: moved
                 .get_shaped("shared.weight", &[config.vocab_size, config.d_model])?
                 .shallow_clone(),
@@ -57,6 +60,16 @@ impl T5Encoder {
 
     pub fn config(&self) -> &T5Config {
         &self.config
+    }
+
+    /// The device its weights are on (where it runs).
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Elements of its weights (all freed with it: nothing else holds them).
+    pub fn parameters(&self) -> i64 {
+        self.parameters
     }
 
     /// `ids` [B, L] (int64) → last hidden state [B, L, d_model], no attention mask (as

@@ -10,10 +10,12 @@
 //!   diffusers does, and where the tokenizer file comes from.
 //! - `spiece`: a SentencePiece `spiece.model` read into the same tokenizer.
 //! - `emphasis`: Forge's "Original" emphasis on a prompt's T5 output.
+//! - `placement`: `[model] t5`, the device T5 runs on.
 mod config;
 mod emphasis;
 mod encoder;
 mod layers;
+mod placement;
 mod spiece;
 mod tokenizer;
 mod weights;
@@ -21,6 +23,7 @@ mod weights;
 pub use config::T5Config;
 pub use emphasis::apply_emphasis;
 pub use encoder::T5Encoder;
+pub use placement::{T5Placement, PLACEMENT_KEY};
 pub use tokenizer::{
     locate_tokenizer, T5Tokenizer, T5Tokens, FLUX_DEV_MAX_LENGTH, FLUX_SCHNELL_MAX_LENGTH,
     SD3_MAX_LENGTH, TOKENIZER_KEY,

@@ -90,6 +90,11 @@ impl T5Weights {
         Self { tensors, ..self }
     }
 
+    /// Elements of every tensor held.
+    pub fn parameters(&self) -> i64 {
+        self.tensors.values().map(|t| t.numel() as i64).sum()
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

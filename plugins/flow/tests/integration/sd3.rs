@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use hiresfix_flow::sd3::plugin::{Sd3Backend, TEXT_ENCODER_OPTION};
 use hiresfix_flow::sd3::{LoadOptions, Sd3Files, Sd3Model};
 use hiresfix_model_parts::weights::safetensors::SafetensorsFile;
-use host_api::{Backend, LoadRequest, OptionEntry, OptionValue};
+use host_api::{Backend, LoadRequest, MemoryRequest, OptionEntry, OptionValue};
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
@@ -66,6 +66,7 @@ fn files(layout: Layout) -> (PathBuf, LoadOptions) {
                     .map(|n| split.join(format!("{n}.safetensors")))
                     .collect(),
                 t5_tokenizer: tokenizer,
+                ..Default::default()
             },
         ),
     }
@@ -249,4 +250,159 @@ fn sd3_detect_tells_layouts_and_refuses_others() {
         detect(&data().join("split/clip_l.safetensors")).unwrap(),
         None
     );
+}
+
+/// `request` with the option `key = value` added.
+fn with_option(mut request: LoadRequest, key: &str, value: &str) -> LoadRequest {
+    let mut options = request.options.to_vec();
+    options.push(OptionEntry {
+        key: key.into(),
+        value: OptionValue::Text(value.into()),
+    });
+    request.options = options.into();
+    request
+}
+
+/// `[model] t5 = "cpu"`: T5 is built on the CPU and its output joins CLIP's on the run's device
+/// (here both are the CPU: the conditioning must still equal diffusers'); an unknown value is
+/// refused in one line naming the key and both values.
+#[test]
+fn sd3_t5_on_the_cpu_keeps_the_conditioning_and_unknown_values_are_refused() {
+    for layout in [Layout::SingleFile, Layout::Split] {
+        let label = format!("{layout:?} t5=cpu");
+        let backend = Sd3Backend::load(&with_option(request(layout), "t5", "cpu")).unwrap();
+        assert_eq!(backend.0.t5_device(), Some(Device::Cpu));
+        assert_text_matches(&backend.0, &label);
+    }
+    let refused = Sd3Backend::load(&with_option(request(Layout::Folder), "t5", "gpu"));
+    let message = match refused {
+        Ok(_) => panic!("t5 = \"gpu\" was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(
+        message,
+        "`[model] t5 = \"gpu\"`: expected \"cpu\" (T5 on the CPU, its output moved to the run's \
+         device) or \"device\" (the run's device, the default)"
+    );
+}
+
+/// A memory request for `path` at 64 px (CFG batch), with `t5 = value` when given.
+fn memory_request(path: &Path, device: &str, dtype: &str, t5: Option<&str>) -> MemoryRequest {
+    let options: Vec<OptionEntry> = t5
+        .map(|v| OptionEntry {
+            key: "t5".into(),
+            value: OptionValue::Text(v.into()),
+        })
+        .into_iter()
+        .collect();
+    MemoryRequest {
+        checkpoint: path.to_string_lossy().as_ref().into(),
+        width: 64,
+        height: 64,
+        unet_batch: 2,
+        dtype: dtype.into(),
+        device: device.into(),
+        vae_tile_size: 512,
+        vae_tile_overlap: 64,
+        options: options.into(),
+    }
+}
+
+/// `check`'s memory table on a CUDA device: with `t5 = "cpu"` the weights column loses T5's
+/// parameters (the tiny single file's, at 4 bytes in fp32, 2 in fp16); on the CPU nothing
+/// moves. (No GPU is needed: the estimate reads headers only.)
+#[test]
+fn sd3_memory_estimate_leaves_t5_off_the_device_with_t5_on_the_cpu() {
+    use hiresfix_flow::sd3::estimate::estimate;
+    use hiresfix_flow::sd3::inspect::Sd3Headers;
+    let path = data().join("sd3-tiny.safetensors");
+    let t5 = Sd3Headers::read(&path).unwrap().other_parameters()[2];
+    assert!(t5 > 0);
+    let weights = |device: &str, dtype: &str, t5: Option<&str>| {
+        estimate(&memory_request(&path, device, dtype, t5))
+            .unwrap()
+            .weights
+    };
+    for (dtype, bytes) in [("fp32", 4), ("fp16", 2)] {
+        let whole = weights("cuda", dtype, None);
+        assert_eq!(weights("cuda", dtype, Some("device")), whole);
+        assert_eq!(
+            whole - weights("cuda", dtype, Some("cpu")),
+            t5 * bytes,
+            "{dtype}"
+        );
+        assert_eq!(
+            weights("cpu", dtype, Some("cpu")),
+            weights("cpu", dtype, None)
+        );
+    }
+    let bad = match estimate(&memory_request(&path, "cpu", "fp32", Some("gpu"))) {
+        Ok(_) => panic!("t5 = \"gpu\" was estimated"),
+        Err(e) => e.to_string(),
+    };
+    assert!(bad.contains("`[model] t5 = \"gpu\"`"), "{bad}");
+}
+
+/// The host's `release`: the text encoders go whole (CLIP-L, CLIP-G, T5), the transformer still
+/// runs bit for bit and a new prompt is refused; then everything but the VAE decoder goes and
+/// the decode is unchanged.
+#[test]
+fn sd3_released_parts_are_freed_and_the_rest_runs_the_same() {
+    use host_api::backend::release::{ALL_BUT_DECODER, TEXT_ENCODERS};
+    let backend = Sd3Backend::load(&request(Layout::Folder)).unwrap();
+    let model = &backend.0;
+    let e = model.encode_prompt("a photo of a cat", 1).unwrap();
+    let cond = [e.context, e.pooled];
+    tch::manual_seed(5);
+    let x = Tensor::randn([1, 16, 8, 8], (Kind::Float, Device::Cpu));
+    let latent = Tensor::randn([1, 16, 8, 8], (Kind::Float, Device::Cpu));
+    let denoised = backend.denoise(&x, 0.6, &[cond.as_slice()]).unwrap();
+    let decoded = model.decode(&latent).unwrap();
+    let before = model.held();
+    eprintln!("held before any release: {before:?}");
+    for (part, n) in [
+        ("clip_l", before.clip_l),
+        ("clip_g", before.clip_g),
+        ("t5", before.t5),
+        ("transformer", before.transformer),
+        ("vae encoder", before.vae_encoder),
+        ("vae decoder", before.vae_decoder),
+    ] {
+        assert!(n > 0, "{part} holds nothing before the release");
+    }
+    backend.release(TEXT_ENCODERS).unwrap();
+    let after = model.held();
+    assert_eq!((after.clip_l, after.clip_g, after.t5), (0, 0, 0));
+    assert_eq!(
+        (after.transformer, after.vae_encoder, after.vae_decoder),
+        (before.transformer, before.vae_encoder, before.vae_decoder)
+    );
+    assert!(backend.denoise(&x, 0.6, &[cond.as_slice()]).unwrap()[0].equal(&denoised[0]));
+    let message = match model.encode_prompt("a dog", 1) {
+        Ok(_) => panic!("a prompt was encoded after the release"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        message.contains("freed for the run's last steps"),
+        "{message}"
+    );
+    backend.release(ALL_BUT_DECODER).unwrap();
+    let last = model.held();
+    assert_eq!((last.transformer, last.vae_encoder), (0, 0));
+    assert_eq!(last.vae_decoder, before.vae_decoder);
+    assert!(model.decode(&latent).unwrap().equal(&decoded));
+    let refusals = [
+        backend
+            .denoise(&x, 0.6, &[cond.as_slice()])
+            .err()
+            .map(|e| e.to_string()),
+        model.encode(&decoded).err().map(|e| e.to_string()),
+    ];
+    for refusal in refusals {
+        let message = refusal.expect("refused after the release");
+        assert!(
+            message.contains("freed for the run's last steps"),
+            "{message}"
+        );
+    }
 }
