@@ -283,6 +283,55 @@ def references(pipe, m: dict, rec: sd1.Recorder) -> dict:
 
 PROMPT2 = "a photo of a dog"  # pass 2's own prompt (a hires prompt that differs from pass 1's)
 PIXEL_UPSCALER = "Lanczos"
+# More than one 75-token CLIP chunk (87 tokens, no comma: A1111's comma backtracking stays out).
+LONG_PROMPT = (
+    "a photo of a cat sitting on a wooden table next to a window with soft morning light coming "
+    "through the curtains and a cup of coffee beside it while a small dog sleeps on the rug and "
+    "the walls are painted in warm colors with framed pictures of mountains and rivers and old "
+    "maps of distant cities that the owner visited many years ago during long summer holidays "
+    "with friends and family in a small house near the sea where the garden was full of roses"
+)
+CHUNK = 75  # A1111's tokens per CLIP chunk (77 with start and end)
+
+
+@torch.no_grad()
+def a1111_clip_chunks(pipe, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A1111's SD3 CLIP conditioning (sd3_cond.Sd3ClipLG through sd_hijack_clip's chunking): the
+    prompt's tokens in 75-token chunks, each [start] + chunk + end padding to 76 + [end] (CLIP-G:
+    0 after the first end), CLIP-L | CLIP-G penultimate hidden states zero-padded to the
+    transformer's width, chunks one after the other; pooled = the first chunk's. Plain prompt:
+    emphasis is the identity. Each chunk through diffusers' text encoders."""
+    tok = pipe.tokenizer
+    ids = tok(text, truncation=False, add_special_tokens=False).input_ids
+    start, end = tok.bos_token_id, tok.eos_token_id
+    zs, pooled = [], None
+    for at in range(0, max(len(ids), 1), CHUNK):
+        part = ids[at:at + CHUNK]
+        chunk = torch.tensor([[start] + part + [end] * (CHUNK - len(part)) + [end]])
+        chunk_g = chunk.clone()
+        chunk_g[0, len(part) + 2:] = 0
+        lo = pipe.text_encoder(chunk, output_hidden_states=True)
+        go = pipe.text_encoder_2(chunk_g, output_hidden_states=True)
+        z = torch.cat([lo.hidden_states[-2], go.hidden_states[-2]], dim=-1)
+        zs.append(F.pad(z, (0, T5_WIDTH - z.shape[-1])))
+        if pooled is None:
+            pooled = torch.cat([lo.text_embeds, go.text_embeds], dim=-1)
+    return torch.cat(zs, dim=1), pooled
+
+
+@torch.no_grad()
+def euler_flow_apart(transformer, x, sigmas, negative, positive) -> torch.Tensor:
+    """euler_flow with the negative and positive conditionings in separate transformer calls
+    (their token counts differ; A1111's default without pad_cond_uncond)."""
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        v_neg, v_pos = (
+            transformer(hidden_states=x, timestep=(s * 1000).expand(1), encoder_hidden_states=c,
+                        pooled_projections=p, return_dict=False)[0]
+            for c, p in (negative, positive)
+        )
+        x = x + (s_next - s) * (v_neg + CFG * (v_pos - v_neg))
+    return x
 
 
 @torch.no_grad()
@@ -303,7 +352,10 @@ def extras(out: str) -> None:
                 clamp to [-1, 1], PIL LANCZOS on mode "F" per channel to WIDTH2 x HEIGHT2 (A1111's
                 "Lanczos", as scripts/make_cross_family_reference.py), clamp, encode (posterior
                 mean, (z - shift) * scaling), then pass 2 with PROMPT / NEGATIVE;
-      prompt2.* the latent path (bilinear, as run.upscaled) with pass 2 prompted PROMPT2."""
+      prompt2.* the latent path (bilinear, as run.upscaled) with pass 2 prompted PROMPT2;
+      long.*    LONG_PROMPT (two CLIP chunks, A1111's layout: `a1111_clip_chunks`, then T5's 256
+                tokens as diffusers) against NEGATIVE (one chunk): the conditioning, and the
+                whole 2-pass run (latent path) with the two in separate transformer calls."""
     from make_cross_family_reference import pil_lanczos
 
     ddir = os.path.join(out, "diffusers")
@@ -344,6 +396,26 @@ def extras(out: str) -> None:
     lat2 = pass2(transformer, up, *conds(PROMPT2))
     checks["prompt2_pass2_vs_StableDiffusion3Img2ImgPipeline"] = max_rel(lat2, via_i2i(PROMPT2, up))
     rec.put("prompt2.latent2", lat2, f"pass 2 from run.upscaled prompted {PROMPT2!r} (negative {NEGATIVE!r})")
+
+    clip, pooled = a1111_clip_chunks(pipe, LONG_PROMPT)
+    t5 = pipe._get_t5_prompt_embeds(prompt=LONG_PROMPT, max_sequence_length=T5_LEN, device="cpu")
+    long = (torch.cat([clip, t5], dim=1), pooled)
+    # One chunk: A1111's layout equals diffusers' encode_prompt.
+    ne, npool = (t[:1] for t in conds(PROMPT))
+    checks["a1111_one_chunk_vs_encode_prompt"] = max_rel(torch.cat([a1111_clip_chunks(pipe, NEGATIVE)[0], ne[:, 77:]], 1), ne)
+    rec.put("long.prompt", long[0], f"{LONG_PROMPT!r}: [1, 2 * 77 + {T5_LEN}, {T5_WIDTH}] (a1111_clip_chunks, then T5 as encode_prompt)")
+    rec.put("long.prompt_pooled", long[1], "the first chunk's CLIP-L | CLIP-G text_embeds")
+    sig1 = flow_sigmas(STEPS1)
+    torch.manual_seed(SEED)
+    noise1 = torch.randn([16, HEIGHT1 // VAE_FACTOR, WIDTH1 // VAE_FACTOR]).unsqueeze(0)
+    lat1 = euler_flow_apart(transformer, noise1 * sig1[0], sig1, (ne, npool), long)
+    up = F.interpolate(lat1, size=(HEIGHT2 // VAE_FACTOR, WIDTH2 // VAE_FACTOR), mode="bilinear", antialias=False)
+    sig2 = flow_sigmas(int(STEPS2 / DENOISE))[-(STEPS2 + 1):]
+    torch.manual_seed(SEED)
+    noise2 = torch.randn([16, HEIGHT2 // VAE_FACTOR, WIDTH2 // VAE_FACTOR]).unsqueeze(0)
+    lat2 = euler_flow_apart(transformer, sig2[0] * noise2 + (1 - sig2[0]) * up, sig2, (ne, npool), long)
+    rec.put("long.latent1", lat1, f"pass 1 as run.latent1, prompted {LONG_PROMPT!r}, negative and prompt in separate calls")
+    rec.put("long.latent2", lat2, "pass 2 as run.latent2 from long.latent1's bilinear upscale")
     for k, v in checks.items():
         if v > 1e-5:
             raise AssertionError(f"{k}: max relative difference {v}")
@@ -352,7 +424,8 @@ def extras(out: str) -> None:
     sd1.write_json(os.path.join(out, "extras.json"), {
         "generator": "scripts/make_sd3_reference.py --extras",
         "versions": fam.versions(),
-        "settings": {"prompt": PROMPT, "prompt2": PROMPT2, "negative": NEGATIVE, "seed": SEED,
+        "settings": {"prompt": PROMPT, "prompt2": PROMPT2, "long_prompt": LONG_PROMPT,
+                     "negative": NEGATIVE, "seed": SEED,
                      "upscaler": PIXEL_UPSCALER, "width2": WIDTH2, "height2": HEIGHT2,
                      "steps2": STEPS2, "denoise": DENOISE},
         "checks": checks,

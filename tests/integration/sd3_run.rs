@@ -168,3 +168,28 @@ fn sd3_one_shot_run_frees_the_text_encoders_after_pass_2_encodes_its_own_prompt(
         .map(|e| e.to_string());
     assert!(x0.as_deref().is_some_and(|m| m.contains("freed")), "{x0:?}");
 }
+
+/// A prompt of two CLIP chunks against a one-chunk negative: their conditionings differ in
+/// length, so each goes through its own transformer call (A1111's default), and the 2-pass run
+/// matches the same done with diffusers' parts (extras `long.*`).
+#[test]
+fn sd3_two_chunk_prompt_against_a_one_chunk_negative_matches_the_reference() {
+    let x = tensors("extras.safetensors");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data().join("extras.json")).unwrap())
+            .unwrap();
+    let prompt = json["settings"]["long_prompt"].as_str().unwrap();
+    let text = reference_profile(
+        (prompt, "blurry", &data().join("diffusers")),
+        (32, 32, 6),
+        "sampler = \"euler\"",
+        "sampler = \"euler\"\nupscaler = \"latent\"",
+    );
+    let registry = Registry::load(&[], &Default::default());
+    let mut job = prepare(Profile::parse(&text, "sd3").unwrap(), &registry, &repo()).unwrap();
+    let result = job.run_image(1234).unwrap();
+    let e1 = rel_err(&result.latents[0], &x["long.latent1"]);
+    let e2 = rel_err(&result.latents[1], &x["long.latent2"]);
+    eprintln!("sd3 two-chunk prompt: pass 1 {e1:.2e}, pass 2 {e2:.2e}");
+    assert!(e1 < 1e-4 && e2 < 1e-4, "{e1} {e2}");
+}

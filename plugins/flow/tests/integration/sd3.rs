@@ -406,3 +406,30 @@ fn sd3_released_parts_are_freed_and_the_rest_runs_the_same() {
         );
     }
 }
+
+/// A prompt longer than one 75-token CLIP chunk (extras.json `long_prompt`, 87 tokens): two
+/// chunks one after the other as A1111 lays them out, the pooled vector the first chunk's, then
+/// T5's 256 tokens as diffusers (extras.safetensors `long.*`, built from diffusers' encoders by
+/// `make_sd3_reference.py --extras`; diffusers' own pipeline would cut CLIP at 77 tokens).
+#[test]
+fn sd3_long_prompt_takes_two_clip_chunks_as_a1111() {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data().join("extras.json")).unwrap())
+            .unwrap();
+    let prompt = json["settings"]["long_prompt"].as_str().unwrap();
+    let extras = SafetensorsFile::open(&data().join("extras.safetensors")).unwrap();
+    for layout in [Layout::Folder, Layout::SingleFile] {
+        let label = format!("{layout:?}");
+        let model = Sd3Backend::load(&request(layout)).unwrap().0;
+        let e = model.encode_prompt(prompt, 1).unwrap();
+        assert_eq!(e.context.size(), [1, 2 * 77 + 256, 96], "{label}");
+        check(
+            &label,
+            "long prompt",
+            &e.context,
+            &extras.read("long.prompt").unwrap(),
+        );
+        let pooled = extras.read("long.prompt_pooled").unwrap();
+        check(&label, "long prompt pooled", &e.pooled, &pooled);
+    }
+}
