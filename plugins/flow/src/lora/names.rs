@@ -7,7 +7,8 @@
 //!   and v (and the single blocks' MLP input) separate: each is a block of rows of BFL's fused
 //!   `qkv` / `linear1`, and `norm_out.linear` is the final modulation with its halves in
 //!   diffusers' (scale, shift) order;
-//! - the "mixture" kohya form: `lora_transformer_` + the diffusers path with `.` → `_`.
+//! - OneTrainer's `lora_transformer_` and SimpleTuner's LyCORIS `lycoris_` + the diffusers path
+//!   with `.` → `_` (as ComfyUI's `model_lora_keys_unet` lists them for Flux).
 //!
 //! The renames are those of `flux::Layout` (the model loader's), so LoRA and model agree on
 //! every name. Every name of every weight is listed once, as ComfyUI's `model_lora_keys_unet`
@@ -69,9 +70,11 @@ impl Targets {
                     rows,
                     swap_halves,
                 };
+                let underscored = diffusers.replace('.', "_");
                 for alias in [
                     format!("transformer.{diffusers}"),
-                    format!("lora_transformer_{}", diffusers.replace('.', "_")),
+                    format!("lora_transformer_{underscored}"),
+                    format!("lycoris_{underscored}"),
                     diffusers.to_owned(),
                 ] {
                     names.insert(alias, target.clone());
@@ -143,6 +146,10 @@ mod tests {
         assert_eq!(
             t.get("lora_transformer_transformer_blocks_0_attn_to_v"),
             Some(&rows(qkv, 16, 8))
+        );
+        assert_eq!(
+            t.get("lycoris_transformer_blocks_0_attn_to_q"),
+            Some(&rows(qkv, 0, 8))
         );
         let linear1 = "single_blocks.1.linear1.weight";
         assert_eq!(

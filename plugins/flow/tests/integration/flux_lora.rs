@@ -201,6 +201,76 @@ fn flux_foreign_and_damaged_loras_are_refused_in_one_line() {
         assert!(!err.contains('\n'), "{err}");
         assert!(run(&loaded).equal(&base), "{want}: base weights back");
     }
+    let deep = tmp.path().join("flux-dev-19-blocks.safetensors");
+    write(
+        &deep,
+        &[
+            (
+                "lora_unet_double_blocks_9_img_attn_proj.lora_down.weight",
+                &[4, 32],
+                0.1,
+            ),
+            (
+                "lora_unet_double_blocks_9_img_attn_proj.lora_up.weight",
+                &[32, 4],
+                0.1,
+            ),
+        ],
+    );
+    let err = loras
+        .apply(&vars, &[LoraFile::new(&deep, 1.0)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("LoRA `flux-dev-19-blocks.safetensors`: none of its 1 layers matches a weight of this Flux.1-dev transformer"),
+        "{err}"
+    );
+    // A kohya Flux LoRA with CLIP-L layers: the transformer's part applies, the rest is named.
+    let with_te = tmp.path().join("with-clip.safetensors");
+    write(
+        &with_te,
+        &[
+            (
+                "lora_unet_double_blocks_0_img_attn_proj.lora_down.weight",
+                &[4, 32],
+                0.01,
+            ),
+            (
+                "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight",
+                &[32, 4],
+                0.01,
+            ),
+            (
+                "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
+                &[4, 32],
+                0.1,
+            ),
+            (
+                "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight",
+                &[32, 4],
+                0.1,
+            ),
+            (
+                "lora_unet_double_blocks_9_img_attn_proj.lora_down.weight",
+                &[4, 32],
+                0.1,
+            ),
+            (
+                "lora_unet_double_blocks_9_img_attn_proj.lora_up.weight",
+                &[32, 4],
+                0.1,
+            ),
+        ],
+    );
+    let warnings = loras.apply(&vars, &[LoraFile::new(&with_te, 1.0)]).unwrap();
+    assert_eq!(
+        warnings,
+        [
+            "LoRA `with-clip.safetensors`: its 1 text-encoder layers were skipped (Flux LoRAs apply to the transformer only for now)",
+            "LoRA `with-clip.safetensors`: 1 of its 3 layers match no weight of this Flux.1-dev transformer and were skipped (first: lora_unet_double_blocks_9_img_attn_proj)",
+        ]
+    );
+    assert!(loras.changed("double_blocks.0.img_attn.proj.weight"));
     let err = loras
         .apply(&vars, &[LoraFile::new(lora("kohya"), f64::NAN)])
         .unwrap_err()
