@@ -94,15 +94,17 @@ fn flux_loras_in_each_layout_match_diffusers_load_lora_weights() {
     assert!(back.equal(&base), "the base weights are back bit for bit");
 }
 
-/// A `.safetensors` file of the given tensors (fp32, value `fill`).
-fn write(path: &Path, tensors: &[(&str, &[i64], f32)]) {
-    let owned: Vec<(String, Tensor)> = tensors
+/// A LoRA file of rank-4 `(layer, width, value)` layers: `lora_down` [4, width] and `lora_up`
+/// [width, 4] filled with `value`.
+fn write(path: &Path, layers: &[(&str, i64, f32)]) {
+    let full = |shape: [i64; 2], v: f32| Tensor::full(shape, v as f64, (Kind::Float, Device::Cpu));
+    let owned: Vec<(String, Tensor)> = layers
         .iter()
-        .map(|(k, s, v)| {
-            (
-                k.to_string(),
-                Tensor::full(*s, *v as f64, (Kind::Float, Device::Cpu)),
-            )
+        .flat_map(|(layer, width, v)| {
+            [
+                (format!("{layer}.lora_down.weight"), full([4, *width], *v)),
+                (format!("{layer}.lora_up.weight"), full([*width, 4], *v)),
+            ]
         })
         .collect();
     Tensor::write_safetensors(&owned, path).unwrap();
@@ -117,59 +119,19 @@ fn flux_foreign_and_damaged_loras_are_refused_in_one_line() {
     write(
         &sd1,
         &[
-            (
-                "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
-                &[4, 32],
-                0.1,
-            ),
-            (
-                "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight",
-                &[32, 4],
-                0.1,
-            ),
-            (
-                "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
-                &[4, 32],
-                0.1,
-            ),
-            (
-                "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight",
-                &[32, 4],
-                0.1,
-            ),
+            ("lora_unet_down_blocks_0_attentions_0_proj_in", 32, 0.1),
+            ("lora_te_text_model_encoder_layers_0_mlp_fc1", 32, 0.1),
         ],
     );
     let nan = tmp.path().join("broken.safetensors");
     write(
         &nan,
-        &[
-            (
-                "lora_unet_double_blocks_0_img_attn_proj.lora_down.weight",
-                &[4, 32],
-                f32::NAN,
-            ),
-            (
-                "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight",
-                &[32, 4],
-                0.1,
-            ),
-        ],
+        &[("lora_unet_double_blocks_0_img_attn_proj", 32, f32::NAN)],
     );
     let wide = tmp.path().join("flux-real-size.safetensors");
     write(
         &wide,
-        &[
-            (
-                "lora_unet_double_blocks_0_img_attn_proj.lora_down.weight",
-                &[4, 3072],
-                0.1,
-            ),
-            (
-                "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight",
-                &[3072, 4],
-                0.1,
-            ),
-        ],
+        &[("lora_unet_double_blocks_0_img_attn_proj", 3072, 0.1)],
     );
     let cases: &[(&Path, &str)] = &[
         (
@@ -204,18 +166,7 @@ fn flux_foreign_and_damaged_loras_are_refused_in_one_line() {
     let deep = tmp.path().join("flux-dev-19-blocks.safetensors");
     write(
         &deep,
-        &[
-            (
-                "lora_unet_double_blocks_9_img_attn_proj.lora_down.weight",
-                &[4, 32],
-                0.1,
-            ),
-            (
-                "lora_unet_double_blocks_9_img_attn_proj.lora_up.weight",
-                &[32, 4],
-                0.1,
-            ),
-        ],
+        &[("lora_unet_double_blocks_9_img_attn_proj", 32, 0.1)],
     );
     let err = loras
         .apply(&vars, &[LoraFile::new(&deep, 1.0)])
@@ -230,36 +181,9 @@ fn flux_foreign_and_damaged_loras_are_refused_in_one_line() {
     write(
         &with_te,
         &[
-            (
-                "lora_unet_double_blocks_0_img_attn_proj.lora_down.weight",
-                &[4, 32],
-                0.01,
-            ),
-            (
-                "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight",
-                &[32, 4],
-                0.01,
-            ),
-            (
-                "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
-                &[4, 32],
-                0.1,
-            ),
-            (
-                "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight",
-                &[32, 4],
-                0.1,
-            ),
-            (
-                "lora_unet_double_blocks_9_img_attn_proj.lora_down.weight",
-                &[4, 32],
-                0.1,
-            ),
-            (
-                "lora_unet_double_blocks_9_img_attn_proj.lora_up.weight",
-                &[32, 4],
-                0.1,
-            ),
+            ("lora_unet_double_blocks_0_img_attn_proj", 32, 0.01),
+            ("lora_te1_text_model_encoder_layers_0_mlp_fc1", 32, 0.1),
+            ("lora_unet_double_blocks_9_img_attn_proj", 32, 0.1),
         ],
     );
     let warnings = loras.apply(&vars, &[LoraFile::new(&with_te, 1.0)]).unwrap();
