@@ -8,8 +8,8 @@
 //! rows of the fused weight) and telling a LoRA of another family by its names ([`family`]).
 //!
 //! What a backend calls: [`FluxLoras::new`] on the transformer's parameters once, then
-//! [`FluxLoras::apply`] with each pass's set (the same set again does nothing; an empty set is
-//! the base weights).
+//! [`FluxLoras::apply`] with each pass's set ([`LoraFile::from_spec`] of the host's specs; the
+//! same set again does nothing; an empty set is the base weights).
 pub mod family;
 pub mod names;
 
@@ -38,6 +38,12 @@ impl LoraFile {
             path: path.into(),
             weight,
         }
+    }
+
+    /// The host's LoRA of a pass: its UNet multiplier weighs the transformer (the text-encoder
+    /// one would weigh CLIP-L layers, which are skipped for now).
+    pub fn from_spec(spec: &host_api::LoraSpec) -> Self {
+        Self::new(spec.path.as_str(), spec.unet)
     }
 
     /// The file's name in backquotes, for messages.
