@@ -31,7 +31,9 @@ inputs of --data/flux-tiny/dev/reference.safetensors. Writes under --data/flux-t
         `base` no LoRA, `kohya` (weight 1), `comfy` (weight 1), `diffusers` (weight 0.7:
         `set_adapters`) and `kohya+diffusers` (weights 1 and 0.7 together).
 LoRA tensors are fp32 (kohya's converter multiplies by alpha/rank in the file's dtype: in fp16
-that rounding alone is 5e-4). Offline, CPU, fp32, deterministic.
+that rounding alone is 5e-4). Offline, CPU, fp32, deterministic: the same tensors and metadata
+on every run (the safetensors writer may order diffusers.safetensors' two metadata keys either
+way).
 """
 
 from __future__ import annotations
@@ -105,9 +107,12 @@ def peft_file(base: FluxTransformer2DModel, path: str) -> None:
                         init_lora_weights=False)
     model.add_adapter(config)
     layers = get_peft_model_state_dict(model)
+    metadata = config.to_dict()
+    # peft keeps target_modules as a set: sorted, the file is the same on every run.
+    metadata["target_modules"] = sorted(metadata["target_modules"])
     FluxPipeline.save_lora_weights(os.path.dirname(path), transformer_lora_layers=layers,
                                    weight_name=os.path.basename(path),
-                                   transformer_lora_adapter_metadata=config.to_dict())
+                                   transformer_lora_adapter_metadata=metadata)
 
 
 def pipeline(transformer: FluxTransformer2DModel) -> FluxPipeline:
