@@ -719,6 +719,13 @@ const CASES: &[Case] = &[
         } },
     Case { name: "SD3 t5 on an unknown device", code: 1, expect: "`[model] t5 = \"gpu\"`: expected \"cpu\" (T5 on the CPU, its output moved to the run's device) or \"device\" (the run's device, the default)",
         setup: |sc| sd3_split(sc, "t5 = \"gpu\"") },
+    Case { name: "Flux LoRA on an SD 3.5 model", code: 1, expect: "LoRA `kohya.safetensors` is a Flux LoRA (double_blocks/single_blocks layers) but this model is SD 3.5 — use a LoRA made for SD 3.x",
+        setup: |sc| {
+            let lora = repo().join("tests/data/flux-tiny/dev/lora/kohya.safetensors");
+            let loras = format!("[model]\nloras = [{{ path = \"{}\" }}]\n", lora.display());
+            let profile = sc.write("p.toml", &tiny_profile(&sd3_tiny("sd3-tiny.safetensors"), "", "", "").replace("[model]\n", &loras));
+            s(&["generate", profile.to_str().unwrap()])
+        } },
     // --- round 3: weights, expansions before limits, bounded echoes ---
     Case { name: "LoRA weight NaN in the profile", code: 1, expect: "a LoRA's weight must be a number between -100 and 100",
         setup: |sc| profile_edit(sc, |p| p.replace("[model]", "[model]\nloras = [{ path = \"x.safetensors\", weight = nan }]")) },

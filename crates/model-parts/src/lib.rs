@@ -3,7 +3,8 @@
 //! model's own keys (`weights/`), the small layer builders (`layers`), numeric health and
 //! libtorch-failure guards, the CLIP text encoders with A1111 prompt parsing and emphasis
 //! (`text/`), and the KL autoencoder in its 4-channel (SD 1.x/2.x/XL) and 16-channel
-//! (SD 3.x, Flux) forms (`vae/`), with the key renames of their foreign layouts (`convert/`).
+//! (SD 3.x, Flux) forms (`vae/`), with the key renames of their foreign layouts (`convert/`),
+//! and what LoRA support shares (`lora/`: reading files, the formats' deltas, per-pass keeping).
 //! Nothing here knows a model family's list: backends pass what differs (prefixes, latent
 //! scale and shift).
 //!
@@ -18,6 +19,7 @@ pub mod convert;
 pub mod guard;
 pub mod health;
 pub mod layers;
+pub mod lora;
 pub mod text;
 pub mod vae;
 pub mod weights;

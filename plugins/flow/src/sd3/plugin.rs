@@ -8,13 +8,14 @@ use host_api::backend::device_name;
 use host_api::options::keys;
 use host_api::tch::Tensor;
 use host_api::{
-    Backend, EncodeRequest, Error, LoadRequest, ModelInfo, ModelSampling, OptionEntry, OptionValue,
-    Result,
+    Backend, EncodeRequest, Error, LoadRequest, LoraSpec, ModelInfo, ModelSampling, OptionEntry,
+    OptionValue, Result,
 };
 
 use super::files::{LoadOptions, Sd3Files};
 use super::model::Sd3Model;
 use crate::t5::T5Placement;
+use crate::lora::{self, LoraFamily};
 
 /// `LoadRequest.options` key of one split text-encoder file (repeated, one per file).
 pub const TEXT_ENCODER_OPTION: &str = "text_encoder";
@@ -131,6 +132,19 @@ impl Backend for Sd3Backend {
     fn release(&self, parts: u32) -> Result<()> {
         self.0.release(parts);
         Ok(())
+    }
+
+    /// SD 3.5 applies no LoRA yet: one is refused in one line naming the file, and its family
+    /// when it is another model's (a Flux LoRA, an SDXL one).
+    fn set_loras(&self, loras: &[LoraSpec]) -> Result<Vec<String>> {
+        match loras.first() {
+            None => Ok(Vec::new()),
+            Some(l) => Err(err(lora::refuse(
+                Path::new(l.path.as_str()),
+                LoraFamily::Sd3,
+                "SD 3.5",
+            ))),
+        }
     }
 }
 

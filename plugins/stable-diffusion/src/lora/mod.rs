@@ -5,20 +5,18 @@
 //! views the checkpoint file (zero-copy loading, [`crate::checkpoint::mapped`]) is never
 //! written, and restoring swaps the base back in without a copy. The memory is one copy of
 //! each changed weight, as a saved copy beside a patched weight would be.
-mod formats;
 mod names;
-pub mod shapes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
+pub use hiresfix_model_parts::lora::shapes;
+use hiresfix_model_parts::lora::{add_each, cut, formats, read_layers, Originals};
 use tch::Tensor;
 
-use crate::checkpoint::safetensors::SafetensorsFile;
 use crate::convert::UNET_PREFIX;
 use crate::families::Family;
-use crate::guard::guarded;
 use crate::health;
 use crate::unet::UNetConfig;
 pub use names::NameTable;
@@ -53,20 +51,12 @@ impl LoraSpec {
     }
 }
 
-/// `text` cut to 80 characters with an ellipsis.
-fn cut(text: &str) -> String {
-    match text.char_indices().nth(80) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
-    }
-}
-
 /// The LoRA state of one model.
 pub struct LoraState {
     names: NameTable,
     family: &'static Family,
     /// The weights the current set changed, as they were before, by model key.
-    originals: HashMap<String, Tensor>,
+    originals: Originals,
     current: Vec<LoraSpec>,
 }
 
@@ -79,7 +69,7 @@ impl LoraState {
         Self {
             names: NameTable::new(family, unet, keys),
             family,
-            originals: HashMap::new(),
+            originals: Originals::default(),
             current: Vec::new(),
         }
     }
@@ -88,7 +78,7 @@ impl LoraState {
     /// ([`crate::model::SdModel::release`]).
     pub fn forget(&mut self) {
         // Base weights that view the checkpoint file hand their pages back.
-        crate::checkpoint::mapped::drop_mapped_pages(self.originals.values());
+        crate::checkpoint::mapped::drop_mapped_pages(self.originals.tensors());
         self.originals.clear();
         self.current.clear();
     }
@@ -110,32 +100,19 @@ impl LoraState {
             return Ok(Vec::new());
         }
         self.restore(vars);
-        let mut warnings = Vec::new();
-        for spec in set {
-            let what = format!("applying LoRA {}", spec.shown());
-            match guarded(&what, || self.add(vars, spec)) {
-                Ok(Some(warning)) => warnings.push(warning),
-                Ok(None) => {}
-                Err(e) => {
-                    self.restore(vars);
-                    return Err(e);
-                }
-            }
+        let added = add_each(set, LoraSpec::shown, |spec| {
+            Ok(self.add(vars, spec)?.into_iter().collect())
+        });
+        match added {
+            Ok(_) => self.current = set.to_vec(),
+            Err(_) => self.restore(vars),
         }
-        self.current = set.to_vec();
-        Ok(warnings)
+        added
     }
 
     /// Puts every changed weight's base tensor back.
     fn restore(&mut self, vars: &HashMap<String, Tensor>) {
-        tch::no_grad(|| {
-            for (key, original) in self.originals.drain() {
-                if let Some(var) = vars.get(&key) {
-                    // Every module holds this same tensor: the base data is back for all.
-                    var.shallow_clone().set_data(&original);
-                }
-            }
-        });
+        self.originals.restore(vars);
         self.current.clear();
     }
 
@@ -145,20 +122,8 @@ impl LoraState {
     /// caller restores the base weights).
     fn add(&mut self, vars: &HashMap<String, Tensor>, spec: &LoraSpec) -> Result<Option<String>> {
         let name = spec.shown();
-        let file = SafetensorsFile::open(&spec.path)?;
-        let tensors = file
-            .entries()
-            .keys()
-            .map(|k| Ok((k.clone(), file.read(k)?)))
-            .collect::<Result<Vec<_>>>()?;
-        if let Some((key, _)) = tensors.iter().find(|(_, t)| !health::is_finite(t)) {
-            bail!(
-                "LoRA {name}: tensor `{}` holds NaN or inf — the file is damaged; re-download it",
-                cut(key)
-            );
-        }
-        let (mut layers, stray) = formats::group(tensors);
-        peft_alphas(&mut layers, file.metadata()).map_err(|e| anyhow!("LoRA {name}: {e}"))?;
+        let read = read_layers(&spec.path, &name, peft_component)?;
+        let (layers, stray) = (read.layers, read.stray);
         self.check_family(&name, layers.keys().map(String::as_str))?;
         let mut unmatched: Vec<&str> = stray.iter().map(String::as_str).collect();
         let mut changes: BTreeMap<&str, (Tensor, f64)> = BTreeMap::new();
@@ -189,22 +154,8 @@ impl LoraState {
         }
         tch::no_grad(|| -> Result<()> {
             for (key, (delta, multiplier)) in changes {
-                let mut var = vars[key].shallow_clone();
-                if !self.originals.contains_key(key) {
-                    // The base tensor is kept as it is (its own handle on the same data);
-                    // the parameter gets a copy to add to.
-                    let base = var.f_detach()?;
-                    var.f_set_data(&base.copy())?;
-                    self.originals.insert(key.to_owned(), base);
-                }
-                let _ = var.f_add_(&delta.f_to_device(var.device())?.f_to_kind(var.kind())?)?;
-                if !health::is_finite(&var) {
-                    bail!(
-                        "LoRA {name} (weight {}) makes `{key}` NaN or inf in {} — lower its weight",
-                        health::number(multiplier),
-                        health::dtype(var.kind())
-                    );
-                }
+                self.originals
+                    .add(key, &vars[key], &[(None, delta)], &name, multiplier)?;
             }
             Ok(())
         })?;
@@ -221,7 +172,7 @@ impl LoraState {
 
     /// Whether the current set changed the weight `key`.
     pub fn changed(&self, key: &str) -> bool {
-        self.originals.contains_key(key)
+        self.originals.contains(key)
     }
 
     /// The current set for messages: "LoRA `a.safetensors` (weight 0.8), ...", `None` when
@@ -259,30 +210,11 @@ impl LoraState {
     }
 }
 
-/// diffusers' `save_lora_weights` keeps peft's `lora_alpha` per component (`unet.lora_alpha`,
-/// `text_encoder.lora_alpha`, ...) in the `lora_adapter_metadata` JSON; without it the scale
-/// is 1, as in every tool.
-fn peft_alphas(
-    layers: &mut BTreeMap<String, formats::LayerParts>,
-    metadata: &BTreeMap<String, String>,
-) -> Result<()> {
-    let Some(text) = metadata.get("lora_adapter_metadata") else {
-        return Ok(());
-    };
-    let json: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| anyhow!("its lora_adapter_metadata is not JSON ({e})"))?;
-    for (name, parts) in layers.iter_mut().filter(|(_, p)| p.is_peft()) {
-        let component = match name.split_once('.') {
-            Some((first, _)) if first.starts_with("text_encoder") || first == "unet" => first,
-            _ => "unet",
-        };
-        let key = format!("{component}.lora_alpha");
-        if let Some(alpha) = json.get(key.as_str()).and_then(|v| v.as_f64()) {
-            if !alpha.is_finite() {
-                bail!("its lora_adapter_metadata `{key}` is not a finite number");
-            }
-            parts.default_alpha(alpha);
-        }
+/// The diffusers component a peft layer belongs to, whose `lora_alpha` the metadata keeps:
+/// `text_encoder*` or `unet` by its first part, bare diffusers UNet names `unet`.
+fn peft_component(layer: &str) -> String {
+    match layer.split_once('.') {
+        Some((first, _)) if first.starts_with("text_encoder") || first == "unet" => first.into(),
+        _ => "unet".into(),
     }
-    Ok(())
 }

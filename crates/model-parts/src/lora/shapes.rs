@@ -29,6 +29,14 @@ const SUFFIXES: &[&str] = &[
     ".alpha",
 ];
 
+/// `text` cut to 80 characters with an ellipsis (file and layer names in messages).
+pub fn cut(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 /// Splits `key` into (layer name, part) for a known suffix.
 pub fn split_key(key: &str) -> Option<(&str, &'static str)> {
     SUFFIXES.iter().find_map(|suffix| {
@@ -109,14 +117,6 @@ pub fn check(layer: &str, parts: &Shapes, key: &str, target: &[i64]) -> Result<P
     let exact = pick(parts, &["lora_up.weight", "lora_B.weight"]).is_some();
     fits(layer, &implied, exact, key, target)?;
     Ok(plan)
-}
-
-/// `text` cut to 80 characters with an ellipsis.
-fn cut(text: &str) -> String {
-    match text.char_indices().nth(80) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
-    }
 }
 
 /// The first of `names` present, with its shape.
