@@ -8,9 +8,9 @@
 //! - weights: every parameter of the UNet, the text encoders and the VAE, at the run's dtype;
 //! - UNet call: [`crate::unet::memory::working_bytes`] for the CFG batch (skip connections
 //!   and the widest block's working set, traced block by block);
-//! - VAE decode, full: [`crate::vae::memory::peak_bytes`] over the whole latent; tiled: the
-//!   same over one tile, plus the mid block's run over the whole latent and the fp32
-//!   accumulators of the blended image;
+//! - VAE decode, full: [`crate::vae::memory::peak_bytes`] over the whole latent; tiled:
+//!   [`crate::vae::memory::tiled_decode_bytes`] (one tile, the mid block's output over the
+//!   whole latent up to 2048 px, the fp32 blend of the image);
 //! - runtime: the process before any model (libtorch's code and thread buffers on the CPU;
 //!   the CUDA context, cuBLAS and cuDNN workspaces on a GPU).
 //!
@@ -28,18 +28,16 @@ use crate::checkpoint::Checkpoint;
 use crate::convert::{UNET_PREFIX, VAE_PREFIX};
 use crate::model::ModelConfig;
 use crate::unet::memory::working_bytes;
-use crate::vae::memory::{free_bytes, peak_bytes, request_kind, AttentionMemory, LIVE_BUFFERS};
+pub use crate::vae::memory::TILED_LIVE_BUFFERS;
+use crate::vae::memory::{
+    free_bytes, peak_bytes, request_kind, tiled_decode_bytes, AttentionMemory,
+};
 use crate::vae::tiling::VaeTilingOptions;
 use crate::vae::VaePass;
 
 /// Resident memory of a CPU process with libtorch and the plugins loaded, before any model
 /// (a whole `hiresfix generate` on the 17 MB tiny model peaks at 184 MiB).
 pub const CPU_RUNTIME: u64 = 192 << 20;
-/// Full-size live buffers of a tile decoded with pooled GroupNorm statistics, against
-/// [`LIVE_BUFFERS`] for a plain decode: the normalisation with given statistics holds the
-/// input, the centred and the scaled copies beside the conv buffers (measured: 1685 MiB for
-/// 512 px tiles of a 1024 px decode, against about 900 MiB for one plain 512 px decode).
-pub const TILED_LIVE_BUFFERS: u64 = 7;
 /// CUDA context, cuBLAS and cuDNN workspaces (not measured here: no GPU was lent).
 pub const CUDA_RUNTIME: u64 = 768 << 20;
 
@@ -103,21 +101,7 @@ pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     );
     let tiling =
         VaeTilingOptions::from_profile("on", request.vae_tile_size, request.vae_tile_overlap)?;
-    let tile = (tiling.tile_px / f).max(1);
-    let tiles = tile < h || tile < w; // else the tiled decode is a plain one
-    let one_tile = peak_bytes(
-        &config.vae,
-        VaePass::Decode,
-        &[1, z, tile.min(h), tile.min(w)],
-        element,
-        attention,
-    ) / LIVE_BUFFERS
-        * TILED_LIVE_BUFFERS;
-    let widest = config.vae.ch * config.vae.ch_mult.iter().copied().max().unwrap_or(1);
-    let cells = (h * w).max(0) as u64;
-    let mid = widest as u64 * cells * element * LIVE_BUFFERS;
-    let pixels = u64::from(request.width) * u64::from(request.height);
-    let accumulators = (config.vae.out_channels as u64 + 1) * pixels * 4;
+    let decode_tiled = tiled_decode_bytes(&config.vae, (h, w), &tiling, element, attention);
     Ok(MemoryEstimate {
         weights: parameters * element,
         runtime: match device {
@@ -126,11 +110,7 @@ pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
         },
         unet,
         decode_full,
-        decode_tiled: match tiles {
-            // The whole-latent mid block's output is live beside every tile's buffers.
-            true => one_tile + mid + accumulators,
-            false => decode_full,
-        },
+        decode_tiled,
         free: free_bytes(device).unwrap_or(0),
     })
 }

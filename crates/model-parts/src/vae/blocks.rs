@@ -98,10 +98,11 @@ impl AttnBlock {
         }
     }
 
-    pub(super) fn forward(&self, x: &Tensor) -> Tensor {
+    /// Attention over the positions of `x`; its GroupNorm takes its statistics as `stats` says.
+    pub(super) fn forward(&self, x: &Tensor, stats: &mut GroupNormStats) -> Result<Tensor> {
         let s = x.size();
         let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
-        let normed = self.norm.forward(x);
+        let normed = norm::group_norm(&self.norm, EPS, x, stats)?;
         // Contiguous tokens: on a transposed view libtorch falls back to the math kernel,
         // which materialises the (h·w)² scores (16 GiB for a 256×256 latent). Channels-last
         // maps are those tokens already (a view); NCHW ones are copied (their reshape is a
@@ -130,7 +131,7 @@ impl AttnBlock {
         };
         let mut out = self.proj_out.forward(&image);
         out += x;
-        out
+        Ok(out)
     }
 }
 
@@ -150,10 +151,13 @@ impl Mid {
         }
     }
 
-    /// Always with each layer's own statistics: the mid block runs whole, never tiled.
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let own = &mut GroupNormStats::Normal;
-        let h = self.attn_1.forward(&self.block_1.forward(x, own)?);
-        self.block_2.forward(&h, own)
+    /// The block over `x`: the whole latent (statistics `Normal`), or one tile of a latent too
+    /// large for global attention, its attention over the tile's own cells and its GroupNorms
+    /// on the pooled statistics of every tile (see `tiling`).
+    pub(super) fn forward(&self, x: &Tensor, stats: &mut GroupNormStats) -> Result<Tensor> {
+        let h = self
+            .attn_1
+            .forward(&self.block_1.forward(x, stats)?, stats)?;
+        self.block_2.forward(&h, stats)
     }
 }

@@ -74,13 +74,9 @@ impl Encoder {
         Ok(h)
     }
 
-    /// The mid block (global attention), norm_out and conv_out, at latent resolution.
-    fn forward_mid(&self, h: &Tensor) -> Result<Tensor> {
-        let h = norm_silu(
-            &self.norm_out,
-            &self.mid.forward(h)?,
-            &mut GroupNormStats::Normal,
-        )?;
+    /// norm_out and conv_out after the mid block, at latent resolution.
+    fn forward_out(&self, h: &Tensor) -> Result<Tensor> {
+        let h = norm_silu(&self.norm_out, h, &mut GroupNormStats::Normal)?;
         Ok(self.conv_out.forward(&h))
     }
 }
@@ -127,8 +123,8 @@ impl Decoder {
     }
 
     /// conv_in and the mid block (global attention), at latent resolution.
-    fn forward_mid(&self, z: &Tensor) -> Result<Tensor> {
-        self.mid.forward(&self.conv_in.forward(z))
+    fn forward_mid(&self, z: &Tensor, stats: &mut GroupNormStats) -> Result<Tensor> {
+        self.mid.forward(&self.conv_in.forward(z), stats)
     }
 
     /// The up path, norm_out and conv_out, latent → image resolution: the part worth tiling.
@@ -257,17 +253,23 @@ impl AutoencoderKL {
         }
     }
 
-    /// Decode up to and through the mid block (global attention), at latent resolution:
-    /// cheap, so tiled decode runs it on the whole latent.
-    pub fn decode_mid(&self, latent: &Tensor) -> Result<Tensor> {
+    /// The scaled latent unscaled, through post_quant_conv: decode's pointwise start.
+    pub fn decode_in(&self, latent: &Tensor) -> Tensor {
         let mut z = latent * (1.0 / self.config.scaling_factor);
         if self.config.shift_factor != 0.0 {
             z += self.config.shift_factor;
         }
-        if let Some(conv) = &self.post_quant_conv {
-            z = conv.forward(&z);
+        match &self.post_quant_conv {
+            Some(conv) => conv.forward(&z),
+            None => z,
         }
-        self.decoder.forward_mid(&z)
+    }
+
+    /// Decode up to and through the mid block (global attention), at latent resolution:
+    /// what tiled decode runs on the whole latent while that attention stays cheap.
+    pub fn decode_mid(&self, latent: &Tensor) -> Result<Tensor> {
+        self.decoder
+            .forward_mid(&self.decode_in(latent), &mut GroupNormStats::Normal)
     }
 
     /// The rest of decode after [`Self::decode_mid`]: the up path, the part worth tiling.
@@ -275,15 +277,36 @@ impl AutoencoderKL {
         self.decoder.forward_up(h, stats)
     }
 
+    /// Decode after [`Self::decode_in`], mid block included, with `stats`: one tile of a
+    /// latent too large for the mid block's global attention.
+    pub fn decode_mid_up(&self, z: &Tensor, stats: &mut GroupNormStats) -> Result<Tensor> {
+        self.decoder
+            .forward_up(&self.decoder.forward_mid(z, stats)?, stats)
+    }
+
     /// Encode up to the mid block, image → latent resolution: the part worth tiling.
     pub fn encode_down(&self, image: &Tensor, stats: &mut GroupNormStats) -> Result<Tensor> {
         self.encoder.forward_down(image, stats)
     }
 
+    /// [`Self::encode_down`] and the mid block, with `stats`: one tile of an image whose
+    /// latent is too large for the mid block's global attention.
+    pub fn encode_down_mid(&self, image: &Tensor, stats: &mut GroupNormStats) -> Result<Tensor> {
+        let h = self.encoder.forward_down(image, stats)?;
+        self.encoder.mid.forward(&h, stats)
+    }
+
     /// The rest of encode after [`Self::encode_down`]: the mid block (global attention) to
     /// the scaled posterior mean, at latent resolution.
     pub fn encode_mid(&self, h: &Tensor) -> Result<Tensor> {
-        let mut moments = self.encoder.forward_mid(h)?;
+        let h = self.encoder.mid.forward(h, &mut GroupNormStats::Normal)?;
+        self.encode_out(&h)
+    }
+
+    /// The rest of encode after the mid block: norm_out, conv_out and quant_conv to the
+    /// scaled posterior mean.
+    pub fn encode_out(&self, h: &Tensor) -> Result<Tensor> {
+        let mut moments = self.encoder.forward_out(h)?;
         if let Some(conv) = &self.quant_conv {
             moments = conv.forward(&moments);
         }

@@ -3,12 +3,18 @@
 //! neighbour), as diffusers' `tiled_decode` and ComfyUI's `tiled_scale` do; the result is the
 //! sum of weighted tiles divided by the sum of weights.
 //!
-//! Only the part between image and latent resolution is tiled (decode's up path, encode's
-//! down path); the mid block, whose attention is global, runs on the whole latent-resolution
-//! tensor, as in the A1111 "Tiled VAE" extension. GroupNorm takes its statistics over the
-//! whole image, so every tile normalises with statistics pooled over all tiles (see
-//! [`record_group_stats`]) rather than its own. What is left is the overlap blend and the
-//! estimate's error (measurements in `tests/integration/vae_tiling.rs`).
+//! Up to [`WHOLE_MID_CELLS`] latent cells, only the part between image and latent resolution
+//! is tiled (decode's up path, encode's down path) and the mid block, whose attention is
+//! global, runs on the whole latent-resolution tensor: closer to a full pass than the
+//! references, which run it per tile. Above that its attention, quadratic in the cells,
+//! would cost more than the rest of the pass (at 8192 px, 1 M cells: about half an hour of
+//! CPU for the tiny model's 64 channels), so the mid block runs in each tile as in the A1111
+//! "Tiled VAE" extension, diffusers' `tiled_decode` and ComfyUI's tiled VAE nodes: its
+//! attention sees the tile only. GroupNorm takes its statistics over the whole image, so
+//! every tile normalises with statistics pooled over all tiles (see [`record_group_stats`])
+//! rather than its own. What is left is the overlap blend, the tile-local attention above
+//! the bound, and the estimate's error (measurements in the SD plugin's
+//! `tests/integration/vae_tiling.rs`).
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Result};
@@ -40,6 +46,10 @@ impl FromStr for VaeTilingMode {
     }
 }
 
+/// Latent cells up to which tiled passes run the mid block on the whole latent: 256×256, a
+/// 2048 px image at factor 8, whose global attention costs a fraction of the up path.
+pub const WHOLE_MID_CELLS: i64 = 256 * 256;
+
 /// Tiling mode and tile geometry in image pixels (rounded down to whole latent cells).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VaeTilingOptions {
@@ -49,6 +59,8 @@ pub struct VaeTilingOptions {
     /// Least overlap between neighbouring tiles in pixels (tiles are spread evenly, so most
     /// overlap more).
     pub overlap_px: i64,
+    /// Latent cells up to which the mid block runs whole ([`WHOLE_MID_CELLS`]; tests lower it).
+    pub whole_mid_cells: i64,
 }
 
 impl Default for VaeTilingOptions {
@@ -58,6 +70,7 @@ impl Default for VaeTilingOptions {
             mode: VaeTilingMode::Auto,
             tile_px: 512,
             overlap_px: 64,
+            whole_mid_cells: WHOLE_MID_CELLS,
         }
     }
 }
@@ -78,6 +91,7 @@ impl VaeTilingOptions {
                 0 => default.overlap_px.min(tile_px / 4),
                 px => px.into(),
             },
+            whole_mid_cells: default.whole_mid_cells,
         };
         options.validate()?;
         Ok(options)
@@ -151,6 +165,14 @@ pub fn feather(len: i64, lead: i64, trail: i64) -> Vec<f32> {
 /// A tile's input region `(y, h, x, w)`.
 type Tile = (i64, i64, i64, i64);
 
+/// Which layers a tile runs: `pass`'s part between image and latent resolution, and the mid
+/// block too when `mid` (a latent over [`VaeTilingOptions::whole_mid_cells`]).
+#[derive(Debug, Clone, Copy)]
+struct Split {
+    pass: VaePass,
+    mid: bool,
+}
+
 /// One tile along one axis, in latent cells.
 #[derive(Debug, Clone, Copy)]
 struct Span {
@@ -187,9 +209,10 @@ pub fn tile_count(latent_h: i64, latent_w: i64, tile: i64, overlap: i64) -> usiz
 /// [`AutoencoderKL::run`] tile by tile: `pass` over `input` `[B, C, H, W]` (a scaled latent
 /// to decode, an image to encode) in overlapping tiles, blended. Decode gives
 /// `[B, 3, H·f, W·f]`; encode `[B, C, H/f, W/f]`, a remainder under one latent cell dropped
-/// as in a full pass. Only the part between image and latent resolution is tiled; the mid
-/// block runs whole, and every tile normalises with the whole input's GroupNorm statistics
-/// (pooled over a first run of the tiles, see [`record_group_stats`]).
+/// as in a full pass. The part between image and latent resolution is tiled, the mid block
+/// too above `options.whole_mid_cells` latent cells; every tile normalises with the whole
+/// input's GroupNorm statistics (pooled over a first run of the tiles, see
+/// [`record_group_stats`]).
 pub fn run_tiled(
     vae: &AutoencoderKL,
     pass: VaePass,
@@ -210,9 +233,23 @@ pub fn run_tiled(
     if rows.len() * cols.len() == 1 {
         return vae.run(pass, input);
     }
-    let (tileable, out_scale) = match pass {
-        VaePass::Decode => (vae.decode_mid(input)?, f),
-        VaePass::Encode => (input.shallow_clone(), 1),
+    let split = Split {
+        pass,
+        mid: latent_h * latent_w > options.whole_mid_cells,
+    };
+    let (tileable, out_scale) = match split {
+        Split {
+            pass: VaePass::Decode,
+            mid: false,
+        } => (vae.decode_mid(input)?, f),
+        Split {
+            pass: VaePass::Decode,
+            mid: true,
+        } => (vae.decode_in(input), f),
+        Split {
+            pass: VaePass::Encode,
+            ..
+        } => (input.shallow_clone(), 1),
     };
     let tiles: Vec<(Tile, (&Span, &Span))> = rows
         .iter()
@@ -223,11 +260,11 @@ pub fn run_tiled(
             ((y, h, x, w), (row, col))
         })
         .collect();
-    let stats = record_group_stats(vae, pass, &tileable, &tiles)?;
+    let stats = record_group_stats(vae, split, &tileable, &tiles)?;
     let mut blend: Option<Blend> = None;
     for &((y, h, x, w), (row, col)) in &tiles {
         let piece = tileable.narrow(2, y, h).narrow(3, x, w);
-        let out = run_tileable(vae, pass, &piece, &mut GroupNormStats::Use(stats.iter()))?;
+        let out = run_tileable(vae, split, &piece, &mut GroupNormStats::Use(stats.iter()))?;
         blend
             .get_or_insert_with(|| Blend::new(&out, latent_h * out_scale, latent_w * out_scale))
             .add(&out, row, col, out_scale)?;
@@ -236,22 +273,26 @@ pub fn run_tiled(
         .ok_or_else(|| anyhow!("tiling produced no tiles"))?
         .finish()
         .to_kind(input.kind());
-    match pass {
-        VaePass::Decode => Ok(blended),
-        VaePass::Encode => vae.encode_mid(&blended),
+    match (pass, split.mid) {
+        (VaePass::Decode, _) => Ok(blended),
+        (VaePass::Encode, false) => vae.encode_mid(&blended),
+        (VaePass::Encode, true) => vae.encode_out(&blended),
     }
 }
 
-/// The tiled part of `pass`: decode's up path, encode's down path.
+/// The tiled part of a pass: decode's up path, encode's down path, with the mid block when
+/// `split.mid`.
 fn run_tileable(
     vae: &AutoencoderKL,
-    pass: VaePass,
+    split: Split,
     x: &Tensor,
     stats: &mut GroupNormStats,
 ) -> Result<Tensor> {
-    match pass {
-        VaePass::Decode => vae.decode_up(x, stats),
-        VaePass::Encode => vae.encode_down(x, stats),
+    match (split.pass, split.mid) {
+        (VaePass::Decode, false) => vae.decode_up(x, stats),
+        (VaePass::Decode, true) => vae.decode_mid_up(x, stats),
+        (VaePass::Encode, false) => vae.encode_down(x, stats),
+        (VaePass::Encode, true) => vae.encode_down_mid(x, stats),
     }
 }
 
@@ -274,12 +315,12 @@ fn stats_passes(pass: VaePass) -> usize {
 /// each tile normalised on its own, close for all but the most uneven images.
 fn record_group_stats(
     vae: &AutoencoderKL,
-    pass: VaePass,
+    split: Split,
     x: &Tensor,
     tiles: &[(Tile, (&Span, &Span))],
 ) -> Result<Vec<GroupStats>> {
     let mut estimate: Option<Vec<GroupStats>> = None;
-    for _ in 0..stats_passes(pass) {
+    for _ in 0..stats_passes(split.pass) {
         let per_tile = tiles
             .iter()
             .map(|&((y, h, x0, w), (row, col))| {
@@ -290,7 +331,7 @@ fn record_group_stats(
                     Some(last) => GroupNormStats::Refine(last.iter(), &mut stats, owned),
                 };
                 let piece = x.narrow(2, y, h).narrow(3, x0, w);
-                let _ = run_tileable(vae, pass, &piece, &mut mode)?;
+                let _ = run_tileable(vae, split, &piece, &mut mode)?;
                 Ok((stats, share))
             })
             .collect::<Result<Vec<_>>>()?;

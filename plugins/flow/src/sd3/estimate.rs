@@ -13,14 +13,12 @@
 //! - transformer call: [`TOKEN_BUFFERS`] live `tokens × width` buffers per latent of the
 //!   batch, tokens = `(h/16)·(w/16)` image + 77 + 256 text (attention runs through SDPA's
 //!   flash / memory-efficient kernels: no `tokens²` scores);
-//! - VAE decode: model-parts' [`peak_bytes`] over the whole latent; tiled, the SD backend's
-//!   formula for model-parts' tiled decode: one tile with pooled GroupNorm statistics
-//!   ([`TILED_LIVE_BUFFERS`] live buffers), the mid block's run over the whole latent and
-//!   the fp32 accumulators of the blended image;
+//! - VAE decode: model-parts' [`peak_bytes`] over the whole latent; tiled, model-parts'
+//!   [`tiled_decode_bytes`] (as for the SD backend);
 //! - runtime: the process before any model (as the SD backend's estimate).
 use anyhow::Result;
 use hiresfix_model_parts::vae::memory::{
-    free_bytes, peak_bytes, request_kind, AttentionMemory, LIVE_BUFFERS,
+    free_bytes, peak_bytes, request_kind, tiled_decode_bytes, AttentionMemory,
 };
 use hiresfix_model_parts::vae::tiling::VaeTilingOptions;
 use hiresfix_model_parts::vae::{VaeConfig, VaePass};
@@ -42,9 +40,6 @@ pub const TEXT_TOKENS: u64 = 77 + 256;
 pub const PUBLISHED: [u64; 4] = [123_000_000, 695_000_000, 4_762_000_000, 83_700_000];
 /// T5's place in [`PUBLISHED`] and `Sd3Headers::other_parameters`.
 const T5: usize = 2;
-/// Full-size live buffers of a tile decoded with pooled GroupNorm statistics (the SD
-/// backend's measured figure for the same model-parts decode).
-pub const TILED_LIVE_BUFFERS: u64 = 7;
 /// Resident memory of a CPU process with libtorch and the plugins loaded, before any model.
 pub const CPU_RUNTIME: u64 = 192 << 20;
 /// CUDA context, cuBLAS and cuDNN workspaces (not measured: no GPU was lent).
@@ -88,25 +83,7 @@ pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     let decode_full = peak_bytes(&vae, VaePass::Decode, &[1, z, h, w], element, attention);
     let tiling =
         VaeTilingOptions::from_profile("on", request.vae_tile_size, request.vae_tile_overlap)?;
-    let tile = (tiling.tile_px / f).max(1);
-    let decode_tiled = match tile < h || tile < w {
-        true => {
-            let one = peak_bytes(
-                &vae,
-                VaePass::Decode,
-                &[1, z, tile.min(h), tile.min(w)],
-                element,
-                attention,
-            );
-            let pixels = u64::from(request.width) * u64::from(request.height);
-            let widest = vae.ch * vae.ch_mult.iter().copied().max().unwrap_or(1);
-            let mid = widest.max(0) as u64 * (h * w).max(0) as u64 * element * LIVE_BUFFERS;
-            one / LIVE_BUFFERS * TILED_LIVE_BUFFERS
-                + mid
-                + (vae.out_channels as u64 + 1) * pixels * 4
-        }
-        false => decode_full,
-    };
+    let decode_tiled = tiled_decode_bytes(&vae, (h, w), &tiling, element, attention);
     Ok(MemoryEstimate {
         weights: parameters * element,
         runtime: match device {

@@ -14,8 +14,8 @@ use host_api::{
 
 use super::files::{LoadOptions, Sd3Files};
 use super::model::Sd3Model;
-use crate::t5::T5Placement;
 use crate::lora::{self, LoraFamily};
+use crate::t5::T5Placement;
 
 /// `LoadRequest.options` key of one split text-encoder file (repeated, one per file).
 pub const TEXT_ENCODER_OPTION: &str = "text_encoder";
