@@ -165,6 +165,14 @@ pub fn cfg(v: f64) -> Result<f64, String> {
     })
 }
 
+/// Flux dev's distilled guidance, of the profile or of a pass (Forge's "Distilled CFG
+/// Scale"; the same range as cfg).
+pub fn guidance(v: f64) -> Result<f64, String> {
+    rule(v, (0.0..=MAX_CFG).contains(&v), || {
+        format!("guidance must be between 0 and {MAX_CFG}")
+    })
+}
+
 /// A LoRA's or a merge's weight: finite, at most [`MAX_WEIGHT`] either way.
 pub fn weight(v: f64) -> Result<f64, String> {
     rule(v, v.is_finite() && v.abs() <= MAX_WEIGHT, || {

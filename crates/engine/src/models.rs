@@ -218,12 +218,13 @@ impl<'r> Models<'r> {
             .find(|l| Rc::ptr_eq(&l.model, model))
             .and_then(|l| l.embeddings.as_ref().map(|e| &e.0));
         let key = format!(
-            "{:p}\u{0}{loras:?}\u{0}{embeddings:?}\u{0}{:?}\u{0}{}\u{0}{}x{}",
+            "{:p}\u{0}{loras:?}\u{0}{embeddings:?}\u{0}{:?}\u{0}{}\u{0}{}x{}\u{0}{:?}",
             Rc::as_ptr(model),
             request.prompts,
             request.clip_skip,
             request.width,
-            request.height
+            request.height,
+            request.options
         );
         if let Some(found) = self.encoded.get(&key) {
             return Ok(found.clone());

@@ -31,6 +31,9 @@ pub struct PassPlan<'r> {
     pub prompt: String,
     pub negative: String,
     pub cfg: f64,
+    /// Flux dev's distilled guidance (`None`: the backend's default), sent to the backend in
+    /// the pass's `EncodeRequest.options` under `guidance`.
+    pub guidance: Option<f64>,
     pub checkpoint: PathBuf,
     pub vae: Option<PathBuf>,
     pub clip_skip: usize,
@@ -235,6 +238,7 @@ pub fn plan_passes<'r>(
                 .clone()
                 .unwrap_or_else(|| profile.negative.clone()),
             cfg: pass.cfg.unwrap_or(profile.cfg),
+            guidance: pass.guidance.or(profile.guidance),
             checkpoint,
             vae,
             clip_skip: pass.clip_skip.unwrap_or(profile.model.clip_skip) as usize,

@@ -22,6 +22,14 @@ pub struct Profile {
     pub negative: String,
     #[serde(default = "default_cfg", deserialize_with = "cfg_scale")]
     pub cfg: f64,
+    /// Flux dev's distilled guidance (the model's own, separate from `cfg`); unset: the
+    /// backend's default (3.5). Families without one ignore it.
+    #[serde(
+        default,
+        deserialize_with = "opt_guidance",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub guidance: Option<f64>,
     #[serde(default)]
     pub device: DeviceChoice,
     #[serde(default)]
@@ -305,6 +313,13 @@ pub struct Pass {
         skip_serializing_if = "Option::is_none"
     )]
     pub cfg: Option<f64>,
+    /// This pass's distilled guidance (Forge's `hr_distilled_cfg` for the hires pass).
+    #[serde(
+        default,
+        deserialize_with = "opt_guidance",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub guidance: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -538,6 +553,9 @@ fn opt_denoise<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error>
 fn opt_cfg<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     opt(d, defaults::cfg)
 }
+fn opt_guidance<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    opt(d, defaults::guidance)
+}
 fn opt_mask_blur<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     opt(d, defaults::mask_blur)
 }
@@ -571,6 +589,7 @@ const TOP_KEYS: &[&str] = &[
     "prompt",
     "negative",
     "cfg",
+    "guidance",
     "device",
     "dtype",
     "tiling",
@@ -621,6 +640,7 @@ const PASS_KEYS: &[&str] = &[
     "prompt",
     "negative",
     "cfg",
+    "guidance",
     "checkpoint",
     "loras",
     "vae",
@@ -802,6 +822,9 @@ impl Profile {
         }
         check("batch", self.batch, defaults::at_least_one)?;
         check("cfg", self.cfg, defaults::cfg)?;
+        if let Some(v) = self.guidance {
+            check("guidance", v, defaults::guidance)?;
+        }
         check(
             "subseed_strength",
             self.subseed_strength,
@@ -861,6 +884,9 @@ impl Profile {
             }
             if let Some(v) = pass.cfg {
                 check(&key("cfg"), v, defaults::cfg)?;
+            }
+            if let Some(v) = pass.guidance {
+                check(&key("guidance"), v, defaults::guidance)?;
             }
             if let Some(v) = pass.clip_skip {
                 check(&key("clip_skip"), v, defaults::at_least_one)?;

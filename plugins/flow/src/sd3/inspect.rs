@@ -188,7 +188,7 @@ impl Sd3Headers {
 }
 
 /// A CLIP text model under `prefix`: its layers and the token embedding's width.
-fn clip_shape(weights: &Weights, prefix: &str) -> Option<EncoderShape> {
+pub(crate) fn clip_shape(weights: &Weights, prefix: &str) -> Option<EncoderShape> {
     let width = weights
         .keys()
         .filter(|k| k.starts_with(prefix) && k.ends_with("token_embedding.weight"))
@@ -200,7 +200,7 @@ fn clip_shape(weights: &Weights, prefix: &str) -> Option<EncoderShape> {
 }
 
 /// T5's encoder under `prefix`: its blocks and `d_model`.
-fn t5_shape(weights: &Weights, prefix: &str) -> Option<EncoderShape> {
+pub(crate) fn t5_shape(weights: &Weights, prefix: &str) -> Option<EncoderShape> {
     let key = weights
         .keys()
         .find(|k| k.starts_with(prefix) && k.ends_with(T5_KEY))?

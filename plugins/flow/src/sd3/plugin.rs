@@ -123,7 +123,3 @@ impl Backend for Sd3Backend {
         self.0.encode(image).map_err(err)
     }
 }
-
-host_api::export_plugin! {
-    backends_with_tools: [Sd3Backend],
-}
