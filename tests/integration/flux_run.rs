@@ -90,15 +90,7 @@ fn flux_two_pass_runs_through_the_host_match_diffusers_in_every_layout() {
             let text = profile(&checkpoint, &model_lines, 3.5);
             let profile = Profile::parse(&text, "flux").unwrap();
             let mut job = prepare(profile, &registry, &repo()).unwrap();
-            let (model, info) = job
-                .models
-                .get(
-                    &job.settings,
-                    &job.plans[0].checkpoint,
-                    job.plans[0].vae.as_deref(),
-                    &[],
-                )
-                .unwrap();
+            let (model, info) = job.models.for_pass(&job.settings, &job.plans[0]).unwrap();
             assert_eq!(info.family.as_str(), format!("flux-{variant}"), "{label}");
             // Each pass's shift is its own size's (dev: exp(calculate_shift(tokens))).
             for (size, key) in [((48, 32), "run.shift1"), ((96, 64), "run.shift2")] {

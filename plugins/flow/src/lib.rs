@@ -6,6 +6,7 @@
 //! model-parts' CLIP encoders and 16-channel VAE), `flux/` (the Flux.1 transformer) and
 //! `flux_backend/` (the Flux.1 dev / schnell backend).
 
+mod common;
 pub mod flux;
 pub mod flux_backend;
 mod layers;

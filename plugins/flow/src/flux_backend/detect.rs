@@ -5,7 +5,7 @@
 //! guidance embedding (`guidance_in.*`, diffusers `guidance_embeds`), schnell none.
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use hiresfix_model_parts::weights::safetensors::SafetensorsFile;
 
 use crate::flux::{Variant, SINGLE_FILE_PREFIX};
@@ -52,12 +52,9 @@ const GUIDANCE: [&str; 2] = [
 /// unreadable one.
 pub fn detect(path: &Path) -> Result<Option<Detected>> {
     if path.is_dir() {
-        let config = path.join("transformer").join("config.json");
-        let Ok(text) = std::fs::read_to_string(&config) else {
+        let Some(json) = crate::common::folder::transformer_config(path)? else {
             return Ok(None);
         };
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not JSON", config.display()))?;
         if json["_class_name"].as_str() != Some("FluxTransformer2DModel") {
             return Ok(None);
         }

@@ -81,11 +81,7 @@ impl FluxFiles {
         for file in weights_files(&path.join("text_encoder"), "model")? {
             weights.add_file(SafetensorsFile::open(&file)?, clip_l_key);
         }
-        for file in weights_files(&path.join("vae"), "diffusion_pytorch_model")? {
-            let file = SafetensorsFile::open(&file)?;
-            let renames = vae_renames(file.entries().keys().map(String::as_str));
-            weights.add_file(file, |k| renames.get(k).cloned());
-        }
+        crate::common::folder::add_vae(&mut weights, path)?;
         let json = |sub: &str| read_json(&path.join(sub).join("config.json"));
         let scheduler = path.join("scheduler").join("scheduler_config.json");
         let shift = ShiftRule::from_scheduler(

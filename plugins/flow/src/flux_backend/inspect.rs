@@ -59,11 +59,7 @@ impl FluxHeaders {
                     }
                 }
                 if path.join("vae").is_dir() {
-                    for file in weights_files(&path.join("vae"), "diffusion_pytorch_model")? {
-                        let file = SafetensorsFile::open(&file)?;
-                        let renames = vae_renames(file.entries().keys().map(String::as_str));
-                        weights.add_file(file, |k| renames.get(k).cloned());
-                    }
+                    crate::common::folder::add_vae(&mut weights, path)?;
                 }
                 vae_json = read_json(&path.join("vae").join("config.json"))?;
                 let scheduler = path.join("scheduler").join("scheduler_config.json");

@@ -21,12 +21,9 @@ use super::files::FluxFiles;
 use super::model::FluxModel;
 use super::names::{DEFAULT_GUIDANCE, GUIDANCE_KEY, MULTIPLIER, TIMESTEPS};
 use super::shift::image_tokens;
+use crate::common::err;
 use crate::flux::Variant;
 use crate::sd3::plugin::load_options;
-
-fn err(e: anyhow::Error) -> Error {
-    Error::new(format!("{e:#}"))
-}
 
 /// Which variant a backend type serves.
 pub trait FluxVariant: 'static {

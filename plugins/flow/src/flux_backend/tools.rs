@@ -3,10 +3,11 @@
 use std::path::Path;
 
 use host_api::options::keys as host_keys;
-use host_api::{BackendTools, CheckpointInfo, Error, OptionEntry, OptionValue, Result};
+use host_api::{BackendTools, CheckpointInfo, OptionEntry, OptionValue, Result};
 
 use super::inspect::FluxHeaders;
 use super::plugin::{FluxBackend, FluxVariant};
+use crate::common::{err, number};
 use crate::flux::Variant;
 
 /// `CheckpointInfo.extra` keys of the Flux backend.
@@ -18,17 +19,6 @@ pub mod keys {
     pub const SINGLE_BLOCKS: &str = "flux_single_blocks";
     /// The VAE's latent shift factor (number).
     pub const VAE_SHIFT: &str = "vae_shift_factor";
-}
-
-fn err(e: anyhow::Error) -> Error {
-    Error::new(format!("{e:#}"))
-}
-
-fn number(key: &str, value: f64) -> OptionEntry {
-    OptionEntry {
-        key: key.into(),
-        value: OptionValue::Number(value),
-    }
 }
 
 /// `hiresfix info`'s facts of a Flux checkpoint, headers only.
