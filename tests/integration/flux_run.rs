@@ -138,3 +138,39 @@ fn flux_guidance_is_per_pass_and_ignored_by_schnell() {
         assert_eq!(e2 > 1e-3, moves, "{variant}: {e2}");
     }
 }
+
+/// Forge's A1111-API fields for Flux: `distilled_cfg_scale` is the profile's guidance,
+/// `hr_distilled_cfg` the hires pass's; out of range is the field's one-line 422.
+#[test]
+fn forge_distilled_cfg_fields_map_to_guidance() {
+    use hiresfix::serve::txt2img::request_profile;
+    let registry = Registry::load(&[], &Default::default());
+    let body = serde_json::json!({
+        "prompt": "a cat", "steps": 4, "cfg_scale": 1, "enable_hr": true, "hr_scale": 2,
+        "denoising_strength": 0.5, "distilled_cfg_scale": 3.5, "hr_distilled_cfg": 2.5
+    });
+    let profile = request_profile(&registry, body.as_object().unwrap()).unwrap();
+    assert_eq!(profile.guidance, Some(3.5));
+    assert_eq!(profile.passes[1].guidance, Some(2.5));
+    let mut wrong = body.clone();
+    wrong["hr_distilled_cfg"] = serde_json::json!(-1);
+    let e = request_profile(&registry, wrong.as_object().unwrap()).unwrap_err();
+    assert!(
+        format!("{e:?}").contains("guidance must be between 0 and"),
+        "{e:?}"
+    );
+}
+
+/// Forge's infotext fields for Flux: `Distilled CFG Scale` and `Hires Distilled CFG Scale`
+/// import to the profile's and the hires pass's guidance.
+#[test]
+fn forge_distilled_cfg_infotext_imports_to_guidance() {
+    let registry = Registry::load(&[], &Default::default());
+    let text = "a cat\nSteps: 20, Sampler: Euler, Schedule type: Simple, CFG scale: 1, \
+Distilled CFG Scale: 3.5, Seed: 1, Size: 512x512, Denoising strength: 0.5, \
+Hires Distilled CFG Scale: 2.5, Hires upscale: 2, Hires upscaler: Latent";
+    let imported = hiresfix::import::from_parameters(text, &registry).unwrap();
+    assert_eq!(imported.profile.guidance, Some(3.5));
+    assert_eq!(imported.profile.passes[1].guidance, Some(2.5));
+    assert!(imported.unmapped.is_empty(), "{:?}", imported.unmapped);
+}

@@ -38,18 +38,21 @@ const DEFAULTS: &str = r#"{
     }"#;
 
 /// The `parameters` echo: A1111's fields with defaults, overlaid with the request's values
-/// for those fields (and Forge's `hr_cfg`).
+/// for those fields (and Forge's `hr_cfg`, `distilled_cfg_scale` and `hr_distilled_cfg`).
 pub fn echo(request: &Map<String, Value>) -> Value {
     let mut out = defaults();
     if let Some(map) = out.as_object_mut() {
         for (key, value) in request {
-            if map.contains_key(key) || key == "hr_cfg" {
+            if map.contains_key(key) || FORGE_FIELDS.contains(&key.as_str()) {
                 map.insert(key.clone(), value.clone());
             }
         }
     }
     out
 }
+
+/// Forge's fields A1111 lacks, echoed in `parameters` when sent.
+const FORGE_FIELDS: [&str; 3] = ["hr_cfg", "distilled_cfg_scale", "hr_distilled_cfg"];
 
 /// Reads request fields: `null`, `""` and "Use same …" are unset; numbers may come as text
 /// (openOutpaint sends `"seed": "1234"`).
@@ -295,6 +298,10 @@ fn map_request(
     profile.batch = (per_batch * iterations) as u32;
     let cfg = f.float("cfg_scale")?.unwrap_or(base.cfg);
     profile.cfg = ruled("cfg_scale", cfg, defaults::cfg)?;
+    // Forge's "Distilled CFG Scale" (Flux dev's guidance); other families ignore it.
+    if let Some(g) = f.float("distilled_cfg_scale")? {
+        profile.guidance = Some(ruled("distilled_cfg_scale", g, defaults::guidance)?);
+    }
     if let Some(tiling) = f.flag("tiling")? {
         profile.tiling = tiling;
     }
@@ -563,6 +570,10 @@ fn hires_pass(
     if let Some(cfg) = f.float("hr_cfg")? {
         let cfg = ruled("hr_cfg", cfg, defaults::cfg)?;
         pass.cfg = (cfg != profile.cfg).then_some(cfg);
+    }
+    // Forge's hires "Distilled CFG Scale" (the hires pass's Flux guidance).
+    if let Some(g) = f.float("hr_distilled_cfg")? {
+        pass.guidance = Some(ruled("hr_distilled_cfg", g, defaults::guidance)?);
     }
     Ok(pass)
 }

@@ -36,11 +36,11 @@ pub struct Detected {
     pub variant: Variant,
 }
 
-/// Keys only a Flux transformer has, per layout.
+/// Key prefixes only a Flux transformer has (BFL's blocks, diffusers' single-stream blocks).
 const MARKERS: [&str; 3] = [
-    "double_blocks.0.img_attn.qkv.weight",
-    "single_blocks.0.linear1.weight",
-    "single_transformer_blocks.0.proj_mlp.weight",
+    "double_blocks.",
+    "single_blocks.",
+    "single_transformer_blocks.",
 ];
 /// Keys of the guidance embedding (BFL, diffusers).
 const GUIDANCE: [&str; 2] = [
@@ -74,7 +74,11 @@ pub fn detect(path: &Path) -> Result<Option<Detected>> {
     let keys = file.entries();
     let under = |name: &str| ["", SINGLE_FILE_PREFIX].map(|p| format!("{p}{name}"));
     let has = |name: &str| under(name).iter().any(|k| keys.contains_key(k));
-    if !MARKERS.iter().any(|m| has(m)) {
+    let marked = |k: &String| {
+        let k = k.strip_prefix(SINGLE_FILE_PREFIX).unwrap_or(k);
+        MARKERS.iter().any(|m| k.starts_with(m))
+    };
+    if !keys.keys().any(marked) {
         return Ok(None);
     }
     let variant = match GUIDANCE.iter().any(|g| has(g)) {

@@ -66,7 +66,7 @@ impl FluxHeaders {
                 let json = read_json(&scheduler)?;
                 shift_source = match json {
                     Some(_) => "from the scheduler config",
-                    None => "the published scheduler's",
+                    None => "from the published scheduler",
                 };
                 shift = ShiftRule::from_scheduler(
                     json.as_ref(),
@@ -94,7 +94,7 @@ impl FluxHeaders {
                 ];
                 vae_json = None;
                 shift = ShiftRule::published(found.variant);
-                shift_source = "the published scheduler's";
+                shift_source = "from the published scheduler";
             }
         }
         let vae = match weights.has_prefix(&format!("{VAE_PREFIX}decoder.")) {
