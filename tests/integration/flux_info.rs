@@ -1,7 +1,8 @@
 //! The Flux backend's `hiresfix info` on the tiny dev and schnell models of
 //! scripts/make_flux_pipeline_reference.py in every layout (headers only: a BFL transformer
 //! file without VAE or text encoders inspects fine): family flux-dev / flux-schnell, the
-//! guidance embedding, the shift rule and the text encoders.
+//! guidance embedding, the shift rule and the text encoders; and `check`'s memory table for a
+//! 2-pass Flux profile.
 use std::path::PathBuf;
 
 use crate::common::*;
@@ -65,4 +66,34 @@ fn info_shows_flux_variant_guidance_shift_rule_and_text_encoders_of_every_layout
         assert_eq!(field(&lines, "text encoders"), text, "{rel}");
         assert_eq!(field(&lines, "native size"), "1024 px", "{rel}");
     }
+}
+
+#[test]
+fn check_prints_a_memory_row_per_flux_pass() {
+    let scratch = Scratch::new("flux-check");
+    let checkpoint = toml::Value::from(data("dev/diffusers").to_str().unwrap());
+    let text = format!(
+        "prompt = \"a cat\"\ncfg = 1.0\ndevice = \"cpu\"\ndtype = \"fp32\"\n[model]\n\
+         checkpoint = {checkpoint}\n[[pass]]\nwidth = 1024\nheight = 1024\nsteps = 4\n\
+         sampler = \"euler\"\nschedule = \"simple\"\n[[pass]]\nscale = 2.0\nsteps = 4\n\
+         denoise = 0.5\nsampler = \"euler\"\nschedule = \"simple\"\nupscaler = \"latent\"\n"
+    );
+    let path = scratch.write("p.toml", &text);
+    let out = hiresfix(&scratch.0, &["check", path.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = stdout_lines(&out);
+    let row = |pass: &str, size: &str| -> Vec<String> {
+        let found: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.split_whitespace().take(2).eq([pass, size]))
+            .collect();
+        assert_eq!(found.len(), 1, "{lines:?}");
+        found[0].split_whitespace().map(String::from).collect()
+    };
+    // Transformer call at cfg 1 (batch 1), fp32: 20 buffers × (packed image tokens + 512 T5
+    // tokens) × width 32 × 4 B with the tiny VAE's factor 2: 1024 px → (256² + 512) tokens =
+    // 161.25 MiB; 2048 px → (512² + 512) tokens = 641.25 MiB.
+    let (one, two) = (row("1", "1024x1024"), row("2", "2048x2048"));
+    assert_eq!(one[4..6], ["161.2", "MiB"], "{one:?}");
+    assert_eq!(two[4..6], ["641.2", "MiB"], "{two:?}");
 }

@@ -2,6 +2,7 @@
 //! plugin boundary, a diffusers folder's transformer class and VAE, the VAE run in the model's
 //! dtype, and the denoiser's batching of conditionings into transformer calls.
 pub mod denoise;
+pub mod estimate;
 pub mod folder;
 pub mod vae;
 

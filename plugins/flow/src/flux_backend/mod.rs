@@ -8,9 +8,11 @@
 //! `files` (the layouts read: diffusers folder, BFL or all-in-one single file, split text
 //! encoders and `ae`), `conditioning` (diffusers' `FluxPipeline.encode_prompt` with A1111 prompt
 //! syntax), `model` (the loaded parts: encode, denoise, decode), `plugin` (host-api `Backend`),
-//! `inspect` (a checkpoint's facts from its headers) and `tools` (`info`, `check`).
+//! `inspect` (a checkpoint's facts from its headers), `estimate` (`check`'s memory table) and
+//! `tools` (`info`, `check`).
 pub mod conditioning;
 pub mod detect;
+pub mod estimate;
 pub mod files;
 pub mod inspect;
 pub mod model;

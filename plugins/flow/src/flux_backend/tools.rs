@@ -84,4 +84,8 @@ impl<V: FluxVariant> BackendTools for FluxBackend<V> {
     fn inspect(checkpoint: &Path, _probe: bool) -> Result<CheckpointInfo> {
         checkpoint_info(checkpoint).map_err(err)
     }
+
+    fn estimate_memory(request: &host_api::MemoryRequest) -> Result<host_api::MemoryEstimate> {
+        super::estimate::estimate(request).map_err(err)
+    }
 }
