@@ -2,18 +2,18 @@
 //! one row each); conditionings whose contexts have the same token count run as one
 //! transformer call (each expanded to the latent batch's rows), others one call each.
 use anyhow::{anyhow, Result};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
-/// D(x, σ) = x − σ·v for each of `conds`; `velocity(xs, t, parts)` runs the transformer on
-/// the repeated latents `xs`, timesteps `t` = σ per row, and each of the first `parts`
-/// tensors of the group's conditionings batched (part 0 the context, `[1, T, d]`; the others
-/// `[1, …]`). `what` names the bundle in errors.
+/// D(x, σ) = x − σ·v for each of `conds`; `velocity(xs, parts)` runs the transformer at σ on
+/// the repeated latents `xs` and each of the first `parts` tensors of the group's
+/// conditionings batched (part 0 the context, `[1, T, d]`; the others `[1, …]`). `what` names
+/// the bundle in errors.
 pub fn denoise(
     x: &Tensor,
     sigma: f64,
     conds: &[&[Tensor]],
     (parts, what): (usize, &str),
-    velocity: impl Fn(&Tensor, &Tensor, &[Tensor]) -> Result<Tensor>,
+    velocity: impl Fn(&Tensor, &[Tensor]) -> Result<Tensor>,
 ) -> Result<Vec<Tensor>> {
     for c in conds {
         if c.len() < parts {
@@ -44,8 +44,7 @@ pub fn denoise(
             .collect();
         let n = group.len() as i64;
         let xs = x.repeat([n, 1, 1, 1]);
-        let t = Tensor::full([rows * n], sigma, (Kind::Float, x.device()));
-        let v = velocity(&xs, &t, &batched)?;
+        let v = velocity(&xs, &batched)?;
         let x0 = &xs - v * sigma;
         for (j, &i) in group.iter().enumerate() {
             out[i] = Some(x0.narrow(0, j as i64 * rows, rows));

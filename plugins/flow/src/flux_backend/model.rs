@@ -138,8 +138,9 @@ impl FluxModel {
     /// call when their token counts agree.
     pub fn denoise(&self, x: &Tensor, sigma: f64, conds: &[&[Tensor]]) -> Result<Vec<Tensor>> {
         let bundle = (3, "[context, pooled, guidance] (Flux)");
-        crate::common::denoise::denoise(x, sigma, conds, bundle, |xs, t, c| {
-            self.velocity(xs, t, &c[2], &c[0], &c[1])
+        crate::common::denoise::denoise(x, sigma, conds, bundle, |xs, c| {
+            let t = Tensor::full([xs.size()[0]], sigma, (Kind::Float, xs.device()));
+            self.velocity(xs, &t, &c[2], &c[0], &c[1])
         })
     }
 
