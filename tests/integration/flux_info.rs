@@ -82,14 +82,7 @@ fn check_prints_a_memory_row_per_flux_pass() {
     let out = hiresfix(&scratch.0, &["check", path.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = stdout_lines(&out);
-    let row = |pass: &str, size: &str| -> Vec<String> {
-        let found: Vec<&String> = lines
-            .iter()
-            .filter(|l| l.split_whitespace().take(2).eq([pass, size]))
-            .collect();
-        assert_eq!(found.len(), 1, "{lines:?}");
-        found[0].split_whitespace().map(String::from).collect()
-    };
+    let row = |pass: &str, size: &str| memory_row(&lines, pass, size);
     // Transformer call at cfg 1 (batch 1), fp32: 20 buffers × (packed image tokens + 512 T5
     // tokens) × width 32 × 4 B with the tiny VAE's factor 2: 1024 px → (256² + 512) tokens =
     // 161.25 MiB; 2048 px → (512² + 512) tokens = 641.25 MiB.

@@ -6,7 +6,7 @@
 use anyhow::Result;
 use hiresfix_model_parts::vae::memory::{peak_bytes, AttentionMemory, LIVE_BUFFERS};
 use hiresfix_model_parts::vae::tiling::VaeTilingOptions;
-use hiresfix_model_parts::vae::{VaeConfig, VaePass};
+use hiresfix_model_parts::vae::{LatentScale, VaeConfig, VaePass};
 use host_api::MemoryRequest;
 use tch::Device;
 
@@ -17,6 +17,28 @@ pub const TILED_LIVE_BUFFERS: u64 = 7;
 pub const CPU_RUNTIME: u64 = 192 << 20;
 /// CUDA context, cuBLAS and cuDNN workspaces (not measured: no GPU was lent).
 pub const CUDA_RUNTIME: u64 = 768 << 20;
+
+/// The parameters a run holds: the transformer's, and each other part's as `found` (0: the
+/// checkpoint lacks it, the profile gives it) or else at its `published` size.
+pub fn parameters(transformer: u64, found: &[u64], published: &[u64]) -> u64 {
+    let others = found.iter().zip(published);
+    transformer
+        + others
+            .map(|(&f, &p)| if f == 0 { p } else { f })
+            .sum::<u64>()
+}
+
+/// A 16-channel VAE with `scale` (SD3's, Flux's) where the checkpoint has none.
+pub fn vae16(scale: LatentScale) -> VaeConfig {
+    VaeConfig {
+        z_channels: 16,
+        embed_dim: 16,
+        scaling_factor: scale.scaling,
+        shift_factor: scale.shift,
+        quant_conv: false,
+        ..VaeConfig::default()
+    }
+}
 
 /// The runtime's own memory on `device`.
 pub fn runtime(device: Device) -> u64 {

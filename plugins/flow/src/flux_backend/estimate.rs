@@ -18,11 +18,11 @@
 //! Not yet measured against a real-size run (no GPU run of the 12 B model here).
 use anyhow::Result;
 use hiresfix_model_parts::vae::memory::{free_bytes, request_kind};
-use hiresfix_model_parts::vae::{LatentScale, VaeConfig};
+use hiresfix_model_parts::vae::LatentScale;
 use host_api::{MemoryEstimate, MemoryRequest};
 
 use super::inspect::FluxHeaders;
-use crate::common::estimate::{decode_bytes, runtime};
+use crate::common::estimate::{decode_bytes, parameters, runtime, vae16};
 use crate::flux::Variant;
 use crate::t5::{FLUX_DEV_MAX_LENGTH, FLUX_SCHNELL_MAX_LENGTH};
 
@@ -36,29 +36,18 @@ pub const TOKEN_BUFFERS: u64 = 20;
 /// `ae` (counted from the released files' headers, rounded).
 pub const PUBLISHED: [u64; 3] = [123_000_000, 4_762_000_000, 83_700_000];
 
-/// Flux's `ae` where the checkpoint has none (a transformer file).
-fn flux_vae() -> VaeConfig {
-    VaeConfig {
-        z_channels: 16,
-        embed_dim: 16,
-        scaling_factor: LatentScale::FLUX.scaling,
-        shift_factor: LatentScale::FLUX.shift,
-        quant_conv: false,
-        ..VaeConfig::default()
-    }
-}
-
 pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     let headers = FluxHeaders::read(std::path::Path::new(request.checkpoint.as_str()))?;
     let (element, device) = request_kind(request)?;
-    let parameters = headers.transformer_parameters()
-        + headers
-            .other_parameters()
-            .iter()
-            .zip(PUBLISHED)
-            .map(|(&found, published)| if found == 0 { published } else { found })
-            .sum::<u64>();
-    let vae = headers.vae.clone().unwrap_or_else(flux_vae);
+    let parameters = parameters(
+        headers.transformer_parameters(),
+        &headers.other_parameters(),
+        &PUBLISHED,
+    );
+    let vae = headers
+        .vae
+        .clone()
+        .unwrap_or_else(|| vae16(LatentScale::FLUX));
     let f = vae.spatial_factor();
     let (h, w) = (i64::from(request.height) / f, i64::from(request.width) / f);
     let image_tokens = ((h / 2) * (w / 2)).max(0) as u64;

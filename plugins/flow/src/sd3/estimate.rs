@@ -11,21 +11,16 @@
 //! - transformer call: [`TOKEN_BUFFERS`] live `tokens × width` buffers per latent of the
 //!   batch, tokens = `(h/16)·(w/16)` image + 77 + 256 text (attention runs through SDPA's
 //!   flash / memory-efficient kernels: no `tokens²` scores);
-//! - VAE decode: model-parts' [`peak_bytes`] over the whole latent; tiled, the SD backend's
-//!   formula for model-parts' tiled decode: one tile with pooled GroupNorm statistics
-//!   ([`TILED_LIVE_BUFFERS`] live buffers), the mid block's run over the whole latent and
-//!   the fp32 accumulators of the blended image;
+//! - VAE decode: full and tiled, `crate::common::estimate` (model-parts' estimate; tiled, the
+//!   SD backend's formula for model-parts' tiled decode);
 //! - runtime: the process before any model (as the SD backend's estimate).
 use anyhow::Result;
-use hiresfix_model_parts::vae::memory::{
-    free_bytes, peak_bytes, request_kind, AttentionMemory, LIVE_BUFFERS,
-};
-use hiresfix_model_parts::vae::tiling::VaeTilingOptions;
-use hiresfix_model_parts::vae::{VaeConfig, VaePass};
+use hiresfix_model_parts::vae::memory::{free_bytes, request_kind};
+use hiresfix_model_parts::vae::LatentScale;
 use host_api::{MemoryEstimate, MemoryRequest};
-use tch::Device;
 
 use super::inspect::Sd3Headers;
+use crate::common::estimate::{decode_bytes, parameters, runtime, vae16};
 
 /// Live `tokens × width` buffers of one MMDiT block at its peak: the residual stream, its
 /// modulated LayerNorm, q, k, v and the attention output (6), beside the MLP's 4×-wide
@@ -37,37 +32,18 @@ pub const TEXT_TOKENS: u64 = 77 + 256;
 /// Published parameters of SD 3.5's parts a split file lacks: CLIP-L, CLIP-G, T5-XXL's
 /// encoder, the 16-channel VAE (counted from the released files' headers, rounded).
 pub const PUBLISHED: [u64; 4] = [123_000_000, 695_000_000, 4_762_000_000, 83_700_000];
-/// Full-size live buffers of a tile decoded with pooled GroupNorm statistics (the SD
-/// backend's measured figure for the same model-parts decode).
-pub const TILED_LIVE_BUFFERS: u64 = 7;
-/// Resident memory of a CPU process with libtorch and the plugins loaded, before any model.
-pub const CPU_RUNTIME: u64 = 192 << 20;
-/// CUDA context, cuBLAS and cuDNN workspaces (not measured: no GPU was lent).
-pub const CUDA_RUNTIME: u64 = 768 << 20;
-
-/// The SD3 VAE where the checkpoint has none (a split transformer file).
-fn sd3_vae() -> VaeConfig {
-    VaeConfig {
-        z_channels: 16,
-        embed_dim: 16,
-        scaling_factor: hiresfix_model_parts::vae::LatentScale::SD3.scaling,
-        shift_factor: hiresfix_model_parts::vae::LatentScale::SD3.shift,
-        quant_conv: false,
-        ..VaeConfig::default()
-    }
-}
-
 pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     let headers = Sd3Headers::read(std::path::Path::new(request.checkpoint.as_str()))?;
     let (element, device) = request_kind(request)?;
-    let parameters = headers.transformer_parameters()
-        + headers
-            .other_parameters()
-            .iter()
-            .zip(PUBLISHED)
-            .map(|(&found, published)| if found == 0 { published } else { found })
-            .sum::<u64>();
-    let vae = headers.vae.clone().unwrap_or_else(sd3_vae);
+    let parameters = parameters(
+        headers.transformer_parameters(),
+        &headers.other_parameters(),
+        &PUBLISHED,
+    );
+    let vae = headers
+        .vae
+        .clone()
+        .unwrap_or_else(|| vae16(LatentScale::SD3));
     let f = vae.spatial_factor();
     let (h, w) = (i64::from(request.height) / f, i64::from(request.width) / f);
     let patch = headers.transformer.patch_size.max(1);
@@ -75,36 +51,10 @@ pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     let width = headers.transformer.hidden_size().max(0) as u64;
     let batch = u64::from(request.unet_batch.max(1));
     let transformer = TOKEN_BUFFERS * batch * (image_tokens + TEXT_TOKENS) * width * element;
-    let attention = AttentionMemory::on(device);
-    let z = vae.z_channels;
-    let decode_full = peak_bytes(&vae, VaePass::Decode, &[1, z, h, w], element, attention);
-    let tiling =
-        VaeTilingOptions::from_profile("on", request.vae_tile_size, request.vae_tile_overlap)?;
-    let tile = (tiling.tile_px / f).max(1);
-    let decode_tiled = match tile < h || tile < w {
-        true => {
-            let one = peak_bytes(
-                &vae,
-                VaePass::Decode,
-                &[1, z, tile.min(h), tile.min(w)],
-                element,
-                attention,
-            );
-            let pixels = u64::from(request.width) * u64::from(request.height);
-            let widest = vae.ch * vae.ch_mult.iter().copied().max().unwrap_or(1);
-            let mid = widest.max(0) as u64 * (h * w).max(0) as u64 * element * LIVE_BUFFERS;
-            one / LIVE_BUFFERS * TILED_LIVE_BUFFERS
-                + mid
-                + (vae.out_channels as u64 + 1) * pixels * 4
-        }
-        false => decode_full,
-    };
+    let (decode_full, decode_tiled) = decode_bytes(&vae, request, element, device)?;
     Ok(MemoryEstimate {
         weights: parameters * element,
-        runtime: match device {
-            Device::Cpu => CPU_RUNTIME,
-            _ => CUDA_RUNTIME,
-        },
+        runtime: runtime(device),
         unet: transformer,
         decode_full,
         decode_tiled,

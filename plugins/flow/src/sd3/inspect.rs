@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
-use hiresfix_model_parts::convert::diffusers_vae::vae_renames;
 use hiresfix_model_parts::convert::VAE_PREFIX;
 use hiresfix_model_parts::vae::{LatentScale, VaeConfig};
 use hiresfix_model_parts::weights::folder::{read_json, weights_files};
@@ -72,11 +71,7 @@ impl Sd3Headers {
                     }
                 }
                 if path.join("vae").is_dir() {
-                    for file in weights_files(&path.join("vae"), "diffusion_pytorch_model")? {
-                        let file = SafetensorsFile::open(&file)?;
-                        let renames = vae_renames(file.entries().keys().map(String::as_str));
-                        weights.add_file(file, |k| renames.get(k).cloned());
-                    }
+                    crate::common::folder::add_vae(&mut weights, path)?;
                 }
                 vae_json = read_json(&path.join("vae").join("config.json"))?;
                 let file = path.join("transformer").join("config.json");

@@ -7,12 +7,12 @@ use host_api::backend::device_name;
 use host_api::options::keys;
 use host_api::tch::Tensor;
 use host_api::{
-    Backend, EncodeRequest, Error, LoadRequest, ModelInfo, ModelSampling, OptionEntry, OptionValue,
-    Result,
+    Backend, EncodeRequest, LoadRequest, ModelInfo, ModelSampling, OptionEntry, OptionValue, Result,
 };
 
 use super::files::{LoadOptions, Sd3Files};
 use super::model::Sd3Model;
+use crate::common::err;
 
 /// `LoadRequest.options` key of one split text-encoder file (repeated, one per file).
 pub const TEXT_ENCODER_OPTION: &str = "text_encoder";
@@ -21,10 +21,6 @@ pub const FAMILY: &str = "sd3";
 /// SD3's timestep is σ·1000 over a 1000-entry table (ComfyUI `ModelSamplingDiscreteFlow`).
 const TIMESTEPS: usize = 1000;
 const MULTIPLIER: f64 = 1000.0;
-
-fn err(e: anyhow::Error) -> Error {
-    Error::new(format!("{e:#}"))
-}
 
 /// The profile's additions, from a load request.
 pub fn load_options(request: &LoadRequest) -> LoadOptions {
