@@ -1,7 +1,8 @@
 //! Flux.1 through the host: the tiny dev and schnell pipelines of
 //! scripts/make_flux_pipeline_reference.py in a full 2-pass run (Euler, `simple` schedule — for
 //! Flux's 10000-entry flow table diffusers' `linspace(1, 1/n, n)` sigmas — 4 steps at 48×32 px,
-//! then latent (bilinear) ×2 and 4 steps at denoise 0.5; cfg 1, guidance 3.5, seed 1234), each
+//! then latent (bilinear) ×2 and 4 steps at denoise 0.5; cfg 1 (Flux's default), guidance 3.5,
+//! seed 1234), each
 //! pass with the shift of its own token count, from the diffusers folder, the BFL transformer
 //! with split clip_l / t5xxl / ae files and (dev) the all-in-one file, against diffusers'
 //! FluxPipeline → FluxImg2ImgPipeline (reference.safetensors `run.*`).
@@ -47,13 +48,13 @@ fn layouts(variant: &str) -> Vec<(&'static str, PathBuf, String)> {
     all
 }
 
-/// The 2-pass profile; pass 1 takes the default guidance (3.5), pass 2 sets `guidance2`.
+/// The 2-pass profile; pass 1 takes the default guidance (3.5), pass 2 sets `guidance2`; no
+/// `cfg`: Flux's default is 1 (one conditioning row, no negative).
 fn profile(checkpoint: &std::path::Path, model_lines: &str, guidance2: f64) -> String {
     let q = |s: &str| toml::Value::from(s).to_string();
     format!(
         r#"seed = 1234
 prompt = "a photo of a cat"
-cfg = 1.0
 device = "cpu"
 dtype = "fp32"
 [model]
@@ -92,6 +93,10 @@ fn flux_two_pass_runs_through_the_host_match_diffusers_in_every_layout() {
             let mut job = prepare(profile, &registry, &repo()).unwrap();
             let (model, info) = job.models.for_pass(&job.settings, &job.plans[0]).unwrap();
             assert_eq!(info.family.as_str(), format!("flux-{variant}"), "{label}");
+            assert!(
+                job.plans.iter().all(|p| p.cfg == 1.0),
+                "{label}: Flux's cfg default"
+            );
             // Each pass's shift is its own size's (dev: exp(calculate_shift(tokens))).
             for (size, key) in [((48, 32), "run.shift1"), ((96, 64), "run.shift2")] {
                 let got = model.model_sampling(size.0, size.1).unwrap().shift;

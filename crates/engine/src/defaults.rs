@@ -59,6 +59,16 @@ pub fn family_size(family: &str) -> u32 {
     }
 }
 
+/// A model family's CFG scale where neither the profile nor the pass sets one: Flux (guidance-
+/// or timestep-distilled) runs one conditioning row at 1, as Forge and diffusers do; the
+/// others A1111's [`CFG`].
+pub fn family_cfg(family: &str) -> f64 {
+    match family {
+        "flux-dev" | "flux-schnell" => 1.0,
+        _ => CFG,
+    }
+}
+
 /// Smallest side of a pass, in pixels.
 pub const MIN_SIZE: u32 = 8;
 /// Largest side of a pass, in pixels.

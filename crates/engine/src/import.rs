@@ -53,7 +53,7 @@ pub fn from_parameters(text: &str, registry: &Registry) -> Result<Imported> {
     }
     first.steps = out.checked("Steps", defaults::steps);
     if let Some(cfg) = out.checked("CFG scale", defaults::cfg) {
-        profile.cfg = cfg;
+        profile.cfg = Some(cfg);
     }
     profile.guidance = out.checked("Distilled CFG Scale", defaults::guidance);
     if let Some((w, h)) = out.size("Size") {

@@ -237,7 +237,13 @@ pub fn plan_passes<'r>(
                 .negative
                 .clone()
                 .unwrap_or_else(|| profile.negative.clone()),
-            cfg: pass.cfg.unwrap_or(profile.cfg),
+            // Unset: the family's default, the checkpoint's family read from its headers (an
+            // unreadable one is reported when it loads).
+            cfg: match pass.cfg.or(profile.cfg) {
+                Some(cfg) => cfg,
+                None => crate::models::detect_backend(registry, &checkpoint)
+                    .map_or(defaults::CFG, |b| defaults::family_cfg(&b.decl.family)),
+            },
             guidance: pass.guidance.or(profile.guidance),
             checkpoint,
             vae,

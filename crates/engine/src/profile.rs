@@ -20,8 +20,13 @@ pub struct Profile {
     pub prompt: String,
     #[serde(default)]
     pub negative: String,
-    #[serde(default = "default_cfg", deserialize_with = "cfg_scale")]
-    pub cfg: f64,
+    /// Unset: the family's default ([`defaults::family_cfg`]: A1111's 7, Flux's 1).
+    #[serde(
+        default,
+        deserialize_with = "opt_cfg",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cfg: Option<f64>,
     /// Flux dev's distilled guidance (the model's own, separate from `cfg`); unset: the
     /// backend's default (3.5). Families without one ignore it.
     #[serde(
@@ -496,9 +501,6 @@ fn default_clip_skip() -> u32 {
 fn default_lora_weight() -> f64 {
     defaults::LORA_WEIGHT
 }
-fn default_cfg() -> f64 {
-    defaults::CFG
-}
 fn default_output() -> String {
     defaults::OUTPUT.into()
 }
@@ -519,9 +521,6 @@ fn lora_weight<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 }
 fn merge_weight<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     checked(d, defaults::merge_weight)
-}
-fn cfg_scale<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    checked(d, defaults::cfg)
 }
 fn subseed_strength<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     checked(d, defaults::subseed_strength)
@@ -821,7 +820,9 @@ impl Profile {
             }
         }
         check("batch", self.batch, defaults::at_least_one)?;
-        check("cfg", self.cfg, defaults::cfg)?;
+        if let Some(v) = self.cfg {
+            check("cfg", v, defaults::cfg)?;
+        }
         if let Some(v) = self.guidance {
             check("guidance", v, defaults::guidance)?;
         }
