@@ -241,7 +241,7 @@ pub fn plan_passes<'r>(
             // unreadable one is reported when it loads).
             cfg: match pass.cfg.or(profile.cfg) {
                 Some(cfg) => cfg,
-                None => crate::models::detect_backend(registry, &checkpoint)
+                None => crate::registry::detect_backend(registry, &checkpoint)
                     .map_or(defaults::CFG, |b| defaults::family_cfg(&b.decl.family)),
             },
             guidance: pass.guidance.or(profile.guidance),
