@@ -1,6 +1,8 @@
 //! A loaded Flux model: CLIP-L, T5, the transformer and the 16-channel VAE, with what the host
 //! asks of a flow model — D(x, σ) = x − σ·v (the transformer called on the 2×2-packed latent at
 //! timestep σ, dev with its distilled guidance) and the VAE's `(z − shift)·scaling` latents.
+use std::cell::RefCell;
+
 use anyhow::{anyhow, bail, Result};
 use hiresfix_model_parts::convert::VAE_PREFIX;
 use hiresfix_model_parts::text::clip::{Activation, ClipConfig, ClipTextTransformer};
@@ -20,7 +22,8 @@ use crate::layers::prefix_path;
 use crate::t5::{T5Encoder, T5Tokenizer, FLUX_DEV_MAX_LENGTH, FLUX_SCHNELL_MAX_LENGTH};
 
 pub struct FluxModel {
-    pub text: TextEncoders,
+    /// `None` once released (host-api `release`: T5's weights freed after the last encode).
+    pub text: RefCell<Option<TextEncoders>>,
     pub transformer: LoadedFlux,
     pub vae: AutoencoderKL,
     /// CLIP-L's and the VAE's parameters.
@@ -85,7 +88,7 @@ impl FluxModel {
             device,
         };
         Ok(Self {
-            text,
+            text: RefCell::new(Some(text)),
             transformer,
             vae,
             _parts: parts,
@@ -98,7 +101,11 @@ impl FluxModel {
     }
 
     pub fn encode_prompt(&self, prompt: &str) -> Result<PromptEmbeds> {
-        let e = self.text.encode(prompt)?;
+        let text = self.text.borrow();
+        let Some(text) = text.as_ref() else {
+            bail!("Flux: the text encoders were released (no prompt is encoded after the last pass's)");
+        };
+        let e = text.encode(prompt)?;
         Ok(PromptEmbeds {
             context: e.context.to_kind(self.kind),
             pooled: e.pooled.to_kind(self.kind),
@@ -154,10 +161,19 @@ impl FluxModel {
         crate::common::vae::encode(&self.vae, image, self.device, self.kind)
     }
 
-    /// `CLIP-L (n layers, w, pooled) + T5 (n layers, w)`.
+    /// Frees T5 (its own tensors) and drops CLIP-L's module (its weights stay with the VAE's).
+    pub fn release_text_encoders(&self) {
+        self.text.borrow_mut().take();
+    }
+
+    /// `CLIP-L (n layers, w, pooled) + T5 (n layers, w)`, or `released`.
     pub fn describe_text_encoders(&self) -> String {
-        let c = self.text.clip_l.config();
-        let t = self.text.t5.config();
+        let text = self.text.borrow();
+        let Some(text) = text.as_ref() else {
+            return "released".into();
+        };
+        let c = text.clip_l.config();
+        let t = text.t5.config();
         format!(
             "CLIP-L ({} layers, {}, pooled only) + T5 ({} layers, {})",
             c.num_layers, c.hidden_size, t.num_layers, t.d_model

@@ -126,6 +126,14 @@ impl<V: FluxVariant> Backend for FluxBackend<V> {
             .collect()
     }
 
+    /// The text encoders can go (T5-XXL is 9.5 GB in bf16); the rest stays.
+    fn release(&self, parts: u32) -> Result<()> {
+        if parts & host_api::backend::release::TEXT_ENCODERS != 0 {
+            self.0.release_text_encoders();
+        }
+        Ok(())
+    }
+
     fn denoise(&self, x: &Tensor, sigma: f64, conds: &[&[Tensor]]) -> Result<Vec<Tensor>> {
         self.0.denoise(x, sigma, conds).map_err(err)
     }

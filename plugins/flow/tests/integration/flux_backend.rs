@@ -85,6 +85,31 @@ fn flux_text_embeddings_and_vae_decode_match_diffusers_in_every_layout() {
     }
 }
 
+/// After `release(TEXT_ENCODERS)` the model still denoises and decodes; encoding is refused in
+/// one line.
+#[test]
+fn flux_released_text_encoders_refuse_encoding_in_one_line() {
+    let (_, path, options) = layouts("schnell").remove(0);
+    let model = FluxModel::load(
+        FluxFiles::open(&path, &options).unwrap(),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    let e = model.encode_prompt("a cat").unwrap();
+    model.release_text_encoders();
+    assert_eq!(model.describe_text_encoders(), "released");
+    let err = format!("{:#}", model.encode_prompt("a cat").err().unwrap());
+    assert!(err.contains("released") && !err.contains('\n'), "{err}");
+    let x = Tensor::zeros([1, 16, 4, 4], (Kind::Float, Device::Cpu));
+    let g = Tensor::from_slice(&[0f32]);
+    let cond = [e.context, e.pooled, g];
+    assert_eq!(
+        model.denoise(&x, 0.5, &[&cond]).unwrap()[0].size(),
+        [1, 16, 4, 4]
+    );
+}
+
 #[test]
 fn flux_files_missing_a_part_are_refused_in_one_line() {
     let v = data().join("dev");
