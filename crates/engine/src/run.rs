@@ -445,7 +445,7 @@ pub fn run_batch(
         let (mut request, scheduled) = encode_request(at, &schedules);
         if let Some(g) = plan.guidance {
             request.options.push(host_api::OptionEntry {
-                key: GUIDANCE.into(),
+                key: host_api::options::keys::GUIDANCE.into(),
                 value: host_api::OptionValue::Number(g),
             });
         }
@@ -708,10 +708,6 @@ fn encode(
     set(models, specs)?;
     conds
 }
-
-/// The `EncodeRequest.options` key of a pass's distilled guidance (Flux dev; the profile's
-/// `guidance`). A backend without one ignores it.
-pub const GUIDANCE: &str = "guidance";
 
 /// The option the host adds for a pass that starts from pure noise (no image under it):
 /// `from_noise = true`, for samplers that start such a pass otherwise (PLMS, as A1111's

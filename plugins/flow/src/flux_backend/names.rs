@@ -6,8 +6,8 @@ pub const CLIP_L_PREFIX: &str = "text_encoders.clip_l.transformer.";
 pub const AIO_VAE_PREFIX: &str = "vae.";
 /// A key of every T5 encoder file (after any prefix).
 pub(crate) use crate::sd3::files::T5_KEY;
-/// The `[pass]` / `EncodeRequest.options` key of Flux dev's distilled guidance.
-pub const GUIDANCE_KEY: &str = "guidance";
+/// The `EncodeRequest.options` key of Flux dev's distilled guidance (the pass's `guidance`).
+pub use host_api::options::keys::GUIDANCE as GUIDANCE_KEY;
 /// Flux dev's distilled guidance where the profile sets none (diffusers' `FluxPipeline`
 /// `guidance_scale`, Forge's "Distilled CFG Scale").
 pub const DEFAULT_GUIDANCE: f64 = 3.5;
