@@ -39,6 +39,11 @@ pub mod keys {
     /// `flow (shift by size: 0.5 at 256 tokens to 1.15 at 4096)`). What the host samples
     /// with is `Backend::model_sampling`, never this text.
     pub const MODEL_SAMPLING: &str = "model_sampling";
+    /// `EncodeRequest.options` (1.5.0, with the Flux backend; no layout change): the pass's
+    /// distilled guidance (Flux dev's `guidance`, a number), sent when the profile or the pass
+    /// sets one; a backend without a guidance embedding ignores it, one with it takes its own
+    /// default (3.5) when absent.
+    pub const GUIDANCE: &str = "guidance";
 }
 
 /// Read access to the options a plugin received; a missing key yields the default.

@@ -266,7 +266,8 @@ const CASES: &[Case] = &[
     // Stable Diffusion 3 / 3.5 (MMDiT) checkpoint"); this one has no VAE.
     Case { name: "SD 3 checkpoint", code: 1, expect: "model.safetensors: no VAE in it — set `[model] vae` to the SD3 VAE file",
         setup: |sc| on_tiny(sc, header_only(sc, &[("model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight", &[6, 2])])) },
-    Case { name: "Flux checkpoint", code: 1, expect: "not supported: a Flux checkpoint",
+    // A Flux transformer file without its text encoders (the flow plugin's Flux backend).
+    Case { name: "Flux transformer without text encoders", code: 1, expect: "model.safetensors: no T5 text encoder — list the t5xxl file in `[model] text_encoders`",
         setup: |sc| on_tiny(sc, header_only(sc, &[("double_blocks.0.img_attn.norm.key_norm.scale", &[4])])) },
     Case { name: "SDXL refiner on an SD 1.x pass", code: 1, expect: "is sdxl-refiner but the pass's",
         setup: |sc| {

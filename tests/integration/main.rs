@@ -13,6 +13,8 @@ mod cross_family;
 mod embeddings;
 mod files_hostile;
 mod flow_model;
+mod flux_info;
+mod flux_run;
 mod img2img;
 mod info;
 mod inpaint_model;

@@ -76,14 +76,7 @@ fn check_prints_a_memory_row_per_sd3_pass() {
     let out = hiresfix(&scratch.0, &["check", path.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = stdout_lines(&out);
-    let row = |pass: &str, size: &str| -> Vec<String> {
-        let found: Vec<&String> = lines
-            .iter()
-            .filter(|l| l.split_whitespace().take(2).eq([pass, size]))
-            .collect();
-        assert_eq!(found.len(), 1, "{lines:?}");
-        found[0].split_whitespace().map(String::from).collect()
-    };
+    let row = |pass: &str, size: &str| memory_row(&lines, pass, size);
     // Transformer call at CFG (batch 2), fp32: 12 buffers × 2 × tokens × width 32 × 4 B, the
     // tiny VAE's factor 2 and patch 2: 1024 px → (256² + 333) tokens = 193.0 MiB; 2048 px →
     // (512² + 333) tokens = 769.0 MiB.

@@ -59,6 +59,16 @@ pub fn family_size(family: &str) -> u32 {
     }
 }
 
+/// A model family's CFG scale where neither the profile nor the pass sets one: Flux (guidance-
+/// or timestep-distilled) runs one conditioning row at 1, as Forge and diffusers do; the
+/// others A1111's [`CFG`].
+pub fn family_cfg(family: &str) -> f64 {
+    match family {
+        "flux-dev" | "flux-schnell" => 1.0,
+        _ => CFG,
+    }
+}
+
 /// Smallest side of a pass, in pixels.
 pub const MIN_SIZE: u32 = 8;
 /// Largest side of a pass, in pixels.
@@ -162,6 +172,14 @@ pub fn preview_every(v: i64) -> Result<i64, String> {
 pub fn cfg(v: f64) -> Result<f64, String> {
     rule(v, (0.0..=MAX_CFG).contains(&v), || {
         format!("cfg must be between 0 and {MAX_CFG}")
+    })
+}
+
+/// Flux dev's distilled guidance, of the profile or of a pass (Forge's "Distilled CFG
+/// Scale"; the same range as cfg).
+pub fn guidance(v: f64) -> Result<f64, String> {
+    rule(v, (0.0..=MAX_CFG).contains(&v), || {
+        format!("guidance must be between 0 and {MAX_CFG}")
     })
 }
 

@@ -53,8 +53,9 @@ pub fn from_parameters(text: &str, registry: &Registry) -> Result<Imported> {
     }
     first.steps = out.checked("Steps", defaults::steps);
     if let Some(cfg) = out.checked("CFG scale", defaults::cfg) {
-        profile.cfg = cfg;
+        profile.cfg = Some(cfg);
     }
+    profile.guidance = out.checked("Distilled CFG Scale", defaults::guidance);
     if let Some((w, h)) = out.size("Size") {
         (first.width, first.height) = (Some(w), Some(h));
     }
@@ -369,6 +370,7 @@ impl<'a> Importer<'a> {
             scale: self.checked("Hires upscale", defaults::scale),
             denoise,
             cfg: self.checked("Hires CFG Scale", defaults::cfg),
+            guidance: self.checked("Hires Distilled CFG Scale", defaults::guidance),
             ..Default::default()
         };
         if let Some((w, h)) = self.size("Hires resize") {

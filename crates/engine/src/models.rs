@@ -12,6 +12,7 @@ use host_api::{BackendDecl, EncodeRequest, LoadRequest, ModelBox, ModelInfo};
 
 use crate::observer::{timed, Observer, SILENT};
 use crate::profile::{resolve_path, DeviceChoice, DtypeChoice, Profile, VaeTiling};
+pub use crate::registry::detect_backend;
 use crate::registry::{Entry, Registry};
 
 pub fn device_of(choice: &DeviceChoice) -> Device {
@@ -236,12 +237,13 @@ impl<'r> Models<'r> {
             .find(|l| Rc::ptr_eq(&l.model, model))
             .and_then(|l| l.embeddings.as_ref().map(|e| &e.0));
         let key = format!(
-            "{:p}\u{0}{loras:?}\u{0}{embeddings:?}\u{0}{:?}\u{0}{}\u{0}{}x{}",
+            "{:p}\u{0}{loras:?}\u{0}{embeddings:?}\u{0}{:?}\u{0}{}\u{0}{}x{}\u{0}{:?}",
             Rc::as_ptr(model),
             request.prompts,
             request.clip_skip,
             request.width,
-            request.height
+            request.height,
+            request.options
         );
         if let Some(found) = self.encoded.get(&key) {
             return Ok(found.clone());
@@ -446,42 +448,4 @@ pub fn checkpoint_info(
         default_size: info.default_size,
         ..Default::default()
     })
-}
-
-/// The backend whose family reads `checkpoint`.
-pub fn detect_backend<'r>(
-    registry: &'r Registry,
-    checkpoint: &Path,
-) -> Result<&'r crate::registry::Entry<host_api::BackendDecl>> {
-    if !checkpoint.exists() {
-        bail!(
-            "checkpoint {} not found; check [model] checkpoint in the profile",
-            checkpoint.display()
-        );
-    }
-    if registry.backends.is_empty() {
-        let e = anyhow!("no model backend plugin was found; see `hiresfix plugins`");
-        return Err(registry.with_refusals(e));
-    }
-    let mut refusal = None;
-    for entry in &registry.backends {
-        match entry.decl.run_detect(checkpoint) {
-            Ok(Some(_)) => return Ok(entry),
-            Ok(None) => continue,
-            Err(e) => refusal = refusal.or(Some(e)),
-        }
-    }
-    if let Some(e) = refusal {
-        bail!("{e}");
-    }
-    let families: Vec<&str> = registry
-        .backends
-        .iter()
-        .map(|b| b.decl.family.as_str())
-        .collect();
-    bail!(
-        "no backend reads {} (families available: {})",
-        checkpoint.display(),
-        families.join(", ")
-    )
 }

@@ -37,6 +37,10 @@ pub fn infotext_pairs(
             format!("{}x{}", sizes[0].width, sizes[0].height),
         ),
     ];
+    // Forge's name for Flux dev's distilled guidance, written when the profile sets one.
+    if let Some(g) = first.guidance {
+        pairs.push(("Distilled CFG Scale".into(), num(g)));
+    }
     if let Some(hash) = model_hash {
         pairs.push(("Model hash".into(), hash.to_owned()));
     }
@@ -122,6 +126,9 @@ pub fn infotext_pairs(
         }
         if plan.cfg != first.cfg {
             pairs.push((format!("{p} CFG Scale"), num(plan.cfg)));
+        }
+        if let Some(g) = plan.guidance.filter(|_| plan.guidance != first.guidance) {
+            pairs.push((format!("{p} Distilled CFG Scale"), num(g)));
         }
         if let Some(tiled) = &plan.tiled {
             pairs.push((format!("{p} Tiled Diffusion"), tiled.infotext()));

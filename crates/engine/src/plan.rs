@@ -31,6 +31,9 @@ pub struct PassPlan<'r> {
     pub prompt: String,
     pub negative: String,
     pub cfg: f64,
+    /// Flux dev's distilled guidance (`None`: the backend's default), sent to the backend in
+    /// the pass's `EncodeRequest.options` under `guidance`.
+    pub guidance: Option<f64>,
     pub checkpoint: PathBuf,
     pub vae: Option<PathBuf>,
     pub clip_skip: usize,
@@ -234,7 +237,14 @@ pub fn plan_passes<'r>(
                 .negative
                 .clone()
                 .unwrap_or_else(|| profile.negative.clone()),
-            cfg: pass.cfg.unwrap_or(profile.cfg),
+            // Unset: the family's default, the checkpoint's family read from its headers (an
+            // unreadable one is reported when it loads).
+            cfg: match pass.cfg.or(profile.cfg) {
+                Some(cfg) => cfg,
+                None => crate::registry::detect_backend(registry, &checkpoint)
+                    .map_or(defaults::CFG, |b| defaults::family_cfg(&b.decl.family)),
+            },
+            guidance: pass.guidance.or(profile.guidance),
             checkpoint,
             vae,
             clip_skip: pass.clip_skip.unwrap_or(profile.model.clip_skip) as usize,

@@ -20,8 +20,21 @@ pub struct Profile {
     pub prompt: String,
     #[serde(default)]
     pub negative: String,
-    #[serde(default = "default_cfg", deserialize_with = "cfg_scale")]
-    pub cfg: f64,
+    /// Unset: the family's default ([`defaults::family_cfg`]: A1111's 7, Flux's 1).
+    #[serde(
+        default,
+        deserialize_with = "opt_cfg",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cfg: Option<f64>,
+    /// Flux dev's distilled guidance (the model's own, separate from `cfg`); unset: the
+    /// backend's default (3.5). Families without one ignore it.
+    #[serde(
+        default,
+        deserialize_with = "opt_guidance",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub guidance: Option<f64>,
     #[serde(default)]
     pub device: DeviceChoice,
     #[serde(default)]
@@ -314,6 +327,13 @@ pub struct Pass {
         skip_serializing_if = "Option::is_none"
     )]
     pub cfg: Option<f64>,
+    /// This pass's distilled guidance (Forge's `hr_distilled_cfg` for the hires pass).
+    #[serde(
+        default,
+        deserialize_with = "opt_guidance",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub guidance: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -490,9 +510,6 @@ fn default_clip_skip() -> u32 {
 fn default_lora_weight() -> f64 {
     defaults::LORA_WEIGHT
 }
-fn default_cfg() -> f64 {
-    defaults::CFG
-}
 fn default_output() -> String {
     defaults::OUTPUT.into()
 }
@@ -525,9 +542,6 @@ fn lora_weight<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 fn merge_weight<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     checked(d, defaults::merge_weight)
 }
-fn cfg_scale<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    checked(d, defaults::cfg)
-}
 fn subseed_strength<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     checked(d, defaults::subseed_strength)
 }
@@ -557,6 +571,9 @@ fn opt_denoise<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error>
 }
 fn opt_cfg<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     opt(d, defaults::cfg)
+}
+fn opt_guidance<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    opt(d, defaults::guidance)
 }
 fn opt_mask_blur<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     opt(d, defaults::mask_blur)
@@ -591,6 +608,7 @@ const TOP_KEYS: &[&str] = &[
     "prompt",
     "negative",
     "cfg",
+    "guidance",
     "device",
     "dtype",
     "tiling",
@@ -642,6 +660,7 @@ const PASS_KEYS: &[&str] = &[
     "prompt",
     "negative",
     "cfg",
+    "guidance",
     "checkpoint",
     "loras",
     "vae",
@@ -822,7 +841,12 @@ impl Profile {
             }
         }
         check("batch", self.batch, defaults::at_least_one)?;
-        check("cfg", self.cfg, defaults::cfg)?;
+        if let Some(v) = self.cfg {
+            check("cfg", v, defaults::cfg)?;
+        }
+        if let Some(v) = self.guidance {
+            check("guidance", v, defaults::guidance)?;
+        }
         check(
             "subseed_strength",
             self.subseed_strength,
@@ -882,6 +906,9 @@ impl Profile {
             }
             if let Some(v) = pass.cfg {
                 check(&key("cfg"), v, defaults::cfg)?;
+            }
+            if let Some(v) = pass.guidance {
+                check(&key("guidance"), v, defaults::guidance)?;
             }
             if let Some(v) = pass.clip_skip {
                 check(&key("clip_skip"), v, defaults::at_least_one)?;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::lib_header_from_path;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use host_api::{
     BackendDecl, Handshake, PatchDecl, PluginRef, SamplerDecl, ScheduleDecl, UpscalerDecl,
 };
@@ -458,4 +458,42 @@ pub fn display_name<D: Named>(decl: &D) -> String {
         .first()
         .map(|s| s.to_string())
         .unwrap_or_else(|| decl.name().to_owned())
+}
+
+/// The backend whose family reads `checkpoint`.
+pub fn detect_backend<'r>(
+    registry: &'r Registry,
+    checkpoint: &Path,
+) -> Result<&'r Entry<host_api::BackendDecl>> {
+    if !checkpoint.exists() {
+        bail!(
+            "checkpoint {} not found; check [model] checkpoint in the profile",
+            checkpoint.display()
+        );
+    }
+    if registry.backends.is_empty() {
+        let e = anyhow!("no model backend plugin was found; see `hiresfix plugins`");
+        return Err(registry.with_refusals(e));
+    }
+    let mut refusal = None;
+    for entry in &registry.backends {
+        match entry.decl.run_detect(checkpoint) {
+            Ok(Some(_)) => return Ok(entry),
+            Ok(None) => continue,
+            Err(e) => refusal = refusal.or(Some(e)),
+        }
+    }
+    if let Some(e) = refusal {
+        bail!("{e}");
+    }
+    let families: Vec<&str> = registry
+        .backends
+        .iter()
+        .map(|b| b.decl.family.as_str())
+        .collect();
+    bail!(
+        "no backend reads {} (families available: {})",
+        checkpoint.display(),
+        families.join(", ")
+    )
 }

@@ -442,7 +442,13 @@ pub fn run_batch(
         // Each pass conditions on its own size (SDXL's size ids, as A1111's hires pass).
         let schedules = crate::plan::prompt_schedules(plans, i)?;
         let at = (plan.clip_skip, size.width, size.height);
-        let (request, scheduled) = encode_request(at, &schedules);
+        let (mut request, scheduled) = encode_request(at, &schedules);
+        if let Some(g) = plan.guidance {
+            request.options.push(host_api::OptionEntry {
+                key: host_api::options::keys::GUIDANCE.into(),
+                value: host_api::OptionValue::Number(g),
+            });
+        }
         set_embeddings(models, &model, plan, &request)?;
         let conds = encode(models, &model, plans, plan, &specs, &request)?;
         let negatives = schedules.0.texts.len();

@@ -16,8 +16,10 @@ use crate::plan::{PassPlan, PassSize};
 pub const MAX_STEPS_AFTER_SWITCH: usize = 10;
 
 /// Families whose checkpoints continue each other's latents: the SDXL refiner works in SDXL's
-/// latent space (its VAE is SDXL's), so a pass or a refiner may switch between them.
-const SHARED_LATENT_SPACE: &[(&str, &str)] = &[("sdxl", "sdxl-refiner")];
+/// latent space (its VAE is SDXL's), Flux dev and schnell share the `ae`, so a pass or a
+/// refiner may switch between them.
+const SHARED_LATENT_SPACE: &[(&str, &str)] =
+    &[("sdxl", "sdxl-refiner"), ("flux-dev", "flux-schnell")];
 
 /// Whether a checkpoint of `family` may continue the latents of one of `base`.
 pub fn shares_latent_space(family: &str, base: &str) -> bool {

@@ -38,18 +38,21 @@ const DEFAULTS: &str = r#"{
     }"#;
 
 /// The `parameters` echo: A1111's fields with defaults, overlaid with the request's values
-/// for those fields (and Forge's `hr_cfg`).
+/// for those fields (and Forge's `hr_cfg`, `distilled_cfg_scale` and `hr_distilled_cfg`).
 pub fn echo(request: &Map<String, Value>) -> Value {
     let mut out = defaults();
     if let Some(map) = out.as_object_mut() {
         for (key, value) in request {
-            if map.contains_key(key) || key == "hr_cfg" {
+            if map.contains_key(key) || FORGE_FIELDS.contains(&key.as_str()) {
                 map.insert(key.clone(), value.clone());
             }
         }
     }
     out
 }
+
+/// Forge's fields A1111 lacks, echoed in `parameters` when sent.
+const FORGE_FIELDS: [&str; 3] = ["hr_cfg", "distilled_cfg_scale", "hr_distilled_cfg"];
 
 /// Reads request fields: `null`, `""` and "Use same …" are unset; numbers may come as text
 /// (openOutpaint sends `"seed": "1234"`).
@@ -293,8 +296,13 @@ fn map_request(
     let fix = "batch_size × n_iter is the image count; send fewer";
     in_range("batch_size", per_batch * iterations, 1, limits.images, fix)?;
     profile.batch = (per_batch * iterations) as u32;
-    let cfg = f.float("cfg_scale")?.unwrap_or(base.cfg);
-    profile.cfg = ruled("cfg_scale", cfg, defaults::cfg)?;
+    // A1111's API default (7) where neither the request nor the server's profile sets one.
+    let cfg = f.float("cfg_scale")?.or(base.cfg).unwrap_or(defaults::CFG);
+    profile.cfg = Some(ruled("cfg_scale", cfg, defaults::cfg)?);
+    // Forge's "Distilled CFG Scale" (Flux dev's guidance); other families ignore it.
+    if let Some(g) = f.float("distilled_cfg_scale")? {
+        profile.guidance = Some(ruled("distilled_cfg_scale", g, defaults::guidance)?);
+    }
     if let Some(tiling) = f.flag("tiling")? {
         profile.tiling = tiling;
     }
@@ -562,7 +570,11 @@ fn hires_pass(
     // Forge's hr_cfg; A1111 has none and uses cfg_scale, as does an unset one here.
     if let Some(cfg) = f.float("hr_cfg")? {
         let cfg = ruled("hr_cfg", cfg, defaults::cfg)?;
-        pass.cfg = (cfg != profile.cfg).then_some(cfg);
+        pass.cfg = (Some(cfg) != profile.cfg).then_some(cfg);
+    }
+    // Forge's hires "Distilled CFG Scale" (the hires pass's Flux guidance).
+    if let Some(g) = f.float("hr_distilled_cfg")? {
+        pass.guidance = Some(ruled("hr_distilled_cfg", g, defaults::guidance)?);
     }
     Ok(pass)
 }
@@ -680,7 +692,7 @@ pub fn info(
         "width": first.and_then(|p| p.width),
         "height": first.and_then(|p| p.height),
         "sampler_name": sampler_label,
-        "cfg_scale": profile.cfg,
+        "cfg_scale": profile.cfg.unwrap_or(defaults::CFG),
         "steps": first.and_then(|p| p.steps),
         "batch_size": profile.batch,
         "restore_faces": false,

@@ -36,3 +36,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
     let s = out.size();
     out.transpose(1, 2).reshape([s[0], s[2], s[1] * s[3]])
 }
+
+/// `a.b.c.` → the VarStore path `a / b / c` (a model key prefix as a module path).
+pub fn prefix_path<'a>(root: &nn::Path<'a>, prefix: &str) -> nn::Path<'a> {
+    let mut parts = prefix.split('.').filter(|p| !p.is_empty());
+    let first = parts.next().unwrap_or("model");
+    parts.fold(root.sub(first), |p, part| p.sub(part))
+}

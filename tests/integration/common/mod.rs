@@ -125,6 +125,16 @@ pub fn stdout_lines(out: &Output) -> Vec<String> {
         .collect()
 }
 
+/// The words of `check`'s memory-table row of `pass` at `size` (exactly one such row).
+pub fn memory_row(lines: &[String], pass: &str, size: &str) -> Vec<String> {
+    let found: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.split_whitespace().take(2).eq([pass, size]))
+        .collect();
+    assert_eq!(found.len(), 1, "{lines:?}");
+    found[0].split_whitespace().map(String::from).collect()
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

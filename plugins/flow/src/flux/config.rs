@@ -78,12 +78,16 @@ impl FluxConfig {
         }
     }
 
-    /// The RoPE axes for `head_dim`: those given, else Flux.1's at 128, else an error naming the
-    /// fix (`what` names the file).
+    /// The RoPE axes for `head_dim`: those given, else Flux.1's at 128, else Flux.1's
+    /// proportions (1/8, 7/16, 7/16) where they come out even (head dims that are multiples of
+    /// 32: the tiny test models), else an error naming the fix (`what` names the file).
     pub fn axes_for(what: &str, head_dim: i64, given: Option<[i64; 3]>) -> Result<[i64; 3]> {
         let axes = match given {
             Some(a) => a,
             None if head_dim == 128 => FLUX1_AXES,
+            None if head_dim > 0 && head_dim % 32 == 0 => {
+                [head_dim / 8, head_dim * 7 / 16, head_dim * 7 / 16]
+            }
             None => bail!(
                 "{what}: a Flux transformer with head dim {head_dim} (not Flux.1's 128) has no \
                  known RoPE axes; load it from a diffusers folder whose config.json names \

@@ -32,6 +32,26 @@ pub fn load(path: &Path) -> Result<LoadedFlux> {
 /// Loads `path` (a `.safetensors` file, a `.safetensors.index.json`, a diffusers pipeline or
 /// transformer folder) on the CPU in fp32; `axes` gives the RoPE axes a file cannot tell.
 pub fn load_with(path: &Path, axes: Option<[i64; 3]>) -> Result<LoadedFlux> {
+    load_on(path, axes, Device::Cpu, Kind::Float)
+}
+
+/// [`load_with`] onto `device` in `kind`.
+pub fn load_on(
+    path: &Path,
+    axes: Option<[i64; 3]>,
+    device: Device,
+    kind: Kind,
+) -> Result<LoadedFlux> {
+    let (w, layout, config) = read(path, axes)?;
+    let mut vs = nn::VarStore::new(device);
+    vs.set_kind(kind);
+    let model = Flux::new(&vs.root(), &config);
+    fill(&vs, &w, &layout)?;
+    Ok(LoadedFlux { model, vs, layout })
+}
+
+/// The weights of `path`, their layout and the transformer's shape (headers only).
+fn read(path: &Path, axes: Option<[i64; 3]>) -> Result<(Weights, Layout, FluxConfig)> {
     let (file, config_json) = resolve(path)?;
     let w = open_weights(&file)?;
     let layout = Layout::detect(&w);
@@ -40,11 +60,13 @@ pub fn load_with(path: &Path, axes: Option<[i64; 3]>) -> Result<LoadedFlux> {
         FluxConfig::axes_from_diffusers_json(&text)
     });
     let config = infer_config(&w, &layout, axes)?;
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    vs.set_kind(Kind::Float);
-    let model = Flux::new(&vs.root(), &config);
-    fill(&vs, &w, &layout)?;
-    Ok(LoadedFlux { model, vs, layout })
+    Ok((w, layout, config))
+}
+
+/// The transformer's shape and layout of `path` (as [`load`] reads it), without building it.
+pub fn read_config(path: &Path) -> Result<(FluxConfig, Layout)> {
+    let (_, layout, config) = read(path, None)?;
+    Ok((config, layout))
 }
 
 /// The weight file (or index) of `path` and the config.json beside it, if any.

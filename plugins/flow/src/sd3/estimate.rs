@@ -13,19 +13,16 @@
 //! - transformer call: [`TOKEN_BUFFERS`] live `tokens × width` buffers per latent of the
 //!   batch, tokens = `(h/16)·(w/16)` image + 77 + 256 text (attention runs through SDPA's
 //!   flash / memory-efficient kernels: no `tokens²` scores);
-//! - VAE decode: model-parts' [`peak_bytes`] over the whole latent; tiled, model-parts'
-//!   [`tiled_decode_bytes`] (as for the SD backend);
+//! - VAE decode: full and tiled, `crate::common::estimate` (model-parts' `peak_bytes` and
+//!   `tiled_decode_bytes`, as for the SD backend);
 //! - runtime: the process before any model (as the SD backend's estimate).
 use anyhow::Result;
-use hiresfix_model_parts::vae::memory::{
-    free_bytes, peak_bytes, request_kind, tiled_decode_bytes, AttentionMemory,
-};
-use hiresfix_model_parts::vae::tiling::VaeTilingOptions;
-use hiresfix_model_parts::vae::{VaeConfig, VaePass};
+use hiresfix_model_parts::vae::memory::{free_bytes, request_kind};
+use hiresfix_model_parts::vae::LatentScale;
 use host_api::{MemoryEstimate, MemoryRequest};
-use tch::Device;
 
 use super::inspect::Sd3Headers;
+use crate::common::estimate::{decode_bytes, parameters, runtime, vae16};
 use crate::t5::T5Placement;
 
 /// Live `tokens × width` buffers of one MMDiT block at its peak: the residual stream, its
@@ -40,37 +37,21 @@ pub const TEXT_TOKENS: u64 = 77 + 256;
 pub const PUBLISHED: [u64; 4] = [123_000_000, 695_000_000, 4_762_000_000, 83_700_000];
 /// T5's place in [`PUBLISHED`] and `Sd3Headers::other_parameters`.
 const T5: usize = 2;
-/// Resident memory of a CPU process with libtorch and the plugins loaded, before any model.
-pub const CPU_RUNTIME: u64 = 192 << 20;
-/// CUDA context, cuBLAS and cuDNN workspaces (not measured: no GPU was lent).
-pub const CUDA_RUNTIME: u64 = 768 << 20;
-
-/// The SD3 VAE where the checkpoint has none (a split transformer file).
-fn sd3_vae() -> VaeConfig {
-    VaeConfig {
-        z_channels: 16,
-        embed_dim: 16,
-        scaling_factor: hiresfix_model_parts::vae::LatentScale::SD3.scaling,
-        shift_factor: hiresfix_model_parts::vae::LatentScale::SD3.shift,
-        quant_conv: false,
-        ..VaeConfig::default()
-    }
-}
 
 pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     let headers = Sd3Headers::read(std::path::Path::new(request.checkpoint.as_str()))?;
     let (element, device) = request_kind(request)?;
+    // With `t5 = "cpu"` on a GPU, T5's weights are not in the device's memory.
     let t5_off_device = T5Placement::from_options(&request.options)?.device(device) != device;
-    let parameters = headers.transformer_parameters()
-        + headers
-            .other_parameters()
-            .iter()
-            .zip(PUBLISHED)
-            .enumerate()
-            .filter(|&(part, _)| !(part == T5 && t5_off_device))
-            .map(|(_, (&found, published))| if found == 0 { published } else { found })
-            .sum::<u64>();
-    let vae = headers.vae.clone().unwrap_or_else(sd3_vae);
+    let (mut found, mut published) = (headers.other_parameters(), PUBLISHED);
+    if t5_off_device {
+        (found[T5], published[T5]) = (0, 0);
+    }
+    let parameters = parameters(headers.transformer_parameters(), &found, &published);
+    let vae = headers
+        .vae
+        .clone()
+        .unwrap_or_else(|| vae16(LatentScale::SD3));
     let f = vae.spatial_factor();
     let (h, w) = (i64::from(request.height) / f, i64::from(request.width) / f);
     let patch = headers.transformer.patch_size.max(1);
@@ -78,18 +59,10 @@ pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     let width = headers.transformer.hidden_size().max(0) as u64;
     let batch = u64::from(request.unet_batch.max(1));
     let transformer = TOKEN_BUFFERS * batch * (image_tokens + TEXT_TOKENS) * width * element;
-    let attention = AttentionMemory::on(device);
-    let z = vae.z_channels;
-    let decode_full = peak_bytes(&vae, VaePass::Decode, &[1, z, h, w], element, attention);
-    let tiling =
-        VaeTilingOptions::from_profile("on", request.vae_tile_size, request.vae_tile_overlap)?;
-    let decode_tiled = tiled_decode_bytes(&vae, (h, w), &tiling, element, attention);
+    let (decode_full, decode_tiled) = decode_bytes(&vae, request, element, device)?;
     Ok(MemoryEstimate {
         weights: parameters * element,
-        runtime: match device {
-            Device::Cpu => CPU_RUNTIME,
-            _ => CUDA_RUNTIME,
-        },
+        runtime: runtime(device),
         unet: transformer,
         decode_full,
         decode_tiled,

@@ -10,7 +10,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use hiresfix_model_parts::convert::diffusers_vae::vae_renames;
 use hiresfix_model_parts::convert::hf_clip::text_encoder_key;
 use hiresfix_model_parts::convert::VAE_PREFIX;
 use hiresfix_model_parts::vae::files::replace_vae;
@@ -99,11 +98,7 @@ impl Sd3Files {
                 });
             }
         }
-        for file in weights_files(&path.join("vae"), "diffusion_pytorch_model")? {
-            let file = SafetensorsFile::open(&file)?;
-            let renames = vae_renames(file.entries().keys().map(String::as_str));
-            weights.add_file(file, |k| renames.get(k).cloned());
-        }
+        crate::common::folder::add_vae(&mut weights, path)?;
         let json = |sub: &str| read_json(&path.join(sub).join("config.json"));
         let shift = folder_shift(path)?;
         let t5 = match path.join("text_encoder_3").is_dir() {

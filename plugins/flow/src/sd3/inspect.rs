@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
-use hiresfix_model_parts::convert::diffusers_vae::vae_renames;
 use hiresfix_model_parts::convert::VAE_PREFIX;
 use hiresfix_model_parts::vae::{LatentScale, VaeConfig};
 use hiresfix_model_parts::weights::folder::{read_json, weights_files};
@@ -72,11 +71,7 @@ impl Sd3Headers {
                     }
                 }
                 if path.join("vae").is_dir() {
-                    for file in weights_files(&path.join("vae"), "diffusion_pytorch_model")? {
-                        let file = SafetensorsFile::open(&file)?;
-                        let renames = vae_renames(file.entries().keys().map(String::as_str));
-                        weights.add_file(file, |k| renames.get(k).cloned());
-                    }
+                    crate::common::folder::add_vae(&mut weights, path)?;
                 }
                 vae_json = read_json(&path.join("vae").join("config.json"))?;
                 let file = path.join("transformer").join("config.json");
@@ -188,7 +183,7 @@ impl Sd3Headers {
 }
 
 /// A CLIP text model under `prefix`: its layers and the token embedding's width.
-fn clip_shape(weights: &Weights, prefix: &str) -> Option<EncoderShape> {
+pub(crate) fn clip_shape(weights: &Weights, prefix: &str) -> Option<EncoderShape> {
     let width = weights
         .keys()
         .filter(|k| k.starts_with(prefix) && k.ends_with("token_embedding.weight"))
@@ -200,7 +195,7 @@ fn clip_shape(weights: &Weights, prefix: &str) -> Option<EncoderShape> {
 }
 
 /// T5's encoder under `prefix`: its blocks and `d_model`.
-fn t5_shape(weights: &Weights, prefix: &str) -> Option<EncoderShape> {
+pub(crate) fn t5_shape(weights: &Weights, prefix: &str) -> Option<EncoderShape> {
     let key = weights
         .keys()
         .find(|k| k.starts_with(prefix) && k.ends_with(T5_KEY))?

@@ -191,60 +191,22 @@ impl Sd3Model {
     /// D(x, σ) = x − σ·v for each conditioning `[context, pooled]`; one transformer call when
     /// their token counts agree.
     pub fn denoise(&self, x: &Tensor, sigma: f64, conds: &[&[Tensor]]) -> Result<Vec<Tensor>> {
-        let pick = |c: &[Tensor], i: usize| {
-            c.get(i)
-                .map(Tensor::shallow_clone)
-                .ok_or_else(|| anyhow!("an SD3 conditioning is [context, pooled]"))
-        };
-        let contexts = conds
-            .iter()
-            .map(|c| pick(c, 0))
-            .collect::<Result<Vec<_>>>()?;
-        let pooled = conds
-            .iter()
-            .map(|c| pick(c, 1))
-            .collect::<Result<Vec<_>>>()?;
-        let rows = x.size()[0];
-        let same = contexts.windows(2).all(|w| w[0].size() == w[1].size());
-        let groups: Vec<Vec<usize>> = match same {
-            true => vec![(0..conds.len()).collect()],
-            false => (0..conds.len()).map(|i| vec![i]).collect(),
-        };
-        let mut out: Vec<Option<Tensor>> = (0..conds.len()).map(|_| None).collect();
-        for group in groups {
-            let n = group.len() as i64;
-            let ctx: Vec<Tensor> = group
-                .iter()
-                .map(|&i| contexts[i].expand([rows, -1, -1], false))
-                .collect();
-            let pool: Vec<Tensor> = group
-                .iter()
-                .map(|&i| pooled[i].expand([rows, -1], false))
-                .collect();
-            let xs = x.repeat([n, 1, 1, 1]);
-            let t = Tensor::full([rows * n], sigma * 1000.0, (Kind::Float, x.device()));
-            let v = self.velocity(&xs, &t, &Tensor::cat(&ctx, 0), &Tensor::cat(&pool, 0))?;
-            let x0 = &xs - v * sigma;
-            for (j, &i) in group.iter().enumerate() {
-                out[i] = Some(x0.narrow(0, j as i64 * rows, rows));
-            }
-        }
-        Ok(out.into_iter().flatten().collect())
+        let bundle = (2, "[context, pooled] (SD3)");
+        crate::common::denoise::denoise(x, sigma, conds, bundle, |xs, c| {
+            let t = Tensor::full([xs.size()[0]], sigma * 1000.0, (Kind::Float, xs.device()));
+            self.velocity(xs, &t, &c[0], &c[1])
+        })
     }
 
     /// Scaled latent → pixels in about [-1, 1] (raw).
     pub fn decode(&self, latent: &Tensor) -> Result<Tensor> {
-        let z = latent.to_device(self.device).to_kind(self.kind);
-        let image = tch::no_grad(|| self.vae.decode(&z))?;
-        Ok(image.to_kind(Kind::Float))
+        crate::common::vae::decode(&self.vae, latent, self.device, self.kind)
     }
 
     /// Pixels in [-1, 1] → scaled latent (the posterior mean).
     pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
         self.check_live(VAE_ENCODER, "VAE-encode an image")?;
-        let x = image.to_device(self.device).to_kind(self.kind);
-        let latent = tch::no_grad(|| self.vae.encode(&x))?;
-        Ok(latent.to_kind(Kind::Float))
+        crate::common::vae::encode(&self.vae, image, self.device, self.kind)
     }
 
     /// `CLIP-L (n layers, w) + OpenCLIP bigG (…) + T5 (…)` or `… + T5 absent`.

@@ -8,12 +8,13 @@ use host_api::backend::device_name;
 use host_api::options::keys;
 use host_api::tch::Tensor;
 use host_api::{
-    Backend, EncodeRequest, Error, LoadRequest, LoraSpec, ModelInfo, ModelSampling, OptionEntry,
+    Backend, EncodeRequest, LoadRequest, LoraSpec, ModelInfo, ModelSampling, OptionEntry,
     OptionValue, Result,
 };
 
 use super::files::{LoadOptions, Sd3Files};
 use super::model::Sd3Model;
+use crate::common::err;
 use crate::lora::{self, LoraFamily};
 use crate::t5::T5Placement;
 
@@ -24,10 +25,6 @@ pub const FAMILY: &str = "sd3";
 /// SD3's timestep is σ·1000 over a 1000-entry table (ComfyUI `ModelSamplingDiscreteFlow`).
 const TIMESTEPS: usize = 1000;
 const MULTIPLIER: f64 = 1000.0;
-
-fn err(e: anyhow::Error) -> Error {
-    Error::new(format!("{e:#}"))
-}
 
 /// The profile's additions, from a load request; an unknown `t5` placement is refused.
 pub fn load_options(request: &LoadRequest) -> anyhow::Result<LoadOptions> {
@@ -146,8 +143,4 @@ impl Backend for Sd3Backend {
             ))),
         }
     }
-}
-
-host_api::export_plugin! {
-    backends_with_tools: [Sd3Backend],
 }

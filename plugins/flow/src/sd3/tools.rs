@@ -2,10 +2,11 @@
 //! optional [`BackendTools`] table, from the checkpoint's headers ([`super::inspect`]).
 use std::path::Path;
 
-use host_api::{BackendTools, CheckpointInfo, Error, OptionEntry, OptionValue, Result};
+use host_api::{BackendTools, CheckpointInfo, Result};
 
 use super::inspect::Sd3Headers;
 use super::plugin::{Sd3Backend, FAMILY};
+use crate::common::{err, number};
 
 /// `CheckpointInfo.extra` keys of the SD3 backend.
 pub mod keys {
@@ -17,17 +18,6 @@ pub mod keys {
     pub const MMDIT_BLOCKS: &str = "mmdit_blocks";
     /// Blocks with SD 3.5 medium's second self-attention (number).
     pub const DUAL_ATTENTION_BLOCKS: &str = "mmdit_dual_attention_blocks";
-}
-
-fn err(e: anyhow::Error) -> Error {
-    Error::new(format!("{e:#}"))
-}
-
-fn number(key: &str, value: f64) -> OptionEntry {
-    OptionEntry {
-        key: key.into(),
-        value: OptionValue::Number(value),
-    }
 }
 
 /// `hiresfix info`'s facts of an SD3 checkpoint, headers only.

@@ -1,5 +1,6 @@
 //! Parity of the flow backend's parts with diffusers / transformers on tiny models.
 mod flux;
+mod flux_backend;
 mod flux_lora;
 mod mmdit;
 mod sd3;

@@ -235,6 +235,9 @@ fn tiled_encode_of_a_colour_gradient_is_close_to_a_full_encode() {
     );
 }
 
+// 2048 px at factor 8 keeps the mid block whole.
+const _: () = assert!(WHOLE_MID_CELLS >= 256 * 256);
+
 /// Tiling with the mid block in every tile, as above [`WHOLE_MID_CELLS`] (8192 px at factor
 /// 8); here forced at 320 px by a bound of 0 cells.
 fn set_mid_in_tiles(model: &mut SdModel) {
@@ -253,10 +256,6 @@ fn set_mid_in_tiles(model: &mut SdModel) {
 /// Tiled VAE, diffusers, ComfyUI) pay at every size and we only above [`WHOLE_MID_CELLS`].
 #[test]
 fn tiled_decode_with_the_mid_block_in_each_tile_stays_close_to_a_full_decode() {
-    assert!(
-        WHOLE_MID_CELLS >= 256 * 256,
-        "2048 px at factor 8 keeps the mid block whole"
-    );
     let mut model = tiny_model();
     let z = structured_latent(SIDE);
     set_mode(&mut model, VaeTilingMode::Off, TILE_PX, OVERLAP_PX);

@@ -1,0 +1,63 @@
+//! The parts of `check`'s memory table shared by the flow backends: parameters with published
+//! sizes for missing parts, the runtime, and the VAE decode — model-parts' [`peak_bytes`]
+//! over the whole latent and [`tiled_decode_bytes`] in tiles, as for the SD backend.
+use anyhow::Result;
+use hiresfix_model_parts::vae::memory::{peak_bytes, tiled_decode_bytes, AttentionMemory};
+use hiresfix_model_parts::vae::tiling::VaeTilingOptions;
+use hiresfix_model_parts::vae::{LatentScale, VaeConfig, VaePass};
+use host_api::MemoryRequest;
+use tch::Device;
+
+/// Resident memory of a CPU process with libtorch and the plugins loaded, before any model.
+pub const CPU_RUNTIME: u64 = 192 << 20;
+/// CUDA context, cuBLAS and cuDNN workspaces (not measured: no GPU was lent).
+pub const CUDA_RUNTIME: u64 = 768 << 20;
+
+/// The parameters a run holds: the transformer's, and each other part's as `found` (0: the
+/// checkpoint lacks it, the profile gives it) or else at its `published` size.
+pub fn parameters(transformer: u64, found: &[u64], published: &[u64]) -> u64 {
+    let others = found.iter().zip(published);
+    transformer
+        + others
+            .map(|(&f, &p)| if f == 0 { p } else { f })
+            .sum::<u64>()
+}
+
+/// A 16-channel VAE with `scale` (SD3's, Flux's) where the checkpoint has none.
+pub fn vae16(scale: LatentScale) -> VaeConfig {
+    VaeConfig {
+        z_channels: 16,
+        embed_dim: 16,
+        scaling_factor: scale.scaling,
+        shift_factor: scale.shift,
+        quant_conv: false,
+        ..VaeConfig::default()
+    }
+}
+
+/// The runtime's own memory on `device`.
+pub fn runtime(device: Device) -> u64 {
+    match device {
+        Device::Cpu => CPU_RUNTIME,
+        _ => CUDA_RUNTIME,
+    }
+}
+
+/// Bytes of decoding the request's latent in one piece and in tiles (model-parts'
+/// `tiled_decode_bytes`, as for the SD backend).
+pub fn decode_bytes(
+    vae: &VaeConfig,
+    request: &MemoryRequest,
+    element: u64,
+    device: Device,
+) -> Result<(u64, u64)> {
+    let f = vae.spatial_factor();
+    let (h, w) = (i64::from(request.height) / f, i64::from(request.width) / f);
+    let attention = AttentionMemory::on(device);
+    let z = vae.z_channels;
+    let full = peak_bytes(vae, VaePass::Decode, &[1, z, h, w], element, attention);
+    let tiling =
+        VaeTilingOptions::from_profile("on", request.vae_tile_size, request.vae_tile_overlap)?;
+    let tiled = tiled_decode_bytes(vae, (h, w), &tiling, element, attention);
+    Ok((full, tiled))
+}

@@ -1,0 +1,22 @@
+//! What the flow backends (SD3, Flux) share beyond the model parts: errors and facts across the
+//! plugin boundary, a diffusers folder's transformer class and VAE, the VAE run in the model's
+//! dtype, and the denoiser's batching of conditionings into transformer calls.
+pub mod denoise;
+pub mod estimate;
+pub mod folder;
+pub mod vae;
+
+use host_api::{Error, OptionEntry, OptionValue};
+
+/// An error for the host: the whole cause chain on one line.
+pub fn err(e: anyhow::Error) -> Error {
+    Error::new(format!("{e:#}"))
+}
+
+/// A numeric fact of an `extra` list.
+pub fn number(key: &str, value: f64) -> OptionEntry {
+    OptionEntry {
+        key: key.into(),
+        value: OptionValue::Number(value),
+    }
+}

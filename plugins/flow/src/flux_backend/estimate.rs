@@ -1,0 +1,70 @@
+//! `hiresfix check`'s memory table for Flux, from the checkpoint's headers alone. The peak of
+//! a pass is
+//!
+//! ```text
+//! runtime + weights + max(transformer call, VAE decode)
+//! ```
+//!
+//! - weights: every parameter of the transformer, CLIP-L, T5-XXL's encoder and the VAE at the
+//!   run's dtype (T5 on the device too); a part the checkpoint lacks (a transformer file's
+//!   text encoders and `ae`, given by the profile) counts at the published size
+//!   ([`PUBLISHED`]);
+//! - transformer call: [`TOKEN_BUFFERS`] live `tokens × width` buffers per latent of the batch,
+//!   tokens = `(h/16)·(w/16)` packed image tokens + the T5 tokens (512 dev, 256 schnell);
+//!   attention runs through SDPA's flash / memory-efficient kernels (no `tokens²` scores);
+//! - VAE decode: full and tiled as the SD3 backend's (`crate::common::estimate`);
+//! - runtime: the process before any model.
+//!
+//! Not yet measured against a real-size run (no GPU run of the 12 B model here).
+use anyhow::Result;
+use hiresfix_model_parts::vae::memory::{free_bytes, request_kind};
+use hiresfix_model_parts::vae::LatentScale;
+use host_api::{MemoryEstimate, MemoryRequest};
+
+use super::inspect::FluxHeaders;
+use crate::common::estimate::{decode_bytes, parameters, runtime, vae16};
+use crate::flux::Variant;
+use crate::t5::{FLUX_DEV_MAX_LENGTH, FLUX_SCHNELL_MAX_LENGTH};
+
+/// Live `tokens × width` buffers of a single-stream block at its peak: the residual stream
+/// and its modulated norm (2), the fused `linear1` output (q, k, v and the 4×-wide MLP input:
+/// 7), the GELU'd MLP half (4), the attention output (1) and the concatenation `linear2` reads
+/// (5) — 19, rounded up to 20 for the allocator's slack (the double-stream blocks' 4× MLP
+/// peak is below it).
+pub const TOKEN_BUFFERS: u64 = 20;
+/// Published parameters of the parts a transformer file lacks: CLIP-L, T5-XXL's encoder, the
+/// `ae` (counted from the released files' headers, rounded).
+pub const PUBLISHED: [u64; 3] = [123_000_000, 4_762_000_000, 83_700_000];
+
+pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
+    let headers = FluxHeaders::read(std::path::Path::new(request.checkpoint.as_str()))?;
+    let (element, device) = request_kind(request)?;
+    let parameters = parameters(
+        headers.transformer_parameters(),
+        &headers.other_parameters(),
+        &PUBLISHED,
+    );
+    let vae = headers
+        .vae
+        .clone()
+        .unwrap_or_else(|| vae16(LatentScale::FLUX));
+    let f = vae.spatial_factor();
+    let (h, w) = (i64::from(request.height) / f, i64::from(request.width) / f);
+    let image_tokens = ((h / 2) * (w / 2)).max(0) as u64;
+    let text_tokens = match headers.variant {
+        Variant::Dev => FLUX_DEV_MAX_LENGTH,
+        Variant::Schnell => FLUX_SCHNELL_MAX_LENGTH,
+    } as u64;
+    let width = headers.transformer.hidden_size().max(0) as u64;
+    let batch = u64::from(request.unet_batch.max(1));
+    let transformer = TOKEN_BUFFERS * batch * (image_tokens + text_tokens) * width * element;
+    let (decode_full, decode_tiled) = decode_bytes(&vae, request, element, device)?;
+    Ok(MemoryEstimate {
+        weights: parameters * element,
+        runtime: runtime(device),
+        unet: transformer,
+        decode_full,
+        decode_tiled,
+        free: free_bytes(device).unwrap_or(0),
+    })
+}

@@ -1,0 +1,153 @@
+//! Flux backend parity: the tiny Flux.1 dev- and schnell-shaped pipelines of
+//! scripts/make_flux_pipeline_reference.py (CLIP-L, T5, the transformer, the 16-channel `ae`)
+//! loaded from the diffusers folder, the BFL transformer file with the split clip_l / t5xxl /
+//! ae files and (dev) the all-in-one file, against diffusers' FluxPipeline (fp32 CPU): the text
+//! conditioning of `encode_prompt` (T5 sequence, pooled CLIP-L) and VAE decode. The full 2-pass
+//! run goes through the host (tests/integration/flux_run.rs).
+use std::path::{Path, PathBuf};
+
+use hiresfix_flow::flux::Variant;
+use hiresfix_flow::flux_backend::{FluxFiles, FluxLayout, FluxModel};
+use hiresfix_flow::sd3::LoadOptions;
+use tch::{Device, Kind, Tensor};
+
+const TOLERANCE: f64 = 1e-4;
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/flux-tiny/pipeline")
+}
+
+fn reference(variant: &str) -> Vec<(String, Tensor)> {
+    Tensor::read_safetensors(data().join(variant).join("reference.safetensors")).unwrap()
+}
+
+fn get(r: &[(String, Tensor)], name: &str) -> Tensor {
+    r.iter().find(|(k, _)| k == name).unwrap().1.shallow_clone()
+}
+
+/// max |a − b| / max |b|
+fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    f64::try_from((&a - &b).abs().max()).unwrap() / f64::try_from(b.abs().max()).unwrap()
+}
+
+/// Each layout of `variant`: a label, the checkpoint and what a profile adds.
+pub fn layouts(variant: &str) -> Vec<(&'static str, PathBuf, LoadOptions)> {
+    let (d, v) = (data(), data().join(variant));
+    let split = LoadOptions {
+        vae: Some(d.join("ae.safetensors")),
+        // The list's order does not matter.
+        text_encoders: vec![d.join("t5xxl.safetensors"), d.join("clip_l.safetensors")],
+        t5_tokenizer: Some(v.join("diffusers/tokenizer_2")),
+        ..LoadOptions::default()
+    };
+    let mut all = vec![
+        ("folder", v.join("diffusers"), LoadOptions::default()),
+        (
+            "BFL + split",
+            v.join(format!("flux1-{variant}-tiny.safetensors")),
+            split,
+        ),
+    ];
+    if variant == "dev" {
+        let aio = LoadOptions {
+            t5_tokenizer: Some(v.join("diffusers/tokenizer_2")),
+            ..Default::default()
+        };
+        all.push(("all-in-one", v.join("flux1-dev-tiny-aio.safetensors"), aio));
+    }
+    all
+}
+
+#[test]
+fn flux_text_embeddings_and_vae_decode_match_diffusers_in_every_layout() {
+    for (variant, expected) in [("dev", Variant::Dev), ("schnell", Variant::Schnell)] {
+        let r = reference(variant);
+        for (label, path, options) in layouts(variant) {
+            let files = FluxFiles::open(&path, &options).unwrap();
+            assert_eq!(files.variant, expected, "{variant} {label}");
+            let layout = files.layout;
+            let model = FluxModel::load(files, Device::Cpu, Kind::Float).unwrap();
+            assert_eq!(layout == FluxLayout::Folder, label == "folder");
+            let e = model.encode_prompt("a photo of a cat").unwrap();
+            let context = relative_error(&e.context, &get(&r, "text.prompt"));
+            let pooled = relative_error(&e.pooled, &get(&r, "text.pooled"));
+            let decoded = model.decode(&get(&r, "vae.latent")).unwrap();
+            let vae = relative_error(&decoded, &get(&r, "vae.decoded"));
+            eprintln!(
+                "flux {variant} {label:<12} T5 {context:.2e}, pooled {pooled:.2e}, VAE decode {vae:.2e}"
+            );
+            assert!(
+                context <= TOLERANCE && pooled <= TOLERANCE && vae <= TOLERANCE,
+                "{variant} {label}: {context} {pooled} {vae}"
+            );
+        }
+    }
+}
+
+/// After `release(TEXT_ENCODERS)` the model still denoises and decodes; encoding is refused in
+/// one line.
+#[test]
+fn flux_released_text_encoders_refuse_encoding_in_one_line() {
+    let (_, path, options) = layouts("schnell").remove(0);
+    let model = FluxModel::load(
+        FluxFiles::open(&path, &options).unwrap(),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    let e = model.encode_prompt("a cat").unwrap();
+    model.release_text_encoders();
+    assert_eq!(model.describe_text_encoders(), "released");
+    let err = format!("{:#}", model.encode_prompt("a cat").err().unwrap());
+    assert!(err.contains("released") && !err.contains('\n'), "{err}");
+    let x = Tensor::zeros([1, 16, 4, 4], (Kind::Float, Device::Cpu));
+    let g = Tensor::from_slice(&[0f32]);
+    let cond = [e.context, e.pooled, g];
+    assert_eq!(
+        model.denoise(&x, 0.5, &[&cond]).unwrap()[0].size(),
+        [1, 16, 4, 4]
+    );
+}
+
+#[test]
+fn flux_files_missing_a_part_are_refused_in_one_line() {
+    let v = data().join("dev");
+    let bare = v.join("flux1-dev-tiny.safetensors");
+    let tokenizer = Some(v.join("diffusers/tokenizer_2"));
+    let cases = [
+        (
+            LoadOptions {
+                t5_tokenizer: tokenizer.clone(),
+                ..Default::default()
+            },
+            "`[model] text_encoders`",
+        ),
+        (
+            LoadOptions {
+                text_encoders: vec![data().join("clip_l.safetensors")],
+                vae: Some(data().join("ae.safetensors")),
+                t5_tokenizer: tokenizer.clone(),
+                ..LoadOptions::default()
+            },
+            "no T5 text encoder",
+        ),
+        (
+            LoadOptions {
+                text_encoders: vec![
+                    data().join("clip_l.safetensors"),
+                    data().join("t5xxl.safetensors"),
+                ],
+                vae: None,
+                t5_tokenizer: tokenizer,
+                ..LoadOptions::default()
+            },
+            "`[model] vae`",
+        ),
+    ];
+    for (options, expected) in cases {
+        let e = format!("{:#}", FluxFiles::open(&bare, &options).err().unwrap());
+        assert!(e.contains(expected) && !e.contains('\n'), "{e}");
+    }
+}

@@ -1,0 +1,181 @@
+//! Flux.1 through the host: the tiny dev and schnell pipelines of
+//! scripts/make_flux_pipeline_reference.py in a full 2-pass run (Euler, `simple` schedule — for
+//! Flux's 10000-entry flow table diffusers' `linspace(1, 1/n, n)` sigmas — 4 steps at 48×32 px,
+//! then latent (bilinear) ×2 and 4 steps at denoise 0.5; cfg 1 (Flux's default), guidance 3.5,
+//! seed 1234), each
+//! pass with the shift of its own token count, from the diffusers folder, the BFL transformer
+//! with split clip_l / t5xxl / ae files and (dev) the all-in-one file, against diffusers'
+//! FluxPipeline → FluxImg2ImgPipeline (reference.safetensors `run.*`).
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::common::tensors::rel_err;
+use crate::common::*;
+use hiresfix::generate::prepare;
+use hiresfix::profile::Profile;
+use hiresfix::registry::Registry;
+use host_api::tch::Tensor;
+
+fn data() -> PathBuf {
+    repo().join("tests/data/flux-tiny/pipeline")
+}
+
+/// Checkpoint and the extra `[model]` lines of each layout of `variant`.
+fn layouts(variant: &str) -> Vec<(&'static str, PathBuf, String)> {
+    let (d, v) = (data(), data().join(variant));
+    let q = |p: PathBuf| toml::Value::from(p.to_string_lossy().as_ref()).to_string();
+    let tokenizer = format!("t5_tokenizer = {}\n", q(v.join("diffusers/tokenizer_2")));
+    let mut all = vec![
+        ("folder", v.join("diffusers"), String::new()),
+        (
+            "BFL + split",
+            v.join(format!("flux1-{variant}-tiny.safetensors")),
+            format!(
+                "{tokenizer}vae = {}\ntext_encoders = [{}, {}]\n",
+                q(d.join("ae.safetensors")),
+                q(d.join("clip_l.safetensors")),
+                q(d.join("t5xxl.safetensors"))
+            ),
+        ),
+    ];
+    if variant == "dev" {
+        all.push((
+            "all-in-one",
+            v.join("flux1-dev-tiny-aio.safetensors"),
+            tokenizer,
+        ));
+    }
+    all
+}
+
+/// The 2-pass profile; pass 1 takes the default guidance (3.5), pass 2 sets `guidance2`; no
+/// `cfg`: Flux's default is 1 (one conditioning row, no negative).
+fn profile(checkpoint: &std::path::Path, model_lines: &str, guidance2: f64) -> String {
+    let q = |s: &str| toml::Value::from(s).to_string();
+    format!(
+        r#"seed = 1234
+prompt = "a photo of a cat"
+device = "cpu"
+dtype = "fp32"
+[model]
+{model_lines}checkpoint = {checkpoint}
+[[pass]]
+width = 48
+height = 32
+steps = 4
+sampler = "euler"
+schedule = "simple"
+[[pass]]
+scale = 2.0
+steps = 4
+denoise = 0.5
+sampler = "euler"
+schedule = "simple"
+upscaler = "latent"
+guidance = {guidance2:?}
+"#,
+        checkpoint = q(&checkpoint.to_string_lossy()),
+    )
+}
+
+#[test]
+fn flux_two_pass_runs_through_the_host_match_diffusers_in_every_layout() {
+    let registry = Registry::load(&[], &Default::default());
+    for variant in ["dev", "schnell"] {
+        let r: HashMap<String, Tensor> =
+            Tensor::read_safetensors(data().join(variant).join("reference.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect();
+        for (label, checkpoint, model_lines) in layouts(variant) {
+            let text = profile(&checkpoint, &model_lines, 3.5);
+            let profile = Profile::parse(&text, "flux").unwrap();
+            let mut job = prepare(profile, &registry, &repo()).unwrap();
+            let (model, info) = job.models.for_pass(&job.settings, &job.plans[0]).unwrap();
+            assert_eq!(info.family.as_str(), format!("flux-{variant}"), "{label}");
+            assert!(
+                job.plans.iter().all(|p| p.cfg == 1.0),
+                "{label}: Flux's cfg default"
+            );
+            // Each pass's shift is its own size's (dev: exp(calculate_shift(tokens))).
+            for (size, key) in [((48, 32), "run.shift1"), ((96, 64), "run.shift2")] {
+                let got = model.model_sampling(size.0, size.1).unwrap().shift;
+                let want = f64::try_from(&r[key]).unwrap();
+                assert!(
+                    (got - want).abs() < 1e-12,
+                    "{variant} {label} {key}: {got} {want}"
+                );
+            }
+            let result = job.run_image(1234).unwrap();
+            let e1 = rel_err(&result.latents[0], &r["run.latent1"]);
+            let e2 = rel_err(&result.latents[1], &r["run.latent2"]);
+            let image = ((model.decode(&result.latents[1]).unwrap() + 1.0) / 2.0).clamp(0.0, 1.0);
+            let e3 = rel_err(&image, &r["run.image"]);
+            eprintln!("flux {variant} {label}: pass 1 {e1:.2e}, pass 2 {e2:.2e}, image {e3:.2e}");
+            assert!(
+                e1 < 1e-4 && e2 < 1e-4 && e3 < 1e-4,
+                "{variant} {label}: {e1} {e2} {e3}"
+            );
+        }
+    }
+}
+
+/// The hires pass's own guidance reaches the model (Forge's `hr_distilled_cfg`): dev's pass 2
+/// at guidance 1.5 leaves pass 1 as it was and moves pass 2 away from the 3.5 reference;
+/// schnell has no guidance embedding and ignores it.
+#[test]
+fn flux_guidance_is_per_pass_and_ignored_by_schnell() {
+    let registry = Registry::load(&[], &Default::default());
+    for (variant, moves) in [("dev", true), ("schnell", false)] {
+        let r: HashMap<String, Tensor> =
+            Tensor::read_safetensors(data().join(variant).join("reference.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect();
+        let checkpoint = data().join(variant).join("diffusers");
+        let text = profile(&checkpoint, "", 1.5);
+        let mut job = prepare(Profile::parse(&text, "flux").unwrap(), &registry, &repo()).unwrap();
+        let result = job.run_image(1234).unwrap();
+        let e1 = rel_err(&result.latents[0], &r["run.latent1"]);
+        let e2 = rel_err(&result.latents[1], &r["run.latent2"]);
+        eprintln!("flux {variant} pass-2 guidance 1.5: pass 1 {e1:.2e}, pass 2 {e2:.2e}");
+        assert!(e1 < 1e-4, "{variant}: {e1}");
+        assert_eq!(e2 > 1e-3, moves, "{variant}: {e2}");
+    }
+}
+
+/// Forge's A1111-API fields for Flux: `distilled_cfg_scale` is the profile's guidance,
+/// `hr_distilled_cfg` the hires pass's; out of range is the field's one-line 422.
+#[test]
+fn forge_distilled_cfg_fields_map_to_guidance() {
+    use hiresfix::serve::txt2img::request_profile;
+    let registry = Registry::load(&[], &Default::default());
+    let body = serde_json::json!({
+        "prompt": "a cat", "steps": 4, "cfg_scale": 1, "enable_hr": true, "hr_scale": 2,
+        "denoising_strength": 0.5, "distilled_cfg_scale": 3.5, "hr_distilled_cfg": 2.5
+    });
+    let profile = request_profile(&registry, body.as_object().unwrap()).unwrap();
+    assert_eq!(profile.guidance, Some(3.5));
+    assert_eq!(profile.passes[1].guidance, Some(2.5));
+    let mut wrong = body.clone();
+    wrong["hr_distilled_cfg"] = serde_json::json!(-1);
+    let e = request_profile(&registry, wrong.as_object().unwrap()).unwrap_err();
+    assert!(
+        format!("{e:?}").contains("guidance must be between 0 and"),
+        "{e:?}"
+    );
+}
+
+/// Forge's infotext fields for Flux: `Distilled CFG Scale` and `Hires Distilled CFG Scale`
+/// import to the profile's and the hires pass's guidance.
+#[test]
+fn forge_distilled_cfg_infotext_imports_to_guidance() {
+    let registry = Registry::load(&[], &Default::default());
+    let text = "a cat\nSteps: 20, Sampler: Euler, Schedule type: Simple, CFG scale: 1, \
+Distilled CFG Scale: 3.5, Seed: 1, Size: 512x512, Denoising strength: 0.5, \
+Hires Distilled CFG Scale: 2.5, Hires upscale: 2, Hires upscaler: Latent";
+    let imported = hiresfix::import::from_parameters(text, &registry).unwrap();
+    assert_eq!(imported.profile.guidance, Some(3.5));
+    assert_eq!(imported.profile.passes[1].guidance, Some(2.5));
+    assert!(imported.unmapped.is_empty(), "{:?}", imported.unmapped);
+}
