@@ -30,6 +30,15 @@ inputs of --data/flux-tiny/dev/reference.safetensors. Writes under --data/flux-t
         `img_ids`, `txt_ids`: the `square` case, batch 2) and the transformer's output with
         `base` no LoRA, `kohya` (weight 1), `comfy` (weight 1), `diffusers` (weight 0.7:
         `set_adapters`) and `kohya+diffusers` (weights 1 and 0.7 together).
+Also, for the Flux backend's LoRA wiring through the host (the pipeline's own transformer is
+another random model of the same widths, so the files above fit it):
+  --data/flux-tiny/pipeline/dev/lora-reference.safetensors
+        one denoiser call of the tiny dev pipeline of make_flux_pipeline_reference.py
+        (run it first) in the host's terms: `input.latent` [1, 16, 16, 24] (48x32 px),
+        `input.sigma`, `input.guidance` (3.5), its `text.prompt` / `text.pooled` as
+        `input.context` / `input.pooled`, and D(x, sigma) = x - sigma * v (v the transformer's
+        velocity of the packed latent, unpacked) with `base` no LoRA, `kohya` kohya.safetensors
+        at weight 1 and `kohya@0.5` at 0.5 (`load_lora_weights` + `set_adapters`).
 LoRA tensors are fp32 (kohya's converter multiplies by alpha/rank in the file's dtype: in fp16
 that rounding alone is 5e-4). Offline, CPU, fp32, deterministic: the same tensors and metadata
 on every run (the safetensors writer may order diffusers.safetensors' two metadata keys either
@@ -120,6 +129,44 @@ def pipeline(transformer: FluxTransformer2DModel) -> FluxPipeline:
                         text_encoder_2=None, tokenizer_2=None, transformer=transformer)
 
 
+def pipeline_reference(data: str, kohya_path: str) -> None:
+    """The denoiser outputs of the tiny dev pipeline with kohya.safetensors (see the docstring)."""
+    pipe_dir = os.path.join(data, "flux-tiny", "pipeline", "dev")
+    refs = load_file(os.path.join(pipe_dir, "reference.safetensors"))
+    transformer = FluxTransformer2DModel.from_pretrained(
+        os.path.join(pipe_dir, "diffusers", "transformer"), torch_dtype=torch.float32).eval()
+    pipe = pipeline(transformer)
+    gen = torch.Generator().manual_seed(SEED + 7)
+    latent = torch.randn(1, 16, 16, 24, generator=gen)
+    sigma = torch.tensor([0.75])
+    guidance = torch.tensor([3.5])
+    context, pooled = refs["text.prompt"], refs["text.pooled"]
+    b, c, h, w = latent.shape
+
+    def denoised() -> torch.Tensor:
+        packed = FluxPipeline._pack_latents(latent, b, c, h, w)
+        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, "cpu", torch.float32)
+        txt_ids = torch.zeros(context.shape[1], 3)
+        with torch.no_grad():
+            v = transformer(hidden_states=packed, timestep=sigma, guidance=guidance,
+                            pooled_projections=pooled, encoder_hidden_states=context,
+                            txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+        v = FluxPipeline._unpack_latents(v, h * 2, w * 2, 2)
+        return latent - sigma.view(1, 1, 1, 1) * v
+
+    out = {"input.latent": latent, "input.sigma": sigma, "input.guidance": guidance,
+           "input.context": context, "input.pooled": pooled, "base.output": denoised()}
+    pipe.load_lora_weights(kohya_path, adapter_name="kohya")
+    for label, weight in (("kohya", 1.0), ("kohya@0.5", 0.5)):
+        pipe.set_adapters(["kohya"], adapter_weights=[weight])
+        out[f"{label}.output"] = denoised()
+        change = (out[f"{label}.output"] - out["base.output"]).abs().max() / out["base.output"].abs().max()
+        print(f"pipeline {label}: LoRA changes D by {change:.3f} (max, relative)", file=sys.stderr)
+        assert change > 0.01, label
+    save_file({k: v.contiguous() for k, v in out.items()},
+              os.path.join(pipe_dir, "lora-reference.safetensors"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="tests/data")
@@ -177,6 +224,7 @@ def main() -> None:
         print(f"{label}: LoRA changes the output by {change:.3f} (max, relative)", file=sys.stderr)
         assert change > 0.05, label
     save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(out_dir, "reference.safetensors"))
+    pipeline_reference(args.data, os.path.join(out_dir, "kohya.safetensors"))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,17 @@ fn sd3_tiny(rel: &str) -> PathBuf {
     repo().join("tests/data/sd3-tiny").join(rel)
 }
 
+/// `generate` on the tiny Flux dev pipeline (diffusers folder) with `[model] loras` the file
+/// `name` of tests/data/loras.
+fn flux_with_lora(scratch: &Scratch, name: &str) -> Vec<String> {
+    let checkpoint = repo().join("tests/data/flux-tiny/pipeline/dev/diffusers");
+    let lora = repo().join(format!("tests/data/loras/{name}.safetensors"));
+    let loras = format!("[model]\nloras = [{{ path = \"{}\" }}]\n", lora.display());
+    let text = tiny_profile(&checkpoint, "", "", "").replace("[model]\n", &loras);
+    let profile = scratch.write("p.toml", &text);
+    s(&["generate", profile.to_str().unwrap()])
+}
+
 /// `generate` on the tiny SD3 split transformer file with `model_lines` added to `[model]`.
 fn sd3_split(scratch: &Scratch, model_lines: &str) -> Vec<String> {
     let checkpoint = sd3_tiny("split/transformer.safetensors");
@@ -727,6 +738,10 @@ const CASES: &[Case] = &[
             let profile = sc.write("p.toml", &tiny_profile(&sd3_tiny("sd3-tiny.safetensors"), "", "", "").replace("[model]\n", &loras));
             s(&["generate", profile.to_str().unwrap()])
         } },
+    Case { name: "SD 1.x LoRA on a Flux model", code: 1, expect: "pass 1: LoRA `sd1-kohya.safetensors` is an SD 1.x/2.x LoRA (one text encoder: lora_te_) but this model is Flux.1-dev — use a LoRA made for Flux",
+        setup: |sc| flux_with_lora(sc, "sd1-kohya") },
+    Case { name: "SDXL LoRA on a Flux model", code: 1, expect: "pass 1: LoRA `sdxl-kohya.safetensors` is an SDXL LoRA (two text encoders or LDM UNet names) but this model is Flux.1-dev — use a LoRA made for Flux",
+        setup: |sc| flux_with_lora(sc, "sdxl-kohya") },
     // --- round 3: weights, expansions before limits, bounded echoes ---
     Case { name: "LoRA weight NaN in the profile", code: 1, expect: "a LoRA's weight must be a number between -100 and 100",
         setup: |sc| profile_edit(sc, |p| p.replace("[model]", "[model]\nloras = [{ path = \"x.safetensors\", weight = nan }]")) },

@@ -50,7 +50,7 @@ fn layouts(variant: &str) -> Vec<(&'static str, PathBuf, String)> {
 
 /// The 2-pass profile; pass 1 takes the default guidance (3.5), pass 2 sets `guidance2`; no
 /// `cfg`: Flux's default is 1 (one conditioning row, no negative).
-fn profile(checkpoint: &std::path::Path, model_lines: &str, guidance2: f64) -> String {
+pub(crate) fn profile(checkpoint: &std::path::Path, model_lines: &str, guidance2: f64) -> String {
     let q = |s: &str| toml::Value::from(s).to_string();
     format!(
         r#"seed = 1234

@@ -14,6 +14,7 @@ mod embeddings;
 mod files_hostile;
 mod flow_model;
 mod flux_info;
+mod flux_lora_run;
 mod flux_run;
 mod img2img;
 mod info;

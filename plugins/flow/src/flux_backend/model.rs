@@ -1,7 +1,9 @@
 //! A loaded Flux model: CLIP-L, T5, the transformer and the 16-channel VAE, with what the host
 //! asks of a flow model — D(x, σ) = x − σ·v (the transformer called on the 2×2-packed latent at
-//! timestep σ, dev with its distilled guidance) and the VAE's `(z − shift)·scaling` latents.
-use std::cell::RefCell;
+//! timestep σ, dev with its distilled guidance) and the VAE's `(z − shift)·scaling` latents,
+//! and the pass's LoRA set merged into the transformer (`crate::lora::FluxLoras`).
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Result};
 use hiresfix_model_parts::convert::VAE_PREFIX;
@@ -19,12 +21,19 @@ use super::names::CLIP_L_PREFIX;
 use super::shift::ShiftRule;
 use crate::flux::{image_ids, pack, text_ids, unpack, LoadedFlux, Variant};
 use crate::layers::prefix_path;
+use crate::lora::{FluxLoras, LoraFile};
 use crate::t5::{T5Encoder, T5Tokenizer, FLUX_DEV_MAX_LENGTH, FLUX_SCHNELL_MAX_LENGTH};
 
 pub struct FluxModel {
     /// `None` once released (host-api `release`: T5's weights freed after the last encode).
     pub text: RefCell<Option<TextEncoders>>,
     pub transformer: LoadedFlux,
+    /// The transformer's parameters (shared with its modules: a LoRA merged here is the
+    /// model's) and the LoRA set merged into them.
+    transformer_vars: HashMap<String, Tensor>,
+    loras: RefCell<FluxLoras>,
+    /// Whether the transformer's parameters were freed (host-api `release` `UNET`).
+    transformer_freed: Cell<bool>,
     pub vae: AutoencoderKL,
     /// CLIP-L's and the VAE's parameters.
     _parts: VarStore,
@@ -64,6 +73,12 @@ impl FluxModel {
         tch::no_grad(|| var.copy_(&Tensor::eye(clip_cfg.hidden_size, (kind, device))));
         parts.freeze();
         let transformer = crate::flux::load_on(&files.path, None, device, kind)?;
+        let transformer_vars = transformer.vs.variables();
+        let name = match files.variant {
+            Variant::Dev => "Flux.1-dev",
+            Variant::Schnell => "Flux.1-schnell",
+        };
+        let loras = FluxLoras::new(&transformer_vars, name);
         let config = transformer.config();
         if config.variant() != files.variant {
             bail!(
@@ -90,6 +105,9 @@ impl FluxModel {
         Ok(Self {
             text: RefCell::new(Some(text)),
             transformer,
+            transformer_vars,
+            loras: RefCell::new(loras),
+            transformer_freed: Cell::new(false),
             vae,
             _parts: parts,
             layout: files.layout,
@@ -122,6 +140,9 @@ impl FluxModel {
         context: &Tensor,
         pooled: &Tensor,
     ) -> Result<Tensor> {
+        if self.transformer_freed.get() {
+            bail!("cannot run the transformer: it was freed for the run's last decodes");
+        }
         let run = |t: &Tensor| t.to_device(self.device).to_kind(self.kind);
         let (h, w) = (x.size()[2], x.size()[3]);
         let v = tch::no_grad(|| {
@@ -159,6 +180,25 @@ impl FluxModel {
     /// Pixels in [-1, 1] → scaled latent (the posterior mean).
     pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
         crate::common::vae::encode(&self.vae, image, self.device, self.kind)
+    }
+
+    /// Makes `set` the LoRA set merged into the transformer (empty: the base weights, bit for
+    /// bit); returns warnings (layers skipped). A refused LoRA leaves the base weights.
+    pub fn set_loras(&self, set: &[LoraFile]) -> Result<Vec<String>> {
+        self.loras.borrow_mut().apply(&self.transformer_vars, set)
+    }
+
+    /// Frees the transformer's parameters (the host denoises no more) and the base weights the
+    /// LoRA state kept for them.
+    pub fn release_transformer(&self) {
+        self.loras.borrow_mut().forget();
+        tch::no_grad(|| {
+            for var in self.transformer_vars.values() {
+                // The modules hold this tensor's storage too: it goes for all.
+                let _ = var.shallow_clone().set_();
+            }
+        });
+        self.transformer_freed.set(true);
     }
 
     /// Frees T5 (its own tensors) and drops CLIP-L's module (its weights stay with the VAE's).

@@ -13,8 +13,8 @@ use host_api::backend::device_name;
 use host_api::options::{keys, Options};
 use host_api::tch::{Kind, Tensor};
 use host_api::{
-    Backend, EncodeRequest, Error, LoadRequest, ModelInfo, ModelSampling, OptionEntry, OptionValue,
-    Result,
+    Backend, EncodeRequest, Error, LoadRequest, LoraSpec, ModelInfo, ModelSampling, OptionEntry,
+    OptionValue, Result,
 };
 
 use super::files::FluxFiles;
@@ -23,6 +23,7 @@ use super::names::{DEFAULT_GUIDANCE, GUIDANCE_KEY, MULTIPLIER, TIMESTEPS};
 use super::shift::image_tokens;
 use crate::common::err;
 use crate::flux::Variant;
+use crate::lora::LoraFile;
 use crate::sd3::plugin::load_options;
 
 /// Which variant a backend type serves.
@@ -129,12 +130,25 @@ impl<V: FluxVariant> Backend for FluxBackend<V> {
             .collect()
     }
 
-    /// The text encoders can go (T5-XXL is 9.5 GB in bf16); the rest stays.
+    /// The text encoders can go (T5-XXL is 9.5 GB in bf16), and the transformer before the
+    /// final decodes (with the base weights its LoRAs kept); the VAE stays.
     fn release(&self, parts: u32) -> Result<()> {
-        if parts & host_api::backend::release::TEXT_ENCODERS != 0 {
+        use host_api::backend::release::{TEXT_ENCODERS, UNET};
+        if parts & TEXT_ENCODERS != 0 {
             self.0.release_text_encoders();
         }
+        if parts & UNET != 0 {
+            self.0.release_transformer();
+        }
         Ok(())
+    }
+
+    /// The pass's LoRAs merged into the transformer, each weighed by its UNet multiplier (the
+    /// text-encoder one would weigh CLIP-L / T5 layers, skipped with a warning for now); an
+    /// empty set is the base weights. A LoRA of another family is refused in one line.
+    fn set_loras(&self, loras: &[LoraSpec]) -> Result<Vec<String>> {
+        let set: Vec<LoraFile> = loras.iter().map(LoraFile::from_spec).collect();
+        self.0.set_loras(&set).map_err(err)
     }
 
     fn denoise(&self, x: &Tensor, sigma: f64, conds: &[&[Tensor]]) -> Result<Vec<Tensor>> {
