@@ -7,7 +7,7 @@
 //! telling a LoRA's family by its names), `flux/` (the Flux.1 transformer) and
 //! `flux_backend/` (the Flux.1 dev / schnell backend).
 
-mod common;
+pub mod common;
 pub mod flux;
 pub mod flux_backend;
 mod layers;

@@ -8,6 +8,8 @@ use hiresfix_model_parts::vae::{LatentScale, VaeConfig, VaePass};
 use host_api::MemoryRequest;
 use tch::Device;
 
+use crate::t5::T5Placement;
+
 /// Resident memory of a CPU process with libtorch and the plugins loaded, before any model.
 pub const CPU_RUNTIME: u64 = 192 << 20;
 /// CUDA context, cuBLAS and cuDNN workspaces (not measured: no GPU was lent).
@@ -21,6 +23,22 @@ pub fn parameters(transformer: u64, found: &[u64], published: &[u64]) -> u64 {
         + others
             .map(|(&f, &p)| if f == 0 { p } else { f })
             .sum::<u64>()
+}
+
+/// [`parameters`] on the run's `device`: with the request's `t5 = "cpu"` on another device,
+/// T5 (`found[t5]`, `published[t5]`) is left out — its weights are in system memory, not on
+/// the device the table is about.
+pub fn device_parameters<const N: usize>(
+    transformer: u64,
+    (mut found, mut published): ([u64; N], [u64; N]),
+    t5: usize,
+    request: &MemoryRequest,
+    device: Device,
+) -> Result<u64> {
+    if T5Placement::from_options(&request.options)?.device(device) != device {
+        (found[t5], published[t5]) = (0, 0);
+    }
+    Ok(parameters(transformer, &found, &published))
 }
 
 /// A 16-channel VAE with `scale` (SD3's, Flux's) where the checkpoint has none.

@@ -1,12 +1,16 @@
 //! What the flow backends (SD3, Flux) share beyond the model parts: errors and facts across the
-//! plugin boundary, a diffusers folder's transformer class and VAE, the VAE run in the model's
+//! plugin boundary, what a profile adds to a checkpoint (`load`), a diffusers folder's
+//! transformer class and VAE, the VAE run in the model's
 //! dtype, and the denoiser's batching of conditionings into transformer calls.
 pub mod denoise;
 pub mod estimate;
 pub mod folder;
+pub mod load;
 pub mod vae;
 
 use host_api::{Error, OptionEntry, OptionValue};
+
+pub use load::{load_options, LoadOptions, TEXT_ENCODER_OPTION};
 
 /// An error for the host: the whole cause chain on one line.
 pub fn err(e: anyhow::Error) -> Error {

@@ -36,7 +36,8 @@ impl TextEncoders {
         let tokens = self
             .t5_tokenizer
             .tokens(&parse_prompt_attention(prompt), self.max_length)?;
-        let context = tch::no_grad(|| self.t5.encode(&[tokens]))?;
+        // With `t5 = "cpu"` T5 runs there; its output joins CLIP-L's on the run's device.
+        let context = tch::no_grad(|| self.t5.encode(&[tokens]))?.to_device(self.device);
         let width = context.size()[2];
         if width != self.joint_dim {
             bail!(

@@ -6,9 +6,10 @@
 //! ```
 //!
 //! - weights: every parameter of the transformer, CLIP-L, T5-XXL's encoder and the VAE at the
-//!   run's dtype (T5 on the device too); a part the checkpoint lacks (a transformer file's
-//!   text encoders and `ae`, given by the profile) counts at the published size
-//!   ([`PUBLISHED`]);
+//!   run's dtype; a part the checkpoint lacks (a transformer file's text encoders and `ae`,
+//!   given by the profile) counts at the published size ([`PUBLISHED`]); with `t5 = "cpu"`
+//!   (the request's `t5` option) on another device T5 is not counted: its weights are in
+//!   system memory, not on the device the table is about (as SD3's estimate);
 //! - transformer call: [`TOKEN_BUFFERS`] live `tokens × width` buffers per latent of the batch,
 //!   tokens = `(h/16)·(w/16)` packed image tokens + the T5 tokens (512 dev, 256 schnell);
 //!   attention runs through SDPA's flash / memory-efficient kernels (no `tokens²` scores);
@@ -22,7 +23,7 @@ use hiresfix_model_parts::vae::LatentScale;
 use host_api::{MemoryEstimate, MemoryRequest};
 
 use super::inspect::FluxHeaders;
-use crate::common::estimate::{decode_bytes, parameters, runtime, vae16};
+use crate::common::estimate::{decode_bytes, device_parameters, runtime, vae16};
 use crate::flux::Variant;
 use crate::t5::{FLUX_DEV_MAX_LENGTH, FLUX_SCHNELL_MAX_LENGTH};
 
@@ -35,15 +36,14 @@ pub const TOKEN_BUFFERS: u64 = 20;
 /// Published parameters of the parts a transformer file lacks: CLIP-L, T5-XXL's encoder, the
 /// `ae` (counted from the released files' headers, rounded).
 pub const PUBLISHED: [u64; 3] = [123_000_000, 4_762_000_000, 83_700_000];
+/// T5's place in [`PUBLISHED`] and `FluxHeaders::other_parameters`.
+const T5: usize = 1;
 
 pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     let headers = FluxHeaders::read(std::path::Path::new(request.checkpoint.as_str()))?;
     let (element, device) = request_kind(request)?;
-    let parameters = parameters(
-        headers.transformer_parameters(),
-        &headers.other_parameters(),
-        &PUBLISHED,
-    );
+    let found = (headers.other_parameters(), PUBLISHED);
+    let weights = device_parameters(headers.transformer_parameters(), found, T5, request, device)?;
     let vae = headers
         .vae
         .clone()
@@ -60,7 +60,7 @@ pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     let transformer = TOKEN_BUFFERS * batch * (image_tokens + text_tokens) * width * element;
     let (decode_full, decode_tiled) = decode_bytes(&vae, request, element, device)?;
     Ok(MemoryEstimate {
-        weights: parameters * element,
+        weights: weights * element,
         runtime: runtime(device),
         unet: transformer,
         decode_full,

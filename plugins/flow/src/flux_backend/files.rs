@@ -22,9 +22,9 @@ use serde_json::Value;
 use super::detect::{detect, Detected, FluxLayout};
 use super::names::{AIO_VAE_PREFIX, CLIP_L_PREFIX, T5_KEY};
 use super::shift::ShiftRule;
+use crate::common::LoadOptions;
 use crate::flux::Variant;
-use crate::sd3::LoadOptions;
-use crate::t5::{self, T5Weights};
+use crate::t5::{self, T5Placement, T5Weights};
 
 /// The files of one Flux model, read (headers mapped) but not yet built.
 pub struct FluxFiles {
@@ -38,6 +38,8 @@ pub struct FluxFiles {
     /// T5's weights and its tokenizer file.
     pub t5: (T5Weights, PathBuf),
     pub shift: ShiftRule,
+    /// Where T5 runs (the profile's `[model] t5`).
+    pub t5_placement: T5Placement,
 }
 
 /// A CLIP-L key (relative to its prefix) → model key; the projection is not Flux's.
@@ -55,6 +57,7 @@ impl FluxFiles {
             FluxLayout::Folder => Self::open_folder(path, found, options)?,
             FluxLayout::SingleFile => Self::open_single(path, found, options)?,
         };
+        files.t5_placement = options.t5_placement;
         if let Some(vae) = &options.vae {
             if let Some(json) = replace_vae(&mut files.weights, vae)? {
                 files.vae_json = Some(json);
@@ -107,6 +110,7 @@ impl FluxFiles {
             weights,
             t5: (t5, tokenizer),
             shift,
+            t5_placement: T5Placement::default(),
         })
     }
 
@@ -174,6 +178,7 @@ impl FluxFiles {
             clip_l_json: None,
             t5: (t5, tokenizer),
             shift: ShiftRule::published(found.variant),
+            t5_placement: T5Placement::default(),
         })
     }
 }

@@ -89,9 +89,10 @@ impl FluxModel {
             );
         }
         let (t5_weights, tokenizer) = files.t5;
+        let t5_device = files.t5_placement.device(device);
         let text = TextEncoders {
             clip_l,
-            t5: T5Encoder::new(t5_weights, device, kind)?,
+            t5: T5Encoder::new(t5_weights, t5_device, kind)?,
             t5_tokenizer: T5Tokenizer::from_file(&tokenizer)?,
             tokenizer: ClipTokenizer::new(),
             max_length: match files.variant {
@@ -199,6 +200,11 @@ impl FluxModel {
             }
         });
         self.transformer_freed.set(true);
+    }
+
+    /// T5's device (`None` once released): the run's, or the CPU with `t5 = "cpu"`.
+    pub fn t5_device(&self) -> Option<Device> {
+        self.text.borrow().as_ref().map(|t| t.t5.device())
     }
 
     /// Frees T5 (its own tensors) and drops CLIP-L's module (its weights stay with the VAE's).

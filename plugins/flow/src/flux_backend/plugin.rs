@@ -1,6 +1,6 @@
 //! The Flux backend as the host sees it (host-api 1.5, a rectified-flow model): two families,
 //! `flux-dev` and `flux-schnell`, each detecting its own variant. The profile's `[model] vae`,
-//! `text_encoders` and `t5_tokenizer` arrive as for SD3 (`crate::sd3::plugin::load_options`).
+//! `text_encoders` and `t5_tokenizer` arrive as for SD3 (`crate::common::load_options`).
 //!
 //! Distilled guidance (dev) travels in the pass's `EncodeRequest.options` under `guidance`
 //! (the host puts the pass's `guidance` there; default 3.5): each conditioning is
@@ -21,10 +21,9 @@ use super::files::FluxFiles;
 use super::model::FluxModel;
 use super::names::{DEFAULT_GUIDANCE, GUIDANCE_KEY, MULTIPLIER, TIMESTEPS};
 use super::shift::image_tokens;
-use crate::common::err;
+use crate::common::{err, load_options};
 use crate::flux::Variant;
 use crate::lora::LoraFile;
-use crate::sd3::plugin::load_options;
 
 /// Which variant a backend type serves.
 pub trait FluxVariant: 'static {

@@ -22,8 +22,7 @@ use hiresfix_model_parts::vae::LatentScale;
 use host_api::{MemoryEstimate, MemoryRequest};
 
 use super::inspect::Sd3Headers;
-use crate::common::estimate::{decode_bytes, parameters, runtime, vae16};
-use crate::t5::T5Placement;
+use crate::common::estimate::{decode_bytes, device_parameters, runtime, vae16};
 
 /// Live `tokens × width` buffers of one MMDiT block at its peak: the residual stream, its
 /// modulated LayerNorm, q, k, v and the attention output (6), beside the MLP's 4×-wide
@@ -41,13 +40,8 @@ const T5: usize = 2;
 pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     let headers = Sd3Headers::read(std::path::Path::new(request.checkpoint.as_str()))?;
     let (element, device) = request_kind(request)?;
-    // With `t5 = "cpu"` on a GPU, T5's weights are not in the device's memory.
-    let t5_off_device = T5Placement::from_options(&request.options)?.device(device) != device;
-    let (mut found, mut published) = (headers.other_parameters(), PUBLISHED);
-    if t5_off_device {
-        (found[T5], published[T5]) = (0, 0);
-    }
-    let parameters = parameters(headers.transformer_parameters(), &found, &published);
+    let found = (headers.other_parameters(), PUBLISHED);
+    let weights = device_parameters(headers.transformer_parameters(), found, T5, request, device)?;
     let vae = headers
         .vae
         .clone()
@@ -61,7 +55,7 @@ pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     let transformer = TOKEN_BUFFERS * batch * (image_tokens + TEXT_TOKENS) * width * element;
     let (decode_full, decode_tiled) = decode_bytes(&vae, request, element, device)?;
     Ok(MemoryEstimate {
-        weights: parameters * element,
+        weights: weights * element,
         runtime: runtime(device),
         unet: transformer,
         decode_full,

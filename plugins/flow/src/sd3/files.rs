@@ -21,19 +21,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::detect::{detect, Sd3Layout};
 use super::names::{CLIP_G_PREFIX, CLIP_L_PREFIX, DEFAULT_SHIFT};
+use crate::common::LoadOptions;
 use crate::mmdit::{self, Layout, LoadedMmDit, MmDitConfig, TensorSource, SINGLE_FILE_PREFIX};
 use crate::t5::{self, T5Placement, T5Weights};
-
-/// What the profile adds to the checkpoint (host-api `LoadRequest`: `vae`, and the options
-/// `text_encoder` (one entry per file), `t5_tokenizer` and `t5`).
-#[derive(Debug, Clone, Default)]
-pub struct LoadOptions {
-    pub vae: Option<PathBuf>,
-    pub text_encoders: Vec<PathBuf>,
-    pub t5_tokenizer: Option<PathBuf>,
-    /// `[model] t5`: where T5 runs.
-    pub t5_placement: T5Placement,
-}
 
 /// The files of one SD3 model, read (headers mapped) but not yet built.
 pub struct Sd3Files {

@@ -18,6 +18,6 @@ pub mod plugin;
 pub mod tools;
 
 pub use detect::{detect, Sd3Layout};
-pub use files::{LoadOptions, Sd3Files};
+pub use files::Sd3Files;
 pub use model::Sd3Model;
 pub use names::{CLIP_G_PREFIX, CLIP_L_PREFIX, DEFAULT_SHIFT};

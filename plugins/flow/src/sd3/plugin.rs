@@ -1,8 +1,8 @@
 //! The SD3 backend as the host sees it (host-api 1.5, a rectified-flow model): family `sd3`.
 //! The profile's `[model] vae` arrives as `LoadRequest.vae`; `[model] text_encoders` as one
 //! `text_encoder` option per file, `[model] t5_tokenizer` and `[model] t5` as the options of
-//! those names.
-use std::path::{Path, PathBuf};
+//! those names (`crate::common::load_options`).
+use std::path::Path;
 
 use host_api::backend::device_name;
 use host_api::options::keys;
@@ -12,40 +12,16 @@ use host_api::{
     OptionValue, Result,
 };
 
-use super::files::{LoadOptions, Sd3Files};
+use super::files::Sd3Files;
 use super::model::Sd3Model;
-use crate::common::err;
+use crate::common::{err, load_options};
 use crate::lora::{self, LoraFamily};
-use crate::t5::T5Placement;
 
-/// `LoadRequest.options` key of one split text-encoder file (repeated, one per file).
-pub const TEXT_ENCODER_OPTION: &str = "text_encoder";
 /// The SD3 family id.
 pub const FAMILY: &str = "sd3";
 /// SD3's timestep is σ·1000 over a 1000-entry table (ComfyUI `ModelSamplingDiscreteFlow`).
 const TIMESTEPS: usize = 1000;
 const MULTIPLIER: f64 = 1000.0;
-
-/// The profile's additions, from a load request; an unknown `t5` placement is refused.
-pub fn load_options(request: &LoadRequest) -> anyhow::Result<LoadOptions> {
-    let texts = |key: &str| -> Vec<PathBuf> {
-        request
-            .options
-            .iter()
-            .filter(|e| e.key.as_str() == key)
-            .filter_map(|e| match &e.value {
-                OptionValue::Text(t) => Some(PathBuf::from(t.as_str())),
-                _ => None,
-            })
-            .collect()
-    };
-    Ok(LoadOptions {
-        vae: request.vae_path(),
-        text_encoders: texts(TEXT_ENCODER_OPTION),
-        t5_tokenizer: texts(crate::t5::TOKENIZER_KEY).into_iter().next(),
-        t5_placement: T5Placement::from_options(&request.options)?,
-    })
-}
 
 /// A loaded SD 3 / 3.5 model.
 pub struct Sd3Backend(pub Sd3Model);

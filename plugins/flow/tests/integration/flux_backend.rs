@@ -6,9 +6,10 @@
 //! run goes through the host (tests/integration/flux_run.rs).
 use std::path::{Path, PathBuf};
 
+use hiresfix_flow::common::LoadOptions;
 use hiresfix_flow::flux::Variant;
 use hiresfix_flow::flux_backend::{FluxFiles, FluxLayout, FluxModel};
-use hiresfix_flow::sd3::LoadOptions;
+use hiresfix_flow::t5::T5Placement;
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
@@ -60,6 +61,20 @@ pub fn layouts(variant: &str) -> Vec<(&'static str, PathBuf, LoadOptions)> {
     all
 }
 
+/// The conditioning of `prompt` and the decode of the reference latent match diffusers'.
+fn assert_text_and_decode_match(model: &FluxModel, r: &[(String, Tensor)], label: &str) {
+    let e = model.encode_prompt("a photo of a cat").unwrap();
+    let context = relative_error(&e.context, &get(r, "text.prompt"));
+    let pooled = relative_error(&e.pooled, &get(r, "text.pooled"));
+    let decoded = model.decode(&get(r, "vae.latent")).unwrap();
+    let vae = relative_error(&decoded, &get(r, "vae.decoded"));
+    eprintln!("flux {label:<20} T5 {context:.2e}, pooled {pooled:.2e}, VAE decode {vae:.2e}");
+    assert!(
+        context <= TOLERANCE && pooled <= TOLERANCE && vae <= TOLERANCE,
+        "{label}: {context} {pooled} {vae}"
+    );
+}
+
 #[test]
 fn flux_text_embeddings_and_vae_decode_match_diffusers_in_every_layout() {
     for (variant, expected) in [("dev", Variant::Dev), ("schnell", Variant::Schnell)] {
@@ -70,17 +85,59 @@ fn flux_text_embeddings_and_vae_decode_match_diffusers_in_every_layout() {
             let layout = files.layout;
             let model = FluxModel::load(files, Device::Cpu, Kind::Float).unwrap();
             assert_eq!(layout == FluxLayout::Folder, label == "folder");
-            let e = model.encode_prompt("a photo of a cat").unwrap();
-            let context = relative_error(&e.context, &get(&r, "text.prompt"));
-            let pooled = relative_error(&e.pooled, &get(&r, "text.pooled"));
-            let decoded = model.decode(&get(&r, "vae.latent")).unwrap();
-            let vae = relative_error(&decoded, &get(&r, "vae.decoded"));
-            eprintln!(
-                "flux {variant} {label:<12} T5 {context:.2e}, pooled {pooled:.2e}, VAE decode {vae:.2e}"
-            );
-            assert!(
-                context <= TOLERANCE && pooled <= TOLERANCE && vae <= TOLERANCE,
-                "{variant} {label}: {context} {pooled} {vae}"
+            assert_eq!(model.t5_device(), Some(Device::Cpu));
+            assert_text_and_decode_match(&model, &r, &format!("{variant} {label}"));
+        }
+    }
+}
+
+/// `[model] t5 = "cpu"` (`LoadOptions::t5_placement`, from the load request's `t5` option as
+/// SD3's): T5 is built on the CPU and its output joins CLIP-L's on the run's device (here both
+/// are the CPU: the conditioning must still equal diffusers').
+#[test]
+fn flux_t5_on_the_cpu_keeps_the_conditioning() {
+    let r = reference("dev");
+    for (label, path, options) in layouts("dev").into_iter().take(2) {
+        let options = LoadOptions {
+            t5_placement: T5Placement::Cpu,
+            ..options
+        };
+        let files = FluxFiles::open(&path, &options).unwrap();
+        assert_eq!(files.t5_placement, T5Placement::Cpu);
+        let model = FluxModel::load(files, Device::Cpu, Kind::Float).unwrap();
+        assert_eq!(model.t5_device(), Some(Device::Cpu));
+        assert_text_and_decode_match(&model, &r, &format!("dev {label} t5=cpu"));
+    }
+}
+
+/// `check`'s memory table on a CUDA device: with `t5 = "cpu"` the weights column loses T5's
+/// parameters — the all-in-one file's own T5, a transformer file's T5 at the published size
+/// (4.76 G) — at 4 bytes in fp32, 2 in bf16; on the CPU nothing moves. (Headers only: no GPU.)
+#[test]
+fn flux_memory_estimate_leaves_t5_off_the_device_with_t5_on_the_cpu() {
+    use crate::sd3::memory_request;
+    use hiresfix_flow::flux_backend::estimate::{estimate, PUBLISHED};
+    use hiresfix_flow::flux_backend::inspect::FluxHeaders;
+    let dev = data().join("dev");
+    let aio = dev.join("flux1-dev-tiny-aio.safetensors");
+    let own = FluxHeaders::read(&aio).unwrap().other_parameters()[1];
+    assert!(own > 0);
+    for (path, t5) in [
+        (aio, own),
+        (dev.join("flux1-dev-tiny.safetensors"), PUBLISHED[1]),
+    ] {
+        let weights = |device: &str, dtype: &str, t5: Option<&str>| {
+            estimate(&memory_request(&path, device, dtype, t5))
+                .unwrap()
+                .weights
+        };
+        for (dtype, bytes) in [("fp32", 4), ("bf16", 2)] {
+            let whole = weights("cuda", dtype, None);
+            assert_eq!(weights("cuda", dtype, Some("device")), whole);
+            assert_eq!(whole - weights("cuda", dtype, Some("cpu")), t5 * bytes);
+            assert_eq!(
+                weights("cpu", dtype, Some("cpu")),
+                weights("cpu", dtype, None)
             );
         }
     }

@@ -5,8 +5,9 @@
 //! through the backend's denoiser, VAE decode and encode; and `info` per layout.
 use std::path::{Path, PathBuf};
 
-use hiresfix_flow::sd3::plugin::{Sd3Backend, TEXT_ENCODER_OPTION};
-use hiresfix_flow::sd3::{LoadOptions, Sd3Files, Sd3Model};
+use hiresfix_flow::common::{LoadOptions, TEXT_ENCODER_OPTION};
+use hiresfix_flow::sd3::plugin::Sd3Backend;
+use hiresfix_flow::sd3::{Sd3Files, Sd3Model};
 use hiresfix_model_parts::weights::safetensors::SafetensorsFile;
 use host_api::{Backend, LoadRequest, MemoryRequest, OptionEntry, OptionValue};
 use tch::{Device, Kind, Tensor};
@@ -287,7 +288,12 @@ fn sd3_t5_on_the_cpu_keeps_the_conditioning_and_unknown_values_are_refused() {
 }
 
 /// A memory request for `path` at 64 px (CFG batch), with `t5 = value` when given.
-fn memory_request(path: &Path, device: &str, dtype: &str, t5: Option<&str>) -> MemoryRequest {
+pub(crate) fn memory_request(
+    path: &Path,
+    device: &str,
+    dtype: &str,
+    t5: Option<&str>,
+) -> MemoryRequest {
     let options: Vec<OptionEntry> = t5
         .map(|v| OptionEntry {
             key: "t5".into(),

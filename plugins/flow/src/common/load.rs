@@ -1,0 +1,42 @@
+//! What a profile adds to a flow checkpoint, for SD3 and Flux alike: `[model] vae` (host-api
+//! `LoadRequest.vae`), `[model] text_encoders` (one `text_encoder` option per file),
+//! `[model] t5_tokenizer` and `[model] t5` (the options of those names; no interface change).
+use std::path::PathBuf;
+
+use host_api::{LoadRequest, OptionValue};
+
+use crate::t5::T5Placement;
+
+/// `LoadRequest.options` key of one split text-encoder file (repeated, one per file).
+pub const TEXT_ENCODER_OPTION: &str = "text_encoder";
+
+/// The profile's additions to a checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    pub vae: Option<PathBuf>,
+    pub text_encoders: Vec<PathBuf>,
+    pub t5_tokenizer: Option<PathBuf>,
+    /// `[model] t5`: where T5 runs.
+    pub t5_placement: T5Placement,
+}
+
+/// The profile's additions, from a load request; an unknown `t5` placement is refused.
+pub fn load_options(request: &LoadRequest) -> anyhow::Result<LoadOptions> {
+    let texts = |key: &str| -> Vec<PathBuf> {
+        request
+            .options
+            .iter()
+            .filter(|e| e.key.as_str() == key)
+            .filter_map(|e| match &e.value {
+                OptionValue::Text(t) => Some(PathBuf::from(t.as_str())),
+                _ => None,
+            })
+            .collect()
+    };
+    Ok(LoadOptions {
+        vae: request.vae_path(),
+        text_encoders: texts(TEXT_ENCODER_OPTION),
+        t5_tokenizer: texts(crate::t5::TOKENIZER_KEY).into_iter().next(),
+        t5_placement: T5Placement::from_options(&request.options)?,
+    })
+}
