@@ -12,7 +12,8 @@ pub fn run(profile_path: &Path, sets: &[String]) -> Result<()> {
     let base = base_dir(profile_path);
     let registry = registry_for(&profile, &base);
     // As `generate` prepares a job: resolved and planned once, pass 1's native size from the
-    // checkpoint's headers.
+    // checkpoint's headers (a family's own pass-1 steps first: Flux schnell's 4).
+    plan::fill_family_steps(&mut profile, &registry, &base);
     profile.resolve(None)?;
     let plans = plan::plan_passes(&profile, &registry, &base)?;
     let settings = crate::models::LoadSettings::from_profile(&profile)?.resolve_files(&base);

@@ -179,3 +179,36 @@ Hires Distilled CFG Scale: 2.5, Hires upscale: 2, Hires upscaler: Latent";
     assert_eq!(imported.profile.passes[1].guidance, Some(2.5));
     assert!(imported.unmapped.is_empty(), "{:?}", imported.unmapped);
 }
+
+/// Schnell's own steps where the profile gives none: 4 for pass 1 (its published default) and
+/// so for the hires pass (pass 1's, as A1111); the resolved profile says it. Dev keeps
+/// A1111's 20; steps the profile sets stay.
+#[test]
+fn flux_schnell_defaults_to_4_steps_where_the_profile_sets_none() {
+    let registry = Registry::load(&[], &Default::default());
+    for (variant, first_steps, want) in [
+        ("schnell", "", 4),
+        ("dev", "", 20),
+        ("schnell", "steps = 8\n", 8),
+    ] {
+        let checkpoint = data().join(variant).join("diffusers");
+        let text = profile(&checkpoint, "", 3.5)
+            .replace("steps = 4\n", "")
+            .replacen("[[pass]]\n", &format!("[[pass]]\n{first_steps}"), 1);
+        let job = prepare(Profile::parse(&text, "flux").unwrap(), &registry, &repo()).unwrap();
+        let steps: Vec<usize> = job.plans.iter().map(|p| p.steps).collect();
+        assert_eq!(steps, [want, want], "{variant} {first_steps:?}");
+        assert_eq!(job.profile.passes[0].steps, Some(want as u32));
+        // `check` plans as `generate` does.
+        let scratch = Scratch::new("flux-schnell-steps");
+        let path = scratch.write("p.toml", &text);
+        let out = hiresfix(&scratch.0, &["check", path.to_str().unwrap()], &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let line = format!("pass 1: 48x32, {want} steps,");
+        assert!(
+            stdout_lines(&out).iter().any(|l| l.starts_with(&line)),
+            "{variant}: {:?}",
+            stdout_lines(&out)
+        );
+    }
+}

@@ -69,6 +69,16 @@ pub fn family_cfg(family: &str) -> f64 {
     }
 }
 
+/// A model family's pass-1 steps where the profile sets none, when it has its own: Flux
+/// schnell (timestep-distilled) is made for 4 (its published default, diffusers' and
+/// ComfyUI's); the others take [`STEPS`].
+pub fn family_steps(family: &str) -> Option<u32> {
+    match family {
+        "flux-schnell" => Some(4),
+        _ => None,
+    }
+}
+
 /// Smallest side of a pass, in pixels.
 pub const MIN_SIZE: u32 = 8;
 /// Largest side of a pass, in pixels.

@@ -88,6 +88,7 @@ fn prepare_inner<'r>(
     let settings = give_back!(LoadSettings::from_profile(&profile)).resolve_files(base_dir);
     models.preview_dirs = crate::live_preview::dirs(&profile.vae_approx_dirs, base_dir);
     // Everything but pass 1's native size needs no model: resolved and planned once, here.
+    crate::plan::fill_family_steps(&mut profile, registry, base_dir);
     give_back!(profile.resolve(None));
     let plans = give_back!(plan_passes(&profile, registry, base_dir));
     // Families must match across passes: refused now, before any model loads or samples.

@@ -76,6 +76,37 @@ fn option_value(table: &str, key: &str, value: &toml::Value) -> Result<OptionVal
     })
 }
 
+/// Pass 1's steps where the profile sets none: its checkpoint's family's own
+/// ([`defaults::family_steps`]: Flux schnell's 4), the family read from the headers, before
+/// [`Profile::resolve`] would fill [`defaults::STEPS`]; later passes then take pass 1's as
+/// usual. A checkpoint that cannot be read is left to planning to report.
+pub fn fill_family_steps(profile: &mut Profile, registry: &Registry, base_dir: &Path) {
+    if profile.passes.first().is_some_and(|p| p.steps.is_some()) {
+        return;
+    }
+    let merged = profile.model.merge.as_ref().and_then(|m| m.first());
+    let checkpoint = profile
+        .passes
+        .first()
+        .and_then(|p| p.checkpoint.clone())
+        .or_else(|| profile.model.checkpoint.clone())
+        .or_else(|| merged.map(|m| m.checkpoint.clone()));
+    let Some(checkpoint) = checkpoint else {
+        return;
+    };
+    let family = crate::registry::detect_backend(registry, &resolve_path(base_dir, &checkpoint));
+    let Some(steps) = family
+        .ok()
+        .and_then(|b| defaults::family_steps(&b.decl.family))
+    else {
+        return;
+    };
+    if profile.passes.is_empty() {
+        profile.passes.push(Pass::default());
+    }
+    profile.passes[0].steps = Some(steps);
+}
+
 /// Resolves every pass's names against the registry. `profile` must be resolved
 /// ([`Profile::resolve`]; pass 1's size may still be open): no default is applied here.
 pub fn plan_passes<'r>(
