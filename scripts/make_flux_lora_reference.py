@@ -35,8 +35,8 @@ another random model of the same widths, so the files above fit it):
   --data/flux-tiny/pipeline/dev/lora-reference.safetensors
         one denoiser call of the tiny dev pipeline of make_flux_pipeline_reference.py
         (run it first) in the host's terms: `input.latent` [1, 16, 16, 24] (48x32 px),
-        `input.sigma`, `input.guidance` (3.5), its `text.prompt` / `text.pooled` as
-        `input.context` / `input.pooled`, and D(x, sigma) = x - sigma * v (v the transformer's
+        `input.sigma`, `input.guidance` (3.5), the conditioning its reference.safetensors
+        holds (`text.prompt`, `text.pooled`: not copied), and D(x, sigma) = x - sigma * v (v the transformer's
         velocity of the packed latent, unpacked) with `base` no LoRA, `kohya` kohya.safetensors
         at weight 1 and `kohya@0.5` at 0.5 (`load_lora_weights` + `set_adapters`).
 LoRA tensors are fp32 (kohya's converter multiplies by alpha/rank in the file's dtype: in fp16
@@ -155,7 +155,7 @@ def pipeline_reference(data: str, kohya_path: str) -> None:
         return latent - sigma.view(1, 1, 1, 1) * v
 
     out = {"input.latent": latent, "input.sigma": sigma, "input.guidance": guidance,
-           "input.context": context, "input.pooled": pooled, "base.output": denoised()}
+           "base.output": denoised()}
     pipe.load_lora_weights(kohya_path, adapter_name="kohya")
     for label, weight in (("kohya", 1.0), ("kohya@0.5", 0.5)):
         pipe.set_adapters(["kohya"], adapter_weights=[weight])

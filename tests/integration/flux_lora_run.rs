@@ -1,8 +1,8 @@
 //! Flux LoRA through the host: a profile's `[model] loras` and a pass's own `loras` on the tiny
 //! dev pipeline of scripts/make_flux_pipeline_reference.py, against diffusers'
 //! `load_lora_weights` of the same kohya file (scripts/make_flux_lora_reference.py →
-//! tests/data/flux-tiny/pipeline/dev/lora-reference.safetensors: one denoiser call,
-//! D(x, σ) = x − σ·v, with no LoRA, the LoRA at weight 1 and at 0.5; fp32 CPU, 1e-5).
+//! tests/data/flux-tiny/pipeline/dev/lora-reference.safetensors: one denoiser call on the
+//! pipeline reference's conditioning, D(x, σ) = x − σ·v, with no LoRA, the LoRA at weight 1 and at 0.5; fp32 CPU, 1e-5).
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -55,8 +55,8 @@ fn flux_loras_through_the_host_match_diffusers_load_lora_weights() {
     eprintln!("flux LoRA run: pass 1 {e1:.2e}, pass 2 {e2:.2e} from the run without LoRA");
     assert!(e1 > 1e-2 && e2 > 1e-2, "{e1} {e2}");
     let cond = [
-        r["input.context"].shallow_clone(),
-        r["input.pooled"].shallow_clone(),
+        run_ref["text.prompt"].shallow_clone(),
+        run_ref["text.pooled"].shallow_clone(),
         r["input.guidance"].shallow_clone(),
     ];
     let sigma = f64::try_from(&r["input.sigma"]).unwrap();
