@@ -20,7 +20,7 @@ use std::str::FromStr;
 use anyhow::{anyhow, bail, Result};
 use tch::{Kind, Tensor};
 
-use crate::vae::norm::{GroupNormStats, GroupStats, Owned};
+use crate::vae::norm::{GroupNormStats, GroupStats, Owned, StatsPool};
 use crate::vae::{AutoencoderKL, VaePass};
 
 /// When to tile (profile key `vae_tiling`).
@@ -321,21 +321,19 @@ fn record_group_stats(
 ) -> Result<Vec<GroupStats>> {
     let mut estimate: Option<Vec<GroupStats>> = None;
     for _ in 0..stats_passes(split.pass) {
-        let per_tile = tiles
-            .iter()
-            .map(|&((y, h, x0, w), (row, col))| {
-                let mut stats = Vec::new();
-                let (owned, share) = owned_part(row, col);
-                let mut mode = match &estimate {
-                    None => GroupNormStats::Record(&mut stats, owned),
-                    Some(last) => GroupNormStats::Refine(last.iter(), &mut stats, owned),
-                };
-                let piece = x.narrow(2, y, h).narrow(3, x0, w);
-                let _ = run_tileable(vae, split, &piece, &mut mode)?;
-                Ok((stats, share))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        estimate = Some(GroupStats::pool(&per_tile)?);
+        let mut pool = StatsPool::default();
+        for &((y, h, x0, w), (row, col)) in tiles {
+            let (owned, share) = owned_part(row, col);
+            pool.begin(share);
+            let mut mode = match &estimate {
+                None => GroupNormStats::Record(&mut pool, owned),
+                Some(last) => GroupNormStats::Refine(last.iter(), &mut pool, owned),
+            };
+            let piece = x.narrow(2, y, h).narrow(3, x0, w);
+            let _ = run_tileable(vae, split, &piece, &mut mode)?;
+            pool.end()?;
+        }
+        estimate = Some(pool.finish()?);
     }
     estimate.ok_or_else(|| anyhow!("no GroupNorm statistics recorded"))
 }
