@@ -2,10 +2,12 @@
 //! sizes for missing parts, the runtime, and the VAE decode — model-parts' [`peak_bytes`]
 //! over the whole latent and [`tiled_decode_bytes`] in tiles, as for the SD backend.
 use anyhow::Result;
-use hiresfix_model_parts::vae::memory::{peak_bytes, tiled_decode_bytes, AttentionMemory};
+use hiresfix_model_parts::vae::memory::{
+    free_bytes, peak_bytes, tiled_decode_bytes, AttentionMemory,
+};
 use hiresfix_model_parts::vae::tiling::VaeTilingOptions;
 use hiresfix_model_parts::vae::{LatentScale, VaeConfig, VaePass};
-use host_api::MemoryRequest;
+use host_api::{MemoryEstimate, MemoryRequest};
 use tch::Device;
 
 use crate::t5::T5Placement;
@@ -78,4 +80,39 @@ pub fn decode_bytes(
         VaeTilingOptions::from_profile("on", request.vae_tile_size, request.vae_tile_overlap)?;
     let tiled = tiled_decode_bytes(vae, (h, w), &tiling, element, attention);
     Ok((full, tiled))
+}
+
+/// One transformer call of a flow backend: its width, its patch side in latent cells, the
+/// text tokens beside the image's, and the live `tokens × width` buffers at its peak.
+pub struct Call {
+    pub width: u64,
+    pub patch: i64,
+    pub text_tokens: u64,
+    pub token_buffers: u64,
+}
+
+/// The memory table's row for `request`: `weights` parameters on the device, `call` per
+/// latent of the CFG batch over the request's image tokens, and `vae`'s decode.
+pub fn assemble(
+    request: &MemoryRequest,
+    (element, device): (u64, Device),
+    weights: u64,
+    vae: &VaeConfig,
+    call: Call,
+) -> Result<MemoryEstimate> {
+    let f = vae.spatial_factor();
+    let (h, w) = (i64::from(request.height) / f, i64::from(request.width) / f);
+    let patch = call.patch.max(1);
+    let image_tokens = ((h / patch) * (w / patch)).max(0) as u64;
+    let batch = u64::from(request.unet_batch.max(1));
+    let tokens = image_tokens + call.text_tokens;
+    let (decode_full, decode_tiled) = decode_bytes(vae, request, element, device)?;
+    Ok(MemoryEstimate {
+        weights: weights * element,
+        runtime: runtime(device),
+        unet: call.token_buffers * batch * tokens * call.width * element,
+        decode_full,
+        decode_tiled,
+        free: free_bytes(device).unwrap_or(0),
+    })
 }

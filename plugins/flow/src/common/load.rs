@@ -1,7 +1,12 @@
 //! What a profile adds to a flow checkpoint, for SD3 and Flux alike: `[model] vae` (host-api
 //! `LoadRequest.vae`), `[model] text_encoders` (one `text_encoder` option per file),
 //! `[model] t5_tokenizer` and `[model] t5` (the options of those names; no interface change).
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use hiresfix_model_parts::convert::VAE_PREFIX;
+use hiresfix_model_parts::vae::files::replace_vae;
+use hiresfix_model_parts::weights::Weights;
 
 use host_api::{LoadRequest, OptionValue};
 
@@ -39,4 +44,26 @@ pub fn load_options(request: &LoadRequest) -> anyhow::Result<LoadOptions> {
         t5_tokenizer: texts(crate::t5::TOKENIZER_KEY).into_iter().next(),
         t5_placement: T5Placement::from_options(&request.options)?,
     })
+}
+
+/// The checkpoint's `weights` with the profile's `[model] vae` in place of its own (the new
+/// VAE's config JSON, if the file had one, returned), or its own; none at all is refused in
+/// one line naming `checkpoint` and `vae_hint`, the file to set.
+pub fn apply_vae(
+    weights: &mut Weights,
+    options: &LoadOptions,
+    checkpoint: &Path,
+    vae_hint: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let json = match &options.vae {
+        Some(vae) => replace_vae(weights, vae)?,
+        None => None,
+    };
+    if !weights.has_prefix(VAE_PREFIX) {
+        bail!(
+            "{}: no VAE in it — set `[model] vae` to {vae_hint}",
+            checkpoint.display()
+        );
+    }
+    Ok(json)
 }

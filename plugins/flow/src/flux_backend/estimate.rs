@@ -18,12 +18,12 @@
 //!
 //! Not yet measured against a real-size run (no GPU run of the 12 B model here).
 use anyhow::Result;
-use hiresfix_model_parts::vae::memory::{free_bytes, request_kind};
+use hiresfix_model_parts::vae::memory::request_kind;
 use hiresfix_model_parts::vae::LatentScale;
 use host_api::{MemoryEstimate, MemoryRequest};
 
 use super::inspect::FluxHeaders;
-use crate::common::estimate::{decode_bytes, device_parameters, runtime, vae16};
+use crate::common::estimate::{assemble, device_parameters, vae16, Call};
 use crate::flux::Variant;
 use crate::t5::{FLUX_DEV_MAX_LENGTH, FLUX_SCHNELL_MAX_LENGTH};
 
@@ -48,23 +48,15 @@ pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
         .vae
         .clone()
         .unwrap_or_else(|| vae16(LatentScale::FLUX));
-    let f = vae.spatial_factor();
-    let (h, w) = (i64::from(request.height) / f, i64::from(request.width) / f);
-    let image_tokens = ((h / 2) * (w / 2)).max(0) as u64;
     let text_tokens = match headers.variant {
         Variant::Dev => FLUX_DEV_MAX_LENGTH,
         Variant::Schnell => FLUX_SCHNELL_MAX_LENGTH,
     } as u64;
-    let width = headers.transformer.hidden_size().max(0) as u64;
-    let batch = u64::from(request.unet_batch.max(1));
-    let transformer = TOKEN_BUFFERS * batch * (image_tokens + text_tokens) * width * element;
-    let (decode_full, decode_tiled) = decode_bytes(&vae, request, element, device)?;
-    Ok(MemoryEstimate {
-        weights: weights * element,
-        runtime: runtime(device),
-        unet: transformer,
-        decode_full,
-        decode_tiled,
-        free: free_bytes(device).unwrap_or(0),
-    })
+    let call = Call {
+        width: headers.transformer.hidden_size().max(0) as u64,
+        patch: 2,
+        text_tokens,
+        token_buffers: TOKEN_BUFFERS,
+    };
+    assemble(request, (element, device), weights, &vae, call)
 }

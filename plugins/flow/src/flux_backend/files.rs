@@ -13,7 +13,6 @@ use anyhow::{anyhow, bail, Result};
 use hiresfix_model_parts::convert::diffusers_vae::vae_renames;
 use hiresfix_model_parts::convert::hf_clip::text_encoder_key;
 use hiresfix_model_parts::convert::VAE_PREFIX;
-use hiresfix_model_parts::vae::files::replace_vae;
 use hiresfix_model_parts::weights::folder::{read_json, weights_files};
 use hiresfix_model_parts::weights::safetensors::SafetensorsFile;
 use hiresfix_model_parts::weights::Weights;
@@ -22,6 +21,7 @@ use serde_json::Value;
 use super::detect::{detect, Detected, FluxLayout};
 use super::names::{AIO_VAE_PREFIX, CLIP_L_PREFIX, T5_KEY};
 use super::shift::ShiftRule;
+use crate::common::load::apply_vae;
 use crate::common::LoadOptions;
 use crate::flux::Variant;
 use crate::t5::{self, T5Placement, T5Weights};
@@ -58,16 +58,8 @@ impl FluxFiles {
             FluxLayout::SingleFile => Self::open_single(path, found, options)?,
         };
         files.t5_placement = options.t5_placement;
-        if let Some(vae) = &options.vae {
-            if let Some(json) = replace_vae(&mut files.weights, vae)? {
-                files.vae_json = Some(json);
-            }
-        }
-        if !files.weights.has_prefix(VAE_PREFIX) {
-            bail!(
-                "{}: no VAE in it — set `[model] vae` to Flux's ae.safetensors",
-                path.display()
-            );
+        if let Some(json) = apply_vae(&mut files.weights, options, path, "Flux's ae.safetensors")? {
+            files.vae_json = Some(json);
         }
         if !files.weights.has_prefix(CLIP_L_PREFIX) {
             bail!(

@@ -17,12 +17,12 @@
 //!   `tiled_decode_bytes`, as for the SD backend);
 //! - runtime: the process before any model (as the SD backend's estimate).
 use anyhow::Result;
-use hiresfix_model_parts::vae::memory::{free_bytes, request_kind};
+use hiresfix_model_parts::vae::memory::request_kind;
 use hiresfix_model_parts::vae::LatentScale;
 use host_api::{MemoryEstimate, MemoryRequest};
 
 use super::inspect::Sd3Headers;
-use crate::common::estimate::{decode_bytes, device_parameters, runtime, vae16};
+use crate::common::estimate::{assemble, device_parameters, vae16, Call};
 
 /// Live `tokens × width` buffers of one MMDiT block at its peak: the residual stream, its
 /// modulated LayerNorm, q, k, v and the attention output (6), beside the MLP's 4×-wide
@@ -46,20 +46,11 @@ pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
         .vae
         .clone()
         .unwrap_or_else(|| vae16(LatentScale::SD3));
-    let f = vae.spatial_factor();
-    let (h, w) = (i64::from(request.height) / f, i64::from(request.width) / f);
-    let patch = headers.transformer.patch_size.max(1);
-    let image_tokens = ((h / patch) * (w / patch)).max(0) as u64;
-    let width = headers.transformer.hidden_size().max(0) as u64;
-    let batch = u64::from(request.unet_batch.max(1));
-    let transformer = TOKEN_BUFFERS * batch * (image_tokens + TEXT_TOKENS) * width * element;
-    let (decode_full, decode_tiled) = decode_bytes(&vae, request, element, device)?;
-    Ok(MemoryEstimate {
-        weights: weights * element,
-        runtime: runtime(device),
-        unet: transformer,
-        decode_full,
-        decode_tiled,
-        free: free_bytes(device).unwrap_or(0),
-    })
+    let call = Call {
+        width: headers.transformer.hidden_size().max(0) as u64,
+        patch: headers.transformer.patch_size,
+        text_tokens: TEXT_TOKENS,
+        token_buffers: TOKEN_BUFFERS,
+    };
+    assemble(request, (element, device), weights, &vae, call)
 }

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use hiresfix_model_parts::convert::hf_clip::text_encoder_key;
 use hiresfix_model_parts::convert::VAE_PREFIX;
-use hiresfix_model_parts::vae::files::replace_vae;
 use hiresfix_model_parts::weights::folder::{read_json, weights_files};
 use hiresfix_model_parts::weights::safetensors::SafetensorsFile;
 use hiresfix_model_parts::weights::Weights;
@@ -21,6 +20,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::detect::{detect, Sd3Layout};
 use super::names::{CLIP_G_PREFIX, CLIP_L_PREFIX, DEFAULT_SHIFT};
+use crate::common::load::apply_vae;
 use crate::common::LoadOptions;
 use crate::mmdit::{self, Layout, LoadedMmDit, MmDitConfig, TensorSource, SINGLE_FILE_PREFIX};
 use crate::t5::{self, T5Placement, T5Weights};
@@ -53,16 +53,8 @@ impl Sd3Files {
             Sd3Layout::SingleFile => Self::open_single(path, options)?,
         };
         files.t5_placement = options.t5_placement;
-        if let Some(vae) = &options.vae {
-            if let Some(json) = replace_vae(&mut files.weights, vae)? {
-                files.vae_json = Some(json);
-            }
-        }
-        if !files.weights.has_prefix(VAE_PREFIX) {
-            bail!(
-                "{}: no VAE in it — set `[model] vae` to the SD3 VAE file",
-                path.display()
-            );
+        if let Some(json) = apply_vae(&mut files.weights, options, path, "the SD3 VAE file")? {
+            files.vae_json = Some(json);
         }
         for (name, prefix) in [("CLIP-L", CLIP_L_PREFIX), ("CLIP-G", CLIP_G_PREFIX)] {
             if !files.weights.has_prefix(prefix) {
