@@ -68,6 +68,27 @@ fn info_shows_flux_variant_guidance_shift_rule_and_text_encoders_of_every_layout
     }
 }
 
+/// fp8 transformer files say so: the plain E4M3 file by its stored dtype (linear weights fp8,
+/// biases and norms fp16), ComfyUI's scaled fp8 also by name, its scales not counted.
+#[test]
+fn info_names_fp8_and_scaled_fp8_transformer_files() {
+    for (file, dtype) in [
+        (
+            "flux1-dev-tiny-fp8.safetensors",
+            "F8_E4M3 (98% of the parameters; the rest F16)",
+        ),
+        (
+            "flux1-dev-tiny-fp8-scaled.safetensors",
+            "F8_E4M3 (98% of the parameters; the rest F16), ComfyUI scaled fp8 (each weight \
+             times its scale_weight)",
+        ),
+    ] {
+        let lines = info(&data("dev/fp8").join(file));
+        assert!(field(&lines, "family").starts_with("flux-dev"), "{file}");
+        assert_eq!(field(&lines, "stored dtype"), dtype, "{file}");
+    }
+}
+
 #[test]
 fn check_prints_a_memory_row_per_flux_pass() {
     let scratch = Scratch::new("flux-check");

@@ -212,3 +212,50 @@ fn flux_schnell_defaults_to_4_steps_where_the_profile_sets_none() {
         );
     }
 }
+
+/// fp8 files (scripts/make_flux_fp8_reference.py): the plain E4M3 transformer and T5 (Civitai's
+/// `flux1-dev-fp8`, ComfyUI's `t5xxl_fp8_e4m3fn`) and ComfyUI's scaled fp8 ones (`scaled_fp8`,
+/// `X.scale_weight`: `*_fp8_scaled`, `t5xxl_fp8_e4m3fn_scaled`) run the 2-pass job as diffusers
+/// does on the weights ComfyUI computes with (fp8 → fp32, times the scale); each run is 6–8 %
+/// away from the fp16 one, so a loader that skipped a scale could not match.
+#[test]
+fn flux_fp8_files_match_diffusers_on_their_dequantized_weights() {
+    let registry = Registry::load(&[], &Default::default());
+    let fp8 = data().join("dev/fp8");
+    let r: HashMap<String, Tensor> = Tensor::read_safetensors(fp8.join("reference.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let split = &layouts("dev")[1].2;
+    let t5 = data()
+        .join("t5xxl.safetensors")
+        .to_string_lossy()
+        .into_owned();
+    for (key, file, t5_file) in [
+        (
+            "fp8",
+            "flux1-dev-tiny-fp8.safetensors",
+            "t5xxl_fp8_e4m3fn.safetensors",
+        ),
+        (
+            "scaled",
+            "flux1-dev-tiny-fp8-scaled.safetensors",
+            "t5xxl_fp8_e4m3fn_scaled.safetensors",
+        ),
+    ] {
+        let fp8_t5 = fp8.join(t5_file).to_string_lossy().into_owned();
+        assert!(split.contains(&t5));
+        let lines = split.replace(&t5, &fp8_t5);
+        let text = profile(&fp8.join(file), &lines, 3.5);
+        let mut job = prepare(Profile::parse(&text, "flux").unwrap(), &registry, &repo()).unwrap();
+        let (model, info) = job.models.for_pass(&job.settings, &job.plans[0]).unwrap();
+        assert_eq!(info.family.as_str(), "flux-dev", "{key}");
+        let result = job.run_image(1234).unwrap();
+        let e1 = rel_err(&result.latents[0], &r[&format!("{key}.run.latent1")]);
+        let e2 = rel_err(&result.latents[1], &r[&format!("{key}.run.latent2")]);
+        let image = ((model.decode(&result.latents[1]).unwrap() + 1.0) / 2.0).clamp(0.0, 1.0);
+        let e3 = rel_err(&image, &r[&format!("{key}.run.image")]);
+        eprintln!("flux {key}: pass 1 {e1:.2e}, pass 2 {e2:.2e}, image {e3:.2e}");
+        assert!(e1 < 1e-4 && e2 < 1e-4 && e3 < 1e-4, "{key}: {e1} {e2} {e3}");
+    }
+}

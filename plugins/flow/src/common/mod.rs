@@ -1,12 +1,14 @@
 //! What the flow backends (SD3, Flux) share beyond the model parts: errors and facts across the
 //! plugin boundary, what a profile adds to a checkpoint (`load`), a diffusers folder's
 //! transformer class and VAE, the VAE run in the model's
-//! dtype, and the denoiser's batching of conditionings into transformer calls.
+//! dtype, the denoiser's batching of conditionings into transformer calls, and the
+//! transformers' weight reader (`weights`).
 pub mod denoise;
 pub mod estimate;
 pub mod folder;
 pub mod load;
 pub mod vae;
+pub mod weights;
 
 use host_api::{Error, OptionEntry, OptionValue};
 

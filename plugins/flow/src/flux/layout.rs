@@ -7,7 +7,7 @@
 use anyhow::Result;
 use tch::Tensor;
 
-use super::weights::Weights;
+use crate::common::weights::TensorSource;
 
 /// The all-in-one checkpoints' transformer prefix.
 pub const SINGLE_FILE_PREFIX: &str = "model.diffusion_model.";
@@ -101,17 +101,16 @@ const TOP: &[(&str, &[&str])] = &[
 impl Layout {
     /// The layout of `w`: diffusers if it has `x_embedder.weight`, else BFL behind the prefix
     /// its `img_in.weight` has (none when absent: the missing tensor is named at load).
-    pub fn detect(w: &Weights) -> Layout {
+    pub fn detect(w: &dyn TensorSource) -> Layout {
         if w.contains("x_embedder.weight") {
             return Layout::Diffusers;
         }
         let prefix = w
             .names()
-            .find_map(|n| n.strip_suffix("img_in.weight"))
-            .unwrap_or("");
-        Layout::Bfl {
-            prefix: prefix.to_string(),
-        }
+            .iter()
+            .find_map(|n| n.strip_suffix("img_in.weight").map(String::from))
+            .unwrap_or_default();
+        Layout::Bfl { prefix }
     }
 
     /// Where the BFL-named tensor `name` lies in a file of this layout.
@@ -185,7 +184,7 @@ impl Recipe {
     }
 
     /// The tensor's shape, `None` if a part is missing.
-    pub fn shape(&self, w: &Weights) -> Option<Vec<i64>> {
+    pub fn shape(&self, w: &dyn TensorSource) -> Option<Vec<i64>> {
         let shapes: Option<Vec<Vec<i64>>> = self.sources().iter().map(|n| w.shape(n)).collect();
         let mut shapes = shapes?.into_iter();
         let mut first = shapes.next()?;
@@ -195,7 +194,7 @@ impl Recipe {
         Some(first)
     }
 
-    pub fn read(&self, w: &Weights) -> Result<Tensor> {
+    pub fn read(&self, w: &dyn TensorSource) -> Result<Tensor> {
         Ok(match self {
             Recipe::One(n) => w.read(n)?,
             Recipe::Cat(ns) => {

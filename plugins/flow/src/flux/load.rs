@@ -8,7 +8,8 @@ use tch::{nn, Device, Kind};
 use super::config::FluxConfig;
 use super::layout::Layout;
 use super::model::Flux;
-use super::weights::{open_weights, Weights};
+use crate::common::weights::{open, TensorSource};
+use hiresfix_model_parts::weights::Weights;
 
 /// A loaded transformer, its weights' home and what was found.
 #[derive(Debug)]
@@ -53,7 +54,7 @@ pub fn load_on(
 /// The weights of `path`, their layout and the transformer's shape (headers only).
 fn read(path: &Path, axes: Option<[i64; 3]>) -> Result<(Weights, Layout, FluxConfig)> {
     let (file, config_json) = resolve(path)?;
-    let w = open_weights(&file)?;
+    let w = open(&file)?;
     let layout = Layout::detect(&w);
     let axes = axes.or_else(|| {
         let text = std::fs::read_to_string(config_json?).ok()?;
@@ -99,7 +100,7 @@ fn resolve(path: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
 }
 
 /// The shape of BFL-named `name`, or an error naming the missing tensor.
-fn shape(w: &Weights, layout: &Layout, name: &str) -> Result<Vec<i64>> {
+fn shape(w: &dyn TensorSource, layout: &Layout, name: &str) -> Result<Vec<i64>> {
     let recipe = layout.recipe(name);
     recipe.shape(w).ok_or_else(|| {
         let missing = recipe
@@ -116,8 +117,9 @@ fn shape(w: &Weights, layout: &Layout, name: &str) -> Result<Vec<i64>> {
 }
 
 /// Blocks under `prefix`: the highest index + 1 (a missing middle block is then named).
-fn count_blocks(w: &Weights, prefix: &str) -> i64 {
+fn count_blocks(w: &dyn TensorSource, prefix: &str) -> i64 {
     w.names()
+        .iter()
         .filter_map(|n| {
             n.strip_prefix(prefix)?
                 .split('.')
@@ -129,7 +131,11 @@ fn count_blocks(w: &Weights, prefix: &str) -> i64 {
         .map_or(0, |m| m + 1)
 }
 
-fn infer_config(w: &Weights, layout: &Layout, axes: Option<[i64; 3]>) -> Result<FluxConfig> {
+fn infer_config(
+    w: &dyn TensorSource,
+    layout: &Layout,
+    axes: Option<[i64; 3]>,
+) -> Result<FluxConfig> {
     let img_in = shape(w, layout, "img_in.weight")?;
     let d = img_in[0];
     let num_layers = count_blocks(w, &layout.block_prefix(false));
@@ -172,7 +178,7 @@ fn infer_config(w: &Weights, layout: &Layout, axes: Option<[i64; 3]>) -> Result<
 }
 
 /// Copies every parameter of `vs` from `w` (shape-checked).
-fn fill(vs: &nn::VarStore, w: &Weights, layout: &Layout) -> Result<()> {
+fn fill(vs: &nn::VarStore, w: &dyn TensorSource, layout: &Layout) -> Result<()> {
     let _guard = tch::no_grad_guard();
     for (name, mut var) in vs.variables() {
         let found = shape(w, layout, &name)?;

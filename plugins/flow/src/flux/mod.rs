@@ -8,8 +8,8 @@
 //! Where things are: `config` (hyper-parameters, from the weights), `layers` (linear, norms,
 //! attention), `embeddings` (timestep features, packing, ids, RoPE), `blocks` (double, single,
 //! final layer), `model` (the forward), `layout` (the BFL and diffusers key layouts: the model is
-//! built under BFL names, diffusers names are renamed into them), `weights` (reading tensors),
-//! `load`.
+//! built under BFL names, diffusers names are renamed into them), `load` (tensors read by
+//! `common::weights`).
 mod blocks;
 mod config;
 mod embeddings;
@@ -17,12 +17,11 @@ mod layers;
 mod layout;
 mod load;
 mod model;
-mod weights;
 
+pub use crate::common::weights::{open as open_weights, TensorSource};
 pub use blocks::{DoubleBlock, SingleBlock};
 pub use config::{FluxConfig, Variant};
 pub use embeddings::{image_ids, pack, rope, text_ids, timestep_features, unpack};
 pub use layout::{Layout, Recipe, SINGLE_FILE_PREFIX};
 pub use load::{load, load_on, load_with, read_config, LoadedFlux};
 pub use model::Flux;
-pub use weights::{open_weights, Weights};

@@ -53,7 +53,9 @@ pub fn checkpoint_info(path: &Path) -> anyhow::Result<CheckpointInfo> {
         latent_scaling_factor: scale.scaling,
         text_encoders: found.describe_text_encoders().as_str().into(),
         unet_parameters: found.transformer_parameters(),
-        stored_dtype: found.weights.dtype_summary(|_| true).as_str().into(),
+        stored_dtype: crate::common::weights::stored_dtype(&found.weights)
+            .as_str()
+            .into(),
         file_bytes: found.weights.file_bytes(),
         text_encoder_fingerprint: format!(
             "flux:{:?}:{}",

@@ -3,7 +3,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
-use super::weights::TensorSource;
+use crate::common::weights::TensorSource;
 
 /// diffusers `SD3Transformer2DModel`'s configuration, the fields the forward uses.
 #[derive(Debug, Clone, PartialEq, Eq)]

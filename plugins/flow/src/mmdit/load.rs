@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 use super::config::MmDitConfig;
 use super::layout::{Layout, Recipe};
 use super::model::MmDit;
-use super::weights::{open_safetensors, Shards, TensorSource};
+use crate::common::weights::{open, TensorSource};
 
 /// A transformer and the store holding its parameters.
 pub struct LoadedMmDit {
@@ -38,8 +38,8 @@ pub fn load(path: &Path, device: Device, kind: Kind) -> Result<LoadedMmDit> {
         let single = dir.join("diffusion_pytorch_model.safetensors");
         let index = dir.join("diffusion_pytorch_model.safetensors.index.json");
         let source: Box<dyn TensorSource> = match (single.is_file(), index.is_file()) {
-            (true, _) => Box::new(open_safetensors(&single)?),
-            (false, true) => Box::new(Shards::open(&index)?),
+            (true, _) => Box::new(open(&single)?),
+            (false, true) => Box::new(open(&index)?),
             _ => bail!(
                 "{}: no diffusion_pytorch_model.safetensors (a diffusers transformer folder)",
                 dir.display()
@@ -48,7 +48,7 @@ pub fn load(path: &Path, device: Device, kind: Kind) -> Result<LoadedMmDit> {
         let layout = detect(source.as_ref())?;
         return load_from(source.as_ref(), layout, &config, device, kind);
     }
-    let file = open_safetensors(path)?;
+    let file = open(path)?;
     let layout = detect(&file)?;
     let config = match &layout {
         Layout::Original { prefix } => MmDitConfig::infer(&file, prefix)?,

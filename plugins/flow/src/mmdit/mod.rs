@@ -6,7 +6,7 @@
 //! Where things are: `config` (hyper-parameters, from config.json or inferred from a file),
 //! `layers` (linear, norms, attention), `embeddings` (patches, positions, timestep + pooled
 //! text), `blocks` (joint blocks, final layer), `model` (the forward), `layout` (the two key
-//! layouts and the diffusers → original renames), `weights` (reading tensors), `load`.
+//! layouts and the diffusers → original renames), `load` (tensors read by `common::weights`).
 mod blocks;
 mod config;
 mod embeddings;
@@ -14,11 +14,10 @@ mod layers;
 mod layout;
 mod load;
 mod model;
-mod weights;
 
+pub use crate::common::weights::{open as open_safetensors, TensorSource};
 pub use config::MmDitConfig;
 pub use embeddings::timestep_features;
 pub use layout::{Layout, Recipe, SINGLE_FILE_PREFIX};
 pub use load::{load, load_from, LoadedMmDit};
 pub use model::MmDit;
-pub use weights::{open_safetensors, SafetensorsFile, Shards, TensorSource};

@@ -22,7 +22,7 @@ use super::detect::{detect, Sd3Layout};
 use super::names::{CLIP_G_PREFIX, CLIP_L_PREFIX, DEFAULT_SHIFT};
 use crate::common::load::apply_vae;
 use crate::common::LoadOptions;
-use crate::mmdit::{self, Layout, LoadedMmDit, MmDitConfig, TensorSource, SINGLE_FILE_PREFIX};
+use crate::mmdit::{self, Layout, LoadedMmDit, MmDitConfig, SINGLE_FILE_PREFIX};
 use crate::t5::{self, T5Placement, T5Weights};
 
 /// The files of one SD3 model, read (headers mapped) but not yet built.
@@ -197,12 +197,12 @@ impl Sd3Files {
         match self.layout {
             Sd3Layout::Folder => mmdit::load(&self.path, device, kind),
             Sd3Layout::SingleFile => {
-                let source = WeightsSource(&self.weights);
-                let config = MmDitConfig::infer(&source, SINGLE_FILE_PREFIX)?;
+                let source = &self.weights;
+                let config = MmDitConfig::infer(source, SINGLE_FILE_PREFIX)?;
                 let layout = Layout::Original {
                     prefix: SINGLE_FILE_PREFIX.into(),
                 };
-                mmdit::load_from(&source, layout, &config, device, kind)
+                mmdit::load_from(source, layout, &config, device, kind)
             }
         }
     }
@@ -216,9 +216,7 @@ impl Sd3Files {
                     .with_context(|| format!("{}: cannot read", file.display()))?;
                 MmDitConfig::from_diffusers_json(&text, &file.display().to_string())
             }
-            Sd3Layout::SingleFile => {
-                MmDitConfig::infer(&WeightsSource(&self.weights), SINGLE_FILE_PREFIX)
-            }
+            Sd3Layout::SingleFile => MmDitConfig::infer(&self.weights, SINGLE_FILE_PREFIX),
         }
     }
 }
@@ -262,22 +260,4 @@ fn with_tokenizer(
         Err(e) if configured.is_some() => return Err(e),
         Err(e) => Err(format!("{e:#}")),
     })
-}
-
-/// The model-parts weights seen by the MMDiT loader.
-pub(crate) struct WeightsSource<'a>(pub(crate) &'a Weights);
-
-impl TensorSource for WeightsSource<'_> {
-    fn describe(&self) -> String {
-        self.0.path().display().to_string()
-    }
-    fn names(&self) -> Vec<String> {
-        self.0.keys().map(String::from).collect()
-    }
-    fn shape(&self, name: &str) -> Option<Vec<i64>> {
-        self.0.shape(name)
-    }
-    fn read(&self, name: &str) -> Result<Tensor> {
-        self.0.read(name)
-    }
 }

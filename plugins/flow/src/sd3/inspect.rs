@@ -14,7 +14,7 @@ use hiresfix_model_parts::weights::Weights;
 use serde_json::Value;
 
 use super::detect::{detect, Sd3Layout};
-use super::files::{folder_shift, WeightsSource, T5_KEY};
+use super::files::{folder_shift, T5_KEY};
 use super::names::{CLIP_G_PREFIX, CLIP_L_PREFIX, DEFAULT_SHIFT};
 use crate::mmdit::{MmDitConfig, SINGLE_FILE_PREFIX};
 
@@ -95,7 +95,7 @@ impl Sd3Headers {
             Sd3Layout::SingleFile => {
                 weights.add_file(SafetensorsFile::open(path)?, |k| Some(k.to_string()));
                 vae_json = None::<Value>;
-                transformer = MmDitConfig::infer(&WeightsSource(&weights), SINGLE_FILE_PREFIX)?;
+                transformer = MmDitConfig::infer(&weights, SINGLE_FILE_PREFIX)?;
                 (shift, shift_source) = (DEFAULT_SHIFT, "SD3's default");
                 prefixes = [
                     SINGLE_FILE_PREFIX,

@@ -36,7 +36,7 @@ pub fn checkpoint_info(path: &Path) -> anyhow::Result<CheckpointInfo> {
         (layout, _) => layout.describe().to_string(),
     };
     let t = &found.transformer;
-    let stored_dtype = found.weights.dtype_summary(|_| true);
+    let stored_dtype = crate::common::weights::stored_dtype(&found.weights);
     // SD 3.5 added the per-head q/k RMSNorm; SD 3.0 medium has none.
     let version = match t.qk_norm {
         true => "Stable Diffusion 3.5",

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
+use crate::common::weights::TensorSource;
+
 /// Prefix of the T5 encoder's keys in SD3 / Flux all-in-one checkpoints.
 pub const SINGLE_FILE_PREFIX: &str = "text_encoders.t5xxl.transformer.";
 
@@ -174,50 +176,17 @@ fn is_t5_key(key: &str) -> bool {
     key.starts_with("encoder.") || key == "shared.weight"
 }
 
-/// The tensors of a `.safetensors` file whose names pass `keep`, copied to the CPU in their
-/// stored dtype (fp8 as fp16). The one place this crate reads safetensors for T5: it moves to
-/// the shared model-parts reader (zero copy) when that crate lands.
+/// The tensors of a `.safetensors` file whose names pass `keep`, on the CPU in their stored
+/// dtype (fp8 as fp16; ComfyUI's scaled fp8 `t5xxl_fp8_e4m3fn_scaled` times its scales, fp32),
+/// read by the flow backends' transformer reader.
 fn read_safetensors(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, Tensor)>> {
-    let shown = path.display();
-    let file = std::fs::File::open(path).with_context(|| format!("{shown}: cannot open"))?;
-    // SAFETY: the map is read-only and dropped before this returns; a file changed on disk
-    // meanwhile gives wrong numbers, not memory unsafety, for plain-old-data reads.
-    let map =
-        unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("{shown}: cannot map"))?;
-    let st = safetensors::SafeTensors::deserialize(&map)
-        .with_context(|| format!("{shown}: not a safetensors file"))?;
-    if st.names().iter().any(|n| n.ends_with("scaled_fp8")) {
-        bail!(
-            "{shown}: a scaled-fp8 T5 file (`scaled_fp8`, per-weight `scale_weight`), not \
-             supported yet: use t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors"
-        );
-    }
+    let weights = crate::common::weights::open(path)?;
     let mut out = Vec::new();
-    for (name, view) in st.tensors() {
-        if !keep(&name) {
-            continue;
+    for name in TensorSource::names(&weights) {
+        if keep(&name) {
+            let tensor = TensorSource::read(&weights, &name)?;
+            out.push((name, tensor));
         }
-        let kind = match view.dtype() {
-            safetensors::Dtype::F32 => Kind::Float,
-            safetensors::Dtype::F16 => Kind::Half,
-            safetensors::Dtype::BF16 => Kind::BFloat16,
-            safetensors::Dtype::F8_E4M3 => Kind::Float8e4m3fn,
-            safetensors::Dtype::F8_E5M2 => Kind::Float8e5m2,
-            other => bail!(
-                "{shown}: T5 weight `{name}` is {other:?}; use an fp32, fp16, bf16 or fp8 \
-                 t5xxl file"
-            ),
-        };
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let tensor = Tensor::f_from_data_size(view.data(), &shape, kind)
-            .with_context(|| format!("{shown}: cannot read `{name}`"))?;
-        // fp8 (ComfyUI's t5xxl_fp8_e4m3fn) goes on as fp16, exactly: libtorch's CPU kernels
-        // mostly lack fp8, and the encoder converts to its own dtype anyway.
-        let tensor = match kind {
-            Kind::Float8e4m3fn | Kind::Float8e5m2 => tensor.f_to_kind(Kind::Half)?,
-            _ => tensor,
-        };
-        out.push((name, tensor));
     }
     Ok(out)
 }

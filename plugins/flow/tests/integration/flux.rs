@@ -101,7 +101,7 @@ fn flux_sharded_diffusers_folder_matches_diffusers() {
     let src = dir("dev").join("transformer");
     std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
     let w = open_weights(&src.join("diffusion_pytorch_model.safetensors")).unwrap();
-    let names: Vec<String> = w.names().map(str::to_string).collect();
+    let names: Vec<String> = w.keys().map(str::to_string).collect();
     let mut weight_map = serde_json::Map::new();
     for (i, part) in names.chunks(names.len() / 2 + 1).enumerate() {
         let shard = format!("diffusion_pytorch_model-0000{}-of-00002.safetensors", i + 1);
@@ -201,7 +201,7 @@ fn flux_missing_tensor_is_named_in_one_line() {
     ] {
         let w = open_weights(&src).unwrap();
         let kept: Vec<(String, Tensor)> = w
-            .names()
+            .keys()
             .filter(|n| *n != drop)
             .map(|n| (n.to_string(), w.read(n).unwrap()))
             .collect();
