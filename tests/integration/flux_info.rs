@@ -111,3 +111,43 @@ fn check_prints_a_memory_row_per_flux_pass() {
     assert_eq!(one[4..6], ["161.2", "MiB"], "{one:?}");
     assert_eq!(two[4..6], ["641.2", "MiB"], "{two:?}");
 }
+
+/// `tiled = "auto"` on a Flux hires pass: at 16384 px (the tiny 2× VAE: 4096² packed tokens)
+/// the whole transformer call is 20 × 4096² × 32 × 4 B = 40 GiB, more than any test machine
+/// has free, so the pass is tiled (the extension's default tiles, 96 cells: 48² tokens + 512
+/// T5 tokens a tile, 4 tiles a call; the merge buffers of the whole 16-channel latent); at
+/// 2048 px it stays whole.
+#[test]
+fn check_tiles_a_flux_hires_pass_that_will_not_fit() {
+    let scratch = Scratch::new("flux-check-auto");
+    let checkpoint = toml::Value::from(data("dev/diffusers").to_str().unwrap());
+    for (scale, tiled) in [(16.0, true), (2.0, false)] {
+        let text = format!(
+            "prompt = \"a cat\"\ndevice = \"cpu\"\ndtype = \"fp32\"\n[model]\n\
+             checkpoint = {checkpoint}\n[[pass]]\nwidth = 1024\nheight = 1024\nsteps = 4\n\
+             sampler = \"euler\"\nschedule = \"simple\"\n[[pass]]\nscale = {scale:?}\n\
+             steps = 4\ndenoise = 0.5\nsampler = \"euler\"\nschedule = \"simple\"\n\
+             upscaler = \"latent\"\ntiled = \"auto\"\n"
+        );
+        let path = scratch.write("p.toml", &text);
+        let out = hiresfix(&scratch.0, &["check", path.to_str().unwrap()], &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let lines = stdout_lines(&out);
+        let decision = lines
+            .iter()
+            .find(|l| l.starts_with("pass 2: tiled = \"auto\""))
+            .unwrap_or_else(|| panic!("{lines:#?}"));
+        let want = match tiled {
+            true => "pass 2: tiled = \"auto\": tiled (",
+            false => "pass 2: tiled = \"auto\": not tiled (",
+        };
+        assert!(decision.starts_with(want), "{scale}: {decision}");
+        if tiled {
+            // A call of 4 tiles of 96² cells, 20 × 4 × (48² + 512) × 32 × 4 B = 27.5 MiB, and
+            // the whole-latent merge buffers of Flux's 16 channels: 8192² cells × 16 × 4 B ×
+            // (latent, weights, one sum) = 12 GiB.
+            let row = memory_row(&lines, "2", "16384x16384");
+            assert_eq!(row[4..6], ["12.0", "GiB"], "{row:?}");
+        }
+    }
+}

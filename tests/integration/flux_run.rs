@@ -259,3 +259,27 @@ fn flux_fp8_files_match_diffusers_on_their_dequantized_weights() {
         assert!(e1 < 1e-4 && e2 < 1e-4 && e3 < 1e-4, "{key}: {e1} {e2} {e3}");
     }
 }
+
+/// A Flux hires pass as tiled diffusion (`tiled = { tile, overlap }`, MultiDiffusion): each
+/// tile packed on its own with RoPE ids from its corner, an odd tile padded to even sides as
+/// ComfyUI pads (circular) — pass 2 of the dev run against scripts/make_flux_tiled_reference.py
+/// (diffusers' transformer per tile); the tiling moves the pass 80 % from the untiled one.
+#[test]
+fn flux_tiled_hires_pass_matches_multidiffusion_over_diffusers_tiles() {
+    let registry = Registry::load(&[], &Default::default());
+    let tiled = data().join("dev/tiled");
+    let r: HashMap<String, Tensor> = Tensor::read_safetensors(tiled.join("reference.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let checkpoint = data().join("dev/diffusers");
+    for (case, tile) in [("even", 16), ("odd", 15)] {
+        let text = profile(&checkpoint, "", 3.5)
+            + &format!("tiled = {{ tile = {tile}, overlap = 4, batch = 4 }}\n");
+        let mut job = prepare(Profile::parse(&text, "flux").unwrap(), &registry, &repo()).unwrap();
+        let result = job.run_image(1234).unwrap();
+        let e = rel_err(&result.latents[1], &r[&format!("{case}.latent2")]);
+        eprintln!("flux tiled {case} (tile {tile}): pass 2 {e:.2e}");
+        assert!(e < 1e-4, "{case}: {e}");
+    }
+}

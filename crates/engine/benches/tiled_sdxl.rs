@@ -110,7 +110,7 @@ fn main() -> Result<()> {
     let per_call = grid.per_call() as u64 * rows as u64;
     let call = working_bytes(&config, tile, per_call, 4, AttentionMemory::on(Device::Cpu));
     let weights = parameters as u64 * 4;
-    let buffers = merge_buffers((LATENT, LATENT), rows as u64, 1);
+    let buffers = merge_buffers((LATENT, LATENT), 4, rows as u64, 1);
     let estimate = CPU_RUNTIME + weights + call + buffers;
     println!(
         "estimate: runtime {:.0} + weights {:.0} + call of {per_call} at {}x{} {:.0} + merge buffers {:.0} = {:.0} MiB",

@@ -40,7 +40,7 @@ fn estimate(
 
 /// A tiled pass's UNet call: at most `per_call` tiles of the tile's size a call (the
 /// backend's estimate there), plus the whole-latent merge buffers (the latent, one sum per
-/// conditioning and the weights, float32, 4 channels counted: small beside the call).
+/// conditioning and the weights, float32, of the checkpoint's latent channels).
 fn tiled_unet(
     plan: &PassPlan<'_>,
     tiled: &crate::tiled::Tiled,
@@ -61,13 +61,26 @@ fn tiled_unet(
         images * grid.per_call() as u32,
     )?;
     let per_image = if plan.cfg == 1.0 { 1 } else { 2 };
-    Ok(call.unet + merge_buffers((lw, lh), per_image, u64::from(images)))
+    let channels = latent_channels(&plan.checkpoint, backend);
+    Ok(call.unet + merge_buffers((lw, lh), channels, per_image, u64::from(images)))
 }
 
-/// A tiled pass's whole-latent buffers (`lw × lh` cells, float32, 4 channels counted): the
-/// latent, the weights, and one sum per conditioning (`per_image`) of each image.
-pub fn merge_buffers((lw, lh): (i64, i64), per_image: u64, images: u64) -> u64 {
-    (lw * lh).max(0) as u64 * 4 * 4 * (2 + per_image) * images
+/// The checkpoint's latent channels from its headers (SD 4, SD3 and Flux 16); 4 for a backend
+/// that cannot tell without loading.
+fn latent_channels(checkpoint: &std::path::Path, backend: &Entry<BackendDecl>) -> u64 {
+    match backend.decl.has_tools() {
+        true => backend
+            .decl
+            .run_inspect(checkpoint, false)
+            .map_or(4, |info| u64::from(info.latent_channels.max(1))),
+        false => 4,
+    }
+}
+
+/// A tiled pass's whole-latent buffers (`lw × lh` cells of `channels`, float32): the latent,
+/// the weights, and one sum per conditioning (`per_image`) of each image.
+pub fn merge_buffers((lw, lh): (i64, i64), channels: u64, per_image: u64, images: u64) -> u64 {
+    (lw * lh).max(0) as u64 * channels * 4 * (2 + per_image) * images
 }
 
 /// The weights of `plan`'s refiner (0 without one).

@@ -1,6 +1,7 @@
 //! The denoiser's batching: each conditioning is a bundle of tensors (`[context, pooled, …]`,
 //! one row each); conditionings whose contexts have the same token count run as one
-//! transformer call (each expanded to the latent batch's rows), others one call each.
+//! transformer call (each expanded to the latent batch's rows), others one call each; a latent
+//! whose sides are not whole patches is padded for the call ([`on_patches`]).
 use anyhow::{anyhow, Result};
 use tch::Tensor;
 
@@ -51,4 +52,51 @@ pub fn denoise(
         }
     }
     Ok(out.into_iter().flatten().collect())
+}
+
+/// `f` on `x` `[B, C, h, w]` padded to sides that are multiples of `patch` (circular padding,
+/// ComfyUI's `pad_to_patch_size`, which its Flux and MMDiT apply to every input), its result
+/// `[B, C', h', w']` cropped back to `h × w`. An image of 8·odd px, or a tiled pass's odd
+/// tile, has an odd latent side; diffusers refuses such sizes.
+pub fn on_patches(
+    x: &Tensor,
+    patch: i64,
+    f: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let s = x.size();
+    let (h, w) = (s[s.len() - 2], s[s.len() - 1]);
+    let pad = |side: i64| (patch - side % patch) % patch;
+    if pad(h) == 0 && pad(w) == 0 {
+        return f(x);
+    }
+    let padded = x.f_pad([0, pad(w), 0, pad(h)], "circular", None)?;
+    Ok(f(&padded)?.narrow(2, 0, h).narrow(3, 0, w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odd_sides_are_padded_circularly_and_cropped_back() {
+        let x =
+            Tensor::arange(2 * 3 * 5, (tch::Kind::Float, tch::Device::Cpu)).reshape([1, 2, 3, 5]);
+        let mut seen = Vec::new();
+        let out = on_patches(&x, 2, |p| {
+            seen = p.size();
+            // The padded row and column repeat the first ones (circular).
+            assert!(p.narrow(2, 3, 1).equal(&p.narrow(2, 0, 1)));
+            assert!(p.narrow(3, 5, 1).equal(&p.narrow(3, 0, 1)));
+            Ok(p * 2.0)
+        })
+        .unwrap();
+        assert_eq!(seen, [1, 2, 4, 6]);
+        assert!(out.equal(&(&x * 2.0)));
+        let even = Tensor::zeros([1, 2, 4, 6], (tch::Kind::Float, tch::Device::Cpu));
+        let same = on_patches(&even, 2, |p| {
+            assert_eq!(p.size(), [1, 2, 4, 6]);
+            Ok(p.shallow_clone())
+        });
+        assert_eq!(same.unwrap().size(), [1, 2, 4, 6]);
+    }
 }

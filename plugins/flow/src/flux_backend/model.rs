@@ -145,20 +145,20 @@ impl FluxModel {
             bail!("cannot run the transformer: it was freed for the run's last decodes");
         }
         let run = |t: &Tensor| t.to_device(self.device).to_kind(self.kind);
-        let (h, w) = (x.size()[2], x.size()[3]);
         let v = tch::no_grad(|| {
-            let packed = pack(&run(x))?;
-            let guidance = run(guidance);
-            let v = self.transformer.model.forward(
-                &packed,
-                &run(sigma),
-                Some(&guidance),
-                &run(context),
-                &run(pooled),
-                &image_ids(h, w, self.device),
-                &text_ids(context.size()[1], self.device),
-            )?;
-            unpack(&v, h, w)
+            crate::common::denoise::on_patches(&run(x), 2, |x| {
+                let (h, w) = (x.size()[2], x.size()[3]);
+                let v = self.transformer.model.forward(
+                    &pack(x)?,
+                    &run(sigma),
+                    Some(&run(guidance)),
+                    &run(context),
+                    &run(pooled),
+                    &image_ids(h, w, self.device),
+                    &text_ids(context.size()[1], self.device),
+                )?;
+                unpack(&v, h, w)
+            })
         })?;
         Ok(v.to_device(x.device()).to_kind(x.kind()))
     }

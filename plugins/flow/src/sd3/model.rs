@@ -177,13 +177,16 @@ impl Sd3Model {
     ) -> Result<Tensor> {
         self.check_live(UNET, "run the transformer")?;
         let run = |t: &Tensor| t.to_device(self.device).to_kind(self.kind);
+        let patch = self.transformer.model.config().patch_size;
         let v = tch::no_grad(|| {
-            self.transformer.model.forward(
-                &run(x),
-                &timestep.to_device(self.device).to_kind(self.kind),
-                &run(context),
-                &run(pooled),
-            )
+            crate::common::denoise::on_patches(&run(x), patch, |x| {
+                self.transformer.model.forward(
+                    x,
+                    &timestep.to_device(self.device).to_kind(self.kind),
+                    &run(context),
+                    &run(pooled),
+                )
+            })
         })?;
         Ok(v.to_device(x.device()).to_kind(x.kind()))
     }
