@@ -6,15 +6,13 @@
 //! pass with the shift of its own token count, from the diffusers folder, the BFL transformer
 //! with split clip_l / t5xxl / ae files and (dev) the all-in-one file, against diffusers'
 //! FluxPipeline → FluxImg2ImgPipeline (reference.safetensors `run.*`).
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::common::tensors::rel_err;
+use crate::common::tensors::{read_reference, rel_err};
 use crate::common::*;
 use hiresfix::generate::prepare;
 use hiresfix::profile::Profile;
 use hiresfix::registry::Registry;
-use host_api::tch::Tensor;
 
 fn data() -> PathBuf {
     repo().join("tests/data/flux-tiny/pipeline")
@@ -82,11 +80,7 @@ guidance = {guidance2:?}
 fn flux_two_pass_runs_through_the_host_match_diffusers_in_every_layout() {
     let registry = Registry::load(&[], &Default::default());
     for variant in ["dev", "schnell"] {
-        let r: HashMap<String, Tensor> =
-            Tensor::read_safetensors(data().join(variant).join("reference.safetensors"))
-                .unwrap()
-                .into_iter()
-                .collect();
+        let r = read_reference(&data().join(variant).join("reference.safetensors"));
         for (label, checkpoint, model_lines) in layouts(variant) {
             let text = profile(&checkpoint, &model_lines, 3.5);
             let profile = Profile::parse(&text, "flux").unwrap();
@@ -127,11 +121,7 @@ fn flux_two_pass_runs_through_the_host_match_diffusers_in_every_layout() {
 fn flux_guidance_is_per_pass_and_ignored_by_schnell() {
     let registry = Registry::load(&[], &Default::default());
     for (variant, moves) in [("dev", true), ("schnell", false)] {
-        let r: HashMap<String, Tensor> =
-            Tensor::read_safetensors(data().join(variant).join("reference.safetensors"))
-                .unwrap()
-                .into_iter()
-                .collect();
+        let r = read_reference(&data().join(variant).join("reference.safetensors"));
         let checkpoint = data().join(variant).join("diffusers");
         let text = profile(&checkpoint, "", 1.5);
         let mut job = prepare(Profile::parse(&text, "flux").unwrap(), &registry, &repo()).unwrap();
@@ -222,10 +212,7 @@ fn flux_schnell_defaults_to_4_steps_where_the_profile_sets_none() {
 fn flux_fp8_files_match_diffusers_on_their_dequantized_weights() {
     let registry = Registry::load(&[], &Default::default());
     let fp8 = data().join("dev/fp8");
-    let r: HashMap<String, Tensor> = Tensor::read_safetensors(fp8.join("reference.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect();
+    let r = read_reference(&fp8.join("reference.safetensors"));
     let split = &layouts("dev")[1].2;
     let t5 = data()
         .join("t5xxl.safetensors")
@@ -268,10 +255,7 @@ fn flux_fp8_files_match_diffusers_on_their_dequantized_weights() {
 fn flux_tiled_hires_pass_matches_multidiffusion_over_diffusers_tiles() {
     let registry = Registry::load(&[], &Default::default());
     let tiled = data().join("dev/tiled");
-    let r: HashMap<String, Tensor> = Tensor::read_safetensors(tiled.join("reference.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect();
+    let r = read_reference(&tiled.join("reference.safetensors"));
     let checkpoint = data().join("dev/diffusers");
     for (case, tile) in [("even", 16), ("odd", 15)] {
         let text = profile(&checkpoint, "", 3.5)
