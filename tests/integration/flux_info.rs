@@ -151,3 +151,128 @@ fn check_tiles_a_flux_hires_pass_that_will_not_fit() {
         }
     }
 }
+
+/// A Black Forest Labs Flux.1-dev transformer file of the published shapes (19 double + 38
+/// single blocks, width 3072) in bf16, its data a hole: `info` and `check` read headers only,
+/// so the 23.8 GB file takes no disk (a sparse file).
+fn real_size_flux_dev(dir: &std::path::Path) -> PathBuf {
+    let (d, mlp, head) = (3072i64, 12288i64, 128i64);
+    let mut tensors: Vec<(String, Vec<i64>)> = Vec::new();
+    let mut linear = |name: &str, out: i64, inp: i64| {
+        tensors.push((format!("{name}.weight"), vec![out, inp]));
+        tensors.push((format!("{name}.bias"), vec![out]));
+    };
+    for (name, out, inp) in [
+        ("img_in", d, 64),
+        ("txt_in", d, 4096),
+        ("time_in.in_layer", d, 256),
+        ("time_in.out_layer", d, d),
+        ("vector_in.in_layer", d, 768),
+        ("vector_in.out_layer", d, d),
+        ("guidance_in.in_layer", d, 256),
+        ("guidance_in.out_layer", d, d),
+        ("final_layer.adaLN_modulation.1", 2 * d, d),
+        ("final_layer.linear", 64, d),
+    ] {
+        linear(name, out, inp);
+    }
+    for i in 0..19 {
+        for side in ["img", "txt"] {
+            let b = format!("double_blocks.{i}.{side}");
+            linear(&format!("{b}_mod.lin"), 6 * d, d);
+            linear(&format!("{b}_attn.qkv"), 3 * d, d);
+            linear(&format!("{b}_attn.proj"), d, d);
+            linear(&format!("{b}_mlp.0"), mlp, d);
+            linear(&format!("{b}_mlp.2"), d, mlp);
+        }
+    }
+    for i in 0..38 {
+        let b = format!("single_blocks.{i}");
+        linear(&format!("{b}.modulation.lin"), 3 * d, d);
+        linear(&format!("{b}.linear1"), 3 * d + mlp, d);
+        linear(&format!("{b}.linear2"), d, d + mlp);
+    }
+    for i in 0..19 {
+        for side in ["img", "txt"] {
+            for n in ["query_norm", "key_norm"] {
+                tensors.push((
+                    format!("double_blocks.{i}.{side}_attn.norm.{n}.scale"),
+                    vec![head],
+                ));
+            }
+        }
+    }
+    for i in 0..38 {
+        for n in ["query_norm", "key_norm"] {
+            tensors.push((format!("single_blocks.{i}.norm.{n}.scale"), vec![head]));
+        }
+    }
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    for (name, shape) in &tensors {
+        let bytes = 2 * shape.iter().product::<i64>() as u64;
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut text = serde_json::Value::Object(header).to_string();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let path = dir.join("flux1-dev.safetensors");
+    let mut file = std::fs::File::create(&path).unwrap();
+    use std::io::Write;
+    file.write_all(&(text.len() as u64).to_le_bytes()).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file.set_len(8 + text.len() as u64 + offset).unwrap();
+    path
+}
+
+/// `check` on the real-size Flux.1 dev (headers of a 12 B bf16 transformer file; CLIP-L, T5-XXL
+/// and the ae at their published sizes) at 1024 → 2048 px in fp32 on the CPU: 48 GB of fp32
+/// transformer weights alone. Where the pass does not fit, `check` says what would: the bf16
+/// line's peak is the `peak tiled` of the same profile checked in bf16.
+#[test]
+fn check_says_which_dtype_a_real_size_flux_needs() {
+    let scratch = Scratch::new("flux-check-real");
+    let checkpoint = real_size_flux_dev(&scratch.0);
+    let text = |dtype: &str| {
+        format!(
+            "prompt = \"a cat\"\ndevice = \"cpu\"\ndtype = \"{dtype}\"\n[model]\n\
+             checkpoint = {}\n[[pass]]\nwidth = 1024\nheight = 1024\nsteps = 4\n\
+             sampler = \"euler\"\nschedule = \"simple\"\n[[pass]]\nscale = 2.0\nsteps = 4\n\
+             denoise = 0.5\nsampler = \"euler\"\nschedule = \"simple\"\nupscaler = \"latent\"\n",
+            toml::Value::from(checkpoint.to_str().unwrap())
+        )
+    };
+    let check = |dtype: &str| {
+        let path = scratch.write(&format!("{dtype}.toml"), &text(dtype));
+        let out = hiresfix(&scratch.0, &["check", path.to_str().unwrap()], &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout_lines(&out)
+    };
+    let (fp32, bf16) = (check("fp32"), check("bf16"));
+    // (11.90 G transformer + CLIP-L 123 M + T5 4.76 G + ae 83.7 M parameters) × 4 B.
+    let weights = memory_row(&fp32, "1", "1024x1024");
+    assert_eq!(weights[2..4], ["62.8", "GiB"], "{weights:?}");
+    let bf16_peak = memory_row(&bf16, "1", "1024x1024")[12..14].join(" ");
+    let verdict = fp32
+        .iter()
+        .find(|l| l.starts_with("pass 1: ") && l.contains(" tiled; largest"))
+        .unwrap();
+    let advice = fp32
+        .iter()
+        .find(|l| l.starts_with("pass 1: ") && l.contains("with dtype = \"bf16\""));
+    match verdict.contains("does not fit tiled") {
+        true => {
+            let advice = advice.unwrap_or_else(|| panic!("{fp32:#?}"));
+            assert!(
+                advice.contains(&format!("({bf16_peak} peak")),
+                "{advice} / {bf16_peak}"
+            );
+        }
+        false => assert!(advice.is_none(), "{fp32:#?}"),
+    }
+}

@@ -16,6 +16,8 @@ pub struct PassMemory {
     pub estimate: MemoryEstimate,
     pub largest_full: Option<(u32, u32)>,
     pub largest_tiled: Option<(u32, u32)>,
+    /// For a pass that does not fit even tiled: the settings that would make it fit.
+    pub advice: Option<String>,
 }
 
 /// Side of a size search: the largest multiple of 64 px tried (a profile's largest size).
@@ -159,15 +161,86 @@ pub fn table(
         };
         let largest_full = largest(false)?;
         let largest_tiled = largest(true)?;
+        let advice = match estimate.free > 0 && estimate.peak(true) > estimate.free {
+            true => {
+                let peak_with = |changed: &LoadSettings| {
+                    self::estimate(plan, held, changed, at_size, (1, factor))
+                        .ok()
+                        .map(|e| e.peak(true))
+                };
+                advise(
+                    estimate.free,
+                    estimate.peak(true),
+                    cheaper(settings, peak_with),
+                )
+            }
+            false => None,
+        };
         rows.push(PassMemory {
             pass: plan.number,
             size: (size.width, size.height),
             estimate,
             largest_full,
             largest_tiled,
+            advice,
         });
     }
     Ok(rows)
+}
+
+/// The profile changes that lower a pass's memory, with the tiled peak each gives (`peak_with`
+/// the settings changed; `None` where the backend cannot estimate them): a 16-bit `dtype`
+/// where the run is fp32, T5 kept on the CPU (`[model] t5 = "cpu"`, SD 3.5 and Flux) where
+/// the device is not the CPU, and both. A change that lowers nothing is left out.
+fn cheaper(
+    settings: &LoadSettings,
+    peak_with: impl Fn(&LoadSettings) -> Option<u64>,
+) -> Vec<(String, u64)> {
+    let half = (settings.dtype == "fp32").then(|| LoadSettings {
+        dtype: "bf16".into(),
+        ..settings.clone()
+    });
+    let t5_cpu = (settings.device != "cpu" && settings.t5 != "cpu").then(|| LoadSettings {
+        t5: "cpu".into(),
+        ..settings.clone()
+    });
+    let both = half
+        .as_ref()
+        .zip(t5_cpu.as_ref())
+        .map(|(h, _)| LoadSettings {
+            t5: "cpu".into(),
+            ..h.clone()
+        });
+    let mut out = Vec::new();
+    for (label, changed) in [
+        ("dtype = \"bf16\"", half),
+        ("[model] t5 = \"cpu\"", t5_cpu),
+        ("dtype = \"bf16\" and [model] t5 = \"cpu\"", both),
+    ] {
+        if let Some(peak) = changed.as_ref().and_then(&peak_with) {
+            out.push((label.to_string(), peak));
+        }
+    }
+    out
+}
+
+/// What `check` says of a pass whose tiled peak `current` exceeds `free`: the first of
+/// `candidates` (a change and its tiled peak, fewest changes first) that fits, else the one
+/// that comes closest; nothing when no change lowers the peak.
+fn advise(free: u64, current: u64, candidates: Vec<(String, u64)>) -> Option<String> {
+    let lower: Vec<_> = candidates
+        .into_iter()
+        .filter(|(_, p)| *p < current)
+        .collect();
+    if let Some((label, peak)) = lower.iter().find(|(_, p)| *p <= free) {
+        return Some(format!("fits tiled with {label} ({} peak)", gib(*peak)));
+    }
+    let (label, peak) = lower.iter().min_by_key(|(_, p)| *p)?;
+    Some(format!(
+        "does not fit even with {label} ({} peak, {} free): use a smaller size or a device with more memory",
+        gib(*peak),
+        gib(free)
+    ))
 }
 
 /// Most images one UNet call takes, whatever the memory: past this a GPU gains nothing.
@@ -320,6 +393,9 @@ pub fn render(rows: &[PassMemory], settings: &LoadSettings) -> Vec<String> {
                 show(row.largest_full),
                 show(row.largest_tiled)
             ));
+            if let Some(advice) = &row.advice {
+                lines.push(format!("pass {}: {advice}", row.pass));
+            }
         }
     }
     lines
@@ -328,6 +404,79 @@ pub fn render(rows: &[PassMemory], settings: &LoadSettings) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn advice_names_the_fewest_changes_that_fit_else_the_closest() {
+        let candidates = || {
+            vec![
+                ("dtype = \"bf16\"".to_string(), 30 * GIB),
+                ("[model] t5 = \"cpu\"".to_string(), 26 * GIB),
+                ("both".to_string(), 20 * GIB),
+            ]
+        };
+        let at = |free| advise(free, 40 * GIB, candidates());
+        assert_eq!(
+            at(32 * GIB).as_deref(),
+            Some("fits tiled with dtype = \"bf16\" (30.0 GiB peak)")
+        );
+        assert_eq!(
+            at(24 * GIB).as_deref(),
+            Some("fits tiled with both (20.0 GiB peak)")
+        );
+        assert_eq!(
+            at(16 * GIB).as_deref(),
+            Some("does not fit even with both (20.0 GiB peak, 16.0 GiB free): use a smaller size or a device with more memory")
+        );
+        // A change that lowers nothing (an SD checkpoint ignores `t5`) is no advice.
+        let same = vec![("[model] t5 = \"cpu\"".to_string(), 40 * GIB)];
+        assert_eq!(advise(16 * GIB, 40 * GIB, same), None);
+    }
+
+    #[test]
+    fn cheaper_settings_are_a_16_bit_dtype_and_t5_off_the_device() {
+        let settings = |device: &str, dtype: &str, t5: &str| LoadSettings {
+            device: device.into(),
+            dtype: dtype.into(),
+            vae_tiling: "auto".into(),
+            vae_tile_size: 512,
+            vae_tile_overlap: 64,
+            prediction: String::new(),
+            seamless: false,
+            model_files: Vec::new(),
+            t5: t5.into(),
+        };
+        // The peak a change gives: 8 GiB less for bf16, 10 GiB less for T5 on the CPU.
+        let peak = |s: &LoadSettings| {
+            Some(
+                40 * GIB
+                    - if s.dtype == "bf16" { 8 * GIB } else { 0 }
+                    - if s.t5 == "cpu" { 10 * GIB } else { 0 },
+            )
+        };
+        let labels = |s: &LoadSettings| -> Vec<(String, u64)> { cheaper(s, peak) };
+        assert_eq!(
+            labels(&settings("cuda", "fp32", "")),
+            [
+                ("dtype = \"bf16\"".to_string(), 32 * GIB),
+                ("[model] t5 = \"cpu\"".to_string(), 30 * GIB),
+                (
+                    "dtype = \"bf16\" and [model] t5 = \"cpu\"".to_string(),
+                    22 * GIB
+                ),
+            ]
+        );
+        assert_eq!(
+            labels(&settings("cuda", "bf16", "")),
+            [("[model] t5 = \"cpu\"".to_string(), 22 * GIB)]
+        );
+        assert_eq!(
+            labels(&settings("cpu", "fp32", "")),
+            [("dtype = \"bf16\"".to_string(), 32 * GIB)]
+        );
+        assert!(labels(&settings("cuda", "fp16", "cpu")).is_empty());
+    }
 
     #[test]
     fn scaled_sizes_keep_the_aspect_in_64_px_steps() {
