@@ -23,20 +23,48 @@ pub struct PassMemory {
 /// Side of a size search: the largest multiple of 64 px tried (a profile's largest size).
 const MAX_SIDE: u32 = crate::defaults::MAX_SIZE;
 
+/// What a pass's estimates at every size share, read once: its backend, its refiner's weights
+/// (see [`refiner_weights`]) and, for a tiled pass, the checkpoint's latent channels.
+#[derive(Clone, Copy)]
+struct Held<'r> {
+    backend: &'r Entry<BackendDecl>,
+    refiner_weights: u64,
+    channels: u64,
+}
+
+impl<'r> Held<'r> {
+    fn of(
+        plan: &PassPlan<'_>,
+        models: &Models<'r>,
+        settings: &LoadSettings,
+        size: (u32, u32),
+    ) -> Result<Self> {
+        let backend = models.backend(&plan.checkpoint)?;
+        Ok(Held {
+            backend,
+            refiner_weights: refiner_weights(plan, models, settings, size)?,
+            channels: match plan.tiled {
+                Some(_) => latent_channels(&plan.checkpoint, backend),
+                None => 4,
+            },
+        })
+    }
+}
+
 /// The backend's estimate for `plan` at `width × height` with `images` images per UNet call,
-/// the weights of its refiner (`refiner_weights`, see [`refiner_weights`]) added.
+/// the weights of its refiner added.
 fn estimate(
     plan: &PassPlan<'_>,
-    (backend, refiner_weights): (&Entry<BackendDecl>, u64),
+    held: Held<'_>,
     settings: &LoadSettings,
     size: (u32, u32),
     (images, factor): (u32, u32),
 ) -> Result<MemoryEstimate> {
-    let mut e = estimate_of(&plan.checkpoint, plan, backend, settings, size, images)?;
+    let mut e = estimate_of(&plan.checkpoint, plan, held.backend, settings, size, images)?;
     if let Some(tiled) = &plan.tiled {
-        e.unet = tiled_unet(plan, tiled, backend, settings, size, (images, factor))?;
+        e.unet = tiled_unet(plan, (tiled, held), settings, size, (images, factor))?;
     }
-    e.weights += refiner_weights;
+    e.weights += held.refiner_weights;
     Ok(e)
 }
 
@@ -45,8 +73,7 @@ fn estimate(
 /// conditioning and the weights, float32, of the checkpoint's latent channels).
 fn tiled_unet(
     plan: &PassPlan<'_>,
-    tiled: &crate::tiled::Tiled,
-    backend: &Entry<BackendDecl>,
+    (tiled, held): (&crate::tiled::Tiled, Held<'_>),
     settings: &LoadSettings,
     (width, height): (u32, u32),
     (images, f): (u32, u32),
@@ -57,14 +84,13 @@ fn tiled_unet(
     let call = estimate_of(
         &plan.checkpoint,
         plan,
-        backend,
+        held.backend,
         settings,
         tile,
         images * grid.per_call() as u32,
     )?;
     let per_image = if plan.cfg == 1.0 { 1 } else { 2 };
-    let channels = latent_channels(&plan.checkpoint, backend);
-    Ok(call.unet + merge_buffers((lw, lh), channels, per_image, u64::from(images)))
+    Ok(call.unet + merge_buffers((lw, lh), held.channels, per_image, u64::from(images)))
 }
 
 /// The checkpoint's latent channels from its headers (SD 4, SD3 and Flux 16); 4 for a backend
@@ -134,9 +160,8 @@ pub fn table(
     let mut rows = Vec::new();
     let mut free = None; // read once, so that every pass is held against the same number
     for (plan, size) in plans.iter().zip(sizes) {
-        let backend = models.backend(&plan.checkpoint)?;
         let at_size = (size.width, size.height);
-        let held = (backend, refiner_weights(plan, models, settings, at_size)?);
+        let held = Held::of(plan, models, settings, at_size)?;
         let factor = latent_factor(size);
         let ask =
             |width: u32, height: u32| estimate(plan, held, settings, (width, height), (1, factor));
@@ -233,7 +258,10 @@ fn advise(free: u64, current: u64, candidates: Vec<(String, u64)>) -> Option<Str
         .filter(|(_, p)| *p < current)
         .collect();
     if let Some((label, peak)) = lower.iter().find(|(_, p)| *p <= free) {
-        return Some(format!("fits tiled with {label} ({} peak)", gib(*peak)));
+        return Some(format!(
+            "fits with {label} ({} peak with the tiled decode)",
+            gib(*peak)
+        ));
     }
     let (label, peak) = lower.iter().min_by_key(|(_, p)| *p)?;
     Some(format!(
@@ -283,15 +311,12 @@ pub fn batch_plan(
     let mut warnings = Vec::new();
     let mut free = None;
     for (plan, size) in plans.iter().zip(sizes) {
-        let Ok(backend) = models.backend(&plan.checkpoint) else {
-            return (1, warnings);
-        };
         let at_size = (size.width, size.height);
-        let Ok(refiner) = refiner_weights(plan, models, settings, at_size) else {
+        let Ok(held) = Held::of(plan, models, settings, at_size) else {
             return (1, warnings);
         };
         let at = (1, latent_factor(size));
-        let Ok(e) = estimate(plan, (backend, refiner), settings, at_size, at) else {
+        let Ok(e) = estimate(plan, held, settings, at_size, at) else {
             return (1, warnings);
         };
         let free = *free.get_or_insert(e.free);
@@ -419,11 +444,11 @@ mod tests {
         let at = |free| advise(free, 40 * GIB, candidates());
         assert_eq!(
             at(32 * GIB).as_deref(),
-            Some("fits tiled with dtype = \"bf16\" (30.0 GiB peak)")
+            Some("fits with dtype = \"bf16\" (30.0 GiB peak with the tiled decode)")
         );
         assert_eq!(
             at(24 * GIB).as_deref(),
-            Some("fits tiled with both (20.0 GiB peak)")
+            Some("fits with both (20.0 GiB peak with the tiled decode)")
         );
         assert_eq!(
             at(16 * GIB).as_deref(),

@@ -103,7 +103,8 @@ pub fn assemble(
     let f = vae.spatial_factor();
     let (h, w) = (i64::from(request.height) / f, i64::from(request.width) / f);
     let patch = call.patch.max(1);
-    let image_tokens = ((h / patch) * (w / patch)).max(0) as u64;
+    // An odd side runs padded to whole patches (`denoise::on_patches`).
+    let image_tokens = ((h + patch - 1) / patch * ((w + patch - 1) / patch)).max(0) as u64;
     let batch = u64::from(request.unet_batch.max(1));
     let tokens = image_tokens + call.text_tokens;
     let (decode_full, decode_tiled) = decode_bytes(vae, request, element, device)?;

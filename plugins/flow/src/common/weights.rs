@@ -30,19 +30,21 @@ pub trait TensorSource {
     }
 }
 
+/// The scaled-fp8 marker (bare or behind a checkpoint's prefix).
+fn is_marker(name: &str) -> bool {
+    name == "scaled_fp8" || name.ends_with(".scaled_fp8")
+}
+
 /// The scaled-fp8 marker and per-weight scales ([module docs](self)).
 pub fn is_scale(name: &str) -> bool {
-    name == "scaled_fp8"
-        || name.ends_with(".scaled_fp8")
-        || name.ends_with(".scale_weight")
-        || name.ends_with(".scale_input")
+    is_marker(name) || name.ends_with(".scale_weight") || name.ends_with(".scale_input")
 }
 
 /// `info`'s stored dtype of `weights`: the dtypes of its tensors by parameters, scales left out,
 /// and a scaled-fp8 file said to be one.
 pub fn stored_dtype(weights: &Weights) -> String {
     let summary = weights.dtype_summary(|k| !is_scale(k));
-    match weights.keys().any(|k| k.ends_with("scaled_fp8")) {
+    match weights.keys().any(is_marker) {
         true => format!("{summary}, ComfyUI scaled fp8 (each weight times its scale_weight)"),
         false => summary,
     }
@@ -65,12 +67,25 @@ impl TensorSource for Weights {
             .collect()
     }
 
+    /// `None` for a scale or the marker, as [`Self::names`] leaves them out.
     fn shape(&self, name: &str) -> Option<Vec<i64>> {
-        Weights::shape(self, name)
+        match is_scale(name) {
+            true => None,
+            false => Weights::shape(self, name),
+        }
     }
 
     fn read(&self, name: &str) -> Result<Tensor> {
         let stored = Weights::read(self, name)?;
+        if !stored.is_floating_point() {
+            return Err(anyhow!(
+                "{}: tensor `{name}` is stored as {:?}, not floating point: not a model this \
+                 loader reads (quantized formats such as bnb-nf4 are not supported; use an \
+                 fp16, bf16 or fp8 file)",
+                self.describe(),
+                stored.kind()
+            ));
+        }
         match scale_of(name).filter(|s| Weights::contains(self, s)) {
             Some(scale) => {
                 let scale = Weights::read(self, &scale)?.to_kind(Kind::Float);

@@ -8,6 +8,7 @@ use hiresfix_model_parts::text::clip::{ClipTextTransformer, TextLayer};
 use hiresfix_model_parts::text::tokenizer::{parse_prompt_attention, ClipTokenizer};
 use tch::{Device, Tensor};
 
+use crate::common::prompts::EncodedPrompts;
 use crate::t5::{T5Encoder, T5Tokenizer};
 
 /// CLIP-L, T5 and what reads prompts for them.
@@ -22,6 +23,8 @@ pub struct TextEncoders {
     pub joint_dim: i64,
     pub pooled_dim: i64,
     pub device: Device,
+    /// The prompts encoded so far (a hires pass asks again).
+    pub encoded: EncodedPrompts,
 }
 
 /// One prompt's conditioning: `[1, max_length, joint_dim]` and `[1, pooled_dim]`.
@@ -32,6 +35,14 @@ pub struct PromptEmbeds {
 
 impl TextEncoders {
     pub fn encode(&self, prompt: &str) -> Result<PromptEmbeds> {
+        let (context, pooled) = self.encoded.get_or(prompt.to_string(), || {
+            let e = self.encode_anew(prompt)?;
+            Ok((e.context, e.pooled))
+        })?;
+        Ok(PromptEmbeds { context, pooled })
+    }
+
+    fn encode_anew(&self, prompt: &str) -> Result<PromptEmbeds> {
         let pooled = tch::no_grad(|| self.pooled(prompt))?;
         let tokens = self
             .t5_tokenizer

@@ -102,6 +102,7 @@ impl FluxModel {
             joint_dim: config.joint_attention_dim,
             pooled_dim: config.pooled_projection_dim,
             device,
+            encoded: Default::default(),
         };
         Ok(Self {
             text: RefCell::new(Some(text)),

@@ -12,6 +12,7 @@ use hiresfix_model_parts::text::emphasis::apply_emphasis;
 use hiresfix_model_parts::text::tokenizer::{parse_prompt_attention, ClipTokenizer};
 use tch::{Device, Kind, Tensor};
 
+use crate::common::prompts::EncodedPrompts;
 use crate::t5::{T5Encoder, T5Tokenizer, SD3_MAX_LENGTH};
 
 /// OpenCLIP pads with token 0 after the end-of-text (A1111 `id_pad`, diffusers'
@@ -27,6 +28,8 @@ pub struct TextEncoders {
     /// The transformer's token width (`joint_attention_dim`).
     pub joint_dim: i64,
     pub device: Device,
+    /// The prompts encoded so far (a hires pass asks again).
+    pub encoded: EncodedPrompts,
 }
 
 /// One prompt's conditioning: `[1, 77·chunks + 256, joint_dim]` and `[1, pooled]`.
@@ -37,9 +40,12 @@ pub struct PromptEmbeds {
 
 impl TextEncoders {
     pub fn encode(&self, prompt: &str, clip_skip: usize) -> Result<PromptEmbeds> {
-        let (clip, pooled) = tch::no_grad(|| self.encode_clip(prompt, clip_skip))?;
-        let t5 = tch::no_grad(|| self.encode_t5(prompt))?;
-        let context = Tensor::cat(&[&clip, &t5.to_kind(clip.kind())], 1);
+        let key = format!("{clip_skip}\u{0}{prompt}");
+        let (context, pooled) = self.encoded.get_or(key, || {
+            let (clip, pooled) = tch::no_grad(|| self.encode_clip(prompt, clip_skip))?;
+            let t5 = tch::no_grad(|| self.encode_t5(prompt))?;
+            Ok((Tensor::cat(&[&clip, &t5.to_kind(clip.kind())], 1), pooled))
+        })?;
         Ok(PromptEmbeds { context, pooled })
     }
 

@@ -21,6 +21,7 @@ use tch::{Device, Kind, Tensor};
 use super::detect::{detect, Sd3Layout};
 use super::names::{CLIP_G_PREFIX, CLIP_L_PREFIX, DEFAULT_SHIFT};
 use crate::common::load::apply_vae;
+use crate::common::weights::TensorSource;
 use crate::common::LoadOptions;
 use crate::mmdit::{self, Layout, LoadedMmDit, MmDitConfig, SINGLE_FILE_PREFIX};
 use crate::t5::{self, T5Placement, T5Weights};
@@ -157,14 +158,14 @@ impl Sd3Files {
             ),
         }
         if t5_weights.is_none() && weights.has_prefix(t5_prefix) {
-            let keys: Vec<String> = weights
-                .keys()
+            // Through the flow reader: a scaled-fp8 file's scales applied, left out as tensors.
+            let keys: Vec<String> = TensorSource::names(&weights)
+                .into_iter()
                 .filter(|k| k.starts_with(t5_prefix))
-                .map(String::from)
                 .collect();
             let tensors = keys
                 .iter()
-                .map(|k| Ok((k.clone(), weights.read(k)?)))
+                .map(|k| Ok((k.clone(), TensorSource::read(&weights, k)?)))
                 .collect::<Result<Vec<(String, Tensor)>>>()?;
             t5_weights = Some(T5Weights::from_tensors(
                 path.display().to_string(),

@@ -139,6 +139,7 @@ impl Sd3Model {
             tokenizer: ClipTokenizer::new(),
             joint_dim: transformer.model.config().joint_attention_dim,
             device,
+            encoded: Default::default(),
         };
         Ok(Self {
             text_description: text.describe(),

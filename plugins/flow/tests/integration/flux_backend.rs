@@ -143,7 +143,8 @@ fn flux_memory_estimate_leaves_t5_off_the_device_with_t5_on_the_cpu() {
     }
 }
 
-/// After `release(TEXT_ENCODERS)` the model still denoises and decodes; encoding is refused in
+/// A prompt asked for again (each hires pass asks) is the kept encoding, not a second T5 run;
+/// after `release(TEXT_ENCODERS)` the model still denoises and decodes; encoding is refused in
 /// one line.
 #[test]
 fn flux_released_text_encoders_refuse_encoding_in_one_line() {
@@ -155,6 +156,10 @@ fn flux_released_text_encoders_refuse_encoding_in_one_line() {
     )
     .unwrap();
     let e = model.encode_prompt("a cat").unwrap();
+    let again = model.encode_prompt("a cat").unwrap();
+    assert_eq!(again.context.data_ptr(), e.context.data_ptr(), "kept");
+    let other = model.encode_prompt("a dog").unwrap();
+    assert!(!other.context.equal(&e.context));
     model.release_text_encoders();
     assert_eq!(model.describe_text_encoders(), "released");
     let err = format!("{:#}", model.encode_prompt("a cat").err().unwrap());
