@@ -439,3 +439,68 @@ fn sd3_long_prompt_takes_two_clip_chunks_as_a1111() {
         check(&label, "long prompt pooled", &e.pooled, &pooled);
     }
 }
+
+/// ComfyUI's scaled-fp8 T5 (`t5xxl_fp8_e4m3fn_scaled`, made by scripts/
+/// make_flux_fp8_reference.py from the same tiny T5 as SD3 tiny's) inside a single file reads
+/// as the split file does: each weight times its scale, scales not taken for weights. The split
+/// file's reading matches diffusers on the dequantized weights (the host's `flux_fp8` run).
+#[test]
+fn sd3_single_file_with_a_scaled_fp8_t5_reads_it_as_the_split_file() {
+    let scaled = data().join("../flux-tiny/pipeline/dev/fp8/t5xxl_fp8_e4m3fn_scaled.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let single = dir.path().join("sd3-tiny-t5-scaled.safetensors");
+    // The single file with its T5 swapped for the scaled one, raw bytes as stored.
+    let base = std::fs::read(data().join("sd3-tiny.safetensors")).unwrap();
+    let t5 = std::fs::read(&scaled).unwrap();
+    let (base, t5) = (
+        safetensors::SafeTensors::deserialize(&base).unwrap(),
+        safetensors::SafeTensors::deserialize(&t5).unwrap(),
+    );
+    let prefix = "text_encoders.t5xxl.transformer.";
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = base
+        .tensors()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(prefix))
+        .collect();
+    views.extend(
+        t5.tensors()
+            .into_iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v)),
+    );
+    safetensors::serialize_to_file(views, None, &single).unwrap();
+
+    let tokenizer = Some(data().join("diffusers/tokenizer_3"));
+    let load = |path: &Path, options: LoadOptions| {
+        Sd3Model::load(
+            Sd3Files::open(path, &options).unwrap(),
+            Device::Cpu,
+            Kind::Float,
+        )
+        .unwrap()
+    };
+    let from_single = load(
+        &single,
+        LoadOptions {
+            t5_tokenizer: tokenizer.clone(),
+            ..Default::default()
+        },
+    );
+    let (path, mut options) = files(Layout::Split);
+    let t5_file = options
+        .text_encoders
+        .iter_mut()
+        .find(|p| p.ends_with("t5xxl.safetensors"))
+        .unwrap();
+    *t5_file = scaled.clone();
+    let from_split = load(&path, options);
+    let (a, b) = (
+        from_single.encode_prompt("a photo of a cat", 1).unwrap(),
+        from_split.encode_prompt("a photo of a cat", 1).unwrap(),
+    );
+    let t5 = |c: &Tensor| c.narrow(1, 77, 256);
+    assert!(t5(&a.context).equal(&t5(&b.context)));
+    // And the scaled T5 is not the fp16 one (a loader ignoring the scales could not match).
+    let plain = load(&files(Layout::Split).0, files(Layout::Split).1);
+    let fp16 = plain.encode_prompt("a photo of a cat", 1).unwrap();
+    assert!(relative_error(&t5(&a.context), &t5(&fp16.context)) > 1e-2);
+}
