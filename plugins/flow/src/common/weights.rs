@@ -76,31 +76,40 @@ impl TensorSource for Weights {
     }
 
     fn read(&self, name: &str) -> Result<Tensor> {
-        let stored = Weights::read(self, name)?;
-        if !stored.is_floating_point() {
-            return Err(anyhow!(
-                "{}: tensor `{name}` is stored as {:?}, not floating point: not a model this \
-                 loader reads (quantized formats such as bnb-nf4 are not supported; use an \
-                 fp16, bf16 or fp8 file)",
-                self.describe(),
-                stored.kind()
-            ));
-        }
-        match scale_of(name).filter(|s| Weights::contains(self, s)) {
-            Some(scale) => {
-                let scale = Weights::read(self, &scale)?.to_kind(Kind::Float);
-                if scale.numel() != 1 {
-                    return Err(anyhow!(
-                        "{}: `{name}`'s scale_weight has {} values; scaled fp8 files hold one",
-                        self.describe(),
-                        scale.numel()
-                    ));
-                }
-                Ok(stored.to_kind(Kind::Float) * scale.reshape([] as [i64; 0]))
-            }
-            None => Ok(stored),
-        }
+        let (stored, scale) = read_with_scale(self, name)?;
+        Ok(match scale {
+            Some(scale) => stored.to_kind(Kind::Float) * scale,
+            None => stored,
+        })
     }
+}
+
+/// Tensor `name` as stored (fp8 as fp16) and, in a scaled-fp8 file, the scale it is to be
+/// multiplied by: for a reader that multiplies once converted to its own dtype (T5, which
+/// would otherwise hold a whole scaled T5-XXL in fp32).
+pub fn read_with_scale(weights: &Weights, name: &str) -> Result<(Tensor, Option<f64>)> {
+    let stored = Weights::read(weights, name)?;
+    if !stored.is_floating_point() {
+        return Err(anyhow!(
+            "{}: tensor `{name}` is stored as {:?}, not floating point: not a model this loader \
+             reads (quantized formats such as bnb-nf4 are not supported; use an fp16, bf16 or \
+             fp8 file)",
+            weights.describe(),
+            stored.kind()
+        ));
+    }
+    let Some(scale) = scale_of(name).filter(|s| Weights::contains(weights, s)) else {
+        return Ok((stored, None));
+    };
+    let scale = Weights::read(weights, &scale)?.to_kind(Kind::Float);
+    if scale.numel() != 1 {
+        return Err(anyhow!(
+            "{}: `{name}`'s scale_weight has {} values; scaled fp8 files hold one",
+            weights.describe(),
+            scale.numel()
+        ));
+    }
+    Ok((stored, Some(f64::try_from(scale.reshape([1]).get(0))?)))
 }
 
 /// Opens `path`: a `.safetensors` file, or a `NAME.safetensors.index.json` and the shards its

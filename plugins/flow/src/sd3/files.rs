@@ -16,12 +16,12 @@ use hiresfix_model_parts::weights::folder::{read_json, weights_files};
 use hiresfix_model_parts::weights::safetensors::SafetensorsFile;
 use hiresfix_model_parts::weights::Weights;
 use serde_json::Value;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 use super::detect::{detect, Sd3Layout};
 use super::names::{CLIP_G_PREFIX, CLIP_L_PREFIX, DEFAULT_SHIFT};
 use crate::common::load::apply_vae;
-use crate::common::weights::TensorSource;
+use crate::common::weights::{read_with_scale, TensorSource};
 use crate::common::LoadOptions;
 use crate::mmdit::{self, Layout, LoadedMmDit, MmDitConfig, SINGLE_FILE_PREFIX};
 use crate::t5::{self, T5Placement, T5Weights};
@@ -165,8 +165,11 @@ impl Sd3Files {
                 .collect();
             let tensors = keys
                 .iter()
-                .map(|k| Ok((k.clone(), TensorSource::read(&weights, k)?)))
-                .collect::<Result<Vec<(String, Tensor)>>>()?;
+                .map(|k| {
+                    let (t, scale) = read_with_scale(&weights, k)?;
+                    Ok((k.clone(), t, scale))
+                })
+                .collect::<Result<Vec<_>>>()?;
             t5_weights = Some(T5Weights::from_tensors(
                 path.display().to_string(),
                 tensors,

@@ -28,4 +28,4 @@ pub use tokenizer::{
     locate_tokenizer, T5Tokenizer, T5Tokens, FLUX_DEV_MAX_LENGTH, FLUX_SCHNELL_MAX_LENGTH,
     SD3_MAX_LENGTH, TOKENIZER_KEY,
 };
-pub use weights::{T5Weights, SINGLE_FILE_PREFIX};
+pub use weights::{ScaledTensor, T5Weights, SINGLE_FILE_PREFIX};

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-use crate::common::weights::TensorSource;
+use crate::common::weights::{read_with_scale, TensorSource};
+
+/// A stored tensor by name, with its scaled-fp8 scale if any (`common::weights::read_with_scale`).
+pub type ScaledTensor = (String, Tensor, Option<f64>);
 
 /// Prefix of the T5 encoder's keys in SD3 / Flux all-in-one checkpoints.
 pub const SINGLE_FILE_PREFIX: &str = "text_encoders.t5xxl.transformer.";
@@ -16,6 +19,8 @@ pub const SINGLE_FILE_PREFIX: &str = "text_encoders.t5xxl.transformer.";
 pub struct T5Weights {
     source: String,
     tensors: HashMap<String, Tensor>,
+    /// Scaled fp8: the scale each of these weights is still to be multiplied by.
+    scales: HashMap<String, f64>,
     /// `relative_attention_max_distance` and `layer_norm_epsilon` from a folder's config.json.
     pub(super) max_distance: Option<i64>,
     pub(super) epsilon: Option<f64>,
@@ -44,24 +49,38 @@ impl T5Weights {
         Ok(weights)
     }
 
-    /// Named tensors in either layout; `source` names them in errors.
-    pub fn from_tensors(source: String, tensors: Vec<(String, Tensor)>) -> Result<Self> {
+    /// Named tensors in either layout, each with the scale a scaled-fp8 file gives it
+    /// (applied in the run's dtype by [`Self::converted`]); `source` names them in errors.
+    pub fn from_tensors(source: String, tensors: Vec<ScaledTensor>) -> Result<Self> {
         let single_file = tensors
             .iter()
-            .any(|(k, _)| k.starts_with(SINGLE_FILE_PREFIX));
-        let mut map: HashMap<String, Tensor> = tensors
-            .into_iter()
-            .filter_map(|(key, t)| match single_file {
-                true => key
-                    .strip_prefix(SINGLE_FILE_PREFIX)
-                    .map(|k| (k.to_string(), t)),
-                false => Some((key, t)),
-            })
-            .filter(|(key, _)| key.starts_with("encoder.") || key == "shared.weight")
-            .collect();
+            .any(|(k, _, _)| k.starts_with(SINGLE_FILE_PREFIX));
+        let mut scales = HashMap::new();
+        let mut map: HashMap<String, Tensor> = HashMap::new();
+        for (key, t, scale) in tensors {
+            let key = match single_file {
+                true => match key.strip_prefix(SINGLE_FILE_PREFIX) {
+                    Some(k) => k.to_string(),
+                    None => continue,
+                },
+                false => key,
+            };
+            if !(key.starts_with("encoder.") || key == "shared.weight") {
+                continue;
+            }
+            if let Some(scale) = scale {
+                scales.insert(key.clone(), scale);
+            }
+            map.insert(key, t);
+        }
         // The embedding is tied: files keep it as `shared` or as `encoder.embed_tokens`.
         if let Some(embed) = map.remove("encoder.embed_tokens.weight") {
-            map.entry("shared.weight".into()).or_insert(embed);
+            if !map.contains_key("shared.weight") {
+                if let Some(scale) = scales.remove("encoder.embed_tokens.weight") {
+                    scales.insert("shared.weight".into(), scale);
+                }
+                map.insert("shared.weight".into(), embed);
+            }
         }
         if !map.contains_key("encoder.block.0.layer.0.SelfAttention.q.weight") {
             bail!(
@@ -72,6 +91,7 @@ impl T5Weights {
         Ok(Self {
             source,
             tensors: map,
+            scales,
             max_distance: None,
             epsilon: None,
         })
@@ -82,14 +102,27 @@ impl T5Weights {
         &self.source
     }
 
-    /// The same weights on `device` as `kind`, each stored tensor dropped once converted.
+    /// The same weights on `device` as `kind` (a scaled-fp8 weight times its scale there, as
+    /// ComfyUI multiplies in the compute dtype), each stored tensor dropped once converted.
     pub fn converted(self, device: tch::Device, kind: Kind) -> Self {
+        let scales = self.scales;
         let tensors = self
             .tensors
             .into_iter()
-            .map(|(name, t)| (name, t.to_device(device).to_kind(kind)))
+            .map(|(name, t)| {
+                let t = t.to_device(device).to_kind(kind);
+                let t = match scales.get(&name) {
+                    Some(scale) => t * *scale,
+                    None => t,
+                };
+                (name, t)
+            })
             .collect();
-        Self { tensors, ..self }
+        Self {
+            tensors,
+            scales: HashMap::new(),
+            ..self
+        }
     }
 
     /// Elements of every tensor held.
@@ -177,15 +210,15 @@ fn is_t5_key(key: &str) -> bool {
 }
 
 /// The tensors of a `.safetensors` file whose names pass `keep`, on the CPU in their stored
-/// dtype (fp8 as fp16; ComfyUI's scaled fp8 `t5xxl_fp8_e4m3fn_scaled` times its scales, fp32),
-/// read by the flow backends' transformer reader.
-fn read_safetensors(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, Tensor)>> {
+/// dtype (fp8 as fp16), each with its scale in a scaled-fp8 file (ComfyUI's
+/// `t5xxl_fp8_e4m3fn_scaled`), read by the flow backends' transformer reader.
+fn read_safetensors(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<ScaledTensor>> {
     let weights = crate::common::weights::open(path)?;
     let mut out = Vec::new();
     for name in TensorSource::names(&weights) {
         if keep(&name) {
-            let tensor = TensorSource::read(&weights, &name)?;
-            out.push((name, tensor));
+            let (tensor, scale) = read_with_scale(&weights, &name)?;
+            out.push((name, tensor, scale));
         }
     }
     Ok(out)
