@@ -66,12 +66,15 @@ impl DoubleBlock {
             let (q, k) = s.norm.forward(&q, &k);
             (q, k, v)
         };
-        let (iq, ik, iv) = qkv(&self.img, img, &im);
-        let (tq, tk, tv) = qkv(&self.txt, txt, &tm);
-        let q = apply_rope(&Tensor::cat(&[tq, iq], 2), pe);
-        let k = apply_rope(&Tensor::cat(&[tk, ik], 2), pe);
-        let v = Tensor::cat(&[tv, iv], 2);
-        let out = attention(&q, &k, &v);
+        // Scoped: q, k and v are freed before the MLPs, whose hidden states are the largest.
+        let out = {
+            let (iq, ik, iv) = qkv(&self.img, img, &im);
+            let (tq, tk, tv) = qkv(&self.txt, txt, &tm);
+            let q = apply_rope(&Tensor::cat(&[tq, iq], 2), pe);
+            let k = apply_rope(&Tensor::cat(&[tk, ik], 2), pe);
+            let v = Tensor::cat(&[tv, iv], 2);
+            attention(&q, &k, &v)
+        };
         let t_len = txt.size()[1];
         let (txt_attn, img_attn) = (out.narrow(1, 0, t_len), out.narrow(1, t_len, img.size()[1]));
         let finish = |s: &Stream, x: &Tensor, a: &Tensor, m: &[Tensor]| {
@@ -112,17 +115,27 @@ impl SingleBlock {
     }
 
     /// `x` `[B, T + L, D]` (text then image tokens), `vec` `[B, D]`, `pe` their RoPE → new `x`.
+    ///
+    /// `linear1` runs as two products over row slices of its weight (q, k, v, then the MLP's
+    /// input; the same sums as the fused one, as diffusers' separate linears): its fused output
+    /// (`[T + L, 3D + MLP]`) would otherwise stay alive, viewed by v and the MLP's input, until
+    /// the concatenation, which made this block's peak 25 % over diffusers' (BENCHMARKS.md).
     pub fn forward(&self, x: &Tensor, vec: &Tensor, pe: &(Tensor, Tensor)) -> Tensor {
         let m = modulation(&self.modulation, vec, 3);
-        let h = self.linear1.forward(&norm_modulate(x, &m[0], &m[1]));
+        let xm = norm_modulate(x, &m[0], &m[1]);
         let d = self.hidden;
-        let mlp_in = h.narrow(-1, 3 * d, h.size()[2] - 3 * d);
-        let (q, k, v) = split_qkv(&h.narrow(-1, 0, 3 * d), self.heads);
-        let (q, k) = self.norm.forward(&q, &k);
-        let attn = attention(&apply_rope(&q, pe), &apply_rope(&k, pe), &v);
-        let out = self
-            .linear2
-            .forward(&Tensor::cat(&[attn, mlp_in.gelu("tanh")], -1));
+        let (w, b) = (&self.linear1.ws, self.linear1.bs.as_ref());
+        let rows = |start: i64, len: i64| {
+            let bias = b.map(|b| b.narrow(0, start, len));
+            xm.linear(&w.narrow(0, start, len), bias.as_ref())
+        };
+        let attn = {
+            let (q, k, v) = split_qkv(&rows(0, 3 * d), self.heads);
+            let (q, k) = self.norm.forward(&q, &k);
+            attention(&apply_rope(&q, pe), &apply_rope(&k, pe), &v)
+        };
+        let mlp = rows(3 * d, w.size()[0] - 3 * d).gelu("tanh");
+        let out = self.linear2.forward(&Tensor::cat(&[attn, mlp], -1));
         x + m[2].unsqueeze(1) * out
     }
 }
