@@ -267,3 +267,50 @@ fn flux_tiled_hires_pass_matches_multidiffusion_over_diffusers_tiles() {
         assert!(e < 1e-4, "{case}: {e}");
     }
 }
+
+/// `[model] weight_dtype = "fp8_e4m3fn"` (ComfyUI's weight_dtype, Forge's "Diffusion in Low
+/// Bits"): the fp16 transformer file held in fp8 runs as the fp8 file that torch's
+/// `.to(float8_e4m3fn)` made of it (the same rounding) — the `fp8` reference of
+/// scripts/make_flux_fp8_reference.py, with its fp8 T5; a LoRA merges into the fp8 weights
+/// (sum in fp32, rounded back) and moves the run.
+#[test]
+fn flux_fp8_weight_storage_runs_as_the_fp8_file() {
+    let registry = Registry::load(&[], &Default::default());
+    let fp8 = data().join("dev/fp8");
+    let r = read_reference(&fp8.join("reference.safetensors"));
+    let t5 = data()
+        .join("t5xxl.safetensors")
+        .to_string_lossy()
+        .into_owned();
+    let fp8_t5 = fp8.join("t5xxl_fp8_e4m3fn.safetensors");
+    let lines = layouts("dev")[1].2.replace(&t5, &fp8_t5.to_string_lossy())
+        + "weight_dtype = \"fp8_e4m3fn\"\n";
+    let checkpoint = data().join("dev/flux1-dev-tiny.safetensors");
+    let text = profile(&checkpoint, &lines, 3.5);
+    let mut job = prepare(Profile::parse(&text, "flux").unwrap(), &registry, &repo()).unwrap();
+    let result = job.run_image(1234).unwrap();
+    let e1 = rel_err(&result.latents[0], &r["fp8.run.latent1"]);
+    let e2 = rel_err(&result.latents[1], &r["fp8.run.latent2"]);
+    eprintln!("flux weight_dtype fp8: pass 1 {e1:.2e}, pass 2 {e2:.2e}");
+    assert!(e1 < 1e-4 && e2 < 1e-4, "{e1} {e2}");
+
+    let lora = repo().join("tests/data/flux-tiny/dev/lora/kohya.safetensors");
+    let lora = toml::Value::from(lora.to_string_lossy().as_ref()).to_string();
+    let with_lora = profile(
+        &checkpoint,
+        &format!("{lines}loras = [{{ path = {lora} }}]\n"),
+        3.5,
+    );
+    let mut job = prepare(
+        Profile::parse(&with_lora, "flux").unwrap(),
+        &registry,
+        &repo(),
+    )
+    .unwrap();
+    let moved = rel_err(
+        &job.run_image(1234).unwrap().latents[1],
+        &r["fp8.run.latent2"],
+    );
+    eprintln!("flux weight_dtype fp8 + LoRA: pass 2 {moved:.2e} from the run without");
+    assert!(moved > 1e-2, "{moved}");
+}

@@ -216,34 +216,42 @@ pub fn table(
 /// The profile changes that lower a pass's memory, with the tiled peak each gives (`peak_with`
 /// the settings changed; `None` where the backend cannot estimate them): a 16-bit `dtype`
 /// where the run is fp32, T5 kept on the CPU (`[model] t5 = "cpu"`, SD 3.5 and Flux) where
-/// the device is not the CPU, and both. A change that lowers nothing is left out.
+/// the device is not the CPU, a Flux transformer's weights in fp8 (`[model] weight_dtype =
+/// "fp8_e4m3fn"`), and their combinations, fewest changes first. A change that lowers nothing
+/// (a backend that ignores the key) is left out by [`advise`].
 fn cheaper(
     settings: &LoadSettings,
     peak_with: impl Fn(&LoadSettings) -> Option<u64>,
 ) -> Vec<(String, u64)> {
-    let half = (settings.dtype == "fp32").then(|| LoadSettings {
-        dtype: "bf16".into(),
-        ..settings.clone()
-    });
-    let t5_cpu = (settings.device != "cpu" && settings.t5 != "cpu").then(|| LoadSettings {
-        t5: "cpu".into(),
-        ..settings.clone()
-    });
-    let both = half
-        .as_ref()
-        .zip(t5_cpu.as_ref())
-        .map(|(h, _)| LoadSettings {
-            t5: "cpu".into(),
-            ..h.clone()
-        });
+    type Change = (&'static str, fn(&mut LoadSettings));
+    let mut changes: Vec<Change> = Vec::new();
+    if settings.dtype == "fp32" {
+        changes.push(("dtype = \"bf16\"", |s| s.dtype = "bf16".into()));
+    }
+    if settings.device != "cpu" && settings.t5 != "cpu" {
+        changes.push(("[model] t5 = \"cpu\"", |s| s.t5 = "cpu".into()));
+    }
+    if settings.weight_dtype != "fp8_e4m3fn" {
+        changes.push(("[model] weight_dtype = \"fp8_e4m3fn\"", |s| {
+            s.weight_dtype = "fp8_e4m3fn".into()
+        }));
+    }
+    // Every non-empty subset, by size, then in the order above.
+    let n = changes.len();
+    let mut subsets: Vec<u32> = (1..1u32 << n).collect();
+    subsets.sort_by_key(|m| (m.count_ones(), *m));
     let mut out = Vec::new();
-    for (label, changed) in [
-        ("dtype = \"bf16\"", half),
-        ("[model] t5 = \"cpu\"", t5_cpu),
-        ("dtype = \"bf16\" and [model] t5 = \"cpu\"", both),
-    ] {
-        if let Some(peak) = changed.as_ref().and_then(&peak_with) {
-            out.push((label.to_string(), peak));
+    for mask in subsets {
+        let mut changed = settings.clone();
+        let mut labels = Vec::new();
+        for (i, (label, apply)) in changes.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                apply(&mut changed);
+                labels.push(*label);
+            }
+        }
+        if let Some(peak) = peak_with(&changed) {
+            out.push((labels.join(" and "), peak));
         }
     }
     out
@@ -460,8 +468,8 @@ mod tests {
     }
 
     #[test]
-    fn cheaper_settings_are_a_16_bit_dtype_and_t5_off_the_device() {
-        let settings = |device: &str, dtype: &str, t5: &str| LoadSettings {
+    fn cheaper_settings_are_a_16_bit_dtype_t5_off_the_device_and_fp8_weights() {
+        let settings = |device: &str, dtype: &str, t5: &str, weights: &str| LoadSettings {
             device: device.into(),
             dtype: dtype.into(),
             vae_tiling: "auto".into(),
@@ -471,36 +479,63 @@ mod tests {
             seamless: false,
             model_files: Vec::new(),
             t5: t5.into(),
+            weight_dtype: weights.into(),
         };
-        // The peak a change gives: 8 GiB less for bf16, 10 GiB less for T5 on the CPU.
+        // The peak a change gives: 8 GiB less for bf16, 10 GiB for T5 on the CPU, 12 GiB for
+        // fp8 weights.
         let peak = |s: &LoadSettings| {
             Some(
-                40 * GIB
+                50 * GIB
                     - if s.dtype == "bf16" { 8 * GIB } else { 0 }
-                    - if s.t5 == "cpu" { 10 * GIB } else { 0 },
+                    - if s.t5 == "cpu" { 10 * GIB } else { 0 }
+                    - if s.weight_dtype == "fp8_e4m3fn" {
+                        12 * GIB
+                    } else {
+                        0
+                    },
             )
         };
-        let labels = |s: &LoadSettings| -> Vec<(String, u64)> { cheaper(s, peak) };
+        let listed = |s: &LoadSettings| -> Vec<(String, u64)> {
+            cheaper(s, peak)
+                .into_iter()
+                .map(|(l, p)| (l, p / GIB))
+                .collect()
+        };
+        let (bf16, t5, fp8) = (
+            "dtype = \"bf16\"",
+            "[model] t5 = \"cpu\"",
+            "[model] weight_dtype = \"fp8_e4m3fn\"",
+        );
+        let and = |a: &str, b: &str| format!("{a} and {b}");
         assert_eq!(
-            labels(&settings("cuda", "fp32", "")),
+            listed(&settings("cuda", "fp32", "", "")),
             [
-                ("dtype = \"bf16\"".to_string(), 32 * GIB),
-                ("[model] t5 = \"cpu\"".to_string(), 30 * GIB),
-                (
-                    "dtype = \"bf16\" and [model] t5 = \"cpu\"".to_string(),
-                    22 * GIB
-                ),
+                (bf16.to_string(), 42),
+                (t5.to_string(), 40),
+                (fp8.to_string(), 38),
+                (and(bf16, t5), 32),
+                (and(bf16, fp8), 30),
+                (and(t5, fp8), 28),
+                (format!("{bf16} and {t5} and {fp8}"), 20),
             ]
         );
         assert_eq!(
-            labels(&settings("cuda", "bf16", "")),
-            [("[model] t5 = \"cpu\"".to_string(), 22 * GIB)]
+            listed(&settings("cuda", "bf16", "", "")),
+            [
+                (t5.to_string(), 32),
+                (fp8.to_string(), 30),
+                (and(t5, fp8), 20)
+            ]
         );
         assert_eq!(
-            labels(&settings("cpu", "fp32", "")),
-            [("dtype = \"bf16\"".to_string(), 32 * GIB)]
+            listed(&settings("cpu", "fp32", "", "")),
+            [
+                (bf16.to_string(), 42),
+                (fp8.to_string(), 38),
+                (and(bf16, fp8), 30)
+            ]
         );
-        assert!(labels(&settings("cuda", "fp16", "cpu")).is_empty());
+        assert!(listed(&settings("cuda", "fp16", "cpu", "fp8_e4m3fn")).is_empty());
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct LoadSettings {
     pub model_files: Vec<(String, String)>,
     /// `[model] t5` (`cpu` or `device`), passed as the `t5` option; empty without one.
     pub t5: String,
+    /// `[model] weight_dtype` (`fp8_e4m3fn` or `default`), passed as the `weight_dtype`
+    /// option; empty without one.
+    pub weight_dtype: String,
 }
 
 impl LoadSettings {
@@ -91,17 +94,22 @@ impl LoadSettings {
                 .map(|(k, p)| (k.to_string(), p.clone()))
                 .collect(),
             t5: profile.model.t5.clone().unwrap_or_default(),
+            weight_dtype: profile.model.weight_dtype.clone().unwrap_or_default(),
         })
     }
 
     /// What a backend is told beside the checkpoint (`LoadRequest.options`, and
-    /// `MemoryRequest.options` for the same model): [`Self::model_files`] and `t5`.
+    /// `MemoryRequest.options` for the same model): [`Self::model_files`], `t5` and
+    /// `weight_dtype`.
     pub fn backend_options(&self) -> Vec<host_api::OptionEntry> {
         let t5 = (!self.t5.is_empty()).then_some(("t5", &self.t5));
+        let weight_dtype =
+            (!self.weight_dtype.is_empty()).then_some(("weight_dtype", &self.weight_dtype));
         self.model_files
             .iter()
             .map(|(key, value)| (key.as_str(), value))
             .chain(t5)
+            .chain(weight_dtype)
             .map(|(key, value)| host_api::OptionEntry {
                 key: key.into(),
                 value: host_api::OptionValue::Text(value.as_str().into()),

@@ -215,6 +215,15 @@ pub struct ModelSection {
         deserialize_with = "t5_placement"
     )]
     pub t5: Option<String>,
+    /// How a Flux transformer's linear weights are held: `fp8_e4m3fn` (ComfyUI's
+    /// `weight_dtype`, Forge's "Diffusion in Low Bits") or `default` (the run's dtype); passed
+    /// as the `weight_dtype` load option.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "weight_dtype"
+    )]
+    pub weight_dtype: Option<String>,
 }
 
 impl Default for ModelSection {
@@ -229,6 +238,7 @@ impl Default for ModelSection {
             text_encoders: Vec::new(),
             t5_tokenizer: None,
             t5: None,
+            weight_dtype: None,
         }
     }
 }
@@ -530,6 +540,18 @@ fn t5_placement<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Er
         other => Err(serde::de::Error::custom(format!(
             "`[model] t5 = \"{other}\"`: expected \"cpu\" (T5 on the CPU, its output moved to \
              the run's device) or \"device\" (the run's device, the default)"
+        ))),
+    }
+}
+/// `[model] weight_dtype`: `fp8_e4m3fn` or `default`; anything else names the key and both.
+fn weight_dtype<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = String::deserialize(d)?;
+    match value.as_str() {
+        "fp8_e4m3fn" | "default" => Ok(Some(value)),
+        other => Err(serde::de::Error::custom(format!(
+            "`[model] weight_dtype = \"{other}\"`: expected \"fp8_e4m3fn\" (a Flux \
+             transformer's linear weights held in fp8, half of bf16) or \"default\" (the run's \
+             dtype)"
         ))),
     }
 }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::guard::guarded;
 use crate::health;
@@ -119,14 +119,32 @@ impl Originals {
         weight: f64,
     ) -> Result<()> {
         let var = self.writable(key, var)?;
+        // fp8 weights (Flux's `weight_dtype = "fp8_e4m3fn"`) have no arithmetic kernels: the
+        // sum is made in fp32 and rounded back to fp8, as ComfyUI patches fp8 weights.
+        let fp8 = matches!(var.kind(), Kind::Float8e4m3fn | Kind::Float8e5m2);
         for (rows, delta) in deltas {
             let mut dst = match rows {
                 Some((first, n)) => var.f_narrow(0, *first, *n)?,
                 None => var.shallow_clone(),
             };
-            let _ = dst.f_add_(&delta.f_to_device(var.device())?.f_to_kind(var.kind())?)?;
+            let delta = delta.f_to_device(var.device())?;
+            match fp8 {
+                true => {
+                    let sum = dst
+                        .f_to_kind(Kind::Float)?
+                        .f_add(&delta.f_to_kind(Kind::Float)?)?;
+                    dst.f_copy_(&sum)?;
+                }
+                false => {
+                    let _ = dst.f_add_(&delta.f_to_kind(var.kind())?)?;
+                }
+            }
         }
-        if !health::is_finite(&var) {
+        let checked = match fp8 {
+            true => var.f_to_kind(Kind::Float)?,
+            false => var.shallow_clone(),
+        };
+        if !health::is_finite(&checked) {
             bail!(
                 "LoRA {name} (weight {}) makes `{key}` NaN or inf in {} — lower its weight",
                 health::number(weight),

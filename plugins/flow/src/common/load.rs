@@ -23,6 +23,26 @@ pub struct LoadOptions {
     pub t5_tokenizer: Option<PathBuf>,
     /// `[model] t5`: where T5 runs.
     pub t5_placement: T5Placement,
+    /// `[model] weight_dtype = "fp8_e4m3fn"`: the transformer's linear weights held in fp8.
+    pub fp8_weights: bool,
+}
+
+/// The load option (and `[model]` key) of how a transformer's linear weights are held.
+pub const WEIGHT_DTYPE_KEY: &str = "weight_dtype";
+
+/// Whether `options` ask for fp8 linear weights (`weight_dtype = "fp8_e4m3fn"`; `"default"`
+/// or none: the run's dtype).
+pub fn fp8_weights(options: &[host_api::OptionEntry]) -> anyhow::Result<bool> {
+    let Some(entry) = options.iter().find(|e| e.key.as_str() == WEIGHT_DTYPE_KEY) else {
+        return Ok(false);
+    };
+    match &entry.value {
+        OptionValue::Text(t) if t.as_str() == "fp8_e4m3fn" => Ok(true),
+        OptionValue::Text(t) if t.as_str() == "default" => Ok(false),
+        other => bail!(
+            "`[model] {WEIGHT_DTYPE_KEY}` = {other:?}: expected \"fp8_e4m3fn\" or \"default\""
+        ),
+    }
 }
 
 /// The profile's additions, from a load request; an unknown `t5` placement is refused.
@@ -43,6 +63,7 @@ pub fn load_options(request: &LoadRequest) -> anyhow::Result<LoadOptions> {
         text_encoders: texts(TEXT_ENCODER_OPTION),
         t5_tokenizer: texts(crate::t5::TOKENIZER_KEY).into_iter().next(),
         t5_placement: T5Placement::from_options(&request.options)?,
+        fp8_weights: fp8_weights(&request.options)?,
     })
 }
 

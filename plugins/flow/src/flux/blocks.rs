@@ -7,15 +7,17 @@ use tch::Tensor;
 
 use super::config::FluxConfig;
 use super::embeddings::apply_rope;
-use super::layers::{attention, linear, modulation, norm_modulate, split_qkv, Mlp, QkNorm};
+use super::layers::{
+    attention, linear, modulation, norm_modulate, split_qkv, weight_for, Linear, Mlp, QkNorm,
+};
 
 /// One stream's weights of a double block (`img_*` or `txt_*`).
 #[derive(Debug)]
 struct Stream {
-    modulation: nn::Linear,
-    qkv: nn::Linear,
+    modulation: Linear,
+    qkv: Linear,
     norm: QkNorm,
-    proj: nn::Linear,
+    proj: Linear,
     mlp: Mlp,
 }
 
@@ -92,10 +94,10 @@ impl DoubleBlock {
 /// A single-stream block (BFL `SingleStreamBlock`, diffusers `FluxSingleTransformerBlock`).
 #[derive(Debug)]
 pub struct SingleBlock {
-    modulation: nn::Linear,
-    linear1: nn::Linear,
+    modulation: Linear,
+    linear1: Linear,
     norm: QkNorm,
-    linear2: nn::Linear,
+    linear2: Linear,
     heads: i64,
     hidden: i64,
 }
@@ -127,7 +129,7 @@ impl SingleBlock {
         let (w, b) = (&self.linear1.ws, self.linear1.bs.as_ref());
         let rows = |start: i64, len: i64| {
             let bias = b.map(|b| b.narrow(0, start, len));
-            xm.linear(&w.narrow(0, start, len), bias.as_ref())
+            xm.linear(&weight_for(&w.narrow(0, start, len), &xm), bias.as_ref())
         };
         let attn = {
             let (q, k, v) = split_qkv(&rows(0, 3 * d), self.heads);
@@ -145,8 +147,8 @@ impl SingleBlock {
 /// swaps them).
 #[derive(Debug)]
 pub struct FinalLayer {
-    modulation: nn::Linear,
-    linear: nn::Linear,
+    modulation: Linear,
+    linear: Linear,
 }
 
 impl FinalLayer {

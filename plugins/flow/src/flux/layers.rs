@@ -6,7 +6,36 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-pub use crate::layers::{attention, layer_norm, linear, param, EPS};
+pub use crate::layers::{attention, layer_norm, param, EPS};
+
+/// A linear layer whose weight may be stored narrower than the activations (fp8 weights,
+/// `[model] weight_dtype = "fp8_e4m3fn"`): the weight is converted to the input's dtype for
+/// each call, one layer at a time (ComfyUI's and Forge's fp8 storage); otherwise `Linear`.
+#[derive(Debug)]
+pub struct Linear {
+    pub ws: Tensor,
+    pub bs: Option<Tensor>,
+}
+
+/// [`Linear`] `d_in → d_out` with a bias (parameters `weight`, `bias` under `p`).
+pub fn linear(p: nn::Path, d_in: i64, d_out: i64) -> Linear {
+    let l = crate::layers::linear(p, d_in, d_out);
+    Linear { ws: l.ws, bs: l.bs }
+}
+
+/// `w` in `x`'s dtype: itself, or converted (a stored fp8 weight).
+pub fn weight_for(w: &Tensor, x: &Tensor) -> Tensor {
+    match w.kind() == x.kind() {
+        true => w.shallow_clone(),
+        false => w.to_kind(x.kind()),
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&weight_for(&self.ws, x), self.bs.as_ref())
+    }
+}
 
 /// `(1 + scale) · LayerNorm(x) + shift` with `[B, D]` modulation per image.
 pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Tensor {
@@ -15,7 +44,7 @@ pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Tensor {
 
 /// `lin(silu(vec))` cut into `n` `[B, D]` pieces (BFL `Modulation`, diffusers `AdaLayerNormZero`
 /// / `AdaLayerNormZeroSingle` / `AdaLayerNormContinuous`'s linear).
-pub fn modulation(lin: &nn::Linear, vec: &Tensor, n: i64) -> Vec<Tensor> {
+pub fn modulation(lin: &Linear, vec: &Tensor, n: i64) -> Vec<Tensor> {
     lin.forward(&vec.silu()).chunk(n, -1)
 }
 
@@ -47,8 +76,8 @@ fn rms_norm(x: &Tensor, scale: &Tensor) -> Tensor {
 /// BFL `MLPEmbedder`: `out_layer(silu(in_layer(x)))` (time, guidance and pooled-text inputs).
 #[derive(Debug)]
 pub struct MlpEmbedder {
-    in_layer: nn::Linear,
-    out_layer: nn::Linear,
+    in_layer: Linear,
+    out_layer: Linear,
 }
 
 impl MlpEmbedder {
@@ -69,8 +98,8 @@ impl Module for MlpEmbedder {
 /// The blocks' feed-forward `2(gelu_tanh(0(x)))` (BFL `img_mlp.0` / `img_mlp.2`).
 #[derive(Debug)]
 pub struct Mlp {
-    fc1: nn::Linear,
-    fc2: nn::Linear,
+    fc1: Linear,
+    fc2: Linear,
 }
 
 impl Mlp {

@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 use super::blocks::{DoubleBlock, FinalLayer, SingleBlock};
 use super::config::FluxConfig;
 use super::embeddings::{rope, timestep_features};
-use super::layers::{linear, MlpEmbedder};
+use super::layers::{linear, Linear, MlpEmbedder};
 
 /// Channels of the sinusoidal timestep / guidance features.
 const TIME_FEATURES: i64 = 256;
@@ -16,8 +16,8 @@ const TIME_FEATURES: i64 = 256;
 #[derive(Debug)]
 pub struct Flux {
     config: FluxConfig,
-    img_in: nn::Linear,
-    txt_in: nn::Linear,
+    img_in: Linear,
+    txt_in: Linear,
     time_in: MlpEmbedder,
     guidance_in: Option<MlpEmbedder>,
     vector_in: MlpEmbedder,

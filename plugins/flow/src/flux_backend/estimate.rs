@@ -9,7 +9,8 @@
 //!   run's dtype; a part the checkpoint lacks (a transformer file's text encoders and `ae`,
 //!   given by the profile) counts at the published size ([`PUBLISHED`]); with `t5 = "cpu"`
 //!   (the request's `t5` option) on another device T5 is not counted: its weights are in
-//!   system memory, not on the device the table is about (as SD3's estimate);
+//!   system memory, not on the device the table is about (as SD3's estimate); with
+//!   `weight_dtype = "fp8_e4m3fn"` the transformer's weights count one byte each;
 //! - transformer call: [`TOKEN_BUFFERS`] live `tokens × width` buffers per latent of the batch,
 //!   tokens = `(h/16)·(w/16)` packed image tokens + the T5 tokens (512 dev, 256 schnell);
 //!   attention runs through SDPA's flash / memory-efficient kernels (no `tokens²` scores);
@@ -43,7 +44,13 @@ pub fn estimate(request: &MemoryRequest) -> Result<MemoryEstimate> {
     let headers = FluxHeaders::read(std::path::Path::new(request.checkpoint.as_str()))?;
     let (element, device) = request_kind(request)?;
     let found = (headers.other_parameters(), PUBLISHED);
-    let weights = device_parameters(headers.transformer_parameters(), found, T5, request, device)?;
+    // `weight_dtype = "fp8_e4m3fn"`: the transformer's linear weights (all but a few
+    // thousandths of its parameters) take one byte each, counted as that many elements.
+    let transformer = match crate::common::load::fp8_weights(&request.options)? {
+        true => headers.transformer_parameters().div_ceil(element.max(1)),
+        false => headers.transformer_parameters(),
+    };
+    let weights = device_parameters(transformer, found, T5, request, device)?;
     let vae = headers
         .vae
         .clone()

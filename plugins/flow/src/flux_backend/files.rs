@@ -40,6 +40,8 @@ pub struct FluxFiles {
     pub shift: ShiftRule,
     /// Where T5 runs (the profile's `[model] t5`).
     pub t5_placement: T5Placement,
+    /// `[model] weight_dtype = "fp8_e4m3fn"`: the transformer's linear weights held in fp8.
+    pub fp8_weights: bool,
 }
 
 /// A CLIP-L key (relative to its prefix) → model key; the projection is not Flux's.
@@ -58,6 +60,7 @@ impl FluxFiles {
             FluxLayout::SingleFile => Self::open_single(path, found, options)?,
         };
         files.t5_placement = options.t5_placement;
+        files.fp8_weights = options.fp8_weights;
         if let Some(json) = apply_vae(&mut files.weights, options, path, "Flux's ae.safetensors")? {
             files.vae_json = Some(json);
         }
@@ -103,6 +106,7 @@ impl FluxFiles {
             t5: (t5, tokenizer),
             shift,
             t5_placement: T5Placement::default(),
+            fp8_weights: false,
         })
     }
 
@@ -171,6 +175,7 @@ impl FluxFiles {
             t5: (t5, tokenizer),
             shift: ShiftRule::published(found.variant),
             t5_placement: T5Placement::default(),
+            fp8_weights: false,
         })
     }
 }

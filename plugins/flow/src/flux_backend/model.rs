@@ -74,6 +74,9 @@ impl FluxModel {
         parts.freeze();
         let transformer = crate::flux::load_on(&files.path, None, device, kind)?;
         let transformer_vars = transformer.vs.variables();
+        if files.fp8_weights {
+            hold_in_fp8(&transformer_vars);
+        }
         let name = match files.variant {
             Variant::Dev => "Flux.1-dev",
             Variant::Schnell => "Flux.1-schnell",
@@ -226,4 +229,20 @@ impl FluxModel {
             c.num_layers, c.hidden_size, t.num_layers, t.d_model
         )
     }
+}
+
+/// `[model] weight_dtype = "fp8_e4m3fn"`: every linear weight (2-D `.weight`) of the
+/// transformer converted to fp8 E4M3 in place (libtorch's round to nearest, as torch's
+/// `.to(torch.float8_e4m3fn)`; ComfyUI's and Forge's fp8 storage); biases and norm scales keep
+/// the run's dtype. The layers convert each weight back for their call
+/// (`flux::layers::weight_for`).
+fn hold_in_fp8(vars: &HashMap<String, Tensor>) {
+    tch::no_grad(|| {
+        for (name, var) in vars {
+            if name.ends_with(".weight") && var.dim() == 2 {
+                let narrow = var.to_kind(Kind::Float8e4m3fn);
+                var.shallow_clone().set_data(&narrow);
+            }
+        }
+    });
 }

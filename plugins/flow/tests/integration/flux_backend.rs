@@ -213,3 +213,35 @@ fn flux_files_missing_a_part_are_refused_in_one_line() {
         assert!(e.contains(expected) && !e.contains('\n'), "{e}");
     }
 }
+
+/// `weight_dtype = "fp8_e4m3fn"`: the transformer's linear weights are held in fp8 (biases and
+/// norm scales in the run's dtype), the rest of the model as before.
+#[test]
+fn flux_fp8_weight_storage_holds_linear_weights_in_fp8() {
+    let (_, path, mut options) = layouts("dev").remove(0);
+    options.fp8_weights = true;
+    let model = FluxModel::load(
+        FluxFiles::open(&path, &options).unwrap(),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    let vars = model.transformer.vs.variables();
+    let kind = |name: &str| vars[name].kind();
+    assert_eq!(
+        kind("double_blocks.0.img_attn.qkv.weight"),
+        Kind::Float8e4m3fn
+    );
+    assert_eq!(kind("single_blocks.1.linear1.weight"), Kind::Float8e4m3fn);
+    assert_eq!(kind("img_in.weight"), Kind::Float8e4m3fn);
+    assert_eq!(kind("double_blocks.0.img_attn.qkv.bias"), Kind::Float);
+    assert_eq!(
+        kind("double_blocks.0.img_attn.norm.query_norm.scale"),
+        Kind::Float
+    );
+    let x = Tensor::zeros([1, 16, 4, 4], (Kind::Float, Device::Cpu));
+    let e = model.encode_prompt("a cat").unwrap();
+    let cond = [e.context, e.pooled, Tensor::from_slice(&[3.5f32])];
+    let d = model.denoise(&x, 0.5, &[&cond]).unwrap();
+    assert_eq!(d[0].kind(), Kind::Float);
+}
