@@ -733,10 +733,6 @@ const CASES: &[Case] = &[
         setup: |sc| sd3_split(sc, "t5 = \"gpu\"") },
     Case { name: "weight_dtype of an unknown value", code: 1, expect: "`[model] weight_dtype = \"fp4\"`: expected \"fp8_e4m3fn\" (a Flux transformer's linear weights held in fp8, half of bf16) or \"default\" (the run's dtype)",
         setup: |sc| profile_edit(sc, |p| p.replace("[model]\n", "[model]\nweight_dtype = \"fp4\"\n")) },
-    Case { name: "fp8 weight_dtype on an SD 1.x model", code: 1, expect: "`[model] weight_dtype` holds a Flux transformer's weights in fp8; this",
-        setup: |sc| profile_edit(sc, |p| p.replace("[model]\n", "[model]\nweight_dtype = \"fp8_e4m3fn\"\n")) },
-    Case { name: "fp8 weight_dtype on an SD 3.5 model", code: 1, expect: "`[model] weight_dtype = \"fp8_e4m3fn\"` is for Flux checkpoints; SD 3.5 runs its weights in the run's `dtype` (remove the key)",
-        setup: |sc| sd3_split(sc, "weight_dtype = \"fp8_e4m3fn\"") },
     Case { name: "Flux LoRA on an SD 3.5 model", code: 1, expect: "LoRA `kohya.safetensors` is a Flux LoRA (double_blocks/single_blocks layers) but this model is SD 3.5 — use a LoRA made for SD 3.x",
         setup: |sc| {
             let lora = repo().join("tests/data/flux-tiny/dev/lora/kohya.safetensors");

@@ -94,7 +94,13 @@ impl LoadSettings {
                 .map(|(k, p)| (k.to_string(), p.clone()))
                 .collect(),
             t5: profile.model.t5.clone().unwrap_or_default(),
-            weight_dtype: profile.model.weight_dtype.clone().unwrap_or_default(),
+            // `"default"` is no key: one loaded model for both.
+            weight_dtype: profile
+                .model
+                .weight_dtype
+                .clone()
+                .filter(|w| w != "default")
+                .unwrap_or_default(),
         })
     }
 

@@ -36,6 +36,8 @@ pub fn dtype(kind: Kind) -> String {
         Kind::Float => "fp32".into(),
         Kind::Half => "fp16".into(),
         Kind::BFloat16 => "bf16".into(),
+        Kind::Float8e4m3fn => "fp8_e4m3fn".into(),
+        Kind::Float8e5m2 => "fp8_e5m2".into(),
         other => format!("{other:?}"),
     }
 }

@@ -84,21 +84,6 @@ impl<F: FamilyEntry> Backend for SdBackend<F> {
             .map(Prediction::parse)
             .transpose()
             .map_err(err)?;
-        // `[model] weight_dtype` is the Flux backend's; here it would be silently ignored.
-        if let Some(e) = request
-            .options
-            .iter()
-            .find(|e| e.key.as_str() == "weight_dtype")
-        {
-            if matches!(&e.value, host_api::OptionValue::Text(t) if t.as_str() != "default") {
-                return Err(Error::new(format!(
-                    "{}: `[model] weight_dtype` holds a Flux transformer's weights in fp8; this \
-                     {} checkpoint runs in the run's `dtype` (remove the key)",
-                    request.checkpoint,
-                    F::ENTRY.name
-                )));
-            }
-        }
         let merge = request
             .merge
             .iter()

@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use anyhow::Result;
 use tch::Tensor;
 
-/// Most prompts kept (prompt editing gives a pass several); past it the cache starts over.
-const MOST: usize = 64;
+/// Most prompts kept (prompt editing gives a pass several); past it the cache starts over. A
+/// Flux dev prompt is 512 × 4096 values (4 MiB in bf16) on the device, kept while the model is.
+const MOST: usize = 8;
 
 /// A prompt's `(context, pooled)` by key (the prompt, and what else changes its encoding).
 #[derive(Default)]

@@ -43,10 +43,34 @@ pub fn load_on(
     device: Device,
     kind: Kind,
 ) -> Result<LoadedFlux> {
+    load_held(path, axes, device, (kind, kind))
+}
+
+/// [`load_on`] with the linear weights (every 2-D `.weight`) held in `linear_kind` (fp8 for
+/// `[model] weight_dtype = "fp8_e4m3fn"`), the other parameters in `kind`: each variable is
+/// made in its own dtype and filled straight from the file, so the model never exists in
+/// `kind` whole (libtorch's round to nearest, as torch's `.to(float8_e4m3fn)`; an fp8 file's
+/// values are kept exactly).
+pub fn load_held(
+    path: &Path,
+    axes: Option<[i64; 3]>,
+    device: Device,
+    (kind, linear_kind): (Kind, Kind),
+) -> Result<LoadedFlux> {
     let (w, layout, config) = read(path, axes)?;
     let mut vs = nn::VarStore::new(device);
-    vs.set_kind(kind);
+    vs.set_kind(linear_kind);
     let model = Flux::new(&vs.root(), &config);
+    if linear_kind != kind {
+        tch::no_grad(|| {
+            for (name, mut var) in vs.variables() {
+                if !(name.ends_with(".weight") && var.dim() == 2) {
+                    // Not yet filled: only its dtype changes (one bias or scale at a time).
+                    var.set_data(&var.to_kind(kind));
+                }
+            }
+        });
+    }
     fill(&vs, &w, &layout)?;
     Ok(LoadedFlux { model, vs, layout })
 }

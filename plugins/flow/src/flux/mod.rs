@@ -23,5 +23,5 @@ pub use blocks::{DoubleBlock, SingleBlock};
 pub use config::{FluxConfig, Variant};
 pub use embeddings::{image_ids, pack, rope, text_ids, timestep_features, unpack};
 pub use layout::{Layout, Recipe, SINGLE_FILE_PREFIX};
-pub use load::{load, load_on, load_with, read_config, LoadedFlux};
+pub use load::{load, load_held, load_on, load_with, read_config, LoadedFlux};
 pub use model::Flux;

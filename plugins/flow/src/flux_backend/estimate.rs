@@ -28,11 +28,13 @@ use crate::common::estimate::{assemble, device_parameters, vae16, Call};
 use crate::flux::Variant;
 use crate::t5::{FLUX_DEV_MAX_LENGTH, FLUX_SCHNELL_MAX_LENGTH};
 
-/// Live `tokens × width` buffers of a single-stream block at its peak: the residual stream
-/// and its modulated norm (2), the fused `linear1` output (q, k, v and the 4×-wide MLP input:
-/// 7), the GELU'd MLP half (4), the attention output (1) and the concatenation `linear2` reads
-/// (5) — 19, rounded up to 20 for the allocator's slack (the double-stream blocks' 4× MLP
-/// peak is below it).
+/// Live `tokens × width` buffers of one transformer call at its peak: the residual stream and
+/// its modulated norm (2), a single-stream block's attention (q, k, v and their normed, roped
+/// copies) or its 4×-wide MLP input and GELU (8), the attention output (1) and the
+/// concatenation `linear2` reads (5) — 16, rounded up to 20 for the allocator's slack and the
+/// model's own buffers. Measured on real-size blocks (BENCHMARKS.md, the block benchmark):
+/// 0.66 GiB (double) and 0.80 GiB (single) beside the weights at 1024 px, against 1.05 GiB
+/// for these 20 in fp32.
 pub const TOKEN_BUFFERS: u64 = 20;
 /// Published parameters of the parts a transformer file lacks: CLIP-L, T5-XXL's encoder, the
 /// `ae` (counted from the released files' headers, rounded).

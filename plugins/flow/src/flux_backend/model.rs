@@ -72,11 +72,13 @@ impl FluxModel {
             .ok_or_else(|| anyhow!("CLIP-L has no projection variable"))?;
         tch::no_grad(|| var.copy_(&Tensor::eye(clip_cfg.hidden_size, (kind, device))));
         parts.freeze();
-        let transformer = crate::flux::load_on(&files.path, None, device, kind)?;
+        // `weight_dtype = "fp8_e4m3fn"`: the linear weights made and filled in fp8.
+        let linear_kind = match files.fp8_weights {
+            true => Kind::Float8e4m3fn,
+            false => kind,
+        };
+        let transformer = crate::flux::load_held(&files.path, None, device, (kind, linear_kind))?;
         let transformer_vars = transformer.vs.variables();
-        if files.fp8_weights {
-            hold_in_fp8(&transformer_vars);
-        }
         let name = match files.variant {
             Variant::Dev => "Flux.1-dev",
             Variant::Schnell => "Flux.1-schnell",
@@ -190,7 +192,20 @@ impl FluxModel {
     /// Makes `set` the LoRA set merged into the transformer (empty: the base weights, bit for
     /// bit); returns warnings (layers skipped). A refused LoRA leaves the base weights.
     pub fn set_loras(&self, set: &[LoraFile]) -> Result<Vec<String>> {
-        self.loras.borrow_mut().apply(&self.transformer_vars, set)
+        let mut warnings = self.loras.borrow_mut().apply(&self.transformer_vars, set)?;
+        let fp8 = self
+            .transformer_vars
+            .get("img_in.weight")
+            .is_some_and(|w| w.kind() == Kind::Float8e4m3fn);
+        if fp8 && !set.is_empty() {
+            warnings.push(
+                "LoRAs merge into fp8 weights (`[model] weight_dtype = \"fp8_e4m3fn\"`) rounded \
+                 to the nearest fp8 value: a LoRA's smaller changes are lost; for its full effect \
+                 use weight_dtype = \"default\""
+                    .to_string(),
+            );
+        }
+        Ok(warnings)
     }
 
     /// Frees the transformer's parameters (the host denoises no more) and the base weights the
@@ -229,20 +244,4 @@ impl FluxModel {
             c.num_layers, c.hidden_size, t.num_layers, t.d_model
         )
     }
-}
-
-/// `[model] weight_dtype = "fp8_e4m3fn"`: every linear weight (2-D `.weight`) of the
-/// transformer converted to fp8 E4M3 in place (libtorch's round to nearest, as torch's
-/// `.to(torch.float8_e4m3fn)`; ComfyUI's and Forge's fp8 storage); biases and norm scales keep
-/// the run's dtype. The layers convert each weight back for their call
-/// (`flux::layers::weight_for`).
-fn hold_in_fp8(vars: &HashMap<String, Tensor>) {
-    tch::no_grad(|| {
-        for (name, var) in vars {
-            if name.ends_with(".weight") && var.dim() == 2 {
-                let narrow = var.to_kind(Kind::Float8e4m3fn);
-                var.shallow_clone().set_data(&narrow);
-            }
-        }
-    });
 }

@@ -54,13 +54,7 @@ impl Sd3Files {
             Sd3Layout::SingleFile => Self::open_single(path, options)?,
         };
         files.t5_placement = options.t5_placement;
-        if options.fp8_weights {
-            bail!(
-                "{}: `[model] weight_dtype = \"fp8_e4m3fn\"` is for Flux checkpoints; SD 3.5 \
-                 runs its weights in the run's `dtype` (remove the key)",
-                path.display()
-            );
-        }
+
         if let Some(json) = apply_vae(&mut files.weights, options, path, "the SD3 VAE file")? {
             files.vae_json = Some(json);
         }
