@@ -314,3 +314,26 @@ fn flux_fp8_weight_storage_runs_as_the_fp8_file() {
     eprintln!("flux weight_dtype fp8 + LoRA: pass 2 {moved:.2e} from the run without");
     assert!(moved > 1e-2, "{moved}");
 }
+
+/// A hires pass on another Flux checkpoint (Forge's checkpoint switch, which broke with Flux
+/// there): pass 1 on dev, pass 2 on schnell through the latent upscaler — schnell's own T5
+/// length, scheduler (no shift) and no guidance — against FluxImg2ImgPipeline with the schnell
+/// components on dev's upscaled latent (scripts/make_flux_switch_reference.py).
+#[test]
+fn flux_hires_pass_switches_from_dev_to_schnell() {
+    let registry = Registry::load(&[], &Default::default());
+    let dev = read_reference(&data().join("dev/reference.safetensors"));
+    let r = read_reference(&data().join("schnell/switch/reference.safetensors"));
+    let schnell = data().join("schnell/diffusers");
+    let schnell = toml::Value::from(schnell.to_string_lossy().as_ref()).to_string();
+    let text =
+        profile(&data().join("dev/diffusers"), "", 3.5) + &format!("checkpoint = {schnell}\n");
+    let mut job = prepare(Profile::parse(&text, "flux").unwrap(), &registry, &repo()).unwrap();
+    let (_, info) = job.models.for_pass(&job.settings, &job.plans[1]).unwrap();
+    assert_eq!(info.family.as_str(), "flux-schnell");
+    let result = job.run_image(1234).unwrap();
+    let e1 = rel_err(&result.latents[0], &dev["run.latent1"]);
+    let e2 = rel_err(&result.latents[1], &r["latent2"]);
+    eprintln!("flux dev → schnell: pass 1 {e1:.2e}, pass 2 {e2:.2e}");
+    assert!(e1 < 1e-4 && e2 < 1e-4, "{e1} {e2}");
+}
