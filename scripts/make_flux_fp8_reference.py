@@ -31,13 +31,11 @@ Everything runs on CPU in float32, offline and deterministically.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_sd1_reference as sd1  # noqa: E402  (offline environment first)
-import make_family_reference as fam  # noqa: E402
 import make_flux_pipeline_reference as fp  # noqa: E402
 
 import torch  # noqa: E402
@@ -126,16 +124,7 @@ def main() -> None:
         for name in ("run.latent1", "run.latent2", "run.image"):
             rec.put(f"{key}.{name}", run.R[name], f"{file}: {run.D[name]}")
             checks[f"{key}.{name}_vs_fp16"] = fp.max_rel(run.R[name], base[name])
-    sd1.check_finite(rec)
-    save_file(rec.R, os.path.join(args.out, "reference.safetensors"))
-    sd1.write_json(os.path.join(args.out, "reference.json"), {
-        "generator": "scripts/make_flux_fp8_reference.py",
-        "versions": fam.versions(),
-        "settings": "as ../reference.json (make_flux_pipeline_reference.py, dev)",
-        "checks": checks,
-        "tensors": sd1.tensors_json(rec),
-    })
-    print(json.dumps(checks, indent=1))
+    fp.write_reference(args.out, rec, "scripts/make_flux_fp8_reference.py", "as ../reference.json (make_flux_pipeline_reference.py, dev)", checks)
 
 
 if __name__ == "__main__":

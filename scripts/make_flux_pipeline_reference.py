@@ -218,6 +218,20 @@ def references(pipe, variant: str, rec: sd1.Recorder) -> dict:
     return checks
 
 
+def write_reference(out: str, rec: sd1.Recorder, generator: str, settings, checks: dict) -> None:
+    """reference.safetensors and reference.json under `out` (the extra Flux scripts' output)."""
+    sd1.check_finite(rec)
+    save_file(rec.R, os.path.join(out, "reference.safetensors"))
+    sd1.write_json(os.path.join(out, "reference.json"), {
+        "generator": generator,
+        "versions": fam.versions(),
+        "settings": settings,
+        "checks": checks,
+        "tensors": sd1.tensors_json(rec),
+    })
+    print(json.dumps(checks, indent=1))
+
+
 def copy(src: str, dst: str) -> None:
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     shutil.copyfile(src, dst)

@@ -14,17 +14,15 @@ Writes reference.safetensors (`latent2`) and reference.json. CPU fp32, offline.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_sd1_reference as sd1  # noqa: E402  (offline environment first)
-import make_family_reference as fam  # noqa: E402
 import make_flux_pipeline_reference as fp  # noqa: E402
 
 import torch  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 from diffusers import FluxImg2ImgPipeline, FluxPipeline  # noqa: E402
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "flux-tiny", "pipeline")
@@ -59,16 +57,7 @@ def main() -> None:
     rec = sd1.Recorder()
     rec.put("latent2", lat2, "pass 2 on the schnell pipeline from the dev run's upscaled latent and noise2")
     rec.put("sigmas2", sig2, f"schnell's last {fp.STEPS2 + 1} of {total} sigmas (no shift)")
-    sd1.check_finite(rec)
-    save_file(rec.R, os.path.join(args.out, "reference.safetensors"))
-    sd1.write_json(os.path.join(args.out, "reference.json"), {
-        "generator": "scripts/make_flux_switch_reference.py",
-        "versions": fam.versions(),
-        "settings": "pass 1 as ../../dev/reference.json; pass 2 on ../diffusers",
-        "checks": checks,
-        "tensors": sd1.tensors_json(rec),
-    })
-    print(json.dumps(checks, indent=1))
+    fp.write_reference(args.out, rec, "scripts/make_flux_switch_reference.py", "pass 1 as ../../dev/reference.json; pass 2 on ../diffusers", checks)
 
 
 if __name__ == "__main__":

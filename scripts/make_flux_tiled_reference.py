@@ -23,19 +23,17 @@ Everything runs on CPU in float32, offline and deterministically.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_sd1_reference as sd1  # noqa: E402  (offline environment first)
-import make_family_reference as fam  # noqa: E402
 import make_flux_pipeline_reference as fp  # noqa: E402
 from make_tiled_reference import split_bboxes  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 from diffusers import FluxPipeline  # noqa: E402
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "flux-tiny", "pipeline", "dev")
@@ -99,17 +97,8 @@ def main() -> None:
         rec.put(f"{case}.tiles", torch.tensor(boxes, dtype=torch.int64), "(x, y, w, h) of each tile, row-major")
         checks[f"{case}.tiles"] = len(boxes)
         checks[f"{case}_vs_untiled"] = fp.max_rel(lat, base["run.latent2"])
-    sd1.check_finite(rec)
-    save_file(rec.R, os.path.join(args.out, "reference.safetensors"))
-    sd1.write_json(os.path.join(args.out, "reference.json"), {
-        "generator": "scripts/make_flux_tiled_reference.py",
-        "versions": fam.versions(),
-        "settings": {"cases": {k: {"tile": t, "overlap": o} for k, (t, o) in CASES.items()},
-                     "run": "as ../reference.json (make_flux_pipeline_reference.py, dev)"},
-        "checks": checks,
-        "tensors": sd1.tensors_json(rec),
-    })
-    print(json.dumps(checks, indent=1))
+    fp.write_reference(args.out, rec, "scripts/make_flux_tiled_reference.py", {"cases": {k: {"tile": t, "overlap": o} for k, (t, o) in CASES.items()},
+                     "run": "as ../reference.json (make_flux_pipeline_reference.py, dev)"}, checks)
 
 
 if __name__ == "__main__":
