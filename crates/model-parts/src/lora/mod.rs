@@ -5,6 +5,7 @@
 //! the next pass gets the base weights back bit for bit ([`Originals`]). Which model weight a
 //! layer name means is the backend's (each family names its layers its own way).
 pub mod formats;
+pub mod fp8_round;
 pub mod shapes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -120,7 +121,8 @@ impl Originals {
     ) -> Result<()> {
         let var = self.writable(key, var)?;
         // fp8 weights (Flux's `weight_dtype = "fp8_e4m3fn"`) have no arithmetic kernels: the
-        // sum is made in fp32 and rounded back to fp8, as ComfyUI patches fp8 weights.
+        // sum is made in fp32 and rounded back to fp8 — stochastically for E4M3, as ComfyUI
+        // patches fp8 weights ([`fp8_round`]), so the LoRA's small changes survive on average.
         let fp8 = matches!(var.kind(), Kind::Float8e4m3fn | Kind::Float8e5m2);
         for (rows, delta) in deltas {
             let mut dst = match rows {
@@ -133,7 +135,14 @@ impl Originals {
                     let sum = dst
                         .f_to_kind(Kind::Float)?
                         .f_add(&delta.f_to_kind(Kind::Float)?)?;
-                    dst.f_copy_(&sum)?;
+                    let rounded = match var.kind() {
+                        Kind::Float8e4m3fn => {
+                            let first = rows.map_or(0, |(first, _)| first);
+                            fp8_round::stochastic_e4m3(&sum, fp8_round::seed_of(key) + first)
+                        }
+                        _ => sum,
+                    };
+                    dst.f_copy_(&rounded)?;
                 }
                 false => {
                     let _ = dst.f_add_(&delta.f_to_kind(var.kind())?)?;

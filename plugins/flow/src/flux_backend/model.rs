@@ -192,20 +192,7 @@ impl FluxModel {
     /// Makes `set` the LoRA set merged into the transformer (empty: the base weights, bit for
     /// bit); returns warnings (layers skipped). A refused LoRA leaves the base weights.
     pub fn set_loras(&self, set: &[LoraFile]) -> Result<Vec<String>> {
-        let mut warnings = self.loras.borrow_mut().apply(&self.transformer_vars, set)?;
-        let fp8 = self
-            .transformer_vars
-            .get("img_in.weight")
-            .is_some_and(|w| w.kind() == Kind::Float8e4m3fn);
-        if fp8 && !set.is_empty() {
-            warnings.push(
-                "LoRAs merge into fp8 weights (`[model] weight_dtype = \"fp8_e4m3fn\"`) rounded \
-                 to the nearest fp8 value: a LoRA's smaller changes are lost; for its full effect \
-                 use weight_dtype = \"default\""
-                    .to_string(),
-            );
-        }
-        Ok(warnings)
+        self.loras.borrow_mut().apply(&self.transformer_vars, set)
     }
 
     /// Frees the transformer's parameters (the host denoises no more) and the base weights the
