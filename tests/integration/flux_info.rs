@@ -271,6 +271,11 @@ fn check_says_which_dtype_a_real_size_flux_needs() {
     // fp8 weights: the transformer's 11.90 G parameters × 1 B, the rest × 4 B.
     let fp8 = check("fp32", "weight_dtype = \"fp8_e4m3fn\"\n");
     assert_eq!(memory_row(&fp8, "1", "1024x1024")[2..4], ["29.6", "GiB"]);
+    assert!(
+        fp8.iter()
+            .any(|l| l.starts_with("memory (cpu, fp32, Flux weights fp8_e4m3fn, ")),
+        "{fp8:#?}"
+    );
     let verdict = fp32
         .iter()
         .find(|l| l.starts_with("pass 1: ") && l.contains(" tiled; largest"))

@@ -387,10 +387,15 @@ pub fn render(rows: &[PassMemory], settings: &LoadSettings) -> Vec<String> {
         0 => "free memory unknown".to_owned(),
         f => format!("{} free", gib(f)),
     };
+    // `weight_dtype` changes what the weights column counts: say so beside the dtype.
+    let dtype = match settings.weight_dtype.as_str() {
+        "" => settings.dtype.clone(),
+        held => format!("{}, Flux weights {held}", settings.dtype),
+    };
     let mut lines = vec![
         format!(
-            "memory ({}, {}, {free}; estimate: runtime + weights + max(UNet call, decode)):",
-            settings.device, settings.dtype
+            "memory ({}, {dtype}, {free}; estimate: runtime + weights + max(UNet call, decode)):",
+            settings.device
         ),
         format!(
             "{:<5} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
