@@ -337,3 +337,36 @@ fn flux_hires_pass_switches_from_dev_to_schnell() {
     eprintln!("flux dev → schnell: pass 1 {e1:.2e}, pass 2 {e2:.2e}");
     assert!(e1 < 1e-4 && e2 < 1e-4, "{e1} {e2}");
 }
+
+/// A batch frees the text encoders after its last pass encodes, as a single image does (T5-XXL
+/// is 9.5 GB): both images match their single runs' reference, and encoding afterwards is
+/// refused. (A batch that runs out of memory and goes one image at a time finds its
+/// conditionings in the host's cache.)
+#[test]
+fn flux_batch_frees_the_text_encoders_after_its_last_encode() {
+    let registry = Registry::load(&[], &Default::default());
+    let r = read_reference(&data().join("dev/reference.safetensors"));
+    let text = profile(&data().join("dev/diffusers"), "", 3.5).replacen(
+        "seed = 1234\n",
+        "seed = 1234\nbatch = 2\n",
+        1,
+    );
+    let mut job = prepare(Profile::parse(&text, "flux").unwrap(), &registry, &repo()).unwrap();
+    let (model, _) = job.models.for_pass(&job.settings, &job.plans[0]).unwrap();
+    let seeds = [job.image_seeds(0), job.image_seeds(1)];
+    job.models.final_image = true;
+    let results = job.run_batch(&seeds, 2).unwrap();
+    job.models.final_image = false;
+    let e = rel_err(&results[0].latents[1], &r["run.latent2"]);
+    assert!(e < 1e-4, "{e}");
+    assert!(
+        rel_err(&results[1].latents[1], &r["run.latent2"]) > 1e-2,
+        "seed 1235 differs"
+    );
+    let request = host_api::EncodeRequest::pair("", "a cat", 1, 48, 32);
+    let refused = model.encode_prompts(&request).err().map(|e| e.to_string());
+    assert!(
+        refused.as_deref().is_some_and(|m| m.contains("released")),
+        "{refused:?}"
+    );
+}

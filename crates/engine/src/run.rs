@@ -459,8 +459,9 @@ pub fn run_batch(
             (&info, &sigmas),
             (&request, negatives),
         )?;
-        if models.final_image && seeds.len() == 1 && i + 1 == plans.len() {
-            // Nothing encodes after this (a batch could still fall back to single runs).
+        if models.final_image && i + 1 == plans.len() {
+            // Nothing encodes after this: a batch that runs out of memory and runs its images
+            // one at a time again finds every pass's conditionings in `Models`' cache.
             if let Err(e) = model.release(host_api::backend::release::TEXT_ENCODERS) {
                 log::debug!("text encoders kept: {e}");
             }
