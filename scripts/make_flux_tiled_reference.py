@@ -15,7 +15,8 @@ the prediction cropped back (ComfyUI's comfy/ldm/common_dit.py pad_to_patch_size
 Flux model applies to every input).
 
 Cases (latent cells): `even` tile 16, overlap 4 (12 tiles, some at odd offsets); `odd` tile
-15, overlap 4 (15 x 15 tiles, each padded to 16 x 16). Writes reference.safetensors
+15, overlap 4 (15 x 15 tiles, each padded to 16 x 16); `mixture` as `even` with Mixture of
+Diffusers' Gaussian weights (make_tiled_reference.gaussian_weights, the extension's). Writes reference.safetensors
 (`{case}.latent2`, `{case}.tiles` as (x, y, w, h) rows) and reference.json.
 
 Everything runs on CPU in float32, offline and deterministically.
@@ -29,7 +30,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_sd1_reference as sd1  # noqa: E402  (offline environment first)
 import make_flux_pipeline_reference as fp  # noqa: E402
-from make_tiled_reference import split_bboxes  # noqa: E402
+from make_tiled_reference import gaussian_weights, split_bboxes  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -37,7 +38,7 @@ from safetensors.torch import load_file  # noqa: E402
 from diffusers import FluxPipeline  # noqa: E402
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "flux-tiny", "pipeline", "dev")
-CASES = {"even": (16, 4), "odd": (15, 4)}
+CASES = {"even": (16, 4, False), "odd": (15, 4, False), "mixture": (16, 4, True)}
 
 
 @torch.no_grad()
@@ -58,18 +59,23 @@ def velocity(pipe, x: torch.Tensor, s: torch.Tensor, embeds, pooled, guidance) -
 
 
 @torch.no_grad()
-def tiled_euler(pipe, x, sigmas, embeds, pooled, guidance, tile: int, overlap: int):
-    """Euler on the MultiDiffusion mean of the tiles' denoised predictions x - sigma * v."""
+def tiled_euler(pipe, x, sigmas, embeds, pooled, guidance, tile: int, overlap: int, mixture: bool = False):
+    """Euler on the merge of the tiles' denoised predictions x - sigma * v: MultiDiffusion's
+    mean, or (mixture) Mixture of Diffusers' Gaussian-weighted sum over the weights' sum at
+    each cell (the extension weights the UNet's eps, the same merge here: the weights at a
+    cell add up to 1, and x is shared)."""
     _, _, h, w = x.shape
     overlap = max(0, min(overlap, tile - 4))
-    boxes = split_bboxes(w, h, min(tile, w), min(tile, h), overlap)
+    tw, th = min(tile, w), min(tile, h)
+    boxes = split_bboxes(w, h, tw, th, overlap)
+    weight = gaussian_weights(tw, th) if mixture else torch.ones(th, tw)
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         total, count = torch.zeros_like(x), torch.zeros_like(x)
         for bx, by, bw, bh in boxes:
             xt = x[:, :, by:by + bh, bx:bx + bw]
-            total[:, :, by:by + bh, bx:bx + bw] += xt - s * velocity(pipe, xt, s, embeds, pooled, guidance)
-            count[:, :, by:by + bh, bx:bx + bw] += 1
+            total[:, :, by:by + bh, bx:bx + bw] += weight * (xt - s * velocity(pipe, xt, s, embeds, pooled, guidance))
+            count[:, :, by:by + bh, bx:bx + bw] += weight
         denoised = total / count
         x = x + (s_next - s) * (x - denoised) / s
     return x, boxes
@@ -91,13 +97,14 @@ def main() -> None:
     if checks["one_tile_vs_run.latent2"] > 1e-5:
         raise AssertionError(checks)
     rec = sd1.Recorder()
-    for case, (tile, overlap) in CASES.items():
-        lat, boxes = tiled_euler(pipe, x, sig2, embeds, pooled, guidance, tile, overlap)
-        rec.put(f"{case}.latent2", lat, f"pass 2 over tiles of {tile} cells, overlap {overlap} (MultiDiffusion)")
+    for case, (tile, overlap, mixture) in CASES.items():
+        lat, boxes = tiled_euler(pipe, x, sig2, embeds, pooled, guidance, tile, overlap, mixture)
+        method = "Mixture of Diffusers" if mixture else "MultiDiffusion"
+        rec.put(f"{case}.latent2", lat, f"pass 2 over tiles of {tile} cells, overlap {overlap} ({method})")
         rec.put(f"{case}.tiles", torch.tensor(boxes, dtype=torch.int64), "(x, y, w, h) of each tile, row-major")
         checks[f"{case}.tiles"] = len(boxes)
         checks[f"{case}_vs_untiled"] = fp.max_rel(lat, base["run.latent2"])
-    fp.write_reference(args.out, rec, "scripts/make_flux_tiled_reference.py", {"cases": {k: {"tile": t, "overlap": o} for k, (t, o) in CASES.items()},
+    fp.write_reference(args.out, rec, "scripts/make_flux_tiled_reference.py", {"cases": {k: {"tile": t, "overlap": o, "mixture": m} for k, (t, o, m) in CASES.items()},
                      "run": "as ../reference.json (make_flux_pipeline_reference.py, dev)"}, checks)
 
 

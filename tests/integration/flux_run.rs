@@ -247,19 +247,26 @@ fn flux_fp8_files_match_diffusers_on_their_dequantized_weights() {
     }
 }
 
-/// A Flux hires pass as tiled diffusion (`tiled = { tile, overlap }`, MultiDiffusion): each
-/// tile packed on its own with RoPE ids from its corner, an odd tile padded to even sides as
-/// ComfyUI pads (circular) — pass 2 of the dev run against scripts/make_flux_tiled_reference.py
-/// (diffusers' transformer per tile); the tiling moves the pass 80 % from the untiled one.
+/// A Flux hires pass as tiled diffusion (`tiled = { method, tile, overlap }`, MultiDiffusion and
+/// Mixture of Diffusers): each tile packed on its own with RoPE ids from its corner, an odd
+/// tile padded to even sides as ComfyUI pads (circular) — pass 2 of the dev run against
+/// scripts/make_flux_tiled_reference.py (diffusers' transformer per tile); the tiling moves the
+/// pass 80 % from the untiled one.
 #[test]
 fn flux_tiled_hires_pass_matches_multidiffusion_over_diffusers_tiles() {
     let registry = Registry::load(&[], &Default::default());
     let tiled = data().join("dev/tiled");
     let r = read_reference(&tiled.join("reference.safetensors"));
     let checkpoint = data().join("dev/diffusers");
-    for (case, tile) in [("even", 16), ("odd", 15)] {
+    for (case, tile, method) in [
+        ("even", 16, "multidiffusion"),
+        ("odd", 15, "multidiffusion"),
+        ("mixture", 16, "mixture"),
+    ] {
         let text = profile(&checkpoint, "", 3.5)
-            + &format!("tiled = {{ tile = {tile}, overlap = 4, batch = 4 }}\n");
+            + &format!(
+                "tiled = {{ method = \"{method}\", tile = {tile}, overlap = 4, batch = 4 }}\n"
+            );
         let mut job = prepare(Profile::parse(&text, "flux").unwrap(), &registry, &repo()).unwrap();
         let result = job.run_image(1234).unwrap();
         let e = rel_err(&result.latents[1], &r[&format!("{case}.latent2")]);
